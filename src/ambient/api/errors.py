@@ -1,0 +1,59 @@
+"""Errors of the object API (validation, store, server, client). One base: `ApiError`.
+
+Each error maps to an HTTP status on the API server and back to the same class in the client, so that a
+CLI user sees the same message whether the error was raised locally or by the server.
+"""
+
+from __future__ import annotations
+
+from ambient.core.errors import AmbientError
+
+
+class ApiError(AmbientError):
+    """Base of the object API's errors. `status` is the HTTP status the server answers with."""
+
+    status: int = 500
+    reason: str = "InternalError"
+
+
+class UnknownKindError(ApiError):
+    status = 400
+    reason = "UnknownKind"
+
+
+class ValidationError(ApiError):
+    """A manifest or object is malformed. The message names the document, the field and what was expected."""
+
+    status = 422
+    reason = "Invalid"
+
+
+class NotFoundError(ApiError):
+    status = 404
+    reason = "NotFound"
+
+
+class AlreadyExistsError(ApiError):
+    status = 409
+    reason = "AlreadyExists"
+
+
+class ConflictError(ApiError):
+    """The object changed since it was read (resourceVersion mismatch): re-read and retry."""
+
+    status = 409
+    reason = "Conflict"
+
+
+class GoneError(ApiError):
+    """A watch asked for a resource version older than the store keeps: re-list, then watch again."""
+
+    status = 410
+    reason = "Expired"
+
+
+class UnavailableError(ApiError):
+    """The API server cannot be reached."""
+
+    status = 503
+    reason = "ServiceUnavailable"

@@ -1,0 +1,97 @@
+"""The registry of object kinds the cluster API knows, and kubectl-style name resolution.
+
+Invariant: every kind the store, the API server, the CLI or the control plane handles is listed in
+`KINDS` exactly once; `resolve_kind` is the only way user input ("po", "pods", "deploy", "svc",
+"authorizationpolicies.security.istio.io", ...) becomes a `KindInfo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ambient.api.errors import UnknownKindError
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """What the API needs to know about one kind."""
+
+    kind: str  # CamelCase, as in manifests: "Pod"
+    group: str  # "" for the core group, "apps", "security.istio.io", ...
+    version: str  # "v1"
+    plural: str  # "pods"
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    def names(self) -> tuple[str, ...]:
+        """Every spelling a user may type for this kind (all lower case)."""
+        base = (self.singular, self.plural, *self.short_names)
+        qualified = tuple(f"{n}.{self.group}" for n in (self.singular, self.plural)) if self.group else ()
+        return base + qualified
+
+
+KINDS: tuple[KindInfo, ...] = (
+    KindInfo("Namespace", "", "v1", "namespaces", False, ("ns",)),
+    KindInfo("Node", "", "v1", "nodes", False, ("no",)),
+    KindInfo("ServiceAccount", "", "v1", "serviceaccounts", True, ("sa",)),
+    KindInfo("Pod", "", "v1", "pods", True, ("po",)),
+    KindInfo("Service", "", "v1", "services", True, ("svc",)),
+    KindInfo("Endpoints", "", "v1", "endpoints", True, ("ep",)),
+    KindInfo("Deployment", "apps", "v1", "deployments", True, ("deploy",)),
+    KindInfo("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies", True, ("ap",)),
+    KindInfo("PeerAuthentication", "security.istio.io", "v1", "peerauthentications", True, ("pa",)),
+    KindInfo("Gateway", "gateway.networking.k8s.io", "v1", "gateways", True, ("gtw",)),
+    KindInfo("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", True, ()),
+)
+
+_BY_NAME: dict[str, KindInfo] = {}
+for _info in KINDS:
+    for _name in (*_info.names(), _info.kind.lower()):
+        _BY_NAME[_name] = _info
+_BY_KIND: dict[str, KindInfo] = {info.kind: info for info in KINDS}
+_BY_PLURAL: dict[str, KindInfo] = {info.plural: info for info in KINDS}
+
+
+def resolve_kind(name: str) -> KindInfo:
+    """Resolve a kind as a user or a manifest spells it ("Pod", "pods", "po", "deploy", "svc", ...)."""
+    info = _BY_KIND.get(name) or _BY_NAME.get(name.lower())
+    if info is None:
+        known = ", ".join(sorted(i.plural for i in KINDS))
+        raise UnknownKindError(
+            f'unknown kind "{name}"', hint=f"known kinds: {known} (kubectl short names like po, svc work too)"
+        )
+    return info
+
+
+def kind_for_manifest(api_version: str | None, kind: str | None) -> KindInfo:
+    """The kind of a manifest document, checking that `apiVersion` matches the kind's group."""
+    if not kind:
+        raise UnknownKindError("missing field \"kind\"", hint="every document needs apiVersion and kind")
+    info = _BY_KIND.get(kind)
+    if info is None:
+        known = ", ".join(i.kind for i in KINDS)
+        raise UnknownKindError(f'unknown kind "{kind}"', hint=f"supported kinds: {known}")
+    if api_version is not None and api_version != info.api_version:
+        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+        if group != info.group:
+            raise UnknownKindError(
+                f'kind "{kind}" is not served by apiVersion "{api_version}"',
+                hint=f"use apiVersion: {info.api_version}",
+            )
+    return info
+
+
+def by_plural(plural: str) -> KindInfo:
+    """The kind served under an API path segment (used by the API server)."""
+    info = _BY_PLURAL.get(plural)
+    if info is None:
+        raise UnknownKindError(f'no resource "{plural}"')
+    return info

@@ -1,0 +1,1 @@
+"""Shared foundations: the error base, logging setup, process helpers."""

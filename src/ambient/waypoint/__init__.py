@@ -1,0 +1,1 @@
+"""waypoint package."""
