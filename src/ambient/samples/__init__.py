@@ -1,0 +1,1 @@
+"""Sample workloads shipped with the project (run as pod commands in the local cluster)."""
