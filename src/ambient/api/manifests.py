@@ -1,0 +1,89 @@
+"""Loading Kubernetes-style manifests: multi-document YAML, JSON, and `kind: List` documents.
+
+`load_manifests(text, source)` turns the text of one file (or stdin) into validated, normalised objects.
+
+Invariants:
+- Every error is an `ApiError` (a `ValidationError` for syntax and field errors, an `UnknownKindError` for
+  kinds) whose message names the source, the 1-based document index (and the List item when inside a
+  `kind: List`), the object when known, and the field: `bad.yaml: document 2 (Pod "web"): spec...`.
+- Empty documents (`---` alone, comments only) are skipped, not errors.
+- Objects come back in file order; each is the output of `validation.validate_object`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from ambient.api.errors import ApiError, ValidationError
+from ambient.api.validation import validate_object
+
+# libyaml's C loader is ~10x faster; apply of a 1,000-object file must stay well under a second of parsing.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str, source: str) -> list[Any]:
+    """Parse every document of `text`. JSON is tried first when it looks like JSON (faster, exact)."""
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            pass  # may still be YAML flow style; the YAML parser reports the real error
+        else:
+            return doc if isinstance(doc, list) else [doc]
+    try:
+        return list(yaml.load_all(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        context = f" ({exc.context})" if exc.context and exc.problem else ""
+        raise ValidationError(
+            f"{source}: {where}invalid YAML: {problem}{context}",
+            hint="check the indentation and quoting around that line (tabs are not allowed in YAML)",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"{source}: invalid YAML: {exc}") from None
+
+
+def _describe(doc: Any) -> str:
+    if isinstance(doc, dict):
+        kind = doc.get("kind")
+        meta = doc.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if isinstance(kind, str) and isinstance(name, str) and name:
+            return f' ({kind} "{name}")'
+        if isinstance(kind, str):
+            return f" ({kind})"
+    return ""
+
+
+def _validate(doc: Any, where: str) -> dict[str, Any]:
+    try:
+        return validate_object(doc)
+    except ApiError as exc:
+        raise type(exc)(f"{where}{_describe(doc)}: {exc.message}", hint=exc.hint) from None
+
+
+def load_manifests(text: str, source: str = "-") -> list[dict[str, Any]]:
+    """Parse and validate every object in `text` (YAML or JSON; `kind: List` is expanded)."""
+    objects: list[dict[str, Any]] = []
+    for index, doc in enumerate(_parse(text, source), start=1):
+        if doc is None:
+            continue
+        where = f"{source}: document {index}"
+        if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List") and (
+            "items" in doc
+        ):
+            items = doc.get("items") or []
+            if not isinstance(items, list):
+                raise ValidationError(f"{where} ({doc['kind']}): items: expected a list, got {type(items).__name__}")
+            for item_index, item in enumerate(items):
+                if item is not None:
+                    objects.append(_validate(item, f"{where}, items[{item_index}]"))
+            continue
+        objects.append(_validate(doc, where))
+    return objects

@@ -1,0 +1,134 @@
+"""Access log lines in the reference node proxy's format (protocols.md section 6).
+
+One `ConnectionRecord` per proxied connection leg; `format_text` renders it exactly like the reference:
+
+    <time>  info  access  connection complete  src.addr=.. src.workload=.. ... duration="61ms"
+
+Fields appear in the reference order, missing values are omitted, identities / direction / duration /
+error are quoted. Successful connections log at INFO as `connection complete`; a connection that ended in an
+error logs at ERROR with `error="..."`; an early rejection (before a destination was chosen) logs at WARN as
+`connection failed` with only src.addr, dst.addr, direction and error.
+
+Pure: rendering never touches the network; `parse_fields` lets tests and tools read a line back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Direction = Literal["inbound", "outbound"]
+
+# (field name in the line, attribute, quoted?) in the reference order.
+_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    ("src.addr", "src_addr", False),
+    ("src.workload", "src_workload", False),
+    ("src.namespace", "src_namespace", False),
+    ("src.identity", "src_identity", True),
+    ("dst.addr", "dst_addr", False),
+    ("dst.hbone_addr", "dst_hbone_addr", False),
+    ("dst.service", "dst_service", False),
+    ("dst.workload", "dst_workload", False),
+    ("dst.namespace", "dst_namespace", False),
+    ("dst.identity", "dst_identity", True),
+    ("direction", "direction", True),
+    ("bytes_sent", "bytes_sent", False),
+    ("bytes_recv", "bytes_recv", False),
+    ("duration", "duration", True),
+    ("error", "error", True),
+)
+
+
+@dataclass
+class ConnectionRecord:
+    """What the proxy knows about one connection leg; filled in as the connection progresses."""
+
+    direction: Direction
+    src_addr: str = ""
+    src_workload: str = ""
+    src_namespace: str = ""
+    src_identity: str = ""
+    dst_addr: str = ""
+    dst_hbone_addr: str = ""
+    dst_service: str = ""
+    dst_workload: str = ""
+    dst_namespace: str = ""
+    dst_identity: str = ""
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    error: str = ""
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+
+    @property
+    def duration(self) -> str:
+        end = self.ended if self.ended is not None else time.monotonic()
+        return f"{round((end - self.started) * 1000)}ms"
+
+    def fields(self) -> list[tuple[str, Any, bool]]:
+        out: list[tuple[str, Any, bool]] = []
+        for name, attr, quoted in _FIELDS:
+            value = getattr(self, attr)
+            if value == "" or value is None:
+                continue
+            out.append((name, value, quoted))
+        return out
+
+
+def _timestamp(now: float | None = None) -> str:
+    moment = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _render(pairs: list[tuple[str, Any, bool]]) -> str:
+    parts = []
+    for name, value, quoted in pairs:
+        parts.append(f"{name}={json.dumps(str(value))}" if quoted else f"{name}={value}")
+    return " ".join(parts)
+
+
+def format_text(record: ConnectionRecord, *, now: float | None = None) -> str:
+    """The `connection complete` line (ERROR level with `error=` when the connection failed)."""
+    level = "error" if record.error else "info"
+    return f"{_timestamp(now)}\t{level}\taccess\tconnection complete\t{_render(record.fields())}"
+
+
+def format_failed(
+    *, src_addr: str, dst_addr: str, direction: Direction, error: str, now: float | None = None
+) -> str:
+    """The WARN `connection failed` line for connections rejected before a destination was chosen."""
+    pairs = [
+        ("src.addr", src_addr, False),
+        ("dst.addr", dst_addr, False),
+        ("direction", direction, True),
+        ("error", error, True),
+    ]
+    return f"{_timestamp(now)}\twarn\taccess\tconnection failed\t{_render([p for p in pairs if p[1]])}"
+
+
+def format_json(record: ConnectionRecord, *, now: float | None = None) -> str:
+    """The same record as one JSON object (for `--log-format json`)."""
+    body: dict[str, Any] = {
+        "time": _timestamp(now),
+        "level": "error" if record.error else "info",
+        "scope": "access",
+        "message": "connection complete",
+    }
+    for name, value, _quoted in record.fields():
+        body[name] = value
+    return json.dumps(body)
+
+
+_PAIR = re.compile(r'([a-z_.]+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def parse_fields(line: str) -> dict[str, str]:
+    """Read `key=value` fields back from a text line (quoted values unquoted)."""
+    out: dict[str, str] = {}
+    for key, raw in _PAIR.findall(line):
+        out[key] = json.loads(raw) if raw.startswith('"') else raw
+    return out

@@ -1,0 +1,92 @@
+"""Prometheus metrics of the node proxy, with the reference names and bounded labels (protocols.md s.6).
+
+Counters: istio_tcp_connections_opened_total, istio_tcp_connections_closed_total,
+istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total. Every label of `LABELS` is always set; empty
+values become "unknown". Invariant: no label carries a per-connection or per-port value (addresses, ports,
+trace ids), so the number of series is bounded by workloads x services x flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+LABELS: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_service",
+    "destination_service_namespace",
+    "destination_service_name",
+    "destination_workload",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+)
+
+
+@dataclass(frozen=True)
+class ConnectionLabels:
+    """The label values of one connection's series; build it once per connection."""
+
+    values: tuple[str, ...]
+
+    @classmethod
+    def build(cls, **given: str) -> ConnectionLabels:
+        unknown = set(given) - set(LABELS)
+        if unknown:
+            raise ValueError(f"unknown metric labels: {sorted(unknown)}")
+        defaults = {"request_protocol": "tcp", "response_flags": "-"}
+        values = tuple((given.get(name) or defaults.get(name) or "unknown") for name in LABELS)
+        return cls(values)
+
+    def with_flags(self, response_flags: str) -> ConnectionLabels:
+        values = list(self.values)
+        values[LABELS.index("response_flags")] = response_flags or "-"
+        return ConnectionLabels(tuple(values))
+
+
+class ProxyMetrics:
+    """The proxy's metric families in a registry of their own (one per proxy process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.opened = Counter(
+            "istio_tcp_connections_opened", "TCP connections opened", LABELS, registry=self.registry
+        )
+        self.closed = Counter(
+            "istio_tcp_connections_closed", "TCP connections closed", LABELS, registry=self.registry
+        )
+        self.sent = Counter(
+            "istio_tcp_sent_bytes", "Bytes sent to the destination", LABELS, registry=self.registry
+        )
+        self.received = Counter(
+            "istio_tcp_received_bytes", "Bytes received from the destination", LABELS, registry=self.registry
+        )
+
+    def connection_opened(self, labels: ConnectionLabels) -> None:
+        self.opened.labels(*labels.values).inc()
+
+    def connection_closed(self, labels: ConnectionLabels, sent: int, received: int) -> None:
+        self.closed.labels(*labels.values).inc()
+        if sent:
+            self.sent.labels(*labels.values).inc(sent)
+        if received:
+            self.received.labels(*labels.values).inc(received)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,79 @@
+"""Access-log lines match the reference format; metrics carry the reference names and bounded labels."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ambient.ztunnel.accesslog import ConnectionRecord, format_failed, format_json, format_text, parse_fields
+from ambient.ztunnel.metrics import LABELS, ConnectionLabels, ProxyMetrics
+
+
+def _record() -> ConnectionRecord:
+    return ConnectionRecord(
+        direction="outbound",
+        src_addr="10.244.1.7:53265",
+        src_workload="curl-7d9c",
+        src_namespace="shop",
+        src_identity="spiffe://cluster.local/ns/shop/sa/curl",
+        dst_addr="10.244.2.6:15008",
+        dst_hbone_addr="10.244.2.6:8080",
+        dst_service="web.shop.svc.cluster.local",
+        dst_workload="web-5dpz9",
+        dst_namespace="shop",
+        dst_identity="spiffe://cluster.local/ns/shop/sa/web",
+        bytes_sent=84,
+        bytes_recv=9832,
+        started=100.0,
+        ended=100.061,
+    )
+
+
+def test_text_line_matches_reference_example() -> None:
+    line = format_text(_record(), now=0)
+    expected_tail = (
+        'src.addr=10.244.1.7:53265 src.workload=curl-7d9c src.namespace=shop '
+        'src.identity="spiffe://cluster.local/ns/shop/sa/curl" dst.addr=10.244.2.6:15008 '
+        "dst.hbone_addr=10.244.2.6:8080 dst.service=web.shop.svc.cluster.local dst.workload=web-5dpz9 "
+        'dst.namespace=shop dst.identity="spiffe://cluster.local/ns/shop/sa/web" direction="outbound" '
+        'bytes_sent=84 bytes_recv=9832 duration="61ms"'
+    )
+    assert line == "1970-01-01T00:00:00.000000Z\tinfo\taccess\tconnection complete\t" + expected_tail
+
+
+def test_missing_fields_are_omitted_and_errors_are_error_level() -> None:
+    rec = ConnectionRecord(direction="inbound", src_addr="10.0.0.1:1", dst_addr="10.0.0.2:15008",
+                           error="connection closed due to policy rejection: denied by policy ns/deny")
+    line = format_text(rec, now=0)
+    assert "\terror\taccess\tconnection complete\t" in line
+    fields = parse_fields(line)
+    assert "src.identity" not in fields and "dst.service" not in fields
+    assert fields["error"] == "connection closed due to policy rejection: denied by policy ns/deny"
+    assert fields["direction"] == "inbound"
+
+
+def test_failed_line_and_json() -> None:
+    line = format_failed(src_addr="10.0.0.1:1", dst_addr="10.0.0.9:80", direction="outbound",
+                         error="unknown source", now=0)
+    assert "\twarn\taccess\tconnection failed\t" in line
+    assert parse_fields(line) == {"src.addr": "10.0.0.1:1", "dst.addr": "10.0.0.9:80",
+                                  "direction": "outbound", "error": "unknown source"}
+    assert '"bytes_sent": 84' in format_json(_record(), now=0)
+
+
+def test_metrics_names_labels_and_values() -> None:
+    metrics = ProxyMetrics()
+    labels = ConnectionLabels.build(reporter="source", source_workload="curl", destination_service="")
+    metrics.connection_opened(labels)
+    metrics.connection_closed(labels.with_flags("DENY"), sent=10, received=20)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    assert {"istio_tcp_connections_opened", "istio_tcp_connections_closed", "istio_tcp_sent_bytes",
+            "istio_tcp_received_bytes"} <= set(families)
+    opened = [s for s in families["istio_tcp_connections_opened"].samples if s.name.endswith("_total")]
+    assert opened[0].value == 1
+    assert set(opened[0].labels) == set(LABELS)
+    assert opened[0].labels["destination_service"] == "unknown"
+    assert opened[0].labels["request_protocol"] == "tcp"
+    closed = [s for s in families["istio_tcp_connections_closed"].samples if s.name.endswith("_total")]
+    assert closed[0].labels["response_flags"] == "DENY"
+    sent = [s for s in families["istio_tcp_sent_bytes"].samples if s.name.endswith("_total")]
+    assert sent[0].value == 10
