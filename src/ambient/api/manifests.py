@@ -24,6 +24,11 @@ from ambient.api.validation import validate_object
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.splitlines()
+    return lines[line][column : column + 1] if 0 <= line < len(lines) else ""
+
+
 def _parse(text: str, source: str) -> list[Any]:
     """Parse every document of `text`. JSON is tried first when it looks like JSON (faster, exact)."""
     stripped = text.lstrip()
@@ -41,6 +46,8 @@ def _parse(text: str, source: str) -> list[Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = exc.problem or exc.context or "invalid YAML"
         context = f" ({exc.context})" if exc.context and exc.problem else ""
+        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+            context += " (a tab: indent YAML with spaces)"
         raise ValidationError(
             f"{source}: {where}invalid YAML: {problem}{context}",
             hint="check the indentation and quoting around that line (tabs are not allowed in YAML)",
@@ -61,15 +68,32 @@ def _describe(doc: Any) -> str:
     return ""
 
 
-def _validate(doc: Any, where: str) -> dict[str, Any]:
+def _validate(doc: Any, where: str, namespace: str | None) -> dict[str, Any]:
+    if namespace is not None and isinstance(doc, dict):
+        meta = doc.get("metadata")
+        if isinstance(meta, dict) and not meta.get("namespace"):
+            # Cluster-scoped kinds drop the namespace again in validate_object.
+            doc = {**doc, "metadata": {**meta, "namespace": namespace}}
     try:
-        return validate_object(doc)
+        obj = validate_object(doc)
     except ApiError as exc:
         raise type(exc)(f"{where}{_describe(doc)}: {exc.message}", hint=exc.hint) from None
+    found = obj["metadata"].get("namespace")
+    if namespace is not None and found is not None and found != namespace:
+        raise ValidationError(
+            f'{where}{_describe(doc)}: metadata.namespace "{found}" does not match the namespace "{namespace}" '
+            "given on the command line",
+            hint=f"pass -n {found}, or remove metadata.namespace from the manifest",
+        )
+    return obj
 
 
-def load_manifests(text: str, source: str = "-") -> list[dict[str, Any]]:
-    """Parse and validate every object in `text` (YAML or JSON; `kind: List` is expanded)."""
+def load_manifests(text: str, source: str = "-", *, namespace: str | None = None) -> list[dict[str, Any]]:
+    """Parse and validate every object in `text` (YAML or JSON; `kind: List` is expanded).
+
+    `namespace` (kubectl's `-n`) is given to namespaced objects that have none, and objects that name
+    another namespace are refused; without it, such objects go to "default".
+    """
     objects: list[dict[str, Any]] = []
     for index, doc in enumerate(_parse(text, source), start=1):
         if doc is None:
@@ -83,7 +107,7 @@ def load_manifests(text: str, source: str = "-") -> list[dict[str, Any]]:
                 raise ValidationError(f"{where} ({doc['kind']}): items: expected a list, got {type(items).__name__}")
             for item_index, item in enumerate(items):
                 if item is not None:
-                    objects.append(_validate(item, f"{where}, items[{item_index}]"))
+                    objects.append(_validate(item, f"{where}, items[{item_index}]", namespace))
             continue
-        objects.append(_validate(doc, where))
+        objects.append(_validate(doc, where, namespace))
     return objects

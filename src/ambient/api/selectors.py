@@ -94,9 +94,7 @@ def parse_label_selector(text: str | None) -> tuple[Requirement, ...]:
             values = [v.strip() for v in inner.split(",")]
             if values == [""]:
                 raise ValidationError(f'invalid label selector term "{term}": empty value set')
-            reqs.append(
-                Requirement(_check_key(key, term), op, frozenset(_check_value(v, term) for v in values))
-            )
+            reqs.append(Requirement(_check_key(key, term), op, frozenset(_check_value(v, term) for v in values)))
             continue
         for op in ("!=", "==", "="):
             if op in term:
@@ -152,9 +150,7 @@ def parse_field_selector(text: str | None) -> tuple[FieldRequirement, ...]:
                 reqs.append(FieldRequirement(tuple(path.split(".")), "!=" if op == "!=" else "=", value.strip()))
                 break
         else:
-            raise ValidationError(
-                f'invalid field selector term "{term}": expected FIELD=VALUE or FIELD!=VALUE'
-            )
+            raise ValidationError(f'invalid field selector term "{term}": expected FIELD=VALUE or FIELD!=VALUE')
     return tuple(reqs)
 
 

@@ -21,6 +21,7 @@ drives it from one worker thread); a lock makes accidental concurrent use safe r
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import sqlite3
@@ -145,14 +146,21 @@ class Store:
         self.max_events = max_events
         self._validate = validate or _default_validate
         self._lock = threading.RLock()
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is exactly one transaction.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL (not NORMAL) so that an acknowledged write survives a power cut as well as a process crash;
-        # it costs one fsync per transaction, which batching (apply_many) amortises.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._bootstrap()
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is exactly one transaction.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL (not NORMAL) so that an acknowledged write survives a power cut as well as a process
+            # crash; it costs one fsync per transaction, which batching (apply_many) amortises.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._bootstrap()
+        except sqlite3.Error as exc:
+            raise ApiError(
+                f"cannot open the object store {self.path}: {exc}",
+                hint="check the state directory (permissions, free space); a corrupt file can be inspected "
+                "with `sqlite3 FILE 'PRAGMA integrity_check'`",
+            ) from exc
 
     # ------------------------------------------------------------------ plumbing
 
@@ -172,7 +180,8 @@ class Store:
                     self._compact(tx.rv)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    self._db.execute("ROLLBACK")
                 raise
 
     @contextmanager
@@ -278,8 +287,10 @@ class Store:
 
     # ------------------------------------------------------------------ writes (inside a transaction)
 
-    def _create(self, tx: _Tx, obj: Obj) -> Obj:
-        info, obj = self._checked(obj)
+    def _create(self, tx: _Tx, obj: Obj, info: KindInfo | None = None) -> Obj:
+        """Create `obj`; pass `info` when `obj` is already validated (its kind) to skip validating twice."""
+        if info is None:
+            info, obj = self._checked(obj)
         ns, name = self._key(info, obj)
         if info.namespaced and self._load(tx.db, resolve_kind("Namespace"), "", ns) is None:
             raise NotFoundError(
@@ -387,7 +398,7 @@ class Store:
         ns, name = self._key(info, valid)
         current = self._load(tx.db, info, ns, name)
         if current is None:
-            return self._create(tx, valid), "created"
+            return self._create(tx, valid, info), "created"
         # Declarative update: the manifest owns everything but status and server-owned metadata. Labels and
         # annotations merge over the existing ones, so keys added by controllers or `ambient label`
         # survive a re-apply (remove a key with `ambient label KIND NAME key-`).
@@ -492,7 +503,7 @@ class Store:
 
     def events_since(
         self, after: int, kind: str, namespace: str | None = None, limit: int = 1000
-    ) -> tuple[list[ChangeEvent], int]:
+    ) -> tuple[builtins.list[ChangeEvent], int]:
         """Change-log rows of `kind` with version > `after`, in order, and the version scanned up to.
 
         Every event with a version <= the returned version has been considered, so a watcher may resume

@@ -46,11 +46,12 @@ def _show(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str) and len(value) > 60:
+        return f"{json.dumps(value[:40])[:-1]}...\" ({len(value)} characters)"
     try:
-        text = json.dumps(value)
+        return json.dumps(value)
     except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+        return repr(value)
 
 
 def _fail(path: str, expected: str, found: Any = ..., *, hint: str | None = None) -> ValidationError:
@@ -665,13 +666,14 @@ def validate_object(obj: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(obj)
     out["apiVersion"] = info.api_version
     _check_metadata(out, info)
-    if info.kind in _NO_SPEC_KINDS and out.get("spec") is None:
-        spec: Obj = {}
-    else:
-        spec = out.get("spec") if out.get("spec") is not None else {}
-        if not isinstance(spec, dict):
-            raise _fail("spec", "an object", spec)
-        out["spec"] = spec
+    raw_spec = out.get("spec")
+    if raw_spec is None:
+        raw_spec = {}
+        if info.kind not in _NO_SPEC_KINDS:
+            out["spec"] = raw_spec
+    elif not isinstance(raw_spec, dict):
+        raise _fail("spec", "an object", raw_spec)
+    spec: Obj = raw_spec
     status = out.get("status")
     if status is not None and not isinstance(status, dict):
         raise _fail("status", "an object", status)

@@ -1,1 +1,1 @@
-"""authz package."""
+"""authz package: pure L4 authorization evaluation (see `ambient.authz.evaluate`)."""

@@ -34,7 +34,7 @@ MASQ_MARK = "0x4000/0x4000"
 
 NAT_SERVICES = "AMB-SERVICES"
 NAT_POSTROUTING = "AMB-POSTROUTING"
-FILTER_SERVICES = "AMB-SVC-REJECT"
+FILTER_SERVICES = "AMB-REJECT"
 
 # (table, built-in chain, our chain): installed once by the runner (`-C` then `-I ... 1`).
 JUMPS: tuple[tuple[str, str, str], ...] = (
@@ -171,7 +171,7 @@ def build_rules(
             )
     wanted = set(nat_chains) | {FILTER_SERVICES}
     stale = sorted(c for c in set(existing_chains) if c.startswith("AMB-") and c not in wanted)
-    stale_nat = [c for c in stale if c.startswith(("AMB-SVC-", "AMB-SEP-")) and c != FILTER_SERVICES]
+    stale_nat = [c for c in stale if c.startswith(("AMB-SVC-", "AMB-SEP-"))]
     lines = ["*nat"]
     lines += [f":{c} - [0:0]" for c in nat_chains + stale_nat]
     lines += nat_rules

@@ -32,7 +32,7 @@ DEFAULT_LEAF_TTL = timedelta(hours=24)
 DEFAULT_ROOT_TTL = timedelta(days=3650)
 # Leaves are back-dated a little so that peers whose clocks lag slightly still accept them.
 CLOCK_SKEW = timedelta(minutes=1)
-_CURVES: dict[str, tuple[ec.EllipticCurve, hashes.HashAlgorithm]] = {
+_CURVES: dict[str, tuple[ec.EllipticCurve, hashes.SHA256 | hashes.SHA384]] = {
     "P-256": (ec.SECP256R1(), hashes.SHA256()),
     "P-384": (ec.SECP384R1(), hashes.SHA384()),
 }
@@ -68,7 +68,7 @@ class LocalCA:
         self._key = root_key
         self.trust_domain = trust_domain
         self.max_ttl = max_ttl
-        self._hash: hashes.HashAlgorithm = (
+        self._hash: hashes.SHA256 | hashes.SHA384 = (
             hashes.SHA384() if root_key.curve.key_size >= 384 else hashes.SHA256()
         )
 

@@ -70,6 +70,8 @@ class CertBundle:
     roots_pem: tuple[bytes, ...]
     identity: SpiffeId = field(init=False)
     leaf: x509.Certificate = field(init=False, repr=False)
+    fingerprint: str = field(init=False, repr=False)
+    """SHA-256 (hex) of the leaf DER and the roots: identifies this exact bundle (cache key)."""
 
     def __post_init__(self) -> None:
         if not self.chain_pem:
@@ -93,6 +95,10 @@ class CertBundle:
             raise CertificateBundleError(f"leaf certificate: {exc.message}") from None
         object.__setattr__(self, "leaf", leaf)
         object.__setattr__(self, "identity", ident)
+        digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER))
+        for root in self.roots_pem:
+            digest.update(root)
+        object.__setattr__(self, "fingerprint", digest.hexdigest())
 
     @classmethod
     def from_pem(
@@ -143,11 +149,6 @@ class CertBundle:
     @property
     def serial_number(self) -> int:
         return self.leaf.serial_number
-
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 of the leaf DER, hex: identifies this exact certificate (for caches)."""
-        return hashlib.sha256(self.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
 
     def chain_bytes(self) -> bytes:
         return b"".join(self.chain_pem)

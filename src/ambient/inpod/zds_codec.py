@@ -107,12 +107,54 @@ def _check_flags(flags: int) -> None:
         )
 
 
+def _read_varint(data: bytes, pos: int) -> tuple[int, int] | None:
+    value = shift = 0
+    while pos < len(data):
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+    return None
+
+
+def _ends_early(data: bytes) -> bool:
+    """True if the top-level fields run past the end of `data` (a cut packet rather than garbage).
+
+    The protobuf runtime reports both as "corrupt"; telling them apart makes the error actionable.
+    """
+    pos = 0
+    while pos < len(data):
+        tag = _read_varint(data, pos)
+        if tag is None:
+            return True
+        key, pos = tag
+        wire_type = key & 7
+        if wire_type == 0:
+            v = _read_varint(data, pos)
+            if v is None:
+                return True
+            pos = v[1]
+        elif wire_type == 2:
+            n = _read_varint(data, pos)
+            if n is None or n[1] + n[0] > len(data):
+                return True
+            pos = n[1] + n[0]
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+            if pos > len(data):
+                return True
+        else:
+            return False  # groups or invalid wire types: garbage, not truncation
+    return False
+
+
 def _parse(message: zds_pb2.ZdsHello | zds_pb2.WorkloadRequest | zds_pb2.WorkloadResponse, data: bytes) -> None:
     try:
         message.ParseFromString(data)
     except DecodeError as e:
-        text = str(e).lower()
-        cls = ZdsTruncatedError if "truncat" in text or "unexpected end" in text else ZdsMalformedError
+        cls = ZdsTruncatedError if _ends_early(data) else ZdsMalformedError
         raise cls(
             f"cannot decode ZDS {message.DESCRIPTOR.name} ({len(data)} bytes): {e}",
             hint="the peer is not speaking ZDS or the packet was corrupted",

@@ -147,7 +147,9 @@ class NamespacedHostname:
 
 @dataclass(frozen=True, slots=True)
 class GatewayAddress:
-    """`istio.workload.GatewayAddress`: a waypoint or network gateway, by hostname or by address."""
+    """`istio.workload.GatewayAddress`: a waypoint or network gateway, by hostname or by address.
+
+    On the wire an unset `hbone_mtls_port` is 0: converters pass `port or DEFAULT_HBONE_PORT`."""
 
     destination: NamespacedHostname | NetworkAddress
     hbone_mtls_port: int = DEFAULT_HBONE_PORT

@@ -1,0 +1,523 @@
+"""The cluster API server: the object store served as Kubernetes-like HTTP+JSON over a Unix socket (+ TCP).
+
+Routes: `/api/v1/[namespaces/{ns}/]{plural}[/{name}[/status]]` and the same under `/apis/{group}/{version}`
+(GET list/get, POST create, PUT update, PATCH JSON merge patch, DELETE), `?watch=1` for streaming
+newline-delimited watch events, `POST /ambient/v1/apply` for a batch apply in one transaction, and
+`GET /healthz`. Errors are answered as a Kubernetes `Status` object carrying the `ApiError` reason, message
+and hint, which the client maps back to the same exception class.
+
+Invariants:
+- The server is the single writer: every store call (read or write) runs on ONE worker thread, so store
+  calls are serialised without blocking the event loop, and watchers are woken after each write.
+- A watch from version N delivers every matching event with a version > N exactly once, in order, then
+  BOOKMARKs carrying the version it has scanned up to; a version older than the kept change log is answered
+  with HTTP 410 (or an ERROR event if the log is compacted past a slow watcher mid-stream).
+- `<state dir>/apiserver.lock` (flock) guarantees one server per state dir; the socket is mode 0600.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from ambient.api.errors import ApiError, NotFoundError, ValidationError
+from ambient.api.kinds import KindInfo, by_plural, kind_for_manifest
+from ambient.api.selectors import compile_selectors
+from ambient.api.store import DEFAULT_MAX_EVENTS, Store
+
+log = logging.getLogger("ambient.apiserver")
+
+SOCKET_NAME = "apiserver.sock"
+LOCK_NAME = "apiserver.lock"
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+_WATCH_BATCH = 1000
+T = TypeVar("T")
+
+
+class BadRequestError(ValidationError):
+    """A malformed request (not JSON, wrong kind for the URL...). Sent as HTTP 400, reason BadRequest."""
+
+    status = 400
+    reason = "BadRequest"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def status_body(exc: ApiError) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": exc.message,
+        "reason": exc.reason,
+        "code": exc.status,
+    }
+    if exc.hint:
+        body["hint"] = exc.hint
+    return body
+
+
+def _error_response(exc: ApiError) -> web.Response:
+    return web.Response(status=exc.status, text=_dumps(status_body(exc)), content_type="application/json")
+
+
+def parse_api_path(prefix: str, tail: str) -> tuple[KindInfo, str | None, str | None, str | None]:
+    """Decode a resource path into (kind, namespace, name, subresource); pure, raises NotFoundError.
+
+    `prefix` is "api" (core group, tail "v1/...") or "apis" (tail "{group}/{version}/...").
+    """
+    parts = [p for p in tail.split("/") if p]
+    if prefix == "api":
+        group, rest = "", parts
+    else:
+        if not parts:
+            raise NotFoundError("the server could not find the requested resource")
+        group, rest = parts[0], parts[1:]
+    if not rest:
+        raise NotFoundError("the server could not find the requested resource")
+    version, rest = rest[0], rest[1:]
+    namespace: str | None = None
+    # "namespaces/{ns}/{plural}..." lists/addresses objects in a namespace, but "namespaces/{name}/status"
+    # is the Namespace object's status subresource.
+    if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] == "status"):
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3:
+        raise NotFoundError("the server could not find the requested resource")
+    try:
+        info = by_plural(rest[0])
+    except ApiError:
+        raise NotFoundError(f'the server has no resource "{rest[0]}"') from None
+    if info.group != group or info.version != version:
+        raise NotFoundError(f'the server has no resource "{rest[0]}" in {group or "core"}/{version}')
+    if namespace is not None and not info.namespaced:
+        raise NotFoundError(f"{info.plural} are cluster-scoped: they have no namespace")
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    if sub not in (None, "status"):
+        raise NotFoundError(f'no subresource "{sub}" for {info.plural}')
+    return info, namespace, name, sub
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+class ApiServer:
+    """One API server over one state dir. `start()` binds, `stop()` drains watchers and closes the store."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        tcp: str | None = None,
+        *,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        bookmark_interval: float = 5.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.socket_path = self.state_dir / SOCKET_NAME
+        self.tcp = tcp
+        self.tcp_port: int | None = None
+        self.max_events = max_events
+        self.bookmark_interval = bookmark_interval
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="apistore")
+        self._store: Store | None = None
+        self._runner: web.AppRunner | None = None
+        self._lock_fd: int | None = None
+        self._changed = asyncio.Event()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # release the lock, the store and the executor of a half-started server
+            raise
+
+    async def _start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(self.socket_path)) > _UNIX_PATH_MAX:
+            raise ApiError(
+                f"socket path {self.socket_path} is longer than {_UNIX_PATH_MAX} bytes",
+                hint="use a shorter state directory",
+            )
+        self._take_lock()
+        self._store = await self._run(Store, self.state_dir, max_events=self.max_events)
+        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_post("/ambient/v1/apply", self._apply)
+        app.router.add_route("*", "/api/{tail:.*}", self._resource)
+        app.router.add_route("*", "/apis/{tail:.*}", self._resource)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        # Only the lock holder may remove a socket file: a stale one is left by a crashed server.
+        with suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        unix_site = web.UnixSite(self._runner, str(self.socket_path))
+        await unix_site.start()
+        os.chmod(self.socket_path, 0o600)
+        if self.tcp:
+            host, _, port = self.tcp.rpartition(":")
+            tcp_site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
+            await tcp_site.start()
+            ports = [a[1] for a in self._runner.addresses if isinstance(a, tuple) and len(a) >= 2]
+            self.tcp_port = ports[0] if ports else int(port)
+        rv = await self._run(self._store.resource_version)
+        log.info(
+            "API server ready on %s%s (resourceVersion %d)",
+            self.socket_path,
+            f" and tcp {self.tcp} (port {self.tcp_port})" if self.tcp else "",
+            rv,
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._notify()  # wakes every watcher, which then ends its stream
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._store is not None:
+            await self._run(self._store.close)
+            self._store = None
+        self._executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            # Only the lock holder may remove the socket (it could be another server's otherwise).
+            with suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            log.info("API server stopped")
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ApiError(
+                f"another API server is already running on {self.state_dir}",
+                hint="stop it first, or use its socket " + str(self.socket_path),
+            ) from None
+        self._lock_fd = fd
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ApiError("the API server is not started")
+        return self._store
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await self._run(fn, *args)
+        finally:
+            # Notify even on failure: harmless, and a partially failed call never commits anyway.
+            self._notify()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except ApiError as exc:
+            return _error_response(exc)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # the server must answer, and the operator must see why
+            log.exception("internal error on %s %s", request.method, request.path)
+            return _error_response(ApiError(f"internal error: {exc}"))
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+
+    @staticmethod
+    def _json(obj: Any, status: int = 200) -> web.Response:
+        return web.Response(status=status, text=_dumps(obj), content_type="application/json")
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _apply(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        items = body.get("items") if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            raise BadRequestError('apply expects {"items": [object, ...]}')
+        results = await self._write(self.store.apply_many, items)
+        return self._json({"items": [{"object": obj, "action": action} for obj, action in results]})
+
+    async def _resource(self, request: web.Request) -> web.StreamResponse:
+        prefix = request.path.split("/", 2)[1]
+        info, namespace, name, sub = parse_api_path(prefix, request.match_info["tail"])
+        method = request.method
+        q = request.query
+        if name is None:
+            if method == "GET":
+                if _truthy(q.get("watch")):
+                    return await self._watch(request, info, namespace)
+                return await self._list(info, namespace, q.get("labelSelector"), q.get("fieldSelector"))
+            if method == "POST":
+                obj = self._target(info, namespace, None, await self._body(request))
+                return self._json(await self._write(self.store.create, obj), 201)
+            raise web.HTTPMethodNotAllowed(method, ["GET", "POST"])
+        ns = namespace if info.namespaced else None
+        if method == "GET":
+            return self._json(await self._run(self.store.get, info.kind, name, ns))
+        if method == "PUT":
+            obj = self._target(info, namespace, name, await self._body(request))
+            op = self.store.update_status if sub == "status" else self.store.update
+            return self._json(await self._write(op, obj))
+        if method == "PATCH":
+            ctype = request.content_type
+            if ctype not in ("application/merge-patch+json", "application/json"):
+                raise BadRequestError(
+                    f'unsupported patch type "{ctype}"', hint="send a JSON merge patch (application/merge-patch+json)"
+                )
+            patch = await self._body(request)
+            result = await self._write(lambda: self.store.patch(info.kind, name, ns, patch, status=sub == "status"))
+            return self._json(result)
+        if method == "DELETE" and sub is None:
+            return self._json(await self._write(self.store.delete, info.kind, name, ns))
+        raise web.HTTPMethodNotAllowed(method, ["GET", "PUT", "PATCH", "DELETE"])
+
+    @staticmethod
+    def _target(info: KindInfo, namespace: str | None, name: str | None, obj: Any) -> dict[str, Any]:
+        """Check a request body against its URL and fill the namespace from the URL."""
+        if not isinstance(obj, dict):
+            raise BadRequestError(f"request body must be a JSON object, got {type(obj).__name__}")
+        body_info = kind_for_manifest(obj.get("apiVersion") or info.api_version, obj.get("kind") or info.kind)
+        if body_info != info:
+            raise BadRequestError(f"the body is a {body_info.kind} but the URL addresses {info.plural}")
+        obj.setdefault("apiVersion", info.api_version)
+        obj.setdefault("kind", info.kind)
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise BadRequestError("metadata: expected an object")
+        if name is not None and meta.setdefault("name", name) != name:
+            raise BadRequestError(f'metadata.name "{meta["name"]}" does not match the URL ("{name}")')
+        if info.namespaced and namespace is not None and meta.setdefault("namespace", namespace) != namespace:
+            raise BadRequestError(
+                f'metadata.namespace "{meta["namespace"]}" does not match the URL namespace "{namespace}"'
+            )
+        return obj
+
+    async def _list(
+        self, info: KindInfo, namespace: str | None, label_selector: str | None, field_selector: str | None
+    ) -> web.Response:
+        def build() -> str:
+            items, rv = self.store.list_json(info.kind, namespace, label_selector, field_selector)
+            # The stored JSON text is spliced in as is: no decode/encode per object on the hot path.
+            head = _dumps(
+                {"apiVersion": info.api_version, "kind": f"{info.kind}List", "metadata": {"resourceVersion": str(rv)}}
+            )
+            return head[:-1] + ',"items":[' + ",".join(items) + "]}"
+
+        return web.Response(text=await self._run(build), content_type="application/json")
+
+    async def _watch(self, request: web.Request, info: KindInfo, namespace: str | None) -> web.StreamResponse:
+        q = request.query
+        predicate = compile_selectors(q.get("labelSelector"), q.get("fieldSelector"))
+        timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+        deadline = time.monotonic() + timeout if timeout else None
+        rv_text = q.get("resourceVersion") or "0"
+        try:
+            since = int(rv_text)
+        except ValueError:
+            raise BadRequestError(f'resourceVersion "{rv_text}" is not an integer') from None
+        if since < 0:
+            raise BadRequestError(f'resourceVersion "{rv_text}" is negative')
+        lines: list[str] = []
+        if since == 0:
+            # No version: like Kubernetes, start with synthetic ADDED events for the current state.
+            items, since = await self._run(self.store.list_json, info.kind, namespace, None, None)
+            for item in items:
+                if predicate is None or predicate(json.loads(item)):
+                    lines.append('{"type":"ADDED","object":' + item + "}\n")
+            changed = self._changed
+            events: list[Any] = []
+        else:
+            changed = self._changed
+            # Fetched before the response starts so that a too-old version is a plain HTTP 410.
+            events, scanned = await self._run(self.store.events_since, since, info.kind, namespace, _WATCH_BATCH)
+            lines += self._event_lines(events, predicate)
+            since = scanned
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        last_write = time.monotonic()
+        try:
+            while True:
+                if lines:
+                    await response.write("".join(lines).encode())
+                    lines = []
+                    last_write = time.monotonic()
+                if len(events) < _WATCH_BATCH:
+                    wait = self.bookmark_interval - (time.monotonic() - last_write)
+                    if deadline is not None:
+                        wait = min(wait, deadline - time.monotonic())
+                    if wait > 0 and not self._stopping:
+                        with suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), wait)
+                if self._stopping or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                changed = self._changed
+                try:
+                    events, since_new = await self._run(
+                        self.store.events_since, since, info.kind, namespace, _WATCH_BATCH
+                    )
+                except ApiError as exc:  # compacted past this watcher: tell it to re-list
+                    lines.append(_dumps({"type": "ERROR", "object": status_body(exc)}) + "\n")
+                    await response.write("".join(lines).encode())
+                    break
+                lines = self._event_lines(events, predicate)
+                since = since_new
+                if not lines and time.monotonic() - last_write >= self.bookmark_interval:
+                    bookmark = {
+                        "apiVersion": info.api_version,
+                        "kind": info.kind,
+                        "metadata": {"resourceVersion": str(since)},
+                    }
+                    lines.append(_dumps({"type": "BOOKMARK", "object": bookmark}) + "\n")
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass  # the watcher went away
+        return response
+
+    @staticmethod
+    def _event_lines(events: list[Any], predicate: Callable[[dict[str, Any]], bool] | None) -> list[str]:
+        lines: list[str] = []
+        for ev in events:
+            if predicate is None:
+                lines.append('{"type":"' + ev.type + '","object":' + ev.data + "}\n")
+                continue
+            now = predicate(json.loads(ev.data))
+            before = ev.prev is not None and predicate(json.loads(ev.prev))
+            # Selector transitions, as in Kubernetes: starting to match is ADDED, stopping is DELETED.
+            if ev.type == "MODIFIED" and now != before:
+                kind = "ADDED" if now else "DELETED"
+            elif now:
+                kind = ev.type
+            else:
+                continue
+            lines.append('{"type":"' + kind + '","object":' + ev.data + "}\n")
+        return lines
+
+
+async def serve(
+    state_dir: str | Path,
+    tcp: str | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    max_events: int = DEFAULT_MAX_EVENTS,
+) -> None:
+    """Run an API server until `stop` is set (or forever)."""
+    server = ApiServer(state_dir, tcp, max_events=max_events)
+    await server.start()
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await server.stop()
+
+
+def run_apiserver(state_dir: Path, tcp: str | None = None, *, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+    """Blocking entry point (`ambient apiserver`): serve until SIGTERM or SIGINT, then stop gracefully."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(state_dir, tcp, stop=stop, max_events=max_events)
+
+    asyncio.run(main())
+
+
+@contextmanager
+def serve_in_thread(state_dir: str | Path, tcp: str | None = None, **kwargs: Any) -> Iterator[ApiServer]:
+    """Run a server on a background thread's event loop (for tests and synchronous callers)."""
+    server = ApiServer(state_dir, tcp, **kwargs)
+    ready = threading.Event()
+    failure: list[BaseException] = []
+    control: dict[str, Any] = {}
+
+    async def main() -> None:
+        control["loop"] = asyncio.get_running_loop()
+        control["stop"] = stop = asyncio.Event()
+        try:
+            await server.start()
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            return
+        ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="apiserver", daemon=True)
+    thread.start()
+    ready.wait(60)
+    if failure:
+        thread.join(10)
+        raise failure[0]
+    try:
+        yield server
+    finally:
+        control["loop"].call_soon_threadsafe(control["stop"].set)
+        thread.join(60)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ambient.api.server", description="ambient cluster API server")
+    parser.add_argument("--state-dir", required=True, type=Path, help="cluster state directory")
+    parser.add_argument("--tcp", default=None, help="also listen on HOST:PORT (e.g. 127.0.0.1:6443)")
+    parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS, help="change log entries kept")
+    args = parser.parse_args(argv)
+    try:
+        run_apiserver(args.state_dir, args.tcp, max_events=args.max_events)
+    except ApiError as exc:
+        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""`ambient cluster create|delete|list`: the local hermetic cluster's lifecycle (see ambient.cluster.lifecycle).
+
+Registered by `ambient.cli.main` through `register(app)`. The name comes from `--name`, else the global
+`--cluster` / $AMBIENT_CLUSTER; the state dir from `--state-dir`, else the global one / $AMBIENT_STATE_DIR,
+else /var/lib/ambient/<name>. Progress goes to stderr, tables to stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ambient.cli.context import state
+
+app = typer.Typer(help="Create, delete and list local hermetic clusters.", no_args_is_help=True)
+
+NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Cluster name (default: --cluster / "
+                                                                  "$AMBIENT_CLUSTER / ambient).")]
+StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Cluster state directory "
+                                                                   "(default /var/lib/ambient/<name>).",
+                                               file_okay=False)]
+
+
+def _resolve(ctx: typer.Context, name: str | None, state_dir: Path | None) -> tuple[str, Path | None]:
+    st = state(ctx)
+    return name or st.cluster, state_dir or st.state_dir
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: NameOpt = None,
+    nodes: Annotated[int, typer.Option("--nodes", help="Number of nodes.", min=1, max=200)] = 2,
+    state_dir: StateOpt = None,
+) -> None:
+    """Create a cluster: underlay + node network namespaces, API server, DNS, controllers, kubelets."""
+    from rich.console import Console
+
+    from ambient.cluster.lifecycle import create_cluster
+
+    cluster, sdir = _resolve(ctx, name, state_dir)
+    err = Console(stderr=True, log_path=False)
+    with err.status(f"creating cluster {cluster}") as status:
+        def progress(msg: str) -> None:
+            status.update(f"{cluster}: {msg}")
+            err.log(msg)
+
+        result = create_cluster(cluster, nodes, sdir, progress=progress)
+    skipped = f" (not available yet: {', '.join(result.skipped)})" if result.skipped else ""
+    err.print(f"[green]cluster {cluster} created[/] with {nodes} node(s) in {result.timings['total']:.1f}s"
+              f"{skipped}")
+    err.print(f"state: {result.layout.state_dir}   delete: ambient cluster delete --name {cluster}")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: NameOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Delete every cluster on this machine.")] = False,
+    keep_state: Annotated[bool, typer.Option("--keep-state", help="Keep the state directory.")] = False,
+    state_dir: StateOpt = None,
+) -> None:
+    """Delete a cluster: every process, network namespace, mount and (unless --keep-state) its state."""
+    from rich.console import Console
+
+    from ambient.cluster.lifecycle import delete_all, delete_cluster
+
+    err = Console(stderr=True, log_path=False)
+    if all_:
+        deleted = delete_all(progress=err.log)
+        err.print(f"deleted: {', '.join(deleted) or 'nothing (no clusters)'}")
+        return
+    cluster, sdir = _resolve(ctx, name, state_dir)
+    with err.status(f"deleting cluster {cluster}"):
+        found = delete_cluster(cluster, sdir, keep_state=keep_state, progress=err.log)
+    err.print(f"cluster {cluster} deleted" if found else f"cluster {cluster} did not exist (nothing to do)")
+
+
+@app.command("list")
+def list_(ctx: typer.Context) -> None:
+    """List the clusters on this machine (NAME NODES STATUS STATE-DIR)."""
+    from ambient.cli.output import print_table
+    from ambient.cluster.lifecycle import list_clusters
+
+    rows = [[c.name, str(c.nodes), c.status, c.state_dir] for c in list_clusters()]
+    print_table(["NAME", "NODES", "STATUS", "STATE-DIR"], rows)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="cluster")

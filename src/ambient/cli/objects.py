@@ -1,0 +1,303 @@
+"""Object commands: apply, get, delete, create namespace, version (kubectl-like).
+
+Every command resolves kinds with `ambient.api.kinds.resolve_kind` (so po/pods/pod, svc, deploy, ...
+all work), reads manifests with `ambient.api.manifests.load_manifests` (so the CLI and the server report
+the same validation messages), and talks to the API server only through `ApiClient`.
+Output follows kubectl: `pod/web created`, `pod "web" deleted`, "No resources found in default namespace."
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ambient.cli.context import state
+from ambient.cli.errors import CliError, UsageError
+
+if TYPE_CHECKING:
+    from ambient.api.kinds import KindInfo
+
+_MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", "-n", help='Namespace (default "default").', show_default=False)
+]
+FilesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--filename", "-f", help="Manifest file, directory of manifests, or - for stdin. Repeatable."),
+]
+
+
+def read_manifest_paths(paths: list[str], namespace: str | None = None) -> list[dict[str, Any]]:
+    """Load and validate the objects of files, directories (their *.yaml/*.yml/*.json) and stdin (-)."""
+    from ambient.api.manifests import load_manifests
+
+    objects: list[dict[str, Any]] = []
+    for raw in paths:
+        if raw == "-":
+            objects += load_manifests(sys.stdin.read(), "STDIN", namespace=namespace)
+            continue
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in _MANIFEST_SUFFIXES and p.is_file())
+            if not files:
+                raise CliError(f'no manifests (*.yaml, *.yml, *.json) in directory "{raw}"')
+        elif path.exists():
+            files = [path]
+        else:
+            raise CliError(f'the path "{raw}" does not exist')
+        for file in files:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CliError(f'cannot read "{file}": {exc}') from None
+            objects += load_manifests(text, str(file), namespace=namespace)
+    return objects
+
+
+def parse_targets(args: list[str]) -> tuple[list[KindInfo], list[str]]:
+    """`KIND[,KIND] [NAME...]` or `KIND/NAME...` -> (kinds, names); names pair with kinds[i] for k/n form."""
+    from ambient.api.kinds import resolve_kind
+
+    if not args:
+        raise UsageError("you must specify the type of resource", hint="e.g. `ambient get pods`")
+    if "/" in args[0]:
+        kinds, names = [], []
+        for arg in args:
+            kind, sep, name = arg.partition("/")
+            if not sep or not kind or not name:
+                raise UsageError(f'"{arg}": expected KIND/NAME when the first argument is KIND/NAME')
+            kinds.append(resolve_kind(kind))
+            names.append(name)
+        return kinds, names
+    kinds = [resolve_kind(k) for k in args[0].split(",") if k]
+    if len(kinds) > 1 and len(args) > 1:
+        raise UsageError("names cannot be given together with several kinds", hint="use KIND/NAME pairs")
+    return kinds, list(args[1:])
+
+
+def object_ref(obj: dict[str, Any]) -> tuple[KindInfo, str, str | None]:
+    from ambient.api.kinds import resolve_kind
+
+    info = resolve_kind(obj["kind"])
+    meta = obj.get("metadata") or {}
+    return info, meta["name"], meta.get("namespace") if info.namespaced else None
+
+
+def _ns(info: KindInfo, namespace: str | None) -> str | None:
+    return (namespace or "default") if info.namespaced else None
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+def apply(
+    ctx: typer.Context,
+    filename: FilesOpt = None,
+    namespace: NamespaceOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only validate and print what would be applied.")]
+    = False,
+) -> None:
+    """Create or update objects from manifests (YAML or JSON; one request for all of them)."""
+    from ambient.cli.printers import display_name
+
+    if not filename:
+        raise UsageError("must specify -f FILE (a file, a directory, or - for stdin)")
+    objects = read_manifest_paths(filename, namespace)
+    if not objects:
+        raise CliError("no objects passed to apply", hint="the manifests contain only empty documents")
+    if dry_run:
+        for obj in objects:
+            info, name, _ = object_ref(obj)
+            typer.echo(f"{display_name(info, name)} validated (dry run)")
+        return
+    client = state(ctx).client()
+    if len(objects) >= 200 and sys.stderr.isatty():
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"applying {len(objects)} objects"):
+            results = client.apply_many(objects)
+    else:
+        results = client.apply_many(objects)
+    lines = []
+    for obj, action in results:
+        info, name, _ = object_ref(obj)
+        lines.append(f"{display_name(info, name)} {action}\n")
+    sys.stdout.write("".join(lines))
+
+
+# ----------------------------------------------------------------------------- get
+
+_OUTPUTS = ("wide", "yaml", "json", "name")
+
+
+def get(
+    ctx: typer.Context,
+    args: Annotated[list[str], typer.Argument(metavar="KIND[,KIND...] [NAME...] | KIND/NAME...")],
+    namespace: NamespaceOpt = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="List across namespaces.")]
+    = False,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="wide|yaml|json|name")] = None,
+    selector: Annotated[str | None, typer.Option("--selector", "-l", help="Label selector, e.g. app=web")]
+    = None,
+    show_labels: Annotated[bool, typer.Option("--show-labels", help="Add a LABELS column.")] = False,
+) -> None:
+    """Show objects as a table (kubectl columns per kind), YAML, JSON or names."""
+    from ambient.api.errors import NotFoundError
+    from ambient.cli import output as out
+    from ambient.cli.printers import build_table, display_name
+
+    if output is not None and output not in _OUTPUTS:
+        raise UsageError(f'unknown output format "{output}"', hint="use one of: " + ", ".join(_OUTPUTS))
+    kinds, names = parse_targets(args)
+    client = state(ctx).client()
+    groups: list[tuple[KindInfo, list[dict[str, Any]]]] = []
+    failures: list[str] = []
+    if names:
+        pair_kinds = kinds if len(kinds) == len(names) else [kinds[0]] * len(names)
+        for info, name in zip(pair_kinds, names, strict=True):
+            try:
+                obj = client.get(info.kind, name, _ns(info, namespace))
+            except NotFoundError as exc:
+                failures.append(exc.message)
+                continue
+            if groups and groups[-1][0] == info:
+                groups[-1][1].append(obj)
+            else:
+                groups.append((info, [obj]))
+    else:
+        for info in kinds:
+            ns = None if all_namespaces or not info.namespaced else (namespace or "default")
+            items, _ = client.list(info.kind, namespace=ns, label_selector=selector)
+            groups.append((info, items))
+
+    everything = [obj for _, objs in groups for obj in objs]
+    if output in ("yaml", "json"):
+        if everything or not failures:
+            out.print_objects(everything, output, single=bool(names) and len(names) == 1)
+    elif output == "name":
+        sys.stdout.write("".join(f"{display_name(info, o['metadata']['name'])}\n" for info, objs in groups
+                                 for o in objs))
+    elif not everything and not names:
+        where = "" if all_namespaces or not any(i.namespaced for i in kinds) else (
+            f" in {namespace or 'default'} namespace"
+        )
+        sys.stderr.write(f"No resources found{where}.\n")
+    else:
+        first = True
+        for info, objs in groups:
+            if not objs:
+                continue
+            if not first:
+                sys.stdout.write("\n")
+            first = False
+            headers, rows = build_table(
+                info, objs, wide=output == "wide", all_namespaces=all_namespaces,
+                show_kind=len(kinds) > 1, show_labels=show_labels,
+            )
+            out.print_table(headers, rows)
+    if failures:
+        for message in failures[:-1]:
+            out.error(message)
+        raise CliError(failures[-1])
+
+
+# ----------------------------------------------------------------------------- delete
+
+
+def delete(
+    ctx: typer.Context,
+    args: Annotated[list[str] | None, typer.Argument(metavar="[KIND NAME... | KIND/NAME...]")] = None,
+    filename: FilesOpt = None,
+    namespace: NamespaceOpt = None,
+    selector: Annotated[str | None, typer.Option("--selector", "-l", help="Delete objects with these labels.")]
+    = None,
+    all_objects: Annotated[bool, typer.Option("--all", help="Delete every object of KIND in the namespace.")]
+    = False,
+    ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found", help="Not-found is not an error.")]
+    = False,
+) -> None:
+    """Delete objects named on the command line, selected by label, or listed in manifests."""
+    from ambient.api.errors import NotFoundError
+    from ambient.cli.output import error
+    from ambient.cli.printers import display_name
+
+    targets: list[tuple[KindInfo, str, str | None]] = []
+    if filename:
+        if args:
+            raise UsageError("give either -f FILE or KIND NAME, not both")
+        # Reverse file order: objects before their Namespace (which would delete them anyway), so a
+        # manifest that was applied deletes cleanly without spurious not-found errors.
+        targets = [object_ref(obj) for obj in reversed(read_manifest_paths(filename, namespace))]
+    elif args:
+        kinds, names = parse_targets(args)
+        client = state(ctx).client()
+        if names and (selector or all_objects):
+            raise UsageError("names cannot be combined with -l or --all")
+        if names:
+            pair_kinds = kinds if len(kinds) == len(names) else [kinds[0]] * len(names)
+            targets = [(info, name, _ns(info, namespace)) for info, name in zip(pair_kinds, names, strict=True)]
+        elif selector or all_objects:
+            for info in kinds:
+                items, _ = client.list(info.kind, namespace=_ns(info, namespace), label_selector=selector)
+                targets += [object_ref(o) for o in items]
+        else:
+            raise UsageError("resource(s) were provided, but no name was specified",
+                             hint="give NAME, KIND/NAME, -l SELECTOR or --all")
+    else:
+        raise UsageError("you must specify -f FILE or KIND NAME", hint="e.g. `ambient delete pod web`")
+
+    client = state(ctx).client()
+    failures: list[str] = []
+    for info, name, ns in targets:
+        try:
+            client.delete(info.kind, name, ns)
+        except NotFoundError as exc:
+            if not ignore_not_found:
+                failures.append(exc.message)
+            continue
+        prefix = display_name(info, name).rsplit("/", 1)[0]
+        typer.echo(f'{prefix} "{name}" deleted')
+    if not targets and (selector or all_objects):
+        sys.stderr.write("No resources found\n")
+    if failures:
+        for message in failures[:-1]:
+            error(message)
+        raise CliError(failures[-1])
+
+
+# ----------------------------------------------------------------------------- create, version
+
+create_app = typer.Typer(help="Create an object from the command line.", no_args_is_help=True)
+
+
+@create_app.command("namespace")
+def create_namespace(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Namespace name.")]) -> None:
+    """Create a namespace (alias: ns)."""
+    from ambient.api.validation import validate_object
+
+    obj = validate_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    state(ctx).client().create(obj)
+    typer.echo(f"namespace/{name} created")
+
+
+create_app.command("ns", hidden=True)(create_namespace)
+
+
+def version() -> None:
+    """Print the ambient version."""
+    from ambient import __version__
+
+    typer.echo(f"ambient version {__version__} (python {sys.version.split()[0]})")
+
+
+def register(app: typer.Typer) -> None:
+    panel = "Objects"
+    app.command("apply", rich_help_panel=panel)(apply)
+    app.command("get", rich_help_panel=panel)(get)
+    app.command("delete", rich_help_panel=panel)(delete)
+    app.add_typer(create_app, name="create", rich_help_panel=panel)
+    app.command("version")(version)

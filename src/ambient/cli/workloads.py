@@ -1,0 +1,228 @@
+"""`ambient exec`, `ambient logs`, `ambient port-forward`: reach into the pods of the local cluster.
+
+- exec: runs CMD inside the pod netns with `ip netns exec` (which also bind-mounts the pod's resolv.conf),
+  with the container's environment and working dir; stdin/stdout/stderr are the caller's; the exit code is
+  passed through (127 when the executable does not exist).
+- logs: a container's log file (`<state>/logs/pods/<ns>_<pod>_<container>.log`), or a component's
+  (`<state>/logs/<component>[-<node>].log`) when the target is a component name (apiserver, dns, kubelet, ...).
+- port-forward: 127.0.0.1:LOCAL on the machine -> a pod (or a Ready endpoint of a Service) inside its netns.
+
+Heavy imports happen inside the commands (the CLI's start-up time rule).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ambient.cli.context import CliState, state
+from ambient.cli.errors import CliError, UsageError
+
+COMPONENTS = ("apiserver", "controller-manager", "dns", "kubelet", "ztunnel", "node-agent", "controlplane")
+PER_NODE = ("kubelet", "ztunnel", "node-agent")
+
+app = typer.Typer(help="exec / logs / port-forward into pods of the local cluster.")
+
+
+def _layout(st: CliState) -> Any:
+    from ambient.cluster import layout as L
+
+    return L.load_layout(st.socket_path.parent)
+
+
+def _running_pod(st: CliState, name: str, namespace: str) -> dict[str, Any]:
+    pod = st.client().get("Pod", name, namespace)
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or not status.get("podIP"):
+        why = status.get("message") or status.get("reason") or ""
+        raise CliError(f"pod {namespace}/{name} is not running (phase {status.get('phase') or 'Pending'}"
+                       + (f": {why})" if why else ")"),
+                       hint=f"`ambient get pod {name} -n {namespace} -o yaml` shows its status")
+    return pod
+
+
+def _container(pod: dict[str, Any], name: str | None) -> dict[str, Any]:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    names = [c["name"] for c in containers]
+    if name is None:
+        if len(containers) == 1:
+            return dict(containers[0])
+        raise UsageError(f"pod {pod['metadata']['name']} has {len(containers)} containers: choose one with -c",
+                         hint=f"containers: {', '.join(names)}")
+    for c in containers:
+        if c["name"] == name:
+            return dict(c)
+    raise CliError(f"container {name!r} not found in pod {pod['metadata']['name']}",
+                   hint=f"containers: {', '.join(names)}")
+
+
+def exec_command(
+    ctx: typer.Context,
+    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    command: Annotated[list[str] | None, typer.Argument(help="Command and arguments (after --).")] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    container: Annotated[str | None, typer.Option("--container", "-c")] = None,
+) -> None:
+    """Run a command inside a pod's network namespace (exit code passed through)."""
+    import os
+    import subprocess
+
+    from ambient.cluster import layout as L
+    from ambient.cluster import podruntime as rt
+
+    if command and command[0] == "--":
+        command = command[1:]  # click keeps the separator when interspersed args are off
+    if not command:
+        raise UsageError("no command given", hint=f"ambient exec {pod} -- CMD [ARGS...]")
+    st = state(ctx)
+    obj = _running_pod(st, pod, namespace)
+    spec = _container(obj, container)
+    layout = _layout(st)
+    netns = L.pod_netns_name(layout.name, obj["metadata"]["uid"])
+    if not L.netns_path(netns).exists():
+        raise CliError(f"the network namespace of pod {namespace}/{pod} ({netns}) does not exist",
+                       hint="the pod may be terminating; `ambient get pods` shows it")
+    env = rt.container_env(obj, spec, (obj.get("spec") or {}).get("nodeName") or "", obj["status"]["podIP"])
+    try:
+        argv = rt.resolve_command({"command": command}, env)
+    except rt.StartError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        raise typer.Exit(127) from None
+    workdir = spec.get("workingDir")
+    cwd = workdir if workdir and os.path.isdir(workdir) else "/"
+    try:
+        code = subprocess.call(["ip", "netns", "exec", netns, *argv], env=env, cwd=cwd)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code if code >= 0 else 128 - code)
+
+
+def _component_log(st: CliState, component: str, node: str | None) -> Path:
+    layout = _layout(st)
+    if component in PER_NODE:
+        nodes = [n.name for n in layout.nodes]
+        if node is None:
+            if len(nodes) != 1:
+                raise UsageError(f"{component} runs on every node: choose one with --node",
+                                 hint=f"nodes: {', '.join(nodes)}")
+            node = nodes[0]
+        layout.node(node)  # clear error for an unknown node
+        name = f"{component}-{node}"
+    else:
+        name = component
+    path = layout.log_dir / f"{name}.log"
+    if not path.exists():
+        raise CliError(f"no log for component {name} ({path} does not exist)",
+                       hint="is that component part of this cluster? `ambient cluster list`")
+    return path
+
+
+def _pod_log(st: CliState, name: str, namespace: str, container: str | None) -> Path:
+    from ambient.cluster import podruntime as rt
+
+    pod = st.client().get("Pod", name, namespace)
+    spec = _container(pod, container)
+    path = rt.log_path(_layout(st).state_path, namespace, name, spec["name"])
+    if not path.exists():
+        status = pod.get("status") or {}
+        why = status.get("message") or status.get("reason") or f"phase {status.get('phase') or 'Pending'}"
+        raise CliError(f"container {spec['name']} of pod {namespace}/{name} has not started yet ({why})")
+    return path
+
+
+def _print_file(path: Path, follow: bool, tail: int | None) -> None:
+    out = sys.stdout.buffer
+    with open(path, "rb") as fh:
+        data = fh.read()
+        if tail is not None and tail >= 0:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-tail:]) if tail else b""
+        out.write(data)
+        out.flush()
+        while follow:
+            chunk = fh.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+            else:
+                time.sleep(0.2)
+
+
+def logs_command(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="Pod name (or pod/NAME), or a component: "
+                                          + ", ".join(COMPONENTS))],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    container: Annotated[str | None, typer.Option("--container", "-c")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    node: Annotated[str | None, typer.Option("--node", help="Node of a per-node component.")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.")] = None,
+) -> None:
+    """Print a pod container's log, or a cluster component's log."""
+    st = state(ctx)
+    if target.startswith(("pod/", "po/", "pods/")):
+        path = _pod_log(st, target.split("/", 1)[1], namespace, container)
+    elif target in COMPONENTS or node is not None:
+        if target not in COMPONENTS:
+            raise UsageError(f"unknown component {target!r}", hint=f"components: {', '.join(COMPONENTS)}")
+        path = _component_log(st, target, node)
+    else:
+        path = _pod_log(st, target, namespace, container)
+    try:
+        _print_file(path, follow, tail)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def port_forward_command(
+    ctx: typer.Context,
+    resource: Annotated[str, typer.Argument(help="svc/NAME or pod/NAME")],
+    ports: Annotated[str, typer.Argument(help="LOCAL:REMOTE (LOCAL 0 picks a free port)")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+) -> None:
+    """Forward 127.0.0.1:LOCAL on this machine to a pod or service port inside the cluster."""
+    import asyncio
+
+    from ambient.cluster import portforward as pf
+
+    st = state(ctx)
+    kind, name = pf.parse_resource(resource)
+    local, remote = pf.parse_ports(ports)
+    layout = _layout(st)
+    client = st.client()
+    # Resolve once up front so a typo fails now, not at the first connection.
+    first = pf.resolve_target(layout.name, client.get, kind, name, namespace, remote)
+
+    async def resolve() -> pf.Target:
+        return await asyncio.to_thread(pf.resolve_target, layout.name, client.get, kind, name, namespace, remote)
+
+    async def run() -> None:
+        fwd = pf.PortForwarder(local, resolve)
+        try:
+            port = await fwd.start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on 127.0.0.1:{local}: {exc.strerror}",
+                           hint="choose another LOCAL port (0 picks a free one)") from None
+        print(f"Forwarding from 127.0.0.1:{port} -> {resource}:{remote} (pod {first.pod})", flush=True)
+        await fwd.serve_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+app.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
+app.command("logs")(logs_command)
+app.command("port-forward")(port_forward_command)
+
+
+def register(root: typer.Typer) -> None:
+    """Called by `ambient.cli.main` at start-up: add exec, logs and port-forward to the root app."""
+    root.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
+    root.command("logs")(logs_command)
+    root.command("port-forward")(port_forward_command)

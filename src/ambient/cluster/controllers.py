@@ -1,0 +1,280 @@
+"""The controller-manager of the local cluster: scheduler, Deployments, ServiceAccounts, Service VIPs, Endpoints.
+
+Run as `python -m ambient.cluster.controllers --state-dir DIR` (one process per cluster, root netns: it only
+talks to the API server over its Unix socket).
+
+Design: level-triggered. Watches on the kinds we care about only mark the world "dirty"; one reconcile pass
+lists everything and converges (idempotent, so a missed or duplicated event costs nothing but a pass). A
+periodic resync covers watch gaps. The decisions live in pure modules (`scheduler`, `deployments`,
+`services`); this module only reads, decides with them, and writes.
+
+Invariants:
+- Every namespace has a ServiceAccount `default`.
+- Every Service (not headless) has a unique ClusterIP from 10.96.0.0/16 and an Endpoints object of the same
+  name listing its Ready pods; a Service's Endpoints are deleted with it.
+- Every Pod without `spec.nodeName` is bound to a Ready node (patch of spec.nodeName), spreading the pods of
+  one owner over the nodes.
+- Deployments converge per `deployments.plan` and report status.
+- Conflicts (another writer changed the object) are not errors: the next pass re-reads and retries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any, Protocol
+
+from ambient.api.errors import AlreadyExistsError, ApiError, ConflictError, NotFoundError
+from ambient.cluster import deployments as deploy_plan
+from ambient.cluster.scheduler import RoundRobinScheduler
+from ambient.cluster.services import compute_endpoints, endpoints_differ, plan_cluster_ips
+
+log = logging.getLogger("ambient.controllers")
+
+WATCHED_KINDS = ("Pod", "Service", "Deployment", "Node", "Namespace", "Endpoints")
+
+
+class Client(Protocol):
+    """The subset of `ambient.api.client.AsyncApiClient` the controllers use."""
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]: ...
+    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+                   field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]: ...
+    async def update(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    async def update_status(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    async def patch(self, kind: str, name: str, namespace: str | None,
+                    patch: dict[str, Any], *, status: bool = False) -> dict[str, Any]: ...
+    async def delete(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]: ...
+    def watch(self, kind: str, namespace: str | None = None, resource_version: str | None = None,
+              label_selector: str | None = None, timeout: float | None = None,
+              field_selector: str | None = None) -> Any: ...
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return (meta.get("namespace") or "default", meta["name"])
+
+
+class ControllerManager:
+    def __init__(self, client: Client, *, resync_seconds: float = 3.0) -> None:
+        self.client = client
+        self.resync_seconds = resync_seconds
+        self.scheduler = RoundRobinScheduler()
+        self._dirty = asyncio.Event()
+        self.passes = 0
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for kind in WATCHED_KINDS:
+                tg.create_task(self._watch(kind), name=f"watch-{kind}")
+            tg.create_task(self._loop(), name="reconcile")
+
+    async def _watch(self, kind: str) -> None:
+        while True:
+            try:
+                async for _event in self.client.watch(kind):
+                    self._dirty.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any watch failure: back off and re-watch
+                log.warning("watch %s failed: %s; retrying", kind, exc)
+            self._dirty.set()
+            await asyncio.sleep(1.0)
+
+    async def _loop(self) -> None:
+        self._dirty.set()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=self.resync_seconds)
+            self._dirty.clear()
+            await asyncio.sleep(0.02)  # coalesce a burst of events into one pass
+            try:
+                await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except ConflictError:
+                self._dirty.set()
+            except Exception:  # the manager must outlive any single bad pass
+                log.exception("reconcile pass failed; retrying")
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+
+    # ------------------------------------------------------------------ one pass
+
+    async def reconcile_once(self) -> None:
+        self.passes += 1
+        namespaces, _ = await self.client.list("Namespace")
+        await self._service_accounts(namespaces)
+        nodes, _ = await self.client.list("Node")
+        pods, _ = await self.client.list("Pod")
+        await self._schedule(pods, nodes)
+        deploys, _ = await self.client.list("Deployment")
+        changed = await self._deployments(deploys, pods)
+        if changed:
+            pods, _ = await self.client.list("Pod")
+        services, _ = await self.client.list("Service")
+        services = await self._cluster_ips(services)
+        endpoints, _ = await self.client.list("Endpoints")
+        await self._endpoints(services, endpoints, pods)
+
+    async def _service_accounts(self, namespaces: list[dict[str, Any]]) -> None:
+        existing, _ = await self.client.list("ServiceAccount")
+        have = {(_key(sa)) for sa in existing}
+        for ns in namespaces:
+            name = ns["metadata"]["name"]
+            if (ns["metadata"].get("deletionTimestamp")) or (name, "default") in have:
+                continue
+            with contextlib.suppress(AlreadyExistsError, NotFoundError):
+                await self.client.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                                          "metadata": {"name": "default", "namespace": name}})
+
+    async def _schedule(self, pods: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> None:
+        for pod in pods:
+            spec = pod.get("spec") or {}
+            if spec.get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+                continue
+            node = self.scheduler.pick(pod, nodes, pods)
+            if node is None:
+                await self._set_unschedulable(pod)
+                continue
+            ns, name = _key(pod)
+            try:
+                bound = await self.client.patch("Pod", name, ns, {"spec": {"nodeName": node}})
+            except (NotFoundError, ConflictError):
+                continue
+            log.info("bound pod %s/%s to %s", ns, name, node)
+            spec["nodeName"] = node  # so the next pods of this pass see the spread
+            pod["spec"] = spec
+            pod["metadata"]["resourceVersion"] = bound["metadata"]["resourceVersion"]
+
+    async def _set_unschedulable(self, pod: dict[str, Any]) -> None:
+        status = pod.get("status") or {}
+        cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "no Ready node available"}
+        if cond in (status.get("conditions") or []):
+            return
+        ns, name = _key(pod)
+        with contextlib.suppress(ConflictError, NotFoundError):
+            await self.client.patch("Pod", name, ns, {"status": {"phase": "Pending", "conditions": [cond]}},
+                                    status=True)
+
+    async def _deployments(self, deploys: list[dict[str, Any]], pods: list[dict[str, Any]]) -> bool:
+        changed = False
+        for deploy in deploys:
+            ns, name = _key(deploy)
+            result = deploy_plan.plan(deploy, pods)
+            for _ in range(result.create):
+                for _attempt in range(5):  # a random-name collision is retried with a new name
+                    try:
+                        await self.client.create(deploy_plan.new_pod(deploy, f"{name}-{deploy_plan.random_suffix()}"))
+                        changed = True
+                        break
+                    except AlreadyExistsError:
+                        continue
+                    except NotFoundError:
+                        break  # namespace going away
+            for pod_name in result.delete:
+                with contextlib.suppress(NotFoundError):
+                    await self.client.delete("Pod", pod_name, ns)
+                    changed = True
+            if (deploy.get("status") or {}) != result.status:
+                with contextlib.suppress(ConflictError, NotFoundError):
+                    await self.client.patch("Deployment", name, ns, {"status": result.status}, status=True)
+        # Garbage-collect pods whose owning Deployment is gone (like Kubernetes' GC).
+        live = {(_key(d), d["metadata"].get("uid")) for d in deploys}
+        for pod in pods:
+            refs = pod["metadata"].get("ownerReferences") or []
+            owner = next((r for r in refs if r.get("kind") == "Deployment"), None)
+            if owner is None:
+                continue
+            ns = pod["metadata"].get("namespace") or "default"
+            if ((ns, owner.get("name")), owner.get("uid")) not in live:
+                with contextlib.suppress(NotFoundError):
+                    await self.client.delete("Pod", pod["metadata"]["name"], ns)
+                    changed = True
+        return changed
+
+    async def _cluster_ips(self, services: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assignments = plan_cluster_ips(services)
+        out = []
+        for svc in services:
+            ip = assignments.get(_key(svc))
+            if ip is None:
+                out.append(svc)
+                continue
+            ns, name = _key(svc)
+            try:
+                svc = await self.client.patch("Service", name, ns, {"spec": {"clusterIP": ip, "clusterIPs": [ip]}})
+                log.info("service %s/%s: clusterIP %s", ns, name, ip)
+            except (NotFoundError, ConflictError):
+                continue
+            out.append(svc)
+        return out
+
+    async def _endpoints(self, services: list[dict[str, Any]], endpoints: list[dict[str, Any]],
+                         pods: list[dict[str, Any]]) -> None:
+        current = {_key(e): e for e in endpoints}
+        wanted: set[tuple[str, str]] = set()
+        for svc in services:
+            key = _key(svc)
+            wanted.add(key)
+            desired = compute_endpoints(svc, pods)
+            have = current.get(key)
+            if not endpoints_differ(have, desired):
+                continue
+            try:
+                if have is None:
+                    await self.client.create(desired)
+                else:
+                    desired["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
+                    await self.client.update(desired)
+            except (AlreadyExistsError, ConflictError):
+                self._dirty.set()
+            except NotFoundError:
+                pass
+        for key, ep in current.items():
+            if key not in wanted:
+                with contextlib.suppress(NotFoundError):
+                    await self.client.delete("Endpoints", ep["metadata"]["name"], key[0])
+
+
+async def _amain(state_dir: Path) -> None:
+    from ambient.api.client import AsyncApiClient
+
+    socket_path = state_dir / "apiserver.sock"
+    loop = asyncio.get_running_loop()
+    async with AsyncApiClient(socket_path) as client:
+        manager = ControllerManager(client)
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        log.info("controller-manager started (api %s)", socket_path)
+        with contextlib.suppress(asyncio.CancelledError):
+            await manager.run()
+    log.info("controller-manager stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ambient.cluster.controllers", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the useful ones
+    try:
+        asyncio.run(_amain(args.state_dir))
+    except ApiError as exc:
+        raise SystemExit(f"controller-manager: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The cluster DNS server: answers `<svc>.<ns>.svc.cluster.local` from the API's Services, over UDP and TCP.
+
+Runs as the component "dns" inside the underlay netns, listening on 172.18.0.2:53 (`layout.DNS_SERVER_IP`);
+the kube-proxy rules in every node DNAT the DNS VIP 10.96.0.10:53 to it. Decisions are in `dnswire` (pure);
+this module only does I/O: sockets, and a Service table kept current with list + watch.
+
+Invariants:
+- nothing is ever forwarded: names outside `cluster.local` are REFUSED (see dnswire.resolve);
+- the Service table has one writer (`ServiceWatcher.run`), readers see a consistent dict (replaced, never
+  mutated while a lookup could read it half-updated: single-threaded asyncio);
+- when the API is unreachable the server keeps answering from the last table it had and re-lists with backoff;
+- every task is owned by a TaskGroup.
+
+`python -m ambient.cluster.dns --state-dir DIR [--listen 172.18.0.2] [--port 53]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import struct
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Any, cast
+
+from ambient.cluster import dnswire
+from ambient.cluster.layout import DNS_SERVER_IP
+
+log = logging.getLogger("ambient.cluster.dns")
+
+TCP_IDLE_TIMEOUT = 10.0
+
+
+class ServiceTable:
+    """(service, namespace) -> ClusterIPs; `lookup` is the `dnswire.ServiceLookup` the resolver uses."""
+
+    def __init__(self, records: dict[tuple[str, str], list[str]] | None = None) -> None:
+        self._records: dict[tuple[str, str], list[str]] = dict(records or {})
+
+    def lookup(self, name: str, namespace: str) -> list[str] | None:
+        return self._records.get((name, namespace))
+
+    def replace(self, records: dict[tuple[str, str], list[str]]) -> None:
+        self._records = dict(records)
+
+    def upsert(self, name: str, namespace: str, ips: list[str]) -> None:
+        self._records = {**self._records, (name, namespace): ips}
+
+    def remove(self, name: str, namespace: str) -> None:
+        self._records = {k: v for k, v in self._records.items() if k != (name, namespace)}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+def service_ips(svc: dict[str, Any]) -> list[str]:
+    """The A records of a Service: its IPv4 ClusterIP(s); none for headless or not-yet-allocated."""
+    spec = svc.get("spec") or {}
+    ips = list(spec.get("clusterIPs") or [])
+    if not ips and spec.get("clusterIP"):
+        ips = [spec["clusterIP"]]
+    return [ip for ip in ips if isinstance(ip, str) and ip.count(".") == 3]
+
+
+def _key(svc: dict[str, Any]) -> tuple[str, str]:
+    meta = svc.get("metadata") or {}
+    return str(meta.get("name", "")), str(meta.get("namespace") or "default")
+
+
+class ServiceWatcher:
+    """Keeps a ServiceTable in sync with the API (list, then watch from the list's version; re-list on error)."""
+
+    def __init__(self, socket_path: Path, table: ServiceTable) -> None:
+        self.socket_path = socket_path
+        self.table = table
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        from ambient.api.client import AsyncApiClient
+        from ambient.api.errors import ApiError
+
+        backoff = 0.1
+        while True:
+            try:
+                async with AsyncApiClient(self.socket_path, timeout=10.0) as api:
+                    items, version = await api.list("Service")
+                    self.table.replace({_key(s): service_ips(s) for s in items})
+                    self.synced.set()
+                    backoff = 0.1
+                    log.info("synced %d services at version %s", len(items), version)
+                    stream = cast(AsyncGenerator[Any, None], api.watch("Service", resource_version=version))
+                    async with contextlib.aclosing(stream) as events:
+                        async for event in events:
+                            if event.type == "BOOKMARK":
+                                continue
+                            name, ns = _key(event.object)
+                            if event.type == "DELETED":
+                                self.table.remove(name, ns)
+                            else:
+                                self.table.upsert(name, ns, service_ips(event.object))
+            except (ApiError, OSError) as exc:
+                log.warning("service watch failed (%s); retrying in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, lookup: dnswire.ServiceLookup) -> None:
+        self.lookup = lookup
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = dnswire.answer(data, self.lookup, udp=True)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+async def _serve_tcp_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            lookup: dnswire.ServiceLookup) -> None:
+    try:
+        while True:
+            try:
+                header = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                (length,) = struct.unpack("!H", header)
+                data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
+            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            reply = dnswire.answer(data, lookup, udp=False)
+            if reply is None:
+                continue
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+class DnsServer:
+    """UDP + TCP listeners answering from `lookup`. Use `async with DnsServer(...)`; `.port` is the bound port."""
+
+    def __init__(self, lookup: dnswire.ServiceLookup, host: str = DNS_SERVER_IP, port: int = 53) -> None:
+        self.lookup = lookup
+        self.host = host
+        self.port = port
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+
+    async def __aenter__(self) -> DnsServer:
+        loop = asyncio.get_running_loop()
+        self._tcp = await asyncio.start_server(
+            lambda r, w: _serve_tcp_client(r, w, self.lookup), self.host, self.port, reuse_address=True)
+        # With port 0 the kernel picks one for TCP; UDP binds the same number so both are one "server".
+        self.port = self._tcp.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self.lookup),
+                                                           local_addr=(self.host, self.port))
+        self._udp = transport
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+
+
+async def serve(state_dir: Path, host: str, port: int, stop: asyncio.Event,
+                on_ready: Callable[[int], None] | None = None) -> None:
+    table = ServiceTable()
+    watcher = ServiceWatcher(state_dir / "apiserver.sock", table)
+    async with DnsServer(table.lookup, host, port) as server:
+        log.info("cluster DNS listening on %s:%d (udp+tcp)", host, server.port)
+        if on_ready is not None:
+            on_ready(server.port)
+        async with asyncio.TaskGroup() as tg:
+            watch_task = tg.create_task(watcher.run())
+            await stop.wait()
+            watch_task.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ambient.cluster.dns", description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--listen", default=DNS_SERVER_IP)
+    parser.add_argument("--port", type=int, default=53)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.state_dir, args.listen, args.port, stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,499 @@
+"""The kubelet of one node of the local cluster: runs the pods bound to it, and its kube-proxy rules.
+
+Run as `python -m ambient.cluster.kubelet --state-dir DIR --node NAME` (normally inside the node's netns;
+every network action names its netns explicitly anyway, so it also works from elsewhere, e.g. in tests).
+
+Per pod (one `PodWorker` task): record -> netns + resolv.conf -> CNI ADD (retried with backoff while it fails:
+the pod stays Pending with reason NetworkNotReady, it never runs without its network) -> containers started
+with `ip netns exec` and supervised per restartPolicy with a capped exponential back-off -> status patched
+(phase, podIP, conditions, containerStatuses). Pod gone from the API (or moved away) -> process groups get
+SIGTERM, then SIGKILL after terminationGracePeriodSeconds (default 2 s), CNI DEL, netns and record removed.
+
+Invariants:
+- The API is the source of truth; the on-disk records (podruntime.RecordStore) are how a restarted kubelet
+  finds what it made: pods still bound here are adopted (live processes kept), the rest are torn down.
+- A kubelet shutdown (SIGTERM) leaves pods running (a restart adopts them); only pod deletion tears down.
+- Status is written with a status merge patch (no read-modify-write races with other writers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ambient.api.errors import ApiError, NotFoundError
+from ambient.cluster import kubeproxy
+from ambient.cluster import layout as L
+from ambient.cluster import podruntime as rt
+from ambient.cluster.controllers import Client
+from ambient.cluster.errors import ClusterError
+from ambient.cluster.podstatus import ContainerState, pod_status
+
+log = logging.getLogger("ambient.kubelet")
+
+BACKOFF_START = 0.5
+BACKOFF_CAP = 10.0
+RESET_AFTER = 10.0  # a container that ran this long starts its back-off from scratch
+POLL = 0.2
+DEFAULT_GRACE = 2.0
+
+
+class PodWorker:
+    """Owns one pod on this node from sandbox creation to teardown."""
+
+    def __init__(self, kubelet: Kubelet, pod: dict[str, Any], record: rt.PodRecord | None) -> None:
+        self.kubelet = kubelet
+        self.pod = pod
+        meta = pod["metadata"]
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta.get("namespace") or "default"
+        self.name: str = meta["name"]
+        self.record = record or rt.PodRecord(self.uid, self.namespace, self.name,
+                                             L.pod_netns_name(kubelet.layout.name, self.uid))
+        self.adopted = record is not None
+        self.teardown = False
+        self.network_error: str | None = None
+        self.containers: dict[str, ContainerState] = {}
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            prev = self.record.containers.get(c["name"])
+            state = ContainerState(name=c["name"], spec=c)
+            if prev is not None:
+                state.restart_count = prev.restart_count
+            self.containers[c["name"]] = state
+        self._changed = asyncio.Event()
+        self._last_status: dict[str, Any] | None = None
+        self.start_time = rt.now_rfc3339()
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._status_writer())
+                await self._sandbox()
+                for state in self.containers.values():
+                    tg.create_task(self._supervise(state), name=f"{self.name}/{state.name}")
+                tg.create_task(self._readiness())
+        finally:
+            if self.teardown:
+                await self._teardown()
+
+    async def _sandbox(self) -> None:
+        rec = self.record
+        if self.adopted and rec.ip and L.netns_path(rec.netns).exists():
+            return
+        delay = BACKOFF_START
+        while True:
+            self.kubelet.records.save(rec)  # before the netns exists: a crash leaves a trace to clean up
+            try:
+                async with self.kubelet.sandbox_slots:
+                    await asyncio.to_thread(rt.create_netns, rec.netns, self.namespace)
+                    result = await asyncio.to_thread(self.kubelet.cni.add, self.uid, self.name, self.namespace,
+                                                     str(L.netns_path(rec.netns)))
+            except ClusterError as exc:
+                self.network_error = exc.message
+                log.warning("pod %s/%s: network not ready: %s (retry in %.1fs)", self.namespace, self.name,
+                            exc.message, delay)
+                self.changed()
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_CAP, delay * 2)
+                continue
+            rec.ip, rec.gateway = result.ip, result.gateway
+            self.network_error = None
+            self.kubelet.records.save(rec)
+            log.info("pod %s/%s: sandbox %s ip %s", self.namespace, self.name, rec.netns, rec.ip)
+            self.changed()
+            return
+
+    async def _teardown(self) -> None:
+        grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        grace_s = DEFAULT_GRACE if grace is None else float(grace)
+        stops = [asyncio.to_thread(rt.stop_process_group, c.pid, c.starttime, grace_s)
+                 for c in self.containers.values() if c.pid]
+        await asyncio.gather(*stops)
+        for c in self.containers.values():
+            c.reap()
+        await self.kubelet.teardown_record(self.record)
+
+    # ------------------------------------------------------------------ containers
+
+    async def _supervise(self, c: ContainerState) -> None:
+        policy = (self.pod.get("spec") or {}).get("restartPolicy") or "Always"
+        failures = 0
+        prev = self.record.containers.get(c.name)
+        if self.adopted and prev is not None and rt.process_alive(prev.pid, prev.starttime):
+            c.adopt(prev.pid, prev.starttime, prev.started_at)
+            log.info("pod %s/%s: adopted container %s (pid %d)", self.namespace, self.name, c.name, c.pid)
+        first = True
+        while True:
+            if c.pid == 0:
+                if not first:
+                    delay = min(BACKOFF_CAP, BACKOFF_START * (2 ** max(0, failures - 1)))
+                    if c.reason != "StartError":  # keep the cause visible while waiting to retry it
+                        c.set_waiting("CrashLoopBackOff", f"back-off {delay:.1f}s restarting failed container "
+                                      f"{c.name} in pod {self.name}")
+                        self.changed()
+                    await asyncio.sleep(delay)
+                first = False
+                try:
+                    env = rt.container_env(self.pod, c.spec, self.kubelet.node, self.record.ip)
+                    argv = rt.resolve_command(c.spec, env)
+                    log_file = rt.log_path(self.kubelet.state_dir, self.namespace, self.name, c.name)
+                    proc = rt.start_container(self.record.netns, argv, env, c.spec.get("workingDir"), log_file)
+                except rt.StartError as exc:
+                    log.warning("pod %s/%s container %s: %s", self.namespace, self.name, c.name, exc.message)
+                    c.set_start_error(exc.message)
+                    failures += 1
+                    self.changed()
+                    if policy == "Never":
+                        return
+                    c.restart_count += 1
+                    continue
+                c.set_running(proc)
+                self._save_container(c)
+                self.changed()
+            exit_code = await self._wait_exit(c)
+            ran = c.set_terminated(exit_code)
+            self._save_container(c)
+            log.info("pod %s/%s container %s exited with %s after %.1fs", self.namespace, self.name,
+                     c.name, exit_code, ran)
+            if policy == "Never" or (policy == "OnFailure" and exit_code == 0):
+                self.changed()
+                return
+            failures = 0 if ran >= RESET_AFTER else failures + 1
+            c.restart_count += 1
+            self.changed()
+
+    async def _wait_exit(self, c: ContainerState) -> int:
+        while True:
+            code = c.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(POLL)
+
+    def _save_container(self, c: ContainerState) -> None:
+        self.record.containers[c.name] = rt.ContainerRecord(c.pid, c.starttime, c.restart_count, c.started_at)
+        self.kubelet.records.save(self.record)
+
+    async def _readiness(self) -> None:
+        while True:
+            changed = False
+            for c in self.containers.values():
+                ready = await self.kubelet.probe(c, self.record.ip)
+                if ready != c.ready:
+                    c.ready = ready
+                    changed = True
+            if changed:
+                self.changed()
+            await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        return pod_status(
+            self.pod, list(self.containers.values()), host_ip=self.kubelet.host_ip, pod_ip=self.record.ip,
+            network_error=self.network_error, start_time=self.start_time,
+        )
+
+    async def _status_writer(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            status = self.status()
+            if status == self._last_status:
+                continue
+            try:
+                await self.kubelet.client.patch("Pod", self.name, self.namespace, {"status": status}, status=True)
+                self._last_status = status
+            except NotFoundError:
+                return  # deleted: the kubelet's reconcile will tear us down
+            except ApiError as exc:
+                log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, exc)
+                await asyncio.sleep(1.0)
+                self._changed.set()
+
+
+@dataclass
+class _Probe:
+    node_netns_path: Path
+    in_node_netns: bool
+
+
+class Kubelet:
+    def __init__(self, client: Client, layout: L.ClusterLayout, node: str, *, cni: Any = None,
+                 kube_proxy: bool = True, resync_seconds: float = 5.0) -> None:
+        self.client = client
+        self.layout = layout
+        self.node = node
+        self.node_layout = layout.node(node)
+        self.host_ip = self.node_layout.ip
+        self.state_dir = layout.state_path
+        if cni is None:
+            from ambient.cluster.cni import CniRuntime
+
+            cni = CniRuntime(layout, self.node_layout)
+        self.cni = cni
+        self.records = rt.RecordStore(self.state_dir, node)
+        self.workers: dict[str, PodWorker] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._dirty = asyncio.Event()
+        self.resync_seconds = resync_seconds
+        self.sandbox_slots = asyncio.Semaphore(4)  # CNI plugins are processes: don't fork 50 at once
+        self.kube_proxy = KubeProxy(client, self.node_layout) if kube_proxy else None
+        node_ns = self.node_layout.netns_path
+        try:
+            here = os.stat("/proc/self/ns/net").st_ino == os.stat(node_ns).st_ino
+        except OSError:
+            here = False
+        self._probe = _Probe(node_ns, here)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            await self._adopt()
+            tg.create_task(self._watch())
+            tg.create_task(self._loop())
+            if self.kube_proxy is not None:
+                tg.create_task(self.kube_proxy.run())
+
+    async def _adopt(self) -> None:
+        pods = await self._my_pods()
+        for rec in self.records.load_all():
+            pod = pods.get(rec.uid)
+            if pod is None:
+                log.info("cleaning up pod %s/%s left from a previous run", rec.namespace, rec.name)
+                await self.teardown_record(rec, kill=True)
+            else:
+                self._start_worker(pod, rec)
+
+    async def _my_pods(self) -> dict[str, dict[str, Any]]:
+        items, _ = await self.client.list("Pod", field_selector=f"spec.nodeName={self.node}")
+        return {p["metadata"]["uid"]: p for p in items}
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for _ev in self.client.watch("Pod", field_selector=f"spec.nodeName={self.node}"):
+                    self._dirty.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # re-watch after any failure
+                log.warning("pod watch failed: %s; retrying", exc)
+            self._dirty.set()
+            await asyncio.sleep(1.0)
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=self.resync_seconds)
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the kubelet alive, retry on the next event
+                log.exception("reconcile failed")
+                await asyncio.sleep(1.0)
+
+    async def reconcile(self) -> None:
+        pods = await self._my_pods()
+        for uid, pod in pods.items():
+            worker = self.workers.get(uid)
+            if worker is None:
+                self._start_worker(pod, None)
+            else:
+                worker.pod = pod
+        for uid, worker in list(self.workers.items()):
+            if uid not in pods and not worker.teardown:
+                log.info("pod %s/%s deleted: tearing down", worker.namespace, worker.name)
+                worker.teardown = True
+                self._tasks[uid].cancel()
+
+    def _start_worker(self, pod: dict[str, Any], record: rt.PodRecord | None) -> None:
+        worker = PodWorker(self, pod, record)
+        uid = worker.uid
+        self.workers[uid] = worker
+
+        async def guarded() -> None:
+            try:
+                await worker.run()
+            except asyncio.CancelledError:
+                if not worker.teardown:
+                    raise
+            except Exception:  # one bad pod must not stop the kubelet
+                log.exception("pod %s/%s worker failed", worker.namespace, worker.name)
+            finally:
+                if self.workers.get(uid) is worker:
+                    del self.workers[uid]
+                    self._tasks.pop(uid, None)
+
+        self._tasks[uid] = self._tg.create_task(guarded(), name=f"pod-{worker.namespace}-{worker.name}")
+
+    async def teardown_record(self, rec: rt.PodRecord, *, kill: bool = False) -> None:
+        if kill:
+            for c in rec.containers.values():
+                await asyncio.to_thread(rt.stop_process_group, c.pid, c.starttime, DEFAULT_GRACE)
+        for attempt in range(5):
+            try:
+                await asyncio.to_thread(rt.teardown_sandbox, self.cni, rec)
+                break
+            except ClusterError as exc:
+                log.warning("pod %s/%s: teardown failed (attempt %d): %s", rec.namespace, rec.name,
+                            attempt + 1, exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        self.records.remove(rec.uid)
+
+    async def probe(self, c: ContainerState, pod_ip: str) -> bool:
+        """Readiness: running > 0.5 s and, if the container declares TCP ports, each accepts a connection."""
+        if not c.running_for(0.5):
+            return False
+        ports = [int(p["containerPort"]) for p in c.spec.get("ports") or []
+                 if (p.get("protocol") or "TCP") == "TCP"]
+        for port in ports:
+            if not await self._tcp_check(pod_ip, port):
+                return False
+        return True
+
+    async def _tcp_check(self, ip: str, port: int) -> bool:
+        import socket
+
+        loop = asyncio.get_running_loop()
+        try:
+            if self._probe.in_node_netns:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            else:
+                from ambient.inpod.netns import run_in_netns
+
+                sock = await asyncio.to_thread(run_in_netns, self._probe.node_netns_path,
+                                               lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        except OSError:
+            return False
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), timeout=1.0)
+            return True
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            sock.close()
+
+
+class KubeProxy:
+    """Keeps the node netns' `AMB-*` nat/filter chains equal to kubeproxy.build_rules(Services, Endpoints)."""
+
+    def __init__(self, client: Client, node: L.NodeLayout) -> None:
+        self.client = client
+        self.node = node
+        self._dirty = asyncio.Event()
+        self._applied: str | None = None
+        self.applies = 0
+
+    def _ns(self, argv: list[str]) -> list[str]:
+        return ["nsenter", f"--net={self.node.netns_path}", "--", *argv]
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch("Service"))
+            tg.create_task(self._watch("Endpoints"))
+            tg.create_task(self._loop())
+
+    async def _watch(self, kind: str) -> None:
+        while True:
+            try:
+                async for _ev in self.client.watch(kind):
+                    self._dirty.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("kube-proxy watch %s failed: %s", kind, exc)
+            self._dirty.set()
+            await asyncio.sleep(1.0)
+
+    async def _loop(self) -> None:
+        self._dirty.set()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=10.0)
+            self._dirty.clear()
+            await asyncio.sleep(0.02)
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("kube-proxy sync failed")
+                self._applied = None
+                await asyncio.sleep(1.0)
+                self._dirty.set()
+
+    async def sync(self) -> None:
+        services, _ = await self.client.list("Service")
+        endpoints, _ = await self.client.list("Endpoints")
+        rules = kubeproxy.service_rules(services, endpoints)
+        probe = kubeproxy.build_rules(rules)
+        if probe == self._applied:
+            return
+        await asyncio.to_thread(self._apply, rules)
+        self._applied = probe
+        self.applies += 1
+
+    def _apply(self, rules: list[kubeproxy.ServicePortRule]) -> None:
+        saved = subprocess.run(self._ns(["iptables-save", "-t", "nat"]), capture_output=True, text=True,
+                               check=False)
+        text = kubeproxy.build_rules(rules, existing_chains=kubeproxy.parse_chains(saved.stdout))
+        proc = subprocess.run(self._ns(["iptables-restore", "--noflush"]), input=text, capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise ClusterError(f"iptables-restore in {self.node.netns} failed: {proc.stderr.strip()}")
+        for table, chain, target in kubeproxy.JUMPS:
+            check = subprocess.run(self._ns(["iptables", "-t", table, "-C", chain, "-j", target]),
+                                   capture_output=True, check=False)
+            if check.returncode != 0:
+                subprocess.run(self._ns(["iptables", "-t", table, "-I", chain, "1", "-j", target]),
+                               capture_output=True, check=True)
+
+
+async def _amain(state_dir: Path, node: str) -> None:
+    from ambient.api.client import AsyncApiClient
+
+    layout = L.load_layout(state_dir)
+    loop = asyncio.get_running_loop()
+    async with AsyncApiClient(layout.api_socket) as client:
+        kubelet = Kubelet(client, layout, node)
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        log.info("kubelet %s started (netns %s)", node, kubelet.node_layout.netns)
+        with contextlib.suppress(asyncio.CancelledError):
+            await kubelet.run()
+    log.info("kubelet %s stopped (pods left running for the next start to adopt)", node)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ambient.cluster.kubelet", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the useful ones
+    try:
+        asyncio.run(_amain(args.state_dir, args.node))
+    except ClusterError as exc:
+        raise SystemExit(f"kubelet: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

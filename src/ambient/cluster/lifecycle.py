@@ -1,0 +1,394 @@
+"""Create, delete and list local clusters: the orchestration behind `ambient cluster create|delete|list`.
+
+create = check root and name -> write cluster.json + registry entry (first, so a crash is always
+deletable) -> build the network -> prepare each node's CNI -> start the apiserver, wait for /healthz,
+register the Node objects -> start dns, controller-manager, one kubelet per node (each only if its module
+exists) -> check they stayed up. A failure at any step tears everything down again (state kept for logs).
+
+delete = stop recorded components -> kill every process that is a component of this cluster (marked by
+the `AMBIENT_COMPONENT_OF` env var, so even a component whose pid was never recorded is found) or lives
+in one of its namespaces -> unmount leftovers -> delete every `amb-<name>-` netns and /etc/netns entry ->
+remove the state dir (unless kept) and the registry entry. Idempotent; works on any partial state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ambient.cluster import layout as L
+from ambient.cluster import network, processes
+from ambient.cluster.cni import prepare_node
+from ambient.cluster.errors import (
+    ClusterError,
+    ClusterExistsError,
+    ClusterNotFoundError,
+    ComponentError,
+    NotRootError,
+)
+
+Progress = Callable[[str], None]
+COMPONENT_MARKER_ENV = "AMBIENT_COMPONENT_OF"
+API_HEALTH_TIMEOUT = 30.0
+SETTLE_TIME = 0.5  # a component that dies on startup (bad import, port in use) does so within this
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component of every cluster. `per_node` ones get `--node <name>` and run in the node netns."""
+
+    name: str
+    module: str
+    netns: str = "root"  # "root" | "underlay" | "node"
+    per_node: bool = False
+
+    def argv(self, layout: L.ClusterLayout, node: L.NodeLayout | None) -> list[str]:
+        args = ["--state-dir", layout.state_dir]
+        if node is not None:
+            args += ["--node", node.name]
+        return processes.python_module_argv(self.module, *args)
+
+
+# Started in this order after the apiserver. Later issues append (ztunnel, node-agent, controlplane).
+COMPONENTS: list[ComponentSpec] = [
+    ComponentSpec("dns", "ambient.cluster.dns", netns="underlay"),
+    ComponentSpec("controller-manager", "ambient.cluster.controllers"),
+    ComponentSpec("kubelet", "ambient.cluster.kubelet", netns="node", per_node=True),
+]
+APISERVER = ComponentSpec("apiserver", "ambient.api.server")
+
+
+@dataclass
+class CreateResult:
+    layout: L.ClusterLayout
+    components: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # components whose module does not exist (yet)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    name: str
+    nodes: int
+    status: str  # "running" | "degraded" | "stopped"
+    state_dir: str
+
+
+def check_root(geteuid: Callable[[], int] | None = None) -> None:
+    """Raise NotRootError unless running as root (`geteuid` injectable for tests)."""
+    if (geteuid or os.geteuid)() != 0:
+        raise NotRootError(
+            "the local cluster needs root: it creates network namespaces, links, routes and firewall rules",
+            hint="run it with sudo (e.g. `sudo ambient cluster create`)",
+        )
+
+
+def module_available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def existing_traces(name: str, state_dir: Path) -> list[str]:
+    """What already exists of a cluster called `name` (empty: the name is free)."""
+    traces = [f"netns {n}" for n in network.cluster_netns(name)]
+    reg = L.registered_state_dir(name)
+    if reg is not None:
+        traces.append(f"registry entry ({reg})")
+    running = marked_processes(str(state_dir))
+    if running:
+        traces.append(f"{len(running)} running component process(es) using {state_dir}")
+    return traces
+
+
+@contextlib.contextmanager
+def _creation_lock(name: str) -> Iterator[None]:
+    """Serialise concurrent `create` of the same name (the existence check and the first write race)."""
+    reg = L.registry_dir()
+    reg.mkdir(parents=True, exist_ok=True)
+    fd = os.open(reg / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ClusterExistsError(f"cluster {name!r} is being created by another command right now",
+                                     hint="wait for it, then `ambient cluster list`") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def create_cluster(name: str | None = None, nodes: int = 2, state_dir: str | os.PathLike[str] | None = None,
+                   progress: Progress = _noop) -> CreateResult:
+    check_root()
+    name = L.validate_cluster_name(name or L.default_cluster_name())
+    layout = L.build_layout(name, nodes, state_dir)
+    with _creation_lock(name):
+        return _create(layout, progress)
+
+
+def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
+    name, nodes = layout.name, len(layout.nodes)
+    traces = existing_traces(name, layout.state_path)
+    if traces:
+        raise ClusterExistsError(
+            f"cluster {name!r} already exists ({'; '.join(traces)})",
+            hint=f"use another --name, or `ambient cluster delete --name {name}` first",
+        )
+    result = CreateResult(layout=layout)
+    t0 = time.monotonic()
+
+    def mark(step: str, started: float) -> None:
+        result.timings[step] = round(time.monotonic() - started, 3)
+
+    # Record the cluster before building anything: whatever happens next, `delete` can find it.
+    L.save_layout(layout)
+    L.register_cluster(name, layout.state_dir)
+    try:
+        t = time.monotonic()
+        progress(f"building network: underlay + {nodes} node(s)")
+        network.build_network(layout)
+        for node in layout.nodes:
+            prepare_node(node)
+        mark("network", t)
+
+        t = time.monotonic()
+        if module_available(APISERVER.module):
+            progress("starting API server")
+            result.components["apiserver"] = _start(layout, APISERVER, None)
+            wait_api_healthy(layout)
+            register_nodes(layout)
+        else:
+            result.skipped.append("apiserver")
+        mark("apiserver", t)
+
+        t = time.monotonic()
+        started: list[str] = []
+        for spec in COMPONENTS:
+            if not module_available(spec.module):
+                result.skipped.append(spec.name)
+                continue
+            targets: list[L.NodeLayout | None] = list(layout.nodes) if spec.per_node else [None]
+            for target in targets:
+                cname = spec.name if target is None else f"{spec.name}-{target.name}"
+                progress(f"starting {cname}")
+                result.components[cname] = _start(layout, spec, target)
+                started.append(cname)
+        _check_stayed_up(layout, ["apiserver", *started] if "apiserver" in result.components else started)
+        mark("components", t)
+    except BaseException:
+        progress("creation failed: cleaning up")
+        delete_cluster(name, layout.state_dir, keep_state=True, _unregister=True)
+        raise
+    result.timings["total"] = round(time.monotonic() - t0, 3)
+    return result
+
+
+def _start(layout: L.ClusterLayout, spec: ComponentSpec, node: L.NodeLayout | None) -> int:
+    netns: str | None = None
+    if spec.netns == "underlay":
+        netns = layout.underlay_netns
+    elif spec.netns == "node":
+        assert node is not None
+        netns = node.netns
+    name = spec.name if node is None else f"{spec.name}-{node.name}"
+    return processes.start_component(layout, name, spec.argv(layout, node), netns=netns,
+                                     env={COMPONENT_MARKER_ENV: layout.state_dir})
+
+
+def _log_tail(layout: L.ClusterLayout, name: str, lines: int = 8) -> str:
+    try:
+        text = processes.log_file(layout, name).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _died(layout: L.ClusterLayout, name: str) -> ComponentError:
+    tail = _log_tail(layout, name)
+    return ComponentError(f"component {name} exited during startup" + (f":\n{tail}" if tail else ""),
+                          hint=f"full log: {processes.log_file(layout, name)}")
+
+
+def wait_api_healthy(layout: L.ClusterLayout, timeout: float = API_HEALTH_TIMEOUT) -> None:
+    from ambient.api.client import ApiClient
+
+    deadline = time.monotonic() + timeout
+    with ApiClient(layout.api_socket, timeout=2.0) as api:
+        while time.monotonic() < deadline:
+            if layout.api_socket.exists() and api.healthy():
+                return
+            if processes.component_exited(layout, "apiserver"):
+                raise _died(layout, "apiserver")
+            time.sleep(0.05)
+    raise ComponentError(f"the API server did not become healthy within {timeout:.0f}s",
+                         hint=f"see {processes.log_file(layout, 'apiserver')}")
+
+
+def node_object(node: L.NodeLayout) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name,
+                                                   "kubernetes.io/os": "linux"}},
+        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+    }
+
+
+def node_status(node: L.NodeLayout) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "addresses": [{"type": "InternalIP", "address": node.ip}, {"type": "Hostname", "address": node.name}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "NetworkReady",
+                        "message": "node network namespace is up", "lastTransitionTime": now}],
+    }
+
+
+def register_nodes(layout: L.ClusterLayout) -> None:
+    """Create (or refresh) the Node objects; their kubelets keep the status current afterwards."""
+    from ambient.api.client import ApiClient
+
+    with ApiClient(layout.api_socket) as api:
+        api.apply_many([node_object(n) for n in layout.nodes])
+        for n in layout.nodes:
+            api.patch("Node", n.name, None, {"status": node_status(n)}, status=True)
+
+
+def _check_stayed_up(layout: L.ClusterLayout, names: list[str]) -> None:
+    if not names:
+        return
+    time.sleep(SETTLE_TIME)
+    for name in names:
+        if processes.component_exited(layout, name):
+            raise _died(layout, name)
+
+
+# --- delete ---------------------------------------------------------------------------------------------
+
+def marked_processes(state_dir: str) -> list[int]:
+    """Pids whose environment marks them as components (or their children) of the cluster at `state_dir`."""
+    marker = f"{COMPONENT_MARKER_ENV}={state_dir}".encode()
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def _unmount_under(paths: list[str]) -> None:
+    """Lazily unmount anything mounted at or below the given paths (deepest first)."""
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    targets = [m for m in mounts if any(m == p or m.startswith(p.rstrip("/") + "/") for p in paths)]
+    for m in sorted(set(targets), key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True, check=False)
+
+
+def delete_cluster(name: str | None = None, state_dir: str | os.PathLike[str] | None = None,
+                   keep_state: bool = False, progress: Progress = _noop, *, _unregister: bool = True) -> bool:
+    """Remove everything of cluster `name`; True if anything existed. Never fails on partial state."""
+    check_root()
+    name = L.validate_cluster_name(name or L.default_cluster_name())
+    state = Path(state_dir) if state_dir is not None else (L.registered_state_dir(name)
+                                                          or L.default_state_dir(name))
+    state = state.absolute()
+    try:
+        layout: L.ClusterLayout | None = L.load_layout(state)
+    except ClusterError:
+        layout = None
+    found = layout is not None or bool(network.cluster_netns(name)) or L.registered_state_dir(name) is not None
+
+    if layout is not None:
+        progress("stopping components")
+        processes.stop_all_components(layout)
+    stray = marked_processes(str(state))
+    if stray:
+        found = True
+        progress(f"killing {len(stray)} leftover component process(es)")
+        processes.terminate(stray, 1.0)
+    names = network.cluster_netns(name)
+    if names:
+        progress(f"killing processes in {len(names)} network namespace(s)")
+        processes.kill_netns_processes(names)
+    _unmount_under([str(state)])
+    progress("deleting network namespaces")
+    network.destroy_network(name)
+    if not keep_state and state.exists():
+        progress(f"removing state {state}")
+        shutil.rmtree(state, ignore_errors=True)
+    if _unregister:
+        L.unregister_cluster(name)
+    return found
+
+
+def delete_all(progress: Progress = _noop) -> list[str]:
+    deleted = []
+    for info in list_clusters():
+        delete_cluster(info.name, info.state_dir, progress=progress)
+        deleted.append(info.name)
+    return deleted
+
+
+# --- list -----------------------------------------------------------------------------------------------
+
+def list_clusters() -> list[ClusterInfo]:
+    """Clusters known on this machine: registered, in the default state root, or with namespaces."""
+    candidates: dict[str, Path] = dict(L.registered_clusters())
+    if L.DEFAULT_STATE_ROOT.is_dir():
+        for d in sorted(L.DEFAULT_STATE_ROOT.iterdir()):
+            if (d / "cluster.json").exists() and d.name not in candidates:
+                candidates[d.name] = d
+    for ns in network.list_netns():
+        owner = L.cluster_of_netns(ns)
+        if owner and owner not in candidates:
+            candidates[owner] = L.default_state_dir(owner)
+    out = []
+    for name, state in sorted(candidates.items()):
+        try:
+            layout: L.ClusterLayout | None = L.load_layout(state)
+        except ClusterError:
+            layout = None
+        have = set(network.cluster_netns(name))
+        if layout is None:
+            out.append(ClusterInfo(name, 0, "degraded" if have else "stopped", str(state)))
+            continue
+        wanted = {layout.underlay_netns, *(n.netns for n in layout.nodes)}
+        running = processes.running_components(layout)
+        if not wanted & have and not running:
+            status = "stopped"
+        elif wanted <= have and ("apiserver" in running or not module_available(APISERVER.module)):
+            status = "running"
+        else:
+            status = "degraded"
+        out.append(ClusterInfo(name, len(layout.nodes), status, str(state)))
+    return out
+
+
+def find_cluster(name: str) -> ClusterInfo:
+    for info in list_clusters():
+        if info.name == name:
+            return info
+    raise ClusterNotFoundError(f"no cluster named {name!r}", hint="`ambient cluster list` shows the clusters")

@@ -1,0 +1,638 @@
+"""One HBONE connection: HTTP/2 (python-hyper `h2`, sans-IO) driven by an asyncio Protocol over TLS,
+and the tunnel streams (`HboneStream`) multiplexed on it. Shared by the client pool and the server.
+
+Why a Protocol: every received TLS chunk goes straight into `h2.receive_data` and every frame out is
+one `transport.write`; no reader task per connection and no StreamReader copies on the hot path.
+
+Invariants:
+- Bounded memory both ways. Inbound: a stream buffers at most its receive window (4 MiB); bytes are
+  acknowledged to the peer (WINDOW_UPDATE) only when the application reads them, so a stalled reader
+  stalls only its own stream. Outbound: `write` waits for the stream+connection window AND for the
+  transport to drain (pause_writing/resume_writing), so nothing piles up in user space.
+- Bytes of a stream that is reset or dropped unread are still acknowledged on the connection window,
+  so one bad stream cannot starve the connection.
+- FIN <-> END_STREAM: `write_eof` sends END_STREAM; a received END_STREAM makes `read` return b"".
+- The peer identity is fixed at handshake time (`verify` callback in `connection_made`); a connection
+  whose peer fails verification never sends or accepts a single HTTP/2 stream.
+- h2 treats GOAWAY as terminal, so a connection that sends or receives GOAWAY ends all its streams.
+- No tasks are created here: timers (keepalive) use `call_later`, stream work runs in callers' tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+from h2.errors import ErrorCodes
+
+from ambient.hbone import protocol as proto
+from ambient.hbone.errors import BadConnectRequest, HboneConnectError, HboneError, HboneStreamError
+from ambient.hbone.protocol import ConnectRequest
+from ambient.tls.errors import TlsError
+from ambient.tls.verify import PeerIdentity
+
+log = logging.getLogger(__name__)
+
+
+def _cheap_raw_data_repr(data: bytes | None) -> str:
+    if not data:
+        return "None"
+    head = binascii.hexlify(bytes(data[:10])).decode("ascii")
+    return f"<hex:{head}...>" if len(data) > 10 else f"<hex:{head}>"
+
+
+# h2 formats repr(frame) for its trace logger on EVERY received frame, even with logging off, and
+# hyperframe's repr hex-encodes the whole payload before truncating it to 20 characters: for 1 MiB DATA
+# frames that was more than half of the CPU of a tunnel. Same output, computed from the first 10 bytes.
+if hasattr(hyperframe.frame, "_raw_data_repr"):
+    hyperframe.frame._raw_data_repr = _cheap_raw_data_repr
+
+WRITE_HIGH_WATER = 2 * 1024 * 1024
+_SC = h2.settings.SettingCodes
+
+
+@dataclass(frozen=True, slots=True)
+class H2Settings:
+    """HTTP/2 knobs; defaults are the reference's (protocols.md section 2)."""
+
+    stream_window: int = proto.STREAM_WINDOW
+    connection_window: int = proto.CONNECTION_WINDOW
+    max_frame_size: int = proto.MAX_FRAME_SIZE
+    max_concurrent_streams: int = proto.SERVER_MAX_CONCURRENT_STREAMS
+    max_header_list_size: int = proto.SERVER_MAX_HEADER_LIST
+    ping_interval: float = proto.PING_INTERVAL
+    ping_timeout: float = proto.PING_TIMEOUT
+
+    @classmethod
+    def client(cls) -> H2Settings:
+        return cls(max_header_list_size=proto.CLIENT_MAX_HEADER_LIST)
+
+
+Verifier = Callable[[Any], PeerIdentity]
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+class HboneStream:
+    """A tunnelled byte stream (one CONNECT). read/write/write_eof/close, like a TCP socket."""
+
+    def __init__(self, conn: HboneConnection, stream_id: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self.request: ConnectRequest | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._local_closed = False
+        self._finished = False
+        self._responded = False
+        self._error: HboneError | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._response: asyncio.Future[list[tuple[str, str]]] | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- identity / addresses -------------------------------------------------------------------------
+    @property
+    def peer(self) -> PeerIdentity | None:
+        return self._conn.peer
+
+    @property
+    def connection(self) -> HboneConnection:
+        return self._conn
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    def __repr__(self) -> str:
+        return (
+            f"HboneStream(id={self.stream_id}, peer={self._conn.label}, sent={self.bytes_sent}, "
+            f"recv={self.bytes_received}, eof={self._eof}, local_closed={self._local_closed})"
+        )
+
+    # -- application API ------------------------------------------------------------------------------
+    async def read(self, max_bytes: int = -1) -> bytes:
+        """Return up to `max_bytes` (all of the next chunk when -1); b"" once the peer ended the stream."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._read_waiter = self._conn._loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        if self._error is not None:
+            raise self._error
+        chunk = self._chunks[0]
+        if 0 <= max_bytes < len(chunk):
+            self._chunks[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+        else:
+            self._chunks.popleft()
+        n = len(chunk)
+        self._buffered -= n
+        self._conn._ack(self.stream_id, n)
+        return chunk
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of `data`, waiting for HTTP/2 flow-control window and transport drain."""
+        view = memoryview(data).cast("B")
+        total = len(view)
+        offset = 0
+        conn = self._conn
+        h2c = conn._h2
+        while offset < total:
+            self._check_writable()
+            if conn._paused:
+                await conn._wait_writable()
+                continue
+            try:
+                window = h2c.local_flow_control_window(self.stream_id)
+            except h2.exceptions.StreamClosedError:
+                raise self._error or HboneStreamError(f"stream {self.stream_id} to {conn.label} is closed") from None
+            if window <= 0:
+                self._write_waiter = conn._loop.create_future()
+                try:
+                    await self._write_waiter
+                finally:
+                    self._write_waiter = None
+                continue
+            n = min(window, total - offset, h2c.max_outbound_frame_size)
+            try:
+                h2c.send_data(self.stream_id, view[offset : offset + n])
+            except h2.exceptions.H2Error as exc:
+                raise HboneStreamError(f"cannot send on stream {self.stream_id} to {conn.label}: {exc}") from None
+            offset += n
+            self.bytes_sent += n
+            conn._flush()
+
+    async def write_eof(self) -> None:
+        """Half-close: send END_STREAM (the TCP FIN of the tunnel). Reading continues."""
+        if self._local_closed or self._error is not None:
+            return
+        self._local_closed = True
+        try:
+            self._conn._h2.end_stream(self.stream_id)
+        except h2.exceptions.H2Error as exc:
+            raise HboneStreamError(f"cannot end stream {self.stream_id} to {self._conn.label}: {exc}") from None
+        self._conn._flush()
+        self._maybe_finished()
+
+    def close(self, error_code: int = ErrorCodes.CANCEL) -> None:
+        """Release the stream; resets it (RST_STREAM) unless both directions already ended."""
+        if self._finished:
+            return
+        if self._error is None and not (self._local_closed and self._eof):
+            self._conn._reset(self.stream_id, error_code)
+        self._error = self._error or HboneStreamError(f"stream {self.stream_id} was closed locally")
+        self._drop_buffer()
+        self._finish()
+
+    def abort(self) -> None:
+        self.close(ErrorCodes.CANCEL)
+
+    # -- server side ------------------------------------------------------------------------------------
+    def respond(self, status: int) -> None:
+        """Server: answer the CONNECT. 200 opens the tunnel; any other status ends the stream."""
+        if self._responded:
+            return
+        self._responded = True
+        ok = status == 200
+        try:
+            self._conn._h2.send_headers(self.stream_id, proto.response_headers(status), end_stream=not ok)
+        except h2.exceptions.H2Error as exc:
+            raise HboneStreamError(f"cannot answer stream {self.stream_id}: {exc}") from None
+        self._conn._flush()
+        if not ok:
+            self._local_closed = True
+            self.close(ErrorCodes.NO_ERROR)
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._local_closed:
+            raise HboneStreamError(f"stream {self.stream_id} to {self._conn.label}: write after write_eof")
+
+    def _drop_buffer(self) -> None:
+        if self._buffered:
+            # Unread bytes still count against the connection window: give them back.
+            self._conn._ack(self.stream_id, self._buffered)
+        self._chunks.clear()
+        self._buffered = 0
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._conn._stream_finished(self)
+
+    def _maybe_finished(self) -> None:
+        if self._local_closed and self._eof:
+            self._finish()
+
+    def _on_data(self, data: bytes, flow_len: int) -> None:
+        if self._finished:
+            self._conn._ack(self.stream_id, flow_len)
+            return
+        if flow_len > len(data):  # padding is never delivered: acknowledge it at once
+            self._conn._ack(self.stream_id, flow_len - len(data))
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            self.bytes_received += len(data)
+            _wake(self._read_waiter)
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        _wake(self._read_waiter)
+        self._maybe_finished()
+
+    def _on_response(self, headers: list[tuple[str, str]]) -> None:
+        if self._response is not None and not self._response.done():
+            self._response.set_result(headers)
+
+    def _on_error(self, error: HboneError) -> None:
+        if self._error is None:
+            self._error = error
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(error)
+            self._response.exception()  # mark retrieved: the opener may have been cancelled
+        _wake(self._read_waiter)
+        _wake(self._write_waiter)
+        self._drop_buffer()
+        self._finish()
+
+
+class HboneConnection(asyncio.Protocol):
+    """HTTP/2 over one TLS transport. Create with `client_side` and hand to create_connection/start_tls."""
+
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        settings: H2Settings | None = None,
+        verify: Verifier | None = None,
+        on_request: Callable[[HboneStream, ConnectRequest], None] | None = None,
+        on_stream_finished: Callable[[HboneConnection, HboneStream], None] | None = None,
+        on_lost: Callable[[HboneConnection], None] | None = None,
+        on_rejected: Callable[[HboneConnection, str], None] | None = None,
+        label: str = "",
+    ) -> None:
+        self.client_side = client_side
+        self.settings = settings or (H2Settings.client() if client_side else H2Settings())
+        self._verify = verify
+        self._on_request = on_request
+        self._on_stream_finished = on_stream_finished
+        self._on_lost = on_lost
+        self._on_rejected = on_rejected
+        self.label = label
+        self._loop = asyncio.get_running_loop()
+        self._h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+        )
+        self._transport: asyncio.Transport | None = None
+        self.streams: dict[int, HboneStream] = {}
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.closed = False
+        self.error: HboneError | None = None
+        self.peer: PeerIdentity | None = None
+        self.accepting = True  # server: takes new streams; client: pool may open new streams
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._ping_sent_at: float | None = None
+        self.reserved = 0  # client pool: streams promised to callers but not yet opened
+        self.local_addr: tuple[Any, ...] | None = None
+        self.remote_addr: tuple[Any, ...] | None = None
+        # start_tls (server side) attaches us before the caller can call connection_made: bytes
+        # decrypted in that gap (the client preface) wait here.
+        self._early: list[bytes] | None = []
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.local_addr = transport.get_extra_info("sockname")
+        self.remote_addr = transport.get_extra_info("peername")
+        if not self.label and self.remote_addr:
+            self.label = f"{self.remote_addr[0]}:{self.remote_addr[1]}"
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        reject: str | None = None
+        if self._verify is not None:
+            try:
+                self.peer = self._verify(transport.get_extra_info("ssl_object"))
+            except TlsError as exc:
+                reject = exc.message
+        s = self.settings
+        values = {
+            _SC.INITIAL_WINDOW_SIZE: s.stream_window,
+            _SC.MAX_FRAME_SIZE: s.max_frame_size,
+            _SC.MAX_HEADER_LIST_SIZE: s.max_header_list_size,
+        }
+        if self.client_side:
+            values[_SC.ENABLE_PUSH] = 0
+        else:
+            values[_SC.MAX_CONCURRENT_STREAMS] = s.max_concurrent_streams
+        # Initial values are "current" at once in h2 (no wait for the ACK). h2 would only raise its
+        # inbound frame limit when the ACK is processed, and an ACK followed by a big frame in the same
+        # read would then fail with FRAME_SIZE_ERROR: set the limits directly.
+        self._h2.local_settings = h2.settings.Settings(client=self.client_side, initial_values=values)
+        self._h2.max_inbound_frame_size = s.max_frame_size
+        self._h2.decoder.max_header_list_size = s.max_header_list_size
+        if reject is not None:
+            self._reject(reject)
+            return
+        self._h2.initiate_connection()
+        if s.connection_window > 65535:
+            self._h2.increment_flow_control_window(s.connection_window - 65535)
+        self._flush()
+        if s.ping_interval > 0:
+            self._ping_handle = self._loop.call_later(s.ping_interval, self._keepalive)
+        early, self._early = self._early, None
+        for chunk in early or ():
+            self.data_received(chunk)
+
+    def _reject(self, reason: str) -> None:
+        """Identity/policy failure right after the handshake: no streams at all. The server tells the
+        client why in the GOAWAY debug data (INADEQUATE_SECURITY), then closes."""
+        err = HboneConnectError(f"HBONE peer {self.label} rejected: {reason}")
+        self.error = err
+        self.accepting = False
+        if not self.client_side:
+            self._h2.initiate_connection()
+            self._h2.close_connection(ErrorCodes.INADEQUATE_SECURITY, additional_data=reason.encode()[:1024])
+            self._flush()
+        self._early = None
+        if self._on_rejected is not None:
+            self._on_rejected(self, reason)
+        if not self.ready.done():
+            self.ready.set_exception(err)
+            self.ready.exception()
+        assert self._transport is not None
+        self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append(data)
+            return
+        if self.error is not None and self.peer is None:
+            return  # rejected connection: never feed its bytes to HTTP/2
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._fail(HboneError(f"HTTP/2 protocol error from {self.label}: {exc}"))
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                stream = self.streams.get(ev.stream_id)
+                if stream is None:
+                    self._ack(ev.stream_id, ev.flow_controlled_length)
+                else:
+                    stream._on_data(ev.data, ev.flow_controlled_length)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                if ev.stream_id:
+                    s = self.streams.get(ev.stream_id)
+                    if s is not None:
+                        _wake(s._write_waiter)
+                else:
+                    self._wake_writers()
+            elif isinstance(ev, h2.events.StreamEnded):
+                s = self.streams.get(ev.stream_id)
+                if s is not None:
+                    s._on_eof()
+            elif isinstance(ev, h2.events.RequestReceived):
+                self._request_received(ev)
+            elif isinstance(ev, h2.events.ResponseReceived):
+                s = self.streams.get(ev.stream_id)
+                if s is not None:
+                    s._on_response(list(ev.headers or []))  # type: ignore[arg-type]
+            elif isinstance(ev, h2.events.StreamReset):
+                s = self.streams.get(ev.stream_id)
+                if s is not None:
+                    code = ev.error_code
+                    s._on_error(
+                        HboneStreamError(
+                            f"stream {ev.stream_id} reset by {self.label} ({_code_name(code)})",
+                            error_code=int(code) if code is not None else None,
+                        )
+                    )
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                if _SC.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                    self._wake_writers()
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            elif isinstance(ev, h2.events.PingAckReceived):
+                self._ping_sent_at = None
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                debug = (ev.additional_data or b"").decode("utf-8", "replace")
+                msg = f"HBONE peer {self.label} closed the connection ({_code_name(ev.error_code)})"
+                self._fail(HboneConnectError(f"{msg}: {debug}" if debug else msg), send_goaway=False)
+                return
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        return False  # a TLS peer half-closing means it is gone: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.accepting = False
+        if self._ping_handle is not None:
+            self._ping_handle.cancel()
+        if self.error is None:
+            self.error = HboneStreamError(
+                f"HBONE connection to {self.label} lost" + (f": {exc}" if exc else ""),
+                hint="the peer proxy restarted, or a network path dropped the connection",
+            )
+        for stream in list(self.streams.values()):
+            stream._on_error(self.error)
+        for fut in self._drain_waiters:
+            _wake(fut)
+        self._drain_waiters.clear()
+        if not self.ready.done():
+            self.ready.set_exception(self.error)
+            self.ready.exception()
+        _wake(self.lost)
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            _wake(fut)
+
+    # -- stream management -----------------------------------------------------------------------------
+    @property
+    def active_streams(self) -> int:
+        return len(self.streams)
+
+    @property
+    def peer_max_streams(self) -> int:
+        return int(self._h2.remote_settings.max_concurrent_streams)
+
+    async def open_stream(self, headers: list[tuple[str, str]]) -> HboneStream:
+        """Client: send a CONNECT and wait for a 200; raise `HboneStatusError` otherwise."""
+        if self.closed or self.error is not None:
+            raise self.error or HboneStreamError(f"HBONE connection to {self.label} is closed")
+        try:
+            sid = self._h2.get_next_available_stream_id()
+            stream = HboneStream(self, sid)
+            stream._response = self._loop.create_future()
+            self.streams[sid] = stream
+            self._h2.send_headers(sid, headers, end_stream=False)
+        except h2.exceptions.H2Error as exc:
+            raise HboneStreamError(f"cannot open a stream to {self.label}: {exc}") from None
+        self._flush()
+        try:
+            resp = await stream._response
+            authority = next((v for k, v in headers if k == ":authority"), "?")
+            proto.check_response(resp, peer=self.label, authority=authority)
+        except BaseException:
+            stream.close()
+            raise
+        stream._responded = True
+        return stream
+
+    def _request_received(self, ev: h2.events.RequestReceived) -> None:
+        sid = ev.stream_id
+        if self.client_side or self._on_request is None or not self.accepting:
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        stream = HboneStream(self, sid)
+        self.streams[sid] = stream
+        try:
+            request = proto.parse_connect_request(ev.headers or [])  # type: ignore[arg-type]
+        except BadConnectRequest as exc:
+            log.info("hbone: rejecting stream %d from %s: %s", sid, self.peer, exc.message)
+            stream.respond(exc.status)
+            return
+        stream.request = request
+        self._on_request(stream, request)
+
+    def _stream_finished(self, stream: HboneStream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+            if self._on_stream_finished is not None:
+                self._on_stream_finished(self, stream)
+
+    # -- I/O helpers ---------------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self._transport is not None and not self.closed:
+            self._transport.write(data)
+
+    def _ack(self, stream_id: int, n: int) -> None:
+        if n <= 0 or self.closed:
+            return
+        try:
+            self._h2.acknowledge_received_data(n, stream_id)
+        except h2.exceptions.H2Error:
+            return  # connection already terminated: nothing to hand back
+        self._flush()
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        if self.closed:
+            return
+        try:
+            self._h2.reset_stream(stream_id, code)
+        except h2.exceptions.H2Error:
+            return
+        self._flush()
+
+    async def _wait_writable(self) -> None:
+        if self._paused and not self.closed:
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    def _wake_writers(self) -> None:
+        for s in self.streams.values():
+            _wake(s._write_waiter)
+
+    def _keepalive(self) -> None:
+        """PING every interval; drop the connection when a PING stays unanswered for the timeout."""
+        if self.closed:
+            return
+        now = self._loop.time()
+        if self._ping_sent_at is not None and now - self._ping_sent_at >= self.settings.ping_timeout:
+            self._fail(HboneStreamError(f"HBONE peer {self.label} did not answer PING for "
+                                        f"{self.settings.ping_timeout:.0f}s"))
+            return
+        if self._ping_sent_at is None:
+            try:
+                self._h2.ping(os.urandom(8))
+            except h2.exceptions.H2Error:
+                return
+            self._ping_sent_at = now
+            self._flush()
+        self._ping_handle = self._loop.call_later(self.settings.ping_interval, self._keepalive)
+
+    def _fail(self, error: HboneError, *, send_goaway: bool = True) -> None:
+        if self.error is None:
+            self.error = error
+        self.accepting = False
+        if send_goaway and not self.closed:
+            try:
+                self._h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+                self._flush()
+            except h2.exceptions.H2Error:
+                pass
+        if self._transport is not None:
+            self._transport.close()
+
+    def close(self, reason: str = "closed locally") -> None:
+        """Send GOAWAY(NO_ERROR) and close; live streams end with an error."""
+        if self.closed:
+            return
+        if self.error is None:
+            self.error = HboneStreamError(f"HBONE connection to {self.label} {reason}")
+        self.accepting = False
+        try:
+            self._h2.close_connection(ErrorCodes.NO_ERROR)
+            self._flush()
+        except h2.exceptions.H2Error:
+            pass
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def __repr__(self) -> str:
+        return (
+            f"HboneConnection({'client' if self.client_side else 'server'} peer={self.label} "
+            f"identity={self.peer} streams={len(self.streams)} closed={self.closed})"
+        )
+
+
+def _code_name(code: int | None) -> str:
+    if code is None:
+        return "no code"
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return f"code {code}"

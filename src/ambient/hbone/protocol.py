@@ -1,0 +1,207 @@
+"""Sans-IO pieces of HBONE: CONNECT request building and parsing, authorities, the standard headers,
+response status handling and the HTTP/2 settings (protocols.md section 2). No sockets here: every
+function is pure and tested on its own.
+
+Invariants:
+- `:authority` is always `<ip>:<port>` with IPv6 in brackets; parsing rejects host names, zone ids,
+  ports outside 1..65535 and anything with extra characters.
+- Identity never comes from headers: `ConnectRequest` carries the headers only for logging/telemetry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ambient.hbone.errors import BadConnectRequest, HboneStatusError
+
+# HTTP/2 settings of the reference implementation.
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+MAX_FRAME_SIZE = 1024 * 1024
+SERVER_MAX_CONCURRENT_STREAMS = 200
+CLIENT_STREAMS_PER_CONNECTION = 100
+SERVER_MAX_HEADER_LIST = 64 * 1024
+CLIENT_MAX_HEADER_LIST = 16 * 1024
+PING_INTERVAL = 10.0
+PING_TIMEOUT = 20.0
+POOL_IDLE_TIMEOUT = 300.0
+
+BAGGAGE_KEYS = (
+    "k8s.cluster.name",
+    "k8s.namespace.name",
+    "k8s.deployment.name",
+    "k8s.pod.name",
+    "k8s.job.name",
+    "k8s.cronjob.name",
+    "service.name",
+    "service.version",
+)
+
+_STATUS_TEXT = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    503: "Service Unavailable",
+}
+
+
+def format_authority(ip: str, port: int) -> str:
+    """`10.0.0.1:80` / `[fd00::1]:80`."""
+    addr = ipaddress.ip_address(ip)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return f"[{addr.compressed}]:{port}" if addr.version == 6 else f"{addr.compressed}:{port}"
+
+
+def parse_authority(authority: str) -> tuple[str, int]:
+    """Parse `<ip>:<port>` (IPv6 bracketed) into (ip, port); raise `BadConnectRequest` (400)."""
+    if not authority or len(authority) > 64:
+        raise BadConnectRequest(f"bad authority {authority!r}: expected <ip>:<port>")
+    if authority.startswith("["):
+        host, sep, port_s = authority[1:].partition("]:")
+        if not sep:
+            raise BadConnectRequest(f"bad authority {authority!r}: expected [<ipv6>]:<port>")
+    else:
+        host, sep, port_s = authority.rpartition(":")
+        if not sep or ":" in host:
+            raise BadConnectRequest(f"bad authority {authority!r}: expected <ip>:<port>")
+    if "%" in host:  # IPv6 zone ids are local to a host: never a valid tunnel target
+        raise BadConnectRequest(f"bad authority {authority!r}: zone ids are not allowed")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise BadConnectRequest(f"bad authority {authority!r}: {host!r} is not an IP address") from None
+    if authority.startswith("[") != (addr.version == 6):
+        raise BadConnectRequest(f"bad authority {authority!r}: IPv6 must be bracketed, IPv4 must not")
+    if not port_s.isdigit() or len(port_s) > 5 or not 0 < int(port_s) < 65536:
+        raise BadConnectRequest(f"bad authority {authority!r}: port must be 1..65535")
+    return addr.compressed, int(port_s)
+
+
+def make_baggage(values: Mapping[str, str | None]) -> str:
+    """Comma-joined `k=v` in the reference key order; empty values omitted; unknown keys appended."""
+    order = [k for k in BAGGAGE_KEYS if k in values] + sorted(k for k in values if k not in BAGGAGE_KEYS)
+    return ",".join(f"{k}={values[k]}" for k in order if values[k])
+
+
+def parse_baggage(header: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep and key:
+            out[key.strip()] = value.split(";", 1)[0].strip()
+    return out
+
+
+def make_forwarded(src_ip: str, src_port: int, host: str | None = None) -> str:
+    """`for="<src ip:port>"` (+ `;host=<svc hostname>` when the target is a known Service)."""
+    value = f'for="{format_authority(src_ip, src_port)}"'
+    return f"{value};host={host}" if host else value
+
+
+def make_traceparent() -> str:
+    """W3C traceparent `00-<32 hex>-<16 hex>-00`, random per connection."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """A parsed CONNECT: the target from `:authority` and the other (non-pseudo) headers."""
+
+    authority: str
+    target_ip: str
+    target_port: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Set by the server: the address the client dialled (ours) and the client's address.
+    local_addr: tuple[Any, ...] | None = None
+    remote_addr: tuple[Any, ...] | None = None
+
+    @property
+    def baggage(self) -> dict[str, str]:
+        return parse_baggage(self.headers.get("baggage", ""))
+
+    @property
+    def forwarded(self) -> str | None:
+        return self.headers.get("forwarded")
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.headers.get("traceparent")
+
+
+def build_connect_headers(
+    authority: str,
+    *,
+    baggage: Mapping[str, str | None] | str | None = None,
+    forwarded: str | None = None,
+    traceparent: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> list[tuple[str, str]]:
+    """Header list of a CONNECT request. `baggage`, `forwarded`, `traceparent` are always sent
+    (traceparent generated when not given)."""
+    parse_authority(authority)  # never send what our own server would reject
+    bag = baggage if isinstance(baggage, str) else make_baggage(baggage or {})
+    headers = [
+        (":method", "CONNECT"),
+        (":authority", authority),
+        ("baggage", bag),
+        ("forwarded", forwarded or ""),
+        ("traceparent", traceparent or make_traceparent()),
+    ]
+    taken = {"baggage", "forwarded", "traceparent"}
+    for k, v in (extra or {}).items():
+        lk = k.lower()
+        if lk.startswith(":") or lk in taken:
+            continue
+        headers.append((lk, v))
+    return headers
+
+
+def parse_connect_request(headers: Iterable[tuple[str, str]]) -> ConnectRequest:
+    """Validate an incoming request header list; raise `BadConnectRequest` (400) unless it is a
+    CONNECT with an `<ip>:<port>` authority."""
+    method = authority = None
+    regular: dict[str, str] = {}
+    for name, value in headers:
+        if name == ":method":
+            method = value
+        elif name == ":authority":
+            authority = value
+        elif not name.startswith(":"):
+            # Repeated headers are joined like HTTP does; they are informational only.
+            regular[name] = f"{regular[name]}, {value}" if name in regular else value
+    if method != "CONNECT":
+        raise BadConnectRequest(f"method {method!r} is not CONNECT")
+    if authority is None:
+        raise BadConnectRequest("CONNECT without :authority")
+    ip, port = parse_authority(authority)
+    return ConnectRequest(authority, ip, port, regular)
+
+
+def response_headers(status: int) -> list[tuple[str, str]]:
+    return [(":status", str(status))]
+
+
+def check_response(headers: Iterable[tuple[str, str]], *, peer: str, authority: str) -> None:
+    """Raise `HboneStatusError` unless the response status is 200."""
+    status_s = next((v for k, v in headers if k == ":status"), None)
+    try:
+        status = int(status_s or "")
+    except ValueError:
+        raise HboneStatusError(0, f"HBONE peer {peer} sent an invalid status {status_s!r}") from None
+    if status == 200:
+        return
+    text = _STATUS_TEXT.get(status, "")
+    why = {
+        400: "the CONNECT was malformed or its authority does not match the dialled address",
+        401: "denied by authorization policy at the destination",
+        503: "the destination could not reach the target (unknown workload, port, or upstream down)",
+    }.get(status, "unexpected status")
+    raise HboneStatusError(
+        status, f"HBONE CONNECT to {authority} via {peer} failed: {status} {text}: {why}".replace("  ", " ")
+    )

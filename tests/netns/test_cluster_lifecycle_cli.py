@@ -1,0 +1,62 @@
+"""`ambient cluster create|list|delete` through the real command line (typer app), as root."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster_helpers import force_cleanup, leftovers
+from typer.testing import CliRunner
+
+from ambient.cli.main import app
+from ambient.cluster import lifecycle
+
+pytestmark = pytest.mark.root
+NAME = "t3h"
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("AMBIENT_REGISTRY_DIR", str(tmp_path / "registry"))
+    monkeypatch.delenv("AMBIENT_STATE_DIR", raising=False)
+    monkeypatch.delenv("AMBIENT_CLUSTER", raising=False)
+    st = tmp_path / "state-h"
+    try:
+        yield st
+    finally:
+        lifecycle.delete_cluster(NAME, st)
+        force_cleanup(NAME)
+
+
+def test_cli_create_list_duplicate_delete(state: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["cluster", "create", "--name", NAME, "--nodes", "2", "--state-dir", str(state)])
+    assert r.exit_code == 0, r.output
+    assert f"cluster {NAME} created with 2 node(s)" in r.output
+
+    r = runner.invoke(app, ["cluster", "list"])
+    assert r.exit_code == 0, r.output
+    header, *rows = r.stdout.splitlines()
+    assert header.split() == ["NAME", "NODES", "STATUS", "STATE-DIR"]
+    assert [NAME, "2", "running", str(state)] in [row.split() for row in rows]
+
+    r = runner.invoke(app, ["cluster", "create", "--name", NAME, "--state-dir", str(state)])
+    assert r.exit_code == 1
+    assert f"error: cluster '{NAME}' already exists" in r.output
+    assert f"ambient cluster delete --name {NAME}" in r.output
+
+    # the global --cluster option names the cluster too
+    r = runner.invoke(app, ["--cluster", NAME, "cluster", "delete"])
+    assert r.exit_code == 0, r.output
+    assert f"cluster {NAME} deleted" in r.output
+    assert leftovers(NAME, state) == []
+    r = runner.invoke(app, ["cluster", "delete", "--name", NAME])
+    assert r.exit_code == 0 and "did not exist" in r.output
+
+
+def test_cli_bad_name_is_a_clear_error(state: Path) -> None:
+    r = CliRunner().invoke(app, ["cluster", "create", "--name", "Bad-Name", "--state-dir", str(state)])
+    assert r.exit_code == 1
+    assert "invalid cluster name 'Bad-Name'" in r.output
+    assert not state.exists()

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from ambient.identity.errors import InvalidSpiffeIdError
+from ambient.identity.spiffe import SpiffeId, is_valid
+
+
+def test_parse_and_format_round_trip() -> None:
+    sid = SpiffeId.parse("spiffe://cluster.local/ns/shop/sa/web")
+    assert (sid.trust_domain, sid.namespace, sid.service_account) == ("cluster.local", "shop", "web")
+    assert str(sid) == "spiffe://cluster.local/ns/shop/sa/web"
+    assert sid.principal == "cluster.local/ns/shop/sa/web"
+    assert SpiffeId.parse(str(sid)) == sid
+
+
+def test_for_workload_defaults() -> None:
+    assert SpiffeId.for_workload("shop").uri == "spiffe://cluster.local/ns/shop/sa/default"
+    assert SpiffeId.for_workload("shop", "", "").uri == "spiffe://cluster.local/ns/shop/sa/default"
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("http://cluster.local/ns/a/sa/b", "does not start"),
+        ("spiffe://Cluster.local/ns/a/sa/b", "trust domain"),
+        ("spiffe://cluster.local/ns/a/sa/b/extra", "not of the form"),
+        ("spiffe://cluster.local/ns/a/sb/b", "not of the form"),
+        ("spiffe://cluster.local/ns//sa/b", "namespace"),
+        ("spiffe://cluster.local/ns/../sa/b", "namespace"),
+        ("spiffe://cluster.local/ns/a/sa/b?x=1", "query"),
+        ("spiffe://cluster.local/ns/a/sa/b%41", "escape"),
+        ("spiffe://cluster.local:443/ns/a/sa/b", "port"),
+        ("spiffe://cluster.local/ns/a/sa/b\x00c", "NUL"),
+        ("spiffe:///ns/a/sa/b", "trust domain"),
+        ("spiffe://cluster.local/ns/a b/sa/b", "namespace"),
+    ],
+)
+def test_rejects_malformed(uri: str, why: str) -> None:
+    with pytest.raises(InvalidSpiffeIdError) as info:
+        SpiffeId.parse(uri)
+    assert why in str(info.value)
+    assert not is_valid(uri)
+
+
+def test_constructor_validates() -> None:
+    with pytest.raises(InvalidSpiffeIdError):
+        SpiffeId("cluster.local", "a/b", "c")
