@@ -23,6 +23,7 @@ from ambient.tls.verify import PeerIdentity
 pytestmark = pytest.mark.timeout(60)
 MB = 1024 * 1024
 Handler = Callable[[ConnectRequest, PeerIdentity], Awaitable[Decision]]
+Served = tuple[HboneServer, HboneClient, list[tuple[ConnectRequest, PeerIdentity]]]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ async def echo_handler(_req: ConnectRequest, _peer: PeerIdentity) -> Decision:
 
 
 @pytest.fixture
-async def served(certs: BenchCerts) -> AsyncIterator[tuple[HboneServer, HboneClient, list[tuple[ConnectRequest, PeerIdentity]]]]:
+async def served(certs: BenchCerts) -> AsyncIterator[Served]:
     """Server whose handler dispatches on the authority port: 7 echo, 401/503 reject, else echo."""
     seen: list[tuple[ConnectRequest, PeerIdentity]] = []
 

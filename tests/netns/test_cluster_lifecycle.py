@@ -65,7 +65,7 @@ def dns_from(netns: str, server: str, *names: str) -> dict[str, tuple[int, str]]
     return result
 
 
-def test_create_list_dns_delete_leaves_nothing(cluster_b: tuple[str, Path]) -> None:
+def test_create_list_dns_delete_leaves_nothing(cluster_b: tuple[str, Path], registry: Path) -> None:
     name, state = cluster_b
     t = time.monotonic()
     result = lifecycle.create_cluster(name, 2, state)
@@ -131,6 +131,7 @@ def test_create_list_dns_delete_leaves_nothing(cluster_b: tuple[str, Path]) -> N
     finally:
         sleeper.kill()
     assert leftovers(name, state) == []
+    assert list(registry.iterdir()) == []  # registry entry and creation lock gone too
     assert name not in [c.name for c in lifecycle.list_clusters()]
     assert lifecycle.delete_cluster(name, state) is False  # idempotent, nothing left to do
 

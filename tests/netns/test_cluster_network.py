@@ -126,3 +126,26 @@ def test_cni_failure_is_a_clear_error_and_leaks_nothing(cluster: L.ClusterLayout
 def test_build_refuses_leftovers(cluster: L.ClusterLayout) -> None:
     with pytest.raises(NetworkSetupError, match="already exist"):
         network.build_network(cluster)
+
+
+def test_cni_churn_leaks_no_ip_and_no_veth(cluster: L.ClusterLayout) -> None:
+    """Repeated ADD/DEL of pods (fresh uid each time) on one node: allocations and links return to zero."""
+    import time
+
+    node = cluster.nodes[0]
+    cni = CniRuntime(cluster, node)
+    t = time.monotonic()
+    cycles = 25
+    seen: set[str] = set()
+    for i in range(cycles):
+        pod = Pod(cluster, node.name, f"churn{i}")
+        seen.add(pod.ip)
+        pod.delete()
+    per_cycle = (time.monotonic() - t) / cycles
+    print(f"\nCNI add+del cycle: {per_cycle * 1000:.0f} ms")
+    assert cni.allocated_ips() == []
+    links = subprocess.run(["ip", "-n", node.netns, "-o", "link", "show", "type", "veth"], capture_output=True,
+                           text=True, check=True).stdout.strip().splitlines()
+    assert [line.split(":")[1].strip().split("@")[0] for line in links] == ["eth0"]  # only the uplink left
+    assert all(ip.startswith("10.244.1.") for ip in seen)
+    assert not [n for n in network.cluster_netns(CLUSTER) if "-pod-" in n]

@@ -257,3 +257,30 @@ def test_dns_udp_redirected_to_15053(pair: Pair, backend: Backend) -> None:
         client.sendto(b"query", (pair.node_ip, 53))
         data, _ = dns.recvfrom(64)
         assert data == b"query"
+
+
+IP_TRANSPARENT = 19
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_proxy_delivery_with_client_ip_gets_replies_back_through_table_100(pair: Pair, backend: Backend) -> None:
+    """The proxy delivers inbound traffic from a transparent socket bound to the *client's* IP: the app's
+    replies must come back to the proxy (connmark 0x111 -> ip rule -> table 100 local), not leave via eth0."""
+    apply_pod_redirection(CFG, backend, netns=pair.pod)
+    app = listen(pair.pod, 8080)
+
+    def proxy_socket() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, 1337)
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s.bind((pair.node_ip, 0))  # not a local address of the pod: spoofing the original client
+        return s
+
+    with app, run_in_netns(pair.pod, proxy_socket) as proxy:
+        proxy.settimeout(TIMEOUT)
+        proxy.connect((pair.pod_ip, 8080))
+        conn, peer = app.accept()
+        with conn:
+            assert peer[0] == pair.node_ip  # the app sees the real client address
+            conn.sendall(b"reply")
+            assert proxy.recv(5) == b"reply"

@@ -361,16 +361,16 @@ class ApiServer:
         if since < 0:
             raise BadRequestError(f'resourceVersion "{rv_text}" is negative')
         lines: list[str] = []
+        # Taken before every read of the store, so a write landing after the read still wakes us.
+        changed = self._changed
+        events: list[Any] = []
         if since == 0:
             # No version: like Kubernetes, start with synthetic ADDED events for the current state.
             items, since = await self._run(self.store.list_json, info.kind, namespace, None, None)
             for item in items:
                 if predicate is None or predicate(json.loads(item)):
                     lines.append('{"type":"ADDED","object":' + item + "}\n")
-            changed = self._changed
-            events: list[Any] = []
         else:
-            changed = self._changed
             # Fetched before the response starts so that a too-old version is a plain HTTP 410.
             events, scanned = await self._run(self.store.events_since, since, info.kind, namespace, _WATCH_BATCH)
             lines += self._event_lines(events, predicate)

@@ -341,7 +341,24 @@ def delete_cluster(name: str | None = None, state_dir: str | os.PathLike[str] | 
         shutil.rmtree(state, ignore_errors=True)
     if _unregister:
         L.unregister_cluster(name)
+        _remove_lock(name)
     return found
+
+
+def _remove_lock(name: str) -> None:
+    """Remove the creation lock file unless a `create` holds it right now."""
+    path = L.registry_dir() / f".{name}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def delete_all(progress: Progress = _noop) -> list[str]:

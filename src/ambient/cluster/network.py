@@ -15,8 +15,8 @@ Invariants (hermeticity):
 - an nftables table `inet ambient_hermetic` in the underlay and every node rejects (and counts in the named
   counter `blocked`) any packet whose destination is outside `layout.CLUSTER_CIDRS`, and every IPv6 packet
   (IPv6 is disabled in these namespaces);
-- building is idempotent-unfriendly on purpose: it refuses to run when any `amb-C-` netns exists; teardown
-  (`destroy_network`) works on any partial state.
+- `build_network` refuses to run when any `amb-C-` netns exists (never half-merge with leftovers);
+  `destroy_network` works on any partial state and is idempotent.
 """
 
 from __future__ import annotations

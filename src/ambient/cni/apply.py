@@ -114,7 +114,8 @@ def _families(ipv6: bool) -> tuple[int, ...]:
 
 
 def _rule_lines(tools: Tools, fam: int) -> list[str]:
-    out = _run([tools.ip, f"-{fam}", "rule", "show", "pref", str(RULE_PREF)])
+    # IPv6 may be disabled in the kernel: then there is simply no IPv6 rule to see
+    out = _run([tools.ip, f"-{fam}", "rule", "show", "pref", str(RULE_PREF)], check=fam == 4)
     return [line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line]
 
 
@@ -124,6 +125,9 @@ def _route_lines(tools: Tools, fam: int) -> list[str]:
 
 
 def _apply_routing(tools: Tools, ipv6: bool) -> None:
+    if not ipv6:  # a pod that lost IPv6 keeps no stale IPv6 rule
+        for _ in _rule_lines(tools, 6):
+            _run([tools.ip, "-6", "rule", "del", "pref", str(RULE_PREF)])
     for fam in _families(ipv6):
         if _rule_lines(tools, fam) != [_RULE_WANT]:
             for _ in _rule_lines(tools, fam):

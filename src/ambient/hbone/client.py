@@ -134,6 +134,9 @@ class HboneClient:
         key: PoolKey = (src.identity.uri, frozenset(expected_identities), source_ip, tuple(dst_addr))  # type: ignore[assignment]
         for attempt in range(3):
             conn = await self._acquire(key, src, dialer or self._dialer)
+            # open_stream registers the stream before its first await, so the reservation turns into
+            # an active stream with no gap in which the slot is counted twice or not at all.
+            conn.reserved -= 1
             try:
                 stream = await conn.open_stream(request)
             except HboneStreamError as exc:
@@ -143,7 +146,6 @@ class HboneClient:
                     continue
                 raise
             finally:
-                conn.reserved -= 1
                 self._maybe_idle(conn)
             self.stats.streams += 1
             return stream
@@ -259,15 +261,27 @@ class HboneClient:
                 f"connecting to HBONE peer {label} timed out after {self.connect_timeout:.0f}s",
                 hint="maybe a NetworkPolicy or firewall is blocking HBONE port 15008",
             ) from None
-        except HboneError as exc:
+        except HboneConnectError as exc:  # rejected by our checks, or GOAWAY naming the reason
             self.stats.dial_failures += 1
             if conn is not None:
                 conn.abort()
             raise HboneConnectError(f"HBONE connect to {label} failed: {exc.message}", hint=exc.hint) from None
+        except HboneError as exc:
+            self.stats.dial_failures += 1
+            if conn is not None:
+                conn.abort()
+            # asyncio's server-side TLS drops the alert when it rejects a client certificate, so a close
+            # right after our side of the handshake is almost always that: say so.
+            raise HboneConnectError(
+                f"HBONE connect to {label} failed: the server closed the connection right after the TLS "
+                f"handshake; it most likely rejected our certificate {src.identity} ({exc.message})",
+                hint="our certificate may be expired, not yet valid, from another root or trust domain; "
+                "the server's log names the reason",
+            ) from None
         except OSError as exc:
             self.stats.dial_failures += 1
             raise HboneConnectError(
-                f"cannot connect to HBONE peer {label}: {exc.strerror or exc}",
+                f"cannot connect to HBONE peer {label}: {exc.strerror or exc!r}",
                 hint="is the destination node proxy running and listening on 15008?",
             ) from None
         except BaseException:

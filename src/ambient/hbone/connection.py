@@ -27,7 +27,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -81,6 +81,29 @@ class H2Settings:
 
 
 Verifier = Callable[[Any], PeerIdentity]
+
+# Abuse guards (HTTP/2 rapid reset CVE-2023-44487, PING and SETTINGS floods): more than LIMIT events of
+# one kind within WINDOW seconds ends the connection with GOAWAY(ENHANCE_YOUR_CALM). Legitimate peers
+# stay far below: a reset before the response is rare, PINGs come every 10 s, SETTINGS once.
+ABUSE_WINDOW = 10.0
+ABUSE_LIMITS = {"early reset": 100, "PING": 100, "SETTINGS": 100}
+
+
+class _RateWindow:
+    """Counts events in fixed windows; `hit()` is True once the limit is exceeded."""
+
+    __slots__ = ("count", "limit", "start")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.start = 0.0
+        self.count = 0
+
+    def hit(self, now: float) -> bool:
+        if now - self.start > ABUSE_WINDOW:
+            self.start, self.count = now, 0
+        self.count += 1
+        return self.count > self.limit
 
 
 def _wake(fut: asyncio.Future[None] | None) -> None:
@@ -327,10 +350,11 @@ class HboneConnection(asyncio.Protocol):
         # start_tls (server side) attaches us before the caller can call connection_made: bytes
         # decrypted in that gap (the client preface) wait here.
         self._early: list[bytes] | None = []
+        self._abuse = {kind: _RateWindow(limit) for kind, limit in ABUSE_LIMITS.items()}
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio.Transport
         self._transport = transport
         self.local_addr = transport.get_extra_info("sockname")
         self.remote_addr = transport.get_extra_info("peername")
@@ -428,6 +452,8 @@ class HboneConnection(asyncio.Protocol):
                     s._on_response(list(ev.headers or []))  # type: ignore[arg-type]
             elif isinstance(ev, h2.events.StreamReset):
                 s = self.streams.get(ev.stream_id)
+                if s is not None and not s._responded and ev.remote_reset and self._abused("early reset"):
+                    return
                 if s is not None:
                     code = ev.error_code
                     s._on_error(
@@ -436,7 +462,12 @@ class HboneConnection(asyncio.Protocol):
                             error_code=int(code) if code is not None else None,
                         )
                     )
+            elif isinstance(ev, h2.events.PingReceived):
+                if self._abused("PING"):
+                    return
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                if self._abused("SETTINGS"):
+                    return
                 if _SC.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     self._wake_writers()
                 if not self.ready.done():
@@ -590,13 +621,23 @@ class HboneConnection(asyncio.Protocol):
             self._flush()
         self._ping_handle = self._loop.call_later(self.settings.ping_interval, self._keepalive)
 
-    def _fail(self, error: HboneError, *, send_goaway: bool = True) -> None:
+    def _abused(self, kind: str) -> bool:
+        if not self._abuse[kind].hit(self._loop.time()):
+            return False
+        log.warning("hbone: closing connection from %s (%s): %s flood", self.label, self.peer, kind)
+        self._fail(
+            HboneError(f"HBONE peer {self.label} sent too many {kind} frames"),
+            code=ErrorCodes.ENHANCE_YOUR_CALM,
+        )
+        return True
+
+    def _fail(self, error: HboneError, *, send_goaway: bool = True, code: int = ErrorCodes.PROTOCOL_ERROR) -> None:
         if self.error is None:
             self.error = error
         self.accepting = False
         if send_goaway and not self.closed:
             try:
-                self._h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+                self._h2.close_connection(code)
                 self._flush()
             except h2.exceptions.H2Error:
                 pass

@@ -25,7 +25,7 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from h2.errors import ErrorCodes
 
@@ -85,7 +85,8 @@ class _Accepting(asyncio.Protocol):
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports do not subclass asyncio.Transport: duck-type
+        transport = cast(asyncio.Transport, transport)
         transport.pause_reading()  # the ClientHello must reach the TLS layer, not this protocol
         self._server._on_tcp(transport)
 
@@ -98,7 +99,7 @@ def _handshake_reason(exc: BaseException) -> str:
         return f"client certificate rejected: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) or "taking longer than" in str(exc):
         return "TLS handshake timed out"
     return f"TLS handshake failed: {exc!r}"
 
@@ -230,7 +231,8 @@ class HboneServer:
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.stats.handshake_failures += 1
             self._record(_handshake_reason(exc), label)
-            raw.abort()
+            # close, not abort: the TLS alert naming the reason must still reach the client
+            raw.close()
             return
         finally:
             self._raw.discard(raw)

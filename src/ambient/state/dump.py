@@ -3,7 +3,7 @@
 Role: turn model values into plain JSON-able dicts (str/int/bool/list/dict only), in the shape of the
 reference node proxy's dump: camelCase keys, enums by name, addresses as text, VIPs as "network/ip".
 Invariants: output is deterministic (sorted by key) so dumps can be diffed and golden-tested; nothing here
-is read back (it is a debug view, not a persistence format).
+is read back except by `state.static`, which accepts this same shape as the standalone config format.
 """
 
 from __future__ import annotations
@@ -74,12 +74,20 @@ def dump_workload(w: Workload) -> dict[str, Any]:
         "network": w.network,
         "status": "Healthy" if w.status == WorkloadStatus.HEALTHY else "Unhealthy",
         "hostname": w.hostname,
-        "capacity": w.weight,
         "services": {k: _ports(v) for k, v in sorted(w.services.items())},
         "authorizationPolicies": list(w.authorization_policies),
         "waypoint": dump_gateway(w.waypoint),
         "networkMode": _title(w.network_mode.name),
     }
+    if w.capacity is not None:
+        out["capacity"] = w.capacity
+    if w.native_tunnel:
+        out["nativeTunnel"] = True
+    if w.application_tunnel is not None:
+        out["applicationTunnel"] = {
+            "protocol": w.application_tunnel.protocol.name,
+            "port": w.application_tunnel.port,
+        }
     if w.locality is not None:
         out["locality"] = {"region": w.locality.region, "zone": w.locality.zone, "subzone": w.locality.subzone}
     if w.network_gateway is not None:
@@ -106,6 +114,9 @@ def dump_service(s: Service, view: StateView) -> dict[str, Any]:
         "subjectAltNames": list(s.subject_alt_names),
         "waypoint": dump_gateway(s.waypoint),
         "ipFamilies": s.ip_families.name,
+        "canonical": s.canonical,
+        "ingressUseWaypoint": s.ingress_use_waypoint,
+        "visibility": s.visibility.name,
     }
     lb = s.load_balancing
     if lb is not None:

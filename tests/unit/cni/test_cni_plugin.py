@@ -8,9 +8,11 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import socketserver
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -172,7 +174,7 @@ def add_pod(env: Env, obj: dict[str, Any]) -> None:
 
 def test_version() -> None:
     out = subprocess.run(
-        [os.sys.executable, "-m", "ambient.cni.plugin_main"],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "ambient.cni.plugin_main"],
         input='{"cniVersion":"1.0.0"}', env={**os.environ, "CNI_COMMAND": "VERSION"},
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
@@ -315,3 +317,62 @@ def test_add_latency(env: Env) -> None:
         figures[label] = statistics.median(samples)
     print("\nambient-cni ADD latency (median of 5): " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in figures.items()))
     assert all(v < 3.0 for v in figures.values())  # generous: a noisy shared machine
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", (200, b"{}")),
+        (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n', (200, b'{"a":1}')),
+        (b"HTTP/1.0 500 Internal Server Error\r\n\r\nboom", (500, b"boom")),
+    ],
+)
+def test_unix_http_client_parses_answers(tmp_path: Path, answer: bytes, expected: tuple[int, bytes]) -> None:
+    from ambient.cni.plugin import _request
+
+    path = str(tmp_path / "raw.sock")
+    received: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+
+        def answer_once() -> None:
+            conn, _ = server.accept()
+            with conn:
+                received.append(conn.recv(65536))
+                conn.sendall(answer)
+
+        t = threading.Thread(target=answer_once)
+        t.start()
+        assert _request(path, "POST", "/cmdadd", b'{"x":1}', 5.0) == expected
+        t.join(5)
+    assert received[0].startswith(b"POST /cmdadd HTTP/1.1\r\n")
+    assert b"Content-Length: 7\r\n" in received[0] and received[0].endswith(b'\r\n\r\n{"x":1}')
+
+
+def test_unix_http_client_rejects_garbage(tmp_path: Path) -> None:
+    from ambient.cni.plugin import _request
+
+    path = str(tmp_path / "raw.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+
+        def garbage() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"not http at all")
+
+        t = threading.Thread(target=garbage)
+        t.start()
+        with pytest.raises(OSError, match="incomplete HTTP answer"):
+            _request(path, "GET", "/x", None, 5.0)
+        t.join(5)
+
+
+def test_unknown_pod_fails_closed_with_api_status(env: Env) -> None:
+    code, out, _ = env.run("ADD", ns="demo", name="ghost")
+    err = json.loads(out)
+    assert code == 1 and err["code"] == 101
+    assert "answered 404 for GET /api/v1/namespaces/demo/pods/ghost" in err["msg"]

@@ -95,7 +95,7 @@ def test_server_identity_not_expected(ca: LocalCA) -> None:
 
 def test_client_wrong_trust_domain(ca: LocalCA) -> None:
     der = _leaf_der(ca, [x509.UniformResourceIdentifier("spiffe://evil.local/ns/a/sa/b")])
-    with pytest.raises(PeerIdentityError, match="not in trust domain 'cluster.local'"):
+    with pytest.raises(PeerIdentityError, match=r"not in trust domain 'cluster\.local'"):
         verify_client(FakeSsl(der), "cluster.local")  # type: ignore[arg-type]
 
 

@@ -1,0 +1,128 @@
+"""Helpers for the kubelet / services / exec tests: a real 2-node cluster "t8" and small pod utilities.
+
+The cluster is built with `ambient.cluster.lifecycle` (network, apiserver, dns, controller-manager, kubelets)
+in a temporary state dir with a private registry, and always deleted (plus a forced netns sweep).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from ambient.api.client import ApiClient
+from ambient.cluster import layout as L
+from ambient.cluster import lifecycle, network, processes
+
+CLUSTER = "t8"
+T = TypeVar("T")
+
+# An HTTP server that answers "<pod name> <client ip>" (what the server saw) on the port in argv[1].
+WHOAMI = r"""
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = (os.environ.get("HOSTNAME", "?") + " " + self.client_address[0]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def force_cleanup() -> None:
+    names = network.cluster_netns(CLUSTER)
+    processes.kill_netns_processes(names)
+    network.destroy_network(CLUSTER)
+
+
+@contextlib.contextmanager
+def t8_cluster(tmp: Path) -> Iterator[tuple[L.ClusterLayout, ApiClient]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
+        state = tmp / "state"
+        lifecycle.delete_cluster(CLUSTER, state)
+        force_cleanup()
+        try:
+            result = lifecycle.create_cluster(CLUSTER, 2, state)
+            missing = [c for c in ("apiserver", "controller-manager") if c in result.skipped]
+            assert not missing, f"cluster components missing: {missing}"
+            with ApiClient(result.layout.api_socket) as api:
+                yield result.layout, api
+        finally:
+            lifecycle.delete_cluster(CLUSTER, state)
+            force_cleanup()
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # transient API states while things converge
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last  # type: ignore[no-any-return]
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def pod_manifest(name: str, command: list[str], *, node: str | None = None, ns: str = "default",
+                 labels: dict[str, str] | None = None, ports: list[dict[str, Any]] | None = None,
+                 restart: str | None = None, containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": containers or [{"name": "app", "command": command,
+                                                          "ports": ports or []}]}
+    if node:
+        spec["nodeName"] = node
+    if restart:
+        spec["restartPolicy"] = restart
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns,
+                                                             "labels": labels or {}}, "spec": spec}
+
+
+def whoami_pod(name: str, node: str | None = None, labels: dict[str, str] | None = None,
+               port: int = 8080) -> dict[str, Any]:
+    return pod_manifest(name, ["python3", "-c", WHOAMI, str(port)], node=node, labels=labels,
+                        ports=[{"name": "http", "containerPort": port}])
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def wait_ready(api: ApiClient, name: str, ns: str = "default", timeout: float = 30) -> dict[str, Any]:
+    return wait_for(lambda: (p := api.get("Pod", name, ns)) and is_ready(p) and p, timeout,
+                    f"pod {ns}/{name} Ready")
+
+
+def pod_netns(layout: L.ClusterLayout, pod: dict[str, Any]) -> str:
+    return L.pod_netns_name(layout.name, pod["metadata"]["uid"])
+
+
+def in_pod(layout: L.ClusterLayout, pod: dict[str, Any], argv: list[str], timeout: float = 30,
+           check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run argv in the pod's netns with its resolv.conf (what `ambient exec` does)."""
+    return subprocess.run(["ip", "netns", "exec", pod_netns(layout, pod), *argv], capture_output=True, text=True,
+                          timeout=timeout, check=check)
+
+
+def curl(layout: L.ClusterLayout, pod: dict[str, Any], url: str, max_time: float = 5) -> str:
+    out = in_pod(layout, pod, ["curl", "-s", "-m", str(max_time), url])
+    return out.stdout if out.returncode == 0 else f"curl exit {out.returncode}"
+
+
+def pod_netns_list(cluster: str = CLUSTER) -> set[str]:
+    return {n for n in network.cluster_netns(cluster) if "-pod-" in n}
+
+
+def long_tests() -> bool:
+    return os.environ.get("AMBIENT_LONG_TESTS") == "1"
