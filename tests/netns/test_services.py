@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from h8_helpers import curl, in_pod, pod_manifest, pod_netns, t8_cluster, wait_for, wait_ready, whoami_pod
 
-from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
 
 pytestmark = pytest.mark.root
@@ -119,7 +118,8 @@ def test_dns_names_resolve_to_vip_and_connect_across_nodes(world: dict[str, Any]
     out = wait_for(lambda: (o := curl(layout, client, "http://who.default.svc.cluster.local/")).startswith("who-2")
                    and o, 20, "who-2 via DNS name")
     assert out == f"who-2 {client['status']['podIP']}"
-    bad = in_pod(layout, client, ["python3", "-c", "import socket; socket.gethostbyname('nope.default.svc.cluster.local')"])
+    bad = in_pod(layout, client, ["python3", "-c",
+                                  "import socket; socket.gethostbyname('nope.default.svc.cluster.local')"])
     assert bad.returncode != 0 and "gaierror" in bad.stderr
 
 

@@ -262,10 +262,22 @@ class Kubelet:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             await self._adopt()
+            await self.set_node_ready(True)
             tg.create_task(self._watch())
             tg.create_task(self._loop())
             if self.kube_proxy is not None:
                 tg.create_task(self.kube_proxy.run())
+
+    async def set_node_ready(self, ready: bool) -> None:
+        """Report this kubelet on its Node (the scheduler only binds pods to Ready nodes)."""
+        cond = {"type": "Ready", "status": "True" if ready else "False",
+                "reason": "KubeletReady" if ready else "KubeletStopped",
+                "message": "kubelet is running" if ready else "kubelet was stopped",
+                "lastTransitionTime": rt.now_rfc3339()}
+        try:
+            await self.client.patch("Node", self.node, None, {"status": {"conditions": [cond]}}, status=True)
+        except ApiError as exc:
+            log.warning("cannot update node %s status: %s", self.node, exc)
 
     async def _adopt(self) -> None:
         pods = await self._my_pods()
@@ -478,6 +490,7 @@ async def _amain(state_dir: Path, node: str) -> None:
         log.info("kubelet %s started (netns %s)", node, kubelet.node_layout.netns)
         with contextlib.suppress(asyncio.CancelledError):
             await kubelet.run()
+        await kubelet.set_node_ready(False)
     log.info("kubelet %s stopped (pods left running for the next start to adopt)", node)
 
 

@@ -60,6 +60,7 @@ if hasattr(hyperframe.frame, "_raw_data_repr"):
     hyperframe.frame._raw_data_repr = _cheap_raw_data_repr
 
 WRITE_HIGH_WATER = 2 * 1024 * 1024
+CLOSE_GRACE = 1.0
 _SC = h2.settings.SettingCodes
 
 
@@ -413,7 +414,7 @@ class HboneConnection(asyncio.Protocol):
             self.ready.set_exception(err)
             self.ready.exception()
         assert self._transport is not None
-        self._transport.close()
+        self._close_transport()
 
     def data_received(self, data: bytes) -> None:
         if self._early is not None:
@@ -641,8 +642,17 @@ class HboneConnection(asyncio.Protocol):
                 self._flush()
             except h2.exceptions.H2Error:
                 pass
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close gracefully (flush, TLS close_notify) but abort if the peer does not let us finish
+        within CLOSE_GRACE: a dead or stalled peer must not hold the connection for the SSL shutdown
+        timeout (30 s)."""
+        if self._transport is None or self.closed:
+            return
+        self._transport.close()
+        transport = self._transport
+        self._loop.call_later(CLOSE_GRACE, lambda: None if self.closed else transport.abort())
 
     def close(self, reason: str = "closed locally") -> None:
         """Send GOAWAY(NO_ERROR) and close; live streams end with an error."""
@@ -656,8 +666,7 @@ class HboneConnection(asyncio.Protocol):
             self._flush()
         except h2.exceptions.H2Error:
             pass
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     def abort(self) -> None:
         if self._transport is not None:
