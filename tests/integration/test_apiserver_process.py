@@ -193,8 +193,15 @@ def test_kill9_mid_batch_apply_leaves_all_or_nothing(server_process: ServerProce
             newer = api.create(pod(f"after-{round_}"))
             assert int(newer["metadata"]["resourceVersion"]) == int(rv_after) + 1
             assert max(int(p["metadata"]["resourceVersion"]) for p in items) <= int(rv_after)
-            log = [e for e in api.watch("pods", resource_version=rv_before, timeout=0.3) if e.type != "BOOKMARK"]
-            assert len(log) == in_batch + 1
+            # Read the change log up to the pod just created (the last write): up to 6,001 events, so no
+            # short stream timeout that a loaded machine could hit first.
+            log: list[str] = []
+            for event in api.watch("pods", resource_version=rv_before, timeout=60):
+                if event.type != "BOOKMARK":
+                    log.append(event.object["metadata"]["name"])
+                    if log[-1] == f"after-{round_}":
+                        break
+            assert len(log) == in_batch + 1 and len(set(log)) == len(log)
         db = sqlite3.connect(sp.state_dir / "apiserver.db")
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         db.close()

@@ -6,9 +6,11 @@ names the reason."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import ssl
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +206,36 @@ async def test_handshake_timeout_reaps_silent_connections(mesh: Mesh) -> None:
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
     assert any("timed out" in r for r in server.stats.rejections)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.parametrize(("suite", "accepted"), [("TLS_CHACHA20_POLY1305_SHA256", False),
+                                                 ("TLS_AES_128_GCM_SHA256", True)])
+async def test_only_aes_gcm_suites_accepted(mesh: Mesh, tmp_path: Path, suite: str, accepted: bool) -> None:
+    rec = Recorder()
+    client = mesh.ca.issue(CLIENT_ID)
+    (tmp_path / "c.pem").write_bytes(client.chain_bytes())
+    (tmp_path / "k.pem").write_bytes(client.key_pem)
+    async with HboneServer(listener(), mesh.ca.issue(SERVER_ID), rec.handler) as server:
+        proc = await asyncio.create_subprocess_exec(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{server.address[1]}", "-tls1_3",
+            "-ciphersuites", suite, "-alpn", "h2", "-cert", str(tmp_path / "c.pem"),
+            "-key", str(tmp_path / "k.pem"), "-brief",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for _ in range(50):
+            if server.stats.tls_established or server.stats.handshake_failures:
+                break
+            await asyncio.sleep(0.02)
+    if accepted:
+        assert server.stats.tls_established == 1, out
+    else:
+        assert server.stats.tls_established == 0 and server.stats.handshake_failures == 1, out
+        assert any("cipher" in r.lower() for r in server.stats.rejections), list(server.stats.rejections)
+    assert rec.calls == []

@@ -33,6 +33,7 @@ from ambient.api.errors import ApiError, NotFoundError
 from ambient.cluster import kubeproxy
 from ambient.cluster import layout as L
 from ambient.cluster import podruntime as rt
+from ambient.cluster import probes
 from ambient.cluster.controllers import Client
 from ambient.cluster.errors import ClusterError
 from ambient.cluster.podstatus import ContainerState, pod_status
@@ -190,7 +191,7 @@ class PodWorker:
         while True:
             changed = False
             for c in self.containers.values():
-                ready = await self.kubelet.probe(c, self.record.ip)
+                ready = await probes.is_ready(c, self.kubelet.probe_context(self))
                 if ready != c.ready:
                     c.ready = ready
                     changed = True
@@ -366,39 +367,9 @@ class Kubelet:
                 await asyncio.sleep(0.5 * (attempt + 1))
         self.records.remove(rec.uid)
 
-    async def probe(self, c: ContainerState, pod_ip: str) -> bool:
-        """Readiness: running > 0.5 s and, if the container declares TCP ports, each accepts a connection."""
-        if not c.running_for(0.5):
-            return False
-        ports = [int(p["containerPort"]) for p in c.spec.get("ports") or []
-                 if (p.get("protocol") or "TCP") == "TCP"]
-        for port in ports:
-            if not await self._tcp_check(pod_ip, port):
-                return False
-        return True
-
-    async def _tcp_check(self, ip: str, port: int) -> bool:
-        import socket
-
-        loop = asyncio.get_running_loop()
-        try:
-            if self._probe.in_node_netns:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            else:
-                from ambient.inpod.netns import run_in_netns
-
-                sock = await asyncio.to_thread(run_in_netns, self._probe.node_netns_path,
-                                               lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        except OSError:
-            return False
-        sock.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), timeout=1.0)
-            return True
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            sock.close()
+    def probe_context(self, worker: PodWorker) -> probes.ProbeContext:
+        return probes.ProbeContext(worker.record.ip, worker.record.netns, self._probe.node_netns_path,
+                                   self._probe.in_node_netns)
 
 
 class KubeProxy:

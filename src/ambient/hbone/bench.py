@@ -108,6 +108,62 @@ async def _tls_throughput(seconds: float) -> float:
     return received / elapsed
 
 
+async def _echo(stream: HboneStream) -> None:
+    while data := await stream.read():
+        await stream.write(data)
+    await stream.write_eof()
+
+
+async def _echo_handler(_req: ConnectRequest, _peer: PeerIdentity) -> Decision:
+    return Accept(serve=_echo)
+
+
+async def _latency(rounds: int) -> dict[str, float]:
+    certs = BenchCerts.make()
+    samples: list[float] = []
+    async with HboneServer(_listener(), certs.server, _echo_handler) as server, HboneClient() as client:
+        stream = await client.connect(certs.client, server.address[:2], {SERVER_ID}, "127.0.0.1:9")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await stream.write(b"x")
+            await stream.read()
+            samples.append(time.perf_counter() - t0)
+        stream.close()
+    samples.sort()
+    return {
+        "p50_us": samples[len(samples) // 2] * 1e6,
+        "p99_us": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e6,
+    }
+
+
+async def _stream_rate(seconds: float) -> float:
+    certs = BenchCerts.make()
+    count = 0
+    async with HboneServer(_listener(), certs.server, _echo_handler) as server, HboneClient() as client:
+        deadline = time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < deadline:
+            stream = await client.connect(certs.client, server.address[:2], {SERVER_ID}, "127.0.0.1:9")
+            await stream.write(b"x")
+            await stream.write_eof()
+            while await stream.read():
+                pass
+            stream.close()
+            count += 1
+        elapsed = time.perf_counter() - start
+    return count / elapsed
+
+
+def measure_latency(rounds: int = 2000) -> dict[str, float]:
+    """1-byte echo round trips on one open tunnel (client -> server -> client): p50/p99 in us."""
+    return asyncio.run(_latency(rounds))
+
+
+def measure_stream_rate(seconds: float = 2.0) -> float:
+    """New tunnels/s (CONNECT + 1-byte echo + close, sequential) over one pooled connection."""
+    return asyncio.run(_stream_rate(seconds))
+
+
 def measure_throughput(seconds: float = 3.0) -> float:
     """Bytes/s through one HBONE tunnel over loopback (one process, one event loop)."""
     return asyncio.run(_hbone_throughput(seconds))
@@ -125,6 +181,9 @@ def main(argv: list[str]) -> None:
     print(f"hbone tunnel: {hbone * 8 / 1e9:.2f} Gb/s ({hbone / 1e6:.0f} MB/s)")
     print(f"plain TLS   : {tls * 8 / 1e9:.2f} Gb/s ({tls / 1e6:.0f} MB/s)")
     print(f"ratio       : {hbone / tls:.2f}")
+    lat = measure_latency()
+    print(f"echo latency: p50 {lat['p50_us']:.0f} us, p99 {lat['p99_us']:.0f} us (one tunnel, 1 byte)")
+    print(f"tunnels/s   : {measure_stream_rate(min(seconds, 2.0)):.0f} (sequential, pooled connection)")
 
 
 if __name__ == "__main__":

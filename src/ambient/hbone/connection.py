@@ -1,5 +1,5 @@
 """One HBONE connection: HTTP/2 (python-hyper `h2`, sans-IO) driven by an asyncio Protocol over TLS,
-and the tunnel streams (`HboneStream`) multiplexed on it. Shared by the client pool and the server.
+multiplexing tunnel streams (`HboneStream`, in `stream.py`). Shared by the client pool and the server.
 
 Why a Protocol: every received TLS chunk goes straight into `h2.receive_data` and every frame out is
 one `transport.write`; no reader task per connection and no StreamReader copies on the hot path.
@@ -24,7 +24,6 @@ import asyncio
 import binascii
 import logging
 import os
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,6 +39,7 @@ from h2.errors import ErrorCodes
 from ambient.hbone import protocol as proto
 from ambient.hbone.errors import BadConnectRequest, HboneConnectError, HboneError, HboneStreamError
 from ambient.hbone.protocol import ConnectRequest
+from ambient.hbone.stream import HboneStream, wake
 from ambient.tls.errors import TlsError
 from ambient.tls.verify import PeerIdentity
 
@@ -82,6 +82,7 @@ class H2Settings:
 
 
 Verifier = Callable[[Any], PeerIdentity]
+__all__ = ["H2Settings", "HboneConnection", "HboneStream"]
 
 # Abuse guards (HTTP/2 rapid reset CVE-2023-44487, PING and SETTINGS floods): more than LIMIT events of
 # one kind within WINDOW seconds ends the connection with GOAWAY(ENHANCE_YOUR_CALM). Legitimate peers
@@ -105,205 +106,6 @@ class _RateWindow:
             self.start, self.count = now, 0
         self.count += 1
         return self.count > self.limit
-
-
-def _wake(fut: asyncio.Future[None] | None) -> None:
-    if fut is not None and not fut.done():
-        fut.set_result(None)
-
-
-class HboneStream:
-    """A tunnelled byte stream (one CONNECT). read/write/write_eof/close, like a TCP socket."""
-
-    def __init__(self, conn: HboneConnection, stream_id: int) -> None:
-        self._conn = conn
-        self.stream_id = stream_id
-        self.request: ConnectRequest | None = None
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._eof = False
-        self._local_closed = False
-        self._finished = False
-        self._responded = False
-        self._error: HboneError | None = None
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._write_waiter: asyncio.Future[None] | None = None
-        self._response: asyncio.Future[list[tuple[str, str]]] | None = None
-        self.bytes_sent = 0
-        self.bytes_received = 0
-
-    # -- identity / addresses -------------------------------------------------------------------------
-    @property
-    def peer(self) -> PeerIdentity | None:
-        return self._conn.peer
-
-    @property
-    def connection(self) -> HboneConnection:
-        return self._conn
-
-    @property
-    def at_eof(self) -> bool:
-        return self._eof and not self._chunks
-
-    def __repr__(self) -> str:
-        return (
-            f"HboneStream(id={self.stream_id}, peer={self._conn.label}, sent={self.bytes_sent}, "
-            f"recv={self.bytes_received}, eof={self._eof}, local_closed={self._local_closed})"
-        )
-
-    # -- application API ------------------------------------------------------------------------------
-    async def read(self, max_bytes: int = -1) -> bytes:
-        """Return up to `max_bytes` (all of the next chunk when -1); b"" once the peer ended the stream."""
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                return b""
-            self._read_waiter = self._conn._loop.create_future()
-            try:
-                await self._read_waiter
-            finally:
-                self._read_waiter = None
-        if self._error is not None:
-            raise self._error
-        chunk = self._chunks[0]
-        if 0 <= max_bytes < len(chunk):
-            self._chunks[0] = chunk[max_bytes:]
-            chunk = chunk[:max_bytes]
-        else:
-            self._chunks.popleft()
-        n = len(chunk)
-        self._buffered -= n
-        self._conn._ack(self.stream_id, n)
-        return chunk
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send all of `data`, waiting for HTTP/2 flow-control window and transport drain."""
-        view = memoryview(data).cast("B")
-        total = len(view)
-        offset = 0
-        conn = self._conn
-        h2c = conn._h2
-        while offset < total:
-            self._check_writable()
-            if conn._paused:
-                await conn._wait_writable()
-                continue
-            try:
-                window = h2c.local_flow_control_window(self.stream_id)
-            except h2.exceptions.StreamClosedError:
-                raise self._error or HboneStreamError(f"stream {self.stream_id} to {conn.label} is closed") from None
-            if window <= 0:
-                self._write_waiter = conn._loop.create_future()
-                try:
-                    await self._write_waiter
-                finally:
-                    self._write_waiter = None
-                continue
-            n = min(window, total - offset, h2c.max_outbound_frame_size)
-            try:
-                h2c.send_data(self.stream_id, view[offset : offset + n])
-            except h2.exceptions.H2Error as exc:
-                raise HboneStreamError(f"cannot send on stream {self.stream_id} to {conn.label}: {exc}") from None
-            offset += n
-            self.bytes_sent += n
-            conn._flush()
-
-    async def write_eof(self) -> None:
-        """Half-close: send END_STREAM (the TCP FIN of the tunnel). Reading continues."""
-        if self._local_closed or self._error is not None:
-            return
-        self._local_closed = True
-        try:
-            self._conn._h2.end_stream(self.stream_id)
-        except h2.exceptions.H2Error as exc:
-            raise HboneStreamError(f"cannot end stream {self.stream_id} to {self._conn.label}: {exc}") from None
-        self._conn._flush()
-        self._maybe_finished()
-
-    def close(self, error_code: int = ErrorCodes.CANCEL) -> None:
-        """Release the stream; resets it (RST_STREAM) unless both directions already ended."""
-        if self._finished:
-            return
-        if self._error is None and not (self._local_closed and self._eof):
-            self._conn._reset(self.stream_id, error_code)
-        self._error = self._error or HboneStreamError(f"stream {self.stream_id} was closed locally")
-        self._drop_buffer()
-        self._finish()
-
-    def abort(self) -> None:
-        self.close(ErrorCodes.CANCEL)
-
-    # -- server side ------------------------------------------------------------------------------------
-    def respond(self, status: int) -> None:
-        """Server: answer the CONNECT. 200 opens the tunnel; any other status ends the stream."""
-        if self._responded:
-            return
-        self._responded = True
-        ok = status == 200
-        try:
-            self._conn._h2.send_headers(self.stream_id, proto.response_headers(status), end_stream=not ok)
-        except h2.exceptions.H2Error as exc:
-            raise HboneStreamError(f"cannot answer stream {self.stream_id}: {exc}") from None
-        self._conn._flush()
-        if not ok:
-            self._local_closed = True
-            self.close(ErrorCodes.NO_ERROR)
-
-    # -- internals --------------------------------------------------------------------------------------
-    def _check_writable(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._local_closed:
-            raise HboneStreamError(f"stream {self.stream_id} to {self._conn.label}: write after write_eof")
-
-    def _drop_buffer(self) -> None:
-        if self._buffered:
-            # Unread bytes still count against the connection window: give them back.
-            self._conn._ack(self.stream_id, self._buffered)
-        self._chunks.clear()
-        self._buffered = 0
-
-    def _finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._conn._stream_finished(self)
-
-    def _maybe_finished(self) -> None:
-        if self._local_closed and self._eof:
-            self._finish()
-
-    def _on_data(self, data: bytes, flow_len: int) -> None:
-        if self._finished:
-            self._conn._ack(self.stream_id, flow_len)
-            return
-        if flow_len > len(data):  # padding is never delivered: acknowledge it at once
-            self._conn._ack(self.stream_id, flow_len - len(data))
-        if data:
-            self._chunks.append(data)
-            self._buffered += len(data)
-            self.bytes_received += len(data)
-            _wake(self._read_waiter)
-
-    def _on_eof(self) -> None:
-        self._eof = True
-        _wake(self._read_waiter)
-        self._maybe_finished()
-
-    def _on_response(self, headers: list[tuple[str, str]]) -> None:
-        if self._response is not None and not self._response.done():
-            self._response.set_result(headers)
-
-    def _on_error(self, error: HboneError) -> None:
-        if self._error is None:
-            self._error = error
-        if self._response is not None and not self._response.done():
-            self._response.set_exception(error)
-            self._response.exception()  # mark retrieved: the opener may have been cancelled
-        _wake(self._read_waiter)
-        _wake(self._write_waiter)
-        self._drop_buffer()
-        self._finish()
 
 
 class HboneConnection(asyncio.Protocol):
@@ -438,7 +240,7 @@ class HboneConnection(asyncio.Protocol):
                 if ev.stream_id:
                     s = self.streams.get(ev.stream_id)
                     if s is not None:
-                        _wake(s._write_waiter)
+                        wake(s._write_waiter)
                 else:
                     self._wake_writers()
             elif isinstance(ev, h2.events.StreamEnded):
@@ -498,12 +300,12 @@ class HboneConnection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream._on_error(self.error)
         for fut in self._drain_waiters:
-            _wake(fut)
+            wake(fut)
         self._drain_waiters.clear()
         if not self.ready.done():
             self.ready.set_exception(self.error)
             self.ready.exception()
-        _wake(self.lost)
+        wake(self.lost)
         if self._on_lost is not None:
             self._on_lost(self)
 
@@ -514,7 +316,7 @@ class HboneConnection(asyncio.Protocol):
         self._paused = False
         waiters, self._drain_waiters = self._drain_waiters, []
         for fut in waiters:
-            _wake(fut)
+            wake(fut)
 
     # -- stream management -----------------------------------------------------------------------------
     @property
@@ -602,7 +404,7 @@ class HboneConnection(asyncio.Protocol):
 
     def _wake_writers(self) -> None:
         for s in self.streams.values():
-            _wake(s._write_waiter)
+            wake(s._write_waiter)
 
     def _keepalive(self) -> None:
         """PING every interval; drop the connection when a PING stays unanswered for the timeout."""

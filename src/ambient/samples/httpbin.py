@@ -9,7 +9,7 @@ Endpoints (JSON unless noted):
   /delay/N     answers after N seconds (capped at 10)
   /bytes/N     N random bytes (application/octet-stream, capped at 100 MiB)
   /stream/N    N JSON lines, one per chunk (capped at 100)
-The server binds a dual-stack wildcard by default and logs one line per request to stdout.
+The server binds every IPv4 and IPv6 address by default and logs one line per request to stdout.
 """
 
 from __future__ import annotations
@@ -133,9 +133,11 @@ def make_app() -> web.Application:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ambient-httpbin", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    parser.add_argument("--host", default="::", help="address to bind (default: all, IPv4 and IPv6)")
+    # asyncio marks AF_INET6 listeners IPV6_V6ONLY, so "::" would miss IPv4 clients: the default (None)
+    # binds every address of both families instead.
+    parser.add_argument("--host", default=None, help="address to bind (default: all, IPv4 and IPv6)")
     args = parser.parse_args(argv)
-    print(f"httpbin listening on [{args.host}]:{args.port}", flush=True)
+    print(f"httpbin listening on {args.host or '*'}:{args.port}", flush=True)
     web.run_app(make_app(), host=args.host, port=args.port, print=None, access_log=None)
 
 

@@ -7,14 +7,17 @@ is checked on the URI SAN by `ambient.tls.verify` instead), no session tickets o
 Invariants:
 - Every context requires and verifies the peer chain against the bundle's roots (CERT_REQUIRED), so
   expired, not-yet-valid and foreign-CA certificates fail in the handshake, before any HTTP/2 byte.
-- Python's `ssl` cannot restrict TLS 1.3 cipher suites; OpenSSL's default set also allows
-  CHACHA20-POLY1305, so `verify.check_session` rejects any suite other than AES-256-GCM / AES-128-GCM
-  right after the handshake. The server prefers its own order (AES-256-GCM first).
+- Only AES-256-GCM / AES-128-GCM (TLS 1.3 suites). Python's `ssl` has no API for TLS 1.3 suites, so
+  `_restrict_tls13_suites` calls OpenSSL's SSL_CTX_set_ciphersuites through ctypes after checking it
+  found the right SSL_CTX; if that check fails it does nothing and `verify.check_session` still
+  rejects any other suite right after the handshake (defence in depth either way).
 - The private key is loaded through an anonymous memfd, never written to a file system.
 """
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
 import os
 import ssl
 import threading
@@ -41,6 +44,36 @@ def _load_cert_chain(ctx: ssl.SSLContext, bundle: CertBundle) -> None:
         os.close(fd)
 
 
+_TLS13_SUITES = b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+
+
+def _restrict_tls13_suites(ctx: ssl.SSLContext) -> bool:
+    """Set the TLS 1.3 suites on the context's SSL_CTX. Returns False (and changes nothing) unless the
+    pointer found behind the Python object provably is this context's SSL_CTX."""
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)  # dlsym on it also searches the libssl it links
+        get_options = lib.SSL_CTX_get_options
+        get_options.restype, get_options.argtypes = ctypes.c_uint64, [ctypes.c_void_p]
+        set_suites = lib.SSL_CTX_set_ciphersuites
+        set_suites.restype, set_suites.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]
+    except (OSError, AttributeError):
+        return False
+    # CPython's PySSLContext starts with PyObject_HEAD followed by `SSL_CTX *ctx`.
+    ptr = ctypes.c_void_p.from_address(id(ctx) + 2 * ctypes.sizeof(ctypes.c_ssize_t)).value
+    if not ptr:
+        return False
+    # Sanity check with a distinctive option pattern before writing anything through the pointer.
+    before = ctx.options
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ok = get_options(ptr) == int(ctx.options)
+    ctx.options = before | ssl.OP_NO_RENEGOTIATION if ok else before
+    if not ok or get_options(ptr) != int(ctx.options):
+        return False
+    return set_suites(ptr, _TLS13_SUITES) == 1 and {
+        c["name"] for c in ctx.get_ciphers() if c.get("protocol") == "TLSv1.3"
+    } <= ALLOWED_CIPHERS
+
+
 def _base(purpose: int, bundle: CertBundle) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -49,6 +82,7 @@ def _base(purpose: int, bundle: CertBundle) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols([ALPN_H2])
+    _restrict_tls13_suites(ctx)
     try:
         ctx.load_verify_locations(cadata=bundle.roots_bytes().decode())
     except ssl.SSLError as exc:

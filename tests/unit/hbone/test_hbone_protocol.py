@@ -3,6 +3,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ambient.hbone.errors import BadConnectRequest, HboneStatusError
 from ambient.hbone.protocol import (
@@ -84,3 +86,25 @@ def test_check_response_errors(status: int, text: str) -> None:
         check_response([(":status", str(status))], peer="10.0.0.1:15008", authority="10.0.0.1:80")
     assert info.value.status == status and text in str(info.value)
     check_response([(":status", "200")], peer="p", authority="a")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_parse_authority_never_crashes(text: str) -> None:
+    try:
+        ip, port = parse_authority(text)
+    except BadConnectRequest:
+        return
+    assert parse_authority(format_authority(ip, port)) == (ip, port)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([":method", ":authority", ":path", "baggage", "x"]),
+                          st.text(max_size=30)), max_size=6))
+def test_parse_connect_request_never_crashes(headers: list[tuple[str, str]]) -> None:
+    try:
+        req = parse_connect_request(headers)
+    except BadConnectRequest as exc:
+        assert exc.status == 400
+        return
+    assert dict(headers).get(":method") is not None and req.target_port > 0

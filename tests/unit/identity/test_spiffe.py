@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ambient.identity.errors import InvalidSpiffeIdError
 from ambient.identity.spiffe import SpiffeId, is_valid
@@ -46,3 +48,14 @@ def test_rejects_malformed(uri: str, why: str) -> None:
 def test_constructor_validates() -> None:
     with pytest.raises(InvalidSpiffeIdError):
         SpiffeId("cluster.local", "a/b", "c")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.builds(lambda a, b, c: f"spiffe://{a}/ns/{b}/sa/{c}",
+                                                 st.text(max_size=12), st.text(max_size=12), st.text(max_size=12))))
+def test_parse_never_crashes_and_round_trips(uri: str) -> None:
+    try:
+        sid = SpiffeId.parse(uri)
+    except InvalidSpiffeIdError:
+        return
+    assert sid.uri == uri and SpiffeId.parse(sid.uri) == sid

@@ -127,6 +127,8 @@ def test_contexts_policy(ca: LocalCA) -> None:
         assert ctx.verify_mode == ssl.CERT_REQUIRED
         assert ctx.check_hostname is False
         assert ctx.options & ssl.OP_NO_TICKET
+        suites = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"}
+        assert suites == {"TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"}
     assert server_context(bundle).num_tickets == 0
 
 

@@ -1,0 +1,277 @@
+"""The control plane's index of watched objects and of the xDS resources they translate to.
+
+Role: hold the latest Namespace, Pod, Service, AuthorizationPolicy, PeerAuthentication and Gateway objects,
+track which resources an object change can affect, and on `flush()` recompute only those (with the pure
+functions of `translate`) and return what changed. Also answers the CA's question "which service accounts
+run on node N".
+
+Invariants:
+- Single-threaded (the control plane's event loop); no locks.
+- `flush()` returns only real changes: a recomputed resource equal to the previous one is not reported, so
+  a status-only object update does not reach proxies.
+- Dependencies (why a resource is recomputed): a pod on its own change, its namespace's change, a Service
+  or selector policy whose old or new selector matches it, any PeerAuthentication or Gateway change of
+  its namespace or the root namespace; a Service on its own change, its namespace's, or any Gateway's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ambient.controlplane import translate as tr
+from ambient.protocol.gen.istio.security import authorization_pb2 as sec
+from ambient.protocol.gen.istio.workload import workload_pb2 as wl
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway")
+
+
+@dataclass
+class IndexDelta:
+    """Changed resources per type: name -> message, or None when removed."""
+
+    addresses: dict[str, wl.Address | None] = field(default_factory=dict)
+    authorizations: dict[str, sec.Authorization | None] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.addresses and not self.authorizations
+
+
+def _ns_name(obj: Obj) -> tuple[str, str]:
+    m = obj.get("metadata") or {}
+    return str(m.get("namespace") or ""), str(m.get("name") or "")
+
+
+class MeshIndex:
+    """Objects in, changed xDS resources out (see module docstring)."""
+
+    def __init__(self, root_namespace: str = tr.ROOT_NAMESPACE) -> None:
+        self.root_namespace = root_namespace
+        # kind -> namespace -> name -> object (cluster-scoped kinds use namespace "")
+        self._objs: dict[str, dict[str, dict[str, Obj]]] = {k: {} for k in KINDS}
+        self._pod_uid: dict[tuple[str, str], str] = {}  # (ns, name) -> workload resource name
+        self._node_sas: dict[str, Counter[tuple[str, str]]] = {}  # node -> (ns, sa) -> pod count
+        self.addresses: dict[str, wl.Address] = {}
+        self.authorizations: dict[str, sec.Authorization] = {}
+        self.policy_status: dict[tuple[str, str], str | None] = {}  # AP (ns, name) -> status message
+        self._dirty_pods: set[tuple[str, str]] = set()
+        self._dirty_services: set[tuple[str, str]] = set()
+        self._dirty_policies: set[tuple[str, str]] = set()
+        self._dirty_pa = False
+
+    # ------------------------------------------------------------------ queries
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self._objs[kind].get(namespace, {}).get(name)
+
+    def objects(self, kind: str, namespace: str | None = None) -> Iterable[Obj]:
+        if namespace is not None:
+            return list(self._objs[kind].get(namespace, {}).values())
+        return [o for by_name in self._objs[kind].values() for o in by_name.values()]
+
+    def node_service_accounts(self, node: str) -> set[tuple[str, str]]:
+        """(namespace, service account) of the pods scheduled on `node`."""
+        return {k for k, n in self._node_sas.get(node, Counter()).items() if n > 0}
+
+    # ------------------------------------------------------------------ updates
+    def replace(self, kind: str, items: Iterable[Obj]) -> None:
+        """A full re-list of `kind`: objects not in `items` are deleted."""
+        new = {_ns_name(o): o for o in items}
+        for ns, by_name in list(self._objs[kind].items()):
+            for name, obj in list(by_name.items()):
+                if (ns, name) not in new:
+                    self.delete(kind, obj)
+        for obj in new.values():
+            self.upsert(kind, obj)
+
+    def upsert(self, kind: str, obj: Obj) -> None:
+        ns, name = _ns_name(obj)
+        old = self._objs[kind].setdefault(ns, {}).get(name)
+        self._objs[kind][ns][name] = obj
+        self._changed(kind, ns, name, old, obj)
+
+    def delete(self, kind: str, obj: Obj) -> None:
+        ns, name = _ns_name(obj)
+        by_name = self._objs[kind].get(ns, {})
+        old = by_name.pop(name, None)
+        if not by_name:
+            self._objs[kind].pop(ns, None)
+        if old is not None:
+            self._changed(kind, ns, name, old, None)
+
+    def _changed(self, kind: str, ns: str, name: str, old: Obj | None, new: Obj | None) -> None:
+        if kind == "Pod":
+            self._dirty_pods.add((ns, name))
+            self._track_node(old, -1)
+            self._track_node(new, +1)
+        elif kind == "Namespace":
+            self._dirty_pods.update((name, p) for p in self._objs["Pod"].get(name, {}))
+            self._dirty_services.update((name, s) for s in self._objs["Service"].get(name, {}))
+        elif kind == "Service":
+            self._dirty_services.add((ns, name))
+            sels = [((o.get("spec") or {}).get("selector") or {}) for o in (old, new) if o is not None]
+            self._dirty_pods_matching(ns, [s for s in sels if s])
+        elif kind == "AuthorizationPolicy":
+            self._dirty_policies.add((ns, name))
+            sels = [tr.policy_selector(o) for o in (old, new) if o is not None]
+            sels = [s for s in sels if s]
+            self._dirty_pods_matching(None if ns == self.root_namespace else ns, sels)
+        elif kind == "PeerAuthentication":
+            self._dirty_pa = True
+            if ns == self.root_namespace:
+                self._dirty_pods.update(self._all_pod_keys())
+            else:
+                self._dirty_pods.update((ns, p) for p in self._objs["Pod"].get(ns, {}))
+        elif kind == "Gateway":
+            # Waypoint bindings may change anywhere (use-waypoint-namespace): rare, recompute all.
+            self._dirty_pods.update(self._all_pod_keys())
+            self._dirty_services.update(
+                (n, s) for n, by_name in self._objs["Service"].items() for s in by_name
+            )
+
+    def _all_pod_keys(self) -> Iterable[tuple[str, str]]:
+        return [(n, p) for n, by_name in self._objs["Pod"].items() for p in by_name]
+
+    def _dirty_pods_matching(self, ns: str | None, selectors: list[Mapping[str, str]]) -> None:
+        if not selectors:
+            return
+        spaces = [ns] if ns is not None else list(self._objs["Pod"])
+        for space in spaces:
+            for pname, pod in self._objs["Pod"].get(space, {}).items():
+                labels = (pod.get("metadata") or {}).get("labels") or {}
+                if any(tr.selector_matches(s, labels) for s in selectors):
+                    self._dirty_pods.add((space, pname))
+
+    def _track_node(self, pod: Obj | None, delta: int) -> None:
+        if pod is None:
+            return
+        spec = pod.get("spec") or {}
+        node = spec.get("nodeName")
+        if not node:
+            return
+        ns = str((pod.get("metadata") or {}).get("namespace") or "default")
+        counter = self._node_sas.setdefault(str(node), Counter())
+        key = (ns, str(spec.get("serviceAccountName") or "default"))
+        counter[key] += delta
+        if counter[key] <= 0:
+            del counter[key]
+
+    # ------------------------------------------------------------------ recompute
+    def _namespace_labels(self, ns: str) -> Mapping[str, str]:
+        obj = self.get("Namespace", "", ns)
+        return ((obj or {}).get("metadata") or {}).get("labels") or {}
+
+    def _gateways(self) -> dict[str, Obj]:
+        return {f"{n}/{g}": obj for n, by_name in self._objs["Gateway"].items() for g, obj in by_name.items()}
+
+    def _pod_context(self, ns: str, gateways: dict[str, Obj]) -> tr.PodContext:
+        root = self.root_namespace
+        spaces = [ns] if ns == root else [ns, root]
+        selector_policies: list[tuple[str, Mapping[str, str]]] = []
+        for space in spaces:
+            for pname, pol in self._objs["AuthorizationPolicy"].get(space, {}).items():
+                sel = tr.policy_selector(pol)
+                if sel and f"{space}/{pname}" in self.authorizations:
+                    selector_policies.append((f"{space}/{pname}", sel))
+        pas = [pa for space in spaces for pa in self._objs["PeerAuthentication"].get(space, {}).values()]
+        return tr.PodContext(
+            namespace_labels=self._namespace_labels(ns),
+            services=list(self._objs["Service"].get(ns, {}).values()),
+            selector_policies=selector_policies,
+            peer_authentications=pas,
+            gateways=gateways,
+            root_namespace=root,
+        )
+
+    def flush(self) -> IndexDelta:
+        """Recompute what the changes since the last flush affect; return the resources that differ."""
+        delta = IndexDelta()
+        # Policies first: a workload lists only selector policies that are actually sent.
+        for ns, name in sorted(self._dirty_policies):
+            key = f"{ns}/{name}"
+            obj = self.get("AuthorizationPolicy", ns, name)
+            result = tr.authorization_from_policy(obj, self.root_namespace) if obj else tr.PolicyTranslation(None)
+            if obj is not None:
+                self.policy_status[(ns, name)] = result.message
+                if result.message:
+                    log.warning("AuthorizationPolicy %s: %s", key, result.message)
+            else:
+                self.policy_status.pop((ns, name), None)
+            self._set_auth(delta, key, result.authorization)
+        if self._dirty_pa:
+            self._flush_peer_authentications(delta)
+        gateways = self._gateways()
+        for ns, name in sorted(self._dirty_services):
+            svc = self.get("Service", ns, name)
+            msg = tr.service_from_k8s(svc, self._namespace_labels(ns), gateways) if svc else None
+            key = f"{ns}/{tr.service_hostname(name, ns)}"
+            self._set_addr(delta, key, wl.Address(service=msg) if msg is not None else None)
+        contexts: dict[str, tr.PodContext] = {}
+        for ns, name in sorted(self._dirty_pods):
+            pod = self.get("Pod", ns, name)
+            old_uid = self._pod_uid.pop((ns, name), None)
+            work = None
+            if pod is not None:
+                if ns not in contexts:
+                    contexts[ns] = self._pod_context(ns, gateways)
+                work = tr.workload_from_pod(pod, contexts[ns])
+            if old_uid is not None and (work is None or work.uid != old_uid):
+                self._set_addr(delta, old_uid, None)
+            if work is not None:
+                self._pod_uid[(ns, name)] = work.uid
+                self._set_addr(delta, work.uid, wl.Address(workload=work))
+        self._dirty_pods.clear()
+        self._dirty_services.clear()
+        self._dirty_policies.clear()
+        self._dirty_pa = False
+        return delta
+
+    def _flush_peer_authentications(self, delta: IndexDelta) -> None:
+        root = self.root_namespace
+        wanted: dict[str, sec.Authorization] = {}
+        pas = self.objects("PeerAuthentication")
+        if pas:
+            static = tr.static_strict_policy(root)
+            wanted[f"{root}/{static.name}"] = static
+        for pa in pas:
+            ns, _ = _ns_name(pa)
+            related = [p for p in pas if _ns_name(p)[0] in (ns, root)]
+            conv = tr.converted_peer_authentication(pa, tr._parent_strict(ns, related, root), root)
+            if conv is not None:
+                wanted[f"{conv.namespace}/{conv.name}"] = conv
+        for key in [k for k in self.authorizations if _is_converted(k)]:
+            if key not in wanted:
+                self._set_auth(delta, key, None)
+        for key, msg in wanted.items():
+            self._set_auth(delta, key, msg)
+
+    def _set_addr(self, delta: IndexDelta, key: str, msg: wl.Address | None) -> None:
+        old = self.addresses.get(key)
+        if msg is None:
+            if old is not None:
+                del self.addresses[key]
+                delta.addresses[key] = None
+        elif old != msg:
+            self.addresses[key] = msg
+            delta.addresses[key] = msg
+
+    def _set_auth(self, delta: IndexDelta, key: str, msg: sec.Authorization | None) -> None:
+        old = self.authorizations.get(key)
+        if msg is None:
+            if old is not None:
+                del self.authorizations[key]
+                delta.authorizations[key] = None
+        elif old != msg:
+            self.authorizations[key] = msg
+            delta.authorizations[key] = msg
+
+
+def _is_converted(key: str) -> bool:
+    name = key.split("/", 1)[-1]
+    return name == tr.STATIC_STRICT_NAME or name.startswith(tr.CONVERTED_PA_PREFIX)

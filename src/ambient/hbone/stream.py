@@ -1,0 +1,226 @@
+"""A tunnel stream: one HBONE CONNECT on an `HboneConnection`, used like a TCP socket.
+
+Invariants (see connection.py for the connection-wide ones):
+- Received bytes are acknowledged to the peer (WINDOW_UPDATE) only when `read` hands them to the
+  application, so a stream buffers at most its receive window and a stalled reader stalls only itself.
+- `write` returns only when every byte was handed to HTTP/2 within the peer's flow-control window and
+  the transport is not over its high-water mark: no unbounded buffering on the way out.
+- `write_eof` sends END_STREAM (the tunnel's FIN); `read` returns b"" after the peer's END_STREAM.
+- `close` releases the stream exactly once; if either direction is still open it resets the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import h2.exceptions
+from h2.errors import ErrorCodes
+
+from ambient.hbone import protocol as proto
+from ambient.hbone.errors import HboneError, HboneStreamError
+from ambient.hbone.protocol import ConnectRequest
+from ambient.tls.verify import PeerIdentity
+
+if TYPE_CHECKING:
+    from ambient.hbone.connection import HboneConnection
+
+
+def wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+class HboneStream:
+    """A tunnelled byte stream (one CONNECT). read/write/write_eof/close, like a TCP socket."""
+
+    def __init__(self, conn: HboneConnection, stream_id: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self.request: ConnectRequest | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._local_closed = False
+        self._finished = False
+        self._responded = False
+        self._error: HboneError | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._response: asyncio.Future[list[tuple[str, str]]] | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- identity / addresses -------------------------------------------------------------------------
+    @property
+    def peer(self) -> PeerIdentity | None:
+        return self._conn.peer
+
+    @property
+    def connection(self) -> HboneConnection:
+        return self._conn
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    def __repr__(self) -> str:
+        return (
+            f"HboneStream(id={self.stream_id}, peer={self._conn.label}, sent={self.bytes_sent}, "
+            f"recv={self.bytes_received}, eof={self._eof}, local_closed={self._local_closed})"
+        )
+
+    # -- application API ------------------------------------------------------------------------------
+    async def read(self, max_bytes: int = -1) -> bytes:
+        """Return up to `max_bytes` (all of the next chunk when -1); b"" once the peer ended the stream."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._read_waiter = self._conn._loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        if self._error is not None:
+            raise self._error
+        chunk = self._chunks[0]
+        if 0 <= max_bytes < len(chunk):
+            self._chunks[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+        else:
+            self._chunks.popleft()
+        n = len(chunk)
+        self._buffered -= n
+        self._conn._ack(self.stream_id, n)
+        return chunk
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of `data`, waiting for HTTP/2 flow-control window and transport drain."""
+        view = memoryview(data).cast("B")
+        total = len(view)
+        offset = 0
+        conn = self._conn
+        h2c = conn._h2
+        while offset < total:
+            self._check_writable()
+            if conn._paused:
+                await conn._wait_writable()
+                continue
+            try:
+                window = h2c.local_flow_control_window(self.stream_id)
+            except h2.exceptions.StreamClosedError:
+                raise self._error or HboneStreamError(f"stream {self.stream_id} to {conn.label} is closed") from None
+            if window <= 0:
+                self._write_waiter = conn._loop.create_future()
+                try:
+                    await self._write_waiter
+                finally:
+                    self._write_waiter = None
+                continue
+            n = min(window, total - offset, h2c.max_outbound_frame_size)
+            try:
+                h2c.send_data(self.stream_id, view[offset : offset + n])
+            except h2.exceptions.H2Error as exc:
+                raise HboneStreamError(f"cannot send on stream {self.stream_id} to {conn.label}: {exc}") from None
+            offset += n
+            self.bytes_sent += n
+            conn._flush()
+
+    async def write_eof(self) -> None:
+        """Half-close: send END_STREAM (the TCP FIN of the tunnel). Reading continues."""
+        if self._local_closed or self._error is not None:
+            return
+        self._local_closed = True
+        try:
+            self._conn._h2.end_stream(self.stream_id)
+        except h2.exceptions.H2Error as exc:
+            raise HboneStreamError(f"cannot end stream {self.stream_id} to {self._conn.label}: {exc}") from None
+        self._conn._flush()
+        self._maybe_finished()
+
+    def close(self, error_code: int = ErrorCodes.CANCEL) -> None:
+        """Release the stream; resets it (RST_STREAM) unless both directions already ended."""
+        if self._finished:
+            return
+        if self._error is None and not (self._local_closed and self._eof):
+            self._conn._reset(self.stream_id, error_code)
+        self._error = self._error or HboneStreamError(f"stream {self.stream_id} was closed locally")
+        self._drop_buffer()
+        self._finish()
+
+    def abort(self) -> None:
+        self.close(ErrorCodes.CANCEL)
+
+    # -- server side ------------------------------------------------------------------------------------
+    def respond(self, status: int) -> None:
+        """Server: answer the CONNECT. 200 opens the tunnel; any other status ends the stream."""
+        if self._responded:
+            return
+        self._responded = True
+        ok = status == 200
+        try:
+            self._conn._h2.send_headers(self.stream_id, proto.response_headers(status), end_stream=not ok)
+        except h2.exceptions.H2Error as exc:
+            raise HboneStreamError(f"cannot answer stream {self.stream_id}: {exc}") from None
+        self._conn._flush()
+        if not ok:
+            self._local_closed = True
+            self.close(ErrorCodes.NO_ERROR)
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._local_closed:
+            raise HboneStreamError(f"stream {self.stream_id} to {self._conn.label}: write after write_eof")
+
+    def _drop_buffer(self) -> None:
+        if self._buffered:
+            # Unread bytes still count against the connection window: give them back.
+            self._conn._ack(self.stream_id, self._buffered)
+        self._chunks.clear()
+        self._buffered = 0
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._conn._stream_finished(self)
+
+    def _maybe_finished(self) -> None:
+        if self._local_closed and self._eof:
+            self._finish()
+
+    def _on_data(self, data: bytes, flow_len: int) -> None:
+        if self._finished:
+            self._conn._ack(self.stream_id, flow_len)
+            return
+        if flow_len > len(data):  # padding is never delivered: acknowledge it at once
+            self._conn._ack(self.stream_id, flow_len - len(data))
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            self.bytes_received += len(data)
+            wake(self._read_waiter)
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        wake(self._read_waiter)
+        self._maybe_finished()
+
+    def _on_response(self, headers: list[tuple[str, str]]) -> None:
+        if self._response is not None and not self._response.done():
+            self._response.set_result(headers)
+
+    def _on_error(self, error: HboneError) -> None:
+        if self._error is None:
+            self._error = error
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(error)
+            self._response.exception()  # mark retrieved: the opener may have been cancelled
+        wake(self._read_waiter)
+        wake(self._write_waiter)
+        self._drop_buffer()
+        self._finish()

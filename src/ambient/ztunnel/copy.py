@@ -1,0 +1,151 @@
+"""The copy path: move bytes both ways between two connection ends, independently, with half-close.
+
+Ends are a plain TCP socket (`SocketEnd`: the app's connection, a passthrough or inbound-delivery
+socket) or an HBONE tunnel stream (`HboneEnd`). `copy_bidirectional(a, b, stats)` runs a->b and b->a as
+two tasks of one TaskGroup:
+- EOF on one side is propagated as a half-close on the other (TCP FIN <-> HTTP/2 END_STREAM); the other
+  direction keeps flowing until its own EOF.
+- An error in either direction (reset, tunnel failure) stops both; the caller resets what is left.
+
+Performance (performance.md): cost is per call, not per byte, so a socket end reads with `recv_into`
+into ONE reusable buffer per direction that starts at 16 KiB and grows to 256 KiB once a read fills it
+(idle connections stay cheap, bulk transfers move big chunks). HBONE writes hand the chunk to h2, which
+copies it into frames before `write` returns, so reusing the buffer afterwards is safe.
+
+Invariants: memory per connection is bounded by the two read buffers plus the HBONE stream window;
+`CopyStats` counters are updated as bytes move (live values for `zc connections`, final values for the
+access log and metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from ambient.hbone.connection import HboneStream
+
+INITIAL_BUFFER = 16 * 1024
+MAX_BUFFER = 256 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class End(Protocol):
+    label: str
+
+    async def read(self) -> bytes | memoryview: ...
+    async def write(self, data: bytes | memoryview) -> None: ...
+    async def write_eof(self) -> None: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def reset_socket(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0): the peer sees an error at once, never a silent hang."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
+class SocketEnd:
+    """A non-blocking TCP socket driven through the event loop's sock_* calls."""
+
+    def __init__(self, sock: socket.socket, label: str = "") -> None:
+        self.sock = sock
+        self.label = label
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray(INITIAL_BUFFER)
+        self._view = memoryview(self._buf)
+
+    async def read(self) -> memoryview:
+        n = await self._loop.sock_recv_into(self.sock, self._view)
+        if n == len(self._buf) and n < MAX_BUFFER:
+            # A full read means more is waiting: grow once so bulk transfers use big chunks.
+            data = bytes(self._view[:n])
+            self._view.release()
+            self._buf = bytearray(MAX_BUFFER)
+            self._view = memoryview(self._buf)
+            return memoryview(data)
+        return self._view[:n]
+
+    async def write(self, data: bytes | memoryview) -> None:
+        await self._loop.sock_sendall(self.sock, data)
+
+    async def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def reset(self) -> None:
+        reset_socket(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HboneEnd:
+    """One HBONE CONNECT stream."""
+
+    def __init__(self, stream: HboneStream, label: str = "") -> None:
+        self.stream = stream
+        self.label = label
+
+    async def read(self) -> bytes:
+        return await self.stream.read()
+
+    async def write(self, data: bytes | memoryview) -> None:
+        await self.stream.write(data)
+
+    async def write_eof(self) -> None:
+        await self.stream.write_eof()
+
+    def reset(self) -> None:
+        self.stream.abort()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+@dataclass(slots=True)
+class CopyStats:
+    """Bytes moved so far: `sent` a->b (towards the destination), `received` b->a."""
+
+    sent: int = 0
+    received: int = 0
+
+
+async def _pump(src: End, dst: End, stats: CopyStats, forward: bool) -> None:
+    while True:
+        data = await src.read()
+        n = len(data)
+        if not n:
+            await dst.write_eof()
+            return
+        await dst.write(data)
+        if forward:
+            stats.sent += n
+        else:
+            stats.received += n
+
+
+async def copy_bidirectional(a: End, b: End, stats: CopyStats) -> BaseException | None:
+    """Copy until both directions reached EOF. Returns the first error (None on a clean end); the
+    caller owns both ends (closes them; resets them on error)."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_pump(a, b, stats, True))
+            tg.create_task(_pump(b, a, stats, False))
+    except* Exception as group:
+        return group.exceptions[0]
+    return None
+
+
+def finish(a: End, b: End, error: BaseException | None) -> None:
+    """Close both ends after a copy: RST on error (the app must see the failure), FIN otherwise."""
+    for end in (a, b):
+        if error is not None:
+            end.reset()
+        else:
+            end.close()

@@ -1,0 +1,90 @@
+"""Settings of the node proxy: one frozen value built from CLI flags and the environment.
+
+Environment (reference names where the reference has them):
+- CONNECTION_TERMINATION_DEADLINE: drain deadline in seconds (default 5; "5s" / "500ms" accepted).
+- AMBIENT_ZTUNNEL_SOURCE_WAIT: how long outbound waits for an unknown source workload to appear (default 5 s).
+- AMBIENT_UVLOOP: "0" disables uvloop.
+
+Invariant: nothing reads the environment after `Settings.from_env` built the value; components get the
+settings (or a narrower piece of them) injected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from ambient.ztunnel.errors import ConfigError
+
+Mode = Literal["inpod", "shared"]
+LogFormat = Literal["text", "json"]
+
+DEFAULT_DRAIN_DEADLINE = 5.0
+DEFAULT_SOURCE_WAIT = 5.0
+DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 10.0
+
+
+def parse_duration(text: str, what: str) -> float:
+    """'5', '5s', '500ms', '1m' -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", text)
+    if not m:
+        raise ConfigError(f"{what}: cannot parse duration {text!r}", hint="use e.g. 5, 5s, 500ms or 1m")
+    value = float(m.group(1))
+    unit = m.group(2) or "s"
+    return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Listener ports inside each pod (fixed by the redirect rules) and the proxy's own endpoints."""
+
+    outbound: int = 15001
+    inbound_plaintext: int = 15006
+    inbound: int = 15008
+    dns: int = 15053  # reserved: the DNS proxy is not built yet
+    admin: int = 15000
+    metrics: int = 15020
+    readiness: int = 15021
+
+    @property
+    def proxy_ports(self) -> frozenset[int]:
+        """Ports a CONNECT or a redirected connection may never target (self-call / loop)."""
+        return frozenset({self.outbound, self.inbound_plaintext, self.inbound, self.admin, self.metrics,
+                          self.readiness, self.dns})
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: Mode = "inpod"
+    node: str = ""
+    cluster_id: str = "Kubernetes"
+    ports: Ports = field(default_factory=Ports)
+    admin_host: str = "127.0.0.1"
+    stats_host: str = "0.0.0.0"
+    admin_socket: str | None = None  # also serve admin on this Unix socket (what `ambient zc` reads)
+    serve_http: bool = True  # admin/metrics/readiness TCP listeners (tests running several proxies turn it off)
+    drain_deadline: float = DEFAULT_DRAIN_DEADLINE
+    source_wait: float = DEFAULT_SOURCE_WAIT
+    upstream_connect_timeout: float = DEFAULT_UPSTREAM_CONNECT_TIMEOUT
+    transparent_inbound: bool = True  # bind the client's IP when delivering to the app
+    mark: int | None = 0x539
+    log_format: LogFormat = "text"
+    uvloop: bool = True
+    # shared mode: bind host of the three listeners
+    shared_host: str = "0.0.0.0"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = dict(os.environ if env is None else env)
+        base = cls()
+        values: dict[str, object] = {}
+        if raw := env.get("CONNECTION_TERMINATION_DEADLINE"):
+            values["drain_deadline"] = parse_duration(raw, "CONNECTION_TERMINATION_DEADLINE")
+        if raw := env.get("AMBIENT_ZTUNNEL_SOURCE_WAIT"):
+            values["source_wait"] = parse_duration(raw, "AMBIENT_ZTUNNEL_SOURCE_WAIT")
+        if env.get("AMBIENT_UVLOOP", "1") == "0":
+            values["uvloop"] = False
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(base, **values)  # type: ignore[arg-type]

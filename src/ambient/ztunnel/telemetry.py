@@ -1,0 +1,162 @@
+"""Access log emission, metric labels and the live connection table of the node proxy.
+
+- `AccessLog` writes one line per finished connection (`connection complete`, INFO or ERROR with
+  `error=`) or early rejection (`connection failed`, WARN) in the reference format (accesslog.py), text
+  or JSON, to the `access` logger (its own handler: the line is already fully formatted).
+- `labels_for(...)` builds the bounded metric label set of a connection from workloads and identities.
+- `Connections` is the table behind `zc connections` and config_dump `workloadState`: live connections
+  per pod uid with their byte counters.
+
+Invariant: one `finish()` per opened connection: opened/closed counters always pair up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ambient.state.model import Service, Workload
+from ambient.ztunnel.accesslog import ConnectionRecord, Direction, format_failed, format_json, format_text
+from ambient.ztunnel.copy import CopyStats
+from ambient.ztunnel.metrics import ConnectionLabels, ProxyMetrics
+
+ACCESS_LOGGER = "access"
+
+
+class AccessLog:
+    def __init__(self, fmt: str = "text", logger: logging.Logger | None = None) -> None:
+        self.fmt = fmt
+        self.log = logger or logging.getLogger(ACCESS_LOGGER)
+
+    def complete(self, record: ConnectionRecord) -> None:
+        if record.ended is None:
+            record.ended = time.monotonic()
+        line = format_json(record) if self.fmt == "json" else format_text(record)
+        self.log.log(logging.ERROR if record.error else logging.INFO, line)
+
+    def failed(self, *, src_addr: str, dst_addr: str, direction: Direction, error: str) -> None:
+        self.log.warning(format_failed(src_addr=src_addr, dst_addr=dst_addr, direction=direction, error=error))
+
+
+def install_access_handler(stream: Any = None) -> None:
+    """Access lines are pre-formatted: print them verbatim (to stdout by default), not via the root format."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    if any(getattr(h, "_ambient_access", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._ambient_access = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+
+def _app(wl: Workload | None) -> str:
+    if wl is None:
+        return ""
+    return wl.canonical_name or wl.workload_name or wl.name
+
+
+def labels_for(
+    reporter: str,
+    src: Workload | None,
+    src_identity: str,
+    dst: Workload | None,
+    dst_identity: str,
+    service: Service | None,
+    mtls: bool,
+) -> ConnectionLabels:
+    """The connection's metric labels (protocols.md s.6): workload names, never addresses or ports."""
+    return ConnectionLabels.build(
+        reporter=reporter,
+        source_workload=(src.workload_name or src.name) if src else "",
+        source_canonical_service=_app(src),
+        source_canonical_revision=src.canonical_revision if src else "",
+        source_workload_namespace=src.namespace if src else "",
+        source_principal=src_identity,
+        source_app=_app(src),
+        source_version=src.canonical_revision if src else "",
+        source_cluster=src.cluster_id if src else "",
+        destination_service=service.hostname if service else "",
+        destination_service_namespace=service.namespace if service else "",
+        destination_service_name=service.name if service else "",
+        destination_workload=(dst.workload_name or dst.name) if dst else "",
+        destination_canonical_service=_app(dst),
+        destination_canonical_revision=dst.canonical_revision if dst else "",
+        destination_workload_namespace=dst.namespace if dst else "",
+        destination_principal=dst_identity,
+        destination_app=_app(dst),
+        destination_version=dst.canonical_revision if dst else "",
+        destination_cluster=dst.cluster_id if dst else "",
+        connection_security_policy="mutual_tls" if mtls else "unknown",
+    )
+
+
+@dataclass
+class ConnectionEntry:
+    id: int
+    workload: str  # "ns/name" of the local pod
+    pod_uid: str
+    direction: Direction
+    local: str
+    remote: str
+    remote_target: str
+    protocol: str  # HBONE | TCP
+    stats: CopyStats = field(default_factory=CopyStats)
+    started: float = field(default_factory=time.time)
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "direction": self.direction,
+            "local": self.local,
+            "remote": self.remote,
+            "remoteTarget": self.remote_target,
+            "protocol": self.protocol,
+            "bytesSent": self.stats.sent,
+            "bytesReceived": self.stats.received,
+            "startTime": self.started,
+        }
+
+
+class Connections:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._live: dict[int, ConnectionEntry] = {}
+
+    def open(self, **kwargs: Any) -> ConnectionEntry:
+        entry = ConnectionEntry(id=next(self._ids), **kwargs)
+        self._live[entry.id] = entry
+        return entry
+
+    def close(self, entry: ConnectionEntry) -> None:
+        self._live.pop(entry.id, None)
+
+    def __iter__(self) -> Iterator[ConnectionEntry]:
+        return iter(list(self._live.values()))
+
+    def for_pod(self, uid: str) -> list[ConnectionEntry]:
+        return [c for c in self._live.values() if c.pod_uid == uid]
+
+
+@dataclass
+class Telemetry:
+    """What every connection handler reports to (one per proxy process)."""
+
+    metrics: ProxyMetrics
+    access: AccessLog
+    connections: Connections
+
+    def opened(self, labels: ConnectionLabels) -> None:
+        self.metrics.connection_opened(labels)
+
+    def finish(self, record: ConnectionRecord, labels: ConnectionLabels, stats: CopyStats) -> None:
+        record.bytes_sent = stats.sent
+        record.bytes_recv = stats.received
+        self.metrics.connection_closed(labels, stats.sent, stats.received)
+        self.access.complete(record)
