@@ -46,6 +46,8 @@ def test_exec_runs_in_pod_netns_with_exit_code_and_stdin(world: dict[str, Any]) 
     assert f"inet {ip}/24" in res.stdout
     assert "search default.svc.cluster.local svc.cluster.local cluster.local" in res.stdout
     assert res.stdout.endswith("piped-stdin\n")
+    res = cli(world, "exec", "-it", "shell", "--", "sh", "-c", "exit 4")  # kubectl habits work too
+    assert res.returncode == 4, res.stderr
 
 
 def test_exec_reaches_service_by_name(world: dict[str, Any]) -> None:

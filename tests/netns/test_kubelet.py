@@ -21,6 +21,7 @@ from h8_helpers import (
     t8_cluster,
     wait_for,
     wait_ready,
+    whoami_pod,
 )
 
 from ambient.api.client import ApiClient
@@ -150,7 +151,9 @@ def test_deployment_scale_up_and_down(cluster: tuple[L.ClusterLayout, ApiClient]
 
 def test_create_delete_cycles_leak_no_ip_or_netns(cluster: tuple[L.ClusterLayout, ApiClient]) -> None:
     layout, api = cluster
-    cycles = 200 if long_tests() else 30
+    cycles = 200  # ~25 s here; AMBIENT_LONG_TESTS=1 runs 1000
+    if long_tests():
+        cycles = 1000
     before = allocated(layout)
     t0 = time.monotonic()
     for i in range(cycles):
@@ -228,6 +231,28 @@ def test_kubelet_restart_adopts_running_pods_and_cleans_deleted(cluster: tuple[L
     delete_and_wait(api, ["keep"])
     wait_for(lambda: not pod_netns_list(), 20, "netns removed")
     wait_for(lambda: not rt.process_alive(pid, start), 10, "adopted process stopped on delete")
+
+
+def test_readiness_probes(cluster: tuple[L.ClusterLayout, ApiClient], tmp_path: Path) -> None:
+    _, api = cluster
+    flag = tmp_path / "ready-flag"
+    http = whoami_pod("probe-http")
+    http["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"port": "http", "path": "/healthz"}}
+    never = pod_manifest("probe-never", ["sleep", "300"])
+    never["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 9}}
+    by_exec = pod_manifest("probe-exec", ["sleep", "300"])
+    by_exec["spec"]["containers"][0]["readinessProbe"] = {"exec": {"command": ["test", "-f", str(flag)]}}
+    for p in (http, never, by_exec):
+        api.create(p)
+    wait_ready(api, "probe-http")
+    time.sleep(2.0)
+    for name in ("probe-never", "probe-exec"):
+        pod = api.get("Pod", name, "default")
+        assert pod["status"]["phase"] == "Running" and not is_ready(pod)
+    flag.write_text("ok")
+    wait_ready(api, "probe-exec", timeout=10)
+    assert not is_ready(api.get("Pod", "probe-never", "default"))
+    delete_and_wait(api, ["probe-http", "probe-never", "probe-exec"])
 
 
 def test_logs_dir_layout(cluster: tuple[L.ClusterLayout, ApiClient]) -> None:

@@ -66,6 +66,10 @@ def exec_command(
     command: Annotated[list[str] | None, typer.Argument(help="Command and arguments (after --).")] = None,
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
     container: Annotated[str | None, typer.Option("--container", "-c")] = None,
+    stdin: Annotated[bool, typer.Option("--stdin", "-i", help="Accepted for kubectl habits: stdin is "
+                                        "always passed through.")] = False,
+    tty: Annotated[bool, typer.Option("--tty", "-t", help="Accepted for kubectl habits (the terminal is "
+                                      "passed through as it is).")] = False,
 ) -> None:
     """Run a command inside a pod's network namespace (exit code passed through)."""
     import os

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ambient.api.errors import ApiError, NotFoundError
-from ambient.cluster import kubeproxy
+from ambient.cluster import kubeproxy, probes
 from ambient.cluster import layout as L
 from ambient.cluster import podruntime as rt
-from ambient.cluster import probes
 from ambient.cluster.controllers import Client
 from ambient.cluster.errors import ClusterError
 from ambient.cluster.podstatus import ContainerState, pod_status

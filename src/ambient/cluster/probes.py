@@ -42,7 +42,7 @@ def _port(value: Any, container: dict[str, Any]) -> int | None:
     return None
 
 
-async def _connect(ctx: ProbeContext, port: int, timeout: float) -> socket.socket | None:
+async def _connect(ctx: ProbeContext, port: int, limit: float) -> socket.socket | None:
     loop = asyncio.get_running_loop()
     try:
         if ctx.in_node_netns:
@@ -56,30 +56,30 @@ async def _connect(ctx: ProbeContext, port: int, timeout: float) -> socket.socke
         return None
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, (ctx.pod_ip, port)), timeout=timeout)
+        await asyncio.wait_for(loop.sock_connect(sock, (ctx.pod_ip, port)), timeout=limit)
     except (OSError, TimeoutError):
         sock.close()
         return None
     return sock
 
 
-async def tcp_ok(ctx: ProbeContext, port: int, timeout: float = 1.0) -> bool:
-    sock = await _connect(ctx, port, timeout)
+async def tcp_ok(ctx: ProbeContext, port: int, limit: float = 1.0) -> bool:
+    sock = await _connect(ctx, port, limit)
     if sock is None:
         return False
     sock.close()
     return True
 
 
-async def http_ok(ctx: ProbeContext, port: int, path: str, timeout: float = 1.0) -> bool:
-    sock = await _connect(ctx, port, timeout)
+async def http_ok(ctx: ProbeContext, port: int, path: str, limit: float = 1.0) -> bool:
+    sock = await _connect(ctx, port, limit)
     if sock is None:
         return False
     loop = asyncio.get_running_loop()
     try:
         request = f"GET {path or '/'} HTTP/1.0\r\nHost: {ctx.pod_ip}:{port}\r\nUser-Agent: ambient-kubelet\r\n\r\n"
-        await asyncio.wait_for(loop.sock_sendall(sock, request.encode()), timeout=timeout)
-        head = await asyncio.wait_for(loop.sock_recv(sock, 1024), timeout=timeout)
+        await asyncio.wait_for(loop.sock_sendall(sock, request.encode()), timeout=limit)
+        head = await asyncio.wait_for(loop.sock_recv(sock, 1024), timeout=limit)
         parts = head.split(b" ", 2)
         return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
     except (OSError, TimeoutError):
@@ -88,11 +88,11 @@ async def http_ok(ctx: ProbeContext, port: int, path: str, timeout: float = 1.0)
         sock.close()
 
 
-async def exec_ok(ctx: ProbeContext, command: list[str], timeout: float = 1.0) -> bool:
+async def exec_ok(ctx: ProbeContext, command: list[str], limit: float = 1.0) -> bool:
     def run() -> bool:
         try:
             return subprocess.run(["ip", "netns", "exec", ctx.pod_netns, *command], capture_output=True,
-                                  timeout=timeout, check=False).returncode == 0
+                                  timeout=limit, check=False).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             return False
 
@@ -103,18 +103,18 @@ async def is_ready(c: ContainerState, ctx: ProbeContext) -> bool:
     probe = c.spec.get("readinessProbe") or {}
     if not c.running_for(max(0.5, float(probe.get("initialDelaySeconds") or 0))):
         return False
-    timeout = float(probe.get("timeoutSeconds") or 1)
+    limit = float(probe.get("timeoutSeconds") or 1)
     if "tcpSocket" in probe:
         port = _port((probe["tcpSocket"] or {}).get("port"), c.spec)
-        return port is not None and await tcp_ok(ctx, port, timeout)
+        return port is not None and await tcp_ok(ctx, port, limit)
     if "httpGet" in probe:
         get = probe["httpGet"] or {}
         port = _port(get.get("port"), c.spec)
-        return port is not None and await http_ok(ctx, port, str(get.get("path") or "/"), timeout)
+        return port is not None and await http_ok(ctx, port, str(get.get("path") or "/"), limit)
     if "exec" in probe:
         command = [str(a) for a in (probe["exec"] or {}).get("command") or []]
-        return bool(command) and await exec_ok(ctx, command, timeout)
+        return bool(command) and await exec_ok(ctx, command, limit)
     for p in c.spec.get("ports") or []:
-        if (p.get("protocol") or "TCP") == "TCP" and not await tcp_ok(ctx, int(p["containerPort"]), timeout):
+        if (p.get("protocol") or "TCP") == "TCP" and not await tcp_ok(ctx, int(p["containerPort"]), limit):
             return False
     return True

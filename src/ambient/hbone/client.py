@@ -30,6 +30,7 @@ from h2.errors import ErrorCodes
 from ambient.hbone import protocol as proto
 from ambient.hbone.connection import H2Settings, HboneConnection, HboneStream
 from ambient.hbone.errors import HboneConnectError, HboneError, HboneStreamError
+from ambient.hbone.pipe import set_nodelay
 from ambient.identity.certs import CertBundle
 from ambient.tls.contexts import ContextCache
 from ambient.tls.verify import verify_server
@@ -233,6 +234,7 @@ class HboneClient:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 sock = await dialer(dst, source_ip)
+                set_nodelay(sock)
                 try:
                     await loop.create_connection(
                         factory, sock=sock, ssl=ctx, server_hostname="",

@@ -14,9 +14,22 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 CHUNK = 256 * 1024
+
+
+def set_nodelay(sock: Any) -> None:
+    """Disable Nagle. asyncio only does it for sockets whose `proto` is IPPROTO_TCP, which excludes
+    sockets accepted from `socket.create_server` listeners (proto 0); without it a small write after a
+    small write waits for the peer's delayed ACK (40 ms)."""
+    if sock is None:
+        return
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
 
 
 class ByteStream(Protocol):

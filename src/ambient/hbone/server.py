@@ -31,7 +31,7 @@ from h2.errors import ErrorCodes
 
 from ambient.hbone.connection import H2Settings, HboneConnection, HboneStream
 from ambient.hbone.errors import HboneError
-from ambient.hbone.pipe import ByteStream, CopyResult, copy_bidirectional
+from ambient.hbone.pipe import ByteStream, CopyResult, copy_bidirectional, set_nodelay
 from ambient.hbone.protocol import ConnectRequest
 from ambient.identity.certs import CertBundle
 from ambient.tls.contexts import ContextCache
@@ -88,6 +88,7 @@ class _Accepting(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport: duck-type
         transport = cast(asyncio.Transport, transport)
         transport.pause_reading()  # the ClientHello must reach the TLS layer, not this protocol
+        set_nodelay(transport.get_extra_info("socket"))
         self._server._on_tcp(transport)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused

@@ -1,0 +1,386 @@
+"""One workload proxy: the listeners 15001 / 15006 / 15008 of one pod (in-pod mode) or of the proxy's own
+netns (shared mode), their accept loops, and the context the connection handlers run with.
+
+Pieces:
+- `ProxyCore`: what every pod proxy of the process shares (settings, state store, certificate source,
+  HBONE client pool, telemetry). Narrow: handlers read state through `core.view()`.
+- `Scope`: who the local workload is. In-pod: the pod the node agent handed over (by uid, else by
+  namespace/name). Shared: whichever configured local workload owns the client / dialled address.
+- `SocketFactory`: where sockets are created. In-pod: a dedicated thread that entered the pod netns once
+  (a socket stays in the netns it was created in), so listeners AND the proxy's outbound / delivery
+  sockets live in the pod; shared: the current netns.
+- `WorkloadProxy.run()`: creates the listeners (SO_REUSEPORT, SO_MARK), serves until its `Drain`
+  starts, then drains (listeners closed at once, connections until the deadline).
+
+Invariants: every connection task belongs to the proxy's TaskGroup and is watched by its Drain; listener
+closing first accepts what is already queued (so a handoff to a second proxy loses no connection), then
+closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any, Protocol, TypeVar
+
+from ambient.hbone.client import HboneClient
+from ambient.hbone.server import HboneServer
+from ambient.identity.certs import CertBundle
+from ambient.inpod.netns import in_netns
+from ambient.state.model import IPAddress, Workload, canonical_ip, spiffe_id
+from ambient.state.store import StateStore, StateView
+from ambient.ztunnel import sockets as so
+from ambient.ztunnel.certs import CertSource
+from ambient.ztunnel.drain import Drain
+from ambient.ztunnel.errors import ListenerError, UpstreamError
+from ambient.ztunnel.settings import Settings
+from ambient.ztunnel.telemetry import Telemetry
+
+log = logging.getLogger("ambient.ztunnel.proxy")
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------- shared core
+
+
+@dataclass
+class ProxyCore:
+    settings: Settings
+    state: StateStore
+    certs: CertSource
+    hbone: HboneClient
+    telemetry: Telemetry
+
+    def view(self) -> StateView:
+        return self.state.current
+
+    async def wait_for_workload(self, find: Callable[[StateView], Workload | None]) -> Workload | None:
+        """Fail closed, but give config a moment: poll the state for up to `source_wait` seconds."""
+        wl = find(self.view())
+        if wl is not None or self.settings.source_wait <= 0:
+            return wl
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.source_wait
+        while loop.time() < until:
+            await asyncio.sleep(0.05)
+            wl = find(self.view())
+            if wl is not None:
+                return wl
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- scopes
+
+
+class Scope(Protocol):
+    uid: str  # the pod uid (in-pod) or "shared"
+    label: str  # "ns/name" for logs
+    bind_source: bool  # outbound HBONE: bind the client's IP (separates pods' pool connections)
+
+    def source_workload(self, view: StateView, client_ip: IPAddress) -> Workload | None: ...
+
+    def local_workload(self, view: StateView, dialled_ip: IPAddress) -> Workload | None: ...
+
+
+@dataclass
+class PodScope:
+    """In-pod mode: one pod, as the node agent described it."""
+
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    trust_domain: str = "cluster.local"
+    bind_source: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def workload(self, view: StateView) -> Workload | None:
+        wl = view.workload(self.uid)
+        if wl is not None:
+            return wl
+        for cand in view.workloads():  # the control plane may name workloads differently from pod uids
+            if cand.name == self.name and cand.namespace == self.namespace:
+                return cand
+        return None
+
+    def identity(self, view: StateView) -> str:
+        wl = self.workload(view)
+        if wl is not None:
+            return wl.identity
+        return spiffe_id(self.trust_domain, self.namespace, self.service_account or "default")
+
+    def source_workload(self, view: StateView, client_ip: IPAddress) -> Workload | None:
+        return self.workload(view)
+
+    def local_workload(self, view: StateView, dialled_ip: IPAddress) -> Workload | None:
+        return self.workload(view)
+
+
+@dataclass
+class SharedScope:
+    """Shared mode: listeners in the proxy's own netns for a set of local workloads (by uid)."""
+
+    uids: frozenset[str]
+    uid: str = "shared"
+    label: str = "shared"
+    bind_source: bool = False
+
+    def _pick(self, view: StateView, ip: IPAddress) -> Workload | None:
+        wl = view.workload_by_ip(ip)
+        return wl if wl is not None and wl.uid in self.uids else None
+
+    def source_workload(self, view: StateView, client_ip: IPAddress) -> Workload | None:
+        return self._pick(view, client_ip)
+
+    def local_workload(self, view: StateView, dialled_ip: IPAddress) -> Workload | None:
+        return self._pick(view, dialled_ip)
+
+
+# ------------------------------------------------------------------------------------------ socket homes
+
+
+class SocketFactory(Protocol):
+    async def call(self, fn: Callable[[], T]) -> T: ...
+
+    def close(self) -> None: ...
+
+
+class LocalSockets:
+    """Sockets in the proxy's own netns: plain calls."""
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def close(self) -> None:
+        pass
+
+
+class NetnsSockets:
+    """A one-thread executor whose thread entered the pod netns once and stays there for its life."""
+
+    def __init__(self, netns_fd: int, label: str) -> None:
+        self._stack = ExitStack()
+        self._entered = threading.Event()
+
+        def enter() -> None:
+            self._stack.enter_context(in_netns(netns_fd))
+            self._entered.set()
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netns-{label}", initializer=enter)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def close(self) -> None:
+        # The thread leaves the netns before it ends (its context exits on the thread itself).
+        if self._entered.is_set():
+            with contextlib.suppress(RuntimeError):
+                self._pool.submit(self._stack.close)
+        self._pool.shutdown(wait=False)
+
+
+def _family(ip: IPAddress) -> int:
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+# -------------------------------------------------------------------------------------------- context
+
+
+@dataclass
+class PodContext:
+    """What a connection handler gets: shared components + the local scope + the socket home."""
+
+    core: ProxyCore
+    scope: Scope
+    sockets: SocketFactory
+
+    @property
+    def settings(self) -> Settings:
+        return self.core.settings
+
+    async def dial(
+        self, ip: IPAddress, port: int, *, bind: IPAddress | None = None, transparent: bool = False,
+        timeout: float | None = None,
+    ) -> socket.socket:
+        """A connected, marked TCP socket created where the pod's traffic lives."""
+        mark = self.settings.mark
+        family = _family(ip)
+
+        def make() -> socket.socket:
+            sock = so.outbound_socket(family, mark=mark)
+            try:
+                if transparent:
+                    so.set_transparent(sock)
+                if bind is not None:
+                    sock.bind((str(bind), 0))
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        sock = await self.sockets.call(make)
+        try:
+            async with asyncio.timeout(timeout or self.settings.upstream_connect_timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (str(ip), port))
+        except TimeoutError:
+            sock.close()
+            raise UpstreamError(
+                f"connect to {ip}:{port} timed out after {timeout or self.settings.upstream_connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise UpstreamError(f"connect to {ip}:{port} failed: {exc.strerror or exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def hbone_dialer(self, dst: tuple[str, int], source_ip: str | None) -> socket.socket:
+        return await self.dial(ip_address(dst[0]), dst[1], bind=ip_address(source_ip) if source_ip else None)
+
+
+# --------------------------------------------------------------------------------------- the listeners
+
+
+Handler = Callable[[PodContext, socket.socket], Awaitable[None]]
+
+
+@dataclass
+class ListenerSpec:
+    component: str  # outbound | inbound_plaintext | inbound
+    host: str
+    port: int
+    transparent: bool
+
+
+@dataclass
+class WorkloadProxy:
+    """The listeners of one scope; `run()` until drained."""
+
+    ctx: PodContext
+    drain: Drain
+    specs: list[ListenerSpec]
+    handlers: dict[str, Handler]  # component -> handler for the plain accept loops
+    hbone_handler: Any  # ambient.hbone.server.Handler
+    server_certs: Callable[[str], Callable[[], CertBundle]]  # listener host -> cert provider
+    listening: asyncio.Event = field(default_factory=asyncio.Event)
+    addresses: list[tuple[str, str, int]] = field(default_factory=list)  # (component, host, port)
+
+    async def _listen(self) -> list[tuple[ListenerSpec, socket.socket]]:
+        mark = self.ctx.settings.mark
+
+        def make() -> list[tuple[ListenerSpec, socket.socket]]:
+            made: list[tuple[ListenerSpec, socket.socket]] = []
+            try:
+                for spec in self.specs:
+                    made.append((spec, so.listener(spec.host, spec.port, mark=mark, transparent=spec.transparent)))
+            except BaseException:
+                for _, s in made:
+                    s.close()
+                raise
+            return made
+
+        try:
+            return await self.ctx.sockets.call(make)
+        except so.SocketOptionError as exc:
+            raise ListenerError(f"proxy for {self.ctx.scope.label}: {exc.message}", hint=exc.hint) from exc
+
+    async def run(self) -> None:
+        made = await self._listen()
+        scope = self.ctx.scope
+        try:
+            async with asyncio.TaskGroup() as tg, contextlib.AsyncExitStack() as stack:
+                servers: list[HboneServer] = []
+                for spec, sock in made:
+                    self.addresses.append((spec.component, spec.host, sock.getsockname()[1]))
+                    if spec.component == "inbound":
+                        server = HboneServer(sock, self.server_certs(spec.host), self.hbone_handler)
+                        await stack.enter_async_context(server)
+                        servers.append(server)
+                        self.drain.on_start(server.close)
+                    else:
+                        accept = tg.create_task(self._accept_loop(tg, sock, self.handlers[spec.component]))
+                        self.drain.on_start(_closer(tg, accept, sock, self, self.handlers[spec.component]))
+                    log.info(
+                        "listener established address=%s:%d component=%s transparent=%s pod=%s",
+                        spec.host, sock.getsockname()[1], spec.component, str(spec.transparent).lower(), scope.label,
+                    )
+                self.listening.set()
+                await self.drain.wait_started()
+                await asyncio.gather(self.drain.run(), *(s.drain(self.drain.remaining()) for s in servers))
+        finally:
+            for _, sock in made:
+                sock.close()
+
+    async def _accept_loop(self, tg: asyncio.TaskGroup, lsock: socket.socket, handler: Handler) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(lsock)
+            except OSError as exc:
+                log.warning("accept on %s failed: %s", lsock.getsockname(), exc)
+                await asyncio.sleep(0.1)
+                continue
+            self.spawn(tg, handler, conn)
+
+    def spawn(self, tg: asyncio.TaskGroup, handler: Handler, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        task = tg.create_task(self._guard(handler, conn))
+        self.drain.watch(task)
+
+    async def _guard(self, handler: Handler, conn: socket.socket) -> None:
+        try:
+            await handler(self.ctx, conn)
+        except asyncio.CancelledError:
+            from ambient.ztunnel.copy import reset_socket
+
+            reset_socket(conn)  # cut at the drain deadline: the app sees a reset, not a hang
+            raise
+        except Exception:
+            log.exception("connection handler failed for %s", self.ctx.scope.label)
+            from ambient.ztunnel.copy import reset_socket
+
+            reset_socket(conn)
+
+
+def _closer(
+    tg: asyncio.TaskGroup, accept: asyncio.Task[None], lsock: socket.socket, proxy: WorkloadProxy, handler: Handler
+) -> Callable[[], None]:
+    def close() -> None:
+        accept.cancel()
+        # Take what the kernel already queued for us before closing: with SO_REUSEPORT a closed
+        # listener's queue is reset, and those clients would fail during an upgrade handoff.
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except (BlockingIOError, OSError):
+                break
+            proxy.spawn(tg, handler, conn)
+        lsock.close()
+
+    return close
+
+
+def local_addresses(ips: Iterable[IPAddress]) -> list[IPAddress]:
+    """The subset of `ips` assigned in the current netns (a bind probe, no netlink needed)."""
+    out = []
+    for ip in ips:
+        ip = canonical_ip(ip)
+        with socket.socket(_family(ip), socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((str(ip), 0))
+            except OSError:
+                continue
+        out.append(ip)
+    return out
