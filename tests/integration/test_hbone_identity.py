@@ -24,7 +24,7 @@ from ambient.identity.certs import CertBundle
 from ambient.tls.contexts import client_context, server_context
 from ambient.tls.verify import PeerIdentity
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_tasks")]
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/curl"
 

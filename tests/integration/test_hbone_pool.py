@@ -16,7 +16,7 @@ from ambient.hbone.server import Accept, Decision, HboneServer
 from ambient.identity.ca import LocalCA
 from ambient.tls.verify import PeerIdentity
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_tasks")]
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
 
 

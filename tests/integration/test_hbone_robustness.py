@@ -134,3 +134,27 @@ def test_echo_under_uvloop(ca: LocalCA) -> None:
         assert loop.run_until_complete(main()) == bytes(range(256)) * 8192
     finally:
         loop.close()
+
+
+async def test_oversized_header_list_cuts_connection_without_reaching_handler(ca: LocalCA) -> None:
+    calls: list[str] = []
+
+    async def handler(req: ConnectRequest, _peer: PeerIdentity) -> Decision:
+        calls.append(req.authority)
+        return Accept(serve=echo)
+
+    src = ca.issue("spiffe://cluster.local/ns/x/sa/big")
+    async with HboneServer(listener(), ca.issue(SERVER_ID), handler) as server, HboneClient() as client:
+        ok = await client.connect(src, server.address[:2], {SERVER_ID}, "127.0.0.1:80")
+        conn = ok.connection
+        headers = [*build_connect_headers("127.0.0.1:81"), ("x-big", "a" * (70 * 1024))]
+        with pytest.raises(Exception):  # noqa: B017 - connection-level error, the stream never opens
+            await conn.open_stream(headers)
+        async with asyncio.timeout(10):
+            await conn.lost
+        assert calls == ["127.0.0.1:80"]
+        # the server still serves new connections
+        s2 = await client.connect(src, server.address[:2], {SERVER_ID}, "127.0.0.1:82")
+        await s2.write(b"ok")
+        assert await s2.read() == b"ok"
+        s2.close()

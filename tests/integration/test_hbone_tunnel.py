@@ -14,13 +14,13 @@ import pytest
 from ambient.hbone.bench import CLIENT_ID, SERVER_ID, BenchCerts, measure_throughput
 from ambient.hbone.client import HboneClient
 from ambient.hbone.connection import HboneStream
-from ambient.hbone.errors import HboneConnectError, HboneStatusError
+from ambient.hbone.errors import HboneConnectError, HboneError, HboneStatusError
 from ambient.hbone.pipe import TcpByteStream
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, HboneServer, Reject
 from ambient.tls.verify import PeerIdentity
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_tasks")]
 MB = 1024 * 1024
 Handler = Callable[[ConnectRequest, PeerIdentity], Awaitable[Decision]]
 Served = tuple[HboneServer, HboneClient, list[tuple[ConnectRequest, PeerIdentity]]]
@@ -248,3 +248,26 @@ async def test_both_ends_disable_nagle(served, certs: BenchCerts) -> None:  # ty
     for sock in socks:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     stream.close()
+
+
+async def test_completed_inbound_data_survives_connection_loss(certs: BenchCerts) -> None:
+    """The server sends its whole reply + END_STREAM and then drops the connection before the client
+    read anything: the client still reads the complete reply, then EOF; writing fails."""
+    reply = os.urandom(300_000)
+
+    async def send_and_hang_up(stream: HboneStream) -> None:
+        await stream.write(reply)
+        await stream.write_eof()
+        stream.connection.close("test hang-up")
+
+    async def handler(_req: ConnectRequest, _peer: PeerIdentity) -> Decision:
+        return Accept(serve=send_and_hang_up)
+
+    async with HboneServer(listener(), certs.server, handler) as server, HboneClient() as client:
+        stream = await client.connect(certs.client, server.address[:2], {SERVER_ID}, "127.0.0.1:7")
+        async with asyncio.timeout(10):
+            await stream.connection.lost
+        assert await _read_all(stream) == reply
+        with pytest.raises(HboneError):
+            await stream.write(b"late")
+        stream.close()

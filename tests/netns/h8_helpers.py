@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,8 @@ def t8_cluster(tmp: Path) -> Iterator[tuple[L.ClusterLayout, ApiClient]]:
             with ApiClient(result.layout.api_socket) as api:
                 yield result.layout, api
         finally:
+            # Keep the component and pod logs for post-mortems (pytest keeps the last few tmp dirs).
+            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
             lifecycle.delete_cluster(CLUSTER, state)
             force_cleanup()
 

@@ -88,7 +88,8 @@ def test_create_list_dns_delete_leaves_nothing(cluster_b: tuple[str, Path], regi
     uid = str(uuid.uuid4())
     pod_ns = L.pod_netns_name(name, uid)
     subprocess.run(["ip", "netns", "add", pod_ns], check=True)
-    CniRuntime(layout, "node-2").add(uid, "dnsclient", "default", L.netns_path(pod_ns))
+    # kube-system is excluded from the mesh, so the chained plugin does not look this bare pod up in the API.
+    CniRuntime(layout, "node-2").add(uid, "dnsclient", "kube-system", L.netns_path(pod_ns))
     names = ["nope.default.svc.cluster.local", "example.com"]
     if "apiserver" in result.components:
         from ambient.api.client import ApiClient

@@ -80,8 +80,9 @@ class ControllerManager:
     async def _watch(self, kind: str) -> None:
         while True:
             try:
-                async for _event in self.client.watch(kind):
-                    self._dirty.set()
+                async for event in self.client.watch(kind):
+                    if event.type != "BOOKMARK":  # keep-alives, not changes
+                        self._dirty.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any watch failure: back off and re-watch

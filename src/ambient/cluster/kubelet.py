@@ -70,7 +70,8 @@ class PodWorker:
             self.containers[c["name"]] = state
         self._changed = asyncio.Event()
         self._last_status: dict[str, Any] | None = None
-        self.start_time = rt.now_rfc3339()
+        # Kept across kubelet restarts (adoption must not look like a new start).
+        self.start_time = (pod.get("status") or {}).get("startTime") or rt.now_rfc3339()
 
     def changed(self) -> None:
         self._changed.set()
@@ -296,8 +297,9 @@ class Kubelet:
     async def _watch(self) -> None:
         while True:
             try:
-                async for _ev in self.client.watch("Pod", field_selector=f"spec.nodeName={self.node}"):
-                    self._dirty.set()
+                async for event in self.client.watch("Pod", field_selector=f"spec.nodeName={self.node}"):
+                    if event.type != "BOOKMARK":  # keep-alives, not changes
+                        self._dirty.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # re-watch after any failure
@@ -323,7 +325,8 @@ class Kubelet:
         for uid, pod in pods.items():
             worker = self.workers.get(uid)
             if worker is None:
-                self._start_worker(pod, None)
+                # A record means we ran it before (a worker that failed): adopt instead of starting twice.
+                self._start_worker(pod, self.records.load(uid))
             else:
                 worker.pod = pod
         for uid, worker in list(self.workers.items()):
@@ -393,8 +396,9 @@ class KubeProxy:
     async def _watch(self, kind: str) -> None:
         while True:
             try:
-                async for _ev in self.client.watch(kind):
-                    self._dirty.set()
+                async for event in self.client.watch(kind):
+                    if event.type != "BOOKMARK":  # keep-alives, not changes
+                        self._dirty.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -62,8 +62,13 @@ class ComponentSpec:
 COMPONENTS: list[ComponentSpec] = [
     ComponentSpec("dns", "ambient.cluster.dns", netns="underlay"),
     ComponentSpec("controller-manager", "ambient.cluster.controllers"),
+    # Before the kubelets: pods of enrolled namespaces fail CNI ADD (fail closed) until their agent listens.
+    ComponentSpec("node-agent", "ambient.cni.agent", netns="node", per_node=True),
     ComponentSpec("kubelet", "ambient.cluster.kubelet", netns="node", per_node=True),
 ]
+NODE_AGENT_MODULE = "ambient.cni.agent"
+# Pods of these namespaces are never captured (the chained plugin skips them without asking anyone).
+CNI_EXCLUDED_NAMESPACES = ("kube-system", "istio-system")
 APISERVER = ComponentSpec("apiserver", "ambient.api.server")
 
 
@@ -164,6 +169,8 @@ def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
         network.build_network(layout)
         for node in layout.nodes:
             prepare_node(node)
+            if module_available(NODE_AGENT_MODULE):
+                install_cni_plugin(layout, node)
         mark("network", t)
 
         t = time.monotonic()
@@ -188,6 +195,8 @@ def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
                 progress(f"starting {cname}")
                 result.components[cname] = _start(layout, spec, target)
                 started.append(cname)
+            if spec.module == NODE_AGENT_MODULE:
+                wait_node_agents(layout)
         _check_stayed_up(layout, ["apiserver", *started] if "apiserver" in result.components else started)
         mark("components", t)
     except BaseException:
@@ -196,6 +205,34 @@ def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
         raise
     result.timings["total"] = round(time.monotonic() - t0, 3)
     return result
+
+
+def install_cni_plugin(layout: L.ClusterLayout, node: L.NodeLayout) -> None:
+    """Chain the mesh's CNI plugin after the node's primary network: it hands enrolled pods to the node
+    agent over `<node run dir>/pluginevent.sock` and fails their ADD while the agent is away."""
+    from ambient.cni.install import install_plugin
+
+    install_plugin(node.cni_bin_dir, node.cni_conflist_path, {
+        "log_level": "info",
+        "agent_run_dir": node.run_dir,
+        "api_socket": str(layout.api_socket),
+        "ambient_enabled": True,
+        "exclude_namespaces": list(CNI_EXCLUDED_NAMESPACES),
+    })
+
+
+def wait_node_agents(layout: L.ClusterLayout, timeout: float = 20.0) -> None:
+    """Wait until every node agent listens for CNI events, so the first pods do not bounce off a closed door."""
+    deadline = time.monotonic() + timeout
+    for node in layout.nodes:
+        sock = Path(node.run_dir) / "pluginevent.sock"
+        while not sock.exists():
+            if processes.component_exited(layout, f"node-agent-{node.name}"):
+                raise _died(layout, f"node-agent-{node.name}")
+            if time.monotonic() > deadline:
+                raise ComponentError(f"node agent of {node.name} did not listen on {sock} within {timeout:.0f}s",
+                                     hint=f"see {processes.log_file(layout, f'node-agent-{node.name}')}")
+            time.sleep(0.05)
 
 
 def _start(layout: L.ClusterLayout, spec: ComponentSpec, node: L.NodeLayout | None) -> int:

@@ -117,6 +117,12 @@ class RecordStore:
         with contextlib.suppress(FileNotFoundError):
             (self.dir / f"{uid}.json").unlink()
 
+    def load(self, uid: str) -> PodRecord | None:
+        try:
+            return PodRecord.from_json((self.dir / f"{uid}.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return None
+
     def load_all(self) -> list[PodRecord]:
         out = []
         for path in sorted(self.dir.glob("*.json")):

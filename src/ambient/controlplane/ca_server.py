@@ -109,16 +109,22 @@ def _csr_identity(csr: x509.CertificateSigningRequest) -> SpiffeId:
     pub = csr.public_key()
     if isinstance(pub, ec.EllipticCurvePublicKey):
         if pub.curve.name != "secp256r1":
-            raise CaRefusedError(f"CSR key curve {pub.curve.name} is not allowed: use EC P-256", code="INVALID_ARGUMENT")
+            raise CaRefusedError(
+                f"CSR key curve {pub.curve.name} is not allowed: use EC P-256", code="INVALID_ARGUMENT"
+            )
     elif isinstance(pub, rsa.RSAPublicKey):
         if pub.key_size < 2048:
-            raise CaRefusedError(f"CSR RSA key has {pub.key_size} bits: at least 2048 are required", code="INVALID_ARGUMENT")
+            raise CaRefusedError(
+                f"CSR RSA key has {pub.key_size} bits: at least 2048 are required", code="INVALID_ARGUMENT"
+            )
     else:
         raise CaRefusedError(f"CSR key type {type(pub).__name__} is not allowed: use EC P-256", code="INVALID_ARGUMENT")
     try:
         sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
-        raise CaRefusedError("CSR has no subjectAltName: it must carry exactly one SPIFFE URI SAN", code="INVALID_ARGUMENT") from None
+        raise CaRefusedError(
+            "CSR has no subjectAltName: it must carry exactly one SPIFFE URI SAN", code="INVALID_ARGUMENT"
+        ) from None
     if len(sans) != 1 or not isinstance(sans[0], x509.UniformResourceIdentifier):
         raise CaRefusedError(
             f"CSR must carry exactly one SAN, a SPIFFE URI; it has {len(sans)}: {[str(s.value) for s in sans]}",
@@ -216,7 +222,7 @@ class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[m
     def register(self, server: grpc.aio.Server) -> None:
         ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(self, server)
 
-    async def CreateCertificate(  # noqa: N802 - gRPC method name
+    async def CreateCertificate(
         self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
     ) -> ca_pb2.IstioCertificateResponse:
         headers = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}

@@ -61,6 +61,8 @@ class MeshIndex:
         self.addresses: dict[str, wl.Address] = {}
         self.authorizations: dict[str, sec.Authorization] = {}
         self.policy_status: dict[tuple[str, str], str | None] = {}  # AP (ns, name) -> status message
+        # AP (ns, name) -> translation whose status condition differs from the object's: to be written back
+        self.status_pending: dict[tuple[str, str], tr.PolicyTranslation] = {}
         self._dirty_pods: set[tuple[str, str]] = set()
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_policies: set[tuple[str, str]] = set()
@@ -131,9 +133,7 @@ class MeshIndex:
         elif kind == "Gateway":
             # Waypoint bindings may change anywhere (use-waypoint-namespace): rare, recompute all.
             self._dirty_pods.update(self._all_pod_keys())
-            self._dirty_services.update(
-                (n, s) for n, by_name in self._objs["Service"].items() for s in by_name
-            )
+            self._dirty_services.update((n, s) for n, by_name in self._objs["Service"].items() for s in by_name)
 
     def _all_pod_keys(self) -> Iterable[tuple[str, str]]:
         return [(n, p) for n, by_name in self._objs["Pod"].items() for p in by_name]
@@ -198,11 +198,15 @@ class MeshIndex:
             obj = self.get("AuthorizationPolicy", ns, name)
             result = tr.authorization_from_policy(obj, self.root_namespace) if obj else tr.PolicyTranslation(None)
             if obj is not None:
-                self.policy_status[(ns, name)] = result.message
-                if result.message:
+                if result.message and self.policy_status.get((ns, name)) != result.message:
                     log.warning("AuthorizationPolicy %s: %s", key, result.message)
+                self.policy_status[(ns, name)] = result.message
+                ours = result.authorization is not None or result.message is not None  # else a waypoint's
+                if ours and _written_condition(obj) != status_condition_fields(result):
+                    self.status_pending[(ns, name)] = result
             else:
                 self.policy_status.pop((ns, name), None)
+                self.status_pending.pop((ns, name), None)
             self._set_auth(delta, key, result.authorization)
         if self._dirty_pa:
             self._flush_peer_authentications(delta)
@@ -242,7 +246,7 @@ class MeshIndex:
         for pa in pas:
             ns, _ = _ns_name(pa)
             related = [p for p in pas if _ns_name(p)[0] in (ns, root)]
-            conv = tr.converted_peer_authentication(pa, tr._parent_strict(ns, related, root), root)
+            conv = tr.converted_peer_authentication(pa, tr.parent_strict(ns, related, root), root)
             if conv is not None:
                 wanted[f"{conv.namespace}/{conv.name}"] = conv
         for key in [k for k in self.authorizations if _is_converted(k)]:
@@ -270,6 +274,25 @@ class MeshIndex:
         elif old != msg:
             self.authorizations[key] = msg
             delta.authorizations[key] = msg
+
+
+STATUS_CONDITION = "ZtunnelAccepted"
+
+
+def status_condition_fields(result: tr.PolicyTranslation) -> tuple[str, str, str]:
+    """(status, reason, message) of the `ZtunnelAccepted` condition describing a translation."""
+    if result.authorization is None and result.message:
+        return "False", "NotEnforced", result.message
+    if result.message:
+        return "False", "UnsupportedValue", result.message
+    return "True", "Accepted", "enforced by the node proxies as written"
+
+
+def _written_condition(obj: Obj) -> tuple[str, str, str] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == STATUS_CONDITION:
+            return str(cond.get("status")), str(cond.get("reason")), str(cond.get("message"))
+    return None
 
 
 def _is_converted(key: str) -> bool:

@@ -48,6 +48,9 @@ class ApiObjectSource:
     def watch(self, kind: str, resource_version: str) -> AsyncIterator[WatchEvent]:
         return self._client.watch(kind, resource_version=resource_version, timeout=self._watch_timeout)
 
+    async def write_status(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
+        await self._client.patch(kind, name, namespace, patch, status=True)
+
 
 async def reflect(
     source: ObjectSource,

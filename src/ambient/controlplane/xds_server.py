@@ -219,7 +219,7 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def register(self, server: grpc.aio.Server) -> None:
         add_AggregatedDiscoveryServiceServicer_to_server(self, server)
 
-    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+    async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> None:
         conn = Connection(next(_conn_ids), "", context.peer())
@@ -232,8 +232,6 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
                         await self._on_request(conn, req, context)
                 finally:
                     pusher.cancel()
-        except* asyncio.CancelledError:
-            pass
         finally:
             self.cache.unsubscribe(conn.wake)
             if self.connections.pop(conn.id, None) is not None:
@@ -264,7 +262,11 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
                 ts.last_nack = req.error_detail.message
                 log.warning(
                     "xDS NACK from %s for %s (nonce %s, version %s): %s",
-                    conn.node_id, type_url, req.response_nonce, version, req.error_detail.message,
+                    conn.node_id,
+                    type_url,
+                    req.response_nonce,
+                    version,
+                    req.error_detail.message,
                 )
             elif version is not None:
                 ts.acked_version = version
@@ -328,6 +330,12 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
                     "acked_at": ts.acked_at,
                 }
             out.append(
-                {"id": conn.id, "node_id": conn.node_id, "peer": conn.peer, "connected_at": conn.connected_at, "types": types}
+                {
+                    "id": conn.id,
+                    "node_id": conn.node_id,
+                    "peer": conn.peer,
+                    "connected_at": conn.connected_at,
+                    "types": types,
+                }
             )
         return out

@@ -44,6 +44,7 @@ class HboneStream:
         self._eof = False
         self._local_closed = False
         self._finished = False
+        self._closed_here = False
         self._responded = False
         self._error: HboneError | None = None
         self._read_waiter: asyncio.Future[None] | None = None
@@ -74,8 +75,10 @@ class HboneStream:
     # -- application API ------------------------------------------------------------------------------
     async def read(self, max_bytes: int = -1) -> bytes:
         """Return up to `max_bytes` (all of the next chunk when -1); b"" once the peer ended the stream."""
+        # Once the peer's END_STREAM arrived its direction is complete: what is buffered is delivered
+        # even if the stream or connection fails afterwards (a late reset loses nothing it had sent).
         while not self._chunks:
-            if self._error is not None:
+            if self._error is not None and (not self._eof or self._closed_here):
                 raise self._error
             if self._eof:
                 return b""
@@ -84,8 +87,6 @@ class HboneStream:
                 await self._read_waiter
             finally:
                 self._read_waiter = None
-        if self._error is not None:
-            raise self._error
         chunk = self._chunks[0]
         if 0 <= max_bytes < len(chunk):
             self._chunks[0] = chunk[max_bytes:]
@@ -148,6 +149,7 @@ class HboneStream:
         if self._error is None and not (self._local_closed and self._eof):
             self._conn._reset(self.stream_id, error_code)
         self._error = self._error or HboneStreamError(f"stream {self.stream_id} was closed locally")
+        self._closed_here = True
         self._drop_buffer()
         self._finish()
 
@@ -222,5 +224,6 @@ class HboneStream:
             self._response.exception()  # mark retrieved: the opener may have been cancelled
         wake(self._read_waiter)
         wake(self._write_waiter)
-        self._drop_buffer()
+        if not self._eof:  # incomplete inbound data is useless: give its window back
+            self._drop_buffer()
         self._finish()

@@ -108,6 +108,13 @@ class HboneEnd:
         self.stream.close()
 
 
+class DrainCut(Exception):
+    """The connection outlived the drain deadline and was cut."""
+
+    def __str__(self) -> str:
+        return "connection closed at the drain deadline"
+
+
 @dataclass(slots=True)
 class CopyStats:
     """Bytes moved so far: `sent` a->b (towards the destination), `received` b->a."""
@@ -133,13 +140,14 @@ async def _pump(src: End, dst: End, stats: CopyStats, forward: bool) -> None:
 async def copy_bidirectional(a: End, b: End, stats: CopyStats) -> BaseException | None:
     """Copy until both directions reached EOF. Returns the first error (None on a clean end); the
     caller owns both ends (closes them; resets them on error)."""
+    error: BaseException | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_pump(a, b, stats, True))
             tg.create_task(_pump(b, a, stats, False))
     except* Exception as group:
-        return group.exceptions[0]
-    return None
+        error = group.exceptions[0]
+    return error
 
 
 def finish(a: End, b: End, error: BaseException | None) -> None:

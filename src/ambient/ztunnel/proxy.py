@@ -81,9 +81,14 @@ class ProxyCore:
 
 
 class Scope(Protocol):
-    uid: str  # the pod uid (in-pod) or "shared"
-    label: str  # "ns/name" for logs
-    bind_source: bool  # outbound HBONE: bind the client's IP (separates pods' pool connections)
+    @property
+    def uid(self) -> str: ...  # the pod uid (in-pod) or "shared"
+
+    @property
+    def label(self) -> str: ...  # "ns/name" for logs
+
+    @property
+    def bind_source(self) -> bool: ...  # outbound HBONE: bind the client's IP (separates pods' pools)
 
     def source_workload(self, view: StateView, client_ip: IPAddress) -> Workload | None: ...
 
@@ -211,7 +216,6 @@ class PodContext:
 
     async def dial(
         self, ip: IPAddress, port: int, *, bind: IPAddress | None = None, transparent: bool = False,
-        timeout: float | None = None,
     ) -> socket.socket:
         """A connected, marked TCP socket created where the pod's traffic lives."""
         mark = self.settings.mark
@@ -231,12 +235,12 @@ class PodContext:
 
         sock = await self.sockets.call(make)
         try:
-            async with asyncio.timeout(timeout or self.settings.upstream_connect_timeout):
+            async with asyncio.timeout(self.settings.upstream_connect_timeout):
                 await asyncio.get_running_loop().sock_connect(sock, (str(ip), port))
         except TimeoutError:
             sock.close()
             raise UpstreamError(
-                f"connect to {ip}:{port} timed out after {timeout or self.settings.upstream_connect_timeout:g}s"
+                f"connect to {ip}:{port} timed out after {self.settings.upstream_connect_timeout:g}s"
             ) from None
         except OSError as exc:
             sock.close()
@@ -275,6 +279,8 @@ class WorkloadProxy:
     hbone_handler: Any  # ambient.hbone.server.Handler
     server_certs: Callable[[str], Callable[[], CertBundle]]  # listener host -> cert provider
     listening: asyncio.Event = field(default_factory=asyncio.Event)
+    # resolves once listening, or with the start-up error (on_add turns it into the agent's NACK)
+    started: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     addresses: list[tuple[str, str, int]] = field(default_factory=list)  # (component, host, port)
 
     async def _listen(self) -> list[tuple[ListenerSpec, socket.socket]]:
@@ -297,7 +303,13 @@ class WorkloadProxy:
             raise ListenerError(f"proxy for {self.ctx.scope.label}: {exc.message}", hint=exc.hint) from exc
 
     async def run(self) -> None:
-        made = await self._listen()
+        try:
+            made = await self._listen()
+        except BaseException as exc:
+            if not self.started.done():
+                self.started.set_exception(exc)
+                self.started.exception()  # retrieved: the caller may be gone
+            raise
         scope = self.ctx.scope
         try:
             async with asyncio.TaskGroup() as tg, contextlib.AsyncExitStack() as stack:
@@ -317,6 +329,8 @@ class WorkloadProxy:
                         spec.host, sock.getsockname()[1], spec.component, str(spec.transparent).lower(), scope.label,
                     )
                 self.listening.set()
+                if not self.started.done():
+                    self.started.set_result(None)
                 await self.drain.wait_started()
                 await asyncio.gather(self.drain.run(), *(s.drain(self.drain.remaining()) for s in servers))
         finally:

@@ -1,0 +1,311 @@
+"""Sections that run the other packages' bench modules, each in a child interpreter with a timeout.
+
+Contract for a component bench module (`ambient.<pkg>.bench`): a function (default `run`) taking keyword
+options it understands among those offered (`quick: bool`, plus per-section ones such as `workloads`,
+`services`) and returning either
+- `{"figures": [{"name", "value", "unit", "better"?, "baseline"?, "baseline_value"?, "note"?}, ...],
+  "conditions": {...}}` (explicit), or
+- a flat or nested dict of numbers whose key suffix gives the unit (`_gbps`, `_ms`, `_us`, `_per_s`,
+  `_mib`, `_cores`, ... see `UNITS`); other values (and numbers without a unit suffix, e.g. `workloads`)
+  become conditions.
+
+Invariants:
+- A missing module, an import error, a crash, a timeout or an unreadable result makes the section "not
+  available: <reason>"; nothing a component does can stop the harness.
+- Mesh figures without a baseline of their own are compared with the stunnel baseline of the same kind
+  measured earlier in this run (same unit family, same percentile, "added"/CPU matched), never with
+  published numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ambient.bench.child import RESULT_MARK
+from ambient.bench.errors import BenchError
+from ambient.bench.harness import BenchContext, Better, Figure, Section, SectionOutput
+
+# key suffix -> (unit, multiplier to that unit, better)
+UNITS: list[tuple[str, str, float, Better]] = [
+    ("_bytes_per_s", "Gb/s", 8e-9, "higher"),
+    ("_bits_per_s", "Gb/s", 1e-9, "higher"),
+    ("_gbps", "Gb/s", 1.0, "higher"),
+    ("_mbps", "Mb/s", 1.0, "higher"),
+    ("_per_sec", "/s", 1.0, "higher"),
+    ("_per_s", "/s", 1.0, "higher"),
+    ("_rps", "req/s", 1.0, "higher"),
+    ("_cps", "conn/s", 1.0, "higher"),
+    ("_ms", "ms", 1.0, "lower"),
+    ("_us", "µs", 1.0, "lower"),
+    ("_ns", "ns", 1.0, "lower"),
+    ("_seconds", "s", 1.0, "lower"),
+    ("_sec", "s", 1.0, "lower"),
+    ("_s", "s", 1.0, "lower"),
+    ("_mib", "MiB", 1.0, "lower"),
+    ("_mb", "MB", 1.0, "lower"),
+    ("_bytes", "B", 1.0, "lower"),
+    ("_cores", "cores", 1.0, "lower"),
+    ("_cpu", "cores", 1.0, "lower"),
+    ("_percent", "%", 1.0, "lower"),
+    ("_pct", "%", 1.0, "lower"),
+]
+# values in the same family can be compared after scaling to the baseline's unit
+_SCALE = {"ms": 1e-3, "µs": 1e-6, "ns": 1e-9, "s": 1.0, "Gb/s": 1e9, "Mb/s": 1e6}
+
+
+def _unit_of(key: str) -> tuple[str, str, float, Better] | None:
+    for suffix, unit, mult, better in UNITS:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)], unit, mult, better
+    return None
+
+
+def figures_from_result(result: Any) -> tuple[list[Figure], dict[str, Any]]:
+    """Figures and conditions from a component bench's return value (see the module docstring)."""
+    if isinstance(result, int | float) and not isinstance(result, bool):
+        return [Figure("result", float(result), "")], {}
+    if not isinstance(result, dict):
+        raise BenchError(f"bench returned {type(result).__name__}, expected a dict")
+    conditions: dict[str, Any] = dict(result.get("conditions") or {})
+    if isinstance(result.get("figures"), list):
+        figures = []
+        for item in result["figures"]:
+            try:
+                fig = Figure(str(item["name"]), float(item["value"]), str(item.get("unit", "")))
+            except (KeyError, TypeError, ValueError) as e:
+                raise BenchError(f"bad figure {item!r}: needs name and numeric value") from e
+            fig.better = "lower" if item.get("better") == "lower" else "higher"
+            if item.get("baseline_value") is not None:
+                fig.baseline = str(item.get("baseline") or "baseline")
+                fig.baseline_value = float(item["baseline_value"])
+            fig.note = str(item.get("note", ""))
+            figures.append(fig)
+        return figures, conditions
+    figures = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix} {k}" if prefix else str(k), v)
+            return
+        key = prefix.split(" ")[-1]
+        parsed = _unit_of(key) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if parsed is None:
+            conditions[prefix] = value
+            return
+        stem, unit, mult, better = parsed
+        name = (prefix[: -len(key)] + stem).replace("_", " ").strip()
+        figures.append(Figure(name, float(value) * mult, unit, better))
+
+    for k, v in result.items():
+        if k != "conditions":
+            walk(str(k), v)
+    if not figures:
+        raise BenchError("bench returned no figure with a unit suffix (see ambient.bench.components)")
+    return figures, conditions
+
+
+_TOKENS = ("p50", "p90", "p99", "added", "cpu")
+
+
+def _tokens(name: str) -> set[str]:
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    return {t for t in _TOKENS if t in words}
+
+
+def _comparable(fig: Figure, base: Figure) -> float | None:
+    """`base`'s value in `fig`'s unit if the two measure the same kind of thing, else None."""
+    if _tokens(fig.name) != _tokens(base.name):
+        return None
+    if fig.unit == base.unit:
+        return base.value
+    if fig.unit in _SCALE and base.unit in _SCALE:
+        same_family = (fig.unit in ("Gb/s", "Mb/s")) == (base.unit in ("Gb/s", "Mb/s"))
+        if same_family:
+            return base.value * _SCALE[base.unit] / _SCALE[fig.unit]
+    rates = {"/s", "req/s", "conn/s"}
+    if fig.unit in rates and base.unit in rates:
+        kind = "conn" if "conn" in fig.name.lower() or fig.unit == "conn/s" else "req"
+        if kind == ("conn" if base.unit == "conn/s" else "req"):
+            return base.value
+    return None
+
+
+def stunnel_baselines(ctx: BenchContext) -> list[Figure]:
+    names = {
+        "baseline-throughput": ["stunnel mTLS pair"],
+        "baseline-latency": [
+            "stunnel p50",
+            "stunnel p99",
+            "stunnel added p50",
+            "stunnel added p99",
+            "stunnel CPU per 1,000 req/s",
+        ],
+        "baseline-connections": ["stunnel mTLS pair"],
+    }
+    found = (ctx.figure(section, name) for section, figs in names.items() for name in figs)
+    return [Figure(f.name, f.value, f.unit, f.better) for f in found if f is not None]
+
+
+def attach_baselines(figures: list[Figure], candidates: list[Figure]) -> None:
+    """Give every mesh figure without a baseline the first comparable candidate (own stunnel figures first)."""
+    own = [f for f in figures if "stunnel" in f.name.lower()]
+    for fig in figures:
+        lname = fig.name.lower()
+        if fig.baseline is not None or "stunnel" in lname or "direct" in lname:
+            continue
+        for base in [*own, *candidates]:
+            value = _comparable(fig, base)
+            if value is not None:
+                fig.baseline, fig.baseline_value = base.name, value
+                break
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.communicate(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def call_in_child(module: str, func: str, kwargs: dict[str, Any], timeout: float) -> Any:
+    """`module.func(**kwargs)` in a fresh interpreter; its JSON result, or BenchError with the reason."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    except (ImportError, ValueError) as e:
+        raise BenchError(f"cannot look up {module}: {e}") from e
+    if not found:
+        raise BenchError(f"module {module} does not exist (yet)")
+    # Own session, so that on timeout the whole group (the bench and anything it started) is stopped:
+    # SIGINT first (Python runs its `finally` blocks, e.g. deleting its namespaces), SIGKILL after 10 s.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ambient.bench.child", module, func, json.dumps(kwargs)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        _stop_group(proc)
+        raise BenchError(f"{module}.{func} did not finish within {timeout:.0f} s (stopped)") from e
+    except BaseException:
+        _stop_group(proc)
+        raise
+    if proc.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        raise BenchError(f"{module}.{func} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK) :])
+    raise BenchError(f"{module}.{func} printed no result")
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+def hbone_run(quick: bool = False) -> dict[str, Any]:
+    """Runs in the child: the HBONE loopback micro-benchmarks, as explicit figures with their baselines."""
+    from ambient.hbone import bench
+
+    seconds = 1.0 if quick else 3.0
+    hbone = bench.measure_throughput(seconds) * 8 / 1e9
+    tls = bench.measure_plain_tls(seconds) * 8 / 1e9
+    lat = bench.measure_latency(500 if quick else 2000)
+    rate = bench.measure_stream_rate(min(seconds, 2.0))
+    return {
+        "figures": [
+            {"name": "plain TLS 1.3, one connection", "value": tls, "unit": "Gb/s"},
+            {
+                "name": "HBONE tunnel, one stream",
+                "value": hbone,
+                "unit": "Gb/s",
+                "baseline": "plain TLS",
+                "baseline_value": tls,
+            },
+            {"name": "echo round trip p50", "value": lat["p50_us"], "unit": "µs", "better": "lower"},
+            {"name": "echo round trip p99", "value": lat["p99_us"], "unit": "µs", "better": "lower"},
+            {"name": "new tunnels (sequential, pooled connection)", "value": rate, "unit": "/s"},
+        ],
+        "conditions": {"seconds": seconds, "where": "loopback, client and server in one event loop"},
+    }
+
+
+def _component(
+    module: str,
+    func: str,
+    extra: Callable[[bool], dict[str, Any]],
+    timeout: Callable[[bool], float],
+    *,
+    compare_with_stunnel: bool,
+) -> Callable[[BenchContext], SectionOutput]:
+    def run(ctx: BenchContext) -> SectionOutput:
+        result = call_in_child(module, func, {"quick": ctx.quick, **extra(ctx.quick)}, timeout(ctx.quick))
+        figures, conditions = figures_from_result(result)
+        if compare_with_stunnel:
+            attach_baselines(figures, stunnel_baselines(ctx))
+        return SectionOutput(figures, conditions)
+
+    return run
+
+
+def _none(_quick: bool) -> dict[str, Any]:
+    return {}
+
+
+def _cp_size(quick: bool) -> dict[str, Any]:
+    return {"workloads": 1000, "services": 100} if quick else {"workloads": 10000, "services": 1000}
+
+
+SECTIONS = [
+    Section(
+        "hbone",
+        "HBONE on loopback (micro-benchmark)",
+        "ambient.hbone.bench in a child process: bytes through one HBONE tunnel vs one bare TLS 1.3 "
+        "connection with the same certificates, client and server in one event loop on 127.0.0.1.",
+        _component(
+            "ambient.bench.components", "hbone_run", _none, lambda q: 60 if q else 90, compare_with_stunnel=False
+        ),
+    ),
+    Section(
+        "ztunnel",
+        "Node proxy: direct vs mesh vs stunnel",
+        "ambient.ztunnel.bench.run in a child process; mesh figures are compared with the stunnel pair "
+        "measured above in this run (or the bench's own stunnel figures).",
+        _component("ambient.ztunnel.bench", "run", _none, lambda q: 120 if q else 180, compare_with_stunnel=True),
+    ),
+    Section(
+        "controlplane",
+        "Control plane at scale",
+        "ambient.controlplane.bench.run(workloads, services) in a child process: initial sync time and memory "
+        "of a proxy's state, object-change-to-applied latency, certificates issued per second.",
+        _component(
+            "ambient.controlplane.bench", "run", _cp_size, lambda q: 90 if q else 150, compare_with_stunnel=False
+        ),
+    ),
+    Section(
+        "waypoint",
+        "Waypoint: requests/s and added latency",
+        "ambient.waypoint.bench.run in a child process: requests/s, p50/p99 with and without the waypoint, "
+        "CPU per 1,000 req/s.",
+        _component("ambient.waypoint.bench", "run", _none, lambda q: 90 if q else 150, compare_with_stunnel=False),
+    ),
+]

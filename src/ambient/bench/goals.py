@@ -1,0 +1,131 @@
+"""The issues' performance goals, checked against a run's figures (pure; rendered at the top of the block).
+
+A goal finds its figure by section, unit family and name tokens (the component benches name their own
+figures, so matching is deliberately loose: "p99" and "added" as words, "cpu", "conn"), then compares.
+A goal whose figure is absent reads "not measured", never "missed".
+
+Goals (issues 4, 6 and 8): node proxy throughput >= 1.0x the stunnel pair (floor 0.5x); added p99 latency
+<= 2x the stunnel pair's; <= 0.1 core per 1,000 req/s; >= 2,000 new connections/s; control plane
+change-to-applied p99 <= 100 ms; waypoint <= 0.25 core per 1,000 req/s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ambient.bench.harness import BenchRun, Figure, SectionResult
+
+_MS = {"ms": 1.0, "µs": 1e-3, "us": 1e-3, "s": 1e3, "ns": 1e-6}
+
+
+def _words(name: str) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", name.lower()))
+
+
+def _mesh(fig: Figure) -> bool:
+    """Not one of the bench's own baselines."""
+    return not ({"direct", "stunnel", "baseline", "without"} & _words(fig.name))
+
+
+@dataclass(frozen=True)
+class Goal:
+    section: str
+    what: str
+    target: str
+    find: Callable[[Figure], bool]
+    check: Callable[[Figure], tuple[str, bool | None]]  # (measured, met); met None = partly ("floor met")
+
+
+@dataclass(frozen=True)
+class GoalResult:
+    what: str
+    target: str
+    measured: str
+    verdict: str  # "met", "floor met", "missed", "not measured"
+
+
+def _throughput(fig: Figure) -> tuple[str, bool | None]:
+    r = fig.ratio
+    if r is None:
+        return f"{fig.value:.2f} {fig.unit} (no stunnel baseline)", False
+    return f"{r:.2f}x stunnel", True if r >= 1.0 else (None if r >= 0.5 else False)
+
+
+def _added_p99(fig: Figure) -> tuple[str, bool | None]:
+    r = fig.ratio
+    if r is None:
+        return f"{fig.value:.3g} {fig.unit} (no stunnel baseline)", False
+    return f"{r:.2f}x stunnel's added p99", r <= 2.0
+
+
+def _at_most(limit: float, unit: str) -> Callable[[Figure], tuple[str, bool | None]]:
+    def check(fig: Figure) -> tuple[str, bool | None]:
+        value = fig.value * _MS[fig.unit] if unit == "ms" and fig.unit in _MS else fig.value
+        return f"{value:.3g} {unit}", value <= limit
+
+    return check
+
+
+def _at_least(limit: float, unit: str) -> Callable[[Figure], tuple[str, bool | None]]:
+    def check(fig: Figure) -> tuple[str, bool | None]:
+        return f"{fig.value:,.0f} {unit}", fig.value >= limit
+
+    return check
+
+
+def _cpu(fig: Figure) -> bool:
+    return fig.unit == "cores" and "cpu" in _words(fig.name) and _mesh(fig)
+
+
+GOALS = [
+    Goal(
+        "ztunnel",
+        "node proxy single-stream throughput",
+        ">= 1.0x the stunnel pair (floor 0.5x)",
+        lambda f: f.unit in ("Gb/s", "Mb/s") and _mesh(f),
+        _throughput,
+    ),
+    Goal(
+        "ztunnel",
+        "node proxy added p99 latency",
+        "<= 2x the stunnel pair's added p99",
+        lambda f: {"added", "p99"} <= _words(f.name) and f.unit in _MS and _mesh(f),
+        _added_p99,
+    ),
+    Goal("ztunnel", "node proxy CPU per 1,000 req/s", "<= 0.1 core", _cpu, _at_most(0.1, "cores")),
+    Goal(
+        "ztunnel",
+        "node proxy new connections",
+        ">= 2,000 /s",
+        lambda f: f.unit in ("/s", "conn/s") and "conn" in f.name.lower() and _mesh(f),
+        _at_least(2000, "conn/s"),
+    ),
+    Goal(
+        "controlplane",
+        "control plane change-to-applied p99",
+        "<= 100 ms",
+        lambda f: "p99" in _words(f.name) and f.unit in _MS,
+        _at_most(100.0, "ms"),
+    ),
+    Goal("waypoint", "waypoint CPU per 1,000 req/s", "<= 0.25 core", _cpu, _at_most(0.25, "cores")),
+]
+
+
+def _section(run: BenchRun, name: str) -> SectionResult | None:
+    return next((s for s in run.sections if s.name == name and s.status == "ok"), None)
+
+
+def evaluate(run: BenchRun, goals: list[Goal] | None = None) -> list[GoalResult]:
+    out = []
+    for goal in goals if goals is not None else GOALS:
+        section = _section(run, goal.section)
+        fig = next((f for f in section.figures if goal.find(f)), None) if section else None
+        if fig is None:
+            out.append(GoalResult(goal.what, goal.target, "-", "not measured"))
+            continue
+        measured, met = goal.check(fig)
+        verdict = "met" if met else ("floor met" if met is None else "missed")
+        out.append(GoalResult(goal.what, goal.target, measured, verdict))
+    return out

@@ -1,0 +1,589 @@
+"""The node agent (`ambient node-agent`): captures enrolled pods of one node and hands them to the node proxy.
+
+Role (redirection.md "Node agent"): one per node, running in the node netns. Three inputs:
+- CNI ADD, through the chained plugin's `POST /cmdadd` on `<run dir>/pluginevent.sock` (agent_server.py);
+- the cluster API: pods of this node and all namespaces, watched; labels enroll / un-enroll running pods;
+- the node proxy, connected to our ZDS socket (`<run dir>/ztunnel.sock`); each (re)connection gets a
+  snapshot of every captured pod (`ZdsServer` calls `_snapshot`).
+
+Add order for a pod: open its netns -> apply the in-pod rules there (on the dedicated rules thread) ->
+`Add` over ZDS, wait for the Ack -> pod IP into the node's probe ipset -> annotation
+`ambient.istio.io/redirection: enabled`. If the proxy is unreachable or refuses once the rules are in
+place: annotation `pending`, retried in the background. Removal: ipset entry, rules (if the netns still
+exists), `Del` to the proxy, annotation.
+
+Invariants:
+- Fail closed: /cmdadd answers 200 only after the rules are in place in the pod netns; a pod whose rules
+  cannot be applied gets a 500 (the CNI ADD fails, the pod stays Pending and is retried).
+- `tracked` holds exactly the pods whose rules we put in place; the ZDS snapshot is built from it, so the
+  proxy never serves a pod we do not capture and never misses one we do.
+- Operations on one pod are serialised by a per-uid lock; rule commands run one at a time on one
+  dedicated executor thread (which switches into the pod netns on its own short-lived thread).
+- Agent restart: rules of pods annotated by a previous agent are verified and repaired (never duplicated,
+  the apply is idempotent); the ZDS server starts only after that, so the first snapshot is complete.
+  Stopping the agent leaves every rule in place (pods stay captured while it is down).
+- Every task is owned by a TaskGroup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ambient.cni import agent_plan as P
+from ambient.cni.agent_plan import CmdAdd, Tracked
+from ambient.cni.agent_server import PLUGIN_EVENT_SOCKET, PluginEventServer
+from ambient.cni.apply import (
+    BACKENDS,
+    Backend,
+    apply_node_probe_snat,
+    apply_pod_redirection,
+    probe_ipset_add,
+    probe_ipset_entries,
+    probe_ipset_prune,
+    probe_ipset_remove,
+    remove_pod_redirection,
+    verify_pod_redirection,
+)
+from ambient.cni.errors import CniError
+from ambient.cni.plugin import PluginConfig
+from ambient.cni.rules import RedirectConfig
+from ambient.core.errors import AmbientError
+from ambient.inpod.errors import ZdsConnectionError, ZdsError, ZdsNackError, ZdsNotConnectedError
+from ambient.inpod.netns import NetnsError, open_netns
+from ambient.inpod.zds import SnapshotPod, ZdsServer
+from ambient.inpod.zds_codec import WorkloadInfo
+
+log = logging.getLogger("ambient.cni.agent")
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+ZDS_SOCKET = "ztunnel.sock"
+DEFAULT_EXCLUDED = ("kube-system", "istio-system")
+NetnsResolver = Callable[[Mapping[str, Any]], str | None]
+
+
+class NodeAgentError(CniError):
+    """The node agent could not capture a pod (answered to the CNI plugin as HTTP 500)."""
+
+
+class AgentApi(Protocol):
+    """The part of `ambient.api.client.AsyncApiClient` the agent uses (a fake implements it in tests)."""
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> Obj: ...
+
+    async def list(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[list[Obj], str]: ...
+
+    async def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False) -> Obj: ...
+
+    def watch(
+        self, kind: str, namespace: str | None = None, resource_version: str | None = None,
+        label_selector: str | None = None, timeout: float | None = None, field_selector: str | None = None,
+    ) -> AsyncIterator[Any]: ...
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node: str
+    run_dir: Path
+    zds_socket: Path
+    backend: Backend = "iptables"
+    dns_capture: bool = True  # node default; the pod annotation `ambient.istio.io/dns-capture` overrides it
+    exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED
+    node_netns: str | None = None  # where the probe ipset/SNAT live; None = the agent's own netns
+    zds_wait: float = 0.5  # how long a pod add waits for a connected proxy before going `pending`
+    retry_interval: float = 1.0  # pending pods are re-sent to the proxy this often
+    resync_interval: float = 10.0  # full reconcile even without watch events
+
+    @property
+    def plugin_event_socket(self) -> Path:
+        return self.run_dir / PLUGIN_EVENT_SOCKET
+
+
+class NodeAgent:
+    """Use as `await NodeAgent(api, settings, resolver).run()` inside the caller's task (until cancelled)."""
+
+    def __init__(self, api: AgentApi, settings: AgentSettings, netns_resolver: NetnsResolver | None = None) -> None:
+        if settings.backend not in BACKENDS:
+            raise NodeAgentError(f"unknown redirection backend {settings.backend!r}",
+                                 hint=f"use one of {', '.join(BACKENDS)}")
+        self.api = api
+        self.settings = settings
+        self._resolve = netns_resolver or (lambda _pod: None)
+        self.plugin_cfg = PluginConfig(exclude_namespaces=settings.exclude_namespaces)
+        self.tracked: dict[str, Tracked] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._busy: set[str] = set()  # uids with a CNI ADD in flight: reconcile leaves them alone
+        self._ns_enabled: dict[str, bool] = {}
+        self._dirty = asyncio.Event()
+        self._retry = asyncio.Event()
+        self.ready = asyncio.Event()  # set once both sockets listen and the first reconcile is done
+        self.reconciles = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._zds: ZdsServer | None = None
+
+    def __repr__(self) -> str:
+        return f"<NodeAgent {self.settings.node} {self.settings.backend} pods={len(self.tracked)}>"
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+    async def _rules(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking rule command on the dedicated rules thread (one at a time)."""
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def _lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    @property
+    def zds(self) -> ZdsServer:
+        assert self._zds is not None, "ZDS server not started"
+        return self._zds
+
+    # --- main ---------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.settings
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ambient-rules")
+        try:
+            log.info("node agent for %s starting (backend %s, DNS capture %s by default)", s.node, s.backend,
+                     "on" if s.dns_capture else "off")
+            await self._rules(apply_node_probe_snat, netns=s.node_netns)
+            await self.startup_reconcile()
+            async with ZdsServer(s.zds_socket, self._snapshot) as zds:
+                self._zds = zds
+                async with PluginEventServer(s.plugin_event_socket, self.cmdadd), asyncio.TaskGroup() as tg:
+                    tg.create_task(self._watch("Pod", field_selector=f"spec.nodeName={s.node}"), name="watch-pods")
+                    tg.create_task(self._watch("Namespace"), name="watch-namespaces")
+                    tg.create_task(self._reconcile_loop(), name="reconcile")
+                    tg.create_task(self._retry_loop(), name="retry-pending")
+                    self.ready.set()
+                    log.info("node agent ready: ZDS on %s, CNI events on %s", s.zds_socket, s.plugin_event_socket)
+        finally:
+            self._zds = None
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # --- CNI ADD --------------------------------------------------------------------------------------------
+    async def cmdadd(self, event: CmdAdd) -> dict[str, Any]:
+        """Capture a pod whose sandbox is being created; returns once its rules are in place."""
+        uid = event.pod_uid
+        self._busy.add(uid)
+        try:
+            async with self._lock(uid):
+                log.info("pod %s (uid %s): CNI ADD, netns %s, IPs %s", event.ref, uid, event.netns,
+                         ",".join(event.ips) or "-")
+                pod = await self._get_pod(event.pod_namespace, event.pod_name, uid)
+                t = await self._capture(uid, event.pod_name, event.pod_namespace, event.netns,
+                                        event.ips[0] if event.ips else "", pod)
+                return {"uid": uid, "redirection": t.status}
+        finally:
+            self._busy.discard(uid)
+
+    async def _get_pod(self, namespace: str, name: str, uid: str) -> Obj | None:
+        """The pod (for its annotations and service account); None = unknown, node defaults apply."""
+        try:
+            pod = await asyncio.wait_for(self.api.get("Pod", name, namespace), 5.0)
+        except (AmbientError, TimeoutError) as e:
+            log.warning("pod %s/%s: cannot read it from the API (%s); using the node defaults", namespace, name, e)
+            return None
+        if P.pod_uid(pod) not in ("", uid):
+            log.warning("pod %s/%s: API has uid %s, CNI said %s; using the node defaults", namespace, name,
+                        P.pod_uid(pod), uid)
+            return None
+        return pod
+
+    # --- capture / release ------------------------------------------------------------------------------------
+    async def _capture(self, uid: str, name: str, namespace: str, netns_path: str, ip: str,
+                       pod: Mapping[str, Any] | None) -> Tracked:
+        """Rules in place (or raise NodeAgentError), then hand the pod to the proxy. Caller holds the lock."""
+        s = self.settings
+        cfg = P.redirect_config(pod, dns_default=s.dns_capture) if pod else RedirectConfig(dns_capture=s.dns_capture)
+        info = P.workload_info(pod) if pod else WorkloadInfo(name=name, namespace=namespace, service_account="default")
+        ref = f"{namespace}/{name}"
+        await self._apply_rules(ref, netns_path, cfg)
+        previous = self.tracked.get(uid)
+        t = Tracked(uid=uid, name=name, namespace=namespace, netns_path=netns_path, ip=ip, cfg=cfg, info=info,
+                    annotated=previous.annotated if previous else P.status_annotation(pod or {}))
+        self.tracked[uid] = t
+        await self._hand_to_proxy(t, wait=s.zds_wait)
+        return t
+
+    async def _apply_rules(self, ref: str, netns_path: str, cfg: RedirectConfig) -> None:
+        backend = self.settings.backend
+        try:
+            fd = open_netns(netns_path)
+        except NetnsError as e:
+            raise NodeAgentError(f"pod {ref}: cannot open its network namespace {netns_path}: {e.message}",
+                                 hint="the sandbox may have been removed; the runtime retries") from e
+        try:
+            log.info("pod %s: applying %s redirection rules (DNS capture %s, inbound capture %s)", ref, backend,
+                     "on" if cfg.dns_capture else "off", "on" if cfg.inbound_capture else "off")
+            await self._rules(apply_pod_redirection, cfg, backend, netns=fd)
+        except AmbientError as e:
+            raise NodeAgentError(f"pod {ref}: redirection rules could not be applied: {e.message}",
+                                 hint=e.hint or "see the node agent log") from e
+        finally:
+            os.close(fd)
+        log.info("pod %s: rules applied in netns %s", ref, netns_path)
+
+    async def _hand_to_proxy(self, t: Tracked, *, wait: float) -> bool:
+        """Add over ZDS; on Ack: ipset + `enabled`, else `pending` (retried). Caller holds the lock."""
+        try:
+            fd = open_netns(t.netns_path)
+        except NetnsError as e:
+            log.warning("pod %s: netns gone before it reached the proxy: %s", t.ref, e.message)
+            return False
+        ok = False
+        try:
+            log.info("pod %s: sending Add to the node proxy", t.ref)
+            await self.zds.add_pod(t.uid, t.info, fd, ready_timeout=wait)
+            ok = True
+        except ZdsNackError as e:
+            log.warning("pod %s: node proxy refused it: %s (pending, will retry)", t.ref, e.error)
+        except (ZdsNotConnectedError, ZdsConnectionError) as e:
+            log.warning("pod %s: node proxy not reachable: %s (rules are in place; pending, will retry)",
+                        t.ref, e.message)
+        finally:
+            os.close(fd)
+        if ok:
+            log.info("pod %s: node proxy acked the pod", t.ref)
+            if t.ip:
+                try:
+                    await self._rules(probe_ipset_add, t.ip, t.uid, netns=self.settings.node_netns)
+                except AmbientError as e:
+                    log.warning("pod %s: could not add %s to the probe ipset: %s", t.ref, t.ip, e)
+            t.status = P.STATUS_ENABLED
+        else:
+            t.status = P.STATUS_PENDING
+            self._retry.set()
+        await self._annotate(t)
+        return ok
+
+    async def _annotate(self, t: Tracked) -> None:
+        if t.annotated == t.status:
+            return
+        try:
+            await self.api.patch("Pod", t.name, t.namespace,
+                                 {"metadata": {"annotations": {P.ANNOTATION_STATUS: t.status}}})
+            t.annotated = t.status
+            log.info("pod %s: annotated %s=%s", t.ref, P.ANNOTATION_STATUS, t.status)
+        except AmbientError as e:  # reconcile retries (it compares the annotation with our state)
+            log.warning("pod %s: could not set annotation %s: %s", t.ref, P.ANNOTATION_STATUS, e)
+
+    async def _remove(self, uid: str, reason: str, *, pod_exists: bool) -> None:
+        async with self._lock(uid):
+            t = self.tracked.pop(uid, None)
+            if t is None:
+                return
+            log.info("pod %s: removing from the mesh (%s)", t.ref, reason)
+            if t.ip:
+                with contextlib.suppress(AmbientError):
+                    await self._rules(probe_ipset_remove, t.ip, t.uid, netns=self.settings.node_netns)
+            await self._remove_rules(t.ref, t.netns_path)
+            try:
+                await self.zds.del_pod(uid, ready_timeout=0.5)
+                log.info("pod %s: node proxy acked the Del", t.ref)
+            except ZdsError as e:  # not connected: the next snapshot no longer lists it, the proxy drops it
+                log.info("pod %s: Del not delivered to the node proxy (%s)", t.ref, e.message)
+            if pod_exists:
+                await self._clear_annotation(t.name, t.namespace, t.ref)
+        self._locks.pop(uid, None)
+
+    async def _remove_rules(self, ref: str, netns_path: str) -> None:
+        try:
+            fd = open_netns(netns_path)
+        except NetnsError:
+            log.info("pod %s: netns already gone, no rules to remove", ref)
+            return
+        try:
+            await self._rules(remove_pod_redirection, None, netns=fd)
+            log.info("pod %s: redirection rules removed", ref)
+        except AmbientError as e:
+            log.warning("pod %s: removing the rules failed: %s", ref, e)
+        finally:
+            os.close(fd)
+
+    async def _clear_annotation(self, name: str, namespace: str, ref: str) -> None:
+        try:
+            await self.api.patch("Pod", name, namespace, {"metadata": {"annotations": {P.ANNOTATION_STATUS: None}}})
+        except AmbientError as e:
+            log.debug("pod %s: could not remove the status annotation: %s", ref, e)
+
+    # --- snapshot (ZdsServer calls it on every proxy connection) ---------------------------------------------
+    async def _snapshot(self) -> list[SnapshotPod]:
+        pods = []
+        for t in list(self.tracked.values()):
+            try:
+                fd = open_netns(t.netns_path)
+            except NetnsError:
+                log.info("snapshot: pod %s skipped, its netns is gone", t.ref)
+                self._dirty.set()
+                continue
+            pods.append(SnapshotPod(t.uid, t.info, fd))
+        log.info("node proxy connected: sending a snapshot of %d pod(s)", len(pods))
+        return pods
+
+    # --- reconcile -------------------------------------------------------------------------------------------
+    async def _list_state(self) -> tuple[dict[str, Obj], dict[str, Obj]]:
+        pods, _ = await self.api.list("Pod", field_selector=f"spec.nodeName={self.settings.node}")
+        namespaces, _ = await self.api.list("Namespace")
+        return ({P.pod_uid(p): p for p in pods if P.pod_uid(p)},
+                {str(P.meta(n).get("name")): n for n in namespaces})
+
+    def _log_namespaces(self, namespaces: Mapping[str, Obj]) -> None:
+        for name, enabled in P.namespace_changes(self._ns_enabled, namespaces):
+            if enabled:
+                log.info("namespace %s enabled in the mesh (label istio.io/dataplane-mode=ambient)", name)
+            else:
+                log.info("namespace %s disabled in the mesh", name)
+        self._ns_enabled = {n: P.namespace_enabled(ns) for n, ns in namespaces.items()}
+
+    async def startup_reconcile(self) -> None:
+        """Adopt the pods a previous agent captured: verify + repair their rules, prune the probe ipset."""
+        s = self.settings
+        pods, namespaces = await self._list_state()
+        self._log_namespaces(namespaces)
+        for uid in P.stale_annotated(pods, namespaces, self.plugin_cfg):
+            pod = pods[uid]
+            log.info("pod %s: annotated by a previous agent but no longer enrolled: cleaning up", P.pod_ref(pod))
+            netns = self._netns_of(pod)
+            if netns:
+                await self._remove_rules(P.pod_ref(pod), netns)
+            m = P.meta(pod)
+            await self._clear_annotation(str(m.get("name")), str(m.get("namespace") or "default"), P.pod_ref(pod))
+        for _uid, pod in sorted(pods.items()):
+            status = P.status_annotation(pod)
+            if status not in (P.STATUS_ENABLED, P.STATUS_PENDING) or not P.wants_capture(pod, namespaces,
+                                                                                           self.plugin_cfg)[0]:
+                continue
+            netns = self._netns_of(pod)
+            if netns is None:
+                continue  # no sandbox: the kubelet recreates it through CNI ADD
+            await self._adopt(pod, netns, status)
+        keep = {t.ip: t.uid for t in self.tracked.values() if t.ip and t.status == P.STATUS_ENABLED}
+        pruned = await self._rules(probe_ipset_prune, keep, netns=s.node_netns)
+        if pruned:
+            log.info("probe ipset: pruned %d stale entr(y/ies): %s", len(pruned), ", ".join(pruned))
+        live = await self._rules(probe_ipset_entries, netns=s.node_netns)
+        for ip, uid in keep.items():
+            if live.get(ip) != uid:
+                await self._rules(probe_ipset_add, ip, uid, netns=s.node_netns)
+        log.info("startup reconcile: %d captured pod(s) adopted", len(self.tracked))
+
+    async def _adopt(self, pod: Mapping[str, Any], netns: str, status: str) -> None:
+        uid, ref = P.pod_uid(pod), P.pod_ref(pod)
+        cfg = P.redirect_config(pod, dns_default=self.settings.dns_capture)
+        try:
+            fd = open_netns(netns)
+        except NetnsError:
+            return
+        try:
+            diffs = await self._rules(verify_pod_redirection, cfg, self.settings.backend, netns=fd)
+        except AmbientError as e:
+            diffs = [f"verification failed: {e.message}"]
+        finally:
+            os.close(fd)
+        if diffs:
+            log.warning("pod %s: rules not as expected after restart (%s): repairing", ref, "; ".join(diffs))
+            try:
+                await self._apply_rules(ref, netns, cfg)
+            except NodeAgentError as e:
+                log.error("%s", e)
+                return
+        else:
+            log.info("pod %s: rules verified", ref)
+        m = P.meta(pod)
+        self.tracked[uid] = Tracked(uid=uid, name=str(m.get("name")), namespace=str(m.get("namespace") or "default"),
+                                    netns_path=netns, ip=P.pod_ip(pod), cfg=cfg, info=P.workload_info(pod),
+                                    status=status, annotated=status)
+        if status == P.STATUS_PENDING:
+            self._retry.set()
+
+    def _netns_of(self, pod: Mapping[str, Any]) -> str | None:
+        path = self._resolve(pod)
+        return path if path and os.path.exists(path) else None
+
+    async def reconcile(self) -> None:
+        """One level-triggered pass: enroll, remove, reconfigure, re-annotate (see agent_plan.plan)."""
+        pods, namespaces = await self._list_state()
+        self._log_namespaces(namespaces)
+        plan = P.plan(self.tracked, pods, namespaces, self.plugin_cfg, dns_default=self.settings.dns_capture,
+                      busy=frozenset(self._busy))
+        self.reconciles += 1
+        for uid, reason in plan.remove:
+            await self._remove(uid, reason, pod_exists=uid in pods)
+        for pod in plan.enroll:
+            await self._enroll_running(pod)
+        for uid, cfg in plan.reconfigure:
+            async with self._lock(uid):
+                t = self.tracked.get(uid)
+                if t is None:
+                    continue
+                log.info("pod %s: capture settings changed: re-applying the rules", t.ref)
+                try:
+                    await self._apply_rules(t.ref, t.netns_path, cfg)
+                    t.cfg = cfg
+                except NodeAgentError as e:
+                    log.error("%s", e)
+        for uid, ip in plan.refresh_ip:
+            t = self.tracked.get(uid)
+            if t is not None:
+                t.ip = ip
+                if t.status == P.STATUS_ENABLED:
+                    with contextlib.suppress(AmbientError):
+                        await self._rules(probe_ipset_add, ip, uid, netns=self.settings.node_netns)
+        for uid in plan.annotate:
+            t = self.tracked.get(uid)
+            if t is not None:
+                t.annotated = None  # the API disagrees with what we wrote: write it again
+                await self._annotate(t)
+
+    async def _enroll_running(self, pod: Mapping[str, Any]) -> None:
+        uid, ref = P.pod_uid(pod), P.pod_ref(pod)
+        netns = self._netns_of(pod)
+        if netns is None:
+            log.debug("pod %s: enrolled but its netns is not known (yet)", ref)
+            return
+        async with self._lock(uid):
+            if uid in self.tracked:
+                return
+            m = P.meta(pod)
+            log.info("pod %s: enrolled while running: capturing it", ref)
+            try:
+                await self._capture(uid, str(m.get("name")), str(m.get("namespace") or "default"), netns,
+                                    P.pod_ip(pod), pod)
+            except NodeAgentError as e:
+                log.error("%s (retried on the next reconcile)", e)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self.settings.resync_interval)
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except AmbientError as e:
+                log.warning("reconcile failed: %s; retrying", e)
+                await asyncio.sleep(1.0)
+            except Exception:  # keep the agent alive; the next pass retries
+                log.exception("reconcile failed")
+                await asyncio.sleep(1.0)
+
+    async def _watch(self, kind: str, **kwargs: Any) -> None:
+        while True:
+            self._dirty.set()  # (re)started: whatever changed meanwhile is picked up by a full reconcile
+            try:
+                async with contextlib.aclosing(self.api.watch(kind, **kwargs)) as events:  # type: ignore[type-var]
+                    async for _ in events:
+                        self._dirty.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("%s watch failed: %s; re-watching", kind, e)
+            await asyncio.sleep(1.0)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry.wait(), self.settings.retry_interval)
+            self._retry.clear()
+            pending = [t.uid for t in self.tracked.values() if t.status == P.STATUS_PENDING]
+            if not pending or not self.zds.ready:
+                continue
+            for uid in pending:
+                if uid in self._busy:
+                    continue
+                async with self._lock(uid):
+                    t = self.tracked.get(uid)
+                    if t is not None and t.status == P.STATUS_PENDING:
+                        log.info("pod %s: retrying the hand-over to the node proxy", t.ref)
+                        await self._hand_to_proxy(t, wait=0.5)
+
+
+# --- entry point ----------------------------------------------------------------------------------------------
+def cluster_netns_resolver(cluster: str) -> NetnsResolver:
+    """Local cluster: the kubelet names each pod netns from the pod uid (`cluster.layout.pod_netns_name`)."""
+    from ambient.cluster import layout as L
+
+    def resolve(pod: Mapping[str, Any]) -> str | None:
+        uid = P.pod_uid(pod)
+        return str(L.netns_path(L.pod_netns_name(cluster, uid))) if uid else None
+
+    return resolve
+
+
+def settings_for_node(state_dir: str | os.PathLike[str], node: str, *, backend: str = "iptables",
+                      zds_socket: str | None = None, dns_capture: bool = True) -> tuple[AgentSettings, Any]:
+    """(settings, cluster layout) for a node of the local cluster at `state_dir`."""
+    from ambient.cluster import layout as L
+
+    layout = L.load_layout(state_dir)
+    node_layout = layout.node(node)
+    run_dir = Path(node_layout.run_dir)
+    if backend not in BACKENDS:
+        raise NodeAgentError(f"unknown redirection backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    settings = AgentSettings(node=node, run_dir=run_dir, zds_socket=Path(zds_socket) if zds_socket
+                             else run_dir / ZDS_SOCKET, backend=backend, dns_capture=dns_capture)  # type: ignore[arg-type]
+    return settings, layout
+
+
+async def serve(state_dir: str | os.PathLike[str], node: str, *, backend: str = "iptables",
+                zds_socket: str | None = None, dns_capture: bool = True) -> None:
+    """Run the agent of `node` until SIGTERM/SIGINT (rules stay in place on exit)."""
+    from ambient.api.client import AsyncApiClient
+
+    settings, layout = settings_for_node(state_dir, node, backend=backend, zds_socket=zds_socket,
+                                         dns_capture=dns_capture)
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    async with AsyncApiClient(layout.api_socket) as api:
+        agent = NodeAgent(api, settings, cluster_netns_resolver(layout.name))
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent.run()
+    log.info("node agent %s stopped (pods keep their redirection rules)", node)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "asyncio"):  # one line per API call drowns the useful ones
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ambient.cni.agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--backend", choices=BACKENDS,
+                        default=os.environ.get("AMBIENT_REDIRECTION_BACKEND", "iptables"))
+    parser.add_argument("--zds-socket", default=None, help="default: <node run dir>/ztunnel.sock")
+    parser.add_argument("--no-dns-capture", action="store_true", help="node default; pods may override")
+    parser.add_argument("--log-level", default=os.environ.get("AMBIENT_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(serve(args.state_dir, args.node, backend=args.backend, zds_socket=args.zds_socket,
+                          dns_capture=not args.no_dns_capture))
+    except AmbientError as e:
+        raise SystemExit(f"node-agent: {e}") from e
+
+
+if __name__ == "__main__":
+    main()

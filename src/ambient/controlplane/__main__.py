@@ -1,0 +1,52 @@
+"""`python -m ambient.controlplane --state-dir DIR --listen HOST:PORT`: run the control plane.
+
+Role: parse flags, configure logging, run `ControlPlane` until SIGTERM/SIGINT (clean shutdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from ambient.controlplane.app import ControlPlane
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ambient.controlplane", description=__doc__)
+    parser.add_argument("--state-dir", required=True, help="cluster state directory (API socket, CA, tokens)")
+    parser.add_argument("--listen", default="127.0.0.1:15012", help="gRPC address for xDS and the CA")
+    parser.add_argument("--insecure", action="store_true", help="serve gRPC without TLS (tests only)")
+    parser.add_argument("--max-cert-ttl", type=float, default=86400.0, help="certificate lifetime cap (s)")
+    parser.add_argument("--root-namespace", default="istio-system")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per watch request is noise
+    cp = ControlPlane(
+        args.state_dir,
+        args.listen,
+        tls=not args.insecure,
+        max_ttl=timedelta(seconds=args.max_cert_ttl),
+        root_namespace=args.root_namespace,
+    )
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if task is not None:
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            await cp.run()
+        except asyncio.CancelledError:
+            logging.getLogger("ambient.controlplane").info("control plane stopped")
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

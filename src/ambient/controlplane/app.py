@@ -1,0 +1,254 @@
+"""The control plane process: object source -> index -> xDS cache -> gRPC (delta ADS + CA), plus admin.
+
+Role: wire the pieces. `Pipeline` feeds watch events into the `MeshIndex` and flushes them, coalesced
+(debounce 10 ms, at most 50 ms behind a burst), into the `ResourceCache` that the xDS streams read.
+`ControlPlane.run()` loads (or creates) the CA root in `<state>/ca/`, issues per-node tokens for every
+Node object, syncs every kind once, and only then serves gRPC with TLS (server certificate from the mesh
+CA: `spiffe://cluster.local/ns/istio-system/sa/istiod` plus DNS/IP SANs) and the admin endpoint
+(`<state>/controlplane-admin.sock`: GET /proxy-status, /healthz, /policies).
+
+Invariants: proxies never see a partially synced control plane (an empty cache would tell reconnecting
+proxies to delete everything); every task is owned by the TaskGroup of `run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from ambient.api.client import WatchEvent
+from ambient.controlplane.ca_server import (
+    CaServicer,
+    CertificateAuthority,
+    NodeTokens,
+    bearer_token,
+    issue_server_cert,
+)
+from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex, status_condition_fields
+from ambient.controlplane.source import ApiObjectSource, ObjectSource, reflect
+from ambient.controlplane.xds_server import ResourceCache, XdsServer
+from ambient.core.errors import AmbientError
+from ambient.identity.ca import LocalCA
+from ambient.protocol.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+
+log = logging.getLogger(__name__)
+
+ADMIN_SOCKET = "controlplane-admin.sock"
+SERVER_IDENTITY = "spiffe://cluster.local/ns/istio-system/sa/istiod"
+SERVER_DNS_NAMES = ["istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "istiod", "localhost"]
+Obj = dict[str, Any]
+# (kind, namespace, name, merge patch of the status subresource)
+StatusWriter = Callable[[str, str, str, Obj], Awaitable[Any]]
+
+
+class Pipeline:
+    """Index + cache + coalesced flushing. Event handlers are synchronous; `run()` flushes."""
+
+    def __init__(
+        self, index: MeshIndex, cache: ResourceCache, *, debounce: float = 0.01, max_delay: float = 0.05
+    ) -> None:
+        self.index = index
+        self.cache = cache
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self._dirty = asyncio.Event()
+        self.flushes = 0
+
+    def on_replace(self, kind: str, items: list[Obj]) -> None:
+        self.index.replace(kind, items)
+        self._dirty.set()
+
+    def on_event(self, kind: str, event: WatchEvent) -> None:
+        if event.type == "DELETED":
+            self.index.delete(kind, event.object)
+        else:
+            self.index.upsert(kind, event.object)
+        self._dirty.set()
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def flush(self) -> IndexDelta:
+        delta = self.index.flush()
+        if delta.addresses:
+            self.cache.apply(ADDRESS_TYPE_URL, delta.addresses)
+        if delta.authorizations:
+            self.cache.apply(AUTHORIZATION_TYPE_URL, delta.authorizations)
+        self.flushes += 1
+        return delta
+
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            started = time.monotonic()
+            # Coalesce a burst: wait for `debounce` of quiet, but never more than `max_delay` in total.
+            while True:
+                self._dirty.clear()
+                await asyncio.sleep(self.debounce)
+                if not self._dirty.is_set() or time.monotonic() - started >= self.max_delay:
+                    break
+            self._dirty.clear()
+            self.flush()
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        listen: str = "127.0.0.1:15012",
+        *,
+        source: ObjectSource | None = None,
+        tls: bool = True,
+        require_token: bool = True,
+        max_ttl: timedelta = timedelta(hours=24),
+        root_namespace: str = "istio-system",
+        debounce: float = 0.01,
+        status_writer: StatusWriter | None = None,
+    ) -> None:
+        """`source`/`status_writer` default to the local API server at `<state>/apiserver.sock`."""
+        self.state_dir = Path(state_dir)
+        self.listen = listen
+        self._source = source
+        self.tls = tls
+        self.require_token = require_token
+        self.ca = LocalCA.load_or_create(self.state_dir / "ca", max_ttl=max_ttl)
+        self.tokens = NodeTokens(self.state_dir)
+        self.index = MeshIndex(root_namespace)
+        self.cache = ResourceCache()
+        self.pipeline = Pipeline(self.index, self.cache, debounce=debounce)
+        self.xds = XdsServer(self.cache, authenticator=self._authenticate if require_token else None)
+        self.authority = CertificateAuthority(self.ca, self.tokens, self.index.node_service_accounts, max_ttl=max_ttl)
+        self.port: int | None = None
+        self.ready = asyncio.Event()
+        self.admin_socket = self.state_dir / ADMIN_SOCKET
+        self.started_at = time.time()
+        self._status_writer = status_writer
+
+    async def _status_loop(self) -> None:
+        """Write each AuthorizationPolicy's `ZtunnelAccepted` condition back (narrowing, not enforced)."""
+        assert self._status_writer is not None
+        while True:
+            await asyncio.sleep(0.2)
+            pending, self.index.status_pending = self.index.status_pending, {}
+            for (ns, name), result in pending.items():
+                status, reason, message = status_condition_fields(result)
+                obj = self.index.get("AuthorizationPolicy", ns, name)
+                condition = {
+                    "type": STATUS_CONDITION,
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "observedGeneration": ((obj or {}).get("metadata") or {}).get("generation"),
+                }
+                try:
+                    await self._status_writer("AuthorizationPolicy", ns, name, {"status": {"conditions": [condition]}})
+                except AmbientError as exc:  # deleted meanwhile, API restarting: the next change retries
+                    log.info("could not write status of AuthorizationPolicy %s/%s: %s", ns, name, exc)
+
+    @property
+    def root_cert_path(self) -> Path:
+        return self.state_dir / "ca" / "root-cert.pem"
+
+    def _authenticate(self, metadata: dict[str, str] | Any, node_id: str) -> str | None:
+        token = bearer_token(metadata)
+        if token is None:
+            return "no bearer token: send `authorization: Bearer <token>` (the node's token file)"
+        if self.tokens.node_for(token) is None:
+            return "the bearer token is not valid for any node of this cluster"
+        return None
+
+    def _on_nodes(self, kind: str, items: list[Obj]) -> None:
+        for node in items:
+            name = (node.get("metadata") or {}).get("name")
+            if name:
+                self.tokens.ensure(str(name))
+
+    def _on_node_event(self, kind: str, event: WatchEvent) -> None:
+        if event.type != "DELETED":
+            self._on_nodes(kind, [event.object])
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        source = self._source or ApiObjectSource(self.state_dir / "apiserver.sock")
+        if self._status_writer is None and isinstance(source, ApiObjectSource):
+            self._status_writer = source.write_status
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", 256 * 1024 * 1024)])
+        self.xds.register(server)
+        CaServicer(self.authority).register(server)
+        host = self.listen.rsplit(":", 1)[0].strip("[]")
+        if self.tls:
+            key, chain = issue_server_cert(self.ca, SERVER_IDENTITY, [*SERVER_DNS_NAMES, host])
+            self.port = server.add_secure_port(self.listen, grpc.ssl_server_credentials([(key, chain)]))
+        else:
+            self.port = server.add_insecure_port(self.listen)
+        admin = web.Application()
+        admin.router.add_get("/proxy-status", self._proxy_status)
+        admin.router.add_get("/policies", self._policies)
+        admin.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(admin, access_log=None)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                synced = []
+                node_synced = asyncio.Event()
+                tg.create_task(reflect(source, "Node", self._on_nodes, self._on_node_event, synced=node_synced))
+                for kind in KINDS:
+                    ev = asyncio.Event()
+                    synced.append(ev)
+                    tg.create_task(reflect(source, kind, self.pipeline.on_replace, self.pipeline.on_event, synced=ev))
+                for ev in [*synced, node_synced]:
+                    await ev.wait()
+                self.pipeline.flush()
+                tg.create_task(self.pipeline.run())
+                if self._status_writer is not None:
+                    tg.create_task(self._status_loop())
+                await server.start()
+                await runner.setup()
+                self.admin_socket.unlink(missing_ok=True)
+                await web.UnixSite(runner, str(self.admin_socket)).start()
+                log.info(
+                    "control plane serving xDS+CA on %s (port %s, tls=%s); %d addresses, %d policies",
+                    self.listen,
+                    self.port,
+                    self.tls,
+                    self.cache.count(ADDRESS_TYPE_URL),
+                    self.cache.count(AUTHORIZATION_TYPE_URL),
+                )
+                self.ready.set()
+                await asyncio.Event().wait()
+        finally:
+            await server.stop(grace=1.0)
+            await runner.cleanup()
+            self.admin_socket.unlink(missing_ok=True)
+            if self._source is None and isinstance(source, ApiObjectSource):
+                await source.aclose()
+
+    # ------------------------------------------------------------------ admin
+    def proxy_status(self) -> dict[str, Any]:
+        return {
+            "versions": {t: self.cache.version(t) for t in self.cache.type_urls},
+            "resources": {t: self.cache.count(t) for t in self.cache.type_urls},
+            "certificates_issued": self.authority.issued,
+            "proxies": self.xds.status(),
+        }
+
+    async def _proxy_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.proxy_status(), dumps=lambda o: json.dumps(o, indent=1))
+
+    async def _policies(self, request: web.Request) -> web.Response:
+        body = [{"namespace": ns, "name": n, "message": m} for (ns, n), m in sorted(self.index.policy_status.items())]
+        return web.json_response(body)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text="ok\n" if self.ready.is_set() else "syncing\n", status=200 if self.ready.is_set() else 503
+        )

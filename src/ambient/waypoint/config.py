@@ -1,0 +1,160 @@
+"""Where the waypoint's L7 config comes from: HTTPRoutes and targetRef AuthorizationPolicies.
+
+The waypoint reads its config through `L7Source` (`.current` -> an immutable `L7Config`), so the proxy
+does not care whether objects came from a static YAML file (`StaticL7Source`, tests and standalone use) or
+from the cluster API (`ApiL7Source`: list + watch with resume and re-list on errors; one writer).
+
+Static file (`--static FILE`): YAML, one or more documents. A document with `kind` is a Kubernetes object
+(HTTPRoute, AuthorizationPolicy; other kinds are ignored); a document with `workloads` / `services` /
+`policies` keys is workload state in the node proxy's static shape (`ambient.state.static`), so one file
+can describe a whole standalone waypoint.
+
+Invariants: conversion happens before publication, a bad object is logged and skipped (one broken
+HTTPRoute must not take every route down), and a published `L7Config` is never mutated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from ambient.state.store import StateDelta
+from ambient.waypoint.errors import ConfigError, WaypointError
+from ambient.waypoint.l7authz import L7Policy, parse_policy
+from ambient.waypoint.routing import HttpRoute, parse_http_route
+
+log = logging.getLogger(__name__)
+KINDS = ("HTTPRoute", "AuthorizationPolicy")
+
+
+@dataclass(frozen=True)
+class L7Config:
+    routes: tuple[HttpRoute, ...] = ()
+    policies: tuple[L7Policy, ...] = ()
+    version: str = ""
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]], version: str = "") -> L7Config:
+        routes: list[HttpRoute] = []
+        policies: list[L7Policy] = []
+        for obj in objects:
+            kind = obj.get("kind")
+            try:
+                if kind == "HTTPRoute":
+                    routes.append(parse_http_route(obj))
+                elif kind == "AuthorizationPolicy":
+                    policy = parse_policy(obj)
+                    if policy.targets:  # selector policies are the node proxy's (L4)
+                        policies.append(policy)
+            except (ConfigError, KeyError, TypeError, ValueError) as exc:
+                meta = obj.get("metadata") or {}
+                log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
+        return cls(tuple(routes), tuple(policies), version)
+
+
+class L7Source(Protocol):
+    @property
+    def current(self) -> L7Config: ...
+
+
+class StaticL7Source:
+    def __init__(self, config: L7Config | None = None) -> None:
+        self._config = config or L7Config()
+
+    @property
+    def current(self) -> L7Config:
+        return self._config
+
+    def set(self, config: L7Config) -> None:
+        self._config = config
+
+
+def load_static(path: str | Path) -> tuple[L7Config, StateDelta | None]:
+    """Read a static file: (L7 config, workload state or None)."""
+    p = Path(path)
+    try:
+        docs = [d for d in yaml.safe_load_all(p.read_text()) if d]
+    except OSError as exc:
+        raise ConfigError(f"cannot read waypoint config {p}: {exc.strerror}", hint="check the path") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    objects: list[Mapping[str, Any]] = []
+    state: StateDelta | None = None
+    for doc in docs:
+        if not isinstance(doc, Mapping):
+            raise ConfigError(f"{p}: every document must be a mapping")
+        if doc.get("kind") == "List":
+            objects.extend(doc.get("items") or ())
+        elif "kind" in doc:
+            objects.append(doc)
+        elif set(doc) & {"workloads", "services", "policies"}:
+            from ambient.state.static import load_state
+
+            state = load_state(dict(doc))
+        else:
+            raise ConfigError(f"{p}: a document is neither a Kubernetes object nor workload state",
+                              hint="objects need `kind`; state needs `workloads` / `services`")
+    return L7Config.from_objects(objects), state
+
+
+class ApiL7Source:
+    """HTTPRoutes and AuthorizationPolicies from the cluster API (`AsyncApiClient`), kept current.
+
+    Run `await source.run()` in a task of the owner's TaskGroup; `ready` is set after the first full list.
+    """
+
+    def __init__(self, client: Any, *, retry_delay: float = 1.0) -> None:
+        self._client = client
+        self._objects: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {k: {} for k in KINDS}
+        self._config = L7Config()
+        self.ready = asyncio.Event()
+        self._retry = retry_delay
+
+    @property
+    def current(self) -> L7Config:
+        return self._config
+
+    def _publish(self) -> None:
+        objs = [o for kind in KINDS for o in self._objects[kind].values()]
+        self._config = L7Config.from_objects(objs)
+
+    @staticmethod
+    def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+        meta = obj.get("metadata") or {}
+        return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for kind in KINDS:
+                tg.create_task(self._follow(kind))
+
+    async def _follow(self, kind: str) -> None:
+        listed: set[str] = set()
+        while True:
+            try:
+                items, version = await self._client.list(kind)
+                self._objects[kind] = {self._key(o): o for o in items}
+                listed.add(kind)
+                self._publish()
+                if listed == set(KINDS):
+                    self.ready.set()
+                async for event in self._client.watch(kind, resource_version=version):
+                    if event.type == "BOOKMARK":
+                        continue
+                    key = self._key(event.object)
+                    if event.type == "DELETED":
+                        self._objects[kind].pop(key, None)
+                    else:
+                        self._objects[kind][key] = event.object
+                    self._publish()
+            except WaypointError:
+                raise
+            except Exception as exc:  # API down / watch expired: re-list after a pause, keep the last config
+                log.warning("waypoint: %s watch failed (%s); re-listing in %.0fs", kind, exc, self._retry)
+            await asyncio.sleep(self._retry)

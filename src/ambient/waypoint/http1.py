@@ -1,0 +1,332 @@
+"""HTTP/1.1 for the waypoint, on top of the sans-IO `h11`: the downstream server and the upstream client.
+
+`serve_http1(stream, handler, limits, initial)` serves requests from one inner HBONE stream (keep-alive,
+pipelining in order, request and response bodies streamed). `forward_http1(upstream, request, headers,
+writer, accept)` sends one request to a backend over a fresh tunnel and streams the answer back.
+
+Invariants:
+- Bounded memory: h11 buffers at most `limits.max_header_bytes` of an incomplete request head (beyond it:
+  431 and close); bodies move one chunk at a time; nothing is read ahead of the handler.
+- Malformed input (bad request line, bad header, bad chunked framing, missing Host) is answered with 400
+  (431 for oversized heads) when no response has started, then the connection is closed; it never raises
+  out of `serve_http1`. A handler failure after the response started closes the connection (the client
+  sees a truncated message, never a wrong one).
+- Slow heads are reaped: once the first byte of a request arrived, its head must complete within
+  `limits.header_timeout`; an idle keep-alive connection is closed after `limits.idle_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+from ambient.hbone.errors import HboneError
+from ambient.hbone.pipe import ByteStream
+from ambient.waypoint.errors import HttpProtocolError, UpstreamError
+from ambient.waypoint.messages import Handler, Limits, Request, ResponseWriter, strip_hop_by_hop
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 64 * 1024
+
+
+def _decode(headers: Any) -> list[tuple[str, str]]:
+    # latin-1 maps every byte: never fails on odd header bytes (h11 already rejected invalid ones)
+    return [(bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1")) for k, v in headers]
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+class _Reader:
+    """Pulls h11 events, reading from the stream only when h11 needs data."""
+
+    def __init__(self, conn: h11.Connection, stream: ByteStream, limits: Limits) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.limits = limits
+
+    async def _feed(self, wait: float) -> None:
+        async with asyncio.timeout(wait):
+            data = await self.stream.read(READ_CHUNK)
+        self.conn.receive_data(data)
+
+    async def next_event(self, wait: float) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._feed(wait)
+
+    async def next_request(self) -> Any:
+        """The next Request event; None on a clean close or an idle timeout."""
+        started = bool(self.conn.trailing_data[0])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.header_timeout if started else None
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                wait = self.limits.idle_timeout if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    await self._feed(wait)
+                except TimeoutError:
+                    if deadline is not None:
+                        raise HttpProtocolError("request head not completed in time", status=408) from None
+                    return None
+                if deadline is None and self.conn.trailing_data[0]:
+                    deadline = loop.time() + self.limits.header_timeout
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            return event
+
+
+class _Body:
+    def __init__(self, reader: _Reader) -> None:
+        self._reader = reader
+        self._done = False
+
+    async def read(self) -> bytes:
+        if self._done:
+            return b""
+        conn = self._reader.conn
+        if conn.they_are_waiting_for_100_continue and conn.our_state is h11.SEND_RESPONSE:
+            await self._reader.stream.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+        try:
+            event = await self._reader.next_event(self._reader.limits.idle_timeout)
+        except h11.RemoteProtocolError as exc:
+            raise HttpProtocolError(f"malformed request body: {exc}") from None
+        except TimeoutError:
+            raise HttpProtocolError("request body stalled", status=408) from None
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            self._done = True
+            return b""
+        raise HttpProtocolError("client closed the connection in the middle of the request body")
+
+
+class _Writer:
+    def __init__(self, conn: h11.Connection, stream: ByteStream, head: bool) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._head = head
+        self._started = False
+        self._ended = False
+        self._length_framed = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    async def _send(self, event: Any) -> None:
+        data = self._conn.send(event)
+        if data:
+            await self._stream.write(data)
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        headers = strip_hop_by_hop(headers)
+        self._length_framed = any(k == "content-length" for k, _ in headers)
+        self._started = True
+        await self._send(h11.Response(status_code=status, headers=_encode(headers)))
+
+    async def write(self, data: bytes) -> None:
+        if data and not self._head:
+            await self._send(h11.Data(data=data))
+
+    async def end(self, trailers: list[tuple[str, str]] | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        # trailers only exist in chunked framing (never for HEAD / content-length responses)
+        keep = trailers if trailers and not self._length_framed and not self._head else []
+        await self._send(h11.EndOfMessage(headers=_encode(keep)))
+
+
+def _build_request(event: Any, reader: _Reader) -> Request:
+    if event.http_version not in (b"1.0", b"1.1"):
+        raise HttpProtocolError(f"HTTP version {bytes(event.http_version).decode('latin-1')} is not supported",
+                                status=505)
+    method = bytes(event.method).decode("latin-1")
+    target = bytes(event.target).decode("latin-1")
+    headers = _decode(event.headers)
+    # h11 bounds only heads still incomplete in its buffer; a head that arrived whole is measured here
+    if len(target) + sum(len(k) + len(v) + 4 for k, v in headers) > reader.limits.max_header_bytes:
+        raise HttpProtocolError("request head too large", status=431)
+    host = next((v for k, v in headers if k == "host"), "")
+    if target.startswith(("http://", "https://")):  # absolute-form (a client that thinks we are a proxy)
+        parts = urlsplit(target)
+        host = parts.netloc or host
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    elif not (target.startswith("/") or (method == "OPTIONS" and target == "*")):
+        raise HttpProtocolError(f"unsupported request target {target[:64]!r}")
+    if method == "CONNECT":
+        raise HttpProtocolError("CONNECT is not supported inside the mesh tunnel", status=405)
+    length_s = next((v for k, v in headers if k == "content-length"), None)
+    chunked = any(k == "transfer-encoding" for k, _ in headers)
+    length = int(length_s) if length_s is not None and length_s.isdigit() else None
+    clean = [(k, v) for k, v in strip_hop_by_hop(headers) if k != "host"]
+    return Request(method, target, host, clean, _Body(reader), "HTTP/1.1" if event.http_version == b"1.1"
+                   else "HTTP/1.0", content_length=length, has_body=chunked or bool(length))
+
+
+async def _error_response(conn: h11.Connection, stream: ByteStream, status: int, text: str) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = text.encode()
+    with contextlib.suppress(h11.LocalProtocolError, HboneError, OSError):
+        data = conn.send(h11.Response(status_code=status, headers=[
+            (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]))
+        data = (data or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        await stream.write(data)
+
+
+async def _drain_body(reader: _Reader, budget: int = 64 * 1024) -> None:
+    """Read and drop what is left of a request body (often just its EndOfMessage) so the connection can be
+    reused; give up (the caller then closes) beyond `budget` bytes or a stall."""
+    try:
+        while reader.conn.their_state is h11.SEND_BODY:
+            event = await reader.next_event(reader.limits.header_timeout)
+            if isinstance(event, h11.Data):
+                budget -= len(event.data)
+                if budget < 0:
+                    return
+            elif not isinstance(event, h11.EndOfMessage):
+                return
+    except (h11.RemoteProtocolError, TimeoutError, HboneError, OSError):
+        return
+
+
+async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, initial: bytes = b"") -> None:
+    """Serve HTTP/1.1 requests on `stream` until the client closes or an error closes the connection."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+    if initial:
+        conn.receive_data(initial)
+    reader = _Reader(conn, stream, limits)
+    while True:
+        try:
+            event = await reader.next_request()
+            if event is None:
+                break
+            request = _build_request(event, reader)
+        except h11.RemoteProtocolError as exc:
+            await _error_response(conn, stream, exc.error_status_hint, f"bad request: {exc}\n")
+            break
+        except HttpProtocolError as exc:
+            await _error_response(conn, stream, exc.status, f"bad request: {exc.message}\n")
+            break
+        writer = _Writer(conn, stream, request.method == "HEAD")
+        try:
+            await handler(request, writer)
+        except HttpProtocolError as exc:
+            log.info("waypoint: HTTP/1.1 exchange failed: %s", exc.message)
+            if not writer.started:
+                await _error_response(conn, stream, exc.status, f"bad request: {exc.message}\n")
+            break
+        except (HboneError, OSError) as exc:  # the downstream tunnel broke under us
+            log.info("waypoint: downstream connection lost: %s", exc)
+            return
+        except Exception:
+            log.exception("waypoint: request handler failed")
+            if not writer.started:
+                await _error_response(conn, stream, 500, "internal error\n")
+            break
+        if not writer.ended:
+            if not writer.started:
+                await _error_response(conn, stream, 500, "no response\n")
+            break
+        if conn.their_state is h11.SEND_BODY and conn.our_state is h11.DONE:
+            await _drain_body(reader)
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            break  # unread request body, Connection: close, or HTTP/1.0: do not reuse
+        try:
+            conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            break
+    with contextlib.suppress(HboneError, OSError):
+        await stream.write_eof()
+
+
+# ------------------------------------------------------------------------------------------ upstream
+
+
+async def forward_http1(
+    upstream: ByteStream,
+    request: Request,
+    host: str,
+    headers: list[tuple[str, str]],
+    writer: ResponseWriter,
+    accept: Callable[[int], bool] | None = None,
+    limits: Limits | None = None,
+) -> int:
+    """Send `request` (with `headers`, already filtered) to `upstream` and stream the response to `writer`.
+
+    `accept(status)` is asked once the response head arrived: False abandons the response (for a
+    retry) before anything reached `writer`. Returns the upstream status. Raises `UpstreamError`.
+    """
+    limits = limits or Limits()
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=limits.max_header_bytes)
+    out = [("host", host), *headers]
+    if request.content_length is not None:
+        out.append(("content-length", str(request.content_length)))
+    elif request.has_body:
+        out.append(("transfer-encoding", "chunked"))
+    head = conn.send(h11.Request(method=request.method, target=request.target, headers=_encode(out)))
+    reader = _Reader(conn, upstream, limits)
+
+    async def pump() -> None:
+        await upstream.write(head or b"")
+        if request.has_body:
+            while chunk := await request.body.read():
+                await upstream.write(conn.send(h11.Data(data=chunk)) or b"")
+        data = conn.send(h11.EndOfMessage())
+        if data:
+            await upstream.write(data)
+
+    status = 0
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sender = tg.create_task(pump())
+            while True:
+                event = await reader.next_event(limits.idle_timeout)
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                    if accept is not None and not accept(status):
+                        sender.cancel()
+                        return status
+                    await writer.start(status, _decode(event.headers))
+                elif isinstance(event, h11.Data):
+                    await writer.write(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    await writer.end(_decode(event.headers) or None)
+                    # the response is complete: a request body still streaming is of no use any more
+                    if not sender.done() and conn.their_state is h11.DONE:
+                        sender.cancel()
+                    return status
+                else:  # ConnectionClosed before the end
+                    raise UpstreamError("upstream closed the connection before the response was complete",
+                                        status=502, flags="UC")
+    except* h11.RemoteProtocolError as group:
+        raise UpstreamError(f"upstream sent malformed HTTP/1.1: {group.exceptions[0]}", status=502,
+                            flags="UPE") from None
+    except* TimeoutError:
+        raise UpstreamError("upstream stalled", status=504, flags="UT") from None
+    except* (HboneError, OSError) as group:
+        raise UpstreamError(f"upstream connection failed: {group.exceptions[0]}", status=503, flags="UC") from None
+    except* UpstreamError as group:
+        raise group.exceptions[0] from None
+    except* HttpProtocolError as group:  # the downstream request body broke
+        raise group.exceptions[0] from None
+    raise AssertionError("unreachable")  # pragma: no cover

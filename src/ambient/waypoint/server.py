@@ -1,0 +1,411 @@
+"""The waypoint proxy: HBONE in, L7 policy and routing, HBONE out (protocols.md section 8).
+
+`Waypoint.handle_connect` is the CONNECT handler given to `ambient.hbone.server.HboneServer` (15008). For
+each tunnel it takes the authority (service VIP:port, or pod ip:port for a workload waypoint) as the
+destination and:
+- HTTP ports (appProtocol unset/HTTP/HTTP2/gRPC): answers 200 and serves HTTP on the inner stream
+  (HTTP/2 when the client's first bytes are the HTTP/2 preface, HTTP/1.1 otherwise). Per request:
+  normalise the path, L7 AuthorizationPolicy (deny -> 403 `RBAC: access denied`), HTTPRoute, pick an
+  endpoint of the chosen backend Service, open a NEW HBONE tunnel to `endpoint:15008` with authority
+  `endpoint:targetPort` presenting the waypoint's own certificate (plain TCP for a non-mesh endpoint),
+  forward the request as HTTP/1.1 and stream the response back; retries and timeouts per the route.
+- TCP ports (appProtocol tcp/tls): L4 only. Policies are evaluated without HTTP attributes (HTTP-only
+  rules never allow and always deny, see l7authz); denied -> CONNECT answered 401; else bytes are piped
+  to an endpoint tunnel.
+- Unknown destination or port -> 503 (fail closed, nothing is forwarded blind).
+
+Invariants: the caller's identity comes only from the HBONE peer certificate; the source workload
+named in logs is the one at the Forwarded address only when its identity equals the certificate's. Every
+upstream tunnel is closed when its request ends. Config and state are read once per request from the
+injected sources (no locks: they publish immutable snapshots). Randomness only from the injected RNG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from ambient.hbone.client import HboneClient
+from ambient.hbone.errors import HboneError, HboneStatusError
+from ambient.hbone.pipe import ByteStream, CopyResult, TcpByteStream
+from ambient.hbone.protocol import ConnectRequest, format_authority
+from ambient.hbone.server import Accept, CertProvider, Decision, Reject
+from ambient.hbone.stream import HboneStream
+from ambient.identity.certs import CertBundle
+from ambient.state.model import AppProtocol, LoadBalancing, Port, Service, Workload
+from ambient.state.store import StateView
+from ambient.tls.verify import PeerIdentity
+from ambient.waypoint.config import L7Source
+from ambient.waypoint.errors import HttpProtocolError, UpstreamError
+from ambient.waypoint.http1 import forward_http1, serve_http1
+from ambient.waypoint.http2 import serve_http2
+from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
+from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
+from ambient.waypoint.routing import NoRoute, RequestInfo, normalize_path, route_request
+from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
+from ambient.ztunnel.route import pick_endpoint, resolve_target_port
+
+log = logging.getLogger(__name__)
+RBAC_DENIED = "RBAC: access denied"
+_FORWARDED_FOR = re.compile(r'for="?\[?([0-9a-fA-F.:]+?)\]?:(\d+)"?')
+
+
+@dataclass(frozen=True)
+class WaypointSettings:
+    gateway_name: str = "waypoint"
+    gateway_namespace: str = "default"
+    cluster_domain: str = "cluster.local"
+    hbone_port: int = 15008  # where endpoints' node proxies listen for HBONE
+    limits: Limits = field(default_factory=Limits)
+    max_retry_body: int = 64 * 1024  # request bodies up to this size are buffered so retries can replay them
+
+
+@dataclass
+class _Conn:
+    """One downstream tunnel: where it goes and who sent it."""
+
+    peer: PeerIdentity
+    request: ConnectRequest
+    port: int
+    service: Service | None
+    workload: Workload | None  # the destination pod (workload-addressed traffic)
+    source: Workload | None
+    source_addr: str
+
+
+@dataclass
+class _Endpoint:
+    workload: Workload
+    ip: str
+    port: int
+
+
+class Waypoint:
+    def __init__(
+        self,
+        *,
+        certs: CertProvider | CertBundle,
+        state: Callable[[], StateView],
+        l7: L7Source,
+        client: HboneClient,
+        settings: WaypointSettings | None = None,
+        rng: random.Random | None = None,
+        metrics: WaypointMetrics | None = None,
+    ) -> None:
+        if isinstance(certs, CertBundle):
+            bundle = certs
+            self._certs: CertProvider = lambda: bundle
+        else:
+            self._certs = certs
+        self._state = state
+        self._l7 = l7
+        self._client = client
+        self.settings = settings or WaypointSettings()
+        self._rng = rng or random.Random()
+        self.metrics = metrics
+
+    # -- CONNECT ------------------------------------------------------------------------------------------
+    async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
+        view = self._state()
+        ip = ipaddress.ip_address(request.target_ip)
+        service = view.service_by_vip(ip)
+        workload = None if service is not None else view.workload_by_ip(ip)
+        if service is None and workload is None:
+            log.warning("waypoint: CONNECT %s from %s: unknown destination", request.authority, peer)
+            return Reject(503, f"unknown destination {request.authority}")
+        port = service.port(request.target_port) if service is not None else None
+        if service is not None and port is None:
+            return Reject(503, f"service {service.hostname} has no port {request.target_port}")
+        source_addr, source = self._source(request, peer, view)
+        conn = _Conn(peer, request, request.target_port, service, workload, source, source_addr)
+        if port is not None and port.app_protocol in (AppProtocol.TCP, AppProtocol.TLS):
+            return await self._l4(conn, view)
+        return Accept(serve=lambda stream: self._serve(stream, conn))
+
+    @staticmethod
+    def _source(request: ConnectRequest, peer: PeerIdentity, view: StateView) -> tuple[str, Workload | None]:
+        m = _FORWARDED_FOR.search(request.forwarded or "")
+        if not m:
+            return "", None
+        try:
+            ip = ipaddress.ip_address(m.group(1))
+        except ValueError:
+            return "", None
+        wl = view.workload_by_ip(ip)
+        # the Forwarded header only names the source; it is believed only when the certificate agrees
+        if wl is not None and wl.identity != peer.uri:
+            wl = None
+        return format_authority(str(ip), int(m.group(2))), wl
+
+    # -- L4 passthrough ------------------------------------------------------------------------------------
+    async def _l4(self, conn: _Conn, view: StateView) -> Decision:
+        record = self._record(conn)
+        record.protocol = "tcp"
+        attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, source_ip=conn.source_addr.rpartition(":")[0],
+                             http=False)
+        decision = evaluate(applicable(self._l7.current.policies, self._target(conn)), attrs)
+        if decision.denied:
+            record.flags, record.error = "RBAC", decision.reason
+            emit(record, self.metrics)
+            return Reject(401, decision.reason)
+        try:
+            assert conn.service is not None
+            _, upstream = await self._open_service(conn, conn.service, conn.port, view, record)
+        except UpstreamError as exc:
+            record.flags, record.error = exc.flags, exc.message
+            emit(record, self.metrics)
+            return Reject(503, exc.message)
+
+        def done(result: CopyResult | None, error: BaseException | None) -> None:
+            record.error = str(error) if error else ""
+            emit(record, self.metrics)
+
+        return Accept(upstream=upstream, on_done=done)
+
+    # -- HTTP ------------------------------------------------------------------------------------------------
+    async def _serve(self, stream: HboneStream, conn: _Conn) -> None:
+        limits = self.settings.limits
+        try:
+            async with asyncio.timeout(limits.header_timeout):
+                first = await stream.read(len(H2_PREFACE))
+                while first and len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
+                    more = await stream.read(len(H2_PREFACE) - len(first))
+                    if not more:
+                        break
+                    first += more
+        except TimeoutError:
+            return
+        if not first:
+            return
+
+        async def handler(req: Request, writer: ResponseWriter) -> None:
+            await self.handle_request(conn, req, writer)
+
+        if first.startswith(H2_PREFACE):
+            await serve_http2(stream, handler, limits, first)
+        else:
+            await serve_http1(stream, handler, limits, first)
+
+    def _target(self, conn: _Conn) -> Target:
+        s = self.settings
+        svc = conn.service
+        return Target(svc.name if svc else "", svc.namespace if svc else "", s.gateway_name, s.gateway_namespace)
+
+    def _record(self, conn: _Conn) -> RequestRecord:
+        src = conn.source
+        return RequestRecord(
+            src_addr=conn.source_addr,
+            src_workload=src.name if src else "",
+            src_namespace=src.namespace if src else "",
+            src_identity=conn.peer.uri,
+            src_canonical=src.canonical_name if src else "",
+        )
+
+    async def handle_request(self, conn: _Conn, req: Request, writer: ResponseWriter) -> None:
+        """One HTTP request on a downstream tunnel (exposed for tests that drive it without sockets)."""
+        record = self._record(conn)
+        record.method, record.protocol, record.grpc = req.method, req.protocol, req.is_grpc
+        raw_path, _, query = req.target.partition("?")
+        record.path = raw_path[:256]
+        try:
+            await self._handle(conn, req, writer, record, raw_path, query)
+        except HttpProtocolError as exc:
+            record.error, record.flags = record.error or exc.message, record.flags or "DC"
+            raise
+        except asyncio.CancelledError:
+            record.flags, record.error = "DC", "downstream reset"
+            raise
+        finally:
+            emit(record, self.metrics)
+
+    async def _local(self, writer: ResponseWriter, record: RequestRecord, status: int, text: str, flags: str) -> None:
+        record.status, record.flags = status, flags
+        if status >= 500:
+            record.error = text
+        await respond_text(writer, status, text + "\n" if not text.endswith("\n") else text)
+
+    async def _handle(
+        self, conn: _Conn, req: Request, writer: ResponseWriter, record: RequestRecord, raw_path: str, query: str
+    ) -> None:
+        path = normalize_path(raw_path) if req.target != "*" else "*"
+        if path is None:
+            await self._local(writer, record, 400, "bad request: invalid path", "-")
+            return
+        record.path = path[:256]
+        l7 = self._l7.current
+        headers = req.header_map()
+        attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, method=req.method, path=path,
+                             host=req.authority, headers=headers, source_ip=conn.source_addr.rpartition(":")[0])
+        decision = evaluate(applicable(l7.policies, self._target(conn)), attrs)
+        if decision.denied:
+            log.info("waypoint: %s %s from %s denied: %s", req.method, path, conn.peer, decision.reason)
+            await self._local(writer, record, 403, RBAC_DENIED, "RBAC")
+            return
+        view = self._state()
+        target = path + (f"?{query}" if query else "")
+        fwd = Request(req.method, target, req.authority, req.headers, req.body, req.protocol, req.scheme,
+                      req.content_length, req.has_body)
+        if conn.service is None:  # workload-addressed: straight to that pod
+            assert conn.workload is not None
+            await self._forward(conn, fwd, writer, record, view, None, None, None)
+            return
+        routed = route_request(l7.routes, conn.service.name, conn.service.namespace, conn.port,
+                               RequestInfo(req.method, path, headers, query), self._rng)
+        if isinstance(routed, NoRoute):
+            await self._local(writer, record, routed.status, routed.reason, "NR")
+            return
+        if routed.route is not None:
+            record.route = routed.route.key
+        backend = self._backend_service(view, routed.backend.name, routed.backend.namespace)
+        if backend is None:
+            await self._local(writer, record, 500, f"backend service {routed.backend.namespace}/"
+                              f"{routed.backend.name} not found", "NR")
+            return
+        assert routed.backend.port is not None
+        await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port),
+                            routed.request_timeout, routed)
+
+    def _backend_service(self, view: StateView, name: str, namespace: str) -> Service | None:
+        hostname = f"{name}.{namespace}.svc.{self.settings.cluster_domain}"
+        svc = view.service_by_hostname(namespace, hostname)
+        if svc is not None:
+            return svc
+        return next((s for s in view.services() if s.name == name and s.namespace == namespace), None)
+
+    async def _forward(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        view: StateView,
+        backend: tuple[Service, int] | None,
+        request_timeout: float | None,
+        routed: Any,
+    ) -> None:
+        retry = routed.retry if routed is not None else None
+        backend_timeout = routed.backend_timeout if routed is not None else None
+        attempts = 1
+        if retry is not None and retry.attempts > 0:
+            if not req.has_body:
+                attempts += retry.attempts
+            elif req.content_length is not None and req.content_length <= self.settings.max_retry_body:
+                req.body = BytesBody(await _read_all(req, self.settings.max_retry_body))
+                attempts += retry.attempts
+        body_bytes = req.body.data if isinstance(req.body, BytesBody) else None
+        try:
+            async with asyncio.timeout(request_timeout or None):
+                for attempt in range(attempts):
+                    last = attempt == attempts - 1
+                    if body_bytes is not None:
+                        req.body = BytesBody(body_bytes)
+                    codes: Collection[int] = retry.codes if retry is not None and not last else ()
+                    try:
+                        async with asyncio.timeout(backend_timeout or None):
+                            status = await self._attempt(conn, req, writer, record, view, backend, codes)
+                    except TimeoutError:
+                        if writer.started or last:
+                            raise
+                        continue
+                    except UpstreamError as exc:
+                        if writer.started or last:
+                            raise
+                        log.info("waypoint: attempt %d for %s failed (%s); retrying", attempt + 1, req.target,
+                                 exc.message)
+                    else:
+                        if writer.started:
+                            record.status = status
+                            return
+                    assert retry is not None
+                    await asyncio.sleep(retry.backoff)
+        except TimeoutError:
+            if writer.started:
+                raise HttpProtocolError("request timed out while streaming the response") from None
+            await self._local(writer, record, 504, "upstream request timeout", "UT")
+        except UpstreamError as exc:
+            if writer.started:
+                raise HttpProtocolError(exc.message) from None
+            await self._local(writer, record, exc.status, exc.message, exc.flags)
+
+    async def _attempt(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        view: StateView,
+        backend: tuple[Service, int] | None,
+        retry_codes: Collection[int],
+    ) -> int:
+        if backend is None:
+            assert conn.workload is not None
+            ep = _Endpoint(conn.workload, conn.request.target_ip, conn.port)
+            upstream = await self._open(conn, ep, None, record)
+        else:
+            _, upstream = await self._open_service(conn, backend[0], backend[1], view, record)
+        try:
+            return await forward_http1(
+                upstream, req, req.authority, req.headers, writer,
+                accept=(lambda status: status not in retry_codes) if retry_codes else None,
+                limits=self.settings.limits,
+            )
+        finally:
+            upstream.close()
+
+    async def _open_service(
+        self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord
+    ) -> tuple[_Endpoint, ByteStream]:
+        port = svc.port(port_number) or Port(port_number, port_number)
+        record.dst_service = svc.hostname
+        record.dst_service_name, record.dst_service_namespace = svc.name, svc.namespace
+        family = 6 if svc.addresses and svc.addresses[0].address.version == 6 else 4
+        picked = pick_endpoint(
+            conn.source, view.endpoints(svc.key), svc.load_balancing or LoadBalancing(), self._rng,
+            family=family, target=lambda wl: resolve_target_port(svc, port, wl),
+        )
+        if picked is None:
+            raise UpstreamError(f"no healthy endpoint for {svc.hostname}:{port_number}", status=503, flags="UH")
+        wl, addr = picked
+        ep = _Endpoint(wl, str(addr.ip), addr.port)
+        return ep, await self._open(conn, ep, svc, record)
+
+    async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> ByteStream:
+        wl = ep.workload
+        record.dst_workload, record.dst_namespace = wl.name, wl.namespace
+        record.dst_canonical = wl.canonical_name
+        authority = format_authority(ep.ip, ep.port)
+        record.dst_hbone_addr = authority
+        if not wl.in_mesh:
+            record.dst_addr = authority
+            try:
+                return await TcpByteStream.connect(ep.ip, ep.port)
+            except OSError as exc:
+                raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or exc}", flags="UF") from None
+        record.dst_identity = wl.identity
+        hbone = (ep.ip, self.settings.hbone_port)
+        record.dst_addr = format_authority(*hbone)
+        expected = {wl.identity, *(svc.subject_alt_names if svc else ())}
+        headers = {k: v for k, v in (("forwarded", conn.request.forwarded or ""),
+                                     ("baggage", conn.request.headers.get("baggage", ""))) if v}
+        try:
+            return await self._client.connect(self._certs(), hbone, expected, authority, headers)
+        except HboneStatusError as exc:
+            raise UpstreamError(exc.message, status=503, flags="UF") from None
+        except HboneError as exc:
+            raise UpstreamError(exc.message, flags="UF", hint=exc.hint) from None
+
+
+async def _read_all(req: Request, limit: int) -> bytes:
+    buf = bytearray()
+    while chunk := await req.body.read():
+        buf += chunk
+        if len(buf) > limit:
+            raise HttpProtocolError("request body larger than its content-length", status=400)
+    return bytes(buf)
+

@@ -1,0 +1,186 @@
+"""Waypoint telemetry: one L7 access-log line per request and the Istio HTTP metric family.
+
+Access log (same shape as the node proxy's, protocols.md section 6, target `access`, message
+`request complete`): `src.addr src.workload src.namespace src.identity dst.addr dst.hbone_addr dst.service
+dst.workload dst.namespace dst.identity direction="waypoint" http.method http.path http.status protocol
+route response_flags duration error`, missing values omitted, strings with spaces quoted. INFO for
+answered requests, ERROR (with `error=`) when the waypoint itself failed the request (5xx it produced).
+
+Metrics (reporter="waypoint"): `istio_requests_total` (counter) and `istio_request_duration_milliseconds`
+(histogram). Labels are bounded: workloads, services, principals, the response code, the protocol
+(`http` | `grpc`) and flags; never paths, addresses or ids. Empty values become `unknown`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+access_log = logging.getLogger("ambient.waypoint.access")
+
+LABELS: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_canonical_service",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_canonical_service",
+    "request_protocol",
+    "response_code",
+    "response_flags",
+    "connection_security_policy",
+)
+DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    ("src.addr", "src_addr", False),
+    ("src.workload", "src_workload", False),
+    ("src.namespace", "src_namespace", False),
+    ("src.identity", "src_identity", True),
+    ("dst.addr", "dst_addr", False),
+    ("dst.hbone_addr", "dst_hbone_addr", False),
+    ("dst.service", "dst_service", False),
+    ("dst.workload", "dst_workload", False),
+    ("dst.namespace", "dst_namespace", False),
+    ("dst.identity", "dst_identity", True),
+    ("direction", "direction", True),
+    ("http.method", "method", False),
+    ("http.path", "path", True),
+    ("http.status", "status", False),
+    ("protocol", "protocol", False),
+    ("route", "route", False),
+    ("response_flags", "flags", False),
+    ("duration", "duration", True),
+    ("error", "error", True),
+)
+
+
+@dataclass
+class RequestRecord:
+    """What the waypoint knows about one request; filled in as it progresses."""
+
+    src_addr: str = ""
+    src_workload: str = ""
+    src_namespace: str = ""
+    src_identity: str = ""
+    src_canonical: str = ""
+    dst_addr: str = ""  # the endpoint's HBONE address (ip:15008) or plain address
+    dst_hbone_addr: str = ""  # the endpoint's ip:targetPort
+    dst_service: str = ""  # hostname of the backend service
+    dst_service_name: str = ""
+    dst_service_namespace: str = ""
+    dst_workload: str = ""
+    dst_namespace: str = ""
+    dst_identity: str = ""
+    dst_canonical: str = ""
+    direction: str = "waypoint"
+    method: str = ""
+    path: str = ""
+    status: int = 0
+    protocol: str = ""  # HTTP/1.1 | HTTP/2 | tcp
+    grpc: bool = False
+    route: str = ""
+    flags: str = ""
+    error: str = ""
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        end = self.ended if self.ended is not None else time.monotonic()
+        return (end - self.started) * 1000.0
+
+    @property
+    def duration(self) -> str:
+        return f"{round(self.duration_ms)}ms"
+
+    def fields(self) -> list[tuple[str, Any, bool]]:
+        out: list[tuple[str, Any, bool]] = []
+        for name, attr, quoted in _FIELDS:
+            value = getattr(self, attr)
+            if value in ("", None, 0):
+                continue
+            out.append((name, value, quoted))
+        return out
+
+
+def _timestamp(now: float | None = None) -> str:
+    moment = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_request(record: RequestRecord, *, now: float | None = None) -> str:
+    level = "error" if record.error else "info"
+    parts = []
+    for name, value, quoted in record.fields():
+        text = str(value)
+        parts.append(f"{name}={json.dumps(text)}" if quoted or " " in text or '"' in text else f"{name}={text}")
+    message = "request complete" if record.protocol != "tcp" else "connection complete"
+    return f"{_timestamp(now)}\t{level}\taccess\t{message}\t{' '.join(parts)}"
+
+
+class WaypointMetrics:
+    """The waypoint's metric families in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter("istio_requests", "Requests handled by the waypoint", LABELS, registry=self.registry)
+        self.duration = Histogram(
+            "istio_request_duration_milliseconds", "Request duration in milliseconds", LABELS,
+            buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+
+    @staticmethod
+    def labels(record: RequestRecord) -> tuple[str, ...]:
+        values = {
+            "reporter": "waypoint",
+            "source_workload": record.src_workload,
+            "source_workload_namespace": record.src_namespace,
+            "source_principal": record.src_identity,
+            "source_canonical_service": record.src_canonical,
+            "destination_service": record.dst_service,
+            "destination_service_name": record.dst_service_name,
+            "destination_service_namespace": record.dst_service_namespace,
+            "destination_workload": record.dst_workload,
+            "destination_workload_namespace": record.dst_namespace,
+            "destination_principal": record.dst_identity,
+            "destination_canonical_service": record.dst_canonical,
+            "request_protocol": "grpc" if record.grpc else ("tcp" if record.protocol == "tcp" else "http"),
+            "response_code": str(record.status or 0),
+            "response_flags": record.flags or "-",
+            "connection_security_policy": "mutual_tls",
+        }
+        return tuple(values[name] or "unknown" for name in LABELS)
+
+    def observe(self, record: RequestRecord) -> None:
+        labels = self.labels(record)
+        self.requests.labels(*labels).inc()
+        self.duration.labels(*labels).observe(record.duration_ms)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def emit(record: RequestRecord, metrics: WaypointMetrics | None) -> None:
+    """Finish `record`: log its line and count it."""
+    if record.ended is None:
+        record.ended = time.monotonic()
+    line = format_request(record)
+    if record.error:
+        access_log.error(line)
+    else:
+        access_log.info(line)
+    if metrics is not None:
+        metrics.observe(record)

@@ -1,0 +1,245 @@
+"""The node proxy's composition root: builds every component once, wires them, runs them in ONE
+TaskGroup, and shuts them down in order.
+
+Components and what they get (narrow capabilities):
+- state: a `StateStore` whose single writer goes to the state source (static file here; the xDS client
+  when wired). Data-path code only reads `store.current`.
+- certificates: a `CertSource` (local CA here; the control-plane CA client when wired).
+- data path: `ProxyCore` (settings, state, certs, HBONE client pool, telemetry) handed to each pod proxy.
+- pods: `InpodManager` fed by H5's `ZdsClient` (in-pod mode), or one shared-mode proxy.
+- HTTP: admin 15000 (+ an optional Unix socket for `ambient zc`), metrics 15020, readiness 15021
+  (ready once state and certificates are in), all with SO_REUSEPORT so a new proxy can start beside an
+  old one.
+
+Shutdown (SIGTERM, SIGINT, POST /quitquitquit): stop taking pods, drain every pod proxy (listeners closed
+at once, connections until the deadline, then cut), close the HBONE pool, stop HTTP, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from ambient.hbone.client import HboneClient
+from ambient.identity.certs import CertBundle
+from ambient.inpod.zds import DEFAULT_SOCKET_PATH, ZdsClient
+from ambient.state.store import StateStore, StateWriter
+from ambient.ztunnel.admin import Readiness, admin_app, metrics_app, readiness_app
+from ambient.ztunnel.certs import CertSource
+from ambient.ztunnel.config_dump import build_config_dump
+from ambient.ztunnel.drain import Drain
+from ambient.ztunnel.errors import ConfigError
+from ambient.ztunnel.inbound import hbone_handler, serve_plaintext
+from ambient.ztunnel.inpod import InpodManager
+from ambient.ztunnel.metrics import ProxyMetrics
+from ambient.ztunnel.outbound import serve_outbound
+from ambient.ztunnel.proxy import ListenerSpec, PodContext, PodScope, ProxyCore, WorkloadProxy
+from ambient.ztunnel.settings import Settings
+from ambient.ztunnel.shared import build_shared, local_workloads
+from ambient.ztunnel.telemetry import AccessLog, Connections, Telemetry
+
+log = logging.getLogger("ambient.ztunnel")
+
+
+class StateSource(Protocol):
+    async def run(self, writer: StateWriter, ready: Callable[[], None]) -> None: ...
+
+
+@dataclass
+class AppOptions:
+    zds_socket: str = DEFAULT_SOCKET_PATH
+    shared_workloads: tuple[str, ...] = ()
+    cert_refresh_interval: float = 30.0
+
+
+def build_pod_proxy(ctx: PodContext, drain: Drain, specs: list[ListenerSpec] | None = None,
+                    server_certs: Callable[[str], Callable[[], CertBundle]] | None = None) -> WorkloadProxy:
+    """The listeners and handlers of one pod (in-pod defaults) or of the shared scope."""
+    settings = ctx.settings
+    if specs is None:
+        t = settings.transparent_inbound
+        specs = [
+            ListenerSpec("outbound", "0.0.0.0", settings.ports.outbound, False),
+            ListenerSpec("inbound_plaintext", "0.0.0.0", settings.ports.inbound_plaintext, t),
+            ListenerSpec("inbound", "0.0.0.0", settings.ports.inbound, t),
+        ]
+    if server_certs is None:
+        scope = ctx.scope
+        assert isinstance(scope, PodScope)
+        certs = ctx.core.certs
+
+        def pod_certs(_host: str) -> Callable[[], CertBundle]:
+            def current() -> CertBundle:
+                identity = scope.identity(ctx.core.view())
+                bundle = certs.cached(identity)
+                if bundle is None:
+                    raise ConfigError(f"no certificate yet for {identity}")
+                return bundle
+
+            return current
+
+        server_certs = pod_certs
+    return WorkloadProxy(
+        ctx=ctx,
+        drain=drain,
+        specs=specs,
+        handlers={"outbound": serve_outbound, "inbound_plaintext": serve_plaintext},
+        hbone_handler=hbone_handler(ctx),
+        server_certs=server_certs,
+    )
+
+
+class App:
+    def __init__(
+        self, settings: Settings, state_source: StateSource, certs: CertSource, options: AppOptions | None = None
+    ) -> None:
+        self.settings = settings
+        self.options = options or AppOptions()
+        self.store = StateStore()
+        self.state_source = state_source
+        self.readiness = Readiness("state", "certificates")
+        self.telemetry = Telemetry(ProxyMetrics(), AccessLog(settings.log_format), Connections())
+        self.core = ProxyCore(settings, self.store, certs, HboneClient(), self.telemetry)
+        self.manager: InpodManager | None = None
+        self.shared: WorkloadProxy | None = None
+        self.zds: ZdsClient | None = None
+        self._stop = asyncio.Event()
+        self._state_ready = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+
+    # -- control ---------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutdown requested: draining (deadline %.1fs)", self.settings.drain_deadline)
+            self._stop.set()
+
+    def config_dump(self) -> dict[str, Any]:
+        pods: dict[str, dict[str, Any]] = {}
+        if self.manager is not None:
+            for uid, pod in self.manager.pods.items():
+                pods[uid] = {
+                    "state": "Draining" if pod.drain.draining else "Up",
+                    "info": {"name": pod.scope.name, "namespace": pod.scope.namespace,
+                             "serviceAccount": pod.scope.service_account},
+                }
+        return build_config_dump(self.core.view(), self.core.certs.bundles(), pods, self.telemetry.connections)
+
+    # -- run -------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        writer = self.store.take_writer()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                state_task = tg.create_task(self.state_source.run(writer, self._on_state_ready), name="state")
+                await self._wait_state(state_task)
+                self.readiness.done("certificates")  # the source is loaded; per-pod certs are fetched on add
+                refresher = tg.create_task(self._refresh_certs(), name="cert-refresh")
+                await self._start_http()
+                pods_task = await self._start_pods(tg)
+                log.info("node proxy ready: mode=%s node=%s", self.settings.mode, self.settings.node or "-")
+                await self._stop.wait()
+                # shutdown, in order
+                if pods_task is not None:
+                    pods_task.cancel()  # stop taking pods from the agent
+                await self._drain_pods()
+                state_task.cancel()
+                refresher.cancel()
+        finally:
+            await self.core.hbone.close()
+            for runner in self._runners:
+                await runner.cleanup()
+            log.info("node proxy stopped")
+
+    def _on_state_ready(self) -> None:
+        self.readiness.done("state")
+        self._state_ready.set()
+
+    async def _wait_state(self, state_task: asyncio.Task[None]) -> None:
+        while not self._state_ready.is_set():
+            if state_task.done():
+                state_task.result()
+                raise ConfigError("the state source stopped before delivering any state")
+            await asyncio.sleep(0.01)
+
+    async def _start_pods(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        if self.settings.mode == "inpod":
+            self.manager = InpodManager(self.core, tg, lambda ctx, drain: build_pod_proxy(ctx, drain))
+            self.zds = ZdsClient(
+                self.options.zds_socket,
+                on_add=self.manager.on_add,
+                on_del=self.manager.on_del,
+                on_snapshot_done=self.manager.on_snapshot_done,
+            )
+            log.info("in-pod mode: connecting to the node agent at %s", self.options.zds_socket)
+            return tg.create_task(self.zds.run(), name="zds")
+        workloads = local_workloads(self.core, self.options.shared_workloads)
+        for wl in workloads:
+            await self.core.certs.fetch(wl.identity)
+        drain = Drain("shared", self.settings.drain_deadline)
+        self.shared = build_shared(self.core, workloads, drain, build_pod_proxy)
+        tg.create_task(self.shared.run(), name="shared")
+        await self.shared.started
+        return None
+
+    async def _drain_pods(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        if self.manager is not None:
+            tasks += self.manager.drain_all()
+        if self.shared is not None:
+            self.shared.drain.start()
+        # the pod tasks finish by themselves (deadline, then cut); the TaskGroup waits for them
+        del tasks
+
+    async def _refresh_certs(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.cert_refresh_interval)
+            now = datetime.now(UTC)
+            for bundle in list(self.core.certs.bundles()):
+                if now >= bundle.refresh_at:
+                    try:
+                        await self.core.certs.fetch(bundle.identity.uri)
+                    except Exception as exc:  # keep the current certificate until it expires
+                        log.warning("certificate renewal for %s failed: %s", bundle.identity, exc)
+
+    async def _start_http(self) -> None:
+        s = self.settings
+        admin = admin_app(self.config_dump, self.stop)
+        sites: list[tuple[web.Application, str, int | None, str | None]] = []
+        if s.serve_http:
+            sites += [
+                (admin, s.admin_host, s.ports.admin, None),
+                (metrics_app(self.telemetry.metrics.exposition), s.stats_host, s.ports.metrics, None),
+                (readiness_app(self.readiness), s.stats_host, s.ports.readiness, None),
+            ]
+        if s.admin_socket:
+            sites.append((admin, "", None, s.admin_socket))
+        runners: dict[int, web.AppRunner] = {}
+        for app, host, port, path in sites:
+            runner = runners.get(id(app))
+            if runner is None:
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()
+                runners[id(app)] = runner
+                self._runners.append(runner)
+            if path is not None:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                await web.UnixSite(runner, path).start()
+                log.info("admin listening on unix:%s", path)
+            else:
+                await web.TCPSite(runner, host, port, reuse_port=True).start()
+                log.info("listener established address=%s:%d component=http", host, port)

@@ -1,0 +1,217 @@
+"""Inbound: HBONE CONNECT on 15008 and plaintext on 15006, delivered to the local app.
+
+HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.md s.2):
+1. context: the dialled address, the client address and identity (from the peer certificate ONLY), the
+   local workload;
+2. authority check (route.check_inbound_authority): 400 for a bad authority, a proxy port (self-call /
+   loop: 15001/15006/15008 and the admin ports) or a loopback target, or an authority IP that differs
+   from the dialled IP; 503 for an unknown local workload;
+3. authorization (authz.evaluate): 401, access log `error="connection closed due to policy rejection:
+   <reason>"`, metrics response_flags DENY;
+4. upstream connect to the app, binding the client's IP (IP_TRANSPARENT) so the app sees the real source,
+   10 s timeout: 503 (response_flags CONNECT);
+5. 200, then copy both ways.
+Plaintext (15006) runs the same phases without identity: failures reset the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from ipaddress import ip_address
+
+from ambient.authz.evaluate import ConnectionInfo, evaluate
+from ambient.hbone.connection import HboneStream
+from ambient.hbone.protocol import ConnectRequest
+from ambient.hbone.server import Accept, Decision, Reject
+from ambient.state.model import IPAddress, Workload
+from ambient.state.store import StateView
+from ambient.tls.verify import PeerIdentity
+from ambient.ztunnel import route
+from ambient.ztunnel import sockets as so
+from ambient.ztunnel.accesslog import ConnectionRecord
+from ambient.ztunnel.copy import CopyStats, DrainCut, End, HboneEnd, SocketEnd, copy_bidirectional, finish, reset_socket
+from ambient.ztunnel.errors import UpstreamError
+from ambient.ztunnel.metrics import ConnectionLabels
+from ambient.ztunnel.proxy import PodContext
+from ambient.ztunnel.telemetry import labels_for
+
+log = logging.getLogger("ambient.ztunnel.inbound")
+
+
+def _addr(ip: object, port: int) -> str:
+    text = str(ip)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def _service_for(view: StateView, wl: Workload, port: int) -> str:
+    """The hostname of a Service this workload backs on `port` (for the access log), or ''."""
+    for key, ports in wl.services.items():
+        svc = view.service(key)
+        if svc is None:
+            continue
+        for p in svc.ports:
+            target = next((wp.target_port for wp in ports if wp.service_port == p.service_port and wp.target_port),
+                          p.target_port)
+            if target == port:
+                return svc.hostname
+    return ""
+
+
+async def _deliver(
+    ctx: PodContext,
+    end: End,
+    src_ip: IPAddress,
+    target: route.SocketAddr,
+    record: ConnectionRecord,
+    labels: ConnectionLabels,
+    entry_args: dict[str, str],
+    upstream: socket.socket,
+) -> None:
+    """Phase 5: copy between the client side (`end`) and the app, then log and count."""
+    tel = ctx.core.telemetry
+    stats = CopyStats()
+    entry = tel.connections.open(stats=stats, **entry_args)  # type: ignore[arg-type]
+    app = SocketEnd(upstream, str(target))
+    error: BaseException | None = None
+    try:
+        try:
+            error = await copy_bidirectional(end, app, stats)
+        except asyncio.CancelledError:
+            error = DrainCut()
+            raise
+        finally:
+            if error is not None:
+                record.error = str(error) if isinstance(error, DrainCut) else f"{type(error).__name__}: {error}"
+    finally:
+        finish(end, app, error)
+        tel.connections.close(entry)
+        tel.finish(record, labels, stats)
+
+
+async def _connect_app(ctx: PodContext, src_ip: IPAddress, target: route.SocketAddr) -> socket.socket:
+    transparent = ctx.settings.transparent_inbound
+    return await ctx.dial(
+        target.ip, target.port, bind=src_ip if transparent else None, transparent=transparent,
+    )
+
+
+HboneHandler = Callable[[ConnectRequest, PeerIdentity], Awaitable[Decision]]
+
+
+def hbone_handler(ctx: PodContext) -> HboneHandler:
+    core, tel = ctx.core, ctx.core.telemetry
+    proxy_ports = ctx.settings.ports.proxy_ports
+
+    async def handle(request: ConnectRequest, peer: PeerIdentity) -> Decision:
+        # 1. context
+        local_addr = request.local_addr or ("0.0.0.0", 0)
+        remote_addr = request.remote_addr or ("0.0.0.0", 0)
+        dialled_ip = ip_address(local_addr[0])
+        src_ip = ip_address(remote_addr[0])
+        dst_addr = _addr(dialled_ip, local_addr[1])
+        src_addr = _addr(src_ip, remote_addr[1])
+        view = core.view()
+        local = ctx.scope.local_workload(view, dialled_ip)
+        # 2. authority
+        check = route.check_inbound_authority(dialled_ip, request.authority, local, view, proxy_ports=proxy_ports)
+        if not check.ok or check.target is None or local is None:
+            tel.access.failed(src_addr=src_addr, dst_addr=dst_addr, direction="inbound", error=check.reason)
+            return Reject(check.status, check.reason)
+        target = check.target
+        src_wl = view.workload_by_ip(src_ip)
+        record = ConnectionRecord(
+            direction="inbound", src_addr=src_addr, src_identity=peer.uri,
+            src_workload=src_wl.name if src_wl else "", src_namespace=src_wl.namespace if src_wl else "",
+            dst_addr=dst_addr, dst_hbone_addr=str(target), dst_service=_service_for(view, local, target.port),
+            dst_workload=local.name, dst_namespace=local.namespace, dst_identity=local.identity,
+        )
+        svc = view.service_by_hostname(local.namespace, record.dst_service) if record.dst_service else None
+        labels = labels_for("destination", src_wl, peer.uri, local, local.identity, svc, True)
+        # 3. authorization: identity from the certificate only
+        verdict = evaluate(ConnectionInfo(src_ip, target.ip, target.port, peer.uri), local, view)
+        if verdict.denied:
+            labels = labels.with_flags("DENY")
+            tel.opened(labels)
+            record.error = verdict.error
+            tel.finish(record, labels, CopyStats())
+            return Reject(401, verdict.error)
+        # 4. upstream
+        tel.opened(labels)
+        try:
+            upstream = await _connect_app(ctx, src_ip, target)
+        except UpstreamError as exc:
+            labels = labels.with_flags("CONNECT")
+            record.error = exc.message
+            tel.finish(record, labels, CopyStats())
+            return Reject(503, exc.message)
+        entry_args = {
+            "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
+            "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "HBONE",
+        }
+
+        async def serve(stream: HboneStream) -> None:
+            await _deliver(ctx, HboneEnd(stream, src_addr), src_ip, target, record, labels, entry_args, upstream)
+
+        # 5. the server answers 200 and calls `serve`
+        return Accept(serve=serve)
+
+    return handle
+
+
+async def serve_plaintext(ctx: PodContext, client: socket.socket) -> None:
+    """15006: a non-mesh client reached an enrolled pod; authorize without identity and deliver."""
+    core, tel = ctx.core, ctx.core.telemetry
+    peer = client.getpeername()
+    src_ip = ip_address(peer[0])
+    src_addr = _addr(src_ip, peer[1])
+    try:
+        ip_s, port = so.original_dst(client)
+    except so.SocketOptionError as exc:
+        tel.access.failed(src_addr=src_addr, dst_addr="", direction="inbound", error=exc.message)
+        reset_socket(client)
+        return
+    target = route.SocketAddr(ip_address(ip_s), port)
+    view = core.view()
+    local = ctx.scope.local_workload(view, target.ip)
+    reason = ""
+    local_addr = client.getsockname()
+    if port in ctx.settings.ports.proxy_ports or (ip_s, port) == (local_addr[0], local_addr[1]):
+        reason = f"connection to proxy port {port} refused (self-call/loop)"
+    elif local is None:
+        reason = f"no workload known for address {target.ip}"
+    if reason or local is None:
+        tel.access.failed(src_addr=src_addr, dst_addr=str(target), direction="inbound", error=reason)
+        reset_socket(client)
+        return
+    src_wl = view.workload_by_ip(src_ip)
+    record = ConnectionRecord(
+        direction="inbound", src_addr=src_addr,
+        src_workload=src_wl.name if src_wl else "", src_namespace=src_wl.namespace if src_wl else "",
+        dst_addr=str(target), dst_service=_service_for(view, local, port),
+        dst_workload=local.name, dst_namespace=local.namespace, dst_identity=local.identity,
+    )
+    svc = view.service_by_hostname(local.namespace, record.dst_service) if record.dst_service else None
+    labels = labels_for("destination", src_wl, "", local, local.identity, svc, False)
+    tel.opened(labels)
+    verdict = evaluate(ConnectionInfo(src_ip, target.ip, port, None), local, view)
+    if verdict.denied:
+        labels = labels.with_flags("DENY")
+        record.error = verdict.error
+        tel.finish(record, labels, CopyStats())
+        reset_socket(client)
+        return
+    try:
+        upstream = await _connect_app(ctx, src_ip, target)
+    except UpstreamError as exc:
+        record.error = exc.message
+        tel.finish(record, labels.with_flags("CONNECT"), CopyStats())
+        reset_socket(client)
+        return
+    entry_args = {
+        "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
+        "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "TCP",
+    }
+    await _deliver(ctx, SocketEnd(client, src_addr), src_ip, target, record, labels, entry_args, upstream)

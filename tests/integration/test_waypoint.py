@@ -1,0 +1,200 @@
+"""Waypoint end to end on loopback: client -> HBONE -> waypoint -> HBONE -> backend HBONE server -> HTTP app.
+
+Asserts routing per HTTPRoute (weighted split, header match), L7 DENY -> 403 `RBAC: access denied`, the
+backend seeing the waypoint's identity (not the client's), keep-alive, HTTP/2 prior knowledge, L4
+passthrough for a TCP port, telemetry (access log line, istio_requests_total)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h11
+import pytest
+
+from ambient.hbone.errors import HboneStatusError
+from ambient.waypoint.loopback import CLIENT_ID, ECHO_VIP, WAYPOINT_ID, loopback
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def route(name: str, rules: list[dict[str, Any]], created: str = "2024-01-01T00:00:00Z") -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}],
+                     "rules": rules}}
+
+
+def policy(name: str, action: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "reviews"}], "action": action,
+                     "rules": rules}}
+
+
+SPLIT = route("split", [
+    {"matches": [{"headers": [{"name": "x-canary", "value": "yes"}]}],
+     "backendRefs": [{"name": "reviews-v2", "port": 80}]},
+    {"backendRefs": [{"name": "reviews-v1", "port": 80, "weight": 90}, {"name": "reviews-v2", "port": 80, "weight": 10}]},
+])
+DENY_ADMIN = policy("deny-admin", "DENY", [{"to": [{"operation": {"paths": ["/admin*"]}}]}])
+
+
+class H1:
+    """A minimal keep-alive HTTP/1.1 client over one tunnel."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        hdrs = [("host", "reviews.shop.svc.cluster.local")] + list((headers or {}).items())
+        if body:
+            hdrs.append(("content-length", str(len(body))))
+        data = self.conn.send(h11.Request(method=method, target=path, headers=hdrs))
+        if body:
+            data += self.conn.send(h11.Data(data=body))
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.write(data)
+        status, rheaders, rbody = 0, {}, bytearray()
+        while True:
+            ev = self.conn.next_event()
+            if ev is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.read())
+            elif isinstance(ev, h11.Response):
+                status = ev.status_code
+                rheaders = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, h11.Data):
+                rbody += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"unexpected {ev!r}")
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        return status, rheaders, bytes(rbody)
+
+
+async def test_routes_per_httproute_and_backend_sees_waypoint_identity() -> None:
+    async with loopback([SPLIT]) as lb:
+        stream = await lb.open()
+        c = H1(stream)
+        status, headers, body = await c.request("GET", "/reviews/1", {"x-canary": "yes"})
+        assert status == 200 and headers["x-version"] == "v2"
+        assert json.loads(body)["path"] == "/reviews/1"
+        # keep-alive: the same tunnel carries the next requests, routed by weight
+        versions = [ (await c.request("GET", "/reviews/2"))[1]["x-version"] for _ in range(30)]
+        assert versions.count("v1") > versions.count("v2")
+        stream.close()
+        # the backend's node proxy saw the waypoint's certificate and the endpoint authority
+        assert lb.backend_seen and all(peer == WAYPOINT_ID for _, peer in lb.backend_seen)
+        assert {auth for auth, _ in lb.backend_seen} <= {"127.0.0.11:8080", "127.0.0.12:8080"}
+        assert CLIENT_ID not in {peer for _, peer in lb.backend_seen}
+
+
+async def test_l7_deny_returns_403_and_other_paths_work(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ambient.waypoint.access")
+    async with loopback([DENY_ADMIN]) as lb:
+        stream = await lb.open()
+        c = H1(stream)
+        status, _, body = await c.request("GET", "/admin/users")
+        assert (status, body) == (403, b"RBAC: access denied\n")
+        # the path is normalised before policy: encoded / dotted variants are denied too
+        assert (await c.request("GET", "/x/../%61dmin"))[0] == 403
+        status, headers, body = await c.request("POST", "/reviews", body=b"hello")
+        assert status == 200 and json.loads(body)["body"] == 5
+        stream.close()
+        assert not any(a for a, _ in lb.backend_seen if "admin" in a)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ambient.waypoint.access"]
+    assert any("http.status=403" in ln and "response_flags=RBAC" in ln for ln in lines)
+    assert any(f'src.identity="{CLIENT_ID}"' in ln and "http.status=200" in ln for ln in lines)
+    text = lb.metrics.exposition().decode()
+    assert 'istio_requests_total{' in text and 'response_code="403"' in text and 'reporter="waypoint"' in text
+
+
+async def test_http2_prior_knowledge_through_waypoint() -> None:
+    async with loopback([SPLIT, DENY_ADMIN]) as lb:
+        stream = await lb.open()
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sids = {}
+        for path, extra in (("/a", [("x-canary", "yes")]), ("/admin", []), ("/b", [("x-canary", "yes")])):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                                    (":authority", "reviews.shop.svc.cluster.local"), *extra], end_stream=True)
+            sids[sid] = path
+        await stream.write(conn.data_to_send())
+        results: dict[str, tuple[int, bytes]] = {}
+        bodies: dict[int, bytearray] = {s: bytearray() for s in sids}
+        statuses: dict[int, int] = {}
+        while len(results) < len(sids):
+            data = await stream.read()
+            assert data, "waypoint closed the HTTP/2 connection early"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    statuses[ev.stream_id] = int(dict(ev.headers)[":status"])
+                elif isinstance(ev, h2.events.DataReceived):
+                    bodies[ev.stream_id] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    results[sids[ev.stream_id]] = (statuses[ev.stream_id], bytes(bodies[ev.stream_id]))
+            await stream.write(conn.data_to_send())
+        stream.close()
+    assert results["/admin"] == (403, b"RBAC: access denied\n")
+    assert results["/a"][0] == 200 and json.loads(results["/a"][1])["version"] == "v2"
+    assert json.loads(results["/b"][1])["path"] == "/b"
+
+
+async def test_tcp_port_passes_through_at_l4_and_l4_policy_applies() -> None:
+    echo_policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": "echo-allow", "namespace": "shop"},
+                   "spec": {"targetRefs": [{"kind": "Service", "name": "echo"}], "action": "ALLOW",
+                            "rules": [{"from": [{"source": {"principals": [CLIENT_ID[len("spiffe://"):]]}}]}]}}
+    async with loopback([echo_policy]) as lb:
+        stream = await lb.open(f"{ECHO_VIP}:9000")
+        await stream.write(b"not http at all\x00\x01")
+        await stream.write_eof()
+        got = bytearray()
+        while data := await stream.read():
+            got += data
+        stream.close()
+        assert bytes(got) == b"not http at all\x00\x01"
+        assert ("127.0.0.13:9000", WAYPOINT_ID) in lb.backend_seen
+        # an HTTP-only ALLOW cannot match TCP traffic: the CONNECT is refused
+        lb.set_objects([{**echo_policy, "spec": {**echo_policy["spec"], "rules": [
+            {"to": [{"operation": {"methods": ["GET"]}}]}]}}])
+        with pytest.raises(HboneStatusError) as info:
+            await lb.open(f"{ECHO_VIP}:9000")
+        assert info.value.status == 401
+
+
+async def test_unknown_destination_and_no_matching_rule() -> None:
+    only_v1 = route("only", [{"matches": [{"path": {"type": "Exact", "value": "/only"}}],
+                              "backendRefs": [{"name": "reviews-v1", "port": 80}]}])
+    async with loopback([only_v1]) as lb:
+        with pytest.raises(HboneStatusError) as info:
+            await lb.open("10.96.9.9:80")
+        assert info.value.status == 503
+        stream = await lb.open()
+        c = H1(stream)
+        assert (await c.request("GET", "/only"))[1]["x-version"] == "v1"
+        assert (await c.request("GET", "/other"))[0] == 404
+        stream.close()
+
+
+async def test_retry_on_status_codes() -> None:
+    retry = route("retry", [{"backendRefs": [{"name": "reviews-v1", "port": 80}],
+                             "retry": {"attempts": 2, "backoff": "1ms", "codes": [503]}}])
+    async with loopback([retry]) as lb:
+        stream = await lb.open()
+        c = H1(stream)
+        status, _, _ = await c.request("GET", "/status/503")
+        stream.close()
+        assert status == 503
+        # 1 try + 2 retries reached the backend
+        assert sum(1 for a, _ in lb.backend_seen if a == "127.0.0.11:8080") == 3

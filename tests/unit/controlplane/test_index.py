@@ -1,0 +1,119 @@
+"""controlplane.index: incremental recompute and change reporting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ambient.controlplane.index import MeshIndex
+
+
+def pod(
+    name: str, labels: dict[str, str], ip: str = "10.244.1.5", node: str = "node-1", sa: str = "sa"
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "labels": labels},
+        "spec": {"nodeName": node, "serviceAccountName": sa},
+        "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_pod_service_policy_dependencies() -> None:
+    ix = MeshIndex()
+    ix.upsert("Namespace", {"metadata": {"name": "default", "labels": {"istio.io/dataplane-mode": "ambient"}}})
+    ix.upsert("Pod", pod("a", {"app": "a"}))
+    ix.upsert("Pod", pod("b", {"app": "b"}, ip="10.244.1.6"))
+    d = ix.flush()
+    assert set(d.addresses) == {"uid-a", "uid-b"}
+    assert ix.flush().empty  # nothing changed
+
+    # A Service selecting app=a recomputes a (gains services) but b is unchanged, so not reported.
+    ix.upsert(
+        "Service",
+        {
+            "metadata": {"name": "s", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.9", "selector": {"app": "a"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    d = ix.flush()
+    assert set(d.addresses) == {"uid-a", "default/s.default.svc.cluster.local"}
+    assert list(ix.addresses["uid-a"].workload.services) == ["default/s.default.svc.cluster.local"]
+
+    # A selector policy: sent, and referenced by the matching pod only.
+    ix.upsert(
+        "AuthorizationPolicy",
+        {
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "b"}}, "action": "DENY", "rules": [{}]},
+        },
+    )
+    d = ix.flush()
+    assert set(d.authorizations) == {"default/p"} and set(d.addresses) == {"uid-b"}
+    assert list(ix.addresses["uid-b"].workload.authorization_policies) == ["default/p"]
+
+    # Status-only update of the pod: same resource, nothing reported.
+    p = pod("a", {"app": "a"})
+    p["status"]["startTime"] = "now"
+    ix.upsert("Pod", p)
+    assert ix.flush().empty
+
+    # Namespace leaves the mesh: every pod changes tunnel protocol.
+    ix.upsert("Namespace", {"metadata": {"name": "default", "labels": {}}})
+    assert set(ix.flush().addresses) == {"uid-a", "uid-b"}
+
+    # Deletions are reported as None.
+    ix.delete("Pod", pod("a", {}))
+    ix.delete("AuthorizationPolicy", {"metadata": {"name": "p", "namespace": "default"}})
+    d = ix.flush()
+    assert d.addresses["uid-a"] is None and d.authorizations["default/p"] is None
+    assert list(ix.addresses["uid-b"].workload.authorization_policies) == []
+
+
+def test_replace_deletes_missing_and_node_service_accounts() -> None:
+    ix = MeshIndex()
+    ix.replace("Pod", [pod("a", {}, sa="one"), pod("b", {}, node="node-2", sa="two")])
+    ix.flush()
+    assert ix.node_service_accounts("node-1") == {("default", "one")}
+    ix.replace("Pod", [pod("b", {}, node="node-2", sa="two")])
+    d = ix.flush()
+    assert d.addresses == {"uid-a": None}
+    assert ix.node_service_accounts("node-1") == set()
+    assert ix.node_service_accounts("node-2") == {("default", "two")}
+
+
+def test_peer_authentication_static_policy_lifecycle() -> None:
+    ix = MeshIndex()
+    ix.upsert("Pod", pod("a", {"app": "a"}))
+    ix.flush()
+    strict = {"metadata": {"name": "default", "namespace": "istio-system"}, "spec": {"mtls": {"mode": "STRICT"}}}
+    ix.upsert("PeerAuthentication", strict)
+    d = ix.flush()
+    assert "istio-system/istio_converted_static_strict" in d.authorizations
+    assert list(ix.addresses["uid-a"].workload.authorization_policies) == ["istio-system/istio_converted_static_strict"]
+    ix.delete("PeerAuthentication", strict)
+    d = ix.flush()
+    assert d.authorizations == {"istio-system/istio_converted_static_strict": None}
+    assert list(ix.addresses["uid-a"].workload.authorization_policies) == []
+
+
+def test_custom_policy_is_not_referenced_and_status_is_recorded() -> None:
+    ix = MeshIndex()
+    ix.upsert("Pod", pod("a", {"app": "a"}))
+    ix.upsert(
+        "AuthorizationPolicy",
+        {
+            "metadata": {"name": "ext", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}}, "action": "CUSTOM"},
+        },
+    )
+    ix.upsert(
+        "AuthorizationPolicy",
+        {
+            "metadata": {"name": "l7", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}}, "rules": [{"to": [{"operation": {"paths": ["/x"]}}]}]},
+        },
+    )
+    ix.flush()
+    assert set(ix.authorizations) == {"default/l7"}
+    assert list(ix.addresses["uid-a"].workload.authorization_policies) == ["default/l7"]
+    assert (ix.policy_status[("default", "l7")] or "").startswith("more restrictive than requested")
+    assert "CUSTOM" in (ix.policy_status[("default", "ext")] or "")

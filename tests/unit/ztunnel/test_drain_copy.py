@@ -1,0 +1,121 @@
+"""Drain primitive and copy path, in-process (socketpairs, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from ambient.ztunnel.copy import INITIAL_BUFFER, MAX_BUFFER, CopyStats, SocketEnd, copy_bidirectional, finish
+from ambient.ztunnel.drain import Drain
+
+
+async def test_drain_closes_listeners_at_once_and_waits_for_connections() -> None:
+    drain = Drain("t", deadline=2.0)
+    closed: list[str] = []
+    drain.on_start(lambda: closed.append("listener"))
+    done = asyncio.Event()
+
+    async def conn() -> None:
+        await done.wait()
+
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(conn())
+        drain.watch(task)
+        drain.start()
+        assert closed == ["listener"] and drain.draining
+        tg.create_task(asyncio.sleep(0.05))
+        asyncio.get_running_loop().call_later(0.1, done.set)
+        cut = await drain.run()
+    assert cut == 0 and task.done() and not task.cancelled()
+
+
+async def test_drain_cuts_survivors_at_the_deadline() -> None:
+    drain = Drain("t", deadline=0.2)
+    loop = asyncio.get_running_loop()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(asyncio.sleep(30))
+        drain.watch(task)
+        started = loop.time()
+        cut = await drain.run()
+        elapsed = loop.time() - started
+    assert cut == 1 and task.cancelled()
+    assert 0.15 < elapsed < 2.0
+    late: list[str] = []
+    drain.on_start(lambda: late.append("x"))  # registering after the start closes at once
+    assert late == ["x"]
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def test_copy_both_directions_with_half_close_and_counters() -> None:
+    loop = asyncio.get_running_loop()
+    app_peer, app = _pair()  # the "client" talks through app_peer
+    up, up_peer = _pair()  # the "server" is behind up_peer
+    stats = CopyStats()
+    request = bytes(range(256)) * 4096  # 1 MiB: forces the buffer to grow
+    response = b"r" * 70_000
+
+    async def client() -> bytes:
+        await loop.sock_sendall(app_peer, request)
+        app_peer.shutdown(socket.SHUT_WR)  # half-close: the server must see EOF, then still answer
+        out = bytearray()
+        while chunk := await loop.sock_recv(app_peer, 65536):
+            out += chunk
+        return bytes(out)
+
+    async def server() -> bytes:
+        got = bytearray()
+        while chunk := await loop.sock_recv(up_peer, 65536):
+            got += chunk
+        await loop.sock_sendall(up_peer, response)
+        up_peer.shutdown(socket.SHUT_WR)
+        return bytes(got)
+
+    a_end, b_end = SocketEnd(app, "app"), SocketEnd(up, "up")
+    async with asyncio.TaskGroup() as tg:
+        c = tg.create_task(client())
+        s = tg.create_task(server())
+        error = await copy_bidirectional(a_end, b_end, stats)
+    finish(a_end, b_end, error)
+    assert error is None
+    assert s.result() == request and c.result() == response
+    assert (stats.sent, stats.received) == (len(request), len(response))
+    assert len(a_end._buf) == MAX_BUFFER > INITIAL_BUFFER  # grew with traffic
+    for sock in (app_peer, up_peer):
+        sock.close()
+
+
+async def test_copy_reports_a_reset_and_resets_the_other_side() -> None:
+    loop = asyncio.get_running_loop()
+    app_peer, app = _pair()
+    up, up_peer = _pair()
+    stats = CopyStats()
+
+    async def breaker() -> None:
+        await asyncio.sleep(0.05)
+        up_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        await loop.sock_sendall(up_peer, b"partial")
+        up_peer.close()
+
+    a_end, b_end = SocketEnd(app, "app"), SocketEnd(up, "up")
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(breaker())
+        error = await copy_bidirectional(a_end, b_end, stats)
+    # a unix socketpair has no RST: the peer's close is an EOF; the copy still ends cleanly and both
+    # directions are accounted for
+    finish(a_end, b_end, error)
+    assert stats.received == len(b"partial")
+    with pytest.raises(OSError):
+        app_peer.setblocking(True)
+        app_peer.settimeout(2)
+        data = app_peer.recv(100)
+        assert data == b"partial"
+        app_peer.sendall(b"x" * 10_000_000)
+    app_peer.close()
