@@ -201,7 +201,7 @@ def test_cni_failure_keeps_pod_pending_then_recovers(cluster: tuple[L.ClusterLay
         assert not (layout.state_path / "logs" / "pods" / "default_nonet_app.log").exists()  # never ran
     finally:
         conf.write_text(original)
-    pod = wait_ready(api, "nonet", timeout=30)
+    pod = wait_ready(api, "nonet", timeout=45)  # the retry back-off may have reached its 10 s cap
     assert pod["status"]["podIP"] and pod["status"].get("reason") is None
     delete_and_wait(api, ["nonet"])
 
@@ -214,14 +214,21 @@ def test_kubelet_restart_adopts_running_pods_and_cleans_deleted(cluster: tuple[L
     rec = json.loads((layout.state_path / "nodes" / "node-1" / "kubelet" / f"{keep['metadata']['uid']}.json")
                      .read_text())
     pid, start = rec["containers"]["app"]["pid"], rec["containers"]["app"]["starttime"]
-    assert processes.stop_component(layout, "kubelet-node-1")
-    api.delete("Pod", "gone", "default")
-    time.sleep(0.5)
-    assert L.netns_path(pod_netns(layout, gone)).exists()  # nobody tore it down while the kubelet was away
     spec = next(s for s in lifecycle.COMPONENTS if s.name == "kubelet")
-    processes.start_component(layout, "kubelet-node-1", spec.argv(layout, layout.node("node-1")),
-                              netns=layout.node("node-1").netns,
-                              env={lifecycle.COMPONENT_MARKER_ENV: layout.state_dir})
+
+    def start_kubelet() -> None:
+        if "kubelet-node-1" not in processes.running_components(layout):
+            processes.start_component(layout, "kubelet-node-1", spec.argv(layout, layout.node("node-1")),
+                                      netns=layout.node("node-1").netns,
+                                      env={lifecycle.COMPONENT_MARKER_ENV: layout.state_dir})
+
+    assert processes.stop_component(layout, "kubelet-node-1")
+    try:
+        api.delete("Pod", "gone", "default")
+        time.sleep(0.5)
+        assert L.netns_path(pod_netns(layout, gone)).exists()  # nobody tore it down while the kubelet was away
+    finally:
+        start_kubelet()  # also when the test fails: the next tests need this node
     wait_for(lambda: not L.netns_path(pod_netns(layout, gone)).exists(), 20, "deleted pod cleaned up")
     wait_for(lambda: gone["status"]["podIP"] not in allocated(layout), 10, "its IP released")
     time.sleep(1.0)

@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"invalid --for {traffic!r}", hint=f"use one of {', '.join(TRAFFIC_TYPES)}")
         ns = namespace or "default"
         client = state(ctx).client()
-        obj, action = client.apply(gateway_manifest(name, ns, traffic, revision))
+        _, action = client.apply(gateway_manifest(name, ns, traffic, revision))
         typer.echo(f"waypoint {ns}/{name} {action}")
         if enroll_namespace:
             client.patch("Namespace", ns, None, {"metadata": {"labels": {USE_WAYPOINT: name}}})

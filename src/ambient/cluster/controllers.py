@@ -227,6 +227,8 @@ class ControllerManager:
         for svc in services:
             key = _key(svc)
             wanted.add(key)
+            if not (svc.get("spec") or {}).get("selector"):
+                continue  # no selector: the user manages its Endpoints (as in Kubernetes)
             desired = compute_endpoints(svc, pods)
             have = current.get(key)
             if not endpoints_differ(have, desired):

@@ -464,7 +464,8 @@ async def _amain(state_dir: Path, node: str) -> None:
         log.info("kubelet %s started (netns %s)", node, kubelet.node_layout.netns)
         with contextlib.suppress(asyncio.CancelledError):
             await kubelet.run()
-        await kubelet.set_node_ready(False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(kubelet.set_node_ready(False), timeout=2.0)  # within the stop grace
     log.info("kubelet %s stopped (pods left running for the next start to adopt)", node)
 
 

@@ -28,7 +28,11 @@ class HttpProtocolError(WaypointError):
 class UpstreamError(WaypointError):
     """Forwarding a request to a backend failed (no endpoint, HBONE connect, upstream protocol)."""
 
-    def __init__(self, message: str, *, status: int = 503, flags: str = "UF", hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int = 503, flags: str = "UF", hint: str | None = None,
+        before_response: bool = True,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
         self.flags = flags
+        self.before_response = before_response  # nothing came back: safe to replay on another connection

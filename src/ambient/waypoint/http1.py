@@ -1,8 +1,9 @@
 """HTTP/1.1 for the waypoint, on top of the sans-IO `h11`: the downstream server and the upstream client.
 
 `serve_http1(stream, handler, limits, initial)` serves requests from one inner HBONE stream (keep-alive,
-pipelining in order, request and response bodies streamed). `forward_http1(upstream, request, headers,
-writer, accept)` sends one request to a backend over a fresh tunnel and streams the answer back.
+pipelining in order, request and response bodies streamed). `Http1Upstream(stream).exchange(request, host,
+headers, writer, accept)` sends a request to a backend and streams the answer back; the connection is
+`reusable` afterwards when both sides finished cleanly (the waypoint pools such connections).
 
 Invariants:
 - Bounded memory: h11 buffers at most `limits.max_header_bytes` of an incomplete request head (beyond it:
@@ -260,6 +261,110 @@ async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, init
 # ------------------------------------------------------------------------------------------ upstream
 
 
+class Http1Upstream:
+    """One HTTP/1.1 connection to a backend (over an HBONE tunnel or TCP), reusable for the next request
+    once an exchange finished cleanly (`reusable`). One exchange at a time."""
+
+    def __init__(self, stream: ByteStream, limits: Limits | None = None) -> None:
+        self.stream = stream
+        self.limits = limits or Limits()
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.reusable = False
+        self.exchanges = 0
+
+    def close(self) -> None:
+        self.reusable = False
+        self.stream.close()
+
+    async def exchange(
+        self,
+        request: Request,
+        host: str,
+        headers: list[tuple[str, str]],
+        writer: ResponseWriter,
+        accept: Callable[[int], bool] | None = None,
+    ) -> int:
+        """Send `request` (with `headers`, already filtered) and stream the response to `writer`.
+
+        `accept(status)` is asked once the response head arrived: False abandons the response (for a
+        retry) before anything reached `writer`. Returns the upstream status. Raises `UpstreamError`
+        (`before_response=True` when the backend sent nothing, e.g. it had closed an idle connection)."""
+        self.reusable = False
+        self.exchanges += 1
+        conn = self.conn
+        upstream = self.stream
+        out = [("host", host), *headers]
+        if request.content_length is not None:
+            out.append(("content-length", str(request.content_length)))
+        elif request.has_body:
+            out.append(("transfer-encoding", "chunked"))
+        try:
+            head = conn.send(h11.Request(method=request.method, target=request.target, headers=_encode(out)))
+        except h11.LocalProtocolError as exc:
+            raise UpstreamError(f"cannot forward request: {exc}", status=400, flags="DPE") from None
+        reader = _Reader(conn, upstream, self.limits)
+        got_response = False
+
+        async def pump() -> None:
+            await upstream.write(head or b"")
+            if request.has_body:
+                while chunk := await request.body.read():
+                    await upstream.write(conn.send(h11.Data(data=chunk)) or b"")
+            data = conn.send(h11.EndOfMessage())
+            if data:
+                await upstream.write(data)
+
+        status = 0
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sender = tg.create_task(pump())
+                while True:
+                    event = await reader.next_event(self.limits.idle_timeout)
+                    if isinstance(event, h11.InformationalResponse):
+                        continue
+                    if isinstance(event, h11.Response):
+                        got_response = True
+                        status = event.status_code
+                        if accept is not None and not accept(status):
+                            sender.cancel()
+                            return status
+                        await writer.start(status, _decode(event.headers))
+                    elif isinstance(event, h11.Data):
+                        await writer.write(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        await writer.end(_decode(event.headers) or None)
+                        # a request body still streaming after the full response is of no use any more
+                        if not sender.done():
+                            sender.cancel()
+                            return status
+                        break
+                    else:  # ConnectionClosed before the end
+                        raise UpstreamError("upstream closed the connection before the response was complete",
+                                            status=502, flags="UC")
+        except* h11.RemoteProtocolError as group:
+            raise UpstreamError(f"upstream sent malformed HTTP/1.1: {group.exceptions[0]}", status=502,
+                                flags="UPE") from None
+        except* TimeoutError:
+            raise UpstreamError("upstream stalled", status=504, flags="UT") from None
+        except* (HboneError, OSError) as group:
+            raise UpstreamError(f"upstream connection failed: {group.exceptions[0]}", status=503, flags="UC",
+                                before_response=not got_response) from None
+        except* UpstreamError as group:
+            err = group.exceptions[0]
+            assert isinstance(err, UpstreamError)
+            err.before_response = not got_response
+            raise err from None
+        except* HttpProtocolError as group:  # the downstream request body broke
+            raise group.exceptions[0] from None
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            try:
+                conn.start_next_cycle()
+                self.reusable = True
+            except h11.LocalProtocolError:
+                pass
+        return status
+
+
 async def forward_http1(
     upstream: ByteStream,
     request: Request,
@@ -269,64 +374,5 @@ async def forward_http1(
     accept: Callable[[int], bool] | None = None,
     limits: Limits | None = None,
 ) -> int:
-    """Send `request` (with `headers`, already filtered) to `upstream` and stream the response to `writer`.
-
-    `accept(status)` is asked once the response head arrived: False abandons the response (for a
-    retry) before anything reached `writer`. Returns the upstream status. Raises `UpstreamError`.
-    """
-    limits = limits or Limits()
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=limits.max_header_bytes)
-    out = [("host", host), *headers]
-    if request.content_length is not None:
-        out.append(("content-length", str(request.content_length)))
-    elif request.has_body:
-        out.append(("transfer-encoding", "chunked"))
-    head = conn.send(h11.Request(method=request.method, target=request.target, headers=_encode(out)))
-    reader = _Reader(conn, upstream, limits)
-
-    async def pump() -> None:
-        await upstream.write(head or b"")
-        if request.has_body:
-            while chunk := await request.body.read():
-                await upstream.write(conn.send(h11.Data(data=chunk)) or b"")
-        data = conn.send(h11.EndOfMessage())
-        if data:
-            await upstream.write(data)
-
-    status = 0
-    try:
-        async with asyncio.TaskGroup() as tg:
-            sender = tg.create_task(pump())
-            while True:
-                event = await reader.next_event(limits.idle_timeout)
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    status = event.status_code
-                    if accept is not None and not accept(status):
-                        sender.cancel()
-                        return status
-                    await writer.start(status, _decode(event.headers))
-                elif isinstance(event, h11.Data):
-                    await writer.write(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    await writer.end(_decode(event.headers) or None)
-                    # the response is complete: a request body still streaming is of no use any more
-                    if not sender.done() and conn.their_state is h11.DONE:
-                        sender.cancel()
-                    return status
-                else:  # ConnectionClosed before the end
-                    raise UpstreamError("upstream closed the connection before the response was complete",
-                                        status=502, flags="UC")
-    except* h11.RemoteProtocolError as group:
-        raise UpstreamError(f"upstream sent malformed HTTP/1.1: {group.exceptions[0]}", status=502,
-                            flags="UPE") from None
-    except* TimeoutError:
-        raise UpstreamError("upstream stalled", status=504, flags="UT") from None
-    except* (HboneError, OSError) as group:
-        raise UpstreamError(f"upstream connection failed: {group.exceptions[0]}", status=503, flags="UC") from None
-    except* UpstreamError as group:
-        raise group.exceptions[0] from None
-    except* HttpProtocolError as group:  # the downstream request body broke
-        raise group.exceptions[0] from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    """One exchange on a fresh connection (see `Http1Upstream.exchange`)."""
+    return await Http1Upstream(upstream, limits).exchange(request, host, headers, writer, accept)

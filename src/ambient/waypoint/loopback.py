@@ -14,6 +14,7 @@ each; Service `echo` (10.96.0.20:9000, appProtocol TCP) with endpoint 127.0.0.13
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import socket
@@ -162,7 +163,7 @@ async def loopback(objects: Iterable[Mapping[str, Any]] = (), *, seed: int = 7) 
     async with AsyncExitStack() as stack:
         apps: dict[str, int] = {}
         for ip, version in PODS.items():
-            server = await asyncio.start_server(lambda r, w, v=version: _app_conn(v, r, w), "127.0.0.1", 0)
+            server = await asyncio.start_server(functools.partial(_app_conn, version), "127.0.0.1", 0)
             await stack.enter_async_context(server)
             apps[ip] = server.sockets[0].getsockname()[1]
         echo = await asyncio.start_server(_echo_conn, "127.0.0.1", 0)
@@ -193,6 +194,7 @@ async def loopback(objects: Iterable[Mapping[str, Any]] = (), *, seed: int = 7) 
         waypoint = Waypoint(certs=waypoint_certs, state=lambda: state, l7=l7, client=out_client,
                             settings=WaypointSettings(gateway_name="waypoint", gateway_namespace=NS),
                             rng=random.Random(seed), metrics=metrics)
+        stack.push_async_callback(waypoint.aclose)
         wp_server = await stack.enter_async_context(
             HboneServer(socket.create_server(("127.0.0.1", 0)), waypoint_certs, waypoint.handle_connect))
         client = await stack.enter_async_context(HboneClient())

@@ -27,6 +27,8 @@ import ipaddress
 import logging
 import random
 import re
+import time
+from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +45,7 @@ from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint.config import L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
-from ambient.waypoint.http1 import forward_http1, serve_http1
+from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
@@ -109,6 +111,7 @@ class Waypoint:
         self.settings = settings or WaypointSettings()
         self._rng = rng or random.Random()
         self.metrics = metrics
+        self._pool = UpstreamPool()
 
     # -- CONNECT ------------------------------------------------------------------------------------------
     async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
@@ -343,24 +346,41 @@ class Waypoint:
         backend: tuple[Service, int] | None,
         retry_codes: Collection[int],
     ) -> int:
+        svc: Service | None = None
         if backend is None:
             assert conn.workload is not None
             ep = _Endpoint(conn.workload, conn.request.target_ip, conn.port)
-            upstream = await self._open(conn, ep, None, record)
         else:
-            _, upstream = await self._open_service(conn, backend[0], backend[1], view, record)
+            svc = backend[0]
+            ep = self._pick(conn, svc, backend[1], view, record)
+        self._describe(ep, svc, record)
+        accept = (lambda status: status not in retry_codes) if retry_codes else None
+        key = (ep.workload.uid, ep.ip, ep.port)
+        upstream = self._pool.take(key)
+        if upstream is not None:
+            try:
+                status = await upstream.exchange(req, req.authority, req.headers, writer, accept)
+            except UpstreamError as exc:
+                upstream.close()
+                replayable = not req.has_body or isinstance(req.body, BytesBody)
+                # a pooled connection the backend had closed: nothing was sent back, replay on a new one
+                if not (exc.before_response and not writer.started and replayable):
+                    raise
+                if isinstance(req.body, BytesBody):
+                    req.body = BytesBody(req.body.data)
+            else:
+                self._pool.give(key, upstream)
+                return status
+        upstream = Http1Upstream(await self._open(conn, ep, svc, record), self.settings.limits)
         try:
-            return await forward_http1(
-                upstream, req, req.authority, req.headers, writer,
-                accept=(lambda status: status not in retry_codes) if retry_codes else None,
-                limits=self.settings.limits,
-            )
-        finally:
+            status = await upstream.exchange(req, req.authority, req.headers, writer, accept)
+        except BaseException:
             upstream.close()
+            raise
+        self._pool.give(key, upstream)
+        return status
 
-    async def _open_service(
-        self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord
-    ) -> tuple[_Endpoint, ByteStream]:
+    def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord) -> _Endpoint:
         port = svc.port(port_number) or Port(port_number, port_number)
         record.dst_service = svc.hostname
         record.dst_service_name, record.dst_service_namespace = svc.name, svc.namespace
@@ -372,24 +392,36 @@ class Waypoint:
         if picked is None:
             raise UpstreamError(f"no healthy endpoint for {svc.hostname}:{port_number}", status=503, flags="UH")
         wl, addr = picked
-        ep = _Endpoint(wl, str(addr.ip), addr.port)
+        return _Endpoint(wl, str(addr.ip), addr.port)
+
+    async def _open_service(
+        self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord
+    ) -> tuple[_Endpoint, ByteStream]:
+        ep = self._pick(conn, svc, port_number, view, record)
+        self._describe(ep, svc, record)
         return ep, await self._open(conn, ep, svc, record)
 
-    async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> ByteStream:
+    def _describe(self, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> None:
         wl = ep.workload
         record.dst_workload, record.dst_namespace = wl.name, wl.namespace
         record.dst_canonical = wl.canonical_name
         authority = format_authority(ep.ip, ep.port)
         record.dst_hbone_addr = authority
-        if not wl.in_mesh:
+        if wl.in_mesh:
+            record.dst_identity = wl.identity
+            record.dst_addr = format_authority(ep.ip, self.settings.hbone_port)
+        else:
             record.dst_addr = authority
+
+    async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> ByteStream:
+        wl = ep.workload
+        authority = format_authority(ep.ip, ep.port)
+        if not wl.in_mesh:
             try:
                 return await TcpByteStream.connect(ep.ip, ep.port)
             except OSError as exc:
                 raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or exc}", flags="UF") from None
-        record.dst_identity = wl.identity
         hbone = (ep.ip, self.settings.hbone_port)
-        record.dst_addr = format_authority(*hbone)
         expected = {wl.identity, *(svc.subject_alt_names if svc else ())}
         headers = {k: v for k, v in (("forwarded", conn.request.forwarded or ""),
                                      ("baggage", conn.request.headers.get("baggage", ""))) if v}
@@ -399,6 +431,43 @@ class Waypoint:
             raise UpstreamError(exc.message, status=503, flags="UF") from None
         except HboneError as exc:
             raise UpstreamError(exc.message, flags="UF", hint=exc.hint) from None
+
+    async def aclose(self) -> None:
+        """Close pooled upstream connections (the HBONE client is the owner's to close)."""
+        self._pool.close_all()
+
+
+class UpstreamPool:
+    """Idle HTTP/1.1 upstream connections per endpoint, reused by later requests (no background task:
+    staleness is checked when a connection is taken)."""
+
+    def __init__(self, max_idle_per_key: int = 16, idle_timeout: float = 60.0) -> None:
+        self.max_idle = max_idle_per_key
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, str, int], deque[tuple[Http1Upstream, float]]] = {}
+
+    def take(self, key: tuple[str, str, int]) -> Http1Upstream | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            upstream, since = idle.pop()
+            if now - since < self.idle_timeout and not getattr(upstream.stream, "at_eof", False):
+                return upstream
+            upstream.close()
+        return None
+
+    def give(self, key: tuple[str, str, int], upstream: Http1Upstream) -> None:
+        idle = self._idle.setdefault(key, deque())
+        if not upstream.reusable or len(idle) >= self.max_idle:
+            upstream.close()
+            return
+        idle.append((upstream, time.monotonic()))
+
+    def close_all(self) -> None:
+        for idle in self._idle.values():
+            for upstream, _ in idle:
+                upstream.close()
+        self._idle.clear()
 
 
 async def _read_all(req: Request, limit: int) -> bytes:

@@ -251,6 +251,16 @@ async def test_reconcile_deployment_service_endpoints(store: Store) -> None:
     left = store.list("Pod", "default")[0]
     assert len(left) == 1 and left[0]["status"].get("podIP")
 
+    # A Service without selector keeps the Endpoints its user wrote.
+    store.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "default"},
+                  "spec": {"ports": [{"port": 80}]}})
+    manual = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "ext", "namespace": "default"},
+              "subsets": [{"addresses": [{"ip": "10.244.2.9"}], "ports": [{"port": 80}]}]}
+    store.create(manual)
+    await cm.reconcile_once()
+    assert store.get("Endpoints", "ext", "default")["subsets"] == manual["subsets"]
+    store.delete("Service", "ext", "default")
+
     # Deleting the Service deletes its Endpoints; deleting the Deployment garbage-collects its pods.
     store.delete("Service", "web", "default")
     store.delete("Deployment", "web", "default")

@@ -98,10 +98,10 @@ class FakeKubeApi:
         if request.method == "GET" and path in self.lists:
             return self._list(request, path)
         if request.method == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
-            token = (body or {}).get("spec", {}).get("token", "")
-            answer = self.token_reviews.get(token)
+            spec = (body or {}).get("spec", {})
+            answer = self.token_reviews.get(spec.get("token", ""))
             if answer is None:
-                answer = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "spec": body["spec"],
+                answer = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "spec": spec,
                           "status": {"user": {}, "error": "[invalid bearer token, square/go-jose: error in "
                                      "cryptographic primitive]"}}
             return web.json_response(answer, status=201)
@@ -137,6 +137,9 @@ class FakeKubeApi:
         return web.json_response(answer)
 
     async def _watch(self, request: web.Request, path: str) -> web.StreamResponse:
+        if path not in self.watches and path not in self.lists:  # an unknown collection (CRD not installed)
+            return web.json_response(status(404, "NotFound", "the server could not find the requested resource"),
+                                     status=404)
         script = self.watches.get(path) or []
         if script and isinstance(script[0], int):
             code = script.pop(0)

@@ -182,7 +182,7 @@ async def test_add_through_the_host_shim_reaches_the_node_agent(
     runner = web.AppRunner(agent)
     await runner.setup()
     run_dir = Path(host.run_dir)
-    run_dir.mkdir(parents=True)
+    os.makedirs(run_dir)
     await web.UnixSite(runner, str(run_dir / "pluginevent.sock")).start()
     plugin = str(Path(sys.executable).parent / "ambient-cni")
     stop = asyncio.Event()
@@ -207,8 +207,8 @@ async def test_add_through_the_host_shim_reaches_the_node_agent(
                          "CNI_NETNS": "/var/run/netns/cni-test", "CNI_IFNAME": "eth0",
                          "CNI_ARGS": f"K8S_POD_NAMESPACE={meta['namespace']};K8S_POD_NAME={meta['name']}"},
                 )
-                out, err = await asyncio.wait_for(proc.communicate(json.dumps(entry).encode()), 30)
-                results[meta["name"]] = (proc.returncode, out.decode(), err.decode())
+                raw_out, raw_err = await asyncio.wait_for(proc.communicate(json.dumps(entry).encode()), 30)
+                results[meta["name"]] = (proc.returncode, raw_out.decode(), raw_err.decode())
             stop.set()
     finally:
         await runner.cleanup()

@@ -126,7 +126,7 @@ spec:
   rules:
     - from: [{source: {principals: [cluster.local/ns/demo/sa/client], namespaces: [demo]}}]
       to: [{operation: {ports: ["8080"], methods: [GET]}}]
-      when: [{key: request.headers[x-user], values: [alice]}]
+      when: [{key: "request.headers[x-user]", values: [alice]}]
 ---
 apiVersion: security.istio.io/v1beta1
 kind: AuthorizationPolicy
@@ -139,7 +139,7 @@ metadata: {name: waypoint-l7, namespace: demo}
 spec:
   targetRefs: [{kind: Service, group: "", name: web}]
   action: DENY
-  rules: [{to: [{operation: {paths: [/admin/*]}}]}]
+  rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication

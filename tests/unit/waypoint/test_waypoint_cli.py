@@ -30,8 +30,10 @@ class Fake:
     def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
         self.calls.append("apply")
         meta = obj["metadata"]
-        existed = (obj["kind"], meta.get("namespace"), meta["name"]) in self.objects
-        return self.put(obj), "configured" if existed else "created"
+        old = self.objects.get((obj["kind"], meta.get("namespace"), meta["name"]))
+        if old is not None and "status" in old:  # like the API server: apply never touches status
+            obj = {**obj, "status": old["status"]}
+        return self.put(obj), "configured" if old is not None else "created"
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         try:
@@ -107,7 +109,7 @@ def test_apply_wait_times_out_with_a_hint(fake: Fake) -> None:
 def test_apply_wait_succeeds_when_programmed(fake: Fake) -> None:
     run(fake, "apply", "-n", "shop")
     set_programmed(fake, "shop", "waypoint", "True")
-    res = run(fake, "apply", "-n", "shop", "--wait")
+    res = run(fake, "apply", "-n", "shop", "--wait", "--timeout", "5")
     assert res.exit_code == 0 and "programmed" in res.output
 
 
