@@ -17,7 +17,7 @@ import h11
 import pytest
 
 from ambient.hbone.errors import HboneStatusError
-from ambient.waypoint.loopback import CLIENT_ID, ECHO_VIP, WAYPOINT_ID, loopback
+from ambient.waypoint.loopback import CLIENT_ID, ECHO_VIP, GRPC_VIP, WAYPOINT_ID, loopback
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,7 +39,8 @@ def policy(name: str, action: str, rules: list[dict[str, Any]]) -> dict[str, Any
 SPLIT = route("split", [
     {"matches": [{"headers": [{"name": "x-canary", "value": "yes"}]}],
      "backendRefs": [{"name": "reviews-v2", "port": 80}]},
-    {"backendRefs": [{"name": "reviews-v1", "port": 80, "weight": 90}, {"name": "reviews-v2", "port": 80, "weight": 10}]},
+    {"backendRefs": [{"name": "reviews-v1", "port": 80, "weight": 90},
+                     {"name": "reviews-v2", "port": 80, "weight": 10}]},
 ])
 DENY_ADMIN = policy("deny-admin", "DENY", [{"to": [{"operation": {"paths": ["/admin*"]}}]}])
 
@@ -53,7 +54,7 @@ class H1:
 
     async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                       body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-        hdrs = [("host", "reviews.shop.svc.cluster.local")] + list((headers or {}).items())
+        hdrs = [("host", "reviews.shop.svc.cluster.local"), *(headers or {}).items()]
         if body:
             hdrs.append(("content-length", str(len(body))))
         data = self.conn.send(h11.Request(method=method, target=path, headers=hdrs))
@@ -88,7 +89,7 @@ async def test_routes_per_httproute_and_backend_sees_waypoint_identity() -> None
         assert status == 200 and headers["x-version"] == "v2"
         assert json.loads(body)["path"] == "/reviews/1"
         # keep-alive: the same tunnel carries the next requests, routed by weight
-        versions = [ (await c.request("GET", "/reviews/2"))[1]["x-version"] for _ in range(30)]
+        versions = [(await c.request("GET", "/reviews/2"))[1]["x-version"] for _ in range(30)]
         assert versions.count("v1") > versions.count("v2")
         stream.close()
         # the backend's node proxy saw the waypoint's certificate and the endpoint authority
@@ -106,7 +107,7 @@ async def test_l7_deny_returns_403_and_other_paths_work(caplog: pytest.LogCaptur
         assert (status, body) == (403, b"RBAC: access denied\n")
         # the path is normalised before policy: encoded / dotted variants are denied too
         assert (await c.request("GET", "/x/../%61dmin"))[0] == 403
-        status, headers, body = await c.request("POST", "/reviews", body=b"hello")
+        status, _, body = await c.request("POST", "/reviews", body=b"hello")
         assert status == 200 and json.loads(body)["body"] == 5
         stream.close()
         assert not any(a for a, _ in lb.backend_seen if "admin" in a)
@@ -137,7 +138,7 @@ async def test_http2_prior_knowledge_through_waypoint() -> None:
             assert data, "waypoint closed the HTTP/2 connection early"
             for ev in conn.receive_data(data):
                 if isinstance(ev, h2.events.ResponseReceived):
-                    statuses[ev.stream_id] = int(dict(ev.headers)[":status"])
+                    statuses[ev.stream_id] = int(dict(ev.headers)[":status"])  # type: ignore[index]
                 elif isinstance(ev, h2.events.DataReceived):
                     bodies[ev.stream_id] += ev.data
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -151,7 +152,7 @@ async def test_http2_prior_knowledge_through_waypoint() -> None:
 
 
 async def test_tcp_port_passes_through_at_l4_and_l4_policy_applies() -> None:
-    echo_policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+    echo_policy: dict[str, Any] = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                    "metadata": {"name": "echo-allow", "namespace": "shop"},
                    "spec": {"targetRefs": [{"kind": "Service", "name": "echo"}], "action": "ALLOW",
                             "rules": [{"from": [{"source": {"principals": [CLIENT_ID[len("spiffe://"):]]}}]}]}}
@@ -180,6 +181,14 @@ async def test_unknown_destination_and_no_matching_rule() -> None:
         with pytest.raises(HboneStatusError) as info:
             await lb.open("10.96.9.9:80")
         assert info.value.status == 503
+        # a known service that does not use this waypoint: refused, the waypoint is not an open relay
+        with pytest.raises(HboneStatusError) as info:
+            await lb.open("10.96.0.40:80")
+        assert info.value.status == 400
+        # pod-addressed traffic to a workload without this waypoint: refused too
+        with pytest.raises(HboneStatusError) as info:
+            await lb.open("127.0.0.11:8080")
+        assert info.value.status == 400
         stream = await lb.open()
         c = H1(stream)
         assert (await c.request("GET", "/only"))[1]["x-version"] == "v1"
@@ -198,3 +207,74 @@ async def test_retry_on_status_codes() -> None:
         assert status == 503
         # 1 try + 2 retries reached the backend
         assert sum(1 for a, _ in lb.backend_seen if a == "127.0.0.11:8080") == 3
+
+
+async def test_grpc_over_http2_keeps_trailers_and_te() -> None:
+    async with loopback() as lb:
+        stream = await lb.open(f"{GRPC_VIP}:50051")
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        got: dict[int, dict[str, Any]] = {}
+        for i in range(3):  # sequential calls reuse the pooled upstream HTTP/2 connection
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "POST"), (":path", "/pkg.Svc/Call"), (":scheme", "http"),
+                                    (":authority", "grpc.shop.svc.cluster.local:50051"),
+                                    ("content-type", "application/grpc"), ("te", "trailers")])
+            conn.send_data(sid, b"\x00\x00\x00\x00\x03abc" + bytes([i]), end_stream=True)
+            await stream.write(conn.data_to_send())
+            got[sid] = {"data": b""}
+            while "end" not in got[sid]:
+                data = await stream.read()
+                assert data
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        got[sid]["headers"] = dict(ev.headers)
+                    elif isinstance(ev, h2.events.DataReceived):
+                        got[sid]["data"] += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.TrailersReceived):
+                        got[sid]["trailers"] = dict(ev.headers)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        got[sid]["end"] = True
+                await stream.write(conn.data_to_send())
+        stream.close()
+        for i, call in enumerate(got.values()):
+            assert call["headers"][":status"] == "200" and call["headers"]["x-te"] == "trailers"
+            assert call["data"] == b"\x00\x00\x00\x00\x03abc" + bytes([i])
+            assert call["trailers"] == {"grpc-status": "0", "grpc-message": "ok"}
+        # one upstream tunnel carried all three calls (pooled HTTP/2 connection)
+        assert [a for a, _ in lb.backend_seen].count("127.0.0.14:50051") == 1
+        text = lb.metrics.exposition().decode()
+        assert 'request_protocol="grpc"' in text
+
+
+async def test_request_timeout_gives_504_and_connection_stays_usable() -> None:
+    slow = route("slow", [{"backendRefs": [{"name": "reviews-v1", "port": 80}],
+                           "timeouts": {"request": "200ms"}}])
+    async with loopback([slow]) as lb:
+        stream = await lb.open()
+        c = H1(stream)
+        status, _, body = await c.request("GET", "/delay/3000")
+        assert (status, body) == (504, b"upstream request timeout\n")
+        status, headers, _ = await c.request("GET", "/delay/10")
+        assert status == 200 and headers["x-version"] == "v1"
+        stream.close()
+        text = lb.metrics.exposition().decode()
+        assert 'response_code="504"' in text and 'response_flags="UT"' in text
+        assert "istio_request_duration_milliseconds_bucket{" in text
+
+
+async def test_workload_addressed_traffic_through_a_workload_waypoint() -> None:
+    gw_policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                 "metadata": {"name": "gw-deny", "namespace": "shop"},
+                 "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                                          "name": "waypoint"}],
+                          "action": "DENY", "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}}
+    async with loopback([SPLIT, DENY_ADMIN, gw_policy]) as lb:
+        stream = await lb.open("127.0.0.12:8080")
+        c = H1(stream)
+        status, headers, _ = await c.request("GET", "/admin")  # Service-targeted policies do not apply
+        assert status == 200 and headers["x-version"] == "v2"
+        assert (await c.request("DELETE", "/x"))[0] == 403  # Gateway-targeted ones do
+        stream.close()
+        assert ("127.0.0.12:8080", WAYPOINT_ID) in lb.backend_seen

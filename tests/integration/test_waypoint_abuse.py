@@ -16,9 +16,9 @@ from ambient.waypoint.loopback import loopback
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _read_all(stream: object, timeout: float = 10.0) -> bytes:
+async def _read_all(stream: object, limit: float = 10.0) -> bytes:
     out = bytearray()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit):
         while True:
             try:
                 data = await stream.read()  # type: ignore[attr-defined]

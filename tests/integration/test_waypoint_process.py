@@ -63,6 +63,7 @@ async def test_waypoint_process_end_to_end(tmp_path: Path) -> None:
               hostname: web.shop.svc.cluster.local
               vips: ["10.96.0.50"]
               ports: [{{servicePort: 80, targetPort: {app_port}}}]
+              waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}
             ---
             apiVersion: security.istio.io/v1
             kind: AuthorizationPolicy

@@ -261,5 +261,32 @@ def test_long_connection_visible_in_zc_connections(mesh: Mesh) -> None:
         sock.close()
 
 
+def test_live_revocation_closes_a_denied_connection(mesh: Mesh) -> None:
+    """Runs last in this module: it changes the shared policies."""
+    sock: socket.socket = pod_socket(mesh.client)
+    sock.settimeout(10)
+    try:
+        sock.connect((mesh.server.ip, 8080))
+        sock.sendall(b"ping")
+        assert sock.recv(4) == b"ping"
+        mesh.bed.policies.append({
+            "name": "deny-8080", "namespace": "h10", "scope": "Namespace", "action": "Deny",
+            "rules": [[[{"destinationPorts": [8080]}]]],
+        })
+        t0 = time.monotonic()
+        mesh.bed.write_state()  # the proxies reload the static file within ~1 s
+        with pytest.raises(OSError):
+            while True:
+                sock.sendall(b"x")
+                if not sock.recv(1):
+                    raise ConnectionResetError("closed")
+                time.sleep(0.05)
+        assert time.monotonic() - t0 < 5
+    finally:
+        sock.close()
+    lines = _wait_lines(mesh.p2, lambda ln: "denied by policy h10/deny-8080" in ln)
+    assert lines and lines[-1]["src.identity"] == CLIENT_ID
+
+
 def _pod(p: Pod) -> str:  # keep the import used for type hints in helpers
     return p.name

@@ -50,18 +50,22 @@ class ComponentSpec:
     module: str
     netns: str = "root"  # "root" | "underlay" | "node"
     per_node: bool = False
+    extra_args: tuple[str, ...] = ()
 
     def argv(self, layout: L.ClusterLayout, node: L.NodeLayout | None) -> list[str]:
         args = ["--state-dir", layout.state_dir]
         if node is not None:
             args += ["--node", node.name]
-        return processes.python_module_argv(self.module, *args)
+        return processes.python_module_argv(self.module, *args, *self.extra_args)
 
 
 # Started in this order after the apiserver. Later issues append (ztunnel, node-agent, controlplane).
 COMPONENTS: list[ComponentSpec] = [
     ComponentSpec("dns", "ambient.cluster.dns", netns="underlay"),
     ComponentSpec("controller-manager", "ambient.cluster.controllers"),
+    # xDS + CA for the node proxies; in the underlay so every node reaches it over the cluster network.
+    ComponentSpec("controlplane", "ambient.controlplane", netns="underlay",
+                  extra_args=("--listen", f"{L.CONTROLPLANE_IP}:{L.CONTROLPLANE_PORT}")),
     # Before the kubelets: pods of enrolled namespaces fail CNI ADD (fail closed) until their agent listens.
     ComponentSpec("node-agent", "ambient.cni.agent", netns="node", per_node=True),
     ComponentSpec("kubelet", "ambient.cluster.kubelet", netns="node", per_node=True),

@@ -2,7 +2,7 @@
 
 Topology (addresses from `layout`):
 
-    amb-C-underlay:  br0 172.18.0.1/16 (+ 172.18.0.2/32 for the DNS), veth-n<k> (bridge ports)
+    amb-C-underlay:  br0 172.18.0.1/16 (+ .2/32 for the DNS, .3/32 for the control plane), veth-n<k> (bridge ports)
     amb-C-node-k:    eth0 172.18.0.(10+k)/16 (peer of veth-n<k>), ip_forward=1,
                      routes 10.244.j.0/24 via 172.18.0.(10+j) for every other node j,
                      10.96.0.0/16 (service VIPs, DNATed by kube-proxy rules) via 172.18.0.1,
@@ -129,6 +129,7 @@ def build_network(layout: L.ClusterLayout) -> None:
         "link add br0 type bridge",
         f"addr add {L.UNDERLAY_GATEWAY}/16 dev br0",
         f"addr add {L.DNS_SERVER_IP}/32 dev br0",
+        f"addr add {L.CONTROLPLANE_IP}/32 dev br0",
         "link set br0 up",
     ]
     for node in layout.nodes:

@@ -97,8 +97,16 @@ _SOURCE_L7 = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "no
 _OPERATION_L7 = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
 
 
-def _source_match(src: Obj) -> sec.Match:
+def _service_account(value: str, namespace: str) -> sec.ServiceAccountMatch:
+    """ "ns/sa", or a bare "sa" meaning the policy's own namespace."""
+    ns, _, sa = value.rpartition("/")
+    return sec.ServiceAccountMatch(namespace=ns or namespace, serviceAccount=sa)
+
+
+def _source_match(src: Obj, namespace: str) -> sec.Match:
     return sec.Match(
+        service_accounts=[_service_account(v, namespace) for v in src.get("serviceAccounts") or []],
+        not_service_accounts=[_service_account(v, namespace) for v in src.get("notServiceAccounts") or []],
         principals=[string_match(v, strip_spiffe=True) for v in src.get("principals") or []],
         not_principals=[string_match(v, strip_spiffe=True) for v in src.get("notPrincipals") or []],
         namespaces=[string_match(v) for v in src.get("namespaces") or []],
@@ -123,7 +131,7 @@ def _when_match(key: str, values: list[str], negate: bool) -> sec.Match:
     return m
 
 
-def _translate_rule(rule: Obj, allow: bool, dropped: list[str]) -> sec.Rule | None:
+def _translate_rule(rule: Obj, allow: bool, dropped: list[str], namespace: str) -> sec.Rule | None:
     """One AuthorizationPolicy rule -> one Rule: a clause for `from`, one for `to`, one per `when`.
     Returns None when an ALLOW rule uses HTTP-only fields (the rule must never match)."""
     out = sec.Rule()
@@ -134,7 +142,7 @@ def _translate_rule(rule: Obj, allow: bool, dropped: list[str]) -> sec.Rule | No
         for f in froms:
             src = f.get("source") or {}
             l7 += [f"from.source.{k}" for k in _SOURCE_L7 if src.get(k)]
-            clause.matches.append(_source_match(src))
+            clause.matches.append(_source_match(src, namespace))
         out.clauses.append(clause)
     tos = rule.get("to") or []
     if tos:
@@ -184,7 +192,7 @@ def authorization_from_policy(policy: Obj, root_namespace: str = ROOT_NAMESPACE)
     dropped: list[str] = []
     try:
         rules = [
-            r for r in (_translate_rule(rule, allow, dropped) for rule in spec.get("rules") or []) if r is not None
+            r for r in (_translate_rule(rule, allow, dropped, ns) for rule in spec.get("rules") or []) if r is not None
         ]
     except ValueError as exc:  # a bad CIDR or port that validation let through
         return PolicyTranslation(None, f"not enforced: invalid value: {exc}")

@@ -4,9 +4,11 @@ Role, in the `install-cni` container of the node agent DaemonSet:
 - `run`: put a host shim at `<CNI bin dir>/ambient-cni` and chain the plugin into the primary CNI's conflist
   (`ambient.cni.install.install_plugin`); serve the plugin's pod/namespace lookups on
   `<run dir>/kubeapi.sock` (read-only relay to the Kubernetes API); re-chain when the primary CNI rewrites
-  its conflist; write this process's host pid to `<run dir>/cni-root.pid`.
-- `prestop` (the container's preStop hook): unchain the plugin only when the DaemonSet is gone or being
-  deleted (an uninstall); during an upgrade the entry stays, so no pod starts un-captured.
+  its conflist; write this process's host pid to `<run dir>/cni-root.pid` (pid file and socket are removed
+  on stop, so ADD fails at once, closed, until the next installer runs).
+- `prestop` (the container's preStop hook): unchain the plugin only on an uninstall (DaemonSet or namespace
+  gone or being deleted, or our RBAC gone); during an upgrade the entry stays, so no pod starts
+  un-captured.
 - `uninstall`: unchain unconditionally (manual clean-up).
 
 Why a shim: the container runtime executes CNI plugins on the host, where this image's Python does not exist.
@@ -39,6 +41,7 @@ from kubernetes_asyncio import client as k8s
 
 from ambient.cni.install import install_plugin, uninstall_plugin
 from ambient.cni.plugin import PLUGIN_TYPE, SUPPORTED_VERSIONS
+from ambient.core.errors import AmbientError
 from ambient.kube.errors import KubeApiError, KubeError
 from ambient.kube.source import KubeSource
 
@@ -68,6 +71,7 @@ case "$CNI_COMMAND" in
   VERSION) echo '{versions}'; exit 0 ;;
   *) exit 0 ;;  # DEL, CHECK, GC, STATUS: no-ops, so pod deletion never depends on the agent
 esac
+PATH="/usr/sbin:/usr/bin:/sbin:/bin${{PATH:+:$PATH}}"  # runtimes may exec plugins with a bare environment
 pid=$(cat '{run_dir}/{PID_FILE}' 2>/dev/null)
 root="/proc/$pid/root"
 if [ -z "$pid" ] || [ ! -x "$root{plugin}" ]; then
@@ -205,25 +209,44 @@ async def run(cfg: Settings, source: KubeSource, stop: asyncio.Event, *, plugin:
     try:
         waited = False
         while not stop.is_set():
-            if keep_chained(cfg, plugin) is None and not waited:
-                log.warning("no CNI conflist in %s yet; waiting for the primary CNI to write it", cfg.conf_dir)
-                waited = True
+            try:
+                if keep_chained(cfg, plugin) is None and not waited:
+                    log.warning("no CNI conflist in %s yet; waiting for the primary CNI to write it", cfg.conf_dir)
+                    waited = True
+            except (AmbientError, OSError) as exc:  # e.g. a half-written conflist of the primary CNI: retry
+                log.error("cannot chain %s: %s", PLUGIN_TYPE, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
     finally:
         await runner.cleanup()
+        # without these the shim would chroot into a stopped container and the plugin dial a dead socket;
+        # gone, ADD fails at once with "node agent is not running" until the next installer starts
+        for name in (PID_FILE, RELAY_SOCKET):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(run_dir / name)
 
 
-async def daemonset_removed(source: KubeSource, namespace: str) -> bool:
-    """True when our DaemonSet is gone or being deleted (an uninstall), False during upgrades/restarts."""
-    apps = k8s.AppsV1Api(source.api)
+async def being_uninstalled(source: KubeSource, namespace: str) -> bool:
+    """True for an uninstall, False for an upgrade or a restart (see `prestop`).
+
+    Uninstall signs, any of: our DaemonSet is gone or has a deletionTimestamp; our namespace is terminating
+    (its pods may be deleted before its DaemonSet); our own access is gone (401/403: `kubectl delete -k`
+    removes the RBAC objects and the service account while the pods still terminate). Upgrades never
+    remove any of them. Other failures (API unreachable) raise: the caller cannot tell.
+    """
+    apps, core = k8s.AppsV1Api(source.api), k8s.CoreV1Api(source.api)
     try:
+        ns = await source.request_json(
+            lambda **kw: core.read_namespace(namespace, **kw), f"get namespace {namespace}"
+        )
+        if (ns.get("metadata") or {}).get("deletionTimestamp"):
+            return True
         ds = await source.request_json(
             lambda **kw: apps.read_namespaced_daemon_set(DAEMONSET, namespace, **kw),
             f"get daemonset {namespace}/{DAEMONSET}",
         )
     except KubeApiError as exc:
-        if exc.http_status == 404:
+        if exc.http_status in (401, 403, 404):
             return True
         raise
     return bool((ds.get("metadata") or {}).get("deletionTimestamp"))
@@ -238,9 +261,11 @@ def unchain(cfg: Settings) -> None:
 
 
 async def prestop(cfg: Settings, source: KubeSource) -> bool:
-    """Unchain if this is an uninstall; returns whether it did. API errors keep the entry (fail closed)."""
+    """Unchain if this is an uninstall; returns whether it did. When the API cannot be reached the entry is
+    kept (fail closed: pods of this node wait for an agent rather than start un-captured); docs/kubernetes.md
+    says how to unchain by hand."""
     try:
-        removed = await daemonset_removed(source, cfg.namespace)
+        removed = await being_uninstalled(source, cfg.namespace)
     except KubeError as exc:
         log.warning("cannot tell an upgrade from an uninstall (%s); keeping the plugin chained", exc)
         return False

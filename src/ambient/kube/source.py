@@ -281,8 +281,10 @@ class KubeSource:
             try:
                 async for chunk in resp.content.iter_any():
                     buf += chunk
-                    while (nl := buf.find(b"\n")) >= 0:
-                        line, buf = buf[:nl], buf[nl + 1 :]
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
                         event = self._event(res, line, what)
                         if event is not None:
                             yield event
@@ -293,7 +295,7 @@ class KubeSource:
                 if event is not None:
                     yield event
         finally:
-            resp.release()
+            resp.close()  # never pool a watch connection: it may be left mid-stream
 
     @staticmethod
     def _event(res: Resource, line: bytes, what: str) -> WatchEvent | None:

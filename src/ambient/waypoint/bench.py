@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     seconds = float(args[0]) if args else 3.0
     concurrency = int(args[1]) if len(args) > 1 else 8
+    # access lines are formatted as in production (then dropped: terminal I/O is not the waypoint's cost)
+    import logging
+
+    access = logging.getLogger("ambient.waypoint.access")
+    access.setLevel(logging.INFO)
+    access.addHandler(logging.NullHandler())
+    access.propagate = False
     try:
         import uvloop
 

@@ -114,6 +114,7 @@ class ApiL7Source:
         self._objects: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {k: {} for k in KINDS}
         self._config = L7Config()
         self.ready = asyncio.Event()
+        self._listed: set[str] = set()  # kinds listed at least once: ready when all are
         self._retry = retry_delay
 
     @property
@@ -135,14 +136,13 @@ class ApiL7Source:
                 tg.create_task(self._follow(kind))
 
     async def _follow(self, kind: str) -> None:
-        listed: set[str] = set()
         while True:
             try:
                 items, version = await self._client.list(kind)
                 self._objects[kind] = {self._key(o): o for o in items}
-                listed.add(kind)
+                self._listed.add(kind)
                 self._publish()
-                if listed == set(KINDS):
+                if self._listed == set(KINDS):
                     self.ready.set()
                 async for event in self._client.watch(kind, resource_version=version):
                     if event.type == "BOOKMARK":

@@ -121,6 +121,7 @@ class _Writer:
         self._started = False
         self._ended = False
         self._length_framed = False
+        self._pending = b""
 
     @property
     def started(self) -> bool:
@@ -131,7 +132,8 @@ class _Writer:
         return self._ended
 
     async def _send(self, event: Any) -> None:
-        data = self._conn.send(event)
+        data = self._pending + (self._conn.send(event) or b"")
+        self._pending = b""
         if data:
             await self._stream.write(data)
 
@@ -139,7 +141,8 @@ class _Writer:
         headers = strip_hop_by_hop(headers)
         self._length_framed = any(k == "content-length" for k, _ in headers)
         self._started = True
-        await self._send(h11.Response(status_code=status, headers=_encode(headers)))
+        # held back and sent with the first body bytes: one tunnel frame instead of two
+        self._pending = self._conn.send(h11.Response(status_code=status, headers=_encode(headers))) or b""
 
     async def write(self, data: bytes) -> None:
         if data and not self._head:
@@ -293,7 +296,7 @@ class Http1Upstream:
         self.exchanges += 1
         conn = self.conn
         upstream = self.stream
-        out = [("host", host), *headers]
+        out = [("host", host), *((k, v) for k, v in headers if k != "te")]
         if request.content_length is not None:
             out.append(("content-length", str(request.content_length)))
         elif request.has_body:
@@ -304,43 +307,53 @@ class Http1Upstream:
             raise UpstreamError(f"cannot forward request: {exc}", status=400, flags="DPE") from None
         reader = _Reader(conn, upstream, self.limits)
         got_response = False
+        status = 0
 
         async def pump() -> None:
             await upstream.write(head or b"")
-            if request.has_body:
-                while chunk := await request.body.read():
-                    await upstream.write(conn.send(h11.Data(data=chunk)) or b"")
+            while chunk := await request.body.read():
+                await upstream.write(conn.send(h11.Data(data=chunk)) or b"")
             data = conn.send(h11.EndOfMessage())
             if data:
                 await upstream.write(data)
 
-        status = 0
+        async def receive(sender: asyncio.Task[None] | None) -> bool:
+            """Stream the response to `writer`; True when it completed and the connection is in sync."""
+            nonlocal status, got_response
+            while True:
+                event = await reader.next_event(self.limits.idle_timeout)
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    got_response = True
+                    status = event.status_code
+                    if accept is not None and not accept(status):
+                        if sender is not None:
+                            sender.cancel()
+                        return False
+                    await writer.start(status, _decode(event.headers))
+                elif isinstance(event, h11.Data):
+                    await writer.write(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    await writer.end(_decode(event.headers) or None)
+                    # a request body still streaming after the full response is of no use any more
+                    if sender is not None and not sender.done():
+                        sender.cancel()
+                        return False
+                    return True
+                else:  # ConnectionClosed before the end
+                    raise UpstreamError("upstream closed the connection before the response was complete",
+                                        status=502, flags="UC")
+
         try:
-            async with asyncio.TaskGroup() as tg:
-                sender = tg.create_task(pump())
-                while True:
-                    event = await reader.next_event(self.limits.idle_timeout)
-                    if isinstance(event, h11.InformationalResponse):
-                        continue
-                    if isinstance(event, h11.Response):
-                        got_response = True
-                        status = event.status_code
-                        if accept is not None and not accept(status):
-                            sender.cancel()
-                            return status
-                        await writer.start(status, _decode(event.headers))
-                    elif isinstance(event, h11.Data):
-                        await writer.write(bytes(event.data))
-                    elif isinstance(event, h11.EndOfMessage):
-                        await writer.end(_decode(event.headers) or None)
-                        # a request body still streaming after the full response is of no use any more
-                        if not sender.done():
-                            sender.cancel()
-                            return status
-                        break
-                    else:  # ConnectionClosed before the end
-                        raise UpstreamError("upstream closed the connection before the response was complete",
-                                            status=502, flags="UC")
+            if request.has_body:
+                async with asyncio.TaskGroup() as tg:
+                    complete = await receive(tg.create_task(pump()))
+            else:  # head and end in one write, and no body pump task
+                await upstream.write((head or b"") + (conn.send(h11.EndOfMessage()) or b""))
+                complete = await receive(None)
+            if not complete:
+                return status
         except* h11.RemoteProtocolError as group:
             raise UpstreamError(f"upstream sent malformed HTTP/1.1: {group.exceptions[0]}", status=502,
                                 flags="UPE") from None

@@ -105,7 +105,9 @@ class _Writer:
         self._check()
         clean = [(k, v) for k, v in strip_hop_by_hop(headers) if not k.startswith(":")]
         self._started = True
-        await self._st.server.send(lambda c: c.send_headers(self._st.sid, [(":status", str(status)), *clean]))
+        # flushed with the first DATA frame (or the end): one write instead of two
+        await self._st.server.send(lambda c: c.send_headers(self._st.sid, [(":status", str(status)), *clean]),
+                                   flush=False)
 
     async def write(self, data: bytes) -> None:
         if self._head:
@@ -162,12 +164,13 @@ class Http2Server:
             if data:
                 await self.stream.write(data)
 
-    async def send(self, action: Any) -> None:
+    async def send(self, action: Any, *, flush: bool = True) -> None:
         try:
             action(self.conn)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
             raise HttpProtocolError(f"cannot send on HTTP/2 connection: {exc!r}") from None
-        await self.flush()
+        if flush:
+            await self.flush()
 
     async def ack(self, sid: int, flow: int) -> None:
         if flow:
@@ -295,6 +298,8 @@ class Http2Server:
         authority = pseudo.get(":authority") or next((v for k, v in headers if k == "host"), "")
         length_s = next((v for k, v in headers if k == "content-length"), None)
         clean = [(k, v) for k, v in strip_hop_by_hop(headers) if k != "host"]
+        if any(k == "te" and v.strip().lower() == "trailers" for k, v in headers):
+            clean.append(("te", "trailers"))  # the one end-to-end TE value (gRPC needs it)
         request = Request(
             method, path, authority, clean, _Body(st), "HTTP/2", pseudo.get(":scheme", "http"),
             content_length=int(length_s) if length_s is not None and length_s.isdigit() else None,

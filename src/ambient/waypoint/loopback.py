@@ -8,7 +8,8 @@ to the one backend HBONE server, whose handler picks the app by the CONNECT auth
 
 Topology (namespace `shop`): Service `reviews` (VIP 10.96.0.10:80 -> 8080) with endpoints v1 (127.0.0.11)
 and v2 (127.0.0.12); Services `reviews-v1` (10.96.0.11) and `reviews-v2` (10.96.0.12) with one endpoint
-each; Service `echo` (10.96.0.20:9000, appProtocol TCP) with endpoint 127.0.0.13:9000, a TCP echo.
+each; Service `echo` (10.96.0.20:9000, appProtocol TCP) with endpoint 127.0.0.13:9000, a TCP echo; Service
+`grpc` (10.96.0.30:50051, appProtocol GRPC) with endpoint 127.0.0.14, an h2c app answering like gRPC.
 """
 
 from __future__ import annotations
@@ -32,10 +33,21 @@ from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, HboneServer, Reject
 from ambient.identity.ca import LocalCA
 from ambient.identity.certs import CertBundle
-from ambient.state.model import AppProtocol, NetworkAddress, Port, Service, TunnelProtocol, Workload
+from ambient.state.model import (
+    AppProtocol,
+    GatewayAddress,
+    NamespacedHostname,
+    NetworkAddress,
+    Port,
+    Service,
+    TunnelProtocol,
+    Workload,
+)
 from ambient.state.store import StateView, view_of
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint.config import L7Config, StaticL7Source
+from ambient.waypoint.http2 import serve_http2
+from ambient.waypoint.messages import Limits, Request, ResponseWriter
 from ambient.waypoint.server import Waypoint, WaypointSettings
 from ambient.waypoint.telemetry import WaypointMetrics
 
@@ -47,34 +59,63 @@ REVIEWS_VIP = "10.96.0.10"
 ECHO_VIP = "10.96.0.20"
 PODS = {"127.0.0.11": "v1", "127.0.0.12": "v2"}
 ECHO_POD = "127.0.0.13"
+GRPC_VIP = "10.96.0.30"
+GRPC_POD = "127.0.0.14"
+
+
+WAYPOINT = GatewayAddress(NamespacedHostname(NS, f"waypoint.{NS}.svc.cluster.local"))
 
 
 def _svc(name: str, vip: str, port: int = 80, target: int = 8080, proto: AppProtocol = AppProtocol.UNKNOWN) -> Service:
+    # every service of the topology is bound to the waypoint except `unbound` (10.96.0.40)
     return Service(name, NS, f"{name}.{NS}.svc.cluster.local", (NetworkAddress(ip_address(vip)),),
-                   (Port(port, target, proto),))
+                   (Port(port, target, proto),), waypoint=None if name == "unbound" else WAYPOINT)
 
 
 def build_state() -> StateView:
     services = [_svc("reviews", REVIEWS_VIP), _svc("reviews-v1", "10.96.0.11"), _svc("reviews-v2", "10.96.0.12"),
-                _svc("echo", ECHO_VIP, 9000, 9000, AppProtocol.TCP)]
+                _svc("echo", ECHO_VIP, 9000, 9000, AppProtocol.TCP),
+                _svc("grpc", GRPC_VIP, 50051, 50051, AppProtocol.GRPC), _svc("unbound", "10.96.0.40")]
     workloads = [Workload("client-uid", "curl-1", NS, (ip_address("127.0.0.5"),), tunnel_protocol=TunnelProtocol.HBONE,
                           service_account="curl")]
     for ip, version in PODS.items():
         workloads.append(Workload(
             f"reviews-{version}", f"reviews-{version}-pod", NS, (ip_address(ip),),
             tunnel_protocol=TunnelProtocol.HBONE, service_account="reviews", canonical_name="reviews",
-            canonical_revision=version,
+            canonical_revision=version, waypoint=WAYPOINT if version == "v2" else None,  # v2: workload waypoint
             services={f"{NS}/reviews.{NS}.svc.cluster.local": (Port(80, 8080),),
                       f"{NS}/reviews-{version}.{NS}.svc.cluster.local": (Port(80, 8080),)},
         ))
     workloads.append(Workload("echo-uid", "echo-pod", NS, (ip_address(ECHO_POD),), tunnel_protocol=TunnelProtocol.HBONE,
                               service_account="reviews",
                               services={f"{NS}/echo.{NS}.svc.cluster.local": (Port(9000, 9000, AppProtocol.TCP),)}))
+    workloads.append(Workload("grpc-uid", "grpc-pod", NS, (ip_address(GRPC_POD),), tunnel_protocol=TunnelProtocol.HBONE,
+                              service_account="reviews",
+                              services={f"{NS}/grpc.{NS}.svc.cluster.local": (Port(50051, 50051, AppProtocol.GRPC),)}))
     return view_of(workloads, services)
 
 
+async def _grpc_like(req: Request, writer: ResponseWriter) -> None:
+    """An h2c app answering like gRPC: echoes the body, `grpc-status` in trailers, reports `te`."""
+    body = bytearray()
+    while chunk := await req.body.read():
+        body += chunk
+    await writer.start(200, [("content-type", "application/grpc"), ("x-te", req.header("te") or "")])
+    await writer.write(bytes(body))
+    await writer.end([("grpc-status", "0"), ("grpc-message", "ok")])
+
+
+async def _h2_app_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    stream = TcpByteStream(reader, writer)
+    try:
+        await serve_http2(stream, _grpc_like, Limits())
+    finally:
+        stream.close()
+
+
 async def _app_conn(version: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A tiny keep-alive HTTP/1.1 app: answers JSON {version, method, path, headers, body}."""
+    """A tiny keep-alive HTTP/1.1 app: answers JSON {version, method, path, headers, body};
+    `/status/<code>` answers that status, `/delay/<ms>` answers late."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
@@ -99,6 +140,8 @@ async def _app_conn(version: str, reader: asyncio.StreamReader, writer: asyncio.
                         break
                 target = event.target.decode()
                 status = int(target.rsplit("/", 1)[-1]) if target.startswith("/status/") else 200
+                if target.startswith("/delay/"):  # /delay/<ms>: a slow backend
+                    await asyncio.sleep(int(target.rsplit("/", 1)[-1]) / 1000)
                 payload = json.dumps({
                     "version": version, "method": event.method.decode(), "path": target,
                     "headers": {k.decode(): v.decode() for k, v in event.headers}, "body": len(body),
@@ -169,6 +212,9 @@ async def loopback(objects: Iterable[Mapping[str, Any]] = (), *, seed: int = 7) 
         echo = await asyncio.start_server(_echo_conn, "127.0.0.1", 0)
         await stack.enter_async_context(echo)
         apps[ECHO_POD] = echo.sockets[0].getsockname()[1]
+        grpc = await asyncio.start_server(_h2_app_conn, "127.0.0.1", 0)
+        await stack.enter_async_context(grpc)
+        apps[GRPC_POD] = grpc.sockets[0].getsockname()[1]
         seen: list[tuple[str, str]] = []
 
         async def backend_handler(req: ConnectRequest, peer: PeerIdentity) -> Decision:

@@ -12,7 +12,9 @@ destination and:
 - TCP ports (appProtocol tcp/tls): L4 only. Policies are evaluated without HTTP attributes (HTTP-only
   rules never allow and always deny, see l7authz); denied -> CONNECT answered 401; else bytes are piped
   to an endpoint tunnel.
-- Unknown destination or port -> 503 (fail closed, nothing is forwarded blind).
+- Unknown destination or port -> 503 (fail closed, nothing is forwarded blind). A destination whose
+  Service (or, for pod-addressed traffic, Workload) does not name this waypoint -> 400: the waypoint is not
+  an open relay that lends its identity to anyone.
 
 Invariants: the caller's identity comes only from the HBONE peer certificate; the source workload
 named in logs is the one at the Forwarded address only when its identity equals the certificate's. Every
@@ -40,11 +42,20 @@ from ambient.hbone.protocol import ConnectRequest, format_authority
 from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
-from ambient.state.model import AppProtocol, LoadBalancing, Port, Service, Workload
+from ambient.state.model import (
+    AppProtocol,
+    GatewayAddress,
+    LoadBalancing,
+    NamespacedHostname,
+    Port,
+    Service,
+    Workload,
+)
 from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint.config import L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
+from ambient.waypoint.h2client import Http2Upstream
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
@@ -66,6 +77,9 @@ class WaypointSettings:
     hbone_port: int = 15008  # where endpoints' node proxies listen for HBONE
     limits: Limits = field(default_factory=Limits)
     max_retry_body: int = 64 * 1024  # request bodies up to this size are buffered so retries can replay them
+    # Serve only destinations whose Service/Workload names this waypoint: otherwise any client could use
+    # the waypoint's identity to reach workloads it is not meant to front (a confused deputy).
+    require_binding: bool = True
 
 
 @dataclass
@@ -122,6 +136,13 @@ class Waypoint:
         if service is None and workload is None:
             log.warning("waypoint: CONNECT %s from %s: unknown destination", request.authority, peer)
             return Reject(503, f"unknown destination {request.authority}")
+        bound_to = service.waypoint if service is not None else workload.waypoint if workload is not None else None
+        if self.settings.require_binding and not self._is_me(bound_to, view):
+            what = f"service {service.hostname}" if service is not None else f"workload {request.target_ip}"
+            log.warning("waypoint: CONNECT %s from %s refused: %s does not use this waypoint", request.authority,
+                        peer, what)
+            return Reject(400, f"{what} is not bound to waypoint {self.settings.gateway_namespace}/"
+                          f"{self.settings.gateway_name}")
         port = service.port(request.target_port) if service is not None else None
         if service is not None and port is None:
             return Reject(503, f"service {service.hostname} has no port {request.target_port}")
@@ -130,6 +151,18 @@ class Waypoint:
         if port is not None and port.app_protocol in (AppProtocol.TCP, AppProtocol.TLS):
             return await self._l4(conn, view)
         return Accept(serve=lambda stream: self._serve(stream, conn))
+
+    def _is_me(self, gw: GatewayAddress | None, view: StateView) -> bool:
+        """Is `gw` (a Service's or Workload's waypoint) this waypoint? By its Service hostname, or by an
+        address that is its Service's VIP."""
+        if gw is None:
+            return False
+        s = self.settings
+        dest = gw.destination
+        if isinstance(dest, NamespacedHostname):
+            return dest.namespace == s.gateway_namespace and dest.hostname.split(".")[0] == s.gateway_name
+        svc = view.service_by_vip(dest.address, dest.network)
+        return svc is not None and (svc.name, svc.namespace) == (s.gateway_name, s.gateway_namespace)
 
     @staticmethod
     def _source(request: ConnectRequest, peer: PeerIdentity, view: StateView) -> tuple[str, Workload | None]:
@@ -355,7 +388,11 @@ class Waypoint:
             ep = self._pick(conn, svc, backend[1], view, record)
         self._describe(ep, svc, record)
         accept = (lambda status: status not in retry_codes) if retry_codes else None
-        key = (ep.workload.uid, ep.ip, ep.port)
+        port = (svc.port(backend[1]) if svc is not None and backend is not None else None) or (
+            conn.service.port(conn.port) if conn.service is not None else None)
+        h2 = req.protocol == "HTTP/2" and (
+            req.is_grpc or (port is not None and port.app_protocol in (AppProtocol.HTTP2, AppProtocol.GRPC)))
+        key = (ep.workload.uid, ep.ip, ep.port, h2)
         upstream = self._pool.take(key)
         if upstream is not None:
             try:
@@ -368,10 +405,14 @@ class Waypoint:
                     raise
                 if isinstance(req.body, BytesBody):
                     req.body = BytesBody(req.body.data)
+            except BaseException:  # cancelled (timeout, client reset) mid-exchange: not reusable
+                upstream.close()
+                raise
             else:
                 self._pool.give(key, upstream)
                 return status
-        upstream = Http1Upstream(await self._open(conn, ep, svc, record), self.settings.limits)
+        stream = await self._open(conn, ep, svc, record)
+        upstream = (Http2Upstream if h2 else Http1Upstream)(stream, self.settings.limits)
         try:
             status = await upstream.exchange(req, req.authority, req.headers, writer, accept)
         except BaseException:
@@ -405,13 +446,13 @@ class Waypoint:
         wl = ep.workload
         record.dst_workload, record.dst_namespace = wl.name, wl.namespace
         record.dst_canonical = wl.canonical_name
-        authority = format_authority(ep.ip, ep.port)
-        record.dst_hbone_addr = authority
+        host = f"[{ep.ip}]" if ":" in ep.ip else ep.ip  # ep.ip is already canonical text: no re-parsing
+        record.dst_hbone_addr = f"{host}:{ep.port}"
         if wl.in_mesh:
             record.dst_identity = wl.identity
-            record.dst_addr = format_authority(ep.ip, self.settings.hbone_port)
+            record.dst_addr = f"{host}:{self.settings.hbone_port}"
         else:
-            record.dst_addr = authority
+            record.dst_addr = record.dst_hbone_addr
 
     async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> ByteStream:
         wl = ep.workload
@@ -437,6 +478,10 @@ class Waypoint:
         self._pool.close_all()
 
 
+Upstream = Http1Upstream | Http2Upstream
+PoolKey = tuple[str, str, int, bool]  # workload uid, ip, port, HTTP/2
+
+
 class UpstreamPool:
     """Idle HTTP/1.1 upstream connections per endpoint, reused by later requests (no background task:
     staleness is checked when a connection is taken)."""
@@ -444,9 +489,9 @@ class UpstreamPool:
     def __init__(self, max_idle_per_key: int = 16, idle_timeout: float = 60.0) -> None:
         self.max_idle = max_idle_per_key
         self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, str, int], deque[tuple[Http1Upstream, float]]] = {}
+        self._idle: dict[PoolKey, deque[tuple[Upstream, float]]] = {}
 
-    def take(self, key: tuple[str, str, int]) -> Http1Upstream | None:
+    def take(self, key: PoolKey) -> Upstream | None:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -456,7 +501,7 @@ class UpstreamPool:
             upstream.close()
         return None
 
-    def give(self, key: tuple[str, str, int], upstream: Http1Upstream) -> None:
+    def give(self, key: PoolKey, upstream: Upstream) -> None:
         idle = self._idle.setdefault(key, deque())
         if not upstream.reusable or len(idle) >= self.max_idle:
             upstream.close()

@@ -141,6 +141,7 @@ class WaypointMetrics:
             "istio_request_duration_milliseconds", "Request duration in milliseconds", LABELS,
             buckets=DURATION_BUCKETS, registry=self.registry,
         )
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
     @staticmethod
     def labels(record: RequestRecord) -> tuple[str, ...]:
@@ -166,8 +167,11 @@ class WaypointMetrics:
 
     def observe(self, record: RequestRecord) -> None:
         labels = self.labels(record)
-        self.requests.labels(*labels).inc()
-        self.duration.labels(*labels).observe(record.duration_ms)
+        children = self._children.get(labels)
+        if children is None:  # label lookups cost more than the increments: keep the series' children
+            children = self._children[labels] = (self.requests.labels(*labels), self.duration.labels(*labels))
+        children[0].inc()
+        children[1].observe(record.duration_ms)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -177,10 +181,8 @@ def emit(record: RequestRecord, metrics: WaypointMetrics | None) -> None:
     """Finish `record`: log its line and count it."""
     if record.ended is None:
         record.ended = time.monotonic()
-    line = format_request(record)
-    if record.error:
-        access_log.error(line)
-    else:
-        access_log.info(line)
+    level = logging.ERROR if record.error else logging.INFO
+    if access_log.isEnabledFor(level):
+        access_log.log(level, format_request(record))
     if metrics is not None:
         metrics.observe(record)

@@ -141,6 +141,7 @@ class App:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         writer = self.store.take_writer()
+        unsubscribe = self.store.subscribe(self.telemetry.connections.revoke)  # live revocation
         try:
             async with asyncio.TaskGroup() as tg:
                 state_task = tg.create_task(self.state_source.run(writer, self._on_state_ready), name="state")
@@ -158,6 +159,7 @@ class App:
                 state_task.cancel()
                 refresher.cancel()
         finally:
+            unsubscribe()
             await self.core.hbone.close()
             for runner in self._runners:
                 await runner.cleanup()

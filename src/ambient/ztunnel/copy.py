@@ -40,6 +40,7 @@ class End(Protocol):
     async def write(self, data: bytes | memoryview) -> None: ...
     async def write_eof(self) -> None: ...
     def reset(self) -> None: ...
+    def interrupt(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -81,6 +82,11 @@ class SocketEnd:
     def reset(self) -> None:
         reset_socket(self.sock)
 
+    def interrupt(self) -> None:
+        """Wake pending reads/writes without closing the fd under the event loop (closing is `finish`'s)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -102,6 +108,9 @@ class HboneEnd:
         await self.stream.write_eof()
 
     def reset(self) -> None:
+        self.stream.abort()
+
+    def interrupt(self) -> None:
         self.stream.abort()
 
     def close(self) -> None:

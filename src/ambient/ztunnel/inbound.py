@@ -69,12 +69,23 @@ async def _deliver(
     labels: ConnectionLabels,
     entry_args: dict[str, str],
     upstream: socket.socket,
+    authz: ConnectionInfo,
+    dst_uid: str,
 ) -> None:
-    """Phase 5: copy between the client side (`end`) and the app, then log and count."""
+    """Phase 5: copy between the client side (`end`) and the app, then log and count. A policy change
+    that denies this connection later cuts it (`Connections.revoke`)."""
     tel = ctx.core.telemetry
     stats = CopyStats()
-    entry = tel.connections.open(stats=stats, **entry_args)  # type: ignore[arg-type]
     app = SocketEnd(upstream, str(target))
+    revoked: list[str] = []
+
+    def cut(reason: str) -> None:
+        revoked.append(reason)
+        end.interrupt()
+        app.interrupt()
+
+    entry = tel.connections.open(stats=stats, authz=authz, dst_uid=dst_uid, cut=cut,  # type: ignore[arg-type]
+                                 **entry_args)
     error: BaseException | None = None
     try:
         try:
@@ -83,10 +94,12 @@ async def _deliver(
             error = DrainCut()
             raise
         finally:
-            if error is not None:
+            if revoked:
+                record.error = revoked[0]
+            elif error is not None:
                 record.error = str(error) if isinstance(error, DrainCut) else f"{type(error).__name__}: {error}"
     finally:
-        finish(end, app, error)
+        finish(end, app, error or (ConnectionResetError() if revoked else None))
         tel.connections.close(entry)
         tel.finish(record, labels, stats)
 
@@ -131,7 +144,8 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
         svc = view.service_by_hostname(local.namespace, record.dst_service) if record.dst_service else None
         labels = labels_for("destination", src_wl, peer.uri, local, local.identity, svc, True)
         # 3. authorization: identity from the certificate only
-        verdict = evaluate(ConnectionInfo(src_ip, target.ip, target.port, peer.uri), local, view)
+        authz = ConnectionInfo(src_ip, target.ip, target.port, peer.uri)
+        verdict = evaluate(authz, local, view)
         if verdict.denied:
             labels = labels.with_flags("DENY")
             tel.opened(labels)
@@ -153,7 +167,8 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
         }
 
         async def serve(stream: HboneStream) -> None:
-            await _deliver(ctx, HboneEnd(stream, src_addr), src_ip, target, record, labels, entry_args, upstream)
+            await _deliver(ctx, HboneEnd(stream, src_addr), src_ip, target, record, labels, entry_args, upstream,
+                           authz, local.uid)
 
         # 5. the server answers 200 and calls `serve`
         return Accept(serve=serve)
@@ -196,7 +211,8 @@ async def serve_plaintext(ctx: PodContext, client: socket.socket) -> None:
     svc = view.service_by_hostname(local.namespace, record.dst_service) if record.dst_service else None
     labels = labels_for("destination", src_wl, "", local, local.identity, svc, False)
     tel.opened(labels)
-    verdict = evaluate(ConnectionInfo(src_ip, target.ip, port, None), local, view)
+    authz = ConnectionInfo(src_ip, target.ip, port, None)
+    verdict = evaluate(authz, local, view)
     if verdict.denied:
         labels = labels.with_flags("DENY")
         record.error = verdict.error
@@ -214,4 +230,5 @@ async def serve_plaintext(ctx: PodContext, client: socket.socket) -> None:
         "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
         "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "TCP",
     }
-    await _deliver(ctx, SocketEnd(client, src_addr), src_ip, target, record, labels, entry_args, upstream)
+    await _deliver(ctx, SocketEnd(client, src_addr), src_ip, target, record, labels, entry_args, upstream,
+                   authz, local.uid)

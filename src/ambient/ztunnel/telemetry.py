@@ -16,16 +16,19 @@ import itertools
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ambient.authz.evaluate import ConnectionInfo, evaluate
 from ambient.state.model import Service, Workload
+from ambient.state.store import StateChange
 from ambient.ztunnel.accesslog import ConnectionRecord, Direction, format_failed, format_json, format_text
 from ambient.ztunnel.copy import CopyStats
 from ambient.ztunnel.metrics import ConnectionLabels, ProxyMetrics
 
 ACCESS_LOGGER = "access"
+log = logging.getLogger("ambient.ztunnel.telemetry")
 
 
 class AccessLog:
@@ -109,6 +112,10 @@ class ConnectionEntry:
     protocol: str  # HBONE | TCP
     stats: CopyStats = field(default_factory=CopyStats)
     started: float = field(default_factory=time.time)
+    # inbound only: what authorization saw, to re-check on policy changes (live revocation)
+    authz: ConnectionInfo | None = None
+    dst_uid: str = ""
+    cut: Callable[[str], None] | None = None
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -128,6 +135,7 @@ class Connections:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._live: dict[int, ConnectionEntry] = {}
+        self.revoked = 0  # connections closed by live policy revocation
 
     def open(self, **kwargs: Any) -> ConnectionEntry:
         entry = ConnectionEntry(id=next(self._ids), **kwargs)
@@ -142,6 +150,24 @@ class Connections:
 
     def for_pod(self, uid: str) -> list[ConnectionEntry]:
         return [c for c in self._live.values() if c.pod_uid == uid]
+
+    def revoke(self, change: StateChange) -> None:
+        """State listener: close live inbound connections that the new policies deny."""
+        if not change.policies_changed and not change.workloads_removed:
+            return
+        view = change.current
+        cut = 0
+        for entry in list(self._live.values()):
+            if entry.authz is None or entry.cut is None:
+                continue
+            wl = view.workload(entry.dst_uid)
+            verdict = evaluate(entry.authz, wl, view) if wl is not None else None
+            if verdict is None or verdict.denied:
+                reason = verdict.error if verdict is not None else "destination workload removed"
+                log.info("closing live connection %s -> %s: %s", entry.remote, entry.local, reason)
+                entry.cut(reason)
+                cut += 1
+        self.revoked += cut
 
 
 @dataclass

@@ -45,6 +45,7 @@ class Pod:
     namespace: str = "h10"
     service_account: str = "default"
     in_state: bool = True  # False: enrolled over ZDS but unknown to the proxy's state
+    mesh: bool = True  # False ("-plain" names): no redirection, not enrolled, not in the state
 
     @property
     def path(self) -> str:
@@ -180,8 +181,8 @@ class Testbed:
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
     def create(self, pods_per_node: dict[int, list[tuple[str, str]]]) -> Testbed:
-        """`pods_per_node`: node -> [(pod name, service account)]; names ending in '-ghost' are kept out
-        of the state."""
+        """`pods_per_node`: node -> [(pod name, service account)]; names ending in '-ghost' are enrolled
+        but kept out of the state; names ending in '-plain' are outside the mesh (no rules, no ZDS)."""
         from ambient.cni.apply import apply_pod_redirection
         from ambient.cni.rules import RedirectConfig
 
@@ -200,8 +201,9 @@ class Testbed:
         for i, specs in pods_per_node.items():
             sh("ip", "-n", self.node_ns(i), "addr", "add", f"10.250.{i}.1/24", "dev", "lo")
             for k, (name, sa) in enumerate(specs):
+                plain = name.endswith("-plain")
                 pod = Pod(name, f"{self.prefix}-p{i}-{k}", f"10.250.{i}.{k + 2}", i, service_account=sa,
-                          in_state=not name.endswith("-ghost"))
+                          in_state=not name.endswith("-ghost") and not plain, mesh=not plain)
                 self._add_netns(pod.netns)
                 dev = f"p{k}"
                 sh("ip", "link", "add", dev, "netns", self.node_ns(i), "type", "veth", "peer", "name", "eth0",
@@ -212,7 +214,8 @@ class Testbed:
                 sh("ip", "-n", self.node_ns(i), "route", "add", f"{pod.ip}/32", "dev", dev)
                 sh("ip", "-n", pod.netns, "route", "add", f"10.250.{i}.1/32", "dev", "eth0")
                 sh("ip", "-n", pod.netns, "route", "add", "default", "via", f"10.250.{i}.1", "dev", "eth0")
-                apply_pod_redirection(RedirectConfig(dns_capture=False), self.backend, netns=pod.path)  # type: ignore[arg-type]
+                if pod.mesh:
+                    apply_pod_redirection(RedirectConfig(dns_capture=False), self.backend, netns=pod.path)  # type: ignore[arg-type]
                 self.pods.append(pod)
         return self
 
@@ -254,19 +257,20 @@ class Testbed:
     def feeder(self, node: int) -> ZdsFeeder:
         if node not in self._feeders:
             path = self.workdir / f"zds-{node}.sock"
-            self._feeders[node] = ZdsFeeder(path, [p for p in self.pods if p.node == node]).start()
+            self._feeders[node] = ZdsFeeder(path, [p for p in self.pods if p.node == node and p.mesh]).start()
         return self._feeders[node]
 
     def start_proxy(
         self, node: int, *, mode: str = "inpod", netns: str | None = None, env: dict[str, str] | None = None,
-        tag: str = "", extra: Sequence[str] = (), wait: bool = True,
+        tag: str = "", extra: Sequence[str] = (), wait: bool = True, profile: Path | None = None,
     ) -> ProxyProcess:
         state = self.write_state()
         self.ensure_ca()
         name = f"ztunnel-{node}{tag}"
         admin = self.workdir / f"{name}.admin.sock"
         args = [
-            "ip", "netns", "exec", netns or self.node_ns(node), sys.executable, "-m", "ambient", "ztunnel",
+            "ip", "netns", "exec", netns or self.node_ns(node), sys.executable,
+            *(["-m", "cProfile", "-o", str(profile)] if profile else []), "-m", "ambient", "ztunnel",
             "--static", str(state), "--ca-dir", str(self.ca_dir), "--mode", mode, "--node", f"node{node}",
             "--admin-socket", str(admin), *extra,
         ]
@@ -284,7 +288,7 @@ class Testbed:
 
     def wait_proxy(self, pp: ProxyProcess, mode: str = "inpod", timeout: float = 30.0) -> None:
         """Until the proxy logged readiness and (in-pod) every pod of its node has listeners."""
-        want = len([p for p in self.pods if p.node == pp.node]) if mode == "inpod" else 0
+        want = len([p for p in self.pods if p.node == pp.node and p.mesh]) if mode == "inpod" else 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = pp.log_text()

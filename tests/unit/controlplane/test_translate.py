@@ -304,6 +304,20 @@ PRESENT = sec.StringMatch(presence=empty_pb2.Empty())
             "more restrictive than requested",
         ),
         (
+            ap(
+                {
+                    "rules": [
+                        {"from": [{"source": {"serviceAccounts": ["other/api", "web"], "notServiceAccounts": ["x/y"]}}]}
+                    ]
+                }
+            ),
+            """name: "p" namespace: "default" scope: NAMESPACE
+               rules { clauses { matches { service_accounts { namespace: "other" serviceAccount: "api" }
+                                           service_accounts { namespace: "default" serviceAccount: "web" }
+                                           not_service_accounts { namespace: "x" serviceAccount: "y" } } } }""",
+            None,
+        ),
+        (
             ap({}, annotations={"istio.io/dry-run": "true"}),
             'name: "p" namespace: "default" scope: NAMESPACE dry_run: true',
             None,

@@ -7,12 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import yaml
-from kube_fakeapi import FakeKubeApi
+from kube_fakeapi import FakeKubeApi, write_kubeconfig
 
 from ambient.kube.source import KubeSource
-
-TOKEN = "test-token-of-the-controlplane"
 
 
 @pytest.fixture
@@ -23,22 +20,6 @@ async def fake_api() -> AsyncIterator[FakeKubeApi]:
         yield api
     finally:
         await api.stop()
-
-
-def write_kubeconfig(path: Path, server: str, token: str = TOKEN) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server}}],
-                "users": [{"name": "cp", "user": {"token": token}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "cp"}}],
-                "current-context": "fake",
-            }
-        )
-    )
-    return path
 
 
 @pytest.fixture

@@ -15,14 +15,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 RECORDED = Path(__file__).parent / "recorded"
+TOKEN = "test-token-of-the-controlplane"  # the bearer token of the kubeconfig the tests use
 Obj = dict[str, Any]
 
 
 def recorded(name: str) -> Obj:
     return json.loads((RECORDED / f"{name}.json").read_text())  # type: ignore[no-any-return]
+
+
+def write_kubeconfig(path: Path, server: str, token: str = TOKEN) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "cp", "user": {"token": token}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "cp"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path
 
 
 def status(code: int, reason: str, message: str) -> Obj:

@@ -135,3 +135,19 @@ async def test_missing_rbac_for_tokenreviews_is_explained(fake_api: FakeKubeApi,
 async def test_empty_token_is_refused(authn: TokenAuthenticator) -> None:
     with pytest.raises(KubeAuthError, match="no bearer token"):
         await authn.authenticate("Bearer ")
+
+
+async def test_cached_review_expires(fake_api: FakeKubeApi, source: KubeSource) -> None:
+    fake_api.objects[POD_PATH] = recorded("pod-ztunnel")
+    fake_api.token_reviews[PROXY_TOKEN] = review()
+    now = [1000.0]
+    authn = TokenAuthenticator(source, cache_ttl=30, clock=lambda: now[0])
+    await authn.authenticate(PROXY_TOKEN)
+    now[0] += 29
+    await authn.authenticate(PROXY_TOKEN)
+    assert len(fake_api.requests(REVIEW_PATH)) == 1
+    now[0] += 2
+    del fake_api.objects[POD_PATH]  # the pod went away: the next review after expiry refuses
+    with pytest.raises(KubeAuthError, match="no longer exists"):
+        await authn.authenticate(PROXY_TOKEN)
+    assert len(fake_api.requests(REVIEW_PATH)) == 2

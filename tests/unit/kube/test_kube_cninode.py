@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from kube_fakeapi import FakeKubeApi, recorded
+from kube_fakeapi import FakeKubeApi, recorded, write_kubeconfig
 
 from ambient.cni.plugin import PLUGIN_TYPE
 from ambient.kube import cninode
@@ -104,32 +104,47 @@ def test_shim_add_without_a_running_installer_fails_closed(host: cninode.Setting
     assert err["code"] == 100 and "not started un-captured" in err["msg"]
 
 
+NS_PATH = "/api/v1/namespaces/ambient-system"
+NAMESPACE = {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "ambient-system"}}
+TERMINATING = {**NAMESPACE, "metadata": {"name": "ambient-system", "deletionTimestamp": "2026-11-22T03:00:00Z"}}
+DAEMONSET = {"kind": "DaemonSet", "apiVersion": "apps/v1", "metadata": {"name": "ambient-node-agent"}}
+DELETING = {**DAEMONSET, "metadata": {"name": "ambient-node-agent", "deletionTimestamp": "2026-11-22T03:00:00Z"}}
+
+
 @pytest.mark.parametrize(
-    ("answer", "removed"),
+    ("namespace", "daemonset", "forbidden", "removed"),
     [
-        ({"kind": "DaemonSet", "metadata": {"name": "ambient-node-agent"}}, False),  # upgrade / restart
-        ({"kind": "DaemonSet", "metadata": {"name": "ambient-node-agent",
-                                            "deletionTimestamp": "2026-11-22T03:00:00Z"}}, True),
-        (None, True),  # DaemonSet gone: uninstall
+        (NAMESPACE, DAEMONSET, False, False),  # upgrade or restart: keep the plugin chained
+        (NAMESPACE, DELETING, False, True),  # DaemonSet being deleted
+        (NAMESPACE, None, False, True),  # DaemonSet gone
+        (TERMINATING, DAEMONSET, False, True),  # namespace deleted, its pods go before its DaemonSet
+        (NAMESPACE, DAEMONSET, True, True),  # `kubectl delete -k` removed our RBAC before the pods ended
     ],
 )
 async def test_prestop_unchains_only_on_uninstall(
-    host: cninode.Settings, fake_api: FakeKubeApi, source: KubeSource, answer: dict[str, Any] | None, removed: bool
+    host: cninode.Settings, fake_api: FakeKubeApi, source: KubeSource,
+    namespace: dict[str, Any], daemonset: dict[str, Any] | None, forbidden: bool, removed: bool,
 ) -> None:
     cninode.keep_chained(host)
-    if answer is not None:
-        fake_api.objects[DS_PATH] = answer
+    fake_api.objects[NS_PATH] = namespace
+    if daemonset is not None:
+        fake_api.objects[DS_PATH] = daemonset
+    if forbidden:
+        fake_api.forbidden.update({NS_PATH, DS_PATH})
     assert await cninode.prestop(host, source) is removed
     assert cninode.is_chained(host.conf_dir / "10-kindnet.conflist") is not removed
     assert (host.bin_dir / PLUGIN_TYPE).exists()  # kept either way (DEL replays)
 
 
-async def test_prestop_keeps_the_plugin_when_the_api_refuses(
-    host: cninode.Settings, fake_api: FakeKubeApi, source: KubeSource
-) -> None:
+async def test_prestop_keeps_the_plugin_when_the_api_is_unreachable(host: cninode.Settings, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cninode.keep_chained(host)
-    fake_api.forbidden.add(DS_PATH)
-    assert await cninode.prestop(host, source) is False
+    async with await KubeSource.connect(str(write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{port}"))) as src:
+        assert await cninode.prestop(host, src) is False
     assert cninode.is_chained(host.conf_dir / "10-kindnet.conflist")
 
 
@@ -220,3 +235,26 @@ async def test_add_through_the_host_shim_reaches_the_node_agent(
     web_add = next(r for r in received if r["PodName"].startswith("web"))
     assert web_add["Netns"] == "/var/run/netns/cni-test" and web_add["PodNamespace"] == "demo"
     assert web_add["PodUID"] == pods[0]["metadata"]["uid"]
+
+
+async def test_run_survives_a_half_written_conflist_and_chains_when_it_is_fixed(
+    host: cninode.Settings, source: KubeSource
+) -> None:
+    conflist = host.conf_dir / "10-kindnet.conflist"
+    conflist.write_text('{"cniVersion": "1.0.0", "plugins": [')  # the primary CNI is mid-write
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(cninode.run(host, source, stop, interval=0.05))
+        await asyncio.sleep(0.3)
+        assert not cninode.is_chained(conflist)
+        conflist.write_text(json.dumps(PRIMARY))
+        async with asyncio.timeout(20):
+            while not cninode.is_chained(conflist):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        pid = (Path(host.run_dir) / cninode.PID_FILE).read_text().strip()
+        stop.set()
+    assert pid == str(os.getpid())
+    assert not (Path(host.run_dir) / cninode.RELAY_SOCKET).exists()  # cleaned up on stop
+    assert not (Path(host.run_dir) / cninode.PID_FILE).exists()
+    done = run_shim(host, "ADD")  # a stopped installer: ADD fails closed at once
+    assert done.returncode == 1 and json.loads(done.stdout)["code"] == 100

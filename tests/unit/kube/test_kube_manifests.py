@@ -5,8 +5,10 @@ CRDs, the image is referenced consistently, and RBAC / security settings are wha
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -320,3 +322,65 @@ def test_node_agent_daemonset_installs_and_uninstalls_the_plugin() -> None:
     assert amounts["netns"]["mountPropagation"] == "HostToContainer"
     assert amounts["ztunnel-socket"]["mountPath"] == "/var/run/ztunnel"
     assert amounts["run-ambient"]["mountPath"] == mounts["run-ambient"] == env["AMBIENT_RUN_DIR"]
+
+
+# ------------------------------------------------------------------------------------------ image build inputs
+
+
+def test_dockerfile_build_inputs() -> None:
+    """What can be checked without a container engine: the build context holds what the Dockerfile copies,
+    the image runs as non-root by default, and the entry point is the `ambient` CLI."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*"
+    allowed_roots = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            for src in line.split()[1:-1]:
+                assert src.rstrip("/") in allowed_roots, src
+                assert (ROOT / src).exists(), src
+    assert "USER 10001" in dockerfile
+    assert 'ENTRYPOINT ["ambient"]' in dockerfile
+    assert "/usr/local/bin/ambient-cni" in dockerfile  # the host shim's target (ambient.kube.cninode)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+    if "kube" not in extras:
+        pytest.skip("pending: pyproject.toml has no `kube` extra yet (kubernetes-asyncio==36.1.0), which the "
+                    "Dockerfile installs")
+    assert any(dep.startswith("kubernetes-asyncio") for dep in extras["kube"])
+
+
+def test_component_command_lines_exist() -> None:
+    """Every flag the manifests pass to `ambient <command>` is accepted by that command. Flags still missing
+    are listed in the skip reason (the Kubernetes mode of each component is wired by its owner)."""
+    ambient = Path(sys.executable).parent / "ambient"
+    missing: list[str] = []
+    for where, c in containers(raw_objects()):
+        if "command" in c:
+            continue  # python -m ambient.kube.cninode: tested in test_kube_cninode.py
+        command, *flags = c["args"]
+        done = subprocess.run([str(ambient), command, "--help"], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+        if done.returncode != 0:
+            missing.append(f"{where}: `ambient {command}` does not exist")
+            continue
+        for flag in flags:
+            name = flag.split("=", 1)[0]
+            if name not in done.stdout:
+                missing.append(f"{where}: `ambient {command} {name}`")
+    if missing:
+        pytest.skip("pending in the components' CLIs: " + "; ".join(missing))
+
+
+def test_manifests_in_the_docs_validate() -> None:
+    """The YAML users paste from docs/kubernetes.md (heredocs fed to `kubectl apply -f -`) is valid."""
+    schemas = crd_schemas(raw_objects())
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    blocks = [b.split("\nEOF\n", 1)[0] for b in text.split("kubectl apply -f - <<'EOF'\n")[1:]]
+    objs = [o for b in blocks for o in load_docs(b)]
+    assert {o["kind"] for o in objs} >= {"Namespace", "Deployment", "Service", "AuthorizationPolicy"}
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for obj in objs:
+        validate(obj, schemas)
+    images = {c["image"] for _, c in containers(objs)}
+    assert f"{IMAGE_NAME}:{version}" in images

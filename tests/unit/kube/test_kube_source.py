@@ -10,7 +10,7 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
-from kube_fakeapi import FakeKubeApi, event, recorded, status
+from kube_fakeapi import TOKEN, FakeKubeApi, event, recorded, status, write_kubeconfig
 
 from ambient.api.client import WatchEvent
 from ambient.api.errors import ApiError, GoneError, UnavailableError
@@ -18,7 +18,6 @@ from ambient.controlplane.source import ObjectSource, reflect
 from ambient.kube.errors import KubeApiError, KubeGoneError, KubeUnavailableError
 from ambient.kube.resources import RESOURCES
 from ambient.kube.source import KubeSource
-from conftest import TOKEN, write_kubeconfig
 
 PATHS = {
     "Namespace": ("/api/v1/namespaces", "namespaces"),
@@ -268,3 +267,22 @@ async def test_missing_builtin_collection_is_an_error(fake_api: FakeKubeApi, sou
     with pytest.raises(KubeApiError) as info:
         await source.list("Pod")  # no recorded list: 404, but pods always exist: a real error
     assert info.value.http_status == 404
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "namespace", "path", "recording"),
+    [
+        ("AuthorizationPolicy", "web-allow-client", "demo",
+         "/apis/security.istio.io/v1/namespaces/demo/authorizationpolicies/web-allow-client", "authorizationpolicies"),
+        ("Node", "kind-worker", None, "/api/v1/nodes/kind-worker", "nodes"),
+        ("EndpointSlice", "web-8h2kq", "demo",
+         "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices/web-8h2kq", "endpointslices"),
+    ],
+)
+async def test_get_custom_cluster_scoped_and_grouped_kinds(
+    fake_api: FakeKubeApi, source: KubeSource, kind: str, name: str, namespace: str | None, path: str, recording: str
+) -> None:
+    item = recorded(recording)["items"][0]
+    fake_api.objects[path] = copy.deepcopy(item)
+    got = await source.get(kind, name, namespace)
+    assert got == local_shape(kind, item)

@@ -74,9 +74,9 @@ async def app(req: Request, writer: ResponseWriter) -> None:
     await respond_text(writer, 200, f"{req.method} {req.target} {len(body)}")
 
 
-async def read_all(end: End, timeout: float = 5.0) -> bytes:
+async def read_all(end: End, limit: float = 5.0) -> bytes:
     out = bytearray()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit):
         while data := await end.read():
             out += data
     return bytes(out)
@@ -105,7 +105,8 @@ async def test_h1_keep_alive_and_pipelining() -> None:
 
 
 async def test_h1_chunked_request_body() -> None:
-    raw = b"PUT /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    raw = (b"PUT /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+           b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
     assert b"PUT /u 5" in await h1_exchange(raw)
 
 
@@ -183,10 +184,10 @@ class H2Client:
                                      (":authority", "x"), *(extra or [])], end_stream=end)
         return sid
 
-    async def events(self, until: Any, timeout: float = 5.0) -> list[Any]:
+    async def events(self, until: Any, limit: float = 5.0) -> list[Any]:
         """Collect events until `until(events)` holds or the server closes."""
         got: list[Any] = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while not until(got):
                 data = await self.end.read()
                 if not data:

@@ -209,7 +209,7 @@ def test_first_rule_wins_on_equal_specificity_within_a_route() -> None:
 def test_weighted_split_90_10_over_1000_requests_within_3_percent() -> None:
     r = mk("r", [{"backendRefs": [{"name": "v1", "port": 80, "weight": 90}, {"name": "v2", "port": 80, "weight": 10}]}])
     rng = random.Random(2024)
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for _ in range(1000):
         d = route_request([r], "reviews", "shop", 80, req(), rng)
         assert isinstance(d, RouteDecision)

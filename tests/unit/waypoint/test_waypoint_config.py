@@ -1,0 +1,114 @@
+"""Waypoint config sources: the static file (objects + state) and the API follower (list + watch)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ambient.waypoint.config import ApiL7Source, L7Config, load_static
+from ambient.waypoint.errors import ConfigError
+
+ROUTE = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "r", "namespace": "shop"},
+         "spec": {"parentRefs": [{"kind": "Service", "name": "reviews"}], "rules": [{"backendRefs": [{"name": "v1"}]}]}}
+TARGETED = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "l7", "namespace": "shop"},
+            "spec": {"targetRefs": [{"kind": "Service", "name": "reviews"}], "action": "DENY",
+                     "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}}
+SELECTOR = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "l4", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "x"}}, "action": "ALLOW"}}
+
+
+def test_from_objects_keeps_routes_and_targeted_policies_only() -> None:
+    bad = {"kind": "HTTPRoute", "metadata": {"name": "bad", "namespace": "shop"},
+           "spec": {"rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "(["}}]}]}}
+    cfg = L7Config.from_objects([ROUTE, TARGETED, SELECTOR, bad, {"kind": "Service", "metadata": {"name": "s"}}])
+    assert [r.key for r in cfg.routes] == ["shop/r"]  # the broken route is skipped, not fatal
+    assert [p.key for p in cfg.policies] == ["shop/l7"]
+
+
+def test_load_static_objects_and_state(tmp_path: Path) -> None:
+    f = tmp_path / "wp.yaml"
+    f.write_text(
+        "services:\n- {name: reviews, namespace: shop, hostname: reviews.shop.svc.cluster.local, vips: [10.96.0.10]}\n"
+        "---\n"
+        "kind: List\nitems:\n- kind: HTTPRoute\n  metadata: {name: r, namespace: shop}\n"
+        "  spec: {parentRefs: [{kind: Service, name: reviews}], rules: [{}]}\n"
+    )
+    cfg, state = load_static(f)
+    assert [r.key for r in cfg.routes] == ["shop/r"]
+    assert state is not None and [s.name for s in state.services] == ["reviews"]
+
+
+@pytest.mark.parametrize("text", ["- just\n- a list\n", "foo: bar\n", "a: [\n"])
+def test_load_static_rejects_bad_documents(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "wp.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError):
+        load_static(f)
+
+
+def test_load_static_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_static(tmp_path / "nope.yaml")
+
+
+@dataclass
+class Event:
+    type: str
+    object: dict[str, Any]
+
+
+class FakeApi:
+    """list() returns the initial objects; watch() replays queued events, then fails once (the source must
+    re-list and keep the last config meanwhile), then blocks."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": []}
+        self.events: dict[str, asyncio.Queue[Event | None]] = {k: asyncio.Queue() for k in self.items}
+        self.lists = 0
+
+    async def list(self, kind: str) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        return list(self.items[kind]), "1"
+
+    async def watch(self, kind: str, resource_version: str | None = None) -> AsyncIterator[Event]:
+        while True:
+            ev = await self.events[kind].get()
+            if ev is None:
+                raise ConnectionError("watch broke")
+            yield ev
+
+
+async def test_api_source_lists_then_follows_watch_events() -> None:
+    api = FakeApi()
+    source = ApiL7Source(api, retry_delay=0.01)
+
+    async def until(pred: Any) -> None:
+        for _ in range(500):  # polls the published config: up to 5 s
+            if pred():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached")
+
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(source.run())
+        await asyncio.wait_for(source.ready.wait(), 5)
+        assert [r.key for r in source.current.routes] == ["shop/r"]
+        api.events["AuthorizationPolicy"].put_nowait(Event("ADDED", TARGETED))
+        await until(lambda: len(source.current.policies) == 1)
+        api.events["HTTPRoute"].put_nowait(Event("BOOKMARK", {"metadata": {"resourceVersion": "5"}}))
+        api.events["HTTPRoute"].put_nowait(Event("DELETED", ROUTE))
+        await until(lambda: not source.current.routes)
+        # the watch breaks: config is kept, the source re-lists (which brings the route back)
+        lists = api.lists
+        api.events["HTTPRoute"].put_nowait(None)
+        await until(lambda: api.lists > lists and len(source.current.routes) == 1)
+        assert [p.key for p in source.current.policies] == ["shop/l7"]
+        task.cancel()
