@@ -85,7 +85,8 @@ def test_sigterm_refuses_new_keeps_open_until_deadline(bed: Testbed) -> None:
     live.close()
     log = p1.log_text()
     assert "shutdown requested: draining" in log and "deadline reached, closing 1 connection(s)" in log
-    print(f"\nrefused after {refused_at * 1000:.0f} ms, exited {exited_after:.2f}s after SIGTERM (deadline {DEADLINE}s)")
+    print(f"\nrefused after {refused_at * 1000:.0f} ms, exited {exited_after:.2f}s after SIGTERM "
+          f"(deadline {DEADLINE}s)")
 
 
 def test_handoff_to_second_proxy_under_request_loop(bed: Testbed) -> None:

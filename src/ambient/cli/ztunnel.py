@@ -56,14 +56,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"unknown --mode {mode!r}", hint="use inpod or shared")
         if log_format not in ("text", "json"):
             raise UsageError(f"unknown --log-format {log_format!r}", hint="use text or json")
-        if xds or ca_addr:
-            raise UsageError(
-                "--xds/--ca-addr: the control-plane client is not wired into this build yet",
-                hint="run with --static FILE --ca-dir DIR",
-            )
-        if static is None or ca_dir is None:
-            raise UsageError("the node proxy needs --static FILE and --ca-dir DIR (or --xds and --ca-addr)")
-        del token_file, root_cert
+        if xds is None and (static is None or ca_dir is None):
+            raise UsageError("the node proxy needs --static FILE and --ca-dir DIR, or --xds ADDR")
+        if xds is not None and ca_addr not in (None, xds):
+            raise UsageError("--ca-addr must equal --xds: the control plane serves xDS and the CA on one address")
         settings = Settings.from_env(
             mode=mode, node=node, admin_socket=admin_socket, admin_host=admin_host,
             serve_http=not no_http, log_format=log_format,
@@ -78,7 +74,24 @@ def register(app: typer.Typer) -> None:
             options.zds_socket = zds_socket
 
         async def main() -> None:
-            app = App(settings, StaticStateSource(static), LocalCaSource.from_dir(ca_dir), options)
+            if xds is not None:
+                import os
+
+                from ambient.ztunnel.xds_client import ControlPlaneSource, node_id
+
+                tf = token_file
+                source = ControlPlaneSource(
+                    xds,
+                    node=node,
+                    node_id=node_id(os.environ.get("INSTANCE_IP", ""), os.environ.get("POD_NAME", f"ztunnel-{node}"),
+                                    os.environ.get("POD_NAMESPACE", "istio-system")),
+                    token=(lambda: tf.read_text().strip()) if tf is not None else None,
+                    root_cert=root_cert.read_bytes() if root_cert is not None else None,
+                )
+                app = App(settings, source, source.certs, options)
+            else:
+                assert static is not None and ca_dir is not None
+                app = App(settings, StaticStateSource(static), LocalCaSource.from_dir(ca_dir), options)
             await app.run()
 
         if settings.uvloop:

@@ -1,10 +1,13 @@
 """The mesh CA as a gRPC service: `istio.v1.auth.IstioCertificateService/CreateCertificate`.
 
-Role: authenticate the caller (a per-node bearer token, the local cluster's stand-in for a projected
-service-account token), authorize the requested identity (the node proxy's own, or - with
-`metadata.ImpersonatedIdentity` - a service account of a pod scheduled on the caller's node), validate the
-CSR and sign it with the persisted root (`identity.ca.LocalCA`). Also issues the control plane's own TLS
-server certificate.
+Role: authenticate the caller through one small async interface, `CallerAuthenticator.authenticate(token)
+-> Caller(namespace, service_account, node)`: per-node bearer tokens in the local cluster
+(`NodeTokenAuthenticator`, every token stands for the node proxy's identity on its node), projected
+service-account tokens reviewed by Kubernetes in Kubernetes mode (`ambient.kube.controlplane`). Then
+authorize the requested identity (the caller's own, or - with `metadata.ImpersonatedIdentity`, only for the
+node proxy's identity - a service account of a pod scheduled on the caller's node), validate the CSR and
+sign it with the persisted root (`identity.ca.LocalCA`). Also issues the control plane's own TLS server
+certificate.
 
 Invariants:
 - Every refusal is a gRPC status with a message naming the reason: UNAUTHENTICATED (token),
@@ -12,6 +15,8 @@ Invariants:
 - CSR: EC P-256 or RSA >= 2048, exactly one SAN which is a SPIFFE URI in the CA's trust domain.
 - Lifetime: the requested `validity_duration` (seconds; <= 0 means the default, 24 h), capped at `max_ttl`.
 - The response chain is leaf first, root last. Tokens are files of mode 0600, compared in constant time.
+- Impersonation needs a caller that is the configured node proxy identity (local default
+  istio-system/ztunnel) bound to a node; any other authenticated caller gets only its own identity.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import grpc
 from cryptography import x509
@@ -97,6 +103,42 @@ class NodeTokens:
         return None
 
 
+class Caller(NamedTuple):
+    """Who called the CA: its own identity and the node it is bound to ("" = none: no impersonation)."""
+
+    namespace: str
+    service_account: str
+    node: str
+
+
+class CallerAuthenticator(Protocol):
+    """Maps a bearer token to its `Caller`, or raises `CaRefusedError` (code UNAUTHENTICATED) saying why."""
+
+    async def authenticate(self, token: str) -> Caller: ...
+
+
+class NodeTokenAuthenticator:
+    """Local cluster: a per-node token stands for the node proxy identity on that node."""
+
+    def __init__(
+        self,
+        tokens: NodeTokens,
+        proxy_namespace: str = PROXY_NAMESPACE,
+        proxy_service_account: str = PROXY_SERVICE_ACCOUNT,
+    ) -> None:
+        self.tokens = tokens
+        self.proxy = (proxy_namespace, proxy_service_account)
+
+    def node_for(self, token: str) -> str | None:
+        return self.tokens.node_for(token)
+
+    async def authenticate(self, token: str) -> Caller:
+        node = self.tokens.node_for(token)
+        if node is None:
+            raise CaRefusedError("the bearer token is not valid for any node of this cluster", code="UNAUTHENTICATED")
+        return Caller(self.proxy[0], self.proxy[1], node)
+
+
 def bearer_token(metadata: Mapping[str, str]) -> str | None:
     value = metadata.get("authorization", "")
     scheme, _, token = value.partition(" ")
@@ -137,25 +179,34 @@ def _csr_identity(csr: x509.CertificateSigningRequest) -> SpiffeId:
 
 
 class CertificateAuthority:
-    """Authentication + authorization + signing, independent of gRPC (the servicer is a thin wrapper)."""
+    """Authentication + authorization + signing, independent of gRPC (the servicer is a thin wrapper).
+
+    `authenticator`: a `CallerAuthenticator`, or `NodeTokens` (wrapped in a `NodeTokenAuthenticator` for
+    the proxy identity `proxy_namespace/proxy_service_account`).
+    """
 
     def __init__(
         self,
         ca: LocalCA,
-        tokens: NodeTokens,
+        authenticator: NodeTokens | CallerAuthenticator,
         node_identities: Callable[[str], set[tuple[str, str]]],
         *,
         max_ttl: timedelta = DEFAULT_TTL,
         default_ttl: timedelta = DEFAULT_TTL,
+        proxy_namespace: str = PROXY_NAMESPACE,
+        proxy_service_account: str = PROXY_SERVICE_ACCOUNT,
     ) -> None:
         self.ca = ca
-        self.tokens = tokens
+        if isinstance(authenticator, NodeTokens):
+            authenticator = NodeTokenAuthenticator(authenticator, proxy_namespace, proxy_service_account)
+        self.authenticator: CallerAuthenticator = authenticator
         self.node_identities = node_identities
         self.max_ttl = max_ttl
         self.default_ttl = default_ttl
+        self.proxy = (proxy_namespace, proxy_service_account)
         self.issued = 0
 
-    def issue(
+    async def issue(
         self,
         csr_pem: str,
         validity_seconds: int,
@@ -168,9 +219,9 @@ class CertificateAuthority:
                 "no bearer token: send `authorization: Bearer <token>` (the node's token file)",
                 code="UNAUTHENTICATED",
             )
-        node = self.tokens.node_for(token)
-        if node is None:
-            raise CaRefusedError("the bearer token is not valid for any node of this cluster", code="UNAUTHENTICATED")
+        caller = await self.authenticator.authenticate(token)
+        node = caller.node
+        who = f"{caller.namespace}/{caller.service_account}" + (f" on node {node}" if node else "")
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:
@@ -185,12 +236,23 @@ class CertificateAuthority:
         impersonated = ""
         if metadata is not None and IMPERSONATED_IDENTITY in metadata.fields:
             impersonated = metadata.fields[IMPERSONATED_IDENTITY].string_value
-        own = (ident.namespace, ident.service_account) == (PROXY_NAMESPACE, PROXY_SERVICE_ACCOUNT)
+        own = (ident.namespace, ident.service_account) == (caller.namespace, caller.service_account)
         if impersonated:
             if impersonated != ident.uri:
                 raise CaRefusedError(
                     f"metadata.ImpersonatedIdentity {impersonated!r} differs from the CSR identity {ident}",
                     code="INVALID_ARGUMENT",
+                )
+            if (caller.namespace, caller.service_account) != self.proxy:
+                raise CaRefusedError(
+                    f"caller {who} may not impersonate {ident}: only the node proxy "
+                    f"({self.proxy[0]}/{self.proxy[1]}) may, a workload gets only its own identity",
+                    code="PERMISSION_DENIED",
+                )
+            if not node:
+                raise CaRefusedError(
+                    f"caller {who} may not impersonate {ident}: its token is not bound to a pod on a node",
+                    code="PERMISSION_DENIED",
                 )
             if (ident.namespace, ident.service_account) not in self.node_identities(node):
                 raise CaRefusedError(
@@ -200,8 +262,8 @@ class CertificateAuthority:
                 )
         elif not own:
             raise CaRefusedError(
-                f"node {node} asked for {ident} without metadata.ImpersonatedIdentity; a node proxy's own "
-                f"identity is {PROXY_NAMESPACE}/{PROXY_SERVICE_ACCOUNT}",
+                f"caller {who} asked for {ident} without metadata.ImpersonatedIdentity; its own identity is "
+                f"{caller.namespace}/{caller.service_account}",
                 code="PERMISSION_DENIED",
             )
         ttl = timedelta(seconds=validity_seconds) if validity_seconds > 0 else self.default_ttl
@@ -211,7 +273,7 @@ class CertificateAuthority:
         except IdentityError as exc:
             raise CaRefusedError(f"CSR refused: {exc.message}", code="INVALID_ARGUMENT") from None
         self.issued += 1
-        log.info("issued %s to node %s for %s", ident, node, ttl)
+        log.info("issued %s to %s for %s", ident, who, ttl)
         return chain
 
 
@@ -228,7 +290,7 @@ class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[m
         headers = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         metadata = request.metadata if request.HasField("metadata") else None
         try:
-            chain = self.authority.issue(request.csr, request.validity_duration, metadata, headers)
+            chain = await self.authority.issue(request.csr, request.validity_duration, metadata, headers)
         except CaRefusedError as exc:
             log.warning("CreateCertificate from %s refused: %s", context.peer(), exc.message)
             await context.abort(grpc.StatusCode[exc.code], exc.message)

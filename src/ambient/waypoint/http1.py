@@ -114,7 +114,8 @@ class _Body:
 
 
 class _Writer:
-    def __init__(self, conn: h11.Connection, stream: ByteStream, head: bool) -> None:
+    def __init__(self, conn: h11.Connection, stream: ByteStream, head: bool, write_timeout: float) -> None:
+        self._write_timeout = write_timeout
         self._conn = conn
         self._stream = stream
         self._head = head
@@ -135,7 +136,12 @@ class _Writer:
         data = self._pending + (self._conn.send(event) or b"")
         self._pending = b""
         if data:
-            await self._stream.write(data)
+            try:
+                # a client that stops reading (slow read) is cut off instead of holding us forever
+                async with asyncio.timeout(self._write_timeout):
+                    await self._stream.write(data)
+            except TimeoutError:
+                raise HttpProtocolError("client stopped reading", status=408) from None
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         headers = strip_hop_by_hop(headers)
@@ -229,7 +235,7 @@ async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, init
         except HttpProtocolError as exc:
             await _error_response(conn, stream, exc.status, f"bad request: {exc.message}\n")
             break
-        writer = _Writer(conn, stream, request.method == "HEAD")
+        writer = _Writer(conn, stream, request.method == "HEAD", limits.idle_timeout)
         try:
             await handler(request, writer)
         except HttpProtocolError as exc:

@@ -162,7 +162,13 @@ class Http2Server:
         async with self._lock:
             data = self.conn.data_to_send()
             if data:
-                await self.stream.write(data)
+                try:
+                    # a client that stops reading (slow read) is cut off instead of holding us forever
+                    async with asyncio.timeout(self.limits.idle_timeout):
+                        await self.stream.write(data)
+                except TimeoutError:
+                    self.stream.close()
+                    raise HttpProtocolError("client stopped reading", status=408) from None
 
     async def send(self, action: Any, *, flush: bool = True) -> None:
         try:
@@ -176,7 +182,7 @@ class Http2Server:
         if flow:
             with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 self.conn.acknowledge_received_data(flow, sid)
-            with contextlib.suppress(HboneError, OSError):
+            with contextlib.suppress(HboneError, OSError, HttpProtocolError):
                 await self.flush()
 
     async def _goaway(self, code: ErrorCodes, reason: str) -> None:
@@ -184,7 +190,7 @@ class Http2Server:
         log.warning("waypoint: HTTP/2 connection closed with GOAWAY %s: %s", code.name, reason)
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.conn.close_connection(error_code=code)
-        with contextlib.suppress(HboneError, OSError):
+        with contextlib.suppress(HboneError, OSError, HttpProtocolError):
             await self.flush()
 
     # -- input
@@ -198,7 +204,7 @@ class Http2Server:
                 self._tg = tg
                 try:
                     await self._read_loop(initial)
-                except (HboneError, OSError) as exc:
+                except (HboneError, OSError, HttpProtocolError) as exc:
                     self.goaway_reason = self.goaway_reason or f"downstream lost: {exc}"
                 for st in list(self.streams.values()):
                     if self.goaway_reason is not None and st.task is not None:
@@ -206,7 +212,7 @@ class Http2Server:
                     elif not st.eof and st.error is None:
                         st.error = "connection closed"  # the client is gone: unblock body readers
                         st.wake()
-        except* (HboneError, OSError) as group:
+        except* (HboneError, OSError, HttpProtocolError) as group:
             log.info("waypoint: HTTP/2 downstream lost: %s", group.exceptions[0])
 
     async def _read_loop(self, data: bytes) -> None:

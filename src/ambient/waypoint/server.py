@@ -208,7 +208,8 @@ class Waypoint:
     async def _serve(self, stream: HboneStream, conn: _Conn) -> None:
         limits = self.settings.limits
         try:
-            async with asyncio.timeout(limits.header_timeout):
+            # bounded wait for the first bytes (HTTP/1.1 then times its own heads with header_timeout)
+            async with asyncio.timeout(limits.idle_timeout):
                 first = await stream.read(len(H2_PREFACE))
                 while first and len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
                     more = await stream.read(len(H2_PREFACE) - len(first))

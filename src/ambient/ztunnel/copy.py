@@ -40,7 +40,6 @@ class End(Protocol):
     async def write(self, data: bytes | memoryview) -> None: ...
     async def write_eof(self) -> None: ...
     def reset(self) -> None: ...
-    def interrupt(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -82,11 +81,6 @@ class SocketEnd:
     def reset(self) -> None:
         reset_socket(self.sock)
 
-    def interrupt(self) -> None:
-        """Wake pending reads/writes without closing the fd under the event loop (closing is `finish`'s)."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-
     def close(self) -> None:
         self.sock.close()
 
@@ -108,9 +102,6 @@ class HboneEnd:
         await self.stream.write_eof()
 
     def reset(self) -> None:
-        self.stream.abort()
-
-    def interrupt(self) -> None:
         self.stream.abort()
 
     def close(self) -> None:

@@ -78,11 +78,13 @@ async def _deliver(
     stats = CopyStats()
     app = SocketEnd(upstream, str(target))
     revoked: list[str] = []
+    me = asyncio.current_task()
 
     def cut(reason: str) -> None:
+        # Cancel the copy (not close the ends under it): HBONE reads only wake on stream errors.
         revoked.append(reason)
-        end.interrupt()
-        app.interrupt()
+        if me is not None:
+            me.cancel()
 
     entry = tel.connections.open(stats=stats, authz=authz, dst_uid=dst_uid, cut=cut,  # type: ignore[arg-type]
                                  **entry_args)
@@ -91,15 +93,18 @@ async def _deliver(
         try:
             error = await copy_bidirectional(end, app, stats)
         except asyncio.CancelledError:
-            error = DrainCut()
-            raise
+            if revoked and me is not None and me.uncancel() == 0:
+                error = ConnectionResetError("revoked")  # our own cut: finish below resets both sides
+            else:
+                error = DrainCut()
+                raise
         finally:
             if revoked:
                 record.error = revoked[0]
             elif error is not None:
                 record.error = str(error) if isinstance(error, DrainCut) else f"{type(error).__name__}: {error}"
     finally:
-        finish(end, app, error or (ConnectionResetError() if revoked else None))
+        finish(end, app, error)
         tel.connections.close(entry)
         tel.finish(record, labels, stats)
 

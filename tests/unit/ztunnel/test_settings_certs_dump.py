@@ -14,8 +14,8 @@ from ambient.identity.ca import LocalCA
 from ambient.state.model import (
     Action,
     Authorization,
-    NamespacedHostname,
     GatewayAddress,
+    NamespacedHostname,
     NetworkAddress,
     Port,
     Scope,
