@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ambient.identity.ca import LocalCA
 from ambient.tls.contexts import client_context
 from ambient.ztunnel.accesslog import parse_fields
-from ambient.ztunnel.testbed import Pod, ProxyProcess, Testbed, echo_transfer, pod_socket, sh, start_echo
+from ambient.ztunnel.testbed import ProxyProcess, Testbed, echo_transfer, pod_socket, sh, start_echo
 
 pytestmark = pytest.mark.root
 
@@ -43,13 +43,15 @@ class Mesh:
         self.client = bed.pod("client")
         self.server = bed.pod("server")
         self.ghost = bed.pod("stranger-ghost")
+        self.visitor = bed.pod("visitor-plain")  # outside the mesh: plaintext, lands on the server's 15006
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     bed = Testbed(f"h10-m{os.getpid()}", tmp_path_factory.mktemp("h10mesh"))
     try:
-        bed.create({1: [("client", "client")], 2: [("server", "server"), ("stranger-ghost", "ghost")]})
+        bed.create({1: [("client", "client"), ("visitor-plain", "default")],
+                    2: [("server", "server"), ("stranger-ghost", "ghost")]})
         bed.services = [{
             "name": "server", "namespace": "h10", "hostname": "server.h10.svc.cluster.local",
             "vips": [VIP], "ports": {80: 8080}, "_backends": ["server"],
@@ -172,6 +174,31 @@ def test_l4_deny_resets_client_and_logs_policy(mesh: Mesh) -> None:
     assert _sum(m, "istio_tcp_connections_opened_total", reporter="destination", response_flags="DENY") >= 1
 
 
+def test_plaintext_client_outside_the_mesh_lands_on_15006(mesh: Mesh) -> None:
+    data = os.urandom(200_000)
+    assert echo_transfer(mesh.visitor, mesh.server.ip, 8080, data) == data
+    assert mesh.peers.read_text().splitlines()[-1].split(":")[0] == mesh.visitor.ip
+    lines = _wait_lines(mesh.p2, lambda ln: f"src.addr={mesh.visitor.ip}:" in ln and "connection complete" in ln)
+    assert lines, mesh.p2.access_lines()[-3:]
+    last = lines[-1]
+    assert "src.identity" not in last and last["dst.identity"] == SERVER_ID
+    assert last["direction"] == "inbound" and last["bytes_sent"] == str(len(data))
+    # L4 policy applies without identity too
+    with pytest.raises(OSError):
+        if not echo_transfer(mesh.visitor, mesh.server.ip, 9090, b"x" * 100, timeout=10):
+            raise ConnectionResetError("closed")
+
+
+def test_unknown_source_is_reset_after_a_short_wait(mesh: Mesh) -> None:
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        if not echo_transfer(mesh.ghost, mesh.server.ip, 8080, b"hello", timeout=15):
+            raise ConnectionResetError("closed")
+    assert time.monotonic() - started < 5  # the testbed's proxies wait 1 s for config, then fail closed
+    lines = _wait_lines(mesh.p2, lambda ln: "connection failed" in ln and "unknown source" in ln)
+    assert lines and lines[-1]["direction"] == "outbound"
+
+
 # -- CONNECT matrix: a raw HTTP/2 client with a valid mesh certificate, from the client pod ----------------
 
 
@@ -286,7 +313,3 @@ def test_live_revocation_closes_a_denied_connection(mesh: Mesh) -> None:
         sock.close()
     lines = _wait_lines(mesh.p2, lambda ln: "denied by policy h10/deny-8080" in ln)
     assert lines and lines[-1]["src.identity"] == CLIENT_ID
-
-
-def _pod(p: Pod) -> str:  # keep the import used for type hints in helpers
-    return p.name

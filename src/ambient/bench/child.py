@@ -48,7 +48,12 @@ def _accepted(func: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     module_name, func_name, kwargs_json = argv
     module = importlib.import_module(module_name)
-    func = getattr(module, func_name)
+    # FUNCTION may list fallbacks ("run,run_bench"): the first one the module has is called
+    names = func_name.split(",")
+    found = [getattr(module, n) for n in names if hasattr(module, n)]
+    if not found:
+        raise SystemExit(f"{module_name} has none of {', '.join(names)}")
+    func = found[0]
     result = func(**_accepted(func, json.loads(kwargs_json)))
     sys.stdout.write(f"\n{RESULT_MARK} {json.dumps(_plain(result))}\n")
     sys.stdout.flush()

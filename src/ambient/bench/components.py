@@ -12,9 +12,9 @@ options it understands among those offered (`quick: bool`, plus per-section ones
 Invariants:
 - A missing module, an import error, a crash, a timeout or an unreadable result makes the section "not
   available: <reason>"; nothing a component does can stop the harness.
-- Mesh figures without a baseline of their own are compared with the stunnel baseline of the same kind
-  measured earlier in this run (same unit family, same percentile, "added"/CPU matched), never with
-  published numbers.
+- Mesh figures without a baseline of their own are compared with the bench's own stunnel or direct figure
+  of the same kind, else with the stunnel baseline measured earlier in this run (same unit family, same
+  percentile, "added"/CPU matched); never with published numbers.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from ambient.bench.child import RESULT_MARK
 from ambient.bench.errors import BenchError
 from ambient.bench.harness import BenchContext, Better, Figure, Section, SectionOutput
 
-# key suffix -> (unit, multiplier to that unit, better)
+# key suffix -> (unit, multiplier to that unit, better); longest first. Compound CPU suffixes name the
+# figure too ("mesh_proxy_cores_per_1000_rps" -> "mesh proxy CPU per 1,000 req/s", in cores).
+CPU_SUFFIXES = {"_cores_per_1000_rps": 1.0, "_cores_per_1k_rps": 1.0, "_cpu_ms_per_request": 1.0}
 UNITS: list[tuple[str, str, float, Better]] = [
     ("_bytes_per_s", "Gb/s", 8e-9, "higher"),
     ("_bits_per_s", "Gb/s", 1e-9, "higher"),
@@ -62,6 +64,10 @@ _SCALE = {"ms": 1e-3, "µs": 1e-6, "ns": 1e-9, "s": 1.0, "Gb/s": 1e9, "Mb/s": 1e
 
 
 def _unit_of(key: str) -> tuple[str, str, float, Better] | None:
+    for suffix, mult in CPU_SUFFIXES.items():
+        # CPU ms per request == CPU seconds per 1,000 requests == cores per 1,000 req/s
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return f"{key[: -len(suffix)]} CPU per 1,000 req/s", "cores", mult, "lower"
     for suffix, unit, mult, better in UNITS:
         if key.endswith(suffix) and len(key) > len(suffix):
             return key[: -len(suffix)], unit, mult, better
@@ -91,34 +97,37 @@ def figures_from_result(result: Any) -> tuple[list[Figure], dict[str, Any]]:
         return figures, conditions
     figures = []
 
-    def walk(prefix: str, value: Any) -> None:
+    def walk(path: list[str], value: Any) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                walk(f"{prefix} {k}" if prefix else str(k), v)
+                walk([*path, str(k)], v)
             return
-        key = prefix.split(" ")[-1]
-        parsed = _unit_of(key) if isinstance(value, int | float) and not isinstance(value, bool) else None
-        if parsed is None:
-            conditions[prefix] = value
-            return
-        stem, unit, mult, better = parsed
-        name = (prefix[: -len(key)] + stem).replace("_", " ").strip()
-        figures.append(Figure(name, float(value) * mult, unit, better))
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        # the unit comes from the innermost key that has a unit suffix: {"throughput_gbps": {"mesh": 3.1}}
+        # is "throughput mesh" in Gb/s, {"latency": {"mesh": {"p99_ms": 2}}} is "latency mesh p99" in ms
+        for i in range(len(path) - 1, -1, -1):
+            parsed = _unit_of(path[i]) if numeric else None
+            if parsed is not None:
+                stem, unit, mult, better = parsed
+                name = " ".join([*path[:i], stem, *path[i + 1 :]]).replace("_", " ")
+                figures.append(Figure(" ".join(name.split()), float(value) * mult, unit, better))
+                return
+        conditions[" ".join(path)] = value
 
     for k, v in result.items():
         if k != "conditions":
-            walk(str(k), v)
+            walk([str(k)], v)
     if not figures:
         raise BenchError("bench returned no figure with a unit suffix (see ambient.bench.components)")
     return figures, conditions
 
 
+_RATES = {"/s", "req/s", "conn/s"}
 _TOKENS = ("p50", "p90", "p99", "added", "cpu")
 
 
 def _tokens(name: str) -> set[str]:
-    words = set(re.split(r"[^a-z0-9]+", name.lower()))
-    return {t for t in _TOKENS if t in words}
+    return {t for t in _TOKENS if t in _words(name)}
 
 
 def _comparable(fig: Figure, base: Figure) -> float | None:
@@ -131,12 +140,45 @@ def _comparable(fig: Figure, base: Figure) -> float | None:
         same_family = (fig.unit in ("Gb/s", "Mb/s")) == (base.unit in ("Gb/s", "Mb/s"))
         if same_family:
             return base.value * _SCALE[base.unit] / _SCALE[fig.unit]
-    rates = {"/s", "req/s", "conn/s"}
-    if fig.unit in rates and base.unit in rates:
+    if fig.unit in _RATES and base.unit in _RATES:
         kind = "conn" if "conn" in fig.name.lower() or fig.unit == "conn/s" else "req"
         if kind == ("conn" if base.unit == "conn/s" else "req"):
             return base.value
     return None
+
+
+_TIME = {"ms": 1e-3, "µs": 1e-6, "ns": 1e-9, "s": 1.0}
+
+
+def derive_added(figures: list[Figure]) -> None:
+    """Add "mesh added pNN" (mesh - direct), compared with the stunnel's added pNN when the bench measured
+    direct, mesh and stunnel latencies itself; the issue's latency goal is about added latency."""
+    for p in ("p50", "p90", "p99"):
+        if any({"added", p} <= _words(f.name) for f in figures):
+            continue
+        found: dict[str, Figure] = {}
+        for f in figures:
+            words = _words(f.name)
+            if f.unit in _TIME and p in words:
+                for role in ("direct", "mesh", "stunnel"):
+                    if role in words:
+                        found.setdefault(role, f)
+        direct, mesh = found.get("direct"), found.get("mesh")
+        if direct is None or mesh is None:
+            continue
+
+        def in_direct_unit(f: Figure, ref: Figure = direct) -> float:
+            return f.value * _TIME[f.unit] / _TIME[ref.unit]
+
+        added = Figure(f"mesh added {p}", in_direct_unit(mesh) - direct.value, direct.unit, "lower")
+        stunnel = found.get("stunnel")
+        if stunnel is not None:
+            added.baseline, added.baseline_value = f"stunnel added {p}", in_direct_unit(stunnel) - direct.value
+        figures.append(added)
+
+
+def _words(name: str) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", name.lower()))
 
 
 def stunnel_baselines(ctx: BenchContext) -> list[Figure]:
@@ -156,13 +198,19 @@ def stunnel_baselines(ctx: BenchContext) -> list[Figure]:
 
 
 def attach_baselines(figures: list[Figure], candidates: list[Figure]) -> None:
-    """Give every mesh figure without a baseline the first comparable candidate (own stunnel figures first)."""
-    own = [f for f in figures if "stunnel" in f.name.lower()]
+    """Give every mesh figure without a baseline the first comparable one among: the bench's own stunnel
+    figures, then `candidates` (the stunnel baselines of this run), then its own direct figures. For
+    rates (connections/s, req/s) own direct figures come before `candidates`: those depend on the client
+    program more than the path, so only a figure from the same client is a fair yardstick."""
+    own_stunnel = [f for f in figures if "stunnel" in _words(f.name)]
+    own_direct = [f for f in figures if "direct" in _words(f.name)]
     for fig in figures:
-        lname = fig.name.lower()
-        if fig.baseline is not None or "stunnel" in lname or "direct" in lname:
+        words = _words(fig.name)
+        if fig.baseline is not None or "stunnel" in words or "direct" in words:
             continue
-        for base in [*own, *candidates]:
+        rate = fig.unit in _RATES
+        order = [*own_stunnel, *own_direct, *candidates] if rate else [*own_stunnel, *candidates, *own_direct]
+        for base in order:
             value = _comparable(fig, base)
             if value is not None:
                 fig.baseline, fig.baseline_value = base.name, value
@@ -182,12 +230,17 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
             continue
 
 
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def call_in_child(module: str, func: str, kwargs: dict[str, Any], timeout: float) -> Any:
     """`module.func(**kwargs)` in a fresh interpreter; its JSON result, or BenchError with the reason."""
     try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
+        found = _exists(module)
     except (ImportError, ValueError) as e:
         raise BenchError(f"cannot look up {module}: {e}") from e
     if not found:
@@ -249,6 +302,71 @@ def hbone_run(quick: bool = False) -> dict[str, Any]:
     }
 
 
+def waypoint_run(quick: bool = False) -> dict[str, Any]:
+    """Runs in the child: the waypoint's own `run` if it has one, else its `measure()` (direct vs waypoint,
+    same loopback setup) turned into figures with the direct path as baseline."""
+    import asyncio
+    import logging
+
+    from ambient.waypoint import bench
+
+    if hasattr(bench, "run"):
+        result: dict[str, Any] = bench.run(quick=quick)
+        return result
+    # as the waypoint bench's own main(): access lines are formatted, then dropped (terminal I/O is not
+    # the waypoint's cost)
+    access = logging.getLogger("ambient.waypoint.access")
+    access.setLevel(logging.INFO)
+    access.addHandler(logging.NullHandler())
+    access.propagate = False
+    seconds, concurrency = (1.0 if quick else 3.0), 8
+    try:
+        import uvloop
+
+        direct, via = uvloop.run(bench.measure(seconds, concurrency))
+    except ImportError:
+        direct, via = asyncio.run(bench.measure(seconds, concurrency))
+    figs: list[dict[str, Any]] = [
+        {"name": "without waypoint", "value": direct.rps, "unit": "req/s"},
+        {
+            "name": "through waypoint",
+            "value": via.rps,
+            "unit": "req/s",
+            "baseline": "without waypoint",
+            "baseline_value": direct.rps,
+        },
+    ]
+    for q, label in ((0.5, "p50"), (0.99, "p99")):
+        figs.append(
+            {
+                "name": f"through waypoint {label}",
+                "value": via.pct(q),
+                "unit": "ms",
+                "better": "lower",
+                "baseline": f"without waypoint {label}",
+                "baseline_value": direct.pct(q),
+            }
+        )
+        figs.append({"name": f"added {label}", "value": via.pct(q) - direct.pct(q), "unit": "ms", "better": "lower"})
+    figs.append(
+        {
+            "name": "waypoint CPU per 1,000 req/s",
+            "value": via.cpu_per_request_ms - direct.cpu_per_request_ms,
+            "unit": "cores",
+            "better": "lower",
+            "note": "process CPU per request, waypoint minus direct",
+        }
+    )
+    return {
+        "figures": figs,
+        "conditions": {
+            "seconds_each": seconds,
+            "concurrency": concurrency,
+            "where": "loopback, one process, closed loop keep-alive HTTP/1.1",
+        },
+    }
+
+
 def _component(
     module: str,
     func: str,
@@ -256,11 +374,17 @@ def _component(
     timeout: Callable[[bool], float],
     *,
     compare_with_stunnel: bool,
+    requires: str | None = None,
 ) -> Callable[[BenchContext], SectionOutput]:
+    """A section running `module.func` in a child; `requires` is the component module an adapter needs."""
+
     def run(ctx: BenchContext) -> SectionOutput:
+        if requires is not None and not _exists(requires):
+            raise BenchError(f"module {requires} does not exist (yet)")
         result = call_in_child(module, func, {"quick": ctx.quick, **extra(ctx.quick)}, timeout(ctx.quick))
         figures, conditions = figures_from_result(result)
         if compare_with_stunnel:
+            derive_added(figures)
             attach_baselines(figures, stunnel_baselines(ctx))
         return SectionOutput(figures, conditions)
 
@@ -269,6 +393,10 @@ def _component(
 
 def _none(_quick: bool) -> dict[str, Any]:
     return {}
+
+
+def _zt_args(quick: bool) -> dict[str, Any]:
+    return {"seconds": 2} if quick else {}
 
 
 def _cp_size(quick: bool) -> dict[str, Any]:
@@ -282,15 +410,23 @@ SECTIONS = [
         "ambient.hbone.bench in a child process: bytes through one HBONE tunnel vs one bare TLS 1.3 "
         "connection with the same certificates, client and server in one event loop on 127.0.0.1.",
         _component(
-            "ambient.bench.components", "hbone_run", _none, lambda q: 60 if q else 90, compare_with_stunnel=False
+            "ambient.bench.components",
+            "hbone_run",
+            _none,
+            lambda q: 60 if q else 90,
+            compare_with_stunnel=False,
+            requires="ambient.hbone.bench",
         ),
     ),
     Section(
         "ztunnel",
         "Node proxy: direct vs mesh vs stunnel",
-        "ambient.ztunnel.bench.run in a child process; mesh figures are compared with the stunnel pair "
-        "measured above in this run (or the bench's own stunnel figures).",
-        _component("ambient.ztunnel.bench", "run", _none, lambda q: 120 if q else 180, compare_with_stunnel=True),
+        "ambient.ztunnel.bench in a child process, on its own node pair: direct, stunnel and mesh paths; mesh "
+        "figures are compared with the bench's own stunnel figures (else the stunnel baselines above); CPU is "
+        "both node proxies' from /proc.",
+        _component(
+            "ambient.ztunnel.bench", "run,run_bench", _zt_args, lambda q: 120 if q else 240, compare_with_stunnel=True
+        ),
     ),
     Section(
         "controlplane",
@@ -304,8 +440,15 @@ SECTIONS = [
     Section(
         "waypoint",
         "Waypoint: requests/s and added latency",
-        "ambient.waypoint.bench.run in a child process: requests/s, p50/p99 with and without the waypoint, "
-        "CPU per 1,000 req/s.",
-        _component("ambient.waypoint.bench", "run", _none, lambda q: 90 if q else 150, compare_with_stunnel=False),
+        "ambient.waypoint.bench in a child process: the same loopback HBONE path with and without the waypoint "
+        "(closed loop, keep-alive clients): requests/s, p50/p99, and the waypoint's CPU per 1,000 req/s.",
+        _component(
+            "ambient.bench.components",
+            "waypoint_run",
+            _none,
+            lambda q: 90 if q else 150,
+            compare_with_stunnel=False,
+            requires="ambient.waypoint.bench",
+        ),
     ),
 ]

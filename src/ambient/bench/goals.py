@@ -50,14 +50,14 @@ def _throughput(fig: Figure) -> tuple[str, bool | None]:
     r = fig.ratio
     if r is None:
         return f"{fig.value:.2f} {fig.unit} (no stunnel baseline)", False
-    return f"{r:.2f}x stunnel", True if r >= 1.0 else (None if r >= 0.5 else False)
+    return f"{r:#.3g}x stunnel", True if r >= 1.0 else (None if r >= 0.5 else False)
 
 
 def _added_p99(fig: Figure) -> tuple[str, bool | None]:
     r = fig.ratio
     if r is None:
         return f"{fig.value:.3g} {fig.unit} (no stunnel baseline)", False
-    return f"{r:.2f}x stunnel's added p99", r <= 2.0
+    return f"{r:#.3g}x stunnel's added p99", r <= 2.0
 
 
 def _at_most(limit: float, unit: str) -> Callable[[Figure], tuple[str, bool | None]]:

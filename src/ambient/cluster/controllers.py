@@ -1,4 +1,5 @@
-"""The controller-manager of the local cluster: scheduler, Deployments, ServiceAccounts, Service VIPs, Endpoints.
+"""The controller-manager of the local cluster: scheduler, Deployments, ServiceAccounts, Service VIPs, Endpoints,
+waypoint Gateways (`cluster.waypoints`).
 
 Run as `python -m ambient.cluster.controllers --state-dir DIR` (one process per cluster, root netns: it only
 talks to the API server over its Unix socket).
@@ -15,6 +16,8 @@ Invariants:
 - Every Pod without `spec.nodeName` is bound to a Ready node (patch of spec.nodeName), spreading the pods of
   one owner over the nodes.
 - Deployments converge per `deployments.plan` and report status.
+- Every Gateway of class `istio-waypoint` has its ServiceAccount, Deployment and Service (and Programmed
+  status) per `waypoints.plan_waypoint` / `waypoints.gateway_status`; they go away with the Gateway.
 - Conflicts (another writer changed the object) are not errors: the next pass re-reads and retries.
 """
 
@@ -32,10 +35,11 @@ from ambient.api.errors import AlreadyExistsError, ApiError, ConflictError, NotF
 from ambient.cluster import deployments as deploy_plan
 from ambient.cluster.scheduler import RoundRobinScheduler
 from ambient.cluster.services import compute_endpoints, endpoints_differ, plan_cluster_ips
+from ambient.cluster.waypoints import WaypointConfig, WaypointController
 
 log = logging.getLogger("ambient.controllers")
 
-WATCHED_KINDS = ("Pod", "Service", "Deployment", "Node", "Namespace", "Endpoints")
+WATCHED_KINDS = ("Pod", "Service", "Deployment", "Node", "Namespace", "Endpoints", "Gateway")
 
 
 class Client(Protocol):
@@ -61,8 +65,11 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
 
 
 class ControllerManager:
-    def __init__(self, client: Client, *, resync_seconds: float = 3.0) -> None:
+    def __init__(self, client: Client, *, resync_seconds: float = 3.0,
+                 waypoints: WaypointConfig | None = None) -> None:
+        """`waypoints`: run the waypoint Gateway controller (`cluster.waypoints`) with this pod config."""
         self.client = client
+        self.waypoints = WaypointController(client, waypoints) if waypoints is not None else None
         self.resync_seconds = resync_seconds
         self.scheduler = RoundRobinScheduler()
         self._dirty = asyncio.Event()
@@ -114,6 +121,9 @@ class ControllerManager:
         self.passes += 1
         namespaces, _ = await self.client.list("Namespace")
         await self._service_accounts(namespaces)
+        if self.waypoints is not None:
+            # First: a new waypoint Deployment then gets its pod in this same pass.
+            await self.waypoints.reconcile()
         nodes, _ = await self.client.list("Node")
         pods, _ = await self.client.list("Pod")
         await self._schedule(pods, nodes)
@@ -255,7 +265,7 @@ async def _amain(state_dir: Path) -> None:
     socket_path = state_dir / "apiserver.sock"
     loop = asyncio.get_running_loop()
     async with AsyncApiClient(socket_path) as client:
-        manager = ControllerManager(client)
+        manager = ControllerManager(client, waypoints=WaypointConfig.for_state_dir(state_dir))
         task = asyncio.current_task()
         assert task is not None
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -149,6 +149,7 @@ class PodWorker:
                 first = False
                 try:
                     env = rt.container_env(self.pod, c.spec, self.kubelet.node, self.record.ip)
+                    env.update(await self._token_env())
                     argv = rt.resolve_command(c.spec, env)
                     log_file = rt.log_path(self.kubelet.state_dir, self.namespace, self.name, c.name)
                     proc = rt.start_container(self.record.netns, argv, env, c.spec.get("workingDir"), log_file)
@@ -182,6 +183,18 @@ class PodWorker:
             if code is not None:
                 return code
             await asyncio.sleep(POLL)
+
+    async def _token_env(self) -> dict[str, str]:
+        """`AMBIENT_TOKEN_FILE` for the pod's own identity; none (logged) if the token cannot be written."""
+        from ambient.controlplane.pod_tokens import TOKEN_ENV
+        from ambient.core.errors import AmbientError
+
+        try:
+            path = await asyncio.to_thread(rt.write_pod_token, self.kubelet.state_dir, self.kubelet.node, self.pod)
+        except (OSError, AmbientError) as exc:
+            log.warning("pod %s/%s: cannot write its service-account token: %s", self.namespace, self.name, exc)
+            return {}
+        return {TOKEN_ENV: str(path)}
 
     def _save_container(self, c: ContainerState) -> None:
         self.record.containers[c.name] = rt.ContainerRecord(c.pid, c.starttime, c.restart_count, c.started_at)
@@ -367,6 +380,7 @@ class Kubelet:
                 log.warning("pod %s/%s: teardown failed (attempt %d): %s", rec.namespace, rec.name,
                             attempt + 1, exc)
                 await asyncio.sleep(0.5 * (attempt + 1))
+        await asyncio.to_thread(rt.remove_pod_token, self.state_dir, self.node, rec.uid)
         self.records.remove(rec.uid)
 
     def probe_context(self, worker: PodWorker) -> probes.ProbeContext:

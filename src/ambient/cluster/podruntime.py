@@ -13,6 +13,9 @@ Invariants:
 - `teardown_sandbox` is idempotent and tolerates every piece being already gone.
 - Pod processes are never started before the sandbox network is up (the caller enforces the order).
 - Recorded pids carry their /proc start time, so a recycled pid is never signalled or adopted.
+- Every container gets env `AMBIENT_TOKEN_FILE`: a token signed for exactly its pod (namespace, service
+  account, name, uid, node) that the CA accepts for that pod's own SPIFFE identity only; it is removed with
+  the sandbox.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -192,6 +196,34 @@ def container_env(pod: dict[str, Any], container: dict[str, Any], node_name: str
             ref = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
             env[name] = str(fields.get(ref) or "") if ref else ""
     return env
+
+
+def write_pod_token(state_dir: Path, node: str, pod: dict[str, Any]) -> Path:
+    """Mint the pod's "projected service-account token" (controlplane.pod_tokens) into
+    `<state>/nodes/<node>/pods/<uid>/token` (0600) and return its path. Re-minted on every call (cheap), so
+    a restarted container always finds a token for its current pod uid."""
+    from ambient.controlplane.pod_tokens import PodClaims, load_or_create_key, mint, pod_token_path
+
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    claims = PodClaims(namespace=str(meta.get("namespace") or "default"),
+                       service_account=str(spec.get("serviceAccountName") or "default"),
+                       pod=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""), node=node)
+    path = pod_token_path(state_dir, node, claims.uid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A private temporary name: the containers of one pod start concurrently and each writes the token.
+    tmp = path.with_name(f".token.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(mint(load_or_create_key(state_dir), claims) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_pod_token(state_dir: Path, node: str, uid: str) -> None:
+    from ambient.controlplane.pod_tokens import pod_token_path
+
+    shutil.rmtree(pod_token_path(state_dir, node, uid).parent, ignore_errors=True)
 
 
 def resolve_command(container: dict[str, Any], env: dict[str, str]) -> list[str]:

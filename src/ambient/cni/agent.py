@@ -73,6 +73,19 @@ DEFAULT_EXCLUDED = ("kube-system", "istio-system")
 NetnsResolver = Callable[[Mapping[str, Any]], str | None]
 
 
+class NetnsRecorder(Protocol):
+    """Remembers the netns path the CNI ADD gave for a pod (Kubernetes: the resolver reads it back later)."""
+
+    def record(self, uid: str, netns: str) -> None: ...
+
+    def forget(self, uid: str) -> None: ...
+
+
+def watch_specs(node: str) -> list[tuple[str, dict[str, str]]]:
+    """What the agent watches: its node's pods (field selector) and every namespace (enrollment labels)."""
+    return [("Pod", {"field_selector": f"spec.nodeName={node}"}), ("Namespace", {})]
+
+
 class NodeAgentError(CniError):
     """The node agent could not capture a pod (answered to the CNI plugin as HTTP 500)."""
 
@@ -116,13 +129,15 @@ class AgentSettings:
 class NodeAgent:
     """Use as `await NodeAgent(api, settings, resolver).run()` inside the caller's task (until cancelled)."""
 
-    def __init__(self, api: AgentApi, settings: AgentSettings, netns_resolver: NetnsResolver | None = None) -> None:
+    def __init__(self, api: AgentApi, settings: AgentSettings, netns_resolver: NetnsResolver | None = None,
+                 netns_recorder: NetnsRecorder | None = None) -> None:
         if settings.backend not in BACKENDS:
             raise NodeAgentError(f"unknown redirection backend {settings.backend!r}",
                                  hint=f"use one of {', '.join(BACKENDS)}")
         self.api = api
         self.settings = settings
         self._resolve = netns_resolver or (lambda _pod: None)
+        self._recorder = netns_recorder
         self.plugin_cfg = PluginConfig(exclude_namespaces=settings.exclude_namespaces)
         self.tracked: dict[str, Tracked] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -164,8 +179,8 @@ class NodeAgent:
             async with ZdsServer(s.zds_socket, self._snapshot) as zds:
                 self._zds = zds
                 async with PluginEventServer(s.plugin_event_socket, self.cmdadd), asyncio.TaskGroup() as tg:
-                    tg.create_task(self._watch("Pod", field_selector=f"spec.nodeName={s.node}"), name="watch-pods")
-                    tg.create_task(self._watch("Namespace"), name="watch-namespaces")
+                    for kind, selectors in watch_specs(s.node):
+                        tg.create_task(self._watch(kind, **selectors), name=f"watch-{kind.lower()}s")
                     tg.create_task(self._reconcile_loop(), name="reconcile")
                     tg.create_task(self._retry_loop(), name="retry-pending")
                     self.ready.set()
@@ -187,6 +202,8 @@ class NodeAgent:
                 pod = await self._get_pod(event.pod_namespace, event.pod_name, uid)
                 t = await self._capture(uid, event.pod_name, event.pod_namespace, event.netns,
                                         event.ips[0] if event.ips else "", pod)
+                if self._recorder is not None:
+                    self._recorder.record(uid, event.netns)
                 return {"uid": uid, "redirection": t.status}
         finally:
             self._busy.discard(uid)
@@ -299,6 +316,8 @@ class NodeAgent:
                 log.info("pod %s: Del not delivered to the node proxy (%s)", t.ref, e.message)
             if pod_exists:
                 await self._clear_annotation(t.name, t.namespace, t.ref)
+            if self._recorder is not None:
+                self._recorder.forget(uid)
         self._locks.pop(uid, None)
 
     async def _remove_rules(self, ref: str, netns_path: str) -> None:

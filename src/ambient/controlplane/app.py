@@ -2,10 +2,16 @@
 
 Role: wire the pieces. `Pipeline` feeds watch events into the `MeshIndex` and flushes them, coalesced
 (debounce 10 ms, at most 50 ms behind a burst), into the `ResourceCache` that the xDS streams read.
-`ControlPlane.run()` loads (or creates) the CA root in `<state>/ca/`, issues per-node tokens for every
-Node object, syncs every kind once, and only then serves gRPC with TLS (server certificate from the mesh
-CA: `spiffe://cluster.local/ns/istio-system/sa/istiod` plus DNS/IP SANs) and the admin endpoint
-(`<state>/controlplane-admin.sock`: GET /proxy-status, /healthz, /policies).
+`ControlPlane.run()` loads (or creates) the CA root in `<state>/ca/` (unless the caller passes `ca=`, as
+Kubernetes mode does from its Secret), issues per-node tokens for every Node object (local mode only), syncs
+every kind once, and only then serves gRPC with TLS (server certificate from the mesh CA:
+`server_identity`, default `spiffe://cluster.local/ns/istio-system/sa/istiod`, plus DNS/IP SANs) and the
+admin endpoint (`<state>/controlplane-admin.sock`: GET /proxy-status, /healthz, /policies).
+
+Callers are authenticated by one `CallerAuthenticator` (ca_server.py): by default per-node tokens plus the
+kubelet's per-pod tokens (`pod_tokens.py`: a pod gets only its own identity), or the one passed as
+`authenticator=` (Kubernetes: TokenReview). With a custom authenticator the xDS stream is
+checked by an async gRPC interceptor before the stream starts (the XdsServer's own hook is synchronous).
 
 Invariants: proxies never see a partially synced control plane (an empty cache would tell reconnecting
 proxies to delete everything); every task is owned by the TaskGroup of `run()`.
@@ -17,7 +23,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,13 +33,19 @@ from aiohttp import web
 
 from ambient.api.client import WatchEvent
 from ambient.controlplane.ca_server import (
+    PROXY_NAMESPACE,
+    PROXY_SERVICE_ACCOUNT,
+    CallerAuthenticator,
     CaServicer,
     CertificateAuthority,
+    NodeTokenAuthenticator,
     NodeTokens,
     bearer_token,
     issue_server_cert,
 )
+from ambient.controlplane.errors import CaRefusedError
 from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex, status_condition_fields
+from ambient.controlplane.pod_tokens import LocalAuthenticator, PodTokenAuthenticator, is_pod_token
 from ambient.controlplane.source import ApiObjectSource, ObjectSource, reflect
 from ambient.controlplane.xds_server import ResourceCache, XdsServer
 from ambient.core.errors import AmbientError
@@ -100,6 +112,37 @@ class Pipeline:
             self.flush()
 
 
+CA_SERVICE_PREFIX = "/istio.v1.auth.IstioCertificateService/"
+
+
+class _TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses every non-CA RPC (xDS) whose bearer token `authenticator` does not accept (UNAUTHENTICATED).
+    The CA authenticates on its own (it needs the caller's identity, not just a yes/no)."""
+
+    def __init__(self, authenticator: CallerAuthenticator) -> None:
+        self.authenticator = authenticator
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        method = str(details.method or "")
+        if method.startswith(CA_SERVICE_PREFIX):
+            return await continuation(details)
+        md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        token = bearer_token(md)
+        try:
+            if token is None:
+                raise CaRefusedError("no bearer token: send `authorization: Bearer <token>`", code="UNAUTHENTICATED")
+            await self.authenticator.authenticate(token)
+        except CaRefusedError as exc:
+            reason = exc.message
+            log.warning("%s refused: %s", method, reason)
+
+            async def deny(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+            return grpc.stream_stream_rpc_method_handler(deny)
+        return await continuation(details)
+
+
 class ControlPlane:
     def __init__(
         self,
@@ -113,20 +156,46 @@ class ControlPlane:
         root_namespace: str = "istio-system",
         debounce: float = 0.01,
         status_writer: StatusWriter | None = None,
+        ca: LocalCA | None = None,
+        authenticator: CallerAuthenticator | None = None,
+        proxy_namespace: str = PROXY_NAMESPACE,
+        proxy_service_account: str = PROXY_SERVICE_ACCOUNT,
+        server_identity: str = SERVER_IDENTITY,
+        dns_names: Sequence[str] = (),
     ) -> None:
-        """`source`/`status_writer` default to the local API server at `<state>/apiserver.sock`."""
+        """`source`/`status_writer` default to the local API server at `<state>/apiserver.sock`; `ca` to the
+        root in `<state>/ca/`; `authenticator` to per-node tokens (then Node objects are watched to mint them).
+        `dns_names` are added to the server certificate's SANs."""
         self.state_dir = Path(state_dir)
         self.listen = listen
         self._source = source
         self.tls = tls
         self.require_token = require_token
-        self.ca = LocalCA.load_or_create(self.state_dir / "ca", max_ttl=max_ttl)
+        self.ca = ca if ca is not None else LocalCA.load_or_create(self.state_dir / "ca", max_ttl=max_ttl)
         self.tokens = NodeTokens(self.state_dir)
+        self.node_tokens = authenticator is None  # local mode: mint per-node tokens, check them on xDS
         self.index = MeshIndex(root_namespace)
         self.cache = ResourceCache()
         self.pipeline = Pipeline(self.index, self.cache, debounce=debounce)
-        self.xds = XdsServer(self.cache, authenticator=self._authenticate if require_token else None)
-        self.authority = CertificateAuthority(self.ca, self.tokens, self.index.node_service_accounts, max_ttl=max_ttl)
+        xds_authn = self._authenticate if require_token and self.node_tokens else None
+        self.xds = XdsServer(self.cache, authenticator=xds_authn)
+        # Local mode: per-node tokens (node proxies) and per-pod tokens minted by the kubelet (pods that fetch
+        # their own identity, e.g. waypoints; revoked with the pod). The key is only read on first use.
+        self.pod_tokens = PodTokenAuthenticator(self.state_dir, self._pod_alive)
+        if authenticator is None:
+            authenticator = LocalAuthenticator(
+                self.pod_tokens, NodeTokenAuthenticator(self.tokens, proxy_namespace, proxy_service_account)
+            )
+        self.authority = CertificateAuthority(
+            self.ca,
+            authenticator,
+            self.index.node_service_accounts,
+            max_ttl=max_ttl,
+            proxy_namespace=proxy_namespace,
+            proxy_service_account=proxy_service_account,
+        )
+        self.server_identity = server_identity
+        self.dns_names = [*SERVER_DNS_NAMES, *dns_names]
         self.port: int | None = None
         self.ready = asyncio.Event()
         self.admin_socket = self.state_dir / ADMIN_SOCKET
@@ -163,9 +232,20 @@ class ControlPlane:
         token = bearer_token(metadata)
         if token is None:
             return "no bearer token: send `authorization: Bearer <token>` (the node's token file)"
+        if is_pod_token(token):
+            try:
+                self.pod_tokens.claims(token)
+            except CaRefusedError as exc:
+                return exc.message
+            return None
         if self.tokens.node_for(token) is None:
             return "the bearer token is not valid for any node of this cluster"
         return None
+
+    def _pod_alive(self, namespace: str, name: str, uid: str) -> bool:
+        pod = self.index.get("Pod", namespace, name)
+        meta = (pod or {}).get("metadata") or {}
+        return pod is not None and meta.get("uid") == uid and not meta.get("deletionTimestamp")
 
     def _on_nodes(self, kind: str, items: list[Obj]) -> None:
         for node in items:
@@ -182,12 +262,20 @@ class ControlPlane:
         source = self._source or ApiObjectSource(self.state_dir / "apiserver.sock")
         if self._status_writer is None and isinstance(source, ApiObjectSource):
             self._status_writer = source.write_status
-        server = grpc.aio.server(options=[("grpc.max_send_message_length", 256 * 1024 * 1024)])
+        interceptors = []
+        if self.require_token and not self.node_tokens:
+            interceptors.append(_TokenInterceptor(self.authority.authenticator))
+        server = grpc.aio.server(
+            options=[("grpc.max_send_message_length", 256 * 1024 * 1024)], interceptors=interceptors
+        )
         self.xds.register(server)
         CaServicer(self.authority).register(server)
         host = self.listen.rsplit(":", 1)[0].strip("[]")
         if self.tls:
-            key, chain = issue_server_cert(self.ca, SERVER_IDENTITY, [*SERVER_DNS_NAMES, host])
+            names = list(dict.fromkeys(self.dns_names))  # ordered, without duplicates
+            if host not in ("", "0.0.0.0", "::"):  # an unspecified bind address is no name of this server
+                names.append(host)
+            key, chain = issue_server_cert(self.ca, self.server_identity, names)
             self.port = server.add_secure_port(self.listen, grpc.ssl_server_credentials([(key, chain)]))
         else:
             self.port = server.add_insecure_port(self.listen)
@@ -200,7 +288,10 @@ class ControlPlane:
             async with asyncio.TaskGroup() as tg:
                 synced = []
                 node_synced = asyncio.Event()
-                tg.create_task(reflect(source, "Node", self._on_nodes, self._on_node_event, synced=node_synced))
+                if self.node_tokens:
+                    tg.create_task(reflect(source, "Node", self._on_nodes, self._on_node_event, synced=node_synced))
+                else:
+                    node_synced.set()  # callers bring their own tokens (e.g. Kubernetes service accounts)
                 for kind in KINDS:
                     ev = asyncio.Event()
                     synced.append(ev)

@@ -1,14 +1,18 @@
 """`python -m ambient.waypoint`: run one waypoint proxy process (the composition root of the package).
 
-    python -m ambient.waypoint --static FILE --ca-dir DIR [--listen 0.0.0.0:15008] [--name waypoint]
-        [--namespace default] [--service-account waypoint] [--api-socket PATH] [--hbone-port 15008]
-        [--metrics 0.0.0.0:15020] [--ready 0.0.0.0:15021] [--drain 5]
+    python -m ambient.waypoint (--static FILE --ca-dir DIR | --xds ADDR --root-cert FILE [--token-file FILE])
+        [--listen 0.0.0.0:15008] [--name waypoint] [--namespace default] [--service-account waypoint]
+        [--api-socket PATH] [--hbone-port 15008] [--metrics 0.0.0.0:15020] [--ready 0.0.0.0:15021] [--drain 5]
 
-- Identity: a certificate for `spiffe://<trust domain>/ns/<namespace>/sa/<service account>` issued by the
-  local CA in `--ca-dir` (created if absent), re-issued at half its lifetime.
-- Workload/service state: the `workloads`/`services` document of `--static` (the control plane's xDS
-  client fills the same `StateStore` when it is wired in). L7 config: HTTPRoutes and AuthorizationPolicies
-  of `--static`, or followed live from the cluster API with `--api-socket`.
+- Identity: a certificate for `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`, either issued
+  in-process by the local CA in `--ca-dir` (created if absent), or - with `--xds` - requested from the
+  control plane's CA (`CreateCertificate`, no impersonation) with the pod's token (`--token-file`, default
+  env `AMBIENT_TOKEN_FILE`); renewed at half its lifetime either way.
+- Workload/service state: with `--xds`, followed from the control plane (delta ADS, node id
+  `waypoint~<POD_IP>~<POD_NAME>.<ns>~<ns>.svc.cluster.local`); else the `workloads`/`services` document
+  of `--static`. L7 config: HTTPRoutes and AuthorizationPolicies of `--static`, or followed live from the
+  cluster API with `--api-socket`.
+- Ready (`--ready`, GET /healthz/ready) once the certificate, the xDS state and the L7 config arrived.
 - Prints `waypoint listening on <ip>:<port>` on stdout once serving (port 0 picks a free port).
 - SIGTERM/SIGINT: stop accepting at once, let live tunnels run up to `--drain` seconds, exit 0.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -29,6 +34,8 @@ from ambient.core.errors import AmbientError
 
 log = logging.getLogger("ambient.waypoint")
 
+TOKEN_ENV = "AMBIENT_TOKEN_FILE"  # = controlplane.pod_tokens.TOKEN_ENV (not imported: keep start-up light)
+
 
 def _addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
@@ -38,7 +45,12 @@ def _addr(text: str) -> tuple[str, int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ambient.waypoint", description="Run an ambient waypoint (L7 proxy).")
     p.add_argument("--static", type=Path, help="YAML: HTTPRoutes, AuthorizationPolicies and/or workload state")
-    p.add_argument("--ca-dir", type=Path, required=True, help="local CA directory (root-cert.pem, root-key.pem)")
+    p.add_argument("--ca-dir", type=Path, help="local CA directory (root-cert.pem, root-key.pem)")
+    p.add_argument("--xds", help="control plane address (xDS + CA), e.g. 172.18.0.3:15012")
+    p.add_argument("--root-cert", type=Path, help="mesh root certificate (PEM) to verify the control plane")
+    p.add_argument("--token-file", type=Path, default=os.environ.get(TOKEN_ENV) or None,
+                   help=f"bearer token for the control plane (default: ${TOKEN_ENV})")
+    p.add_argument("--server-name", default="istiod.istio-system.svc", help="control plane TLS server name")
     p.add_argument("--listen", type=_addr, default=("0.0.0.0", 15008), help="HBONE listen address")
     p.add_argument("--name", default="waypoint", help="the waypoint's Gateway name")
     p.add_argument("--namespace", default="default", help="the waypoint's namespace")
@@ -51,7 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ready", type=_addr, help="readiness endpoint address (e.g. 0.0.0.0:15021)")
     p.add_argument("--drain", type=float, default=5.0, help="seconds live tunnels may run after SIGTERM")
     p.add_argument("--log-level", default="info")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.xds is None and args.ca_dir is None:
+        p.error("one of --ca-dir (local CA) or --xds (control plane) is required")
+    if args.xds is not None and args.root_cert is None:
+        p.error("--xds needs --root-cert (the mesh root that signed the control plane's certificate)")
+    return args
 
 
 class _Certs:
@@ -66,6 +83,44 @@ class _Certs:
         if datetime.now(UTC) >= self._bundle.refresh_at:
             self._bundle = self._ca.issue(self._identity)
         return self._bundle
+
+
+class _ManagedCerts:
+    """The waypoint's certificate from the control plane's CA (a `CertificateManager` renews it); hands out
+    the newest valid bundle, or the last one while a renewal is pending."""
+
+    def __init__(self, manager: Any, identity: str) -> None:
+        self._manager = manager
+        self._identity = identity
+        self._last: Any = None
+
+    async def first(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        self._last = await self._manager.get(self._identity, timeout=timeout)
+
+    def __call__(self) -> Any:
+        bundle = self._manager.cached(self._identity)
+        if bundle is not None:
+            self._last = bundle
+        return self._last
+
+
+def node_id(namespace: str, name: str) -> str:
+    """The xDS node id of a waypoint pod (from the pod's env, as the kubelet sets it)."""
+    ip = os.environ.get("POD_IP") or os.environ.get("INSTANCE_IP") or "0.0.0.0"
+    pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or name
+    return f"waypoint~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"
+
+
+async def _unless_stopped(aw: Any, stop: asyncio.Event) -> bool:
+    """Await `aw` unless `stop` is set first (then cancel it and return False)."""
+    async with asyncio.TaskGroup() as tg:
+        work = tg.create_task(aw)
+        stopper = tg.create_task(stop.wait())
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopped = not work.done()
+        work.cancel()
+        stopper.cancel()
+    return not stopped
 
 
 async def _serve_app(app: Any, addr: tuple[str, int], stack: Any) -> None:
@@ -89,18 +144,42 @@ async def run(args: argparse.Namespace) -> None:
     from ambient.waypoint.telemetry import WaypointMetrics
     from ambient.ztunnel.admin import Readiness, metrics_app, readiness_app
 
-    ca = LocalCA.load_or_create(args.ca_dir, trust_domain=args.trust_domain)
     identity = f"spiffe://{args.trust_domain}/ns/{args.namespace}/sa/{args.service_account}"
-    certs = _Certs(ca, identity)
     store = StateStore()
     writer = store.take_writer()
     l7: L7Source = StaticL7Source()
-    readiness = Readiness("config")
+    readiness = Readiness("config", "certificate", "state")
+    certs: Any
+    xds = manager = ca_client = None
+    if args.xds is not None:
+        from ambient.identity.ca_client import CaClient
+        from ambient.identity.manager import CertificateManager
+        from ambient.ztunnel.xds_client import XdsClient
+
+        root = args.root_cert.read_bytes()
+        token_file = args.token_file
+
+        def token() -> str | None:
+            # Re-read on every call: the kubelet re-mints it when the container restarts.
+            return token_file.read_text().strip() if token_file is not None else None
+
+        ca_client = CaClient(args.xds, token=token, root_cert=root, server_name=args.server_name)
+        client_ = ca_client
+        manager = CertificateManager(lambda ident: client_.fetch(ident, impersonate=False))
+        certs = _ManagedCerts(manager, identity)
+        xds = XdsClient(args.xds, writer, node=node_id(args.namespace, args.name), token=token, root_cert=root,
+                        server_name=args.server_name)
+    else:
+        ca = LocalCA.load_or_create(args.ca_dir, trust_domain=args.trust_domain)
+        certs = _Certs(ca, identity)
+        readiness.done("certificate")
     if args.static is not None:
         config, delta = load_static(args.static)
         l7 = StaticL7Source(config)
-        if delta is not None:
+        if delta is not None and xds is None:
             writer.apply(delta)
+    if xds is None:
+        readiness.done("state")
     api = None
     if args.api_socket is not None:
         from ambient.api.client import AsyncApiClient
@@ -115,6 +194,26 @@ async def run(args: argparse.Namespace) -> None:
     sock = socket.create_server(args.listen, backlog=128, reuse_port=True,
                                 family=socket.AF_INET6 if ":" in args.listen[0] else socket.AF_INET)
     async with AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+        background = []
+        if xds is not None and manager is not None and ca_client is not None:
+            stack.push_async_callback(ca_client.aclose)
+            background += [tg.create_task(manager.run(), name="certificates"),
+                           tg.create_task(xds.run(), name="xds")]
+            # Serve nothing before the waypoint has its identity and the mesh state (it would answer 503s);
+            # a SIGTERM meanwhile still ends the process at once.
+            if not await _unless_stopped(certs.first(), stop):
+                for task in background:
+                    task.cancel()
+                return
+            log.info("certificate for %s issued by the control plane CA %s", identity, args.xds)
+            readiness.done("certificate")
+            if not await _unless_stopped(xds.ready.wait(), stop):
+                for task in background:
+                    task.cancel()
+                return
+            log.info("xDS state from %s: %d workloads, %d services", args.xds,
+                     len(list(store.current.workloads())), len(list(store.current.services())))
+            readiness.done("state")
         client = await stack.enter_async_context(HboneClient())
         waypoint = Waypoint(
             certs=certs, state=lambda: store.current, l7=l7, client=client, metrics=metrics,
@@ -139,6 +238,8 @@ async def run(args: argparse.Namespace) -> None:
         await server.drain(args.drain)
         if follower is not None:
             follower.cancel()
+        for task in background:
+            task.cancel()
         if api is not None:
             await api.aclose()
 
@@ -153,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     plain.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(plain)
     access.propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the useful ones
     try:
         asyncio.run(run(args))
     except AmbientError as exc:

@@ -119,6 +119,34 @@ async def _connect_app(ctx: PodContext, src_ip: IPAddress, target: route.SocketA
 HboneHandler = Callable[[ConnectRequest, PeerIdentity], Awaitable[Decision]]
 
 
+class _UpstreamGuard:
+    """Handed to the HBONE server as `Accept.upstream` only for its `close()`, which the server calls on
+    every path: if the stream died before `serve` ran (no 200 sent), the app socket is reset and the
+    connection is still logged and counted (opened/closed stay paired)."""
+
+    def __init__(self, sock: socket.socket, orphaned: Callable[[], None]) -> None:
+        self.sock = sock
+        self.orphaned = orphaned
+        self.started = False
+        self._closed = False
+
+    async def read(self, max_bytes: int = -1) -> bytes:  # pragma: no cover - never used for copying
+        raise NotImplementedError
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def write_eof(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._closed or self.started:
+            return
+        self._closed = True
+        reset_socket(self.sock)
+        self.orphaned()
+
+
 def hbone_handler(ctx: PodContext) -> HboneHandler:
     core, tel = ctx.core, ctx.core.telemetry
     proxy_ports = ctx.settings.ports.proxy_ports
@@ -166,17 +194,28 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
             record.error = exc.message
             tel.finish(record, labels, CopyStats())
             return Reject(503, exc.message)
+        except asyncio.CancelledError:  # drained while connecting: still log and count it
+            record.error = str(DrainCut())
+            tel.finish(record, labels, CopyStats())
+            raise
         entry_args = {
             "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
             "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "HBONE",
         }
 
+        def orphaned() -> None:
+            record.error = "the HBONE stream ended before the tunnel opened"
+            tel.finish(record, labels, CopyStats())
+
+        guard = _UpstreamGuard(upstream, orphaned)
+
         async def serve(stream: HboneStream) -> None:
+            guard.started = True
             await _deliver(ctx, HboneEnd(stream, src_addr), src_ip, target, record, labels, entry_args, upstream,
                            authz, local.uid)
 
-        # 5. the server answers 200 and calls `serve`
-        return Accept(serve=serve)
+        # 5. the server answers 200 and calls `serve` (and closes `guard` in every case)
+        return Accept(upstream=guard, serve=serve)
 
     return handle
 

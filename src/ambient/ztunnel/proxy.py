@@ -345,8 +345,7 @@ class WorkloadProxy:
                         servers.append(server)
                         self.drain.on_start(server.close)
                     else:
-                        accept = tg.create_task(self._accept_loop(tg, sock, self.handlers[spec.component]))
-                        self.drain.on_start(_closer(tg, accept, sock, self, self.handlers[spec.component]))
+                        self.drain.on_start(self._serve_listener(tg, sock, self.handlers[spec.component]))
                     log.info(
                         "listener established address=%s:%d component=%s transparent=%s pod=%s",
                         spec.host, sock.getsockname()[1], spec.component, str(spec.transparent).lower(), scope.label,
@@ -357,19 +356,45 @@ class WorkloadProxy:
                 await self.drain.wait_started()
                 await asyncio.gather(self.drain.run(), *(s.drain(self.drain.remaining()) for s in servers))
         finally:
+            loop = asyncio.get_running_loop()
             for _, sock in made:
+                if sock.fileno() != -1:
+                    loop.remove_reader(sock.fileno())
                 sock.close()
 
-    async def _accept_loop(self, tg: asyncio.TaskGroup, lsock: socket.socket, handler: Handler) -> None:
+    def _serve_listener(self, tg: asyncio.TaskGroup, lsock: socket.socket, handler: Handler) -> Callable[[], None]:
+        """Accept from a reader callback (no accept task): every accepted socket is handed to a connection
+        task synchronously, so closing can never drop one that was already taken from the kernel.
+        Returns the closer the drain runs."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(lsock)
-            except OSError as exc:
-                log.warning("accept on %s failed: %s", lsock.getsockname(), exc)
-                await asyncio.sleep(0.1)
-                continue
-            self.spawn(tg, handler, conn)
+        fd = lsock.fileno()
+
+        def accept_ready() -> None:
+            while True:
+                try:
+                    conn, _ = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # e.g. EMFILE: back off instead of spinning on a readable listener
+                    log.warning("accept on %s failed: %s", lsock.getsockname(), exc)
+                    loop.remove_reader(fd)
+                    loop.call_later(0.1, resume)
+                    return
+                self.spawn(tg, handler, conn)
+
+        def resume() -> None:
+            if lsock.fileno() != -1:
+                loop.add_reader(fd, accept_ready)
+
+        def close() -> None:
+            loop.remove_reader(fd)
+            # Take what the kernel already queued for us before closing: with SO_REUSEPORT a closed
+            # listener's queue is reset, and those clients would fail during an upgrade handoff.
+            accept_ready()
+            lsock.close()
+
+        loop.add_reader(fd, accept_ready)
+        return close
 
     def spawn(self, tg: asyncio.TaskGroup, handler: Handler, conn: socket.socket) -> None:
         conn.setblocking(False)
@@ -389,24 +414,6 @@ class WorkloadProxy:
             from ambient.ztunnel.copy import reset_socket
 
             reset_socket(conn)
-
-
-def _closer(
-    tg: asyncio.TaskGroup, accept: asyncio.Task[None], lsock: socket.socket, proxy: WorkloadProxy, handler: Handler
-) -> Callable[[], None]:
-    def close() -> None:
-        accept.cancel()
-        # Take what the kernel already queued for us before closing: with SO_REUSEPORT a closed
-        # listener's queue is reset, and those clients would fail during an upgrade handoff.
-        while True:
-            try:
-                conn, _ = lsock.accept()
-            except (BlockingIOError, OSError):
-                break
-            proxy.spawn(tg, handler, conn)
-        lsock.close()
-
-    return close
 
 
 def local_addresses(ips: Iterable[IPAddress]) -> list[IPAddress]:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ambient.bench.components import attach_baselines, call_in_child, figures_from_result
+from ambient.bench.components import attach_baselines, call_in_child, derive_added, figures_from_result
 from ambient.bench.errors import BenchError
 from ambient.bench.harness import Figure
 
@@ -100,3 +100,32 @@ def test_child_that_overruns_its_time_limit_is_stopped() -> None:
     with pytest.raises(BenchError, match="did not finish within 1 s"):
         call_in_child("ambient.bench.httpserver", "run", {"host": "127.0.0.1", "port": 0, "max_seconds": 60}, 1)
     assert time.monotonic() - started < 20
+
+
+def test_node_proxy_result_shape_gets_units_added_latency_and_stunnel_baselines() -> None:
+    # the shape ambient.ztunnel.bench.run_bench returns: units on the outer keys, roles inside
+    result = {
+        "throughput_gbps": {"direct": 9.0, "stunnel": 2.0, "mesh": 3.0},
+        "latency": {
+            "direct": {"requests": 2500, "p50_ms": 0.1, "p99_ms": 0.5},
+            "stunnel": {"requests": 2500, "p50_ms": 0.2, "p99_ms": 0.8},
+            "mesh": {"requests": 2500, "p50_ms": 0.3, "p99_ms": 1.1},
+        },
+        "mesh_proxy_cores_per_1000_rps": 0.15,
+        "connections_per_s": {"direct": 4000.0, "mesh": 2100.0},
+        "conditions": {"iperf_seconds": 5},
+    }
+    figures, conditions = figures_from_result(result)
+    derive_added(figures)
+    external = [Figure("stunnel CPU per 1,000 req/s", 0.3, "cores", "lower"), Figure("stunnel", 500.0, "conn/s")]
+    attach_baselines(figures, external)
+    by = {f.name: f for f in figures}
+    assert by["throughput mesh"].unit == "Gb/s" and by["throughput mesh"].ratio == pytest.approx(1.5)
+    assert by["latency mesh p99"].baseline == "latency stunnel p99"
+    assert by["mesh added p99"].value == pytest.approx(0.6)
+    assert by["mesh added p99"].ratio == pytest.approx(2.0)  # (1.1 - 0.5) / (0.8 - 0.5)
+    cpu = by["mesh proxy CPU per 1,000 req/s"]
+    assert (cpu.unit, cpu.ratio) == ("cores", pytest.approx(0.5))
+    # a rate is compared with the same client's direct figure, not with a stunnel rate from another client
+    assert (by["connections mesh"].unit, by["connections mesh"].baseline) == ("/s", "connections direct")
+    assert conditions["iperf_seconds"] == 5 and conditions["latency mesh requests"] == 2500

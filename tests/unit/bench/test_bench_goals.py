@@ -31,7 +31,7 @@ def test_node_proxy_goals_read_the_mesh_figures_not_the_baselines() -> None:
         ],
     )
     v = _verdicts(_run(ztunnel))
-    assert v["node proxy single-stream throughput"] == ("0.75x stunnel", "floor met")
+    assert v["node proxy single-stream throughput"] == ("0.750x stunnel", "floor met")
     assert v["node proxy added p99 latency"] == ("3.00x stunnel's added p99", "missed")
     assert v["node proxy CPU per 1,000 req/s"] == ("0.08 cores", "met")
     assert v["node proxy new connections"] == ("2,500 conn/s", "met")

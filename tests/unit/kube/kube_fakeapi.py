@@ -2,7 +2,8 @@
 
 It serves recorded API responses (tests/unit/kube/recorded/*.json) the way kube-apiserver does: list
 responses (paged when `limit` is smaller than the list), watch streams (one JSON event per line, ended by
-the server like a `timeoutSeconds` expiry), error `Status` objects, TokenReviews, single objects and
+the server like a `timeoutSeconds` expiry), error `Status` objects, TokenReviews, single objects,
+creates (POST to a collection, 409 if the name exists), updates (PUT, 409 on a stale resourceVersion) and
 merge patches. Every request is logged so tests can assert what the client sent (query parameters, the
 bearer token, the content type of a patch).
 """
@@ -81,6 +82,7 @@ class FakeKubeApi:
     url: str = ""
     _runner: web.AppRunner | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _rv: int = 1000
 
     def requests(self, path: str, *, watch: bool | None = None) -> list[Request]:
         out = [r for r in self.log if r.path == path]
@@ -123,6 +125,21 @@ class FakeKubeApi:
                           "status": {"user": {}, "error": "[invalid bearer token, square/go-jose: error in "
                                      "cryptographic primitive]"}}
             return web.json_response(answer, status=201)
+        if request.method == "POST" and isinstance(body, dict) and (body.get("metadata") or {}).get("name"):
+            target = f"{path}/{body['metadata']['name']}"  # create: POST to the collection
+            if target in self.objects:
+                msg = f'{path.rsplit("/", 1)[-1]} "{body["metadata"]["name"]}" already exists'
+                return web.json_response(status(409, "AlreadyExists", msg), status=409)
+            self.objects[target] = self._stored(body)
+            return web.json_response(self.objects[target], status=201)
+        if request.method == "PUT" and path in self.objects and isinstance(body, dict):
+            current = self.objects[path]["metadata"].get("resourceVersion")
+            sent = (body.get("metadata") or {}).get("resourceVersion")
+            if sent != current:  # optimistic concurrency, as kube-apiserver does for an update
+                msg = "the object has been modified; please apply your changes to the latest version and try again"
+                return web.json_response(status(409, "Conflict", msg), status=409)
+            self.objects[path] = self._stored(body)
+            return web.json_response(self.objects[path])
         if path in self.objects:
             if request.method == "PATCH":
                 patch = body or {}
@@ -135,6 +152,14 @@ class FakeKubeApi:
                 return web.json_response(self.objects[path])
         name = path.rsplit("/", 1)[-1]
         return web.json_response(status(404, "NotFound", f'pods "{name}" not found'), status=404)
+
+    def _stored(self, body: Obj) -> Obj:
+        """A created / replaced object as the server keeps it: a fresh resourceVersion (and a uid)."""
+        self._rv += 1
+        meta = dict(body.get("metadata") or {})
+        meta["resourceVersion"] = str(self._rv)
+        meta.setdefault("uid", f"uid-{self._rv}")
+        return dict(body, metadata=meta)
 
     def _list(self, request: web.Request, path: str) -> web.Response:
         script = self.lists[path]

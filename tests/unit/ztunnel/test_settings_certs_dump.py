@@ -104,3 +104,14 @@ async def test_static_source_reloads_on_change_and_keeps_state_on_a_bad_file(tmp
         await asyncio.sleep(0.2)
         assert [w.uid for w in store.current.workloads()] == ["b"]  # bad file: previous state kept
         task.cancel()
+
+
+def test_zc_finds_the_admin_socket_of_a_node_from_the_cluster_layout(tmp_path: Path) -> None:
+    from ambient.cli.zc import admin_socket_for
+    from ambient.cluster.layout import build_layout, save_layout
+
+    layout = build_layout("t", 2, state_dir=tmp_path)
+    save_layout(layout)
+    first, second = layout.nodes
+    assert admin_socket_for(tmp_path, "t", None) == Path(first.run_dir) / "ztunnel-admin.sock"
+    assert admin_socket_for(tmp_path, "t", second.name) == Path(second.run_dir) / "ztunnel-admin.sock"
