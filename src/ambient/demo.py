@@ -21,6 +21,8 @@ from ambient.core.errors import AmbientError
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "demo.yaml"
+DENY_POLICY = ROOT / "samples" / "deny-client.yaml"
+ENROLL_LABEL = "istio.io/dataplane-mode=ambient"
 CLUSTER = os.environ.get("AMBIENT_CLUSTER", "ambient")
 
 
@@ -100,6 +102,48 @@ def wait_pods_ready(namespaces: list[str], timeout: float = 60.0) -> dict[str, d
         time.sleep(0.5)
 
 
+def retry_until(check: Any, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def wait_captured(namespaces: list[str], timeout: float = 30.0) -> None:
+    """Wait for the node agents' `ambient.istio.io/redirection: enabled` on every pod of `namespaces`."""
+
+    def captured() -> bool:
+        for ns in namespaces:
+            for pod in get_json("pods", "-n", ns)["items"]:
+                annotations = pod["metadata"].get("annotations") or {}
+                if annotations.get("ambient.istio.io/redirection") != "enabled":
+                    return False
+        return True
+
+    if not retry_until(captured, timeout):
+        raise DemoError("pods were not captured in time", hint="see `ambient logs node-agent --node node-1`")
+
+
+def show_access_line(node: str, direction: str, *, errors: bool = False) -> None:
+    """Print the newest access-log line of NODE's proxy for DIRECTION (the proxy logs them to stdout)."""
+    from ambient.ztunnel.accesslog import parse_fields
+
+    def latest() -> str | None:
+        proc = ambient("logs", "ztunnel", "--node", node, show=False, capture=True, check=False)
+        for line in reversed(proc.stdout.splitlines()):
+            fields = parse_fields(line)
+            if "\taccess\t" in line and fields.get("direction") == direction and ("error" in fields) == errors:
+                return line
+        return None
+
+    retry_until(lambda: latest() is not None, timeout=5.0)
+    line = latest()
+    say(f"ztunnel on {node} ({direction}):")
+    say(f"  {line.split(chr(9))[-1] if line else '(no access-log line yet)'}")
+
+
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("make demo needs root: the local cluster is made of network namespaces (try: sudo make demo)")
@@ -123,10 +167,42 @@ def main() -> None:
         say()
         say(f"httpbin saw the request coming from {origin} - the curl pod's own IP is {client_ip}.")
 
+        url = "http://httpbin.demo:8000/ip"
+        step("4. Enroll both namespaces in the mesh: no pod restarts, the node agents capture the running pods")
+        ambient("label", "namespace", "demo", ENROLL_LABEL, "--overwrite")
+        ambient("label", "namespace", "client", ENROLL_LABEL, "--overwrite")
+        wait_captured(["demo", "client"])
+        ambient("zc", "workloads", "--node", "node-1")
+
+        step("5. The same request now travels through both node proxies in an mTLS HBONE tunnel")
+        ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", url, capture=True)
+        say()
+        show_access_line("node-1", "outbound")
+        show_access_line("node-2", "inbound")
+
+        step("6. A DENY policy: the destination's proxy refuses the client's identity (L4: connection reset)")
+        ambient("apply", "-f", str(DENY_POLICY))
+        denied = retry_until(lambda: ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", url,
+                                             check=False, show=False, capture=True).returncode == 56)
+        say(f"$ ambient exec -n client {curl} -- curl -sS -m 10 {url}")
+        say("curl: (56) Recv failure: Connection reset by peer   <- exit code 56" if denied
+            else "(the policy did not take effect in time)")
+        show_access_line("node-2", "inbound", errors=True)
+        ambient("delete", "-f", str(DENY_POLICY))
+        allowed = retry_until(lambda: ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", url,
+                                              check=False, show=False, capture=True).returncode == 0)
+        say("policy removed: the request goes through again" if allowed else "policy removed, but traffic still fails")
+        if not (denied and allowed):
+            raise DemoError(
+                "the policy step did not behave as expected", hint="see `ambient logs ztunnel --node node-2`"
+            )
+
         step("Explore")
         say(f"  . {ROOT}/.venv/bin/activate        # puts `ambient` on PATH")
         say("  ambient get pods -A -o wide")
         say(f"  ambient exec -n client {curl} -- curl -s http://httpbin.demo:8000/get")
+        say("  ambient zc all --node node-2              # what the node proxy knows (workloads, policies, certs)")
+        say("  ambient logs ztunnel --node node-2        # access logs: identities, bytes, policy decisions")
         say("  ambient logs kubelet --node node-1")
         say("  ambient port-forward -n demo svc/httpbin 8080:8000   # then: curl localhost:8080/get")
         say("Tear down:")

@@ -68,6 +68,9 @@ COMPONENTS: list[ComponentSpec] = [
                   extra_args=("--listen", f"{L.CONTROLPLANE_IP}:{L.CONTROLPLANE_PORT}")),
     # Before the kubelets: pods of enrolled namespaces fail CNI ADD (fail closed) until their agent listens.
     ComponentSpec("node-agent", "ambient.cni.agent", netns="node", per_node=True),
+    # The node proxy: takes captured pods from its node agent over ZDS, state and certificates from the
+    # control plane. Started before the kubelets so the first enrolled pods find it ready.
+    ComponentSpec("ztunnel", "ambient.ztunnel", netns="node", per_node=True),
     ComponentSpec("kubelet", "ambient.cluster.kubelet", netns="node", per_node=True),
 ]
 NODE_AGENT_MODULE = "ambient.cni.agent"

@@ -34,6 +34,7 @@ from ambient.hbone.client import HboneClient
 from ambient.identity.certs import CertBundle
 from ambient.inpod.zds import DEFAULT_SOCKET_PATH, ZdsClient
 from ambient.state.store import StateStore, StateWriter
+from ambient.ztunnel import dnsproxy
 from ambient.ztunnel.admin import Readiness, admin_app, metrics_app, readiness_app
 from ambient.ztunnel.certs import CertSource
 from ambient.ztunnel.config_dump import build_config_dump
@@ -73,6 +74,11 @@ def build_pod_proxy(ctx: PodContext, drain: Drain, specs: list[ListenerSpec] | N
             ListenerSpec("inbound_plaintext", "0.0.0.0", settings.ports.inbound_plaintext, t),
             ListenerSpec("inbound", "0.0.0.0", settings.ports.inbound, t),
         ]
+        if settings.dns_proxy:
+            specs += [
+                ListenerSpec("dns", "127.0.0.1", settings.ports.dns, False),
+                ListenerSpec("dns", "127.0.0.1", settings.ports.dns, False, udp=True),
+            ]
     if server_certs is None:
         scope = ctx.scope
         assert isinstance(scope, PodScope)
@@ -93,7 +99,8 @@ def build_pod_proxy(ctx: PodContext, drain: Drain, specs: list[ListenerSpec] | N
         ctx=ctx,
         drain=drain,
         specs=specs,
-        handlers={"outbound": serve_outbound, "inbound_plaintext": serve_plaintext},
+        handlers={"outbound": serve_outbound, "inbound_plaintext": serve_plaintext, "dns": dnsproxy.serve_tcp},
+        udp_handlers={"dns": dnsproxy.serve_udp},
         hbone_handler=hbone_handler(ctx),
         server_certs=server_certs,
     )

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -281,14 +281,17 @@ class PodContext:
 
 
 Handler = Callable[[PodContext, socket.socket], Awaitable[None]]
+# serves one datagram socket until cancelled
+UdpHandler = Callable[[PodContext, socket.socket], Coroutine[Any, Any, None]]
 
 
 @dataclass
 class ListenerSpec:
-    component: str  # outbound | inbound_plaintext | inbound
+    component: str  # outbound | inbound_plaintext | inbound | dns
     host: str
     port: int
     transparent: bool
+    udp: bool = False  # a datagram socket served by `udp_handlers[component]` (the DNS proxy)
 
 
 @dataclass
@@ -301,6 +304,7 @@ class WorkloadProxy:
     handlers: dict[str, Handler]  # component -> handler for the plain accept loops
     hbone_handler: Any  # ambient.hbone.server.Handler
     server_certs: Callable[[str], Callable[[], CertBundle]]  # listener host -> cert provider
+    udp_handlers: dict[str, UdpHandler] = field(default_factory=dict)  # component -> datagram server
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     # resolves once listening, or with the start-up error (on_add turns it into the agent's NACK)
     started: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -313,7 +317,12 @@ class WorkloadProxy:
             made: list[tuple[ListenerSpec, socket.socket]] = []
             try:
                 for spec in self.specs:
-                    made.append((spec, so.listener(spec.host, spec.port, mark=mark, transparent=spec.transparent)))
+                    if spec.udp:
+                        made.append((spec, so.udp_socket(spec.host, spec.port, mark=mark)))
+                    else:
+                        made.append(
+                            (spec, so.listener(spec.host, spec.port, mark=mark, transparent=spec.transparent))
+                        )
             except BaseException:
                 for _, s in made:
                     s.close()
@@ -339,7 +348,10 @@ class WorkloadProxy:
                 servers: list[HboneServer] = []
                 for spec, sock in made:
                     self.addresses.append((spec.component, spec.host, sock.getsockname()[1]))
-                    if spec.component == "inbound":
+                    if spec.udp:
+                        task = tg.create_task(self.udp_handlers[spec.component](self.ctx, sock))
+                        self.drain.on_start(lambda t=task: t.cancel() and None)
+                    elif spec.component == "inbound":
                         server = HboneServer(sock, self.server_certs(spec.host), self.hbone_handler)
                         await stack.enter_async_context(server)
                         servers.append(server)
@@ -347,8 +359,9 @@ class WorkloadProxy:
                     else:
                         self.drain.on_start(self._serve_listener(tg, sock, self.handlers[spec.component]))
                     log.info(
-                        "listener established address=%s:%d component=%s transparent=%s pod=%s",
-                        spec.host, sock.getsockname()[1], spec.component, str(spec.transparent).lower(), scope.label,
+                        "listener established address=%s:%d component=%s%s transparent=%s pod=%s",
+                        spec.host, sock.getsockname()[1], spec.component, "/udp" if spec.udp else "",
+                        str(spec.transparent).lower(), scope.label,
                     )
                 self.listening.set()
                 if not self.started.done():

@@ -4,6 +4,7 @@ Environment (reference names where the reference has them):
 - CONNECTION_TERMINATION_DEADLINE: drain deadline in seconds (default 5; "5s" / "500ms" accepted).
 - AMBIENT_ZTUNNEL_SOURCE_WAIT: how long outbound waits for an unknown source workload to appear (default 5 s).
 - AMBIENT_UVLOOP: "1" enables uvloop (off by default, see `from_env`).
+- AMBIENT_DNS_UPSTREAM: host:port the DNS proxy forwards unknown names to (default 10.96.0.10:53).
 
 Invariant: nothing reads the environment after `Settings.from_env` built the value; components get the
 settings (or a narrower piece of them) injected.
@@ -43,7 +44,7 @@ class Ports:
     outbound: int = 15001
     inbound_plaintext: int = 15006
     inbound: int = 15008
-    dns: int = 15053  # reserved: the DNS proxy is not built yet
+    dns: int = 15053  # the DNS proxy (127.0.0.1 only, UDP and TCP)
     admin: int = 15000
     metrics: int = 15020
     readiness: int = 15021
@@ -74,6 +75,8 @@ class Settings:
     uvloop: bool = False  # see from_env: uvloop loses early ClientHellos in the HBONE server's start_tls
     # shared mode: bind host of the three listeners
     shared_host: str = "0.0.0.0"
+    dns_proxy: bool = True  # in-pod mode: serve 127.0.0.1:15053 (the pods' captured DNS)
+    dns_upstream: tuple[str, int] = ("10.96.0.10", 53)  # where names not in the proxy's state go
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -86,6 +89,11 @@ class Settings:
             values["source_wait"] = parse_duration(raw, "AMBIENT_ZTUNNEL_SOURCE_WAIT")
         # Off by default: under uvloop, a ClientHello that arrives before the HBONE server's start_tls
         # (transport paused in connection_made) is lost and the handshake stalls until its timeout.
+        if raw := env.get("AMBIENT_DNS_UPSTREAM"):
+            host, _, port = raw.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"AMBIENT_DNS_UPSTREAM: expected host:port, got {raw!r}")
+            values["dns_upstream"] = (host.strip("[]"), int(port))
         if env.get("AMBIENT_UVLOOP", "0") == "1":
             values["uvloop"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -117,6 +117,26 @@ def listener(
         raise
 
 
+def udp_socket(host: str, port: int, *, mark: int | None = PROXY_MARK) -> socket.socket:
+    """A non-blocking bound UDP socket (the DNS proxy's), marked like every proxy socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if mark is not None:
+            set_mark(sock, mark)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SocketOptionError(f"cannot bind UDP [{host}]:{port}: {exc.strerror}") from exc
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 def outbound_socket(family: int, *, mark: int | None = PROXY_MARK) -> socket.socket:
     """A non-blocking TCP socket for the proxy's own outbound connections (marked to skip redirection)."""
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1,0 +1,151 @@
+"""The node proxy's DNS proxy on 127.0.0.1:15053 inside each enrolled pod (UDP and TCP).
+
+The in-pod rules redirect the pod's DNS queries (port 53) here. Names of Services the proxy knows from xDS
+(`<svc>.<ns>.svc.cluster.local`) are answered at once from its state, with the Service VIPs; everything
+else (search-path misses, pod names, names outside the cluster) is forwarded unchanged to the upstream
+resolver (the cluster DNS, 10.96.0.10:53 by default) from a marked socket inside the pod netns, so the
+redirect rules let it through; the upstream's answer is relayed byte for byte. An upstream that does not
+answer within the timeout gets the client a SERVFAIL, never silence.
+
+`answer_from_state` is pure; the serve functions do the I/O. The wire format is `cluster.dnswire`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from ambient.cluster import dnswire
+from ambient.state.store import StateView
+from ambient.ztunnel import sockets as so
+
+if TYPE_CHECKING:
+    from ambient.ztunnel.proxy import PodContext
+
+log = logging.getLogger("ambient.ztunnel.dns")
+
+UPSTREAM_TIMEOUT_S = 2.0
+TCP_IDLE_TIMEOUT_S = 10.0
+MAX_UDP_QUERY = 4096
+
+
+def answer_from_state(query: bytes, view: StateView, *, udp: bool = True) -> bytes | None:
+    """The response for a query about a Service the proxy knows, or None to forward it upstream."""
+    try:
+        msg = dnswire.parse_message(query)
+    except dnswire.DnsWireError:
+        return dnswire.error_response(query, dnswire.RCODE_FORMERR)
+    if msg.is_response or msg.opcode != dnswire.OPCODE_QUERY or len(msg.questions) != 1:
+        return None  # odd messages: let the real resolver have its say
+    question = msg.questions[0]
+
+    def lookup(name: str, namespace: str) -> list[str] | None:
+        service = view.service_by_hostname(namespace, f"{name}.{namespace}.svc.{dnswire.ZONE}")
+        if service is None:
+            return None
+        return [str(a.address) for a in service.addresses if a.address.version == 4]
+
+    result = dnswire.resolve(question.name, question.qtype, question.qclass, lookup)
+    if result.rcode != dnswire.RCODE_NOERROR or not result.addresses:
+        return None
+    max_size = (msg.edns_udp_size or dnswire.MAX_UDP) if udp else 65535
+    return dnswire.build_response(msg, result, max_size=max_size)
+
+
+async def _udp_socket(ctx: PodContext, family: int) -> socket.socket:
+    mark = ctx.settings.mark
+
+    def make() -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if mark is not None:
+                so.set_mark(sock, mark)
+            sock.setblocking(False)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    return await ctx.sockets.call(make)
+
+
+async def forward_udp(ctx: PodContext, query: bytes) -> bytes:
+    """Ask the upstream resolver over UDP from inside the pod netns; SERVFAIL when it stays silent."""
+    host, port = ctx.settings.dns_upstream
+    loop = asyncio.get_running_loop()
+    sock = await _udp_socket(ctx, socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        await loop.sock_sendto(sock, query, (host, port))
+        async with asyncio.timeout(UPSTREAM_TIMEOUT_S):
+            while True:
+                data, _ = await loop.sock_recvfrom(sock, 65535)
+                if data[:2] == query[:2]:  # same id: ours (a stray datagram is ignored)
+                    return data
+    except (TimeoutError, OSError) as exc:
+        log.warning("DNS upstream %s:%d failed for %s: %s", host, port, ctx.scope.label, exc or "timeout")
+        return dnswire.error_response(query, dnswire.RCODE_SERVFAIL) or b""
+    finally:
+        sock.close()
+
+
+async def resolve_query(ctx: PodContext, query: bytes, *, udp: bool) -> bytes | None:
+    local = answer_from_state(query, ctx.core.view(), udp=udp)
+    if local is not None:
+        return local
+    return await forward_udp(ctx, query)
+
+
+async def serve_udp(ctx: PodContext, sock: socket.socket) -> None:
+    """Answer datagrams until cancelled (the drain cancels this task and closes the socket)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.TaskGroup() as tg:
+        while True:
+            try:
+                data, peer = await loop.sock_recvfrom(sock, MAX_UDP_QUERY)
+            except OSError as exc:
+                log.warning("DNS proxy for %s stopped: %s", ctx.scope.label, exc)
+                return
+            tg.create_task(_reply_udp(ctx, sock, data, peer))
+
+
+async def _reply_udp(ctx: PodContext, sock: socket.socket, data: bytes, peer: tuple[str, int]) -> None:
+    response = await resolve_query(ctx, data, udp=True)
+    if response:
+        try:
+            await asyncio.get_running_loop().sock_sendto(sock, response, peer)
+        except OSError:
+            pass  # the client went away
+
+
+async def serve_tcp(ctx: PodContext, conn: socket.socket) -> None:
+    """DNS over TCP: 2-byte length-prefixed messages, several per connection, until idle or closed."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            async with asyncio.timeout(TCP_IDLE_TIMEOUT_S):
+                header = await _recv_exact(loop, conn, 2)
+                if not header:
+                    return
+                query = await _recv_exact(loop, conn, struct.unpack("!H", header)[0])
+            if not query:
+                return
+            response = await resolve_query(ctx, query, udp=False)
+            if response:
+                await loop.sock_sendall(conn, struct.pack("!H", len(response)) + response)
+    except (TimeoutError, OSError):
+        return
+    finally:
+        conn.close()
+
+
+async def _recv_exact(loop: asyncio.AbstractEventLoop, conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = await loop.sock_recv(conn, n - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf
