@@ -248,6 +248,7 @@ class WaypointController:
             existing[kind] = {(_ns(o), _meta(o)["name"]): o for o in items}
             for obj in items:
                 if orphaned(obj, live):
+                    existing[kind].pop((_ns(obj), _meta(obj)["name"]), None)  # a recreated Gateway re-creates it
                     with contextlib.suppress(NotFoundError):
                         await self.client.delete(kind, _meta(obj)["name"], _ns(obj))
                         log.info("waypoint gone: deleted %s %s/%s", kind, _ns(obj), _meta(obj)["name"])

@@ -76,8 +76,8 @@ def build_pod_proxy(ctx: PodContext, drain: Drain, specs: list[ListenerSpec] | N
         ]
         if settings.dns_proxy:
             specs += [
-                ListenerSpec("dns", "127.0.0.1", settings.ports.dns, False),
-                ListenerSpec("dns", "127.0.0.1", settings.ports.dns, False, udp=True),
+                ListenerSpec("dns", "127.0.0.1", settings.ports.dns, False, freebind=True),
+                ListenerSpec("dns", "127.0.0.1", settings.ports.dns, False, udp=True, freebind=True),
             ]
     if server_certs is None:
         scope = ctx.scope

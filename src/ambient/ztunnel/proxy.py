@@ -292,6 +292,8 @@ class ListenerSpec:
     port: int
     transparent: bool
     udp: bool = False  # a datagram socket served by `udp_handlers[component]` (the DNS proxy)
+    # bind even if the address is not there yet: pods reach us during CNI ADD, maybe before `lo` is up
+    freebind: bool = False
 
 
 @dataclass
@@ -318,10 +320,11 @@ class WorkloadProxy:
             try:
                 for spec in self.specs:
                     if spec.udp:
-                        made.append((spec, so.udp_socket(spec.host, spec.port, mark=mark)))
+                        made.append((spec, so.udp_socket(spec.host, spec.port, mark=mark, freebind=spec.freebind)))
                     else:
                         made.append(
-                            (spec, so.listener(spec.host, spec.port, mark=mark, transparent=spec.transparent))
+                            (spec, so.listener(spec.host, spec.port, mark=mark, transparent=spec.transparent,
+                                               freebind=spec.freebind))
                         )
             except BaseException:
                 for _, s in made:
@@ -350,7 +353,7 @@ class WorkloadProxy:
                     self.addresses.append((spec.component, spec.host, sock.getsockname()[1]))
                     if spec.udp:
                         task = tg.create_task(self.udp_handlers[spec.component](self.ctx, sock))
-                        self.drain.on_start(lambda t=task: t.cancel() and None)
+                        self.drain.on_start(_canceller(task))
                     elif spec.component == "inbound":
                         server = HboneServer(sock, self.server_certs(spec.host), self.hbone_handler)
                         await stack.enter_async_context(server)
@@ -427,6 +430,13 @@ class WorkloadProxy:
             from ambient.ztunnel.copy import reset_socket
 
             reset_socket(conn)
+
+
+def _canceller(task: asyncio.Task[None]) -> Callable[[], None]:
+    def cancel() -> None:
+        task.cancel()
+
+    return cancel
 
 
 def local_addresses(ips: Iterable[IPAddress]) -> list[IPAddress]:

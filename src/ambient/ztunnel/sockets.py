@@ -83,8 +83,13 @@ def original_dst(sock: socket.socket) -> tuple[str, int]:
     return (socket.inet_ntoa(raw[4:8]), port)
 
 
+def set_freebind(sock: socket.socket) -> None:
+    """Allow binding an address the netns does not have yet (e.g. 127.0.0.1 before the runtime set up lo)."""
+    _set(sock, socket.SOL_IP, IP_FREEBIND, 1, "IP_FREEBIND")
+
+
 def listener(
-    host: str, port: int, *, mark: int | None = PROXY_MARK, transparent: bool = False
+    host: str, port: int, *, mark: int | None = PROXY_MARK, transparent: bool = False, freebind: bool = False
 ) -> socket.socket:
     """A non-blocking listening TCP socket with SO_REUSEPORT (and SO_MARK unless `mark` is None).
 
@@ -102,6 +107,8 @@ def listener(
             set_mark(sock, mark)
         if transparent:
             set_transparent(sock)
+        if freebind:
+            set_freebind(sock)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -117,7 +124,7 @@ def listener(
         raise
 
 
-def udp_socket(host: str, port: int, *, mark: int | None = PROXY_MARK) -> socket.socket:
+def udp_socket(host: str, port: int, *, mark: int | None = PROXY_MARK, freebind: bool = False) -> socket.socket:
     """A non-blocking bound UDP socket (the DNS proxy's), marked like every proxy socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -126,6 +133,8 @@ def udp_socket(host: str, port: int, *, mark: int | None = PROXY_MARK) -> socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if mark is not None:
             set_mark(sock, mark)
+        if freebind:
+            set_freebind(sock)
         try:
             sock.bind((host, port))
         except OSError as exc:

@@ -206,3 +206,16 @@ async def test_controller_does_not_adopt_a_users_service(store: Store) -> None:
     assert svc["spec"]["selector"] == {"app": "mine"}  # left alone
     gw = store.get("Gateway", "waypoint", "shop")
     assert {c["type"]: c["status"] for c in gw["status"]["conditions"]}["Programmed"] == "False"
+
+
+async def test_recreated_gateway_replaces_the_old_objects_in_one_pass(store: Store) -> None:
+    cm = ControllerManager(StoreClient(store), waypoints=CFG)
+    store.create(gateway_manifest("waypoint", "shop", "service"))
+    await cm.reconcile_once()
+    old_uid = store.get("Deployment", "waypoint", "shop")["metadata"]["uid"]
+    store.delete("Gateway", "waypoint", "shop")
+    new_gw = store.create(gateway_manifest("waypoint", "shop", "service"))
+    await cm.reconcile_once()
+    deploy = store.get("Deployment", "waypoint", "shop")
+    assert deploy["metadata"]["uid"] != old_uid
+    assert deploy["metadata"]["ownerReferences"][0]["uid"] == new_gw["metadata"]["uid"]
