@@ -106,8 +106,11 @@ def test_meshed_request_goes_through_hbone_with_identities_and_dns(mesh: dict[st
     assert proc.stdout == f"web {client_ip}"  # the app sees the real client pod IP
 
     server_ip = mesh["pods"]["shop"]["status"]["podIP"]
-    outbound = [f for f in _access_lines(mesh, "node-1") if f.get("direction") == "outbound"]
-    inbound = [f for f in _access_lines(mesh, "node-2") if f.get("direction") == "inbound"]
+    # Each proxy logs a connection when it closes, which may be a moment after curl returned.
+    outbound = wait_for(lambda: [f for f in _access_lines(mesh, "node-1") if f.get("direction") == "outbound"],
+                        5, "the client proxy's access line")
+    inbound = wait_for(lambda: [f for f in _access_lines(mesh, "node-2") if f.get("direction") == "inbound"],
+                       5, "the server proxy's access line")
     for lines in (outbound, inbound):
         assert lines, "no access-log line"
         last = lines[-1]
@@ -178,3 +181,49 @@ def test_unenrolled_namespace_is_released(mesh: dict[str, Any]) -> None:
     finally:
         api.patch("Namespace", "client", None, {"metadata": {"labels": ENROLL}})
         wait_for(lambda: _annotation(api, "client") == "enabled", 30, "client pod captured again")
+
+
+def _rule_dump(mesh: dict[str, Any], ns: str) -> list[str]:
+    out = in_pod(mesh["layout"], mesh["pods"][ns], ["iptables-save"], check=True).stdout
+    return sorted(line for line in out.splitlines() if line.startswith("-A"))
+
+
+def test_agent_and_proxies_killed_and_restarted_keep_pods_captured(mesh: dict[str, Any]) -> None:
+    layout = mesh["layout"]
+    rules_before = _rule_dump(mesh, "client")
+    assert any("--to-ports 15001" in r for r in rules_before)
+    for name in ("node-agent-node-1", "ztunnel-node-1", "ztunnel-node-2"):
+        lifecycle.restart_component(layout, name, kill=True)
+    before = len(_access_lines(mesh, "node-1"))
+    assert _until_exit(mesh, "client", 0, timeout=30).returncode == 0
+    # The new proxy carried it (captured, through HBONE): a fresh outbound line with identities.
+    outbound = wait_for(
+        lambda: [f for f in _access_lines(mesh, "node-1")[before:] if f.get("direction") == "outbound"],
+        5, "an outbound access line from the restarted proxy")
+    assert outbound[-1]["dst.identity"] == "spiffe://cluster.local/ns/shop/sa/default"
+    assert _rule_dump(mesh, "client") == rules_before  # repaired/kept, never duplicated
+
+
+def test_control_plane_outage_keeps_traffic_then_resyncs(mesh: dict[str, Any]) -> None:
+    layout = mesh["layout"]
+    pid = processes.running_components(layout)["controlplane"]
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGKILL)
+    try:
+        results = []
+        for _ in range(10):  # 10 new meshed connections over ~3 s with the control plane gone
+            results.append(_curl(mesh, "client").returncode)
+            time.sleep(0.3)
+        assert results == [0] * 10
+    finally:
+        lifecycle.restart_component(layout, "controlplane")
+    # Back: the proxies resync, and a policy made after the outage is enforced.
+    deny = {"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["client"]}}]}]}
+    _apply(mesh, _policy("after-outage", deny))
+    try:
+        assert _until_exit(mesh, "client", 56, timeout=30).returncode == 56
+    finally:
+        mesh["api"].delete("AuthorizationPolicy", "after-outage", "shop")
+    assert _until_exit(mesh, "client", 0).returncode == 0

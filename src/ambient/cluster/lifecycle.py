@@ -18,6 +18,7 @@ import fcntl
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -252,6 +253,35 @@ def _start(layout: L.ClusterLayout, spec: ComponentSpec, node: L.NodeLayout | No
     name = spec.name if node is None else f"{spec.name}-{node.name}"
     return processes.start_component(layout, name, spec.argv(layout, node), netns=netns,
                                      env={COMPONENT_MARKER_ENV: layout.state_dir})
+
+
+def component_spec(layout: L.ClusterLayout, name: str) -> tuple[ComponentSpec, L.NodeLayout | None]:
+    """The spec (and node) of a running cluster's component by its process name, e.g. "ztunnel-node-2"."""
+    for spec in [APISERVER, *COMPONENTS]:
+        if not spec.per_node and spec.name == name:
+            return spec, None
+        if spec.per_node:
+            for node in layout.nodes:
+                if name == f"{spec.name}-{node.name}":
+                    return spec, node
+    known = [APISERVER.name, *(s.name + ("-<node>" if s.per_node else "") for s in COMPONENTS)]
+    raise ComponentError(f"no component named {name!r}", hint=f"components: {', '.join(known)}")
+
+
+def restart_component(layout: L.ClusterLayout, name: str, *, kill: bool = False) -> int:
+    """Stop (SIGKILL when `kill`, else gracefully) and start one component again; returns the new pid.
+
+    What a crash-and-restart looks like to the rest of the cluster (used by the restart tests)."""
+    spec, node = component_spec(layout, name)
+    pid = processes.running_components(layout).get(name)
+    if pid is not None:
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            processes.terminate([pid], grace=2.0)  # reaps it (and is a no-op once it is gone)
+        else:
+            processes.stop_component(layout, name)
+    return _start(layout, spec, node)
 
 
 def _log_tail(layout: L.ClusterLayout, name: str, lines: int = 8) -> str:
