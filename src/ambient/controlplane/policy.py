@@ -226,6 +226,17 @@ def _pa_mode(value: Any) -> str:
     return "PERMISSIVE" if mode == "DISABLE" else mode
 
 
+def peer_authentication_warning(pa: Obj) -> str | None:
+    """Why a PeerAuthentication is not honoured as written (None: it is). DISABLE cannot turn mTLS off
+    between mesh workloads (HBONE is always mutual TLS), so it is accepted and acts as PERMISSIVE."""
+    spec = pa.get("spec") or {}
+    modes = [str(((spec.get("mtls") or {}).get("mode")) or "").upper()]
+    modes += [str(((v or {}).get("mode")) or "").upper() for v in (spec.get("portLevelMtls") or {}).values()]
+    if "DISABLE" in modes:
+        return "mode DISABLE is ignored in ambient (HBONE between mesh workloads is always mTLS): acts as PERMISSIVE"
+    return None
+
+
 def _oldest(objs: Iterable[Obj]) -> Obj | None:
     ordered = sorted(objs, key=lambda o: (str(_meta(o).get("creationTimestamp") or ""), str(_meta(o).get("name"))))
     return ordered[0] if ordered else None

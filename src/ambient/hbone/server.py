@@ -12,7 +12,14 @@ Invariants:
 - `peer` comes only from the verified client certificate; the client must be in the same trust
   domain as the local certificate. A rejected connection never reaches the handler.
 - Every handshake and handler runs as a task of the server's TaskGroup (`async with HboneServer`).
-- `close()` stops accepting at once; `drain(deadline)` lets live streams finish, then cuts them.
+- `close()` stops accepting at once, but first takes the connections the kernel already queued on the
+  listener (with SO_REUSEPORT a closed listener's queue is reset: during a handoff to a second proxy those
+  clients would fail); such late connections take streams for `HANDOFF_GRACE` seconds, then refuse new
+  ones (the client pool retries REFUSED_STREAM elsewhere). `drain(deadline)` lets live streams finish,
+  then cuts them.
+- Accepting is a reader callback on the listening socket and TLS runs from the first byte
+  (`connect_accepted_socket(ssl=...)`): no plaintext protocol ever sees the ClientHello, which is what
+  makes the server correct under uvloop as well as the default loop.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 LISTEN_BACKLOG = 128
+HANDOFF_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +86,6 @@ class ServerStats:
         self.rejections.append(reason)
 
 
-class _Accepting(asyncio.Protocol):
-    """Placeholder protocol for a fresh TCP connection until start_tls takes it over."""
-
-    def __init__(self, server: HboneServer) -> None:
-        self._server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport: duck-type
-        transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()  # the ClientHello must reach the TLS layer, not this protocol
-        set_nodelay(transport.get_extra_info("socket"))
-        self._server._on_tcp(transport)
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
-
-
 def _handshake_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"client certificate rejected: {exc.verify_message}"
@@ -130,9 +121,9 @@ class HboneServer:
         self.settings = settings or H2Settings()
         self._contexts = ContextCache(max_entries=8)
         self._tg: asyncio.TaskGroup | None = None
-        self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
         self._conns: set[HboneConnection] = set()
-        self._raw: set[asyncio.Transport] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -151,9 +142,9 @@ class HboneServer:
             else:
                 sock = socket.create_server(self._listen, backlog=LISTEN_BACKLOG, reuse_port=True)
             sock.setblocking(False)
-            self._server = await loop.create_server(
-                lambda: _Accepting(self), sock=sock, backlog=LISTEN_BACKLOG, start_serving=True
-            )
+            sock.listen(LISTEN_BACKLOG)
+            loop.add_reader(sock.fileno(), self._accept_ready)
+            self._sock = sock
         except BaseException as exc:
             await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -174,9 +165,13 @@ class HboneServer:
 
     def close(self) -> None:
         """Stop accepting connections and new streams; live streams continue until `drain`."""
+        if self.serving and self._sock is not None:
+            sock, self._sock = self._sock, None
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            self._accept_ready(sock, late=True)  # what the kernel already queued for us (handoff)
+            sock.close()
         self.serving = False
-        if self._server is not None:
-            self._server.close()
         for conn in self._conns:
             conn.accepting = False
 
@@ -191,29 +186,61 @@ class HboneServer:
             task.cancel()
         for conn in list(self._conns):
             conn.close("shut down (drain)")
-        for raw in list(self._raw):
-            raw.abort()
+        for hs in list(self._handshakes):
+            hs.cancel()
 
     # -- connections --------------------------------------------------------------------------------------
-    def _on_tcp(self, transport: asyncio.Transport) -> None:
-        self.stats.tcp_accepted += 1
-        if not self.serving or self._tg is None:
-            transport.abort()
+    def _accept_ready(self, sock: socket.socket | None = None, *, late: bool = False) -> None:
+        """Reader callback: accept everything queued; each connection gets its handshake task at once."""
+        lsock = sock or self._sock
+        if lsock is None:
             return
-        self._raw.add(transport)
-        self._tg.create_task(self._handshake(transport))
+        while True:
+            try:
+                raw, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: back off instead of spinning on a readable listener
+                log.warning("hbone: accept failed: %s", exc)
+                if not late:
+                    self._pause_accepting()
+                return
+            self.stats.tcp_accepted += 1
+            if self._tg is None:
+                raw.close()
+                continue
+            raw.setblocking(False)
+            set_nodelay(raw)
+            task = self._tg.create_task(self._handshake(raw, late))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, raw: asyncio.Transport) -> None:
+    def _pause_accepting(self) -> None:
         loop = asyncio.get_running_loop()
-        peername = raw.get_extra_info("peername")
+        lsock = self._sock
+        if lsock is None:
+            return
+        loop.remove_reader(lsock.fileno())
+
+        def resume() -> None:
+            if self._sock is lsock and self.serving:
+                loop.add_reader(lsock.fileno(), self._accept_ready)
+
+        loop.call_later(0.1, resume)
+
+    async def _handshake(self, raw: socket.socket, late: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            peername = raw.getpeername()
+        except OSError:
+            peername = None
         label = f"{peername[0]}:{peername[1]}" if peername else "?"
         try:
             bundle = self._cert_provider()
             ctx = self._contexts.get(bundle, server=True)
         except Exception as exc:  # no certificate for the local workload yet: refuse, do not crash
             self._record(f"no certificate for the local workload: {exc}", label)
-            raw.abort()
-            self._raw.discard(raw)
+            raw.close()
             return
         trust_domain = self._trust_domain or bundle.identity.trust_domain
         conn = HboneConnection(
@@ -226,25 +253,24 @@ class HboneServer:
             label=label,
         )
         try:
-            tls = await loop.start_tls(
-                raw, conn, ctx, server_side=True, ssl_handshake_timeout=self.handshake_timeout
+            # The loop owns the socket from here: on failure it closes it (after the TLS alert).
+            await loop.connect_accepted_socket(
+                lambda: conn, raw, ssl=ctx, ssl_handshake_timeout=self.handshake_timeout
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.stats.handshake_failures += 1
             self._record(_handshake_reason(exc), label)
-            # close, not abort: the TLS alert naming the reason must still reach the client
-            raw.close()
+            with contextlib.suppress(OSError):
+                raw.close()
             return
-        finally:
-            self._raw.discard(raw)
-        if tls is None:  # pragma: no cover - closed during the handshake
-            raw.abort()
-            return
-        conn.connection_made(tls)  # start_tls does not call it (call_connection_made=False)
-        if conn.error is None:
+        if conn.error is None and not conn.closed:
             self.stats.tls_established += 1
             self._conns.add(conn)
-            if not self.serving:
+            if late:
+                # Taken from the queue while closing: serve the client's first streams, then refuse
+                # new ones so its pool moves to the proxy that took over.
+                loop.call_later(HANDOFF_GRACE, setattr, conn, "accepting", False)
+            elif not self.serving:
                 conn.accepting = False
 
     def _record(self, reason: str, label: str, *, identity: bool = False) -> None:
@@ -259,7 +285,7 @@ class HboneServer:
     # -- streams -------------------------------------------------------------------------------------------
     def _on_request(self, stream: HboneStream, request: ConnectRequest) -> None:
         conn = stream.connection
-        if self._tg is None or not self.serving or conn.peer is None:
+        if self._tg is None or not conn.accepting or conn.peer is None:
             stream.close(ErrorCodes.REFUSED_STREAM)
             return
         self.stats.streams += 1
