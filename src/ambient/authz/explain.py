@@ -13,12 +13,15 @@ Invariants:
   is exactly how the destination proxy sees traffic arriving on its plaintext port 15006.
 - A destination that is not enrolled has no node proxy in its path: nothing enforces L4 policy, and the
   explanation says so instead of pretending a decision.
+- `compare_with_proxy` adds what the destination's proxy actually holds (its `/config_dump`): a policy
+  still propagating is enforced differently right now (a referenced one that is missing fails closed).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ambient.authz.evaluate import ConnectionInfo, Decision, evaluate
@@ -90,6 +93,8 @@ class Explanation:
     decision: Decision | None
     policies: tuple[PolicyLine, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    references: tuple[str, ...] = ()  # the destination workload's authorization_policies
+    proxy: ProxyComparison | None = None
 
     @property
     def allowed(self) -> bool:
@@ -110,12 +115,43 @@ class Explanation:
             if d is None or d.shadow_allowed is None
             else {"allowed": d.shadow_allowed, "reason": d.shadow_reason},
             "policies": [
-                {"policy": p.key, "action": p.action, "scope": p.scope, "dryRun": p.dry_run, "effect": p.effect,
-                 "status": p.status}
+                {
+                    "policy": p.key,
+                    "action": p.action,
+                    "scope": p.scope,
+                    "dryRun": p.dry_run,
+                    "effect": p.effect,
+                    "status": p.status,
+                }
                 for p in self.policies
             ],
             "notes": list(self.notes),
+            "proxy": None
+            if self.proxy is None
+            else {"node": self.proxy.node, "missing": list(self.proxy.missing), "error": self.proxy.error},
         }
+
+
+@dataclass(frozen=True)
+class ProxyComparison:
+    """What the destination's node proxy actually holds versus what the objects translate to."""
+
+    node: str
+    missing: tuple[str, ...] = ()  # applicable / referenced policies the proxy does not have (yet)
+    error: str | None = None  # the proxy could not be asked
+
+
+def compare_with_proxy(ex: Explanation, node: str, dump: Mapping[str, Any]) -> Explanation:
+    """`ex` plus which of its policies the proxy's `/config_dump` lacks: a policy still propagating (or
+    rejected by the proxy) is enforced differently right now (a missing referenced one fails closed)."""
+    have = {f"{p.get('namespace')}/{p.get('name')}" for p in dump.get("policies") or []}
+    wanted = [p.key for p in ex.policies if p.effect not in ("not sent", "missing")] + list(ex.references)
+    missing = tuple(sorted({k for k in wanted if k not in have}))
+    return replace(ex, proxy=ProxyComparison(node, missing))
+
+
+def proxy_unreachable(ex: Explanation, node: str, error: str) -> Explanation:
+    return replace(ex, proxy=ProxyComparison(node, error=error))
 
 
 class MeshModel:
@@ -123,9 +159,17 @@ class MeshModel:
 
     def __init__(self, objects: Mapping[str, Iterable[Obj]], root_namespace: str = tr.ROOT_NAMESPACE) -> None:
         index = MeshIndex(root_namespace)
-        for kind in KINDS:
-            index.replace(kind, list(objects.get(kind, ())))
-        index.flush()
+        # The index logs narrowing warnings for the control plane's log; here they are part of the
+        # explanation (PolicyLine.status), so keep them off the user's terminal.
+        index_log = logging.getLogger(MeshIndex.__module__)
+        level = index_log.level
+        index_log.setLevel(logging.ERROR)
+        try:
+            for kind in KINDS:
+                index.replace(kind, list(objects.get(kind, ())))
+            index.flush()
+        finally:
+            index_log.setLevel(level)
         self.root_namespace = root_namespace
         self.pods: dict[tuple[str, str], Obj] = {
             (str(p["metadata"].get("namespace") or "default"), str(p["metadata"]["name"])): p
@@ -138,11 +182,13 @@ class MeshModel:
                 self.workloads[(w.namespace, w.name)] = w
         self.policies = _Policies({k: convert.authorization(v) for k, v in index.authorizations.items()})
         self.status = {f"{ns}/{name}": msg for (ns, name), msg in index.policy_status.items() if msg}
-        self.peer_auth_warnings = [
-            f"PeerAuthentication {m.get('namespace')}/{m.get('name')}: {w}"
-            for pa in objects.get("PeerAuthentication", ())
-            if (w := peer_authentication_warning(pa)) and (m := pa.get("metadata") or {}) is not None
-        ]
+        self.peer_auth_warnings: list[str] = []
+        for pa in objects.get("PeerAuthentication", ()):
+            warning = peer_authentication_warning(pa)
+            if warning:
+                meta = pa.get("metadata") or {}
+                where = f"{meta.get('namespace')}/{meta.get('name')}"
+                self.peer_auth_warnings.append(f"PeerAuthentication {where}: {warning}")
 
     def pod(self, ref: str) -> tuple[str, str]:
         ns, sep, name = ref.partition("/")
@@ -160,7 +206,9 @@ class MeshModel:
         enrolled = w.tunnel_protocol == TunnelProtocol.HBONE
         return Source(str(w.addresses[0]), f"{ns}/{name}", w.identity if enrolled else None)
 
-    def explain(self, source: Source, destination: str, port: int, *, assume_missing: Iterable[str] = ()) -> Explanation:
+    def explain(
+        self, source: Source, destination: str, port: int, *, assume_missing: Iterable[str] = ()
+    ) -> Explanation:
         """The decision of the destination's proxy for `source` -> `destination`:`port`.
         `assume_missing`: policy keys to treat as not yet received (what-if for propagation)."""
         ns, name = self.pod(destination)
@@ -181,18 +229,18 @@ class MeshModel:
         conn = ConnectionInfo(parse_ip(source.ip), parse_ip(dst_ip), port, source.identity)
         decision = evaluate(conn, w, view)
         lines = [
-            PolicyLine(
-                r.policy, r.action.name, self._scope(r.policy), r.dry_run, r.effect, self.status.get(r.policy)
-            )
+            PolicyLine(r.policy, r.action.name, self._scope(r.policy), r.dry_run, r.effect, self.status.get(r.policy))
             for r in decision.results
         ]
         lines += [PolicyLine(k, "?", "WORKLOAD_SELECTOR", False, "missing") for k in decision.missing]
         # Policies of the namespace that were not sent at all (CUSTOM/AUDIT, invalid): worth seeing.
         for key, msg in sorted(self.status.items()):
-            if key.split("/", 1)[0] in (ns, self.root_namespace) and view.policy(key) is None:
-                if key not in decision.missing:
-                    lines.append(PolicyLine(key, "-", "-", False, "not sent", msg))
-        return Explanation(source, f"{ns}/{name}", dst_ip, port, True, decision, tuple(lines), tuple(notes))
+            mine = key.split("/", 1)[0] in (ns, self.root_namespace)
+            if mine and view.policy(key) is None and key not in decision.missing:
+                lines.append(PolicyLine(key, "-", "-", False, "not sent", msg))
+        return Explanation(
+            source, f"{ns}/{name}", dst_ip, port, True, decision, tuple(lines), tuple(notes), w.authorization_policies
+        )
 
     def _scope(self, key: str) -> str:
         p = self.policies.policy(key)
@@ -209,7 +257,7 @@ def render_text(ex: Explanation) -> str:
     else:
         out.append(f"{'ALLOW' if d.allowed else 'DENY '}  {d.reason}")
         if d.denied:
-            out.append(f"  the client sees a connection reset (curl exit 56); access log: error=\"{d.error}\"")
+            out.append(f'  the client sees a connection reset (curl exit 56); access log: error="{d.error}"')
         if d.shadow_allowed is not None and d.shadow_allowed != d.allowed:
             verdict = "allowed" if d.shadow_allowed else "denied"
             out.append(f"  dry-run: would be {verdict} if dry-run policies were enforced ({d.shadow_reason})")
@@ -217,11 +265,21 @@ def render_text(ex: Explanation) -> str:
         out.append("policies:")
         width = max(len(p.key) for p in ex.policies)
         for p in ex.policies:
-            flags = " dry-run" if p.dry_run else ""
+            flags = " (dry-run)" if p.dry_run and not p.effect.startswith("would") else ""
             out.append(f"  {p.key:<{width}}  {p.action:<5} {p.scope:<17} {p.effect}{flags}")
             if p.status:
                 out.append(f"  {'':<{width}}  ! {p.status}")
     elif d is not None:
         out.append("policies: none apply")
     out += [f"note: {n}" for n in ex.notes]
+    if ex.proxy is not None:
+        if ex.proxy.error:
+            out.append(f"proxy on {ex.proxy.node}: not compared ({ex.proxy.error})")
+        elif ex.proxy.missing:
+            out.append(
+                f"proxy on {ex.proxy.node}: has NOT received {', '.join(ex.proxy.missing)} yet "
+                "(a missing referenced policy fails closed; retry in a moment)"
+            )
+        else:
+            out.append(f"proxy on {ex.proxy.node}: holds every policy above (in sync)")
     return "\n".join(out)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ambient.controlplane import translate as tr
+from ambient.controlplane.policy import peer_authentication_warning
 from ambient.protocol.gen.istio.security import authorization_pb2 as sec
 from ambient.protocol.gen.istio.workload import workload_pb2 as wl
 
@@ -67,6 +68,7 @@ class MeshIndex:
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_policies: set[tuple[str, str]] = set()
         self._dirty_pa = False
+        self._pa_warned: dict[str, str] = {}  # "ns/name" -> the warning last logged for it
 
     # ------------------------------------------------------------------ queries
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
@@ -243,12 +245,19 @@ class MeshIndex:
         if pas:
             static = tr.static_strict_policy(root)
             wanted[f"{root}/{static.name}"] = static
+        warned: dict[str, str] = {}
         for pa in pas:
-            ns, _ = _ns_name(pa)
+            ns, name = _ns_name(pa)
+            warning = peer_authentication_warning(pa)
+            if warning:
+                warned[f"{ns}/{name}"] = warning
+                if self._pa_warned.get(f"{ns}/{name}") != warning:
+                    log.warning("PeerAuthentication %s/%s: %s", ns, name, warning)
             related = [p for p in pas if _ns_name(p)[0] in (ns, root)]
             conv = tr.converted_peer_authentication(pa, tr.parent_strict(ns, related, root), root)
             if conv is not None:
                 wanted[f"{conv.namespace}/{conv.name}"] = conv
+        self._pa_warned = warned
         for key in [k for k in self.authorizations if _is_converted(k)]:
             if key not in wanted:
                 self._set_auth(delta, key, None)

@@ -11,6 +11,8 @@ Invariants (protocols.md s.3):
 - PeerAuthentication STRICT follows Istio: one static DENY policy `<root>/istio_converted_static_strict`
   (deny any connection without a peer identity) referenced by each workload whose effective mode is STRICT;
   a selector policy with port-level modes becomes `<ns>/converted_peer_authentication_<name>` instead.
+- PeerAuthentication DISABLE is accepted and acts as PERMISSIVE; `peer_authentication_warning` gives the
+  message to log / show for it.
 """
 
 from __future__ import annotations

@@ -123,12 +123,11 @@ class HboneStream:
                 continue
             n = min(window, total - offset, h2c.max_outbound_frame_size)
             try:
-                h2c.send_data(self.stream_id, view[offset : offset + n])
+                conn.send_data(self.stream_id, view[offset : offset + n])
             except h2.exceptions.H2Error as exc:
                 raise HboneStreamError(f"cannot send on stream {self.stream_id} to {conn.label}: {exc}") from None
             offset += n
             self.bytes_sent += n
-            conn._flush()
 
     async def write_eof(self) -> None:
         """Half-close: send END_STREAM (the TCP FIN of the tunnel). Reading continues."""
@@ -151,6 +150,9 @@ class HboneStream:
         self._error = self._error or HboneStreamError(f"stream {self.stream_id} was closed locally")
         self._closed_here = True
         self._drop_buffer()
+        # A task blocked in read()/write() on this stream must not hang: it sees the error now.
+        wake(self._read_waiter)
+        wake(self._write_waiter)
         self._finish()
 
     def abort(self) -> None:

@@ -6,8 +6,11 @@ stunnel mTLS pair ("stunnel", the C baseline a user would otherwise use), and en
 both node proxies ("mesh"):
 - throughput: iperf3 -t 5, one stream;
 - latency: 1 KB request / 1 KB response on one keep-alive connection at a fixed rate, p50 / p99, and the
-  node proxies' CPU per 1,000 requests;
-- new connections per second (connect, 1-byte echo, close; a few client threads).
+  CPU per 1,000 requests of the node proxies (and, as the yardstick, of the two stunnel processes);
+- new connections per second: the harness's load generator (`ambient.bench.loadgen connect`: asyncio,
+  8 concurrent workers, one HTTP request per connection) against the harness's HTTP server, direct,
+  through stunnel and through the mesh. (An earlier blocking-socket client topped out near 2.5k/s even
+  direct; this one reaches 4-7k/s direct, so the mesh figure is the path's, not the client's.)
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from ambient.ztunnel.testbed import Pod, ProxyProcess, Testbed, pod_socket, star
 
 IPERF_PORT = 5201
 ECHO_PORT = 8080
+HTTP_PORT = 8081  # ambient.bench.httpserver: the connection-rate target
 STUNNEL_IPERF = (15201, 16201)  # client-side accept on loopback, server-side accept on the pod IP
 STUNNEL_ECHO = (18080, 18443)
+STUNNEL_HTTP = (18081, 18444)
+CONN_CONCURRENCY = 8
 
 
 def _write_stunnel_conf(bed: Testbed, name: str, body: str) -> Path:
@@ -38,7 +44,7 @@ def _write_stunnel_conf(bed: Testbed, name: str, body: str) -> Path:
     return path
 
 
-def _start_stunnel(bed: Testbed, client: Pod, server: Pod) -> None:
+def _start_stunnel(bed: Testbed, client: Pod, server: Pod) -> list[subprocess.Popen[bytes]]:
     from ambient.identity.ca import LocalCA
 
     ca = LocalCA.load_or_create(bed.ca_dir)
@@ -55,14 +61,19 @@ def _start_stunnel(bed: Testbed, client: Pod, server: Pod) -> None:
     srv = _write_stunnel_conf(bed, "server", "".join(
         f"[{n}]\naccept = {server.ip}:{acc}\nconnect = 127.0.0.1:{dst}\n"
         + common.format(root=root, cert=files["server"][0], key=files["server"][1])
-        for n, acc, dst in (("iperf", STUNNEL_IPERF[1], IPERF_PORT), ("echo", STUNNEL_ECHO[1], ECHO_PORT))))
+        for n, acc, dst in (("iperf", STUNNEL_IPERF[1], IPERF_PORT), ("echo", STUNNEL_ECHO[1], ECHO_PORT),
+                            ("http", STUNNEL_HTTP[1], HTTP_PORT))))
     cli = _write_stunnel_conf(bed, "client", "".join(
         f"[{n}]\nclient = yes\naccept = 127.0.0.1:{acc}\nconnect = {server.ip}:{dst}\n"
         + common.format(root=root, cert=files["client"][0], key=files["client"][1])
-        for n, acc, dst in (("iperf", STUNNEL_IPERF[0], STUNNEL_IPERF[1]), ("echo", STUNNEL_ECHO[0], STUNNEL_ECHO[1]))))
-    bed.spawn(server.netns, ["stunnel4", str(srv)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bed.spawn(client.netns, ["stunnel4", str(cli)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for n, acc, dst in (("iperf", STUNNEL_IPERF[0], STUNNEL_IPERF[1]), ("echo", STUNNEL_ECHO[0], STUNNEL_ECHO[1]),
+                            ("http", STUNNEL_HTTP[0], STUNNEL_HTTP[1]))))
+    procs = [
+        bed.spawn(ns, ["stunnel4", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for ns, conf in ((server.netns, srv), (client.netns, cli))
+    ]
     time.sleep(0.5)
+    return procs  # `ip netns exec` execs stunnel4: these pids are the stunnel processes themselves
 
 
 def _iperf(pod: Pod, ip: str, port: int, seconds: int) -> float:
@@ -76,11 +87,12 @@ def _iperf(pod: Pod, ip: str, port: int, seconds: int) -> float:
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-def _cpu_seconds(procs: list[ProxyProcess]) -> float:
+def _cpu_seconds(procs: list[ProxyProcess] | list[subprocess.Popen[bytes]]) -> float:
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for pp in procs:
-        fields = Path(f"/proc/{pp.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        pid = pp.proc.pid if isinstance(pp, ProxyProcess) else pp.pid
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
@@ -122,39 +134,35 @@ def _latency(pod: Pod, ip: str, port: int, rate: int, seconds: float) -> dict[st
     }
 
 
-_CONN_LOOP = """
-import socket, sys, time
-ip, port, until = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-n = 0
-while time.time() < until:
-    s = socket.socket()
-    s.settimeout(5)
+def _start_http(bed: Testbed, pod: Pod) -> None:
+    """The harness's HTTP server (1 KB responses) in `pod`, on HTTP_PORT; waits until it listens."""
+    argv = [sys.executable, "-m", "ambient.bench.httpserver", "--host", "0.0.0.0", "--port", str(HTTP_PORT),
+            "--max-seconds", "600"]
+    proc = bed.spawn(pod.netns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["ip", "netns", "exec", pod.netns, "ss", "-Htln", f"sport = :{HTTP_PORT}"],
+                               capture_output=True, text=True, timeout=10)
+        if probe.stdout.strip():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"bench HTTP server in {pod.name} exited ({proc.returncode})")
+        time.sleep(0.1)
+    raise RuntimeError(f"bench HTTP server in {pod.name} not listening on {HTTP_PORT} after 20s")
+
+
+def _conn_rate(pod: Pod, ip: str, port: int, seconds: float) -> dict[str, Any]:
+    """New connections/s from inside `pod` with the harness's load generator (one process, asyncio,
+    CONN_CONCURRENCY workers, one HTTP/1.1 request with `Connection: close` per connection)."""
+    argv = ["ip", "netns", "exec", pod.netns, sys.executable, "-m", "ambient.bench.loadgen", "connect",
+            "--host", ip, "--port", str(port), "--duration", str(seconds), "--concurrency", str(CONN_CONCURRENCY)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     try:
-        s.connect((ip, port)); s.sendall(b"x")
-        if s.recv(1) == b"x":
-            n += 1
-    except OSError:
-        pass
-    finally:
-        s.close()
-print(n)
-"""
-
-
-def _conn_rate(bed: Testbed, pod: Pod, ip: str, port: int, seconds: float, clients: int = 3) -> float:
-    """New connections per second from `clients` client processes inside `pod` (one process per client
-    so the measurement is not bounded by one interpreter's GIL)."""
-    start = time.time() + 1.0  # let every process start before the clock runs
-    until = start + seconds
-    procs = [
-        bed.spawn(pod.netns, [sys.executable, "-c", _CONN_LOOP, ip, str(port), str(until)], stdout=subprocess.PIPE)
-        for _ in range(clients)
-    ]
-    total = 0
-    for proc in procs:
-        out, _ = proc.communicate(timeout=seconds + 30)
-        total += int(out.strip() or 0)
-    return total / seconds
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise RuntimeError(f"load generator in {pod.name}: unreadable output {out.stdout[-300:]!r} "
+                           f"{out.stderr[-300:]!r}") from exc
+    return result
 
 
 def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None) -> dict[str, Any]:
@@ -169,30 +177,44 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None) -> 
         for pod in (server, splain):
             bed.spawn(pod.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
             start_echo(bed, pod, [ECHO_PORT])
+            _start_http(bed, pod)
         proxies = [bed.start_proxy(1), bed.start_proxy(2)]
-        _start_stunnel(bed, cplain, splain)
+        stunnels = _start_stunnel(bed, cplain, splain)
         time.sleep(0.5)
         out: dict[str, Any] = {"throughput_gbps": {}, "latency": {}, "connections_per_s": {}}
         out["throughput_gbps"]["direct"] = _iperf(cplain, splain.ip, IPERF_PORT, seconds)
         out["throughput_gbps"]["stunnel"] = _iperf(cplain, "127.0.0.1", STUNNEL_IPERF[0], seconds)
         out["throughput_gbps"]["mesh"] = _iperf(client, server.ip, IPERF_PORT, seconds)
         out["latency"]["direct"] = _latency(cplain, splain.ip, ECHO_PORT, rate, seconds)
+        st0 = _cpu_seconds(stunnels)
         out["latency"]["stunnel"] = _latency(cplain, "127.0.0.1", STUNNEL_ECHO[0], rate, seconds)
+        st_cpu = _cpu_seconds(stunnels) - st0
+        st_reqs = out["latency"]["stunnel"]["requests"]
+        out["stunnel_cores_per_1000_rps"] = st_cpu / seconds / (st_reqs / seconds / 1000)
         cpu0 = _cpu_seconds(proxies)
         out["latency"]["mesh"] = _latency(client, server.ip, ECHO_PORT, rate, seconds)
         cpu = _cpu_seconds(proxies) - cpu0
         reqs = out["latency"]["mesh"]["requests"]
         out["mesh_proxy_cpu_seconds_per_1000_requests"] = cpu / reqs * 1000
         out["mesh_proxy_cores_per_1000_rps"] = cpu / seconds / (reqs / seconds / 1000)
-        out["connections_per_s"]["direct"] = _conn_rate(bed, cplain, splain.ip, ECHO_PORT, 3)
-        out["connections_per_s"]["mesh"] = _conn_rate(bed, client, server.ip, ECHO_PORT, 3)
+        conns: dict[str, dict[str, Any]] = {
+            "direct": _conn_rate(cplain, splain.ip, HTTP_PORT, 3),
+            "stunnel": _conn_rate(cplain, "127.0.0.1", STUNNEL_HTTP[0], 3),
+            "mesh": _conn_rate(client, server.ip, HTTP_PORT, 3),
+        }
+        out["connections_per_s"] = {k: v["per_second"] for k, v in conns.items()}
+        out["connection_errors"] = {k: v["errors"] for k, v in conns.items()}
         t, lat = out["throughput_gbps"], out["latency"]
         out["ratios"] = {
             "mesh_vs_stunnel_throughput": t["mesh"] / t["stunnel"],
             "mesh_added_p99_vs_stunnel_added_p99": (lat["mesh"]["p99_ms"] - lat["direct"]["p99_ms"])
             / max(1e-6, lat["stunnel"]["p99_ms"] - lat["direct"]["p99_ms"]),
+            "mesh_vs_stunnel_connections": out["connections_per_s"]["mesh"]
+            / max(1e-6, out["connections_per_s"]["stunnel"]),
+            "mesh_vs_stunnel_cpu": out["mesh_proxy_cores_per_1000_rps"] / max(1e-6, out["stunnel_cores_per_1000_rps"]),
         }
-        out["conditions"] = {"iperf_seconds": seconds, "latency_rate_rps": rate, "payload_bytes": 1024}
+        out["conditions"] = {"iperf_seconds": seconds, "latency_rate_rps": rate, "payload_bytes": 1024,
+                             "connection_concurrency": CONN_CONCURRENCY}
         return out
     finally:
         bed.destroy()

@@ -13,10 +13,11 @@ answer within the timeout gets the client a SERVFAIL, never silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ambient.cluster import dnswire
 from ambient.state.store import StateView
@@ -55,6 +56,42 @@ def answer_from_state(query: bytes, view: StateView, *, udp: bool = True) -> byt
     return dnswire.build_response(msg, result, max_size=max_size)
 
 
+async def _recvfrom(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> tuple[bytes, Any]:
+    """`loop.sock_recvfrom` for every loop: uvloop does not implement it (NotImplementedError)."""
+    fd = sock.fileno()
+    while True:
+        try:
+            return sock.recvfrom(n)
+        except (BlockingIOError, InterruptedError):
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+        try:
+            await ready
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(fd)
+
+
+async def _sendto(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, addr: Any) -> None:
+    """`loop.sock_sendto` for every loop (uvloop lacks it). A datagram send that would block waits for
+    the socket to become writable once, then tries again."""
+    fd = sock.fileno()
+    while True:
+        try:
+            sock.sendto(data, addr)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, lambda: None if ready.done() else ready.set_result(None))
+        try:
+            await ready
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_writer(fd)
+
+
 async def _udp_socket(ctx: PodContext, family: int) -> socket.socket:
     mark = ctx.settings.mark
 
@@ -78,10 +115,10 @@ async def forward_udp(ctx: PodContext, query: bytes) -> bytes:
     loop = asyncio.get_running_loop()
     sock = await _udp_socket(ctx, socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        await loop.sock_sendto(sock, query, (host, port))
+        await _sendto(loop, sock, query, (host, port))
         async with asyncio.timeout(UPSTREAM_TIMEOUT_S):
             while True:
-                data, _ = await loop.sock_recvfrom(sock, 65535)
+                data, _ = await _recvfrom(loop, sock, 65535)
                 if data[:2] == query[:2]:  # same id: ours (a stray datagram is ignored)
                     return data
     except (TimeoutError, OSError) as exc:
@@ -104,7 +141,7 @@ async def serve_udp(ctx: PodContext, sock: socket.socket) -> None:
     async with asyncio.TaskGroup() as tg:
         while True:
             try:
-                data, peer = await loop.sock_recvfrom(sock, MAX_UDP_QUERY)
+                data, peer = await _recvfrom(loop, sock, MAX_UDP_QUERY)
             except OSError as exc:
                 log.warning("DNS proxy for %s stopped: %s", ctx.scope.label, exc)
                 return
@@ -115,7 +152,7 @@ async def _reply_udp(ctx: PodContext, sock: socket.socket, data: bytes, peer: tu
     response = await resolve_query(ctx, data, udp=True)
     if response:
         try:
-            await asyncio.get_running_loop().sock_sendto(sock, response, peer)
+            await _sendto(asyncio.get_running_loop(), sock, response, peer)
         except OSError:
             pass  # the client went away
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ambient.controlplane.index import MeshIndex
 
 
@@ -117,3 +119,18 @@ def test_custom_policy_is_not_referenced_and_status_is_recorded() -> None:
     assert list(ix.addresses["uid-a"].workload.authorization_policies) == ["default/l7"]
     assert (ix.policy_status[("default", "l7")] or "").startswith("more restrictive than requested")
     assert "CUSTOM" in (ix.policy_status[("default", "ext")] or "")
+
+
+def test_peer_authentication_disable_is_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from ambient.controlplane.index import MeshIndex
+
+    index = MeshIndex()
+    pa = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+          "metadata": {"name": "off", "namespace": "shop", "resourceVersion": "1"},
+          "spec": {"mtls": {"mode": "DISABLE"}}}
+    with caplog.at_level("WARNING"):
+        index.upsert("PeerAuthentication", pa)
+        index.flush()
+        index.flush()
+    warnings = [r.getMessage() for r in caplog.records if "PeerAuthentication shop/off" in r.getMessage()]
+    assert len(warnings) == 1 and "DISABLE is ignored" in warnings[0]

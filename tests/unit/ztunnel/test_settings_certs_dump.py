@@ -39,7 +39,8 @@ def test_durations_and_env() -> None:
     with pytest.raises(ConfigError, match="cannot parse duration"):
         parse_duration("soon", "CONNECTION_TERMINATION_DEADLINE")
     s = Settings.from_env({"CONNECTION_TERMINATION_DEADLINE": "2s"}, mode="shared")
-    assert (s.drain_deadline, s.mode, s.uvloop) == (2.0, "shared", False)
+    assert (s.drain_deadline, s.mode, s.uvloop) == (2.0, "shared", True)
+    assert Settings.from_env({"AMBIENT_UVLOOP": "0"}).uvloop is False
     assert Settings.from_env({}).drain_deadline == 5.0
     assert {15001, 15006, 15008, 15000, 15020, 15021} <= Settings().ports.proxy_ports
 
