@@ -182,6 +182,8 @@ def main() -> None:
 
         step("6. A DENY policy: the destination's proxy refuses the client's identity (L4: connection reset)")
         ambient("apply", "-f", str(DENY_POLICY))
+        httpbin = pods["demo"]["metadata"]["name"]
+        ambient("x", "authz", "check", "--from", f"client/{curl}", "--to", f"demo/{httpbin}:8080")
         denied = retry_until(lambda: ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", url,
                                              check=False, show=False, capture=True).returncode == 56)
         say(f"$ ambient exec -n client {curl} -- curl -sS -m 10 {url}")
@@ -202,6 +204,7 @@ def main() -> None:
         say("  ambient get pods -A -o wide")
         say(f"  ambient exec -n client {curl} -- curl -s http://httpbin.demo:8000/get")
         say("  ambient zc all --node node-2              # what the node proxy knows (workloads, policies, certs)")
+        say(f"  ambient x authz check --from client/{curl} --to demo/<httpbin pod>:8080   # explain a decision")
         say("  ambient logs ztunnel --node node-2        # access logs: identities, bytes, policy decisions")
         say("  ambient logs kubelet --node node-1")
         say("  ambient port-forward -n demo svc/httpbin 8080:8000   # then: curl localhost:8080/get")
