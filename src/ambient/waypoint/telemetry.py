@@ -17,10 +17,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from ambient.ztunnel.accesslog import CONNECTION_FIELDS, timestamp
 
 access_log = logging.getLogger("ambient.waypoint.access")
 
@@ -45,17 +46,7 @@ LABELS: tuple[str, ...] = (
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 _FIELDS: tuple[tuple[str, str, bool], ...] = (
-    ("src.addr", "src_addr", False),
-    ("src.workload", "src_workload", False),
-    ("src.namespace", "src_namespace", False),
-    ("src.identity", "src_identity", True),
-    ("dst.addr", "dst_addr", False),
-    ("dst.hbone_addr", "dst_hbone_addr", False),
-    ("dst.service", "dst_service", False),
-    ("dst.workload", "dst_workload", False),
-    ("dst.namespace", "dst_namespace", False),
-    ("dst.identity", "dst_identity", True),
-    ("direction", "direction", True),
+    *CONNECTION_FIELDS,
     ("http.method", "method", False),
     ("http.path", "path", True),
     ("http.status", "status", False),
@@ -116,11 +107,6 @@ class RequestRecord:
         return out
 
 
-def _timestamp(now: float | None = None) -> str:
-    moment = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def format_request(record: RequestRecord, *, now: float | None = None) -> str:
     level = "error" if record.error else "info"
     parts = []
@@ -128,7 +114,7 @@ def format_request(record: RequestRecord, *, now: float | None = None) -> str:
         text = str(value)
         parts.append(f"{name}={json.dumps(text)}" if quoted or " " in text or '"' in text else f"{name}={text}")
     message = "request complete" if record.protocol != "tcp" else "connection complete"
-    return f"{_timestamp(now)}\t{level}\taccess\t{message}\t{' '.join(parts)}"
+    return f"{timestamp(now)}\t{level}\taccess\t{message}\t{' '.join(parts)}"
 
 
 class WaypointMetrics:

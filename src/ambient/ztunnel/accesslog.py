@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 Direction = Literal["inbound", "outbound"]
 
-# (field name in the line, attribute, quoted?) in the reference order.
-_FIELDS: tuple[tuple[str, str, bool], ...] = (
+# (field name in the line, attribute, quoted?) in the reference order. The first part names the two ends of
+# a connection and is shared with the waypoint's request lines.
+CONNECTION_FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("src.addr", "src_addr", False),
     ("src.workload", "src_workload", False),
     ("src.namespace", "src_namespace", False),
@@ -36,6 +37,9 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("dst.namespace", "dst_namespace", False),
     ("dst.identity", "dst_identity", True),
     ("direction", "direction", True),
+)
+_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    *CONNECTION_FIELDS,
     ("bytes_sent", "bytes_sent", False),
     ("bytes_recv", "bytes_recv", False),
     ("duration", "duration", True),
@@ -79,7 +83,8 @@ class ConnectionRecord:
         return out
 
 
-def _timestamp(now: float | None = None) -> str:
+def timestamp(now: float | None = None) -> str:
+    """RFC 3339 UTC with microseconds, as the reference proxy writes it."""
     moment = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -94,7 +99,7 @@ def _render(pairs: list[tuple[str, Any, bool]]) -> str:
 def format_text(record: ConnectionRecord, *, now: float | None = None) -> str:
     """The `connection complete` line (ERROR level with `error=` when the connection failed)."""
     level = "error" if record.error else "info"
-    return f"{_timestamp(now)}\t{level}\taccess\tconnection complete\t{_render(record.fields())}"
+    return f"{timestamp(now)}\t{level}\taccess\tconnection complete\t{_render(record.fields())}"
 
 
 def format_failed(
@@ -107,13 +112,13 @@ def format_failed(
         ("direction", direction, True),
         ("error", error, True),
     ]
-    return f"{_timestamp(now)}\twarn\taccess\tconnection failed\t{_render([p for p in pairs if p[1]])}"
+    return f"{timestamp(now)}\twarn\taccess\tconnection failed\t{_render([p for p in pairs if p[1]])}"
 
 
 def format_json(record: ConnectionRecord, *, now: float | None = None) -> str:
     """The same record as one JSON object (for `--log-format json`)."""
     body: dict[str, Any] = {
-        "time": _timestamp(now),
+        "time": timestamp(now),
         "level": "error" if record.error else "info",
         "scope": "access",
         "message": "connection complete",
