@@ -36,6 +36,7 @@ import h2.exceptions
 import h2.frame_buffer
 import h2.settings
 import h2.stream
+import hpack
 import hyperframe.frame
 from h2.errors import ErrorCodes
 
@@ -67,6 +68,15 @@ if hasattr(hyperframe.frame, "_raw_data_repr"):
 # TLS write; bigger ones are copied once into it as well (the caller's buffer is reused at once).
 _FRAME_HEADER = struct.Struct(">HBBBL")
 _DATA_PADDED = 0x08
+
+
+class _PlainEncoder(hpack.Encoder):
+    """HPACK without Huffman coding: CONNECT headers are ~100 bytes and mostly unique per connection,
+    so Huffman saves a few dozen bytes while its pure-Python encode (and the peer's decode) was the
+    largest single cost of opening a tunnel. Plain literals are valid HPACK for every decoder."""
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        return super().encode(headers, huffman=False)
 
 
 class _FastFrameBuffer(h2.frame_buffer.FrameBuffer):
@@ -142,8 +152,16 @@ class _RateWindow:
         return self.count > self.limit
 
 
-class HboneConnection(asyncio.Protocol):
-    """HTTP/2 over one TLS transport. Create with `client_side` and hand to create_connection/start_tls."""
+READ_BUFFER_MIN = 16 * 1024
+READ_BUFFER_MAX = 256 * 1024
+
+
+class HboneConnection(asyncio.BufferedProtocol):
+    """HTTP/2 over one TLS transport. Create with `client_side` and hand to create_connection/start_tls.
+
+    A BufferedProtocol: the TLS layer decrypts straight into one reusable buffer per connection (16 KiB,
+    grown to 256 KiB once a read fills it), which h2 then copies into its frame buffer; as a plain
+    Protocol every TLS record was a new bytes object joined into another one first."""
 
     def __init__(
         self,
@@ -167,9 +185,14 @@ class HboneConnection(asyncio.Protocol):
         self.label = label
         self._loop = asyncio.get_running_loop()
         self._h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+            # Outbound headers are built here (CONNECT requests from build_connect_headers, whose
+            # authority is parsed first; bare :status responses): h2 re-validating every one of them
+            # was a tenth of a new connection's cost. Inbound headers from the peer stay validated.
+            h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8",
+                                      validate_outbound_headers=False)
         )
         self._h2.incoming_buffer = _FastFrameBuffer(server=not client_side)
+        self._h2.encoder = _PlainEncoder()
         self._transport: asyncio.Transport | None = None
         self.streams: dict[int, HboneStream] = {}
         self._paused = False
@@ -188,6 +211,8 @@ class HboneConnection(asyncio.Protocol):
         # start_tls (server side) attaches us before the caller can call connection_made: bytes
         # decrypted in that gap (the client preface) wait here.
         self._early: list[bytes] | None = []
+        self._rbuf = bytearray(READ_BUFFER_MIN)
+        self._rview = memoryview(self._rbuf)
         self._abuse = {kind: _RateWindow(limit) for kind, limit in ABUSE_LIMITS.items()}
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------
@@ -253,9 +278,20 @@ class HboneConnection(asyncio.Protocol):
         assert self._transport is not None
         self._close_transport()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._rview
+        if nbytes == len(view) and nbytes < READ_BUFFER_MAX:
+            # A full buffer means bulk traffic: read bigger chunks from now on (after handing this one on).
+            self._rbuf = bytearray(READ_BUFFER_MAX)
+            self._rview = memoryview(self._rbuf)
+        self.data_received(view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._early is not None:
-            self._early.append(data)
+            self._early.append(bytes(data))  # the read buffer is reused: keep a copy
             return
         if self.error is not None and self.peer is None:
             return  # rejected connection: never feed its bytes to HTTP/2

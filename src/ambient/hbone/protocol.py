@@ -14,7 +14,9 @@ import ipaddress
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from hpack.struct import NeverIndexedHeaderTuple
 
 from ambient.hbone.errors import BadConnectRequest, HboneStatusError
 
@@ -134,6 +136,15 @@ class ConnectRequest:
         return self.headers.get("traceparent")
 
 
+_BAD_NAME_CHARS = frozenset(" \t\r\n\0:")
+_BAD_VALUE_CHARS = frozenset("\r\n\0")
+
+
+def _never_indexed(name: str, value: str) -> tuple[str, str]:
+    """A header tuple HPACK encodes as a literal that is never added to the dynamic table."""
+    return cast(tuple[str, str], NeverIndexedHeaderTuple(name, value))
+
+
 def build_connect_headers(
     authority: str,
     *,
@@ -150,14 +161,20 @@ def build_connect_headers(
         (":method", "CONNECT"),
         (":authority", authority),
         ("baggage", bag),
-        ("forwarded", forwarded or ""),
-        ("traceparent", traceparent or make_traceparent()),
+        # Unique per connection (client port, trace id): never put into the HPACK dynamic table. Indexing
+        # them only evicted the stable entries (authority, baggage) and made every encode search and
+        # shrink a full table.
+        _never_indexed("forwarded", forwarded or ""),
+        _never_indexed("traceparent", traceparent or make_traceparent()),
     ]
     taken = {"baggage", "forwarded", "traceparent"}
     for k, v in (extra or {}).items():
         lk = k.lower()
         if lk.startswith(":") or lk in taken:
             continue
+        # h2 does not re-validate our outbound headers (connection.py): refuse what HTTP/2 forbids here.
+        if not lk or any(c in lk for c in _BAD_NAME_CHARS) or any(c in v for c in _BAD_VALUE_CHARS):
+            raise ValueError(f"invalid CONNECT header {k!r}")
         headers.append((lk, v))
     return headers
 

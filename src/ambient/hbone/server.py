@@ -122,6 +122,9 @@ class HboneServer:
         self._contexts = ContextCache(max_entries=8)
         self._tg: asyncio.TaskGroup | None = None
         self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._late_conns: set[HboneConnection] = set()
+        self._late_until = 0.0  # drain waits for late (handoff) connections' first streams until then
         self._conns: set[HboneConnection] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._stream_tasks: set[asyncio.Task[None]] = set()
@@ -144,7 +147,7 @@ class HboneServer:
             sock.setblocking(False)
             sock.listen(LISTEN_BACKLOG)
             loop.add_reader(sock.fileno(), self._accept_ready)
-            self._sock = sock
+            self._sock, self._loop = sock, loop
         except BaseException as exc:
             await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -167,9 +170,12 @@ class HboneServer:
         """Stop accepting connections and new streams; live streams continue until `drain`."""
         if self.serving and self._sock is not None:
             sock, self._sock = self._sock, None
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
+            if self._loop is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(sock.fileno())
             self._accept_ready(sock, late=True)  # what the kernel already queued for us (handoff)
+            if self._handshakes and self._loop is not None:
+                self._late_until = self._loop.time() + HANDOFF_GRACE
             sock.close()
         self.serving = False
         for conn in self._conns:
@@ -178,10 +184,17 @@ class HboneServer:
     async def drain(self, deadline: float) -> None:
         """Wait up to `deadline` seconds for live streams to finish, then cut everything."""
         self.close()
-        if self._stream_tasks and deadline > 0:
+        if deadline > 0:
+            loop = asyncio.get_running_loop()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(deadline):
-                    await self._idle.wait()
+                    # Live streams, handshakes of connections taken from the queue at close, and (for
+                    # HANDOFF_GRACE) those connections' first CONNECT still on its way.
+                    while self._stream_tasks or self._handshakes or loop.time() < self._late_until:
+                        if self._stream_tasks and not self._handshakes and loop.time() >= self._late_until:
+                            await self._idle.wait()
+                        else:
+                            await asyncio.sleep(0.02)
         for task in list(self._stream_tasks):
             task.cancel()
         for conn in list(self._conns):
@@ -216,9 +229,8 @@ class HboneServer:
             task.add_done_callback(self._handshakes.discard)
 
     def _pause_accepting(self) -> None:
-        loop = asyncio.get_running_loop()
-        lsock = self._sock
-        if lsock is None:
+        loop, lsock = self._loop, self._sock
+        if lsock is None or loop is None:
             return
         loop.remove_reader(lsock.fileno())
 
@@ -252,12 +264,15 @@ class HboneServer:
             on_rejected=lambda c, reason: self._record(reason, c.label, identity=True),
             label=label,
         )
+        if late:
+            self._late_conns.add(conn)
         try:
             # The loop owns the socket from here: on failure it closes it (after the TLS alert).
             await loop.connect_accepted_socket(
                 lambda: conn, raw, ssl=ctx, ssl_handshake_timeout=self.handshake_timeout
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self._late_conns.discard(conn)
             self.stats.handshake_failures += 1
             self._record(_handshake_reason(exc), label)
             with contextlib.suppress(OSError):
@@ -281,11 +296,15 @@ class HboneServer:
 
     def _on_lost(self, conn: HboneConnection) -> None:
         self._conns.discard(conn)
+        self._late_conns.discard(conn)
 
     # -- streams -------------------------------------------------------------------------------------------
     def _on_request(self, stream: HboneStream, request: ConnectRequest) -> None:
         conn = stream.connection
-        if self._tg is None or not conn.accepting or conn.peer is None:
+        # Once closed, only connections taken from the queue at close (handoff) still take streams;
+        # this also covers a stream that arrives before a handshake task saw `serving` turn False.
+        closed = not self.serving and conn not in self._late_conns
+        if self._tg is None or closed or not conn.accepting or conn.peer is None:
             stream.close(ErrorCodes.REFUSED_STREAM)
             return
         self.stats.streams += 1

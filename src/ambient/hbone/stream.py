@@ -23,6 +23,8 @@ from ambient.hbone.errors import HboneError, HboneStreamError
 from ambient.hbone.protocol import ConnectRequest
 from ambient.tls.verify import PeerIdentity
 
+ACK_BATCH = 16 * 1024
+
 if TYPE_CHECKING:
     from ambient.hbone.connection import HboneConnection
 
@@ -41,6 +43,7 @@ class HboneStream:
         self.request: ConnectRequest | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
+        self._unacked = 0  # read by the application, not yet handed to h2's flow control (ACK_BATCH)
         self._eof = False
         self._local_closed = False
         self._finished = False
@@ -95,7 +98,13 @@ class HboneStream:
             self._chunks.popleft()
         n = len(chunk)
         self._buffered -= n
-        self._conn._ack(self.stream_id, n)
+        self._unacked += n
+        if self._unacked >= ACK_BATCH:
+            # Small reads are reported to h2 together: its window manager emits WINDOW_UPDATE only once
+            # half a window was consumed anyway. No stall: a peer blocked on a window means more than
+            # half of it was consumed and not yet reported, far more than ACK_BATCH per stream (and
+            # 100 streams x ACK_BATCH is far below half the connection window).
+            self._flush_acks()
         return chunk
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -181,6 +190,11 @@ class HboneStream:
         if self._local_closed:
             raise HboneStreamError(f"stream {self.stream_id} to {self._conn.label}: write after write_eof")
 
+    def _flush_acks(self) -> None:
+        if self._unacked:
+            n, self._unacked = self._unacked, 0
+            self._conn._ack(self.stream_id, n)
+
     def _drop_buffer(self) -> None:
         if self._buffered:
             # Unread bytes still count against the connection window: give them back.
@@ -189,6 +203,7 @@ class HboneStream:
         self._buffered = 0
 
     def _finish(self) -> None:
+        self._flush_acks()
         if not self._finished:
             self._finished = True
             self._conn._stream_finished(self)

@@ -56,6 +56,11 @@ def answer_from_state(query: bytes, view: StateView, *, udp: bool = True) -> byt
     return dnswire.build_response(msg, result, max_size=max_size)
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def _recvfrom(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> tuple[bytes, Any]:
     """`loop.sock_recvfrom` for every loop: uvloop does not implement it (NotImplementedError)."""
     fd = sock.fileno()
@@ -65,7 +70,7 @@ async def _recvfrom(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int
         except (BlockingIOError, InterruptedError):
             pass
         ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+        loop.add_reader(fd, _wake, ready)
         try:
             await ready
         finally:
@@ -84,7 +89,7 @@ async def _sendto(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: by
         except (BlockingIOError, InterruptedError):
             pass
         ready: asyncio.Future[None] = loop.create_future()
-        loop.add_writer(fd, lambda: None if ready.done() else ready.set_result(None))
+        loop.add_writer(fd, _wake, ready)
         try:
             await ready
         finally:

@@ -9,6 +9,7 @@ trace ids), so the number of series is bounded by workloads x services x flags.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
@@ -77,16 +78,28 @@ class ProxyMetrics:
         self.received = Counter(
             "istio_tcp_received_bytes", "Bytes received from the destination", LABELS, registry=self.registry
         )
+        # family -> label values -> child. `Counter.labels()` validates and joins 22 label values on every
+        # call; connections of one workload pair reuse one child. A child is created exactly when
+        # `labels()` would first have been called, so the exposition is unchanged; the label sets are
+        # bounded (workloads, never addresses or ports), and so are these caches.
+        self._children: dict[int, dict[tuple[str, ...], Any]] = {}
+
+    def _child(self, family: Counter, values: tuple[str, ...]) -> Any:
+        cache = self._children.setdefault(id(family), {})
+        child = cache.get(values)
+        if child is None:
+            child = cache[values] = family.labels(*values)
+        return child
 
     def connection_opened(self, labels: ConnectionLabels) -> None:
-        self.opened.labels(*labels.values).inc()
+        self._child(self.opened, labels.values).inc()
 
     def connection_closed(self, labels: ConnectionLabels, sent: int, received: int) -> None:
-        self.closed.labels(*labels.values).inc()
+        self._child(self.closed, labels.values).inc()
         if sent:
-            self.sent.labels(*labels.values).inc(sent)
+            self._child(self.sent, labels.values).inc(sent)
         if received:
-            self.received.labels(*labels.values).inc(received)
+            self._child(self.received, labels.values).inc(received)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

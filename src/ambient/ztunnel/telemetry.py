@@ -40,7 +40,34 @@ class AccessLog:
         if record.ended is None:
             record.ended = time.monotonic()
         line = format_json(record) if self.fmt == "json" else format_text(record)
-        self.log.log(logging.ERROR if record.error else logging.INFO, line)
+        self._emit(logging.ERROR if record.error else logging.INFO, line)
+
+    def _emit(self, level: int, line: str) -> None:
+        """One line per connection: when the logger has just our verbatim handler (the normal case),
+        write it straight to that handler's stream, the same bytes the logging machinery would write
+        (format "%(message)s" + terminator) without a LogRecord per connection; otherwise (tests with
+        extra handlers or filters, a changed level) go through logging."""
+        logger = self.log
+        handlers = logger.handlers
+        if len(handlers) == 1 and not logger.filters and not logger.disabled:
+            handler = handlers[0]
+            if (
+                getattr(handler, "_ambient_access", False)
+                and isinstance(handler, logging.StreamHandler)
+                and not handler.filters
+                and level >= handler.level
+                and logger.isEnabledFor(level)
+            ):
+                handler.acquire()
+                try:
+                    handler.stream.write(line + handler.terminator)
+                    handler.flush()
+                except Exception:  # same policy as logging: an access line never breaks a connection
+                    handler.handleError(logger.makeRecord(logger.name, level, "", 0, line, (), None))
+                finally:
+                    handler.release()
+                return
+        logger.log(level, line)
 
     def failed(self, *, src_addr: str, dst_addr: str, direction: Direction, error: str) -> None:
         self.log.warning(format_failed(src_addr=src_addr, dst_addr=dst_addr, direction=direction, error=error))

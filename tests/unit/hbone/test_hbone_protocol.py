@@ -108,3 +108,19 @@ def test_parse_connect_request_never_crashes(headers: list[tuple[str, str]]) -> 
         assert exc.status == 400
         return
     assert dict(headers).get(":method") is not None and req.target_port > 0
+
+
+def test_connect_headers_refuse_what_http2_forbids_and_never_index_unique_values() -> None:
+    from hpack.struct import NeverIndexedHeaderTuple
+
+    from ambient.hbone.protocol import build_connect_headers
+
+    headers = build_connect_headers("10.0.0.1:80", forwarded="for=10.0.0.2", extra={"X-Ok": "v"})
+    by_name = {h[0]: h for h in headers}
+    assert by_name["x-ok"] == ("x-ok", "v")
+    assert isinstance(by_name["forwarded"], NeverIndexedHeaderTuple)
+    assert isinstance(by_name["traceparent"], NeverIndexedHeaderTuple)
+    assert by_name["forwarded"] == ("forwarded", "for=10.0.0.2")  # still a plain (name, value) pair
+    for bad in ({"x-bad": "a\r\nb"}, {"x bad": "v"}, {"x-nul": "a\0"}):
+        with pytest.raises(ValueError, match="invalid CONNECT header"):
+            build_connect_headers("10.0.0.1:80", extra=bad)

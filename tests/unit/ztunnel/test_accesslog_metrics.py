@@ -77,3 +77,61 @@ def test_metrics_names_labels_and_values() -> None:
     assert closed[0].labels["response_flags"] == "DENY"
     sent = [s for s in families["istio_tcp_sent_bytes"].samples if s.name.endswith("_total")]
     assert sent[0].value == 10
+
+
+def test_access_log_fast_path_writes_the_same_bytes_as_logging() -> None:
+    import io
+    import logging
+
+    from ambient.ztunnel.telemetry import AccessLog
+
+    def lines_via(logger_name: str, extra_handler: bool) -> str:
+        out = io.StringIO()
+        logger = logging.getLogger(logger_name)
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._ambient_access = True  # type: ignore[attr-defined]
+        logger.handlers = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        seen: list[str] = []
+        if extra_handler:  # forces the logging path; must produce the same stream bytes
+            class Keep(logging.Handler):
+                def emit(self, record: logging.LogRecord) -> None:
+                    seen.append(record.getMessage())
+
+            logger.addHandler(Keep())
+        log = AccessLog("text", logger)
+        ok = _record()
+        failed = _record()
+        failed.error = "connection reset"
+        log.complete(ok)
+        log.complete(failed)
+        if extra_handler:
+            assert len(seen) == 2
+        return out.getvalue()
+
+    def untimed(text: str) -> list[str]:  # the first field is the wall-clock timestamp of the line
+        return [line.split("\t", 1)[1] for line in text.split("\n") if line]
+
+    fast, slow = lines_via("test-access-fast", False), lines_via("test-access-slow", True)
+    assert fast.endswith("\n") and fast.count("\n") == slow.count("\n") == 2
+    assert untimed(fast) == untimed(slow)
+    assert untimed(fast)[0] == untimed(format_text(_record()))[0]
+    assert "error=" in fast.splitlines()[1]
+
+
+def test_metric_children_are_cached_without_changing_the_exposition() -> None:
+    cached, plain = ProxyMetrics(), ProxyMetrics()
+    labels = ConnectionLabels.build(reporter="source", source_workload="curl")
+    for _ in range(3):
+        cached.connection_opened(labels)
+        cached.connection_closed(labels, sent=0, received=5)
+        plain.opened.labels(*labels.values).inc()
+        plain.closed.labels(*labels.values).inc()
+        plain.received.labels(*labels.values).inc(5)
+    def untimed(m: ProxyMetrics) -> list[str]:  # `_created` samples carry creation timestamps
+        return [ln for ln in m.exposition().decode().splitlines() if "_created" not in ln]
+
+    assert untimed(cached) == untimed(plain)
+    assert "istio_tcp_sent_bytes_total{" not in cached.exposition().decode()  # never sent: no series

@@ -29,3 +29,40 @@ def test_garbage_gets_formerr_not_a_crash() -> None:
     response = answer_from_state(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff", VIEW)
     assert response is not None and dnswire.parse_response(response).rcode == dnswire.RCODE_FORMERR
     assert answer_from_state(b"\x00", VIEW) is None
+
+
+def test_datagram_io_works_under_uvloop() -> None:
+    """uvloop has no sock_recvfrom/sock_sendto: the DNS proxy's own helpers must work on it (and on the
+    default loop), including waiting for a datagram that is not there yet."""
+    import asyncio
+    import socket
+
+    import uvloop
+
+    from ambient.ztunnel.dnsproxy import _recvfrom, _sendto
+
+    async def main() -> tuple[bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for s in (a, b):
+                s.bind(("127.0.0.1", 0))
+                s.setblocking(False)
+            waiting = asyncio.ensure_future(_recvfrom(loop, b, 512))
+            await asyncio.sleep(0.01)  # b has nothing yet: the helper must wait, not fail
+            await _sendto(loop, a, b"query", b.getsockname())
+            got, peer = await asyncio.wait_for(waiting, 5)
+            await _sendto(loop, b, b"answer", peer)
+            back, _ = await asyncio.wait_for(_recvfrom(loop, a, 512), 5)
+            return got, back
+        finally:
+            a.close()
+            b.close()
+
+    for new_loop in (uvloop.new_event_loop, asyncio.new_event_loop):
+        loop = new_loop()
+        try:
+            assert loop.run_until_complete(main()) == (b"query", b"answer")
+        finally:
+            loop.close()

@@ -88,7 +88,7 @@ async def test_copy_both_directions_with_half_close_and_counters() -> None:
     assert error is None
     assert s.result() == request and c.result() == response
     assert (stats.sent, stats.received) == (len(request), len(response))
-    assert len(a_end._buf) == MAX_BUFFER > INITIAL_BUFFER  # grew with traffic
+    assert MAX_BUFFER >= len(a_end._buf) > INITIAL_BUFFER  # grew with traffic (by steps, bounded)
     for sock in (app_peer, up_peer):
         sock.close()
 
