@@ -37,6 +37,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             return sum(len(s.get("addresses") or []) for s in subsets) == 2
 
         wait_for(two_endpoints, 20, "2 endpoints")
+
+        # The kubelets program the DNAT rules a moment after the Endpoints change: wait until node-1's
+        # rules send the VIP to both pods (before that the VIP may still REJECT, or reach only one).
+        def rules_have_both() -> bool:
+            nat = subprocess.run(["ip", "netns", "exec", layout.node("node-1").netns, "iptables-save", "-t", "nat"],
+                                 capture_output=True, text=True, check=False).stdout
+            return all(f"{pods[n]['status']['podIP']}:" in nat for n in ("who-1", "who-2"))
+
+        wait_for(rules_have_both, 20, "node-1's DNAT rules to name both endpoints")
         vip = api.get("Service", "who", "default")["spec"]["clusterIP"]
         yield {"layout": layout, "api": api, "pods": pods, "vip": vip}
 
