@@ -68,6 +68,9 @@ if hasattr(hyperframe.frame, "_raw_data_repr"):
 # TLS write; bigger ones are copied once into it as well (the caller's buffer is reused at once).
 _FRAME_HEADER = struct.Struct(">HBBBL")
 _DATA_PADDED = 0x08
+_OPEN_CONN = (h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN)
+_RECV_OK = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)  # the peer may still send
+_SEND_OK = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)  # we may still send
 
 
 class _PlainEncoder(hpack.Encoder):
@@ -214,6 +217,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._rbuf = bytearray(READ_BUFFER_MIN)
         self._rview = memoryview(self._rbuf)
         self._abuse = {kind: _RateWindow(limit) for kind, limit in ABUSE_LIMITS.items()}
+        self._fast_left = 0  # payload bytes still to come of the DATA frame the fast path is reading
+        self._fast_stream: HboneStream | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -295,11 +300,91 @@ class HboneConnection(asyncio.BufferedProtocol):
             return
         if self.error is not None and self.peer is None:
             return  # rejected connection: never feed its bytes to HTTP/2
+        view = data if isinstance(data, memoryview) else memoryview(data)
         try:
-            events = self._h2.receive_data(data)
+            while view:
+                if self._fast_left:
+                    view = self._continue_data(view)
+                    continue
+                need = self._h2_needs()
+                if need == 0:  # at a frame boundary with h2 holding nothing
+                    if len(view) >= 9 and self._start_data(view):
+                        view = view[9:]
+                        continue
+                    need = 9 + ((view[0] << 16) | (view[1] << 8) | view[2]) if len(view) >= 9 else len(view)
+                # h2 gets whole frames (or the rest of one it holds part of), then its buffer is empty again
+                take = len(view) if need < 0 else min(need, len(view))
+                events = self._h2.receive_data(view[:take])
+                view = view[take:]
+                if not self._handle_events(events):
+                    return
         except h2.exceptions.ProtocolError as exc:
             self._fail(HboneError(f"HTTP/2 protocol error from {self.label}: {exc}"))
             return
+        self._flush()
+
+    # The receive fast path. Unpadded DATA frames without END_STREAM, for streams that are open on both
+    # sides (ours and h2's) and within both receive windows, never reach h2: their 9-byte header is read
+    # here, h2's bookkeeping is done by hand (both inbound windows consumed, exactly as
+    # `H2Connection._receive_data_frame` does; the state machines would not change state), and the
+    # payload goes to the stream piece by piece as TLS records arrive, straight from the read buffer (a
+    # 1 MiB frame spans many reads). Everything else (other frames, END_STREAM, padding, an unknown or
+    # half-closed stream, a window or frame-size violation, a pending header block) goes to h2 as whole
+    # frames, so h2 raises the right protocol errors and frame order is kept.
+    def _h2_needs(self) -> int:
+        """Bytes h2 needs to complete the frame it holds part of: 0 if it holds nothing, -1 for "all"
+        (the client preface is still expected)."""
+        buf = self._h2.incoming_buffer
+        if buf._preamble_len:
+            return -1
+        held = len(buf._data)
+        if not held:
+            return 0
+        if held < 9:
+            return 9 - held
+        return 9 + ((buf._data[0] << 16) | (buf._data[1] << 8) | buf._data[2]) - held
+
+    def _start_data(self, view: memoryview) -> bool:
+        if view[3] != 0 or view[4] & 0x09:  # not DATA, or PADDED / END_STREAM
+            return False
+        h2c = self._h2
+        length = (view[0] << 16) | (view[1] << 8) | view[2]
+        if length > h2c.max_inbound_frame_size or h2c.incoming_buffer._headers_buffer:
+            return False
+        if h2c.state_machine.state not in _OPEN_CONN:
+            return False
+        sid = int.from_bytes(view[5:9], "big") & 0x7FFFFFFF
+        stream = self.streams.get(sid)
+        h2s = h2c.streams.get(sid)
+        conn_window = h2c._inbound_flow_control_window_manager
+        if (
+            stream is None
+            or h2s is None
+            or h2s.state_machine.state not in _RECV_OK
+            or not h2s.state_machine.headers_received
+            or length > conn_window.current_window_size
+            or length > h2s._inbound_window_manager.current_window_size
+        ):
+            return False
+        conn_window.current_window_size -= length
+        h2s._inbound_window_manager.current_window_size -= length
+        if length:
+            self._fast_left = length
+            self._fast_stream = stream
+        return True
+
+    def _continue_data(self, view: memoryview) -> memoryview:
+        take = min(self._fast_left, len(view))
+        self._fast_left -= take
+        stream = self._fast_stream
+        if not self._fast_left:
+            self._fast_stream = None
+        assert stream is not None
+        stream._on_data(view[:take], take)
+        return view[take:]
+
+    def _handle_events(self, events: list[h2.events.Event]) -> bool:
+        """React to h2's events in order; False once the connection failed (stop reading)."""
         for ev in events:
             if isinstance(ev, h2.events.DataReceived):
                 stream = self.streams.get(ev.stream_id)
@@ -311,7 +396,7 @@ class HboneConnection(asyncio.BufferedProtocol):
                 if ev.stream_id:
                     s = self.streams.get(ev.stream_id)
                     if s is not None:
-                        wake(s._write_waiter)
+                        s._writable()
                 else:
                     self._wake_writers()
             elif isinstance(ev, h2.events.StreamEnded):
@@ -327,7 +412,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             elif isinstance(ev, h2.events.StreamReset):
                 s = self.streams.get(ev.stream_id)
                 if s is not None and not s._responded and ev.remote_reset and self._abused("early reset"):
-                    return
+                    return False
                 if s is not None:
                     code = ev.error_code
                     s._on_error(
@@ -338,10 +423,10 @@ class HboneConnection(asyncio.BufferedProtocol):
                     )
             elif isinstance(ev, h2.events.PingReceived):
                 if self._abused("PING"):
-                    return
+                    return False
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 if self._abused("SETTINGS"):
-                    return
+                    return False
                 if _SC.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     self._wake_writers()
                 if not self.ready.done():
@@ -352,8 +437,8 @@ class HboneConnection(asyncio.BufferedProtocol):
                 debug = (ev.additional_data or b"").decode("utf-8", "replace")
                 msg = f"HBONE peer {self.label} closed the connection ({_code_name(ev.error_code)})"
                 self._fail(HboneConnectError(f"{msg}: {debug}" if debug else msg), send_goaway=False)
-                return
-        self._flush()
+                return False
+        return True
 
     def eof_received(self) -> bool | None:
         return False  # a TLS peer half-closing means it is gone: close
@@ -388,6 +473,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         waiters, self._drain_waiters = self._drain_waiters, []
         for fut in waiters:
             wake(fut)
+        self._wake_writers()  # listeners (no drain future) resume sending too
 
     # -- stream management -----------------------------------------------------------------------------
     @property
@@ -459,8 +545,11 @@ class HboneConnection(asyncio.BufferedProtocol):
             raise h2.exceptions.StreamClosedError(stream_id)
         if n > h2c.local_flow_control_window(stream_id) or n > h2c.max_outbound_frame_size:
             raise h2.exceptions.FlowControlError(f"cannot send {n} bytes on stream {stream_id}")
-        h2c.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
-        stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
+        # SEND_DATA changes no state and emits nothing in open states: only run the machines otherwise
+        # (where they raise the right error).
+        if h2c.state_machine.state not in _OPEN_CONN or stream.state_machine.state not in _SEND_OK:
+            h2c.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
+            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
         stream.outbound_flow_control_window -= n
         h2c.outbound_flow_control_window -= n
         self._flush()
@@ -497,8 +586,8 @@ class HboneConnection(asyncio.BufferedProtocol):
             await fut
 
     def _wake_writers(self) -> None:
-        for s in self.streams.values():
-            wake(s._write_waiter)
+        for s in list(self.streams.values()):
+            s._writable()
 
     def _keepalive(self) -> None:
         """PING every interval; drop the connection when a PING stays unanswered for the timeout."""

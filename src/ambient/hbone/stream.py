@@ -7,13 +7,17 @@ Invariants (see connection.py for the connection-wide ones):
   the transport is not over its high-water mark: no unbounded buffering on the way out.
 - `write_eof` sends END_STREAM (the tunnel's FIN); `read` returns b"" after the peer's END_STREAM.
 - `close` releases the stream exactly once; if either direction is still open it resets the stream.
+- A stream is read either by `read` or by ONE attached `StreamListener` (the node proxy's relay), never
+  both: once attached, received bytes go to the listener's `on_data` as they arrive (it must hand them on
+  or copy them before returning) and are acknowledged when the listener reports them `consumed`, so the
+  receive-window bound holds for listeners too.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import h2.exceptions
 from h2.errors import ErrorCodes
@@ -32,6 +36,17 @@ if TYPE_CHECKING:
 def wake(fut: asyncio.Future[None] | None) -> None:
     if fut is not None and not fut.done():
         fut.set_result(None)
+
+
+class StreamListener(Protocol):
+    """Callbacks of a stream read without a task (see `HboneStream.attach`). Called from the connection's
+    protocol callbacks: they must not block, and `on_data` must not keep `data` (a view of a reused
+    buffer) beyond its return without copying it."""
+
+    def on_data(self, data: bytes | memoryview) -> None: ...
+    def on_eof(self) -> None: ...
+    def on_error(self, error: HboneError) -> None: ...
+    def on_writable(self) -> None: ...
 
 
 class HboneStream:
@@ -53,6 +68,8 @@ class HboneStream:
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
         self._response: asyncio.Future[list[tuple[str, str]]] | None = None
+        self._listener: StreamListener | None = None
+        self._held = 0  # delivered to the listener, not yet `consumed`
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -110,36 +127,51 @@ class HboneStream:
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of `data`, waiting for HTTP/2 flow-control window and transport drain."""
         view = memoryview(data).cast("B")
-        total = len(view)
-        offset = 0
+        while view:
+            n = self.send_nowait(view)
+            view = view[n:]
+            if not view:
+                return
+            if self._conn._paused:
+                await self._conn._wait_writable()
+                continue
+            self._write_waiter = self._conn._loop.create_future()
+            try:
+                await self._write_waiter
+            finally:
+                self._write_waiter = None
+
+    def send_nowait(self, view: memoryview) -> int:
+        """Send what the flow-control windows and the transport take right now, in DATA frames of at most
+        the peer's frame size; return how many bytes of `view` were sent (they are copied: the caller may
+        reuse its buffer at once). 0 means: wait for `on_writable` / `write`'s waiters."""
+        self._check_writable()
         conn = self._conn
         h2c = conn._h2
-        while offset < total:
-            self._check_writable()
-            if conn._paused:
-                await conn._wait_writable()
-                continue
+        total = len(view)
+        sent = 0
+        while sent < total and not conn._paused:
             try:
                 window = h2c.local_flow_control_window(self.stream_id)
             except h2.exceptions.StreamClosedError:
                 raise self._error or HboneStreamError(f"stream {self.stream_id} to {conn.label} is closed") from None
             if window <= 0:
-                self._write_waiter = conn._loop.create_future()
-                try:
-                    await self._write_waiter
-                finally:
-                    self._write_waiter = None
-                continue
-            n = min(window, total - offset, h2c.max_outbound_frame_size)
+                break
+            n = min(window, total - sent, h2c.max_outbound_frame_size)
             try:
-                conn.send_data(self.stream_id, view[offset : offset + n])
+                conn.send_data(self.stream_id, view[sent : sent + n])
             except h2.exceptions.H2Error as exc:
                 raise HboneStreamError(f"cannot send on stream {self.stream_id} to {conn.label}: {exc}") from None
-            offset += n
-            self.bytes_sent += n
+            sent += n
+        self.bytes_sent += sent
+        return sent
 
     async def write_eof(self) -> None:
         """Half-close: send END_STREAM (the TCP FIN of the tunnel). Reading continues."""
+        self.end()
+
+    def end(self) -> None:
+        """`write_eof` without a task: send END_STREAM now."""
         if self._local_closed or self._error is not None:
             return
         self._local_closed = True
@@ -166,6 +198,38 @@ class HboneStream:
 
     def abort(self) -> None:
         self.close(ErrorCodes.CANCEL)
+
+    # -- listener mode (no reader task) --------------------------------------------------------------------
+    def attach(self, listener: StreamListener) -> None:
+        """Deliver everything received from now on to `listener` (what arrived before is replayed at once,
+        then the EOF or error if those came too). Acknowledge delivered bytes with `consumed`."""
+        self._listener = listener
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        for chunk in chunks:
+            listener.on_data(chunk)
+        if self._error is not None and (not self._eof or self._closed_here):
+            listener.on_error(self._error)
+        elif self._eof:
+            listener.on_eof()
+
+    def detach(self) -> None:
+        self._listener = None
+
+    def consumed(self, n: int) -> None:
+        """The listener handed `n` delivered bytes on: give them back to the peer's window (batched)."""
+        if self._finished:
+            return  # `_finish` already gave back everything the listener held
+        self._held -= n
+        self._unacked += n
+        if self._unacked >= ACK_BATCH:
+            self._flush_acks()
+
+    def _writable(self) -> None:
+        wake(self._write_waiter)
+        if self._listener is not None:
+            self._listener.on_writable()
 
     # -- server side ------------------------------------------------------------------------------------
     def respond(self, status: int) -> None:
@@ -203,6 +267,9 @@ class HboneStream:
         self._buffered = 0
 
     def _finish(self) -> None:
+        # Bytes a listener still holds (e.g. for a stalled app) count against the connection window.
+        self._unacked += self._held
+        self._held = 0
         self._flush_acks()
         if not self._finished:
             self._finished = True
@@ -212,21 +279,27 @@ class HboneStream:
         if self._local_closed and self._eof:
             self._finish()
 
-    def _on_data(self, data: bytes, flow_len: int) -> None:
+    def _on_data(self, data: bytes | memoryview, flow_len: int) -> None:
         if self._finished:
             self._conn._ack(self.stream_id, flow_len)
             return
         if flow_len > len(data):  # padding is never delivered: acknowledge it at once
             self._conn._ack(self.stream_id, flow_len - len(data))
         if data:
-            self._chunks.append(data)
-            self._buffered += len(data)
             self.bytes_received += len(data)
+            if self._listener is not None:
+                self._held += len(data)
+                self._listener.on_data(data)
+                return
+            self._chunks.append(bytes(data) if isinstance(data, memoryview) else data)
+            self._buffered += len(data)
             wake(self._read_waiter)
 
     def _on_eof(self) -> None:
         self._eof = True
         wake(self._read_waiter)
+        if self._listener is not None:
+            self._listener.on_eof()
         self._maybe_finished()
 
     def _on_response(self, headers: list[tuple[str, str]]) -> None:
@@ -241,6 +314,8 @@ class HboneStream:
             self._response.exception()  # mark retrieved: the opener may have been cancelled
         wake(self._read_waiter)
         wake(self._write_waiter)
+        if self._listener is not None:
+            self._listener.on_error(self._error)
         if not self._eof:  # incomplete inbound data is useless: give its window back
             self._drop_buffer()
         self._finish()

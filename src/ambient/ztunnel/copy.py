@@ -24,10 +24,12 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
 from ambient.hbone.connection import HboneStream
+from ambient.hbone.errors import HboneError
 
 INITIAL_BUFFER = 16 * 1024
 MAX_BUFFER = 1024 * 1024
@@ -83,10 +85,14 @@ class SocketEnd:
     async def read(self) -> memoryview:
         while True:
             try:
-                n = self.sock.recv_into(self._view)
-                break
+                return self.recv_nowait()
             except (BlockingIOError, InterruptedError):
                 await self._ready(False)
+
+    def recv_nowait(self) -> memoryview:
+        """One `recv_into` the reusable buffer (raises BlockingIOError when nothing is waiting); the view is
+        valid until the next call."""
+        n = self.sock.recv_into(self._view)
         if n == len(self._buf) and n < MAX_BUFFER:
             # A full read means more is waiting: grow (16 KiB -> 256 KiB -> 1 MiB) so bulk transfers move
             # big chunks (one HTTP/2 frame and one TLS write per MiB instead of four).
@@ -177,9 +183,190 @@ async def _pump(src: End, dst: End, stats: CopyStats, forward: bool) -> None:
             stats.received += n
 
 
+class _SocketStreamRelay:
+    """Both directions between a TCP socket and a tunnel stream, driven by callbacks instead of two tasks:
+    the socket's readiness (`add_reader` once, not per read) moves socket bytes into DATA frames, and the
+    stream's listener callbacks move received frames into the socket, straight from the TLS read buffer.
+    A 1 KB request then costs one event-loop callback per hop instead of a task wake-up, a future and two
+    epoll_ctl calls.
+
+    Backpressure, both ways bounded: socket -> stream keeps at most one read's bytes pending when the
+    HTTP/2 windows or the transport are full and stops reading the socket until `on_writable`; stream ->
+    socket keeps what the socket did not take (at most the stream's receive window, since bytes are
+    acknowledged to the peer only once written) and waits for the socket to be writable."""
+
+    def __init__(self, sock: SocketEnd, stream: HboneStream, stats: CopyStats, socket_is_a: bool) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.end = sock
+        self.sock = sock.sock
+        self.fd = sock._fd
+        self.stream = stream
+        self.stats = stats
+        self.up_is_sent = socket_is_a  # socket -> stream counts as "sent" (a -> b) when the socket is a
+        self.done: asyncio.Future[BaseException | None] = self.loop.create_future()
+        self.up_pending: memoryview | None = None
+        self.up_done = False
+        self.down_pending: deque[memoryview] = deque()
+        self.down_eof = False
+        self.down_done = False
+        self.reading = False
+        self.writing = False
+
+    async def run(self) -> BaseException | None:
+        self.stream.attach(self)
+        if not self.done.done():
+            self._read(True)
+        try:
+            return await self.done
+        finally:
+            self._stop_io()
+            self.stream.detach()
+
+    # -- socket -> stream -----------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            chunk = self.end.recv_nowait()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if not chunk:
+            self._read(False)
+            self.up_done = True
+            try:
+                self.stream.end()
+            except HboneError as exc:
+                self._fail(exc)
+                return
+            self._check_done()
+            return
+        self._send_up(chunk)
+
+    def _send_up(self, view: memoryview) -> None:
+        try:
+            n = self.stream.send_nowait(view)
+        except HboneError as exc:
+            self._fail(exc)
+            return
+        self._count(n, up=True)
+        if n < len(view):
+            self.up_pending = memoryview(bytes(view[n:]))  # the read buffer is reused by the next recv
+            self._read(False)
+
+    def on_writable(self) -> None:
+        pending = self.up_pending
+        if pending is not None and not self.done.done():
+            self.up_pending = None
+            self._send_up(pending)
+            if self.up_pending is None:
+                self._read(True)
+
+    # -- stream -> socket -----------------------------------------------------------------------------------
+    def on_data(self, data: bytes | memoryview) -> None:
+        if self.done.done():
+            return
+        if self.down_pending:
+            self.down_pending.append(memoryview(bytes(data)))
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if n:
+            self._count(n, up=False)
+            self.stream.consumed(n)
+        if n < len(data):
+            self.down_pending.append(memoryview(bytes(data[n:])))
+            self._write(True)
+
+    def _on_socket_writable(self) -> None:
+        pending = self.down_pending
+        while pending:
+            chunk = pending[0]
+            try:
+                n = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self._count(n, up=False)
+            self.stream.consumed(n)
+            if n < len(chunk):
+                pending[0] = chunk[n:]
+                return
+            pending.popleft()
+        self._write(False)
+        if self.down_eof:
+            self._end_down()
+
+    def on_eof(self) -> None:
+        self.down_eof = True
+        if not self.down_pending:
+            self._end_down()
+
+    def _end_down(self) -> None:
+        if self.down_done:
+            return
+        self.down_done = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        self._check_done()
+
+    def on_error(self, error: HboneError) -> None:
+        self._fail(error)
+
+    # -- bookkeeping ----------------------------------------------------------------------------------------
+    def _count(self, n: int, *, up: bool) -> None:
+        if up == self.up_is_sent:
+            self.stats.sent += n
+        else:
+            self.stats.received += n
+
+    def _read(self, on: bool) -> None:
+        if on and not self.reading and not self.up_done and not self.done.done():
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
+        elif not on and self.reading:
+            self.reading = False
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self.fd)
+
+    def _write(self, on: bool) -> None:
+        if on and not self.writing and not self.done.done():
+            self.loop.add_writer(self.fd, self._on_socket_writable)
+            self.writing = True
+        elif not on and self.writing:
+            self.writing = False
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_writer(self.fd)
+
+    def _stop_io(self) -> None:
+        self._read(False)
+        self._write(False)
+
+    def _check_done(self) -> None:
+        if self.up_done and self.down_done and not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        self._stop_io()
+        if not self.done.done():
+            self.done.set_result(error)
+
+
 async def copy_bidirectional(a: End, b: End, stats: CopyStats) -> BaseException | None:
     """Copy until both directions reached EOF. Returns the first error (None on a clean end); the
-    caller owns both ends (closes them; resets them on error)."""
+    caller owns both ends (closes them; resets them on error). A socket and a tunnel stream (every
+    proxied connection) go through `_SocketStreamRelay`; other pairs through two tasks."""
+    if isinstance(a, SocketEnd) and isinstance(b, HboneEnd):
+        return await _SocketStreamRelay(a, b.stream, stats, socket_is_a=True).run()
+    if isinstance(a, HboneEnd) and isinstance(b, SocketEnd):
+        return await _SocketStreamRelay(b, a.stream, stats, socket_is_a=False).run()
     error: BaseException | None = None
     try:
         async with asyncio.TaskGroup() as tg:
