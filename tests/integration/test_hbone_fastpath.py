@@ -16,8 +16,9 @@ from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import DataFrame, HeadersFrame, WindowUpdateFrame
 
 from ambient.hbone.client import HboneClient
-from ambient.hbone.connection import HboneStream, _FastFrameBuffer
+from ambient.hbone.connection import HboneStream
 from ambient.hbone.errors import HboneError
+from ambient.hbone.h2fast import FastFrameBuffer
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, HboneServer
 from ambient.identity.ca import LocalCA
@@ -73,7 +74,7 @@ def test_fast_frame_buffer_parses_like_h2() -> None:
     wire += headers.serialize() + WindowUpdateFrame(0, window_increment=1000).serialize()
     for step in (1, 7, 4096, len(wire)):
         chunks = [wire[i : i + step] for i in range(0, len(wire), step)]
-        assert _frames(_FastFrameBuffer(), chunks) == _frames(FrameBuffer(), chunks)
+        assert _frames(FastFrameBuffer(), chunks) == _frames(FrameBuffer(), chunks)
 
 
 async def test_bulk_bytes_and_windows_exact(ca: LocalCA) -> None:

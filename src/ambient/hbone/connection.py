@@ -1,8 +1,10 @@
 """One HBONE connection: HTTP/2 (python-hyper `h2`, sans-IO) driven by an asyncio Protocol over TLS,
 multiplexing tunnel streams (`HboneStream`, in `stream.py`). Shared by the client pool and the server.
 
-Why a Protocol: every received TLS chunk goes straight into `h2.receive_data` and every frame out is
-one `transport.write`; no reader task per connection and no StreamReader copies on the hot path.
+Why a Protocol: every received TLS chunk is handled in the callback and every frame out is one
+`transport.write`; no reader task per connection and no StreamReader copies on the hot path. DATA frames
+of open streams are split off here and handed to their stream without h2's state machine; h2 sees the
+other frames, whole (`h2fast.py` holds every use of h2 internals).
 
 Invariants:
 - Bounded memory both ways. Inbound: a stream buffers at most its receive window (4 MiB); bytes are
@@ -21,10 +23,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,13 +33,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-import h2.frame_buffer
 import h2.settings
-import h2.stream
-import hpack
-import hyperframe.frame
 from h2.errors import ErrorCodes
 
+from ambient.hbone import h2fast
 from ambient.hbone import protocol as proto
 from ambient.hbone.errors import BadConnectRequest, HboneConnectError, HboneError, HboneStreamError
 from ambient.hbone.protocol import ConnectRequest
@@ -48,62 +45,6 @@ from ambient.tls.errors import TlsError
 from ambient.tls.verify import PeerIdentity
 
 log = logging.getLogger(__name__)
-
-
-def _cheap_raw_data_repr(data: bytes | None) -> str:
-    if not data:
-        return "None"
-    head = binascii.hexlify(bytes(data[:10])).decode("ascii")
-    return f"<hex:{head}...>" if len(data) > 10 else f"<hex:{head}>"
-
-
-# h2 formats repr(frame) for its trace logger on EVERY received frame, even with logging off, and
-# hyperframe's repr hex-encodes the whole payload before truncating it to 20 characters: for 1 MiB DATA
-# frames that was more than half of the CPU of a tunnel. Same output, computed from the first 10 bytes.
-if hasattr(hyperframe.frame, "_raw_data_repr"):
-    hyperframe.frame._raw_data_repr = _cheap_raw_data_repr
-
-# DATA frames bypass h2's serializer (see `HboneConnection.send_data`): frame header = 24-bit length,
-# type 0 (DATA), flags 0, stream id. Payloads below SMALL_FRAME are joined with their header into one
-# TLS write; bigger ones are copied once into it as well (the caller's buffer is reused at once).
-_FRAME_HEADER = struct.Struct(">HBBBL")
-_DATA_PADDED = 0x08
-_OPEN_CONN = (h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN)
-_RECV_OK = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)  # the peer may still send
-_SEND_OK = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)  # we may still send
-
-
-class _PlainEncoder(hpack.Encoder):
-    """HPACK without Huffman coding: CONNECT headers are ~100 bytes and mostly unique per connection,
-    so Huffman saves a few dozen bytes while its pure-Python encode (and the peer's decode) was the
-    largest single cost of opening a tunnel. Plain literals are valid HPACK for every decoder."""
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
-class _FastFrameBuffer(h2.frame_buffer.FrameBuffer):
-    """h2's inbound frame buffer with one copy less per DATA byte: an unpadded DATA frame's payload is
-    copied once out of the buffer (h2 slices the buffer, then hyperframe copies the slice again).
-    Everything else (and every check: frame size, CONTINUATION sequencing) is h2's own code."""
-
-    def __next__(self) -> hyperframe.frame.Frame:
-        data = self._data
-        if len(data) >= 9 and data[3] == 0 and not data[4] & _DATA_PADDED:
-            length = (data[0] << 16) | (data[1] << 8) | data[2]
-            if len(data) >= length + 9 and not self._headers_buffer:
-                self._validate_frame_length(length)
-                stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-                if stream_id:  # DATA on stream 0 is a protocol error: let h2's path raise it
-                    frame = hyperframe.frame.DataFrame(stream_id)
-                    if data[4] & 0x01:
-                        frame.flags.add("END_STREAM")
-                    with memoryview(data) as view:
-                        frame.data = bytes(view[9 : 9 + length])
-                    frame.body_len = length
-                    del data[: 9 + length]
-                    return frame
-        return super().__next__()
 
 
 WRITE_HIGH_WATER = 2 * 1024 * 1024
@@ -194,8 +135,8 @@ class HboneConnection(asyncio.BufferedProtocol):
             h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8",
                                       validate_outbound_headers=False)
         )
-        self._h2.incoming_buffer = _FastFrameBuffer(server=not client_side)
-        self._h2.encoder = _PlainEncoder()
+        self._h2.incoming_buffer = h2fast.FastFrameBuffer(server=not client_side)
+        self._h2.encoder = h2fast.PlainEncoder()
         self._transport: asyncio.Transport | None = None
         self.streams: dict[int, HboneStream] = {}
         self._paused = False
@@ -301,20 +242,25 @@ class HboneConnection(asyncio.BufferedProtocol):
         if self.error is not None and self.peer is None:
             return  # rejected connection: never feed its bytes to HTTP/2
         view = data if isinstance(data, memoryview) else memoryview(data)
+        h2c = self._h2
         try:
             while view:
                 if self._fast_left:
                     view = self._continue_data(view)
                     continue
-                need = self._h2_needs()
-                if need == 0:  # at a frame boundary with h2 holding nothing
-                    if len(view) >= 9 and self._start_data(view):
+                need = h2fast.bytes_needed(h2c)
+                if need == 0 and len(view) >= 9:  # a frame boundary, h2 holding nothing: fast path?
+                    claimed = h2fast.claim_data_frame(h2c, view[:9], self.streams)
+                    if claimed is not None:
+                        stream, length = claimed
+                        if length:
+                            self._fast_left, self._fast_stream = length, stream
                         view = view[9:]
                         continue
-                    need = 9 + ((view[0] << 16) | (view[1] << 8) | view[2]) if len(view) >= 9 else len(view)
+                    need = h2fast.frame_length(view[:9])
                 # h2 gets whole frames (or the rest of one it holds part of), then its buffer is empty again
-                take = len(view) if need < 0 else min(need, len(view))
-                events = self._h2.receive_data(view[:take])
+                take = len(view) if need <= 0 else min(need, len(view))
+                events = h2c.receive_data(view[:take])
                 view = view[take:]
                 if not self._handle_events(events):
                     return
@@ -322,56 +268,6 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._fail(HboneError(f"HTTP/2 protocol error from {self.label}: {exc}"))
             return
         self._flush()
-
-    # The receive fast path. Unpadded DATA frames without END_STREAM, for streams that are open on both
-    # sides (ours and h2's) and within both receive windows, never reach h2: their 9-byte header is read
-    # here, h2's bookkeeping is done by hand (both inbound windows consumed, exactly as
-    # `H2Connection._receive_data_frame` does; the state machines would not change state), and the
-    # payload goes to the stream piece by piece as TLS records arrive, straight from the read buffer (a
-    # 1 MiB frame spans many reads). Everything else (other frames, END_STREAM, padding, an unknown or
-    # half-closed stream, a window or frame-size violation, a pending header block) goes to h2 as whole
-    # frames, so h2 raises the right protocol errors and frame order is kept.
-    def _h2_needs(self) -> int:
-        """Bytes h2 needs to complete the frame it holds part of: 0 if it holds nothing, -1 for "all"
-        (the client preface is still expected)."""
-        buf = self._h2.incoming_buffer
-        if buf._preamble_len:
-            return -1
-        held = len(buf._data)
-        if not held:
-            return 0
-        if held < 9:
-            return 9 - held
-        return 9 + ((buf._data[0] << 16) | (buf._data[1] << 8) | buf._data[2]) - held
-
-    def _start_data(self, view: memoryview) -> bool:
-        if view[3] != 0 or view[4] & 0x09:  # not DATA, or PADDED / END_STREAM
-            return False
-        h2c = self._h2
-        length = (view[0] << 16) | (view[1] << 8) | view[2]
-        if length > h2c.max_inbound_frame_size or h2c.incoming_buffer._headers_buffer:
-            return False
-        if h2c.state_machine.state not in _OPEN_CONN:
-            return False
-        sid = int.from_bytes(view[5:9], "big") & 0x7FFFFFFF
-        stream = self.streams.get(sid)
-        h2s = h2c.streams.get(sid)
-        conn_window = h2c._inbound_flow_control_window_manager
-        if (
-            stream is None
-            or h2s is None
-            or h2s.state_machine.state not in _RECV_OK
-            or not h2s.state_machine.headers_received
-            or length > conn_window.current_window_size
-            or length > h2s._inbound_window_manager.current_window_size
-        ):
-            return False
-        conn_window.current_window_size -= length
-        h2s._inbound_window_manager.current_window_size -= length
-        if length:
-            self._fast_left = length
-            self._fast_stream = stream
-        return True
 
     def _continue_data(self, view: memoryview) -> memoryview:
         take = min(self._fast_left, len(view))
@@ -535,26 +431,13 @@ class HboneConnection(asyncio.BufferedProtocol):
 
         h2's `send_data` copies the payload five times (memoryview -> bytes, body join, header join,
         send buffer, `data_to_send`): for bulk tunnels that was the largest user-space cost. This does h2's
-        bookkeeping (both state machines, both flow-control windows) exactly as `H2Connection.send_data`
-        does, then writes header + payload in one copy. Whatever h2 already queued is flushed first, so
+        bookkeeping (`h2fast.account_sent_data`) exactly as `H2Connection.send_data` does, then writes
+        header + payload in one copy. Whatever h2 already queued is flushed first, so
         frames stay in order."""
-        h2c = self._h2
-        n = len(data)
-        stream = h2c.streams.get(stream_id)
-        if stream is None:
-            raise h2.exceptions.StreamClosedError(stream_id)
-        if n > h2c.local_flow_control_window(stream_id) or n > h2c.max_outbound_frame_size:
-            raise h2.exceptions.FlowControlError(f"cannot send {n} bytes on stream {stream_id}")
-        # SEND_DATA changes no state and emits nothing in open states: only run the machines otherwise
-        # (where they raise the right error).
-        if h2c.state_machine.state not in _OPEN_CONN or stream.state_machine.state not in _SEND_OK:
-            h2c.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
-            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
-        stream.outbound_flow_control_window -= n
-        h2c.outbound_flow_control_window -= n
+        h2fast.account_sent_data(self._h2, stream_id, len(data))
         self._flush()
         if self._transport is not None and not self.closed:
-            self._transport.write(b"".join((_FRAME_HEADER.pack(n >> 8, n & 0xFF, 0, 0, stream_id), data)))
+            self._transport.write(b"".join((h2fast.data_frame_header(stream_id, len(data)), data)))
 
     def _flush(self) -> None:
         data = self._h2.data_to_send()
