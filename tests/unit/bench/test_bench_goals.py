@@ -45,3 +45,20 @@ def test_failed_sections_and_units_are_handled() -> None:
     assert v["control plane change-to-applied p99"] == ("150 ms", "missed")
     assert v["node proxy single-stream throughput"] == ("-", "not measured")
     assert "| control plane change-to-applied p99 | <= 100 ms | 150 ms | missed |" in render_run(_run(cp, broken))
+
+
+def test_absolute_goals_show_the_in_run_baseline_beside_the_figure() -> None:
+    ztunnel = SectionResult(
+        "ztunnel",
+        "Node proxy",
+        "ok",
+        "",
+        [
+            Figure("mesh proxy CPU per 1,000 req/s", 0.19, "cores", "lower",
+                   baseline="stunnel CPU per 1,000 req/s", baseline_value=0.124),
+            Figure("mesh connections", 1276.0, "/s", baseline="connections stunnel", baseline_value=779.0),
+        ],
+    )
+    v = _verdicts(_run(ztunnel))
+    assert v["node proxy CPU per 1,000 req/s"] == ("0.19 cores (stunnel CPU per 1,000 req/s: 0.124)", "missed")
+    assert v["node proxy new connections"] == ("1,276 conn/s (connections stunnel: 779)", "missed")
