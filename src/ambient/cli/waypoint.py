@@ -72,9 +72,10 @@ def _waypoints(client: Any, namespace: str | None) -> list[dict[str, Any]]:
 
 def _wait_programmed(client: Any, name: str, namespace: str, timeout: float) -> dict[str, Any]:
     from ambient.api.errors import NotFoundError
+    from ambient.core.backoff import Backoff
 
     deadline = time.monotonic() + timeout
-    delay = 0.1
+    backoff = Backoff(0.1, 1.0)
     while True:
         try:
             obj = client.get("Gateway", name, namespace)
@@ -90,8 +91,7 @@ def _wait_programmed(client: Any, name: str, namespace: str, timeout: float) -> 
                 hint="is the control plane running? `ambient logs controlplane`; "
                 f"`ambient waypoint status -n {namespace} --name {name}` shows its conditions",
             )
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        time.sleep(backoff.next())
 
 
 def register(app: typer.Typer) -> None:

@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from ambient.cluster import dnswire
 from ambient.cluster.layout import DNS_SERVER_IP
+from ambient.core.backoff import Backoff
 
 log = logging.getLogger("ambient.cluster.dns")
 
@@ -82,14 +83,14 @@ class ServiceWatcher:
         from ambient.api.client import AsyncApiClient
         from ambient.api.errors import ApiError
 
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 async with AsyncApiClient(self.socket_path, timeout=10.0) as api:
                     items, version = await api.list("Service")
                     self.table.replace({_key(s): service_ips(s) for s in items})
                     self.synced.set()
-                    backoff = 0.1
+                    backoff.reset()
                     log.info("synced %d services at version %s", len(items), version)
                     stream = cast(AsyncGenerator[Any, None], api.watch("Service", resource_version=version))
                     async with contextlib.aclosing(stream) as events:
@@ -102,9 +103,8 @@ class ServiceWatcher:
                             else:
                                 self.table.upsert(name, ns, service_ips(event.object))
             except (ApiError, OSError) as exc:
-                log.warning("service watch failed (%s); retrying in %.1fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+                log.warning("service watch failed (%s); retrying in %.1fs", exc, backoff.current)
+            await asyncio.sleep(backoff.next())
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -36,6 +36,7 @@ from ambient.cluster import podruntime as rt
 from ambient.cluster.controllers import Client
 from ambient.cluster.errors import ClusterError
 from ambient.cluster.podstatus import ContainerState, pod_status
+from ambient.core.backoff import Backoff
 
 log = logging.getLogger("ambient.kubelet")
 
@@ -94,7 +95,7 @@ class PodWorker:
         rec = self.record
         if self.adopted and rec.ip and L.netns_path(rec.netns).exists():
             return
-        delay = BACKOFF_START
+        backoff = Backoff(BACKOFF_START, BACKOFF_CAP)
         while True:
             self.kubelet.records.save(rec)  # before the netns exists: a crash leaves a trace to clean up
             try:
@@ -104,11 +105,11 @@ class PodWorker:
                                                      str(L.netns_path(rec.netns)))
             except ClusterError as exc:
                 self.network_error = exc.message
+                delay = backoff.next()
                 log.warning("pod %s/%s: network not ready: %s (retry in %.1fs)", self.namespace, self.name,
                             exc.message, delay)
                 self.changed()
                 await asyncio.sleep(delay)
-                delay = min(BACKOFF_CAP, delay * 2)
                 continue
             rec.ip, rec.gateway = result.ip, result.gateway
             self.network_error = None
@@ -140,7 +141,8 @@ class PodWorker:
         while True:
             if c.pid == 0:
                 if not first:
-                    delay = min(BACKOFF_CAP, BACKOFF_START * (2 ** max(0, failures - 1)))
+                    # (exponent capped: 2**1024 would overflow a float after ~3 hours of crash-looping)
+                    delay = min(BACKOFF_CAP, BACKOFF_START * (2 ** min(max(0, failures - 1), 32)))
                     if c.reason != "StartError":  # keep the cause visible while waiting to retry it
                         c.set_waiting("CrashLoopBackOff", f"back-off {delay:.1f}s restarting failed container "
                                       f"{c.name} in pod {self.name}")

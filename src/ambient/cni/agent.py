@@ -23,29 +23,41 @@ Invariants:
   the apply is idempotent); the ZDS server starts only after that, so the first snapshot is complete.
   Stopping the agent leaves every rule in place (pods stay captured while it is down).
 - Every task is owned by a TaskGroup.
+
+Layout: settings, error and the injected interfaces are in agent_types.py, the local-cluster entry point
+(`serve`, `main`) in agent_main.py; this module re-exports both, so `ambient.cni.agent` stays the one import
+path and the module the cluster runs. The rule commands are called through this module's globals (tests
+replace them here).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
 import logging
 import os
-import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ambient.cni import agent_plan as P
+from ambient.cni.agent_main import cluster_netns_resolver, configure_logging, main, serve, settings_for_node
 from ambient.cni.agent_plan import CmdAdd, Tracked
-from ambient.cni.agent_server import PLUGIN_EVENT_SOCKET, PluginEventServer
+from ambient.cni.agent_server import PluginEventServer
+from ambient.cni.agent_types import (
+    DEFAULT_EXCLUDED,
+    ZDS_SOCKET,
+    AgentApi,
+    AgentSettings,
+    NetnsRecorder,
+    NetnsResolver,
+    NodeAgentError,
+    Obj,
+    watch_specs,
+)
 from ambient.cni.apply import (
     BACKENDS,
-    Backend,
     apply_node_probe_snat,
     apply_pod_redirection,
     probe_ipset_add,
@@ -55,7 +67,6 @@ from ambient.cni.apply import (
     remove_pod_redirection,
     verify_pod_redirection,
 )
-from ambient.cni.errors import CniError
 from ambient.cni.plugin import PluginConfig
 from ambient.cni.rules import RedirectConfig
 from ambient.core.errors import AmbientError
@@ -67,63 +78,23 @@ from ambient.inpod.zds_codec import WorkloadInfo
 log = logging.getLogger("ambient.cni.agent")
 
 T = TypeVar("T")
-Obj = dict[str, Any]
-ZDS_SOCKET = "ztunnel.sock"
-DEFAULT_EXCLUDED = ("kube-system", "istio-system")
-NetnsResolver = Callable[[Mapping[str, Any]], str | None]
 
-
-class NetnsRecorder(Protocol):
-    """Remembers the netns path the CNI ADD gave for a pod (Kubernetes: the resolver reads it back later)."""
-
-    def record(self, uid: str, netns: str) -> None: ...
-
-    def forget(self, uid: str) -> None: ...
-
-
-def watch_specs(node: str) -> list[tuple[str, dict[str, str]]]:
-    """What the agent watches: its node's pods (field selector) and every namespace (enrollment labels)."""
-    return [("Pod", {"field_selector": f"spec.nodeName={node}"}), ("Namespace", {})]
-
-
-class NodeAgentError(CniError):
-    """The node agent could not capture a pod (answered to the CNI plugin as HTTP 500)."""
-
-
-class AgentApi(Protocol):
-    """The part of `ambient.api.client.AsyncApiClient` the agent uses (a fake implements it in tests)."""
-
-    async def get(self, kind: str, name: str, namespace: str | None = None) -> Obj: ...
-
-    async def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> tuple[list[Obj], str]: ...
-
-    async def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False) -> Obj: ...
-
-    def watch(
-        self, kind: str, namespace: str | None = None, resource_version: str | None = None,
-        label_selector: str | None = None, timeout: float | None = None, field_selector: str | None = None,
-    ) -> AsyncIterator[Any]: ...
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    node: str
-    run_dir: Path
-    zds_socket: Path
-    backend: Backend = "iptables"
-    dns_capture: bool = True  # node default; the pod annotation `ambient.istio.io/dns-capture` overrides it
-    exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED
-    node_netns: str | None = None  # where the probe ipset/SNAT live; None = the agent's own netns
-    zds_wait: float = 0.5  # how long a pod add waits for a connected proxy before going `pending`
-    retry_interval: float = 1.0  # pending pods are re-sent to the proxy this often
-    resync_interval: float = 10.0  # full reconcile even without watch events
-
-    @property
-    def plugin_event_socket(self) -> Path:
-        return self.run_dir / PLUGIN_EVENT_SOCKET
+__all__ = [
+    "DEFAULT_EXCLUDED",
+    "ZDS_SOCKET",
+    "AgentApi",
+    "AgentSettings",
+    "NetnsRecorder",
+    "NetnsResolver",
+    "NodeAgent",
+    "NodeAgentError",
+    "cluster_netns_resolver",
+    "configure_logging",
+    "main",
+    "serve",
+    "settings_for_node",
+    "watch_specs",
+]
 
 
 class NodeAgent:
@@ -531,77 +502,6 @@ class NodeAgent:
                     if t is not None and t.status == P.STATUS_PENDING:
                         log.info("pod %s: retrying the hand-over to the node proxy", t.ref)
                         await self._hand_to_proxy(t, wait=0.5)
-
-
-# --- entry point ----------------------------------------------------------------------------------------------
-def cluster_netns_resolver(cluster: str) -> NetnsResolver:
-    """Local cluster: the kubelet names each pod netns from the pod uid (`cluster.layout.pod_netns_name`)."""
-    from ambient.cluster import layout as L
-
-    def resolve(pod: Mapping[str, Any]) -> str | None:
-        uid = P.pod_uid(pod)
-        return str(L.netns_path(L.pod_netns_name(cluster, uid))) if uid else None
-
-    return resolve
-
-
-def settings_for_node(state_dir: str | os.PathLike[str], node: str, *, backend: str = "iptables",
-                      zds_socket: str | None = None, dns_capture: bool = True) -> tuple[AgentSettings, Any]:
-    """(settings, cluster layout) for a node of the local cluster at `state_dir`."""
-    from ambient.cluster import layout as L
-
-    layout = L.load_layout(state_dir)
-    node_layout = layout.node(node)
-    run_dir = Path(node_layout.run_dir)
-    if backend not in BACKENDS:
-        raise NodeAgentError(f"unknown redirection backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
-    settings = AgentSettings(node=node, run_dir=run_dir, zds_socket=Path(zds_socket) if zds_socket
-                             else run_dir / ZDS_SOCKET, backend=backend, dns_capture=dns_capture)  # type: ignore[arg-type]
-    return settings, layout
-
-
-async def serve(state_dir: str | os.PathLike[str], node: str, *, backend: str = "iptables",
-                zds_socket: str | None = None, dns_capture: bool = True) -> None:
-    """Run the agent of `node` until SIGTERM/SIGINT (rules stay in place on exit)."""
-    from ambient.api.client import AsyncApiClient
-
-    settings, layout = settings_for_node(state_dir, node, backend=backend, zds_socket=zds_socket,
-                                         dns_capture=dns_capture)
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    async with AsyncApiClient(layout.api_socket) as api:
-        agent = NodeAgent(api, settings, cluster_netns_resolver(layout.name))
-        with contextlib.suppress(asyncio.CancelledError):
-            await agent.run()
-    log.info("node agent %s stopped (pods keep their redirection rules)", node)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "asyncio"):  # one line per API call drowns the useful ones
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ambient.cni.agent", description=__doc__.splitlines()[0])
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--node", required=True)
-    parser.add_argument("--backend", choices=BACKENDS,
-                        default=os.environ.get("AMBIENT_REDIRECTION_BACKEND", "iptables"))
-    parser.add_argument("--zds-socket", default=None, help="default: <node run dir>/ztunnel.sock")
-    parser.add_argument("--no-dns-capture", action="store_true", help="node default; pods may override")
-    parser.add_argument("--log-level", default=os.environ.get("AMBIENT_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        asyncio.run(serve(args.state_dir, args.node, backend=args.backend, zds_socket=args.zds_socket,
-                          dns_capture=not args.no_dns_capture))
-    except AmbientError as e:
-        raise SystemExit(f"node-agent: {e}") from e
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ambient.api.client import AsyncApiClient, WatchEvent
 from ambient.api.errors import ApiError, GoneError, UnavailableError
+from ambient.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,16 @@ async def reflect(
     synced: asyncio.Event | None = None,
 ) -> None:
     """Keep a consumer in sync with `kind` forever (cancel to stop)."""
-    backoff = 0.1
+    backoff = Backoff(0.1, 5.0)
     while True:
         try:
             items, rv = await source.list(kind)
         except (UnavailableError, OSError) as exc:
-            log.warning("listing %s failed (%s); retrying in %.1fs", kind, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            delay = backoff.next()
+            log.warning("listing %s failed (%s); retrying in %.1fs", kind, exc, delay)
+            await asyncio.sleep(delay)
             continue
-        backoff = 0.1
+        backoff.reset()
         on_replace(kind, items)
         if synced is not None:
             synced.set()
@@ -86,8 +87,8 @@ async def reflect(
         except GoneError:
             log.info("watch of %s expired at %s; re-listing", kind, rv)
         except (UnavailableError, OSError) as exc:
-            log.warning("watch of %s lost (%s); re-listing in %.1fs", kind, exc, backoff)
-            await asyncio.sleep(backoff)
+            log.warning("watch of %s lost (%s); re-listing in %.1fs", kind, exc, backoff.current)
+            await asyncio.sleep(backoff.current)
         except ApiError as exc:
-            log.warning("watch of %s failed (%s); re-listing in %.1fs", kind, exc, backoff)
-            await asyncio.sleep(backoff)
+            log.warning("watch of %s failed (%s); re-listing in %.1fs", kind, exc, backoff.current)
+            await asyncio.sleep(backoff.current)

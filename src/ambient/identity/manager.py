@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ambient.core.backoff import Backoff
 from ambient.identity.certs import CertBundle
 from ambient.identity.errors import IdentityError
 from ambient.identity.spiffe import SpiffeId
@@ -148,7 +148,7 @@ class CertificateManager:
 
     # ------------------------------------------------------------------ worker
     async def _worker(self, slot: _Slot) -> None:
-        backoff = self.backoff_min
+        backoff = Backoff(self.backoff_min, self.backoff_max, jitter=0.1)
         while True:
             slot.attempts += 1
             try:
@@ -157,15 +157,14 @@ class CertificateManager:
                 raise
             except Exception as exc:  # keep the current certificate; retry with backoff
                 slot.error = str(exc)
-                delay = backoff * random.uniform(0.9, 1.1)
+                delay = backoff.next()
                 if slot.bundle is not None:
                     # Never sleep past the expiry of the certificate we still serve.
                     delay = min(delay, max(slot.bundle.expires_in().total_seconds(), self.backoff_min))
                 log.warning("certificate for %s: fetch failed (%s); retry in %.1fs", slot.identity, exc, delay)
                 await asyncio.sleep(delay)
-                backoff = min(backoff * 2, self.backoff_max)
                 continue
-            backoff = self.backoff_min
+            backoff.reset()
             slot.bundle, slot.error = bundle, ""
             # Half of the remaining life from receipt: CAs back-date not_before for clock skew, which would
             # put `bundle.refresh_at` of a short-lived certificate in the past (a renewal storm).

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from ambient.core.backoff import Backoff  # re-exported: ZdsClient(backoff=Backoff(...)) callers import it here
 from ambient.inpod.errors import (
     ZdsConnectionError,
     ZdsError,
@@ -450,23 +451,6 @@ OnDel = Callable[[str], Awaitable[None]]
 OnSnapshotDone = Callable[[frozenset[str]], Awaitable[None]]
 
 
-class Backoff:
-    """Exponential backoff between `initial` and `maximum` seconds (x2 per failure), reset on success."""
-
-    def __init__(self, initial: float = 0.01, maximum: float = 15.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
 class ZdsClient:
     """The node proxy's ZDS endpoint. `await client.run()` (inside the caller's TaskGroup) until cancelled."""
 
@@ -483,7 +467,7 @@ class ZdsClient:
         self._on_add = on_add
         self._on_del = on_del
         self._on_snapshot_done = on_snapshot_done
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(0.01, 15.0)
         self.state = ProxyZds()
         self.connections = 0  # successful connects
         self.snapshots = 0  # completed snapshots

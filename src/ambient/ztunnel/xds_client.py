@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 import grpc
 from google.rpc import status_pb2
 
+from ambient.core.backoff import Backoff
 from ambient.core.errors import AmbientError
 from ambient.protocol.gen.istio.security import authorization_pb2 as sec
 from ambient.protocol.gen.istio.workload import workload_pb2 as wl
@@ -108,7 +108,7 @@ class XdsClient:
         return grpc.aio.secure_channel(self.address, creds, options=options)
 
     async def run(self) -> None:
-        backoff = self.backoff_min
+        backoff = Backoff(self.backoff_min, self.backoff_max, jitter=0.2)
         while True:
             got_response = False
             try:
@@ -123,10 +123,10 @@ class XdsClient:
             finally:
                 self.connected = False
             if got_response:
-                backoff = self.backoff_min
-            log.warning("xDS to %s disconnected (%s); retrying in %.2fs", self.address, self.last_error, backoff)
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, self.backoff_max)
+                backoff.reset()
+            log.warning("xDS to %s disconnected (%s); retrying in %.2fs", self.address, self.last_error,
+                        backoff.current)
+            await asyncio.sleep(backoff.next())
 
     async def _stream(self, channel: grpc.aio.Channel) -> bool:
         stub = AggregatedDiscoveryServiceStub(channel)

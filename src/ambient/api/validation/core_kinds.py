@@ -1,0 +1,176 @@
+"""Spec checks of the core Kubernetes kinds: Namespace, Node, ServiceAccount, Pod, Deployment, Service, Endpoints.
+
+Role: one `_check_<kind>(spec, obj)` per kind, called by `validate_object` through its dispatch table;
+`check_pod_spec` is also used for Deployment templates.
+
+Invariants:
+- Each check validates and fills defaults in place on the (already deep-copied) object: Pod
+  `serviceAccountName` = default, `restartPolicy` = Always, port `protocol` = TCP, Deployment `replicas` = 1,
+  Service `type` = ClusterIP and `targetPort` = port. Defaulting an already defaulted spec changes nothing.
+- Only what the local cluster can run is accepted (e.g. ClusterIP services only); other fields stay loose.
+"""
+
+from __future__ import annotations
+
+from ambient.api.validation.fields import (
+    Obj,
+    _bool,
+    _check_cidr,
+    _check_ip,
+    _check_port_name,
+    _enum,
+    _fail,
+    _int,
+    _items,
+    _map,
+    _port_number,
+    _show,
+    _str,
+    _str_list,
+    _str_map,
+)
+from ambient.api.validation.metadata import _check_annotations, _check_labels, _label_selector, check_name
+
+
+def _check_namespace(spec: Obj, obj: Obj) -> None:
+    _str_list(spec, "finalizers", "spec")
+
+
+def _check_node(spec: Obj, obj: Obj) -> None:
+    _str(spec, "podCIDR", "spec")
+    _str_list(spec, "podCIDRs", "spec", check=_check_cidr)
+    if spec.get("podCIDR"):
+        _check_cidr(spec["podCIDR"], "spec.podCIDR")
+    _bool(spec, "unschedulable", "spec")
+    _items(spec, "taints", "spec")
+
+
+def _check_service_account(spec: Obj, obj: Obj) -> None:
+    _bool(obj, "automountServiceAccountToken", "")
+
+
+def _check_container(c: Obj, path: str, names: set[str]) -> None:
+    name = check_name(c.get("name"), f"{path}.name", subdomain=False)
+    if name in names:
+        raise _fail(f"{path}.name", f'duplicate container name "{name}"')
+    names.add(name)
+    _str(c, "image", path)
+    _str_list(c, "command", path)
+    _str_list(c, "args", path)
+    _str(c, "workingDir", path)
+    for ep, env in _items(c, "env", path):
+        _str(env, "name", ep, required=True)
+        if "value" in env and env["value"] is not None and not isinstance(env["value"], str):
+            raise _fail(f"{ep}.value", "a string (quote numbers and booleans in YAML)", env["value"])
+        _map(env, "valueFrom", ep)
+    port_names: set[str] = set()
+    for pp, port in _items(c, "ports", path):
+        _int(port, "containerPort", pp, lo=1, hi=65535, required=True)
+        _int(port, "hostPort", pp, lo=1, hi=65535)
+        _enum(port, "protocol", pp, ("TCP", "UDP", "SCTP"), default="TCP")
+        pname = _str(port, "name", pp)
+        if pname is not None:
+            _check_port_name(pname, f"{pp}.name")
+            if pname in port_names:
+                raise _fail(f"{pp}.name", f'duplicate port name "{pname}"')
+            port_names.add(pname)
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        _map(c, probe, path)
+    _map(c, "resources", path)
+    _map(c, "securityContext", path)
+
+
+def check_pod_spec(spec: Obj, path: str = "spec") -> None:
+    """Validate and default a Pod spec in place (also used for Deployment templates)."""
+    names: set[str] = set()
+    for cp, c in _items(spec, "containers", path, required=True, nonempty=True):
+        _check_container(c, cp, names)
+    for cp, c in _items(spec, "initContainers", path):
+        _check_container(c, cp, names)
+    _str(spec, "nodeName", path)
+    if spec.get("serviceAccountName") is None:
+        spec["serviceAccountName"] = "default"
+    else:
+        check_name(spec["serviceAccountName"], f"{path}.serviceAccountName")
+    _enum(spec, "restartPolicy", path, ("Always", "OnFailure", "Never"), default="Always")
+    _bool(spec, "hostNetwork", path)
+    _int(spec, "terminationGracePeriodSeconds", path, lo=0)
+    _str_map(spec, "nodeSelector", path)
+    _str(spec, "hostname", path)
+    _str(spec, "subdomain", path)
+
+
+def _check_pod(spec: Obj, obj: Obj) -> None:
+    check_pod_spec(spec)
+
+
+def _check_deployment(spec: Obj, obj: Obj) -> None:
+    replicas = spec.get("replicas")
+    if replicas is None:
+        spec["replicas"] = 1
+    else:
+        _int(spec, "replicas", "spec", lo=0)
+    match = _label_selector(spec, "selector", "spec", required=True)
+    if not match:
+        raise _fail("spec.selector.matchLabels", "must have at least one label")
+    template = _map(spec, "template", "spec", required=True)
+    assert template is not None
+    tmeta = _map(template, "metadata", "spec.template")
+    if tmeta is None:
+        tmeta = template["metadata"] = {}
+    _check_labels(tmeta, "spec.template.metadata")
+    _check_annotations(tmeta, "spec.template.metadata")
+    tlabels = tmeta.get("labels") or {}
+    for key, value in match.items():
+        if tlabels.get(key) != value:
+            raise _fail(
+                "spec.selector.matchLabels",
+                f'{key}={value} does not match the template labels (spec.template.metadata.labels has '
+                f"{key}={_show(tlabels.get(key))})",
+                hint="the selector must select the pods the template creates",
+            )
+    tspec = _map(template, "spec", "spec.template", required=True)
+    assert tspec is not None
+    check_pod_spec(tspec, "spec.template.spec")
+    if tspec["restartPolicy"] != "Always":
+        raise _fail("spec.template.spec.restartPolicy", "Always (the only value a Deployment allows)",
+                    tspec["restartPolicy"])
+    _map(spec, "strategy", "spec")
+    _int(spec, "minReadySeconds", "spec", lo=0)
+
+
+def _check_service(spec: Obj, obj: Obj) -> None:
+    stype = spec.get("type")
+    if stype is None:
+        spec["type"] = "ClusterIP"
+    elif stype != "ClusterIP":
+        raise _fail("spec.type", "ClusterIP", stype,
+                    hint="the local cluster supports ClusterIP services only; use port-forward to reach them")
+    cluster_ip = _str(spec, "clusterIP", "spec")
+    if cluster_ip and cluster_ip != "None":
+        _check_ip(cluster_ip, "spec.clusterIP")
+    _str_list(spec, "clusterIPs", "spec", check=lambda v, p: None if v == "None" else _check_ip(v, p))
+    _str_map(spec, "selector", "spec")
+    seen: set[str] = set()
+    for pp, port in _items(spec, "ports", "spec"):
+        number = _int(port, "port", pp, lo=1, hi=65535, required=True)
+        target = port.get("targetPort")
+        if target is None:
+            port["targetPort"] = number
+        elif isinstance(target, str):
+            _check_port_name(target, f"{pp}.targetPort")
+        else:
+            _port_number(target, f"{pp}.targetPort")
+        _enum(port, "protocol", pp, ("TCP", "UDP", "SCTP"), default="TCP")
+        _str(port, "appProtocol", pp)
+        name = _str(port, "name", pp)
+        if name:
+            check_name(name, f"{pp}.name", subdomain=False)
+            if name in seen:
+                raise _fail(f"{pp}.name", f'duplicate port name "{name}"')
+            seen.add(name)
+
+
+def _check_endpoints(spec: Obj, obj: Obj) -> None:
+    # Endpoints keep their data at the top level (subsets), written by a controller: loose checks only.
+    _items(obj, "subsets", "")
