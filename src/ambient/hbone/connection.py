@@ -436,13 +436,19 @@ class HboneConnection(asyncio.BufferedProtocol):
         frames stay in order."""
         h2fast.account_sent_data(self._h2, stream_id, len(data))
         self._flush()
-        if self._transport is not None and not self.closed:
-            self._transport.write(b"".join((h2fast.data_frame_header(stream_id, len(data)), data)))
+        if self._writable_transport():
+            frame = b"".join((h2fast.data_frame_header(stream_id, len(data)), data))
+            cast(asyncio.Transport, self._transport).write(frame)
 
     def _flush(self) -> None:
         data = self._h2.data_to_send()
-        if data and self._transport is not None and not self.closed:
-            self._transport.write(data)
+        if data and self._writable_transport():
+            cast(asyncio.Transport, self._transport).write(data)
+
+    def _writable_transport(self) -> bool:
+        # `closed` is only set in connection_lost; a transport we already closed must not be written to
+        # (Python 3.11's SSL transport drops its protocol on a second close and then fails on write).
+        return self._transport is not None and not self.closed and not self._transport.is_closing()
 
     def _ack(self, stream_id: int, n: int) -> None:
         if n <= 0 or self.closed:
@@ -516,7 +522,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         """Close gracefully (flush, TLS close_notify) but abort if the peer does not let us finish
         within CLOSE_GRACE: a dead or stalled peer must not hold the connection for the SSL shutdown
         timeout (30 s)."""
-        if self._transport is None or self.closed:
+        if self._transport is None or self.closed or self._transport.is_closing():
             return
         self._transport.close()
         transport = self._transport

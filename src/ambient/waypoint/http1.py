@@ -1,9 +1,16 @@
-"""HTTP/1.1 for the waypoint, on top of the sans-IO `h11`: the downstream server and the upstream client.
+"""HTTP/1.1 for the waypoint: the downstream server and the upstream client, on `h11` with a fast path.
 
 `serve_http1(stream, handler, limits, initial)` serves requests from one inner HBONE stream (keep-alive,
 pipelining in order, request and response bodies streamed). `Http1Upstream(stream).exchange(request, host,
 headers, writer, accept)` sends a request to a backend and streams the answer back; the connection is
 `reusable` afterwards when both sides finished cleanly (the waypoint pools such connections).
+
+Plain messages (see `h1fast`: HTTP/1.1, origin-form, Content-Length or no body, no Connection/Expect/
+Upgrade/Transfer-Encoding) are parsed and written without h11, which is most of the waypoint's CPU
+otherwise. Downstream, the first message that is not plain is handed to h11 from its first byte and h11
+serves the rest of the connection; upstream, a bodiless request is written directly and a response that
+is not plain is handed to h11 (its state advanced past the request first). h11 therefore still decides
+every malformed or unusual message, with the same answers as before.
 
 Invariants:
 - Bounded memory: h11 buffers at most `limits.max_header_bytes` of an incomplete request head (beyond it:
@@ -20,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,11 +37,12 @@ import h11
 
 from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
+from ambient.waypoint import h1fast
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.messages import Handler, Limits, Request, ResponseWriter, strip_hop_by_hop
 
 log = logging.getLogger(__name__)
-READ_CHUNK = 64 * 1024
+READ_CHUNK = h1fast.READ_CHUNK
 
 
 def _decode(headers: Any) -> list[tuple[str, str]]:
@@ -218,11 +227,73 @@ async def _drain_body(reader: _Reader, budget: int = 64 * 1024) -> None:
 
 
 async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, initial: bytes = b"") -> None:
-    """Serve HTTP/1.1 requests on `stream` until the client closes or an error closes the connection."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
-    if initial:
-        conn.receive_data(initial)
-    reader = _Reader(conn, stream, limits)
+    """Serve HTTP/1.1 requests on `stream` until the client closes or an error closes the connection.
+
+    Plain requests take the fast path (`h1fast`); the first request that is not plain, and every request
+    after it on the connection, is parsed by h11 from its first byte."""
+    fc = h1fast.FastConn(stream, limits, initial)
+    while True:
+        try:
+            head = await fc.next_head()
+        except HttpProtocolError as exc:
+            await h1fast.fast_error_response(stream, exc.status, f"bad request: {exc.message}\n", False)
+            break
+        if head is None:
+            break
+        if head is False:
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+            fc.hand_to_h11(conn)
+            await _serve_h11(conn, _Reader(conn, stream, limits), stream, handler, limits)
+            return
+        assert isinstance(head, h1fast.Head)
+        request, body = h1fast.fast_request(head, fc)
+        is_head = request.method == "HEAD"
+        writer = h1fast.FastWriter(stream, is_head, limits.idle_timeout)
+        outcome = await _run_handler(handler, request, writer,
+                                     functools.partial(h1fast.fast_error_response, stream, head=is_head))
+        if outcome is _GONE:
+            return
+        if outcome is _CLOSE:
+            break
+        if not writer.ended:
+            if not writer.started:
+                await h1fast.fast_error_response(stream, 500, "no response\n", is_head)
+            break
+        if not body.done and not await body.drain():
+            break  # unread request body: do not reuse
+    with contextlib.suppress(HboneError, OSError):
+        await stream.write_eof()
+
+
+_OK, _CLOSE, _GONE = "ok", "close", "gone"
+
+
+async def _run_handler(
+    handler: Handler, request: Request, writer: _Writer | h1fast.FastWriter,
+    error_response: Callable[[int, str], Awaitable[None]],
+) -> str:
+    """Run `handler`: `_OK`, `_CLOSE` (it failed: answer what can be answered, then close) or `_GONE` (the
+    downstream connection broke: write nothing more)."""
+    try:
+        await handler(request, writer)
+    except HttpProtocolError as exc:
+        log.info("waypoint: HTTP/1.1 exchange failed: %s", exc.message)
+        if not writer.started:
+            await error_response(exc.status, f"bad request: {exc.message}\n")
+        return _CLOSE
+    except (HboneError, OSError) as exc:  # the downstream tunnel broke under us
+        log.info("waypoint: downstream connection lost: %s", exc)
+        return _GONE
+    except Exception:
+        log.exception("waypoint: request handler failed")
+        if not writer.started:
+            await error_response(500, "internal error\n")
+        return _CLOSE
+    return _OK
+
+
+async def _serve_h11(conn: h11.Connection, reader: _Reader, stream: ByteStream, handler: Handler,
+                     limits: Limits) -> None:
     while True:
         try:
             event = await reader.next_request()
@@ -236,20 +307,11 @@ async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, init
             await _error_response(conn, stream, exc.status, f"bad request: {exc.message}\n")
             break
         writer = _Writer(conn, stream, request.method == "HEAD", limits.idle_timeout)
-        try:
-            await handler(request, writer)
-        except HttpProtocolError as exc:
-            log.info("waypoint: HTTP/1.1 exchange failed: %s", exc.message)
-            if not writer.started:
-                await _error_response(conn, stream, exc.status, f"bad request: {exc.message}\n")
-            break
-        except (HboneError, OSError) as exc:  # the downstream tunnel broke under us
-            log.info("waypoint: downstream connection lost: %s", exc)
+        outcome = await _run_handler(handler, request, writer,
+                                     lambda status, text: _error_response(conn, stream, status, text))
+        if outcome is _GONE:
             return
-        except Exception:
-            log.exception("waypoint: request handler failed")
-            if not writer.started:
-                await _error_response(conn, stream, 500, "internal error\n")
+        if outcome is _CLOSE:
             break
         if not writer.ended:
             if not writer.started:
@@ -307,16 +369,76 @@ class Http1Upstream:
             out.append(("content-length", str(request.content_length)))
         elif request.has_body:
             out.append(("transfer-encoding", "chunked"))
-        try:
-            head = conn.send(h11.Request(method=request.method, target=request.target, headers=_encode(out)))
-        except h11.LocalProtocolError as exc:
-            raise UpstreamError(f"cannot forward request: {exc}", status=400, flags="DPE") from None
+        # the fast path: a request without a body, on a connection h11 has nothing pending for
+        fast = (None if request.has_body or conn.our_state is not h11.IDLE or conn.trailing_data[0]
+                else h1fast.request_head(request.method, request.target, out))
         reader = _Reader(conn, upstream, self.limits)
         got_response = False
         status = 0
 
+        def h11_head() -> bytes:
+            try:
+                return conn.send(h11.Request(method=request.method, target=request.target,
+                                             headers=_encode(out))) or b""
+            except h11.LocalProtocolError as exc:
+                raise UpstreamError(f"cannot forward request: {exc}", status=400, flags="DPE") from None
+
+        head = h11_head() if fast is None else b""
+
+        async def fast_exchange(request_head: bytes) -> bool | None:
+            """Send the request, receive a plain response; None when the response is not plain (h11 then
+            takes it over from its first byte, with its state advanced past the request)."""
+            nonlocal status, got_response
+            await upstream.write(request_head)
+            buf = bytearray()
+            eof = False
+            max_head = self.limits.max_header_bytes
+            while (end := buf.find(b"\r\n\r\n")) < 0:
+                if buf and (eof or h1fast.not_plain_yet(buf, max_head)):
+                    break
+                if eof:
+                    raise UpstreamError("upstream closed the connection before the response was complete",
+                                        status=502, flags="UC")
+                async with asyncio.timeout(self.limits.idle_timeout):
+                    data = await upstream.read(READ_CHUNK)
+                eof = not data
+                buf += data
+            parsed = None if end < 0 or end + 4 > max_head else h1fast.parse_response_head(bytes(buf[:end]))
+            bodiless = request.method == "HEAD" or (parsed is not None and parsed.status in h1fast.NO_BODY_STATUS)
+            if parsed is None or (parsed.content_length is None and not bodiless):  # e.g. read-until-close
+                h11_head()
+                conn.send(h11.EndOfMessage())
+                conn.receive_data(bytes(buf))
+                if eof:
+                    conn.receive_data(b"")
+                return None
+            del buf[:end + 4]
+            got_response = True
+            status = parsed.status
+            if accept is not None and not accept(status):
+                return False
+            await writer.start(status, parsed.headers)
+            remaining = 0 if bodiless else parsed.content_length or 0
+            while remaining:
+                if not buf:
+                    if eof:
+                        raise UpstreamError("upstream sent malformed HTTP/1.1: peer closed connection without "
+                                            "sending complete message body", status=502, flags="UPE")
+                    async with asyncio.timeout(self.limits.idle_timeout):
+                        data = await upstream.read(READ_CHUNK)
+                    eof = not data
+                    buf += data
+                    continue
+                n = min(remaining, len(buf))
+                piece = bytes(buf[:n])
+                del buf[:n]
+                remaining -= n
+                await writer.write(piece)
+            await writer.end(None)
+            return not buf and not eof  # bytes nobody asked for: out of sync, not reusable
+
         async def pump() -> None:
-            await upstream.write(head or b"")
+            await upstream.write(head)
             while chunk := await request.body.read():
                 await upstream.write(conn.send(h11.Data(data=chunk)) or b"")
             data = conn.send(h11.EndOfMessage())
@@ -352,7 +474,13 @@ class Http1Upstream:
                                         status=502, flags="UC")
 
         try:
-            if request.has_body:
+            if fast is not None:
+                done = await fast_exchange(fast)
+                if done is not None:
+                    self.reusable = done
+                    return status
+                complete = await receive(None)
+            elif request.has_body:
                 async with asyncio.TaskGroup() as tg:
                     complete = await receive(tg.create_task(pump()))
             else:  # head and end in one write, and no body pump task
@@ -375,7 +503,8 @@ class Http1Upstream:
             raise err from None
         except* HttpProtocolError as group:  # the downstream request body broke
             raise group.exceptions[0] from None
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        # (a peer that already closed its side, e.g. after a read-until-close body, is not reusable)
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[1]:
             try:
                 conn.start_next_cycle()
                 self.reusable = True

@@ -6,9 +6,10 @@ destination and:
 - HTTP ports (appProtocol unset/HTTP/HTTP2/gRPC): answers 200 and serves HTTP on the inner stream
   (HTTP/2 when the client's first bytes are the HTTP/2 preface, HTTP/1.1 otherwise). Per request:
   normalise the path, L7 AuthorizationPolicy (deny -> 403 `RBAC: access denied`), HTTPRoute, pick an
-  endpoint of the chosen backend Service, open a NEW HBONE tunnel to `endpoint:15008` with authority
-  `endpoint:targetPort` presenting the waypoint's own certificate (plain TCP for a non-mesh endpoint),
-  forward the request as HTTP/1.1 and stream the response back; retries and timeouts per the route.
+  endpoint of the chosen backend Service, take an idle keep-alive connection to that endpoint from the
+  `UpstreamPool` or open an HBONE tunnel to `endpoint:15008` with authority `endpoint:targetPort`
+  presenting the waypoint's own certificate (plain TCP for a non-mesh endpoint), forward the request and
+  stream the response back; retries and timeouts per the route.
 - TCP ports (appProtocol tcp/tls): L4 only. Policies are evaluated without HTTP attributes (HTTP-only
   rules never allow and always deny, see l7authz); denied -> CONNECT answered 401; else bytes are piped
   to an endpoint tunnel.
@@ -17,8 +18,11 @@ destination and:
   an open relay that lends its identity to anyone.
 
 Invariants: the caller's identity comes only from the HBONE peer certificate; the source workload
-named in logs is the one at the Forwarded address only when its identity equals the certificate's. Every
-upstream tunnel is closed when its request ends. Config and state are read once per request from the
+named in logs is the one at the Forwarded address only when its identity equals the certificate's. An
+upstream connection is pooled per (endpoint workload, ip, port, protocol) only after an exchange that
+completed cleanly (never with an unfinished response, after `Connection: close`, an error, a timeout or a
+cancellation), so a reused connection always carries the waypoint's own identity to the same endpoint
+that the per-request routing and endpoint pick chose. Config and state are read once per request from the
 injected sources (no locks: they publish immutable snapshots). Randomness only from the injected RNG.
 """
 

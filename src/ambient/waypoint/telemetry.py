@@ -107,12 +107,16 @@ class RequestRecord:
         return out
 
 
+# json.dumps(str) with the default ensure_ascii is exactly this C function (without the encoder set-up)
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
 def format_request(record: RequestRecord, *, now: float | None = None) -> str:
     level = "error" if record.error else "info"
     parts = []
     for name, value, quoted in record.fields():
-        text = str(value)
-        parts.append(f"{name}={json.dumps(text)}" if quoted or " " in text or '"' in text else f"{name}={text}")
+        text = value if type(value) is str else str(value)
+        parts.append(f"{name}={_quote(text)}" if quoted or " " in text or '"' in text else f"{name}={text}")
     message = "request complete" if record.protocol != "tcp" else "connection complete"
     return f"{timestamp(now)}\t{level}\taccess\t{message}\t{' '.join(parts)}"
 
