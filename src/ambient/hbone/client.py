@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -43,6 +46,52 @@ PoolKey = tuple[str, frozenset[str], "str | None", Address]
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
+async def connect_socket(sock: socket.socket, address: tuple[str, int]) -> None:
+    """Connect a non-blocking socket to a numeric address: the syscall, then (EINPROGRESS) wait until
+    writable and read SO_ERROR; raises OSError like `loop.sock_connect`.
+
+    Not `loop.sock_connect`: uvloop resolves the address first with a type-less getaddrinfo, which misses
+    its numeric fast path and runs in libuv's thread pool, so every proxied connection paid a thread
+    round trip (and the GIL hand-offs) just to "resolve" an IP literal."""
+    err = sock.connect_ex(address)
+    if err == 0:
+        return
+    if err not in (errno.EINPROGRESS, errno.EINTR, errno.EAGAIN):
+        raise OSError(err, os.strerror(err))
+    # A connection to an address of this host (inbound delivery to the app in the pod) is usually
+    # established before connect() returns (the handshake runs in the softirq of the syscall itself):
+    # then there is nothing to wait for. getpeername fails (ENOTCONN) while SYN_SENT or after a refusal.
+    try:
+        sock.getpeername()
+        return
+    except OSError:
+        pass
+    loop = asyncio.get_running_loop()
+    fd = sock.fileno()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(fd, _wake_connected, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+def _wake_connected(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 async def tcp_dial(dst: Address, source_ip: str | None) -> socket.socket:
     """Default dialler: a plain non-blocking TCP socket (optionally bound to `source_ip`)."""
     family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
@@ -52,7 +101,10 @@ async def tcp_dial(dst: Address, source_ip: str | None) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source_ip:
             sock.bind((source_ip, 0))
-        await asyncio.get_running_loop().sock_connect(sock, dst)
+        if _is_ip(dst[0]):
+            await connect_socket(sock, dst)
+        else:  # a name: let the loop resolve it (connect_ex would block on DNS)
+            await asyncio.get_running_loop().sock_connect(sock, dst)
     except BaseException:
         sock.close()
         raise

@@ -11,9 +11,10 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
-import secrets
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, cast
 
 from hpack.struct import NeverIndexedHeaderTuple
@@ -52,16 +53,28 @@ _STATUS_TEXT = {
 }
 
 
+@lru_cache(maxsize=1024)
+def _host(ip: str) -> str:
+    """The authority's host part of an IP string (bracketed for IPv6); raises ValueError. Cached: the
+    proxy formats the same few pod addresses for every connection."""
+    addr = ipaddress.ip_address(ip)
+    return f"[{addr.compressed}]" if addr.version == 6 else addr.compressed
+
+
 def format_authority(ip: str, port: int) -> str:
     """`10.0.0.1:80` / `[fd00::1]:80`."""
-    addr = ipaddress.ip_address(ip)
+    host = _host(ip)
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
-    return f"[{addr.compressed}]:{port}" if addr.version == 6 else f"{addr.compressed}:{port}"
+    return f"{host}:{port}"
 
 
 def parse_authority(authority: str) -> tuple[str, int]:
     """Parse `<ip>:<port>` (IPv6 bracketed) into (ip, port); raise `BadConnectRequest` (400)."""
+    return _parse_authority(authority) if isinstance(authority, str) else _parse_authority_uncached(authority)
+
+
+def _parse_authority_uncached(authority: str) -> tuple[str, int]:
     if not authority or len(authority) > 64:
         raise BadConnectRequest(f"bad authority {authority!r}: expected <ip>:<port>")
     if authority.startswith("["):
@@ -83,6 +96,11 @@ def parse_authority(authority: str) -> tuple[str, int]:
     if not port_s.isdigit() or len(port_s) > 5 or not 0 < int(port_s) < 65536:
         raise BadConnectRequest(f"bad authority {authority!r}: port must be 1..65535")
     return addr.compressed, int(port_s)
+
+
+# Pure and called for every CONNECT on both sides with a handful of distinct values (pod ip:port):
+# successes are cached (a malformed authority raises and is never cached).
+_parse_authority = lru_cache(maxsize=4096)(_parse_authority_uncached)
 
 
 def make_baggage(values: Mapping[str, str | None]) -> str:
@@ -107,8 +125,10 @@ def make_forwarded(src_ip: str, src_port: int, host: str | None = None) -> str:
 
 
 def make_traceparent() -> str:
-    """W3C traceparent `00-<32 hex>-<16 hex>-00`, random per connection."""
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+    """W3C traceparent `00-<32 hex>-<16 hex>-00`, random per connection (os.urandom, as `secrets` uses;
+    one call for both ids)."""
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-00"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from h2.errors import ErrorCodes
@@ -308,7 +308,9 @@ class HboneServer:
             stream.close(ErrorCodes.REFUSED_STREAM)
             return
         self.stats.streams += 1
-        request = replace(request, local_addr=conn.local_addr, remote_addr=conn.remote_addr)
+        # (the constructor, not dataclasses.replace: this runs once per tunnel and replace() is ~10x slower)
+        request = ConnectRequest(request.authority, request.target_ip, request.target_port, request.headers,
+                                 conn.local_addr, conn.remote_addr)
         stream.request = request
         task = self._tg.create_task(self._run_stream(stream, request, conn.peer))
         self._stream_tasks.add(task)

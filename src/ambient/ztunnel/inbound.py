@@ -12,6 +12,12 @@ HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.
    10 s timeout: 503 (response_flags CONNECT);
 5. 200, then copy both ways.
 Plaintext (15006) runs the same phases without identity: failures reset the connection.
+
+Per-connection cost: phases 1-3 of HBONE are pure functions of (dialled address, client IP, authority,
+peer identity) and the state view, so their result (`_InboundPlan`, including the authorization verdict)
+is computed once per such key and view (`PodContext.memo`); a state change (policies, workloads,
+services) starts from an empty table, so a verdict is never reused across policy versions. Live
+connections are still re-checked on policy changes (`Connections.revoke`).
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import Any
 
 from ambient.authz.evaluate import ConnectionInfo, evaluate
+from ambient.authz.evaluate import Decision as AuthzDecision
 from ambient.hbone.connection import HboneStream
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, Reject
@@ -76,7 +85,7 @@ async def _deliver(
     that denies this connection later cuts it (`Connections.revoke`)."""
     tel = ctx.core.telemetry
     stats = CopyStats()
-    app = SocketEnd(upstream, str(target))
+    app = SocketEnd(upstream, entry_args["local"])  # the app address, str(target)
     revoked: list[str] = []
     me = asyncio.current_task()
 
@@ -147,38 +156,85 @@ class _UpstreamGuard:
         self.orphaned()
 
 
+@dataclass(slots=True)
+class _InboundPlan:
+    """Phases 1-3 of an HBONE CONNECT for one (dialled address, client IP, authority, peer identity) under
+    one state view: all pure, so computed once and reused by the next tunnels of that pair until the state
+    changes (see `ViewMemo`). `reject` is set when the authority check failed."""
+
+    dst_addr: str
+    src_ip: IPAddress
+    src_ip_text: str
+    reject: Reject | None = None
+    target: route.SocketAddr | None = None
+    target_text: str = ""
+    local: Workload | None = None
+    src_workload: str = ""
+    src_namespace: str = ""
+    dst_service: str = ""
+    labels: ConnectionLabels | None = None
+    authz: ConnectionInfo | None = None
+    verdict: AuthzDecision | None = None
+    workload: str = ""  # "ns/name" of the local workload, for the connection table
+
+
+def _inbound_plan(
+    ctx: PodContext, view: StateView, local_addr: tuple[Any, ...], remote_ip: str, authority: str, peer_uri: str,
+) -> _InboundPlan:
+    # 1. context
+    dialled_ip = ip_address(local_addr[0])
+    src_ip = ip_address(remote_ip)
+    plan = _InboundPlan(dst_addr=_addr(dialled_ip, local_addr[1]), src_ip=src_ip, src_ip_text=str(src_ip))
+    local = ctx.scope.local_workload(view, dialled_ip)
+    # 2. authority
+    check = route.check_inbound_authority(dialled_ip, authority, local, view,
+                                          proxy_ports=ctx.settings.ports.proxy_ports)
+    if not check.ok or check.target is None or local is None:
+        plan.reject = Reject(check.status, check.reason)
+        return plan
+    target = check.target
+    src_wl = view.workload_by_ip(src_ip)
+    plan.target, plan.target_text, plan.local = target, str(target), local
+    plan.src_workload = src_wl.name if src_wl else ""
+    plan.src_namespace = src_wl.namespace if src_wl else ""
+    plan.dst_service = _service_for(view, local, target.port)
+    svc = view.service_by_hostname(local.namespace, plan.dst_service) if plan.dst_service else None
+    plan.labels = labels_for("destination", src_wl, peer_uri, local, local.identity, svc, True)
+    # 3. authorization: identity from the certificate only
+    plan.authz = ConnectionInfo(src_ip, target.ip, target.port, peer_uri)
+    plan.verdict = evaluate(plan.authz, local, view)
+    plan.workload = f"{local.namespace}/{local.name}"
+    return plan
+
+
 def hbone_handler(ctx: PodContext) -> HboneHandler:
     core, tel = ctx.core, ctx.core.telemetry
-    proxy_ports = ctx.settings.ports.proxy_ports
 
     async def handle(request: ConnectRequest, peer: PeerIdentity) -> Decision:
-        # 1. context
+        # 1.-3. context, authority, authorization: pure, once per pair and state version
         local_addr = request.local_addr or ("0.0.0.0", 0)
         remote_addr = request.remote_addr or ("0.0.0.0", 0)
-        dialled_ip = ip_address(local_addr[0])
-        src_ip = ip_address(remote_addr[0])
-        dst_addr = _addr(dialled_ip, local_addr[1])
-        src_addr = _addr(src_ip, remote_addr[1])
         view = core.view()
-        local = ctx.scope.local_workload(view, dialled_ip)
-        # 2. authority
-        check = route.check_inbound_authority(dialled_ip, request.authority, local, view, proxy_ports=proxy_ports)
-        if not check.ok or check.target is None or local is None:
-            tel.access.failed(src_addr=src_addr, dst_addr=dst_addr, direction="inbound", error=check.reason)
-            return Reject(check.status, check.reason)
-        target = check.target
-        src_wl = view.workload_by_ip(src_ip)
+        table = ctx.memo.table(view)
+        key = ("hbone", local_addr[0], local_addr[1], remote_addr[0], request.authority, peer.uri)
+        plan: _InboundPlan | None = table.get(key)
+        if plan is None:
+            plan = table[key] = _inbound_plan(ctx, view, local_addr, remote_addr[0], request.authority, peer.uri)
+        src_addr = _addr(plan.src_ip_text, remote_addr[1])
+        if plan.reject is not None:
+            tel.access.failed(src_addr=src_addr, dst_addr=plan.dst_addr, direction="inbound",
+                              error=plan.reject.reason)
+            return plan.reject
+        target, local, labels, authz, verdict = plan.target, plan.local, plan.labels, plan.authz, plan.verdict
+        assert target is not None and local is not None and labels is not None
+        assert authz is not None and verdict is not None
+        src_ip = plan.src_ip
         record = ConnectionRecord(
             direction="inbound", src_addr=src_addr, src_identity=peer.uri,
-            src_workload=src_wl.name if src_wl else "", src_namespace=src_wl.namespace if src_wl else "",
-            dst_addr=dst_addr, dst_hbone_addr=str(target), dst_service=_service_for(view, local, target.port),
+            src_workload=plan.src_workload, src_namespace=plan.src_namespace,
+            dst_addr=plan.dst_addr, dst_hbone_addr=plan.target_text, dst_service=plan.dst_service,
             dst_workload=local.name, dst_namespace=local.namespace, dst_identity=local.identity,
         )
-        svc = view.service_by_hostname(local.namespace, record.dst_service) if record.dst_service else None
-        labels = labels_for("destination", src_wl, peer.uri, local, local.identity, svc, True)
-        # 3. authorization: identity from the certificate only
-        authz = ConnectionInfo(src_ip, target.ip, target.port, peer.uri)
-        verdict = evaluate(authz, local, view)
         if verdict.denied:
             labels = labels.with_flags("DENY")
             tel.opened(labels)
@@ -199,8 +255,9 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
             tel.finish(record, labels, CopyStats())
             raise
         entry_args = {
-            "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
-            "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "HBONE",
+            "workload": plan.workload, "pod_uid": ctx.scope.uid, "direction": "inbound",
+            "local": record.dst_hbone_addr, "remote": src_addr, "remote_target": record.dst_hbone_addr,
+            "protocol": "HBONE",
         }
 
         def orphaned() -> None:

@@ -9,18 +9,26 @@ Phases:
 
 Invariant: on any failure the app's connection is RESET (SO_LINGER 0) and one access-log line says why;
 the app never waits on a silent connection.
+
+Per-connection cost: phase 2 and everything it implies (access-log fields, metric labels, baggage, the
+HBONE target and expected identities) is a `_Plan` computed once per (source workload, original
+destination) and state view (`PodContext.memo`, emptied by any state change). A decision that drew a
+random endpoint (a Service with several usable endpoints) is never reused: each connection decides anew.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
+from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import ip_address
 
 from ambient.hbone import protocol as hproto
 from ambient.hbone.errors import HboneError
-from ambient.state.model import Service, Workload, WorkloadType
+from ambient.state.model import IPAddress, Service, Workload, WorkloadType
 from ambient.ztunnel import route
 from ambient.ztunnel import sockets as so
 from ambient.ztunnel.accesslog import ConnectionRecord
@@ -35,6 +43,7 @@ from ambient.ztunnel.copy import (
     reset_socket,
 )
 from ambient.ztunnel.errors import UpstreamError
+from ambient.ztunnel.metrics import ConnectionLabels
 from ambient.ztunnel.proxy import PodContext
 from ambient.ztunnel.telemetry import labels_for
 
@@ -63,6 +72,92 @@ def baggage_for(src: Workload, cluster: str) -> dict[str, str | None]:
     }
 
 
+class _TrackingRandom(random.Random):
+    """The routing decisions' randomness, noting whether a decision drew from it: one that did not (a
+    workload address, a Service with a single usable endpoint) is a pure function of (source,
+    destination, state) and is reused for the next connections of that pair under the same state."""
+
+    used = False
+
+    def random(self) -> float:
+        self.used = True
+        return super().random()
+
+    def getrandbits(self, k: int, /) -> int:
+        self.used = True
+        return super().getrandbits(k)
+
+
+_RNG = _TrackingRandom()
+
+
+@lru_cache(maxsize=1024)
+def _client_ip(text: str) -> tuple[IPAddress, str]:
+    """A peer address string -> (the address, its canonical text): clients are a handful of pod IPs."""
+    ip = ip_address(text)
+    return ip, str(ip)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a routing decision implies for every connection of one (source, destination) under one state
+    view: the access-log fields, the metric labels and the HBONE request parts."""
+
+    decision: route.Route
+    mtls: bool
+    labels: ConnectionLabels
+    workload: str  # "ns/name" of the source, for the connection table
+    src_identity: str
+    dst_addr: str
+    dst_hbone_addr: str = ""
+    dst_service: str = ""
+    dst_workload: str = ""
+    dst_namespace: str = ""
+    dst_identity: str = ""
+    baggage: str = ""
+    hbone_dst: tuple[str, int] = ("", 0)
+    expected: tuple[str, ...] = ()
+    authority: str = ""
+
+
+def _plan(source: Workload, decision: route.Route, cluster_id: str) -> _Plan:
+    service: Service | None = None
+    dst_wl: Workload | None = None
+    dst_hbone_addr = dst_identity = ""
+    if isinstance(decision, route.Hbone):
+        service, dst_wl = decision.service, decision.workload
+        dst_addr, dst_hbone_addr = str(decision.address), str(decision.authority)
+        dst_identity = dst_wl.identity
+    elif isinstance(decision, route.ViaWaypoint):
+        service, dst_wl = decision.service, decision.destination
+        dst_addr, dst_hbone_addr = str(decision.address), str(decision.authority)
+        dst_identity = decision.waypoint.identity
+    elif isinstance(decision, route.Direct):
+        service, dst_wl = decision.service, decision.workload
+        dst_addr = str(decision.address)
+    else:
+        assert isinstance(decision, route.Passthrough)
+        dst_addr = str(decision.address)
+    if dst_wl is not None and not dst_identity and dst_wl.in_mesh:
+        dst_identity = dst_wl.identity
+    src_identity = source.identity
+    mtls = isinstance(decision, (route.Hbone, route.ViaWaypoint))
+    plan = _Plan(
+        decision=decision, mtls=mtls,
+        labels=labels_for("source", source, src_identity, dst_wl, dst_identity, service, mtls),
+        workload=f"{source.namespace}/{source.name}", src_identity=src_identity, dst_addr=dst_addr,
+        dst_hbone_addr=dst_hbone_addr, dst_service=service.hostname if service is not None else "",
+        dst_workload=dst_wl.name if dst_wl is not None else "",
+        dst_namespace=dst_wl.namespace if dst_wl is not None else "", dst_identity=dst_identity,
+    )
+    if isinstance(decision, (route.Hbone, route.ViaWaypoint)):
+        plan.baggage = hproto.make_baggage(baggage_for(source, cluster_id))
+        plan.hbone_dst = (str(decision.address.ip), decision.address.port)
+        plan.expected = decision.expected_identities
+        plan.authority = dst_hbone_addr
+    return plan
+
+
 async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
     core, tel = ctx.core, ctx.core.telemetry
     peer = client.getpeername()
@@ -73,24 +168,40 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
         tel.access.failed(src_addr=src_addr, dst_addr="", direction="outbound", error=exc.message)
         reset_socket(client)
         return
-    dst_ip = ip_address(dst_ip_s)
-    client_ip = ip_address(peer[0])
-    dst_addr = _addr(dst_ip, dst_port)
+    client_ip, client_ip_s = _client_ip(peer[0])
     local = client.getsockname()
     if (dst_ip_s, dst_port) == (local[0], local[1]):
         # Not redirected (someone dialled the proxy port itself): forwarding would loop back to us.
-        tel.access.failed(src_addr=src_addr, dst_addr=dst_addr, direction="outbound",
+        tel.access.failed(src_addr=src_addr, dst_addr=_addr(dst_ip_s, dst_port), direction="outbound",
                           error=f"connection to the proxy's own port {dst_port} refused (not redirected / loop)")
         reset_socket(client)
         return
 
     # 1. context: fail closed on an unknown source, after a short wait for config.
-    source = await core.wait_for_workload(lambda v: ctx.scope.source_workload(v, client_ip))
+    scope = ctx.scope
+    source = scope.source_workload(core.view(), client_ip)
+    if source is None:
+        source = await core.wait_for_workload(lambda v: scope.source_workload(v, client_ip))
     view = core.view()
-    # 2. decide (pure).
-    decision = route.decide_outbound(source, dst_ip, dst_port, view)
-    if isinstance(decision, route.Reject):
-        tel.access.failed(src_addr=src_addr, dst_addr=dst_addr, direction="outbound", error=decision.reason)
+    # 2. decide (pure): once per (source, destination) and state version unless the decision drew a
+    # random endpoint.
+    plan: _Plan | route.Reject | None = None
+    table = ctx.memo.table(view) if source is not None else None
+    key = (id(source), dst_ip_s, dst_port)
+    if table is not None and (hit := table.get(key)) is not None:
+        plan = hit[1]
+    if plan is None:
+        _RNG.used = False
+        decision = route.decide_outbound(source, ip_address(dst_ip_s), dst_port, view, _RNG)
+        if isinstance(decision, route.Reject) or source is None:
+            plan = decision if isinstance(decision, route.Reject) else route.Reject("unknown source")
+        else:
+            plan = _plan(source, decision, ctx.settings.cluster_id)
+        if table is not None and not _RNG.used:
+            table[key] = (source, plan)  # holding `source` keeps its id unique while cached
+    if isinstance(plan, route.Reject):
+        tel.access.failed(src_addr=src_addr, dst_addr=_addr(dst_ip_s, dst_port), direction="outbound",
+                          error=plan.reason)
         reset_socket(client)
         return
     assert source is not None
@@ -99,36 +210,21 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
         src_addr=src_addr,
         src_workload=source.name,
         src_namespace=source.namespace,
-        src_identity=source.identity,
+        src_identity=plan.src_identity,
+        dst_addr=plan.dst_addr,
+        dst_hbone_addr=plan.dst_hbone_addr,
+        dst_service=plan.dst_service,
+        dst_workload=plan.dst_workload,
+        dst_namespace=plan.dst_namespace,
+        dst_identity=plan.dst_identity,
     )
-    service: Service | None = None
-    dst_wl: Workload | None = None
-    mtls = isinstance(decision, (route.Hbone, route.ViaWaypoint))
-    if isinstance(decision, route.Hbone):
-        service, dst_wl = decision.service, decision.workload
-        record.dst_addr, record.dst_hbone_addr = str(decision.address), str(decision.authority)
-        record.dst_identity = dst_wl.identity
-    elif isinstance(decision, route.ViaWaypoint):
-        service, dst_wl = decision.service, decision.destination
-        record.dst_addr, record.dst_hbone_addr = str(decision.address), str(decision.authority)
-        record.dst_identity = decision.waypoint.identity
-    elif isinstance(decision, route.Direct):
-        service, dst_wl = decision.service, decision.workload
-        record.dst_addr = str(decision.address)
-    else:
-        record.dst_addr = str(decision.address)
-    if service is not None:
-        record.dst_service = service.hostname
-    if dst_wl is not None:
-        record.dst_workload, record.dst_namespace = dst_wl.name, dst_wl.namespace
-        if not record.dst_identity and dst_wl.in_mesh:
-            record.dst_identity = dst_wl.identity
-    labels = labels_for("source", source, source.identity, dst_wl, record.dst_identity, service, mtls)
+    labels = plan.labels
+    mtls = plan.mtls
     tel.opened(labels)
     stats = CopyStats()
     entry = tel.connections.open(
-        workload=f"{source.namespace}/{source.name}", pod_uid=ctx.scope.uid, direction="outbound",
-        local=src_addr, remote=record.dst_addr, remote_target=record.dst_hbone_addr or record.dst_addr,
+        workload=plan.workload, pod_uid=scope.uid, direction="outbound",
+        local=src_addr, remote=plan.dst_addr, remote_target=plan.dst_hbone_addr or plan.dst_addr,
         protocol="HBONE" if mtls else "TCP", stats=stats,
     )
     app = SocketEnd(client, src_addr)
@@ -137,25 +233,25 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
     try:
         # 3. do.
         try:
-            if isinstance(decision, (route.Hbone, route.ViaWaypoint)):
-                bundle = await core.certs.fetch(source.identity)
+            if mtls:
+                bundle = await core.certs.fetch(plan.src_identity)
                 headers = {
-                    "baggage": hproto.make_baggage(baggage_for(source, ctx.settings.cluster_id)),
-                    "forwarded": hproto.make_forwarded(str(client_ip), peer[1], record.dst_service or None),
+                    "baggage": plan.baggage,
+                    "forwarded": hproto.make_forwarded(client_ip_s, peer[1], plan.dst_service or None),
                 }
                 stream = await core.hbone.connect(
                     bundle,
-                    (str(decision.address.ip), decision.address.port),
-                    decision.expected_identities,
-                    str(decision.authority),
+                    plan.hbone_dst,
+                    plan.expected,
+                    plan.authority,
                     headers,
-                    source_ip=str(client_ip) if ctx.scope.bind_source else None,
+                    source_ip=client_ip_s if scope.bind_source else None,
                     dialer=ctx.hbone_dialer,
                 )
-                upstream = HboneEnd(stream, record.dst_addr)
+                upstream = HboneEnd(stream, plan.dst_addr)
             else:
-                addr = decision.address
-                upstream = SocketEnd(await ctx.dial(addr.ip, addr.port), record.dst_addr)
+                addr = plan.decision.address  # type: ignore[union-attr]
+                upstream = SocketEnd(await ctx.dial(addr.ip, addr.port), plan.dst_addr)
         except (HboneError, UpstreamError) as exc:
             error = exc
             record.error = exc.message

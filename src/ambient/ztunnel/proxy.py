@@ -11,6 +11,8 @@ Pieces:
   sockets live in the pod; shared: the current netns.
 - `WorkloadProxy.run()`: creates the listeners (SO_REUSEPORT, SO_MARK), serves until its `Drain`
   starts, then drains (listeners closed at once, connections until the deadline).
+- `ViewMemo` (`PodContext.memo`): the handlers' per-state-version caches of pure per-connection work.
+- `connect_socket` (hbone.client): the proxy's own connects, without uvloop's thread-pool "resolution".
 
 Invariants: every connection task belongs to the proxy's TaskGroup and is watched by its Drain; listener
 closing first accepts what is already queued (so a handoff to a second proxy loses no connection), then
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Protocol, TypeVar
 
-from ambient.hbone.client import HboneClient
+from ambient.hbone.client import HboneClient, connect_socket
 from ambient.hbone.server import HboneServer
 from ambient.identity.certs import CertBundle
 from ambient.inpod.netns import in_netns
@@ -225,6 +227,33 @@ def _family(ip: IPAddress) -> int:
 # -------------------------------------------------------------------------------------------- context
 
 
+class ViewMemo:
+    """Per-connection work that is a pure function of (state view, a small key) — the routing decision,
+    the access-log fields and metric labels it implies, the inbound authority check and the authorization
+    verdict — computed once per key and state version instead of once per connection.
+
+    Invariant: a table only ever holds results computed from the view it belongs to. `table(view)` hands
+    out a fresh, empty table as soon as the current view is another object (every state change publishes a
+    new immutable `StateView`), so no decision survives a policy, workload or service change. Values keep
+    the objects their key names by `id()` alive (an id is never reused while its entry exists). Bounded:
+    a full table is emptied (keys are workload pairs, not connections, so this is rare)."""
+
+    __slots__ = ("_table", "_view", "limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._view: object | None = None
+        self._table: dict[Any, Any] = {}
+        self.limit = limit
+
+    def table(self, view: object) -> dict[Any, Any]:
+        if view is not self._view:
+            self._view = view
+            self._table = {}
+        elif len(self._table) >= self.limit:
+            self._table.clear()
+        return self._table
+
+
 @dataclass
 class PodContext:
     """What a connection handler gets: shared components + the local scope + the socket home."""
@@ -232,6 +261,8 @@ class PodContext:
     core: ProxyCore
     scope: Scope
     sockets: SocketFactory
+    # handlers' per-state-version caches (one per pod: results depend on the pod's scope)
+    memo: ViewMemo = field(default_factory=ViewMemo)
 
     @property
     def settings(self) -> Settings:
@@ -259,7 +290,7 @@ class PodContext:
             raise
         try:
             async with asyncio.timeout(self.settings.upstream_connect_timeout):
-                await asyncio.get_running_loop().sock_connect(sock, (str(ip), port))
+                await connect_socket(sock, (str(ip), port))
         except TimeoutError:
             sock.close()
             raise UpstreamError(
