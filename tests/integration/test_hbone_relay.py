@@ -46,6 +46,10 @@ class _Transport:
     def write(self, data: bytes) -> None:
         self.out += data
 
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.out += chunk
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1) if name in ("sockname", "peername") else default
 

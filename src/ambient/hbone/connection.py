@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 
 WRITE_HIGH_WATER = 2 * 1024 * 1024
+BULK_FRAME = 64 * 1024  # DATA frames at least this big are written out at once, not corked
 CLOSE_GRACE = 1.0
 _SC = h2.settings.SettingCodes
 
@@ -158,6 +159,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._rbuf = bytearray(READ_BUFFER_MIN)
         self._rview = memoryview(self._rbuf)
         self._abuse = {kind: _RateWindow(limit) for kind, limit in ABUSE_LIMITS.items()}
+        self._out: list[bytes] = []  # corked output (see `_queue`)
+        self._out_handle: asyncio.Handle | None = None
         self._fast_left = 0  # payload bytes still to come of the DATA frame the fast path is reading
         self._fast_stream: HboneStream | None = None
 
@@ -341,6 +344,7 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._out.clear()
         self.accepting = False
         if self._ping_handle is not None:
             self._ping_handle.cancel()
@@ -431,19 +435,42 @@ class HboneConnection(asyncio.BufferedProtocol):
 
         h2's `send_data` copies the payload five times (memoryview -> bytes, body join, header join,
         send buffer, `data_to_send`): for bulk tunnels that was the largest user-space cost. This does h2's
-        bookkeeping (`h2fast.account_sent_data`) exactly as `H2Connection.send_data` does, then writes
-        header + payload in one copy. Whatever h2 already queued is flushed first, so
-        frames stay in order."""
+        bookkeeping (`h2fast.account_sent_data`) exactly as `H2Connection.send_data` does, then queues
+        header + payload in one copy (the caller may reuse its buffer at once). Whatever h2 already queued
+        goes first, so frames stay in order. A bulk frame is written out at once (the transport's
+        pause_writing then comes before the caller reads more)."""
         h2fast.account_sent_data(self._h2, stream_id, len(data))
         self._flush()
-        if self._writable_transport():
-            frame = b"".join((h2fast.data_frame_header(stream_id, len(data)), data))
-            cast(asyncio.Transport, self._transport).write(frame)
+        self._queue(b"".join((h2fast.data_frame_header(stream_id, len(data)), data)))
+        if len(data) >= BULK_FRAME:
+            self._write_out()
 
     def _flush(self) -> None:
         data = self._h2.data_to_send()
-        if data and self._writable_transport():
-            cast(asyncio.Transport, self._transport).write(data)
+        if data:
+            self._queue(data)
+
+    # Output is corked for one event-loop pass: every frame written while handling one round of events
+    # (HEADERS, DATA, END_STREAM, WINDOW_UPDATE of the many streams a pooled connection carries) leaves in
+    # one `writelines` (TLS records for all of them, one send() syscall) instead of one syscall each.
+    def _queue(self, data: bytes) -> None:
+        if not self._writable_transport():
+            return
+        self._out.append(data)
+        if self._out_handle is None:
+            self._out_handle = self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        if self._out_handle is not None:
+            self._out_handle.cancel()
+            self._out_handle = None
+        out, self._out = self._out, []
+        if out and self._writable_transport():
+            transport = cast(asyncio.Transport, self._transport)
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
 
     def _writable_transport(self) -> bool:
         # `closed` is only set in connection_lost; a transport we already closed must not be written to
@@ -524,6 +551,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         timeout (30 s)."""
         if self._transport is None or self.closed or self._transport.is_closing():
             return
+        self._write_out()  # what is corked (a GOAWAY, a last frame) goes before close_notify
         self._transport.close()
         transport = self._transport
         self._loop.call_later(CLOSE_GRACE, lambda: None if self.closed else transport.abort())
@@ -543,6 +571,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._close_transport()
 
     def abort(self) -> None:
+        self._out.clear()
         if self._transport is not None:
             self._transport.abort()
 
