@@ -53,6 +53,32 @@ def reset_socket(sock: socket.socket) -> None:
     sock.close()
 
 
+REFUSE_GRACE = 0.05
+
+
+async def refuse(sock: socket.socket, grace: float = REFUSE_GRACE) -> None:
+    """Reset a client connection the mesh refuses (policy denial, upstream failure), but not before the
+    client has sent something or `grace` has passed. The app's connect() completed when the proxy
+    accepted; a client that is still checking that result when the RST lands reads it as "could not
+    connect" (curl exit 7) instead of the refusal it is ("connection reset", exit 56). Client-first
+    protocols send at once, so this costs nothing; server-first clients wait at most `grace`."""
+    loop = asyncio.get_running_loop()
+    fd = sock.fileno()
+    heard: asyncio.Future[None] = loop.create_future()
+    try:
+        loop.add_reader(fd, _wake, heard)
+        try:
+            async with asyncio.timeout(grace):
+                await heard
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(fd)
+    finally:
+        reset_socket(sock)
+
+
 class SocketEnd:
     """A non-blocking TCP socket. Reads and writes try the syscall first and wait for readiness only when
     it would block: one syscall per chunk in the common case, on any event loop (uvloop's `sock_*`

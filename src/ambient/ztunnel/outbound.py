@@ -40,6 +40,7 @@ from ambient.ztunnel.copy import (
     SocketEnd,
     copy_bidirectional,
     finish,
+    refuse,
     reset_socket,
 )
 from ambient.ztunnel.errors import UpstreamError
@@ -256,7 +257,7 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
             error = exc
             record.error = exc.message
             labels = labels.with_flags("CONNECT")
-            reset_socket(client)
+            await refuse(client)
             return
         try:
             error = await copy_bidirectional(app, upstream, stats)

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from ambient.ztunnel.copy import INITIAL_BUFFER, MAX_BUFFER, CopyStats, SocketEnd, copy_bidirectional, finish
+from ambient.ztunnel.copy import INITIAL_BUFFER, MAX_BUFFER, CopyStats, SocketEnd, copy_bidirectional, finish, refuse
 from ambient.ztunnel.drain import Drain
 
 
@@ -126,5 +126,31 @@ async def test_copy_reports_a_reset_and_resets_the_other_side() -> None:
     app_peer.settimeout(2)
     with pytest.raises(ConnectionResetError):
         while app_peer.recv(100):
+            pass
+    app_peer.close()
+
+
+async def test_refuse_resets_once_the_client_spoke_or_after_the_grace() -> None:
+    loop = asyncio.get_running_loop()
+    # A client that sends at once (curl): reset as soon as its bytes arrive, not after the grace.
+    app_peer, app = _tcp_pair()
+    started = loop.time()
+    refusing = asyncio.create_task(refuse(app, grace=5.0))
+    await asyncio.sleep(0.1)
+    assert not refusing.done()  # nothing heard yet: the client may still be checking its connect()
+    await loop.sock_sendall(app_peer, b"GET / HTTP/1.1\r\n\r\n")
+    await asyncio.wait_for(refusing, 2)
+    assert loop.time() - started < 2
+    with pytest.raises(ConnectionResetError):
+        while await loop.sock_recv(app_peer, 100):
+            pass
+    app_peer.close()
+    # A silent client (server-first protocol): reset after the grace.
+    app_peer, app = _tcp_pair()
+    started = loop.time()
+    await asyncio.wait_for(refuse(app, grace=0.2), 2)
+    assert 0.15 <= loop.time() - started < 1.5
+    with pytest.raises(ConnectionResetError):
+        while await loop.sock_recv(app_peer, 100):
             pass
     app_peer.close()
