@@ -77,6 +77,27 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+LAST_APPLIED = "ambient.io/last-applied"
+
+
+def _applied_record(obj: Obj) -> str:
+    """What an apply remembers (annotation LAST_APPLIED): the label and annotation keys its manifest set,
+    so the next apply can remove the ones its manifest dropped. Compact, deterministic JSON."""
+    meta = obj.get("metadata") or {}
+    keys = {f: sorted(k for k in (meta.get(f) or {}) if k != LAST_APPLIED) for f in ("labels", "annotations")}
+    return json.dumps(keys, sort_keys=True, separators=(",", ":"))
+
+
+def _previously_applied(meta: Obj) -> dict[str, set[str]]:
+    """Keys the last apply set; none for an object never applied (or a record that does not parse)."""
+    raw = (meta.get("annotations") or {}).get(LAST_APPLIED)
+    try:
+        record = json.loads(raw) if isinstance(raw, str) else {}
+        return {f: {str(k) for k in record.get(f, [])} for f in ("labels", "annotations")}
+    except (ValueError, AttributeError, TypeError):
+        return {"labels": set(), "annotations": set()}
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: dicts merge recursively, null deletes a key, anything else replaces."""
     if not isinstance(patch, dict):
@@ -396,20 +417,28 @@ class Store:
     def _apply(self, tx: _Tx, obj: Obj) -> tuple[Obj, str]:
         info, valid = self._checked(obj)
         ns, name = self._key(info, valid)
+        applied = _applied_record(valid)
         current = self._load(tx.db, info, ns, name)
         if current is None:
+            valid["metadata"].setdefault("annotations", {})[LAST_APPLIED] = applied
             return self._create(tx, valid, info), "created"
         # Declarative update: the manifest owns everything but status and server-owned metadata. Labels and
-        # annotations merge over the existing ones, so keys added by controllers or `ambient label`
-        # survive a re-apply (remove a key with `ambient label KIND NAME key-`).
+        # annotations are a three-way merge, like kubectl's client-side apply: keys the previous apply set
+        # and this manifest no longer has are removed; keys added by others (controllers, `ambient label`)
+        # survive; the manifest's own values win.
         new: Obj = {k: v for k, v in valid.items() if k not in ("metadata", "status")}
         meta = copy.deepcopy(current["metadata"])
+        previous = _previously_applied(meta)
+        for field in ("labels", "annotations"):
+            wanted = valid["metadata"].get(field) or {}
+            kept = {k: v for k, v in (meta.get(field) or {}).items() if k not in previous[field] or k in wanted}
+            merged = {**kept, **wanted}
+            if field == "annotations":
+                merged[LAST_APPLIED] = applied
+            if merged or field in meta:
+                meta[field] = merged
         for field, value in valid["metadata"].items():
-            if field in ("labels", "annotations") and isinstance(value, dict):
-                merged = {**(meta.get(field) or {}), **value}
-                if merged or field in meta:
-                    meta[field] = merged
-            elif field not in ("uid", "creationTimestamp", "resourceVersion", "generation"):
+            if field not in ("labels", "annotations", "uid", "creationTimestamp", "resourceVersion", "generation"):
                 meta[field] = value
         new["metadata"] = meta
         if "status" in current:

@@ -101,7 +101,10 @@ def apply(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only validate and print what would be applied.")]
     = False,
 ) -> None:
-    """Create or update objects from manifests (YAML or JSON; one request for all of them)."""
+    """Create or update objects from manifests (YAML or JSON; one request for all of them).
+
+    Like kubectl apply: labels and annotations that the previous apply set and the manifest no longer has
+    are removed; those added by controllers or `ambient label` are kept."""
     from ambient.cli.printers import display_name
 
     if not filename:

@@ -21,7 +21,7 @@ from ambient.api.errors import (
     ValidationError,
 )
 from ambient.api.kinds import KINDS
-from ambient.api.store import Store, merge_patch
+from ambient.api.store import LAST_APPLIED, Store, merge_patch
 
 Obj = dict[str, Any]
 _CONTAINERS = [{"name": "app", "image": "busybox"}]
@@ -240,6 +240,28 @@ def test_apply_created_configured_unchanged_and_label_merge(store: Store) -> Non
     assert new["metadata"]["labels"] == {"app": "web", "added-by": "controller"}
     assert new["status"] == {"phase": "Running"} and new["metadata"]["generation"] == 2
     assert new["metadata"]["uid"] == obj["metadata"]["uid"]
+
+
+def test_apply_removes_what_the_previous_apply_set_and_the_manifest_dropped(store: Store) -> None:
+    """kubectl's three-way merge for labels and annotations: a key the last apply set and the manifest no
+    longer has is removed (un-enrolling by editing a manifest works); keys added by others survive."""
+    first = pod("web", labels={"app": "web", "istio.io/dataplane-mode": "ambient"})
+    first["metadata"]["annotations"] = {"team": "a"}
+    store.apply(first)
+    store.patch("po", "web", None, {"metadata": {"labels": {"added-by": "controller"},
+                                                 "annotations": {"note": "kept"}}})
+    second = pod("web", labels={"app": "web"})
+    out, action = store.apply(second)
+    assert action == "configured"
+    assert out["metadata"]["labels"] == {"app": "web", "added-by": "controller"}
+    annotations = dict(out["metadata"]["annotations"])
+    assert annotations.pop(LAST_APPLIED) == '{"annotations":[],"labels":["app"]}'
+    assert annotations == {"note": "kept"}
+    assert store.apply(second)[1] == "unchanged"
+    # An object never applied (created, or made by a controller) has no record: apply only adds.
+    store.create(pod("made", labels={"owner": "controller"}))
+    out, _ = store.apply(pod("made", labels={"app": "made"}))
+    assert out["metadata"]["labels"] == {"owner": "controller", "app": "made"}
 
 
 def test_apply_many_is_all_or_nothing_and_names_the_item(store: Store) -> None:
