@@ -44,7 +44,7 @@ from ambient.controlplane.ca_server import (
     issue_server_cert,
 )
 from ambient.controlplane.errors import CaRefusedError
-from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex, status_condition_fields
+from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex
 from ambient.controlplane.pod_tokens import LocalAuthenticator, PodTokenAuthenticator, is_pod_token
 from ambient.controlplane.source import ApiObjectSource, ObjectSource, reflect
 from ambient.controlplane.xds_server import ResourceCache, XdsServer
@@ -203,14 +203,14 @@ class ControlPlane:
         self._status_writer = status_writer
 
     async def _status_loop(self) -> None:
-        """Write each AuthorizationPolicy's `ZtunnelAccepted` condition back (narrowing, not enforced)."""
+        """Write the `ZtunnelAccepted` condition of each AuthorizationPolicy (narrowed, not enforced) and
+        PeerAuthentication (DISABLE acts as PERMISSIVE) back to the object's status."""
         assert self._status_writer is not None
         while True:
             await asyncio.sleep(0.2)
             pending, self.index.status_pending = self.index.status_pending, {}
-            for (ns, name), result in pending.items():
-                status, reason, message = status_condition_fields(result)
-                obj = self.index.get("AuthorizationPolicy", ns, name)
+            for (kind, ns, name), (status, reason, message) in pending.items():
+                obj = self.index.get(kind, ns, name)
                 condition = {
                     "type": STATUS_CONDITION,
                     "status": status,
@@ -220,9 +220,9 @@ class ControlPlane:
                     "observedGeneration": ((obj or {}).get("metadata") or {}).get("generation"),
                 }
                 try:
-                    await self._status_writer("AuthorizationPolicy", ns, name, {"status": {"conditions": [condition]}})
+                    await self._status_writer(kind, ns, name, {"status": {"conditions": [condition]}})
                 except AmbientError as exc:  # deleted meanwhile, API restarting: the next change retries
-                    log.info("could not write status of AuthorizationPolicy %s/%s: %s", ns, name, exc)
+                    log.info("could not write status of %s %s/%s: %s", kind, ns, name, exc)
 
     @property
     def root_cert_path(self) -> Path:

@@ -63,7 +63,8 @@ class MeshIndex:
         self.authorizations: dict[str, sec.Authorization] = {}
         self.policy_status: dict[tuple[str, str], str | None] = {}  # AP (ns, name) -> status message
         # AP (ns, name) -> translation whose status condition differs from the object's: to be written back
-        self.status_pending: dict[tuple[str, str], tr.PolicyTranslation] = {}
+        # (kind, namespace, name) -> (status, reason, message) of the ZtunnelAccepted condition to write
+        self.status_pending: dict[tuple[str, str, str], tuple[str, str, str]] = {}
         self._dirty_pods: set[tuple[str, str]] = set()
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_policies: set[tuple[str, str]] = set()
@@ -204,11 +205,12 @@ class MeshIndex:
                     log.warning("AuthorizationPolicy %s: %s", key, result.message)
                 self.policy_status[(ns, name)] = result.message
                 ours = result.authorization is not None or result.message is not None  # else a waypoint's
-                if ours and _written_condition(obj) != status_condition_fields(result):
-                    self.status_pending[(ns, name)] = result
+                fields = status_condition_fields(result)
+                if ours and _written_condition(obj) != fields:
+                    self.status_pending[("AuthorizationPolicy", ns, name)] = fields
             else:
                 self.policy_status.pop((ns, name), None)
-                self.status_pending.pop((ns, name), None)
+                self.status_pending.pop(("AuthorizationPolicy", ns, name), None)
             self._set_auth(delta, key, result.authorization)
         if self._dirty_pa:
             self._flush_peer_authentications(delta)
@@ -253,6 +255,9 @@ class MeshIndex:
                 warned[f"{ns}/{name}"] = warning
                 if self._pa_warned.get(f"{ns}/{name}") != warning:
                     log.warning("PeerAuthentication %s/%s: %s", ns, name, warning)
+            fields = ("False", "UnsupportedValue", warning) if warning else ACCEPTED
+            if _written_condition(pa) != fields:
+                self.status_pending[("PeerAuthentication", ns, name)] = fields
             related = [p for p in pas if _ns_name(p)[0] in (ns, root)]
             conv = tr.converted_peer_authentication(pa, tr.parent_strict(ns, related, root), root)
             if conv is not None:
@@ -288,13 +293,16 @@ class MeshIndex:
 STATUS_CONDITION = "ZtunnelAccepted"
 
 
+ACCEPTED = ("True", "Accepted", "enforced by the node proxies as written")
+
+
 def status_condition_fields(result: tr.PolicyTranslation) -> tuple[str, str, str]:
     """(status, reason, message) of the `ZtunnelAccepted` condition describing a translation."""
     if result.authorization is None and result.message:
         return "False", "NotEnforced", result.message
     if result.message:
         return "False", "UnsupportedValue", result.message
-    return "True", "Accepted", "enforced by the node proxies as written"
+    return ACCEPTED
 
 
 def _written_condition(obj: Obj) -> tuple[str, str, str] | None:

@@ -134,3 +134,17 @@ def test_peer_authentication_disable_is_accepted_with_a_warning(caplog: pytest.L
         index.flush()
     warnings = [r.getMessage() for r in caplog.records if "PeerAuthentication shop/off" in r.getMessage()]
     assert len(warnings) == 1 and "DISABLE is ignored" in warnings[0]
+    # ... and says so where the user looks: a ZtunnelAccepted=False condition on the object's status.
+    status, reason, message = index.status_pending[("PeerAuthentication", "shop", "off")]
+    assert (status, reason) == ("False", "UnsupportedValue") and "acts as PERMISSIVE" in message
+    strict = {**pa, "metadata": {**pa["metadata"], "name": "on"}, "spec": {"mtls": {"mode": "STRICT"}}}
+    index.upsert("PeerAuthentication", strict)
+    index.flush()
+    assert index.status_pending[("PeerAuthentication", "shop", "on")][:2] == ("True", "Accepted")
+    # Once the condition is written (the object comes back with it), nothing is pending for it again.
+    written = {**pa, "status": {"conditions": [{"type": "ZtunnelAccepted", "status": status, "reason": reason,
+                                                "message": message}]}}
+    index.status_pending.clear()
+    index.upsert("PeerAuthentication", written)
+    index.flush()
+    assert ("PeerAuthentication", "shop", "off") not in index.status_pending
