@@ -1,13 +1,17 @@
 """The cluster DNS server: answers `<svc>.<ns>.svc.cluster.local` from the API's Services, over UDP and TCP.
 
+A Service's A records are its ClusterIP; a headless Service's (`clusterIP: None`) are the addresses of its
+Ready endpoints (from the Endpoints object of the same name), as in Kubernetes.
+
 Runs as the component "dns" inside the underlay netns, listening on 172.18.0.2:53 (`layout.DNS_SERVER_IP`);
 the kube-proxy rules in every node DNAT the DNS VIP 10.96.0.10:53 to it. Decisions are in `dnswire` (pure);
 this module only does I/O: sockets, and a Service table kept current with list + watch.
 
 Invariants:
 - nothing is ever forwarded: names outside `cluster.local` are REFUSED (see dnswire.resolve);
-- the Service table has one writer (`ServiceWatcher.run`), readers see a consistent dict (replaced, never
-  mutated while a lookup could read it half-updated: single-threaded asyncio);
+- the Service table has one writer (`ServiceWatcher`: one task per watched kind, in one TaskGroup, on one
+  event loop); readers see a consistent dict (replaced, never mutated while a lookup could read it
+  half-updated: single-threaded asyncio);
 - when the API is unreachable the server keeps answering from the last table it had and re-lists with backoff;
 - every task is owned by a TaskGroup.
 
@@ -66,20 +70,77 @@ def service_ips(svc: dict[str, Any]) -> list[str]:
     return [ip for ip in ips if isinstance(ip, str) and ip.count(".") == 3]
 
 
+def is_headless(svc: dict[str, Any]) -> bool:
+    return (svc.get("spec") or {}).get("clusterIP") == "None"
+
+
+def endpoint_ips(endpoints: dict[str, Any]) -> list[str]:
+    """The Ready IPv4 addresses of an Endpoints object (not-ready ones are not published), sorted, unique."""
+    ips = {
+        str(addr.get("ip"))
+        for subset in endpoints.get("subsets") or []
+        for addr in subset.get("addresses") or []
+        if isinstance(addr.get("ip"), str) and addr["ip"].count(".") == 3
+    }
+    return sorted(ips)
+
+
 def _key(svc: dict[str, Any]) -> tuple[str, str]:
     meta = svc.get("metadata") or {}
     return str(meta.get("name", "")), str(meta.get("namespace") or "default")
 
 
 class ServiceWatcher:
-    """Keeps a ServiceTable in sync with the API (list, then watch from the list's version; re-list on error)."""
+    """Keeps a ServiceTable in sync with the API: Services and Endpoints, each listed then watched from the
+    list's version (re-listed on error, with backoff). `synced` once both were listed."""
 
     def __init__(self, socket_path: Path, table: ServiceTable) -> None:
         self.socket_path = socket_path
         self.table = table
         self.synced = asyncio.Event()
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._endpoints: dict[tuple[str, str], list[str]] = {}
+        self._listed: set[str] = set()
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._follow("Service"))
+            tg.create_task(self._follow("Endpoints"))
+
+    def _records(self) -> dict[tuple[str, str], list[str]]:
+        return {key: self._ips(key, svc) for key, svc in self._services.items()}
+
+    def _ips(self, key: tuple[str, str], svc: dict[str, Any]) -> list[str]:
+        return self._endpoints.get(key, []) if is_headless(svc) else service_ips(svc)
+
+    def _refresh(self, key: tuple[str, str]) -> None:
+        svc = self._services.get(key)
+        if svc is None:
+            self.table.remove(*key)
+        else:
+            self.table.upsert(key[0], key[1], self._ips(key, svc))
+
+    def _replace(self, kind: str, items: list[dict[str, Any]]) -> None:
+        if kind == "Service":
+            self._services = {_key(s): s for s in items}
+        else:
+            self._endpoints = {_key(e): endpoint_ips(e) for e in items}
+        self.table.replace(self._records())
+
+    def _apply(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
+        key = _key(obj)
+        if kind == "Service":
+            if event_type == "DELETED":
+                self._services.pop(key, None)
+            else:
+                self._services[key] = obj
+        elif event_type == "DELETED":
+            self._endpoints.pop(key, None)
+        else:
+            self._endpoints[key] = endpoint_ips(obj)
+        self._refresh(key)
+
+    async def _follow(self, kind: str) -> None:
         from ambient.api.client import AsyncApiClient
         from ambient.api.errors import ApiError
 
@@ -87,23 +148,20 @@ class ServiceWatcher:
         while True:
             try:
                 async with AsyncApiClient(self.socket_path, timeout=10.0) as api:
-                    items, version = await api.list("Service")
-                    self.table.replace({_key(s): service_ips(s) for s in items})
-                    self.synced.set()
+                    items, version = await api.list(kind)
+                    self._replace(kind, items)
+                    self._listed.add(kind)
+                    if len(self._listed) == 2:
+                        self.synced.set()
                     backoff.reset()
-                    log.info("synced %d services at version %s", len(items), version)
-                    stream = cast(AsyncGenerator[Any, None], api.watch("Service", resource_version=version))
+                    log.info("synced %d %s at version %s", len(items), kind, version)
+                    stream = cast(AsyncGenerator[Any, None], api.watch(kind, resource_version=version))
                     async with contextlib.aclosing(stream) as events:
                         async for event in events:
-                            if event.type == "BOOKMARK":
-                                continue
-                            name, ns = _key(event.object)
-                            if event.type == "DELETED":
-                                self.table.remove(name, ns)
-                            else:
-                                self.table.upsert(name, ns, service_ips(event.object))
+                            if event.type != "BOOKMARK":
+                                self._apply(kind, event.type, event.object)
             except (ApiError, OSError) as exc:
-                log.warning("service watch failed (%s); retrying in %.1fs", exc, backoff.current)
+                log.warning("%s watch failed (%s); retrying in %.1fs", kind, exc, backoff.current)
             await asyncio.sleep(backoff.next())
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ambient.cluster import dnswire as W
-from ambient.cluster.dns import DnsServer, ServiceTable, ServiceWatcher, service_ips
+from ambient.cluster.dns import DnsServer, ServiceTable, ServiceWatcher, endpoint_ips, service_ips
 
 
 async def udp_query(port: int, name: str, qtype: int = W.TYPE_A) -> W.ParsedResponse:
@@ -107,6 +107,54 @@ async def test_watcher_follows_services_of_a_real_api(tmp_path: Path, no_leaked_
                         break
                     await asyncio.sleep(0.02)
                 assert (await udp_query(dns.port, "db.prod.svc.cluster.local")).addresses == ["10.96.0.31"]
+                assert (await udp_query(dns.port, name)).rcode == W.RCODE_NXDOMAIN
+            finally:
+                task.cancel()
+
+
+def _endpoints(name: str, ns: str, ready: list[str], not_ready: list[str] | None = None) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns},
+            "subsets": [{"addresses": [{"ip": ip} for ip in ready],
+                         "notReadyAddresses": [{"ip": ip} for ip in not_ready or []],
+                         "ports": [{"port": 5432}]}]}
+
+
+def test_endpoint_ips_are_the_ready_ipv4_addresses() -> None:
+    assert endpoint_ips(_endpoints("db", "prod", ["10.244.1.5", "10.244.0.4", "fd00::1"], ["10.244.1.9"])) == [
+        "10.244.0.4", "10.244.1.5"]
+    assert endpoint_ips({"subsets": None}) == []
+
+
+async def test_headless_service_answers_with_its_ready_endpoints(tmp_path: Path, no_leaked_tasks: object) -> None:
+    server_mod = pytest.importorskip("ambient.api.server")
+    from ambient.api.client import ApiClient
+
+    with server_mod.serve_in_thread(tmp_path) as api_server:
+        sock = Path(api_server.socket_path)
+        with ApiClient(sock) as api:
+            api.apply(_service("db", "default", "None"))
+            api.apply(_endpoints("db", "default", ["10.244.1.5"], ["10.244.2.7"]))
+        table = ServiceTable()
+        watcher = ServiceWatcher(sock, table)
+        async with asyncio.TaskGroup() as tg, DnsServer(table.lookup, "127.0.0.1", 0) as dns:
+            task = tg.create_task(watcher.run())
+            try:
+                await asyncio.wait_for(watcher.synced.wait(), 10)
+                name = "db.default.svc.cluster.local"
+                assert (await udp_query(dns.port, name)).addresses == ["10.244.1.5"]
+                with ApiClient(sock) as api:  # a second pod becomes Ready
+                    await asyncio.to_thread(api.apply, _endpoints("db", "default", ["10.244.1.5", "10.244.2.7"]))
+                for _ in range(200):
+                    if table.lookup("db", "default") == ["10.244.1.5", "10.244.2.7"]:
+                        break
+                    await asyncio.sleep(0.02)
+                assert sorted((await udp_query(dns.port, name)).addresses) == ["10.244.1.5", "10.244.2.7"]
+                with ApiClient(sock) as api:
+                    await asyncio.to_thread(api.delete, "Service", "db", "default")
+                for _ in range(200):
+                    if table.lookup("db", "default") is None:
+                        break
+                    await asyncio.sleep(0.02)
                 assert (await udp_query(dns.port, name)).rcode == W.RCODE_NXDOMAIN
             finally:
                 task.cancel()
