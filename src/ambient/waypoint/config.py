@@ -10,7 +10,9 @@ Static file (`--static FILE`): YAML, one or more documents. A document with `kin
 can describe a whole standalone waypoint.
 
 Invariants: conversion happens before publication, a bad object is logged and skipped (one broken
-HTTPRoute must not take every route down), and a published `L7Config` is never mutated.
+HTTPRoute must not take every route down), and a published `L7Config` is never mutated. An HTTPRoute rule
+using a filter the waypoint does not implement (RequestMirror, ExtensionRef, CORS, backendRef filters) is
+kept, answers 500, and is named in a warning (once per distinct message).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import yaml
 from ambient.state.store import StateDelta
 from ambient.waypoint.errors import ConfigError, WaypointError
 from ambient.waypoint.l7authz import L7Policy, parse_policy
-from ambient.waypoint.routing import HttpRoute, parse_http_route
+from ambient.waypoint.routing import SUPPORTED_FILTERS, HttpRoute, parse_http_route
 
 log = logging.getLogger(__name__)
 KINDS = ("HTTPRoute", "AuthorizationPolicy")
@@ -47,7 +49,9 @@ class L7Config:
             kind = obj.get("kind")
             try:
                 if kind == "HTTPRoute":
-                    routes.append(parse_http_route(obj))
+                    route = parse_http_route(obj)
+                    _warn_unsupported(route)
+                    routes.append(route)
                 elif kind == "AuthorizationPolicy":
                     policy = parse_policy(obj)
                     if policy.targets:  # selector policies are the node proxy's (L4)
@@ -56,6 +60,26 @@ class L7Config:
                 meta = obj.get("metadata") or {}
                 log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
         return cls(tuple(routes), tuple(policies), version)
+
+
+_warned: set[str] = set()
+
+
+def _warn_unsupported(route: HttpRoute) -> None:
+    """Say which filters of `route` this waypoint does not implement (their rules answer 500), once per
+    message: a config is rebuilt on every watch event, the log should not repeat itself each time."""
+    for ri, rule in enumerate(route.rules):
+        if rule.filters is None or not rule.filters.unsupported:
+            continue
+        message = (f"waypoint: HTTPRoute {route.key} rules[{ri}] uses {', '.join(rule.filters.unsupported)}, not "
+                   f"supported by this waypoint (supported filters: {', '.join(SUPPORTED_FILTERS)}); requests "
+                   "matching that rule are answered 500")
+        if message in _warned:
+            continue
+        if len(_warned) > 4096:  # bounded: after that, repeat rather than grow
+            _warned.clear()
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 class L7Source(Protocol):

@@ -5,7 +5,9 @@ each tunnel it takes the authority (service VIP:port, or pod ip:port for a workl
 destination and:
 - HTTP ports (appProtocol unset/HTTP/HTTP2/gRPC): answers 200 and serves HTTP on the inner stream
   (HTTP/2 when the client's first bytes are the HTTP/2 preface, HTTP/1.1 otherwise). Per request:
-  normalise the path, L7 AuthorizationPolicy (deny -> 403 `RBAC: access denied`), HTTPRoute, pick an
+  normalise the path, L7 AuthorizationPolicy (deny -> 403 `RBAC: access denied`), HTTPRoute (a
+  RequestRedirect rule is answered here; the rule's header modifiers and URLRewrite shape the forwarded
+  request and the response; a rule with an unsupported filter answers 500), pick an
   endpoint of the chosen backend Service, take an idle keep-alive connection to that endpoint from the
   `UpstreamPool` or open an HBONE tunnel to `endpoint:15008` with authority `endpoint:targetPort`
   presenting the waypoint's own certificate (plain TCP for a non-mesh endpoint), forward the request and
@@ -64,7 +66,16 @@ from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
-from ambient.waypoint.routing import NoRoute, RequestInfo, normalize_path, route_request
+from ambient.waypoint.routing import (
+    HeaderModifier,
+    NoRoute,
+    Redirect,
+    RequestInfo,
+    RouteDecision,
+    RuleFilters,
+    normalize_path,
+    route_request,
+)
 from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
 from ambient.ztunnel.route import pick_endpoint, resolve_target_port
 
@@ -298,11 +309,18 @@ class Waypoint:
             return
         routed = route_request(l7.routes, conn.service.name, conn.service.namespace, conn.port,
                                RequestInfo(req.method, path, headers, query), self._rng)
-        if isinstance(routed, NoRoute):
-            await self._local(writer, record, routed.status, routed.reason, "NR")
+        if not isinstance(routed, RouteDecision):
+            if isinstance(routed, NoRoute):
+                await self._local(writer, record, routed.status, routed.reason, "NR")
+            else:
+                await self._redirect(req, writer, record, routed)
             return
-        if routed.route is not None:
-            record.route = routed.route.key
+        route = routed.route
+        if route is not None:
+            record.route = route.key
+            filters = route.rules[routed.rule_index].filters
+            if filters is not None:  # None for a rule without filters: the only cost they add to it
+                fwd, writer = _apply_filters(filters, fwd, writer, path, query)
         backend = self._backend_service(view, routed.backend.name, routed.backend.namespace)
         if backend is None:
             await self._local(writer, record, 500, f"backend service {routed.backend.namespace}/"
@@ -311,6 +329,16 @@ class Waypoint:
         assert routed.backend.port is not None
         await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port),
                             routed.request_timeout, routed)
+
+    @staticmethod
+    async def _redirect(req: Request, writer: ResponseWriter, record: RequestRecord, r: Redirect) -> None:
+        """A RequestRedirect rule: the waypoint answers itself (empty body), nothing reaches a backend."""
+        record.route, record.status = r.route.key, r.status
+        headers = [("location", r.location(req.authority, req.scheme)), ("content-length", "0")]
+        if r.response_headers is not None:
+            headers = r.response_headers.apply(headers)
+        await writer.start(r.status, headers)
+        await writer.end()
 
     def _backend_service(self, view: StateView, name: str, namespace: str) -> Service | None:
         hostname = f"{name}.{namespace}.svc.{self.settings.cluster_domain}"
@@ -481,6 +509,51 @@ class Waypoint:
     async def aclose(self) -> None:
         """Close pooled upstream connections (the HBONE client is the owner's to close)."""
         self._pool.close_all()
+
+
+def _apply_filters(
+    filters: RuleFilters, fwd: Request, writer: ResponseWriter, path: str, query: str
+) -> tuple[Request, ResponseWriter]:
+    """The request as the rule's filters make it (headers, Host, path) and the writer that applies its
+    ResponseHeaderModifier. Policy was evaluated on the request as received, as in Istio."""
+    if filters.request_headers is not None:
+        fwd.headers = filters.request_headers.apply(fwd.headers)
+    rewrite = filters.rewrite
+    if rewrite is not None:
+        if rewrite.hostname is not None:
+            fwd.authority = rewrite.hostname
+        if rewrite.path is not None:
+            fwd.target = rewrite.path.apply(path) + (f"?{query}" if query else "")
+    if filters.response_headers is not None:
+        writer = HeaderModifyingWriter(writer, filters.response_headers)
+    return fwd, writer
+
+
+class HeaderModifyingWriter:
+    """A `ResponseWriter` that passes everything through and applies a ResponseHeaderModifier to the head."""
+
+    __slots__ = ("_inner", "_modifier")
+
+    def __init__(self, inner: ResponseWriter, modifier: HeaderModifier) -> None:
+        self._inner = inner
+        self._modifier = modifier
+
+    @property
+    def started(self) -> bool:
+        return self._inner.started
+
+    @property
+    def ended(self) -> bool:
+        return self._inner.ended
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        await self._inner.start(status, self._modifier.apply(headers))
+
+    async def write(self, data: bytes) -> None:
+        await self._inner.write(data)
+
+    async def end(self, trailers: list[tuple[str, str]] | None = None) -> None:
+        await self._inner.end(trailers)
 
 
 Upstream = Http1Upstream | Http2Upstream

@@ -262,3 +262,92 @@ def test_thousand_objects_fast() -> None:
         validate_object(obj)
     # The real figure is ~25 ms; the bound is generous for a loaded 2-core machine.
     assert time.perf_counter() - start < 1.0
+
+
+# ------------------------------------------------------------------------------ HTTPRoute filters
+
+
+def route_with(rule: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
+            "spec": {"parentRefs": [{"kind": "Service", "name": "web"}], "rules": [rule]}}
+
+
+def test_http_route_filters_accepted_and_redirect_status_defaulted() -> None:
+    rule = {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}], "filters": [
+        {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+            "set": [{"name": "X-Env", "value": "prod"}], "add": [{"name": "x-a", "value": "1"}], "remove": ["x-b"]}},
+        {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["server"]}},
+        {"type": "RequestRedirect", "requestRedirect": {
+            "scheme": "https", "hostname": "new.example.com", "port": 8443,
+            "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}},
+    ]}
+    out = validate_object(route_with(rule))
+    assert out["spec"]["rules"][0]["filters"][2]["requestRedirect"]["statusCode"] == 302
+    assert validate_object(out) == out  # idempotent
+
+
+def test_http_route_unimplemented_filter_types_are_valid_objects() -> None:
+    # valid Gateway API: accepted here; the waypoint says it does not implement them (warning + 500)
+    for f in ({"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80}}},
+              {"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "F", "name": "f"}}):
+        validate_object(route_with({"filters": [f], "backendRefs": [{"name": "web"}]}))
+
+
+FILTER_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown type", {"filters": [{"type": "Rewrite"}]},
+     "spec.rules[0].filters[0].type: expected one of RequestHeaderModifier|ResponseHeaderModifier|RequestRedirect|"
+     'URLRewrite|RequestMirror|ExtensionRef|CORS|ExternalAuth, got "Rewrite"'),
+    ("missing config", {"filters": [{"type": "URLRewrite"}]},
+     "spec.rules[0].filters[0].urlRewrite: required field is missing"),
+    ("config of another type", {"filters": [{"type": "URLRewrite", "urlRewrite": {},
+                                             "requestRedirect": {}}]},
+     "spec.rules[0].filters[0].requestRedirect: must not be set when type is URLRewrite"),
+    ("repeated", {"filters": [{"type": "URLRewrite", "urlRewrite": {}}, {"type": "URLRewrite", "urlRewrite": {}}]},
+     "spec.rules[0].filters[1]: a URLRewrite filter cannot be repeated"),
+    ("redirect and rewrite", {"filters": [{"type": "URLRewrite", "urlRewrite": {}},
+                                          {"type": "RequestRedirect", "requestRedirect": {}}]},
+     "spec.rules[0].filters: RequestRedirect and URLRewrite cannot be used on the same rule"),
+    ("status code", {"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 307}}]},
+     "spec.rules[0].filters[0].requestRedirect.statusCode: expected 301 or 302, got 307"),
+    ("scheme", {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "ftp"}}]},
+     'spec.rules[0].filters[0].requestRedirect.scheme: expected one of http|https, got "ftp"'),
+    ("hostname", {"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "Bad_Host:80"}}]},
+     'spec.rules[0].filters[0].urlRewrite.hostname: expected a lower-case DNS name (no wildcard, no port), '
+     'got "Bad_Host:80"'),
+    ("host header", {"filters": [{"type": "RequestHeaderModifier",
+                                  "requestHeaderModifier": {"set": [{"name": "Host", "value": "x"}]}}]},
+     'spec.rules[0].filters[0].requestHeaderModifier.set[0].name: header "Host" cannot be modified by a filter'),
+    ("framing header", {"filters": [{"type": "ResponseHeaderModifier",
+                                     "responseHeaderModifier": {"remove": ["Content-Length"]}}]},
+     'spec.rules[0].filters[0].responseHeaderModifier.remove[0]: header "Content-Length" cannot be modified by '
+     "a filter"),
+    ("header value newline", {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+        "add": [{"name": "x", "value": "a\nb"}]}}]},
+     'spec.rules[0].filters[0].requestHeaderModifier.add[0].value: expected a header value without control '
+     'characters (at most 4096), got "a\\nb"'),
+    ("duplicate set", {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+        "set": [{"name": "X-A", "value": "1"}, {"name": "x-a", "value": "2"}]}}]},
+     'spec.rules[0].filters[0].requestHeaderModifier.set[1].name: duplicate header "x-a" (names are '
+     "case-insensitive)"),
+    ("prefix needs one PathPrefix match", {
+        "matches": [{"path": {"type": "Exact", "value": "/a"}}],
+        "filters": [{"type": "URLRewrite", "urlRewrite": {
+            "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]},
+     "spec.rules[0].filters[0].urlRewrite.path.type: ReplacePrefixMatch needs a rule with exactly one match, of "
+     "type PathPrefix"),
+    ("path value for type", {"filters": [{"type": "URLRewrite", "urlRewrite": {
+        "path": {"type": "ReplaceFullPath", "replacePrefixMatch": "/b"}}}]},
+     "spec.rules[0].filters[0].urlRewrite.path.replacePrefixMatch: must not be set when type is ReplaceFullPath"),
+    ("relative path", {"filters": [{"type": "URLRewrite", "urlRewrite": {
+        "path": {"type": "ReplaceFullPath", "replaceFullPath": "b?x=1"}}}]},
+     'spec.rules[0].filters[0].urlRewrite.path.replaceFullPath: expected a path starting with "/" (printable '
+     'ASCII, no "?" or "#"), got "b?x=1"'),
+    ("backendRef filter type", {"backendRefs": [{"name": "a", "filters": [{"type": "Nope"}]}]},
+     "spec.rules[0].backendRefs[0].filters[0].type: expected one of RequestHeaderModifier|ResponseHeaderModifier|"
+     'RequestRedirect|URLRewrite|RequestMirror|ExtensionRef|CORS|ExternalAuth, got "Nope"'),
+]
+
+
+@pytest.mark.parametrize(("rule", "message"), [(c[1], c[2]) for c in FILTER_CASES], ids=[c[0] for c in FILTER_CASES])
+def test_http_route_filter_errors(rule: dict[str, Any], message: str) -> None:
+    assert error_of(route_with(rule)) == message

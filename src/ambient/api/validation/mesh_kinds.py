@@ -8,7 +8,9 @@ Invariants:
   waypoint) are mutually exclusive.
 - Normalisation makes re-validation a no-op: Istio ports become strings ("8080"), PeerAuthentication
   `portLevelMtls` keys become strings, HTTPRoute path matches default to PathPrefix "/", header/query matches
-  to Exact, backend weights to 1.
+  to Exact, backend weights to 1, RequestRedirect statusCode to 302.
+- HTTPRoute filters of every Gateway API type are accepted when well-formed (the object is valid Gateway
+  API); which ones the waypoint implements is the waypoint's to say (it warns and answers 500 for others).
 """
 
 from __future__ import annotations
@@ -168,6 +170,117 @@ def _check_route_match(match: Obj, path: str) -> None:
     _enum(match, "method", path, _HTTP_METHODS)
 
 
+# Gateway API v1 HTTPRouteFilter types (standard and experimental channels). All are valid objects; the
+# waypoint implements the first four and answers 500 on rules using the others (ambient.waypoint.routing).
+_FILTER_FIELDS = {
+    "RequestHeaderModifier": "requestHeaderModifier",
+    "ResponseHeaderModifier": "responseHeaderModifier",
+    "RequestRedirect": "requestRedirect",
+    "URLRewrite": "urlRewrite",
+    "RequestMirror": "requestMirror",
+    "ExtensionRef": "extensionRef",
+    "CORS": "cors",
+    "ExternalAuth": "externalAuth",
+}
+_FILTER_TYPES = tuple(_FILTER_FIELDS)
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,256}$")
+_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]{0,4096}$")  # no CR, LF or other controls (tab is fine)
+_PRECISE_HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_REPLACEMENT_PATH = re.compile(r"^/[\x21-\x7e]*$")
+# headers that describe one message on one hop (framing, hop-by-hop): no filter may change them
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+                              "upgrade", "te", "trailer", "proxy-authenticate", "proxy-authorization",
+                              "http2-settings"})
+
+
+def _check_header_modifier(mod: Obj, path: str, forbidden: frozenset[str]) -> None:
+    def name(value: object, p: str) -> str:
+        if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+            raise _fail(p, "an HTTP header name", value)
+        if value.lower() in forbidden:
+            hint = "use a URLRewrite filter's hostname to change Host" if value.lower() == "host" else None
+            raise _fail(p, f'header "{value}" cannot be modified by a filter', hint=hint)
+        return value.lower()
+
+    for key in ("set", "add"):
+        seen: set[str] = set()
+        entries = _items(mod, key, path)
+        if len(entries) > 16:
+            raise _fail(f"{path}.{key}", "at most 16 headers")
+        for hp, header in entries:
+            lower = name(header.get("name"), f"{hp}.name")
+            if lower in seen:
+                raise _fail(f"{hp}.name", f'duplicate header "{header["name"]}" (names are case-insensitive)')
+            seen.add(lower)
+            value = _str(header, "value", hp, required=True)
+            assert value is not None
+            if not _HEADER_VALUE.fullmatch(value):
+                raise _fail(f"{hp}.value", "a header value without control characters (at most 4096)", value)
+    removes = _list(mod, "remove", path)
+    if len(removes) > 16:
+        raise _fail(f"{path}.remove", "at most 16 headers")
+    for i, item in enumerate(removes):
+        name(item, f"{path}.remove[{i}]")
+
+
+def _check_path_modifier(mod: Obj, path: str, prefix_ok: bool) -> None:
+    kind = _enum(mod, "type", path, ("ReplaceFullPath", "ReplacePrefixMatch"))
+    if kind is None:
+        raise _fail(f"{path}.type", "required field is missing")
+    field, other = (("replaceFullPath", "replacePrefixMatch") if kind == "ReplaceFullPath"
+                    else ("replacePrefixMatch", "replaceFullPath"))
+    if mod.get(other) is not None:
+        raise _fail(f"{path}.{other}", f"must not be set when type is {kind}")
+    value = _str(mod, field, path, required=True)
+    assert value is not None
+    if not (_REPLACEMENT_PATH.fullmatch(value) or (value == "" and kind == "ReplacePrefixMatch")) or \
+            len(value) > 1024 or "?" in value or "#" in value:
+        raise _fail(f"{path}.{field}", 'a path starting with "/" (printable ASCII, no "?" or "#")', value)
+    if kind == "ReplacePrefixMatch" and not prefix_ok:
+        raise _fail(f"{path}.type", "ReplacePrefixMatch needs a rule with exactly one match, of type PathPrefix")
+
+
+def _check_filters(owner: Obj, path: str, prefix_ok: bool) -> None:
+    """Rule (or backendRef) filters: the structure the Gateway API CRD enforces (type with its own field
+    only, each core filter at most once, RequestRedirect xor URLRewrite, ReplacePrefixMatch only with one
+    PathPrefix match)."""
+    seen: set[str] = set()
+    for fp, f in _items(owner, "filters", path):
+        kind = _enum(f, "type", fp, _FILTER_TYPES)
+        if kind is None:
+            raise _fail(f"{fp}.type", "required field is missing")
+        for other_kind, other in _FILTER_FIELDS.items():
+            if other_kind != kind and f.get(other) is not None:
+                raise _fail(f"{fp}.{other}", f"must not be set when type is {kind}")
+        if kind in seen and kind in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect",
+                                     "URLRewrite", "CORS"):
+            raise _fail(fp, f"a {kind} filter cannot be repeated")
+        seen.add(kind)
+        config = _map(f, _FILTER_FIELDS[kind], fp, required=kind != "CORS")
+        cp = f"{fp}.{_FILTER_FIELDS[kind]}"
+        if config is None:
+            continue
+        if kind == "RequestHeaderModifier":
+            _check_header_modifier(config, cp, _FRAMING_HEADERS | {"host"})
+        elif kind == "ResponseHeaderModifier":
+            _check_header_modifier(config, cp, _FRAMING_HEADERS)
+        elif kind in ("RequestRedirect", "URLRewrite"):
+            if kind == "RequestRedirect":
+                _enum(config, "scheme", cp, ("http", "https"))
+                _int(config, "port", cp, lo=1, hi=65535)
+                code = config.setdefault("statusCode", 302)
+                if code not in (301, 302) or isinstance(code, bool):
+                    raise _fail(f"{cp}.statusCode", "301 or 302", code)
+            hostname = _str(config, "hostname", cp)
+            if hostname is not None and (len(hostname) > 253 or not _PRECISE_HOSTNAME.fullmatch(hostname)):
+                raise _fail(f"{cp}.hostname", "a lower-case DNS name (no wildcard, no port)", hostname)
+            mod = _map(config, "path", cp)
+            if mod is not None:
+                _check_path_modifier(mod, f"{cp}.path", prefix_ok)
+    if {"RequestRedirect", "URLRewrite"} <= seen:
+        raise _fail(f"{path}.filters", "RequestRedirect and URLRewrite cannot be used on the same rule")
+
+
 def _check_http_route(spec: Obj, obj: Obj) -> None:
     for pp, ref in _items(spec, "parentRefs", "spec"):
         _str(ref, "group", pp)
@@ -178,10 +291,16 @@ def _check_http_route(spec: Obj, obj: Obj) -> None:
         _int(ref, "port", pp, lo=1, hi=65535)
     _str_list(spec, "hostnames", "spec")
     for rp, rule in _items(spec, "rules", "spec"):
-        for mp, match in _items(rule, "matches", rp):
+        matches = _items(rule, "matches", rp)
+        for mp, match in matches:
             _check_route_match(match, mp)
-        _items(rule, "filters", rp)
+        # ReplacePrefixMatch rewrites the prefix that matched: there must be exactly one, a PathPrefix (no
+        # matches at all means the default PathPrefix "/")
+        prefix_ok = not matches or (len(matches) == 1 and ((matches[0][1].get("path") or {}).get("type")
+                                                             or "PathPrefix") == "PathPrefix")
+        _check_filters(rule, rp, prefix_ok)
         for bp, backend in _items(rule, "backendRefs", rp):
+            _check_filters(backend, bp, prefix_ok)
             _str(backend, "group", bp)
             _str(backend, "kind", bp)
             _str(backend, "name", bp, required=True)
