@@ -28,8 +28,9 @@ import yaml
 
 from ambient.state.store import StateDelta
 from ambient.waypoint.errors import ConfigError, WaypointError
+from ambient.waypoint.filters import SUPPORTED_FILTERS
 from ambient.waypoint.l7authz import L7Policy, parse_policy
-from ambient.waypoint.routing import SUPPORTED_FILTERS, HttpRoute, parse_http_route
+from ambient.waypoint.routing import HttpRoute, parse_http_route
 
 log = logging.getLogger(__name__)
 KINDS = ("HTTPRoute", "AuthorizationPolicy")

@@ -61,18 +61,17 @@ from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint.config import L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
+from ambient.waypoint.filters import HeaderModifier, RuleFilters
 from ambient.waypoint.h2client import Http2Upstream
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
 from ambient.waypoint.routing import (
-    HeaderModifier,
     NoRoute,
     Redirect,
     RequestInfo,
     RouteDecision,
-    RuleFilters,
     normalize_path,
     route_request,
 )

@@ -9,17 +9,15 @@ from typing import Any
 import pytest
 
 from ambient.waypoint.errors import ConfigError
+from ambient.waypoint.filters import HeaderModifier, replace_prefix, split_authority
 from ambient.waypoint.routing import (
-    HeaderModifier,
     HttpRoute,
     NoRoute,
     Redirect,
     RequestInfo,
     RouteDecision,
     parse_http_route,
-    replace_prefix,
     route_request,
-    split_authority,
 )
 
 
