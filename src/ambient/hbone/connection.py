@@ -3,8 +3,10 @@ multiplexing tunnel streams (`HboneStream`, in `stream.py`). Shared by the clien
 
 Why a Protocol: every received TLS chunk is handled in the callback and every frame out is one
 `transport.write`; no reader task per connection and no StreamReader copies on the hot path. DATA frames
-of open streams are split off here and handed to their stream without h2's state machine; h2 sees the
-other frames, whole (`h2fast.py` holds every use of h2 internals).
+of open streams are split off here and handed to their stream without h2's state machine; the frames
+every tunnel has (its CONNECT request or response HEADERS, its END_STREAM DATA frame) take h2's
+narrowest internals when whole and plain; h2 sees the other frames, whole (`h2fast.py` holds every use
+of h2 internals).
 
 Invariants:
 - Bounded memory both ways. Inbound: a stream buffers at most its receive window (4 MiB); bytes are
@@ -261,6 +263,13 @@ class HboneConnection(asyncio.BufferedProtocol):
                         view = view[9:]
                         continue
                     need = h2fast.frame_length(view[:9])
+                    if need <= len(view):  # a whole frame: the per-connection ones skip h2's generic path
+                        events = h2fast.receive_whole_frame(h2c, view[:need])
+                        if events is not None:
+                            view = view[need:]
+                            if not self._handle_events(events):
+                                return
+                            continue
                 # h2 gets whole frames (or the rest of one it holds part of), then its buffer is empty again
                 take = len(view) if need <= 0 else min(need, len(view))
                 events = h2c.receive_data(view[:take])
@@ -393,7 +402,8 @@ class HboneConnection(asyncio.BufferedProtocol):
             stream = HboneStream(self, sid)
             stream._response = self._loop.create_future()
             self.streams[sid] = stream
-            self._h2.send_headers(sid, headers, end_stream=False)
+            if not h2fast.send_headers(self._h2, sid, headers, end_stream=False):
+                self._h2.send_headers(sid, headers, end_stream=False)
         except h2.exceptions.H2Error as exc:
             raise HboneStreamError(f"cannot open a stream to {self.label}: {exc}") from None
         self._flush()

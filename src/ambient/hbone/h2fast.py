@@ -1,7 +1,8 @@
 """Where HBONE reaches into python-hyper `h2` internals to keep HTTP/2 off the per-byte path.
 
 Everything here depends on h2 4.4.1 / hyperframe / hpack internals (pinned in pyproject.toml; guarded by
-tests/integration/test_hbone_fastpath.py and test_hbone_relay.py, which compare against h2's own paths):
+tests/integration/test_hbone_fastpath.py, test_hbone_relay.py and test_hbone_h2fast_frames.py, which compare
+against h2's own paths):
 - `account_sent_data`: h2's bookkeeping for one outbound DATA frame, so `HboneConnection.send_data` can
   write header + payload in one copy instead of h2's five.
 - `bytes_needed` / `claim_data_frame`: the receive fast path. Unpadded DATA frames without END_STREAM, for
@@ -10,8 +11,17 @@ tests/integration/test_hbone_fastpath.py and test_hbone_relay.py, which compare 
   as `H2Connection._receive_data_frame` does; the state machines would not change state), and the
   payload goes to the stream piece by piece as TLS records arrive, straight from the read buffer (a 1 MiB
   frame spans many reads). Everything else (other frames, END_STREAM, padding, an unknown or half-closed
-  stream, a window or frame-size violation, a pending header block) goes to h2 as whole frames, so h2
-  raises the right protocol errors and frame order is kept.
+  stream, a window or frame-size violation, a pending header block) goes on as whole frames (to
+  `receive_whole_frame`, else to h2), so h2 raises the right protocol errors and frame order is kept.
+- `receive_whole_frame`: the per-connection frames (a CONNECT request or its response HEADERS, a DATA
+  frame with END_STREAM) handed over whole, skipping h2's frame buffer, hyperframe parse, dispatch and
+  its generic header validation pipeline for header blocks proven plain (`_plain_headers`). h2 stays the
+  authority: its own hpack decoder (dynamic table in sync), state machines, stream creation and window
+  managers run in h2's order; anything the checks cannot prove ordinary goes to h2's full path.
+- `send_headers` / `end_stream`: HBONE's own outbound HEADERS (CONNECT request, final response) and the
+  tunnel's FIN without h2's normalisation generators and frame objects, when every header is plain ASCII
+  (h2's normalisation would change nothing): the same state machine inputs in h2's order, h2's (Plain)
+  HPACK encoder, the same bytes appended to h2's output buffer; anything else is h2's own call.
 - `FastFrameBuffer`: h2's inbound frame buffer with one copy less per DATA byte (for frames h2 does see).
 - `PlainEncoder`: HPACK without Huffman coding.
 - hyperframe's payload repr, which h2 formats for its trace log on every frame, made cheap.
@@ -20,14 +30,17 @@ tests/integration/test_hbone_fastpath.py and test_hbone_relay.py, which compare 
 from __future__ import annotations
 
 import binascii
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import h2.connection
+import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.stream
+import h2.utilities
 import hpack
 import hyperframe.frame
 
@@ -126,6 +139,228 @@ def claim_data_frame(
 def frame_length(header: memoryview) -> int:
     """Whole-frame length (header included) from a 9-byte frame header."""
     return 9 + ((header[0] << 16) | (header[1] << 8) | header[2])
+
+
+# -- whole per-connection frames ----------------------------------------------------------------------------
+_END_STREAM = 0x01
+_END_HEADERS = 0x04
+_HEADERS_FLAGS_OK = (_END_HEADERS, _END_HEADERS | _END_STREAM)  # no PADDED, PRIORITY; no CONTINUATION
+_TYPE_DATA = 0
+_TYPE_HEADERS = 1
+_HEADERS_CONN = (h2.connection.ConnectionState.IDLE, *_OPEN_CONN)  # a connection's first HEADERS opens it
+
+# A regular header name h2's validation accepts and no normalisation touches: a lowercase token (RFC 9110
+# tchar without uppercase), none of the names h2 treats specially (connection-specific ones, te, host
+# which is compared with :authority, cookie which is recombined, content-length which is checked).
+_PLAIN_NAME = re.compile(rb"[a-z0-9!#$%&'*+.^_`|~-]+")
+_SPECIAL_NAMES = h2.utilities.CONNECTION_HEADERS | {b"te", b"host", b"cookie", b"content-length"}
+# A value h2 accepts and decodes as UTF-8 to the same string as ASCII: printable ASCII, no whitespace at
+# either end (empty is allowed, as h2 allows it).
+_PLAIN_VALUE = re.compile(rb"(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?")
+_STATUS = re.compile(rb"[2-9][0-9][0-9]")  # a final response (1xx is informational: h2's path)
+
+
+def _plain_headers(headers: list[Any], flags: h2.utilities.HeaderValidationFlags) -> bool:
+    """True if h2's inbound pipeline (cookie normalisation, `validate_headers`, UTF-8 decoding) would
+    accept `headers` unchanged: a plain CONNECT request (:method CONNECT + :authority, no other
+    pseudo-header) or a plain final response (:status only), then plain regular headers. False sends them
+    through h2's pipeline, which accepts or raises."""
+    if flags.is_trailer or flags.is_push_promise or not headers:
+        return False
+    if flags.is_response_header:
+        name, value = headers[0]
+        if name != b":status" or not _STATUS.fullmatch(value):
+            return False
+        regular = 1
+    else:
+        if len(headers) < 2:
+            return False
+        (n0, v0), (n1, v1) = headers[0], headers[1]
+        if n0 == b":method" and n1 == b":authority":
+            method, authority = v0, v1
+        elif n0 == b":authority" and n1 == b":method":
+            method, authority = v1, v0
+        else:
+            return False
+        if method != b"CONNECT" or not _PLAIN_VALUE.fullmatch(authority):
+            return False
+        regular = 2
+    for name, value in headers[regular:]:
+        if not _PLAIN_NAME.fullmatch(name) or name in _SPECIAL_NAMES or not _PLAIN_VALUE.fullmatch(value):
+            return False
+    return True
+
+
+def _process_headers(stream: h2.stream.H2Stream, headers: list[Any],
+                     flags: h2.utilities.HeaderValidationFlags, encoding: Any) -> list[Any]:
+    """`H2Stream._process_received_headers`, without its generator pipeline when the block is plain
+    (same result: the same header tuple classes, decoded)."""
+    config = stream.config
+    if (encoding == "utf-8" and config.normalize_inbound_headers and config.validate_inbound_headers
+            and _plain_headers(headers, flags)):
+        return [h.__class__(h[0].decode("ascii"), h[1].decode("ascii")) for h in headers]
+    return stream._process_received_headers(headers, flags, encoding)
+
+
+def receive_whole_frame(h2c: h2.connection.H2Connection, frame: memoryview) -> list[h2.events.Event] | None:
+    """Process one whole frame (`frame` = header + payload, at a frame boundary with nothing held by h2)
+    as `H2Connection.receive_data` would, if it is one of the per-connection frames: a DATA frame with
+    END_STREAM (unpadded) for a stream the peer may still send on, or an END_HEADERS HEADERS frame
+    (no padding, priority or CONTINUATION) opening a new stream from the peer or carrying the first
+    headers of a stream we opened. Returns h2's events; None (before changing any state) sends the frame
+    to h2's full path. Protocol errors are h2's own, raised as `receive_data` raises them (after queueing
+    GOAWAY)."""
+    kind, flags = frame[3], frame[4]
+    if kind == _TYPE_DATA:
+        if flags != _END_STREAM:
+            return None
+    elif kind != _TYPE_HEADERS or flags not in _HEADERS_FLAGS_OK:
+        return None
+    length = (frame[0] << 16) | (frame[1] << 8) | frame[2]
+    if length > h2c.max_inbound_frame_size or h2c.incoming_buffer._headers_buffer:
+        return None
+    if h2c.state_machine.state not in (_OPEN_CONN if kind == _TYPE_DATA else _HEADERS_CONN):
+        return None
+    sid = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
+    if not sid:
+        return None
+    h2s = h2c.streams.get(sid)
+    if kind == _TYPE_DATA:
+        if (
+            h2s is None
+            or h2s.state_machine.state not in _RECV_OK
+            or not h2s.state_machine.headers_received
+            or length > h2c._inbound_flow_control_window_manager.current_window_size
+            or length > h2s._inbound_window_manager.current_window_size
+        ):
+            return None
+        try:
+            # H2Connection._receive_data_frame, minus the frame object.
+            events = h2c.state_machine.process_input(h2.connection.ConnectionInputs.RECV_DATA)
+            h2c._inbound_flow_control_window_manager.window_consumed(length)
+            _, stream_events = h2s.receive_data(bytes(frame[9:]), True, length)
+        except h2.exceptions.ProtocolError as exc:
+            h2c._terminate_connection(exc.error_code)
+            raise
+        return events + stream_events
+    end_stream = flags == _END_HEADERS | _END_STREAM
+    if h2s is None:
+        # A new stream from the peer: only ids h2 would accept without a special case (the next id of
+        # the peer's parity, within our concurrency limit); reuse, too low or wrong parity go to h2.
+        inbound_parity = 0 if h2c.config.client_side else 1
+        if sid % 2 != inbound_parity or sid <= h2c.highest_inbound_stream_id:
+            return None
+        # (open_inbound_streams also drops closed streams, as h2's own check does)
+        if h2c.open_inbound_streams + 1 > h2c.local_settings.max_concurrent_streams:
+            return None
+    elif h2s.state_machine.state not in _RECV_OK or h2s.state_machine.headers_received:
+        return None  # trailers, or a closed stream: h2's path
+    try:
+        # H2Connection._receive_headers_frame + H2Stream.receive_headers, in their order.
+        headers = list(h2.connection._decode_headers(h2c.decoder, bytes(frame[9:])))
+        events = h2c.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
+        if h2s is None:
+            h2s = h2c._get_or_create_stream(sid, h2.connection.AllowedStreamIDs(not h2c.config.client_side))
+        if h2.utilities.is_informational_response(headers):
+            if end_stream:
+                raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses")
+            input_ = h2.stream.StreamInputs.RECV_INFORMATIONAL_HEADERS
+        else:
+            input_ = h2.stream.StreamInputs.RECV_HEADERS
+        stream_events = h2s.state_machine.process_input(input_)
+        if end_stream:
+            es_events = h2s.state_machine.process_input(h2.stream.StreamInputs.RECV_END_STREAM)
+            stream_events[0].stream_ended = es_events[0]  # type: ignore[attr-defined]
+            stream_events += es_events
+        h2s._initialize_content_length(headers)
+        if isinstance(stream_events[0], h2.events.TrailersReceived) and not end_stream:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
+        validation = h2s._build_hdr_validation_flags(stream_events)
+        stream_events[0].headers = _process_headers(  # type: ignore[attr-defined]
+            h2s, headers, validation, h2c.config.header_encoding)
+    except h2.exceptions.ProtocolError as exc:
+        h2c._terminate_connection(exc.error_code)
+        raise
+    return events + stream_events
+
+
+# Names h2's outbound normalisation changes (never-indexed) or drops (connection-specific), besides the
+# inbound special ones; and the pseudo-headers HBONE sends.
+_OUT_SPECIAL_NAMES = _SPECIAL_NAMES | h2.utilities._SECURE_HEADERS
+_OUT_PSEUDO = frozenset((":method", ":authority", ":status"))
+_HEADERS_FRAME_HEADER = struct.Struct(">HBBBL")  # length (24 bits), type, flags, stream id
+
+
+def send_headers(h2c: h2.connection.H2Connection, stream_id: int, headers: list[tuple[str, str]],
+                 end_stream: bool) -> bool:
+    """`H2Connection.send_headers` (no priority) for HBONE's own header blocks: a CONNECT request or a
+    final response, every name and value plain ASCII (so h2's outbound normalisation would change nothing),
+    on a new stream of ours or a peer's stream we have not answered, the block fitting one frame. Same
+    state changes, same HPACK encoder (its dynamic table stays in sync with the peer's decoder), the same
+    frame queued in h2's output buffer; False (nothing changed) means: call h2's `send_headers`."""
+    config = h2c.config
+    if not config.normalize_outbound_headers or config.validate_outbound_headers:
+        return False
+    if h2c.state_machine.state not in _HEADERS_CONN:
+        return False
+    size = 16
+    encoded: list[Any] = []
+    for h in headers:
+        name, value = h
+        if not isinstance(name, str) or not isinstance(value, str) or not (name.isascii() and value.isascii()):
+            return False
+        bname, bvalue = name.encode("ascii"), value.encode("ascii")
+        if name in _OUT_PSEUDO:
+            if name == ":status" and not _STATUS.fullmatch(bvalue):
+                return False  # informational responses: h2's path
+        elif not _PLAIN_NAME.fullmatch(bname) or bname in _OUT_SPECIAL_NAMES:
+            return False
+        if not _PLAIN_VALUE.fullmatch(bvalue):
+            return False
+        size += len(bname) + len(bvalue) + 12  # an HPACK literal's worst case: flags + two lengths
+        encoded.append(h.__class__(bname, bvalue) if isinstance(h, hpack.HeaderTuple) else (bname, bvalue))
+    if size > h2c.max_outbound_frame_size:
+        return False
+    stream = h2c.streams.get(stream_id)
+    if stream is None:
+        if stream_id % 2 != int(config.client_side) or stream_id <= h2c.highest_outbound_stream_id:
+            return False
+        # (open_outbound_streams also drops closed streams, as h2's own check does)
+        if h2c.open_outbound_streams + 1 > h2c.remote_settings.max_concurrent_streams:
+            return False
+    elif (stream.state_machine.state not in _SEND_OK or stream.state_machine.headers_sent
+          or size > (stream.max_outbound_frame_size or 0)):
+        return False
+    # H2Connection.send_headers + H2Stream.send_headers/_build_headers_frames, in their order.
+    h2c.state_machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
+    if stream is None:
+        stream = h2c._get_or_create_stream(stream_id, h2.connection.AllowedStreamIDs(config.client_side))
+    stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+    block = h2c.encoder.encode(encoded)
+    flags = _END_HEADERS
+    if end_stream:
+        stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+        flags |= _END_STREAM
+    if stream.state_machine.client and stream._authority is None:
+        stream._authority = h2.utilities.authority_from_headers(encoded)
+    stream.request_method = h2.utilities.extract_method_header(encoded)
+    n = len(block)
+    h2c._data_to_send += _HEADERS_FRAME_HEADER.pack(n >> 8, n & 0xFF, _TYPE_HEADERS, flags, stream_id)
+    h2c._data_to_send += block
+    return True
+
+
+def end_stream(h2c: h2.connection.H2Connection, stream_id: int) -> bool:
+    """`H2Connection.end_stream` (the tunnel's FIN: an empty DATA frame with END_STREAM) for a stream we
+    may still send on, on an open connection: the same state machine inputs, the same 9 bytes queued in
+    h2's output buffer, without building a frame object. False (nothing changed): call h2's."""
+    stream = h2c.streams.get(stream_id)
+    if stream is None or h2c.state_machine.state not in _OPEN_CONN or stream.state_machine.state not in _SEND_OK:
+        return False
+    h2c.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
+    stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+    h2c._data_to_send += _HEADERS_FRAME_HEADER.pack(0, 0, _TYPE_DATA, _END_STREAM, stream_id)
+    return True
 
 
 class PlainEncoder(hpack.Encoder):

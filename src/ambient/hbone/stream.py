@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import h2.exceptions
 from h2.errors import ErrorCodes
 
+from ambient.hbone import h2fast
 from ambient.hbone import protocol as proto
 from ambient.hbone.errors import HboneError, HboneStreamError
 from ambient.hbone.protocol import ConnectRequest
@@ -176,7 +177,8 @@ class HboneStream:
             return
         self._local_closed = True
         try:
-            self._conn._h2.end_stream(self.stream_id)
+            if not h2fast.end_stream(self._conn._h2, self.stream_id):
+                self._conn._h2.end_stream(self.stream_id)
         except h2.exceptions.H2Error as exc:
             raise HboneStreamError(f"cannot end stream {self.stream_id} to {self._conn.label}: {exc}") from None
         self._conn._flush()
@@ -239,7 +241,9 @@ class HboneStream:
         self._responded = True
         ok = status == 200
         try:
-            self._conn._h2.send_headers(self.stream_id, proto.response_headers(status), end_stream=not ok)
+            headers = proto.response_headers(status)
+            if not h2fast.send_headers(self._conn._h2, self.stream_id, headers, end_stream=not ok):
+                self._conn._h2.send_headers(self.stream_id, headers, end_stream=not ok)
         except h2.exceptions.H2Error as exc:
             raise HboneStreamError(f"cannot answer stream {self.stream_id}: {exc}") from None
         self._conn._flush()
