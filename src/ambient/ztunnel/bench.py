@@ -7,11 +7,11 @@ both node proxies ("mesh"):
 - throughput: iperf3, one stream, 3 rounds of `seconds // 2` alternating between the paths, median;
 - latency: 1 KB request / 1 KB response on one keep-alive connection at a fixed rate, p50 / p99, and the
   CPU per 1,000 requests of the node proxies (and, as the yardstick, of the two stunnel processes);
-- new connections per second: 8 concurrent clients, one HTTP request with `Connection: close` per
-  connection, against the harness's HTTP server, direct, through stunnel and through the mesh. The client
-  is `wrk` (C; ~15k conn/s direct here) when installed, else the harness's asyncio load generator
-  (`ambient.bench.loadgen connect`, 4-7k/s direct, but ~280 µs of CPU per connection taken from the same
-  two cores the proxies run on).
+- new connections per second: 8 concurrent clients (and, as "capacity", 32: 8 leave the path latency-bound
+  with CPU to spare), one HTTP request with `Connection: close` per connection, against the harness's
+  HTTP server, direct, through stunnel and through the mesh. The client is `wrk` (C; ~15k conn/s direct
+  here) when installed, else the harness's asyncio load generator (`ambient.bench.loadgen connect`,
+  4-7k/s direct, but ~280 µs of CPU per connection taken from the same two cores the proxies run on).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ STUNNEL_IPERF = (15201, 16201)  # client-side accept on loopback, server-side ac
 STUNNEL_ECHO = (18080, 18443)
 STUNNEL_HTTP = (18081, 18444)
 CONN_CONCURRENCY = 8
+CAPACITY_CONCURRENCY = 32  # enough concurrent clients to saturate the path (8 leave it latency-bound)
 THROUGHPUT_ROUNDS = 3
 
 
@@ -154,15 +155,15 @@ def _start_http(bed: Testbed, pod: Pod) -> None:
     raise RuntimeError(f"bench HTTP server in {pod.name} not listening on {HTTP_PORT} after 20s")
 
 
-def _conn_rate(pod: Pod, ip: str, port: int, seconds: float) -> dict[str, Any]:
+def _conn_rate(pod: Pod, ip: str, port: int, seconds: float, concurrency: int = CONN_CONCURRENCY) -> dict[str, Any]:
     """New connections/s from inside `pod`: CONN_CONCURRENCY clients, each doing one HTTP/1.1 request with
     `Connection: close` per connection. With `wrk` (C, epoll; the tool the reference suggests) when it is
     installed: a Python client costs ~280 µs of CPU per connection on the same 2 cores as the proxies,
     which then measured the client as much as the path. Else the harness's asyncio load generator."""
     if shutil.which("wrk"):
-        return _wrk_conn_rate(pod, ip, port, seconds)
+        return _wrk_conn_rate(pod, ip, port, seconds, concurrency)
     argv = ["ip", "netns", "exec", pod.netns, sys.executable, "-m", "ambient.bench.loadgen", "connect",
-            "--host", ip, "--port", str(port), "--duration", str(seconds), "--concurrency", str(CONN_CONCURRENCY)]
+            "--host", ip, "--port", str(port), "--duration", str(seconds), "--concurrency", str(concurrency)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     try:
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -173,8 +174,8 @@ def _conn_rate(pod: Pod, ip: str, port: int, seconds: float) -> dict[str, Any]:
     return result
 
 
-def _wrk_conn_rate(pod: Pod, ip: str, port: int, seconds: float) -> dict[str, Any]:
-    argv = ["ip", "netns", "exec", pod.netns, "wrk", "-t1", f"-c{CONN_CONCURRENCY}", f"-d{max(1, round(seconds))}s",
+def _wrk_conn_rate(pod: Pod, ip: str, port: int, seconds: float, concurrency: int) -> dict[str, Any]:
+    argv = ["ip", "netns", "exec", pod.netns, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
             "-H", "Connection: close", f"http://{ip}:{port}/"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     rate = re.search(r"Requests/sec:\s+([0-9.]+)", out.stdout)
@@ -232,6 +233,14 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None) -> 
         }
         out["connections_per_s"] = {k: v["per_second"] for k, v in conns.items()}
         out["connection_errors"] = {k: v["errors"] for k, v in conns.items()}
+        # Capacity: the same with enough concurrent clients to keep the path busy (the goal's figure).
+        capacity: dict[str, dict[str, Any]] = {
+            "direct": _conn_rate(cplain, splain.ip, HTTP_PORT, 3, CAPACITY_CONCURRENCY),
+            "stunnel": _conn_rate(cplain, "127.0.0.1", STUNNEL_HTTP[0], 3, CAPACITY_CONCURRENCY),
+            "mesh": _conn_rate(client, server.ip, HTTP_PORT, 3, CAPACITY_CONCURRENCY),
+        }
+        out["capacity_connections_per_s"] = {k: v["per_second"] for k, v in capacity.items()}
+        out["connection_errors"].update({f"{k} capacity": v["errors"] for k, v in capacity.items()})
         t, lat = out["throughput_gbps"], out["latency"]
         out["ratios"] = {
             "mesh_vs_stunnel_throughput": t["mesh"] / t["stunnel"],
@@ -245,6 +254,7 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None) -> 
         out["conditions"] = {"iperf_seconds": max(1, seconds // 2), "iperf_rounds": THROUGHPUT_ROUNDS,
                              "latency_rate_rps": rate, "payload_bytes": 1024,
                              "connection_concurrency": CONN_CONCURRENCY,
+                             "capacity_concurrency": CAPACITY_CONCURRENCY,
                              "connection_client": conns["mesh"].get("tool", "")}
         return out
     finally:

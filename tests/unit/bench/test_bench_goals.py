@@ -27,14 +27,15 @@ def test_node_proxy_goals_read_the_mesh_figures_not_the_baselines() -> None:
             Figure("mesh added p99", 0.9, "ms", "lower", baseline="stunnel added p99", baseline_value=0.3),
             Figure("mesh CPU per 1,000 req/s", 0.08, "cores", "lower"),
             Figure("stunnel CPU per 1,000 req/s", 0.5, "cores", "lower"),
-            Figure("mesh connections", 2500.0, "/s"),
+            Figure("mesh connections", 900.0, "/s"),  # 8 clients: not the goal's figure
+            Figure("capacity connections mesh", 2500.0, "/s"),
         ],
     )
     v = _verdicts(_run(ztunnel))
     assert v["node proxy single-stream throughput"] == ("0.750x stunnel", "floor met")
     assert v["node proxy added p99 latency"] == ("3.00x stunnel's added p99", "missed")
     assert v["node proxy CPU per 1,000 req/s"] == ("0.08 cores", "met")
-    assert v["node proxy new connections"] == ("2,500 conn/s", "met")
+    assert v["node proxy new connections (capacity: 32 concurrent clients)"] == ("2,500 conn/s", "met")
     assert v["waypoint CPU per 1,000 req/s"] == ("-", "not measured")
 
 
@@ -56,9 +57,11 @@ def test_absolute_goals_show_the_in_run_baseline_beside_the_figure() -> None:
         [
             Figure("mesh proxy CPU per 1,000 req/s", 0.19, "cores", "lower",
                    baseline="stunnel CPU per 1,000 req/s", baseline_value=0.124),
-            Figure("mesh connections", 1276.0, "/s", baseline="connections stunnel", baseline_value=779.0),
+            Figure("capacity connections mesh", 1276.0, "/s", baseline="capacity connections stunnel",
+                   baseline_value=779.0),
         ],
     )
     v = _verdicts(_run(ztunnel))
     assert v["node proxy CPU per 1,000 req/s"] == ("0.19 cores (stunnel CPU per 1,000 req/s: 0.124)", "missed")
-    assert v["node proxy new connections"] == ("1,276 conn/s (connections stunnel: 779)", "missed")
+    assert v["node proxy new connections (capacity: 32 concurrent clients)"] == (
+        "1,276 conn/s (capacity connections stunnel: 779)", "missed")
