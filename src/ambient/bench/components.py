@@ -123,7 +123,7 @@ def figures_from_result(result: Any) -> tuple[list[Figure], dict[str, Any]]:
 
 
 _RATES = {"/s", "req/s", "conn/s"}
-_TOKENS = ("p50", "p90", "p99", "added", "cpu")
+_TOKENS = ("p50", "p90", "p99", "added", "cpu", "capacity")  # a figure is compared only with one of the same tokens
 
 
 def _tokens(name: str) -> set[str]:
