@@ -12,6 +12,10 @@ serves the rest of the connection; upstream, a bodiless request is written direc
 is not plain is handed to h11 (its state advanced past the request first). h11 therefore still decides
 every malformed or unusual message, with the same answers as before.
 
+Upgrades (see `upgrade`): h11 parses a request asking for one (`Request.upgrade`); `_Writer.upgrade` answers
+101 and hands the raw stream to the handler, after which the connection serves no more requests;
+`Http1Upstream.exchange_upgrade` sends one on a connection that is never reused.
+
 Invariants:
 - Bounded memory: h11 buffers at most `limits.max_header_bytes` of an incomplete request head (beyond it:
   431 and close); bodies move one chunk at a time; nothing is read ahead of the handler.
@@ -37,7 +41,7 @@ import h11
 
 from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
-from ambient.waypoint import h1fast
+from ambient.waypoint import h1fast, upgrade
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.messages import Handler, Limits, Request, ResponseWriter, strip_hop_by_hop
 
@@ -132,6 +136,7 @@ class _Writer:
         self._ended = False
         self._length_framed = False
         self._pending = b""
+        self.upgraded = False
 
     @property
     def started(self) -> bool:
@@ -162,6 +167,16 @@ class _Writer:
     async def write(self, data: bytes) -> None:
         if data and not self._head:
             await self._send(h11.Data(data=data))
+
+    async def upgrade(self, headers: list[tuple[str, str]]) -> tuple[ByteStream, bytes]:
+        """Answer `101 Switching Protocols` with `headers` (see `upgrade.switching_headers`) and hand over the
+        raw connection: (stream, bytes the client already sent after its request). No HTTP follows on it."""
+        conn = self._conn
+        if self._started or conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            raise HttpProtocolError("cannot switch protocols here")
+        self._started = self._ended = self.upgraded = True
+        await self._send(h11.InformationalResponse(status_code=101, headers=_encode(headers)))
+        return self._stream, bytes(conn.trailing_data[0])
 
     async def end(self, trailers: list[tuple[str, str]] | None = None) -> None:
         if self._ended:
@@ -194,9 +209,12 @@ def _build_request(event: Any, reader: _Reader) -> Request:
     length_s = next((v for k, v in headers if k == "content-length"), None)
     chunked = any(k == "transfer-encoding" for k, _ in headers)
     length = int(length_s) if length_s is not None and length_s.isdigit() else None
+    protocols = upgrade.requested_upgrade(headers) if event.http_version == b"1.1" else None
+    if protocols is not None and (chunked or length):
+        raise HttpProtocolError("an upgrade request cannot carry a body")
     clean = [(k, v) for k, v in strip_hop_by_hop(headers) if k != "host"]
     return Request(method, target, host, clean, _Body(reader), "HTTP/1.1" if event.http_version == b"1.1"
-                   else "HTTP/1.0", content_length=length, has_body=chunked or bool(length))
+                   else "HTTP/1.0", content_length=length, has_body=chunked or bool(length), upgrade=protocols)
 
 
 async def _error_response(conn: h11.Connection, stream: ByteStream, status: int, text: str) -> None:
@@ -309,7 +327,7 @@ async def _serve_h11(conn: h11.Connection, reader: _Reader, stream: ByteStream, 
         writer = _Writer(conn, stream, request.method == "HEAD", limits.idle_timeout)
         outcome = await _run_handler(handler, request, writer,
                                      lambda status, text: _error_response(conn, stream, status, text))
-        if outcome is _GONE:
+        if outcome is _GONE or writer.upgraded:  # an upgraded session ended: its splice half-closed both ways
             return
         if outcome is _CLOSE:
             break
@@ -511,6 +529,53 @@ class Http1Upstream:
             except h11.LocalProtocolError:
                 pass
         return status
+
+    async def exchange_upgrade(
+        self, request: Request, host: str, headers: list[tuple[str, str]], writer: ResponseWriter,
+    ) -> tuple[int, list[tuple[str, str]] | None, bytes]:
+        """Send the upgrade `request` (no body) with its upgrade headers; returns (101, the 101's headers, bytes
+        the backend sent after it) when the backend switched protocols (the caller then owns `stream` as a raw
+        byte stream), else streams the response to `writer` and returns (status, None, b"").
+        The connection is never `reusable` afterwards. Raises `UpstreamError` as `exchange` does."""
+        self.reusable = False
+        self.exchanges += 1
+        conn = self.conn
+        assert request.upgrade is not None
+        out = upgrade.upstream_headers([("host", host), *((k, v) for k, v in headers if k != "te")], request.upgrade)
+        reader = _Reader(conn, self.stream, self.limits)
+        got_response = False
+        try:
+            try:
+                data = (conn.send(h11.Request(method=request.method, target=request.target, headers=_encode(out)))
+                        or b"") + (conn.send(h11.EndOfMessage()) or b"")
+            except h11.LocalProtocolError as exc:
+                raise UpstreamError(f"cannot forward request: {exc}", status=400, flags="DPE") from None
+            await self.stream.write(data)
+            status = 0
+            while True:
+                event = await reader.next_event(self.limits.idle_timeout)
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        return 101, _decode(event.headers), bytes(conn.trailing_data[0])
+                elif isinstance(event, h11.Response):
+                    got_response = True
+                    status = event.status_code
+                    await writer.start(status, _decode(event.headers))
+                elif isinstance(event, h11.Data):
+                    await writer.write(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    await writer.end(_decode(event.headers) or None)
+                    return status, None, b""
+                else:  # ConnectionClosed before the end
+                    raise UpstreamError("upstream closed the connection before the response was complete",
+                                        status=502, flags="UC")
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(f"upstream sent malformed HTTP/1.1: {exc}", status=502, flags="UPE") from None
+        except TimeoutError:
+            raise UpstreamError("upstream stalled", status=504, flags="UT") from None
+        except (HboneError, OSError) as exc:
+            raise UpstreamError(f"upstream connection failed: {exc}", status=503, flags="UC",
+                                before_response=not got_response) from None
 
 
 async def forward_http1(

@@ -71,6 +71,7 @@ class Request:
     scheme: str = "http"
     content_length: int | None = None
     has_body: bool = True  # False when the request is known to carry no body (END_STREAM, no length)
+    upgrade: str | None = None  # HTTP/1.1 only: the protocols of an upgrade request (see `upgrade`)
 
     def header(self, name: str) -> str | None:
         """All values of `name`, comma-joined (None when absent)."""

@@ -11,7 +11,10 @@ destination and:
   endpoint of the chosen backend Service, take an idle keep-alive connection to that endpoint from the
   `UpstreamPool` or open an HBONE tunnel to `endpoint:15008` with authority `endpoint:targetPort`
   presenting the waypoint's own certificate (plain TCP for a non-mesh endpoint), forward the request and
-  stream the response back; retries and timeouts per the route.
+  stream the response back; retries and timeouts per the route. An HTTP/1.1 upgrade (WebSocket) goes the
+  same way up to the endpoint pick, then on a new upstream connection of its own; a 101 answer splices the
+  two connections until both sides ended (`upgrade`), with no retry and the route's timeouts bounding only
+  the wait for the answer.
 - TCP ports (appProtocol tcp/tls): L4 only. Policies are evaluated without HTTP attributes (HTTP-only
   rules never allow and always deny, see l7authz); denied -> CONNECT answered 401; else bytes are piped
   to an endpoint tunnel.
@@ -22,10 +25,11 @@ destination and:
 Invariants: the caller's identity comes only from the HBONE peer certificate; the source workload
 named in logs is the one at the Forwarded address only when its identity equals the certificate's. An
 upstream connection is pooled per (endpoint workload, ip, port, protocol) only after an exchange that
-completed cleanly (never with an unfinished response, after `Connection: close`, an error, a timeout or a
-cancellation), so a reused connection always carries the waypoint's own identity to the same endpoint
-that the per-request routing and endpoint pick chose. Config and state are read once per request from the
-injected sources (no locks: they publish immutable snapshots). Randomness only from the injected RNG.
+completed cleanly (never with an unfinished response, after `Connection: close`, an error, a timeout, a
+cancellation or an upgrade request), so a reused connection always carries the waypoint's own identity to
+the same endpoint that the per-request routing and endpoint pick chose. Config and state are read once per
+request from the injected sources (no locks: they publish immutable snapshots). Randomness only from the
+injected RNG.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from ambient.state.model import (
 )
 from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
+from ambient.waypoint import upgrade
 from ambient.waypoint.config import L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.filters import HeaderModifier, RuleFilters
@@ -301,7 +306,7 @@ class Waypoint:
         view = self._state()
         target = path + (f"?{query}" if query else "")
         fwd = Request(req.method, target, req.authority, req.headers, req.body, req.protocol, req.scheme,
-                      req.content_length, req.has_body)
+                      req.content_length, req.has_body, req.upgrade)
         if conn.service is None:  # workload-addressed: straight to that pod
             assert conn.workload is not None
             await self._forward(conn, fwd, writer, record, view, None, None, None)
@@ -359,6 +364,9 @@ class Waypoint:
     ) -> None:
         retry = routed.retry if routed is not None else None
         backend_timeout = routed.backend_timeout if routed is not None else None
+        if req.upgrade is not None and hasattr(writer, "upgrade"):  # else forwarded as a plain request
+            await self._forward_upgrade(conn, req, writer, record, view, backend, request_timeout, backend_timeout)
+            return
         attempts = 1
         if retry is not None and retry.attempts > 0:
             if not req.has_body:
@@ -400,6 +408,61 @@ class Waypoint:
             if writer.started:
                 raise HttpProtocolError(exc.message) from None
             await self._local(writer, record, exc.status, exc.message, exc.flags)
+
+    async def _forward_upgrade(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        view: StateView,
+        backend: tuple[Service, int] | None,
+        request_timeout: float | None,
+        backend_timeout: float | None,
+    ) -> None:
+        """An HTTP/1.1 upgrade request: one attempt (no retries) on a new upstream connection of its own; on
+        101 the two connections are spliced. The route's timeouts bound only the wait for the answer: an
+        established session lasts until both sides ended."""
+        timeouts = [t for t in (request_timeout, backend_timeout) if t]
+        upstream: Http1Upstream | None = None
+        try:
+            async with asyncio.timeout(min(timeouts) if timeouts else None):
+                await req.body.read()  # the (empty) request's end: the client may now switch protocols
+                if backend is None:
+                    assert conn.workload is not None
+                    ep = _Endpoint(conn.workload, conn.request.target_ip, conn.port)
+                    svc = None
+                else:
+                    svc = backend[0]
+                    ep = self._pick(conn, svc, backend[1], view, record)
+                self._describe(ep, svc, record)
+                upstream = Http1Upstream(await self._open(conn, ep, svc, record), self.settings.limits)
+                status, headers, up_buffered = await upstream.exchange_upgrade(req, req.authority, req.headers,
+                                                                               writer)
+            record.status = status
+            if headers is None:  # an ordinary answer, already passed on
+                return
+            assert req.upgrade is not None
+            switch = writer.upgrade  # type: ignore[attr-defined]  # (checked by the caller)
+            down, down_buffered = await switch(upgrade.switching_headers(headers, req.upgrade))
+            try:
+                result = await upgrade.splice(down, down_buffered, upstream.stream, up_buffered)
+            except (HboneError, OSError) as exc:  # either side broke: the session is over
+                record.error, record.flags = f"upgraded connection failed: {exc}", "UC"
+                return
+            # as in ztunnel's log: sent = towards the backend
+            record.bytes_sent, record.bytes_recv = result.a_to_b, result.b_to_a
+        except TimeoutError:
+            if writer.started:
+                raise HttpProtocolError("request timed out while streaming the response") from None
+            await self._local(writer, record, 504, "upstream request timeout", "UT")
+        except UpstreamError as exc:
+            if writer.started:
+                raise HttpProtocolError(exc.message) from None
+            await self._local(writer, record, exc.status, exc.message, exc.flags)
+        finally:
+            if upstream is not None:
+                upstream.close()  # never pooled
 
     async def _attempt(
         self,
@@ -553,6 +616,13 @@ class HeaderModifyingWriter:
 
     async def end(self, trailers: list[tuple[str, str]] | None = None) -> None:
         await self._inner.end(trailers)
+
+    async def upgrade(self, headers: list[tuple[str, str]]) -> tuple[ByteStream, bytes]:
+        switch = getattr(self._inner, "upgrade", None)
+        if switch is None:
+            raise UpstreamError("downstream cannot switch protocols", status=502, flags="UPE")
+        result: tuple[ByteStream, bytes] = await switch(self._modifier.apply(headers))
+        return result
 
 
 Upstream = Http1Upstream | Http2Upstream

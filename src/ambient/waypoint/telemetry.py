@@ -3,7 +3,8 @@
 Access log (same shape as the node proxy's, protocols.md section 6, target `access`, message
 `request complete`): `src.addr src.workload src.namespace src.identity dst.addr dst.hbone_addr dst.service
 dst.workload dst.namespace dst.identity direction="waypoint" http.method http.path http.status protocol
-route response_flags duration error`, missing values omitted, strings with spaces quoted. INFO for
+route response_flags duration error`, missing values omitted, strings with spaces quoted; an upgraded
+(WebSocket) session adds `bytes_sent bytes_recv` (to / from the backend, over the whole session). INFO for
 answered requests, ERROR (with `error=`) when the waypoint itself failed the request (5xx it produced).
 
 Metrics (reporter="waypoint"): `istio_requests_total` (counter) and `istio_request_duration_milliseconds`
@@ -85,6 +86,8 @@ class RequestRecord:
     route: str = ""
     flags: str = ""
     error: str = ""
+    bytes_sent: int = 0  # upgraded sessions only: client -> backend after the 101
+    bytes_recv: int = 0
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -104,6 +107,9 @@ class RequestRecord:
             if value in ("", None, 0):
                 continue
             out.append((name, value, quoted))
+        if self.status == 101:  # an upgraded session: its bytes (0 is printed) before its duration, as ztunnel
+            at = next(i for i, (name, _, _) in enumerate(out) if name == "duration")
+            out[at:at] = [("bytes_sent", self.bytes_sent, False), ("bytes_recv", self.bytes_recv, False)]
         return out
 
 
