@@ -39,8 +39,6 @@ import ipaddress
 import logging
 import random
 import re
-import time
-from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,14 +62,15 @@ from ambient.state.model import (
 from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint import upgrade
+from ambient.waypoint.apply_filters import apply_filters
 from ambient.waypoint.config import L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
-from ambient.waypoint.filters import HeaderModifier, RuleFilters
 from ambient.waypoint.h2client import Http2Upstream
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
+from ambient.waypoint.pool import UpstreamPool
 from ambient.waypoint.routing import (
     NoRoute,
     Redirect,
@@ -324,7 +323,7 @@ class Waypoint:
             record.route = route.key
             filters = route.rules[routed.rule_index].filters
             if filters is not None:  # None for a rule without filters: the only cost they add to it
-                fwd, writer = _apply_filters(filters, fwd, writer, path, query)
+                fwd, writer = apply_filters(filters, fwd, writer, path, query)
         backend = self._backend_service(view, routed.backend.name, routed.backend.namespace)
         if backend is None:
             await self._local(writer, record, 500, f"backend service {routed.backend.namespace}/"
@@ -571,95 +570,6 @@ class Waypoint:
     async def aclose(self) -> None:
         """Close pooled upstream connections (the HBONE client is the owner's to close)."""
         self._pool.close_all()
-
-
-def _apply_filters(
-    filters: RuleFilters, fwd: Request, writer: ResponseWriter, path: str, query: str
-) -> tuple[Request, ResponseWriter]:
-    """The request as the rule's filters make it (headers, Host, path) and the writer that applies its
-    ResponseHeaderModifier. Policy was evaluated on the request as received, as in Istio."""
-    if filters.request_headers is not None:
-        fwd.headers = filters.request_headers.apply(fwd.headers)
-    rewrite = filters.rewrite
-    if rewrite is not None:
-        if rewrite.hostname is not None:
-            fwd.authority = rewrite.hostname
-        if rewrite.path is not None:
-            fwd.target = rewrite.path.apply(path) + (f"?{query}" if query else "")
-    if filters.response_headers is not None:
-        writer = HeaderModifyingWriter(writer, filters.response_headers)
-    return fwd, writer
-
-
-class HeaderModifyingWriter:
-    """A `ResponseWriter` that passes everything through and applies a ResponseHeaderModifier to the head."""
-
-    __slots__ = ("_inner", "_modifier")
-
-    def __init__(self, inner: ResponseWriter, modifier: HeaderModifier) -> None:
-        self._inner = inner
-        self._modifier = modifier
-
-    @property
-    def started(self) -> bool:
-        return self._inner.started
-
-    @property
-    def ended(self) -> bool:
-        return self._inner.ended
-
-    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
-        await self._inner.start(status, self._modifier.apply(headers))
-
-    async def write(self, data: bytes) -> None:
-        await self._inner.write(data)
-
-    async def end(self, trailers: list[tuple[str, str]] | None = None) -> None:
-        await self._inner.end(trailers)
-
-    async def upgrade(self, headers: list[tuple[str, str]]) -> tuple[ByteStream, bytes]:
-        switch = getattr(self._inner, "upgrade", None)
-        if switch is None:
-            raise UpstreamError("downstream cannot switch protocols", status=502, flags="UPE")
-        result: tuple[ByteStream, bytes] = await switch(self._modifier.apply(headers))
-        return result
-
-
-Upstream = Http1Upstream | Http2Upstream
-PoolKey = tuple[str, str, int, bool]  # workload uid, ip, port, HTTP/2
-
-
-class UpstreamPool:
-    """Idle HTTP/1.1 upstream connections per endpoint, reused by later requests (no background task:
-    staleness is checked when a connection is taken)."""
-
-    def __init__(self, max_idle_per_key: int = 16, idle_timeout: float = 60.0) -> None:
-        self.max_idle = max_idle_per_key
-        self.idle_timeout = idle_timeout
-        self._idle: dict[PoolKey, deque[tuple[Upstream, float]]] = {}
-
-    def take(self, key: PoolKey) -> Upstream | None:
-        idle = self._idle.get(key)
-        now = time.monotonic()
-        while idle:
-            upstream, since = idle.pop()
-            if now - since < self.idle_timeout and not getattr(upstream.stream, "at_eof", False):
-                return upstream
-            upstream.close()
-        return None
-
-    def give(self, key: PoolKey, upstream: Upstream) -> None:
-        idle = self._idle.setdefault(key, deque())
-        if not upstream.reusable or len(idle) >= self.max_idle:
-            upstream.close()
-            return
-        idle.append((upstream, time.monotonic()))
-
-    def close_all(self) -> None:
-        for idle in self._idle.values():
-            for upstream, _ in idle:
-                upstream.close()
-        self._idle.clear()
 
 
 async def _read_all(req: Request, limit: int) -> bytes:
