@@ -24,6 +24,7 @@ import h2.events
 import h2.settings
 import hpack
 import pytest
+from hbone_fakes import FakeTransport
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 
 from ambient.hbone import h2fast
@@ -299,34 +300,6 @@ def test_client_response_headers_match_h2(case: int) -> None:
 
 
 # -- through HboneConnection ---------------------------------------------------------------------------------
-class _Transport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.out += chunk
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name in ("sockname", "peername") else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def abort(self) -> None:
-        self.closed = True
-
-
 async def test_connection_serves_requests_and_fins_via_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """A whole CONNECT + END_STREAM in one read: request delivered with its headers, FIN delivered, the
     stream released once both sides ended; and none of it went through h2's `receive_data`."""
@@ -337,7 +310,7 @@ async def test_connection_serves_requests_and_fins_via_the_fast_path(monkeypatch
         stream.respond(200)
 
     conn = HboneConnection(client_side=False, on_request=on_request)
-    transport = _Transport()
+    transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(PREFACE + bytes(SettingsFrame(0).serialize()))
     calls = []

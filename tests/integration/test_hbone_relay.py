@@ -20,6 +20,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
+from hbone_fakes import FakeTransport
 from hyperframe.frame import DataFrame, PingFrame, WindowUpdateFrame
 
 from ambient.hbone.client import HboneClient
@@ -34,36 +35,6 @@ from ambient.ztunnel.copy import CopyStats, HboneEnd, SocketEnd, copy_bidirectio
 pytestmark = pytest.mark.timeout(60)
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
 CLIENT_ID = "spiffe://cluster.local/ns/x/sa/client"
-
-
-class _Transport:
-    """Just enough of an asyncio transport for an HboneConnection fed by hand."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.out += chunk
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name in ("sockname", "peername") else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def abort(self) -> None:
-        self.closed = True
 
 
 def _client_wire() -> tuple[bytes, dict[int, bytes]]:
@@ -122,7 +93,7 @@ async def test_receive_fast_path_matches_h2(step: int) -> None:
         stream.respond(200)
 
     conn = HboneConnection(client_side=False, on_request=on_request)
-    transport = _Transport()
+    transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     for chunk in chunks:
         conn.data_received(memoryview(bytearray(chunk)))  # a view of a buffer, as the TLS layer hands it
@@ -150,7 +121,7 @@ async def test_fast_path_data_beyond_the_window_is_a_flow_control_error() -> Non
     client.send_headers(1, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
     wire = bytearray(client.data_to_send())
     conn = HboneConnection(client_side=False, on_request=lambda s, _r: s.respond(200))
-    transport = _Transport()
+    transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(bytes(wire))
     window = conn._h2.streams[1]._inbound_window_manager.current_window_size
