@@ -260,6 +260,21 @@ async def test_l7_deny_answers_403_without_reaching_backend() -> None:
             stream.close()
 
 
+async def test_upgrade_to_another_protocol_is_refused_without_reaching_backend() -> None:
+    async with loopback() as lb:
+        app, server = await _with_app(lb)
+        async with server:
+            stream = await lb.open()
+            await stream.write(f"GET /ws HTTP/1.1\r\nhost: {HOST}\r\nconnection: upgrade\r\nupgrade: foo/1\r\n"
+                               "\r\n".encode())
+            got = b""
+            while b"not allowed" not in got and (chunk := await stream.read()):  # the 403 and its text
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 403 ") and b"upgrade to 'foo/1' is not allowed" in got
+            assert app.requests == [] and app.connections == 0
+            stream.close()
+
+
 async def test_upgrade_with_body_is_refused() -> None:
     async with loopback() as lb:
         app, server = await _with_app(lb)

@@ -364,6 +364,10 @@ class Waypoint:
         retry = routed.retry if routed is not None else None
         backend_timeout = routed.backend_timeout if routed is not None else None
         if req.upgrade is not None and hasattr(writer, "upgrade"):  # else forwarded as a plain request
+            if not upgrade.allowed(req.upgrade):
+                await self._local(writer, record, 403, f"upgrade to {req.upgrade!r} is not allowed "
+                                  f"(allowed: {', '.join(sorted(upgrade.ALLOWED_UPGRADES))})", "UPE")
+                return
             await self._forward_upgrade(conn, req, writer, record, view, backend, request_timeout, backend_timeout)
             return
         attempts = 1

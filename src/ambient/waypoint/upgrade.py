@@ -16,6 +16,8 @@ Invariants:
   bytes after its head belong to the new protocol, not to a body.
 - `h2c` is not an upgrade the waypoint performs (it speaks HTTP/2 by prior knowledge only): such a request
   is forwarded as a plain request with the hop-by-hop headers removed, as before upgrades existed.
+- Only WebSocket is upgraded (`allowed`), as Istio configures Envoy by default: a request for any other
+  protocol is answered 403 without reaching a backend.
 - HTTP/2 downstream (extended CONNECT, RFC 8441) is not supported: its requests never carry `upgrade`.
 """
 
@@ -26,6 +28,7 @@ from ambient.waypoint.messages import strip_hop_by_hop
 
 # Upgrade tokens never performed (see the module docstring)
 _NOT_UPGRADES = frozenset({"h2c"})
+ALLOWED_UPGRADES = frozenset({"websocket"})
 
 
 def _tokens(headers: list[tuple[str, str]], name: str) -> list[str]:
@@ -41,6 +44,11 @@ def requested_upgrade(headers: list[tuple[str, str]]) -> str | None:
     if not protocols or all(p.split("/", 1)[0].lower() in _NOT_UPGRADES for p in protocols):
         return None
     return ", ".join(p for p in protocols if p.split("/", 1)[0].lower() not in _NOT_UPGRADES)
+
+
+def allowed(protocols: str) -> bool:
+    """Whether every protocol of a requested upgrade (`requested_upgrade`'s value) may be performed."""
+    return all(p.strip().split("/", 1)[0].lower() in ALLOWED_UPGRADES for p in protocols.split(","))
 
 
 def upstream_headers(headers: list[tuple[str, str]], protocol: str) -> list[tuple[str, str]]:

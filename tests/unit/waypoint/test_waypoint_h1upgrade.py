@@ -11,7 +11,7 @@ import pytest
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.messages import Limits, Request, ResponseWriter, respond_text
 from ambient.waypoint.telemetry import RequestRecord, format_request
-from ambient.waypoint.upgrade import requested_upgrade, splice, switching_headers, upstream_headers
+from ambient.waypoint.upgrade import allowed, requested_upgrade, splice, switching_headers, upstream_headers
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -98,6 +98,11 @@ async def read_all(end: End) -> bytes:
 ])
 def test_requested_upgrade(headers: list[tuple[str, str]], expected: str | None) -> None:
     assert requested_upgrade(headers) == expected
+
+
+def test_only_websocket_is_allowed() -> None:
+    assert allowed("websocket") and allowed("WebSocket") and allowed("websocket/13")
+    assert not allowed("foo") and not allowed("websocket, foo") and not allowed("TLS/1.2")
 
 
 def test_upstream_headers_add_the_upgrade_ones() -> None:
