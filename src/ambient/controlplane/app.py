@@ -44,7 +44,7 @@ from ambient.controlplane.ca_server import (
     issue_server_cert,
 )
 from ambient.controlplane.errors import CaRefusedError
-from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex
+from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex, route_status
 from ambient.controlplane.pod_tokens import LocalAuthenticator, PodTokenAuthenticator, is_pod_token
 from ambient.controlplane.source import ApiObjectSource, ObjectSource, reflect
 from ambient.controlplane.xds_server import ResourceCache, XdsServer
@@ -204,19 +204,30 @@ class ControlPlane:
 
     async def _status_loop(self) -> None:
         """Write the `ZtunnelAccepted` condition of each AuthorizationPolicy (narrowed, not enforced) and
-        PeerAuthentication (DISABLE acts as PERMISSIVE) back to the object's status."""
+        PeerAuthentication (DISABLE acts as PERMISSIVE), and the `Accepted` condition of each mesh HTTPRoute's
+        Service parents, back to the object's status."""
         assert self._status_writer is not None
         while True:
             await asyncio.sleep(0.2)
             pending, self.index.status_pending = self.index.status_pending, {}
             for (kind, ns, name), (status, reason, message) in pending.items():
                 obj = self.index.get(kind, ns, name)
+                now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if kind == "HTTPRoute":
+                    if obj is None:
+                        continue
+                    patch = {"status": route_status(obj, (status, reason, message), now)}
+                    try:
+                        await self._status_writer(kind, ns, name, patch)
+                    except AmbientError as exc:
+                        log.info("could not write status of %s %s/%s: %s", kind, ns, name, exc)
+                    continue
                 condition = {
                     "type": STATUS_CONDITION,
                     "status": status,
                     "reason": reason,
                     "message": message,
-                    "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "lastTransitionTime": now,
                     "observedGeneration": ((obj or {}).get("metadata") or {}).get("generation"),
                 }
                 try:

@@ -30,7 +30,7 @@ from ambient.protocol.gen.istio.workload import workload_pb2 as wl
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway")
+KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway", "HTTPRoute")
 
 
 @dataclass
@@ -69,6 +69,7 @@ class MeshIndex:
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_policies: set[tuple[str, str]] = set()
         self._dirty_pa = False
+        self._dirty_routes: set[tuple[str, str]] = set()  # HTTPRoutes: only their status (waypoints route)
         self._pa_warned: dict[str, str] = {}  # "ns/name" -> the warning last logged for it
 
     # ------------------------------------------------------------------ queries
@@ -133,6 +134,8 @@ class MeshIndex:
                 self._dirty_pods.update(self._all_pod_keys())
             else:
                 self._dirty_pods.update((ns, p) for p in self._objs["Pod"].get(ns, {}))
+        elif kind == "HTTPRoute":
+            self._dirty_routes.add((ns, name))
         elif kind == "Gateway":
             # Waypoint bindings may change anywhere (use-waypoint-namespace): rare, recompute all.
             self._dirty_pods.update(self._all_pod_keys())
@@ -214,6 +217,14 @@ class MeshIndex:
             self._set_auth(delta, key, result.authorization)
         if self._dirty_pa:
             self._flush_peer_authentications(delta)
+        for ns, name in sorted(self._dirty_routes):
+            route = self.get("HTTPRoute", ns, name)
+            accepted = route_status_fields(route) if route is not None else None
+            if accepted is None:
+                self.status_pending.pop(("HTTPRoute", ns, name), None)
+            elif route is not None and _written_route_condition(route) != accepted:
+                self.status_pending[("HTTPRoute", ns, name)] = accepted
+        self._dirty_routes.clear()
         gateways = self._gateways()
         for ns, name in sorted(self._dirty_services):
             svc = self.get("Service", ns, name)
@@ -303,6 +314,56 @@ def status_condition_fields(result: tr.PolicyTranslation) -> tuple[str, str, str
     if result.message:
         return "False", "UnsupportedValue", result.message
     return ACCEPTED
+
+
+ROUTE_CONTROLLER = "istio.io/gateway-controller"
+
+
+def mesh_parent_refs(route: Obj) -> list[Obj]:
+    """The route's parentRefs that are Services (GAMMA mesh routes: the waypoints' to honour)."""
+    return [dict(ref) for ref in (route.get("spec") or {}).get("parentRefs") or []
+            if ref.get("kind") == "Service" and ref.get("group", "") in ("", "core")]
+
+
+def route_status_fields(route: Obj) -> tuple[str, str, str] | None:
+    """(status, reason, message) of the `Accepted` condition the control plane reports for an HTTPRoute's
+    Service parents (None: the route has none, it is not a mesh route). Not accepted as written when a rule
+    uses a filter the waypoints do not implement (those rules answer 500) or the route cannot be parsed."""
+    if not mesh_parent_refs(route):
+        return None
+    from ambient.waypoint.errors import ConfigError
+    from ambient.waypoint.routing import parse_http_route
+
+    try:
+        parsed = parse_http_route(route)
+    except ConfigError as exc:
+        return "False", "UnsupportedValue", exc.message
+    unsupported = [f"rule {i}: {what}" for i, rule in enumerate(parsed.rules) if rule.filters is not None
+                   for what in rule.filters.unsupported]
+    if unsupported:
+        return ("False", "UnsupportedValue", "not implemented by the waypoint, those rules answer 500: "
+                + "; ".join(unsupported))
+    return "True", "Accepted", "routed by the waypoints as written"
+
+
+def route_status(route: Obj, fields: tuple[str, str, str], now: str) -> Obj:
+    """The `status` patch of an HTTPRoute: one entry per Service parent, with the Accepted condition."""
+    status, reason, message = fields
+    condition = {"type": "Accepted", "status": status, "reason": reason, "message": message,
+                 "lastTransitionTime": now,
+                 "observedGeneration": (route.get("metadata") or {}).get("generation")}
+    return {"parents": [{"parentRef": ref, "controllerName": ROUTE_CONTROLLER, "conditions": [condition]}
+                        for ref in mesh_parent_refs(route)]}
+
+
+def _written_route_condition(route: Obj) -> tuple[str, str, str] | None:
+    parents = (route.get("status") or {}).get("parents") or []
+    ours = [p for p in parents if p.get("controllerName") == ROUTE_CONTROLLER]
+    if len(ours) != len(mesh_parent_refs(route)):
+        return None
+    written = {(str(c.get("status")), str(c.get("reason")), str(c.get("message")))
+               for p in ours for c in p.get("conditions") or [] if c.get("type") == "Accepted"}
+    return written.pop() if len(written) == 1 else None
 
 
 def _written_condition(obj: Obj) -> tuple[str, str, str] | None:

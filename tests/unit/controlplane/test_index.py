@@ -148,3 +148,41 @@ def test_peer_authentication_disable_is_accepted_with_a_warning(caplog: pytest.L
     index.upsert("PeerAuthentication", written)
     index.flush()
     assert ("PeerAuthentication", "shop", "off") not in index.status_pending
+
+
+def _route(name: str, filters: list[dict] | None = None, parent_kind: str = "Service") -> dict:
+    rule: dict = {"backendRefs": [{"name": "reviews", "port": 9080}]}
+    if filters is not None:
+        rule["filters"] = filters
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "shop", "generation": 2},
+            "spec": {"parentRefs": [{"group": "" if parent_kind == "Service" else "gateway.networking.k8s.io",
+                                     "kind": parent_kind, "name": "reviews"}], "rules": [rule]}}
+
+
+def test_http_route_status_reports_unsupported_filters_on_its_service_parents() -> None:
+    from ambient.controlplane.index import MeshIndex, route_status
+
+    index = MeshIndex()
+    index.upsert("HTTPRoute", _route("plain"))
+    index.upsert("HTTPRoute", _route("mirror", [{"type": "RequestMirror",
+                                                  "requestMirror": {"backendRef": {"name": "x", "port": 80}}}]))
+    index.upsert("HTTPRoute", _route("north-south", parent_kind="Gateway"))  # not a mesh route: not ours
+    delta = index.flush()
+    assert not delta.addresses and not delta.authorizations  # routes change no xDS resource
+    assert index.status_pending[("HTTPRoute", "shop", "plain")][:2] == ("True", "Accepted")
+    status, reason, message = index.status_pending[("HTTPRoute", "shop", "mirror")]
+    assert (status, reason) == ("False", "UnsupportedValue") and "rule 0: filter RequestMirror" in message
+    assert ("HTTPRoute", "shop", "north-south") not in index.status_pending
+    patch = route_status(_route("mirror"), (status, reason, message), "2026-11-22T00:00:00Z")
+    assert patch["parents"] == [{
+        "parentRef": {"group": "", "kind": "Service", "name": "reviews"},
+        "controllerName": "istio.io/gateway-controller",
+        "conditions": [{"type": "Accepted", "status": "False", "reason": "UnsupportedValue", "message": message,
+                        "lastTransitionTime": "2026-11-22T00:00:00Z", "observedGeneration": 2}]}]
+    # Written back (the watch returns the object with its status): nothing pending for it any more.
+    index.status_pending.clear()
+    index.upsert("HTTPRoute", {**_route("mirror", [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"name": "x", "port": 80}}}]), "status": patch})
+    index.flush()
+    assert ("HTTPRoute", "shop", "mirror") not in index.status_pending

@@ -249,6 +249,8 @@ def test_rbac_is_least_privilege() -> None:
             assert allowed(cp, group, resource, verb), (resource, verb)
         assert not allowed(cp, group, resource, "delete")
     assert allowed(cp, "authentication.k8s.io", "tokenreviews", "create")
+    assert allowed(cp, "gateway.networking.k8s.io", "httproutes/status", "patch")  # route Accepted condition
+    assert not allowed(cp, "gateway.networking.k8s.io", "httproutes", "patch")
     assert not allowed(cp, "", "pods", "patch")
     agent = rules_of(objs, "ambient-node-agent")
     assert allowed(agent, "", "pods", "watch") and allowed(agent, "", "pods", "patch")
