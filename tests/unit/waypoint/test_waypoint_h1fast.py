@@ -9,6 +9,7 @@ import asyncio
 
 import h11
 import pytest
+from memstream import End, pair
 
 from ambient.waypoint import h1fast
 from ambient.waypoint.errors import UpstreamError
@@ -16,50 +17,6 @@ from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.messages import Limits, Request, ResponseWriter
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Pipe:
-    def __init__(self) -> None:
-        self.q: asyncio.Queue[bytes] = asyncio.Queue()
-        self.closed = False
-
-
-class End:
-    """A `ByteStream` end over two in-memory pipes; `sent` keeps everything written."""
-
-    def __init__(self, rx: Pipe, tx: Pipe) -> None:
-        self.rx, self.tx = rx, tx
-        self.buf = b""
-        self.sent = bytearray()
-
-    async def read(self, max_bytes: int = -1) -> bytes:
-        if not self.buf:
-            self.buf = await self.rx.q.get()
-        if max_bytes < 0:
-            data, self.buf = self.buf, b""
-        else:
-            data, self.buf = self.buf[:max_bytes], self.buf[max_bytes:]
-        return data
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.tx.closed:
-            raise ConnectionResetError("closed")
-        if data:
-            self.sent += data
-            self.tx.q.put_nowait(bytes(data))
-
-    async def write_eof(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self.tx.closed:
-            self.tx.closed = True
-            self.tx.q.put_nowait(b"")
-
-
-def pair() -> tuple[End, End]:
-    a, b = Pipe(), Pipe()
-    return End(a, b), End(b, a)
 
 
 async def read_all(end: End, limit: float = 5.0) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from memstream import End, pair
 
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.messages import Limits, Request, ResponseWriter, respond_text
@@ -14,54 +15,6 @@ from ambient.waypoint.telemetry import RequestRecord, format_request
 from ambient.waypoint.upgrade import allowed, requested_upgrade, splice, switching_headers, upstream_headers
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Pipe:
-    def __init__(self) -> None:
-        self.q: asyncio.Queue[bytes] = asyncio.Queue()
-        self.closed = False
-
-
-class End:
-    """A `ByteStream` end: reads from `rx`, writes to `tx` (EOF is b"" and stays EOF)."""
-
-    def __init__(self, rx: Pipe, tx: Pipe) -> None:
-        self.rx, self.tx = rx, tx
-        self.buf = b""
-        self.eof = False
-
-    async def read(self, max_bytes: int = -1) -> bytes:
-        if self.eof:
-            return b""
-        if not self.buf:
-            self.buf = await self.rx.q.get()
-            if not self.buf:
-                self.eof = True
-                return b""
-        n = len(self.buf) if max_bytes < 0 else max_bytes
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.tx.closed:
-            raise ConnectionResetError("closed")
-        if data:
-            self.tx.q.put_nowait(bytes(data))
-
-    async def write_eof(self) -> None:
-        if not self.tx.closed:
-            self.tx.closed = True
-            self.tx.q.put_nowait(b"")
-
-    def close(self) -> None:
-        if not self.tx.closed:
-            self.tx.closed = True
-            self.tx.q.put_nowait(b"")
-
-
-def pair() -> tuple[End, End]:
-    a, b = Pipe(), Pipe()
-    return End(a, b), End(b, a)
 
 
 async def read_until(end: End, marker: bytes) -> bytes:

@@ -13,58 +13,13 @@ import h2.exceptions
 import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
+from memstream import End, pair
 
 from ambient.waypoint.http1 import serve_http1
 from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.messages import H2_PREFACE, Limits, Request, ResponseWriter, respond_text
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Pipe:
-    """One direction of an in-memory byte stream."""
-
-    def __init__(self) -> None:
-        self.q: asyncio.Queue[bytes] = asyncio.Queue()
-        self.closed = False
-
-
-class End:
-    """A `ByteStream` end: reads from `rx`, writes to `tx`."""
-
-    def __init__(self, rx: Pipe, tx: Pipe) -> None:
-        self.rx, self.tx = rx, tx
-        self.buf = b""
-
-    async def read(self, max_bytes: int = -1) -> bytes:
-        if not self.buf:
-            self.buf = await self.rx.q.get()
-        if max_bytes < 0:
-            data, self.buf = self.buf, b""
-        else:
-            data, self.buf = self.buf[:max_bytes], self.buf[max_bytes:]
-        return data
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.tx.closed:
-            raise ConnectionResetError("closed")
-        if data:
-            self.tx.q.put_nowait(bytes(data))
-
-    async def write_eof(self) -> None:
-        if not self.tx.closed:
-            self.tx.closed = True
-            self.tx.q.put_nowait(b"")
-
-    def close(self) -> None:
-        if not self.tx.closed:
-            self.tx.closed = True
-            self.tx.q.put_nowait(b"")
-
-
-def pair() -> tuple[End, End]:
-    a, b = Pipe(), Pipe()
-    return End(a, b), End(b, a)
 
 
 async def app(req: Request, writer: ResponseWriter) -> None:
