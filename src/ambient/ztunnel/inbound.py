@@ -3,11 +3,16 @@
 HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.md s.2):
 1. context: the dialled address, the client address and identity (from the peer certificate ONLY), the
    local workload;
-2. authority check (route.check_inbound_authority): 400 for a bad authority, a proxy port (self-call /
-   loop: 15001/15006/15008 and the admin ports) or a loopback target, or an authority IP that differs
-   from the dialled IP; 503 for an unknown local workload;
+2. authority check (route.check_inbound_authority): 400 for a bad authority, a loopback target, or an
+   authority IP that differs from the dialled IP (an IPv4-mapped authority included, as ztunnel compares
+   it unmapped); 503 for an unknown local workload, and for a target on one of the proxy's own ports
+   (self-call / loop: 15001/15006/15008 and the admin ports; ztunnel answers 503 for these);
 3. authorization (authz.evaluate): 401, access log `error="connection closed due to policy rejection:
    <reason>"`, metrics response_flags DENY;
+3b. admission (ProxyCore.admission): per-source and per-proxy concurrency limits and the per-source
+   early-reset limit, decided before any socket to the app exists: 503 (plaintext: reset), counted in
+   ambient_ztunnel_inbound_refused_total{reason}; a stream the client resets before its 200 counts as an
+   early reset of its source;
 4. upstream connect to the app, binding the client's IP (IP_TRANSPARENT) so the app sees the real source,
    10 s timeout: 503 (response_flags CONNECT);
 5. 200, then copy both ways.
@@ -41,6 +46,7 @@ from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel import route
 from ambient.ztunnel import sockets as so
 from ambient.ztunnel.accesslog import ConnectionRecord
+from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT
 from ambient.ztunnel.copy import CopyStats, DrainCut, End, HboneEnd, SocketEnd, copy_bidirectional, finish, reset_socket
 from ambient.ztunnel.errors import UpstreamError
 from ambient.ztunnel.metrics import ConnectionLabels
@@ -130,12 +136,14 @@ HboneHandler = Callable[[ConnectRequest, PeerIdentity], Awaitable[Decision]]
 
 class _UpstreamGuard:
     """Handed to the HBONE server as `Accept.upstream` only for its `close()`, which the server calls on
-    every path: if the stream died before `serve` ran (no 200 sent), the app socket is reset and the
-    connection is still logged and counted (opened/closed stay paired)."""
+    every path (after `serve` returned, or instead of it): the admission slot is released there, and if
+    the stream died before `serve` ran (no 200 sent: the client reset it early) the app socket is reset
+    and the connection is still logged and counted (opened/closed stay paired)."""
 
-    def __init__(self, sock: socket.socket, orphaned: Callable[[], None]) -> None:
+    def __init__(self, sock: socket.socket, orphaned: Callable[[], None], release: Callable[[], None]) -> None:
         self.sock = sock
         self.orphaned = orphaned
+        self.release = release
         self.started = False
         self._closed = False
 
@@ -149,9 +157,12 @@ class _UpstreamGuard:
         raise NotImplementedError
 
     def close(self) -> None:
-        if self._closed or self.started:
+        if self._closed:
             return
         self._closed = True
+        self.release()
+        if self.started:
+            return
         reset_socket(self.sock)
         self.orphaned()
 
@@ -178,6 +189,16 @@ class _InboundPlan:
     workload: str = ""  # "ns/name" of the local workload, for the connection table
 
 
+def _authority_reject(authority: str) -> Reject | None:
+    """400 for an IPv4-mapped IPv6 authority (`[::ffff:10.0.0.1]:80`): ztunnel compares it, unmapped, with
+    the (canonical, IPv4) dialled address and refuses the mismatch; it is never a pod's own address."""
+    addr = route.SocketAddr.parse(authority)
+    if addr is not None and addr.ip.version == 6 and addr.ip.ipv4_mapped is not None:
+        return Reject(400, f"CONNECT authority {authority} does not match the dialled address "
+                           f"(IPv4-mapped addresses are not workload addresses)")
+    return None
+
+
 def _inbound_plan(
     ctx: PodContext, view: StateView, local_addr: tuple[Any, ...], remote_ip: str, authority: str, peer_uri: str,
 ) -> _InboundPlan:
@@ -187,12 +208,19 @@ def _inbound_plan(
     plan = _InboundPlan(dst_addr=_addr(dialled_ip, local_addr[1]), src_ip=src_ip, src_ip_text=str(src_ip))
     local = ctx.scope.local_workload(view, dialled_ip)
     # 2. authority
-    check = route.check_inbound_authority(dialled_ip, authority, local, view,
-                                          proxy_ports=ctx.settings.ports.proxy_ports)
+    reject = _authority_reject(authority)
+    if reject is not None:
+        plan.reject = reject
+        return plan
+    check = route.check_inbound_authority(dialled_ip, authority, local, view, proxy_ports=frozenset())
     if not check.ok or check.target is None or local is None:
         plan.reject = Reject(check.status, check.reason)
         return plan
     target = check.target
+    # the proxy's own ports, on the resolved target (as ztunnel checks them: a self-call is 503)
+    if target.port in ctx.settings.ports.proxy_ports:
+        plan.reject = Reject(503, f"CONNECT to proxy port {target.port} refused (self-call/loop)")
+        return plan
     src_wl = view.workload_by_ip(src_ip)
     plan.target, plan.target_text, plan.local = target, str(target), local
     plan.src_workload = src_wl.name if src_wl else ""
@@ -207,8 +235,17 @@ def _inbound_plan(
     return plan
 
 
+def _refusal_text(reason: str, src: str) -> str:
+    lim = {EARLY_RESETS: "too many streams reset before their tunnel opened",
+           SOURCE_LIMIT: "too many concurrent inbound connections from this source",
+           PROXY_LIMIT: "too many concurrent inbound connections on this node proxy"}.get(reason, reason)
+    return f"connection refused by admission control ({reason}): {lim} ({src})"
+
+
 def hbone_handler(ctx: PodContext) -> HboneHandler:
     core, tel = ctx.core, ctx.core.telemetry
+    admission = core.admission
+    loop = asyncio.get_running_loop()
 
     async def handle(request: ConnectRequest, peer: PeerIdentity) -> Decision:
         # 1.-3. context, authority, authorization: pure, once per pair and state version
@@ -241,16 +278,34 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
             record.error = verdict.error
             tel.finish(record, labels, CopyStats())
             return Reject(401, verdict.error)
+        # admission: limits are decided before the app is dialled
+        src_key = plan.src_ip_text
+        refused = admission.admit(src_key, loop.time())
+        if refused is not None:
+            reason = _refusal_text(refused, src_key)
+            tel.metrics.inbound_refused("hbone", refused)
+            tel.access.failed(src_addr=src_addr, dst_addr=plan.dst_addr, direction="inbound", error=reason)
+            return Reject(503, reason)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                admission.release(src_key)
+
         # 4. upstream
         tel.opened(labels)
         try:
             upstream = await _connect_app(ctx, src_ip, target)
         except UpstreamError as exc:
+            release()
             labels = labels.with_flags("CONNECT")
             record.error = exc.message
             tel.finish(record, labels, CopyStats())
             return Reject(503, exc.message)
         except asyncio.CancelledError:  # drained while connecting: still log and count it
+            release()
             record.error = str(DrainCut())
             tel.finish(record, labels, CopyStats())
             raise
@@ -261,10 +316,11 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
         }
 
         def orphaned() -> None:
+            admission.early_reset(src_key, loop.time())  # per source, across its connections
             record.error = "the HBONE stream ended before the tunnel opened"
             tel.finish(record, labels, CopyStats())
 
-        guard = _UpstreamGuard(upstream, orphaned)
+        guard = _UpstreamGuard(upstream, orphaned, release)
 
         async def serve(stream: HboneStream) -> None:
             guard.started = True
@@ -320,16 +376,27 @@ async def serve_plaintext(ctx: PodContext, client: socket.socket) -> None:
         tel.finish(record, labels, CopyStats())
         reset_socket(client)
         return
-    try:
-        upstream = await _connect_app(ctx, src_ip, target)
-    except UpstreamError as exc:
-        record.error = exc.message
-        tel.finish(record, labels.with_flags("CONNECT"), CopyStats())
+    admission, src_key = core.admission, str(src_ip)
+    refused = admission.admit(src_key, asyncio.get_running_loop().time())
+    if refused is not None:  # decided before the app is dialled
+        tel.metrics.inbound_refused("tcp", refused)
+        record.error = _refusal_text(refused, src_key)
+        tel.finish(record, labels.with_flags("UO"), CopyStats())  # "upstream overflow", as Envoy flags it
         reset_socket(client)
         return
-    entry_args = {
-        "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
-        "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "TCP",
-    }
-    await _deliver(ctx, SocketEnd(client, src_addr), src_ip, target, record, labels, entry_args, upstream,
-                   authz, local.uid)
+    try:
+        try:
+            upstream = await _connect_app(ctx, src_ip, target)
+        except UpstreamError as exc:
+            record.error = exc.message
+            tel.finish(record, labels.with_flags("CONNECT"), CopyStats())
+            reset_socket(client)
+            return
+        entry_args = {
+            "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
+            "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "TCP",
+        }
+        await _deliver(ctx, SocketEnd(client, src_addr), src_ip, target, record, labels, entry_args, upstream,
+                       authz, local.uid)
+    finally:
+        admission.release(src_key)

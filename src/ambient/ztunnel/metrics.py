@@ -1,9 +1,11 @@
 """Prometheus metrics of the node proxy, with the reference names and bounded labels (protocols.md s.6).
 
 Counters: istio_tcp_connections_opened_total, istio_tcp_connections_closed_total,
-istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total. Every label of `LABELS` is always set; empty
-values become "unknown". Invariant: no label carries a per-connection or per-port value (addresses, ports,
-trace ids), so the number of series is bounded by workloads x services x flags.
+istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total; and the node proxy's own
+ambient_ztunnel_inbound_refused_total{protocol, reason}: inbound connections (protocol "tcp") and HBONE
+streams ("hbone") refused by admission control (ambient.ztunnel.admission.REASONS). Every label of
+`LABELS` is always set; empty values become "unknown". Invariant: no label carries a per-connection or
+per-port value (addresses, ports, trace ids), so the number of series is bounded by workloads x services x flags.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ class ProxyMetrics:
         self.received = Counter(
             "istio_tcp_received_bytes", "Bytes received from the destination", LABELS, registry=self.registry
         )
+        self.refused = Counter(
+            "ambient_ztunnel_inbound_refused",
+            "Inbound connections and HBONE streams refused by admission control, by reason",
+            ("protocol", "reason"), registry=self.registry,
+        )
         # family -> label values -> child. `Counter.labels()` validates and joins 22 label values on every
         # call; connections of one workload pair reuse one child. A child is created exactly when
         # `labels()` would first have been called, so the exposition is unchanged; the label sets are
@@ -100,6 +107,9 @@ class ProxyMetrics:
             self._child(self.sent, labels.values).inc(sent)
         if received:
             self._child(self.received, labels.values).inc(received)
+
+    def inbound_refused(self, protocol: str, reason: str) -> None:
+        self._child(self.refused, (protocol, reason)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,8 @@ Pieces:
   sockets live in the pod; shared: the current netns.
 - `WorkloadProxy.run()`: creates the listeners (SO_REUSEPORT, SO_MARK), serves until its `Drain`
   starts, then drains (listeners closed at once, connections until the deadline).
+- `ProxyCore.admission`: inbound admission limits (per source, per proxy, early resets), decided before
+  a connection to an app is dialled.
 - `ViewMemo` (`PodContext.memo`): the handlers' per-state-version caches of pure per-connection work.
 - `connect_socket` (hbone.client): the proxy's own connects, without uvloop's thread-pool "resolution".
 
@@ -40,6 +42,7 @@ from ambient.inpod.netns import in_netns
 from ambient.state.model import IPAddress, Workload, canonical_ip, spiffe_id
 from ambient.state.store import StateStore, StateView
 from ambient.ztunnel import sockets as so
+from ambient.ztunnel.admission import Admission
 from ambient.ztunnel.certs import CertSource
 from ambient.ztunnel.drain import Drain
 from ambient.ztunnel.errors import ListenerError, UpstreamError
@@ -60,6 +63,11 @@ class ProxyCore:
     certs: CertSource
     hbone: HboneClient
     telemetry: Telemetry
+    # inbound admission control, shared by every pod of the process (limits from `settings`)
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.settings.admission_limits)
 
     def view(self) -> StateView:
         return self.state.current
@@ -181,19 +189,33 @@ class LocalSockets:
 class NetnsSockets:
     """A one-thread executor whose thread entered the pod netns once and stays there for its life.
 
-    Per-connection sockets come from a small pool refilled in batches: a thread hop costs hundreds of
-    microseconds under load, so it is paid once per `BATCH` connections, not once per connection. Only
-    `socket()` needs the netns; options, bind and connect happen on the event loop thread."""
+    Per-connection sockets come from a small spare pool refilled in batches: a thread hop costs hundreds
+    of microseconds under load, so it is paid once per batch, not once per connection. Only `socket()`
+    needs the netns; options, bind and connect happen on the event loop thread.
+
+    Bounded: one refill per family runs at a time, and callers arriving while it runs wait for it instead
+    of making batches of their own (N concurrent dials used to create N batches and keep the unused
+    sockets forever). A refill makes `BATCH` sockets, or one per waiting caller up to `MAX_BATCH`, so
+    after a burst at most `MAX_BATCH` spares remain; spares not taken for `IDLE_TRIM` seconds are closed."""
 
     BATCH = 16
+    MAX_BATCH = 64
+    IDLE_TRIM = 10.0
 
-    def __init__(self, netns_fd: int, label: str) -> None:
+    def __init__(self, netns_fd: int | None, label: str) -> None:
+        """`netns_fd` None: the thread stays in the current netns (tests of the pool itself)."""
         self._spare: dict[int, list[socket.socket]] = {}
+        self._refilling: dict[int, asyncio.Event] = {}
+        self._waiting: dict[int, int] = {}
+        self._last_take = 0.0
+        self._trim: asyncio.TimerHandle | None = None
+        self._closed = False
         self._stack = ExitStack()
         self._entered = threading.Event()
 
         def enter() -> None:
-            self._stack.enter_context(in_netns(netns_fd))
+            if netns_fd is not None:
+                self._stack.enter_context(in_netns(netns_fd))
             self._entered.set()
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netns-{label}", initializer=enter)
@@ -201,18 +223,86 @@ class NetnsSockets:
     async def call(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
-    async def tcp_socket(self, family: int) -> socket.socket:
-        pool = self._spare.setdefault(family, [])
-        if not pool:
-            batch = self.BATCH
-            pool.extend(await self.call(lambda: [socket.socket(family, socket.SOCK_STREAM) for _ in range(batch)]))
-        return pool.pop()
+    @property
+    def spares(self) -> int:
+        return sum(len(p) for p in self._spare.values())
 
-    def close(self) -> None:
+    async def tcp_socket(self, family: int) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        while True:
+            pool = self._spare.get(family)
+            if pool:
+                self._last_take = loop.time()
+                return pool.pop()
+            busy = self._refilling.get(family)
+            if busy is not None:  # someone is refilling: wait for that batch
+                self._waiting[family] = self._waiting.get(family, 0) + 1
+                try:
+                    await busy.wait()
+                finally:
+                    self._waiting[family] -= 1
+                continue
+            await self._refill(family, loop)
+
+    async def _refill(self, family: int, loop: asyncio.AbstractEventLoop) -> None:
+        done = self._refilling[family] = asyncio.Event()
+        count = min(max(self.BATCH, self._waiting.get(family, 0) + 1), self.MAX_BATCH)
+
+        def make() -> list[socket.socket]:
+            return [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+
+        fut = loop.run_in_executor(self._pool, make)
+        try:
+            try:
+                made = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # The thread still makes the batch: keep it for the others instead of leaking it.
+                fut.add_done_callback(lambda f: self._adopt(family, f))
+                raise
+            self._add(family, made, loop)
+        finally:
+            del self._refilling[family]
+            done.set()
+
+    def _adopt(self, family: int, fut: asyncio.Future[list[socket.socket]]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._add(family, fut.result(), asyncio.get_running_loop())
+
+    def _add(self, family: int, made: list[socket.socket], loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            for sock in made:
+                sock.close()
+            return
+        pool = self._spare.setdefault(family, [])
+        pool.extend(made)
+        for sock in pool[self.MAX_BATCH:]:
+            sock.close()
+        del pool[self.MAX_BATCH:]
+        self._last_take = loop.time()
+        if self._trim is None:
+            self._trim = loop.call_later(self.IDLE_TRIM, self._trim_idle, loop)
+
+    def _trim_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the spares once none was taken for IDLE_TRIM seconds (one timer, re-armed lazily)."""
+        self._trim = None
+        idle = loop.time() - self._last_take
+        if idle < self.IDLE_TRIM:
+            self._trim = loop.call_later(self.IDLE_TRIM - idle, self._trim_idle, loop)
+            return
+        self._close_spares()
+
+    def _close_spares(self) -> None:
         for spare in self._spare.values():
             for sock in spare:
                 sock.close()
         self._spare.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
+        self._close_spares()
         # The thread leaves the netns before it ends (its context exits on the thread itself).
         if self._entered.is_set():
             with contextlib.suppress(RuntimeError):

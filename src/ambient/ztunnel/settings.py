@@ -6,6 +6,12 @@ Environment (reference names where the reference has them):
 - AMBIENT_UVLOOP: "0" disables uvloop (on by default: ~15% less proxy CPU per request and lower p50 than
   the default loop in the node-pair bench; bulk throughput about the same).
 - AMBIENT_DNS_UPSTREAM: host:port the DNS proxy forwards unknown names to (default 10.96.0.10:53).
+- Inbound admission limits (ambient.ztunnel.admission; 0 turns a limit off):
+  AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE: concurrent inbound connections + HBONE streams from one source IP
+  (default 1024); AMBIENT_ZTUNNEL_INBOUND_MAX: concurrent inbound connections + streams of the whole proxy
+  (default 8192); AMBIENT_ZTUNNEL_EARLY_RESETS_PER_SOURCE: streams one source may reset before their
+  tunnel opened per 10 s window, across its connections, before it is refused for the rest of the window
+  (default 100).
 
 Invariant: nothing reads the environment after `Settings.from_env` built the value; components get the
 settings (or a narrower piece of them) injected.
@@ -18,6 +24,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ambient.ztunnel.admission import DEFAULT_EARLY_RESETS, DEFAULT_PER_SOURCE, DEFAULT_TOTAL, Limits
 from ambient.ztunnel.errors import ConfigError
 
 Mode = Literal["inpod", "shared"]
@@ -36,6 +43,21 @@ def parse_duration(text: str, what: str) -> float:
     value = float(m.group(1))
     unit = m.group(2) or "s"
     return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+
+
+def parse_count(text: str, what: str) -> int:
+    """A non-negative integer limit ('0' = no limit)."""
+    value = text.strip()
+    if not value.isdigit():
+        raise ConfigError(f"{what}: expected a non-negative integer, got {text!r}", hint="0 turns the limit off")
+    return int(value)
+
+
+_LIMIT_ENV = {
+    "AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE": "inbound_max_per_source",
+    "AMBIENT_ZTUNNEL_INBOUND_MAX": "inbound_max_total",
+    "AMBIENT_ZTUNNEL_EARLY_RESETS_PER_SOURCE": "early_resets_per_source",
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,15 @@ class Settings:
     shared_host: str = "0.0.0.0"
     dns_proxy: bool = True  # in-pod mode: serve 127.0.0.1:15053 (the pods' captured DNS)
     dns_upstream: tuple[str, int] = ("10.96.0.10", 53)  # where names not in the proxy's state go
+    # inbound admission (see ambient.ztunnel.admission); 0 = no limit
+    inbound_max_per_source: int = DEFAULT_PER_SOURCE
+    inbound_max_total: int = DEFAULT_TOTAL
+    early_resets_per_source: int = DEFAULT_EARLY_RESETS
+
+    @property
+    def admission_limits(self) -> Limits:
+        return Limits(per_source=self.inbound_max_per_source, total=self.inbound_max_total,
+                      early_resets=self.early_resets_per_source)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -93,6 +124,9 @@ class Settings:
             if not host or not port.isdigit():
                 raise ConfigError(f"AMBIENT_DNS_UPSTREAM: expected host:port, got {raw!r}")
             values["dns_upstream"] = (host.strip("[]"), int(port))
+        for name, key in _LIMIT_ENV.items():
+            if (raw := env.get(name)) is not None and raw.strip():
+                values[key] = parse_count(raw, name)
         if env.get("AMBIENT_UVLOOP", "1") == "0":
             values["uvloop"] = False
         values.update({k: v for k, v in overrides.items() if v is not None})
