@@ -303,15 +303,15 @@ def test_traffic_goes_client_proxy_waypoint_destination_proxy(cluster: Cluster, 
     got = wait_for(lambda: (r := load(cluster, app, 4)) and r["status"].get("200") == 4 and r, 30, "GETs via waypoint")
     assert set(got["ip"]) == {app.waypoint_ip}, got
     wp_log = cluster.pod_log(cluster.waypoint_pods()[0])
-    assert "request complete" in wp_log and f"dst.service=echo.{NS}.svc.cluster.local" in wp_log
+    assert "request complete" in wp_log and f'dst.service="echo.{NS}.svc.cluster.local"' in wp_log
     zt = wait_for(lambda: (t := cluster.component_logs("ztunnel")) and WAYPOINT_ID in t and t, 10, "ztunnel logs")
     outbound = [ln for ln in zt.splitlines() if "connection complete" in ln and 'direction="outbound"' in ln
                 and f"dst.hbone_addr={app.vip}:80" in ln]
-    assert outbound and all("src.workload=client" in ln and f"dst.addr={app.waypoint_ip}:15008" in ln
+    assert outbound and all('src.workload="client' in ln and f"dst.addr={app.waypoint_ip}:15008" in ln
                             and f'dst.identity="{WAYPOINT_ID}"' in ln for ln in outbound), outbound
     inbound = [ln for ln in zt.splitlines() if "connection complete" in ln and 'direction="inbound"' in ln
                and f'src.identity="{WAYPOINT_ID}"' in ln]
-    assert inbound and all("dst.workload=echo-v" in ln for ln in inbound), inbound
+    assert inbound and all('dst.workload="echo-v' in ln for ln in inbound), inbound
 
 
 ROUTE = {

@@ -114,15 +114,18 @@ def test_bytes_end_to_end_identities_logs_metrics(mesh: Mesh) -> None:
     assert i["src.identity"] == CLIENT_ID and i["dst.identity"] == SERVER_ID
     assert i["src.addr"].split(":")[0] == mesh.client.ip
     assert i["bytes_sent"] == i["bytes_recv"] == size_s
-    # metrics agree with the access logs of each proxy
+    # metrics agree with the access logs of each proxy. As in ztunnel: both reporters count the response
+    # (server -> client) in istio_tcp_sent_bytes_total; the log's bytes_sent is the reporter's own side
+    # (the client's for "outbound", the server's for "inbound").
     for pp, node, reporter in ((mesh.p1, 1, "source"), (mesh.p2, 2, "destination")):
         lines = [parse_fields(ln) for ln in pp.access_lines() if "connection complete" in ln]
         m = _metrics(mesh.bed, node)
+        response, request = ("bytes_recv", "bytes_sent") if reporter == "source" else ("bytes_sent", "bytes_recv")
         assert _sum(m, "istio_tcp_connections_opened_total", reporter=reporter) == len(lines)
         assert _sum(m, "istio_tcp_connections_closed_total", reporter=reporter) == len(lines)
-        assert _sum(m, "istio_tcp_sent_bytes_total", reporter=reporter) == sum(int(x["bytes_sent"]) for x in lines)
+        assert _sum(m, "istio_tcp_sent_bytes_total", reporter=reporter) == sum(int(x[response]) for x in lines)
         assert _sum(m, "istio_tcp_received_bytes_total", reporter=reporter) == sum(
-            int(x["bytes_recv"]) for x in lines)
+            int(x[request]) for x in lines)
         assert _sum(m, "istio_tcp_sent_bytes_total", reporter=reporter, source_principal=CLIENT_ID,
                     destination_principal=SERVER_ID, connection_security_policy="mutual_tls") >= size
 
@@ -156,7 +159,7 @@ def test_pod_shows_the_three_listeners(mesh: Mesh) -> None:
 def test_service_vip_reaches_an_endpoint(mesh: Mesh) -> None:
     data = os.urandom(100_000)
     assert echo_transfer(mesh.client, VIP, 80, data) == data
-    lines = _wait_lines(mesh.p1, lambda ln: "dst.service=server.h10.svc.cluster.local" in ln)
+    lines = _wait_lines(mesh.p1, lambda ln: 'dst.service="server.h10.svc.cluster.local"' in ln)
     assert lines and lines[-1]["dst.hbone_addr"] == f"{mesh.server.ip}:8080"
 
 

@@ -3,7 +3,9 @@
 Access log (same shape as the node proxy's, protocols.md section 6, target `access`, message
 `request complete`): `src.addr src.workload src.namespace src.identity dst.addr dst.hbone_addr dst.service
 dst.workload dst.namespace dst.identity direction="waypoint" http.method http.path http.status protocol
-route response_flags duration error`, missing values omitted, strings with spaces quoted; an upgraded
+route audit response_flags duration error`, missing values omitted, the fields shared with the node proxy
+quoted as it quotes them, other strings quoted when they contain spaces; `audit` names the AUDIT
+AuthorizationPolicies that matched the request (they never change the decision); an upgraded
 (WebSocket) session adds `bytes_sent bytes_recv` (to / from the backend, over the whole session). INFO for
 answered requests, ERROR (with `error=`) when the waypoint itself failed the request (5xx it produced).
 
@@ -20,11 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 
 from ambient.ztunnel.accesslog import CONNECTION_FIELDS, timestamp
 
 access_log = logging.getLogger("ambient.waypoint.access")
+# Envoy exports no `<counter>_created` / `<histogram>_created` series (prometheus_client: process-wide switch)
+disable_created_metrics()
 
 LABELS: tuple[str, ...] = (
     "reporter",
@@ -53,6 +57,7 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("http.status", "status", False),
     ("protocol", "protocol", False),
     ("route", "route", False),
+    ("audit", "audit", True),
     ("response_flags", "flags", False),
     ("duration", "duration", True),
     ("error", "error", True),
@@ -68,6 +73,7 @@ class RequestRecord:
     src_namespace: str = ""
     src_identity: str = ""
     src_canonical: str = ""
+    src_cluster: str = ""
     dst_addr: str = ""  # the endpoint's HBONE address (ip:15008) or plain address
     dst_hbone_addr: str = ""  # the endpoint's ip:targetPort
     dst_service: str = ""  # hostname of the backend service
@@ -77,6 +83,7 @@ class RequestRecord:
     dst_namespace: str = ""
     dst_identity: str = ""
     dst_canonical: str = ""
+    dst_cluster: str = ""
     direction: str = "waypoint"
     method: str = ""
     path: str = ""
@@ -84,6 +91,7 @@ class RequestRecord:
     protocol: str = ""  # HTTP/1.1 | HTTP/2 | tcp
     grpc: bool = False
     route: str = ""
+    audit: str = ""  # AUDIT policies ("ns/name", comma-separated) that matched the request
     flags: str = ""
     error: str = ""
     bytes_sent: int = 0  # upgraded sessions only: client -> backend after the 101

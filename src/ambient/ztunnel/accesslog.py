@@ -4,8 +4,11 @@ One `ConnectionRecord` per proxied connection leg; `format_text` renders it exac
 
     <time>  info  access  connection complete  src.addr=.. src.workload=.. ... duration="61ms"
 
-Fields appear in the reference order, missing values are omitted, identities / direction / duration /
-error are quoted. Successful connections log at INFO as `connection complete`; a connection that ended in an
+Fields appear in the reference order (ztunnel's `src/proxy/metrics.rs`), missing values are omitted; the
+values ztunnel logs as strings are quoted (workload, namespace, identity, cluster, service, direction,
+duration, error), addresses and byte counts are not. Byte counts are the reporter's own view: the source
+proxy's `bytes_sent` is what the client sent, the destination proxy's `bytes_sent` is what the server sent
+back. Successful connections log at INFO as `connection complete`; a connection that ended in an
 error logs at ERROR with `error="..."`; an early rejection (before a destination was chosen) logs at WARN as
 `connection failed` with only src.addr, dst.addr, direction and error.
 
@@ -27,15 +30,17 @@ Direction = Literal["inbound", "outbound"]
 # a connection and is shared with the waypoint's request lines.
 CONNECTION_FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("src.addr", "src_addr", False),
-    ("src.workload", "src_workload", False),
-    ("src.namespace", "src_namespace", False),
+    ("src.workload", "src_workload", True),
+    ("src.namespace", "src_namespace", True),
     ("src.identity", "src_identity", True),
+    ("src.cluster", "src_cluster", True),
     ("dst.addr", "dst_addr", False),
     ("dst.hbone_addr", "dst_hbone_addr", False),
-    ("dst.service", "dst_service", False),
-    ("dst.workload", "dst_workload", False),
-    ("dst.namespace", "dst_namespace", False),
+    ("dst.service", "dst_service", True),
+    ("dst.workload", "dst_workload", True),
+    ("dst.namespace", "dst_namespace", True),
     ("dst.identity", "dst_identity", True),
+    ("dst.cluster", "dst_cluster", True),
     ("direction", "direction", True),
 )
 _FIELDS: tuple[tuple[str, str, bool], ...] = (
@@ -56,13 +61,15 @@ class ConnectionRecord:
     src_workload: str = ""
     src_namespace: str = ""
     src_identity: str = ""
+    src_cluster: str = ""
     dst_addr: str = ""
     dst_hbone_addr: str = ""
     dst_service: str = ""
     dst_workload: str = ""
     dst_namespace: str = ""
     dst_identity: str = ""
-    bytes_sent: int = 0
+    dst_cluster: str = ""
+    bytes_sent: int = 0  # what this reporter's side sent: the client (source) or the server (destination)
     bytes_recv: int = 0
     error: str = ""
     started: float = field(default_factory=time.monotonic)

@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+
+# ztunnel and Envoy export no `<counter>_created` series; prometheus_client's switch is process-wide.
+disable_created_metrics()
 
 LABELS: tuple[str, ...] = (
     "reporter",
@@ -75,10 +78,13 @@ class ProxyMetrics:
             "istio_tcp_connections_closed", "TCP connections closed", LABELS, registry=self.registry
         )
         self.sent = Counter(
-            "istio_tcp_sent_bytes", "Bytes sent to the destination", LABELS, registry=self.registry
+            "istio_tcp_sent_bytes", "The size of total bytes sent during response in case of a TCP connection",
+            LABELS, registry=self.registry
         )
         self.received = Counter(
-            "istio_tcp_received_bytes", "Bytes received from the destination", LABELS, registry=self.registry
+            "istio_tcp_received_bytes",
+            "The size of total bytes received during request in case of a TCP connection", LABELS,
+            registry=self.registry,
         )
         self.refused = Counter(
             "ambient_ztunnel_inbound_refused",

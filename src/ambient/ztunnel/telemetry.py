@@ -7,6 +7,12 @@
 - `Connections` is the table behind `zc connections` and config_dump `workloadState`: live connections
   per pod uid with their byte counters.
 
+Byte directions follow ztunnel (`src/copy.rs`, `src/proxy/metrics.rs`) for both reporters: the request
+direction (client -> server) counts in `istio_tcp_received_bytes_total`, the response direction (server ->
+client) in `istio_tcp_sent_bytes_total` (Istio's convention, istio/istio#32399). The access line gives each
+reporter's own view: `bytes_sent` is what the client sent for the source proxy ("outbound") and what the
+server sent for the destination proxy ("inbound"); `bytes_recv` the other direction.
+
 Invariant: one `finish()` per opened connection: opened/closed counters always pair up.
 """
 
@@ -25,7 +31,7 @@ from ambient.state.model import Service, Workload
 from ambient.state.store import StateChange
 from ambient.ztunnel.accesslog import ConnectionRecord, Direction, format_failed, format_json, format_text
 from ambient.ztunnel.copy import CopyStats
-from ambient.ztunnel.metrics import ConnectionLabels, ProxyMetrics
+from ambient.ztunnel.metrics import LABELS, ConnectionLabels, ProxyMetrics
 
 ACCESS_LOGGER = "access"
 log = logging.getLogger("ambient.ztunnel.telemetry")
@@ -209,7 +215,20 @@ class Telemetry:
         self.metrics.connection_opened(labels)
 
     def finish(self, record: ConnectionRecord, labels: ConnectionLabels, stats: CopyStats) -> None:
-        record.bytes_sent = stats.sent
-        record.bytes_recv = stats.received
-        self.metrics.connection_closed(labels, stats.sent, stats.received)
+        # CopyStats: `sent` = towards the destination (request bytes), `received` = back to the client
+        request, response = stats.sent, stats.received
+        if record.direction == "outbound":
+            record.bytes_sent, record.bytes_recv = request, response
+        else:
+            record.bytes_sent, record.bytes_recv = response, request
+        values = labels.values
+        if not record.src_cluster and (cluster := values[_SOURCE_CLUSTER]) != "unknown":
+            record.src_cluster = cluster
+        if not record.dst_cluster and (cluster := values[_DESTINATION_CLUSTER]) != "unknown":
+            record.dst_cluster = cluster
+        self.metrics.connection_closed(labels, response, request)
         self.access.complete(record)
+
+
+_SOURCE_CLUSTER = LABELS.index("source_cluster")
+_DESTINATION_CLUSTER = LABELS.index("destination_cluster")

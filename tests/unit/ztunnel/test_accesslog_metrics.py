@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambient.ztunnel.accesslog import ConnectionRecord, format_failed, format_json, format_text, parse_fields
@@ -21,6 +25,8 @@ def _record() -> ConnectionRecord:
         dst_workload="web-5dpz9",
         dst_namespace="shop",
         dst_identity="spiffe://cluster.local/ns/shop/sa/web",
+        src_cluster="Kubernetes",
+        dst_cluster="Kubernetes",
         bytes_sent=84,
         bytes_recv=9832,
         started=100.0,
@@ -29,13 +35,15 @@ def _record() -> ConnectionRecord:
 
 
 def test_text_line_matches_reference_example() -> None:
+    # ztunnel src/proxy/metrics.rs: string fields go through tracing's Debug formatting (quoted), addresses
+    # (`%addr`, `display`) and integers do not; src.cluster / dst.cluster follow the identities.
     line = format_text(_record(), now=0)
     expected_tail = (
-        'src.addr=10.244.1.7:53265 src.workload=curl-7d9c src.namespace=shop '
-        'src.identity="spiffe://cluster.local/ns/shop/sa/curl" dst.addr=10.244.2.6:15008 '
-        "dst.hbone_addr=10.244.2.6:8080 dst.service=web.shop.svc.cluster.local dst.workload=web-5dpz9 "
-        'dst.namespace=shop dst.identity="spiffe://cluster.local/ns/shop/sa/web" direction="outbound" '
-        'bytes_sent=84 bytes_recv=9832 duration="61ms"'
+        'src.addr=10.244.1.7:53265 src.workload="curl-7d9c" src.namespace="shop" '
+        'src.identity="spiffe://cluster.local/ns/shop/sa/curl" src.cluster="Kubernetes" dst.addr=10.244.2.6:15008 '
+        'dst.hbone_addr=10.244.2.6:8080 dst.service="web.shop.svc.cluster.local" dst.workload="web-5dpz9" '
+        'dst.namespace="shop" dst.identity="spiffe://cluster.local/ns/shop/sa/web" dst.cluster="Kubernetes" '
+        'direction="outbound" bytes_sent=84 bytes_recv=9832 duration="61ms"'
     )
     assert line == "1970-01-01T00:00:00.000000Z\tinfo\taccess\tconnection complete\t" + expected_tail
 
@@ -77,6 +85,9 @@ def test_metrics_names_labels_and_values() -> None:
     assert closed[0].labels["response_flags"] == "DENY"
     sent = [s for s in families["istio_tcp_sent_bytes"].samples if s.name.endswith("_total")]
     assert sent[0].value == 10
+    # ztunnel (and Envoy) export no `_created` series
+    assert not [s for f in families.values() for s in f.samples if s.name.endswith("_created")]
+    assert "_created" not in metrics.exposition().decode()
 
 
 def test_access_log_fast_path_writes_the_same_bytes_as_logging() -> None:
@@ -135,3 +146,81 @@ def test_metric_children_are_cached_without_changing_the_exposition() -> None:
 
     assert untimed(cached) == untimed(plain)
     assert "istio_tcp_sent_bytes_total{" not in cached.exposition().decode()  # never sent: no series
+
+
+def _telemetry() -> tuple[Any, list[str], ProxyMetrics]:
+    from ambient.ztunnel.telemetry import AccessLog, Connections, Telemetry
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test-access-directions")
+    logger.handlers = [Keep()]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    metrics = ProxyMetrics()
+    return Telemetry(metrics, AccessLog("text", logger), Connections()), lines, metrics
+
+
+def _sample(metrics: ProxyMetrics, name: str) -> float:
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    return sum(s.value for s in families[name].samples if s.name == name + "_total")
+
+
+@pytest.mark.parametrize("reporter,direction,log_sent,log_recv", [
+    # ztunnel tests/namespaced.rs: the client sends 11 bytes, the server answers 22.
+    ("source", "outbound", "11", "22"),
+    ("destination", "inbound", "22", "11"),
+])
+def test_byte_directions_follow_ztunnel(reporter: str, direction: str, log_sent: str, log_recv: str) -> None:
+    """Both reporters count request bytes in istio_tcp_received_bytes_total and response bytes in
+    istio_tcp_sent_bytes_total (Istio's convention, istio/istio#32399); the access line is each proxy's own
+    view (`Unflip for logs` in ztunnel's metrics.rs)."""
+    from ambient.ztunnel.copy import CopyStats
+
+    tel, lines, metrics = _telemetry()
+    labels = ConnectionLabels.build(reporter=reporter, source_workload="client", source_cluster="Kubernetes",
+                                    destination_workload="server", destination_cluster="Kubernetes")
+    tel.opened(labels)
+    record = ConnectionRecord(direction=direction, src_addr="10.0.0.1:5000", dst_addr="10.0.0.2:15008")  # type: ignore[arg-type]
+    tel.finish(record, labels, CopyStats(sent=11, received=22))  # sent = client -> server
+    assert _sample(metrics, "istio_tcp_received_bytes") == 11
+    assert _sample(metrics, "istio_tcp_sent_bytes") == 22
+    fields = parse_fields(lines[-1])
+    assert (fields["direction"], fields["bytes_sent"], fields["bytes_recv"]) == (direction, log_sent, log_recv)
+    assert fields["src.cluster"] == fields["dst.cluster"] == "Kubernetes"
+    assert list(fields)[:4] == ["src.addr", "src.cluster", "dst.addr", "dst.cluster"]
+
+
+async def test_copy_stats_sent_is_the_first_end_to_the_second() -> None:
+    """The premise of `Telemetry.finish`: `CopyStats.sent` counts a -> b (outbound: app -> tunnel; inbound:
+    tunnel -> app), i.e. the request direction for both proxies."""
+    import asyncio
+    import socket
+
+    from ambient.ztunnel.copy import CopyStats, SocketEnd, copy_bidirectional
+
+    a_outer, a_inner = socket.socketpair()
+    b_inner, b_outer = socket.socketpair()
+    for s in (a_inner, b_inner, a_outer, b_outer):
+        s.setblocking(False)
+    loop = asyncio.get_running_loop()
+    stats = CopyStats()
+    task = asyncio.create_task(copy_bidirectional(SocketEnd(a_inner, "a"), SocketEnd(b_inner, "b"), stats))
+    await loop.sock_sendall(a_outer, b"x" * 11)
+    a_outer.shutdown(socket.SHUT_WR)
+    got = b""
+    while len(got) < 11:
+        got += await asyncio.wait_for(loop.sock_recv(b_outer, 64), 5)
+    await loop.sock_sendall(b_outer, b"y" * 22)
+    b_outer.shutdown(socket.SHUT_WR)
+    back = b""
+    while len(back) < 22:
+        back += await asyncio.wait_for(loop.sock_recv(a_outer, 64), 5)
+    await asyncio.wait_for(task, 5)
+    assert (stats.sent, stats.received) == (11, 22)
+    for s in (a_outer, a_inner, b_inner, b_outer):
+        s.close()

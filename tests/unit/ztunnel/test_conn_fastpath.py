@@ -325,7 +325,7 @@ def test_format_text_fields_and_order() -> None:
     line = format_text(rec, now=0.0)
     assert line == (
         '1970-01-01T00:00:00.000000Z\terror\taccess\tconnection complete\tsrc.addr=10.0.0.9:1 '
-        f'src.identity="{CURL}" dst.addr=10.0.0.5:15008 dst.workload=web-1 direction="inbound" bytes_sent=3 '
+        f'src.identity="{CURL}" dst.addr=10.0.0.5:15008 dst.workload="web-1" direction="inbound" bytes_sent=3 '
         'bytes_recv=0 duration="250ms" error="boom \\"x\\""'
     )
 
