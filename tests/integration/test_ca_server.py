@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ambient.controlplane.ca_server import CaServicer, CertificateAuthority, NodeTokens, node_token_path
 from ambient.controlplane.index import MeshIndex
@@ -128,8 +129,6 @@ async def test_refuses_a_csr_with_two_sans(ca_server: Ca) -> None:
 
 
 async def test_refuses_a_small_rsa_key_and_a_mismatched_impersonation(ca_server: Ca) -> None:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     uri = "spiffe://cluster.local/ns/default/sa/web-sa"
     csr = (
@@ -154,3 +153,94 @@ async def test_refuses_a_small_rsa_key_and_a_mismatched_impersonation(ca_server:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.CreateCertificate(req, metadata=[("authorization", f"Bearer {token}")])
         assert "differs from the CSR identity" in (err.value.details() or "")
+
+
+def _csr_pem(key: Any, uri: str, digest: hashes.HashAlgorithm | None) -> str:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+        .sign(key, digest)  # type: ignore[arg-type]
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+# (key factory, CSR digest as Go's x509 picks it, expected outcome: the leaf's key description or an error)
+KEY_CASES = [
+    ("P-256", lambda: ec.generate_private_key(ec.SECP256R1()), hashes.SHA256(), "secp256r1"),
+    ("P-384 (istio-agent ECC_CURVE=P384)", lambda: ec.generate_private_key(ec.SECP384R1()), hashes.SHA384(),
+     "secp384r1"),
+    ("P-384 with SHA-256", lambda: ec.generate_private_key(ec.SECP384R1()), hashes.SHA256(), "secp384r1"),
+    ("P-521", lambda: ec.generate_private_key(ec.SECP521R1()), hashes.SHA512(), "secp521r1"),
+    ("Ed25519", lambda: ed25519.Ed25519PrivateKey.generate(), None, "Ed25519"),
+    ("RSA 2048", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), hashes.SHA256(),
+     "RSA2048"),
+    ("P-224", lambda: ec.generate_private_key(ec.SECP224R1()), hashes.SHA256(), "error:secp224r1 is not allowed"),
+    ("secp256k1", lambda: ec.generate_private_key(ec.SECP256K1()), hashes.SHA256(),
+     "error:secp256k1 is not allowed"),
+    ("Ed448", lambda: ed448.Ed448PrivateKey.generate(), None, "error:Ed448PublicKey is not allowed"),
+]
+
+
+def _describe(key: Any) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.curve.name
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA{key.key_size}"
+    return "Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else type(key).__name__
+
+
+@pytest.mark.parametrize(("name", "make_key", "digest", "expected"), KEY_CASES, ids=[c[0] for c in KEY_CASES])
+async def test_csr_key_types_over_grpc(
+    ca_server: Ca, name: str, make_key: Callable[[], Any], digest: hashes.HashAlgorithm | None, expected: str
+) -> None:
+    uri = "spiffe://cluster.local/ns/default/sa/web-sa"
+    req = ca_pb2.IstioCertificateRequest(csr=_csr_pem(make_key(), uri, digest))
+    req.metadata.fields["ImpersonatedIdentity"].string_value = uri
+    token = ca_server.tokens.ensure("node-1")
+    async with grpc.aio.insecure_channel(ca_server.address) as ch:
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(ch)
+        call = stub.CreateCertificate(req, metadata=[("authorization", f"Bearer {token}")])
+        if expected.startswith("error:"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            details = err.value.details() or ""
+            assert expected.removeprefix("error:") in details and "P-384" in details  # names what is allowed
+            return
+        resp = await call
+    leaf = x509.load_pem_x509_certificate(resp.cert_chain[0].encode())
+    assert _describe(leaf.public_key()) == expected
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier) == [uri]
+    leaf.verify_directly_issued_by(ca_server.ca.root_cert)
+    assert resp.cert_chain[-1].encode() == ca_server.ca.root_pem
+
+
+async def test_p384_key_from_make_csr_gives_a_usable_bundle(ca_server: Ca) -> None:
+    from ambient.identity.certs import CertBundle
+    from ambient.identity.csr import make_csr
+
+    uri = "spiffe://cluster.local/ns/default/sa/web-sa"
+    kc = make_csr(uri, curve="P-384")
+    req = ca_pb2.IstioCertificateRequest(csr=kc.csr_pem.decode())
+    req.metadata.fields["ImpersonatedIdentity"].string_value = uri
+    async with grpc.aio.insecure_channel(ca_server.address) as ch:
+        resp = await ca_pb2_grpc.IstioCertificateServiceStub(ch).CreateCertificate(
+            req, metadata=[("authorization", f"Bearer {ca_server.tokens.ensure('node-1')}")])
+    bundle = CertBundle.from_pem(kc.key_pem, list(resp.cert_chain))  # key matches the leaf
+    assert bundle.identity.uri == uri
+
+
+async def test_token_file_bytes_work_verbatim_as_the_bearer_header(ca_server: Ca, tmp_path: Path) -> None:
+    # ztunnel sends `Bearer ` + the token file's bytes, unmodified.
+    raw = node_token_path(tmp_path, "node-1").read_bytes()
+    uri = "spiffe://cluster.local/ns/default/sa/web-sa"
+    from ambient.identity.csr import make_csr
+
+    req = ca_pb2.IstioCertificateRequest(csr=make_csr(uri).csr_pem.decode())
+    req.metadata.fields["ImpersonatedIdentity"].string_value = uri
+    async with grpc.aio.insecure_channel(ca_server.address) as ch:
+        resp = await ca_pb2_grpc.IstioCertificateServiceStub(ch).CreateCertificate(
+            req, metadata=[("authorization", "Bearer " + raw.decode("ascii"))])
+    assert len(resp.cert_chain) == 2

@@ -215,7 +215,7 @@ def write_pod_token(state_dir: Path, node: str, pod: dict[str, Any]) -> Path:
     tmp = path.with_name(f".token.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(mint(load_or_create_key(state_dir), claims) + "\n")
+        f.write(mint(load_or_create_key(state_dir), claims))  # no newline: clients send the bytes verbatim
     os.replace(tmp, path)
     return path
 

@@ -12,9 +12,14 @@ certificate.
 Invariants:
 - Every refusal is a gRPC status with a message naming the reason: UNAUTHENTICATED (token),
   PERMISSION_DENIED (identity not allowed for this node), INVALID_ARGUMENT (CSR, metadata).
-- CSR: EC P-256 or RSA >= 2048, exactly one SAN which is a SPIFFE URI in the CA's trust domain.
+- CSR: a key `identity.csr.csr_key_problem` accepts (EC P-256, P-384 - istio-agent's `ECC_CURVE=P384` -
+  or P-521, Ed25519, RSA >= 2048: what Istio's CA signs), exactly one SAN which is a SPIFFE URI in the
+  CA's trust domain.
 - Lifetime: the requested `validity_duration` (seconds; <= 0 means the default, 24 h), capped at `max_ttl`.
 - The response chain is leaf first, root last. Tokens are files of mode 0600, compared in constant time.
+- A token file holds the token and nothing else (no trailing newline): clients such as ztunnel send the
+  file's bytes verbatim after `Bearer `, and a newline there is an invalid header value. Readers strip
+  surrounding whitespace, so files written with a newline by older versions still work.
 - Impersonation needs a caller that is the configured node proxy identity (local default
   istio-system/ztunnel) bound to a node; any other authenticated caller gets only its own identity.
 """
@@ -33,13 +38,13 @@ from typing import NamedTuple, Protocol
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from google.protobuf import struct_pb2
 
 from ambient.controlplane.errors import CaRefusedError
 from ambient.identity.ca import CLOCK_SKEW, LocalCA
-from ambient.identity.csr import generate_key, key_to_pem
+from ambient.identity.csr import csr_key_problem, generate_key, key_to_pem
 from ambient.identity.errors import IdentityError
 from ambient.identity.spiffe import SpiffeId
 from ambient.protocol.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
@@ -58,7 +63,8 @@ def node_token_path(state_dir: Path | str, node: str) -> Path:
 
 
 class NodeTokens:
-    """Per-node bearer tokens, one random token per node in `<state>/nodes/<node>/run/token` (0600)."""
+    """Per-node bearer tokens, one random token per node in `<state>/nodes/<node>/run/token` (0600, the bare
+    token without a newline)."""
 
     def __init__(self, state_dir: Path | str) -> None:
         self.state_dir = Path(state_dir)
@@ -75,7 +81,7 @@ class NodeTokens:
             tmp = path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(token + "\n")
+                f.write(token)  # no newline: the file's bytes are the header value
             os.replace(tmp, path)
         self._by_token[token] = node
         return token
@@ -148,19 +154,9 @@ def bearer_token(metadata: Mapping[str, str]) -> str | None:
 
 
 def _csr_identity(csr: x509.CertificateSigningRequest) -> SpiffeId:
-    pub = csr.public_key()
-    if isinstance(pub, ec.EllipticCurvePublicKey):
-        if pub.curve.name != "secp256r1":
-            raise CaRefusedError(
-                f"CSR key curve {pub.curve.name} is not allowed: use EC P-256", code="INVALID_ARGUMENT"
-            )
-    elif isinstance(pub, rsa.RSAPublicKey):
-        if pub.key_size < 2048:
-            raise CaRefusedError(
-                f"CSR RSA key has {pub.key_size} bits: at least 2048 are required", code="INVALID_ARGUMENT"
-            )
-    else:
-        raise CaRefusedError(f"CSR key type {type(pub).__name__} is not allowed: use EC P-256", code="INVALID_ARGUMENT")
+    problem = csr_key_problem(csr.public_key())
+    if problem is not None:
+        raise CaRefusedError(problem, code="INVALID_ARGUMENT")
     try:
         sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:

@@ -2,7 +2,8 @@
 signer behind the control plane's CA service).
 
 Role: create or load a self-signed root (EC P-256 or P-384) and issue workload leaf certificates from
-CSRs. Checks before signing: the CSR signature is valid, it carries exactly one SAN which is a URI SAN
+CSRs. Checks before signing: the CSR signature is valid, its key is one `identity.csr.csr_key_problem`
+accepts (EC P-256/P-384/P-521, Ed25519, RSA >= 2048), it carries exactly one SAN which is a URI SAN
 holding a SPIFFE id of THIS trust domain, and (when the caller says which identity the requester may
 have) it is that identity. Authorization of the requester itself is the caller's job.
 
@@ -20,11 +21,11 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ambient.identity.certs import CertBundle
-from ambient.identity.csr import make_csr
+from ambient.identity.csr import csr_key_problem, make_csr
 from ambient.identity.errors import CsrRejectedError, IdentityError
 from ambient.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
 
@@ -181,15 +182,9 @@ class LocalCA:
     def _check_csr(self, csr: x509.CertificateSigningRequest, allowed: SpiffeId | None) -> SpiffeId:
         if not csr.is_signature_valid:
             raise CsrRejectedError("CSR signature is invalid")
-        pub = csr.public_key()
-        if isinstance(pub, ec.EllipticCurvePublicKey):
-            if pub.curve.name not in ("secp256r1", "secp384r1"):
-                raise CsrRejectedError(f"CSR key curve {pub.curve.name} is not allowed (P-256 or P-384)")
-        elif isinstance(pub, rsa.RSAPublicKey):
-            if pub.key_size < 2048:
-                raise CsrRejectedError(f"CSR RSA key of {pub.key_size} bits is too small (>= 2048)")
-        else:
-            raise CsrRejectedError(f"CSR key type {type(pub).__name__} is not allowed")
+        problem = csr_key_problem(csr.public_key())
+        if problem is not None:
+            raise CsrRejectedError(problem)
         try:
             san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
