@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,10 @@ class PodWorker:
                 await self._sandbox()
                 for state in self.containers.values():
                     tg.create_task(self._supervise(state), name=f"{self.name}/{state.name}")
-                tg.create_task(self._readiness())
+                    for kind in probes.KINDS:
+                        spec = probes.probe_spec(kind, state.spec)
+                        if spec is not None:
+                            tg.create_task(self._probe(state, spec), name=f"{self.name}/{state.name}/{kind}")
         finally:
             if self.teardown:
                 await self._teardown()
@@ -172,7 +176,8 @@ class PodWorker:
             self._save_container(c)
             log.info("pod %s/%s container %s exited with %s after %.1fs", self.namespace, self.name,
                      c.name, exit_code, ran)
-            if policy == "Never" or (policy == "OnFailure" and exit_code == 0):
+            # A container killed by its liveness/startup probe restarts under OnFailure even if it exited 0.
+            if policy == "Never" or (policy == "OnFailure" and exit_code == 0 and not c.probe_kill):
                 self.changed()
                 return
             failures = 0 if ran >= RESET_AFTER else failures + 1
@@ -202,17 +207,67 @@ class PodWorker:
         self.record.containers[c.name] = rt.ContainerRecord(c.pid, c.starttime, c.restart_count, c.started_at)
         self.kubelet.records.save(self.record)
 
-    async def _readiness(self) -> None:
+    async def _probe(self, c: ContainerState, spec: probes.ProbeSpec) -> None:
+        """One probe of one container, on its own schedule (the kubelet's probe worker).
+
+        Probe state lives for one container run (`c.runs`): a restart starts over after initialDelaySeconds.
+        Startup gates liveness and readiness; liveness/startup failure kills the run (`_supervise` restarts
+        it with the crash back-off); readiness sets `c.ready`.
+        """
+        run = -1
+        tracker = probes.ProbeTracker(spec)
+        due = 0.0
+        loop = asyncio.get_running_loop()
         while True:
-            changed = False
-            for c in self.containers.values():
-                ready = await probes.is_ready(c, self.kubelet.probe_context(self))
-                if ready != c.ready:
-                    c.ready = ready
-                    changed = True
-            if changed:
+            if c.state != "running":
+                if spec.kind == "readiness" and c.ready:
+                    c.ready = False
+                    self.changed()
+                await asyncio.sleep(POLL)
+                continue
+            if c.runs != run:  # a new run: fresh state, first probe after the initial delay
+                run, tracker = c.runs, probes.ProbeTracker(spec)
+                due = loop.time() + max(0.0, spec.initial_delay - (time.monotonic() - c.started_mono))
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 1.0))  # wake now and then: a restart resets the schedule
+                continue
+            due = loop.time() + spec.period
+            gated = (spec.kind == "startup" and c.startup_done) or (spec.kind != "startup" and not c.startup_done)
+            if gated or tracker.on_hold:
+                continue
+            result = await probes.run_probe(spec, self.kubelet.probe_context(self))
+            if c.runs != run or c.state != "running":
+                continue  # the run ended while probing: the result is about a process that is gone
+            # The kubelet's "Unhealthy" event (one per failed probe; readiness only at the first of a streak).
+            if not result.ok and spec.handler != "ports" and (spec.kind != "readiness" or not tracker.failing):
+                log.warning("pod %s/%s container %s: %s probe failed: %s", self.namespace, self.name, c.name,
+                            spec.title, result.message)
+            outcome = tracker.observe(result.ok)
+            if outcome is None:
+                continue
+            if spec.kind == "readiness":
+                c.ready = outcome
                 self.changed()
-            await asyncio.sleep(0.5)
+            elif spec.kind == "startup" and outcome:
+                c.startup_done = True
+                log.info("pod %s/%s container %s: startup probe succeeded", self.namespace, self.name, c.name)
+                self.changed()
+            elif not outcome:
+                await self._kill_for_probe(c, spec)
+
+    async def _kill_for_probe(self, c: ContainerState, spec: probes.ProbeSpec) -> None:
+        log.warning("pod %s/%s: Container %s failed %s probe, will be restarted", self.namespace, self.name,
+                    c.name, spec.kind)
+        c.probe_kill = spec.kind
+        c.ready = False
+        self.changed()
+        grace = spec.grace
+        if grace is None:
+            pod_grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+            grace = DEFAULT_GRACE if pod_grace is None else float(pod_grace)
+        if c.pid:
+            await asyncio.to_thread(rt.stop_process_group, c.pid, c.starttime, grace)
 
     # ------------------------------------------------------------------ status
 

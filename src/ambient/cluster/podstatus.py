@@ -37,6 +37,9 @@ class ContainerState:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_mono: float = 0.0
     ever_started: bool = False
+    runs: int = 0  # bumped on every (re)start or adoption: probe state belongs to one run
+    startup_done: bool = False  # the startupProbe succeeded (or there is none) in this run
+    probe_kill: str = ""  # which probe killed the current run ("liveness"/"startup"), "" if none
 
     def set_waiting(self, reason: str, message: str) -> None:
         self.state, self.reason, self.message = "waiting", reason, message
@@ -61,11 +64,16 @@ class ContainerState:
         self.started_at = started_at
         self.started_mono = time.monotonic()
         self.ever_started = True
+        self.runs += 1
+        self.startup_done = not isinstance(self.spec.get("startupProbe"), dict)
+        self.probe_kill = ""
 
     def poll(self) -> int | None:
-        """The exit code once the process ended (-1 when unknown: an adopted, non-child process)."""
+        """The exit code once the process ended (-1 when unknown: an adopted, non-child process); death by
+        signal N is 128+N, as container runtimes report it (SIGKILL: 137, SIGTERM: 143)."""
         if self.proc is not None:
-            return self.proc.poll()
+            code = self.proc.poll()
+            return 128 - code if code is not None and code < 0 else code
         if self.pid and not rt.process_alive(self.pid, self.starttime):
             return -1
         return None
@@ -106,7 +114,7 @@ class ContainerState:
             "name": self.name,
             "image": self.spec.get("image") or "",
             "ready": self.ready,
-            "started": self.state == "running",
+            "started": self.state == "running" and self.startup_done,
             "restartCount": self.restart_count,
             "state": state,
         }
