@@ -207,6 +207,7 @@ def test_authorization_every_field() -> None:
         not_destination_ports=[22],
         service_accounts=[az.ServiceAccountMatch(namespace="ns", serviceAccount="sa")],
         not_service_accounts=[az.ServiceAccountMatch(serviceAccount="x")],
+        extensions=[wl.Extension(name="m")],
     )
     a = az.Authorization(
         name="p",
@@ -223,9 +224,9 @@ def test_authorization_every_field() -> None:
         12 02 6e73          # namespace (2) "ns"
         18 02               # scope (3, VARINT) WORKLOAD_SELECTOR=2
         20 01               # action (4, VARINT) DENY=1
-        2a 4d               # rules (5, LEN) Rule, 77 bytes:
-         0a 4b              #  clauses (1, LEN) Clause, 75 bytes:
-          12 49             #   matches (2, LEN) Match, 73 bytes:
+        2a 52               # rules (5, LEN) Rule, 82 bytes:
+         0a 50              #  clauses (1, LEN) Clause, 80 bytes:
+          12 4e             #   matches (2, LEN) Match, 78 bytes:
            0a 03 0a 01 61   #    namespaces (1) StringMatch{exact (1) "a"}
            12 03 12 01 62   #    not_namespaces (2) StringMatch{prefix (2) "b"}
            1a 03 1a 01 63   #    principals (3) StringMatch{suffix (3) "c"}
@@ -237,6 +238,7 @@ def test_authorization_every_field() -> None:
            52 01 16                    # not_destination_ports (10) packed [22]
            5a 08 0a 02 6e73 12 02 7361 # service_accounts (11) {namespace "ns", serviceAccount "sa"}
            62 03 12 01 78              # not_service_accounts (12) {serviceAccount "x"}
+           6a 03 0a 01 6d              # extensions (13, LEN) istio.workload.Extension{name "m"}
         30 01               # dry_run (6) true
         3a 03 0a 01 65      # extensions (7, LEN) istio.workload.Extension{name "e"}
         """
@@ -294,3 +296,20 @@ def test_create_certificate_request_and_response() -> None:
 )
 def test_zds_messages(msg: Message, annotated: str) -> None:
     assert_golden(msg, hx(annotated))
+
+
+def test_match_extensions_is_field_13_and_survives_a_round_trip() -> None:
+    # istio/ztunnel proto/authorization.proto: `repeated istio.workload.Extension extensions = 13;` in Match.
+    field = az.Match.DESCRIPTOR.fields_by_name["extensions"]
+    assert (field.number, field.message_type.full_name) == (13, "istio.workload.Extension")
+    config = any_pb2.Any(type_url="type.googleapis.com/vendor.Thing", value=b"\x08\x01")
+    a = az.Authorization(name="p", namespace="ns", rules=[az.Rule(clauses=[az.Clause(matches=[
+        az.Match(destination_ports=[80], extensions=[wl.Extension(name="vendor.thing", config=config)])])])])
+    wire = a.SerializeToString()
+    back = az.Authorization.FromString(wire)
+    (ext,) = back.rules[0].clauses[0].matches[0].extensions
+    assert (ext.name, ext.config.type_url, ext.config.value) == ("vendor.thing", config.type_url, b"\x08\x01")
+    # The node proxy accepts a policy carrying it and, like ztunnel, does not interpret it.
+    from ambient.state import convert
+
+    assert convert.authorization(back).rules[0].clauses[0].matches[0].destination_ports == (80,)
