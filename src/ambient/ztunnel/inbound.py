@@ -12,7 +12,7 @@ HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.
 3b. admission (ProxyCore.admission): per-source and per-proxy concurrency limits and the per-source
    early-reset limit, decided before any socket to the app exists: 503 (plaintext: reset), counted in
    ambient_ztunnel_inbound_refused_total{reason}; a stream the client resets before its 200 counts as an
-   early reset of its source;
+   early reset of its source (one already reset when its turn comes is never dialled);
 4. upstream connect to the app, binding the client's IP (IP_TRANSPARENT) so the app sees the real source,
    10 s timeout: 503 (response_flags CONNECT);
 5. 200, then copy both ways.
@@ -50,7 +50,7 @@ from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT
 from ambient.ztunnel.copy import CopyStats, DrainCut, End, HboneEnd, SocketEnd, copy_bidirectional, finish, reset_socket
 from ambient.ztunnel.errors import UpstreamError
 from ambient.ztunnel.metrics import ConnectionLabels
-from ambient.ztunnel.proxy import PodContext
+from ambient.ztunnel.proxy import CURRENT_STREAM, PodContext, stream_gone
 from ambient.ztunnel.telemetry import labels_for
 
 log = logging.getLogger("ambient.ztunnel.inbound")
@@ -286,6 +286,10 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
             tel.metrics.inbound_refused("hbone", refused)
             tel.access.failed(src_addr=src_addr, dst_addr=plan.dst_addr, direction="inbound", error=reason)
             return Reject(503, reason)
+        if stream_gone(CURRENT_STREAM.get()):  # reset before we got here: never dial for it
+            admission.release(src_key)
+            admission.early_reset(src_key, loop.time())
+            return Reject(503, "the HBONE stream was reset before it was admitted")
         released = False
 
         def release() -> None:

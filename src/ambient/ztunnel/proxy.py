@@ -31,16 +31,20 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Protocol, TypeVar
 
 from ambient.hbone.client import HboneClient, connect_socket
+from ambient.hbone.connection import HboneStream
+from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import HboneServer
 from ambient.identity.certs import CertBundle
 from ambient.inpod.netns import in_netns
 from ambient.state.model import IPAddress, Workload, canonical_ip, spiffe_id
 from ambient.state.store import StateStore, StateView
+from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel import sockets as so
 from ambient.ztunnel.admission import Admission
 from ambient.ztunnel.certs import CertSource
@@ -400,6 +404,25 @@ class PodContext:
 
 # --------------------------------------------------------------------------------------- the listeners
 
+# The HBONE stream whose CONNECT the current task is handling (set by `StreamAwareServer`): the inbound
+# handler's signature carries the request only, but admission needs to know whether the client already
+# reset the stream (rapid reset) before it dials the app.
+CURRENT_STREAM: ContextVar[HboneStream | None] = ContextVar("ambient_hbone_stream", default=None)
+
+
+def stream_gone(stream: HboneStream | None) -> bool:
+    """True once the client reset (or otherwise ended) the stream: the connection no longer holds it."""
+    return stream is not None and stream.connection.streams.get(stream.stream_id) is not stream
+
+
+class StreamAwareServer(HboneServer):
+    """The HBONE server, with each stream task's `CURRENT_STREAM` set (a task-local context variable)."""
+
+    async def _run_stream(self, stream: HboneStream, request: ConnectRequest, peer: PeerIdentity) -> None:
+        CURRENT_STREAM.set(stream)
+        await super()._run_stream(stream, request, peer)
+
+
 
 Handler = Callable[[PodContext, socket.socket], Awaitable[None]]
 # serves one datagram socket until cancelled
@@ -476,7 +499,7 @@ class WorkloadProxy:
                         task = tg.create_task(self.udp_handlers[spec.component](self.ctx, sock))
                         self.drain.on_start(_canceller(task))
                     elif spec.component == "inbound":
-                        server = HboneServer(sock, self.server_certs(spec.host), self.hbone_handler)
+                        server = StreamAwareServer(sock, self.server_certs(spec.host), self.hbone_handler)
                         await stack.enter_async_context(server)
                         servers.append(server)
                         self.drain.on_start(server.close)

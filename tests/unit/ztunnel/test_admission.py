@@ -22,7 +22,7 @@ from ambient.ztunnel import inbound
 from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT, Admission, Limits
 from ambient.ztunnel.errors import ConfigError
 from ambient.ztunnel.metrics import ProxyMetrics
-from ambient.ztunnel.proxy import LocalSockets, NetnsSockets, PodContext, SharedScope
+from ambient.ztunnel.proxy import CURRENT_STREAM, LocalSockets, NetnsSockets, PodContext, SharedScope
 from ambient.ztunnel.settings import Settings
 from ambient.ztunnel.telemetry import AccessLog, Connections, Telemetry
 
@@ -176,6 +176,15 @@ async def test_early_resets_per_source_across_connections(tmp_path: Path, dials:
     assert isinstance(victim, Accept) and victim.upstream is not None
     victim.upstream.close()
     assert _refused(metrics) == {("hbone", "early_resets"): 1.0}
+    # a stream the client already reset when its turn comes is never dialled, and counts too
+    gone = SimpleNamespace(connection=SimpleNamespace(streams={}), stream_id=7)
+    token = CURRENT_STREAM.set(gone)  # type: ignore[arg-type]
+    try:
+        dead = await handle(_req("10.0.0.8"), peer)  # type: ignore[arg-type]
+    finally:
+        CURRENT_STREAM.reset(token)
+    assert isinstance(dead, Reject) and len(dials) == dialled + 2
+    assert admission.total == 0 and admission._resets["10.0.0.8"].count == 1
     await asyncio.sleep(0.35)  # the window ended: admitted again
     again = await handle(_req("10.0.0.9"), peer)  # type: ignore[arg-type]
     assert isinstance(again, Accept) and again.upstream is not None
