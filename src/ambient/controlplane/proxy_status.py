@@ -43,7 +43,8 @@ def fetch(state_dir: Path | str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def rows(status: dict[str, Any], now: float | None = None) -> list[list[str]]:
-    """One row per proxy: per type `SYNCED`/`STALE (acked v, current v)`, total lag, NACKs, uptime."""
+    """One row per proxy: per type `SYNCED`/`STALE (acked v, current v)`/`NACKED (v: message)` (the last
+    version sent was refused), total lag, NACKs, uptime."""
     now = now or time.time()
     out = []
     for proxy in status.get("proxies", []):
@@ -51,7 +52,9 @@ def rows(status: dict[str, Any], now: float | None = None) -> list[list[str]]:
         lag = nacks = 0
         for type_url, t in proxy.get("types", {}).items():
             short = _SHORT.get(type_url, type_url)
-            if t.get("synced"):
+            if t.get("nacked_version"):  # the proxy refused the last version sent
+                cols[short] = f"NACKED ({t.get('nacked_version')}: {(t.get('last_nack') or '-')[:60]})"
+            elif t.get("synced"):
                 cols[short] = f"SYNCED ({t.get('acked_version')})"
             else:
                 cols[short] = f"STALE ({t.get('acked_version') or '-'} of {t.get('current_version')})"

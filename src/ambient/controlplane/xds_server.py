@@ -5,13 +5,25 @@ change sequence; `XdsServer` implements `DeltaAggregatedResources` for many conc
 each proxy only what it does not have.
 
 Invariants:
-- Wildcard subscriptions only (a node proxy wants every Address and Authorization). Named subscriptions
-  are accepted and treated as wildcard.
+- Subscriptions follow delta xDS: a first request without names (or with `*`) is a wildcard subscription
+  (every resource of the type, as a node proxy wants); `*` in `resource_names_unsubscribe` ends the
+  wildcard (an on-demand proxy subscribes and unsubscribes `*` in one request: "nothing yet"). A request
+  naming resources is always answered, as istiod answers it: each name (a resource name, or an address
+  alias `<network>/<ip>` of a workload or service) comes back as the resource (with its aliases) or, when
+  nothing has that name, in `removed_resources`, so a proxy waiting on demand never waits forever. Later
+  changes of a named resource (or of one an alias later resolves to) are pushed to that stream.
+- Order within a push (the referenced before the referrer, as a workload names its policies): new and
+  changed Authorizations first, then Addresses, then Authorization removals. A proxy therefore never holds
+  a workload that references a policy the control plane has but has not sent it yet, and never loses a
+  policy before the workloads stop naming it. (istiod pushes Address before Authorization and relies
+  on ztunnel skipping a referenced policy it lacks; our proxy fails closed on it instead, so the order
+  matters here.)
 - A resource's version is a hash of its bytes, so a proxy reconnecting (even to a restarted control plane)
   with `initial_resource_versions` receives exactly the resources that differ and the removals.
 - Each stream remembers what it sent (name -> version); a push is the difference between the cache and
-  that memory. The memory is updated when sending, whatever the reply: a NACK is logged with its
-  `error_detail` and recorded for proxy-status, and the same version is never re-sent in a loop.
+  that memory. The memory is updated when sending, whatever the reply: a NACK (any reply carrying
+  `error_detail`, whatever its code: ztunnel NACKs with code 0) is logged and recorded for proxy-status
+  (the acked version does not advance), and the same version is never re-sent in a loop.
 - Every subscribed type gets a first response even when empty: proxies become ready on the first ACK.
 - Removed resources leave tombstones (so pushes are O(changes)); tombstones beyond a bound are compacted,
   after which a stream that is too far behind falls back to a full diff.
@@ -21,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import itertools
 import logging
 import time
@@ -32,7 +45,10 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from ambient.protocol.gen.istio.workload import workload_pb2 as wl
 from ambient.protocol.xds import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
     NODE_PROXY_TYPE_URLS,
     AggregatedDiscoveryServiceServicer,
     DeltaDiscoveryRequest,
@@ -44,6 +60,9 @@ from ambient.protocol.xds import (
 log = logging.getLogger(__name__)
 
 MAX_TOMBSTONES = 10_000
+# Types whose resources others reference by name (workloads list their policies): within a push their
+# upserts go before, and their removals after, every other type.
+REFERENCED_TYPES: tuple[str, ...] = (AUTHORIZATION_TYPE_URL,)
 # Authenticates a stream: (invocation metadata, node id) -> None if allowed, else the reason it is not.
 Authenticator = Callable[[Mapping[str, str], str], str | None]
 
@@ -54,10 +73,31 @@ class _Entry:
     seq: int
     version: str
     resource: Resource | None  # None: a tombstone (removed)
+    aliases: tuple[str, ...] = ()
 
 
 def resource_version(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _ip_text(raw: bytes) -> str:
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return raw.hex()
+
+
+def address_aliases(msg: Message) -> tuple[str, ...]:
+    """The names an on-demand proxy may ask an Address by, besides its resource name: `<network>/<ip>` of
+    each workload IP or service VIP (as istiod's `AddressInfo.Aliases`)."""
+    if not isinstance(msg, wl.Address):
+        return ()
+    if msg.HasField("workload"):
+        w = msg.workload
+        return tuple(f"{w.network}/{_ip_text(a)}" for a in w.addresses)
+    if msg.HasField("service"):
+        return tuple(f"{a.network}/{_ip_text(a.address)}" for a in msg.service.addresses)
+    return ()
 
 
 class ResourceCache:
@@ -70,6 +110,7 @@ class ResourceCache:
         self._compacted: dict[str, int] = {t: 0 for t in type_urls}
         self._tombstones: dict[str, int] = {t: 0 for t in type_urls}
         self._live: dict[str, int] = {t: 0 for t in type_urls}
+        self._aliases: dict[str, dict[str, dict[str, None]]] = {t: {} for t in type_urls}  # alias -> names
         self._listeners: set[asyncio.Event] = set()
         self.changed_at: float = time.monotonic()
 
@@ -96,6 +137,7 @@ class ResourceCache:
             if msg is None:
                 if old is None or old.resource is None:
                     continue
+                self._unalias(type_url, old)
                 del entries[name]
                 entries[name] = _Entry(name, seq, "", None)
                 self._live[type_url] -= 1
@@ -108,13 +150,17 @@ class ResourceCache:
                 continue
             res = Resource(name=name, version=version, resource=any_pb2.Any(type_url=type_url, value=payload))
             if old is not None:
+                self._unalias(type_url, old)
                 del entries[name]
                 if old.resource is None:
                     self._tombstones[type_url] -= 1
                     self._live[type_url] += 1
             else:
                 self._live[type_url] += 1
-            entries[name] = _Entry(name, seq, version, res)
+            entry = _Entry(name, seq, version, res, address_aliases(msg) if type_url == ADDRESS_TYPE_URL else ())
+            entries[name] = entry
+            for alias in entry.aliases:
+                self._aliases[type_url].setdefault(alias, {})[name] = None
             changed += 1
         if changed:
             self.seq = seq
@@ -124,6 +170,41 @@ class ResourceCache:
             for ev in self._listeners:
                 ev.set()
         return changed
+
+    def _unalias(self, type_url: str, entry: _Entry) -> None:
+        index = self._aliases[type_url]
+        for alias in entry.aliases:
+            names = index.get(alias)
+            if names is not None:
+                names.pop(entry.name, None)
+                if not names:
+                    del index[alias]
+
+    def resolve(self, type_url: str, name: str) -> list[Resource]:
+        """The live resources a subscribed name stands for: the resource of that name, else those the name
+        is an alias of (e.g. `/10.244.1.2`); [] when nothing has it. Resources carry their aliases."""
+        entries = self._entries[type_url]
+        entry = entries.get(name)
+        if entry is not None and entry.resource is not None:
+            found = [entry]
+        else:
+            found = [entries[n] for n in self._aliases[type_url].get(name, {}) if n in entries]
+        out = []
+        for e in found:
+            if e.resource is None:
+                continue
+            if e.aliases:
+                res = Resource()
+                res.CopyFrom(e.resource)
+                res.aliases.extend(e.aliases)
+                out.append(res)
+            else:
+                out.append(e.resource)
+        return out
+
+    def aliases(self, type_url: str, name: str) -> tuple[str, ...]:
+        entry = self._entries[type_url].get(name)
+        return entry.aliases if entry is not None else ()
 
     def _compact(self, type_url: str) -> None:
         if self._tombstones[type_url] <= MAX_TOMBSTONES:
@@ -176,6 +257,11 @@ class TypeStatus:
     """What one stream has for one type URL (for proxy-status)."""
 
     subscribed: bool = False
+    wildcard: bool = True
+    names: set[str] = field(default_factory=set)  # resource names subscribed (when not wildcard)
+    alias_subs: set[str] = field(default_factory=set)  # other subscribed names: aliases, not found yet
+    answer: list[str] = field(default_factory=list)  # named subscriptions the next push must answer
+    resync: bool = False  # the next push is a full diff (the wildcard was just switched on)
     initial_sent: bool = False
     known: dict[str, str] = field(default_factory=dict)
     seen_seq: int = 0
@@ -187,6 +273,36 @@ class TypeStatus:
     pending: dict[str, str] = field(default_factory=dict)  # nonce -> system version
     nacks: int = 0
     last_nack: str = ""
+    nacked_version: str = ""  # the version of the last reply when that reply was a NACK
+
+
+def apply_subscription(
+    ts: TypeStatus, subscribe: list[str], unsubscribe: list[str], initial_versions: Mapping[str, str]
+) -> bool:
+    """Apply one request's subscription changes to `ts` (delta xDS semantics, see the module docstring).
+    Returns True when a push is due (first subscription, wildcard switched on, or names to answer)."""
+    due = False
+    if not ts.subscribed:
+        ts.subscribed = True
+        ts.wildcard = not subscribe or "*" in subscribe
+        ts.known = dict(initial_versions)
+        due = True
+    elif "*" in subscribe and not ts.wildcard:
+        ts.wildcard = ts.resync = due = True
+    if "*" in unsubscribe:
+        ts.wildcard = False
+    if not ts.wildcard:
+        ts.names.update(ts.known)  # what the proxy holds stays subscribed: it keeps getting its updates
+    for name in unsubscribe:
+        if name != "*":
+            ts.names.discard(name)
+            ts.alias_subs.discard(name)
+            ts.known.pop(name, None)  # the proxy dropped it: no removal owed
+    named = [n for n in subscribe if n != "*"]
+    if named:
+        ts.answer.extend(named)
+        due = True
+    return due
 
 
 @dataclass
@@ -257,42 +373,94 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
         ts = conn.types.setdefault(type_url, TypeStatus())
         if req.response_nonce:
             version = ts.pending.pop(req.response_nonce, None)
-            if req.HasField("error_detail") and req.error_detail.code != 0:
+            if req.HasField("error_detail"):  # any error_detail is a NACK, whatever its code
                 ts.nacks += 1
-                ts.last_nack = req.error_detail.message
+                ts.last_nack = req.error_detail.message or f"code {req.error_detail.code}"
+                ts.nacked_version = version or ts.sent_version
                 log.warning(
                     "xDS NACK from %s for %s (nonce %s, version %s): %s",
                     conn.node_id,
                     type_url,
                     req.response_nonce,
                     version,
-                    req.error_detail.message,
+                    ts.last_nack,
                 )
             elif version is not None:
                 ts.acked_version = version
                 ts.acked_at = time.time()
-            return
-        if not ts.subscribed:
-            ts.subscribed = True
-            ts.known = dict(req.initial_resource_versions)
+                ts.nacked_version = ""
+        subscribe = list(req.resource_names_subscribe)
+        unsubscribe = list(req.resource_names_unsubscribe)
+        if req.response_nonce and not subscribe and not unsubscribe:
+            return  # a plain ACK/NACK
+        if apply_subscription(ts, subscribe, unsubscribe, dict(req.initial_resource_versions)):
             conn.wake.set()
 
     async def _push_loop(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
         while True:
             await conn.wake.wait()
             conn.wake.clear()
-            for type_url, ts in list(conn.types.items()):
-                if ts.subscribed:
-                    await self._push(conn, type_url, ts, context)
+            # Plan every type against one instant of the cache (no await in between), then write in the
+            # order the module docstring states: referenced upserts, the rest, referenced removals.
+            plans = {t: self._plan(t, ts) for t, ts in list(conn.types.items()) if ts.subscribed}
+            for type_url in REFERENCED_TYPES:
+                plan = plans.get(type_url)
+                if plan is not None and (plan[0] or plan[2]):
+                    await self._write(conn, type_url, plan[0], [], context)
+            for type_url, plan in plans.items():
+                if type_url not in REFERENCED_TYPES and plan is not None and (plan[0] or plan[1] or plan[2]):
+                    await self._write(conn, type_url, plan[0], plan[1], context)
+            for type_url in REFERENCED_TYPES:
+                plan = plans.get(type_url)
+                if plan is not None and plan[1]:
+                    await self._write(conn, type_url, [], plan[1], context)
 
-    async def _push(self, conn: Connection, type_url: str, ts: TypeStatus, context: grpc.aio.ServicerContext) -> None:
+    def _plan(self, type_url: str, ts: TypeStatus) -> tuple[list[Resource], list[str], bool] | None:
+        """(resources to send, names to remove, must answer even if empty) for one type, or None."""
         seq = self.cache.type_seq(type_url)
-        if ts.initial_sent and seq <= ts.seen_seq:
-            return
-        send, removed = self.cache.diff(type_url, ts.known, ts.seen_seq if ts.initial_sent else 0)
-        ts.seen_seq = seq
-        if ts.initial_sent and not send and not removed:
-            return
+        answer, ts.answer = list(dict.fromkeys(ts.answer)), []
+        first = not ts.initial_sent
+        if not first and seq <= ts.seen_seq and not answer and not ts.resync:
+            return None
+        since = 0 if first or ts.resync else ts.seen_seq
+        send, removed = self.cache.diff(type_url, ts.known, since)
+        ts.seen_seq, ts.resync = seq, False
+        if not ts.wildcard:
+            send = [r for r in send if self._wanted(type_url, ts, r.name)]
+        sent = {r.name for r in send}
+        for name in answer:
+            found = self.cache.resolve(type_url, name)
+            if not ts.wildcard and (not found or found[0].name != name):
+                ts.alias_subs.add(name)  # an alias, or not there yet: its later arrival is pushed
+            if not found:
+                if name not in removed:
+                    removed.append(name)  # "removed" is how delta xDS says "no such resource"
+                continue
+            for res in found:
+                if not ts.wildcard:
+                    ts.names.add(res.name)
+                if res.name not in sent:
+                    sent.add(res.name)
+                    send.append(res)
+        return send, removed, first or bool(answer)
+
+    def _wanted(self, type_url: str, ts: TypeStatus, name: str) -> bool:
+        if name in ts.names:
+            return True
+        if any(a in ts.alias_subs for a in self.cache.aliases(type_url, name)):
+            ts.names.add(name)
+            return True
+        return False
+
+    async def _write(
+        self,
+        conn: Connection,
+        type_url: str,
+        send: list[Resource],
+        removed: list[str],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        ts = conn.types[type_url]
         ts.initial_sent = True
         nonce = f"{next(_nonces):x}"
         version = self.cache.version(type_url)
@@ -327,6 +495,8 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
                     "resources": len(ts.known),
                     "nacks": ts.nacks,
                     "last_nack": ts.last_nack,
+                    "nacked_version": ts.nacked_version,
+                    "wildcard": ts.wildcard,
                     "acked_at": ts.acked_at,
                 }
             out.append(

@@ -114,6 +114,10 @@ class _Multi:
     def members(self, key: Any) -> Iterable[str]:
         return self._data.get(key, {}).keys()
 
+    def populated(self) -> Iterable[Any]:
+        """Keys with at least one member."""
+        return self._data.keys()
+
     def last(self, key: Any) -> str | None:
         inner = self._data.get(key)
         return next(reversed(inner)) if inner else None
@@ -154,6 +158,7 @@ class _Indexes:
     policies: dict[str, Authorization] = field(default_factory=dict)
     global_policies: dict[str, None] = field(default_factory=dict)  # ordered set of keys
     namespace_policies: _Multi = field(default_factory=_Multi)  # namespace -> NAMESPACE-scope keys
+    policy_refs: _Multi = field(default_factory=_Multi)  # policy key -> uids of workloads naming it
 
     def fork(self) -> _Indexes:
         """A writable copy: shallow dict copies, multimaps forked copy-on-write."""
@@ -168,6 +173,7 @@ class _Indexes:
             policies=dict(self.policies),
             global_policies=dict(self.global_policies),
             namespace_policies=self.namespace_policies.fork(),
+            policy_refs=self.policy_refs.fork(),
         )
 
     def freeze(self) -> _Indexes:
@@ -178,6 +184,7 @@ class _Indexes:
             self.services_by_hostname,
             self.endpoints,
             self.namespace_policies,
+            self.policy_refs,
         ):
             multi.freeze()
         return self
@@ -254,6 +261,26 @@ class StateView:
     def namespace_policies(self, namespace: str) -> tuple[Authorization, ...]:
         """Policies with scope NAMESPACE living in `namespace`."""
         return tuple(self._ix.policies[k] for k in self._ix.namespace_policies.members(namespace))
+
+    def dangling_policy_refs(self) -> dict[str, tuple[str, ...]]:
+        """uid -> policy keys the workload names that this view does not hold ({} for a consistent view).
+        Cost: O(distinct referenced policies), not O(workloads)."""
+        out: dict[str, list[str]] = {}
+        for key in self._ix.policy_refs.populated():
+            if key not in self._ix.policies:
+                for uid in self._ix.policy_refs.members(key):
+                    out.setdefault(uid, []).append(key)
+        return {uid: tuple(keys) for uid, keys in out.items()}
+
+    def with_workloads(self, workloads: dict[str, Workload | None]) -> StateView:
+        """A copy of this view with some workloads replaced (None: removed); same version. For building a
+        consistent view to re-evaluate live connections on (`state.consistency`)."""
+        ix = self._ix.fork()
+        for uid, wl in workloads.items():
+            _remove_workload(ix, uid)
+            if wl is not None:
+                _add_workload(ix, wl)
+        return StateView(ix.freeze(), self.version)
 
     # -- debug
     def config_dump(self) -> dict[str, Any]:
@@ -392,6 +419,8 @@ def _add_workload(ix: _Indexes, wl: Workload) -> None:
     ix.workloads_by_identity.add(wl.identity, wl.uid)
     for svc in wl.services:
         ix.endpoints.add(svc, wl.uid)
+    for key in wl.authorization_policies:
+        ix.policy_refs.add(key, wl.uid)
 
 
 def _remove_workload(ix: _Indexes, uid: str) -> None:
@@ -403,6 +432,8 @@ def _remove_workload(ix: _Indexes, uid: str) -> None:
     ix.workloads_by_identity.remove(wl.identity, uid)
     for svc in wl.services:
         ix.endpoints.remove(svc, uid)
+    for key in wl.authorization_policies:
+        ix.policy_refs.remove(key, uid)
 
 
 def _add_service(ix: _Indexes, svc: Service) -> None:

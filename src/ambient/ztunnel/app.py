@@ -34,6 +34,7 @@ from aiohttp import web
 from ambient.hbone.client import HboneClient
 from ambient.identity.certs import CertBundle
 from ambient.inpod.zds import DEFAULT_SOCKET_PATH, ZdsClient
+from ambient.state.consistency import ConsistentChanges
 from ambient.state.store import StateStore, StateWriter
 from ambient.ztunnel import dnsproxy
 from ambient.ztunnel.admin import Readiness, admin_app, metrics_app, readiness_app
@@ -149,7 +150,8 @@ class App:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         writer = self.store.take_writer()
-        unsubscribe = self.store.subscribe(self.telemetry.connections.revoke)  # live revocation
+        # live revocation, judged on a consistent view (never on a workload whose policies are half-arrived)
+        unsubscribe = self.store.subscribe(ConsistentChanges(self.telemetry.connections.revoke))
         try:
             async with asyncio.TaskGroup() as tg:
                 state_task = tg.create_task(self.state_source.run(writer, self._on_state_ready), name="state")

@@ -4,8 +4,11 @@ Role: open `DeltaAggregatedResources`, subscribe (wildcard) to `istio.workload.A
 `istio.security.Authorization` with the node id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`, convert
 each response to the model and apply it through the store's single writer, then ACK (or NACK with
 `error_detail` when conversion fails: nothing of that response is applied). Reconnects forever with
-backoff 10 ms -> 15 s; keeps serving the last state while disconnected; on reconnect it sends
-`initial_resource_versions` so the server sends only what differs.
+backoff 10 ms -> `RECONNECT_BACKOFF_MAX` (1 s, +-20% jitter; the reference goes up to 15 s, which left
+proxies up to 15 s behind a control plane that was back): a dial is one TCP + TLS handshake, cheap for the
+control plane, and a proxy re-syncs within about a second of the control plane serving again. Keeps
+serving the last state while disconnected; on reconnect it sends `initial_resource_versions` so the server
+sends only what differs.
 
 Invariants: `ready` is set once both types were ACKed once and never cleared (a disconnected proxy keeps
 working on its last state); all tasks live in `run()`'s TaskGroup; the state is only written here.
@@ -42,6 +45,9 @@ from ambient.state.store import StateChange, StateDelta, StateView, StateWriter
 log = logging.getLogger(__name__)
 
 INVALID_ARGUMENT = 3  # google.rpc.Code
+RECONNECT_BACKOFF_MIN = 0.01
+RECONNECT_BACKOFF_MAX = 1.0  # bounds the re-sync delay after a control-plane outage (module docstring)
+FAILURE_LOG_EVERY = 30
 
 
 def node_id(ip: str, pod: str, namespace: str) -> str:
@@ -70,8 +76,8 @@ class XdsClient:
         token: str | Callable[[], str | None] | None = None,
         root_cert: bytes | None = None,
         server_name: str | None = "istiod.istio-system.svc",
-        backoff_min: float = 0.01,
-        backoff_max: float = 15.0,
+        backoff_min: float = RECONNECT_BACKOFF_MIN,
+        backoff_max: float = RECONNECT_BACKOFF_MAX,
         on_applied: Callable[[str, int], None] | None = None,
         on_change: Callable[[StateChange], None] | None = None,
     ) -> None:
@@ -109,6 +115,7 @@ class XdsClient:
 
     async def run(self) -> None:
         backoff = Backoff(self.backoff_min, self.backoff_max, jitter=0.2)
+        failures = 0  # consecutive attempts without a response
         while True:
             got_response = False
             try:
@@ -124,8 +131,13 @@ class XdsClient:
                 self.connected = False
             if got_response:
                 backoff.reset()
-            log.warning("xDS to %s disconnected (%s); retrying in %.2fs", self.address, self.last_error,
-                        backoff.current)
+                failures = 0
+            failures += 1
+            # With a short back-off cap an outage means a dial a second: warn on the first failure and
+            # then every FAILURE_LOG_EVERY-th, not on each.
+            level = logging.WARNING if failures == 1 or failures % FAILURE_LOG_EVERY == 0 else logging.DEBUG
+            log.log(level, "xDS to %s disconnected (%s); retrying in %.2fs (attempt %d)", self.address,
+                    self.last_error, backoff.current, failures)
             await asyncio.sleep(backoff.next())
 
     async def _stream(self, channel: grpc.aio.Channel) -> bool:
