@@ -4,7 +4,8 @@ Role: the policy half of `controlplane.translate` (which re-exports everything h
 
 Invariants (protocols.md s.3):
 - Scope: root namespace without selector -> GLOBAL, no selector -> NAMESPACE, selector -> WORKLOAD_SELECTOR.
-- CUSTOM/AUDIT policies and policies attached by `targetRefs` (they are for waypoints) are never sent.
+- CUSTOM/AUDIT policies and policies attached by `targetRefs` (they are for waypoints) are never sent. A
+  CUSTOM policy's status says its provider is not found and that waypoints deny what its rules match.
   HTTP-only fields drop the whole rule inside an ALLOW (the rule can never match: narrower, safe) and are
   ignored inside a DENY (it denies more: safe); both are reported as "more restrictive than requested".
 - Principals are sent without the `spiffe://` prefix; "*" is presence, "x*" prefix, "*x" suffix.
@@ -177,14 +178,28 @@ def _translate_rule(rule: Obj, allow: bool, dropped: list[str], namespace: str) 
     return out
 
 
+def custom_policy_message(spec: Obj) -> str:
+    """The status of a CUSTOM policy. This mesh configures no `meshConfig.extensionProviders`, so its
+    provider is never found; as istiod does then (authz builder: "will generate deny configs"), the
+    waypoints deny the requests that match the policy's rules, and only those."""
+    provider = spec.get("provider")
+    name = str(provider.get("name") or "") if isinstance(provider, dict) else ""
+    what = f"extension provider {name!r} is not defined" if name else "no extension provider is named"
+    return (f"action CUSTOM: {what} (meshConfig.extensionProviders is empty): waypoints deny the requests "
+            "matching its rules (fail closed); not sent to the node proxy")
+
+
 def authorization_from_policy(policy: Obj, root_namespace: str = ROOT_NAMESPACE) -> PolicyTranslation:
     """AuthorizationPolicy (security.istio.io/v1) -> Authorization, as protocols.md s.3 describes."""
     meta = _meta(policy)
     spec = policy.get("spec") or {}
     name, ns = str(meta.get("name") or ""), str(meta.get("namespace") or "default")
     action = str(spec.get("action") or "ALLOW").upper()
-    if action in ("CUSTOM", "AUDIT"):
-        return PolicyTranslation(None, f"not enforced by the node proxy: action {action} is not supported at L4")
+    if action == "CUSTOM":
+        return PolicyTranslation(None, custom_policy_message(spec))
+    if action == "AUDIT":
+        return PolicyTranslation(None, "not enforced: action AUDIT never changes a decision (waypoints log the "
+                                 "requests it matches; not sent to the node proxy)")
     if action not in ("ALLOW", "DENY"):
         return PolicyTranslation(None, f"not enforced: unknown action {action!r}")
     if spec.get("targetRefs") or spec.get("targetRef"):

@@ -5,10 +5,15 @@ Role: `parse_policy(obj)` turns a Kubernetes-shaped AuthorizationPolicy into an 
 `applicable(policies, target)` keeps those whose targetRefs name the destination Service or this waypoint's
 Gateway; `evaluate(policies, request)` decides. No I/O, no clock, no logging.
 
-Order (reliability.md): any matching DENY denies; else no ALLOW policy -> allow; else allow only if an
-ALLOW matches; else deny. AUDIT policies are ignored; CUSTOM (external authorizer) is not supported and fails
-closed (it denies). Dry-run policies (annotation `istio.io/dry-run: "true"`) are evaluated and reported in
-`shadow` but never enforced.
+Order, as Istio layers the Envoy RBAC filters (pilot/pkg/security/authz/builder): CUSTOM, then AUDIT, DENY,
+ALLOW. This waypoint has no external authorizer (no `meshConfig.extensionProviders`), so every CUSTOM policy
+names a provider that is not found; istiod then configures Envoy with a DENY RBAC filter built from that
+policy's rules (`getBadCustomDenyRules`): a request matching the policy's rules is denied (fail closed for
+the traffic the policy was meant to check), any other request goes on to the next layers. AUDIT policies
+never change the decision: the ones that match are reported in `L7Decision.audit` (Envoy's RBAC_LOG sets an
+access-log hint; the waypoint writes them in its access line). Then any matching DENY denies; else no ALLOW
+policy -> allow; else allow only if an ALLOW matches; else deny. Dry-run policies (annotation
+`istio.io/dry-run: "true"`) are evaluated and reported in `shadow` but never enforced.
 
 Matching: a policy with no `rules` matches nothing (ALLOW + no rules = "allow nothing"); a rule matches
 when its `from` (any source), its `to` (any operation) and every `when` condition match; an empty list of
@@ -112,6 +117,7 @@ class L7Policy:
     rules: tuple[PolicyRule, ...] = ()
     targets: tuple[TargetRef, ...] = ()
     dry_run: bool = False
+    provider: str = ""  # CUSTOM: the extension provider's name
 
     @property
     def key(self) -> str:
@@ -163,6 +169,7 @@ class L7Decision:
     reason: str
     policy: str | None = None  # "ns/name" of the deciding policy
     shadow: str | None = None  # what dry-run policies would have done, when it differs
+    audit: tuple[str, ...] = ()  # "ns/name" of the AUDIT policies that matched (logged, never enforced)
 
     @property
     def denied(self) -> bool:
@@ -300,10 +307,17 @@ def applicable(policies: Iterable[L7Policy], target: Target) -> list[L7Policy]:
     return out
 
 
+def custom_denial(policy: L7Policy) -> str:
+    """Why a request matching a CUSTOM policy is denied (no external authorizer is configured)."""
+    provider = f"extension provider {policy.provider!r}" if policy.provider else "an extension provider"
+    return (f"denied by CUSTOM policy {policy.key}: {provider} is not defined in meshConfig.extensionProviders, "
+            "so requests matching its rules are denied")
+
+
 def _decide(policies: Sequence[L7Policy], req: RequestAttrs) -> L7Decision:
     for p in policies:
-        if p.action == "CUSTOM":
-            return L7Decision(False, f"denied: CUSTOM policy {p.key} is not supported by this waypoint", p.key)
+        if p.action == "CUSTOM" and policy_matches(p, req):
+            return L7Decision(False, custom_denial(p), p.key)
     for p in policies:
         if p.action == "DENY" and policy_matches(p, req):
             return L7Decision(False, f"denied by policy {p.key}", p.key)
@@ -318,14 +332,19 @@ def _decide(policies: Sequence[L7Policy], req: RequestAttrs) -> L7Decision:
 
 def evaluate(policies: Iterable[L7Policy], req: RequestAttrs) -> L7Decision:
     """Decide one request against the already-`applicable` policies."""
+    policies = list(policies)
     active = [p for p in policies if p.action != "AUDIT"]
     enforced = [p for p in active if not p.dry_run]
     decision = _decide(enforced, req)
+    shadow = None
     if len(enforced) != len(active):
-        shadow = _decide(active, req)
-        if shadow.allowed != decision.allowed:
-            return L7Decision(decision.allowed, decision.reason, decision.policy, f"dry-run: {shadow.reason}")
-    return decision
+        dry = _decide(active, req)
+        if dry.allowed != decision.allowed:
+            shadow = f"dry-run: {dry.reason}"
+    audit = tuple(p.key for p in policies if p.action == "AUDIT" and policy_matches(p, req))
+    if shadow is None and not audit:
+        return decision
+    return L7Decision(decision.allowed, decision.reason, decision.policy, shadow, audit)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -389,4 +408,6 @@ def parse_policy(obj: Mapping[str, Any]) -> L7Policy:
         rules.append(PolicyRule(tuple(sources), tuple(operations), conditions))
     annotations = meta.get("annotations") or {}
     dry_run = str(annotations.get(DRY_RUN_ANNOTATION, "")).lower() == "true"
-    return L7Policy(name, namespace, action, tuple(rules), targets, dry_run)  # type: ignore[arg-type]
+    provider_spec = spec.get("provider") if action == "CUSTOM" else None
+    provider = str(provider_spec.get("name") or "") if isinstance(provider_spec, Mapping) else ""
+    return L7Policy(name, namespace, action, tuple(rules), targets, dry_run, provider)  # type: ignore[arg-type]

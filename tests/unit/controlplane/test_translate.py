@@ -420,3 +420,15 @@ def test_resource_names() -> None:
     assert tr.resource_name(w) == "u1"
     assert tr.resource_name(s) == "d/h.d.svc.cluster.local"
     assert tr.resource_name(sec.Authorization(name="p", namespace="d")) == "d/p"
+
+
+def test_custom_policy_status_says_its_provider_is_missing_and_what_waypoints_do() -> None:
+    # istiod (authz builder) with a CUSTOM provider not in meshConfig.extensionProviders: "failed to process
+    # CUSTOM action ... will generate deny configs", a DENY built from the policy's own rules
+    result = tr.authorization_from_policy(ap({"action": "CUSTOM", "provider": {"name": "opa"},
+                                              "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}))
+    assert result.authorization is None and result.message is not None
+    assert "'opa' is not defined" in result.message and "extensionProviders" in result.message
+    assert "deny the requests matching its rules" in result.message
+    audit = tr.authorization_from_policy(ap({"action": "AUDIT"})).message
+    assert audit is not None and "never changes a decision" in audit

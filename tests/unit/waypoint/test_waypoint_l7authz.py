@@ -113,8 +113,22 @@ CASES: list[tuple[str, list[L7Policy], RequestAttrs, bool]] = [
     ("L4 traffic: HTTP-only DENY denies", [pol("DENY", [op(paths=["/admin"])])], r(http=False), False),
     ("L4 traffic: principal ALLOW works", [pol("ALLOW", [src(principals=[CURL])])], r(http=False), True),
     ("L4 traffic: ports still evaluated", [pol("DENY", [op(ports=["9999"])])], r(http=False), True),
-    ("AUDIT ignored", [pol("AUDIT", [{}])], r(), True),
-    ("CUSTOM fails closed", [pol("CUSTOM", [{}])], r(), False),
+    ("AUDIT never denies", [pol("AUDIT", [{}])], r(), True),
+    ("AUDIT does not switch on default deny", [pol("AUDIT", [op(paths=["/x"])])], r(path="/y"), True),
+    ("AUDIT does not allow past an ALLOW", [pol("AUDIT", [{}], name="a"), pol("ALLOW", [op(paths=["/x"])])],
+     r(path="/y"), False),
+    # CUSTOM without an extension provider: istiod builds an RBAC DENY from the policy's rules
+    ("CUSTOM without provider denies what its rules match", [pol("CUSTOM", [op(paths=["/admin*"])])],
+     r(path="/admin/users"), False),
+    ("CUSTOM without provider lets other requests through", [pol("CUSTOM", [op(paths=["/admin*"])])],
+     r(path="/reviews"), True),
+    ("CUSTOM with an empty rule denies everything", [pol("CUSTOM", [{}])], r(), False),
+    ("CUSTOM without rules matches nothing", [pol("CUSTOM", None)], r(), True),
+    ("CUSTOM before ALLOW", [pol("ALLOW", [{}], name="a"), pol("CUSTOM", [op(methods=["DELETE"])], name="c")],
+     r("DELETE"), False),
+    ("CUSTOM: unknown attributes match (fail closed)", [pol("CUSTOM", [src(requestPrincipals=["*"])])], r(),
+     False),
+    ("dry-run CUSTOM not enforced", [pol("CUSTOM", [{}], dry_run=True)], r(), True),
     ("dry-run DENY not enforced", [pol("DENY", [{}], dry_run=True)], r(), True),
     ("dry-run ALLOW does not switch on default deny", [pol("ALLOW", [op(paths=["/x"])], dry_run=True)], r(), True),
 ]
@@ -166,3 +180,24 @@ def test_parse_policy_shapes() -> None:
     assert p.targets[0].kind == "Gateway" and p.targets[0].namespace == "default"
     assert p.rules[0].sources[0].ip_blocks == ("1.2.3.0/24",)
     assert p.rules[0].operations[0].ports == ("80",)
+
+
+def test_custom_denial_names_the_policy_and_its_missing_provider() -> None:
+    custom = parse_policy({"kind": "AuthorizationPolicy", "metadata": {"name": "ext", "namespace": "shop"},
+                           "spec": {"action": "CUSTOM", "provider": {"name": "opa"},
+                                    "targetRefs": [{"kind": "Service", "name": "reviews"}],
+                                    "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}})
+    assert custom.provider == "opa"
+    d = evaluate([custom], r(path="/admin"))
+    assert d.denied and d.policy == "shop/ext"
+    assert "shop/ext" in d.reason and "'opa'" in d.reason and "extensionProviders" in d.reason
+
+
+def test_audit_matches_are_reported_without_changing_the_decision() -> None:
+    audit = pol("AUDIT", [op(paths=["/audited*"])], name="audit")
+    deny = pol("DENY", [op(methods=["DELETE"])], name="deny")
+    d = evaluate([audit, deny], r(path="/audited/1"))
+    assert d.allowed and d.audit == ("shop/audit",)
+    d = evaluate([audit, deny], r("DELETE", path="/audited/1"))
+    assert d.denied and d.policy == "shop/deny" and d.audit == ("shop/audit",)
+    assert evaluate([audit, deny], r(path="/other")).audit == ()
