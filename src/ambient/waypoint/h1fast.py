@@ -14,8 +14,9 @@ Invariants:
   words) every rejection, exactly as before.
 - Only messages whose framing is unambiguous are taken: no Transfer-Encoding, at most one Content-Length
   (ASCII digits), no `Connection` other than keep-alive, no Expect/Upgrade, HTTP/1.1 only.
-- Output is what h11 would write for the same events (lower-case names as given, `HTTP/1.1 <code> ` with
-  an empty reason, Transfer-Encoding chunked appended when a body has no length); headers that h11 would
+- Output is what h11 would write for the same events (lower-case names as given, `HTTP/1.1 <code> <reason>`
+  with Envoy's reason phrase (`messages.reason_phrase`, given to h11 too), Transfer-Encoding chunked
+  appended when a body has no length); headers that h11 would
   refuse to send (CR/LF in a value, a bad name, conflicting lengths) are refused here too: None, and the
   caller writes with h11 (upstream requests) or fails the exchange and closes (responses), as h11 did.
 - Bounded memory, as with h11: a head is parsed once CRLF CRLF is buffered and only within
@@ -35,7 +36,7 @@ from h11 import _abnf
 from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
 from ambient.waypoint.errors import HttpProtocolError
-from ambient.waypoint.messages import Limits, Request, strip_hop_by_hop
+from ambient.waypoint.messages import Limits, Request, reason_phrase, strip_hop_by_hop
 
 READ_CHUNK = 64 * 1024
 
@@ -202,7 +203,8 @@ def response_head(status: int, headers: list[tuple[str, str]], head_request: boo
     block = header_block(headers)
     if block is None:
         return None
-    return ResponseFraming(b"HTTP/1.1 %d \r\n" % status + block + b"\r\n", length, bool(lengths))
+    return ResponseFraming(b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)) + block + b"\r\n", length,
+                           bool(lengths))
 
 
 _H11_HEAD_END = re.compile(rb"\n\r?\n")
@@ -398,7 +400,7 @@ def fast_request(head: Head, fc: FastConn) -> tuple[Request, FastBody]:
 async def fast_error_response(stream: ByteStream, status: int, text: str, head: bool) -> None:
     """What `_error_response` sends, for a request h11 never saw."""
     body = text.encode()
-    data = (b"HTTP/1.1 %d \r\ncontent-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, len(body))) + (b"" if head else body)
+    data = (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, reason_phrase(status), len(body))) + (b"" if head else body)
     with contextlib.suppress(HboneError, OSError):
         await stream.write(data)

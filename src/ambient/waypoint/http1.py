@@ -43,7 +43,7 @@ from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
 from ambient.waypoint import h1fast, upgrade
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
-from ambient.waypoint.messages import Handler, Limits, Request, ResponseWriter, strip_hop_by_hop
+from ambient.waypoint.messages import Handler, Limits, Request, ResponseWriter, reason_phrase, strip_hop_by_hop
 
 log = logging.getLogger(__name__)
 READ_CHUNK = h1fast.READ_CHUNK
@@ -111,7 +111,8 @@ class _Body:
             return b""
         conn = self._reader.conn
         if conn.they_are_waiting_for_100_continue and conn.our_state is h11.SEND_RESPONSE:
-            await self._reader.stream.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+            await self._reader.stream.write(conn.send(h11.InformationalResponse(
+                status_code=100, headers=[], reason=reason_phrase(100))) or b"")
         try:
             event = await self._reader.next_event(self._reader.limits.idle_timeout)
         except h11.RemoteProtocolError as exc:
@@ -162,7 +163,8 @@ class _Writer:
         self._length_framed = any(k == "content-length" for k, _ in headers)
         self._started = True
         # held back and sent with the first body bytes: one tunnel frame instead of two
-        self._pending = self._conn.send(h11.Response(status_code=status, headers=_encode(headers))) or b""
+        self._pending = self._conn.send(h11.Response(status_code=status, headers=_encode(headers),
+                                                     reason=reason_phrase(status))) or b""
 
     async def write(self, data: bytes) -> None:
         if data and not self._head:
@@ -175,7 +177,8 @@ class _Writer:
         if self._started or conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
             raise HttpProtocolError("cannot switch protocols here")
         self._started = self._ended = self.upgraded = True
-        await self._send(h11.InformationalResponse(status_code=101, headers=_encode(headers)))
+        await self._send(h11.InformationalResponse(status_code=101, headers=_encode(headers),
+                                                   reason=reason_phrase(101)))
         return self._stream, bytes(conn.trailing_data[0])
 
     async def end(self, trailers: list[tuple[str, str]] | None = None) -> None:
@@ -222,7 +225,7 @@ async def _error_response(conn: h11.Connection, stream: ByteStream, status: int,
         return
     body = text.encode()
     with contextlib.suppress(h11.LocalProtocolError, HboneError, OSError):
-        data = conn.send(h11.Response(status_code=status, headers=[
+        data = conn.send(h11.Response(status_code=status, reason=reason_phrase(status), headers=[
             (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]))
         data = (data or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
         await stream.write(data)

@@ -76,13 +76,15 @@ def build_state() -> StateView:
     services = [_svc("reviews", REVIEWS_VIP), _svc("reviews-v1", "10.96.0.11"), _svc("reviews-v2", "10.96.0.12"),
                 _svc("echo", ECHO_VIP, 9000, 9000, AppProtocol.TCP),
                 _svc("grpc", GRPC_VIP, 50051, 50051, AppProtocol.GRPC), _svc("unbound", "10.96.0.40")]
+    # pods carry their owners' names as the control plane sends them (`workload_name`: the Deployment)
     workloads = [Workload("client-uid", "curl-1", NS, (ip_address("127.0.0.5"),), tunnel_protocol=TunnelProtocol.HBONE,
-                          service_account="curl")]
+                          service_account="curl", workload_name="curl")]
     for ip, version in PODS.items():
         workloads.append(Workload(
             f"reviews-{version}", f"reviews-{version}-pod", NS, (ip_address(ip),),
             tunnel_protocol=TunnelProtocol.HBONE, service_account="reviews", canonical_name="reviews",
-            canonical_revision=version, waypoint=WAYPOINT if version == "v2" else None,  # v2: workload waypoint
+            canonical_revision=version, workload_name=f"reviews-{version}",
+            waypoint=WAYPOINT if version == "v2" else None,  # v2: workload waypoint
             services={f"{NS}/reviews.{NS}.svc.cluster.local": (Port(80, 8080),),
                       f"{NS}/reviews-{version}.{NS}.svc.cluster.local": (Port(80, 8080),)},
         ))

@@ -39,6 +39,7 @@ import ipaddress
 import logging
 import random
 import re
+import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,6 +205,8 @@ class Waypoint:
         attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, source_ip=conn.source_addr.rpartition(":")[0],
                              http=False)
         decision = evaluate(applicable(self._l7.current.policies, self._target(conn)), attrs)
+        if decision.audit:
+            record.audit = ",".join(decision.audit)
         if decision.denied:
             record.flags, record.error = "RBAC", decision.reason
             emit(record, self.metrics)
@@ -253,13 +256,19 @@ class Waypoint:
         return Target(svc.name if svc else "", svc.namespace if svc else "", s.gateway_name, s.gateway_namespace)
 
     def _record(self, conn: _Conn) -> RequestRecord:
-        src = conn.source
+        src, svc = conn.source, conn.service
+        # the Service the client addressed, known before policy: a denied request still names it (a route
+        # to another backend Service replaces it, see `_pick`)
         return RequestRecord(
             src_addr=conn.source_addr,
             src_workload=src.name if src else "",
+            src_workload_name=(src.workload_name or src.name) if src else "",
             src_namespace=src.namespace if src else "",
             src_identity=conn.peer.uri,
             src_canonical=src.canonical_name if src else "",
+            dst_service=svc.hostname if svc else "",
+            dst_service_name=svc.name if svc else "",
+            dst_service_namespace=svc.namespace if svc else "",
         )
 
     async def handle_request(self, conn: _Conn, req: Request, writer: ResponseWriter) -> None:
@@ -293,11 +302,14 @@ class Waypoint:
             await self._local(writer, record, 400, "bad request: invalid path", "-")
             return
         record.path = path[:256]
+        _envoy_request_headers(req, self._rng)
         l7 = self._l7.current
         headers = req.header_map()
         attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, method=req.method, path=path,
                              host=req.authority, headers=headers, source_ip=conn.source_addr.rpartition(":")[0])
         decision = evaluate(applicable(l7.policies, self._target(conn)), attrs)
+        if decision.audit:
+            record.audit = ",".join(decision.audit)
         if decision.denied:
             log.info("waypoint: %s %s from %s denied: %s", req.method, path, conn.peer, decision.reason)
             await self._local(writer, record, 403, RBAC_DENIED, "RBAC")
@@ -543,6 +555,7 @@ class Waypoint:
     def _describe(self, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> None:
         wl = ep.workload
         record.dst_workload, record.dst_namespace = wl.name, wl.namespace
+        record.dst_workload_name = wl.workload_name or wl.name
         record.dst_canonical = wl.canonical_name
         host = f"[{ep.ip}]" if ":" in ep.ip else ep.ip  # ep.ip is already canonical text: no re-parsing
         record.dst_hbone_addr = f"{host}:{ep.port}"
@@ -574,6 +587,27 @@ class Waypoint:
     async def aclose(self) -> None:
         """Close pooled upstream connections (the HBONE client is the owner's to close)."""
         self._pool.close_all()
+
+
+def _envoy_request_headers(req: Request, rng: random.Random) -> None:
+    """What Envoy's connection manager does to a request's headers with Istio's waypoint settings
+    (`use_remote_address: false`, `xff_num_trusted_hops: 0`, request ids generated), before any filter:
+    - `x-request-id`: a new UUID4 when the request has none; an existing one is kept (the request is not an
+      edge request) and forwarded. It is not added to the response.
+    - `x-forwarded-proto`: set to `http` (the HTTP inside the HBONE tunnel is plaintext) when absent; kept
+      when the client sent one.
+    - `x-forwarded-for`: left as the client sent it: Envoy appends the peer address only when it uses the
+      remote address, which the waypoint's listener does not."""
+    has_id = has_proto = False
+    for k, _ in req.headers:
+        if k == "x-request-id":
+            has_id = True
+        elif k == "x-forwarded-proto":
+            has_proto = True
+    if not has_id:
+        req.headers.append(("x-request-id", str(uuid.UUID(int=rng.getrandbits(128), version=4))))
+    if not has_proto:
+        req.headers.append(("x-forwarded-proto", "http"))
 
 
 async def _read_all(req: Request, limit: int) -> bytes:

@@ -10,8 +10,9 @@ AuthorizationPolicies that matched the request (they never change the decision);
 answered requests, ERROR (with `error=`) when the waypoint itself failed the request (5xx it produced).
 
 Metrics (reporter="waypoint"): `istio_requests_total` (counter) and `istio_request_duration_milliseconds`
-(histogram). Labels are bounded: workloads, services, principals, the response code, the protocol
-(`http` | `grpc`) and flags; never paths, addresses or ids. Empty values become `unknown`.
+(histogram). `source_workload` / `destination_workload` are the owning workloads' names (the Deployment,
+Istio's `workload_name`), not the pods'. Labels are bounded: workloads, services, principals, the response
+code, the protocol (`http` | `grpc`) and flags; never paths, addresses or ids. Empty values become `unknown`.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class RequestRecord:
     """What the waypoint knows about one request; filled in as it progresses."""
 
     src_addr: str = ""
-    src_workload: str = ""
+    src_workload: str = ""  # the pod (access log, as ztunnel's src.workload)
+    src_workload_name: str = ""  # its owning workload, e.g. the Deployment (metrics: source_workload)
     src_namespace: str = ""
     src_identity: str = ""
     src_canonical: str = ""
@@ -79,7 +81,8 @@ class RequestRecord:
     dst_service: str = ""  # hostname of the backend service
     dst_service_name: str = ""
     dst_service_namespace: str = ""
-    dst_workload: str = ""
+    dst_workload: str = ""  # the endpoint pod
+    dst_workload_name: str = ""  # its owning workload (metrics: destination_workload)
     dst_namespace: str = ""
     dst_identity: str = ""
     dst_canonical: str = ""
@@ -151,14 +154,14 @@ class WaypointMetrics:
     def labels(record: RequestRecord) -> tuple[str, ...]:
         values = {
             "reporter": "waypoint",
-            "source_workload": record.src_workload,
+            "source_workload": record.src_workload_name or record.src_workload,
             "source_workload_namespace": record.src_namespace,
             "source_principal": record.src_identity,
             "source_canonical_service": record.src_canonical,
             "destination_service": record.dst_service,
             "destination_service_name": record.dst_service_name,
             "destination_service_namespace": record.dst_service_namespace,
-            "destination_workload": record.dst_workload,
+            "destination_workload": record.dst_workload_name or record.dst_workload,
             "destination_workload_namespace": record.dst_namespace,
             "destination_principal": record.dst_identity,
             "destination_canonical_service": record.dst_canonical,

@@ -14,7 +14,7 @@ from memstream import End, pair
 from ambient.waypoint import h1fast
 from ambient.waypoint.errors import UpstreamError
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
-from ambient.waypoint.messages import Limits, Request, ResponseWriter
+from ambient.waypoint.messages import Limits, Request, ResponseWriter, reason_phrase
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,7 +36,7 @@ def h11_reference(raw_request: bytes, response: Response) -> bytes:
     conn.receive_data(raw_request)
     assert isinstance(conn.next_event(), h11.Request)
     status, headers, chunks, trailers = response
-    out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+    out = conn.send(h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))) or b""
     for c in chunks:
         out += conn.send(h11.Data(data=c)) or b""
     return out + (conn.send(h11.EndOfMessage(headers=trailers or [])) or b"")
@@ -137,7 +137,7 @@ async def test_client_closing_mid_body_and_wrong_response_length_close_the_conne
 
     short: Response = (200, [("content-length", "10")], [b"abc"], None)
     out = await serve(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n", responder(short))
-    assert out == b"HTTP/1.1 200 \r\ncontent-length: 10\r\n\r\nabc"  # truncated, then closed
+    assert out == b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"  # truncated, then closed
 
 
 @pytest.mark.parametrize("head", [
@@ -358,3 +358,26 @@ def test_fast_response_parser_never_accepts_what_h11_rejects_or_reads_differentl
         assert parsed.status == ref.status_code
         assert parsed.headers == [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ref.headers]
     assert accepted > 100
+
+
+@pytest.mark.parametrize(("status", "line"), [
+    # Envoy's HTTP/1.1 codec writes Http::CodeUtility::toString(code) as the reason phrase
+    (200, b"HTTP/1.1 200 OK\r\n"), (204, b"HTTP/1.1 204 No Content\r\n"), (403, b"HTTP/1.1 403 Forbidden\r\n"),
+    (413, b"HTTP/1.1 413 Payload Too Large\r\n"), (503, b"HTTP/1.1 503 Service Unavailable\r\n"),
+    (418, b"HTTP/1.1 418 Unknown\r\n"), (599, b"HTTP/1.1 599 Unknown\r\n"),
+])
+async def test_status_line_has_envoys_reason_phrase_on_both_paths(status: int, line: bytes) -> None:
+    response: Response = (status, [("content-length", "0")], [], None)
+    fast = await serve(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", responder(response))
+    # absolute-form is not plain: h11 parses it and `_Writer` answers
+    slow = await serve(b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n", responder(response))
+    assert fast.startswith(line) and slow.startswith(line)
+    assert fast == slow
+
+
+async def test_error_answers_carry_the_reason_phrase_on_both_paths() -> None:
+    fast = await serve(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+                       responder(RESPONSES["length"]))
+    slow = await serve(b"POST http://x/u HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+                       responder(RESPONSES["length"]))
+    assert fast.startswith(b"HTTP/1.1 400 Bad Request\r\n") and slow.startswith(b"HTTP/1.1 400 Bad Request\r\n")

@@ -130,7 +130,7 @@ async def test_server_switches_and_hands_over_buffered_bytes() -> None:
     await client.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" + UPGRADE_HEAD + b"raw1")
     out = await read_until(client, b"got:raw1")
     assert out.startswith(b"HTTP/1.1 200 ") and b"plain None" in out
-    assert b"HTTP/1.1 101 \r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\ngot:raw1" in out
+    assert b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\ngot:raw1" in out
     assert seen[1].upgrade == "websocket"
     assert ("sec-websocket-key", "k") in seen[1].headers
     assert all(k not in ("connection", "upgrade") for k, _ in seen[1].headers)
