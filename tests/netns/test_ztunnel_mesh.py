@@ -249,8 +249,10 @@ def test_connect_matrix(mesh: Mesh) -> None:
         ("loopback target", srv, _connect("127.0.0.1:8080"), 400),
         ("unknown local workload", ghost, _connect(f"{ghost}:8080"), 503),
         ("L4 deny", srv, _connect(f"{srv}:9090"), 401),
+        ("IPv4-mapped authority", srv, _connect(f"[::ffff:{srv}]:8080"), 400),  # as ztunnel: not the dialled IP
     ]
-    cases += [(f"proxy port {p}", srv, _connect(f"{srv}:{p}"), 400) for p in (15001, 15006, 15008, 15000, 15020, 15021)]
+    # a self-call answers 503, as ztunnel does
+    cases += [(f"proxy port {p}", srv, _connect(f"{srv}:{p}"), 503) for p in (15001, 15006, 15008, 15000, 15020, 15021)]
     results = {name: _h2_status(mesh, ip, hdrs) for name, ip, hdrs, _ in cases}
     expected = {name: want for name, _, _, want in cases}
     assert results == expected

@@ -6,7 +6,9 @@ HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.
 2. authority check (route.check_inbound_authority): 400 for a bad authority, a loopback target, or an
    authority IP that differs from the dialled IP (an IPv4-mapped authority included, as ztunnel compares
    it unmapped); 503 for an unknown local workload, and for a target on one of the proxy's own ports
-   (self-call / loop: 15001/15006/15008 and the admin ports; ztunnel answers 503 for these);
+   (self-call / loop: 15001/15006/15008 and the admin ports; ztunnel answers 503 for these). A Service
+   hostname authority (`web.shop.svc.cluster.local:80`) is resolved as ztunnel does (`_resolve_hostname`):
+   the dialled address, on the port that Service maps its port to (503 when unknown);
 3. authorization (authz.evaluate): 401, access log `error="connection closed due to policy rejection:
    <reason>"`, metrics response_flags DENY;
 3b. admission (ProxyCore.admission): per-source and per-proxy concurrency limits and the per-source
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ from ambient.authz.evaluate import Decision as AuthzDecision
 from ambient.hbone.connection import HboneStream
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, Reject
-from ambient.state.model import IPAddress, Workload
+from ambient.state.model import IPAddress, ServiceVisibility, Workload, canonical_ip
 from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel import route
@@ -199,6 +202,42 @@ def _authority_reject(authority: str) -> Reject | None:
     return None
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}:)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                       r":([0-9]{1,5})", re.IGNORECASE)
+
+
+def _hostname_authority(authority: str) -> tuple[str, int] | None:
+    """(hostname, port) for a `<dns name>:<port>` authority (`web.shop.svc.cluster.local:80`), else None."""
+    m = _HOSTNAME.fullmatch(authority)
+    if m is None or not 0 < int(m.group(1)) < 65536:
+        return None
+    return authority[: m.start(1) - 1].lower(), int(m.group(1))
+
+
+def _resolve_hostname(
+    view: StateView, dialled_ip: IPAddress, local: Workload | None, hostname: str, service_port: int,
+) -> route.SocketAddr | Reject:
+    """ztunnel's inbound handling of a Service hostname authority: the Service with that hostname visible
+    from the local workload's namespace (its own namespace preferred) gives the port, the local workload's
+    endpoint port for that Service port first, else the Service's target port; the connection goes to the
+    dialled address. 503 when the workload, the Service or the port is unknown."""
+    dialled = canonical_ip(dialled_ip)
+    if local is None or not any(canonical_ip(a) == dialled for a in local.addresses):
+        return Reject(503, f"no workload known for dialled address {dialled_ip}")
+    candidates = [s for s in view.services_by_hostname(hostname)
+                  if s.namespace == local.namespace or s.visibility != ServiceVisibility.NAMESPACE]
+    if not candidates:
+        return Reject(503, f"no service known for hostname {hostname}")
+    svc = min(candidates, key=lambda s: (s.namespace != local.namespace, s.namespace))
+    port = next((p.target_port for p in local.services.get(svc.key, ())
+                 if p.service_port == service_port and p.target_port), 0)
+    if not port:
+        port = next((p.target_port for p in svc.ports if p.service_port == service_port), 0)
+    if not port:
+        return Reject(503, f"service {hostname} has no (numeric target) port {service_port}")
+    return route.SocketAddr(dialled, port)
+
+
 def _inbound_plan(
     ctx: PodContext, view: StateView, local_addr: tuple[Any, ...], remote_ip: str, authority: str, peer_uri: str,
 ) -> _InboundPlan:
@@ -212,11 +251,22 @@ def _inbound_plan(
     if reject is not None:
         plan.reject = reject
         return plan
-    check = route.check_inbound_authority(dialled_ip, authority, local, view, proxy_ports=frozenset())
-    if not check.ok or check.target is None or local is None:
-        plan.reject = Reject(check.status, check.reason)
+    named = _hostname_authority(authority)
+    if named is not None:  # a Service hostname: the target is the dialled address, the port resolved
+        resolved = _resolve_hostname(view, dialled_ip, local, *named)
+        if isinstance(resolved, Reject):
+            plan.reject = resolved
+            return plan
+        target = resolved
+    else:
+        check = route.check_inbound_authority(dialled_ip, authority, local, view, proxy_ports=frozenset())
+        if not check.ok or check.target is None:
+            plan.reject = Reject(check.status, check.reason)
+            return plan
+        target = check.target
+    if local is None:  # (the checks above answered 503 already)
+        plan.reject = Reject(503, f"no workload known for dialled address {dialled_ip}")
         return plan
-    target = check.target
     # the proxy's own ports, on the resolved target (as ztunnel checks them: a self-call is 503)
     if target.port in ctx.settings.ports.proxy_ports:
         plan.reject = Reject(503, f"CONNECT to proxy port {target.port} refused (self-call/loop)")

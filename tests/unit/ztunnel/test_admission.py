@@ -30,8 +30,12 @@ STATE = """
 workloads:
 - {uid: web1, name: web-1, namespace: shop, workloadIps: [10.0.0.5], protocol: HBONE, serviceAccount: web,
    services: {shop/web.shop.svc.cluster.local: [{servicePort: 80, targetPort: 8080}]}}
+- {uid: db1, name: db-1, namespace: data, workloadIps: [10.0.0.8], protocol: HBONE, serviceAccount: db,
+   services: {data/db.data.svc.cluster.local: [{servicePort: 5432, targetPort: 6432}]}}
 services:
-- {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: [10.96.0.10], ports: {80: 8080}}
+- {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: [10.96.0.10],
+   ports: {80: 8080, 81: 15008, 82: 0}}
+- {name: db, namespace: data, hostname: db.data.svc.cluster.local, vips: [10.96.0.11], ports: {5432: 5432}}
 """
 CURL = "spiffe://cluster.local/ns/shop/sa/curl"
 
@@ -134,6 +138,38 @@ def dials(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]:
     yield made
     for s in made:
         s.close()
+
+
+@pytest.mark.parametrize(("authority", "want"), [
+    ("web.shop.svc.cluster.local:80", "10.0.0.5:8080"),  # the Service's target port, on the dialled address
+    ("WEB.shop.svc.cluster.local:80", "10.0.0.5:8080"),  # names are case-insensitive
+    ("db.data.svc.cluster.local:5432", "10.0.0.5:5432"),  # another namespace's Service: its target port
+    ("web.shop.svc.cluster.local:79", 503),  # no such Service port
+    ("web.shop.svc.cluster.local:82", 503),  # named target port the local workload does not resolve
+    ("web.shop.svc.cluster.local:81", 503),  # resolves to the proxy's own port: self-call
+    ("nowhere.shop.svc.cluster.local:80", 503),  # unknown hostname
+])
+async def test_hostname_authority_resolved_like_ztunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: str, want: str | int
+) -> None:
+    ctx, _, _ = _ctx(tmp_path, Admission())
+    targets: list[str] = []
+
+    async def connect_app(_ctx: Any, _src: Any, target: Any) -> socket.socket:
+        targets.append(str(target))
+        a, b = socket.socketpair()
+        b.close()
+        return a
+
+    monkeypatch.setattr(inbound, "_connect_app", connect_app)
+    decision = await inbound.hbone_handler(ctx)(_req("10.0.0.9", authority), SimpleNamespace(uri=CURL))  # type: ignore[arg-type]
+    if isinstance(want, int):
+        assert isinstance(decision, Reject) and decision.status == want, decision
+        assert targets == []
+    else:
+        assert isinstance(decision, Accept) and targets == [want], decision
+        assert decision.upstream is not None
+        decision.upstream.close()
 
 
 async def test_source_limit_refuses_with_503_before_dialling(tmp_path: Path, dials: list[socket.socket]) -> None:
