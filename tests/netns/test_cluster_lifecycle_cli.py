@@ -38,8 +38,8 @@ def test_cli_create_list_duplicate_delete(state: Path) -> None:
     r = runner.invoke(app, ["cluster", "list"])
     assert r.exit_code == 0, r.output
     header, *rows = r.stdout.splitlines()
-    assert header.split() == ["NAME", "NODES", "STATUS", "STATE-DIR"]
-    assert [NAME, "2", "running", str(state)] in [row.split() for row in rows]
+    assert header.split() == ["NAME", "NODES", "STATUS", "RESTARTS", "STATE-DIR"]
+    assert [NAME, "2", "running", "0", str(state)] in [row.split() for row in rows]
 
     r = runner.invoke(app, ["cluster", "create", "--name", NAME, "--state-dir", str(state)])
     assert r.exit_code == 1

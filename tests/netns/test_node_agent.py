@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -255,11 +254,9 @@ def outbound_through_proxy(env: Env, pod: dict[str, Any], dst: tuple[str, int] =
 
 
 def kill_agent(env: Env) -> None:
-    pid = processes.running_components(env.layout)[env.agent]
-    os.kill(pid, signal.SIGKILL)
+    """SIGKILL the agent and keep it down (the cluster's supervisor would restart it at once otherwise)."""
+    assert processes.kill_component(env.layout, env.agent), "the agent was not running"
     wait_for(lambda: env.agent not in processes.running_components(env.layout), "agent dead", 10)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def start_agent(env: Env, *extra: str) -> None:

@@ -1,4 +1,5 @@
-"""`ambient cluster create|delete|list`: the local hermetic cluster's lifecycle (see ambient.cluster.lifecycle).
+"""`ambient cluster create|delete|list|status|supervise`: the local hermetic cluster's lifecycle (see
+ambient.cluster.lifecycle; supervision in ambient.cluster.supervisor).
 
 Registered by `ambient.cli.main` through `register(app)`. The name comes from `--name`, else the global
 `--cluster` / $AMBIENT_CLUSTER; the state dir from `--state-dir`, else the global one / $AMBIENT_STATE_DIR,
@@ -80,12 +81,73 @@ def delete(
 
 @app.command("list")
 def list_(ctx: typer.Context) -> None:
-    """List the clusters on this machine (NAME NODES STATUS STATE-DIR)."""
+    """List the clusters on this machine (NAME NODES STATUS RESTARTS STATE-DIR).
+
+    RESTARTS counts the component restarts done by the cluster's supervisor; `ambient cluster status`
+    says which component restarted, when and why."""
     from ambient.cli.output import print_table
     from ambient.cluster.lifecycle import list_clusters
 
-    rows = [[c.name, str(c.nodes), c.status, c.state_dir] for c in list_clusters()]
-    print_table(["NAME", "NODES", "STATUS", "STATE-DIR"], rows)
+    rows = [[c.name, str(c.nodes), c.status, str(c.restarts), c.state_dir] for c in list_clusters()]
+    print_table(["NAME", "NODES", "STATUS", "RESTARTS", "STATE-DIR"], rows)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+@app.command("status")
+def status(ctx: typer.Context, name: NameOpt = None, state_dir: StateOpt = None) -> None:
+    """The components of a cluster: COMPONENT STATUS PID RESTARTS AGE LAST-EXIT.
+
+    The supervisor restarts a component that exits (at once for the first 3 exits in a row, then after 10 s
+    doubling to 5 min); STATUS is running, restarting, waiting (back-off), stopped (on purpose) or down
+    (the supervisor itself is not running)."""
+    import time
+
+    from ambient.cli.output import print_table
+    from ambient.cluster import layout as L
+    from ambient.cluster.lifecycle import component_statuses
+
+    cluster, sdir = _resolve(ctx, name, state_dir)
+    layout = L.load_layout(sdir if sdir is not None else cluster)
+    sup, comps = component_statuses(layout)
+    now = time.time()
+    rows = [["supervisor", "running" if sup else "down", str(sup or "-"), "-", "", ""]]
+    for c in comps:
+        st = c.status
+        if st == "waiting" and c.restart_at is not None:
+            st = f"waiting({_age(c.restart_at - now)})"
+        rows.append([c.name, st, str(c.pid or "-"), str(c.restarts),
+                     _age(now - c.since) if c.since else "-", c.last_exit or "-"])
+    print_table(["COMPONENT", "STATUS", "PID", "RESTARTS", "AGE", "LAST-EXIT"], rows)
+
+
+@app.command("supervise")
+def supervise(ctx: typer.Context, name: NameOpt = None, state_dir: StateOpt = None) -> None:
+    """Start the cluster's supervisor again if it is not running (it adopts the running components and
+    restarts the missing ones)."""
+    from rich.console import Console
+
+    from ambient.cluster import layout as L
+    from ambient.cluster import processes
+    from ambient.cluster.lifecycle import COMPONENT_MARKER_ENV, check_root
+
+    check_root()
+    cluster, sdir = _resolve(ctx, name, state_dir)
+    layout = L.load_layout(sdir if sdir is not None else cluster)
+    err = Console(stderr=True, log_path=False)
+    before = processes.supervisor_pid(layout)
+    pid = processes.start_supervisor(layout, env={COMPONENT_MARKER_ENV: layout.state_dir})
+    err.print(f"supervisor of {cluster} already running (pid {pid})" if before == pid
+              else f"supervisor of {cluster} started (pid {pid})")
 
 
 def register(root: typer.Typer) -> None:

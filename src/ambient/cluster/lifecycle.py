@@ -1,14 +1,17 @@
 """Create, delete and list local clusters: the orchestration behind `ambient cluster create|delete|list`.
 
 create = check root and name -> write cluster.json + registry entry (first, so a crash is always
-deletable) -> build the network -> prepare each node's CNI -> start the apiserver, wait for /healthz,
-register the Node objects -> start dns, controller-manager, one kubelet per node (each only if its module
-exists) -> check they stayed up. A failure at any step tears everything down again (state kept for logs).
+deletable) -> build the network -> prepare each node's CNI -> start the supervisor (`cluster/supervisor.py`:
+it starts every component and restarts any that exits) -> have it start the apiserver, wait for /healthz,
+register the Node objects -> start dns, controller-manager, control plane, node agents, node proxies,
+kubelets (each only if its module exists) -> check none of them exited. A failure at any step tears
+everything down again (state kept for logs).
 
-delete = stop recorded components -> kill every process that is a component of this cluster (marked by
-the `AMBIENT_COMPONENT_OF` env var, so even a component whose pid was never recorded is found) or lives
-in one of its namespaces -> unmount leftovers -> delete every `amb-<name>-` netns and /etc/netns entry ->
-remove the state dir (unless kept) and the registry entry. Idempotent; works on any partial state.
+delete = stop the supervisor first (so nothing is restarted behind our back) -> stop recorded components
+-> kill every process that is a component of this cluster (marked by the `AMBIENT_COMPONENT_OF` env var, so
+even a supervisor or component whose pid was never recorded is found; supervisors first) or lives in one of
+its namespaces -> unmount leftovers -> delete every `amb-<name>-` netns and /etc/netns entry -> remove the
+state dir (unless kept) and the registry entry. Idempotent; works on any partial state.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class ClusterInfo:
     nodes: int
     status: str  # "running" | "degraded" | "stopped"
     state_dir: str
+    restarts: int = 0  # restarts done by the supervisor, all components together
 
 
 def check_root(geteuid: Callable[[], int] | None = None) -> None:
@@ -181,6 +185,9 @@ def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
                 install_cni_plugin(layout, node)
         mark("network", t)
 
+        progress("starting the supervisor")
+        processes.start_supervisor(layout, env={COMPONENT_MARKER_ENV: layout.state_dir})
+
         t = time.monotonic()
         if module_available(APISERVER.module):
             progress("starting API server")
@@ -235,7 +242,7 @@ def wait_node_agents(layout: L.ClusterLayout, timeout: float = 20.0) -> None:
     for node in layout.nodes:
         sock = Path(node.run_dir) / "pluginevent.sock"
         while not sock.exists():
-            if processes.component_exited(layout, f"node-agent-{node.name}"):
+            if component_failed(layout, f"node-agent-{node.name}"):
                 raise _died(layout, f"node-agent-{node.name}")
             if time.monotonic() > deadline:
                 raise ComponentError(f"node agent of {node.name} did not listen on {sock} within {timeout:.0f}s",
@@ -268,20 +275,40 @@ def component_spec(layout: L.ClusterLayout, name: str) -> tuple[ComponentSpec, L
     raise ComponentError(f"no component named {name!r}", hint=f"components: {', '.join(known)}")
 
 
-def restart_component(layout: L.ClusterLayout, name: str, *, kill: bool = False) -> int:
+def restart_component(layout: L.ClusterLayout, name: str, *, kill: bool = False, timeout: float = 15.0) -> int:
     """Stop (SIGKILL when `kill`, else gracefully) and start one component again; returns the new pid.
 
-    What a crash-and-restart looks like to the rest of the cluster (used by the restart tests)."""
+    What a crash-and-restart looks like to the rest of the cluster (used by the restart tests). With `kill`
+    and the supervisor running, the restart is the supervisor's (counted in `ambient cluster status`)."""
     spec, node = component_spec(layout, name)
     pid = processes.running_components(layout).get(name)
+    if kill and pid is not None and processes.supervisor_pid(layout) is not None and processes.has_spec(layout, name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = processes.running_components(layout).get(name)
+            if new is not None and new != pid:
+                return new
+            time.sleep(0.02)
+        raise ComponentError(f"the supervisor did not restart {name} within {timeout:.0f}s",
+                             hint=f"see {processes.log_file(layout, processes.SUPERVISOR)}")
     if pid is not None:
         if kill:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            processes.terminate([pid], grace=2.0)  # reaps it (and is a no-op once it is gone)
+            processes.kill_component(layout, name)
         else:
             processes.stop_component(layout, name)
     return _start(layout, spec, node)
+
+
+def component_failed(layout: L.ClusterLayout, name: str) -> bool:
+    """Has `name` exited (even if the supervisor restarted it since)? For the checks during `create`."""
+    from ambient.cluster.supervisor import read_status
+
+    if processes.component_exited(layout, name):
+        return True
+    st = (read_status(layout).get("components") or {}).get(name) or {}
+    return bool(st.get("last_exit"))
 
 
 def _log_tail(layout: L.ClusterLayout, name: str, lines: int = 8) -> str:
@@ -306,7 +333,7 @@ def wait_api_healthy(layout: L.ClusterLayout, timeout: float = API_HEALTH_TIMEOU
         while time.monotonic() < deadline:
             if layout.api_socket.exists() and api.healthy():
                 return
-            if processes.component_exited(layout, "apiserver"):
+            if component_failed(layout, "apiserver"):
                 raise _died(layout, "apiserver")
             time.sleep(0.05)
     raise ComponentError(f"the API server did not become healthy within {timeout:.0f}s",
@@ -347,7 +374,7 @@ def _check_stayed_up(layout: L.ClusterLayout, names: list[str]) -> None:
         return
     time.sleep(SETTLE_TIME)
     for name in names:
-        if processes.component_exited(layout, name):
+        if component_failed(layout, name):
             raise _died(layout, name)
 
 
@@ -368,6 +395,13 @@ def marked_processes(state_dir: str) -> list[int]:
         if marker in env.split(b"\0"):
             found.append(int(entry))
     return found
+
+
+def _is_supervisor(pid: int) -> bool:
+    try:
+        return b"ambient.cluster.supervisor" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def _unmount_under(paths: list[str]) -> None:
@@ -398,6 +432,14 @@ def delete_cluster(name: str | None = None, state_dir: str | os.PathLike[str] | 
     if layout is not None:
         progress("stopping components")
         processes.stop_all_components(layout)
+    # A supervisor whose pid file is lost (crash) would restart what we kill next: supervisors go first.
+    for _ in range(5):
+        supervisors = [p for p in marked_processes(str(state)) if _is_supervisor(p)]
+        if not supervisors:
+            break
+        found = True
+        progress(f"stopping {len(supervisors)} leftover supervisor(s)")
+        processes.terminate(supervisors, 1.0)
     stray = marked_processes(str(state))
     if stray:
         found = True
@@ -468,14 +510,71 @@ def list_clusters() -> list[ClusterInfo]:
             continue
         wanted = {layout.underlay_netns, *(n.netns for n in layout.nodes)}
         running = processes.running_components(layout)
+        supervised = set(processes.read_specs(layout))
         if not wanted & have and not running:
             status = "stopped"
-        elif wanted <= have and ("apiserver" in running or not module_available(APISERVER.module)):
+        elif (wanted <= have and ("apiserver" in running or not module_available(APISERVER.module))
+              and supervised <= set(running) and (not supervised or processes.supervisor_pid(layout) is not None)):
             status = "running"
         else:
-            status = "degraded"
-        out.append(ClusterInfo(name, len(layout.nodes), status, str(state)))
+            status = "degraded"  # `ambient cluster status` says which component is down
+        out.append(ClusterInfo(name, len(layout.nodes), status, str(state), _restarts(layout)))
     return out
+
+
+def _restarts(layout: L.ClusterLayout) -> int:
+    from ambient.cluster.supervisor import read_status
+
+    comps = read_status(layout).get("components") or {}
+    return sum(int(c.get("restarts") or 0) for c in comps.values() if isinstance(c, dict))
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One row of `ambient cluster status`."""
+
+    name: str
+    status: str  # running | restarting | waiting (back-off) | down | stopped
+    pid: int | None
+    restarts: int
+    last_exit: str  # "signal 9 (SIGKILL) at <time> after 12.3s" or ""
+    since: float | None  # wall clock the current run started
+    restart_at: float | None = None
+
+
+def component_statuses(layout: L.ClusterLayout) -> tuple[int | None, list[ComponentStatus]]:
+    """(supervisor pid or None, one row per component: wanted, running, or known to the supervisor)."""
+    from ambient.cluster.supervisor import read_status
+
+    sup = processes.supervisor_pid(layout)
+    known = read_status(layout).get("components") or {}
+    specs = processes.read_specs(layout)
+    running = processes.running_components(layout)
+    rows = []
+    now = time.time()
+    for name in sorted(set(known) | set(specs) | set(running)):
+        st = known.get(name)
+        st = st if isinstance(st, dict) else {}
+        pid = running.get(name)
+        restart_at = st.get("restart_at")
+        if pid is not None:
+            status = "running"
+        elif name not in specs:
+            status = "stopped"
+        elif sup is None:
+            status = "down"  # nobody will restart it: the supervisor itself is gone
+        elif restart_at is not None and restart_at > now + 0.5:
+            status = "waiting"
+        else:
+            status = "restarting"
+        ex = st.get("last_exit") or {}
+        last = ""
+        if ex:
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(ex.get("at") or 0)))
+            last = f"{ex.get('reason')} at {at} after {float(ex.get('ran_for') or 0):.1f}s"
+        since = st.get("started_at") if pid is not None and st.get("pid") == pid else None
+        rows.append(ComponentStatus(name, status, pid, int(st.get("restarts") or 0), last, since, restart_at))
+    return sup, rows
 
 
 def find_cluster(name: str) -> ClusterInfo:

@@ -1,10 +1,15 @@
-"""Cluster component processes: start daemonised, record, stop; find every process inside cluster netns.
+"""Cluster component processes: start daemonised, record, supervise, stop; find every process inside cluster netns.
 
-A component is a long-running process of the cluster (apiserver, dns, controller-manager, kubelet-<node>,
-later ztunnel-<node>, node-agent-<node>, controlplane). `start_component` runs it in its own session
-(setsid, so it outlives the `ambient cluster create` that started it and never gets the terminal's
-signals), optionally inside a cluster netns, with stdout+stderr appended to `<state>/logs/<name>.log`, and
-records `<pid> <starttime>` in `<state>/pids/<name>.pid`.
+A component is a long-running process of the cluster (apiserver, dns, controller-manager, controlplane,
+kubelet-<node>, ztunnel-<node>, node-agent-<node>). `spawn_component` runs it in its own session (setsid,
+so it outlives whoever started it and never gets the terminal's signals), optionally inside a cluster netns,
+with stdout+stderr appended to `<state>/logs/<name>.log` (never truncated: restarts append, after a marker
+line), and records `<pid> <starttime>` in `<state>/pids/<name>.pid`.
+
+Supervision: `start_component` records the component as wanted (`<state>/supervisor/specs/<name>.json`);
+the cluster's supervisor (`ambient.cluster.supervisor`, pid in `<state>/supervisor/supervisor.pid`) starts
+it and restarts it whenever it exits. `stop_component` / `kill_component` remove the spec before signalling,
+so a deliberate stop stays stopped; `stop_all_components` stops the supervisor first.
 
 Invariants:
 - a pid file is trusted only if /proc/<pid>/stat still shows the recorded start time, so a recycled pid
@@ -15,13 +20,18 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ambient.cluster import layout as L
 from ambient.cluster.errors import ComponentError
@@ -54,12 +64,11 @@ def python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def start_component(layout: L.ClusterLayout, name: str, argv: Sequence[str], netns: str | None = None,
-                    env: Mapping[str, str] | None = None) -> int:
-    """Start `argv` as component `name` (in `netns` when given); return its pid."""
-    existing = running_components(layout).get(name)
-    if existing is not None:
-        raise ComponentError(f"component {name!r} of cluster {layout.name!r} is already running (pid {existing})")
+def spawn_component(layout: L.ClusterLayout, name: str, argv: Sequence[str], netns: str | None = None,
+                    env: Mapping[str, str] | None = None, *, marker: str | None = None) -> subprocess.Popen[bytes]:
+    """Start `argv` as component `name` now (in `netns` when given) and record its pid; no supervision.
+
+    `marker` is a line appended to the log first, so a log kept across restarts shows where each run begins."""
     layout.log_dir.mkdir(parents=True, exist_ok=True)
     layout.pid_dir.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ)
@@ -70,15 +79,49 @@ def start_component(layout: L.ClusterLayout, name: str, argv: Sequence[str], net
     # `nsenter --net` execs the component in place: the pid we record is the component's own pid.
     cmd = list(argv) if netns is None else ["nsenter", f"--net={L.netns_path(netns)}", "--", *argv]
     with open(log_file(layout, name), "ab") as log, open(os.devnull, "rb") as devnull:
+        if marker:
+            log.write(marker.encode() + b"\n")
+            log.flush()
         try:
             proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=full_env,
                                     start_new_session=True, close_fds=True, cwd=layout.state_dir)
         except OSError as exc:
             raise ComponentError(f"cannot start component {name!r}: {exc}") from exc
     start = _proc_starttime(proc.pid)
-    pid_file(layout, name).write_text(f"{proc.pid} {start or 0}\n")
-    _CHILDREN[proc.pid] = proc  # so we can reap it if we stop it ourselves (no zombies in tests)
-    return proc.pid
+    tmp = pid_file(layout, name).with_suffix(".pid.tmp")
+    tmp.write_text(f"{proc.pid} {start or 0}\n")
+    os.replace(tmp, pid_file(layout, name))  # atomic: a reader never sees an empty pid file
+    return proc
+
+
+def start_component(layout: L.ClusterLayout, name: str, argv: Sequence[str], netns: str | None = None,
+                    env: Mapping[str, str] | None = None, *, timeout: float = 15.0) -> int:
+    """Start `argv` as component `name` (in `netns` when given) under supervision; return its pid.
+
+    The component is recorded as wanted (`<state>/supervisor/specs/<name>.json`). With the cluster's
+    supervisor running, the supervisor starts it (and restarts it whenever it exits); without one it is
+    started here, and a supervisor started later adopts it."""
+    existing = running_components(layout).get(name)
+    if existing is not None:
+        raise ComponentError(f"component {name!r} of cluster {layout.name!r} is already running (pid {existing})")
+    write_spec(layout, ComponentSpecFile(name, list(argv), netns, dict(env or {})))
+    sup = supervisor_pid(layout)
+    if sup is None:
+        proc = spawn_component(layout, name, argv, netns, env)
+        _CHILDREN[proc.pid] = proc  # so we can reap it if we stop it ourselves (no zombies in tests)
+        return proc.pid
+    wake_supervisor(layout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = running_components(layout).get(name)
+        if pid is not None:
+            return pid
+        if supervisor_pid(layout) is None:
+            raise ComponentError(f"the supervisor of cluster {layout.name!r} exited before starting {name!r}",
+                                 hint=f"see {log_file(layout, SUPERVISOR)}")
+        time.sleep(0.02)
+    raise ComponentError(f"the supervisor did not start component {name!r} within {timeout:.0f}s",
+                         hint=f"see {log_file(layout, SUPERVISOR)} and {log_file(layout, name)}")
 
 
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -157,7 +200,10 @@ def _reap_if_child(pid: int) -> None:
 
 
 def stop_component(layout: L.ClusterLayout, name: str, grace: float = 3.0) -> bool:
-    """Stop one component (SIGTERM, then SIGKILL after `grace`); True if it was running."""
+    """Stop one component (SIGTERM, then SIGKILL after `grace`) and its supervision; True if it was running.
+
+    The spec goes first, so the supervisor, seeing the exit, finds nothing to restart."""
+    remove_spec(layout, name)
     path = pid_file(layout, name)
     rec = _read_pid_file(path)
     was_running = bool(rec and _alive(*rec))
@@ -170,9 +216,30 @@ def stop_component(layout: L.ClusterLayout, name: str, grace: float = 3.0) -> bo
     return was_running
 
 
+def kill_component(layout: L.ClusterLayout, name: str, timeout: float = 5.0) -> bool:
+    """SIGKILL one component (a crash, as far as the rest of the cluster can tell) and stop supervising it,
+    so it stays down; True if it was running. Start it again with `start_component`."""
+    remove_spec(layout, name)
+    rec = _read_pid_file(pid_file(layout, name))
+    if not rec or not _alive(*rec):
+        return False
+    try:
+        os.kill(rec[0], signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while _alive(*rec) and time.monotonic() < deadline:
+        _reap_if_child(rec[0])
+        time.sleep(0.01)
+    _reap(rec[0])
+    return True
+
+
 def stop_all_components(layout: L.ClusterLayout, grace: float = 3.0, last: Sequence[str] = ("apiserver",)) -> list[str]:
-    """Stop every recorded component: all but `last` together first, then `last` (dependencies go last,
-    so clients shut down while the API server still answers them)."""
+    """Stop the supervisor, then every recorded component: all but `last` together first, then `last`
+    (dependencies go last, so clients shut down while the API server still answers them)."""
+    stop_supervisor(layout, grace)
+    shutil.rmtree(spec_dir(layout), ignore_errors=True)
     running = running_components(layout)
     first = {n: p for n, p in running.items() if n not in last}
     terminate(first.values(), grace)
@@ -181,6 +248,138 @@ def stop_all_components(layout: L.ClusterLayout, grace: float = 3.0, last: Seque
         for path in layout.pid_dir.glob("*.pid"):
             path.unlink(missing_ok=True)
     return sorted(running)
+
+
+# --- what the supervisor is asked to keep running -------------------------------------------------------
+
+SUPERVISOR = "supervisor"  # its log is <state>/logs/supervisor.log; its pid file is not among the components'
+
+
+@dataclass(frozen=True)
+class ComponentSpecFile:
+    """How to (re)start one component: what `start_component` was given."""
+
+    name: str
+    argv: list[str]
+    netns: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "argv": self.argv, "netns": self.netns, "env": self.env}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ComponentSpecFile:
+        return cls(str(data["name"]), [str(a) for a in data["argv"]],
+                   None if data.get("netns") is None else str(data["netns"]),
+                   {str(k): str(v) for k, v in (data.get("env") or {}).items()})
+
+
+def supervisor_dir(layout: L.ClusterLayout) -> Path:
+    return layout.state_path / "supervisor"
+
+
+def spec_dir(layout: L.ClusterLayout) -> Path:
+    return supervisor_dir(layout) / "specs"
+
+
+def write_spec(layout: L.ClusterLayout, spec: ComponentSpecFile) -> None:
+    d = spec_dir(layout)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{spec.name}.json.tmp"
+    tmp.write_text(json.dumps(spec.to_json()) + "\n")
+    os.replace(tmp, d / f"{spec.name}.json")
+
+
+def remove_spec(layout: L.ClusterLayout, name: str) -> None:
+    (spec_dir(layout) / f"{name}.json").unlink(missing_ok=True)
+
+
+def has_spec(layout: L.ClusterLayout, name: str) -> bool:
+    return (spec_dir(layout) / f"{name}.json").exists()
+
+
+def read_specs(layout: L.ClusterLayout) -> dict[str, ComponentSpecFile]:
+    out: dict[str, ComponentSpecFile] = {}
+    d = spec_dir(layout)
+    if not d.is_dir():
+        return out
+    for path in sorted(d.glob("*.json")):
+        try:
+            spec = ComponentSpecFile.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # removed meanwhile, or half a file from a crash: never fatal for the supervisor
+        out[spec.name] = spec
+    return out
+
+
+def supervisor_pid_file(layout: L.ClusterLayout) -> Path:
+    return supervisor_dir(layout) / "supervisor.pid"
+
+
+def supervisor_ready_file(layout: L.ClusterLayout) -> Path:
+    return supervisor_dir(layout) / "ready"
+
+
+def supervisor_pid(layout: L.ClusterLayout) -> int | None:
+    """The pid of the cluster's supervisor when it is alive."""
+    rec = _read_pid_file(supervisor_pid_file(layout))
+    return rec[0] if rec and _alive(*rec) else None
+
+
+def start_supervisor(layout: L.ClusterLayout, env: Mapping[str, str] | None = None, timeout: float = 15.0) -> int:
+    """Start the cluster's supervisor (`ambient.cluster.supervisor`) unless it runs; wait until it handles
+    wake-ups; return its pid. It adopts the components already running."""
+    pid = supervisor_pid(layout)
+    if pid is not None:
+        return pid
+    supervisor_dir(layout).mkdir(parents=True, exist_ok=True)
+    supervisor_ready_file(layout).unlink(missing_ok=True)
+    argv = python_module_argv("ambient.cluster.supervisor", "--state-dir", layout.state_dir)
+    proc = spawn_component(layout, SUPERVISOR, argv, None, env,
+                           marker=f"==== {_utc_now()} starting the supervisor ====")
+    # spawn_component recorded it among the components: the supervisor is not one of them.
+    os.replace(pid_file(layout, SUPERVISOR), supervisor_pid_file(layout))
+    _CHILDREN[proc.pid] = proc
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _supervisor_ready(layout, proc.pid):
+            return proc.pid
+        if proc.poll() is not None:
+            raise ComponentError(f"the supervisor of cluster {layout.name!r} exited during startup",
+                                 hint=f"see {log_file(layout, SUPERVISOR)}")
+        time.sleep(0.02)
+    raise ComponentError(f"the supervisor of cluster {layout.name!r} did not start within {timeout:.0f}s",
+                         hint=f"see {log_file(layout, SUPERVISOR)}")
+
+
+def _supervisor_ready(layout: L.ClusterLayout, pid: int) -> bool:
+    try:
+        return int(supervisor_ready_file(layout).read_text().split()[0]) == pid
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def wake_supervisor(layout: L.ClusterLayout) -> None:
+    """Ask the supervisor to look at the specs now (SIGUSR1, sent only once it handles it: the default
+    action of SIGUSR1 is to terminate). A supervisor not ready yet scans the specs when it is."""
+    pid = supervisor_pid(layout)
+    if pid is not None and _supervisor_ready(layout, pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+
+
+def stop_supervisor(layout: L.ClusterLayout, grace: float = 3.0) -> bool:
+    """Stop the supervisor (it leaves the components running); True if it was running."""
+    pid = supervisor_pid(layout)
+    if pid is not None:
+        terminate([pid], grace)
+    supervisor_pid_file(layout).unlink(missing_ok=True)
+    supervisor_ready_file(layout).unlink(missing_ok=True)
+    return pid is not None
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _ns_key(path: str | Path) -> tuple[int, int] | None:
