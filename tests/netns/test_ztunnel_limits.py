@@ -9,6 +9,8 @@ does not capture it):
   exceeds the per-source limit with 503 (counted by reason), the ordinary client's 200 connections to the
   other pod all succeed during and after the burst, and 30 s after it the proxy's open files are back
   within +300 of the baseline (spare sockets were once kept by the thousand);
+- plaintext flood: a pod outside the mesh (PERMISSIVE) holds 1,100 connections to the attacked pod: what
+  exceeds the per-source limit is reset, counted, and the files come back;
 - rapid reset from a reconnecting client: connections of 50 CONNECTs each reset at once (below the
   per-connection guard of 100): the per-source early-reset limit refuses the source across connections,
   the app is not dialled for reset streams, and the ordinary client still succeeds.
@@ -56,7 +58,8 @@ class Bed:
 def lim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     bed = Testbed(CLUSTER, tmp_path_factory.mktemp("lim1"))
     try:
-        bed.create({1: [("attacker", "attacker"), ("resetter", "resetter"), ("client", "client")],
+        bed.create({1: [("attacker", "attacker"), ("resetter", "resetter"), ("client", "client"),
+                        ("visitor-plain", "default")],
                     2: [("target", "target"), ("other", "other")]})
         target_peers = start_echo(bed, bed.pod("target"), [8080])
         other_peers = start_echo(bed, bed.pod("other"), [8080])
@@ -221,7 +224,46 @@ def test_rapid_reset_across_connections_is_limited_per_source(lim: Bed) -> None:
         stop.set()
         attacker.join(60)
     dialled = lim.target_peers.read_text().count(f"{resetter.ip}:") - dialled_before
+    refused = _refused(lim.bed, 2).get(("hbone", "early_resets"), 0)
     print(f"\nrapid reset: {sent[0]} streams reset, {refused - before:.0f} refused, {dialled} app dials")
     assert refused > before  # the per-source limit held across connections
     assert victim == 100
     assert dialled <= 100  # never more app dials than the early-reset allowance
+
+
+def test_plaintext_flood_from_outside_the_mesh_is_bounded(lim: Bed) -> None:
+    target, visitor = lim.pod("target"), lim.pod("visitor-plain")
+    baseline = _open_files(lim.p2)
+    before = _refused(lim.bed, 2).get(("tcp", "source_limit"), 0)
+    socks = []
+    served = refused = 0
+    try:
+        for _ in range(1100):
+            s = pod_socket(visitor)
+            s.settimeout(30)
+            s.connect((target.ip, 8080))
+            socks.append(s)
+        for s in socks:  # one round trip each: echoed (admitted) or reset (refused)
+            try:
+                s.sendall(b"x")
+                if s.recv(1) == b"x":
+                    served += 1
+                else:
+                    refused += 1
+            except OSError:
+                refused += 1
+        peak = _open_files(lim.p2)
+        during = _ordinary(lim, 50)
+    finally:
+        for s in socks:
+            s.close()
+    counted = _refused(lim.bed, 2).get(("tcp", "source_limit"), 0) - before
+    print(f"\nplaintext: {served} served, {refused} refused ({counted:.0f} counted); files {baseline} -> {peak}")
+    assert served == 1024 and refused == 76 and counted == 76
+    assert during == 50
+    deadline = time.monotonic() + 30
+    files = _open_files(lim.p2)
+    while files > baseline + 300 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        files = _open_files(lim.p2)
+    assert files <= baseline + 300, (baseline, peak, files)
