@@ -38,7 +38,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from ambient.hbone import h2fast
+from ambient.hbone import h2fast, refusals
 from ambient.hbone import protocol as proto
 from ambient.hbone.errors import BadConnectRequest, HboneConnectError, HboneError, HboneStreamError
 from ambient.hbone.protocol import ConnectRequest
@@ -80,6 +80,7 @@ __all__ = ["H2Settings", "HboneConnection", "HboneStream"]
 # stay far below: a reset before the response is rare, PINGs come every 10 s, SETTINGS once.
 ABUSE_WINDOW = 10.0
 ABUSE_LIMITS = {"early reset": 100, "PING": 100, "SETTINGS": 100}
+_ABUSE_REASONS = {"early reset": "rapid_reset", "PING": "ping_flood", "SETTINGS": "settings_flood"}
 
 
 class _RateWindow:
@@ -138,7 +139,8 @@ class HboneConnection(asyncio.BufferedProtocol):
             h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8",
                                       validate_outbound_headers=False)
         )
-        self._h2.incoming_buffer = h2fast.FastFrameBuffer(server=not client_side)
+        self._h2.incoming_buffer = h2fast.FastFrameBuffer(
+            server=not client_side, max_header_block=self.settings.max_header_list_size)
         self._h2.encoder = h2fast.PlainEncoder()
         self._transport: asyncio.Transport | None = None
         self.streams: dict[int, HboneStream] = {}
@@ -276,6 +278,13 @@ class HboneConnection(asyncio.BufferedProtocol):
                 view = view[take:]
                 if not self._handle_events(events):
                     return
+        except h2fast.HeaderBlockTooLarge as exc:
+            # h2 queued GOAWAY(COMPRESSION_ERROR) already; the bytes still on their way are dropped.
+            refusals.count("header_block_too_large")
+            log.warning("hbone: closing connection from %s (%s): %s", self.label, self.peer, exc)
+            self._fail(HboneError(f"HBONE peer {self.label} sent an oversized header block: {exc}"),
+                       code=ErrorCodes.COMPRESSION_ERROR)
+            return
         except h2.exceptions.ProtocolError as exc:
             self._fail(HboneError(f"HTTP/2 protocol error from {self.label}: {exc}"))
             return
@@ -537,6 +546,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         if not self._abuse[kind].hit(self._loop.time()):
             return False
         log.warning("hbone: closing connection from %s (%s): %s flood", self.label, self.peer, kind)
+        refusals.count(_ABUSE_REASONS[kind])
         self._fail(
             HboneError(f"HBONE peer {self.label} sent too many {kind} frames"),
             code=ErrorCodes.ENHANCE_YOUR_CALM,
@@ -550,9 +560,9 @@ class HboneConnection(asyncio.BufferedProtocol):
         if send_goaway and not self.closed:
             try:
                 self._h2.close_connection(code)
-                self._flush()
             except h2.exceptions.H2Error:
-                pass
+                pass  # h2 already terminated the connection (its GOAWAY is queued)
+            self._flush()
         self._close_transport()
 
     def _close_transport(self) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.frame_buffer
@@ -372,13 +373,39 @@ class PlainEncoder(hpack.Encoder):
         return super().encode(headers, huffman=False)
 
 
+_TYPE_PUSH_PROMISE = 5
+_TYPE_CONTINUATION = 9
+_HEADER_BLOCK_TYPES = (_TYPE_HEADERS, _TYPE_PUSH_PROMISE, _TYPE_CONTINUATION)
+
+
+class HeaderBlockTooLarge(h2.exceptions.ProtocolError):
+    """A header block (HEADERS/PUSH_PROMISE + CONTINUATION frames, as received: compressed, padding
+    included) grew past the cap. COMPRESSION_ERROR, as the Rust h2 crate (upstream ztunnel's) answers a
+    header block over its header list limit."""
+
+    error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
+
+
 class FastFrameBuffer(h2.frame_buffer.FrameBuffer):
     """h2's inbound frame buffer with one copy less per DATA byte: an unpadded DATA frame's payload is
     copied once out of the buffer (h2 slices the buffer, then hyperframe copies the slice again).
-    Everything else (and every check: frame size, CONTINUATION sequencing) is h2's own code."""
+    Everything else (and every check: frame size, CONTINUATION sequencing) is h2's own code, plus one:
+
+    `max_header_block` caps a header block's bytes as its frames arrive. h2 only counts CONTINUATION
+    frames (64), so with 1 MiB frames one block could hold 64 MiB before hpack's header-list check at
+    END_HEADERS. The check reads each header-block frame's 9-byte header, so the frame that would cross
+    the cap is refused before its payload is buffered. (An HPACK-encoded block is never larger than the
+    header list it decodes to, give or take padding, so the header list limit is the right cap.) None: no
+    cap (h2's behaviour)."""
+
+    def __init__(self, server: bool = False, max_header_block: int | None = None) -> None:
+        super().__init__(server)
+        self.max_header_block = max_header_block
 
     def __next__(self) -> hyperframe.frame.Frame:
         data = self._data
+        if len(data) >= 9 and data[3] in _HEADER_BLOCK_TYPES and self.max_header_block is not None:
+            self._check_header_block(data)
         if len(data) >= 9 and data[3] == 0 and not data[4] & _DATA_PADDED:
             length = (data[0] << 16) | (data[1] << 8) | data[2]
             if len(data) >= length + 9 and not self._headers_buffer:
@@ -394,3 +421,14 @@ class FastFrameBuffer(h2.frame_buffer.FrameBuffer):
                     del data[: 9 + length]
                     return frame
         return super().__next__()
+
+    def _check_header_block(self, data: bytearray) -> None:
+        cap = self.max_header_block
+        assert cap is not None
+        held = sum(len(f.data) for f in self._headers_buffer) if self._headers_buffer else 0
+        length = (data[0] << 16) | (data[1] << 8) | data[2]
+        if held + length > cap:
+            raise HeaderBlockTooLarge(
+                f"header block of {held + length}+ bytes exceeds the {cap}-byte limit "
+                f"({len(self._headers_buffer)} frames held)"
+            )

@@ -7,8 +7,16 @@ netns, SO_REUSEPORT), a certificate provider for the local workload, and a handl
 tunnel and `upstream`; `Accept(serve=...)` answers 200 and gives the raw `HboneStream` to the caller.
 
 Invariants:
-- The TLS handshake runs under a timeout (slowloris / half-open TLS are reaped) and its failures are
-  recorded with OpenSSL's reason (expired, unknown CA, ...).
+- Handshakes are bounded (`HandshakeLimits`): a connection waits for its first byte before any TLS or
+  HTTP/2 state is built for it (a silent connection costs a socket and a task, not ~100 KiB of TLS
+  buffers); the whole handshake runs under a deadline (slowloris / half-open TLS are reaped), shortened
+  for every pending handshake once half the listener's cap is pending; past the cap per listener or per
+  source address a new connection is closed at once. After a burst of pending handshakes the freed heap
+  is handed back to the OS (glibc keeps freed TLS buffers otherwise). Failures are recorded with
+  OpenSSL's reason (expired, unknown CA, ...) and counted by reason (`ambient.hbone.refusals`); log
+  lines about them are rate-limited (an attack must not become a log flood).
+- A client offering ALPN without `h2` gets the no_application_protocol alert (`tls.contexts`); the
+  alert is written here because the event loops' TLS layers close without flushing it.
 - `peer` comes only from the verified client certificate; the client must be in the same trust
   domain as the local certificate. A rejected connection never reaches the handler.
 - Every handshake and handler runs as a task of the server's TaskGroup (`async with HboneServer`).
@@ -26,16 +34,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from h2.errors import ErrorCodes
 
+from ambient.hbone import refusals
 from ambient.hbone.connection import H2Settings, HboneConnection, HboneStream
 from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream, CopyResult, copy_bidirectional, set_nodelay
@@ -49,6 +60,66 @@ log = logging.getLogger(__name__)
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 LISTEN_BACKLOG = 128
 HANDOFF_GRACE = 1.0
+# After a burst of at least this many pending handshakes has ended, return freed heap to the OS.
+TRIM_AFTER_PENDING = 256
+TRIM_DELAY = 1.0
+LOG_WINDOW = 10.0  # rejection log lines: at most LOG_BURST per window, the rest summarised
+LOG_BURST = 20
+# The TLS alert record a server sends when it rejects the ClientHello's ALPN list (plaintext: it comes
+# before ServerHello): alert, TLS 1.2 legacy version, length 2, fatal, no_application_protocol (120).
+NO_APPLICATION_PROTOCOL_ALERT = bytes([21, 3, 3, 0, 2, 2, 120])
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeLimits:
+    """Bounds on connections whose TLS handshake has not finished (per listener, i.e. per HboneServer).
+
+    - `timeout`: seconds from accept until the handshake must be complete (first byte included).
+    - `max_pending`: pending handshakes per listener; past it a new connection is closed at once.
+    - `max_pending_per_source`: the same per client IP address (one source cannot take the whole cap).
+    - `pressure_timeout`: once `max_pending // 2` handshakes are pending, every pending and new handshake
+      gets at most this many seconds (legitimate handshakes take milliseconds)."""
+
+    timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_pending: int = 1024
+    max_pending_per_source: int = 256
+    pressure_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.pressure_timeout <= 0:
+            raise ValueError("handshake timeouts must be positive")
+        if self.max_pending < 1 or self.max_pending_per_source < 1:
+            raise ValueError("handshake caps must be at least 1")
+
+    @property
+    def pressure_at(self) -> int:
+        return max(1, self.max_pending // 2)
+
+
+def admit(limits: HandshakeLimits, pending: int, from_source: int) -> str | None:
+    """Whether one more connection may start its handshake: None, or the refusal reason (a
+    `refusals.REASONS` entry). `pending` / `from_source`: handshakes pending now (listener / this IP)."""
+    if pending >= limits.max_pending:
+        return "too_many_handshakes"
+    if from_source >= limits.max_pending_per_source:
+        return "too_many_handshakes_from_source"
+    return None
+
+
+def handshake_budget(limits: HandshakeLimits, pending: int) -> float:
+    """Seconds a handshake may take when `pending` handshakes (itself included) are pending."""
+    if pending >= limits.pressure_at:
+        return min(limits.timeout, limits.pressure_timeout)
+    return limits.timeout
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap back to the OS (glibc only; elsewhere a no-op). Freed TLS buffers of thousands of
+    failed handshakes otherwise stay in the process (fragmented, below the heap top) for good."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +152,12 @@ class ServerStats:
     identity_rejections: int = 0
     streams: int = 0
     rejections: deque[str] = field(default_factory=lambda: deque(maxlen=64))
+    refused: dict[str, int] = field(default_factory=dict)  # this listener's refusals by reason
+    pending_peak: int = 0  # most handshakes pending at once
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        refusals.count(reason)
 
     def record_rejection(self, reason: str) -> None:
         self.rejections.append(reason)
@@ -106,8 +183,9 @@ class HboneServer:
         handler: Handler,
         *,
         trust_domain: str | None = None,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshake_timeout: float | None = None,
         settings: H2Settings | None = None,
+        limits: HandshakeLimits | None = None,
     ) -> None:
         self._listen = listen
         if isinstance(cert_provider, CertBundle):
@@ -117,7 +195,11 @@ class HboneServer:
             self._cert_provider = cert_provider
         self._handler = handler
         self._trust_domain = trust_domain
-        self.handshake_timeout = handshake_timeout
+        limits = limits or HandshakeLimits()
+        if handshake_timeout is not None:
+            limits = replace(limits, timeout=handshake_timeout,
+                             pressure_timeout=min(limits.pressure_timeout, handshake_timeout))
+        self.limits = limits
         self.settings = settings or H2Settings()
         self._contexts = ContextCache(max_entries=8)
         self._tg: asyncio.TaskGroup | None = None
@@ -127,6 +209,13 @@ class HboneServer:
         self._late_until = 0.0  # drain waits for late (handoff) connections' first streams until then
         self._conns: set[HboneConnection] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._deadlines: dict[asyncio.Task[None], asyncio.Timeout] = {}
+        self._per_source: dict[str, int] = {}
+        self._burst_peak = 0  # most pending handshakes since the last trim
+        self._trim_handle: asyncio.TimerHandle | None = None
+        self._log_window = 0.0
+        self._logged = 0
+        self._unlogged = 0
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -160,6 +249,14 @@ class HboneServer:
         await self.drain(0)
         assert self._tg is not None
         await self._tg.__aexit__(*exc_info)
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.limits.timeout
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._handshakes)
 
     @property
     def address(self) -> tuple[Any, ...]:
@@ -222,11 +319,59 @@ class HboneServer:
             if self._tg is None:
                 raw.close()
                 continue
-            raw.setblocking(False)
-            set_nodelay(raw)
-            task = self._tg.create_task(self._handshake(raw, late))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            self._start_handshake(raw, late)
+
+    def _start_handshake(self, raw: socket.socket, late: bool) -> None:
+        try:
+            source = str(raw.getpeername()[0])
+        except (OSError, IndexError):
+            source = "?"
+        refusal = admit(self.limits, len(self._handshakes), self._per_source.get(source, 0))
+        if refusal is not None:
+            raw.close()
+            self.stats.refuse(refusal)
+            self._log_rejection(source, f"{refusal.replace('_', ' ')} pending (limits: "
+                                f"{self.limits.max_pending} per listener, "
+                                f"{self.limits.max_pending_per_source} per source)")
+            return
+        raw.setblocking(False)
+        set_nodelay(raw)
+        assert self._tg is not None
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        task = self._tg.create_task(self._handshake(raw, source, late))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshake_done)
+        pending = len(self._handshakes)
+        if pending > self.stats.pending_peak:
+            self.stats.pending_peak = pending
+        if pending > self._burst_peak:
+            self._burst_peak = pending
+        if pending == self.limits.pressure_at:
+            self._apply_pressure()
+
+    def _apply_pressure(self) -> None:
+        """Half the cap is pending: every pending handshake gets at most `pressure_timeout` from now."""
+        assert self._loop is not None
+        limit = self._loop.time() + min(self.limits.timeout, self.limits.pressure_timeout)
+        for cm in self._deadlines.values():
+            when = cm.when()
+            if when is None or when > limit:
+                cm.reschedule(limit)
+        log.warning("hbone: %d TLS handshakes pending on %s: handshake timeout cut to %.1fs",
+                    len(self._handshakes), self._address, self.limits.pressure_timeout)
+
+    def _handshake_done(self, task: asyncio.Task[None]) -> None:
+        self._handshakes.discard(task)
+        self._deadlines.pop(task, None)
+        if not self._handshakes and self._burst_peak >= TRIM_AFTER_PENDING and self._loop is not None:
+            self._burst_peak = 0
+            if self._trim_handle is None:
+                self._trim_handle = self._loop.call_later(TRIM_DELAY, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_handle = None
+        if not self._handshakes:
+            _malloc_trim()
 
     def _pause_accepting(self) -> None:
         loop, lsock = self._loop, self._sock
@@ -240,44 +385,75 @@ class HboneServer:
 
         loop.call_later(0.1, resume)
 
-    async def _handshake(self, raw: socket.socket, late: bool = False) -> None:
+    async def _handshake(self, raw: socket.socket, source: str, late: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
         try:
             peername = raw.getpeername()
         except OSError:
             peername = None
         label = f"{peername[0]}:{peername[1]}" if peername else "?"
+        budget = handshake_budget(self.limits, len(self._handshakes))
+        owned = True  # until the loop owns the socket
+        alert_fd = -1
         try:
-            bundle = self._cert_provider()
-            ctx = self._contexts.get(bundle, server=True)
-        except Exception as exc:  # no certificate for the local workload yet: refuse, do not crash
-            self._record(f"no certificate for the local workload: {exc}", label)
-            raw.close()
+            async with asyncio.timeout(budget) as deadline:
+                self._deadlines[task] = deadline
+                # Nothing is built for a connection until its first byte (the ClientHello) is there.
+                await _readable(loop, raw)
+                try:
+                    bundle = self._cert_provider()
+                    ctx = self._contexts.get(bundle, server=True)
+                except Exception as exc:  # no certificate for the local workload yet: refuse, do not crash
+                    self._record(f"no certificate for the local workload: {exc}", label)
+                    return
+                trust_domain = self._trust_domain or bundle.identity.trust_domain
+                conn = HboneConnection(
+                    client_side=False,
+                    settings=self.settings,
+                    verify=lambda so: verify_client(so, trust_domain),
+                    on_request=self._on_request,
+                    on_lost=self._on_lost,
+                    on_rejected=self._on_rejected,
+                    label=label,
+                )
+                if late:
+                    self._late_conns.add(conn)
+                # Only to write the ALPN alert the loop's TLS layer drops (it closes the socket first).
+                alert_fd = os.dup(raw.fileno())
+                owned = False  # the loop owns the socket from here: on failure it closes it
+                try:
+                    await loop.connect_accepted_socket(
+                        lambda: conn, raw, ssl=ctx, ssl_handshake_timeout=self.limits.timeout
+                    )
+                except BaseException:
+                    self._late_conns.discard(conn)
+                    raise
+        except TimeoutError:
+            self._handshake_failed("TLS handshake timed out", "handshake_timeout", label)
             return
-        trust_domain = self._trust_domain or bundle.identity.trust_domain
-        conn = HboneConnection(
-            client_side=False,
-            settings=self.settings,
-            verify=lambda so: verify_client(so, trust_domain),
-            on_request=self._on_request,
-            on_lost=self._on_lost,
-            on_rejected=lambda c, reason: self._record(reason, c.label, identity=True),
-            label=label,
-        )
-        if late:
-            self._late_conns.add(conn)
-        try:
-            # The loop owns the socket from here: on failure it closes it (after the TLS alert).
-            await loop.connect_accepted_socket(
-                lambda: conn, raw, ssl=ctx, ssl_handshake_timeout=self.handshake_timeout
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self._late_conns.discard(conn)
-            self.stats.handshake_failures += 1
-            self._record(_handshake_reason(exc), label)
-            with contextlib.suppress(OSError):
+        except ssl.SSLError as exc:
+            if exc.reason == "NO_APPLICATION_PROTOCOL" and alert_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(alert_fd, NO_APPLICATION_PROTOCOL_ALERT)
+            self._handshake_failed(_handshake_reason(exc), "handshake_failed", label)
+            return
+        except (OSError, ConnectionError) as exc:
+            reason = _handshake_reason(exc)  # the loop's own handshake timeout is a ConnectionAbortedError
+            self._handshake_failed(reason, "handshake_timeout" if "timed out" in reason else "handshake_failed",
+                                   label)
+            return
+        finally:
+            if alert_fd >= 0:
+                os.close(alert_fd)
+            if owned:
                 raw.close()
-            return
+            left = self._per_source.get(source, 1) - 1
+            if left:
+                self._per_source[source] = left
+            else:
+                self._per_source.pop(source, None)
         if conn.error is None and not conn.closed:
             self.stats.tls_established += 1
             self._conns.add(conn)
@@ -288,10 +464,34 @@ class HboneServer:
             elif not self.serving:
                 conn.accepting = False
 
+    def _handshake_failed(self, reason: str, kind: str, label: str) -> None:
+        self.stats.handshake_failures += 1
+        self.stats.refuse(kind)
+        self._record(reason, label)
+
+    def _on_rejected(self, conn: HboneConnection, reason: str) -> None:
+        self.stats.refuse("identity_rejected")
+        self._record(reason, conn.label, identity=True)
+
     def _record(self, reason: str, label: str, *, identity: bool = False) -> None:
         if identity:
             self.stats.identity_rejections += 1
         self.stats.record_rejection(reason)
+        self._log_rejection(label, reason)
+
+    def _log_rejection(self, label: str, reason: str) -> None:
+        """At most LOG_BURST lines per LOG_WINDOW seconds; the rest are summarised (and counted in the
+        metrics either way)."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        if now - self._log_window > LOG_WINDOW:
+            if self._unlogged:
+                log.warning("hbone: %d more connections rejected in the last %.0fs (see the "
+                            "ambient_hbone_refusals_total metric)", self._unlogged, now - self._log_window)
+            self._log_window, self._logged, self._unlogged = now, 0, 0
+        if self._logged >= LOG_BURST:
+            self._unlogged += 1
+            return
+        self._logged += 1
         log.warning("hbone: connection from %s rejected: %s", label, reason)
 
     def _on_lost(self, conn: HboneConnection) -> None:
@@ -356,6 +556,22 @@ class HboneServer:
             error = exc
         if decision.on_done is not None:
             decision.on_done(result, error)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, raw: socket.socket) -> None:
+    """Wait until `raw` has bytes (or EOF) to read; reads nothing."""
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = raw.fileno()
+    loop.add_reader(fd, _resolve, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def serve_hbone(
