@@ -27,6 +27,8 @@ bench: bootstrap
 protos: bootstrap
 	$(BIN)/python scripts/gen_protos.py
 
+# Removes what the project's own commands made by default: the `ambient` cluster of `make demo` and build
+# outputs. Other clusters on the machine (other names or state dirs) are never touched.
 clean:
-	-$(BIN)/ambient cluster delete --all 2>/dev/null
+	-AMBIENT_STATE_DIR= $(BIN)/ambient cluster delete --name ambient 2>/dev/null
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

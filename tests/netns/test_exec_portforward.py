@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from h8_helpers import pod_manifest, t8_cluster, wait_for, wait_ready, whoami_pod
+from h8_helpers import is_ready, pod_manifest, t8_cluster, wait_for, wait_ready, whoami_pod
 
 pytestmark = pytest.mark.root
 
@@ -26,7 +26,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}})
         api.create(pod_manifest("shell", ["sh", "-c", "echo hello-from-shell; exec sleep 600"], node="node-1"))
         api.create(pod_manifest("broken", ["xyz-not-here"]))
-        pods = {n: wait_ready(api, n) for n in ("web", "shell")}
+        api.create(pod_manifest("duo", [], containers=[
+            {"name": "main", "command": ["sh", "-c", "echo main-log; exec sleep 600"]},
+            {"name": "side", "command": ["sh", "-c", "echo side-log; exec sleep 600"]}]))
+        api.create({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "sleeper", "namespace": "default"},
+                    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "sleeper"}},
+                             "template": {"metadata": {"labels": {"app": "sleeper"}},
+                                          "spec": {"containers": [{"name": "app", "command": [
+                                              "sh", "-c", "echo hello-from-deploy; exec sleep 600"]}]}}}})
+        pods = {n: wait_ready(api, n) for n in ("web", "shell", "duo")}
+        wait_for(lambda: [p for p in api.list("Pod", "default", label_selector="app=sleeper")[0] if is_ready(p)],
+                 30, "the sleeper deployment's pod Ready")
         wait_for(lambda: (api.get("Endpoints", "web", "default").get("subsets") or [{}])[0].get("addresses"),
                  20, "web endpoints")
         env = dict(os.environ, AMBIENT_STATE_DIR=layout.state_dir, AMBIENT_CLUSTER=layout.name)
@@ -61,6 +72,31 @@ def test_exec_errors(world: dict[str, Any]) -> None:
     res = cli(world, "exec", "broken", "--", "true")
     assert res.returncode == 1 and "is not running" in res.stderr and "executable not found" in res.stderr
     res = cli(world, "exec", "nosuchpod", "--", "true")
+    assert res.returncode != 0 and "not found" in res.stderr
+
+
+def test_exec_and_logs_take_kubectl_targets_and_flag_order(world: dict[str, Any]) -> None:
+    # deploy/NAME and svc/NAME resolve to a pod of the workload, as kubectl does
+    res = cli(world, "exec", "deploy/sleeper", "--", "sh", "-c", "echo via-deploy; exit 3")
+    assert res.returncode == 3 and res.stdout == "via-deploy\n", res.stderr
+    res = cli(world, "exec", "svc/web", "--", "true")
+    assert res.returncode == 0, res.stderr
+    res = cli(world, "exec", "pod/shell", "--", "true")
+    assert res.returncode == 0, res.stderr
+    res = cli(world, "logs", "deploy/sleeper")
+    assert res.returncode == 0 and res.stdout == "hello-from-deploy\n", res.stderr
+    # flags after the pod name (kubectl's usual order) are flags, not part of the command
+    res = cli(world, "exec", "duo", "-c", "side", "--", "sh", "-c", "echo $HOSTNAME-side")
+    assert res.returncode == 0 and res.stdout.endswith("-side\n") and "Defaulted" not in res.stderr, res.stderr
+    res = cli(world, "logs", "duo", "-c", "side")
+    assert res.returncode == 0 and res.stdout == "side-log\n", res.stderr
+    # several containers and no -c: the first one, with kubectl's note on stderr
+    res = cli(world, "exec", "duo", "--", "true")
+    assert res.returncode == 0 and 'Defaulted container "main" out of: main, side' in res.stderr
+    res = cli(world, "logs", "duo")
+    assert res.returncode == 0 and res.stdout == "main-log\n"
+    assert 'Defaulted container "main" out of: main, side' in res.stderr
+    res = cli(world, "exec", "deploy/nosuch", "--", "true")
     assert res.returncode != 0 and "not found" in res.stderr
 
 
@@ -109,7 +145,9 @@ def test_port_forward_errors(world: dict[str, Any]) -> None:
     res = cli(world, "port-forward", "pod/broken", "0:80")
     assert res.returncode == 1 and "is not running" in res.stderr
     res = cli(world, "port-forward", "deploy/x", "0:80")
-    assert res.returncode == 1 and "svc/NAME or pod/NAME" in res.stderr
+    assert res.returncode == 1 and 'deployments "x" in namespace "default" not found' in res.stderr
+    res = cli(world, "port-forward", "cm/x", "0:80")
+    assert res.returncode == 2 and "deploy/NAME or svc/NAME" in res.stderr
 
 
 def test_get_nodes(world: dict[str, Any]) -> None:

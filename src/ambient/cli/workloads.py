@@ -34,8 +34,13 @@ def _layout(st: CliState) -> Any:
     return L.load_layout(st.socket_path.parent)
 
 
-def _running_pod(st: CliState, name: str, namespace: str) -> dict[str, Any]:
-    pod = st.client().get("Pod", name, namespace)
+def _running_pod(st: CliState, ref: str, namespace: str) -> dict[str, Any]:
+    """The running pod behind `ref` (NAME, pod/NAME, deploy/NAME, svc/NAME), as kubectl picks it."""
+    from ambient.cli import targets
+
+    client = st.client()
+    pod = targets.resolve_pod(client.get, client.list, ref, namespace)
+    name = pod["metadata"]["name"]
     status = pod.get("status") or {}
     if status.get("phase") != "Running" or not status.get("podIP"):
         why = status.get("message") or status.get("reason") or ""
@@ -46,23 +51,18 @@ def _running_pod(st: CliState, name: str, namespace: str) -> dict[str, Any]:
 
 
 def _container(pod: dict[str, Any], name: str | None) -> dict[str, Any]:
-    containers = (pod.get("spec") or {}).get("containers") or []
-    names = [c["name"] for c in containers]
-    if name is None:
-        if len(containers) == 1:
-            return dict(containers[0])
-        raise UsageError(f"pod {pod['metadata']['name']} has {len(containers)} containers: choose one with -c",
-                         hint=f"containers: {', '.join(names)}")
-    for c in containers:
-        if c["name"] == name:
-            return dict(c)
-    raise CliError(f"container {name!r} not found in pod {pod['metadata']['name']}",
-                   hint=f"containers: {', '.join(names)}")
+    """The container to use (kubectl's defaulting, with its note on stderr)."""
+    from ambient.cli import targets
+
+    spec, note = targets.default_container(pod, name)
+    if note:
+        sys.stderr.write(note + "\n")
+    return spec
 
 
 def exec_command(
     ctx: typer.Context,
-    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    pod: Annotated[str, typer.Argument(help="Pod: NAME, pod/NAME, deploy/NAME or svc/NAME.")],
     command: Annotated[list[str] | None, typer.Argument(help="Command and arguments (after --).")] = None,
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
     container: Annotated[str | None, typer.Option("--container", "-c")] = None,
@@ -79,7 +79,7 @@ def exec_command(
     from ambient.cluster import podruntime as rt
 
     if command and command[0] == "--":
-        command = command[1:]  # click keeps the separator when interspersed args are off
+        command = command[1:]
     if not command:
         raise UsageError("no command given", hint=f"ambient exec {pod} -- CMD [ARGS...]")
     st = state(ctx)
@@ -88,7 +88,8 @@ def exec_command(
     layout = _layout(st)
     netns = L.pod_netns_name(layout.name, obj["metadata"]["uid"])
     if not L.netns_path(netns).exists():
-        raise CliError(f"the network namespace of pod {namespace}/{pod} ({netns}) does not exist",
+        raise CliError(f"the network namespace of pod {namespace}/{obj['metadata']['name']} ({netns}) "
+                       "does not exist",
                        hint="the pod may be terminating; `ambient get pods` shows it")
     env = rt.container_env(obj, spec, (obj.get("spec") or {}).get("nodeName") or "", obj["status"]["podIP"])
     try:
@@ -125,10 +126,13 @@ def _component_log(st: CliState, component: str, node: str | None) -> Path:
     return path
 
 
-def _pod_log(st: CliState, name: str, namespace: str, container: str | None) -> Path:
+def _pod_log(st: CliState, ref: str, namespace: str, container: str | None) -> Path:
+    from ambient.cli import targets
     from ambient.cluster import podruntime as rt
 
-    pod = st.client().get("Pod", name, namespace)
+    client = st.client()
+    pod = targets.resolve_pod(client.get, client.list, ref, namespace)
+    name = pod["metadata"]["name"]
     spec = _container(pod, container)
     path = rt.log_path(_layout(st).state_path, namespace, name, spec["name"])
     if not path.exists():
@@ -158,7 +162,7 @@ def _print_file(path: Path, follow: bool, tail: int | None) -> None:
 
 def logs_command(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="Pod name (or pod/NAME), or a component: "
+    target: Annotated[str, typer.Argument(help="Pod (NAME, pod/NAME, deploy/NAME, svc/NAME), or a component: "
                                           + ", ".join(COMPONENTS))],
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
     container: Annotated[str | None, typer.Option("--container", "-c")] = None,
@@ -168,8 +172,8 @@ def logs_command(
 ) -> None:
     """Print a pod container's log, or a cluster component's log."""
     st = state(ctx)
-    if target.startswith(("pod/", "po/", "pods/")):
-        path = _pod_log(st, target.split("/", 1)[1], namespace, container)
+    if "/" in target:
+        path = _pod_log(st, target, namespace, container)
     elif target in COMPONENTS or node is not None:
         if target not in COMPONENTS:
             raise UsageError(f"unknown component {target!r}", hint=f"components: {', '.join(COMPONENTS)}")
@@ -184,20 +188,23 @@ def logs_command(
 
 def port_forward_command(
     ctx: typer.Context,
-    resource: Annotated[str, typer.Argument(help="svc/NAME or pod/NAME")],
+    resource: Annotated[str, typer.Argument(help="svc/NAME, deploy/NAME, pod/NAME or a pod NAME")],
     ports: Annotated[str, typer.Argument(help="LOCAL:REMOTE (LOCAL 0 picks a free port)")],
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
 ) -> None:
     """Forward 127.0.0.1:LOCAL on this machine to a pod or service port inside the cluster."""
     import asyncio
 
+    from ambient.cli import targets
     from ambient.cluster import portforward as pf
 
     st = state(ctx)
-    kind, name = pf.parse_resource(resource)
+    kind, name = targets.parse_target(resource)
     local, remote = pf.parse_ports(ports)
     layout = _layout(st)
     client = st.client()
+    if kind == "Deployment":  # kubectl forwards to one pod of the workload, chosen once
+        kind, name = "Pod", targets.resolve_pod(client.get, client.list, resource, namespace)["metadata"]["name"]
     # Resolve once up front so a typo fails now, not at the first connection.
     first = pf.resolve_target(layout.name, client.get, kind, name, namespace, remote)
 
@@ -220,13 +227,15 @@ def port_forward_command(
         raise typer.Exit(0) from None
 
 
-app.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
+# Options may come before or after the pod (`exec POD -c CTR -- CMD`, kubectl's order); everything after
+# `--` is the command, options included.
+app.command("exec")(exec_command)
 app.command("logs")(logs_command)
 app.command("port-forward")(port_forward_command)
 
 
 def register(root: typer.Typer) -> None:
     """Called by `ambient.cli.main` at start-up: add exec, logs and port-forward to the root app."""
-    root.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
+    root.command("exec")(exec_command)
     root.command("logs")(logs_command)
     root.command("port-forward")(port_forward_command)

@@ -54,18 +54,6 @@ def parse_ports(spec: str) -> tuple[int, int]:
     return local, remote
 
 
-def parse_resource(ref: str) -> tuple[str, str]:
-    """`svc/NAME`, `service/NAME`, `pod/NAME`, `po/NAME` or a bare pod NAME -> ("Service"|"Pod", name)."""
-    kind, sep, name = ref.partition("/")
-    if not sep:
-        return "Pod", ref
-    if kind in ("svc", "service", "services"):
-        return "Service", name
-    if kind in ("po", "pod", "pods"):
-        return "Pod", name
-    raise PortForwardError(f"cannot port-forward to {ref!r}", hint="use svc/NAME or pod/NAME")
-
-
 def _pod_target(cluster: str, pod: dict[str, Any], port: int) -> Target:
     meta = pod["metadata"]
     status = pod.get("status") or {}

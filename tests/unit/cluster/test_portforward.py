@@ -29,18 +29,13 @@ def get(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         raise NotFoundError(f"{kind} {name} not found") from None
 
 
-def test_parse_ports_and_resources() -> None:
+def test_parse_ports() -> None:
     assert pf.parse_ports("8080:80") == (8080, 80)
     assert pf.parse_ports("9000") == (9000, 9000)
     assert pf.parse_ports("0:80") == (0, 80)
     for bad in ("x:80", "80:0", "70000:80"):
         with pytest.raises(pf.PortForwardError):
             pf.parse_ports(bad)
-    assert pf.parse_resource("svc/web") == ("Service", "web")
-    assert pf.parse_resource("pod/web-1") == ("Pod", "web-1")
-    assert pf.parse_resource("web-1") == ("Pod", "web-1")
-    with pytest.raises(pf.PortForwardError, match="svc/NAME or pod/NAME"):
-        pf.parse_resource("deploy/web")
 
 
 def test_service_resolves_ready_endpoint_and_target_port() -> None:
