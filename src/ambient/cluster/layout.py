@@ -231,11 +231,14 @@ def save_layout(layout: ClusterLayout) -> Path:
 
 
 def load_layout(cluster_or_state_dir: str | os.PathLike[str] | None = None) -> ClusterLayout:
-    """Load `<state>/cluster.json` given a state dir, or a cluster name (its default/registered state dir)."""
+    """Load `<state>/cluster.json` given a state dir, or a cluster name (its default/registered state dir).
+
+    A `Path`, or a string with a `/`, is a state dir; any other string is a cluster name, even when a
+    folder of that name happens to exist in the current directory (the state dir is never guessed)."""
     if cluster_or_state_dir is None:
         cluster_or_state_dir = default_cluster_name()
     candidate = Path(cluster_or_state_dir)
-    if candidate.is_dir() or "/" in str(cluster_or_state_dir):
+    if isinstance(cluster_or_state_dir, os.PathLike) or os.sep in str(cluster_or_state_dir):
         state = candidate
         label = str(candidate)
     else:

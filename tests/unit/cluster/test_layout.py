@@ -69,3 +69,17 @@ def test_node_count_bounds() -> None:
     with pytest.raises(Exception, match="between 1 and"):
         L.build_layout("t3x", 0)
     assert L.build_layout("t3x", 200).nodes[-1].ip == "172.18.0.210"
+
+
+def test_a_cluster_name_is_never_taken_for_a_folder_of_the_current_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMBIENT_REGISTRY_DIR", str(tmp_path / "reg"))
+    monkeypatch.chdir(tmp_path)
+    decoy = L.build_layout("decoy", 1, tmp_path / "t3y")  # a folder named like the cluster, with a cluster.json
+    L.save_layout(decoy)
+    real = L.build_layout("t3y", 2, tmp_path / "real-state")
+    L.save_layout(real)
+    L.register_cluster("t3y", tmp_path / "real-state")
+    assert L.load_layout("t3y") == real          # the name: its registered state dir
+    assert L.load_layout(Path("t3y")) == decoy   # a Path is a state dir
+    assert L.load_layout("./t3y") == decoy       # and so is a string with a slash
