@@ -55,10 +55,11 @@ class _Window:
 class Admission:
     """Counters for the limits above; `admit(src, now)` -> None (admitted) or a refusal reason."""
 
-    __slots__ = ("_active", "_resets", "limits", "total")
+    __slots__ = ("_active", "_resets", "limits", "log_gate", "total")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
+        self.log_gate = LogGate()  # refusal log lines: at most one per (source, reason) per second
         self._active: dict[str, int] = {}
         self._resets: dict[str, _Window] = {}
         self.total = 0
@@ -108,3 +109,26 @@ class Admission:
         window = self.limits.window
         for key in [k for k, w in self._resets.items() if now - w.start >= window]:
             del self._resets[key]
+
+
+class LogGate:
+    """At most one log line per key per `interval` seconds: `allow(key, now)` is None (stay quiet) or the
+    number of lines suppressed since the last one. Bounded: a full table is emptied."""
+
+    __slots__ = ("_last", "interval", "limit")
+
+    def __init__(self, interval: float = 1.0, limit: int = 4096) -> None:
+        self.interval = interval
+        self.limit = limit
+        self._last: dict[object, list[float]] = {}  # key -> [time of the last line, suppressed since]
+
+    def allow(self, key: object, now: float) -> int | None:
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        if entry is None and len(self._last) >= self.limit:
+            self._last.clear()
+        skipped = int(entry[1]) if entry is not None else 0
+        self._last[key] = [now, 0]
+        return skipped

@@ -14,7 +14,9 @@ HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.
 3b. admission (ProxyCore.admission): per-source and per-proxy concurrency limits and the per-source
    early-reset limit, decided before any socket to the app exists: 503 (plaintext: reset), counted in
    ambient_ztunnel_inbound_refused_total{reason}; a stream the client resets before its 200 counts as an
-   early reset of its source (one already reset when its turn comes is never dialled);
+   early reset of its source (one already reset when its turn comes is never dialled); refusals are
+   access-logged at most once per source and reason per second (the metric counts each). Plaintext
+   decides admission first of all (a flood costs a dict lookup per connection);
 4. upstream connect to the app, binding the client's IP (IP_TRANSPARENT) so the app sees the real source,
    10 s timeout: 503 (response_flags CONNECT);
 5. 200, then copy both ways.
@@ -49,12 +51,12 @@ from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel import route
 from ambient.ztunnel import sockets as so
 from ambient.ztunnel.accesslog import ConnectionRecord
-from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT
+from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT, Admission
 from ambient.ztunnel.copy import CopyStats, DrainCut, End, HboneEnd, SocketEnd, copy_bidirectional, finish, reset_socket
 from ambient.ztunnel.errors import UpstreamError
 from ambient.ztunnel.metrics import ConnectionLabels
 from ambient.ztunnel.proxy import CURRENT_STREAM, PodContext, stream_gone
-from ambient.ztunnel.telemetry import labels_for
+from ambient.ztunnel.telemetry import Telemetry, labels_for
 
 log = logging.getLogger("ambient.ztunnel.inbound")
 
@@ -292,6 +294,18 @@ def _refusal_text(reason: str, src: str) -> str:
     return f"connection refused by admission control ({reason}): {lim} ({src})"
 
 
+def _log_refusal(
+    tel: Telemetry, admission: Admission, reason: str, src: str, src_addr: str, dst_addr: str, now: float,
+) -> None:
+    """An access line for a refusal, at most one per source and reason per second (a flood must not buy
+    CPU from its victims with log lines); the metric counts every refusal."""
+    skipped = admission.log_gate.allow((src, reason), now)
+    if skipped is None:
+        return
+    error = _refusal_text(reason, src) + (f" (and {skipped} more since the last line)" if skipped else "")
+    tel.access.failed(src_addr=src_addr, dst_addr=dst_addr, direction="inbound", error=error)
+
+
 def hbone_handler(ctx: PodContext) -> HboneHandler:
     core, tel = ctx.core, ctx.core.telemetry
     admission = core.admission
@@ -332,10 +346,9 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
         src_key = plan.src_ip_text
         refused = admission.admit(src_key, loop.time())
         if refused is not None:
-            reason = _refusal_text(refused, src_key)
             tel.metrics.inbound_refused("hbone", refused)
-            tel.access.failed(src_addr=src_addr, dst_addr=plan.dst_addr, direction="inbound", error=reason)
-            return Reject(503, reason)
+            _log_refusal(tel, admission, refused, src_key, src_addr, plan.dst_addr, loop.time())
+            return Reject(503, _refusal_text(refused, src_key))
         if stream_gone(CURRENT_STREAM.get()):  # reset before we got here: never dial for it
             admission.release(src_key)
             admission.early_reset(src_key, loop.time())
@@ -412,6 +425,25 @@ async def serve_plaintext(ctx: PodContext, client: socket.socket) -> None:
         tel.access.failed(src_addr=src_addr, dst_addr=str(target), direction="inbound", error=reason)
         reset_socket(client)
         return
+    admission, src_key = core.admission, str(src_ip)
+    now = asyncio.get_running_loop().time()
+    refused = admission.admit(src_key, now)
+    if refused is not None:  # decided first: a flood costs one dict lookup per connection, never a dial
+        tel.metrics.inbound_refused("tcp", refused)
+        _log_refusal(tel, admission, refused, src_key, src_addr, str(target), now)
+        reset_socket(client)
+        return
+    try:
+        await _plaintext_admitted(ctx, client, view, local, src_ip, src_addr, target)
+    finally:
+        admission.release(src_key)
+
+
+async def _plaintext_admitted(
+    ctx: PodContext, client: socket.socket, view: StateView, local: Workload, src_ip: IPAddress, src_addr: str,
+    target: route.SocketAddr,
+) -> None:
+    tel, port = ctx.core.telemetry, target.port
     src_wl = view.workload_by_ip(src_ip)
     record = ConnectionRecord(
         direction="inbound", src_addr=src_addr,
@@ -430,27 +462,16 @@ async def serve_plaintext(ctx: PodContext, client: socket.socket) -> None:
         tel.finish(record, labels, CopyStats())
         reset_socket(client)
         return
-    admission, src_key = core.admission, str(src_ip)
-    refused = admission.admit(src_key, asyncio.get_running_loop().time())
-    if refused is not None:  # decided before the app is dialled
-        tel.metrics.inbound_refused("tcp", refused)
-        record.error = _refusal_text(refused, src_key)
-        tel.finish(record, labels.with_flags("UO"), CopyStats())  # "upstream overflow", as Envoy flags it
+    try:
+        upstream = await _connect_app(ctx, src_ip, target)
+    except UpstreamError as exc:
+        record.error = exc.message
+        tel.finish(record, labels.with_flags("CONNECT"), CopyStats())
         reset_socket(client)
         return
-    try:
-        try:
-            upstream = await _connect_app(ctx, src_ip, target)
-        except UpstreamError as exc:
-            record.error = exc.message
-            tel.finish(record, labels.with_flags("CONNECT"), CopyStats())
-            reset_socket(client)
-            return
-        entry_args = {
-            "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
-            "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "TCP",
-        }
-        await _deliver(ctx, SocketEnd(client, src_addr), src_ip, target, record, labels, entry_args, upstream,
-                       authz, local.uid)
-    finally:
-        admission.release(src_key)
+    entry_args = {
+        "workload": f"{local.namespace}/{local.name}", "pod_uid": ctx.scope.uid, "direction": "inbound",
+        "local": str(target), "remote": src_addr, "remote_target": str(target), "protocol": "TCP",
+    }
+    await _deliver(ctx, SocketEnd(client, src_addr), src_ip, target, record, labels, entry_args, upstream,
+                   authz, local.uid)

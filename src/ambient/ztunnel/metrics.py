@@ -3,17 +3,19 @@
 Counters: istio_tcp_connections_opened_total, istio_tcp_connections_closed_total,
 istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total; and the node proxy's own
 ambient_ztunnel_inbound_refused_total{protocol, reason}: inbound connections (protocol "tcp") and HBONE
-streams ("hbone") refused by admission control (ambient.ztunnel.admission.REASONS). Every label of
+streams ("hbone") refused by admission control (ambient.ztunnel.admission.REASONS), beside the gauge
+ambient_ztunnel_inbound_active (inbound connections + streams admitted and not yet closed). Every label of
 `LABELS` is always set; empty values become "unknown". Invariant: no label carries a per-connection or
 per-port value (addresses, ports, trace ids), so the number of series is bounded by workloads x services x flags.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
 # ztunnel and Envoy export no `<counter>_created` series; prometheus_client's switch is process-wide.
 disable_created_metrics()
@@ -91,6 +93,7 @@ class ProxyMetrics:
             "Inbound connections and HBONE streams refused by admission control, by reason",
             ("protocol", "reason"), registry=self.registry,
         )
+        self._active: Gauge | None = None
         # family -> label values -> child. `Counter.labels()` validates and joins 22 label values on every
         # call; connections of one workload pair reuse one child. A child is created exactly when
         # `labels()` would first have been called, so the exposition is unchanged; the label sets are
@@ -113,6 +116,14 @@ class ProxyMetrics:
             self._child(self.sent, labels.values).inc(sent)
         if received:
             self._child(self.received, labels.values).inc(received)
+
+    def track_inbound_active(self, read: Callable[[], float]) -> None:
+        """Export `read()` (read at scrape time) as ambient_ztunnel_inbound_active (the last one given)."""
+        if self._active is None:
+            self._active = Gauge("ambient_ztunnel_inbound_active",
+                                 "Inbound connections and HBONE streams admitted and not yet closed",
+                                 registry=self.registry)
+        self._active.set_function(read)
 
     def inbound_refused(self, protocol: str, reason: str) -> None:
         self._child(self.refused, (protocol, reason)).inc()

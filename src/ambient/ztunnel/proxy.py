@@ -72,6 +72,8 @@ class ProxyCore:
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.admission_limits)
+        admission = self.admission
+        self.telemetry.metrics.track_inbound_active(lambda: admission.total)
 
     def view(self) -> StateView:
         return self.state.current

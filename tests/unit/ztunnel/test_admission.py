@@ -19,7 +19,7 @@ from ambient.hbone.server import Accept, Reject
 from ambient.state.static import load_state_file
 from ambient.state.store import StateStore
 from ambient.ztunnel import inbound
-from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT, Admission, Limits
+from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT, Admission, Limits, LogGate
 from ambient.ztunnel.errors import ConfigError
 from ambient.ztunnel.metrics import ProxyMetrics
 from ambient.ztunnel.proxy import CURRENT_STREAM, LocalSockets, NetnsSockets, PodContext, SharedScope
@@ -83,6 +83,15 @@ def test_admission_tables_only_hold_active_sources() -> None:
         adm.early_reset(src, float(i // 2000))  # windows expire as time moves on: swept
     assert adm.total == 0 and adm.active("10.0.0.1") == 0
     assert len(adm._resets) <= 4096 + 1
+
+
+def test_log_gate_one_line_per_key_per_interval() -> None:
+    gate = LogGate(interval=1.0, limit=3)
+    got = [gate.allow("a", t) for t in (0.0, 0.1, 0.5, 0.9)] + [gate.allow("b", 0.9), gate.allow("a", 1.2)]
+    assert got == [0, None, None, None, 0, 3]  # the next line says how many were left out
+    for k in ("c", "d", "e"):
+        gate.allow(k, 2.0)
+    assert len(gate._last) <= 3  # bounded
 
 
 def test_limits_from_env() -> None:
@@ -189,6 +198,9 @@ async def test_source_limit_refuses_with_503_before_dialling(tmp_path: Path, dia
     assert isinstance(fourth, Accept)
     assert _refused(metrics) == {("hbone", "source_limit"): 1.0}
     assert failed and "admission control (source_limit)" in failed[-1]
+    for _ in range(3):  # more refusals within a second: counted, not each logged
+        assert isinstance(await handle(_req("10.0.0.9"), peer), Reject)  # type: ignore[arg-type]
+    assert _refused(metrics) == {("hbone", "source_limit"): 4.0} and len(failed) == 1
     for d in (second, other, fourth):
         assert isinstance(d, Accept) and d.upstream is not None
         d.upstream.close()
