@@ -492,13 +492,20 @@ def test_fail_closed_while_agent_is_down(env: Env) -> None:
 def test_proxy_nack_leaves_pod_pending_then_enabled(env: Env) -> None:
     env.proxy.nack_names.add("d1")
     make_pod(env, "d1", "mesh")
-    pod = running(env, "d1", "mesh")  # rules are in place: the pod starts (captured) even though the proxy refused
+    # Rules in place but the proxy refused: the CNI ADD fails (Istio's partial add), the pod does not start.
+    def refused() -> dict[str, Any] | None:
+        p = env.api.get("Pod", "d1", "mesh")
+        return p if "node proxy has not acknowledged" in str((p.get("status") or {}).get("message")) else None
+
+    pod = wait_for(refused, "d1 Pending with the reason", 20)
+    assert pod["status"]["phase"] == "Pending"
     wait_annotation(env, "d1", "mesh", "pending")
     assert verify_pod_redirection(RedirectConfig(), "iptables", netns=netns_of(env, pod)) == []
-    assert pod["status"]["podIP"] not in probe_ipset_entries(netns=str(env.node.netns_path))
     env.proxy.nack_names.discard("d1")
     wait_annotation(env, "d1", "mesh", "enabled")
+    pod = running(env, "d1", "mesh", timeout=40)  # the runtime's retry of the sandbox now succeeds
     assert env.proxy.added(pod["metadata"]["uid"])
+    assert probe_ipset_entries(netns=str(env.node.netns_path)).get(pod["status"]["podIP"]) == pod["metadata"]["uid"]
 
 
 def test_pod_deletion_cleans_up(env: Env) -> None:

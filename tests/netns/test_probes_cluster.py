@@ -140,8 +140,11 @@ def test_passing_liveness_probe_keeps_the_container(env: dict[str, Any], ns: str
                                                        "periodSeconds": 1, "failureThreshold": 1}))
     try:
         pod = wait_ready(env["api"], name, ns, timeout=60)
-        seen = wait_for(lambda: (s := requests(env, ns, name, "/status/200")) and len(s) >= 6 and s, 30,
-                        "six liveness probe requests at the app")
+        def six() -> list[str] | None:
+            seen = requests(env, ns, name, "/status/200")
+            return seen if len(seen) >= 6 else None
+
+        seen = wait_for(six, 30, "six liveness probe requests at the app")
         assert set(seen) == {expected_source(env, ns)}, seen
         now = status(env, ns, name)
         cs = now["status"]["containerStatuses"][0]

@@ -9,12 +9,14 @@ Role (redirection.md "Node agent"): one per node, running in the node netns. Thr
 Add order for a pod: open its netns -> apply the in-pod rules there (on the dedicated rules thread) ->
 `Add` over ZDS, wait for the Ack -> pod IP into the node's probe ipset -> annotation
 `ambient.istio.io/redirection: enabled`. If the proxy is unreachable or refuses once the rules are in
-place: annotation `pending`, retried in the background. Removal: ipset entry, rules (if the netns still
-exists), `Del` to the proxy, annotation.
+place: annotation `pending`, retried in the background, and a CNI ADD fails (as Istio's partial add): the
+runtime retries the sandbox, so a pod's containers never start before its node proxy serves it.
+Removal: ipset entry, rules (if the netns still exists), `Del` to the proxy, annotation.
 
 Invariants:
-- Fail closed: /cmdadd answers 200 only after the rules are in place in the pod netns; a pod whose rules
-  cannot be applied gets a 500 (the CNI ADD fails, the pod stays Pending and is retried).
+- Fail closed: /cmdadd answers 200 only after the rules are in place in the pod netns AND the node proxy
+  acknowledged the pod (ZDS Ack, waited for up to `cni_add_proxy_wait`); otherwise a 500 (the CNI ADD
+  fails, the pod stays Pending and is retried). A pod that is Running after a CNI ADD is served.
 - `tracked` holds exactly the pods whose rules we put in place; the ZDS snapshot is built from it, so the
   proxy never serves a pod we do not capture and never misses one we do.
 - Operations on one pod are serialised by a per-uid lock; rule commands run one at a time on one
@@ -118,6 +120,7 @@ class NodeAgent:
         self._retry = asyncio.Event()
         self.ready = asyncio.Event()  # set once both sockets listen and the first reconcile is done
         self.reconciles = 0
+        self.cni_add_unacked = 0  # CNI ADDs failed because the proxy had not acknowledged the pod
         self._executor: ThreadPoolExecutor | None = None
         self._zds: ZdsServer | None = None
 
@@ -172,9 +175,19 @@ class NodeAgent:
                          ",".join(event.ips) or "-")
                 pod = await self._get_pod(event.pod_namespace, event.pod_name, uid)
                 t = await self._capture(uid, event.pod_name, event.pod_namespace, event.netns,
-                                        event.ips[0] if event.ips else "", pod)
+                                        event.ips[0] if event.ips else "", pod,
+                                        wait=self.settings.cni_add_proxy_wait)
                 if self._recorder is not None:
                     self._recorder.record(uid, event.netns)
+                if t.status != P.STATUS_ENABLED:
+                    # Istio's "partial add": rules in place (so removal undoes them), pod pending and retried
+                    # in the background, but its containers must not start before the proxy serves it.
+                    self.cni_add_unacked += 1
+                    raise NodeAgentError(
+                        f"pod {event.ref}: the node proxy has not acknowledged it (within "
+                        f"{self.settings.cni_add_proxy_wait:g}s): {t.last_error or 'no reason given'}; its "
+                        "redirection rules are in place, the runtime retries the sandbox",
+                        hint=f"is the node proxy running and connected to {self.settings.zds_socket}?")
                 return {"uid": uid, "redirection": t.status}
         finally:
             self._busy.discard(uid)
@@ -194,7 +207,7 @@ class NodeAgent:
 
     # --- capture / release ------------------------------------------------------------------------------------
     async def _capture(self, uid: str, name: str, namespace: str, netns_path: str, ip: str,
-                       pod: Mapping[str, Any] | None) -> Tracked:
+                       pod: Mapping[str, Any] | None, *, wait: float | None = None) -> Tracked:
         """Rules in place (or raise NodeAgentError), then hand the pod to the proxy. Caller holds the lock."""
         s = self.settings
         cfg = P.redirect_config(pod, dns_default=s.dns_capture) if pod else RedirectConfig(dns_capture=s.dns_capture)
@@ -202,10 +215,14 @@ class NodeAgent:
         ref = f"{namespace}/{name}"
         await self._apply_rules(ref, netns_path, cfg)
         previous = self.tracked.get(uid)
+        if previous is not None and previous.ip and previous.ip != ip:
+            # A retried sandbox may get another address: the old one must not keep bypassing capture.
+            with contextlib.suppress(AmbientError):
+                await self._rules(probe_ipset_remove, previous.ip, uid, netns=s.node_netns)
         t = Tracked(uid=uid, name=name, namespace=namespace, netns_path=netns_path, ip=ip, cfg=cfg, info=info,
                     annotated=previous.annotated if previous else P.status_annotation(pod or {}))
         self.tracked[uid] = t
-        await self._hand_to_proxy(t, wait=s.zds_wait)
+        await self._hand_to_proxy(t, wait=s.zds_wait if wait is None else wait)
         return t
 
     async def _apply_rules(self, ref: str, netns_path: str, cfg: RedirectConfig) -> None:
@@ -239,13 +256,16 @@ class NodeAgent:
             await self.zds.add_pod(t.uid, t.info, fd, ready_timeout=wait)
             ok = True
         except ZdsNackError as e:
+            t.last_error = f"the node proxy refused it: {e.error}"
             log.warning("pod %s: node proxy refused it: %s (pending, will retry)", t.ref, e.error)
         except (ZdsNotConnectedError, ZdsConnectionError) as e:
+            t.last_error = f"node proxy not reachable: {e.message}"
             log.warning("pod %s: node proxy not reachable: %s (rules are in place; pending, will retry)",
                         t.ref, e.message)
         finally:
             os.close(fd)
         if ok:
+            t.last_error = ""
             log.info("pod %s: node proxy acked the pod", t.ref)
             if t.ip:
                 try:

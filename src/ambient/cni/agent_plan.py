@@ -45,6 +45,7 @@ class Tracked:
     info: WorkloadInfo
     status: str = STATUS_PENDING  # pending: rules in place, proxy not (yet) acked; enabled: both done
     annotated: str | None = None  # the status value last written to the API (None: nothing written)
+    last_error: str = ""  # why the last hand-over to the proxy failed (told to the CNI plugin)
 
     @property
     def ref(self) -> str:

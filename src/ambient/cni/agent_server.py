@@ -2,7 +2,8 @@
 
 Role: `POST /cmdadd` with `{Netns, PodName, PodNamespace, PodUID, IPs}` (aiohttp over a Unix socket in the
 node's run dir). The handler only parses and delegates to an injected `on_cmdadd` coroutine; it answers
-200 when that returns (the pod's redirection rules are in place) and 500 with the reason otherwise, so the
+200 when that returns (the pod's redirection rules are in place and its node proxy acknowledged it) and
+500 with the reason otherwise, so the
 plugin fails the CNI ADD and the runtime retries the sandbox (fail closed). `GET /healthz` answers 200.
 
 Invariants:

@@ -72,6 +72,9 @@ class AgentSettings:
     exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED
     node_netns: str | None = None  # where the probe ipset/SNAT live; None = the agent's own netns
     zds_wait: float = 0.5  # how long a pod add waits for a connected proxy before going `pending`
+    # How long a CNI ADD waits for a connected proxy and its Ack before failing (the runtime retries the
+    # sandbox); below the plugin's 5 s timeout for the whole /cmdadd, rules included.
+    cni_add_proxy_wait: float = 2.0
     retry_interval: float = 1.0  # pending pods are re-sent to the proxy this often
     resync_interval: float = 10.0  # full reconcile even without watch events
 

@@ -3,7 +3,9 @@
 Role: runs once per pod sandbox operation (CNI spec 1.0.0: env `CNI_COMMAND` ..., network config JSON with
 `prevResult` on stdin, result or error JSON on stdout). On ADD it reads the pod and its namespace from the
 cluster API (plain HTTP over a Unix socket, Kubernetes JSON shape), and for an enrolled pod POSTs
-`/cmdadd` to the agent over `<agent_run_dir>/pluginevent.sock` (5 s timeout).
+`/cmdadd` to the agent over `<agent_run_dir>/pluginevent.sock` (5 s timeout); the agent answers 200 once
+the pod's rules are in place and its node proxy acknowledged it (ZDS Ack), so the runtime starts no
+container of an enrolled pod before the proxy serves it.
 
 Invariants:
 - Fail closed: if an enrolled pod cannot be handed to the agent (agent absent, timeout, non-200) or the
@@ -232,9 +234,15 @@ def notify_agent(run_dir: str, payload: Mapping[str, Any], timeout: float = AGEN
             hint="start `ambient node-agent` on this node; the runtime retries the pod sandbox",
         ) from e
     if status != 200:
+        reason = ""
+        try:  # the agent's reason belongs in the message: it is what the pod's status shows
+            answer = json.loads(body)
+            reason = str(answer.get("error") or "") if isinstance(answer, dict) else ""
+        except ValueError:
+            pass
         raise CniPluginError(
             ERR_AGENT,
-            f"node agent refused pod {who} (HTTP {status})",
+            f"node agent refused pod {who} (HTTP {status})" + (f": {reason[:300]}" if reason else ""),
             body[:500].decode(errors="replace"),
             hint="see the node agent log for this pod",
         )

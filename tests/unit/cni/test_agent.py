@@ -151,7 +151,7 @@ class Harness:
         self.rules.install(mp)
         (tmp / "netns").mkdir()
         self.settings = AgentSettings(node="node-1", run_dir=tmp / "run", zds_socket=tmp / "run" / "ztunnel.sock",
-                                      zds_wait=0.3, retry_interval=0.05, resync_interval=0.5)
+                                      zds_wait=0.3, cni_add_proxy_wait=0.3, retry_interval=0.05, resync_interval=0.5)
         self.proxy_adds: list[tuple[str, WorkloadInfo, int]] = []
         self.proxy_dels: list[str] = []
         self.snapshots: list[frozenset[str]] = []
@@ -257,7 +257,11 @@ async def test_cmdadd_bad_request_is_400(h: Harness) -> None:
 async def test_proxy_absent_pending_then_enabled_when_it_connects(h: Harness) -> None:
     h.api.add_pod("u1", "web", annotations={"ambient.istio.io/dns-capture": "false"})
     async with running(h, proxy=False) as (agent, _):
-        await h.cmdadd("u1", "web")  # 200 although no proxy: the rules are in place
+        with pytest.raises(CniPluginError) as err:  # rules in place, but no proxy: the ADD fails (retried)
+            await h.cmdadd("u1", "web")
+        assert "HTTP 500" in err.value.message
+        assert "node proxy has not acknowledged it" in err.value.details
+        assert "node proxy not reachable" in err.value.details and agent.cni_add_unacked == 1
         assert "apply u1 dns=False" in h.events
         assert agent.tracked["u1"].status == "pending"
         assert h.api.pods["u1"]["metadata"]["annotations"][P.ANNOTATION_STATUS] == "pending"
@@ -325,7 +329,8 @@ async def test_restart_adopts_verifies_repairs_and_replays_snapshot(h: Harness) 
 async def test_proxy_reconnect_gets_a_fresh_snapshot(h: Harness) -> None:
     h.api.add_pod("u1", "web")
     async with running(h, proxy=False) as (agent, _):
-        await h.cmdadd("u1", "web")  # pending: no proxy yet
+        with pytest.raises(CniPluginError, match="HTTP 500"):  # pending: no proxy yet
+            await h.cmdadd("u1", "web")
         for round_ in (1, 2):  # a proxy connects, goes away, a new one connects
             client = h.proxy()
             async with asyncio.TaskGroup() as tg:

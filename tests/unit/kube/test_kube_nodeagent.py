@@ -156,7 +156,7 @@ async def test_cmdadd_records_the_netns_the_plugin_gave(
     agent = NodeAgent(KubeAgentApi(source), settings(tmp_path), resolver, resolver)
     captured: list[tuple[str, str]] = []
 
-    async def capture(uid: str, name: str, namespace: str, netns: str, ip: str, pod: Any) -> Any:
+    async def capture(uid: str, name: str, namespace: str, netns: str, ip: str, pod: Any, **_: Any) -> Any:
         # stands in for the rules + ZDS hand-over (needs root and a real netns); gets the API's pod
         assert pod is not None and pod["metadata"]["uid"] == uid
         captured.append((uid, netns))
