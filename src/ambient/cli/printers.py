@@ -161,14 +161,19 @@ def build_table(
     all_namespaces: bool = False,
     show_kind: bool = False,
     show_labels: bool = False,
+    label_columns: tuple[str, ...] = (),
     now: datetime | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows for `objs` (all of kind `info`)."""
+    """Headers and rows for `objs` (all of kind `info`).
+
+    `label_columns` (`-L`) adds one column per label key, as kubectl heads them (the key's last `/` segment,
+    upper-cased) and fills them (the value, or nothing), before the LABELS column of `show_labels`."""
     headers, wide_headers, row = _PRINTERS.get(info.kind, ((), (), lambda _o, _w: []))
     namespace_col = all_namespaces and info.namespaced
     out_headers = (["NAMESPACE"] if namespace_col else []) + ["NAME", *headers, "AGE"]
     if wide:
         out_headers += list(wide_headers)
+    out_headers += [key.split("/")[-1].upper() for key in label_columns]
     if show_labels:
         out_headers.append("LABELS")
     now = now if now is not None else datetime.now(UTC)
@@ -182,6 +187,8 @@ def build_table(
         line += [display_name(info, name) if show_kind else name, *cells[:n_base], age(obj, now)]
         if wide:
             line += cells[n_base:]
+        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        line += [str(labels.get(key, "")) for key in label_columns]
         if show_labels:
             line.append(_selector_text(meta.get("labels")))
         rows.append(line)

@@ -53,6 +53,16 @@ def test_node_and_gateway_columns() -> None:
     assert rows == [["shop", "waypoint", "istio-waypoint", "10.96.0.20", "True", "<unknown>", "<none>"]]
 
 
+def test_label_columns_as_kubectl_heads_and_fills_them() -> None:
+    sa = {"metadata": {"name": "default", "namespace": "a",
+                       "labels": {"app.kubernetes.io/name": "web", "version": "v1"}}}
+    headers, rows = build_table(resolve_kind("sa"), [sa, {"metadata": {"name": "bare", "namespace": "a"}}],
+                                label_columns=("app.kubernetes.io/name", "version"), show_labels=True)
+    assert headers == ["NAME", "AGE", "NAME", "VERSION", "LABELS"]
+    assert rows == [["default", "<unknown>", "web", "v1", "app.kubernetes.io/name=web,version=v1"],
+                    ["bare", "<unknown>", "", "", "<none>"]]
+
+
 def test_generic_columns_for_kinds_without_printer() -> None:
     headers, rows = build_table(resolve_kind("sa"), [{"metadata": {"name": "default", "namespace": "a"}}])
     assert headers == ["NAME", "AGE"]
