@@ -75,9 +75,49 @@ def _check_container(c: Obj, path: str, names: set[str]) -> None:
                 raise _fail(f"{pp}.name", f'duplicate port name "{pname}"')
             port_names.add(pname)
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        _map(c, probe, path)
+        _check_probe(c, probe, path)
     _map(c, "resources", path)
     _map(c, "securityContext", path)
+
+
+_PROBE_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
+
+
+def _check_probe(c: Obj, key: str, path: str) -> None:
+    """What the kubelet's prober needs: one handler it can run, sane numbers (Kubernetes' own rules)."""
+    probe = _map(c, key, path)
+    if probe is None:
+        return
+    pp = f"{path}.{key}"
+    for field, low in (("initialDelaySeconds", 0), ("periodSeconds", 1), ("timeoutSeconds", 1),
+                       ("successThreshold", 1), ("failureThreshold", 1), ("terminationGracePeriodSeconds", 1)):
+        _int(probe, field, pp, lo=low)
+    if key != "readinessProbe" and probe.get("successThreshold") not in (None, 1):
+        raise _fail(f"{pp}.successThreshold", "1 (liveness and startup probes)", probe["successThreshold"])
+    handlers = [h for h in _PROBE_HANDLERS if probe.get(h) is not None]
+    if len(handlers) != 1:
+        raise _fail(pp, "exactly one handler of exec, httpGet, tcpSocket",
+                    f"{', '.join(handlers) or 'none'}")
+    if handlers[0] == "grpc":
+        raise _fail(f"{pp}.grpc", "exec, httpGet or tcpSocket", "grpc",
+                    hint="the local kubelet does not run gRPC health checks")
+    body = _map(probe, handlers[0], pp) or {}
+    hp = f"{pp}.{handlers[0]}"
+    if handlers[0] == "exec":
+        _str_list(body, "command", hp)
+        return
+    port = body.get("port")
+    if isinstance(port, str):  # IntOrString: a string is a container port's name
+        _check_port_name(port, f"{hp}.port")
+    else:
+        _port_number(port, f"{hp}.port")
+    _str(body, "host", hp)
+    if handlers[0] == "httpGet":
+        _str(body, "path", hp)
+        _enum(body, "scheme", hp, ("HTTP", "HTTPS"))
+        for hh, header in _items(body, "httpHeaders", hp):
+            _str(header, "name", hh, required=True)
+            _str(header, "value", hh)
 
 
 def check_pod_spec(spec: Obj, path: str = "spec") -> None:
