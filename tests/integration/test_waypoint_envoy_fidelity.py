@@ -77,7 +77,8 @@ async def test_status_line_reason_phrase_like_envoy() -> None:
         stream.close()
 
 
-async def test_request_id_and_forwarded_headers_like_envoy() -> None:
+async def test_request_id_and_forwarded_headers_like_envoy(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ambient.waypoint.access")
     async with loopback() as lb:
         stream = await lb.open()
         _, status, headers, body = await raw_exchange(stream, get("/a"))
@@ -96,6 +97,10 @@ async def test_request_id_and_forwarded_headers_like_envoy() -> None:
         assert (seen["x-request-id"], seen["x-forwarded-for"], seen["x-forwarded-proto"]) == (
             "my-id-1", "203.0.113.7", "https")
         stream.close()
+    # the access line names the id the backend saw (Istio's Envoy access log has %REQ(X-REQUEST-ID)%)
+    logged = [parse_fields(r.getMessage()).get("request_id") for r in caplog.records
+              if r.name == "ambient.waypoint.access"]
+    assert logged[-1] == "my-id-1" and logged[0] is not None and UUID4.fullmatch(logged[0])
 
 
 def _requests(lb: Any) -> list[dict[str, str]]:

@@ -302,7 +302,7 @@ class Waypoint:
             await self._local(writer, record, 400, "bad request: invalid path", "-")
             return
         record.path = path[:256]
-        _envoy_request_headers(req, self._rng)
+        record.request_id = _envoy_request_headers(req, self._rng)[:128]
         l7 = self._l7.current
         headers = req.header_map()
         attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, method=req.method, path=path,
@@ -589,7 +589,7 @@ class Waypoint:
         self._pool.close_all()
 
 
-def _envoy_request_headers(req: Request, rng: random.Random) -> None:
+def _envoy_request_headers(req: Request, rng: random.Random) -> str:
     """What Envoy's connection manager does to a request's headers with Istio's waypoint settings
     (`use_remote_address: false`, `xff_num_trusted_hops: 0`, request ids generated), before any filter:
     - `x-request-id`: a new UUID4 when the request has none; an existing one is kept (the request is not an
@@ -597,17 +597,22 @@ def _envoy_request_headers(req: Request, rng: random.Random) -> None:
     - `x-forwarded-proto`: set to `http` (the HTTP inside the HBONE tunnel is plaintext) when absent; kept
       when the client sent one.
     - `x-forwarded-for`: left as the client sent it: Envoy appends the peer address only when it uses the
-      remote address, which the waypoint's listener does not."""
-    has_id = has_proto = False
-    for k, _ in req.headers:
+      remote address, which the waypoint's listener does not.
+    Returns the request id."""
+    request_id: str | None = None
+    has_proto = False
+    for k, v in req.headers:
         if k == "x-request-id":
-            has_id = True
+            if request_id is None:
+                request_id = v
         elif k == "x-forwarded-proto":
             has_proto = True
-    if not has_id:
-        req.headers.append(("x-request-id", str(uuid.UUID(int=rng.getrandbits(128), version=4))))
+    if request_id is None:
+        request_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        req.headers.append(("x-request-id", request_id))
     if not has_proto:
         req.headers.append(("x-forwarded-proto", "http"))
+    return request_id
 
 
 async def _read_all(req: Request, limit: int) -> bytes:

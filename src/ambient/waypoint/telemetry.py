@@ -2,8 +2,8 @@
 
 Access log (same shape as the node proxy's, protocols.md section 6, target `access`, message
 `request complete`): `src.addr src.workload src.namespace src.identity dst.addr dst.hbone_addr dst.service
-dst.workload dst.namespace dst.identity direction="waypoint" http.method http.path http.status protocol
-route audit response_flags duration error`, missing values omitted, the fields shared with the node proxy
+dst.workload dst.namespace dst.identity direction="waypoint" http.method http.path http.status request_id
+protocol route audit response_flags duration error`, missing values omitted, the fields shared with the node proxy
 quoted as it quotes them, other strings quoted when they contain spaces; `audit` names the AUDIT
 AuthorizationPolicies that matched the request (they never change the decision); an upgraded
 (WebSocket) session adds `bytes_sent bytes_recv` (to / from the backend, over the whole session). INFO for
@@ -56,6 +56,7 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("http.method", "method", False),
     ("http.path", "path", True),
     ("http.status", "status", False),
+    ("request_id", "request_id", True),
     ("protocol", "protocol", False),
     ("route", "route", False),
     ("audit", "audit", True),
@@ -93,6 +94,7 @@ class RequestRecord:
     status: int = 0
     protocol: str = ""  # HTTP/1.1 | HTTP/2 | tcp
     grpc: bool = False
+    request_id: str = ""  # the x-request-id forwarded (generated when the client sent none), as Envoy logs it
     route: str = ""
     audit: str = ""  # AUDIT policies ("ns/name", comma-separated) that matched the request
     flags: str = ""
