@@ -8,6 +8,11 @@ every kind once, and only then serves gRPC with TLS (server certificate from the
 `server_identity`, default `spiffe://cluster.local/ns/istio-system/sa/istiod`, plus DNS/IP SANs) and the
 admin endpoint (`<state>/controlplane-admin.sock`: GET /proxy-status, /healthz, /policies).
 
+The public gRPC address is served by `admission.AdmissionFront` (connection caps in total and per source
+IP), which splices admitted connections to the gRPC server on a Unix socket in a private temporary
+directory; gRPC itself enforces the handshake timeout, idle timeout, keepalive and streams per connection.
+All of these are `ServingLimits` (env `AMBIENT_CP_*`, or `limits=`).
+
 Callers are authenticated by one `CallerAuthenticator` (ca_server.py): by default per-node tokens plus the
 kubelet's per-pod tokens (`pod_tokens.py`: a pod gets only its own identity), or the one passed as
 `authenticator=` (Kubernetes: TokenReview). With a custom authenticator the xDS stream is
@@ -22,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -32,6 +39,7 @@ import grpc
 from aiohttp import web
 
 from ambient.api.client import WatchEvent
+from ambient.controlplane.admission import AdmissionFront, ServingLimits, client_address
 from ambient.controlplane.ca_server import (
     PROXY_NAMESPACE,
     PROXY_SERVICE_ACCOUNT,
@@ -43,7 +51,7 @@ from ambient.controlplane.ca_server import (
     bearer_token,
     issue_server_cert,
 )
-from ambient.controlplane.errors import CaRefusedError
+from ambient.controlplane.errors import CaRefusedError, ControlPlaneError
 from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex, route_status
 from ambient.controlplane.pod_tokens import LocalAuthenticator, PodTokenAuthenticator, is_pod_token
 from ambient.controlplane.source import ApiObjectSource, ObjectSource, reflect
@@ -162,10 +170,13 @@ class ControlPlane:
         proxy_service_account: str = PROXY_SERVICE_ACCOUNT,
         server_identity: str = SERVER_IDENTITY,
         dns_names: Sequence[str] = (),
+        limits: ServingLimits | None = None,
     ) -> None:
         """`source`/`status_writer` default to the local API server at `<state>/apiserver.sock`; `ca` to the
         root in `<state>/ca/`; `authenticator` to per-node tokens (then Node objects are watched to mint them).
-        `dns_names` are added to the server certificate's SANs."""
+        `dns_names` are added to the server certificate's SANs. `limits` default to `ServingLimits.from_env()`
+        (raises `ControlPlaneError` naming a malformed `AMBIENT_CP_*` variable)."""
+        self.limits = limits if limits is not None else ServingLimits.from_env()
         self.state_dir = Path(state_dir)
         self.listen = listen
         self._source = source
@@ -197,6 +208,7 @@ class ControlPlane:
         self.server_identity = server_identity
         self.dns_names = [*SERVER_DNS_NAMES, *dns_names]
         self.port: int | None = None
+        self.front: AdmissionFront | None = None
         self.ready = asyncio.Event()
         self.admin_socket = self.state_dir / ADMIN_SOCKET
         self.started_at = time.time()
@@ -277,19 +289,37 @@ class ControlPlane:
         if self.require_token and not self.node_tokens:
             interceptors.append(_TokenInterceptor(self.authority.authenticator))
         server = grpc.aio.server(
-            options=[("grpc.max_send_message_length", 256 * 1024 * 1024)], interceptors=interceptors
+            options=[("grpc.max_send_message_length", 256 * 1024 * 1024), *self.limits.grpc_options()],
+            interceptors=interceptors,
         )
         self.xds.register(server)
         CaServicer(self.authority).register(server)
-        host = self.listen.rsplit(":", 1)[0].strip("[]")
+        host, _, port_text = self.listen.rpartition(":")
+        host = host.strip("[]")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ControlPlaneError(f"listen address {self.listen!r} has no port", hint="use HOST:PORT") from None
+        # gRPC listens only on a Unix socket in a private directory; the front owns the public address.
+        backend_dir = tempfile.mkdtemp(prefix="ambient-cp-")
+        backend = f"{backend_dir}/grpc.sock"
         if self.tls:
             names = list(dict.fromkeys(self.dns_names))  # ordered, without duplicates
             if host not in ("", "0.0.0.0", "::"):  # an unspecified bind address is no name of this server
                 names.append(host)
             key, chain = issue_server_cert(self.ca, self.server_identity, names)
-            self.port = server.add_secure_port(self.listen, grpc.ssl_server_credentials([(key, chain)]))
+            server.add_secure_port(f"unix:{backend}", grpc.ssl_server_credentials([(key, chain)]))
         else:
-            self.port = server.add_insecure_port(self.listen)
+            server.add_insecure_port(f"unix:{backend}")
+        # "" and "::" mean every address, IPv4 included (as gRPC's own "[::]:port" does).
+        self.front = front = AdmissionFront(None if host in ("", "::") else host, port, backend, self.limits)
+        try:
+            await front.start()
+        except OSError as exc:
+            shutil.rmtree(backend_dir, ignore_errors=True)
+            raise ControlPlaneError(f"cannot listen on {self.listen}: {exc.strerror or exc}",
+                                    hint="is another control plane running? choose another --listen") from None
+        self.port = front.port
         admin = web.Application()
         admin.router.add_get("/proxy-status", self._proxy_status)
         admin.router.add_get("/policies", self._policies)
@@ -314,6 +344,8 @@ class ControlPlane:
                 if self._status_writer is not None:
                     tg.create_task(self._status_loop())
                 await server.start()
+                tg.create_task(front.run(), name="admission-front")
+                await front.started.wait()
                 await runner.setup()
                 self.admin_socket.unlink(missing_ok=True)
                 await web.UnixSite(runner, str(self.admin_socket)).start()
@@ -328,7 +360,9 @@ class ControlPlane:
                 self.ready.set()
                 await asyncio.Event().wait()
         finally:
+            front.close()
             await server.stop(grace=1.0)
+            shutil.rmtree(backend_dir, ignore_errors=True)
             await runner.cleanup()
             self.admin_socket.unlink(missing_ok=True)
             if self._source is None and isinstance(source, ApiObjectSource):
@@ -340,7 +374,8 @@ class ControlPlane:
             "versions": {t: self.cache.version(t) for t in self.cache.type_urls},
             "resources": {t: self.cache.count(t) for t in self.cache.type_urls},
             "certificates_issued": self.authority.issued,
-            "proxies": self.xds.status(),
+            "proxies": [{**p, "peer": client_address(str(p.get("peer", "")))} for p in self.xds.status()],
+            "connections": self.front.stats() if self.front is not None else {},
         }
 
     async def _proxy_status(self, request: web.Request) -> web.Response:

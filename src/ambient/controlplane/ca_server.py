@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from google.protobuf import struct_pb2
 
+from ambient.controlplane.admission import client_address
 from ambient.controlplane.errors import CaRefusedError
 from ambient.identity.ca import CLOCK_SKEW, LocalCA
 from ambient.identity.csr import csr_key_problem, generate_key, key_to_pem
@@ -288,7 +289,7 @@ class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[m
         try:
             chain = await self.authority.issue(request.csr, request.validity_duration, metadata, headers)
         except CaRefusedError as exc:
-            log.warning("CreateCertificate from %s refused: %s", context.peer(), exc.message)
+            log.warning("CreateCertificate from %s refused: %s", client_address(context.peer()), exc.message)
             await context.abort(grpc.StatusCode[exc.code], exc.message)
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
