@@ -11,7 +11,8 @@ Byte directions follow ztunnel (`src/copy.rs`, `src/proxy/metrics.rs`) for both 
 direction (client -> server) counts in `istio_tcp_received_bytes_total`, the response direction (server ->
 client) in `istio_tcp_sent_bytes_total` (Istio's convention, istio/istio#32399). The access line gives each
 reporter's own view: `bytes_sent` is what the client sent for the source proxy ("outbound") and what the
-server sent for the destination proxy ("inbound"); `bytes_recv` the other direction.
+server sent for the destination proxy ("inbound"); `bytes_recv` the other direction. As in ztunnel, the
+line names identities (src.identity, dst.identity) only for mutual-TLS connections.
 
 Invariant: one `finish()` per opened connection: opened/closed counters always pair up.
 """
@@ -222,6 +223,8 @@ class Telemetry:
         else:
             record.bytes_sent, record.bytes_recv = response, request
         values = labels.values
+        if values[_SECURITY_POLICY] != "mutual_tls":  # ztunnel logs identities of mTLS connections only
+            record.src_identity = record.dst_identity = ""
         if not record.src_cluster and (cluster := values[_SOURCE_CLUSTER]) != "unknown":
             record.src_cluster = cluster
         if not record.dst_cluster and (cluster := values[_DESTINATION_CLUSTER]) != "unknown":
@@ -230,5 +233,6 @@ class Telemetry:
         self.access.complete(record)
 
 
+_SECURITY_POLICY = LABELS.index("connection_security_policy")
 _SOURCE_CLUSTER = LABELS.index("source_cluster")
 _DESTINATION_CLUSTER = LABELS.index("destination_cluster")

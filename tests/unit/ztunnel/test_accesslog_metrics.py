@@ -224,3 +224,20 @@ async def test_copy_stats_sent_is_the_first_end_to_the_second() -> None:
     assert (stats.sent, stats.received) == (11, 22)
     for s in (a_outer, a_inner, b_inner, b_outer):
         s.close()
+
+
+def test_identities_are_logged_for_mutual_tls_connections_only() -> None:
+    """ztunnel: `src.identity = ...filter(|_| mtls)`, the same for dst.identity."""
+    from ambient.ztunnel.copy import CopyStats
+
+    tel, lines, _ = _telemetry()
+    for policy in ("mutual_tls", "unknown"):
+        labels = ConnectionLabels.build(reporter="destination", connection_security_policy=policy)
+        tel.opened(labels)
+        tel.finish(ConnectionRecord(direction="inbound", src_addr="10.0.0.1:5000", dst_addr="10.0.0.2:8080",
+                                    src_identity="spiffe://cluster.local/ns/a/sa/c",
+                                    dst_identity="spiffe://cluster.local/ns/a/sa/s"), labels, CopyStats())
+    mtls, plain = parse_fields(lines[0]), parse_fields(lines[1])
+    assert mtls["src.identity"] == "spiffe://cluster.local/ns/a/sa/c"
+    assert mtls["dst.identity"] == "spiffe://cluster.local/ns/a/sa/s"
+    assert "src.identity" not in plain and "dst.identity" not in plain
