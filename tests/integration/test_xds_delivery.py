@@ -167,6 +167,29 @@ async def test_on_demand_names_are_answered_with_the_resource_or_a_removal(
         await raw.close()
 
 
+async def test_unresolved_names_are_watched_within_a_bound() -> None:
+    cache = ResourceCache()
+    xds = XdsServer(cache, max_unresolved_names=1)
+    srv = grpc.aio.server()
+    xds.register(srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    await srv.start()
+    raw = Raw(f"127.0.0.1:{port}")
+    try:
+        await raw.send(ADDRESS_TYPE_URL, resource_names_subscribe=["*"], resource_names_unsubscribe=["*"])
+        await raw.read()
+        await raw.send(ADDRESS_TYPE_URL, resource_names_subscribe=["/10.244.1.1", "/10.244.1.2"])
+        answer = await raw.read()
+        assert sorted(answer.removed_resources) == ["/10.244.1.1", "/10.244.1.2"]  # both answered
+        assert xds.status()[0]["types"][ADDRESS_TYPE_URL]["names_refused"] == 1
+        cache.apply(ADDRESS_TYPE_URL, {"b": pod("b", bytes([10, 244, 1, 2]))})  # the unwatched one
+        cache.apply(ADDRESS_TYPE_URL, {"a": pod("a", bytes([10, 244, 1, 1]))})
+        assert [r.name for r in (await raw.read()).resources] == ["a"]
+    finally:
+        await raw.close()
+        await srv.stop(grace=0)
+
+
 async def test_resync_within_two_seconds_of_the_control_plane_serving_again() -> None:
     cache = ResourceCache()
     cache.apply(ADDRESS_TYPE_URL, {"u1": pod("u1", b"\x0a\x00\x00\x01")})

@@ -11,7 +11,9 @@ Invariants:
   naming resources is always answered, as istiod answers it: each name (a resource name, or an address
   alias `<network>/<ip>` of a workload or service) comes back as the resource (with its aliases) or, when
   nothing has that name, in `removed_resources`, so a proxy waiting on demand never waits forever. Later
-  changes of a named resource (or of one an alias later resolves to) are pushed to that stream.
+  changes of a named resource (or of one an alias later resolves to) are pushed to that stream. A stream
+  remembers at most `max_unresolved_names` (default 10,000 per type) names that do not resolve yet; beyond
+  that a name is still answered (removal) but not watched, counted as `names_refused` in proxy-status.
 - Order within a push (the referenced before the referrer, as a workload names its policies): new and
   changed Authorizations first, then Addresses, then Authorization removals. A proxy therefore never holds
   a workload that references a policy the control plane has but has not sent it yet, and never loses a
@@ -63,6 +65,7 @@ MAX_TOMBSTONES = 10_000
 # Types whose resources others reference by name (workloads list their policies): within a push their
 # upserts go before, and their removals after, every other type.
 REFERENCED_TYPES: tuple[str, ...] = (AUTHORIZATION_TYPE_URL,)
+MAX_UNRESOLVED_NAMES = 10_000  # per stream and type: subscribed names that match nothing (yet)
 # Authenticates a stream: (invocation metadata, node id) -> None if allowed, else the reason it is not.
 Authenticator = Callable[[Mapping[str, str], str], str | None]
 
@@ -274,6 +277,7 @@ class TypeStatus:
     nacks: int = 0
     last_nack: str = ""
     nacked_version: str = ""  # the version of the last reply when that reply was a NACK
+    names_refused: int = 0  # unresolved names not watched (over the stream's bound)
 
 
 def apply_subscription(
@@ -327,9 +331,16 @@ def parse_node_id(node_id: str) -> dict[str, str]:
 class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """The DeltaAggregatedResources servicer over a `ResourceCache`."""
 
-    def __init__(self, cache: ResourceCache, *, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        cache: ResourceCache,
+        *,
+        authenticator: Authenticator | None = None,
+        max_unresolved_names: int = MAX_UNRESOLVED_NAMES,
+    ) -> None:
         self.cache = cache
         self.authenticator = authenticator
+        self.max_unresolved_names = max_unresolved_names
         self.connections: dict[int, Connection] = {}
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -430,8 +441,15 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
         sent = {r.name for r in send}
         for name in answer:
             found = self.cache.resolve(type_url, name)
-            if not ts.wildcard and (not found or found[0].name != name):
-                ts.alias_subs.add(name)  # an alias, or not there yet: its later arrival is pushed
+            if not ts.wildcard and (not found or found[0].name != name) and name not in ts.alias_subs:
+                # an alias, or not there yet: watched, so its later arrival is pushed (within a bound)
+                if len(ts.alias_subs) < self.max_unresolved_names:
+                    ts.alias_subs.add(name)
+                else:
+                    ts.names_refused += 1
+                    if ts.names_refused == 1:
+                        log.warning("an xDS stream subscribed over %d unresolved %s names; further ones are "
+                                    "answered but not watched", self.max_unresolved_names, type_url)
             if not found:
                 if name not in removed:
                     removed.append(name)  # "removed" is how delta xDS says "no such resource"
@@ -496,6 +514,7 @@ class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
                     "nacks": ts.nacks,
                     "last_nack": ts.last_nack,
                     "nacked_version": ts.nacked_version,
+                    "names_refused": ts.names_refused,
                     "wildcard": ts.wildcard,
                     "acked_at": ts.acked_at,
                 }
