@@ -2,8 +2,9 @@
 
 The story is told with the same `ambient` commands a user would type (each is printed before it runs), so
 the output doubles as a tutorial. Re-running is safe: a healthy cluster is reused, a broken one is
-recreated, and `apply` is idempotent. The cluster is left running at the end, with pointers on how to
-explore it and how to tear it down.
+recreated, and `apply` is idempotent; after the README tour (a waypoint in namespace `demo`) the demo waits
+only for the pods the node agents capture (never the waypoint's) and shows the policy at the waypoint.
+The cluster is left running at the end, with pointers on how to explore it and how to tear it down.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "demo.yaml"
 DENY_POLICY = ROOT / "samples" / "deny-client.yaml"
 ENROLL_LABEL = "istio.io/dataplane-mode=ambient"
+# The sample's workloads, one Deployment per namespace: other pods there (a waypoint deployed by the README
+# tour, say) are not the demo's.
+SAMPLE_APPS = {"demo": "httpbin", "client": "curl"}
+USE_WAYPOINT_LABEL = "istio.io/use-waypoint"
 CLUSTER = os.environ.get("AMBIENT_CLUSTER", "ambient")
 
 
@@ -84,7 +89,8 @@ def wait_pods_ready(namespaces: list[str], timeout: float = 60.0) -> dict[str, d
         pods: dict[str, dict[str, Any]] = {}
         ready = True
         for ns in namespaces:
-            items = [p for p in get_json("pods", "-n", ns)["items"] if not p["metadata"].get("deletionTimestamp")]
+            items = [p for p in get_json("pods", "-n", ns, "-l", f"app={SAMPLE_APPS[ns]}")["items"]
+                     if not p["metadata"].get("deletionTimestamp")]
             if not items:
                 ready = False
                 continue
@@ -111,19 +117,43 @@ def retry_until(check: Any, timeout: float = 15.0) -> bool:
     return False
 
 
+def capture_expected(pod: dict[str, Any], namespace: dict[str, Any] | None) -> bool:
+    """Will the node agent capture this pod? Its own decision (`wants_capture`): not a waypoint's pods
+    (labelled `istio.io/dataplane-mode=none`), not host-network or excluded-namespace pods, not finished ones;
+    and not a pod being deleted (the agent releases it)."""
+    from ambient.cluster.lifecycle import CNI_EXCLUDED_NAMESPACES
+    from ambient.cni.agent_plan import wants_capture
+    from ambient.cni.plugin import PluginConfig
+
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    ns_name = pod["metadata"].get("namespace") or "default"
+    namespaces = {ns_name: namespace} if namespace is not None else {}
+    wanted, _ = wants_capture(pod, namespaces, PluginConfig(exclude_namespaces=CNI_EXCLUDED_NAMESPACES))
+    return wanted
+
+
+def uncaptured(pods: list[dict[str, Any]], namespace: dict[str, Any] | None) -> list[str]:
+    """Names of the pods the node agent should capture but has not (yet) marked `redirection: enabled`."""
+    return [p["metadata"]["name"] for p in pods if capture_expected(p, namespace)
+            and (p["metadata"].get("annotations") or {}).get("ambient.istio.io/redirection") != "enabled"]
+
+
 def wait_captured(namespaces: list[str], timeout: float = 30.0) -> None:
-    """Wait for the node agents' `ambient.istio.io/redirection: enabled` on every pod of `namespaces`."""
+    """Wait for the node agents' `ambient.istio.io/redirection: enabled` on every pod of `namespaces` that
+    should be captured (a waypoint there, from the README tour, never is)."""
+    missing: list[str] = []
 
     def captured() -> bool:
+        missing.clear()
         for ns in namespaces:
-            for pod in get_json("pods", "-n", ns)["items"]:
-                annotations = pod["metadata"].get("annotations") or {}
-                if annotations.get("ambient.istio.io/redirection") != "enabled":
-                    return False
-        return True
+            namespace = get_json("namespace", ns)
+            missing.extend(f"{ns}/{name}" for name in uncaptured(get_json("pods", "-n", ns)["items"], namespace))
+        return not missing
 
     if not retry_until(captured, timeout):
-        raise DemoError("pods were not captured in time", hint="see `ambient logs node-agent --node node-1`")
+        raise DemoError(f"pods were not captured in time: {', '.join(missing)}",
+                        hint="see `ambient logs node-agent --node node-1`")
 
 
 def show_access_line(node: str, direction: str, *, errors: bool = False) -> None:
@@ -142,6 +172,73 @@ def show_access_line(node: str, direction: str, *, errors: bool = False) -> None
     line = latest()
     say(f"ztunnel on {node} ({direction}):")
     say(f"  {line.split(chr(9))[-1] if line else '(no access-log line yet)'}")
+
+
+def namespace_waypoint(namespace: str) -> str | None:
+    """The waypoint a namespace sends its traffic through (`istio.io/use-waypoint`), e.g. after the README
+    tour's `ambient waypoint apply -n demo --enroll-namespace`; None without one."""
+    labels = get_json("namespace", namespace)["metadata"].get("labels") or {}
+    name = labels.get(USE_WAYPOINT_LABEL)
+    return name if name and name != "none" else None
+
+
+def curl_exit(curl: str, url: str) -> int:
+    return ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", url,
+                   check=False, show=False, capture=True).returncode
+
+
+def l4_policy_step(curl: str, httpbin: str, url: str) -> None:
+    step("6. A DENY policy: the destination's proxy refuses the client's identity (L4: connection reset)")
+    ambient("apply", "-f", str(DENY_POLICY))
+    ambient("x", "authz", "check", "--from", f"client/{curl}", "--to", f"demo/{httpbin}:8080")
+    denied = retry_until(lambda: curl_exit(curl, url) == 56)
+    say(f"$ ambient exec -n client {curl} -- curl -sS -m 10 {url}")
+    say("curl: (56) Recv failure: Connection reset by peer   <- exit code 56" if denied
+        else "(the policy did not take effect in time)")
+    show_access_line("node-2", "inbound", errors=True)
+    ambient("delete", "-f", str(DENY_POLICY))
+    allowed = retry_until(lambda: curl_exit(curl, url) == 0)
+    say("policy removed: the request goes through again" if allowed else "policy removed, but traffic still fails")
+    if not (denied and allowed):
+        raise DemoError("the policy step did not behave as expected", hint="see `ambient logs ztunnel --node node-2`")
+
+
+def waypoint_policy(waypoint: str) -> dict[str, Any]:
+    """samples/deny-client.yaml for a namespace behind a waypoint: the same rule, bound to the waypoint
+    (`targetRefs`), because the destination's proxy now sees the waypoint's identity, not the client's."""
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "deny-client", "namespace": "demo"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": waypoint}],
+                     "action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["client"]}}]}]}}
+
+
+def waypoint_policy_step(curl: str, url: str, waypoint: str) -> None:
+    import tempfile
+
+    step(f"6. A DENY policy: namespace demo is behind waypoint {waypoint!r} (the README tour), so the waypoint "
+         "enforces it (L7: HTTP 403)")
+    say(f"(an L4 policy at httpbin's node proxy would now see the waypoint's identity, not the client's: the policy "
+        f"names the waypoint in targetRefs; `ambient waypoint delete -n demo {waypoint}` brings the L4 version of "
+        "this step back)")
+
+    def status_code() -> str:
+        return ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", "-o", "/dev/null", "-w",
+                       "%{http_code}", url, check=False, show=False, capture=True).stdout.strip()
+
+    with tempfile.NamedTemporaryFile("w", prefix="deny-client-waypoint-", suffix=".json") as f:
+        json.dump(waypoint_policy(waypoint), f)
+        f.flush()
+        ambient("apply", "-f", f.name)
+        denied = retry_until(lambda: status_code() == "403")
+        say(f"$ ambient exec -n client {curl} -- curl -sS -m 10 -o /dev/null -w '%{{http_code}}' {url}")
+        say("403   <- the waypoint denied the request" if denied else "(the policy did not take effect in time)")
+        ambient("delete", "-f", f.name)
+    allowed = retry_until(lambda: status_code() == "200")
+    say("policy removed: the request goes through again" if allowed else "policy removed, but traffic still fails")
+    if not (denied and allowed):
+        raise DemoError("the policy step did not behave as expected",
+                        hint=f"see `ambient logs pod/<{waypoint} pod> -n demo` and "
+                             "`ambient get authorizationpolicies -A`")
 
 
 def main() -> None:
@@ -180,24 +277,12 @@ def main() -> None:
         show_access_line("node-1", "outbound")
         show_access_line("node-2", "inbound")
 
-        step("6. A DENY policy: the destination's proxy refuses the client's identity (L4: connection reset)")
-        ambient("apply", "-f", str(DENY_POLICY))
         httpbin = pods["demo"]["metadata"]["name"]
-        ambient("x", "authz", "check", "--from", f"client/{curl}", "--to", f"demo/{httpbin}:8080")
-        denied = retry_until(lambda: ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", url,
-                                             check=False, show=False, capture=True).returncode == 56)
-        say(f"$ ambient exec -n client {curl} -- curl -sS -m 10 {url}")
-        say("curl: (56) Recv failure: Connection reset by peer   <- exit code 56" if denied
-            else "(the policy did not take effect in time)")
-        show_access_line("node-2", "inbound", errors=True)
-        ambient("delete", "-f", str(DENY_POLICY))
-        allowed = retry_until(lambda: ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", url,
-                                              check=False, show=False, capture=True).returncode == 0)
-        say("policy removed: the request goes through again" if allowed else "policy removed, but traffic still fails")
-        if not (denied and allowed):
-            raise DemoError(
-                "the policy step did not behave as expected", hint="see `ambient logs ztunnel --node node-2`"
-            )
+        waypoint = namespace_waypoint("demo")
+        if waypoint is None:
+            l4_policy_step(curl, httpbin, url)
+        else:
+            waypoint_policy_step(curl, url, waypoint)
 
         step("Explore")
         say(f"  . {ROOT}/.venv/bin/activate        # puts `ambient` on PATH")
