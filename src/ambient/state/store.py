@@ -13,6 +13,9 @@ Invariants:
   picture for as long as it holds it.
 - Listeners run synchronously after the swap, in the writer's context, each isolated: one that raises is
   logged and does not prevent the others or the store from progressing.
+- A view may hold a workload naming a policy it lacks (xDS delivers Addresses and Authorizations in separate
+  responses): `dangling_policy_refs()` lists them from an index of references (cheap when there are none).
+  New connections fail closed on such a view; live ones are re-evaluated through `state.consistency`.
 - Index values that can hold several members keep them in order of arrival; a lookup that wants one member
   returns the most recent (e.g. two workloads claiming the same IP: the last upsert wins, and removing it
   uncovers the earlier one rather than leaving a hole).
