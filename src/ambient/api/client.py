@@ -7,6 +7,10 @@ Invariants:
 - Requests are built by pure helpers shared by both clients (`_path`, `_Call`), so the two cannot drift.
 - A server error comes back as the same `ApiError` subclass, message and hint the server raised; a transport
   failure (no socket, connection reset, timeout) is an `UnavailableError` with a hint.
+- `Warning` response headers (e.g. `unknown field "spec.foo"` for a fieldValidation=Warn write) go to the
+  client's `on_warning` callback (default: logged), as client-go hands them to its warning handler.
+- `field_validation` (Strict, Warn, Ignore) is sent as the `fieldValidation` query parameter on writes;
+  None sends nothing, and the server's default (Strict) applies.
 - A watch never reconnects by itself: when the stream ends (timeout, server stop) iteration ends; when it
   breaks, `UnavailableError` is raised; a too-old version raises `GoneError`. The caller re-lists or resumes
   from the last version it saw (`WatchEvent.resource_version`, BOOKMARKs included).
@@ -15,8 +19,10 @@ Invariants:
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +36,7 @@ from ambient.api.errors import (
     ConflictError,
     GoneError,
     NotFoundError,
+    TooLargeError,
     UnavailableError,
     UnknownKindError,
     ValidationError,
@@ -48,10 +55,27 @@ _ERRORS_BY_REASON: dict[str, type[ApiError]] = {
         ConflictError,
         GoneError,
         UnavailableError,
+        TooLargeError,
     )
 }
 _ERRORS_BY_REASON["BadRequest"] = ValidationError  # malformed request (server's BadRequestError)
 _UNAVAILABLE_HINT = "is the cluster running? `ambient cluster list`"
+log = logging.getLogger("ambient.api.client")
+_WARNING = re.compile(r'^\s*\d{3}\s+\S+\s+"((?:[^"\\]|\\.)*)"')
+
+
+def parse_warning(value: str) -> str:
+    """The text of one `Warning` header (`299 - "text"`, RFC 7234); the raw value if it is not of that form."""
+    match = _WARNING.match(value)
+    if match is None:
+        return value.strip()
+    return re.sub(r"\\(.)", r"\1", match.group(1))
+
+
+def _log_warning(text: str) -> None:
+    log.warning("API server warning: %s", text)
+
+
 # Read timeout of a watch stream: the server sends a BOOKMARK every few seconds when idle, so a silent
 # stream this long means a dead connection.
 WATCH_IDLE_TIMEOUT = 60.0
@@ -186,18 +210,27 @@ def _transport(socket_path: str | os.PathLike[str] | None) -> tuple[str, str | N
     return "http://apiserver", target
 
 
+def _write_call(method: str, path: str, body: Any, field_validation: str | None,
+                content_type: str = "application/json") -> _Call:
+    params = {"fieldValidation": field_validation} if field_validation else {}
+    return _Call(method, path, params, body=body, content_type=content_type)
+
+
 class _Base:
-    def __init__(self, socket_path: str | os.PathLike[str] | None, timeout: float) -> None:
+    def __init__(self, socket_path: str | os.PathLike[str] | None, timeout: float,
+                 on_warning: Callable[[str], None] | None) -> None:
         self.base_url, self.uds = _transport(socket_path)
         self.timeout = timeout
         self.where = self.uds or self.base_url
+        self.on_warning = on_warning or _log_warning
 
     def _unavailable(self, exc: Exception) -> UnavailableError:
         what = type(exc).__name__
         return UnavailableError(f"cannot reach the API server at {self.where}: {what}: {exc}", hint=_UNAVAILABLE_HINT)
 
-    @staticmethod
-    def _decode(response: httpx.Response) -> Any:
+    def _decode(self, response: httpx.Response) -> Any:
+        for value in response.headers.get_list("warning"):
+            self.on_warning(parse_warning(value))
         if response.status_code >= 400:
             raise error_from_status(response.status_code, response.content)
         return response.json()
@@ -206,8 +239,9 @@ class _Base:
 class ApiClient(_Base):
     """Synchronous client (see module docstring)."""
 
-    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> None:
-        super().__init__(socket_path, timeout)
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
+                 on_warning: Callable[[str], None] | None = None) -> None:
+        super().__init__(socket_path, timeout, on_warning)
         transport = httpx.HTTPTransport(uds=self.uds) if self.uds else httpx.HTTPTransport()
         self._http = httpx.Client(transport=transport, base_url=self.base_url, timeout=timeout)
 
@@ -239,15 +273,16 @@ class ApiClient(_Base):
         except httpx.TransportError:
             return False
 
-    def create(self, obj: Obj) -> Obj:
-        return self._send(_Call("POST", _object_path(obj, item=False), body=obj))  # type: ignore[no-any-return]
+    def create(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
+        call = _write_call("POST", _object_path(obj, item=False), obj, field_validation)
+        return self._send(call)  # type: ignore[no-any-return]
 
-    def apply(self, obj: Obj) -> tuple[Obj, str]:
-        return self.apply_many([obj])[0]
+    def apply(self, obj: Obj, *, field_validation: str | None = None) -> tuple[Obj, str]:
+        return self.apply_many([obj], field_validation=field_validation)[0]
 
-    def apply_many(self, objs: list[Obj]) -> list[tuple[Obj, str]]:
+    def apply_many(self, objs: list[Obj], *, field_validation: str | None = None) -> list[tuple[Obj, str]]:
         """Create or update every object in ONE server transaction (all or nothing)."""
-        result = self._send(_Call("POST", "/ambient/v1/apply", body={"items": objs}))
+        result = self._send(_write_call("POST", "/ambient/v1/apply", {"items": objs}, field_validation))
         return [(item["object"], item["action"]) for item in result["items"]]
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj:
@@ -264,20 +299,17 @@ class ApiClient(_Base):
         result = self._send(_list_call(kind, namespace, label_selector, field_selector))
         return result["items"], result["metadata"]["resourceVersion"]
 
-    def update(self, obj: Obj) -> Obj:
-        return self._send(_Call("PUT", _object_path(obj), body=obj))  # type: ignore[no-any-return]
+    def update(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
+        return self._send(_write_call("PUT", _object_path(obj), obj, field_validation))  # type: ignore[no-any-return]
 
     def update_status(self, obj: Obj) -> Obj:
         return self._send(_Call("PUT", _object_path(obj, "status"), body=obj))  # type: ignore[no-any-return]
 
-    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False) -> Obj:
+    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False,
+              field_validation: str | None = None) -> Obj:
         info, ns = _item_ns(kind, namespace)
-        call = _Call(
-            "PATCH",
-            _path(info, ns, name, "status" if status else None),
-            body=patch,
-            content_type="application/merge-patch+json",
-        )
+        call = _write_call("PATCH", _path(info, ns, name, "status" if status else None), patch, field_validation,
+                           "application/merge-patch+json")
         return self._send(call)  # type: ignore[no-any-return]
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> Obj:
@@ -314,8 +346,9 @@ class AsyncApiClient(_Base):
     """The same API as `ApiClient`, as coroutines; `watch` is an async iterator (close it with
     `contextlib.aclosing` when leaving it early). Use as `async with AsyncApiClient(path) as api:`."""
 
-    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> None:
-        super().__init__(socket_path, timeout)
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
+                 on_warning: Callable[[str], None] | None = None) -> None:
+        super().__init__(socket_path, timeout, on_warning)
         transport = httpx.AsyncHTTPTransport(uds=self.uds) if self.uds else httpx.AsyncHTTPTransport()
         self._http = httpx.AsyncClient(transport=transport, base_url=self.base_url, timeout=timeout)
 
@@ -349,14 +382,15 @@ class AsyncApiClient(_Base):
         except httpx.TransportError:
             return False
 
-    async def create(self, obj: Obj) -> Obj:
-        return await self._send(_Call("POST", _object_path(obj, item=False), body=obj))  # type: ignore[no-any-return]
+    async def create(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
+        call = _write_call("POST", _object_path(obj, item=False), obj, field_validation)
+        return await self._send(call)  # type: ignore[no-any-return]
 
-    async def apply(self, obj: Obj) -> tuple[Obj, str]:
-        return (await self.apply_many([obj]))[0]
+    async def apply(self, obj: Obj, *, field_validation: str | None = None) -> tuple[Obj, str]:
+        return (await self.apply_many([obj], field_validation=field_validation))[0]
 
-    async def apply_many(self, objs: list[Obj]) -> list[tuple[Obj, str]]:
-        result = await self._send(_Call("POST", "/ambient/v1/apply", body={"items": objs}))
+    async def apply_many(self, objs: list[Obj], *, field_validation: str | None = None) -> list[tuple[Obj, str]]:
+        result = await self._send(_write_call("POST", "/ambient/v1/apply", {"items": objs}, field_validation))
         return [(item["object"], item["action"]) for item in result["items"]]
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> Obj:
@@ -373,20 +407,17 @@ class AsyncApiClient(_Base):
         result = await self._send(_list_call(kind, namespace, label_selector, field_selector))
         return result["items"], result["metadata"]["resourceVersion"]
 
-    async def update(self, obj: Obj) -> Obj:
-        return await self._send(_Call("PUT", _object_path(obj), body=obj))  # type: ignore[no-any-return]
+    async def update(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
+        return await self._send(_write_call("PUT", _object_path(obj), obj, field_validation))  # type: ignore[no-any-return]
 
     async def update_status(self, obj: Obj) -> Obj:
         return await self._send(_Call("PUT", _object_path(obj, "status"), body=obj))  # type: ignore[no-any-return]
 
-    async def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False) -> Obj:
+    async def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False,
+              field_validation: str | None = None) -> Obj:
         info, ns = _item_ns(kind, namespace)
-        call = _Call(
-            "PATCH",
-            _path(info, ns, name, "status" if status else None),
-            body=patch,
-            content_type="application/merge-patch+json",
-        )
+        call = _write_call("PATCH", _path(info, ns, name, "status" if status else None), patch, field_validation,
+                           "application/merge-patch+json")
         return await self._send(call)  # type: ignore[no-any-return]
 
     async def delete(self, kind: str, name: str, namespace: str | None = None) -> Obj:

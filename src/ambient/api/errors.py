@@ -28,6 +28,21 @@ class ValidationError(ApiError):
     reason = "Invalid"
 
 
+class UnknownFieldError(ValidationError):
+    """An object has fields its kind does not define (strict field validation). HTTP 400, reason BadRequest,
+    as the Kubernetes API server answers a `strict decoding error`."""
+
+    status = 400
+    reason = "BadRequest"
+
+
+class TooLargeError(ApiError):
+    """A request body or an object is over a size limit (HTTP 413, as Kubernetes)."""
+
+    status = 413
+    reason = "RequestEntityTooLarge"
+
+
 class NotFoundError(ApiError):
     status = 404
     reason = "NotFound"

@@ -7,6 +7,10 @@ Invariants:
   kinds) whose message names the source, the 1-based document index (and the List item when inside a
   `kind: List`), the object when known, and the field: `bad.yaml: document 2 (Pod "web"): spec...`.
 - Empty documents (`---` alone, comments only) are skipped, not errors.
+- Nesting deeper than `limits.MAX_NESTING_DEPTH`, or YAML alias bombs, are refused before anything
+  recursive runs on them (`limits.check_yaml_shape`).
+- `field_validation` is passed to `validate_object`: "Strict" (the default) refuses unknown fields here, with
+  the document named; None leaves them in the objects for the API server to judge (Warn/Ignore requests).
 - Objects come back in file order; each is the output of `validation.validate_object`.
 """
 
@@ -17,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ambient.api import limits
 from ambient.api.errors import ApiError, ValidationError
 from ambient.api.validation import validate_object
 
@@ -37,8 +42,13 @@ def _parse(text: str, source: str) -> list[Any]:
             doc = json.loads(text)
         except json.JSONDecodeError:
             pass  # may still be YAML flow style; the YAML parser reports the real error
+        except RecursionError:
+            raise ValidationError(f"{source}: {limits.too_deep_message()}", hint="flatten the document") from None
         else:
+            limits.check_depth(doc, source, limits.MAX_NESTING_DEPTH + 1)  # +1: a JSON list of documents
             return doc if isinstance(doc, list) else [doc]
+    # Before composing: libyaml composes recursively in C, and crashes on very deep nesting.
+    limits.check_yaml_shape(text, _Loader, source)
     try:
         return list(yaml.load_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
@@ -68,14 +78,14 @@ def _describe(doc: Any) -> str:
     return ""
 
 
-def _validate(doc: Any, where: str, namespace: str | None) -> dict[str, Any]:
+def _validate(doc: Any, where: str, namespace: str | None, field_validation: str | None) -> dict[str, Any]:
     if namespace is not None and isinstance(doc, dict):
         meta = doc.get("metadata")
         if isinstance(meta, dict) and not meta.get("namespace"):
             # Cluster-scoped kinds drop the namespace again in validate_object.
             doc = {**doc, "metadata": {**meta, "namespace": namespace}}
     try:
-        obj = validate_object(doc)
+        obj = validate_object(doc, field_validation=field_validation)
     except ApiError as exc:
         raise type(exc)(f"{where}{_describe(doc)}: {exc.message}", hint=exc.hint) from None
     found = obj["metadata"].get("namespace")
@@ -88,7 +98,9 @@ def _validate(doc: Any, where: str, namespace: str | None) -> dict[str, Any]:
     return obj
 
 
-def load_manifests(text: str, source: str = "-", *, namespace: str | None = None) -> list[dict[str, Any]]:
+def load_manifests(
+    text: str, source: str = "-", *, namespace: str | None = None, field_validation: str | None = "Strict"
+) -> list[dict[str, Any]]:
     """Parse and validate every object in `text` (YAML or JSON; `kind: List` is expanded).
 
     `namespace` (kubectl's `-n`) is given to namespaced objects that have none, and objects that name
@@ -107,7 +119,7 @@ def load_manifests(text: str, source: str = "-", *, namespace: str | None = None
                 raise ValidationError(f"{where} ({doc['kind']}): items: expected a list, got {type(items).__name__}")
             for item_index, item in enumerate(items):
                 if item is not None:
-                    objects.append(_validate(item, f"{where}, items[{item_index}]", namespace))
+                    objects.append(_validate(item, f"{where}, items[{item_index}]", namespace, field_validation))
             continue
-        objects.append(_validate(doc, where, namespace))
+        objects.append(_validate(doc, where, namespace, field_validation))
     return objects

@@ -13,6 +13,13 @@ Invariants:
   BOOKMARKs carrying the version it has scanned up to; a version older than the kept change log is answered
   with HTTP 410 (or an ERROR event if the log is compacted past a slow watcher mid-stream).
 - `<state dir>/apiserver.lock` (flock) guarantees one server per state dir; the socket is mode 0600.
+- Field validation as Kubernetes': create/update/patch and the batch apply honour `?fieldValidation=`
+  Strict (the default here: Kubernetes defaults to Warn, but a dropped field of a security policy can
+  fail open), Warn (unknown fields dropped, one `Warning: 299 - "unknown field ..."` header each) or Ignore
+  (dropped silently). Unknown fields are never stored. Status writes are not schema-checked.
+- Limits (`ambient.api.limits`): a body over `max_request_bytes` (3 MiB; batch apply: `max_apply_bytes`,
+  32 MiB) is answered 413 before it is read whole; an object over `max_object_bytes` (1.5 MiB) is refused
+  by the store with 413; a body nested deeper than 100 levels is answered 400 before any recursive code runs.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from ambient.api.errors import ApiError, NotFoundError, ValidationError
+from ambient.api import limits
+from ambient.api.errors import ApiError, NotFoundError, TooLargeError, UnknownKindError, ValidationError
 from ambient.api.kinds import KindInfo, by_plural, kind_for_manifest
 from ambient.api.selectors import compile_selectors
 from ambient.api.store import DEFAULT_MAX_EVENTS, Store
+from ambient.api.validation.schema import check_fields, parse_field_validation
 
 log = logging.getLogger("ambient.apiserver")
 
@@ -46,6 +56,9 @@ SOCKET_NAME = "apiserver.sock"
 LOCK_NAME = "apiserver.lock"
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _WATCH_BATCH = 1000
+# Warning headers of one response: at most this many (then one saying how many more), each cut to this length.
+_MAX_WARNINGS = 20
+_MAX_WARNING_CHARS = 512
 T = TypeVar("T")
 
 
@@ -73,6 +86,32 @@ def status_body(exc: ApiError) -> dict[str, Any]:
     if exc.hint:
         body["hint"] = exc.hint
     return body
+
+
+def warning_header(text: str) -> str:
+    """A `Warning` header value as Kubernetes sends it (RFC 7234: `299 - "text"`), ASCII, no control characters."""
+    text = text[:_MAX_WARNING_CHARS].encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _warning_headers(warnings: list[str]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for text in warnings[:_MAX_WARNINGS]:
+        headers.add("Warning", warning_header(text))
+    if len(warnings) > _MAX_WARNINGS:
+        headers.add("Warning", warning_header(f"{len(warnings) - _MAX_WARNINGS} more warnings not shown"))
+    return headers
+
+
+def _subject(info: KindInfo, obj: Any) -> str:
+    """How an object is named in field validation messages: `AuthorizationPolicy shop/allow-web`."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    name = str(meta.get("name") or "?")[:253]
+    if info.namespaced:
+        return f"{info.kind} {str(meta.get('namespace') or 'default')[:63]}/{name}"
+    return f"{info.kind} {name}"
 
 
 def _error_response(exc: ApiError) -> web.Response:
@@ -130,8 +169,14 @@ class ApiServer:
         *,
         max_events: int = DEFAULT_MAX_EVENTS,
         bookmark_interval: float = 5.0,
+        max_request_bytes: int = limits.MAX_REQUEST_BYTES,
+        max_apply_bytes: int = limits.MAX_APPLY_BYTES,
+        max_object_bytes: int = limits.MAX_OBJECT_BYTES,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.max_request_bytes = max_request_bytes
+        self.max_apply_bytes = max_apply_bytes
+        self.max_object_bytes = max_object_bytes
         self.socket_path = self.state_dir / SOCKET_NAME
         self.tcp = tcp
         self.tcp_port: int | None = None
@@ -161,8 +206,13 @@ class ApiServer:
                 hint="use a shorter state directory",
             )
         self._take_lock()
-        self._store = await self._run(Store, self.state_dir, max_events=self.max_events)
-        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors])
+        self._store = await self._run(
+            Store, self.state_dir, max_events=self.max_events, max_object_bytes=self.max_object_bytes
+        )
+        # Bodies are read by `_body` with the limit of their route; this is only a backstop.
+        app = web.Application(
+            client_max_size=max(self.max_request_bytes, self.max_apply_bytes), middlewares=[self._errors]
+        )
         app.router.add_get("/healthz", self._healthz)
         app.router.add_post("/ambient/v1/apply", self._apply)
         app.router.add_route("*", "/api/{tail:.*}", self._resource)
@@ -256,16 +306,34 @@ class ApiServer:
             return _error_response(ApiError(f"internal error: {exc}"))
 
     @staticmethod
-    async def _body(request: web.Request) -> Any:
-        raw = await request.read()
+    async def _body(request: web.Request, limit: int, max_depth: int = limits.MAX_NESTING_DEPTH) -> Any:
+        """The JSON body, refused with 413 past `limit` bytes (before reading it when Content-Length says
+        so) and with 400 when nested deeper than `max_depth`."""
+        too_large = TooLargeError(
+            f"Request entity too large: limit is {limit}",
+            hint="split the request, or raise the API server's limit (--max-request-bytes / --max-apply-bytes)",
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        raw = bytearray()
+        while chunk := await request.content.readany():
+            raw += chunk
+            if len(raw) > limit:
+                raise too_large
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:  # the C decoder's own depth guard, far below what a real body needs
+            raise BadRequestError(f"request body is {limits.too_deep_message(max_depth)}") from None
+        if limits.exceeds_depth(body, max_depth):
+            raise BadRequestError(f"request body is {limits.too_deep_message(max_depth)}")
+        return body
 
     @staticmethod
-    def _json(obj: Any, status: int = 200) -> web.Response:
-        return web.Response(status=status, text=_dumps(obj), content_type="application/json")
+    def _json(obj: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+        headers = _warning_headers(warnings) if warnings else None
+        return web.Response(status=status, text=_dumps(obj), content_type="application/json", headers=headers)
 
     # ------------------------------------------------------------------ handlers
 
@@ -273,12 +341,27 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def _apply(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        mode = parse_field_validation(request.query.get("fieldValidation"))
+        # +2: the objects sit in {"items": [...]}
+        body = await self._body(request, self.max_apply_bytes, limits.MAX_NESTING_DEPTH + 2)
         items = body.get("items") if isinstance(body, dict) else body
         if not isinstance(items, list):
             raise BadRequestError('apply expects {"items": [object, ...]}')
+        warnings: list[str] = []
+        for index, item in enumerate(items, 1):
+            if not isinstance(item, dict):
+                continue  # the store names it
+            try:
+                info = kind_for_manifest(item.get("apiVersion"), item.get("kind"))
+            except (UnknownKindError, TypeError, AttributeError):
+                continue  # the store names it
+            subject = _subject(info, item)
+            if mode == "Strict":
+                subject = f"item {index} ({subject})"
+            check_fields(item, info.kind, mode, warnings, subject)
         results = await self._write(self.store.apply_many, items)
-        return self._json({"items": [{"object": obj, "action": action} for obj, action in results]})
+        return self._json({"items": [{"object": obj, "action": action} for obj, action in results]},
+                          warnings=warnings)
 
     async def _resource(self, request: web.Request) -> web.StreamResponse:
         prefix = request.path.split("/", 2)[1]
@@ -291,25 +374,38 @@ class ApiServer:
                     return await self._watch(request, info, namespace)
                 return await self._list(info, namespace, q.get("labelSelector"), q.get("fieldSelector"))
             if method == "POST":
-                obj = self._target(info, namespace, None, await self._body(request))
-                return self._json(await self._write(self.store.create, obj), 201)
+                mode = parse_field_validation(q.get("fieldValidation"))
+                obj = self._target(info, namespace, None, await self._body(request, self.max_request_bytes))
+                warnings: list[str] = []
+                check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
+                return self._json(await self._write(self.store.create, obj), 201, warnings)
             raise web.HTTPMethodNotAllowed(method, ["GET", "POST"])
         ns = namespace if info.namespaced else None
         if method == "GET":
             return self._json(await self._run(self.store.get, info.kind, name, ns))
         if method == "PUT":
-            obj = self._target(info, namespace, name, await self._body(request))
+            mode = parse_field_validation(q.get("fieldValidation"))
+            obj = self._target(info, namespace, name, await self._body(request, self.max_request_bytes))
+            warnings = []
+            if sub != "status":  # status is owned by controllers and not schema-checked
+                check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
             op = self.store.update_status if sub == "status" else self.store.update
-            return self._json(await self._write(op, obj))
+            return self._json(await self._write(op, obj), warnings=warnings)
         if method == "PATCH":
             ctype = request.content_type
             if ctype not in ("application/merge-patch+json", "application/json"):
                 raise BadRequestError(
                     f'unsupported patch type "{ctype}"', hint="send a JSON merge patch (application/merge-patch+json)"
                 )
-            patch = await self._body(request)
+            mode = parse_field_validation(q.get("fieldValidation"))
+            patch = await self._body(request, self.max_request_bytes)
+            warnings = []
+            if sub != "status" and isinstance(patch, dict):
+                # The stored object has known fields only, so the merge result's unknown fields are the patch's.
+                subject = _subject(info, {"metadata": {"name": name, "namespace": ns}})
+                check_fields(patch, info.kind, mode, warnings, subject)
             result = await self._write(lambda: self.store.patch(info.kind, name, ns, patch, status=sub == "status"))
-            return self._json(result)
+            return self._json(result, warnings=warnings)
         if method == "DELETE" and sub is None:
             return self._json(await self._write(self.store.delete, info.kind, name, ns))
         raise web.HTTPMethodNotAllowed(method, ["GET", "PUT", "PATCH", "DELETE"])
@@ -443,9 +539,11 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     max_events: int = DEFAULT_MAX_EVENTS,
+    **limits_: int,
 ) -> None:
-    """Run an API server until `stop` is set (or forever)."""
-    server = ApiServer(state_dir, tcp, max_events=max_events)
+    """Run an API server until `stop` is set (or forever). `limits_`: max_request_bytes, max_apply_bytes,
+    max_object_bytes (see `ApiServer`)."""
+    server = ApiServer(state_dir, tcp, max_events=max_events, **limits_)
     await server.start()
     try:
         await (stop or asyncio.Event()).wait()
@@ -453,7 +551,9 @@ async def serve(
         await server.stop()
 
 
-def run_apiserver(state_dir: Path, tcp: str | None = None, *, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+def run_apiserver(
+    state_dir: Path, tcp: str | None = None, *, max_events: int = DEFAULT_MAX_EVENTS, **limits_: int
+) -> None:
     """Blocking entry point (`ambient apiserver`): serve until SIGTERM or SIGINT, then stop gracefully."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -465,7 +565,7 @@ def run_apiserver(state_dir: Path, tcp: str | None = None, *, max_events: int = 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(state_dir, tcp, stop=stop, max_events=max_events)
+        await serve(state_dir, tcp, stop=stop, max_events=max_events, **limits_)
 
     asyncio.run(main())
 
@@ -506,14 +606,29 @@ def serve_in_thread(state_dir: str | Path, tcp: str | None = None, **kwargs: Any
         thread.join(60)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ambient.api.server", description="ambient cluster API server")
     parser.add_argument("--state-dir", required=True, type=Path, help="cluster state directory")
     parser.add_argument("--tcp", default=None, help="also listen on HOST:PORT (e.g. 127.0.0.1:6443)")
     parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS, help="change log entries kept")
+    parser.add_argument("--max-request-bytes", type=_positive, default=limits.MAX_REQUEST_BYTES,
+                        help="largest create/update/patch body (413 past it)")
+    parser.add_argument("--max-apply-bytes", type=_positive, default=limits.MAX_APPLY_BYTES,
+                        help="largest batch apply body (413 past it)")
+    parser.add_argument("--max-object-bytes", type=_positive, default=limits.MAX_OBJECT_BYTES,
+                        help="largest object as stored, status included (413 past it)")
     args = parser.parse_args(argv)
     try:
-        run_apiserver(args.state_dir, args.tcp, max_events=args.max_events)
+        run_apiserver(args.state_dir, args.tcp, max_events=args.max_events,
+                      max_request_bytes=args.max_request_bytes, max_apply_bytes=args.max_apply_bytes,
+                      max_object_bytes=args.max_object_bytes)
     except ApiError as exc:
         print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         raise SystemExit(1) from None

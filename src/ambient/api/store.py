@@ -11,7 +11,8 @@ Invariants:
 - The change log keeps the last `max_events` versions; `meta.compacted` is the newest version removed, and
   a watch from an older version gets `GoneError` (HTTP 410: re-list, then watch again).
 - Objects are stored as compact JSON text keyed by (kind, namespace, name); cluster-scoped kinds use
-  namespace "". Server-owned fields (uid, creationTimestamp, resourceVersion, generation) are set here only.
+  namespace "". No object is stored larger than `max_object_bytes` (1.5 MiB, etcd's limit), status
+  included. Server-owned fields (uid, creationTimestamp, resourceVersion, generation) are set here only.
 - A namespaced object can only be created in an existing Namespace; deleting a Namespace deletes every
   object in it in the same transaction.
 
@@ -40,10 +41,13 @@ from ambient.api.errors import (
     ConflictError,
     GoneError,
     NotFoundError,
+    TooLargeError,
     ValidationError,
 )
 from ambient.api.kinds import KindInfo, kind_for_manifest, resolve_kind
+from ambient.api.limits import MAX_OBJECT_BYTES
 from ambient.api.selectors import compile_selectors
+from ambient.api.validation.schema import find_unknown_fields, strict_error
 
 Obj = dict[str, Any]
 
@@ -160,11 +164,13 @@ class Store:
         *,
         max_events: int = DEFAULT_MAX_EVENTS,
         validate: Callable[[Obj], Obj] | None = None,
+        max_object_bytes: int = MAX_OBJECT_BYTES,
     ) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             self.path = self.path / DB_FILENAME
         self.max_events = max_events
+        self.max_object_bytes = max_object_bytes
         self._validate = validate or _default_validate
         self._lock = threading.RLock()
         try:
@@ -247,6 +253,12 @@ class Store:
         meta["resourceVersion"] = str(rv)
         data = _dumps(obj)
         ns = meta.get("namespace", "") if info.namespaced else ""
+        if len(data) * 4 > self.max_object_bytes and len(size := data.encode()) > self.max_object_bytes:
+            raise TooLargeError(
+                f"{_describe(info, meta['name'], ns)}: request is too large: the object is {len(size)} bytes "
+                f"stored, the limit is {self.max_object_bytes}",
+                hint="keep large data out of objects (the API server's --max-object-bytes sets the limit)",
+            )
         tx.db.execute(
             "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, data) VALUES (?, ?, ?, ?, ?)",
             (info.kind, ns, meta["name"], rv, data),
@@ -387,6 +399,12 @@ class Store:
             if pmeta.get(field) not in (None, want):
                 raise ValidationError(f"metadata.{field}: cannot be changed by a patch (is {want!r})")
         self._check_rv(info, patch, current)
+        if not status:
+            # Unknown fields in the patch are refused (the API server has already removed them for Warn and
+            # Ignore requests); the stored object has none, except one written before strict validation.
+            unknown = find_unknown_fields(patch, info.kind)
+            if unknown:
+                raise strict_error(unknown, f"{info.kind} {namespace + '/' if namespace else ''}{name}")
         merged = merge_patch(current, patch)
         if status:
             new = copy.deepcopy(current)
@@ -396,6 +414,7 @@ class Store:
                 new["status"] = merged["status"]
             return self._replace(tx, info, current, new)
         merged["kind"], merged["apiVersion"] = info.kind, info.api_version
+        find_unknown_fields(merged, info.kind, prune=True)  # what an older version stored unchecked
         _, valid = self._checked(merged)
         valid.pop("status", None)
         if "status" in current:

@@ -4,6 +4,11 @@ Every command resolves kinds with `ambient.api.kinds.resolve_kind` (so po/pods/p
 all work), reads manifests with `ambient.api.manifests.load_manifests` (so the CLI and the server report
 the same validation messages), and talks to the API server only through `ApiClient`.
 Output follows kubectl: `pod/web created`, `pod "web" deleted`, "No resources found in default namespace."
+
+`apply` and `create -f` take kubectl's `--validate=strict|warn|ignore` (true = strict, false = ignore;
+strict by default): strict refuses unknown fields here already, naming the file, the document and the
+field; warn and ignore leave them to the API server (`fieldValidation=Warn|Ignore`), which drops them, and
+every `Warning` it answers is printed to stderr as kubectl does (`Warning: unknown field "spec.foo"`).
 """
 
 from __future__ import annotations
@@ -25,20 +30,48 @@ _MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 NamespaceOpt = Annotated[
     str | None, typer.Option("--namespace", "-n", help='Namespace (default "default").', show_default=False)
 ]
+ValidateOpt = Annotated[
+    str,
+    typer.Option(
+        "--validate",
+        help='Unknown fields: "strict" (or true) refuses the object, "warn" drops them with a warning, '
+        '"ignore" (or false) drops them silently.',
+        metavar="strict|warn|ignore",
+    ),
+]
+_VALIDATE_MODES = {"strict": "Strict", "true": "Strict", "warn": "Warn", "ignore": "Ignore", "false": "Ignore"}
 FilesOpt = Annotated[
     list[str] | None,
     typer.Option("--filename", "-f", help="Manifest file, directory of manifests, or - for stdin. Repeatable."),
 ]
 
 
-def read_manifest_paths(paths: list[str], namespace: str | None = None) -> list[dict[str, Any]]:
-    """Load and validate the objects of files, directories (their *.yaml/*.yml/*.json) and stdin (-)."""
+def field_validation_mode(value: str) -> str:
+    """kubectl's --validate value as the API's fieldValidation (Strict, Warn, Ignore)."""
+    mode = _VALIDATE_MODES.get(value.strip().lower())
+    if mode is None:
+        raise UsageError(f'invalid --validate value "{value}"', hint="use one of: strict, warn, ignore, true, false")
+    return mode
+
+
+def print_warning(text: str) -> None:
+    """How the CLI shows an API server warning (kubectl's format)."""
+    sys.stderr.write(f"Warning: {text}\n")
+
+
+def read_manifest_paths(
+    paths: list[str], namespace: str | None = None, field_validation: str | None = "Strict"
+) -> list[dict[str, Any]]:
+    """Load and validate the objects of files, directories (their *.yaml/*.yml/*.json) and stdin (-).
+
+    `field_validation` as `load_manifests`: "Strict" refuses unknown fields, None leaves them to the server."""
     from ambient.api.manifests import load_manifests
 
     objects: list[dict[str, Any]] = []
     for raw in paths:
         if raw == "-":
-            objects += load_manifests(sys.stdin.read(), "STDIN", namespace=namespace)
+            objects += load_manifests(sys.stdin.read(), "STDIN", namespace=namespace,
+                                      field_validation=field_validation)
             continue
         path = Path(raw)
         if path.is_dir():
@@ -54,7 +87,7 @@ def read_manifest_paths(paths: list[str], namespace: str | None = None) -> list[
                 text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise CliError(f'cannot read "{file}": {exc}') from None
-            objects += load_manifests(text, str(file), namespace=namespace)
+            objects += load_manifests(text, str(file), namespace=namespace, field_validation=field_validation)
     return objects
 
 
@@ -100,6 +133,7 @@ def apply(
     namespace: NamespaceOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only validate and print what would be applied.")]
     = False,
+    validate: ValidateOpt = "strict",
 ) -> None:
     """Create or update objects from manifests (YAML or JSON; one request for all of them).
 
@@ -109,7 +143,15 @@ def apply(
 
     if not filename:
         raise UsageError("must specify -f FILE (a file, a directory, or - for stdin)")
-    objects = read_manifest_paths(filename, namespace)
+    mode = field_validation_mode(validate)
+    # Strict: refused here already, with the file and the document named. Warn/Ignore: unknown fields are
+    # the server's to drop and warn about (a dry run does the same here).
+    if mode == "Strict":
+        objects = read_manifest_paths(filename, namespace, "Strict")
+    elif dry_run:
+        objects = _dry_run_objects(filename, namespace, mode)
+    else:
+        objects = read_manifest_paths(filename, namespace, None)
     if not objects:
         raise CliError("no objects passed to apply", hint="the manifests contain only empty documents")
     if dry_run:
@@ -118,18 +160,34 @@ def apply(
             typer.echo(f"{display_name(info, name)} validated (dry run)")
         return
     client = state(ctx).client()
+    client.on_warning = print_warning
     if len(objects) >= 200 and sys.stderr.isatty():
         from rich.console import Console
 
         with Console(stderr=True).status(f"applying {len(objects)} objects"):
-            results = client.apply_many(objects)
+            results = client.apply_many(objects, field_validation=mode)
     else:
-        results = client.apply_many(objects)
+        results = client.apply_many(objects, field_validation=mode)
     lines = []
     for obj, action in results:
         info, name, _ = object_ref(obj)
         lines.append(f"{display_name(info, name)} {action}\n")
     sys.stdout.write("".join(lines))
+
+
+def _dry_run_objects(paths: list[str], namespace: str | None, mode: str) -> list[dict[str, Any]]:
+    """A Warn/Ignore dry run: drop unknown fields locally, printing the warnings the server would send."""
+    from ambient.api.kinds import resolve_kind
+    from ambient.api.validation import check_fields
+
+    objects = read_manifest_paths(paths, namespace, None)
+    warnings: list[str] = []
+    for obj in objects:
+        info, name, ns = object_ref(obj)
+        check_fields(obj, resolve_kind(obj["kind"]).kind, mode, warnings, f"{info.kind} {ns + '/' if ns else ''}{name}")
+    for text in warnings:
+        print_warning(text)
+    return objects
 
 
 # ----------------------------------------------------------------------------- get
@@ -274,7 +332,48 @@ def delete(
 
 # ----------------------------------------------------------------------------- create, version
 
-create_app = typer.Typer(help="Create an object from the command line.", no_args_is_help=True)
+create_app = typer.Typer(help="Create objects from manifests (-f FILE), or one from the command line.",
+                         no_args_is_help=True)
+
+
+@create_app.callback(invoke_without_command=True)
+def create(
+    ctx: typer.Context,
+    filename: FilesOpt = None,
+    namespace: NamespaceOpt = None,
+    validate: ValidateOpt = "strict",
+) -> None:
+    """Create objects from manifests, one request each (like kubectl create -f; existing ones are errors)."""
+    from ambient.api.errors import AlreadyExistsError
+    from ambient.cli.output import error
+    from ambient.cli.printers import display_name
+
+    if ctx.invoked_subcommand is not None:
+        if filename:
+            raise UsageError("give either -f FILE or a subcommand, not both")
+        return
+    if not filename:
+        raise UsageError("must specify -f FILE (a file, a directory, or - for stdin), or a subcommand",
+                         hint="e.g. `ambient create -f app.yaml` or `ambient create namespace shop`")
+    mode = field_validation_mode(validate)
+    objects = read_manifest_paths(filename, namespace, "Strict" if mode == "Strict" else None)
+    if not objects:
+        raise CliError("no objects passed to create", hint="the manifests contain only empty documents")
+    client = state(ctx).client()
+    client.on_warning = print_warning
+    failures: list[str] = []
+    for obj in objects:
+        try:
+            created = client.create(obj, field_validation=mode)
+        except AlreadyExistsError as exc:
+            failures.append(exc.message)
+            continue
+        info, name, _ = object_ref(created)
+        typer.echo(f"{display_name(info, name)} created")
+    if failures:
+        for message in failures[:-1]:
+            error(message)
+        raise CliError(failures[-1])
 
 
 @create_app.command("namespace")

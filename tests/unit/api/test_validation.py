@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ambient.api.errors import UnknownKindError, ValidationError
+from ambient.api.errors import UnknownFieldError, UnknownKindError, ValidationError
 from ambient.api.validation import validate_object
 
 
@@ -78,9 +78,21 @@ def test_cluster_scoped_kinds_lose_a_namespace() -> None:
     assert "namespace" not in out["metadata"]
 
 
-def test_unknown_extra_fields_are_kept() -> None:
-    out = validate_object(pod(someFutureField={"x": 1}))
-    assert out["spec"]["someFutureField"] == {"x": 1}
+def test_unknown_fields_are_refused_by_default() -> None:
+    with pytest.raises(UnknownFieldError) as info:
+        validate_object(pod(someFutureField={"x": 1}))
+    assert info.value.message == 'strict decoding error: unknown field "spec.someFutureField"'
+    assert info.value.status == 400
+
+
+def test_unknown_fields_warn_ignore_and_left_to_the_server() -> None:
+    warnings: list[str] = []
+    obj = pod(someFutureField={"x": 1})
+    out = validate_object(obj, field_validation="Warn", warnings=warnings)
+    assert "someFutureField" not in out["spec"] and "someFutureField" in obj["spec"]  # input untouched
+    assert warnings == ['unknown field "spec.someFutureField"']
+    assert "someFutureField" not in validate_object(obj, field_validation="Ignore")["spec"]
+    assert validate_object(obj, field_validation=None)["spec"]["someFutureField"] == {"x": 1}
 
 
 def test_missing_api_version_is_filled() -> None:

@@ -42,14 +42,14 @@ class FakeClient:
         self.objects[self._key(obj["kind"], meta["name"], meta.get("namespace"))] = obj
         return copy.deepcopy(obj)
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
         self.calls.append("create")
         meta = obj["metadata"]
         if self._key(obj["kind"], meta["name"], meta.get("namespace")) in self.objects:
             raise AlreadyExistsError(f'{resolve_kind(obj["kind"]).plural} "{meta["name"]}" already exists')
         return self._store(obj)
 
-    def apply_many(self, objs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    def apply_many(self, objs: list[dict[str, Any]], **_: Any) -> list[tuple[dict[str, Any], str]]:
         self.calls.append(f"apply_many:{len(objs)}")
         out = []
         for obj in objs:

@@ -9,7 +9,10 @@ Invariants:
 - The input is never modified; the result is a deep copy.
 - Every error is a `ValidationError` whose message starts with the field path
   (`spec.containers[0].ports[0].containerPort: expected an integer 1-65535, got "http"`).
-- Unknown extra fields are accepted and kept (like kubectl's non-strict mode); known fields with the
+- Unknown fields (not in the kind's schema, `schema.SCHEMAS`) are refused by default with
+  `UnknownFieldError` (Kubernetes' strict field validation: `strict decoding error: unknown field
+  "spec.foo"`); with `field_validation="Warn"`/`"Ignore"` they are removed from the copy (and reported in
+  `warnings`); with None they are not looked at (left for the API server to judge). Known fields with the
   wrong type are errors. `status` is not validated (controllers own it).
 - Normalising twice gives the same result (idempotent), so "apply" can compare stored and new objects.
 - Hand-written checks (no pydantic) because this runs on every write: 1,000 objects take a few ms.
@@ -26,6 +29,7 @@ from typing import Any
 
 from ambient.api.errors import ValidationError
 from ambient.api.kinds import kind_for_manifest
+from ambient.api.limits import exceeds_depth, too_deep_message
 from ambient.api.validation.core_kinds import (
     _check_deployment,
     _check_endpoints,
@@ -44,8 +48,11 @@ from ambient.api.validation.mesh_kinds import (
     _check_peer_authentication,
 )
 from ambient.api.validation.metadata import _check_metadata, check_name
+from ambient.api.validation.schema import FIELD_VALIDATION_MODES, check_fields, find_unknown_fields
 
-__all__ = ["check_name", "check_pod_spec", "validate_object"]
+__all__ = [
+    "FIELD_VALIDATION_MODES", "check_fields", "check_name", "check_pod_spec", "find_unknown_fields", "validate_object",
+]
 
 _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
     "Namespace": _check_namespace,
@@ -65,10 +72,13 @@ _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
 _NO_SPEC_KINDS = frozenset({"ServiceAccount", "Endpoints"})
 
 
-def validate_object(obj: dict[str, Any]) -> dict[str, Any]:
+def validate_object(
+    obj: dict[str, Any], *, field_validation: str | None = "Strict", warnings: list[str] | None = None
+) -> dict[str, Any]:
     """Check `obj` and return a normalised deep copy (defaults filled). Raises `ValidationError`.
 
-    Also raises `UnknownKindError` (from `kind_for_manifest`) for a missing or unknown kind.
+    Also raises `UnknownKindError` (from `kind_for_manifest`) for a missing or unknown kind, and
+    `UnknownFieldError` for unknown fields when `field_validation` is "Strict" (see the module docstring).
     """
     if not isinstance(obj, dict):
         raise ValidationError(f"expected an object (a mapping with apiVersion, kind, metadata), got {_show(obj)}")
@@ -79,8 +89,12 @@ def validate_object(obj: dict[str, Any]) -> dict[str, Any]:
     if kind is not None and not isinstance(kind, str):
         raise _fail("kind", "a string", kind)
     info = kind_for_manifest(api_version, kind)
+    if exceeds_depth(obj):  # before anything recursive (deepcopy, the walks)
+        raise ValidationError(too_deep_message(), hint="flatten the object")
     out = copy.deepcopy(obj)
     out["apiVersion"] = info.api_version
+    if field_validation is not None:
+        check_fields(out, info.kind, field_validation, warnings)
     _check_metadata(out, info)
     raw_spec = out.get("spec")
     if raw_spec is None:

@@ -190,7 +190,7 @@ def _check_service(spec: Obj, obj: Obj) -> None:
     if cluster_ip and cluster_ip != "None":
         _check_ip(cluster_ip, "spec.clusterIP")
     _str_list(spec, "clusterIPs", "spec", check=lambda v, p: None if v == "None" else _check_ip(v, p))
-    _str_map(spec, "selector", "spec")
+    _check_labels(spec, "spec", "selector")
     seen: set[str] = set()
     for pp, port in _items(spec, "ports", "spec"):
         number = _int(port, "port", pp, lo=1, hi=65535, required=True)

@@ -7,7 +7,8 @@ Invariants:
 - Names follow Kubernetes: DNS-1123 subdomains (<= 253) except the kinds in `_LABEL_NAME_KINDS`, which need
   DNS-1123 labels (<= 63; Service names are DNS-1035 labels, starting with a letter).
 - A namespaced object without a namespace gets `default`; a cluster-scoped object loses a namespace given by
-  mistake. Labels/annotations are never rewritten, only checked.
+  mistake. Labels/annotations are never rewritten, only checked; all annotations of one object (or template)
+  together hold at most `limits.MAX_ANNOTATIONS_BYTES` (256 KiB, as Kubernetes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from typing import Any
 
 from ambient.api.kinds import KindInfo
+from ambient.api.limits import MAX_ANNOTATIONS_BYTES
 from ambient.api.validation.fields import Obj, _enum, _fail, _int, _items, _map, _str, _str_list, _str_map
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -41,12 +43,14 @@ def _check_label_key(key: Any, path: str) -> None:
         )
 
 
-def _check_labels(meta: Obj, path: str) -> None:
-    labels = _map(meta, "labels", path)
+def _check_labels(meta: Obj, path: str, key_name: str = "labels") -> None:
+    """Label keys and values of `meta[key_name]` (labels, or a selector's matchLabels: Kubernetes checks
+    selectors with the same rules, so a selector can never name a label no object could carry)."""
+    labels = _map(meta, key_name, path)
     if labels is None:
         return
     for key, value in labels.items():
-        p = f"{path}.labels.{key}"
+        p = f"{path}.{key_name}.{key}"
         _check_label_key(key, p)
         if not isinstance(value, str):
             raise _fail(p, "a string (quote numbers and booleans in YAML)", value)
@@ -61,11 +65,17 @@ def _check_annotations(meta: Obj, path: str) -> None:
     annotations = _map(meta, "annotations", path)
     if annotations is None:
         return
+    total = 0
     for key, value in annotations.items():
         p = f"{path}.annotations.{key}"
         _check_label_key(key, p)
         if not isinstance(value, str):
             raise _fail(p, "a string (quote numbers and booleans in YAML)", value)
+        total += len(key.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass"))
+    if total > MAX_ANNOTATIONS_BYTES:
+        # Kubernetes' wording and limit (TotalAnnotationSizeLimitB), keys and values of all annotations together.
+        raise _fail(f"{path}.annotations", f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes "
+                    f"(has {total})", hint="keep large data out of annotations")
 
 
 def check_name(name: Any, path: str, *, subdomain: bool = True, dns1035: bool = False) -> str:
@@ -126,6 +136,7 @@ def _label_selector(d: Obj, key: str, path: str, *, required: bool = False) -> O
     if sel is None:
         return None
     p = f"{path}.{key}"
+    _check_labels(sel, p, "matchLabels")
     labels = _str_map(sel, "matchLabels", p)
     for ep, expr in _items(sel, "matchExpressions", p):
         _str(expr, "key", ep, required=True)
