@@ -154,6 +154,6 @@ def test_zds_readd_is_idempotent_and_delete_drains_pod(bed: Testbed) -> None:
     while "proxy for pod h10/client drained and stopped" not in p1.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     log = p1.log_text()
-    assert "deleted: draining its proxy" in log and "drained and stopped" in log
+    assert "removed from the mesh or deleted: draining its proxy" in log and "drained and stopped" in log
     with pytest.raises(OSError):
         _open(bed)  # nobody listens on 15001 in the pod any more: refused

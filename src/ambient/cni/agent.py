@@ -295,7 +295,10 @@ class NodeAgent:
             t = self.tracked.pop(uid, None)
             if t is None:
                 return
-            log.info("pod %s: removing from the mesh (%s)", t.ref, reason)
+            if pod_exists:  # only leaves the mesh (un-labelled, finished, ...): the pod keeps running
+                log.info("pod %s: removed from the mesh (%s): releasing its capture", t.ref, reason)
+            else:
+                log.info("pod %s: deleted: releasing its capture", t.ref)
             if t.ip:
                 with contextlib.suppress(AmbientError):
                     await self._rules(probe_ipset_remove, t.ip, t.uid, netns=self.settings.node_netns)

@@ -7,7 +7,9 @@ ZDS callbacks (H5's `ZdsClient`):
   agent's NACK. Re-Add with the same netns inode never reaches us (ZDS state answers it); a different
   inode arrives with `replace`: the old proxy drains, the new one starts.
 - `on_del(uid)` and `on_snapshot_done(keep)` (pods not kept): that pod's proxy drains (listeners closed
-  at once, connections until the deadline), then its thread and fd are released.
+  at once, connections until the deadline), then its thread and fd are released. A Del carries only the
+  uid (as Istio's ZDS `DelWorkload`): the pod was deleted OR only left the mesh (its namespace or pod
+  label changed), so our log says "removed from the mesh or deleted"; the node agent's log says which.
 Port 15053 (DNS) is reserved for the DNS proxy and not opened yet.
 
 Invariants: each pod proxy is a task of the manager's TaskGroup; the netns fd and thread live exactly as
@@ -82,15 +84,16 @@ class InpodManager:
     async def on_del(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
         if pod is None:
-            log.info("pod %s deleted: not served by this proxy", uid)
+            log.info("pod uid %s removed from the mesh or deleted: not served by this proxy", uid)
             return
-        log.info("pod %s (uid %s) deleted: draining its proxy (deadline %.1fs)",
+        # ZDS does not say why (deleted, or un-enrolled while running): the node agent logs the reason.
+        log.info("pod %s (uid %s) removed from the mesh or deleted: draining its proxy (deadline %.1fs)",
                  pod.scope.label, uid, pod.drain.deadline)
         pod.drain.start()
 
     async def on_snapshot_done(self, keep: frozenset[str]) -> None:
         for uid in [u for u in self.pods if u not in keep]:
-            log.info("pod %s not in the node agent's snapshot", uid)
+            log.info("pod uid %s not in the node agent's snapshot (removed from the mesh or deleted)", uid)
             await self.on_del(uid)
 
     def drain_all(self) -> list[asyncio.Task[None]]:

@@ -277,7 +277,8 @@ async def test_proxy_absent_pending_then_enabled_when_it_connects(h: Harness) ->
             t.cancel()
 
 
-async def test_label_enroll_and_unenroll_running_pod(h: Harness) -> None:
+async def test_label_enroll_and_unenroll_running_pod(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="ambient.cni.agent")
     h.api.add_pod("u2", "app", ns="plain", ip="10.0.0.7")
     h.netns("u2")
     async with running(h) as (agent, _):
@@ -292,9 +293,13 @@ async def test_label_enroll_and_unenroll_running_pod(h: Harness) -> None:
         assert h.events == ["ipset-del 10.0.0.7", "remove-rules u2", "proxy-del u2", "annotate app None"]
         assert "u2" not in agent.tracked and h.rules.ipset == {}
         assert P.ANNOTATION_STATUS not in h.api.pods["u2"]["metadata"]["annotations"]
+        # The log says what happened: the pod left the mesh (it was not deleted).
+        assert "pod plain/app: removed from the mesh (pod label istio.io/dataplane-mode=none)" in caplog.text
+        assert "deleted" not in caplog.text
 
 
-async def test_pod_deleted_is_released(h: Harness) -> None:
+async def test_pod_deleted_is_released(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="ambient.cni.agent")
     h.api.add_pod("u1", "web")
     async with running(h) as (agent, _):
         await h.cmdadd("u1", "web")
@@ -302,6 +307,7 @@ async def test_pod_deleted_is_released(h: Harness) -> None:
         h.api.changed()
         await until(lambda: "u1" in h.proxy_dels, "Del")
         assert "u1" not in agent.tracked and not h.rules.ipset
+        assert "pod mesh/web: deleted: releasing its capture" in caplog.text
 
 
 async def test_restart_adopts_verifies_repairs_and_replays_snapshot(h: Harness) -> None:
