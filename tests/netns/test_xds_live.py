@@ -148,8 +148,8 @@ def test_allow_applied_mid_request_lets_every_in_flight_request_finish(mesh: Mes
     try:
         results = []
         for round_, name in enumerate(("allow-curl", "allow-curl-too")):
-            procs = mesh.curls(20, "/delay/3")
-            wait_for(lambda: mesh.inbound() >= 20, 10, "20 requests in flight at the web pod's proxy", interval=0.05)
+            procs = mesh.curls(20, "/delay/5")  # long enough for all 20 to be open together on a loaded host
+            wait_for(lambda: mesh.inbound() >= 20, 20, "20 requests in flight at the web pod's proxy", interval=0.05)
             key = mesh.apply(name, "ALLOW", {"namespaces": ["client"]})
             mesh.wait_policy(key)
             got = _finish(procs)
@@ -165,7 +165,7 @@ def test_allow_applied_mid_request_lets_every_in_flight_request_finish(mesh: Mes
 def test_deny_applied_mid_request_cuts_within_two_seconds(mesh: Mesh) -> None:
     try:
         procs = mesh.curls(5, "/delay/15", max_time=30)
-        wait_for(lambda: mesh.inbound() >= 5, 10, "5 requests in flight", interval=0.05)
+        wait_for(lambda: mesh.inbound() >= 5, 20, "5 requests in flight", interval=0.05)
         t_apply = time.time()
         mesh.apply("deny-curl", "DENY", {"namespaces": ["client"]})
         got = _finish(procs)

@@ -163,6 +163,27 @@ def client_address(peer: str) -> str:
     return address if slash and address else peer
 
 
+def _any_address_socket(port: int) -> socket.socket:
+    """A listening-ready TCP socket on every address: IPv6 dual-stack, or IPv4 only where IPv6 is off."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        return sock
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+    return sock
+
+
 class _Side(asyncio.Protocol):
     """One socket of a spliced pair; forwards what it reads to the other side, with flow control."""
 
@@ -270,10 +291,17 @@ class AdmissionFront:
                 ENV_PREFIX, self.limits.max_connections,
                 self.limits.max_connections * FDS_PER_CONNECTION + FD_RESERVE, soft, self.max_connections,
             )
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Conn(self).client, self.host, self.port, backlog=ACCEPT_BACKLOG, reuse_address=True,
-            start_serving=False,
-        )
+        loop = asyncio.get_running_loop()
+        if self.host is None:  # every address: one dual-stack socket (IPv4 clients appear as ::ffff:a.b.c.d)
+            self._server = await loop.create_server(
+                lambda: _Conn(self).client, sock=_any_address_socket(self.port), backlog=ACCEPT_BACKLOG,
+                start_serving=False,
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: _Conn(self).client, self.host, self.port, backlog=ACCEPT_BACKLOG, reuse_address=True,
+                start_serving=False,
+            )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def run(self) -> None:
