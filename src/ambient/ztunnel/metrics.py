@@ -4,18 +4,24 @@ Counters: istio_tcp_connections_opened_total, istio_tcp_connections_closed_total
 istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total; and the node proxy's own
 ambient_ztunnel_inbound_refused_total{protocol, reason}: inbound connections (protocol "tcp") and HBONE
 streams ("hbone") refused by admission control (ambient.ztunnel.admission.REASONS), beside the gauge
-ambient_ztunnel_inbound_active (inbound connections + streams admitted and not yet closed). Every label of
+ambient_ztunnel_inbound_active (inbound connections + streams admitted and not yet closed); and
+ambient_hbone_refusals_total{reason} (the HBONE listener's handshake and HTTP/2 limits,
+ambient.hbone.refusals.REASONS). Every label of
 `LABELS` is always set; empty values become "unknown". Invariant: no label carries a per-connection or
 per-port value (addresses, ports, trace ids), so the number of series is bounded by workloads x services x flags.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from ambient.hbone import refusals
 
 # ztunnel and Envoy export no `<counter>_created` series; prometheus_client's switch is process-wide.
 disable_created_metrics()
@@ -68,6 +74,19 @@ class ConnectionLabels:
         return ConnectionLabels(tuple(values))
 
 
+class HboneRefusals(Collector):
+    """ambient_hbone_refusals_total{reason}: what the HBONE listener refused or cut (pending-handshake
+    caps, handshake timeouts and failures, identity, the header-block cap, HTTP/2 floods), read at scrape
+    time from the process-wide counts of `ambient.hbone.refusals`; every reason is always exported."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("ambient_hbone_refusals",
+                                     "HBONE connections refused or closed by a limit, by reason", labels=["reason"])
+        for reason, n in refusals.snapshot().items():
+            family.add_metric([reason], n)
+        yield family
+
+
 class ProxyMetrics:
     """The proxy's metric families in a registry of their own (one per proxy process)."""
 
@@ -99,6 +118,7 @@ class ProxyMetrics:
         # `labels()` would first have been called, so the exposition is unchanged; the label sets are
         # bounded (workloads, never addresses or ports), and so are these caches.
         self._children: dict[int, dict[tuple[str, ...], Any]] = {}
+        self.registry.register(HboneRefusals())
 
     def _child(self, family: Counter, values: tuple[str, ...]) -> Any:
         cache = self._children.setdefault(id(family), {})
