@@ -108,6 +108,10 @@ def test_a_flooding_pod_is_capped_and_the_ca_keeps_serving_the_node(
     pod = wait_ready(api, "attacker", "flood", timeout=60)
     pod_ip = pod["status"]["podIP"]
     limits = ServingLimits()  # the cluster runs with the defaults
+    # The node proxy's xDS stream came through the front; proxy-status shows its real address.
+    node_ip = layout.node("node-1").ip
+    wait_for(lambda: [p for p in proxy_status.fetch(state)["proxies"] if p["peer"].startswith(f"{node_ip}:")],
+             30, "the node proxy's xDS stream, with its own address as peer")
     before: dict[str, Any] = proxy_status.fetch(state)["connections"]
 
     flooder = subprocess.Popen(
