@@ -230,3 +230,33 @@ async def test_total_cap_refuses_new_connections_from_any_source(cluster: Path) 
             assert stats["refused"] == {"max_connections": 5} and stats["max_connections"] == 40, stats
         await eventually(lambda: cp.connections()["open"] == 0, 10)
         await fetch_own_cert(cp)  # capacity is back once the silent ones were closed
+
+
+async def test_idle_connection_after_the_handshake_gets_goaway(cluster: Path) -> None:
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    with control_plane(cluster, idle_timeout="2", handshake_timeout="10") as cp:
+        ctx = ssl.create_default_context(cadata=(cp.state_dir / "ca" / "root-cert.pem").read_text())
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", cp.port, ssl=ctx,
+                                                       server_hostname="istiod.istio-system.svc")
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        started = time.monotonic()
+        events: list[Any] = []
+        while not any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+            data = await asyncio.wait_for(reader.read(65536), 15)
+            assert data, f"closed without GOAWAY after {time.monotonic() - started:.1f}s; events {events}"
+            events += conn.receive_data(data)
+            writer.write(conn.data_to_send())
+        elapsed = time.monotonic() - started
+        settings = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged))
+        assert settings.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 128
+        assert 1.5 <= elapsed <= 8.0, f"GOAWAY after {elapsed:.1f}s for an idle timeout of 2 s"
+        writer.close()
