@@ -4,8 +4,9 @@ One 2-node cluster ("sup1") for the module: a server in the enrolled namespace "
 Service web, a meshed client in "client" on node-1. Each test kills one component with SIGKILL and measures
 how long until what it serves works again, with no manual step: meshed traffic (node proxy), capture of a new
 pod (node agent), a policy change reaching the proxies (control plane); the restart is counted in
-`ambient cluster status`. A second cluster ("sup2") checks that a crashed supervisor is replaced by
-`ambient cluster supervise` and that `cluster delete` still finds everything.
+`ambient cluster status`. A second cluster ("sup2") checks that a killed supervisor is replaced by its
+watchdog (and the watchdog by the supervisor), that both killed at once are brought back by
+`ambient cluster supervise`, and that `cluster delete` still finds everything.
 
 The targets are 3 s (node proxy) and 5 s (node agent, control plane); the asserted bounds are twice that,
 because this machine is shared with other test runs; the measured figures are printed.
@@ -220,9 +221,25 @@ def test_a_crashed_supervisor_is_replaced_and_delete_finds_everything(tmp_path: 
         layout = lifecycle.create_cluster(CLUSTER2, 1, state).layout
         sup_pid = processes.supervisor_pid(layout)
         assert sup_pid is not None
+        # Killed alone, the supervisor is replaced by its watchdog, and the new one does the job.
+        os.kill(sup_pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_for(lambda: processes.supervisor_pid(layout) not in (None, sup_pid), 10, "a new supervisor")
+        print(f"\nsupervisor killed: a new one after {time.monotonic() - t0:.2f}s")
+        dns = processes.running_components(layout)["dns"]
+        os.kill(dns, signal.SIGKILL)
+        wait_for(lambda: processes.running_components(layout).get("dns", dns) != dns, 10, "dns restarted")
+        # The watchdog killed alone is restarted by the supervisor.
+        _kill(layout, processes.WATCHDOG)
+        wait_for(lambda: _status_rows(layout)[processes.WATCHDOG][3] == "1" and
+                 _status_rows(layout)[processes.WATCHDOG][1] == "running", 10, "the watchdog restarted")
+        # Both killed at once: nobody restarts anything; the CLI says so.
+        sup_pid = processes.supervisor_pid(layout)
+        assert sup_pid is not None
+        watchdog = processes.running_components(layout)[processes.WATCHDOG]
+        os.kill(watchdog, signal.SIGKILL)
         os.kill(sup_pid, signal.SIGKILL)
         wait_for(lambda: processes.supervisor_pid(layout) is None, 5, "the supervisor dead")
-        # Nobody restarts a component now; the CLI says so.
         dns = processes.running_components(layout)["dns"]
         os.kill(dns, signal.SIGKILL)
         wait_for(lambda: "dns" not in processes.running_components(layout), 5, "dns dead")
@@ -230,13 +247,14 @@ def test_a_crashed_supervisor_is_replaced_and_delete_finds_everything(tmp_path: 
         assert rows["supervisor"][1] == "down" and rows["dns"][1] == "down"
         r = CliRunner().invoke(app, ["cluster", "list"])
         assert next(row.split()[:3] for row in r.stdout.splitlines()
-                                                   if row.startswith(CLUSTER2 + " ")) == [CLUSTER2, "1", "degraded"]
+                    if row.startswith(CLUSTER2 + " ")) == [CLUSTER2, "1", "degraded"]
         # `cluster supervise` brings a new supervisor: it adopts what runs and restarts what died.
         r = CliRunner().invoke(app, ["cluster", "supervise", "--name", CLUSTER2, "--state-dir", str(state)])
         assert r.exit_code == 0 and "supervisor of sup2 started" in r.output, r.output
-        wait_for(lambda: "dns" in processes.running_components(layout), 10, "dns restarted")
+        wait_for(lambda: {"dns", processes.WATCHDOG} <= set(processes.running_components(layout)), 10,
+                 "dns and the watchdog restarted")
         rows = _status_rows(layout)
-        assert rows["supervisor"][1] == "running" and rows["dns"][1] == "running" and rows["dns"][3] == "1"
+        assert rows["supervisor"][1] == "running" and rows["dns"][1] == "running" and rows["dns"][3] == "2"
         # A supervisor that crashed AND lost its pid file is still found (and stopped first) by delete.
         new_sup = processes.supervisor_pid(layout)
         assert new_sup is not None

@@ -186,7 +186,12 @@ def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
         mark("network", t)
 
         progress("starting the supervisor")
-        processes.start_supervisor(layout, env={COMPONENT_MARKER_ENV: layout.state_dir})
+        marker = {COMPONENT_MARKER_ENV: layout.state_dir}
+        processes.start_supervisor(layout, env=marker)
+        result.components[processes.WATCHDOG] = processes.start_component(
+            layout, processes.WATCHDOG,
+            processes.python_module_argv("ambient.cluster.supervisor", "--state-dir", layout.state_dir, "--watchdog"),
+            env=marker)
 
         t = time.monotonic()
         if module_available(APISERVER.module):
@@ -432,7 +437,11 @@ def delete_cluster(name: str | None = None, state_dir: str | os.PathLike[str] | 
     if layout is not None:
         progress("stopping components")
         processes.stop_all_components(layout)
-    # A supervisor whose pid file is lost (crash) would restart what we kill next: supervisors go first.
+    # A supervisor whose pid file is lost (crash) would restart what we kill next: supervisors (and their
+    # watchdogs, same module) go first, after the stopping flag that keeps a watchdog from starting another.
+    if state.is_dir():
+        (state / "supervisor").mkdir(exist_ok=True)
+        (state / "supervisor" / "stopping").touch()
     for _ in range(5):
         supervisors = [p for p in marked_processes(str(state)) if _is_supervisor(p)]
         if not supervisors:

@@ -237,7 +237,11 @@ def kill_component(layout: L.ClusterLayout, name: str, timeout: float = 5.0) -> 
 
 def stop_all_components(layout: L.ClusterLayout, grace: float = 3.0, last: Sequence[str] = ("apiserver",)) -> list[str]:
     """Stop the supervisor, then every recorded component: all but `last` together first, then `last`
-    (dependencies go last, so clients shut down while the API server still answers them)."""
+    (dependencies go last, so clients shut down while the API server still answers them).
+
+    The stopping flag goes first: from then on neither the supervisor nor its watchdog starts anything."""
+    set_stopping(layout)
+    stop_component(layout, WATCHDOG, grace)
     stop_supervisor(layout, grace)
     shutil.rmtree(spec_dir(layout), ignore_errors=True)
     running = running_components(layout)
@@ -253,6 +257,7 @@ def stop_all_components(layout: L.ClusterLayout, grace: float = 3.0, last: Seque
 # --- what the supervisor is asked to keep running -------------------------------------------------------
 
 SUPERVISOR = "supervisor"  # its log is <state>/logs/supervisor.log; its pid file is not among the components'
+WATCHDOG = "supervisor-watchdog"  # a component like any other, whose job is to restart a dead supervisor
 
 
 @dataclass(frozen=True)
@@ -320,6 +325,21 @@ def supervisor_ready_file(layout: L.ClusterLayout) -> Path:
     return supervisor_dir(layout) / "ready"
 
 
+def stopping_file(layout: L.ClusterLayout) -> Path:
+    return supervisor_dir(layout) / "stopping"
+
+
+def set_stopping(layout: L.ClusterLayout) -> None:
+    """Tell the supervisor and its watchdog that the cluster is being stopped: start nothing any more."""
+    if layout.state_path.is_dir():
+        supervisor_dir(layout).mkdir(parents=True, exist_ok=True)
+        stopping_file(layout).touch()
+
+
+def is_stopping(layout: L.ClusterLayout) -> bool:
+    return stopping_file(layout).exists()
+
+
 def supervisor_pid(layout: L.ClusterLayout) -> int | None:
     """The pid of the cluster's supervisor when it is alive."""
     rec = _read_pid_file(supervisor_pid_file(layout))
@@ -329,10 +349,11 @@ def supervisor_pid(layout: L.ClusterLayout) -> int | None:
 def start_supervisor(layout: L.ClusterLayout, env: Mapping[str, str] | None = None, timeout: float = 15.0) -> int:
     """Start the cluster's supervisor (`ambient.cluster.supervisor`) unless it runs; wait until it handles
     wake-ups; return its pid. It adopts the components already running."""
+    supervisor_dir(layout).mkdir(parents=True, exist_ok=True)
+    stopping_file(layout).unlink(missing_ok=True)  # asked to supervise: whatever stop was under way is over
     pid = supervisor_pid(layout)
     if pid is not None:
         return pid
-    supervisor_dir(layout).mkdir(parents=True, exist_ok=True)
     supervisor_ready_file(layout).unlink(missing_ok=True)
     argv = python_module_argv("ambient.cluster.supervisor", "--state-dir", layout.state_dir)
     proc = spawn_component(layout, SUPERVISOR, argv, None, env,

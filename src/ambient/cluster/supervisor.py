@@ -20,6 +20,12 @@ Observable: each (re)start appends a marker line to the component's log (`==== <
 truncated); `<state>/supervisor/status.json` (pid, start time, restart count, last exit, pending restart per
 component) is rewritten atomically on every change and read by `ambient cluster status`.
 
+Who supervises the supervisor: its watchdog (`--watchdog`, component `supervisor-watchdog`), which the
+supervisor keeps running like any component and which starts a new supervisor within `POLL_INTERVAL` when
+none is alive; the new one adopts everything. Only killing both at once needs `ambient cluster supervise`.
+A `<state>/supervisor/stopping` flag (set by `cluster delete` before it stops anything) makes both start
+nothing more.
+
 Invariants:
 - it never kills a component (stopping is `processes.stop_component`'s job) and it survives the exit of
   any of them; an exception in one pass is logged and the next pass runs;
@@ -165,6 +171,9 @@ class Supervisor:
     def step(self) -> None:
         specs = processes.read_specs(self.layout)
         self._reap(specs)
+        if processes.is_stopping(self.layout):  # `cluster delete` under way: reap, never start
+            self._write_status()
+            return
         recorded = processes.running_components(self.layout)
         now = self.mono()
         for name, spec in specs.items():
@@ -328,9 +337,30 @@ def read_status(layout: L.ClusterLayout) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def watch(layout: L.ClusterLayout, env: Mapping[str, str], interval: float = POLL_INTERVAL,
+          should_stop: Callable[[], bool] = lambda: False) -> None:
+    """The watchdog's loop: start a new supervisor whenever none is alive (it adopts every component, this
+    watchdog included). The supervisor restarts the watchdog and the watchdog the supervisor, so killing
+    either heals; killing both at once needs `ambient cluster supervise`."""
+    while not should_stop():
+        try:
+            if not processes.is_stopping(layout) and processes.supervisor_pid(layout) is None:
+                log.warning("the supervisor of cluster %s is not running: starting a new one", layout.name)
+                pid = processes.start_supervisor(layout, env=env)
+                log.info("supervisor started (pid %d)", pid)
+        except Exception:  # keep watching; the next pass retries
+            log.exception("could not start the supervisor")
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:  # supervisors we started and that died: no zombies
+                pass
+        time.sleep(interval)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ambient-supervisor", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--watchdog", action="store_true",
+                        help="Do not supervise the components: restart the supervisor when it dies.")
     parser.add_argument("--log-level", default=os.environ.get("AMBIENT_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=args.log_level.upper(),
@@ -341,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     except ClusterError as e:
         log.error("%s", e)
         raise SystemExit(2) from e
+    if args.watchdog:
+        marker = {k: v for k, v in os.environ.items() if k == "AMBIENT_COMPONENT_OF"}
+        watch(layout, marker)
+        return
     Supervisor(layout, policy).run()
 
 
