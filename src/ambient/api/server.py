@@ -306,9 +306,10 @@ class ApiServer:
             return _error_response(ApiError(f"internal error: {exc}"))
 
     @staticmethod
-    async def _body(request: web.Request, limit: int, max_depth: int = limits.MAX_NESTING_DEPTH) -> Any:
+    async def _body(request: web.Request, limit: int, envelope_levels: int = 0) -> Any:
         """The JSON body, refused with 413 past `limit` bytes (before reading it when Content-Length says
-        so) and with 400 when nested deeper than `max_depth`."""
+        so) and with 400 when its objects nest deeper than `limits.MAX_NESTING_DEPTH` (`envelope_levels`:
+        the levels the body wraps them in)."""
         too_large = TooLargeError(
             f"Request entity too large: limit is {limit}",
             hint="split the request, or raise the API server's limit (--max-request-bytes / --max-apply-bytes)",
@@ -325,9 +326,9 @@ class ApiServer:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequestError(f"request body is not valid JSON: {exc}") from None
         except RecursionError:  # the C decoder's own depth guard, far below what a real body needs
-            raise BadRequestError(f"request body is {limits.too_deep_message(max_depth)}") from None
-        if limits.exceeds_depth(body, max_depth):
-            raise BadRequestError(f"request body is {limits.too_deep_message(max_depth)}")
+            raise BadRequestError(f"request body is {limits.too_deep_message()}") from None
+        if limits.exceeds_depth(body, limits.MAX_NESTING_DEPTH + envelope_levels):
+            raise BadRequestError(f"request body is {limits.too_deep_message()}")
         return body
 
     @staticmethod
@@ -342,8 +343,7 @@ class ApiServer:
 
     async def _apply(self, request: web.Request) -> web.Response:
         mode = parse_field_validation(request.query.get("fieldValidation"))
-        # +2: the objects sit in {"items": [...]}
-        body = await self._body(request, self.max_apply_bytes, limits.MAX_NESTING_DEPTH + 2)
+        body = await self._body(request, self.max_apply_bytes, envelope_levels=2)  # {"items": [...]}
         items = body.get("items") if isinstance(body, dict) else body
         if not isinstance(items, list):
             raise BadRequestError('apply expects {"items": [object, ...]}')
@@ -358,7 +358,7 @@ class ApiServer:
             subject = _subject(info, item)
             if mode == "Strict":
                 subject = f"item {index} ({subject})"
-            check_fields(item, info.kind, mode, warnings, subject)
+            check_fields(item, info.kind, mode, warnings, subject, name_in_warnings=True)
         results = await self._write(self.store.apply_many, items)
         return self._json({"items": [{"object": obj, "action": action} for obj, action in results]},
                           warnings=warnings)

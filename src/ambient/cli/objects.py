@@ -184,7 +184,8 @@ def _dry_run_objects(paths: list[str], namespace: str | None, mode: str) -> list
     warnings: list[str] = []
     for obj in objects:
         info, name, ns = object_ref(obj)
-        check_fields(obj, resolve_kind(obj["kind"]).kind, mode, warnings, f"{info.kind} {ns + '/' if ns else ''}{name}")
+        subject = f"{info.kind} {ns + '/' if ns else ''}{name}"
+        check_fields(obj, resolve_kind(obj["kind"]).kind, mode, warnings, subject, name_in_warnings=True)
     for text in warnings:
         print_warning(text)
     return objects

@@ -197,7 +197,8 @@ def test_top_level_and_all_unknown_fields_are_listed() -> None:
 def test_warn_and_ignore_drop_the_field(mode: str, kept_warnings: int) -> None:
     obj = copy.deepcopy(TYPO_POLICY)
     warnings: list[str] = []
-    check_fields(obj, "AuthorizationPolicy", mode, warnings, "AuthorizationPolicy shop/allow-typo")
+    check_fields(obj, "AuthorizationPolicy", mode, warnings, "AuthorizationPolicy shop/allow-typo",
+                 name_in_warnings=True)
     assert obj["spec"]["rules"][0]["from"][0]["source"] == {}
     assert warnings == [
         'AuthorizationPolicy shop/allow-typo: unknown field "spec.rules[0].from[0].source.principal"'

@@ -336,13 +336,17 @@ def strict_error(unknown: list[UnknownField], subject: str = "") -> UnknownField
     return UnknownFieldError(f"{subject + ': ' if subject else ''}strict decoding error: {listed}", hint=hint)
 
 
-def check_fields(obj: Any, kind: str, mode: str, warnings: list[str] | None = None, subject: str = "") -> None:
-    """Apply a field validation mode to `obj` (in place): Strict raises `UnknownFieldError`; Warn removes
-    the unknown fields and appends one `unknown field "..."` message each to `warnings`; Ignore removes them."""
+def check_fields(obj: Any, kind: str, mode: str, warnings: list[str] | None = None, subject: str = "", *,
+                 name_in_warnings: bool = False) -> None:
+    """Apply a field validation mode to `obj` (in place): Strict raises `UnknownFieldError` (its message
+    starting with `subject`); Warn removes the unknown fields and appends one `unknown field "..."` message
+    each to `warnings` (prefixed with `subject` when `name_in_warnings`: a batch names its objects);
+    Ignore removes them."""
     unknown = find_unknown_fields(obj, kind, prune=mode != "Strict")
     if not unknown:
         return
     if mode == "Strict":
         raise strict_error(unknown, subject)
     if mode == "Warn" and warnings is not None:
-        warnings.extend((f"{subject}: " if subject else "") + u.message() for u in unknown)
+        prefix = f"{subject}: " if subject and name_in_warnings else ""
+        warnings.extend(prefix + u.message() for u in unknown)
