@@ -9,13 +9,20 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
+from dataclasses import asdict
 from datetime import timedelta
 
 from ambient.controlplane.app import ControlPlane
+from ambient.core.errors import AmbientError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ambient.controlplane", description=__doc__)
+    from ambient.controlplane.admission import ENV_PREFIX, ServingLimits
+
+    limits = ", ".join(f"{ENV_PREFIX}{k.upper()} ({v})" for k, v in asdict(ServingLimits()).items())
+    parser = argparse.ArgumentParser(prog="python -m ambient.controlplane", description=__doc__,
+                                     epilog=f"gRPC port limits, from the environment (default): {limits}")
     parser.add_argument("--state-dir", required=True, help="cluster state directory (API socket, CA, tokens)")
     parser.add_argument("--listen", default="127.0.0.1:15012", help="gRPC address for xDS and the CA")
     parser.add_argument("--insecure", action="store_true", help="serve gRPC without TLS (tests only)")
@@ -25,13 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per watch request is noise
-    cp = ControlPlane(
-        args.state_dir,
-        args.listen,
-        tls=not args.insecure,
-        max_ttl=timedelta(seconds=args.max_cert_ttl),
-        root_namespace=args.root_namespace,
-    )
+    try:
+        cp = ControlPlane(
+            args.state_dir,
+            args.listen,
+            tls=not args.insecure,
+            max_ttl=timedelta(seconds=args.max_cert_ttl),
+            root_namespace=args.root_namespace,
+        )
+    except AmbientError as exc:  # e.g. a malformed AMBIENT_CP_* limit: say which, no traceback
+        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 2
 
     async def run() -> None:
         task = asyncio.current_task()

@@ -18,8 +18,10 @@ Invariants:
 - A connection counts from accept until both its sockets are closed; per-source entries are removed at
   zero (no growth with churn); the counts never go negative.
 - A silent connection lives at most `handshake_timeout` (+ the loop's latency): gRPC closes the backend
-  side, the front then closes the client side. `max_connection_idle` does the same for connections
+  side, the front then closes the client side. `idle_timeout` does the same (GOAWAY) for connections
   without RPCs after the handshake; keepalive pings detect peers that vanished during a stream.
+- Only the front reaches gRPC: its Unix socket is in a fresh mode-0700 directory of the control plane's
+  user. (The abstract peer names are only labels: a squatted name leaves the peer unnamed, nothing else.)
 - The backend socket is bound to the abstract address `ambient-cp/<pid>.<n>/<client ip>:<port>`, so
   gRPC's `context.peer()` still names the real client (`client_address` extracts it).
 - Each admitted connection costs `FDS_PER_CONNECTION` descriptors; `effective_max_connections` lowers

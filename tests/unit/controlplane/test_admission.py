@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ambient.controlplane.admission import (
@@ -99,3 +101,16 @@ def test_source_key(address: str, key: str) -> None:
 )
 def test_client_address(peer: str, address: str) -> None:
     assert client_address(peer) == address
+
+
+def test_the_process_refuses_a_malformed_limit_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ambient.controlplane.__main__ import main
+
+    monkeypatch.setenv("AMBIENT_CP_MAX_CONNECTIONS_PER_SOURCE", "-1")
+    assert main(["--state-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: control plane limit max_connections_per_source must be positive, got -1" in err
+    assert "hint: unset AMBIENT_CP_MAX_CONNECTIONS_PER_SOURCE" in err
+    assert not (tmp_path / "ca").exists()  # refused before touching any state
