@@ -40,7 +40,7 @@ import os
 import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -94,6 +94,32 @@ class HandshakeLimits:
     @property
     def pressure_at(self) -> int:
         return max(1, self.max_pending // 2)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> HandshakeLimits:
+        """The defaults overridden by `LIMIT_ENV` variables (for the node proxy's settings); raises
+        ValueError naming the variable for a value that is not a number or breaks a bound."""
+        values: dict[str, float | int] = {}
+        for name, attr in LIMIT_ENV.items():
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                continue
+            try:
+                values[attr] = float(raw.strip().removesuffix("s")) if "timeout" in attr else int(raw)
+            except ValueError:
+                raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"HBONE handshake limits from the environment: {exc}") from None
+
+
+LIMIT_ENV = {
+    "AMBIENT_HBONE_HANDSHAKE_TIMEOUT": "timeout",
+    "AMBIENT_HBONE_MAX_PENDING_HANDSHAKES": "max_pending",
+    "AMBIENT_HBONE_MAX_PENDING_HANDSHAKES_PER_SOURCE": "max_pending_per_source",
+    "AMBIENT_HBONE_PRESSURE_HANDSHAKE_TIMEOUT": "pressure_timeout",
+}
 
 
 def admit(limits: HandshakeLimits, pending: int, from_source: int) -> str | None:

@@ -80,3 +80,23 @@ def test_refusals_exported_by_the_node_proxy_metrics() -> None:
     assert f'ambient_hbone_refusals_total{{reason="too_many_handshakes"}} {float(n)}' in text
     for reason in refusals.REASONS:
         assert f'ambient_hbone_refusals_total{{reason="{reason}"}}' in text
+
+
+def test_limits_from_env() -> None:
+    limits = HandshakeLimits.from_env({
+        "AMBIENT_HBONE_HANDSHAKE_TIMEOUT": "5s",
+        "AMBIENT_HBONE_MAX_PENDING_HANDSHAKES": "64",
+        "AMBIENT_HBONE_MAX_PENDING_HANDSHAKES_PER_SOURCE": "8",
+        "AMBIENT_HBONE_PRESSURE_HANDSHAKE_TIMEOUT": "0.5",
+        "UNRELATED": "x",
+    })
+    assert limits == HandshakeLimits(timeout=5.0, max_pending=64, max_pending_per_source=8, pressure_timeout=0.5)
+    assert HandshakeLimits.from_env({}) == HandshakeLimits()
+
+
+@pytest.mark.parametrize(("name", "value"), [("AMBIENT_HBONE_MAX_PENDING_HANDSHAKES", "many"),
+                                             ("AMBIENT_HBONE_MAX_PENDING_HANDSHAKES", "0"),
+                                             ("AMBIENT_HBONE_HANDSHAKE_TIMEOUT", "-1")])
+def test_limits_from_env_refuses_bad_values(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=r"AMBIENT_HBONE|handshake"):
+        HandshakeLimits.from_env({name: value})
