@@ -127,3 +127,19 @@ def test_stop_all_stops_the_supervisor_first(layout: L.ClusterLayout) -> None:
     for pid in [sup, *pids]:
         wait_for(lambda: gone(pid), 3, f"pid {pid} gone")  # noqa: B023
     assert processes.running_components(layout) == {} and processes.supervisor_pid(layout) is None
+
+
+def test_the_watchdog_replaces_a_killed_supervisor(layout: L.ClusterLayout) -> None:
+    first = processes.start_supervisor(layout)
+    processes.start_component(layout, processes.WATCHDOG, processes.python_module_argv(
+        "ambient.cluster.supervisor", "--state-dir", layout.state_dir, "--watchdog"))
+    pid = processes.start_component(layout, "web", ["sleep", "300"])
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (p := processes.supervisor_pid(layout)) != first and p, 10,
+                      "a new supervisor started by the watchdog")
+    assert "is not running: starting a new one" in processes.log_file(layout, processes.WATCHDOG).read_text()
+    # It adopted the component and restarts it.
+    wait_for(lambda: status_of(layout, "web").get("adopted"), 5, "adoption")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: new_pid(layout, "web", pid), 5, "the restart")
+    assert processes.supervisor_pid(layout) == second

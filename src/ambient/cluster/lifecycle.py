@@ -439,9 +439,7 @@ def delete_cluster(name: str | None = None, state_dir: str | os.PathLike[str] | 
         processes.stop_all_components(layout)
     # A supervisor whose pid file is lost (crash) would restart what we kill next: supervisors (and their
     # watchdogs, same module) go first, after the stopping flag that keeps a watchdog from starting another.
-    if state.is_dir():
-        (state / "supervisor").mkdir(exist_ok=True)
-        (state / "supervisor" / "stopping").touch()
+    processes.set_stopping(state)
     for _ in range(5):
         supervisors = [p for p in marked_processes(str(state)) if _is_supervisor(p)]
         if not supervisors:

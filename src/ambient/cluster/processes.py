@@ -279,8 +279,9 @@ class ComponentSpecFile:
                    {str(k): str(v) for k, v in (data.get("env") or {}).items()})
 
 
-def supervisor_dir(layout: L.ClusterLayout) -> Path:
-    return layout.state_path / "supervisor"
+def supervisor_dir(layout: L.ClusterLayout | Path) -> Path:
+    """`<state>/supervisor` (given a layout, or only the state dir: `delete` may have no layout)."""
+    return (layout.state_path if isinstance(layout, L.ClusterLayout) else layout) / "supervisor"
 
 
 def spec_dir(layout: L.ClusterLayout) -> Path:
@@ -329,11 +330,12 @@ def stopping_file(layout: L.ClusterLayout) -> Path:
     return supervisor_dir(layout) / "stopping"
 
 
-def set_stopping(layout: L.ClusterLayout) -> None:
+def set_stopping(layout: L.ClusterLayout | Path) -> None:
     """Tell the supervisor and its watchdog that the cluster is being stopped: start nothing any more."""
-    if layout.state_path.is_dir():
-        supervisor_dir(layout).mkdir(parents=True, exist_ok=True)
-        stopping_file(layout).touch()
+    d = supervisor_dir(layout)
+    if d.parent.is_dir():
+        d.mkdir(exist_ok=True)
+        (d / "stopping").touch()
 
 
 def is_stopping(layout: L.ClusterLayout) -> bool:

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ambient.cluster import layout as L
 from ambient.cluster import processes
@@ -75,8 +75,9 @@ class RestartPolicy:
     max_backoff: float = 300.0  # ... up to 5 min
     reset_after: float = 600.0  # a run this long forgets the earlier crashes
 
-    ENV = {"fast_restarts": "AMBIENT_RESTART_FAST", "initial_backoff": "AMBIENT_RESTART_BACKOFF",
-           "max_backoff": "AMBIENT_RESTART_BACKOFF_MAX", "reset_after": "AMBIENT_RESTART_RESET_AFTER"}
+    ENV: ClassVar[dict[str, str]] = {
+        "fast_restarts": "AMBIENT_RESTART_FAST", "initial_backoff": "AMBIENT_RESTART_BACKOFF",
+        "max_backoff": "AMBIENT_RESTART_BACKOFF_MAX", "reset_after": "AMBIENT_RESTART_RESET_AFTER"}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RestartPolicy:
