@@ -187,8 +187,8 @@ def build_table(
         line += [display_name(info, name) if show_kind else name, *cells[:n_base], age(obj, now)]
         if wide:
             line += cells[n_base:]
-        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
-        line += [str(labels.get(key, "")) for key in label_columns]
+        labels = meta.get("labels")
+        line += [str(labels.get(key, "")) if isinstance(labels, dict) else "" for key in label_columns]
         if show_labels:
             line.append(_selector_text(meta.get("labels")))
         rows.append(line)
