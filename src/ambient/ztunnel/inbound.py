@@ -385,6 +385,9 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
             record.error = str(DrainCut())
             tel.finish(record, labels, CopyStats())
             raise
+        except BaseException:  # (the server answers 503 for a handler error): the slot is not kept
+            release()
+            raise
         entry_args = {
             "workload": plan.workload, "pod_uid": ctx.scope.uid, "direction": "inbound",
             "local": record.dst_hbone_addr, "remote": src_addr, "remote_target": record.dst_hbone_addr,

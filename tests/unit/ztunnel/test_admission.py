@@ -336,3 +336,18 @@ async def test_spare_pool_is_bounded_under_concurrent_dials_and_trimmed_when_idl
         s.close()
     finally:
         pool.close()
+
+
+async def test_slot_released_when_the_dial_fails_unexpectedly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    admission = Admission(Limits(per_source=1, total=1, early_resets=0))
+    ctx, _, _ = _ctx(tmp_path, admission)
+
+    async def broken(_ctx: Any, _src: Any, _target: Any) -> socket.socket:
+        raise RuntimeError("executor shut down")
+
+    monkeypatch.setattr(inbound, "_connect_app", broken)
+    handle = inbound.hbone_handler(ctx)
+    for _ in range(2):  # the second would be refused (source_limit) if the first kept its slot
+        with pytest.raises(RuntimeError):
+            await handle(_req("10.0.0.9"), SimpleNamespace(uri=CURL))  # type: ignore[arg-type]
+    assert admission.total == 0
