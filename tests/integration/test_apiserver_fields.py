@@ -153,6 +153,39 @@ def test_warning_headers_are_safe_and_bounded(http: httpx.Client) -> None:
     assert parse_warning(warning_header('a "quoted" \\ text')) == 'a "quoted" \\ text'
 
 
+DUPLICATE_BODY = ('{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", '
+                  '"metadata": {"name": "deny-client"}, "spec": {"action": "DENY", "action": "ALLOW"}}')
+
+
+def test_a_field_given_twice_is_refused_warned_or_ignored(http: httpx.Client, api: ApiClient) -> None:
+    headers = {"Content-Type": "application/json"}
+    refused = http.post(AP_PATH, content=DUPLICATE_BODY, headers=headers)
+    assert refused.status_code == 400
+    assert refused.json()["message"] == (
+        'AuthorizationPolicy default/deny-client: strict decoding error: duplicate field "spec.action"'
+    )
+    warned = http.post(AP_PATH, content=DUPLICATE_BODY, headers=headers, params={"fieldValidation": "Warn"})
+    assert warned.status_code == 201
+    assert [parse_warning(w) for w in warned.headers.get_list("warning")] == ['duplicate field "spec.action"']
+    assert api.get("authorizationpolicy", "deny-client", "default")["spec"]["action"] == "ALLOW"
+    batch = '{"items": [' + DUPLICATE_BODY + "]}"
+    refused = http.post("/ambient/v1/apply", content=batch, headers=headers)
+    assert refused.status_code == 400
+    assert refused.json()["message"] == ('item 1 (AuthorizationPolicy default/deny-client): strict decoding '
+                                         'error: duplicate field "spec.action"')
+
+
+def test_cli_refuses_a_yaml_field_written_twice(server: ApiServer) -> None:
+    text = TYPO_YAML.replace("action: ALLOW", "action: DENY").replace(
+        "principal:", "principals:") + "  action: ALLOW\n"
+    result = cli(server, "apply", "-f", "-", input=text)
+    assert result.exit_code == 1
+    assert 'STDIN: strict decoding error: line 11: duplicate field "action" (also at line 6)' in result.stderr
+    warned = cli(server, "apply", "-f", "-", "--validate=warn", input=text)
+    assert warned.exit_code == 0, warned.output
+    assert warned.stderr == 'Warning: STDIN: line 11: duplicate field "action" (also at line 6)\n'
+
+
 # ----------------------------------------------------------------------------- field validation, CLI
 
 

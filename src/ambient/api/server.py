@@ -16,7 +16,8 @@ Invariants:
 - Field validation as Kubernetes': create/update/patch and the batch apply honour `?fieldValidation=`
   Strict (the default here: Kubernetes defaults to Warn, but a dropped field of a security policy can
   fail open), Warn (unknown fields dropped, one `Warning: 299 - "unknown field ..."` header each) or Ignore
-  (dropped silently). Unknown fields are never stored. Status writes are not schema-checked.
+  (dropped silently). Unknown fields are never stored. Status writes are not schema-checked. A field given
+  twice in one JSON object is refused the same way (Warn/Ignore keep the last value).
 - Limits (`ambient.api.limits`): a body over `max_request_bytes` (3 MiB; batch apply: `max_apply_bytes`,
   32 MiB) is answered 413 before it is read whole; an object over `max_object_bytes` (1.5 MiB) is refused
   by the store with 413; a body nested deeper than 100 levels is answered 400 before any recursive code runs.
@@ -31,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -48,7 +50,12 @@ from ambient.api.errors import ApiError, NotFoundError, TooLargeError, UnknownKi
 from ambient.api.kinds import KindInfo, by_plural, kind_for_manifest
 from ambient.api.selectors import compile_selectors
 from ambient.api.store import DEFAULT_MAX_EVENTS, Store
-from ambient.api.validation.schema import check_fields, parse_field_validation
+from ambient.api.validation.schema import (
+    check_duplicates,
+    check_fields,
+    loads_with_duplicates,
+    parse_field_validation,
+)
 
 log = logging.getLogger("ambient.apiserver")
 
@@ -59,6 +66,7 @@ _WATCH_BATCH = 1000
 # Warning headers of one response: at most this many (then one saying how many more), each cut to this length.
 _MAX_WARNINGS = 20
 _MAX_WARNING_CHARS = 512
+_ITEM_PATH = re.compile(r"^(?:items)?\[(\d+)\]\.?(.*)$")  # a batch apply path: items[3].spec.action
 T = TypeVar("T")
 
 
@@ -306,10 +314,10 @@ class ApiServer:
             return _error_response(ApiError(f"internal error: {exc}"))
 
     @staticmethod
-    async def _body(request: web.Request, limit: int, envelope_levels: int = 0) -> Any:
-        """The JSON body, refused with 413 past `limit` bytes (before reading it when Content-Length says
-        so) and with 400 when its objects nest deeper than `limits.MAX_NESTING_DEPTH` (`envelope_levels`:
-        the levels the body wraps them in)."""
+    async def _body(request: web.Request, limit: int, envelope_levels: int = 0) -> tuple[Any, list[str]]:
+        """The JSON body and the paths of its duplicated fields (the last value kept); refused with 413 past
+        `limit` bytes (before reading it when Content-Length says so) and with 400 when its objects nest
+        deeper than `limits.MAX_NESTING_DEPTH` (`envelope_levels`: the levels the body wraps them in)."""
         too_large = TooLargeError(
             f"Request entity too large: limit is {limit}",
             hint="split the request, or raise the API server's limit (--max-request-bytes / --max-apply-bytes)",
@@ -322,14 +330,14 @@ class ApiServer:
             if len(raw) > limit:
                 raise too_large
         try:
-            body = json.loads(raw)
+            body, duplicates = loads_with_duplicates(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequestError(f"request body is not valid JSON: {exc}") from None
         except RecursionError:  # the C decoder's own depth guard, far below what a real body needs
             raise BadRequestError(f"request body is {limits.too_deep_message()}") from None
         if limits.exceeds_depth(body, limits.MAX_NESTING_DEPTH + envelope_levels):
             raise BadRequestError(f"request body is {limits.too_deep_message()}")
-        return body
+        return body, duplicates
 
     @staticmethod
     def _json(obj: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
@@ -343,11 +351,18 @@ class ApiServer:
 
     async def _apply(self, request: web.Request) -> web.Response:
         mode = parse_field_validation(request.query.get("fieldValidation"))
-        body = await self._body(request, self.max_apply_bytes, envelope_levels=2)  # {"items": [...]}
+        body, duplicates = await self._body(request, self.max_apply_bytes, envelope_levels=2)  # {"items": [...]}
         items = body.get("items") if isinstance(body, dict) else body
         if not isinstance(items, list):
             raise BadRequestError('apply expects {"items": [object, ...]}')
         warnings: list[str] = []
+        by_item: dict[int, list[str]] = {}
+        for path in duplicates:
+            match = _ITEM_PATH.match(path)
+            if match is None:
+                check_duplicates([path], mode, warnings, "request body", name_in_warnings=True)
+            else:
+                by_item.setdefault(int(match[1]), []).append(match[2])
         for index, item in enumerate(items, 1):
             if not isinstance(item, dict):
                 continue  # the store names it
@@ -358,6 +373,7 @@ class ApiServer:
             subject = _subject(info, item)
             if mode == "Strict":
                 subject = f"item {index} ({subject})"
+            check_duplicates(by_item.get(index - 1, []), mode, warnings, subject, name_in_warnings=True)
             check_fields(item, info.kind, mode, warnings, subject, name_in_warnings=True)
         results = await self._write(self.store.apply_many, items)
         return self._json({"items": [{"object": obj, "action": action} for obj, action in results]},
@@ -375,8 +391,10 @@ class ApiServer:
                 return await self._list(info, namespace, q.get("labelSelector"), q.get("fieldSelector"))
             if method == "POST":
                 mode = parse_field_validation(q.get("fieldValidation"))
-                obj = self._target(info, namespace, None, await self._body(request, self.max_request_bytes))
+                body, duplicates = await self._body(request, self.max_request_bytes)
+                obj = self._target(info, namespace, None, body)
                 warnings: list[str] = []
+                check_duplicates(duplicates, mode, warnings, _subject(info, obj))
                 check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
                 return self._json(await self._write(self.store.create, obj), 201, warnings)
             raise web.HTTPMethodNotAllowed(method, ["GET", "POST"])
@@ -385,8 +403,10 @@ class ApiServer:
             return self._json(await self._run(self.store.get, info.kind, name, ns))
         if method == "PUT":
             mode = parse_field_validation(q.get("fieldValidation"))
-            obj = self._target(info, namespace, name, await self._body(request, self.max_request_bytes))
+            body, duplicates = await self._body(request, self.max_request_bytes)
+            obj = self._target(info, namespace, name, body)
             warnings = []
+            check_duplicates(duplicates, mode, warnings, _subject(info, obj))
             if sub != "status":  # status is owned by controllers and not schema-checked
                 check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
             op = self.store.update_status if sub == "status" else self.store.update
@@ -398,11 +418,12 @@ class ApiServer:
                     f'unsupported patch type "{ctype}"', hint="send a JSON merge patch (application/merge-patch+json)"
                 )
             mode = parse_field_validation(q.get("fieldValidation"))
-            patch = await self._body(request, self.max_request_bytes)
+            patch, duplicates = await self._body(request, self.max_request_bytes)
             warnings = []
+            subject = _subject(info, {"metadata": {"name": name, "namespace": ns}})
+            check_duplicates(duplicates, mode, warnings, subject)
             if sub != "status" and isinstance(patch, dict):
                 # The stored object has known fields only, so the merge result's unknown fields are the patch's.
-                subject = _subject(info, {"metadata": {"name": name, "namespace": ns}})
                 check_fields(patch, info.kind, mode, warnings, subject)
             result = await self._write(lambda: self.store.patch(info.kind, name, ns, patch, status=sub == "status"))
             return self._json(result, warnings=warnings)

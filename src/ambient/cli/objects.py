@@ -60,18 +60,23 @@ def print_warning(text: str) -> None:
 
 
 def read_manifest_paths(
-    paths: list[str], namespace: str | None = None, field_validation: str | None = "Strict"
+    paths: list[str], namespace: str | None = None, field_validation: str | None = "Strict",
+    duplicates: str = "Strict",
 ) -> list[dict[str, Any]]:
     """Load and validate the objects of files, directories (their *.yaml/*.yml/*.json) and stdin (-).
 
-    `field_validation` as `load_manifests`: "Strict" refuses unknown fields, None leaves them to the server."""
+    `field_validation` as `load_manifests`: "Strict" refuses unknown fields, None leaves them to the server.
+    `duplicates`: fields written twice (only visible in the text, so judged here): Strict refuses them,
+    Warn prints a warning, Ignore keeps the last value."""
     from ambient.api.manifests import load_manifests
 
     objects: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    options: dict[str, Any] = {"namespace": namespace, "field_validation": field_validation,
+                               "duplicates": duplicates, "warnings": warnings}
     for raw in paths:
         if raw == "-":
-            objects += load_manifests(sys.stdin.read(), "STDIN", namespace=namespace,
-                                      field_validation=field_validation)
+            objects += load_manifests(sys.stdin.read(), "STDIN", **options)
             continue
         path = Path(raw)
         if path.is_dir():
@@ -87,7 +92,9 @@ def read_manifest_paths(
                 text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise CliError(f'cannot read "{file}": {exc}') from None
-            objects += load_manifests(text, str(file), namespace=namespace, field_validation=field_validation)
+            objects += load_manifests(text, str(file), **options)
+    for text in warnings:
+        print_warning(text)
     return objects
 
 
@@ -151,7 +158,7 @@ def apply(
     elif dry_run:
         objects = _dry_run_objects(filename, namespace, mode)
     else:
-        objects = read_manifest_paths(filename, namespace, None)
+        objects = read_manifest_paths(filename, namespace, None, mode)
     if not objects:
         raise CliError("no objects passed to apply", hint="the manifests contain only empty documents")
     if dry_run:
@@ -180,7 +187,7 @@ def _dry_run_objects(paths: list[str], namespace: str | None, mode: str) -> list
     from ambient.api.kinds import resolve_kind
     from ambient.api.validation import check_fields
 
-    objects = read_manifest_paths(paths, namespace, None)
+    objects = read_manifest_paths(paths, namespace, None, mode)
     warnings: list[str] = []
     for obj in objects:
         info, name, ns = object_ref(obj)
@@ -293,7 +300,9 @@ def delete(
             raise UsageError("give either -f FILE or KIND NAME, not both")
         # Reverse file order: objects before their Namespace (which would delete them anyway), so a
         # manifest that was applied deletes cleanly without spurious not-found errors.
-        targets = [object_ref(obj) for obj in reversed(read_manifest_paths(filename, namespace))]
+        # Only names matter here: a manifest with unknown fields still names what to delete (as kubectl).
+        objects = read_manifest_paths(filename, namespace, None, "Ignore")
+        targets = [object_ref(obj) for obj in reversed(objects)]
     elif args:
         kinds, names = parse_targets(args)
         client = state(ctx).client()
@@ -357,7 +366,7 @@ def create(
         raise UsageError("must specify -f FILE (a file, a directory, or - for stdin), or a subcommand",
                          hint="e.g. `ambient create -f app.yaml` or `ambient create namespace shop`")
     mode = field_validation_mode(validate)
-    objects = read_manifest_paths(filename, namespace, "Strict" if mode == "Strict" else None)
+    objects = read_manifest_paths(filename, namespace, "Strict" if mode == "Strict" else None, mode)
     if not objects:
         raise CliError("no objects passed to create", hint="the manifests contain only empty documents")
     client = state(ctx).client()

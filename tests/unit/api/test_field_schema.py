@@ -271,3 +271,47 @@ def test_deep_nesting_is_refused_without_recursion_errors() -> None:
     obj["status"] = {"x": deep}
     with pytest.raises(ValidationError, match="nested too deeply: at most 100 levels"):
         validate_object(obj)
+
+
+# ----------------------------------------------------------------------------- duplicate fields
+
+DUPLICATE_YAML = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/client/sa/curl]}}]}]
+  action: ALLOW
+"""
+
+
+def test_a_yaml_field_written_twice_is_refused_warned_or_ignored() -> None:
+    from ambient.api.manifests import load_manifests
+
+    with pytest.raises(UnknownFieldError) as info:
+        load_manifests(DUPLICATE_YAML, "p.yaml")
+    assert info.value.message == 'p.yaml: strict decoding error: line 7: duplicate field "action" (also at line 5)'
+    warnings: list[str] = []
+    (obj,) = load_manifests(DUPLICATE_YAML, "p.yaml", duplicates="Warn", warnings=warnings)
+    assert obj["spec"]["action"] == "ALLOW"  # the last value, as Kubernetes keeps
+    assert warnings == ['p.yaml: line 7: duplicate field "action" (also at line 5)']
+    assert load_manifests(DUPLICATE_YAML, "p.yaml", duplicates="Ignore")[0]["spec"]["action"] == "ALLOW"
+
+
+def test_merge_keys_may_override_without_being_duplicates() -> None:
+    from ambient.api.manifests import load_manifests
+
+    text = ("apiVersion: v1\nkind: Pod\nmetadata: {name: a, labels: &l {app: a, tier: web}}\n"
+            "spec:\n  containers: [{name: a}]\n  nodeSelector: {<<: *l, app: b}\n")
+    assert load_manifests(text, "m.yaml")[0]["spec"]["nodeSelector"] == {"app": "b", "tier": "web"}
+
+
+def test_json_duplicates_are_found_with_their_path() -> None:
+    from ambient.api.validation.schema import loads_with_duplicates
+
+    value, paths = loads_with_duplicates(
+        '{"spec": {"action": "DENY", "rules": [{"to": [], "to": []}], "action": "ALLOW"}, "kind": "x"}'
+    )
+    assert value["spec"]["action"] == "ALLOW"
+    assert paths == ["spec.action", "spec.rules[0].to"]

@@ -350,3 +350,61 @@ def check_fields(obj: Any, kind: str, mode: str, warnings: list[str] | None = No
     if mode == "Warn" and warnings is not None:
         prefix = f"{subject}: " if subject and name_in_warnings else ""
         warnings.extend(prefix + u.message() for u in unknown)
+
+
+# ----------------------------------------------------------------------------- duplicate fields
+
+
+def loads_with_duplicates(raw: str | bytes | bytearray) -> tuple[Any, list[str]]:
+    """Decode JSON, and the path of every key that appears twice in one object (`spec.action`); the last
+    value is kept, as Kubernetes' Warn and Ignore do. Raises what `json.loads` raises."""
+    # id -> (the object, its duplicated keys); holding the object keeps its id from being reused by another
+    duplicated: dict[int, tuple[dict[str, Any], list[str]]] = {}
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            keys = []
+            for key, _ in pairs:
+                if key in seen:
+                    keys.append(key)
+                seen.add(key)
+            duplicated[id(obj)] = (obj, keys)
+        return obj
+
+    value = json.loads(raw, object_pairs_hook=pairs_hook)
+    if not duplicated:
+        return value, []
+    paths: list[str] = []
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            paths += [_join(path, key) for key in duplicated.get(id(item), ({}, []))[1]]
+            stack += [(v, _join(path, k)) for k, v in item.items() if isinstance(v, (dict, list))]
+        elif isinstance(item, list):
+            stack += [(v, f"{path}[{i}]") for i, v in enumerate(item) if isinstance(v, (dict, list))]
+    return value, sorted(paths)
+
+
+def duplicate_message(path: str) -> str:
+    """Kubernetes' wording: `duplicate field "spec.action"`."""
+    return f"duplicate field {json.dumps(path[:_MAX_SHOWN_PATH], ensure_ascii=True)}"
+
+
+def check_duplicates(paths: list[str], mode: str, warnings: list[str] | None = None, subject: str = "",
+                     *, name_in_warnings: bool = False) -> None:
+    """Apply a field validation mode to duplicate fields (the last value was kept): Strict raises
+    `UnknownFieldError`, Warn appends one message each to `warnings`, Ignore does nothing."""
+    if not paths:
+        return
+    if mode == "Strict":
+        listed = ", ".join(duplicate_message(p) for p in paths[:_MAX_LISTED])
+        if len(paths) > _MAX_LISTED:
+            listed += f" (and {len(paths) - _MAX_LISTED} more)"
+        raise UnknownFieldError(f"{subject + ': ' if subject else ''}strict decoding error: {listed}",
+                                hint="each field may appear once in an object: remove the extra one")
+    if mode == "Warn" and warnings is not None:
+        prefix = f"{subject}: " if subject and name_in_warnings else ""
+        warnings.extend(prefix + duplicate_message(p) for p in paths)
