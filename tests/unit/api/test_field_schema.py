@@ -263,6 +263,22 @@ def test_selectors_follow_the_label_rules() -> None:
         validate_object(svc)
 
 
+@pytest.mark.parametrize(("expression", "error"), [
+    ({"key": "app", "operator": "In"}, r"matchExpressions\[0\]\.values: required when operator is In"),
+    ({"key": "app", "operator": "Exists", "values": ["a"]}, r"values: must be empty when operator is Exists"),
+    ({"key": "app"}, r"matchExpressions\[0\]\.operator: required field is missing"),
+    ({"key": "bad key", "operator": "Exists"}, r'matchExpressions\[0\]\.key: key "bad key"'),
+    ({"key": "app", "operator": "In", "values": ["x" * 64]}, r"values\[0\]: expected a label value"),
+])
+def test_match_expressions_follow_kubernetes(expression: dict[str, Any], error: str) -> None:
+    deploy = _clean(FULL[6])
+    deploy["spec"]["selector"]["matchExpressions"] = [expression]
+    with pytest.raises(ValidationError, match=error):
+        validate_object(deploy)
+    deploy["spec"]["selector"]["matchExpressions"] = [{"key": "app", "operator": "In", "values": ["web"]}]
+    validate_object(deploy)
+
+
 def test_deep_nesting_is_refused_without_recursion_errors() -> None:
     obj = _clean(FULL[3])
     deep: Any = "leaf"

@@ -52,13 +52,17 @@ def _check_labels(meta: Obj, path: str, key_name: str = "labels") -> None:
     for key, value in labels.items():
         p = f"{path}.{key_name}.{key}"
         _check_label_key(key, p)
-        if not isinstance(value, str):
-            raise _fail(p, "a string (quote numbers and booleans in YAML)", value)
-        if value and (len(value) > 63 or not _QUALIFIED_NAME.match(value)):
-            raise _fail(
-                p, "a label value of at most 63 characters of [A-Za-z0-9-_.], starting and ending "
-                "with a letter or digit", value,
-            )
+        _check_label_value(value, p)
+
+
+def _check_label_value(value: Any, path: str) -> None:
+    if not isinstance(value, str):
+        raise _fail(path, "a string (quote numbers and booleans in YAML)", value)
+    if value and (len(value) > 63 or not _QUALIFIED_NAME.match(value)):
+        raise _fail(
+            path, "a label value of at most 63 characters of [A-Za-z0-9-_.], starting and ending "
+            "with a letter or digit", value,
+        )
 
 
 def _check_annotations(meta: Obj, path: str) -> None:
@@ -139,7 +143,14 @@ def _label_selector(d: Obj, key: str, path: str, *, required: bool = False) -> O
     _check_labels(sel, p, "matchLabels")
     labels = _str_map(sel, "matchLabels", p)
     for ep, expr in _items(sel, "matchExpressions", p):
-        _str(expr, "key", ep, required=True)
-        _enum(expr, "operator", ep, ("In", "NotIn", "Exists", "DoesNotExist"))
-        _str_list(expr, "values", ep)
+        _check_label_key(_str(expr, "key", ep, required=True), f"{ep}.key")
+        operator = _enum(expr, "operator", ep, ("In", "NotIn", "Exists", "DoesNotExist"))
+        if operator is None:
+            raise _fail(f"{ep}.operator", "required field is missing")
+        _str_list(expr, "values", ep, check=_check_label_value)
+        # Kubernetes' rules: In/NotIn need values, Exists/DoesNotExist take none
+        if operator in ("In", "NotIn") and not expr.get("values"):
+            raise _fail(f"{ep}.values", f"required when operator is {operator}")
+        if operator in ("Exists", "DoesNotExist") and expr.get("values"):
+            raise _fail(f"{ep}.values", f"must be empty when operator is {operator}")
     return labels
