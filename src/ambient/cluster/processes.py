@@ -355,6 +355,7 @@ def start_supervisor(layout: L.ClusterLayout, env: Mapping[str, str] | None = No
     stopping_file(layout).unlink(missing_ok=True)  # asked to supervise: whatever stop was under way is over
     pid = supervisor_pid(layout)
     if pid is not None:
+        wake_supervisor(layout)  # it may have been told to stop starting things: look again now
         return pid
     supervisor_ready_file(layout).unlink(missing_ok=True)
     argv = python_module_argv("ambient.cluster.supervisor", "--state-dir", layout.state_dir)

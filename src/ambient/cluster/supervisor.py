@@ -59,6 +59,7 @@ from ambient.cluster.errors import ClusterError, ComponentError
 log = logging.getLogger("ambient.cluster.supervisor")
 
 POLL_INTERVAL = 0.5  # adopted components (not our children) are checked this often
+IDLE_INTERVAL = 5.0  # otherwise SIGCHLD / SIGUSR1 wake us; this pass only catches a lost wake-up
 
 
 class SupervisorSettingsError(ClusterError):
@@ -288,7 +289,7 @@ class Supervisor:
 
     # --- the loop ------------------------------------------------------------------------------------------
     def next_timeout(self) -> float:
-        timeout = POLL_INTERVAL
+        timeout = POLL_INTERVAL if any(run.proc is None for run in self.runs.values()) else IDLE_INTERVAL
         if self._due:
             timeout = min(timeout, max(0.0, min(self._due.values()) - self.mono()))
         return timeout
