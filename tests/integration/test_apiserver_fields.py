@@ -320,3 +320,24 @@ def test_limits_are_settings(tmp_path: Path) -> None:
         policy["metadata"]["annotations"] = {"a": "x" * 2500}
         with pytest.raises(TooLargeError, match="Request entity too large: limit is 2000"):
             api.create(policy)
+
+
+def test_objects_stored_before_strict_validation_are_reported_at_start(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from ambient.api.store import Store
+
+    store = Store(tmp_path)
+    good = copy.deepcopy(TYPO_POLICY)
+    good["spec"]["rules"] = []
+    store.create(good)
+    # what an older version (unknown fields kept) left in the database
+    store._db.execute("UPDATE objects SET data = ? WHERE kind = 'AuthorizationPolicy'",
+                      (json.dumps({**good, "spec": TYPO_POLICY["spec"]}),))
+    store.close()
+    with caplog.at_level("WARNING", logger="ambient.apiserver"), serve_in_thread(tmp_path) as server, \
+            ApiClient(server.socket_path) as api:
+        assert any(f'AuthorizationPolicy default/allow-typo: unknown field "{TYPO_FIELD}"' in r.getMessage()
+                   for r in caplog.records)
+        # a patch drops the stale field instead of failing on it
+        patched = api.patch("authorizationpolicy", "allow-typo", "default", {"spec": {"action": "DENY"}})
+        assert patched["spec"]["rules"] == [{"from": [{"source": {}}]}]

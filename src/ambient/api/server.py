@@ -239,6 +239,8 @@ class ApiServer:
             await tcp_site.start()
             ports = [a[1] for a in self._runner.addresses if isinstance(a, tuple) and len(a) >= 2]
             self.tcp_port = ports[0] if ports else int(port)
+        for line in await self._run(self._store.unknown_fields_report):
+            log.warning("stored by an older version, with fields the API does not define (re-apply it): %s", line)
         rv = await self._run(self._store.resource_version)
         log.info(
             "API server ready on %s%s (resourceVersion %d)",

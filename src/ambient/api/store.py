@@ -576,6 +576,25 @@ class Store:
         scanned = events[-1].rv if len(events) == limit else max(after, rv)
         return events, scanned
 
+    def unknown_fields_report(self, limit: int = 100) -> builtins.list[str]:
+        """Objects stored with fields their kind does not define (written before strict field validation),
+        one line each (`AuthorizationPolicy shop/x: unknown field "spec..."`), at most `limit`. Consumers
+        ignore such fields, so a misspelt one may be silently ineffective: these objects need re-applying."""
+        with self._read() as db:
+            rows = db.execute("SELECT kind, namespace, name, data FROM objects ORDER BY kind, namespace, name")
+            found: builtins.list[str] = []
+            for kind, namespace, name, data in rows:
+                try:
+                    unknown = find_unknown_fields(json.loads(data), kind)
+                except (KeyError, ValueError):
+                    continue
+                if unknown:
+                    listed = ", ".join(u.message() for u in unknown[:5])
+                    found.append(f"{kind} {namespace + '/' if namespace else ''}{name}: {listed}")
+                    if len(found) >= limit:
+                        break
+        return found
+
     def integrity_check(self) -> str:
         with self._lock:
             return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
