@@ -137,6 +137,9 @@ def test_killed_node_proxy_serves_meshed_traffic_again_within_3s(sup: dict[str, 
     assert line["dst.identity"] == "spiffe://cluster.local/ns/shop/sa/default"
     assert elapsed <= 3.0 * SLACK
     _assert_restart_visible(layout, "ztunnel-node-1", pid)
+    r = CliRunner().invoke(app, ["--cluster", layout.name, "--state-dir", layout.state_dir, "logs", "supervisor"])
+    assert r.exit_code == 0, r.output
+    assert f"ztunnel-node-1 (pid {pid}) exited (signal 9 (SIGKILL))" in r.stdout
 
 
 def test_killed_node_agent_captures_a_new_pod_within_5s(sup: dict[str, Any]) -> None:

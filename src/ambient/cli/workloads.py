@@ -22,7 +22,8 @@ import typer
 from ambient.cli.context import CliState, state
 from ambient.cli.errors import CliError, UsageError
 
-COMPONENTS = ("apiserver", "controller-manager", "dns", "kubelet", "ztunnel", "node-agent", "controlplane")
+COMPONENTS = ("apiserver", "controller-manager", "dns", "kubelet", "ztunnel", "node-agent", "controlplane",
+              "supervisor", "supervisor-watchdog")
 PER_NODE = ("kubelet", "ztunnel", "node-agent")
 
 app = typer.Typer(help="exec / logs / port-forward into pods of the local cluster.")
