@@ -21,8 +21,6 @@ table is swept of expired windows when it grows, so memory is bounded by the act
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from dataclasses import dataclass
 
 SOURCE_LIMIT = "source_limit"
@@ -34,7 +32,6 @@ DEFAULT_PER_SOURCE = 1024
 DEFAULT_TOTAL = 8192
 DEFAULT_EARLY_RESETS = 100
 DEFAULT_EARLY_RESET_WINDOW = 10.0
-DEFAULT_STARTS_PER_PASS = 32
 
 _SWEEP_AT = 4096  # reset-window entries before expired ones are dropped
 
@@ -136,58 +133,3 @@ class LogGate:
         self._last[key] = [now, 0]
         return skipped
 
-
-class Pacer:
-    """Fair pacing of new inbound connections and streams: at most `per_pass` of them start their work
-    (the dial to the app and what follows) per event-loop pass, the others wait their turn in per-source
-    round robin. A burst of 200 CONNECTs arrives in one read; started all at once, the pass that runs them
-    delays every established connection's bytes behind 200 dials. Paced, the loop polls I/O between
-    batches, and a source with many waiting streams does not delay another source's next one.
-
-    O(1) per start: with nothing waiting and room in this pass, `turn()` returns without suspending."""
-
-    __slots__ = ("_armed", "_started", "_waiting", "per_pass")
-
-    def __init__(self, per_pass: int = DEFAULT_STARTS_PER_PASS) -> None:
-        self.per_pass = per_pass
-        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}  # insertion order = rotation order
-        self._started = 0
-        self._armed = False
-
-    @property
-    def waiting(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
-
-    async def turn(self, src: str) -> None:
-        if self.per_pass <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        if not self._waiting and self._started < self.per_pass:
-            self._started += 1
-            self._arm(loop)
-            return
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiting.setdefault(src, deque()).append(fut)
-        self._arm(loop)
-        await fut
-
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._armed:
-            self._armed = True
-            loop.call_soon(self._next_pass, loop)
-
-    def _next_pass(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._armed = False
-        self._started = 0
-        waiting = self._waiting
-        while waiting and self._started < self.per_pass:
-            src = next(iter(waiting))
-            queue = waiting.pop(src)
-            fut = queue.popleft()
-            if not fut.done():  # (a waiter cancelled meanwhile is skipped)
-                fut.set_result(None)
-                self._started += 1
-            if queue:
-                waiting[src] = queue  # to the back of the rotation
-        if waiting or self._started:
-            self._arm(loop)

@@ -16,9 +16,7 @@ HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.
    ambient_ztunnel_inbound_refused_total{reason}; a stream the client resets before its 200 counts as an
    early reset of its source (one already reset when its turn comes is never dialled); refusals are
    access-logged at most once per source and reason per second (the metric counts each). Plaintext
-   decides admission first of all (a flood costs a dict lookup per connection). Admitted work then
-   waits for its turn (`ProxyCore.pacer`: at most N starts per event-loop pass, per-source round robin)
-   so that a burst of CONNECTs does not hold every established connection's bytes behind its dials;
+   decides admission first of all (a flood costs a dict lookup per connection);
 4. upstream connect to the app, binding the client's IP (IP_TRANSPARENT) so the app sees the real source,
    10 s timeout: 503 (response_flags CONNECT);
 5. 200, then copy both ways.
@@ -310,7 +308,7 @@ def _log_refusal(
 
 def hbone_handler(ctx: PodContext) -> HboneHandler:
     core, tel = ctx.core, ctx.core.telemetry
-    admission, pacer = core.admission, core.pacer
+    admission = core.admission
     loop = asyncio.get_running_loop()
 
     async def handle(request: ConnectRequest, peer: PeerIdentity) -> Decision:
@@ -351,14 +349,7 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
             tel.metrics.inbound_refused("hbone", refused)
             _log_refusal(tel, admission, refused, src_key, src_addr, plan.dst_addr, loop.time())
             return Reject(503, _refusal_text(refused, src_key))
-        stream = CURRENT_STREAM.get()
-        try:
-            if not stream_gone(stream):
-                await pacer.turn(src_key)  # fair share of this loop pass's starts
-        except BaseException:
-            admission.release(src_key)
-            raise
-        if stream_gone(stream):  # reset before its turn: never dial for it
+        if stream_gone(CURRENT_STREAM.get()):  # reset before we got here: never dial for it
             admission.release(src_key)
             admission.early_reset(src_key, loop.time())
             return Reject(503, "the HBONE stream was reset before it was admitted")
@@ -446,7 +437,6 @@ async def serve_plaintext(ctx: PodContext, client: socket.socket) -> None:
         reset_socket(client)
         return
     try:
-        await core.pacer.turn(src_key)  # fair share of this loop pass's starts
         await _plaintext_admitted(ctx, client, view, local, src_ip, src_addr, target)
     finally:
         admission.release(src_key)

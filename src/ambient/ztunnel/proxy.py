@@ -46,7 +46,7 @@ from ambient.state.model import IPAddress, Workload, canonical_ip, spiffe_id
 from ambient.state.store import StateStore, StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel import sockets as so
-from ambient.ztunnel.admission import Admission, Pacer
+from ambient.ztunnel.admission import Admission
 from ambient.ztunnel.certs import CertSource
 from ambient.ztunnel.drain import Drain
 from ambient.ztunnel.errors import ListenerError, UpstreamError
@@ -69,11 +69,9 @@ class ProxyCore:
     telemetry: Telemetry
     # inbound admission control, shared by every pod of the process (limits from `settings`)
     admission: Admission = field(init=False)
-    pacer: Pacer = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.admission_limits)
-        self.pacer = Pacer(self.settings.inbound_starts_per_pass)
         admission = self.admission
         self.telemetry.metrics.track_inbound_active(lambda: admission.total)
 

@@ -11,8 +11,7 @@ Environment (reference names where the reference has them):
   (default 1024); AMBIENT_ZTUNNEL_INBOUND_MAX: concurrent inbound connections + streams of the whole proxy
   (default 8192); AMBIENT_ZTUNNEL_EARLY_RESETS_PER_SOURCE: streams one source may reset before their
   tunnel opened per 10 s window, across its connections, before it is refused for the rest of the window
-  (default 100); AMBIENT_ZTUNNEL_INBOUND_STARTS_PER_PASS: admitted inbound connections + streams that
-  start (dial the app) per event-loop pass, the others waiting in per-source round robin (default 32).
+  (default 100).
 
 Invariant: nothing reads the environment after `Settings.from_env` built the value; components get the
 settings (or a narrower piece of them) injected.
@@ -25,13 +24,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from ambient.ztunnel.admission import (
-    DEFAULT_EARLY_RESETS,
-    DEFAULT_PER_SOURCE,
-    DEFAULT_STARTS_PER_PASS,
-    DEFAULT_TOTAL,
-    Limits,
-)
+from ambient.ztunnel.admission import DEFAULT_EARLY_RESETS, DEFAULT_PER_SOURCE, DEFAULT_TOTAL, Limits
 from ambient.ztunnel.errors import ConfigError
 
 Mode = Literal["inpod", "shared"]
@@ -64,7 +57,6 @@ _LIMIT_ENV = {
     "AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE": "inbound_max_per_source",
     "AMBIENT_ZTUNNEL_INBOUND_MAX": "inbound_max_total",
     "AMBIENT_ZTUNNEL_EARLY_RESETS_PER_SOURCE": "early_resets_per_source",
-    "AMBIENT_ZTUNNEL_INBOUND_STARTS_PER_PASS": "inbound_starts_per_pass",
 }
 
 
@@ -112,7 +104,6 @@ class Settings:
     inbound_max_per_source: int = DEFAULT_PER_SOURCE
     inbound_max_total: int = DEFAULT_TOTAL
     early_resets_per_source: int = DEFAULT_EARLY_RESETS
-    inbound_starts_per_pass: int = DEFAULT_STARTS_PER_PASS
 
     @property
     def admission_limits(self) -> Limits:

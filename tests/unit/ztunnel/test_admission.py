@@ -19,7 +19,7 @@ from ambient.hbone.server import Accept, Reject
 from ambient.state.static import load_state_file
 from ambient.state.store import StateStore
 from ambient.ztunnel import inbound
-from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT, Admission, Limits, LogGate, Pacer
+from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT, Admission, Limits, LogGate
 from ambient.ztunnel.errors import ConfigError
 from ambient.ztunnel.metrics import ProxyMetrics
 from ambient.ztunnel.proxy import CURRENT_STREAM, LocalSockets, NetnsSockets, PodContext, SharedScope
@@ -94,58 +94,10 @@ def test_log_gate_one_line_per_key_per_interval() -> None:
     assert len(gate._last) <= 3  # bounded
 
 
-async def test_pacer_bounds_starts_per_pass_and_rotates_sources() -> None:
-    pacer = Pacer(per_pass=10)
-    loop = asyncio.get_running_loop()
-    tick = [0]
-    running = True
-
-    def ticker() -> None:  # one increment per event-loop pass
-        tick[0] += 1
-        if running:
-            loop.call_soon(ticker)
-
-    ticker()
-    started: list[tuple[int, str]] = []
-
-    async def start(src: str) -> None:
-        await pacer.turn(src)
-        started.append((tick[0], src))
-
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(100):
-            tg.create_task(start("attacker"))
-        for _ in range(3):
-            tg.create_task(start("victim"))
-    running = False
-    per_pass: dict[int, int] = {}
-    for t, _ in started:
-        per_pass[t] = per_pass.get(t, 0) + 1
-    assert len(started) == 103 and max(per_pass.values()) <= 10
-    first_passes = sorted(per_pass)[:2]
-    victim_passes = {t for t, src in started if src == "victim"}
-    assert victim_passes <= set(first_passes), (victim_passes, first_passes)  # not behind the 100
-    assert pacer.waiting == 0
-
-
-async def test_pacer_skips_cancelled_waiters_and_off_when_zero() -> None:
-    pacer = Pacer(per_pass=1)
-    await pacer.turn("a")  # room in this pass: no wait
-    waiter = asyncio.ensure_future(pacer.turn("a"))
-    await asyncio.sleep(0)
-    waiter.cancel()
-    await asyncio.wait_for(pacer.turn("b"), 1)  # a cancelled waiter does not hold the queue
-    off = Pacer(per_pass=0)
-    for _ in range(100):
-        await off.turn("a")  # never waits
-
-
 def test_limits_from_env() -> None:
     s = Settings.from_env({"AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE": "5", "AMBIENT_ZTUNNEL_INBOUND_MAX": "0",
-                           "AMBIENT_ZTUNNEL_EARLY_RESETS_PER_SOURCE": "7",
-                           "AMBIENT_ZTUNNEL_INBOUND_STARTS_PER_PASS": "4"})
+                           "AMBIENT_ZTUNNEL_EARLY_RESETS_PER_SOURCE": "7"})
     assert s.admission_limits == Limits(per_source=5, total=0, early_resets=7)
-    assert s.inbound_starts_per_pass == 4
     assert Settings.from_env({}).admission_limits == Limits()
     with pytest.raises(ConfigError, match="AMBIENT_ZTUNNEL_INBOUND_MAX: expected a non-negative integer"):
         Settings.from_env({"AMBIENT_ZTUNNEL_INBOUND_MAX": "-1"})
@@ -165,7 +117,7 @@ def _ctx(tmp_path: Path, admission: Admission) -> tuple[PodContext, ProxyMetrics
     tel = Telemetry(metrics, access, Connections())
     settings = Settings(mode="shared", mark=None, transparent_inbound=False, source_wait=0)
     core = SimpleNamespace(settings=settings, state=store, telemetry=tel, view=lambda: store.current,
-                           admission=admission, pacer=Pacer())
+                           admission=admission)
     return PodContext(core, SharedScope(frozenset({"web1"})), LocalSockets()), metrics, failed  # type: ignore[arg-type]
 
 

@@ -31,7 +31,7 @@ from ambient.ztunnel.accesslog import (
     parse_fields,
     timestamp,
 )
-from ambient.ztunnel.admission import Admission, Pacer
+from ambient.ztunnel.admission import Admission
 from ambient.ztunnel.errors import UpstreamError
 from ambient.ztunnel.metrics import ProxyMetrics
 from ambient.ztunnel.proxy import LocalSockets, PodContext, SharedScope, ViewMemo, connect_socket
@@ -79,7 +79,6 @@ def _ctx(store: StateStore, **core: Any) -> tuple[PodContext, _Lines]:
     tel = Telemetry(ProxyMetrics(), access, Connections())
     settings = Settings(mode="shared", mark=None, transparent_inbound=False, source_wait=0)
     core.setdefault("admission", Admission(settings.admission_limits))
-    core.setdefault("pacer", Pacer(settings.inbound_starts_per_pass))
     fake_core = SimpleNamespace(settings=settings, state=store, telemetry=tel, view=lambda: store.current, **core)
     scope = SharedScope(frozenset({"client", "web1", "web2"}))
     return PodContext(fake_core, scope, LocalSockets()), access  # type: ignore[arg-type]
