@@ -157,7 +157,7 @@ GATEWAY_SPEC = _fields(
     infrastructure=_fields(labels=_STRING_MAP, annotations=_STRING_MAP,
                            parametersRef=_fields("group", "kind", "name")),
     # Experimental channel, not interpreted here.
-    backendTLS=OPAQUE, allowedListeners=OPAQUE,
+    backendTLS=OPAQUE, allowedListeners=OPAQUE, tls=OPAQUE, defaultScope=SCALAR,
 )
 _HEADER = _fields("name", "value")
 _HEADER_MODIFIER = _fields(set=ListOf(_HEADER), add=ListOf(_HEADER), remove=_STRINGS)
