@@ -121,8 +121,12 @@ def test_failing_liveness_probe_restarts_the_container(env: dict[str, Any], ns: 
         last = cs["lastState"]["terminated"]
         assert isinstance(last["exitCode"], int) and last["reason"] in ("Error", "Completed"), last
         assert last["finishedAt"] and last["startedAt"], last
-        seen = requests(env, ns, name, "/status/500")
-        assert len(seen) >= 2 and set(seen) == {expected_source(env, ns)}, seen
+        def two() -> list[str] | None:
+            seen = requests(env, ns, name, "/status/500")
+            return seen if len(seen) >= 2 else None
+
+        seen = wait_for(two, 60, "two liveness probe requests at the app")
+        assert set(seen) == {expected_source(env, ns)}, seen
         log = kubelet_log(env)
         assert f"pod {ns}/{name} container app: Liveness probe failed: HTTP probe failed with statuscode: 500" in log
         assert f"pod {ns}/{name}: Container app failed liveness probe, will be restarted" in log
@@ -136,8 +140,11 @@ def test_failing_liveness_probe_restarts_the_container(env: dict[str, Any], ns: 
 @pytest.mark.parametrize("ns", [PLAIN, MESHED])
 def test_passing_liveness_probe_keeps_the_container(env: dict[str, Any], ns: str) -> None:
     name = "live-ok"
-    env["api"].create(httpbin(name, ns, livenessProbe={"httpGet": {"path": "/status/200", "port": 8080},
-                                                       "periodSeconds": 1, "failureThreshold": 1}))
+    # The app needs a moment to listen (a probe before that fails, as with a real kubelet): startupProbe.
+    env["api"].create(httpbin(name, ns, startupProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1,
+                                                      "failureThreshold": 60},
+                              livenessProbe={"httpGet": {"path": "/status/200", "port": 8080},
+                                             "periodSeconds": 1, "failureThreshold": 1}))
     try:
         pod = wait_ready(env["api"], name, ns, timeout=60)
         def six() -> list[str] | None:

@@ -398,7 +398,10 @@ class Kubelet:
                 # A record means we ran it before (a worker that failed): adopt instead of starting twice.
                 self._start_worker(pod, self.records.load(uid))
             else:
+                old = (worker.pod.get("metadata") or {}).get("annotations")
                 worker.pod = pod
+                if (pod.get("metadata") or {}).get("annotations") != old:
+                    worker.changed()  # the Ready condition reads the mesh's redirection annotation
         for uid, worker in list(self.workers.items()):
             if uid not in pods and not worker.teardown:
                 log.info("pod %s/%s deleted: tearing down", worker.namespace, worker.name)

@@ -7,6 +7,11 @@ Invariants:
   runs or will be restarted; Succeeded when all exited 0 and none restarts; Failed when all stopped for good
   and one failed (restartPolicy Never / a StartError under Never).
 - Keys that may disappear (reason, message) are written as None so a merge patch removes them.
+- Ready additionally waits for the mesh (local-cluster extension, in the manner of a readiness gate): a pod
+  the node agent captured but its node proxy has not acknowledged yet (annotation
+  `ambient.istio.io/redirection: pending`, e.g. enrolled while the proxy is down) is not Ready, reason
+  `RedirectionPending`, while ContainersReady still tells the containers' own state. Its inbound traffic is
+  redirected to a proxy that does not serve it yet, so it must not receive Service traffic.
 """
 
 from __future__ import annotations
@@ -150,6 +155,15 @@ def _condition(ctype: str, ok: bool, reason: str | None = None, message: str | N
     return cond
 
 
+REDIRECTION_ANNOTATION = "ambient.istio.io/redirection"  # written by the node agent (cni.agent_plan)
+REDIRECTION_PENDING = "pending"
+
+
+def redirection_pending(pod: dict[str, Any]) -> bool:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(REDIRECTION_ANNOTATION) == REDIRECTION_PENDING
+
+
 def pod_status(pod: dict[str, Any], containers: list[ContainerState], *, host_ip: str, pod_ip: str,
                network_error: str | None, start_time: str) -> dict[str, Any]:
     policy = (pod.get("spec") or {}).get("restartPolicy") or "Always"
@@ -170,13 +184,18 @@ def pod_status(pod: dict[str, Any], containers: list[ContainerState], *, host_ip
     ready_msg = None if all_ready else f"containers with unready status: [{' '.join(not_ready)}]"
     ready_reason = None if all_ready else ("PodCompleted" if phase in ("Succeeded", "Failed")
                                            else "ContainersNotReady")
+    pod_ready, pod_reason, pod_msg = all_ready, reason or ready_reason, message or ready_msg
+    if all_ready and redirection_pending(pod):
+        pod_ready, pod_reason = False, "RedirectionPending"
+        pod_msg = (f"the node proxy has not acknowledged this pod yet ({REDIRECTION_ANNOTATION}="
+                   f"{REDIRECTION_PENDING}): its traffic is captured but not yet served")
     conditions = [
         _condition("PodScheduled", True),
         _condition("Initialized", True),
         _condition("PodReadyToStartContainers", network_up, None if network_up else "NetworkNotReady",
                    network_error),
         _condition("ContainersReady", all_ready, ready_reason, ready_msg),
-        _condition("Ready", all_ready, reason or ready_reason, message or ready_msg),
+        _condition("Ready", pod_ready, pod_reason, pod_msg),
     ]
     status: dict[str, Any] = {
         "phase": phase,

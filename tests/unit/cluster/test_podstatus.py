@@ -103,3 +103,34 @@ def test_resolv_conf_has_cluster_search_path() -> None:
     text = rt.resolv_conf_text("shop")
     assert "nameserver 10.96.0.10" in text
     assert "search shop.svc.cluster.local svc.cluster.local cluster.local" in text
+
+
+@pytest.mark.parametrize(("annotation", "ready", "reason"), [
+    (None, "True", None),
+    ("enabled", "True", None),
+    ("pending", "False", "RedirectionPending"),  # captured, not yet served by its node proxy
+])
+def test_ready_waits_for_the_node_proxy(annotation: str | None, ready: str, reason: str | None) -> None:
+    pod: dict[str, Any] = {"metadata": {"name": "p", "annotations": {}}, "spec": {}}
+    if annotation:
+        pod["metadata"]["annotations"]["ambient.istio.io/redirection"] = annotation
+    st = pod_status(pod, [running()], host_ip="172.18.0.11", pod_ip="10.244.1.2", network_error=None,
+                    start_time="2026-01-01T00:00:00Z")
+    assert cond(st, "ContainersReady")["status"] == "True"  # the containers themselves are fine
+    assert cond(st, "Ready")["status"] == ready and cond(st, "Ready").get("reason") == reason
+    if reason:
+        assert "not acknowledged" in cond(st, "Ready")["message"]
+    # a pod that is not Ready for its own reasons keeps them
+    assert cond(pod_status(pod, [running(ready=False)], host_ip="h", pod_ip="10.244.1.2", network_error=None,
+                           start_time="t"), "Ready")["reason"] == "ContainersNotReady"
+
+
+def test_signal_exit_is_reported_as_128_plus_signal() -> None:
+    import subprocess
+
+    c = ContainerState(name="c", spec={})
+    proc = subprocess.Popen(["sleep", "30"])
+    c.set_running(proc)
+    proc.kill()
+    proc.wait()
+    assert c.poll() == 137
