@@ -45,3 +45,7 @@ class CniError(ClusterError):
 
 class ComponentError(ClusterError):
     """A cluster component (apiserver, dns, kubelet, ...) could not be started or did not become healthy."""
+
+
+class SupervisorSettingsError(ClusterError):
+    """A restart-policy setting of the cluster supervisor (AMBIENT_RESTART_*) is not a valid number."""

@@ -54,16 +54,12 @@ from typing import Any, ClassVar
 
 from ambient.cluster import layout as L
 from ambient.cluster import processes
-from ambient.cluster.errors import ClusterError, ComponentError
+from ambient.cluster.errors import ClusterError, ComponentError, SupervisorSettingsError
 
 log = logging.getLogger("ambient.cluster.supervisor")
 
 POLL_INTERVAL = 0.5  # adopted components (not our children) are checked this often
 IDLE_INTERVAL = 5.0  # otherwise SIGCHLD / SIGUSR1 wake us; this pass only catches a lost wake-up
-
-
-class SupervisorSettingsError(ClusterError):
-    """A restart-policy setting in the environment is not a valid number."""
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ambient.cluster.supervisor import (
-    RestartPolicy,
-    SupervisorSettingsError,
-    crashes_after_exit,
-    describe_exit,
-    restart_delay,
-)
+from ambient.cluster.errors import SupervisorSettingsError
+from ambient.cluster.supervisor import RestartPolicy, crashes_after_exit, describe_exit, restart_delay
 
 DEFAULT = RestartPolicy()
 
