@@ -5,9 +5,14 @@ every network action names its netns explicitly anyway, so it also works from el
 
 Per pod (one `PodWorker` task): record -> netns + resolv.conf -> CNI ADD (retried with backoff while it fails:
 the pod stays Pending with reason NetworkNotReady, it never runs without its network) -> containers started
-with `ip netns exec` and supervised per restartPolicy with a capped exponential back-off -> status patched
-(phase, podIP, conditions, containerStatuses). Pod gone from the API (or moved away) -> process groups get
-SIGTERM, then SIGKILL after terminationGracePeriodSeconds (default 2 s), CNI DEL, netns and record removed.
+with `ip netns exec` and supervised per restartPolicy with a capped exponential back-off -> probes run per
+container (probes.py: startupProbe gates liveness and readiness; a liveness/startup failure kills the
+container, which then restarts with the same back-off, `lastState.terminated` recorded; each failed probe
+is logged as the kubelet's event words it: `Liveness probe failed: HTTP probe failed with statuscode: 500`)
+-> status patched (phase, podIP, conditions, containerStatuses). Pod gone from the API (or moved away) ->
+process groups get SIGTERM, then SIGKILL after terminationGracePeriodSeconds (default 2 s), CNI DEL, netns
+and record removed. An enrolled pod's CNI ADD succeeds only once its node proxy serves it (cni.agent), so
+its containers never start, and it is never Ready, before that.
 
 Invariants:
 - The API is the source of truth; the on-disk records (podruntime.RecordStore) are how a restarted kubelet
