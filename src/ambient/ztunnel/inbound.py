@@ -8,7 +8,8 @@ HBONE runs in explicit phases, each failure mapped to an HTTP status (protocols.
    it unmapped); 503 for an unknown local workload, and for a target on one of the proxy's own ports
    (self-call / loop: 15001/15006/15008 and the admin ports; ztunnel answers 503 for these). A Service
    hostname authority (`web.shop.svc.cluster.local:80`) is resolved as ztunnel does (`_resolve_hostname`):
-   the dialled address, on the port that Service maps its port to (503 when unknown);
+   the dialled address, on the port that Service maps its port to (503 when unknown). (The HBONE layer,
+   `hbone.protocol.parse_connect_request`, still answers 400 to such an authority before this runs.)
 3. authorization (authz.evaluate): 401, access log `error="connection closed due to policy rejection:
    <reason>"`, metrics response_flags DENY;
 3b. admission (ProxyCore.admission): per-source and per-proxy concurrency limits and the per-source
