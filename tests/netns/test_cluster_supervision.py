@@ -240,6 +240,7 @@ def test_a_crashed_supervisor_is_replaced_and_delete_finds_everything(tmp_path: 
         sup_pid = processes.supervisor_pid(layout)
         assert sup_pid is not None
         watchdog = processes.running_components(layout)[processes.WATCHDOG]
+        os.kill(sup_pid, signal.SIGSTOP)  # frozen, it cannot restart the watchdog we kill next
         os.kill(watchdog, signal.SIGKILL)
         os.kill(sup_pid, signal.SIGKILL)
         wait_for(lambda: processes.supervisor_pid(layout) is None, 5, "the supervisor dead")
