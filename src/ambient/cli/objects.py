@@ -200,7 +200,24 @@ def _dry_run_objects(paths: list[str], namespace: str | None, mode: str) -> list
 
 # ----------------------------------------------------------------------------- get
 
-_OUTPUTS = ("wide", "yaml", "json", "name")
+_OUTPUTS = ("wide", "yaml", "json", "name", "jsonpath=TEMPLATE")
+
+
+def _split_output(output: str | None) -> tuple[str | None, str | None]:
+    """(format, jsonpath template): `-o jsonpath=...` / `-o jsonpath='...'` as kubectl takes them."""
+    if output is None:
+        return None, None
+    fmt, sep, template = output.partition("=")
+    if fmt == "jsonpath":
+        if not sep or not template:
+            raise UsageError("template format specified but no template given",
+                             hint="e.g. -o jsonpath='{.items[*].metadata.name}'")
+        if len(template) >= 2 and template[0] == template[-1] and template[0] in "'\"":
+            template = template[1:-1]
+        return "jsonpath", template
+    if output not in _OUTPUTS:
+        raise UsageError(f'unknown output format "{output}"', hint="use one of: " + ", ".join(_OUTPUTS))
+    return output, None
 
 
 def get(
@@ -209,18 +226,23 @@ def get(
     namespace: NamespaceOpt = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="List across namespaces.")]
     = False,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="wide|yaml|json|name")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o",
+                                               help="wide|yaml|json|name|jsonpath=TEMPLATE")] = None,
     selector: Annotated[str | None, typer.Option("--selector", "-l", help="Label selector, e.g. app=web")]
     = None,
     show_labels: Annotated[bool, typer.Option("--show-labels", help="Add a LABELS column.")] = False,
+    label_columns: Annotated[list[str] | None, typer.Option(
+        "--label-columns", "-L", help="Label keys shown as columns (comma-separated or repeated).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="After listing, print every change (Ctrl-C "
+                                        "stops).")] = False,
 ) -> None:
-    """Show objects as a table (kubectl columns per kind), YAML, JSON or names."""
+    """Show objects as a table (kubectl columns per kind), YAML, JSON, names or a JSONPath template."""
     from ambient.api.errors import NotFoundError
     from ambient.cli import output as out
     from ambient.cli.printers import build_table, display_name
 
-    if output is not None and output not in _OUTPUTS:
-        raise UsageError(f'unknown output format "{output}"', hint="use one of: " + ", ".join(_OUTPUTS))
+    output, template = _split_output(output)
+    columns = tuple(key.strip() for spec in label_columns or () for key in spec.split(",") if key.strip())
     kinds, names = parse_targets(args)
     client = state(ctx).client()
     groups: list[tuple[KindInfo, list[dict[str, Any]]]] = []
@@ -244,7 +266,14 @@ def get(
             groups.append((info, items))
 
     everything = [obj for _, objs in groups for obj in objs]
-    if output in ("yaml", "json"):
+    widths: list[int] = []
+    if output == "jsonpath":
+        from ambient.cli import jsonpath
+
+        if everything or not failures:
+            single = bool(names) and len(names) == 1 and len(everything) == 1
+            sys.stdout.write(jsonpath.render(template or "", everything[0] if single else out.as_list(everything)))
+    elif output in ("yaml", "json"):
         if everything or not failures:
             out.print_objects(everything, output, single=bool(names) and len(names) == 1)
     elif output == "name":
@@ -265,13 +294,59 @@ def get(
             first = False
             headers, rows = build_table(
                 info, objs, wide=output == "wide", all_namespaces=all_namespaces,
-                show_kind=len(kinds) > 1, show_labels=show_labels,
+                show_kind=len(kinds) > 1, show_labels=show_labels, label_columns=columns,
             )
             out.print_table(headers, rows)
+            widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     if failures:
         for message in failures[:-1]:
             out.error(message)
         raise CliError(failures[-1])
+    if watch:
+        if len(kinds) != 1 or len(names) > 1:
+            raise UsageError("watch is only supported on individual resources and resource collections of "
+                             "one kind")
+        info = kinds[0]
+        ns = None if all_namespaces or not info.namespaced else (namespace or "default")
+        _watch_rows(state(ctx).client(), info, ns, names[0] if names else None, selector, output, template,
+                    widths, dict(all_namespaces=all_namespaces, show_labels=show_labels, label_columns=columns))
+
+
+def _watch_rows(client: Any, info: KindInfo, namespace: str | None, name: str | None, selector: str | None,
+                output: str | None, template: str | None, widths: list[int], table: dict[str, Any]) -> None:
+    """`get -w`: one row (or document) per change after the listing, until Ctrl-C or the server ends it."""
+    from ambient.cli import output as out
+    from ambient.cli.printers import build_table, display_name
+
+    by_name = {"field_selector": f"metadata.name={name}"} if name else {}
+    _, version = client.list(info.kind, namespace=namespace, label_selector=selector, **by_name)
+    try:
+        # One watch, as kubectl's: it ends when the server ends it (or with Ctrl-C).
+        for event in client.watch(info.kind, namespace=namespace, resource_version=version,
+                                  label_selector=selector, **by_name):
+            obj = event.object
+            if event.type == "BOOKMARK" or not obj:
+                continue
+            if output == "jsonpath":
+                from ambient.cli import jsonpath
+
+                sys.stdout.write(jsonpath.render(template or "", obj))
+            elif output in ("yaml", "json"):
+                if output == "yaml":
+                    sys.stdout.write("---\n")
+                out.print_objects([obj], output, single=True)
+            elif output == "name":
+                sys.stdout.write(f"{display_name(info, obj['metadata']['name'])}\n")
+            else:
+                headers, rows = build_table(info, [obj], wide=output == "wide", **table)
+                cells = rows[0]
+                sizes = widths if len(widths) == len(cells) else [len(h) for h in headers]
+                last = len(cells) - 1
+                sys.stdout.write("   ".join(c if i == last else c.ljust(sizes[i])
+                                            for i, c in enumerate(cells)).rstrip() + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 # ----------------------------------------------------------------------------- delete

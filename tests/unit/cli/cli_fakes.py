@@ -101,8 +101,9 @@ class FakeClient:
         return obj
 
     def watch(self, kind: str, namespace: str | None = None, resource_version: str | None = None,
-              label_selector: str | None = None, timeout: float | None = None) -> Iterator[FakeEvent]:
-        self.calls.append(f"watch:{resource_version}")
+              label_selector: str | None = None, timeout: float | None = None,
+              field_selector: str | None = None) -> Iterator[FakeEvent]:
+        self.calls.append(f"watch:{resource_version}" + (f":{field_selector}" if field_selector else ""))
         while self.events:
             event = self.events.pop(0)
             if event.type == "DELETED":

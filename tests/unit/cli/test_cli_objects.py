@@ -183,7 +183,54 @@ def test_get_errors(run: Runner) -> None:
     assert unknown.stderr.startswith('error: unknown kind "widgets"\nhint: known kinds: ')
     bad_format = run("get", "pods", "-o", "xml")
     assert bad_format.exit_code == 2
-    assert bad_format.stderr == 'error: unknown output format "xml"\nhint: use one of: wide, yaml, json, name\n'
+    assert bad_format.stderr == ('error: unknown output format "xml"\n'
+                                 'hint: use one of: wide, yaml, json, name, jsonpath=TEMPLATE\n')
+    no_template = run("get", "pods", "-o", "jsonpath=")
+    assert no_template.exit_code == 2 and "no template given" in no_template.stderr
+    bad_template = run("get", "pods", "-o", "jsonpath={.items[0}")
+    assert bad_template.exit_code == 2 and "error parsing jsonpath" in bad_template.stderr
+
+
+def test_get_jsonpath_as_kubectl(run: Runner, tmp_path: Path) -> None:
+    run("apply", "-f", write(tmp_path, "m.yaml", MANY))
+    run("apply", "-f", write(tmp_path, "p.yaml", POD))
+    # one named object: the template applies to the object itself
+    assert run("get", "pod", "web", "-n", "shop", "-o", "jsonpath={.status.podIP}").stdout == "10.244.1.5"
+    # a collection: to a List
+    names = run("get", "svc,deploy", "-n", "shop", "-o", "jsonpath={.items[*].metadata.name}").stdout
+    assert names == "web web"
+    out = run("get", "pods", "-n", "shop", "-o",
+              'jsonpath={range .items[*]}{.metadata.name}{"\\t"}{.spec.containers[*].name}{"\\n"}{end}').stdout
+    assert out == "web\tapp side\n"
+    quoted = run("get", "pods", "-n", "shop", "-o", "jsonpath='{.items[0].metadata.labels.app}'").stdout
+    assert quoted == "web"
+
+
+def test_get_label_columns(run: Runner, tmp_path: Path) -> None:
+    run("apply", "-f", write(tmp_path, "p.yaml", POD))
+    out = run("get", "pods", "-n", "shop", "-L", "app", "-L", "tier,version").stdout.splitlines()
+    assert out[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "APP", "TIER", "VERSION"]
+    assert out[1].split()[-1] == "web"
+
+
+def test_get_watch_prints_a_row_per_change(run: Runner, fake: FakeClient, tmp_path: Path) -> None:
+    run("apply", "-f", write(tmp_path, "p.yaml", POD))
+    changed = json.loads(json.dumps(fake.get("pod", "web", "shop")))
+    changed["status"]["phase"] = "Failed"
+    fake.events = [FakeEvent("MODIFIED", changed), FakeEvent("DELETED", changed)]
+    result = run("get", "pods", "-n", "shop", "-w")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "READY", "STATUS"]
+    assert [line.split()[2] for line in lines[1:]] == ["Running", "Failed", "Failed"]
+    assert {line.index(line.split()[2]) for line in lines} == {lines[0].index("STATUS")}  # rows stay aligned
+    run("apply", "-f", write(tmp_path, "p.yaml", POD))
+    fake.events = [FakeEvent("MODIFIED", changed)]
+    named = run("get", "pod", "web", "-n", "shop", "-w", "-o", "name")
+    assert named.stdout == "pod/web\npod/web\n"
+    assert fake.calls[-1].endswith(":metadata.name=web")
+    several = run("get", "pods,svc", "-n", "shop", "-w")
+    assert several.exit_code == 2 and "one kind" in several.stderr
 
 
 def test_delete_by_name_file_and_ignore_not_found(run: Runner, fake: FakeClient, tmp_path: Path) -> None:
