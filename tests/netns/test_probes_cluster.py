@@ -194,3 +194,23 @@ def test_startup_probe_gates_readiness(env: dict[str, Any], ns: str, tmp_path: P
         delete(env, ns, name)
         wait_for(lambda: all(p["metadata"]["name"] != name for p in env["api"].list("Pod", ns)[0]), 30, "pod gone")
 
+
+
+def test_failing_startup_probe_restarts_the_container(env: dict[str, Any]) -> None:
+    name = "never-starts"
+    env["api"].create(httpbin(name, PLAIN, startupProbe={"exec": {"command": ["sh", "-c", "echo not yet; exit 1"]},
+                                                         "periodSeconds": 1, "failureThreshold": 2},
+                              readinessProbe={"tcpSocket": {"port": 8080}}))
+    try:
+        def restarted() -> dict[str, Any] | None:
+            p = status(env, PLAIN, name)
+            cs = p["status"]["containerStatuses"][0]
+            return p if cs["restartCount"] >= 2 and cs.get("lastState", {}).get("terminated") else None
+
+        p = wait_for(restarted, 60, "restarted twice by its startup probe", interval=0.3)
+        assert not is_ready(p) and p["status"]["containerStatuses"][0]["started"] is False
+        log = kubelet_log(env)
+        assert f"pod {PLAIN}/{name} container app: Startup probe failed: not yet" in log
+        assert f"pod {PLAIN}/{name}: Container app failed startup probe, will be restarted" in log
+    finally:
+        delete(env, PLAIN, name)
