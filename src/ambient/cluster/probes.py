@@ -250,7 +250,8 @@ async def http_probe(ctx: ProbeContext, spec: ProbeSpec) -> ProbeResult:
         if scheme == "https":  # the kubelet does not verify the pod's certificate
             tls = ssl.create_default_context()
             tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
-        reader, stream = await asyncio.wait_for(asyncio.open_connection(sock=sock, ssl=tls), timeout=spec.timeout)
+        reader, stream = await asyncio.wait_for(
+            asyncio.open_connection(sock=sock, ssl=tls, server_hostname=host if tls else None), timeout=spec.timeout)
         writer = stream
         headers = {"Host": f"{host}:{spec.port}", "User-Agent": USER_AGENT, "Accept": "*/*"}
         for name, value in spec.headers:
@@ -296,7 +297,16 @@ async def exec_probe(ctx: ProbeContext, command: tuple[str, ...], limit: float =
 
 
 async def run_probe(spec: ProbeSpec, ctx: ProbeContext) -> ProbeResult:
-    """Run one probe once; never raises (every failure is a result)."""
+    """Run one probe once; never raises (every failure is a result, a bug included: it shows in the log)."""
+    try:
+        return await _run_probe(spec, ctx)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # never let one probe take the pod worker down
+        return ProbeResult(False, f"probe error: {type(exc).__name__}: {exc}")
+
+
+async def _run_probe(spec: ProbeSpec, ctx: ProbeContext) -> ProbeResult:
     if spec.problem:
         return ProbeResult(False, spec.problem)
     if spec.handler == "tcpSocket":

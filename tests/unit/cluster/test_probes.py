@@ -138,3 +138,36 @@ async def test_refused_ports_and_bad_specs() -> None:
     assert not get.ok and get.message.startswith(f'Get "http://127.0.0.1:{port}/x": dial tcp')
     bad = await run_probe(ProbeSpec("liveness", "unsupported", problem="grpc probes are not supported"), CTX)
     assert bad == probes.ProbeResult(False, "grpc probes are not supported")
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> Path:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem"), "-days", "1",
+                    "-subj", "/CN=self-signed"], check=True, capture_output=True)
+    return tmp_path
+
+
+async def test_https_probe_does_not_verify_the_certificate(self_signed: Path) -> None:
+    import ssl
+
+    tmp_path = self_signed
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    async with srv:
+        port = srv.sockets[0].getsockname()[1]
+        spec = ProbeSpec("liveness", "httpGet", port=port, path="/", scheme="HTTPS")
+        assert await run_probe(spec, CTX) == probes.ProbeResult(False, "HTTP probe failed with statuscode: 503")
