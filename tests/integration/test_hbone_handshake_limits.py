@@ -1,5 +1,6 @@
-"""HBONE listener hardening: pending-handshake caps and deadlines, memory after handshake floods and
-CONTINUATION floods (against a real listener process under uvloop, as the node proxy runs it).
+"""HBONE listener hardening: pending-handshake caps and deadlines (in process), memory after handshake
+floods and CONTINUATION floods against the node proxy's 15008 (a node proxy process under uvloop, shared
+mode on loopback: `hbone_listener_proc.py`).
 
 The memory tests measure the listener process's RSS: a baseline, then after the attack has been reaped.
 Bounded: at most 3,000 connections per round, loopback only.
@@ -23,14 +24,18 @@ import pytest
 
 from ambient.hbone.client import HboneClient
 from ambient.hbone.connection import HboneStream
+from ambient.hbone.errors import HboneStatusError
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, HandshakeLimits, HboneServer
 from ambient.identity.ca import LocalCA
 from ambient.tls.verify import PeerIdentity
+from ambient.ztunnel.certs import LocalCaSource
 
 pytestmark = pytest.mark.timeout(180)
 SERVER_ID = "spiffe://cluster.local/ns/mem/sa/server"
 PROC = Path(__file__).with_name("hbone_listener_proc.py")
+WORKLOAD_IP = "127.0.0.5"  # the node proxy process's HBONE workload (hbone_listener_proc.py)
+WORKLOAD_ID = "spiffe://cluster.local/ns/mem/sa/web"
 
 
 @pytest.fixture(scope="module")
@@ -104,26 +109,26 @@ async def test_listener_cap_refuses_past_it(ca: LocalCA) -> None:
             w.close()
 
 
-# -- a listener process: memory --------------------------------------------------------------------------
-class Listener:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc, self.port = proc, port
+# -- the node proxy in a process: memory ----------------------------------------------------------------------
+class NodeProxy:
+    def __init__(self, proc: subprocess.Popen[str], port: int, certs: LocalCaSource) -> None:
+        self.proc, self.port, self.certs = proc, port, certs
 
     def query(self) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
-        assert line, "listener process died"
+        assert line, "node proxy process died"
         return dict(json.loads(line))
 
-    def wait(self, cond: Any, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+    def wait(self, cond: Any, within: float) -> dict[str, Any]:
+        deadline = time.monotonic() + within
         while True:
             state = self.query()
             if cond(state):
                 return state
-            assert time.monotonic() < deadline, f"not reached within {timeout}s: {state}"
+            assert time.monotonic() < deadline, f"not reached within {within}s: {state}"
             time.sleep(0.2)
 
 
@@ -136,60 +141,74 @@ def _raise_fd_limit(need: int) -> None:
 
 
 @pytest.fixture
-def listener_proc(ca: LocalCA, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Listener]:
-    _raise_fd_limit(8192)  # (inherited by the listener process)
-    (tmp_path / "ca.pem").write_bytes(ca.root_pem)
-    (tmp_path / "ca.key").write_bytes(ca.key_pem)
-    args = [f"{k}={v}" for k, v in getattr(request, "param", {}).items()]
-    proc = subprocess.Popen([sys.executable, str(PROC), str(tmp_path / "ca.pem"), str(tmp_path / "ca.key"), *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def node_proxy(tmp_path: Path) -> Iterator[NodeProxy]:
+    _raise_fd_limit(8192)  # (inherited by the proxy process)
+    proc = subprocess.Popen([sys.executable, str(PROC), str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
-        yield Listener(proc, int(proc.stdout.readline()))
+        port = int(proc.stdout.readline())
+        yield NodeProxy(proc, port, LocalCaSource.from_dir(tmp_path / "ca"))
     finally:
         proc.kill()
         proc.wait(10)
 
 
 def _open_connections(port: int, n: int, first_byte: bytes) -> list[socket.socket]:
+    """`n` connections to the proxy's HBONE port from 16 loopback source addresses (so the listener's
+    cap, not only the per-source one, is reached)."""
     socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    for i in range(n):
+        s = socket.socket()
+        s.settimeout(10)
+        s.bind((f"127.0.1.{1 + i % 16}", 0))
+        s.connect((WORKLOAD_IP, port))
         if first_byte:
             s.send(first_byte)
         socks.append(s)
     return socks
 
 
-# Every connection is a pending handshake of the listener (up to its 1,024 cap: one source here).
-@pytest.mark.parametrize("listener_proc", [{"max_pending_per_source": 5000, "timeout": 3.0}], indirect=True)
+def _handshake_refusals(state: dict[str, Any]) -> int:
+    return sum(n for reason, n in state["refused"].items()
+               if reason in ("handshake_timeout", "too_many_handshakes", "too_many_handshakes_from_source"))
+
+
 @pytest.mark.parametrize("first_byte", [b"", b"\x16"], ids=["silent", "one-byte"])
-def test_handshake_flood_memory_returns(listener_proc: Listener, first_byte: bytes) -> None:
-    """3,000 connections that never finish a handshake (silent, or one byte of a ClientHello so the TLS
-    objects are built): once reaped, the listener's RSS is back within 100 MB of its baseline."""
-    base = listener_proc.query()["rss_mb"]
-    socks = _open_connections(listener_proc.port, 3000, first_byte)
-    state = listener_proc.wait(lambda s: s["pending"] == 0 and sum(s["refused"].values()) >= 3000, 60)
-    for s in socks:
-        s.close()
-    assert set(state["refused"]) <= {"handshake_timeout", "too_many_handshakes"}, state
-    state = listener_proc.wait(lambda s: s["rss_mb"] - base < 100, 15)
-    assert state["pending"] == 0 and state["connections"] == 0
+def test_handshake_flood_memory_returns(node_proxy: NodeProxy, first_byte: bytes) -> None:
+    """3,000 connections to the node proxy's 15008 that never finish a handshake (silent, or one byte of a
+    ClientHello so the TLS objects are built): all are refused or reaped, counted in the proxy's metrics,
+    and its RSS comes back within 100 MB of the baseline."""
+    base = node_proxy.query()["rss_mb"]
+    socks = _open_connections(node_proxy.port, 3000, first_byte)
+    try:
+        state = node_proxy.wait(lambda s: _handshake_refusals(s) >= 3000, 90)
+    finally:
+        for s in socks:
+            s.close()
+    assert any(line.startswith('ambient_hbone_refusals_total{reason="handshake_timeout"}')
+               and not line.endswith(" 0.0") for line in state["metrics"]), state["metrics"]
+    node_proxy.wait(lambda s: s["rss_mb"] - base < 100, 15)
 
 
 def _frame(kind: int, flags: int, sid: int, payload_len: int) -> bytes:
     return struct.pack(">HBBBL", payload_len >> 8, payload_len & 0xFF, kind, flags, sid) + b"\x00" * payload_len
 
 
-async def _continuation_flood(ca: LocalCA, port: int) -> tuple[float, str]:
-    """HEADERS without END_HEADERS, then 1 MiB CONTINUATION frames: seconds until the listener closed
-    the connection, and why."""
+async def _continuation_flood(proxy: NodeProxy) -> tuple[float, str]:
+    """An authenticated HBONE connection sends HEADERS without END_HEADERS, then 1 MiB CONTINUATION frames:
+    seconds until the proxy closed the connection, and why."""
+    bundle = await proxy.certs.fetch("spiffe://cluster.local/ns/x/sa/flood")
     async with HboneClient() as client:
-        stream = await client.connect(ca.issue("spiffe://cluster.local/ns/x/sa/flood"), ("127.0.0.1", port),
-                                      {SERVER_ID}, "127.0.0.1:80")
-        conn = stream.connection
+        # (the CONNECT is answered 400, a loopback target; the connection stays)
+        with pytest.raises(HboneStatusError):
+            await client.connect(bundle, (WORKLOAD_IP, proxy.port), {WORKLOAD_ID}, f"{WORKLOAD_IP}:8080")
+        conn = client.connections()[0]
         transport = conn._transport
         assert transport is not None
+        # An attacker answers nothing from here on: no PING ACK (which would end the header block early
+        # and hide the flood), so only the proxy's own limits can end the connection.
+        conn._queue = lambda _data: None  # type: ignore[method-assign,assignment]
         start = time.monotonic()
         transport.write(_frame(1, 0, 101, 16 * 1024))  # HEADERS, no END_HEADERS
         for _ in range(63):  # h2's own CONTINUATION cap is 64 frames
@@ -197,19 +216,18 @@ async def _continuation_flood(ca: LocalCA, port: int) -> tuple[float, str]:
                 break
             transport.write(_frame(9, 0, 101, 1024 * 1024))
             await asyncio.sleep(0.02)
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(45):
             await conn.lost
         return time.monotonic() - start, str(conn.error)
 
 
-def test_continuation_flood_cut_at_header_cap(ca: LocalCA, listener_proc: Listener) -> None:
+def test_continuation_flood_cut_at_header_cap(node_proxy: NodeProxy) -> None:
     """4 authenticated connections flooding CONTINUATION frames: each gets GOAWAY(COMPRESSION_ERROR)
-    within 10 s, and the listener's RSS grows less than 50 MB."""
-    base = listener_proc.query()["rss_mb"]
+    within 10 s, each is counted, and the proxy's RSS grows less than 50 MB."""
+    base = node_proxy.query()["rss_mb"]
     for _ in range(4):
-        elapsed, error = asyncio.run(_continuation_flood(ca, listener_proc.port))
+        elapsed, error = asyncio.run(_continuation_flood(node_proxy))
         assert "COMPRESSION_ERROR" in error, error
         assert elapsed < 10, elapsed
-    state = listener_proc.wait(lambda s: s["connections"] == 0, 15)
-    assert state["process_refused"] == {"header_block_too_large": 4}, state
+    state = node_proxy.wait(lambda s: s["refused"].get("header_block_too_large") == 4, 15)
     assert state["rss_mb"] - base < 50, (base, state)
