@@ -158,7 +158,7 @@ def wait_captured(namespaces: list[str], timeout: float = 30.0) -> None:
 
 def show_access_line(node: str, direction: str, *, errors: bool = False) -> None:
     """Print the newest access-log line of NODE's proxy for DIRECTION (the proxy logs them to stdout)."""
-    from ambient.ztunnel.accesslog import parse_fields
+    from ambient.runtime.accesslog import parse_fields
 
     def latest() -> str | None:
         proc = ambient("logs", "ztunnel", "--node", node, show=False, capture=True, check=False)

@@ -22,7 +22,7 @@ from ambient.protocol.xds import (
     DeltaDiscoveryRequest,
 )
 from ambient.state.store import StateStore
-from ambient.ztunnel.xds_client import XdsClient, node_id
+from ambient.xds.client import XdsClient, node_id
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,7 @@ from ambient.controlplane.app import ControlPlane
 from ambient.controlplane.ca_server import node_token_path
 from ambient.identity.ca_client import CaClient, CaRequestError
 from ambient.state.store import StateStore
-from ambient.ztunnel.xds_client import XdsClient, node_id
+from ambient.xds.client import XdsClient, node_id
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -193,7 +193,7 @@ async def test_control_plane_outage_keeps_state_and_certificates(tmp_path: Path)
     """Proxies keep their state and valid certificates through a control plane restart, then resync."""
     from datetime import UTC, datetime, timedelta
 
-    from ambient.ztunnel.xds_client import ControlPlaneSource
+    from ambient.xds.client import ControlPlaneSource
 
     api_srv = ApiServer(tmp_path, bookmark_interval=0.5)
     await api_srv.start()

@@ -22,7 +22,7 @@ from ambient.protocol.xds import (
     DeltaDiscoveryResponse,
 )
 from ambient.state.store import StateStore
-from ambient.ztunnel.xds_client import XdsClient
+from ambient.xds.client import XdsClient
 
 pytestmark = pytest.mark.timeout(60)
 NODE = "ztunnel~10.0.0.1~zt.istio-system~istio-system.svc.cluster.local"

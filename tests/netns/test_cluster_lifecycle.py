@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 from cluster_helpers import force_cleanup, leftovers
 
-from ambient.cluster import dnswire as W
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, network, processes
 from ambient.cluster.cni import CniRuntime
 from ambient.cluster.errors import ClusterExistsError, NotRootError
+from ambient.protocol import dnswire as W
 
 pytestmark = pytest.mark.root
 
 DNS_PROBE = r"""
 import socket, sys
-from ambient.cluster import dnswire as W
+from ambient.protocol import dnswire as W
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
 for name in sys.argv[2:]:
     s.sendto(W.build_query(name), (sys.argv[1], 53))

@@ -33,7 +33,7 @@ from ambient.api.client import ApiClient
 from ambient.cli.main import app
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, processes
-from ambient.ztunnel.accesslog import parse_fields
+from ambient.runtime.accesslog import parse_fields
 
 pytestmark = pytest.mark.root
 

@@ -19,7 +19,7 @@ from h8_helpers import in_pod, pod_manifest, wait_for, wait_ready, whoami_pod
 
 from ambient.api.client import ApiClient
 from ambient.cluster import lifecycle, network, processes
-from ambient.ztunnel.accesslog import parse_fields
+from ambient.runtime.accesslog import parse_fields
 
 pytestmark = pytest.mark.root
 

@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, network, processes
-from ambient.ztunnel.accesslog import parse_fields
+from ambient.runtime.accesslog import parse_fields
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 

@@ -33,7 +33,7 @@ from h8_helpers import in_pod, pod_manifest, pod_netns, wait_for, wait_ready
 from ambient.api.client import ApiClient
 from ambient.cli.context import CliState
 from ambient.cluster import lifecycle, network, processes
-from ambient.ztunnel.accesslog import parse_fields
+from ambient.runtime.accesslog import parse_fields
 
 pytestmark = pytest.mark.root
 

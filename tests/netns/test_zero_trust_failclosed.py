@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ambient.ztunnel.accesslog import parse_fields
+from ambient.runtime.accesslog import parse_fields
 from ambient.ztunnel.testbed import ProxyProcess, Testbed, echo_transfer, sh, start_echo
 
 pytestmark = pytest.mark.root

@@ -2,7 +2,7 @@
 
 Reads Namespaces, Pods, Services, AuthorizationPolicies, PeerAuthentications and Gateways from the
 cluster API, translates them with the control plane's pure functions and evaluates the connection with
-the node proxy's evaluator (`ambient.authz.explain`); no traffic is sent. Prints the verdict, the reason
+the node proxy's evaluator (`ambient.controlplane.explain`); no traffic is sent. Prints the verdict, the reason
 the proxy would log, every applicable policy with its effect, and the control plane's narrowing status
 ("more restrictive than requested", "not enforced") of the policies involved.
 
@@ -40,16 +40,16 @@ def _default_port(pod: dict[str, Any]) -> int | None:
 
 
 def fetch_objects(client: Any) -> dict[str, list[dict[str, Any]]]:
-    from ambient.authz.explain import KINDS
+    from ambient.controlplane.explain import KINDS
 
     return {kind: client.list(kind)[0] for kind in KINDS}
 
 
 def _compare(ctx: typer.Context, model: Any, ex: Any) -> Any:
     """Ask the destination node's proxy (admin Unix socket, as `ambient zc` does) which policies it holds."""
-    from ambient.authz.explain import compare_with_proxy, proxy_unreachable
     from ambient.cli.context import state
     from ambient.cli.zc import admin_socket_for, fetch_dump
+    from ambient.controlplane.explain import compare_with_proxy, proxy_unreachable
     from ambient.core.errors import AmbientError
 
     ns, name = ex.destination.split("/", 1)
@@ -88,10 +88,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Explain the L4 decision for a connection, without sending traffic."""
-        from ambient.authz.explain import MeshModel, Source, render_text
         from ambient.cli.context import state
         from ambient.cli.errors import UsageError
         from ambient.cli.output import dump_json, dump_yaml
+        from ambient.controlplane.explain import MeshModel, Source, render_text
         from ambient.state.model import parse_ip
 
         if (source is None) == (from_ip is None):

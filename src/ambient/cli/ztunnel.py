@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
             if xds is not None:
                 import os
 
-                from ambient.ztunnel.xds_client import ControlPlaneSource, node_id
+                from ambient.xds.client import ControlPlaneSource, node_id
 
                 tf = token_file
                 source = ControlPlaneSource(

@@ -30,9 +30,9 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, cast
 
-from ambient.cluster import dnswire
 from ambient.cluster.layout import DNS_SERVER_IP
 from ambient.core.backoff import Backoff
+from ambient.protocol import dnswire
 
 log = logging.getLogger("ambient.cluster.dns")
 

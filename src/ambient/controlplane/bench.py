@@ -34,7 +34,7 @@ from ambient.protocol.xds import ADDRESS_TYPE_URL
 from ambient.state import convert
 from ambient.state.model import Workload
 from ambient.state.store import StateChange, StateDelta, StateStore
-from ambient.ztunnel.xds_client import XdsClient
+from ambient.xds.client import XdsClient
 
 
 def _pod(i: int, services: int) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 Role: fetch ahead the certificates of the identities the proxy serves (the service accounts of its node's
 pods), renew each at half its lifetime, keep the current certificate while renewal fails (retrying with
-backoff 0.5 s -> 150 s), and hand certificates to the data path: `await get(identity)` (waits for the first
-fetch) and `cached(identity)` (non-blocking, for per-handshake TLS callbacks). `snapshot()` is the
-config_dump `certificates` section. Implements `ztunnel.certs.CertSource` (`fetch`, `cached`, `bundles`).
+backoff 0.5 s -> 150 s; while an identity has no certificate yet, its pods cannot talk at all, so those
+retries are capped at `pending_backoff_max`, 2 s, and a pod created during a control-plane outage gets its
+certificate within ~2 s of the CA answering again), and hand certificates to the data path:
+`await get(identity)` (waits for the first fetch) and `cached(identity)` (non-blocking, for per-handshake
+TLS callbacks). `snapshot()` is the config_dump `certificates` section. Implements `ztunnel.certs.CertSource` (`fetch`, `cached`, `bundles`).
 
 Invariants: at most one worker (and so one in-flight CSR) per identity; a bundle is replaced only by a
 newly issued valid one; an expired bundle is never handed out (callers wait for a renewal instead);
@@ -54,12 +56,14 @@ class CertificateManager:
         *,
         backoff_min: float = 0.5,
         backoff_max: float = 150.0,
+        pending_backoff_max: float = 2.0,
         idle_grace: float = 60.0,
     ) -> None:
         self._fetch = fetch
         self.idle_grace = idle_grace
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self.pending_backoff_max = pending_backoff_max
         self._slots: dict[str, _Slot] = {}
         self._tg: asyncio.TaskGroup | None = None
 
@@ -158,7 +162,10 @@ class CertificateManager:
             except Exception as exc:  # keep the current certificate; retry with backoff
                 slot.error = str(exc)
                 delay = backoff.next()
-                if slot.bundle is not None:
+                if slot.bundle is None:
+                    # Nothing to serve meanwhile: retry often enough to heal soon after the CA is back.
+                    delay = min(delay, self.pending_backoff_max)
+                else:
                     # Never sleep past the expiry of the certificate we still serve.
                     delay = min(delay, max(slot.bundle.expires_in().total_seconds(), self.backoff_min))
                 log.warning("certificate for %s: fetch failed (%s); retry in %.1fs", slot.identity, exc, delay)

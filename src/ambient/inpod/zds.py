@@ -6,7 +6,8 @@
   Older connections (an old proxy draining during an upgrade) stay open but get no updates; closing them
   would make two live proxies kick each other out forever. When the active connection closes, the older
   ones are closed too, so whichever proxy is still alive reconnects and gets a fresh snapshot.
-- `ZdsClient` (node proxy side): connects with backoff 10 ms -> 15 s, says Hello, drives `ProxyZds` and calls
+- `ZdsClient` (node proxy side): connects with backoff 10 ms -> 1 s (a local socket: retrying is cheap,
+  and a node agent back from a restart must get its proxy back at once), says Hello, drives `ProxyZds` and calls
   the injected async callbacks `on_add(uid, info, netns_fd)`, `on_del(uid)`, `on_snapshot_done(keep_uids)`.
 
 Invariants:
@@ -74,6 +75,7 @@ from ambient.inpod.zds_state import (
 log = logging.getLogger("ambient.inpod.zds")
 
 DEFAULT_SOCKET_PATH = "/var/run/ztunnel/ztunnel.sock"
+RECONNECT_BACKOFF_MAX = 1.0  # seconds; the node agent's socket is local, so retrying is cheap
 
 # --- packet I/O (the only place that touches the socket) -----------------------------------------------
 
@@ -467,7 +469,7 @@ class ZdsClient:
         self._on_add = on_add
         self._on_del = on_del
         self._on_snapshot_done = on_snapshot_done
-        self._backoff = backoff or Backoff(0.01, 15.0)
+        self._backoff = backoff or Backoff(0.01, RECONNECT_BACKOFF_MAX, jitter=0.2)
         self.state = ProxyZds()
         self.connections = 0  # successful connects
         self.snapshots = 0  # completed snapshots

@@ -138,11 +138,11 @@ async def run(args: argparse.Namespace) -> None:
     from ambient.hbone.client import HboneClient
     from ambient.hbone.server import HboneServer
     from ambient.identity.ca import LocalCA
+    from ambient.runtime.admin import Readiness, metrics_app, readiness_app
     from ambient.state.store import StateStore
     from ambient.waypoint.config import ApiL7Source, L7Source, StaticL7Source, load_static
     from ambient.waypoint.server import Waypoint, WaypointSettings
     from ambient.waypoint.telemetry import WaypointMetrics
-    from ambient.ztunnel.admin import Readiness, metrics_app, readiness_app
 
     identity = f"spiffe://{args.trust_domain}/ns/{args.namespace}/sa/{args.service_account}"
     store = StateStore()

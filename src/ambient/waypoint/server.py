@@ -60,6 +60,7 @@ from ambient.state.model import (
     Service,
     Workload,
 )
+from ambient.state.route import pick_endpoint, resolve_target_port
 from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint import upgrade
@@ -81,7 +82,6 @@ from ambient.waypoint.routing import (
     route_request,
 )
 from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
-from ambient.ztunnel.route import pick_endpoint, resolve_target_port
 
 log = logging.getLogger(__name__)
 RBAC_DENIED = "RBAC: access denied"

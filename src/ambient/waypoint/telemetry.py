@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 
-from ambient.ztunnel.accesslog import CONNECTION_FIELDS, timestamp
+from ambient.runtime.accesslog import CONNECTION_FIELDS, timestamp
 
 access_log = logging.getLogger("ambient.waypoint.access")
 # Envoy exports no `<counter>_created` / `<histogram>_created` series (prometheus_client: process-wide switch)

@@ -19,7 +19,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
-from ambient.cluster import dnswire
+from ambient.protocol import dnswire
 from ambient.state.store import StateView
 from ambient.ztunnel import sockets as so
 

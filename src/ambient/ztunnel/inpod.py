@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ambient.inpod.netns import netns_inode
 from ambient.inpod.zds_codec import WorkloadInfo
-from ambient.ztunnel.drain import Drain
+from ambient.runtime.drain import Drain
 from ambient.ztunnel.proxy import NetnsSockets, PodContext, PodScope, ProxyCore, WorkloadProxy
 
 log = logging.getLogger("ambient.ztunnel.inpod")

@@ -42,13 +42,13 @@ from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import HboneServer
 from ambient.identity.certs import CertBundle
 from ambient.inpod.netns import in_netns
+from ambient.runtime.drain import Drain
 from ambient.state.model import IPAddress, Workload, canonical_ip, spiffe_id
 from ambient.state.store import StateStore, StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel import sockets as so
 from ambient.ztunnel.admission import Admission
 from ambient.ztunnel.certs import CertSource
-from ambient.ztunnel.drain import Drain
 from ambient.ztunnel.errors import ListenerError, UpstreamError
 from ambient.ztunnel.settings import Settings
 from ambient.ztunnel.telemetry import Telemetry

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable, Iterable
 
 from ambient.identity.certs import CertBundle
+from ambient.runtime.drain import Drain
 from ambient.state.model import Workload
-from ambient.ztunnel.drain import Drain
 from ambient.ztunnel.errors import ConfigError
 from ambient.ztunnel.proxy import (
     ListenerSpec,

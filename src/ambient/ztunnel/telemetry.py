@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ambient.authz.evaluate import ConnectionInfo, evaluate
+from ambient.runtime.accesslog import ConnectionRecord, Direction, format_failed, format_json, format_text
 from ambient.state.model import Service, Workload
 from ambient.state.store import StateChange
-from ambient.ztunnel.accesslog import ConnectionRecord, Direction, format_failed, format_json, format_text
 from ambient.ztunnel.copy import CopyStats
 from ambient.ztunnel.metrics import LABELS, ConnectionLabels, ProxyMetrics
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ambient.authz.explain import ExplainError, MeshModel, Source, render_text
 from ambient.cli.context import CliState
 from ambient.cli.main import app
+from ambient.controlplane.explain import ExplainError, MeshModel, Source, render_text
 
 ENROLL = {"istio.io/dataplane-mode": "ambient"}
 
@@ -242,7 +242,7 @@ def test_cli_needs_exactly_one_source() -> None:
 
 
 def test_compare_with_proxy_names_policies_not_yet_received() -> None:
-    from ambient.authz.explain import compare_with_proxy, proxy_unreachable
+    from ambient.controlplane.explain import compare_with_proxy, proxy_unreachable
 
     m = model(ap("deny-client", "shop", DENY_CLIENT), pa("default", "shop", "STRICT"))
     ex = check(m, "client/curl")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ambient.cluster import dnswire as W
 from ambient.cluster.dns import DnsServer, ServiceTable, ServiceWatcher, endpoint_ips, service_ips
+from ambient.protocol import dnswire as W
 
 
 async def udp_query(port: int, name: str, qtype: int = W.TYPE_A) -> W.ParsedResponse:

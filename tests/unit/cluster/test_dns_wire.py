@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ambient.cluster import dnswire as W
+from ambient.protocol import dnswire as W
 
 SERVICES = {("web", "default"): ["10.96.0.20"], ("headless", "prod"): []}
 

@@ -13,8 +13,8 @@ from ambient.cluster import waypoints as W
 from ambient.controlplane.index import MeshIndex
 from ambient.state import convert
 from ambient.state.model import NamespacedHostname, Service, Workload
+from ambient.state.route import check_inbound_authority
 from ambient.state.store import view_of
-from ambient.ztunnel.route import check_inbound_authority
 
 CFG = W.WaypointConfig(root_cert="/s/ca/root-cert.pem", api_socket="/s/apiserver.sock", python="python3")
 

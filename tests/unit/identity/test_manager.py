@@ -88,3 +88,22 @@ async def test_get_times_out_with_the_reason_and_set_identities(tmp_path: Path) 
         assert bundle.identity.service_account == "db"
         assert [s["identity"] for s in mgr.snapshot()] == [other]  # web is no longer tracked
         task.cancel()
+
+
+async def test_an_identity_without_certificate_heals_soon_after_a_long_outage(tmp_path: Path) -> None:
+    # The long back-off is for renewals (a valid certificate is still served); an identity with nothing to
+    # serve retries at least every `pending_backoff_max`, so its pods work soon after the CA is back.
+    ca = FakeCa(tmp_path, ttl=60.0)
+    ca.down = True
+    mgr = CertificateManager(ca.fetch, backoff_min=0.05, backoff_max=150.0, pending_backoff_max=0.3)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(mgr.run())
+        waiter = tg.create_task(mgr.get(WEB, timeout=30))
+        while ca.calls < 8:  # noqa: ASYNC110 - 0.05 .. 6.4 s uncapped; capped at 0.3 s, within ~2 s
+            await asyncio.sleep(0.05)
+        ca.down = False
+        back = asyncio.get_running_loop().time()
+        bundle = await waiter
+        assert bundle.identity.uri == WEB
+        assert asyncio.get_running_loop().time() - back < 1.0
+        task.cancel()

@@ -439,3 +439,18 @@ async def test_cancelled_add_pod_does_not_desync_the_connection(sock_path: Path,
             os.close(fd)
         assert set(proxy.added) == {"slow", "next"}
         assert server.connections_dropped == 0 and server.ready
+
+
+async def test_default_backoff_reconnects_within_a_second_after_a_long_agent_outage(
+        sock_path: Path, no_leaked_tasks: None) -> None:
+    # The node agent's socket is local: the proxy keeps retrying at least every second, so a node agent that
+    # comes back after a long outage (e.g. out of a restart back-off) gets its proxy at once.
+    proxy = FakeProxy()
+    client = ZdsClient(sock_path, on_add=proxy.on_add, on_del=proxy.on_del,
+                       on_snapshot_done=proxy.on_snapshot_done)  # the default back-off
+    async with running(client):
+        await asyncio.sleep(4.0)  # ~9 failed connects: an uncapped 10 ms doubling would now wait ~5 s
+        async with ZdsServer(sock_path, empty_snapshot):
+            started = asyncio.get_running_loop().time()
+            await until(lambda: client.snapshots >= 1)
+            assert asyncio.get_running_loop().time() - started < 2.5

@@ -30,7 +30,7 @@ from ambient.kube.errors import KubeError
 from ambient.kube.resources import RESOURCES
 from ambient.kube.source import KubeSource
 from ambient.state.store import StateStore
-from ambient.ztunnel.xds_client import XdsClient, node_id
+from ambient.xds.client import XdsClient, node_id
 
 pytestmark = pytest.mark.timeout(60)
 

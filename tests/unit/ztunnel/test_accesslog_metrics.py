@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ambient.ztunnel.accesslog import ConnectionRecord, format_failed, format_json, format_text, parse_fields
+from ambient.runtime.accesslog import ConnectionRecord, format_failed, format_json, format_text, parse_fields
 from ambient.ztunnel.metrics import LABELS, ConnectionLabels, ProxyMetrics
 
 

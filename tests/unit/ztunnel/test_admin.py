@@ -6,7 +6,7 @@ import logging
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ambient.ztunnel.admin import Readiness, admin_app, metrics_app, readiness_app
+from ambient.runtime.admin import Readiness, admin_app, metrics_app, readiness_app
 
 
 async def test_readiness_lists_pending_tasks_then_ready() -> None:

@@ -19,10 +19,7 @@ import pytest
 from ambient.hbone.errors import HboneConnectError
 from ambient.hbone.protocol import ConnectRequest, format_authority, make_traceparent, parse_authority
 from ambient.hbone.server import Accept, Reject
-from ambient.state.static import load_state_file
-from ambient.state.store import StateStore, StateWriter
-from ambient.ztunnel import inbound, outbound, proxy, route
-from ambient.ztunnel.accesslog import (
+from ambient.runtime.accesslog import (
     CONNECTION_FIELDS,
     ConnectionRecord,
     _quote,
@@ -31,6 +28,9 @@ from ambient.ztunnel.accesslog import (
     parse_fields,
     timestamp,
 )
+from ambient.state.static import load_state_file
+from ambient.state.store import StateStore, StateWriter
+from ambient.ztunnel import inbound, outbound, proxy, route
 from ambient.ztunnel.admission import Admission
 from ambient.ztunnel.errors import UpstreamError
 from ambient.ztunnel.metrics import ProxyMetrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from ambient.cluster import dnswire
+from ambient.protocol import dnswire
 from ambient.state.model import NetworkAddress, Service
 from ambient.state.store import view_of
 from ambient.ztunnel.dnsproxy import answer_from_state

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
+from ambient.runtime.drain import Drain
 from ambient.ztunnel.copy import INITIAL_BUFFER, MAX_BUFFER, CopyStats, SocketEnd, copy_bidirectional, finish, refuse
-from ambient.ztunnel.drain import Drain
 
 
 async def test_drain_closes_listeners_at_once_and_waits_for_connections() -> None:

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from ambient.ztunnel.drain import Drain
+from ambient.runtime.drain import Drain
 from ambient.ztunnel.inpod import InpodManager, PodProxy
 from ambient.ztunnel.proxy import PodScope
 

@@ -25,8 +25,7 @@ from ambient.state.model import (
     Workload,
     WorkloadStatus,
 )
-from ambient.state.store import StateView, view_of
-from ambient.ztunnel.route import (
+from ambient.state.route import (
     Direct,
     Hbone,
     Passthrough,
@@ -37,6 +36,7 @@ from ambient.ztunnel.route import (
     check_inbound_authority,
     decide_outbound,
 )
+from ambient.state.store import StateView, view_of
 
 HOST = "web.shop.svc.cluster.local"
 KEY = f"shop/{HOST}"

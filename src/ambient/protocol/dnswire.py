@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ambient.cluster.errors import ClusterError
+from ambient.protocol.errors import ProtocolError
 
 # Types and classes we use by name.
 TYPE_A = 1
@@ -45,7 +45,7 @@ MAX_UDP = 512
 ServiceLookup = Callable[[str, str], "list[str] | None"]
 
 
-class DnsWireError(ClusterError):
+class DnsWireError(ProtocolError):
     """A DNS message could not be parsed."""
 
 

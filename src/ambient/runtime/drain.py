@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
-log = logging.getLogger("ambient.ztunnel.drain")
+log = logging.getLogger("ambient.runtime.drain")
 
 
 class Drain:
