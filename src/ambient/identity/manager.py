@@ -2,11 +2,12 @@
 
 Role: fetch ahead the certificates of the identities the proxy serves (the service accounts of its node's
 pods), renew each at half its lifetime, keep the current certificate while renewal fails (retrying with
-backoff 0.5 s -> 150 s; while an identity has no certificate yet, its pods cannot talk at all, so those
-retries are capped at `pending_backoff_max`, 2 s, and a pod created during a control-plane outage gets its
-certificate within ~2 s of the CA answering again), and hand certificates to the data path:
-`await get(identity)` (waits for the first fetch) and `cached(identity)` (non-blocking, for per-handshake
-TLS callbacks). `snapshot()` is the config_dump `certificates` section. Implements `ztunnel.certs.CertSource` (`fetch`, `cached`, `bundles`).
+backoff 0.5 s -> 150 s), and hand certificates to the data path: `await get(identity)` (waits for the first
+fetch) and `cached(identity)` (non-blocking, for per-handshake TLS callbacks). While an identity has no
+certificate yet its pods cannot talk at all, so those retries are capped at `pending_backoff_max` (2 s): a
+pod created during a control-plane outage gets its certificate within ~2 s of the CA answering again.
+`snapshot()` is the config_dump `certificates` section. Implements `ztunnel.certs.CertSource` (`fetch`,
+`cached`, `bundles`).
 
 Invariants: at most one worker (and so one in-flight CSR) per identity; a bundle is replaced only by a
 newly issued valid one; an expired bundle is never handed out (callers wait for a renewal instead);

@@ -154,7 +154,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.xds is not None:
         from ambient.identity.ca_client import CaClient
         from ambient.identity.manager import CertificateManager
-        from ambient.ztunnel.xds_client import XdsClient
+        from ambient.xds.client import XdsClient
 
         root = args.root_cert.read_bytes()
         token_file = args.token_file

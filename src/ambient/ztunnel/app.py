@@ -34,11 +34,11 @@ from aiohttp import web
 from ambient.hbone.client import HboneClient
 from ambient.identity.certs import CertBundle
 from ambient.inpod.zds import DEFAULT_SOCKET_PATH, ZdsClient
+from ambient.runtime.admin import Readiness, admin_app, metrics_app, readiness_app
 from ambient.runtime.drain import Drain
 from ambient.state.consistency import ConsistentChanges
 from ambient.state.store import StateStore, StateWriter
 from ambient.ztunnel import dnsproxy
-from ambient.ztunnel.admin import Readiness, admin_app, metrics_app, readiness_app
 from ambient.ztunnel.certs import CertSource
 from ambient.ztunnel.config_dump import build_config_dump
 from ambient.ztunnel.errors import ConfigError

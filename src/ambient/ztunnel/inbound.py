@@ -47,10 +47,10 @@ from ambient.hbone.connection import HboneStream
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, Reject
 from ambient.runtime.accesslog import ConnectionRecord
+from ambient.state import route
 from ambient.state.model import IPAddress, ServiceVisibility, Workload, canonical_ip
 from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
-from ambient.ztunnel import route
 from ambient.ztunnel import sockets as so
 from ambient.ztunnel.admission import EARLY_RESETS, PROXY_LIMIT, SOURCE_LIMIT, Admission
 from ambient.ztunnel.copy import CopyStats, DrainCut, End, HboneEnd, SocketEnd, copy_bidirectional, finish, reset_socket

@@ -29,8 +29,8 @@ from ipaddress import ip_address
 from ambient.hbone import protocol as hproto
 from ambient.hbone.errors import HboneError
 from ambient.runtime.accesslog import ConnectionRecord
+from ambient.state import route
 from ambient.state.model import IPAddress, Service, Workload, WorkloadType
-from ambient.ztunnel import route
 from ambient.ztunnel import sockets as so
 from ambient.ztunnel.copy import (
     CopyStats,
