@@ -28,9 +28,10 @@ from ambient.runtime.accesslog import (
     parse_fields,
     timestamp,
 )
+from ambient.state import route
 from ambient.state.static import load_state_file
 from ambient.state.store import StateStore, StateWriter
-from ambient.ztunnel import inbound, outbound, proxy, route
+from ambient.ztunnel import inbound, outbound, proxy
 from ambient.ztunnel.admission import Admission
 from ambient.ztunnel.errors import UpstreamError
 from ambient.ztunnel.metrics import ProxyMetrics
