@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from ambient.hbone.bench import CLIENT_ID, SERVER_ID, BenchCerts, measure_throughput
+from ambient.bench.hbone import CLIENT_ID, SERVER_ID, BenchCerts, measure_throughput
 from ambient.hbone.client import HboneClient
 from ambient.hbone.connection import HboneStream
 from ambient.hbone.errors import HboneConnectError, HboneError, HboneStatusError

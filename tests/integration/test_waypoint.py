@@ -16,8 +16,8 @@ import h2.events
 import h11
 import pytest
 
+from ambient.bench.loopback import CLIENT_ID, ECHO_VIP, GRPC_VIP, WAYPOINT_ID, loopback
 from ambient.hbone.errors import HboneStatusError
-from ambient.waypoint.loopback import CLIENT_ID, ECHO_VIP, GRPC_VIP, WAYPOINT_ID, loopback
 
 pytestmark = pytest.mark.timeout(60)
 

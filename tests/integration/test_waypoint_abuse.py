@@ -11,7 +11,7 @@ import h2.events
 import pytest
 from h2.errors import ErrorCodes
 
-from ambient.waypoint.loopback import loopback
+from ambient.bench.loopback import loopback
 
 pytestmark = pytest.mark.timeout(60)
 

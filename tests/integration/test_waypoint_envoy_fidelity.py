@@ -21,8 +21,8 @@ import h11
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ambient.bench.loopback import loopback
 from ambient.runtime.accesslog import parse_fields
-from ambient.waypoint.loopback import loopback
 
 pytestmark = pytest.mark.timeout(60)
 

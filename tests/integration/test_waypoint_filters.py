@@ -17,7 +17,7 @@ import h2.events
 import h11
 import pytest
 
-from ambient.waypoint.loopback import loopback
+from ambient.bench.loopback import loopback
 
 pytestmark = pytest.mark.timeout(60)
 

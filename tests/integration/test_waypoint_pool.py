@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ambient.waypoint.loopback import REVIEWS_VIP, WAYPOINT_ID, loopback
+from ambient.bench.loopback import REVIEWS_VIP, WAYPOINT_ID, loopback
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,8 +21,8 @@ import h2.events
 import h11
 import pytest
 
+from ambient.bench.loopback import PODS, loopback
 from ambient.hbone.errors import HboneError
-from ambient.waypoint.loopback import PODS, loopback
 
 pytestmark = pytest.mark.timeout(60)
 

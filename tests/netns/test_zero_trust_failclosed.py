@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from ambient.bench.testbed import ProxyProcess, Testbed, echo_transfer, sh, start_echo
 from ambient.runtime.accesslog import parse_fields
-from ambient.ztunnel.testbed import ProxyProcess, Testbed, echo_transfer, sh, start_echo
 
 pytestmark = pytest.mark.root
 

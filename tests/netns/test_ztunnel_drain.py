@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from ambient.bench.testbed import Testbed, echo_transfer, pod_socket, start_echo
 from ambient.inpod.netns import open_netns
 from ambient.inpod.zds import WorkloadInfo
-from ambient.ztunnel.testbed import Testbed, echo_transfer, pod_socket, start_echo
 
 pytestmark = pytest.mark.root
 

@@ -34,9 +34,9 @@ import h2.events
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ambient.bench.testbed import Pod, ProxyProcess, Testbed, echo_transfer, pod_socket, sh, start_echo
 from ambient.identity.ca import LocalCA
 from ambient.tls.contexts import client_context
-from ambient.ztunnel.testbed import Pod, ProxyProcess, Testbed, echo_transfer, pod_socket, sh, start_echo
 
 pytestmark = pytest.mark.root
 

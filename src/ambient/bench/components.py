@@ -277,7 +277,7 @@ def call_in_child(module: str, func: str, kwargs: dict[str, Any], timeout: float
 
 def hbone_run(quick: bool = False) -> dict[str, Any]:
     """Runs in the child: the HBONE loopback micro-benchmarks, as explicit figures with their baselines."""
-    from ambient.hbone import bench
+    from ambient.bench import hbone as bench
 
     seconds = 1.0 if quick else 3.0
     hbone = bench.measure_throughput(seconds) * 8 / 1e9
@@ -308,7 +308,7 @@ def waypoint_run(quick: bool = False) -> dict[str, Any]:
     import asyncio
     import logging
 
-    from ambient.waypoint import bench
+    from ambient.bench import waypoint as bench
 
     if hasattr(bench, "run"):
         result: dict[str, Any] = bench.run(quick=quick)
@@ -407,7 +407,7 @@ SECTIONS = [
     Section(
         "hbone",
         "HBONE on loopback (micro-benchmark)",
-        "ambient.hbone.bench in a child process: bytes through one HBONE tunnel vs one bare TLS 1.3 "
+        "ambient.bench.hbone in a child process: bytes through one HBONE tunnel vs one bare TLS 1.3 "
         "connection with the same certificates, client and server in one event loop on 127.0.0.1.",
         _component(
             "ambient.bench.components",
@@ -415,32 +415,32 @@ SECTIONS = [
             _none,
             lambda q: 60 if q else 90,
             compare_with_stunnel=False,
-            requires="ambient.hbone.bench",
+            requires="ambient.bench.hbone",
         ),
     ),
     Section(
         "ztunnel",
         "Node proxy: direct vs mesh vs stunnel",
-        "ambient.ztunnel.bench in a child process, on its own node pair: direct, stunnel and mesh paths; mesh "
+        "ambient.bench.ztunnel in a child process, on its own node pair: direct, stunnel and mesh paths; mesh "
         "figures are compared with the bench's own stunnel figures (else the stunnel baselines above); CPU is "
         "both node proxies' from /proc.",
         _component(
-            "ambient.ztunnel.bench", "run,run_bench", _zt_args, lambda q: 120 if q else 240, compare_with_stunnel=True
+            "ambient.bench.ztunnel", "run,run_bench", _zt_args, lambda q: 120 if q else 240, compare_with_stunnel=True
         ),
     ),
     Section(
         "controlplane",
         "Control plane at scale",
-        "ambient.controlplane.bench.run(workloads, services) in a child process: initial sync time and memory "
+        "ambient.bench.controlplane.run(workloads, services) in a child process: initial sync time and memory "
         "of a proxy's state, object-change-to-applied latency, certificates issued per second.",
         _component(
-            "ambient.controlplane.bench", "run", _cp_size, lambda q: 90 if q else 150, compare_with_stunnel=False
+            "ambient.bench.controlplane", "run", _cp_size, lambda q: 90 if q else 150, compare_with_stunnel=False
         ),
     ),
     Section(
         "waypoint",
         "Waypoint: requests/s and added latency",
-        "ambient.waypoint.bench in a child process: the same loopback HBONE path with and without the waypoint "
+        "ambient.bench.waypoint in a child process: the same loopback HBONE path with and without the waypoint "
         "(closed loop, keep-alive clients): requests/s, p50/p99, and the waypoint's CPU per 1,000 req/s.",
         _component(
             "ambient.bench.components",
@@ -448,7 +448,7 @@ SECTIONS = [
             _none,
             lambda q: 90 if q else 150,
             compare_with_stunnel=False,
-            requires="ambient.waypoint.bench",
+            requires="ambient.bench.waypoint",
         ),
     ),
 ]

@@ -103,7 +103,7 @@ def test_child_that_overruns_its_time_limit_is_stopped() -> None:
 
 
 def test_node_proxy_result_shape_gets_units_added_latency_and_stunnel_baselines() -> None:
-    # the shape ambient.ztunnel.bench.run_bench returns: units on the outer keys, roles inside
+    # the shape ambient.bench.ztunnel.run_bench returns: units on the outer keys, roles inside
     result = {
         "throughput_gbps": {"direct": 9.0, "stunnel": 2.0, "mesh": 3.0},
         "latency": {

@@ -5,7 +5,7 @@ Same process, same event loop, same HTTP app for both paths, `concurrency` keep-
 - waypoint: client --HBONE--> waypoint --HBONE (pooled keep-alive connections)--> backend --TCP--> app
 Reports requests/s, p50/p99 latency and the process CPU per request; the difference of the two CPU
 figures is the waypoint's own cost, given as cores per 1,000 req/s (the issue's goal: <= 0.25).
-Run `python -m ambient.waypoint.bench [seconds] [concurrency]`.
+Run `python -m ambient.bench.waypoint [seconds] [concurrency]`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ambient.waypoint.loopback import REVIEWS_VIP, Loopback, loopback
+from ambient.bench.loopback import REVIEWS_VIP, Loopback, loopback
 
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\n\r\n"
 

@@ -1,4 +1,4 @@
-"""Control plane benchmark (not a timed test): `python -m ambient.controlplane.bench [workloads] [services]`.
+"""Control plane benchmark (not a timed test): `python -m ambient.bench.controlplane [workloads] [services]`.
 
 Role: measure, in one process over real gRPC on 127.0.0.1, (1) translation of N pods / M services,
 (2) initial sync time of one node proxy's xDS client (connect -> ready) and the memory its state store

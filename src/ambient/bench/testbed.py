@@ -1,6 +1,6 @@
 """A small real-netns testbed for the node proxy (root only): nodes and pods joined by veths, the in-pod
 redirection rules applied in each pod, a ZDS server per node handing the pods to the proxy, and the proxy
-started as `ambient ztunnel` processes. Used by tests/netns/test_ztunnel*.py and `ambient.ztunnel.bench`.
+started as `ambient ztunnel` processes. Used by tests/netns/test_ztunnel*.py and `ambient.bench.ztunnel`.
 
 Topology (every address lives inside namespaces this testbed created; prefix given by the caller):
     node i netns: link to node j "n<i>n<j>" on 10.250.0.0/24 (node i = 10.250.0.i), forwarding on;
@@ -372,7 +372,7 @@ def start_echo(bed: Testbed, pod: Pod, ports: Sequence[int]) -> Path:
     """Run `echo_main` in `pod`; returns the peers log. Waits until it listens."""
     peers = bed.workdir / f"peers-{pod.name}.log"
     peers.write_text("")
-    code = f"from ambient.ztunnel.testbed import echo_main; echo_main({list(ports)!r}, {str(peers)!r})"
+    code = f"from ambient.bench.testbed import echo_main; echo_main({list(ports)!r}, {str(peers)!r})"
     proc = bed.spawn(pod.netns, [sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline()

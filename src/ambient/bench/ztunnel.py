@@ -1,5 +1,5 @@
 """Benchmarks of the node proxy in real network namespaces (root; not a timed test). `make bench` calls
-`run_bench()`; `python -m ambient.ztunnel.bench` prints the JSON.
+`run_bench()`; `python -m ambient.bench.ztunnel` prints the JSON.
 
 Side by side on one node pair (testbed.py): pods outside the mesh talk directly ("direct"), through a
 stunnel mTLS pair ("stunnel", the C baseline a user would otherwise use), and enrolled pods talk through
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ambient.ztunnel.testbed import Pod, ProxyProcess, Testbed, pod_socket, start_echo
+from ambient.bench.testbed import Pod, ProxyProcess, Testbed, pod_socket, start_echo
 
 IPERF_PORT = 5201
 ECHO_PORT = 8080

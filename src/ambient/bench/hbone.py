@@ -4,7 +4,7 @@
 server and a discarding sink in one event loop, so one core does both ends' TLS and HTTP/2) and returns
 bytes/s. `measure_plain_tls(seconds)` does the same over bare TLS 1.3 with the same certificates and the
 same event loop: the ratio between the two is the cost of HTTP/2 framing and our stream layer.
-Run `python -m ambient.hbone.bench [seconds]` to print both.
+Run `python -m ambient.bench.hbone [seconds]` to print both.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An in-process waypoint topology on 127.0.0.1, for integration tests and `ambient.waypoint.bench`.
+"""An in-process waypoint topology on 127.0.0.1, for integration tests and `ambient.bench.waypoint`.
 
 client --HBONE--> waypoint (HboneServer + Waypoint) --HBONE--> backend HboneServer --TCP--> HTTP apps
 
