@@ -50,6 +50,8 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("PeerAuthentication", "security.istio.io", "v1", "peerauthentications", True, ("pa",)),
     KindInfo("Gateway", "gateway.networking.k8s.io", "v1", "gateways", True, ("gtw",)),
     KindInfo("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", True, ()),
+    KindInfo("ServiceEntry", "networking.istio.io", "v1", "serviceentries", True, ("se",)),
+    KindInfo("Secret", "", "v1", "secrets", True, ()),
 )
 
 _BY_NAME: dict[str, KindInfo] = {}

@@ -130,6 +130,20 @@ spec:
     - {name: web-v2, port: 80, weight: 10}
     timeouts: {request: 10s}
     retry: {attempts: 3, backoff: 100ms, codes: [503]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin-ext, namespace: shop}
+spec:
+  hosts: [httpbin.example.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cert, namespace: shop}
+type: kubernetes.io/tls
+data: {tls.crt: Qw==, tls.key: Sw==}
 """
 
 

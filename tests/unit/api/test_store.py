@@ -75,6 +75,13 @@ MINIMAL: dict[str, Obj] = {
         "metadata": {"name": "r"},
         "spec": {"parentRefs": [{"name": "web", "kind": "Service", "group": ""}]},
     },
+    "ServiceEntry": {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "ext"},
+        "spec": {"hosts": ["httpbin.example.test"], "ports": [{"number": 80}]},
+    },
+    "Secret": {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "dg=="}},
 }
 
 

@@ -48,6 +48,7 @@ from ambient.api.validation.mesh_kinds import (
     _check_peer_authentication,
 )
 from ambient.api.validation.metadata import _check_metadata, check_name
+from ambient.api.validation.networking_kinds import _check_secret, _check_service_entry
 from ambient.api.validation.schema import FIELD_VALIDATION_MODES, check_fields, find_unknown_fields
 
 __all__ = [
@@ -66,10 +67,12 @@ _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
     "PeerAuthentication": _check_peer_authentication,
     "Gateway": _check_gateway,
     "HTTPRoute": _check_http_route,
+    "ServiceEntry": _check_service_entry,
+    "Secret": _check_secret,
 }
 
 # Kinds whose spec may be absent (the others default to {} but then fail their required fields).
-_NO_SPEC_KINDS = frozenset({"ServiceAccount", "Endpoints"})
+_NO_SPEC_KINDS = frozenset({"ServiceAccount", "Endpoints", "Secret"})
 
 
 def validate_object(

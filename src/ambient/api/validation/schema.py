@@ -194,6 +194,17 @@ HTTP_ROUTE_SPEC = _fields(
     )),
 )
 
+# ----------------------------------------------------------------------------- Istio networking v1
+
+_WORKLOAD_ENTRY = _fields("address", "network", "locality", "weight", "serviceAccount",
+                          ports=MapOf(SCALAR), labels=_STRING_MAP)
+SERVICE_ENTRY_SPEC = _fields(
+    "location", "resolution", "subjectAltNames",
+    hosts=_STRINGS, addresses=_STRINGS, exportTo=_STRINGS, subjectAltNames=_STRINGS,
+    ports=ListOf(_fields("number", "protocol", "name", "targetPort")),
+    endpoints=ListOf(_WORKLOAD_ENTRY), workloadSelector=_fields(labels=_STRING_MAP),
+)
+
 # ----------------------------------------------------------------------------- kinds
 
 
@@ -237,6 +248,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "PeerAuthentication": _kind(PEER_AUTHENTICATION_SPEC),
     "Gateway": _kind(GATEWAY_SPEC),
     "HTTPRoute": _kind(HTTP_ROUTE_SPEC),
+    "ServiceEntry": _kind(SERVICE_ENTRY_SPEC),
+    "Secret": _kind(None, "type", "immutable", data=_STRING_MAP, stringData=_STRING_MAP),
 }
 
 # A path shown in a message or a Warning header is cut to this many characters (keys are user input).
