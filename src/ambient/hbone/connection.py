@@ -13,6 +13,9 @@ Invariants:
   acknowledged to the peer (WINDOW_UPDATE) only when the application reads them, so a stalled reader
   stalls only its own stream. Outbound: `write` waits for the stream+connection window AND for the
   transport to drain (pause_writing/resume_writing), so nothing piles up in user space.
+- A header block (HEADERS + CONTINUATION) is capped at the advertised header list size as its frames
+  arrive (`h2fast.FastFrameBuffer`): past it the connection ends with GOAWAY(COMPRESSION_ERROR), so a
+  CONTINUATION flood holds at most that much, not h2's 64 frames x the 1 MiB frame size.
 - Bytes of a stream that is reset or dropped unread are still acknowledged on the connection window,
   so one bad stream cannot starve the connection.
 - FIN <-> END_STREAM: `write_eof` sends END_STREAM; a received END_STREAM makes `read` return b"".
