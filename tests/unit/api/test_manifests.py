@@ -144,6 +144,63 @@ kind: Secret
 metadata: {name: cert, namespace: shop}
 type: kubernetes.io/tls
 data: {tls.crt: Qw==, tls.key: Sw==}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}, uri: {prefix: /api}}]
+    route: [{destination: {host: web, subset: v2}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 50}}}
+  - route:
+    - {destination: {host: web, subset: v1}, weight: 80}
+    - {destination: {host: web, subset: v2}, weight: 20}
+    timeout: 2s
+    retries: {attempts: 2, perTryTimeout: 500ms, retryOn: 5xx}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules: [{issuer: testing@secure.istio.io, jwksUri: "http://jwks.shop/jwks.json"}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: greeter, port: 50051}]
+  rules:
+  - matches: [{method: {type: Exact, service: helloworld.Greeter, method: SayHello}}]
+    backendRefs: [{name: greeter-v2, port: 50051, weight: 1}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: echo, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: tcp-echo, port: 9000}]
+  rules: [{backendRefs: [{name: tcp-echo-v1, port: 9000, weight: 80}, {name: tcp-echo-v2, port: 9000, weight: 20}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-shop, namespace: backend}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: "", kind: Service}]
 """
 
 

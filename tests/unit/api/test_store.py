@@ -82,6 +82,20 @@ MINIMAL: dict[str, Obj] = {
         "spec": {"hosts": ["httpbin.example.test"], "ports": [{"number": 80}]},
     },
     "Secret": {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "dg=="}},
+    "VirtualService": {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "vs"},
+                       "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}}]}]}},
+    "DestinationRule": {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "dr"},
+                        "spec": {"host": "web"}},
+    "RequestAuthentication": {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                              "metadata": {"name": "ra"}, "spec": {}},
+    "GRPCRoute": {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute", "metadata": {"name": "g"},
+                  "spec": {"parentRefs": [{"name": "web", "kind": "Service", "group": ""}]}},
+    "TCPRoute": {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute", "metadata": {"name": "t"},
+                 "spec": {"rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}},
+    "ReferenceGrant": {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                       "metadata": {"name": "rg"},
+                       "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                          "namespace": "a"}], "to": [{"group": "", "kind": "Service"}]}},
 }
 
 

@@ -49,7 +49,8 @@ from ambient.api.validation.mesh_kinds import (
 )
 from ambient.api.validation.metadata import _check_metadata, check_name
 from ambient.api.validation.networking_kinds import _check_secret, _check_service_entry
-from ambient.api.validation.schema import FIELD_VALIDATION_MODES, check_fields, find_unknown_fields
+from ambient.api.validation.schema import FIELD_VALIDATION_MODES, SCHEMAS, check_fields, find_unknown_fields
+from ambient.api.validation.traffic_kinds import TRAFFIC_CHECKS, TRAFFIC_SCHEMAS
 
 __all__ = [
     "FIELD_VALIDATION_MODES", "check_fields", "check_name", "check_pod_spec", "find_unknown_fields", "validate_object",
@@ -69,7 +70,9 @@ _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
     "HTTPRoute": _check_http_route,
     "ServiceEntry": _check_service_entry,
     "Secret": _check_secret,
+    **TRAFFIC_CHECKS,
 }
+SCHEMAS.update(TRAFFIC_SCHEMAS)  # the traffic-management kinds' field schemas live with their checks
 
 # Kinds whose spec may be absent (the others default to {} but then fail their required fields).
 _NO_SPEC_KINDS = frozenset({"ServiceAccount", "Endpoints", "Secret"})
