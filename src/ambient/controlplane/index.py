@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ambient.controlplane import serviceentry as se
 from ambient.controlplane import translate as tr
 from ambient.controlplane.policy import peer_authentication_warning
 from ambient.protocol.gen.istio.security import authorization_pb2 as sec
@@ -30,7 +31,8 @@ from ambient.protocol.gen.istio.workload import workload_pb2 as wl
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway", "HTTPRoute")
+KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway", "HTTPRoute",
+         "ServiceEntry")
 
 
 @dataclass
@@ -71,6 +73,9 @@ class MeshIndex:
         self._dirty_pa = False
         self._dirty_routes: set[tuple[str, str]] = set()  # HTTPRoutes: only their status (waypoints route)
         self._pa_warned: dict[str, str] = {}  # "ns/name" -> the warning last logged for it
+        self._dirty_entries: set[tuple[str, str]] = set()  # ServiceEntries to re-translate
+        self._entry_keys: dict[tuple[str, str], set[str]] = {}  # ServiceEntry -> address resource names
+        self.entry_vips: dict[str, str] = {}  # "ns/name/host" -> auto-allocated VIP
 
     # ------------------------------------------------------------------ queries
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
@@ -136,10 +141,18 @@ class MeshIndex:
                 self._dirty_pods.update((ns, p) for p in self._objs["Pod"].get(ns, {}))
         elif kind == "HTTPRoute":
             self._dirty_routes.add((ns, name))
+        elif kind == "ServiceEntry":
+            self._dirty_entries.add((ns, name))
         elif kind == "Gateway":
             # Waypoint bindings may change anywhere (use-waypoint-namespace): rare, recompute all.
             self._dirty_pods.update(self._all_pod_keys())
             self._dirty_services.update((n, s) for n, by_name in self._objs["Service"].items() for s in by_name)
+            self._dirty_entries.update(self._all_keys("ServiceEntry"))
+        if kind == "Namespace":
+            self._dirty_entries.update((name, e) for e in self._objs["ServiceEntry"].get(name, {}))
+
+    def _all_keys(self, kind: str) -> list[tuple[str, str]]:
+        return [(n, o) for n, by_name in self._objs[kind].items() for o in by_name]
 
     def _all_pod_keys(self) -> Iterable[tuple[str, str]]:
         return [(n, p) for n, by_name in self._objs["Pod"].items() for p in by_name]
@@ -231,6 +244,8 @@ class MeshIndex:
             msg = tr.service_from_k8s(svc, self._namespace_labels(ns), gateways) if svc else None
             key = f"{ns}/{tr.service_hostname(name, ns)}"
             self._set_addr(delta, key, wl.Address(service=msg) if msg is not None else None)
+        if self._dirty_entries:
+            self._flush_service_entries(delta, gateways)
         contexts: dict[str, tr.PodContext] = {}
         for ns, name in sorted(self._dirty_pods):
             pod = self.get("Pod", ns, name)
@@ -250,6 +265,30 @@ class MeshIndex:
         self._dirty_policies.clear()
         self._dirty_pa = False
         return delta
+
+    def _flush_service_entries(self, delta: IndexDelta, gateways: dict[str, Obj]) -> None:
+        """Re-translate the dirty ServiceEntries; VIPs are allocated over all of them (stable, see
+        `serviceentry.allocate_vips`), and resources an entry no longer produces are removed."""
+        entries = self.objects("ServiceEntry")
+        wanted = [se.vip_key(e, h) for e in entries if se.wants_auto_vip(e) for h in se.hosts(e)]
+        self.entry_vips = se.allocate_vips(wanted, self.entry_vips)
+        for ns, name in sorted(self._dirty_entries):
+            obj = self.get("ServiceEntry", ns, name)
+            produced: dict[str, wl.Address] = {}
+            if obj is not None:
+                labels = (obj.get("metadata") or {}).get("labels") or {}
+                ref = tr._waypoint_ref(labels, ns, self._namespace_labels(ns))
+                waypoint = tr._waypoint_address(ref, gateways, "service", None)
+                result = se.translate(obj, self.entry_vips, waypoint, tr.CLUSTER_ID)
+                produced.update({k: wl.Address(service=v) for k, v in result.services.items()})
+                produced.update({k: wl.Address(workload=v) for k, v in result.workloads.items()})
+            for key in self._entry_keys.pop((ns, name), set()) - set(produced):
+                self._set_addr(delta, key, None)
+            for key, msg in produced.items():
+                self._set_addr(delta, key, msg)
+            if produced:
+                self._entry_keys[(ns, name)] = set(produced)
+        self._dirty_entries.clear()
 
     def _flush_peer_authentications(self, delta: IndexDelta) -> None:
         root = self.root_namespace

@@ -1,0 +1,96 @@
+"""ServiceEntry -> Services + Workloads (as Istio sends them over WDS), VIP auto-allocation, index updates."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from ambient.controlplane import serviceentry as se
+from ambient.controlplane.index import MeshIndex
+from ambient.protocol.gen.istio.workload import workload_pb2 as wl
+
+
+def entry(name: str = "ext", ns: str = "default", labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"hosts": ["httpbin.example.test"], "ports": [{"number": 80, "name": "http",
+                                                                         "protocol": "HTTP"}],
+                            "resolution": "DNS", "location": "MESH_EXTERNAL"}
+    base.update(spec)
+    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": name, "namespace": ns, "labels": labels or {}}, "spec": base}
+
+
+def _ip(b: bytes) -> str:
+    return str(ipaddress.ip_address(b))
+
+
+def test_dns_entry_without_endpoints_is_a_service_with_a_vip_and_a_hostname_workload() -> None:
+    obj = entry()
+    vips = se.allocate_vips([se.vip_key(obj, "httpbin.example.test")], {})
+    out = se.translate(obj, vips)
+    svc = out.services["default/httpbin.example.test"]
+    assert (svc.name, svc.namespace, svc.hostname) == ("ext", "default", "httpbin.example.test")
+    (vip,) = [_ip(a.address) for a in svc.addresses]
+    assert ipaddress.ip_address(vip) in se.AUTO_ALLOCATE_CIDR
+    assert [(p.service_port, p.target_port, p.app_protocol) for p in svc.ports] == [(80, 80, wl.HTTP11)]
+    (w,) = out.workloads.values()
+    assert w.hostname == "httpbin.example.test" and not w.addresses and w.tunnel_protocol == wl.NONE
+    assert w.uid == "Kubernetes/networking.istio.io/ServiceEntry/default/ext/httpbin.example.test"
+    assert [p.target_port for p in w.services["default/httpbin.example.test"].ports] == [80]
+
+
+def test_static_entry_uses_its_addresses_and_endpoint_port_map() -> None:
+    obj = entry(resolution="STATIC", addresses=["240.1.2.3"],
+                endpoints=[{"address": "172.18.200.1", "ports": {"http": 8080}}, {"address": "172.18.200.2"}])
+    assert not se.wants_auto_vip(obj)
+    out = se.translate(obj, {})
+    assert [_ip(a.address) for a in out.services["default/httpbin.example.test"].addresses] == ["240.1.2.3"]
+    ports = {_ip(w.addresses[0]): [p.target_port for p in w.services["default/httpbin.example.test"].ports]
+             for w in out.workloads.values()}
+    assert ports == {"172.18.200.1": [8080], "172.18.200.2": [80]}
+
+
+def test_resolution_none_passes_through_without_workloads_or_vip() -> None:
+    obj = entry(resolution="NONE", addresses=["240.9.9.9"])
+    out = se.translate(obj, {})
+    assert not out.workloads
+    assert out.services["default/httpbin.example.test"].load_balancing.mode == wl.LoadBalancing.PASSTHROUGH
+    assert not se.wants_auto_vip(entry(resolution="NONE"))
+
+
+def test_vip_allocation_is_stable_and_unique() -> None:
+    keys = [f"default/e{i}/h{i}.example.test" for i in range(300)]
+    first = se.allocate_vips(keys, {})
+    assert len(set(first.values())) == 300
+    assert se.allocate_vips(reversed(keys), {}) == first  # independent of order
+    again = se.allocate_vips([*keys, "default/new/x.example.test"], first)
+    assert {k: again[k] for k in keys} == first
+    assert again["default/new/x.example.test"] not in first.values()
+
+
+def test_index_sends_and_removes_entry_resources() -> None:
+    index = MeshIndex()
+    index.upsert("ServiceEntry", entry())
+    delta = index.flush()
+    assert set(delta.addresses) == {"default/httpbin.example.test",
+                                    "Kubernetes/networking.istio.io/ServiceEntry/default/ext/httpbin.example.test"}
+    vip = index.entry_vips["default/ext/httpbin.example.test"]
+    # A second host: the first keeps its VIP; the workload of the removed host goes away.
+    index.upsert("ServiceEntry", entry(hosts=["api.example.test"]))
+    delta = index.flush()
+    assert delta.addresses["default/httpbin.example.test"] is None
+    assert delta.addresses["default/api.example.test"] is not None
+    index.upsert("ServiceEntry", entry(hosts=["api.example.test", "httpbin.example.test"]))
+    index.flush()
+    assert index.entry_vips["default/ext/httpbin.example.test"] != "" and vip
+    index.delete("ServiceEntry", entry())
+    delta = index.flush()
+    assert all(v is None for v in delta.addresses.values()) and delta.addresses
+    assert not index.addresses
+
+
+def test_use_waypoint_label_puts_the_entry_behind_a_waypoint() -> None:
+    index = MeshIndex()
+    index.upsert("ServiceEntry", entry(labels={"istio.io/use-waypoint": "egress"}))
+    index.flush()
+    svc = index.addresses["default/httpbin.example.test"].service
+    assert svc.waypoint.hostname.hostname == "egress.default.svc.cluster.local"
