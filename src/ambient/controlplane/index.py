@@ -370,8 +370,8 @@ def route_status_fields(route: Obj) -> tuple[str, str, str] | None:
     uses a filter the waypoints do not implement (those rules answer 500) or the route cannot be parsed."""
     if not mesh_parent_refs(route):
         return None
-    from ambient.waypoint.errors import ConfigError
-    from ambient.waypoint.routing import parse_http_route
+    from ambient.l7.errors import ConfigError
+    from ambient.l7.routing import parse_http_route
 
     try:
         parsed = parse_http_route(route)

@@ -6,8 +6,8 @@ to whatever head goes back (the backend's, a 101, or the waypoint's own answers 
 from __future__ import annotations
 
 from ambient.hbone.pipe import ByteStream
+from ambient.l7.filters import HeaderModifier, RuleFilters
 from ambient.waypoint.errors import UpstreamError
-from ambient.waypoint.filters import HeaderModifier, RuleFilters
 from ambient.waypoint.messages import Request, ResponseWriter
 
 

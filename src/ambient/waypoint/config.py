@@ -26,11 +26,12 @@ from typing import Any, Protocol
 
 import yaml
 
+from ambient.l7.errors import L7Error
+from ambient.l7.filters import SUPPORTED_FILTERS
+from ambient.l7.routing import HttpRoute, parse_http_route
 from ambient.state.store import StateDelta
 from ambient.waypoint.errors import ConfigError, WaypointError
-from ambient.waypoint.filters import SUPPORTED_FILTERS
 from ambient.waypoint.l7authz import L7Policy, parse_policy
-from ambient.waypoint.routing import HttpRoute, parse_http_route
 
 log = logging.getLogger(__name__)
 KINDS = ("HTTPRoute", "AuthorizationPolicy")
@@ -57,7 +58,7 @@ class L7Config:
                     policy = parse_policy(obj)
                     if policy.targets:  # selector policies are the node proxy's (L4)
                         policies.append(policy)
-            except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            except (ConfigError, L7Error, KeyError, TypeError, ValueError) as exc:
                 meta = obj.get("metadata") or {}
                 log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
         return cls(tuple(routes), tuple(policies), version)

@@ -51,6 +51,14 @@ from ambient.hbone.protocol import ConnectRequest, format_authority
 from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
+from ambient.l7.routing import (
+    NoRoute,
+    Redirect,
+    RequestInfo,
+    RouteDecision,
+    normalize_path,
+    route_request,
+)
 from ambient.state.model import (
     AppProtocol,
     GatewayAddress,
@@ -73,14 +81,6 @@ from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
 from ambient.waypoint.pool import UpstreamPool
-from ambient.waypoint.routing import (
-    NoRoute,
-    Redirect,
-    RequestInfo,
-    RouteDecision,
-    normalize_path,
-    route_request,
-)
 from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
 
 log = logging.getLogger(__name__)

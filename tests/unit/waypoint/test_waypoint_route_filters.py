@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from ambient.waypoint.errors import ConfigError
-from ambient.waypoint.filters import HeaderModifier, replace_prefix, split_authority
-from ambient.waypoint.routing import (
+from ambient.l7.errors import ConfigError
+from ambient.l7.filters import HeaderModifier, replace_prefix, split_authority
+from ambient.l7.routing import (
     HttpRoute,
     NoRoute,
     Redirect,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ambient.waypoint.errors import ConfigError
-from ambient.waypoint.routing import (
+from ambient.l7.errors import ConfigError
+from ambient.l7.routing import (
     HttpRoute,
     NoRoute,
     RequestInfo,

@@ -171,7 +171,7 @@ def _check_route_match(match: Obj, path: str) -> None:
 
 
 # Gateway API v1 HTTPRouteFilter types (standard and experimental channels). All are valid objects; the
-# waypoint implements the first four and answers 500 on rules using the others (ambient.waypoint.routing).
+# waypoint implements the first four and answers 500 on rules using the others (ambient.l7.routing).
 _FILTER_FIELDS = {
     "RequestHeaderModifier": "requestHeaderModifier",
     "ResponseHeaderModifier": "responseHeaderModifier",

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-from ambient.waypoint.errors import ConfigError
-from ambient.waypoint.filters import (
+from ambient.l7.errors import ConfigError
+from ambient.l7.filters import (
     HeaderModifier,
     RedirectFilter,
     RuleFilters,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ambient.waypoint.errors import ConfigError
+from ambient.l7.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
