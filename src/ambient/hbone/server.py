@@ -60,8 +60,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 LISTEN_BACKLOG = 128
 HANDOFF_GRACE = 1.0
-# After a burst of at least this many pending handshakes has ended, return freed heap to the OS.
+# After a burst of at least TRIM_AFTER_PENDING pending handshakes has ended (TRIM_LOW_WATER or fewer
+# left), return freed heap to the OS.
 TRIM_AFTER_PENDING = 256
+TRIM_LOW_WATER = 16
 TRIM_DELAY = 1.0
 LOG_WINDOW = 10.0  # rejection log lines: at most LOG_BURST per window, the rest summarised
 LOG_BURST = 20
@@ -240,6 +242,7 @@ class HboneServer:
         self._burst_peak = 0  # most pending handshakes since the last trim
         self._trim_handle: asyncio.TimerHandle | None = None
         self._log_window = 0.0
+        self._pressure_logged_at = float("-inf")
         self._logged = 0
         self._unlogged = 0
         self._stream_tasks: set[asyncio.Task[None]] = set()
@@ -324,6 +327,9 @@ class HboneServer:
             conn.close("shut down (drain)")
         for hs in list(self._handshakes):
             hs.cancel()
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+            self._trim_handle = None
 
     # -- connections --------------------------------------------------------------------------------------
     def _accept_ready(self, sock: socket.socket | None = None, *, late: bool = False) -> None:
@@ -383,21 +389,26 @@ class HboneServer:
             when = cm.when()
             if when is None or when > limit:
                 cm.reschedule(limit)
-        log.warning("hbone: %d TLS handshakes pending on %s: handshake timeout cut to %.1fs",
-                    len(self._handshakes), self._address, self.limits.pressure_timeout)
+        if self._loop.time() - self._pressure_logged_at > LOG_WINDOW:
+            self._pressure_logged_at = self._loop.time()
+            log.warning("hbone: %d TLS handshakes pending on %s: handshake timeout cut to %.1fs",
+                        len(self._handshakes), self._address, self.limits.pressure_timeout)
 
     def _handshake_done(self, task: asyncio.Task[None]) -> None:
         self._handshakes.discard(task)
         self._deadlines.pop(task, None)
-        if not self._handshakes and self._burst_peak >= TRIM_AFTER_PENDING and self._loop is not None:
+        if (len(self._handshakes) <= TRIM_LOW_WATER and self._burst_peak >= TRIM_AFTER_PENDING
+                and self._loop is not None):
             self._burst_peak = 0
             if self._trim_handle is None:
                 self._trim_handle = self._loop.call_later(TRIM_DELAY, self._trim)
 
     def _trim(self) -> None:
         self._trim_handle = None
-        if not self._handshakes:
+        if len(self._handshakes) <= TRIM_LOW_WATER:
             _malloc_trim()
+        else:  # a new burst began: trim after it
+            self._burst_peak = max(self._burst_peak, TRIM_AFTER_PENDING)
 
     def _pause_accepting(self) -> None:
         loop, lsock = self._loop, self._sock
