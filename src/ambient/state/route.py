@@ -14,7 +14,8 @@ Outbound decision order:
    named port that this workload does not resolve), capacity > 0, narrowed by the load-balancing routing
    preference (STRICT: must share every scope with the source; FAILOVER/unspecified: the best-ranked
    group, ranked by how many leading scopes match), then weighted random by capacity (default 1).
-   No usable endpoint -> Reject ("had endpoints but none usable" / "has no endpoints"). Service-addressed
+   No usable endpoint -> Reject ("had endpoints but none usable" / "has no endpoints"). Endpoints known only
+   by hostname (ServiceEntry resolution DNS) -> DirectHostname: resolved when dialled. Service-addressed
    traffic does not take the endpoint's *workload* waypoint (it is the service's waypoint that counts).
    Mode PASSTHROUGH -> Passthrough to the VIP (load balancing is left to whatever owns the VIP).
 3. Destination is a workload IP: with a workload waypoint (and the source is not that waypoint) ->
@@ -156,13 +157,27 @@ class Direct:
 
 
 @dataclass(frozen=True)
+class DirectHostname:
+    """Plain TCP to an endpoint known by name only (a ServiceEntry with resolution DNS): the proxy resolves
+    `hostname` when it dials, as ztunnel does, then connects to the first address on `port`."""
+
+    hostname: str
+    port: int
+    workload: Workload
+    service: Service | None = None
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Passthrough:
     """Plain TCP to the original destination: an address the mesh does not know."""
 
     address: SocketAddr
 
 
-Route = Reject | ViaWaypoint | Hbone | Direct | Passthrough
+Route = Reject | ViaWaypoint | Hbone | Direct | DirectHostname | Passthrough
 
 
 # ------------------------------------------------------------------------------------------ outbound
@@ -200,6 +215,9 @@ def _to_service(source: Workload, svc: Service, vip: SocketAddr, view: RouteView
     if lb.mode == LoadBalancingMode.PASSTHROUGH:
         return Passthrough(vip)
     endpoints = view.endpoints(svc.key)
+    by_name = [wl for wl in endpoints if wl.hostname and not wl.addresses]
+    if by_name and len(by_name) == len(endpoints):
+        return _to_hostname_endpoint(svc, port, by_name, lb, rng)
     picked = pick_endpoint(source, endpoints, lb, rng, family=vip.ip.version, target=_service_target(svc, port))
     if picked is None:
         if endpoints:
@@ -210,6 +228,21 @@ def _to_service(source: Workload, svc: Service, vip: SocketAddr, view: RouteView
         return Reject(f"service {svc.key} has no endpoints")
     wl, addr = picked
     return _to_endpoint(wl, addr, service=svc)
+
+
+def _to_hostname_endpoint(
+    svc: Service, port: Port, endpoints: Sequence[Workload], lb: LoadBalancing, rng: random.Random
+) -> Route:
+    """One of a Service's hostname-only endpoints (they are outside the mesh: plain TCP after resolution)."""
+    allow_unhealthy = lb.health_policy == HealthPolicy.ALLOW_ALL
+    usable = [(wl, target) for wl in endpoints
+              if (wl.status == WorkloadStatus.HEALTHY or allow_unhealthy) and wl.weight > 0
+              and (target := resolve_target_port(svc, port, wl)) is not None]
+    if not usable:
+        return Reject(f"service {svc.key} had {len(endpoints)} endpoint(s) but none usable for port "
+                      f"{port.service_port} (unhealthy, no target port or zero capacity)")
+    wl, target = usable[0] if len(usable) == 1 else rng.choices(usable, weights=[w.weight for w, _ in usable])[0]
+    return DirectHostname(wl.hostname, target, wl, svc)
 
 
 def _to_workload(source: Workload, wl: Workload, dst: SocketAddr, view: RouteView, rng: random.Random) -> Route:

@@ -1,7 +1,8 @@
 """The node proxy's DNS proxy on 127.0.0.1:15053 inside each enrolled pod (UDP and TCP).
 
 The in-pod rules redirect the pod's DNS queries (port 53) here. Names of Services the proxy knows from xDS
-(`<svc>.<ns>.svc.cluster.local`) are answered at once from its state, with the Service VIPs; everything
+(`<svc>.<ns>.svc.cluster.local`, and the hosts of ServiceEntries: their own or auto-allocated VIPs) are
+answered at once from its state, with the Service VIPs; everything
 else (search-path misses, pod names, names outside the cluster) is forwarded unchanged to the upstream
 resolver (the cluster DNS, 10.96.0.10:53 by default) from a marked socket inside the pod netns, so the
 redirect rules let it through; the upstream's answer is relayed byte for byte. An upstream that does not
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import struct
 from typing import TYPE_CHECKING, Any
@@ -51,9 +53,38 @@ def answer_from_state(query: bytes, view: StateView, *, udp: bool = True) -> byt
 
     result = dnswire.resolve(question.name, question.qtype, question.qclass, lookup)
     if result.rcode != dnswire.RCODE_NOERROR or not result.addresses:
-        return None
+        entry = _entry_answer(question.name, question.qtype, view)
+        if entry is None:
+            return None
+        result = entry
     max_size = (msg.edns_udp_size or dnswire.MAX_UDP) if udp else 65535
     return dnswire.build_response(msg, result, max_size=max_size)
+
+
+def _entry_answer(name: str, qtype: int, view: StateView) -> dnswire.Answer | None:
+    """A host of a ServiceEntry (any name a Service of the proxy's state is known by, outside the
+    cluster zone) is answered with its VIPs, as ztunnel's DNS proxy does for auto-allocated addresses:
+    A records for an A query, an empty NOERROR for other types. None: not such a host."""
+    host = name.lower().rstrip(".")
+    if host == dnswire.ZONE or host.endswith("." + dnswire.ZONE):
+        return None
+    for service in sorted(view.services_by_hostname(host), key=lambda s: s.key):
+        ips = [str(a.address) for a in service.addresses if a.address.version == 4]
+        if ips:
+            return dnswire.Answer(dnswire.RCODE_NOERROR, ips if qtype in (dnswire.TYPE_A, 255) else [])
+    return None
+
+
+async def resolve_hostname(ctx: PodContext, hostname: str) -> list[str]:
+    """The IPv4 addresses of `hostname` from the upstream resolver (never from the proxy's own state: a
+    ServiceEntry host resolves to its real endpoints here, not to its VIP). Empty when it does not resolve."""
+    query = dnswire.build_query(hostname.rstrip("."), dnswire.TYPE_A, msg_id=random.getrandbits(16))
+    response = await forward_udp(ctx, query)
+    try:
+        parsed = dnswire.parse_response(response)
+    except (struct.error, IndexError, dnswire.DnsWireError):
+        return []
+    return parsed.addresses if parsed.rcode == dnswire.RCODE_NOERROR else []
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -43,6 +43,7 @@ from ambient.ztunnel.copy import (
     refuse,
     reset_socket,
 )
+from ambient.ztunnel.dnsproxy import resolve_hostname
 from ambient.ztunnel.errors import UpstreamError
 from ambient.ztunnel.metrics import ConnectionLabels
 from ambient.ztunnel.proxy import PodContext
@@ -133,9 +134,9 @@ def _plan(source: Workload, decision: route.Route, cluster_id: str) -> _Plan:
         service, dst_wl = decision.service, decision.destination
         dst_addr, dst_hbone_addr = str(decision.address), str(decision.authority)
         dst_identity = decision.waypoint.identity
-    elif isinstance(decision, route.Direct):
+    elif isinstance(decision, (route.Direct, route.DirectHostname)):
         service, dst_wl = decision.service, decision.workload
-        dst_addr = str(decision.address)
+        dst_addr = str(decision.address) if isinstance(decision, route.Direct) else str(decision)
     else:
         assert isinstance(decision, route.Passthrough)
         dst_addr = str(decision.address)
@@ -157,6 +158,15 @@ def _plan(source: Workload, decision: route.Route, cluster_id: str) -> _Plan:
         plan.expected = decision.expected_identities
         plan.authority = dst_hbone_addr
     return plan
+
+
+async def _dial_hostname(ctx: PodContext, decision: route.DirectHostname) -> socket.socket:
+    """Resolve a hostname endpoint (ServiceEntry resolution DNS) and dial its first address."""
+    addresses = await resolve_hostname(ctx, decision.hostname)
+    if not addresses:
+        raise UpstreamError(f"endpoint {decision.hostname} of service "
+                            f"{decision.service.key if decision.service else '?'} does not resolve")
+    return await ctx.dial(ip_address(addresses[0]), decision.port)
 
 
 async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
@@ -250,6 +260,8 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
                     dialer=ctx.hbone_dialer,
                 )
                 upstream = HboneEnd(stream, plan.dst_addr)
+            elif isinstance(plan.decision, route.DirectHostname):
+                upstream = SocketEnd(await _dial_hostname(ctx, plan.decision), plan.dst_addr)
             else:
                 addr = plan.decision.address  # type: ignore[union-attr]
                 upstream = SocketEnd(await ctx.dial(addr.ip, addr.port), plan.dst_addr)
