@@ -4,10 +4,10 @@ waypoint Gateways (`cluster.waypoints`).
 Run as `python -m ambient.cluster.controllers --state-dir DIR` (one process per cluster, root netns: it only
 talks to the API server over its Unix socket).
 
-Design: level-triggered. Watches on the kinds we care about only mark the world "dirty"; one reconcile pass
-lists everything and converges (idempotent, so a missed or duplicated event costs nothing but a pass). A
-periodic resync covers watch gaps. The decisions live in pure modules (`scheduler`, `deployments`,
-`services`); this module only reads, decides with them, and writes.
+Design: level-triggered (`ambient.api.informer.Reconciler`). Informers on the kinds we care about only mark
+the world "dirty"; one reconcile pass lists everything and converges (idempotent, so a missed or duplicated
+event costs nothing but a pass). A periodic resync covers watch gaps. The decisions live in pure modules
+(`scheduler`, `deployments`, `services`); this module only reads, decides with them, and writes.
 
 Invariants:
 - Every namespace has a ServiceAccount `default`.
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ambient.api.errors import AlreadyExistsError, ApiError, ConflictError, NotFoundError
+from ambient.api.informer import Reconciler
 from ambient.cluster import deployments as deploy_plan
 from ambient.cluster.scheduler import RoundRobinScheduler
 from ambient.cluster.services import compute_endpoints, endpoints_differ, plan_cluster_ips
@@ -72,48 +73,18 @@ class ControllerManager:
         self.waypoints = WaypointController(client, waypoints) if waypoints is not None else None
         self.resync_seconds = resync_seconds
         self.scheduler = RoundRobinScheduler()
-        self._dirty = asyncio.Event()
         self.passes = 0
+        self._reconciler = Reconciler(self.reconcile_once, name="reconcile pass", resync=resync_seconds,
+                                      retry_delay=0.5, immediate_retry=(ConflictError,), logger=log)
 
     # ------------------------------------------------------------------ loop
 
     async def run(self) -> None:
-        """Run until cancelled."""
+        """Run until cancelled: one informer per watched kind marks the reconciler dirty."""
         async with asyncio.TaskGroup() as tg:
             for kind in WATCHED_KINDS:
-                tg.create_task(self._watch(kind), name=f"watch-{kind}")
-            tg.create_task(self._loop(), name="reconcile")
-
-    async def _watch(self, kind: str) -> None:
-        while True:
-            try:
-                async for event in self.client.watch(kind):
-                    if event.type != "BOOKMARK":  # keep-alives, not changes
-                        self._dirty.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any watch failure: back off and re-watch
-                log.warning("watch %s failed: %s; retrying", kind, exc)
-            self._dirty.set()
-            await asyncio.sleep(1.0)
-
-    async def _loop(self) -> None:
-        self._dirty.set()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=self.resync_seconds)
-            self._dirty.clear()
-            await asyncio.sleep(0.02)  # coalesce a burst of events into one pass
-            try:
-                await self.reconcile_once()
-            except asyncio.CancelledError:
-                raise
-            except ConflictError:
-                self._dirty.set()
-            except Exception:  # the manager must outlive any single bad pass
-                log.exception("reconcile pass failed; retrying")
-                await asyncio.sleep(0.5)
-                self._dirty.set()
+                tg.create_task(self._reconciler.follow(self.client, kind), name=f"watch-{kind}")
+            tg.create_task(self._reconciler.run(), name="reconcile")
 
     # ------------------------------------------------------------------ one pass
 
@@ -250,7 +221,7 @@ class ControllerManager:
                     desired["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"]
                     await self.client.update(desired)
             except (AlreadyExistsError, ConflictError):
-                self._dirty.set()
+                self._reconciler.mark()
             except NotFoundError:
                 pass
         for key, ep in current.items():

@@ -9,10 +9,11 @@ this module only does I/O: sockets, and a Service table kept current with list +
 
 Invariants:
 - nothing is ever forwarded: names outside `cluster.local` are REFUSED (see dnswire.resolve);
-- the Service table has one writer (`ServiceWatcher`: one task per watched kind, in one TaskGroup, on one
-  event loop); readers see a consistent dict (replaced, never mutated while a lookup could read it
+- the Service table has one writer (`ServiceWatcher`: one informer per watched kind, in one TaskGroup, on
+  one event loop); readers see a consistent dict (replaced, never mutated while a lookup could read it
   half-updated: single-threaded asyncio);
-- when the API is unreachable the server keeps answering from the last table it had and re-lists with backoff;
+- when the API is unreachable the server keeps answering from the last table it had; the informers resume
+  (or re-list) with back-off;
 - every task is owned by a TaskGroup.
 
 `python -m ambient.cluster.dns --state-dir DIR [--listen 172.18.0.2] [--port 53]`
@@ -26,12 +27,13 @@ import contextlib
 import logging
 import signal
 import struct
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from ambient.api.client import AsyncApiClient, WatchEvent
+from ambient.api.informer import inform
 from ambient.cluster.layout import DNS_SERVER_IP
-from ambient.core.backoff import Backoff
 from ambient.protocol import dnswire
 
 log = logging.getLogger("ambient.cluster.dns")
@@ -92,7 +94,7 @@ def _key(svc: dict[str, Any]) -> tuple[str, str]:
 
 class ServiceWatcher:
     """Keeps a ServiceTable in sync with the API: Services and Endpoints, each listed then watched from the
-    list's version (re-listed on error, with backoff). `synced` once both were listed."""
+    list's version (`api.informer.inform`). `synced` once both were listed."""
 
     def __init__(self, socket_path: Path, table: ServiceTable) -> None:
         self.socket_path = socket_path
@@ -103,9 +105,9 @@ class ServiceWatcher:
         self._listed: set[str] = set()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._follow("Service"))
-            tg.create_task(self._follow("Endpoints"))
+        async with AsyncApiClient(self.socket_path, timeout=10.0) as api, asyncio.TaskGroup() as tg:
+            for kind in ("Service", "Endpoints"):
+                tg.create_task(inform(api, kind, self._replace, self._on_event))
 
     def _records(self) -> dict[tuple[str, str], list[str]]:
         return {key: self._ips(key, svc) for key, svc in self._services.items()}
@@ -126,6 +128,13 @@ class ServiceWatcher:
         else:
             self._endpoints = {_key(e): endpoint_ips(e) for e in items}
         self.table.replace(self._records())
+        self._listed.add(kind)
+        if len(self._listed) == 2:
+            self.synced.set()
+        log.info("synced %d %s", len(items), kind)
+
+    def _on_event(self, kind: str, event: WatchEvent) -> None:
+        self._apply(kind, event.type, event.object)
 
     def _apply(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
@@ -139,30 +148,6 @@ class ServiceWatcher:
         else:
             self._endpoints[key] = endpoint_ips(obj)
         self._refresh(key)
-
-    async def _follow(self, kind: str) -> None:
-        from ambient.api.client import AsyncApiClient
-        from ambient.api.errors import ApiError
-
-        backoff = Backoff(0.1, 5.0)
-        while True:
-            try:
-                async with AsyncApiClient(self.socket_path, timeout=10.0) as api:
-                    items, version = await api.list(kind)
-                    self._replace(kind, items)
-                    self._listed.add(kind)
-                    if len(self._listed) == 2:
-                        self.synced.set()
-                    backoff.reset()
-                    log.info("synced %d %s at version %s", len(items), kind, version)
-                    stream = cast(AsyncGenerator[Any, None], api.watch(kind, resource_version=version))
-                    async with contextlib.aclosing(stream) as events:
-                        async for event in events:
-                            if event.type != "BOOKMARK":
-                                self._apply(kind, event.type, event.object)
-            except (ApiError, OSError) as exc:
-                log.warning("%s watch failed (%s); retrying in %.1fs", kind, exc, backoff.current)
-            await asyncio.sleep(backoff.next())
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

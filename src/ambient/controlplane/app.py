@@ -39,6 +39,7 @@ import grpc
 from aiohttp import web
 
 from ambient.api.client import WatchEvent
+from ambient.api.informer import inform
 from ambient.controlplane.admission import AdmissionFront, ServingLimits, client_address
 from ambient.controlplane.ca_server import (
     PROXY_NAMESPACE,
@@ -54,7 +55,7 @@ from ambient.controlplane.ca_server import (
 from ambient.controlplane.errors import CaRefusedError, ControlPlaneError
 from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex, route_status
 from ambient.controlplane.pod_tokens import LocalAuthenticator, PodTokenAuthenticator, is_pod_token
-from ambient.controlplane.source import ApiObjectSource, ObjectSource, reflect
+from ambient.controlplane.source import ApiObjectSource, ObjectSource
 from ambient.controlplane.xds_server import ResourceCache, XdsServer
 from ambient.core.errors import AmbientError
 from ambient.identity.ca import LocalCA
@@ -330,13 +331,13 @@ class ControlPlane:
                 synced = []
                 node_synced = asyncio.Event()
                 if self.node_tokens:
-                    tg.create_task(reflect(source, "Node", self._on_nodes, self._on_node_event, synced=node_synced))
+                    tg.create_task(inform(source, "Node", self._on_nodes, self._on_node_event, synced=node_synced))
                 else:
                     node_synced.set()  # callers bring their own tokens (e.g. Kubernetes service accounts)
                 for kind in KINDS:
                     ev = asyncio.Event()
                     synced.append(ev)
-                    tg.create_task(reflect(source, kind, self.pipeline.on_replace, self.pipeline.on_event, synced=ev))
+                    tg.create_task(inform(source, kind, self.pipeline.on_replace, self.pipeline.on_event, synced=ev))
                 for ev in [*synced, node_synced]:
                     await ev.wait()
                 self.pipeline.flush()

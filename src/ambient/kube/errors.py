@@ -2,7 +2,7 @@
 
 The API-level errors also derive from the local API's classes (`KubeApiError` is an `ApiError`,
 `KubeUnavailableError` an `UnavailableError`, `KubeGoneError` a `GoneError`), so a consumer written against
-the local source (`ambient.controlplane.source.reflect`: re-list on GoneError, back off on
+the local source (`ambient.api.informer.inform`: re-list on GoneError, back off on
 UnavailableError) handles the Kubernetes source the same way.
 """
 

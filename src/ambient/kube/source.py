@@ -2,7 +2,8 @@
 
 Role: give the control plane and the node agent the same objects the local cluster API gives them,
 from a real Kubernetes API server. It implements `ambient.controlplane.source.ObjectSource`, so
-`reflect(KubeSource(...), kind, ...)` is the informer (list -> replace, watch, resume, re-list on 410):
+`ambient.api.informer.inform(KubeSource(...), kind, ...)` is the informer (list -> replace, watch, resume,
+re-list on 410):
 - `list(kind)` -> (items, resourceVersion) and `watch(kind, rv)` -> async iterator of
   `ambient.api.client.WatchEvent`: the same contract as the local `AsyncApiClient.list/watch` (a too-old
   version raises `KubeGoneError`, which is also the local API's `GoneError`; a lost connection

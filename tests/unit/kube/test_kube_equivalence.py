@@ -1,6 +1,6 @@
 """The Kubernetes source and the local cluster API give the control plane the same workload model for the same
 objects: the recorded Kubernetes objects are served by the scripted API server, and also applied to a real
-local API server (in-process, on a Unix socket in the test's temp dir); both feed `reflect` -> `MeshIndex`, and
+local API server (in-process, on a Unix socket in the test's temp dir); both feed `inform` -> `MeshIndex`, and
 the resulting xDS resources (Workload, Service, Authorization) must be identical, except for the pod uids,
 which each API server assigns itself."""
 
@@ -16,9 +16,10 @@ import pytest
 from kube_fakeapi import FakeKubeApi, recorded
 
 from ambient.api.client import AsyncApiClient, WatchEvent
+from ambient.api.informer import inform
 from ambient.api.server import ApiServer
 from ambient.controlplane.index import KINDS, MeshIndex
-from ambient.controlplane.source import ApiObjectSource, ObjectSource, reflect
+from ambient.controlplane.source import ApiObjectSource, ObjectSource
 from ambient.kube.resources import RESOURCES
 from ambient.kube.source import KubeSource
 
@@ -69,7 +70,7 @@ async def build_index(source: ObjectSource) -> MeshIndex:
 
     synced = {kind: asyncio.Event() for kind in KINDS}
     async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(reflect(source, k, index.replace, on_event, synced=synced[k])) for k in KINDS]
+        tasks = [tg.create_task(inform(source, k, index.replace, on_event, synced=synced[k])) for k in KINDS]
         async with asyncio.timeout(20):
             for ev in synced.values():
                 await ev.wait()

@@ -14,7 +14,8 @@ from kube_fakeapi import TOKEN, FakeKubeApi, event, recorded, status, write_kube
 
 from ambient.api.client import WatchEvent
 from ambient.api.errors import ApiError, GoneError, UnavailableError
-from ambient.controlplane.source import ObjectSource, reflect
+from ambient.api.informer import inform
+from ambient.controlplane.source import ObjectSource
 from ambient.kube.errors import KubeApiError, KubeGoneError, KubeUnavailableError
 from ambient.kube.resources import RESOURCES
 from ambient.kube.source import KubeSource
@@ -137,7 +138,7 @@ async def test_watch_error_event_410_is_gone(fake_api: FakeKubeApi, source: Kube
         async with aclosing(source.watch("Pod", "5")) as stream:
             async for _ in stream:
                 pass
-    assert isinstance(info.value, GoneError)  # what reflect() re-lists on
+    assert isinstance(info.value, GoneError)  # what inform() re-lists on
     assert "too old resource version" in info.value.message
 
 
@@ -193,7 +194,7 @@ async def test_get_missing_object_is_404(fake_api: FakeKubeApi, source: KubeSour
 
 
 async def test_reflect_lists_watches_resumes_and_relists_on_410(fake_api: FakeKubeApi, source: KubeSource) -> None:
-    """The control plane's informer (`reflect`) over the Kubernetes source: list -> replace, watch events
+    """The control plane's informer (`inform`) over the Kubernetes source: list -> replace, watch events
     applied, a watch ended by the server resumed from the last version seen (a bookmark's), a 410 forcing a
     re-list whose result replaces everything (a deletion missed meanwhile is not lost)."""
     pods = recorded("pods")
@@ -226,7 +227,7 @@ async def test_reflect_lists_watches_resumes_and_relists_on_410(fake_api: FakeKu
             state[name] = ev.object
 
     typed: ObjectSource = source  # the control plane's Protocol
-    task = asyncio.create_task(reflect(typed, "Pod", on_replace, on_event))
+    task = asyncio.create_task(inform(typed, "Pod", on_replace, on_event))
     try:
         async with asyncio.timeout(20):
             while len(replaces) < 2 or len(fake_api.requests(POD_PATH, watch=True)) < 3:  # noqa: ASYNC110
