@@ -12,6 +12,10 @@ Environment (reference names where the reference has them):
   (default 8192); AMBIENT_ZTUNNEL_EARLY_RESETS_PER_SOURCE: streams one source may reset before their
   tunnel opened per 10 s window, across its connections, before it is refused for the rest of the window
   (default 100).
+- HBONE handshake limits of each 15008 listener (ambient.hbone.server.HandshakeLimits):
+  AMBIENT_HBONE_HANDSHAKE_TIMEOUT (seconds, default 10), AMBIENT_HBONE_MAX_PENDING_HANDSHAKES (default 1024),
+  AMBIENT_HBONE_MAX_PENDING_HANDSHAKES_PER_SOURCE (default 256), AMBIENT_HBONE_PRESSURE_HANDSHAKE_TIMEOUT
+  (seconds, default 2; applies once half the listener's cap is pending).
 
 Invariant: nothing reads the environment after `Settings.from_env` built the value; components get the
 settings (or a narrower piece of them) injected.
@@ -24,6 +28,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ambient.hbone.server import HandshakeLimits
 from ambient.ztunnel.admission import DEFAULT_EARLY_RESETS, DEFAULT_PER_SOURCE, DEFAULT_TOTAL, Limits
 from ambient.ztunnel.errors import ConfigError
 
@@ -104,6 +109,7 @@ class Settings:
     inbound_max_per_source: int = DEFAULT_PER_SOURCE
     inbound_max_total: int = DEFAULT_TOTAL
     early_resets_per_source: int = DEFAULT_EARLY_RESETS
+    hbone_handshake: HandshakeLimits = field(default_factory=HandshakeLimits)  # each 15008 listener's
 
     @property
     def admission_limits(self) -> Limits:
@@ -129,5 +135,9 @@ class Settings:
                 values[key] = parse_count(raw, name)
         if env.get("AMBIENT_UVLOOP", "1") == "0":
             values["uvloop"] = False
+        try:
+            values["hbone_handshake"] = HandshakeLimits.from_env(env)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(base, **values)  # type: ignore[arg-type]

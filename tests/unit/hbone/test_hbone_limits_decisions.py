@@ -100,3 +100,14 @@ def test_limits_from_env() -> None:
 def test_limits_from_env_refuses_bad_values(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=r"AMBIENT_HBONE|handshake"):
         HandshakeLimits.from_env({name: value})
+
+
+def test_node_proxy_settings_carry_the_limits() -> None:
+    from ambient.ztunnel.errors import ConfigError
+    from ambient.ztunnel.settings import Settings
+
+    assert Settings.from_env({}).hbone_handshake == HandshakeLimits()
+    settings = Settings.from_env({"AMBIENT_HBONE_MAX_PENDING_HANDSHAKES_PER_SOURCE": "32"})
+    assert settings.hbone_handshake.max_pending_per_source == 32
+    with pytest.raises(ConfigError, match="AMBIENT_HBONE_HANDSHAKE_TIMEOUT"):
+        Settings.from_env({"AMBIENT_HBONE_HANDSHAKE_TIMEOUT": "soon"})
