@@ -8,7 +8,8 @@ the kube-proxy rules in every node DNAT the DNS VIP 10.96.0.10:53 to it. Decisio
 this module only does I/O: sockets, and a Service table kept current with list + watch.
 
 Invariants:
-- nothing is ever forwarded: names outside `cluster.local` are REFUSED (see dnswire.resolve);
+- nothing is ever forwarded: names outside `cluster.local` are REFUSED (see dnswire.resolve), except the
+  outside world's test domain `example.test`, answered from `<state>/outside/hosts.json` (cluster.outside);
 - the Service table has one writer (`ServiceWatcher`: one informer per watched kind, in one TaskGroup, on
   one event loop); readers see a consistent dict (replaced, never mutated while a lookup could read it
   half-updated: single-threaded asyncio);
@@ -27,6 +28,7 @@ import contextlib
 import logging
 import signal
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -150,22 +152,72 @@ class ServiceWatcher:
         self._refresh(key)
 
 
+OutsideLookup = Callable[[str], "list[str] | None"]
+
+
+class OutsideRecords:
+    """The outside world's names (`cluster.outside.records`), re-read when `<state>/outside/hosts.json`
+    changes (checked at most once a second): the outside world may be added to a running cluster."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._records: dict[str, list[str]] = {}
+        self._stamp: float | None = None
+        self._checked = 0.0
+
+    def lookup(self, name: str) -> list[str] | None:
+        from ambient.cluster import outside
+
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            try:
+                stamp: float | None = (outside.outside_dir(self.state_dir) / "hosts.json").stat().st_mtime
+            except OSError:
+                stamp = None
+            if stamp != self._stamp:
+                self._stamp, self._records = stamp, outside.records(self.state_dir)
+        return self._records.get(name.lower().rstrip("."))
+
+
+def answer(data: bytes, lookup: dnswire.ServiceLookup, outside: OutsideLookup | None, *, udp: bool) -> bytes | None:
+    """`dnswire.answer`, except that names of the outside world's test domain are answered from `outside`
+    (A records; NXDOMAIN for unknown names of that domain). Nothing is forwarded either way."""
+    from ambient.cluster.outside import in_outside_zone
+
+    if outside is not None:
+        try:
+            query = dnswire.parse_message(data)
+        except dnswire.DnsWireError:
+            query = None
+        if (query is not None and not query.is_response and query.opcode == dnswire.OPCODE_QUERY
+                and len(query.questions) == 1 and in_outside_zone(query.questions[0].name)):
+            q = query.questions[0]
+            ips = outside(q.name)
+            result = (dnswire.Answer(dnswire.RCODE_NXDOMAIN) if ips is None else
+                      dnswire.Answer(dnswire.RCODE_NOERROR, ips if q.qtype in (dnswire.TYPE_A, 255) else []))
+            max_size = (query.edns_udp_size or dnswire.MAX_UDP) if udp else 65535
+            return dnswire.build_response(query, result, max_size=max_size)
+    return dnswire.answer(data, lookup, udp=udp)
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, lookup: dnswire.ServiceLookup) -> None:
+    def __init__(self, lookup: dnswire.ServiceLookup, outside: OutsideLookup | None = None) -> None:
         self.lookup = lookup
+        self.outside = outside
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = dnswire.answer(data, self.lookup, udp=True)
+        reply = answer(data, self.lookup, self.outside, udp=True)
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
 
 async def _serve_tcp_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            lookup: dnswire.ServiceLookup) -> None:
+                            lookup: dnswire.ServiceLookup, outside: OutsideLookup | None = None) -> None:
     try:
         while True:
             try:
@@ -174,7 +226,7 @@ async def _serve_tcp_client(reader: asyncio.StreamReader, writer: asyncio.Stream
                 data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                 return
-            reply = dnswire.answer(data, lookup, udp=False)
+            reply = answer(data, lookup, outside, udp=False)
             if reply is None:
                 continue
             writer.write(struct.pack("!H", len(reply)) + reply)
@@ -188,8 +240,10 @@ async def _serve_tcp_client(reader: asyncio.StreamReader, writer: asyncio.Stream
 class DnsServer:
     """UDP + TCP listeners answering from `lookup`. Use `async with DnsServer(...)`; `.port` is the bound port."""
 
-    def __init__(self, lookup: dnswire.ServiceLookup, host: str = DNS_SERVER_IP, port: int = 53) -> None:
+    def __init__(self, lookup: dnswire.ServiceLookup, host: str = DNS_SERVER_IP, port: int = 53,
+                 outside: OutsideLookup | None = None) -> None:
         self.lookup = lookup
+        self.outside = outside
         self.host = host
         self.port = port
         self._udp: asyncio.DatagramTransport | None = None
@@ -198,10 +252,10 @@ class DnsServer:
     async def __aenter__(self) -> DnsServer:
         loop = asyncio.get_running_loop()
         self._tcp = await asyncio.start_server(
-            lambda r, w: _serve_tcp_client(r, w, self.lookup), self.host, self.port, reuse_address=True)
+            lambda r, w: _serve_tcp_client(r, w, self.lookup, self.outside), self.host, self.port, reuse_address=True)
         # With port 0 the kernel picks one for TCP; UDP binds the same number so both are one "server".
         self.port = self._tcp.sockets[0].getsockname()[1]
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self.lookup),
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self.lookup, self.outside),
                                                            local_addr=(self.host, self.port))
         self._udp = transport
         return self
@@ -218,7 +272,7 @@ async def serve(state_dir: Path, host: str, port: int, stop: asyncio.Event,
                 on_ready: Callable[[int], None] | None = None) -> None:
     table = ServiceTable()
     watcher = ServiceWatcher(state_dir / "apiserver.sock", table)
-    async with DnsServer(table.lookup, host, port) as server:
+    async with DnsServer(table.lookup, host, port, outside=OutsideRecords(state_dir).lookup) as server:
         log.info("cluster DNS listening on %s:%d (udp+tcp)", host, server.port)
         if on_ready is not None:
             on_ready(server.port)
