@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,16 +17,9 @@ from ambient.controlplane.ca_server import node_token_path
 from ambient.identity.ca_client import CaClient, CaRequestError
 from ambient.state.store import StateStore
 from ambient.xds.client import XdsClient, node_id
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(90)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 15.0) -> None:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def node(name: str) -> dict:
@@ -93,7 +85,7 @@ async def test_pod_appears_in_two_proxies_and_ca_refuses_foreign_node(tmp_path: 
                 }
                 await api.update_status(created)
                 uid = created["metadata"]["uid"]
-                await eventually(lambda: all(s.current.workload(uid) is not None for s in stores))
+                await eventually(lambda: all(s.current.workload(uid) is not None for s in stores), timeout=15.0)
                 w = stores[1].current.workload(uid)
                 assert w is not None and w.in_mesh and w.service_account == "web-sa" and w.node == "node-1"
                 assert str(w.addresses[0]) == "10.244.1.7"
@@ -115,7 +107,7 @@ async def test_pod_appears_in_two_proxies_and_ca_refuses_foreign_node(tmp_path: 
                 assert status["certificates_issued"] == 1
 
                 await api.delete("pods", "web", "default")
-                await eventually(lambda: all(s.current.workload(uid) is None for s in stores))
+                await eventually(lambda: all(s.current.workload(uid) is None for s in stores), timeout=15.0)
                 for t in [*tasks, cp_task]:
                     t.cancel()
     finally:
@@ -139,7 +131,7 @@ async def test_xds_refuses_a_proxy_without_a_valid_token(tmp_path: Path) -> None
                 backoff_min=0.05,
             )
             t = tg.create_task(client.run())
-            await eventually(lambda: "UNAUTHENTICATED" in client.last_error)
+            await eventually(lambda: "UNAUTHENTICATED" in client.last_error, timeout=15.0)
             assert "not valid for any node" in client.last_error
             assert not client.ready.is_set()
             async with AsyncApiClient(api_srv.socket_path) as api:
@@ -193,7 +185,7 @@ async def test_control_plane_outage_keeps_state_and_certificates(tmp_path: Path)
     """Proxies keep their state and valid certificates through a control plane restart, then resync."""
     from datetime import UTC, datetime, timedelta
 
-    from ambient.xds.client import ControlPlaneSource
+    from ambient.ztunnel.xds_source import ControlPlaneSource
 
     api_srv = ApiServer(tmp_path, bookmark_interval=0.5)
     await api_srv.start()
@@ -236,12 +228,12 @@ async def test_control_plane_outage_keeps_state_and_certificates(tmp_path: Path)
                 src_task = tg.create_task(source.run(store.take_writer(), ready.set))
                 await asyncio.wait_for(ready.wait(), 20)
                 ident = "spiffe://cluster.local/ns/default/sa/web-sa"
-                await eventually(lambda: source.certs.cached(ident) is not None)  # fetched ahead
+                await eventually(lambda: source.certs.cached(ident) is not None, timeout=15.0)  # fetched ahead
                 first = source.certs.cached(ident)
                 assert first is not None
 
                 cp_task.cancel()  # outage
-                await eventually(lambda: source.client is not None and not source.client.connected)
+                await eventually(lambda: source.client is not None and not source.client.connected, timeout=15.0)
                 serials = {first.serial_number}
                 # Past the half-life renewals fail; the still-valid certificate is kept and served.
                 refresh_at = datetime.fromisoformat(source.certs.snapshot()[0]["next_refresh"])
@@ -265,9 +257,8 @@ async def test_control_plane_outage_keeps_state_and_certificates(tmp_path: Path)
                 cp_task2 = tg.create_task(cp2.run())
                 await asyncio.wait_for(cp2.ready.wait(), 20)
                 await eventually(lambda: store.current.workload(late["metadata"]["uid"]) is not None, timeout=30)
-                await eventually(
-                    lambda: source.certs.cached("spiffe://cluster.local/ns/default/sa/late-sa") is not None
-                )
+                late_id = "spiffe://cluster.local/ns/default/sa/late-sa"
+                await eventually(lambda: source.certs.cached(late_id) is not None, timeout=15.0)
                 await eventually(
                     lambda: (b := source.certs.cached(ident)) is not None and b.serial_number not in serials, timeout=10
                 )

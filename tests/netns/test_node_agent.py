@@ -260,7 +260,7 @@ def kill_agent(env: Env) -> None:
 
 
 def start_agent(env: Env, *extra: str) -> None:
-    argv = processes.python_module_argv("ambient.cni.agent", "--state-dir", env.layout.state_dir,
+    argv = processes.python_module_argv("ambient.cluster.node_agent", "--state-dir", env.layout.state_dir,
                                         "--node", env.node.name, *extra)
     processes.start_component(env.layout, env.agent, argv, netns=env.node.netns,
                               env={lifecycle.COMPONENT_MARKER_ENV: env.layout.state_dir})

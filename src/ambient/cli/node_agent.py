@@ -51,13 +51,13 @@ def register(app: typer.Typer) -> None:
         import asyncio
 
         from ambient.cli.errors import UsageError
-        from ambient.cni import agent
+        from ambient.core import process
 
         if backend not in ("iptables", "nftables"):
             raise UsageError(f"unknown backend {backend!r}", hint="use --backend iptables or --backend nftables")
         if source not in ("local", "kubernetes"):
             raise UsageError(f"unknown --source {source!r}", hint="use --source local or --source kubernetes")
-        agent.configure_logging(log_level)
+        process.configure_logging(log_level)
         if source == "kubernetes":
             from ambient.kube import nodeagent
 
@@ -74,4 +74,9 @@ def register(app: typer.Typer) -> None:
 
         st = state(ctx)
         state_dir = st.state_dir or L.default_state_dir(st.cluster)
-        asyncio.run(agent.serve(state_dir, node, backend=backend, zds_socket=zds_socket, dns_capture=dns_capture))
+        from ambient.cluster import node_agent
+
+        async def run(_: process.Shutdown) -> None:
+            await node_agent.serve(state_dir, node, backend=backend, zds_socket=zds_socket, dns_capture=dns_capture)
+
+        process.run(run)

@@ -41,15 +41,13 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error.")] = "info",
     ) -> None:
         """Run the node proxy (ztunnel)."""
-        import asyncio
-        import logging
+        import os
         import sys
 
         from ambient.cli.errors import UsageError
-        from ambient.ztunnel.app import App, AppOptions
-        from ambient.ztunnel.certs import LocalCaSource
+        from ambient.core import process
+        from ambient.ztunnel.app import AppOptions, Sources, build
         from ambient.ztunnel.settings import Settings
-        from ambient.ztunnel.static_config import StaticStateSource
         from ambient.ztunnel.telemetry import install_access_handler
 
         if mode not in ("inpod", "shared"):
@@ -64,44 +62,19 @@ def register(app: typer.Typer) -> None:
             mode=mode, node=node, admin_socket=admin_socket, admin_host=admin_host,
             serve_http=not no_http, log_format=log_format,
         )
-        logging.basicConfig(
-            level=getattr(logging, log_level.upper(), logging.INFO), stream=sys.stderr,
-            format="%(asctime)s\t%(levelname)s\t%(name)s\t%(message)s",
-        )
-        install_access_handler(sys.stdout)
+        # the pod's identity as Kubernetes' downward API gives it (Istio's ztunnel reads the same variables)
+        sources = Sources(xds=xds, token_file=token_file, root_cert=root_cert, static=static, ca_dir=ca_dir,
+                          instance_ip=os.environ.get("INSTANCE_IP", ""), pod_name=os.environ.get("POD_NAME", ""),
+                          pod_namespace=os.environ.get("POD_NAMESPACE", "istio-system"))
         options = AppOptions(shared_workloads=tuple(workload or ()))
         if zds_socket:
             options.zds_socket = zds_socket
+        process.configure_logging(log_level, fmt="%(asctime)s\t%(levelname)s\t%(name)s\t%(message)s", quiet=())
+        install_access_handler(sys.stdout)
 
-        async def main() -> None:
-            if xds is not None:
-                import os
-
-                from ambient.xds.client import ControlPlaneSource, node_id
-
-                tf = token_file
-                source = ControlPlaneSource(
-                    xds,
-                    node=node,
-                    node_id=node_id(os.environ.get("INSTANCE_IP", ""), os.environ.get("POD_NAME", f"ztunnel-{node}"),
-                                    os.environ.get("POD_NAMESPACE", "istio-system")),
-                    token=(lambda: tf.read_text().strip()) if tf is not None else None,
-                    root_cert=root_cert.read_bytes() if root_cert is not None else None,
-                )
-                app = App(settings, source, source.certs, options)
-            else:
-                assert static is not None and ca_dir is not None
-                app = App(settings, StaticStateSource(static), LocalCaSource.from_dir(ca_dir), options)
+        async def main(shutdown: process.Shutdown) -> None:
+            app = build(settings, sources, options)
+            shutdown.on_signal(app.stop)
             await app.run()
 
-        if settings.uvloop:
-            try:
-                import uvloop
-
-                uvloop.install()
-            except ImportError:
-                pass
-        try:
-            asyncio.run(main())
-        except* KeyboardInterrupt:
-            pass
+        process.run(main, use_uvloop=settings.uvloop)

@@ -71,13 +71,13 @@ COMPONENTS: list[ComponentSpec] = [
     ComponentSpec("controlplane", "ambient.controlplane", netns="underlay",
                   extra_args=("--listen", f"{L.CONTROLPLANE_IP}:{L.CONTROLPLANE_PORT}")),
     # Before the kubelets: pods of enrolled namespaces fail CNI ADD (fail closed) until their agent listens.
-    ComponentSpec("node-agent", "ambient.cni.agent", netns="node", per_node=True),
+    ComponentSpec("node-agent", "ambient.cluster.node_agent", netns="node", per_node=True),
     # The node proxy: takes captured pods from its node agent over ZDS, state and certificates from the
     # control plane. Started before the kubelets so the first enrolled pods find it ready.
-    ComponentSpec("ztunnel", "ambient.ztunnel", netns="node", per_node=True),
+    ComponentSpec("ztunnel", "ambient.cluster.node_proxy", netns="node", per_node=True),
     ComponentSpec("kubelet", "ambient.cluster.kubelet", netns="node", per_node=True),
 ]
-NODE_AGENT_MODULE = "ambient.cni.agent"
+NODE_AGENT_MODULE = "ambient.cluster.node_agent"
 # Pods of these namespaces are never captured (the chained plugin skips them without asking anyone).
 CNI_EXCLUDED_NAMESPACES = ("kube-system", "istio-system")
 APISERVER = ComponentSpec("apiserver", "ambient.api.server")

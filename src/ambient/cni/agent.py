@@ -26,10 +26,10 @@ Invariants:
   Stopping the agent leaves every rule in place (pods stay captured while it is down).
 - Every task is owned by a TaskGroup.
 
-Layout: settings, error and the injected interfaces are in agent_types.py, the local-cluster entry point
-(`serve`, `main`) in agent_main.py; this module re-exports both, so `ambient.cni.agent` stays the one import
-path and the module the cluster runs. The rule commands are called through this module's globals (tests
-replace them here).
+Layout: settings, error and the injected interfaces are in agent_types.py (re-exported here, so
+`ambient.cni.agent` stays the one import path); the local cluster's entry point, which reads the cluster
+layout, is `ambient.cluster.node_agent` (the Kubernetes one `ambient.kube.nodeagent`). The rule commands
+are called through this module's globals (tests replace them here).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ambient.cni import agent_plan as P
-from ambient.cni.agent_main import cluster_netns_resolver, configure_logging, main, serve, settings_for_node
 from ambient.cni.agent_plan import CmdAdd, Tracked
 from ambient.cni.agent_server import PluginEventServer
 from ambient.cni.agent_types import (
@@ -90,11 +89,6 @@ __all__ = [
     "NetnsResolver",
     "NodeAgent",
     "NodeAgentError",
-    "cluster_netns_resolver",
-    "configure_logging",
-    "main",
-    "serve",
-    "settings_for_node",
     "watch_specs",
 ]
 
@@ -525,7 +519,3 @@ class NodeAgent:
                     if t is not None and t.status == P.STATUS_PENDING:
                         log.info("pod %s: retrying the hand-over to the node proxy", t.ref)
                         await self._hand_to_proxy(t, wait=0.5)
-
-
-if __name__ == "__main__":
-    main()

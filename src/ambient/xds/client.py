@@ -1,4 +1,4 @@
-"""The node proxy's delta ADS client: keeps the state store in sync with the control plane.
+"""The delta ADS client both proxies use: keeps a state store in sync with the control plane.
 
 Role: open `DeltaAggregatedResources`, subscribe (wildcard) to `istio.workload.Address` and
 `istio.security.Authorization` with the node id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`, convert
@@ -40,7 +40,7 @@ from ambient.protocol.xds import (
 )
 from ambient.state import convert
 from ambient.state.model import Authorization, Service, Workload
-from ambient.state.store import StateChange, StateDelta, StateView, StateWriter
+from ambient.state.store import StateChange, StateDelta, StateWriter
 
 log = logging.getLogger(__name__)
 
@@ -228,69 +228,3 @@ class XdsClient:
                 for t, s in self.types.items()
             },
         }
-
-
-def local_identities(view: StateView, node: str) -> set[str]:
-    """SPIFFE identities of the in-mesh workloads scheduled on `node` (what to fetch certificates for)."""
-    return {w.identity for w in view.workloads() if w.node == node and w.in_mesh}
-
-
-class ControlPlaneSource:
-    """The node proxy's connection to the control plane: xDS state + CA certificates.
-
-    Plugs into `ztunnel.app.App` as both its `StateSource` (`run(writer, ready)`) and, via `.certs`, its
-    `CertSource` (a `CertificateManager` over a `CaClient`). While running it fetches ahead the
-    certificates of the node's workloads as they appear in the state:
-
-        source = ControlPlaneSource("172.18.0.3:15012", node="node-1", node_id=node_id(...),
-                                    token=lambda: token_file.read_text().strip(), root_cert=root_pem)
-        App(settings, source, source.certs)
-    """
-
-    def __init__(
-        self,
-        address: str,
-        *,
-        node: str,
-        node_id: str,
-        token: str | Callable[[], str | None] | None,
-        root_cert: bytes | None,
-        server_name: str | None = "istiod.istio-system.svc",
-    ) -> None:
-        from ambient.identity.ca_client import CaClient
-        from ambient.identity.manager import CertificateManager
-
-        self.address = address
-        self.node = node
-        self.node_id = node_id
-        self._token = token
-        self.root_cert = root_cert
-        self.server_name = server_name
-        self.ca = CaClient(address, token=token, root_cert=root_cert, server_name=server_name)
-        self.certs = CertificateManager(self.ca.fetch)
-        self.client: XdsClient | None = None
-
-    async def run(self, writer: StateWriter, ready: Callable[[], None]) -> None:
-        client = XdsClient(
-            self.address,
-            writer,
-            node=self.node_id,
-            token=self._token,
-            root_cert=self.root_cert,
-            server_name=self.server_name,
-        )
-        self.client = client
-
-        def on_change(change: StateChange) -> None:
-            if change.workloads_upserted or change.workloads_removed:
-                self.certs.set_identities(local_identities(change.current, self.node))
-
-        client.on_change = on_change
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(client.run(), name="xds")
-                tg.create_task(self.certs.run(), name="certificates")
-                await client.ready.wait()
-                ready()
-        finally:
-            await self.ca.aclose()

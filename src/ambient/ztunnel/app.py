@@ -1,5 +1,7 @@
-"""The node proxy's composition root: builds every component once, wires them, runs them in ONE
-TaskGroup, and shuts them down in order.
+"""The node proxy's composition root: `build(settings, sources)` builds every component once, wires
+them, and `App.run()` runs them in ONE TaskGroup and shuts them down in order. Entry points (`ambient
+ztunnel`, the local cluster's `ambient.cluster.node_proxy`) only turn their flags into `Settings` and
+`Sources`, then run `App.run` under `core.process.run` with `App.stop` as the graceful stop.
 
 Components and what they get (narrow capabilities):
 - state: a `StateStore` whose single writer goes to the state source (static file here; the xDS client
@@ -11,8 +13,9 @@ Components and what they get (narrow capabilities):
   (ready once state and certificates are in), all with SO_REUSEPORT so a new proxy can start beside an
   old one.
 
-Shutdown (SIGTERM, SIGINT, POST /quitquitquit): stop taking pods, drain every pod proxy (listeners closed
-at once, connections until the deadline, then cut), close the HBONE pool, stop HTTP, exit.
+Shutdown (SIGTERM/SIGINT via `core.process`, POST /quitquitquit): stop taking pods, drain every pod
+proxy (listeners closed at once, connections until the deadline, then cut), close the HBONE pool, stop
+HTTP, exit.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +54,50 @@ from ambient.ztunnel.shared import build_shared, local_workloads
 from ambient.ztunnel.telemetry import AccessLog, Connections, Telemetry
 
 log = logging.getLogger("ambient.ztunnel")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where state and certificates come from: the control plane (`xds`: xDS + CA on one address, with a
+    bearer token file and its root certificate; the node id from `instance_ip`/`pod_name`/`pod_namespace`)
+    or, standalone, a `static` state file and a local CA directory (`ca_dir`)."""
+
+    xds: str | None = None
+    token_file: Path | None = None
+    root_cert: Path | None = None
+    static: Path | None = None
+    ca_dir: Path | None = None
+    instance_ip: str = ""
+    pod_name: str = ""
+    pod_namespace: str = "istio-system"
+
+    def check(self) -> None:
+        if self.xds is None and (self.static is None or self.ca_dir is None):
+            raise ConfigError("the node proxy needs a static state file and a CA directory, or a control plane")
+
+
+def build(settings: Settings, sources: Sources, options: AppOptions | None = None) -> App:
+    """The node proxy for `settings`, fed from `sources` (not started: `await app.run()`)."""
+    sources.check()
+    if sources.xds is not None:
+        from ambient.xds.client import node_id
+        from ambient.ztunnel.xds_source import ControlPlaneSource
+
+        tf = sources.token_file
+        source = ControlPlaneSource(
+            sources.xds,
+            node=settings.node,
+            node_id=node_id(sources.instance_ip, sources.pod_name or f"ztunnel-{settings.node}",
+                            sources.pod_namespace),
+            token=(lambda: tf.read_text().strip()) if tf is not None else None,
+            root_cert=sources.root_cert.read_bytes() if sources.root_cert is not None else None,
+        )
+        return App(settings, source, source.certs, options)
+    from ambient.ztunnel.certs import LocalCaSource
+    from ambient.ztunnel.static_config import StaticStateSource
+
+    assert sources.static is not None and sources.ca_dir is not None
+    return App(settings, StaticStateSource(sources.static), LocalCaSource.from_dir(sources.ca_dir), options)
 
 
 class StateSource(Protocol):
@@ -145,10 +191,6 @@ class App:
 
     # -- run -------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
         writer = self.store.take_writer()
         # live revocation, judged on a consistent view (never on a workload whose policies are half-arrived)
         unsubscribe = self.store.subscribe(ConsistentChanges(self.telemetry.connections.revoke))

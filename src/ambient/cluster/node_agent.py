@@ -1,8 +1,9 @@
-"""Entry point of the local cluster's node agent: `python -m ambient.cni.agent` / `ambient node-agent`.
+"""The node agent as the local cluster runs it: `python -m ambient.cluster.node_agent --state-dir DIR
+--node NODE` (and `ambient node-agent`).
 
-Role: build `AgentSettings` for one node of the local cluster from its state directory, connect to the
-cluster's API server and run `NodeAgent` until SIGTERM/SIGINT. `ambient.cni.agent` re-exports these names
-and calls `main()` when run as a module (the cluster starts it as `ambient.cni.agent`).
+Role: build `AgentSettings` for one node of the local cluster from its layout, connect to the cluster's
+API server and run `ambient.cni.agent.NodeAgent` under the process bootstrap until SIGTERM/SIGINT. The
+layout (run dir, pod netns names) is read here, in the cluster layer; the agent itself knows nothing of it.
 
 Invariants:
 - Stopping leaves every pod's rules in place (pods stay captured while the agent is down).
@@ -12,18 +13,19 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
-import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ambient.api.client import AsyncApiClient
+from ambient.cluster import layout as L
 from ambient.cni import agent_plan as P
+from ambient.cni.agent import NodeAgent
 from ambient.cni.agent_types import ZDS_SOCKET, AgentSettings, NetnsResolver, NodeAgentError
 from ambient.cni.apply import BACKENDS
+from ambient.core import process
 from ambient.core.errors import AmbientError
 
 log = logging.getLogger("ambient.cni.agent")
@@ -35,7 +37,6 @@ DESCRIPTION = ("The node agent (`ambient node-agent`): captures enrolled pods of
 
 def cluster_netns_resolver(cluster: str) -> NetnsResolver:
     """Local cluster: the kubelet names each pod netns from the pod uid (`cluster.layout.pod_netns_name`)."""
-    from ambient.cluster import layout as L
 
     def resolve(pod: Mapping[str, Any]) -> str | None:
         uid = P.pod_uid(pod)
@@ -47,8 +48,6 @@ def cluster_netns_resolver(cluster: str) -> NetnsResolver:
 def settings_for_node(state_dir: str | os.PathLike[str], node: str, *, backend: str = "iptables",
                       zds_socket: str | None = None, dns_capture: bool = True) -> tuple[AgentSettings, Any]:
     """(settings, cluster layout) for a node of the local cluster at `state_dir`."""
-    from ambient.cluster import layout as L
-
     layout = L.load_layout(state_dir)
     node_layout = layout.node(node)
     run_dir = Path(node_layout.run_dir)
@@ -62,32 +61,18 @@ def settings_for_node(state_dir: str | os.PathLike[str], node: str, *, backend: 
 async def serve(state_dir: str | os.PathLike[str], node: str, *, backend: str = "iptables",
                 zds_socket: str | None = None, dns_capture: bool = True) -> None:
     """Run the agent of `node` until SIGTERM/SIGINT (rules stay in place on exit)."""
-    from ambient.api.client import AsyncApiClient
-    from ambient.cni.agent import NodeAgent  # not at the top: agent.py imports this module
-
     settings, layout = settings_for_node(state_dir, node, backend=backend, zds_socket=zds_socket,
                                          dns_capture=dns_capture)
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     async with AsyncApiClient(layout.api_socket) as api:
         agent = NodeAgent(api, settings, cluster_netns_resolver(layout.name))
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await agent.run()
-    log.info("node agent %s stopped (pods keep their redirection rules)", node)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "asyncio"):  # one line per API call drowns the useful ones
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+        finally:
+            log.info("node agent %s stopped (pods keep their redirection rules)", node)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ambient.cni.agent", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m ambient.cluster.node_agent", description=DESCRIPTION)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--node", required=True)
     parser.add_argument("--backend", choices=BACKENDS,
@@ -96,9 +81,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-dns-capture", action="store_true", help="node default; pods may override")
     parser.add_argument("--log-level", default=os.environ.get("AMBIENT_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    process.configure_logging(args.log_level)
+
+    async def run(_: process.Shutdown) -> None:
+        await serve(args.state_dir, args.node, backend=args.backend, zds_socket=args.zds_socket,
+                    dns_capture=not args.no_dns_capture)
+
     try:
-        asyncio.run(serve(args.state_dir, args.node, backend=args.backend, zds_socket=args.zds_socket,
-                          dns_capture=not args.no_dns_capture))
+        process.run(run)
     except AmbientError as e:
         raise SystemExit(f"node-agent: {e}") from e
+
+
+if __name__ == "__main__":
+    main()
