@@ -10,7 +10,6 @@ Traffic goes only to addresses inside the cluster's own network namespaces (pods
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import shutil
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_helpers import force_cleanup, leftovers, root_links_into
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, network, outside
-from cluster_helpers import force_cleanup, leftovers, root_links_into
 from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
