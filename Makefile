@@ -14,6 +14,7 @@ demo: bootstrap
 lint: bootstrap
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 test: bootstrap lint
 	$(BIN)/pytest $(PYTEST_ARGS)
