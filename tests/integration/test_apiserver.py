@@ -150,7 +150,7 @@ def test_malformed_requests(server: ApiServer) -> None:
             content=b"[]",
             headers={"Content-Type": "application/json-patch+json"},
         )
-        assert r.status_code == 400 and "unsupported patch type" in r.json()["message"]
+        assert r.status_code == 415 and "unsupported patch type" in r.json()["message"]
         assert http.get("/healthz").text == "ok"
 
 

@@ -180,6 +180,7 @@ def _watch_call(
 ) -> _Call:
     call = _list_call(kind, namespace, label_selector, field_selector)
     call.params["watch"] = "1"
+    call.params["allowWatchBookmarks"] = "true"  # idle BOOKMARKs keep the stream's read timeout from firing
     if resource_version:
         call.params["resourceVersion"] = str(resource_version)
     if timeout:

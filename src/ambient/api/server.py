@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -45,9 +46,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ambient.api import limits
+from ambient.api import discovery, limits, openapi, tables, tls_listener
 from ambient.api.errors import ApiError, NotFoundError, TooLargeError, UnknownKindError, ValidationError
-from ambient.api.kinds import KindInfo, by_plural, kind_for_manifest
+from ambient.api.kinds import KINDS, KindInfo, by_plural, kind_for_manifest
+from ambient.api.patch import strategic_merge
 from ambient.api.selectors import compile_selectors
 from ambient.api.store import DEFAULT_MAX_EVENTS, Store
 from ambient.api.validation.schema import (
@@ -68,6 +70,16 @@ _MAX_WARNINGS = 20
 _MAX_WARNING_CHARS = 512
 _ITEM_PATH = re.compile(r"^(?:items)?\[(\d+)\]\.?(.*)$")  # a batch apply path: items[3].spec.action
 T = TypeVar("T")
+
+
+_STRATEGIC = "application/strategic-merge-patch+json"
+
+
+class UnsupportedMediaTypeError(ApiError):
+    """A PATCH of a content type this server does not apply. HTTP 415, as Kubernetes."""
+
+    status = 415
+    reason = "UnsupportedMediaType"
 
 
 class BadRequestError(ValidationError):
@@ -175,6 +187,7 @@ class ApiServer:
         state_dir: str | Path,
         tcp: str | None = None,
         *,
+        tls: str | None = None,
         max_events: int = DEFAULT_MAX_EVENTS,
         bookmark_interval: float = 5.0,
         max_request_bytes: int = limits.MAX_REQUEST_BYTES,
@@ -188,6 +201,10 @@ class ApiServer:
         self.socket_path = self.state_dir / SOCKET_NAME
         self.tcp = tcp
         self.tcp_port: int | None = None
+        self.tls = tls
+        self.tls_port: int | None = None
+        self.kubeconfig_path: Path | None = None
+        self._tls_material: tls_listener.TlsMaterial | None = None
         self.max_events = max_events
         self.bookmark_interval = bookmark_interval
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="apistore")
@@ -196,6 +213,7 @@ class ApiServer:
         self._lock_fd: int | None = None
         self._changed = asyncio.Event()
         self._stopping = False
+        self._started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -219,9 +237,17 @@ class ApiServer:
         )
         # Bodies are read by `_body` with the limit of their route; this is only a backstop.
         app = web.Application(
-            client_max_size=max(self.max_request_bytes, self.max_apply_bytes), middlewares=[self._errors]
+            client_max_size=max(self.max_request_bytes, self.max_apply_bytes),
+            middlewares=[self._authenticate, self._errors],
         )
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._healthz)
+        app.router.add_get("/readyz", self._healthz)
+        app.router.add_get("/version", self._version)
+        app.router.add_get("/api", self._discovery)
+        app.router.add_get("/apis", self._discovery)
+        app.router.add_get("/openapi/v3", self._openapi)
+        app.router.add_get("/openapi/v3/{tail:.*}", self._openapi)
         app.router.add_post("/ambient/v1/apply", self._apply)
         app.router.add_route("*", "/api/{tail:.*}", self._resource)
         app.router.add_route("*", "/apis/{tail:.*}", self._resource)
@@ -239,6 +265,8 @@ class ApiServer:
             await tcp_site.start()
             ports = [a[1] for a in self._runner.addresses if isinstance(a, tuple) and len(a) >= 2]
             self.tcp_port = ports[0] if ports else int(port)
+        if self.tls:
+            await self._start_tls(self.tls)
         for line in await self._run(self._store.unknown_fields_report):
             log.warning("stored by an older version, with fields the API does not define (re-apply it): %s", line)
         rv = await self._run(self._store.resource_version)
@@ -248,6 +276,37 @@ class ApiServer:
             f" and tcp {self.tcp} (port {self.tcp_port})" if self.tcp else "",
             rv,
         )
+
+    async def _start_tls(self, address: str) -> None:
+        """The authenticated TLS listener for kubectl (see `tls_listener`), and `<state>/kubeconfig`."""
+        assert self._runner is not None
+        host, _, port_text = address.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        material = await asyncio.to_thread(tls_listener.prepare, self.state_dir, host)
+        ctx = tls_listener.server_context(material)
+        wanted = int(port_text)
+        # Port 0: the port of the previous start (the kubeconfig points there), else any free one.
+        candidates = [wanted] if wanted else [p for p in (tls_listener.remembered_port(self.state_dir),) if p] + [0]
+        for index, port in enumerate(candidates):
+            site = web.TCPSite(self._runner, host, port, ssl_context=ctx)
+            try:
+                await site.start()
+            except OSError:
+                if index == len(candidates) - 1:
+                    raise
+                continue
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            self.tls_port = sockets[0].getsockname()[1] if sockets else port
+            break
+        assert self.tls_port is not None
+        tls_listener.remember_port(self.state_dir, self.tls_port)
+        self._tls_material = material
+        url_host = f"[{host}]" if ":" in host else host
+        self.kubeconfig_path = await asyncio.to_thread(
+            tls_listener.write_kubeconfig, self.state_dir, f"https://{url_host}:{self.tls_port}", material
+        )
+        log.info("API server TLS listener on %s:%d (kubeconfig %s)", host, self.tls_port, self.kubeconfig_path)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -303,6 +362,23 @@ class ApiServer:
         event.set()
 
     @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        """Requests on the TLS listener need the admin token or an admin client certificate (401 otherwise)."""
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if isinstance(ssl_object, ssl.SSLObject) and self._tls_material is not None and not (
+            tls_listener.bearer_ok(request.headers.get("Authorization"), self._tls_material.token)
+            or tls_listener.is_admin_cert(ssl_object.getpeercert())  # type: ignore[arg-type]
+        ):
+            body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+            return web.Response(status=401, text=_dumps(body), content_type="application/json")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
@@ -320,6 +396,12 @@ class ApiServer:
         """The JSON body and the paths of its duplicated fields (the last value kept); refused with 413 past
         `limit` bytes (before reading it when Content-Length says so) and with 400 when its objects nest
         deeper than `limits.MAX_NESTING_DEPTH` (`envelope_levels`: the levels the body wraps them in)."""
+        if "protobuf" in request.content_type or "cbor" in request.content_type:
+            raise UnsupportedMediaTypeError(
+                f'request bodies of type "{request.content_type}" are not supported, only JSON (`kubectl '
+                'create <kind> NAME` sends protobuf: use `kubectl apply -f` with a manifest instead)',
+                hint="send the object as JSON",
+            )
         too_large = TooLargeError(
             f"Request entity too large: limit is {limit}",
             hint="split the request, or raise the API server's limit (--max-request-bytes / --max-apply-bytes)",
@@ -350,6 +432,54 @@ class ApiServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return self._json(discovery.VERSION_INFO)
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        tail = request.match_info.get("tail")
+        doc = openapi.index() if tail is None else openapi.doc_for_path(tail)
+        if doc is None:
+            raise NotFoundError("the server could not find the requested resource")
+        return self._json(doc)
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        """`/api`, `/apis`, `/api/v1`, `/apis/<group>[/<version>]` (404 for what is not served)."""
+        parts = [p for p in request.path.split("/") if p]
+        if parts == ["api"]:
+            return self._json(discovery.api_versions(request.host))
+        if parts == ["apis"]:
+            return self._json(discovery.api_group_list())
+        if parts[0] == "api" and len(parts) == 2:
+            doc = discovery.resource_list("", parts[1])
+        elif parts[0] == "apis" and len(parts) == 2:
+            versions = [i.version for i in (*KINDS, discovery.CRD_KIND) if i.group == parts[1]]
+            if not versions:
+                raise NotFoundError("the server could not find the requested resource")
+            return self._json(discovery.api_group(parts[1], list(dict.fromkeys(versions))))
+        else:
+            doc = discovery.resource_list(parts[1], parts[2])
+        if doc is None:
+            raise NotFoundError("the server could not find the requested resource")
+        return self._json(doc)
+
+    async def _crds(self, request: web.Request, tail: list[str]) -> web.Response:
+        """`/apis/apiextensions.k8s.io/v1/customresourcedefinitions[/<name>]`: the mesh kinds, read only."""
+        if request.method != "GET":
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+        items = discovery.crds(self._started_at)
+        if len(tail) == 1:
+            rv = str(await self._run(self.store.resource_version))
+            if tables.wants_table(request.headers.get("Accept")):
+                return self._json(tables.table(discovery.CRD_KIND, items, rv))
+            return self._json({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinitionList",
+                               "metadata": {"resourceVersion": rv}, "items": items})
+        found = [c for c in items if c["metadata"]["name"] == tail[1]]
+        if len(tail) != 2 or not found:
+            raise NotFoundError(f'customresourcedefinitions.apiextensions.k8s.io "{tail[-1]}" not found')
+        if tables.wants_table(request.headers.get("Accept")):
+            return self._json(tables.table(discovery.CRD_KIND, found, "1"))
+        return self._json(found[0])
 
     async def _apply(self, request: web.Request) -> web.Response:
         mode = parse_field_validation(request.query.get("fieldValidation"))
@@ -383,14 +513,22 @@ class ApiServer:
 
     async def _resource(self, request: web.Request) -> web.StreamResponse:
         prefix = request.path.split("/", 2)[1]
+        tail = [p for p in request.match_info["tail"].split("/") if p]
+        if len(tail) <= (1 if prefix == "api" else 2):  # /api/v1, /apis/<group>[/<version>]
+            return await self._discovery(request)
+        if prefix == "apis" and tail[:2] == [discovery.CRD_GROUP, "v1"] and tail[2:3] == ["customresourcedefinitions"]:
+            return await self._crds(request, tail[2:])
         info, namespace, name, sub = parse_api_path(prefix, request.match_info["tail"])
         method = request.method
         q = request.query
+        table = tables.wants_table(request.headers.get("Accept"))
         if name is None:
             if method == "GET":
                 if _truthy(q.get("watch")):
-                    return await self._watch(request, info, namespace)
-                return await self._list(info, namespace, q.get("labelSelector"), q.get("fieldSelector"))
+                    return await self._watch(request, info, namespace, table=table is not None)
+                return await self._list(
+                    info, namespace, q.get("labelSelector"), q.get("fieldSelector"), table=table is not None
+                )
             if method == "POST":
                 mode = parse_field_validation(q.get("fieldValidation"))
                 body, duplicates = await self._body(request, self.max_request_bytes)
@@ -402,7 +540,10 @@ class ApiServer:
             raise web.HTTPMethodNotAllowed(method, ["GET", "POST"])
         ns = namespace if info.namespaced else None
         if method == "GET":
-            return self._json(await self._run(self.store.get, info.kind, name, ns))
+            obj = await self._run(self.store.get, info.kind, name, ns)
+            if table is not None and sub is None:
+                return self._json(tables.table(info, [obj], str(obj["metadata"].get("resourceVersion", ""))))
+            return self._json(obj)
         if method == "PUT":
             mode = parse_field_validation(q.get("fieldValidation"))
             body, duplicates = await self._body(request, self.max_request_bytes)
@@ -415,15 +556,21 @@ class ApiServer:
             return self._json(await self._write(op, obj), warnings=warnings)
         if method == "PATCH":
             ctype = request.content_type
-            if ctype not in ("application/merge-patch+json", "application/json"):
-                raise BadRequestError(
-                    f'unsupported patch type "{ctype}"', hint="send a JSON merge patch (application/merge-patch+json)"
+            if ctype not in ("application/merge-patch+json", "application/json", _STRATEGIC):
+                raise UnsupportedMediaTypeError(
+                    f'unsupported patch type "{ctype}"',
+                    hint=f"send a JSON merge patch (application/merge-patch+json) or {_STRATEGIC}",
                 )
             mode = parse_field_validation(q.get("fieldValidation"))
             patch, duplicates = await self._body(request, self.max_request_bytes)
             warnings = []
             subject = _subject(info, {"metadata": {"name": name, "namespace": ns}})
             check_duplicates(duplicates, mode, warnings, subject)
+            if ctype == _STRATEGIC:
+                result = await self._write(
+                    self._strategic_patch, info, name, ns, patch, sub == "status", mode, warnings, subject
+                )
+                return self._json(result, warnings=warnings)
             if sub != "status" and isinstance(patch, dict):
                 # The stored object has known fields only, so the merge result's unknown fields are the patch's.
                 check_fields(patch, info.kind, mode, warnings, subject)
@@ -454,11 +601,32 @@ class ApiServer:
             )
         return obj
 
+    def _strategic_patch(
+        self, info: KindInfo, name: str, ns: str | None, patch: Any, status: bool, mode: str,
+        warnings: list[str], subject: str,
+    ) -> dict[str, Any]:
+        """Strategic merge patch, on the store's thread: read, merge, check fields, write (one writer, so
+        nothing lands between the read and the write)."""
+        current = self.store.get(info.kind, name, ns)
+        merged = strategic_merge(current, patch)
+        merged["kind"], merged["apiVersion"] = info.kind, info.api_version
+        meta = merged.get("metadata") if isinstance(merged.get("metadata"), dict) else {}
+        for field, want in (("name", name), ("namespace", ns)):
+            if meta.get(field) != want and not (field == "namespace" and want is None and field not in meta):
+                raise BadRequestError(f"metadata.{field}: cannot be changed by a patch (is {want!r})")
+        if status:
+            return self.store.update_status(merged)
+        check_fields(merged, info.kind, mode, warnings, subject)
+        return self.store.update(merged)
+
     async def _list(
-        self, info: KindInfo, namespace: str | None, label_selector: str | None, field_selector: str | None
+        self, info: KindInfo, namespace: str | None, label_selector: str | None, field_selector: str | None,
+        *, table: bool = False,
     ) -> web.Response:
         def build() -> str:
             items, rv = self.store.list_json(info.kind, namespace, label_selector, field_selector)
+            if table:
+                return _dumps(tables.table(info, [json.loads(i) for i in items], str(rv)))
             # The stored JSON text is spliced in as is: no decode/encode per object on the hot path.
             head = _dumps(
                 {"apiVersion": info.api_version, "kind": f"{info.kind}List", "metadata": {"resourceVersion": str(rv)}}
@@ -467,8 +635,12 @@ class ApiServer:
 
         return web.Response(text=await self._run(build), content_type="application/json")
 
-    async def _watch(self, request: web.Request, info: KindInfo, namespace: str | None) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, info: KindInfo, namespace: str | None, *, table: bool = False
+    ) -> web.StreamResponse:
         q = request.query
+        bookmarks = _truthy(q.get("allowWatchBookmarks"))  # sent only when asked, as in Kubernetes
+        render = self._table_event if table else None
         predicate = compile_selectors(q.get("labelSelector"), q.get("fieldSelector"))
         timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
         deadline = time.monotonic() + timeout if timeout else None
@@ -488,11 +660,11 @@ class ApiServer:
             items, since = await self._run(self.store.list_json, info.kind, namespace, None, None)
             for item in items:
                 if predicate is None or predicate(json.loads(item)):
-                    lines.append('{"type":"ADDED","object":' + item + "}\n")
+                    lines.append(render(info, "ADDED", item) if render else '{"type":"ADDED","object":' + item + "}\n")
         else:
             # Fetched before the response starts so that a too-old version is a plain HTTP 410.
             events, scanned = await self._run(self.store.events_since, since, info.kind, namespace, _WATCH_BATCH)
-            lines += self._event_lines(events, predicate)
+            lines += self._event_lines(events, predicate, info, render)
             since = scanned
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
@@ -522,9 +694,9 @@ class ApiServer:
                     lines.append(_dumps({"type": "ERROR", "object": status_body(exc)}) + "\n")
                     await response.write("".join(lines).encode())
                     break
-                lines = self._event_lines(events, predicate)
+                lines = self._event_lines(events, predicate, info, render)
                 since = since_new
-                if not lines and time.monotonic() - last_write >= self.bookmark_interval:
+                if bookmarks and not lines and time.monotonic() - last_write >= self.bookmark_interval:
                     bookmark = {
                         "apiVersion": info.api_version,
                         "kind": info.kind,
@@ -537,11 +709,26 @@ class ApiServer:
         return response
 
     @staticmethod
-    def _event_lines(events: list[Any], predicate: Callable[[dict[str, Any]], bool] | None) -> list[str]:
+    def _table_event(info: KindInfo, kind: str, data: str) -> str:
+        """A watch event whose object is a one-row Table (kubectl get --watch asks for Tables)."""
+        obj = json.loads(data)
+        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        return _dumps({"type": kind, "object": tables.table(info, [obj], rv)}) + "\n"
+
+    @staticmethod
+    def _event_lines(
+        events: list[Any],
+        predicate: Callable[[dict[str, Any]], bool] | None,
+        info: KindInfo | None = None,
+        render: Callable[[KindInfo, str, str], str] | None = None,
+    ) -> list[str]:
         lines: list[str] = []
         for ev in events:
             if predicate is None:
-                lines.append('{"type":"' + ev.type + '","object":' + ev.data + "}\n")
+                if render is not None and info is not None:
+                    lines.append(render(info, ev.type, ev.data))
+                else:
+                    lines.append('{"type":"' + ev.type + '","object":' + ev.data + "}\n")
                 continue
             now = predicate(json.loads(ev.data))
             before = ev.prev is not None and predicate(json.loads(ev.prev))
@@ -552,7 +739,10 @@ class ApiServer:
                 kind = ev.type
             else:
                 continue
-            lines.append('{"type":"' + kind + '","object":' + ev.data + "}\n")
+            if render is not None and info is not None:
+                lines.append(render(info, kind, ev.data))
+            else:
+                lines.append('{"type":"' + kind + '","object":' + ev.data + "}\n")
         return lines
 
 
@@ -560,13 +750,14 @@ async def serve(
     state_dir: str | Path,
     tcp: str | None = None,
     *,
+    tls: str | None = None,
     stop: asyncio.Event | None = None,
     max_events: int = DEFAULT_MAX_EVENTS,
     **limits_: int,
 ) -> None:
     """Run an API server until `stop` is set (or forever). `limits_`: max_request_bytes, max_apply_bytes,
     max_object_bytes (see `ApiServer`)."""
-    server = ApiServer(state_dir, tcp, max_events=max_events, **limits_)
+    server = ApiServer(state_dir, tcp, tls=tls, max_events=max_events, **limits_)
     await server.start()
     try:
         await (stop or asyncio.Event()).wait()
@@ -575,7 +766,8 @@ async def serve(
 
 
 def run_apiserver(
-    state_dir: Path, tcp: str | None = None, *, max_events: int = DEFAULT_MAX_EVENTS, **limits_: int
+    state_dir: Path, tcp: str | None = None, *, tls: str | None = None, max_events: int = DEFAULT_MAX_EVENTS,
+    **limits_: int,
 ) -> None:
     """Blocking entry point (`ambient apiserver`): serve until SIGTERM or SIGINT, then stop gracefully."""
     if not logging.getLogger().handlers:
@@ -588,7 +780,7 @@ def run_apiserver(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(state_dir, tcp, stop=stop, max_events=max_events, **limits_)
+        await serve(state_dir, tcp, tls=tls, stop=stop, max_events=max_events, **limits_)
 
     asyncio.run(main())
 
@@ -639,7 +831,11 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ambient.api.server", description="ambient cluster API server")
     parser.add_argument("--state-dir", required=True, type=Path, help="cluster state directory")
-    parser.add_argument("--tcp", default=None, help="also listen on HOST:PORT (e.g. 127.0.0.1:6443)")
+    parser.add_argument("--tcp", default=None,
+                        help="also listen on HOST:PORT without TLS or authentication (tests)")
+    parser.add_argument("--tls", default=None,
+                        help="also listen on HOST:PORT with TLS and authentication for kubectl (port 0: the "
+                        "previous start's port, else any) and write <state-dir>/kubeconfig")
     parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS, help="change log entries kept")
     parser.add_argument("--max-request-bytes", type=_positive, default=limits.MAX_REQUEST_BYTES,
                         help="largest create/update/patch body (413 past it)")
@@ -649,7 +845,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="largest object as stored, status included (413 past it)")
     args = parser.parse_args(argv)
     try:
-        run_apiserver(args.state_dir, args.tcp, max_events=args.max_events,
+        run_apiserver(args.state_dir, args.tcp, tls=args.tls, max_events=args.max_events,
                       max_request_bytes=args.max_request_bytes, max_apply_bytes=args.max_apply_bytes,
                       max_object_bytes=args.max_object_bytes)
     except ApiError as exc:

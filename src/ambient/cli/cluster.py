@@ -130,6 +130,23 @@ def status(ctx: typer.Context, name: NameOpt = None, state_dir: StateOpt = None)
     print_table(["COMPONENT", "STATUS", "PID", "RESTARTS", "AGE", "LAST-EXIT"], rows)
 
 
+@app.command("kubeconfig")
+def kubeconfig(ctx: typer.Context, name: NameOpt = None, state_dir: StateOpt = None) -> None:
+    """Print the path of the cluster's kubeconfig (context named after the cluster), for
+    `KUBECONFIG=$(ambient cluster kubeconfig) kubectl get pods -A`."""
+    from ambient.api.tls_listener import KUBECONFIG_NAME
+    from ambient.cli.errors import CliError
+    from ambient.cluster import layout as L
+
+    cluster, sdir = _resolve(ctx, name, state_dir)
+    layout = L.load_layout(sdir if sdir is not None else cluster)
+    path = Path(layout.state_dir) / KUBECONFIG_NAME
+    if not path.exists():
+        raise CliError(f"cluster {cluster} has no kubeconfig yet ({path})",
+                       hint="its API server writes it when it starts: see `ambient cluster status`")
+    typer.echo(str(path))
+
+
 @app.command("supervise")
 def supervise(ctx: typer.Context, name: NameOpt = None, state_dir: StateOpt = None) -> None:
     """Start the cluster's supervisor again if it is not running (it adopts the running components and

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import yaml
+
+# Ages are computed where the API server computes them too (its Table responses).
+from ambient.api.tables import age, human_duration, parse_timestamp  # noqa: F401 - re-exported
 
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _RICH_MAX_ROWS = 500
@@ -80,47 +82,6 @@ def print_objects(objs: list[dict[str, Any]], fmt: str, *, single: bool, out: Te
     out = out if out is not None else sys.stdout
     doc: Any = objs[0] if single and len(objs) == 1 else as_list(objs)
     out.write(dump_yaml(doc) if fmt == "yaml" else dump_json(doc))
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
-def human_duration(seconds: float) -> str:
-    """kubectl's short durations: 45s, 5m30s, 3h, 2d4h, 400d, 3y."""
-    s = int(max(seconds, 0))
-    if s < 120:
-        return f"{s}s"
-    m = s // 60
-    if m < 10:
-        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
-    if m < 180:
-        return f"{m}m"
-    h = m // 60
-    if h < 8:
-        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
-    if h < 48:
-        return f"{h}h"
-    d = h // 24
-    if d < 8:
-        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
-    if d < 365 * 2:
-        return f"{d}d"
-    return f"{d // 365}y"
-
-
-def age(obj: dict[str, Any], now: datetime | None = None) -> str:
-    ts = parse_timestamp((obj.get("metadata") or {}).get("creationTimestamp"))
-    if ts is None:
-        return "<unknown>"
-    now = now if now is not None else datetime.now(UTC)
-    return human_duration((now - ts).total_seconds())
 
 
 def error(message: str, hint: str | None = None) -> None:

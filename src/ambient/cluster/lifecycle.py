@@ -80,7 +80,9 @@ COMPONENTS: list[ComponentSpec] = [
 NODE_AGENT_MODULE = "ambient.cluster.node_agent"
 # Pods of these namespaces are never captured (the chained plugin skips them without asking anyone).
 CNI_EXCLUDED_NAMESPACES = ("kube-system", "istio-system")
-APISERVER = ComponentSpec("apiserver", "ambient.api.server")
+# Also on loopback with TLS for kubectl (root netns: unreachable from the cluster's namespaces); it writes
+# <state>/kubeconfig and keeps its port across restarts.
+APISERVER = ComponentSpec("apiserver", "ambient.api.server", extra_args=("--tls", "127.0.0.1:0"))
 
 
 @dataclass
