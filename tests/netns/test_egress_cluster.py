@@ -36,10 +36,11 @@ NS = "egress"
 # Inside a pod: GET a URL (optionally with a CA file); prints {"status", "body"} or {"error"}.
 FETCH = r"""
 import json, ssl, sys, urllib.request
-url, cafile = sys.argv[1], sys.argv[2] or None
+url, cafile, method = sys.argv[1], sys.argv[2] or None, sys.argv[3]
 ctx = ssl.create_default_context(cafile=cafile) if cafile else None
+req = urllib.request.Request(url, data=b"x" if method == "POST" else None, method=method)
 try:
-    with urllib.request.urlopen(url, timeout=8, context=ctx) as r:
+    with urllib.request.urlopen(req, timeout=8, context=ctx) as r:
         print(json.dumps({"status": r.status, "body": r.read().decode(errors="replace")}))
 except urllib.error.HTTPError as e:
     print(json.dumps({"status": e.code, "body": e.read().decode(errors="replace")}))
@@ -74,8 +75,8 @@ class Cluster:
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.strip()
 
-    def fetch(self, url: str, cafile: str = "") -> dict[str, Any]:
-        return dict(json.loads(self.in_pod(FETCH, url, cafile)))
+    def fetch(self, url: str, cafile: str = "", method: str = "GET") -> dict[str, Any]:
+        return dict(json.loads(self.in_pod(FETCH, url, cafile, method)))
 
     def resolve(self, name: str) -> str:
         return self.in_pod(RESOLVE, name)
@@ -169,6 +170,33 @@ def test_static_service_entry_routes_its_address_to_its_endpoints(cluster: Clust
     assert json.loads(got["body"])["pod"] == "api.example.test"  # the outside host 2 answered
     assert wait_for(lambda: _outbound_lines(cluster, f"dst.addr={api_host.ip}:80"), timeout=10,
                     what="access line to the endpoint")
+
+
+def test_egress_waypoint_applies_l7_policy_to_an_entry(cluster: Cluster) -> None:
+    run = cluster.ambient("waypoint", "apply", "-n", NS, "--name", "egress-waypoint", "--wait", "--timeout", "60")
+    assert run.returncode == 0, run.stderr
+    api_host = outside.OUTSIDE_HOSTS[1]
+    entry = _entry("api-egress", "api.example.test", resolution="STATIC", addresses=["240.0.0.60"],
+                   endpoints=[{"address": api_host.ip}])
+    entry["metadata"]["labels"] = {"istio.io/use-waypoint": "egress-waypoint"}
+    cluster.api.create(entry)
+    cluster.api.create({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "get-only", "namespace": NS},
+        "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "api-egress"}],
+                 "action": "ALLOW", "rules": [{"to": [{"operation": {"methods": ["GET"], "paths": ["/get"]}}]}]},
+    })
+    got = wait_for(lambda: (r := cluster.fetch("http://240.0.0.60/get")).get("status") == 200 and r, timeout=20,
+                   what="GET through the egress waypoint")
+    assert json.loads(got["body"])["headers"]["Host"] == "240.0.0.60"
+    post = cluster.fetch("http://240.0.0.60/get", method="POST")
+    assert (post.get("status"), post.get("body", "").strip()) == (403, "RBAC: access denied"), post
+    assert cluster.fetch("http://240.0.0.60/headers").get("status") == 403
+    # The client's node proxy sent it to the waypoint (HBONE), not to the outside host.
+    lines = wait_for(lambda: _outbound_lines(cluster, "dst.hbone_addr=240.0.0.60:80"), timeout=10,
+                     what="access line via the waypoint")
+    assert all('dst.identity="spiffe://cluster.local/ns/egress/sa/egress-waypoint"' in ln for ln in lines), lines
+    cluster.api.delete("ServiceEntry", "api-egress", NS)
 
 
 def test_deleting_the_entry_restores_the_cluster_dns_answer_and_leaves_nothing_stale(cluster: Cluster) -> None:

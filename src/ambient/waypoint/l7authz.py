@@ -294,11 +294,13 @@ def policy_matches(policy: L7Policy, req: RequestAttrs) -> bool:
 
 
 def applicable(policies: Iterable[L7Policy], target: Target) -> list[L7Policy]:
-    """Policies whose targetRefs name the destination Service or this waypoint's Gateway."""
+    """Policies whose targetRefs name the destination Service (or ServiceEntry) or this waypoint's Gateway."""
     out = []
     for p in policies:
         for t in p.targets:
-            if t.kind == "Service" and (t.name, t.namespace) == (target.service_name, target.service_namespace):
+            # A ServiceEntry's hosts are Services named after it (an egress waypoint's policies name it).
+            if t.kind in ("Service", "ServiceEntry") and (t.name, t.namespace) == (target.service_name,
+                                                                                    target.service_namespace):
                 out.append(p)
                 break
             if t.kind == "Gateway" and (t.name, t.namespace) == (target.gateway_name, target.gateway_namespace):
