@@ -37,7 +37,9 @@ class HeaderModifier:
         return out
 
 
-PathModifierKind = Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+# ReplaceStringPrefix: Istio's VirtualService `rewrite.uri` (Envoy prefix_rewrite): the matched prefix,
+# compared as a plain string (not by path segments), is replaced by the value.
+PathModifierKind = Literal["ReplaceFullPath", "ReplacePrefixMatch", "ReplaceStringPrefix"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,10 @@ class PathModifier:
     def apply(self, path: str) -> str:
         if self.kind == "ReplaceFullPath":
             return self.value
+        if self.kind == "ReplaceStringPrefix":
+            if path.lower().startswith(self.prefix.lower()):  # the match may have ignored case
+                return self.value + path[len(self.prefix):] or "/"
+            return path
         return replace_prefix(path, self.prefix, self.value)
 
 

@@ -51,7 +51,9 @@ from ambient.l7.filters import (
     redirect_location,
 )
 
-PathKind = Literal["Exact", "PathPrefix", "RegularExpression"]
+# Prefix: a plain string prefix (Istio's `uri.prefix`), unlike PathPrefix's whole path segments
+PathKind = Literal["Exact", "PathPrefix", "RegularExpression", "Prefix"]
+VIRTUAL_SERVICE = "VirtualService"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|h|m|s)")
 _DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -74,13 +76,16 @@ class PathMatch:
     kind: PathKind = "PathPrefix"
     value: str = "/"
     regex: re.Pattern[str] | None = field(default=None, compare=False)
+    ignore_case: bool = False  # Istio's ignoreUriCase (Exact and Prefix)
 
     def matches(self, path: str) -> bool:
         if self.kind == "Exact":
-            return path == self.value
+            return path.lower() == self.value.lower() if self.ignore_case else path == self.value
         if self.kind == "RegularExpression":
             assert self.regex is not None
             return self.regex.fullmatch(path) is not None
+        if self.kind == "Prefix":
+            return path.lower().startswith(self.value.lower()) if self.ignore_case else path.startswith(self.value)
         prefix = self.value.rstrip("/")
         if not prefix:
             return True
@@ -94,12 +99,15 @@ class ValueMatch:
     name: str
     value: str
     regex: re.Pattern[str] | None = field(default=None, compare=False)
+    prefix: bool = False  # Istio's StringMatch `prefix`
 
     def matches(self, candidate: str | None) -> bool:
         if candidate is None:
             return False
         if self.regex is not None:
             return self.regex.fullmatch(candidate) is not None
+        if self.prefix:
+            return candidate.startswith(self.value)
         return candidate == self.value
 
 
@@ -122,8 +130,8 @@ class RouteMatch:
 
     def rank(self) -> tuple[int, int, int, int, int]:
         """Sort key, larger = more specific (Gateway API precedence)."""
-        kind = {"Exact": 2, "PathPrefix": 1, "RegularExpression": 0}[self.path.kind]
-        length = len(self.path.value) if self.path.kind == "PathPrefix" else 0
+        kind = {"Exact": 2, "PathPrefix": 1, "Prefix": 1, "RegularExpression": 0}[self.path.kind]
+        length = len(self.path.value) if self.path.kind in ("PathPrefix", "Prefix") else 0
         return (kind, length, 1 if self.method else 0, len(self.headers), len(self.query_params))
 
 
@@ -134,6 +142,24 @@ class BackendRef:
     port: int | None = None
     weight: int = 1
     kind: str = "Service"
+    subset: str | None = None  # a DestinationRule subset of the Service (VirtualService destinations)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Istio's HTTPFaultInjection: a delay of `delay` seconds for `delay_percent`% of requests, then an abort
+    answered `abort_status` for `abort_percent`% (Envoy's fault filter: delay first, abort after)."""
+
+    delay: float = 0.0
+    delay_percent: float = 0.0
+    abort_status: int = 0
+    abort_percent: float = 0.0
+
+    def decide(self, rng: random.Random) -> tuple[float, int]:
+        """(seconds to delay, status to abort with or 0) for one request."""
+        delay = self.delay if self.delay > 0 and rng.random() * 100 < self.delay_percent else 0.0
+        abort = self.abort_status if self.abort_status and rng.random() * 100 < self.abort_percent else 0
+        return delay, abort
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +177,7 @@ class RouteRule:
     backend_timeout: float | None = None
     retry: RetryPolicy | None = None
     filters: RuleFilters | None = None
+    fault: Fault | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +196,17 @@ class HttpRoute:
     rules: tuple[RouteRule, ...]
     created: str = ""  # RFC 3339 timestamps sort chronologically as strings
     hostnames: tuple[str, ...] = ()
+    # "HTTPRoute", or "VirtualService" (translated by `virtual_service.py`): its rules are tried in order and
+    # the first match wins, as Istio orders a VirtualService's http routes
+    kind: str = "HTTPRoute"
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def ordered(self) -> bool:
+        return self.kind == VIRTUAL_SERVICE
 
     def attaches_to(self, service_name: str, service_namespace: str, port: int | None) -> bool:
         for p in self.parents:
@@ -271,6 +305,26 @@ def route_request(
     attached = routes_for(routes, service_name, service_namespace, port)
     if not attached:
         return RouteDecision(BackendRef(service_name, service_namespace, port))
+    # Gateway API routes take precedence over VirtualServices for the same Service (reported in the
+    # VirtualService's status); mixing both is undefined in Istio, this makes it deterministic
+    gateway_api = [r for r in attached if not r.ordered]
+    chosen = _first_match(attached, request) if not gateway_api else _most_specific(gateway_api, request)
+    if chosen is None:
+        return NoRoute(404, f"no rule of {', '.join(r.key for r in attached)} matches {request.method} {request.path}")
+    route, ri = chosen
+    return _decide(route, ri, port, request, rng)
+
+
+def _first_match(vss: list[HttpRoute], request: RequestInfo) -> tuple[HttpRoute, int] | None:
+    """VirtualServices: oldest first (then namespace/name), their rules in order; the first match wins."""
+    for route in sorted(vss, key=lambda r: (r.created, r.key)):
+        for ri, rule in enumerate(route.rules):
+            if any(m.matches(request) for m in rule.matches):
+                return route, ri
+    return None
+
+
+def _most_specific(attached: list[HttpRoute], request: RequestInfo) -> tuple[HttpRoute, int] | None:
     best: tuple[Any, ...] | None = None
     chosen: tuple[HttpRoute, int] | None = None
     for route in attached:
@@ -282,23 +336,26 @@ def route_request(
                 key = (match.rank(), _neg(route.created), _neg(route.key), -ri, -mi)
                 if best is None or key > best:
                     best, chosen = key, (route, ri)
-    if chosen is None:
-        return NoRoute(404, f"no rule of {', '.join(r.key for r in attached)} matches {request.method} {request.path}")
-    route, ri = chosen
+    return chosen
+
+
+def _decide(
+    route: HttpRoute, ri: int, port: int, request: RequestInfo, rng: random.Random
+) -> RouteDecision | Redirect | NoRoute:
     rule = route.rules[ri]
     filters = rule.filters
     if filters is not None:
         if filters.unsupported:
-            return NoRoute(500, f"rule {ri} of HTTPRoute {route.key} uses {', '.join(filters.unsupported)}, "
+            return NoRoute(500, f"rule {ri} of {route.kind} {route.key} uses {', '.join(filters.unsupported)}, "
                            "not supported by this waypoint")
         r = filters.redirect
         if r is not None:
             return Redirect(r.status, r, request.path, request.raw_query, port, route, ri, filters.response_headers)
     backend = pick_backend(rule.backends, rng)
     if backend is None:
-        return NoRoute(500, f"rule {ri} of HTTPRoute {route.key} has no backend with weight > 0")
+        return NoRoute(500, f"rule {ri} of {route.kind} {route.key} has no backend with weight > 0")
     if backend.port is None:
-        backend = BackendRef(backend.name, backend.namespace, port, backend.weight, backend.kind)
+        backend = BackendRef(backend.name, backend.namespace, port, backend.weight, backend.kind, backend.subset)
     return RouteDecision(backend, route, ri, rule.request_timeout, rule.backend_timeout, rule.retry)
 
 

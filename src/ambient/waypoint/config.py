@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,12 +29,14 @@ import yaml
 from ambient.l7.errors import L7Error
 from ambient.l7.filters import SUPPORTED_FILTERS
 from ambient.l7.routing import HttpRoute, parse_http_route
+from ambient.l7.virtual_service import DestinationRule, parse_destination_rule, parse_virtual_service
 from ambient.state.store import StateDelta
 from ambient.waypoint.errors import ConfigError, WaypointError
 from ambient.waypoint.l7authz import L7Policy, parse_policy
 
 log = logging.getLogger(__name__)
-KINDS = ("HTTPRoute", "AuthorizationPolicy")
+# Pods: only their labels are kept, for DestinationRule subsets (the workload state has no labels)
+KINDS = ("HTTPRoute", "AuthorizationPolicy", "VirtualService", "DestinationRule", "Pod")
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,29 @@ class L7Config:
     routes: tuple[HttpRoute, ...] = ()
     policies: tuple[L7Policy, ...] = ()
     version: str = ""
+    destination_rules: tuple[DestinationRule, ...] = ()
+    pod_labels: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)  # (ns, name) -> labels
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]], version: str = "") -> L7Config:
         routes: list[HttpRoute] = []
         policies: list[L7Policy] = []
+        rules: list[DestinationRule] = []
+        labels: dict[tuple[str, str], Mapping[str, str]] = {}
         for obj in objects:
             kind = obj.get("kind")
             try:
-                if kind == "HTTPRoute":
+                if kind == "Pod":
+                    meta = obj.get("metadata") or {}
+                    labels[(str(meta.get("namespace") or "default"), str(meta.get("name")))] = meta.get("labels") or {}
+                elif kind == "VirtualService":
+                    vs = parse_virtual_service(obj)
+                    for problem in vs.problems:
+                        _warn_once(f"waypoint: VirtualService {vs.route.key}: {problem}")
+                    routes.append(vs.route)
+                elif kind == "DestinationRule":
+                    rules.append(parse_destination_rule(obj))
+                elif kind == "HTTPRoute":
                     route = parse_http_route(obj)
                     _warn_unsupported(route)
                     routes.append(route)
@@ -61,10 +77,19 @@ class L7Config:
             except (ConfigError, L7Error, KeyError, TypeError, ValueError) as exc:
                 meta = obj.get("metadata") or {}
                 log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
-        return cls(tuple(routes), tuple(policies), version)
+        return cls(tuple(routes), tuple(policies), version, tuple(rules), labels)
 
 
 _warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message in _warned:
+        return
+    if len(_warned) > 4096:
+        _warned.clear()
+    _warned.add(message)
+    log.warning("%s", message)
 
 
 def _warn_unsupported(route: HttpRoute) -> None:

@@ -40,7 +40,7 @@ import logging
 import random
 import re
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
 from ambient.l7.routing import (
+    Fault,
     NoRoute,
     Redirect,
     RequestInfo,
@@ -59,6 +60,7 @@ from ambient.l7.routing import (
     normalize_path,
     route_request,
 )
+from ambient.l7.virtual_service import subset_labels
 from ambient.state.model import (
     AppProtocol,
     GatewayAddress,
@@ -112,6 +114,10 @@ class _Conn:
     workload: Workload | None  # the destination pod (workload-addressed traffic)
     source: Workload | None
     source_addr: str
+
+
+# where a request goes: the backend Service, its port, and the labels of a DestinationRule subset (or None)
+_Backend = tuple[Service, int, Mapping[str, str] | None]
 
 
 @dataclass
@@ -333,17 +339,39 @@ class Waypoint:
         route = routed.route
         if route is not None:
             record.route = route.key
-            filters = route.rules[routed.rule_index].filters
+            rule = route.rules[routed.rule_index]
+            filters = rule.filters
             if filters is not None:  # None for a rule without filters: the only cost they add to it
                 fwd, writer = apply_filters(filters, fwd, writer, path, query)
+            if rule.fault is not None and await self._fault(rule.fault, writer, record):
+                return
         backend = self._backend_service(view, routed.backend.name, routed.backend.namespace)
         if backend is None:
             await self._local(writer, record, 500, f"backend service {routed.backend.namespace}/"
                               f"{routed.backend.name} not found", "NR")
             return
+        labels = None
+        if routed.backend.subset is not None:
+            labels = subset_labels(l7.destination_rules, backend.name, backend.namespace, routed.backend.subset)
+            if labels is None:  # Envoy: the subset's cluster does not exist
+                await self._local(writer, record, 503, f"no DestinationRule defines subset {routed.backend.subset!r} "
+                                  f"of {backend.namespace}/{backend.name}", "NC")
+                return
         assert routed.backend.port is not None
-        await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port),
+        await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port, labels),
                             routed.request_timeout, routed)
+
+    async def _fault(self, fault: Fault, writer: ResponseWriter, record: RequestRecord) -> bool:
+        """Istio's fault injection (Envoy's fault filter): the delay, then the abort. True when aborted (the
+        answer is written, response flag FI); a delayed request carries flag DI."""
+        delay, abort = fault.decide(self._rng)
+        if delay:
+            record.flags = "DI"
+            await asyncio.sleep(delay)
+        if abort:
+            await self._local(writer, record, abort, "fault filter abort", "FI")
+            return True
+        return False
 
     @staticmethod
     async def _redirect(req: Request, writer: ResponseWriter, record: RequestRecord, r: Redirect) -> None:
@@ -369,7 +397,7 @@ class Waypoint:
         writer: ResponseWriter,
         record: RequestRecord,
         view: StateView,
-        backend: tuple[Service, int] | None,
+        backend: _Backend | None,
         request_timeout: float | None,
         routed: Any,
     ) -> None:
@@ -431,7 +459,7 @@ class Waypoint:
         writer: ResponseWriter,
         record: RequestRecord,
         view: StateView,
-        backend: tuple[Service, int] | None,
+        backend: _Backend | None,
         request_timeout: float | None,
         backend_timeout: float | None,
     ) -> None:
@@ -449,7 +477,7 @@ class Waypoint:
                     svc = None
                 else:
                     svc = backend[0]
-                    ep = self._pick(conn, svc, backend[1], view, record)
+                    ep = self._pick(conn, svc, backend[1], view, record, backend[2])
                 self._describe(ep, svc, record)
                 upstream = Http1Upstream(await self._open(conn, ep, svc, record), self.settings.limits)
                 status, headers, up_buffered = await upstream.exchange_upgrade(req, req.authority, req.headers,
@@ -486,7 +514,7 @@ class Waypoint:
         writer: ResponseWriter,
         record: RequestRecord,
         view: StateView,
-        backend: tuple[Service, int] | None,
+        backend: _Backend | None,
         retry_codes: Collection[int],
     ) -> int:
         svc: Service | None = None
@@ -495,7 +523,7 @@ class Waypoint:
             ep = _Endpoint(conn.workload, conn.request.target_ip, conn.port)
         else:
             svc = backend[0]
-            ep = self._pick(conn, svc, backend[1], view, record)
+            ep = self._pick(conn, svc, backend[1], view, record, backend[2])
         self._describe(ep, svc, record)
         accept = (lambda status: status not in retry_codes) if retry_codes else None
         port = (svc.port(backend[1]) if svc is not None and backend is not None else None) or (
@@ -531,13 +559,19 @@ class Waypoint:
         self._pool.give(key, upstream)
         return status
 
-    def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord) -> _Endpoint:
+    def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord,
+              subset: Mapping[str, str] | None = None) -> _Endpoint:
         port = svc.port(port_number) or Port(port_number, port_number)
         record.dst_service = svc.hostname
         record.dst_service_name, record.dst_service_namespace = svc.name, svc.namespace
         family = 6 if svc.addresses and svc.addresses[0].address.version == 6 else 4
+        endpoints = view.endpoints(svc.key)
+        if subset is not None:  # a DestinationRule subset: the endpoints whose pod has all its labels
+            pods = self._l7.current.pod_labels
+            endpoints = tuple(wl for wl in endpoints
+                              if _has_labels(pods.get((wl.namespace, wl.name)) or {}, subset))
         picked = pick_endpoint(
-            conn.source, view.endpoints(svc.key), svc.load_balancing or LoadBalancing(), self._rng,
+            conn.source, endpoints, svc.load_balancing or LoadBalancing(), self._rng,
             family=family, target=lambda wl: resolve_target_port(svc, port, wl),
         )
         if picked is None:
@@ -587,6 +621,10 @@ class Waypoint:
     async def aclose(self) -> None:
         """Close pooled upstream connections (the HBONE client is the owner's to close)."""
         self._pool.close_all()
+
+
+def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in wanted.items())
 
 
 def _envoy_request_headers(req: Request, rng: random.Random) -> str:

@@ -70,7 +70,8 @@ class FakeApi:
     re-list and keep the last config meanwhile), then blocks."""
 
     def __init__(self) -> None:
-        self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": []}
+        self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": [],
+                                                       "VirtualService": [], "DestinationRule": [], "Pod": []}
         self.events: dict[str, asyncio.Queue[Event | None]] = {k: asyncio.Queue() for k in self.items}
         self.lists = 0
 
