@@ -12,17 +12,11 @@ from pathlib import Path
 import pytest
 
 from ambient.controlplane.admission import REFUSED_BACKEND, AdmissionFront, ServingLimits, client_address
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from ambient.api.server import serve_in_thread
 from ambient.controlplane import proxy_status
 from ambient.controlplane.ca_server import node_token_path
 from ambient.identity.ca_client import CaClient
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -162,13 +163,6 @@ async def fetch_own_cert(cp: ControlPlaneProcess) -> float:
     return time.monotonic()
 
 
-async def eventually(pred: Any, timeout: float) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-
-
 async def test_silent_flood_is_closed_by_the_handshake_timeout_and_the_ca_keeps_working(cluster: Path) -> None:
     raise_nofile(2_000 + 1_000)
     with control_plane(cluster) as cp:  # default limits: handshake 10 s, 64 per source, 4096 in total
@@ -188,7 +182,7 @@ async def test_silent_flood_is_closed_by_the_handshake_timeout_and_the_ca_keeps_
         assert len(lifetimes) == 2_000
         assert lifetimes[-1] <= 20.0, f"slowest close after {lifetimes[-1]:.1f}s"
         assert lifetimes[0] >= 5.0, f"closed after {lifetimes[0]:.1f}s: refused, not timed out?"
-        await eventually(lambda: cp.connections()["open"] == 0, 20)
+        await eventually(lambda: cp.connections()["open"] == 0, timeout=20)
         print(f"\nflood of 2000 opened in {opened - min(c.opened_at for c in conns):.1f}s; closed after "
               f"{lifetimes[0]:.1f}..{lifetimes[-1]:.1f}s; CA during flood ok; "
               f"RSS {rss_before:.0f} -> {rss_flood:.0f} -> {cp.rss_mb():.0f} MB")
@@ -199,7 +193,7 @@ async def test_per_source_cap_refuses_the_excess_and_others_still_get_certificat
         async with asyncio.TaskGroup() as tg:
             conns = await flood(cp.port, {"127.0.0.2": 100}, tg)
             # The 84 beyond the cap are closed at once, long before the 4 s handshake timeout.
-            await eventually(lambda: sum(c.closed_at is not None for c in conns) >= 84, 3)
+            await eventually(lambda: sum(c.closed_at is not None for c in conns) >= 84, timeout=3)
             stats = await asyncio.to_thread(cp.connections)
             assert stats["refused"] == {"max_connections_per_source": 84}, stats
             assert stats["open"] == 16
@@ -207,13 +201,13 @@ async def test_per_source_cap_refuses_the_excess_and_others_still_get_certificat
         closed_fast = sorted(c.closed_at - c.opened_at for c in conns if c.closed_at is not None)
         assert len(closed_fast) == 100 and closed_fast[83] < 3.0 and closed_fast[84] >= 2.0
         # Summarised in one log line (at most one per 10 s), naming the reason and the source.
-        await eventually(lambda: "refused 84 connections" in cp.log(), 15)
+        await eventually(lambda: "refused 84 connections" in cp.log(), timeout=15)
         line = next(ln for ln in cp.log().splitlines() if "refused 84 connections" in ln)
         assert "max_connections_per_source=84" in line and "127.0.0.2" in line
         # Heals: once the held connections timed out, the source may connect again.
-        await eventually(lambda: cp.connections()["open"] == 0, 10)
+        await eventually(lambda: cp.connections()["open"] == 0, timeout=10)
         again = await open_silent("127.0.0.2", cp.port)
-        await eventually(lambda: cp.connections()["open"] == 1, 5)
+        await eventually(lambda: cp.connections()["open"] == 1, timeout=5)
         again.sock.close()
 
 
@@ -222,13 +216,13 @@ async def test_total_cap_refuses_new_connections_from_any_source(cluster: Path) 
                        handshake_timeout="4") as cp:
         async with asyncio.TaskGroup() as tg:
             held = await flood(cp.port, {"127.0.0.2": 30, "127.0.0.3": 10}, tg)
-            await eventually(lambda: cp.connections()["open"] == 40, 5)
+            await eventually(lambda: cp.connections()["open"] == 40, timeout=5)
             extra = await flood(cp.port, {"127.0.0.4": 5}, tg)
-            await eventually(lambda: all(c.closed_at is not None for c in extra), 3)
+            await eventually(lambda: all(c.closed_at is not None for c in extra), timeout=3)
             assert all(c.closed_at is None for c in held)
             stats = await asyncio.to_thread(cp.connections)
             assert stats["refused"] == {"max_connections": 5} and stats["max_connections"] == 40, stats
-        await eventually(lambda: cp.connections()["open"] == 0, 10)
+        await eventually(lambda: cp.connections()["open"] == 0, timeout=10)
         await fetch_own_cert(cp)  # capacity is back once the silent ones were closed
 
 

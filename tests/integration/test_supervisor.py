@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,7 @@ import pytest
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, processes
 from ambient.cluster.supervisor import read_status
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+from helpers import wait_for
 
 
 @pytest.fixture
@@ -60,9 +50,10 @@ def test_a_killed_component_is_restarted_at_once_counted_and_marked_in_its_log(l
     pid = processes.start_component(layout, "web", ["sleep", "300"])
     os.kill(pid, signal.SIGKILL)
     t = time.monotonic()
-    pid2 = wait_for(lambda: new_pid(layout, "web", pid), 3, "the restarted component")
+    pid2 = wait_for(lambda: new_pid(layout, "web", pid), timeout=3, what="the restarted component")
     print(f"\nrestarted after {time.monotonic() - t:.3f}s")
-    st = wait_for(lambda: status_of(layout, "web").get("pid") == pid2 and status_of(layout, "web"), 3, "status")
+    st = wait_for(lambda: status_of(layout, "web").get("pid") == pid2 and status_of(layout, "web"), timeout=3,
+                  what="status")
     assert st["restarts"] == 1
     assert st["last_exit"]["signal"] == 9 and st["last_exit"]["reason"] == "signal 9 (SIGKILL)"
     markers = [line for line in processes.log_file(layout, "web").read_text().splitlines() if line.startswith("====")]
@@ -82,7 +73,7 @@ def test_a_crash_loop_falls_back_to_the_back_off(layout: L.ClusterLayout) -> Non
     processes.wake_supervisor(layout)
     # Two immediate restarts, then the third exit waits 30 s.
     st = wait_for(lambda: (s := status_of(layout, "crasher")).get("restart_at") and s.get("crashes") == 3 and s,
-                  10, "the crash loop to back off")
+                  timeout=10, what="the crash loop to back off")
     assert st["restarts"] == 2
     assert st["last_exit"]["code"] == 3 and st["last_exit"]["reason"] == "exit code 3"
     assert 20 < st["restart_at"] - time.time() <= 30
@@ -93,30 +84,32 @@ def test_a_crash_loop_falls_back_to_the_back_off(layout: L.ClusterLayout) -> Non
 def test_a_deliberate_stop_is_not_undone(layout: L.ClusterLayout) -> None:
     processes.start_supervisor(layout)
     pid = processes.start_component(layout, "db", ["sleep", "300"])
-    wait_for(lambda: status_of(layout, "db").get("pid") == pid, 3, "the supervisor's record")
+    wait_for(lambda: status_of(layout, "db").get("pid") == pid, timeout=3, what="the supervisor's record")
     assert processes.stop_component(layout, "db", grace=1.0)
     # The supervisor saw the exit and forgot the component (rather than restarting it).
-    wait_for(lambda: "db" not in (read_status(layout).get("components") or {}), 3, "the component forgotten")
+    wait_for(lambda: "db" not in (read_status(layout).get("components") or {}), timeout=3,
+             what="the component forgotten")
     assert "db" not in processes.running_components(layout)
     assert "stopped on purpose, not restarted" in processes.log_file(layout, processes.SUPERVISOR).read_text()
     # Started again: a first start, not a restart.
     pid2 = processes.start_component(layout, "db", ["sleep", "300"])
-    assert wait_for(lambda: status_of(layout, "db").get("pid") == pid2 and status_of(layout, "db"), 3,
-                    "the new record")["restarts"] == 0
+    assert wait_for(lambda: status_of(layout, "db").get("pid") == pid2 and status_of(layout, "db"), timeout=3,
+                    what="the new record")["restarts"] == 0
 
 
 def test_a_new_supervisor_adopts_what_runs_and_restarts_it_later(layout: L.ClusterLayout) -> None:
     first = processes.start_supervisor(layout)
     pid = processes.start_component(layout, "cache", ["sleep", "300"])
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: processes.supervisor_pid(layout) is None, 3, "the supervisor dead")
+    wait_for(lambda: processes.supervisor_pid(layout) is None, timeout=3, what="the supervisor dead")
     assert processes.running_components(layout)["cache"] == pid  # components outlive their supervisor
     second = processes.start_supervisor(layout)
     assert second != first
-    wait_for(lambda: status_of(layout, "cache").get("adopted"), 3, "adoption")
+    wait_for(lambda: status_of(layout, "cache").get("adopted"), timeout=3, what="adoption")
     os.kill(pid, signal.SIGKILL)
-    pid2 = wait_for(lambda: new_pid(layout, "cache", pid), 3, "the restart of an adopted component")
-    st = wait_for(lambda: status_of(layout, "cache").get("pid") == pid2 and status_of(layout, "cache"), 3, "status")
+    pid2 = wait_for(lambda: new_pid(layout, "cache", pid), timeout=3, what="the restart of an adopted component")
+    st = wait_for(lambda: status_of(layout, "cache").get("pid") == pid2 and status_of(layout, "cache"), timeout=3,
+                  what="status")
     assert st["restarts"] == 1 and st["last_exit"]["reason"].startswith("unknown")
 
 
@@ -125,7 +118,7 @@ def test_stop_all_stops_the_supervisor_first(layout: L.ClusterLayout) -> None:
     pids = [processes.start_component(layout, f"c{i}", ["sleep", "300"]) for i in range(3)]
     assert processes.stop_all_components(layout, grace=1.0) == ["c0", "c1", "c2"]
     for pid in [sup, *pids]:
-        wait_for(lambda: gone(pid), 3, f"pid {pid} gone")  # noqa: B023
+        wait_for(lambda: gone(pid), timeout=3, what=f"pid {pid} gone")  # noqa: B023
     assert processes.running_components(layout) == {} and processes.supervisor_pid(layout) is None
 
 
@@ -135,11 +128,11 @@ def test_the_watchdog_replaces_a_killed_supervisor(layout: L.ClusterLayout) -> N
         "ambient.cluster.supervisor", "--state-dir", layout.state_dir, "--watchdog"))
     pid = processes.start_component(layout, "web", ["sleep", "300"])
     os.kill(first, signal.SIGKILL)
-    second = wait_for(lambda: (p := processes.supervisor_pid(layout)) != first and p, 10,
-                      "a new supervisor started by the watchdog")
+    second = wait_for(lambda: (p := processes.supervisor_pid(layout)) != first and p, timeout=10,
+                      what="a new supervisor started by the watchdog")
     assert "is not running: starting a new one" in processes.log_file(layout, processes.WATCHDOG).read_text()
     # It adopted the component and restarts it.
-    wait_for(lambda: status_of(layout, "web").get("adopted"), 5, "adoption")
+    wait_for(lambda: status_of(layout, "web").get("adopted"), timeout=5, what="adoption")
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: new_pid(layout, "web", pid), 5, "the restart")
+    wait_for(lambda: new_pid(layout, "web", pid), timeout=5, what="the restart")
     assert processes.supervisor_pid(layout) == second

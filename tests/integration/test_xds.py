@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +23,7 @@ from ambient.protocol.xds import (
 )
 from ambient.state.store import StateStore
 from ambient.xds.client import XdsClient, node_id
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,14 +59,6 @@ def service(name: str, vip: bytes) -> wl.Address:
     return wl.Address(
         service=wl.Service(name=name, namespace="default", hostname=host, addresses=[wl.NetworkAddress(address=vip)])
     )
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_client_sees_adds_and_removals(server: Server) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -23,6 +23,7 @@ from ambient.protocol.xds import (
 )
 from ambient.state.store import StateStore
 from ambient.xds.client import XdsClient
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 NODE = "ztunnel~10.0.0.1~zt.istio-system~istio-system.svc.cluster.local"
@@ -76,13 +77,6 @@ def pod(uid: str, ip: bytes, *policies: str) -> wl.Address:
 
 def allow(name: str) -> sec.Authorization:
     return sec.Authorization(name=name, namespace="shop", scope=sec.WORKLOAD_SELECTOR, action=sec.ALLOW)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_error_detail_with_code_zero_is_a_nack(served: tuple[ResourceCache, XdsServer, str]) -> None:

@@ -1,4 +1,4 @@
-"""Helpers for the kubelet / services / exec tests: a real 2-node cluster "t8" and small pod utilities.
+"""Cluster fixtures for the netns tests: a real 2-node cluster (named "t8") and small pod utilities.
 
 The cluster is built with `ambient.cluster.lifecycle` (network, apiserver, dns, controller-manager, kubelets)
 in a temporary state dir with a private registry, and always deleted (plus a forced netns sweep).
@@ -10,19 +10,18 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, network, processes
+from helpers import wait_for
 
 CLUSTER = "t8"
-T = TypeVar("T")
 
 # An HTTP server that answers "<pod name> <client ip>" (what the server saw) on the port in argv[1].
 WHOAMI = r"""
@@ -45,7 +44,7 @@ def force_cleanup() -> None:
 
 
 @contextlib.contextmanager
-def t8_cluster(tmp: Path) -> Iterator[tuple[L.ClusterLayout, ApiClient]]:
+def two_node_cluster(tmp: Path) -> Iterator[tuple[L.ClusterLayout, ApiClient]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
         state = tmp / "state"
@@ -62,20 +61,6 @@ def t8_cluster(tmp: Path) -> Iterator[tuple[L.ClusterLayout, ApiClient]]:
             shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
             lifecycle.delete_cluster(CLUSTER, state)
             force_cleanup()
-
-
-def wait_for(fn: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # transient API states while things converge
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last  # type: ignore[no-any-return]
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def pod_manifest(name: str, command: list[str], *, node: str | None = None, ns: str = "default",

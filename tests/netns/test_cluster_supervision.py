@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import in_pod, pod_manifest, wait_ready, whoami_pod
 from cluster_helpers import force_cleanup, leftovers
-from h8_helpers import in_pod, pod_manifest, wait_for, wait_ready, whoami_pod
 from typer.testing import CliRunner
 
 from ambient.api.client import ApiClient
@@ -34,6 +34,7 @@ from ambient.cli.main import app
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, processes
 from ambient.runtime.accesslog import parse_fields
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 

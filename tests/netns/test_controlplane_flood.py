@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from h8_helpers import pod_manifest, pod_netns, wait_for, wait_ready
+from cluster_fixtures import pod_manifest, pod_netns, wait_ready
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, network, processes
 from ambient.controlplane import proxy_status
 from ambient.controlplane.admission import ServingLimits
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from h8_helpers import is_ready, pod_manifest, t8_cluster, wait_for, wait_ready, whoami_pod
+from cluster_fixtures import is_ready, pod_manifest, two_node_cluster, wait_ready, whoami_pod
+
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -20,7 +22,7 @@ AMBIENT = [sys.executable, "-m", "ambient"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with t8_cluster(tmp_path_factory.mktemp("t8-exec")) as (layout, api):
+    with two_node_cluster(tmp_path_factory.mktemp("t8-exec")) as (layout, api):
         api.create(whoami_pod("web", node="node-2", labels={"app": "web"}))
         api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
                     "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}})

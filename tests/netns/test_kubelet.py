@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from h8_helpers import (
+from cluster_fixtures import (
     is_ready,
     long_tests,
     pod_manifest,
     pod_netns,
     pod_netns_list,
-    t8_cluster,
-    wait_for,
+    two_node_cluster,
     wait_ready,
     whoami_pod,
 )
@@ -30,13 +29,14 @@ from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, processes
 from ambient.cluster import podruntime as rt
 from ambient.cluster.cni import CniRuntime
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[L.ClusterLayout, ApiClient]]:
-    with t8_cluster(tmp_path_factory.mktemp("t8-kubelet")) as c:
+    with two_node_cluster(tmp_path_factory.mktemp("t8-kubelet")) as c:
         yield c
 
 

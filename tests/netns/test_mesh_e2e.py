@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from h8_helpers import in_pod, pod_manifest, wait_for, wait_ready, whoami_pod
+from cluster_fixtures import in_pod, pod_manifest, wait_ready, whoami_pod
 
 from ambient.api.client import ApiClient
 from ambient.cluster import lifecycle, network, processes
 from ambient.runtime.accesslog import parse_fields
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -173,9 +174,17 @@ def test_unenrolled_namespace_is_released(mesh: dict[str, Any]) -> None:
     api.patch("Namespace", "client", None, {"metadata": {"labels": {"istio.io/dataplane-mode": None}}})
     try:
         wait_for(lambda: _annotation(api, "client") is None, 30, "client pod released")
+        server_before = len(_access_lines(mesh, "node-2"))
         proc = _curl(mesh, "client")
         assert proc.returncode == 0, proc.stderr
-        time.sleep(0.5)
+        # The positive signal: the server's proxy logs the connection as arriving in plaintext from the pod's own
+        # address (through the client's node proxy it would come over HBONE, with the client's identity).
+        client_ip = mesh["pods"]["client"]["status"]["podIP"]
+        inbound = wait_for(lambda: [f for f in _access_lines(mesh, "node-2")[server_before:]
+                                    if f.get("direction") == "inbound"
+                                    and f.get("src.addr", "").startswith(f"{client_ip}:")],
+                           10, "the server proxy's line for the released pod's request")
+        assert "src.identity" not in inbound[-1], inbound[-1]
         outbound = [f for f in _access_lines(mesh, "node-1")[before:] if f.get("direction") == "outbound"]
         assert not outbound, "a released pod's traffic must not go through its node proxy"
     finally:

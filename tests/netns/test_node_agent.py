@@ -1,7 +1,7 @@
 """The node agent in a real 1-node local cluster ("t11a"): capture at pod start, label enroll/un-enroll,
 both backends, restart (SIGKILL), fail closed, proxy NACK -> pending -> enabled.
 
-The node proxy is a stand-in: H5's real proxy-side ZDS client (`ZdsClient`) in a thread of the test
+The node proxy is a stand-in: the real proxy-side ZDS client (`ZdsClient`) in a thread of the test
 process, which records Adds / Dels / snapshots and, like the real proxy, opens a listener on 15001 inside
 each pod netns it is given. Traffic goes only to addresses inside the cluster's namespaces (it is
 redirected inside the pod netns before it could go anywhere).
@@ -17,11 +17,10 @@ import struct
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cluster_helpers import ECHO_CLIENT, ECHO_SERVER, in_netns
@@ -34,6 +33,7 @@ from ambient.cni.rules import RedirectConfig, normalize_iptables_save, parse_ipt
 from ambient.inpod.netns import run_in_netns
 from ambient.inpod.zds import Backoff, ZdsClient
 from ambient.inpod.zds_codec import WorkloadInfo
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -42,7 +42,6 @@ STATUS = "ambient.istio.io/redirection"
 LABEL = "istio.io/dataplane-mode"
 SO_ORIGINAL_DST = 80
 SO_MARK = getattr(socket, "SO_MARK", 36)
-T = TypeVar("T")
 
 
 # --- stand-in node proxy ------------------------------------------------------------------------------------
@@ -141,20 +140,6 @@ class Env:
         return f"node-agent-{self.node.name}"
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # transient states while things converge
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last  # type: ignore[no-any-return]
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def force_cleanup() -> None:
     names = network.cluster_netns(CLUSTER)
     processes.kill_netns_processes(names)
@@ -171,7 +156,7 @@ def make_pod(env: Env, name: str, ns: str, *, labels: dict[str, str] | None = No
 
 def running(env: Env, name: str, ns: str, timeout: float = 30) -> dict[str, Any]:
     return wait_for(lambda: (p := env.api.get("Pod", name, ns)) and (p.get("status") or {}).get("phase") == "Running"
-                    and p, f"pod {ns}/{name} Running", timeout)
+                    and p, timeout=timeout, what=f"pod {ns}/{name} Running")
 
 
 def annotation(env: Env, name: str, ns: str) -> str | None:
@@ -179,7 +164,7 @@ def annotation(env: Env, name: str, ns: str) -> str | None:
 
 
 def wait_annotation(env: Env, name: str, ns: str, value: str | None, timeout: float = 20) -> None:
-    wait_for(lambda: annotation(env, name, ns) == value or None, f"{ns}/{name} {STATUS}={value}", timeout)
+    wait_for(lambda: annotation(env, name, ns) == value or None, timeout=timeout, what=f"{ns}/{name} {STATUS}={value}")
 
 
 def netns_of(env: Env, pod: dict[str, Any]) -> str:
@@ -256,7 +241,7 @@ def outbound_through_proxy(env: Env, pod: dict[str, Any], dst: tuple[str, int] =
 def kill_agent(env: Env) -> None:
     """SIGKILL the agent and keep it down (the cluster's supervisor would restart it at once otherwise)."""
     assert processes.kill_component(env.layout, env.agent), "the agent was not running"
-    wait_for(lambda: env.agent not in processes.running_components(env.layout), "agent dead", 10)
+    wait_for(lambda: env.agent not in processes.running_components(env.layout), timeout=10, what="agent dead")
 
 
 def start_agent(env: Env, *extra: str) -> None:
@@ -275,7 +260,7 @@ def restart_agent(env: Env, *extra: str) -> None:
     before = len(env.proxy.snapshots)
     kill_agent(env)
     start_agent(env, *extra)
-    wait_for(lambda: len(env.proxy.snapshots) > before, "snapshot from the restarted agent", 30)
+    wait_for(lambda: len(env.proxy.snapshots) > before, timeout=30, what="snapshot from the restarted agent")
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +284,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
             made = Env(layout, api, StandInProxy(Path(node.run_dir) / "ztunnel.sock"), node)
             made.proxy.start()
-            wait_for(lambda: made is not None and made.proxy.snapshots, "first snapshot", 15)
+            wait_for(lambda: made is not None and made.proxy.snapshots, timeout=15, what="first snapshot")
             yield made
         finally:
             try:
@@ -333,7 +318,7 @@ def test_pod_in_enrolled_namespace_is_captured_from_start(env: Env) -> None:
     assert env.proxy.added(uid) == [os.stat(netns).st_ino]
     info = next(i for u, i, _ in env.proxy.adds if u == uid)
     assert (info.name, info.namespace, info.service_account) == ("a1", "mesh", "default")
-    # exact rule set (H6's builders), DNS capture on by default
+    # exact rule set (the rule builders), DNS capture on by default
     assert verify_pod_redirection(RedirectConfig(), "iptables", netns=netns) == []
     live = parse_iptables_save(dump_rules(netns)["iptables"])
     expected = pod_iptables_rules(RedirectConfig())
@@ -419,7 +404,7 @@ def test_label_enroll_and_unenroll_running_pod(env: Env) -> None:
     # 2) pod label `none` un-enrolls it: rules fully removed, proxy told, ipset entry and annotation gone
     env.api.patch("Pod", "b1", "plain", {"metadata": {"labels": {LABEL: "none"}}})
     wait_annotation(env, "b1", "plain", None)
-    wait_for(lambda: uid in env.proxy.dels, "Del for b1", 10)
+    wait_for(lambda: uid in env.proxy.dels, timeout=10, what="Del for b1")
     assert comparable_dump(netns) == before
     assert pod["status"]["podIP"] not in probe_ipset_entries(netns=str(env.node.netns_path))
 
@@ -432,7 +417,7 @@ def test_label_enroll_and_unenroll_running_pod(env: Env) -> None:
     # 4) label removed: removed again, no trace left
     env.api.patch("Pod", "b1", "plain", {"metadata": {"labels": {LABEL: None}}})
     wait_annotation(env, "b1", "plain", None)
-    wait_for(lambda: env.proxy.dels.count(uid) == 2, "second Del for b1", 10)
+    wait_for(lambda: env.proxy.dels.count(uid) == 2, timeout=10, what="second Del for b1")
     assert comparable_dump(netns) == before
     # never restarted
     now = env.api.get("Pod", "b1", "plain")
@@ -462,7 +447,7 @@ def test_proxy_restart_gets_a_snapshot_and_pods_stay_captured(env: Env) -> None:
     env.proxy.stop()
     env.proxy = StandInProxy(env.proxy.socket_path)  # a fresh proxy process knows nothing
     env.proxy.start()
-    wait_for(lambda: env.proxy.snapshots, "snapshot for the new proxy", 15)
+    wait_for(lambda: env.proxy.snapshots, timeout=15, what="snapshot for the new proxy")
     assert uid in env.proxy.snapshots[0]
     assert env.proxy.added(uid) == [os.stat(netns_of(env, pod)).st_ino]
     orig, data, _ = outbound_through_proxy(env, pod)
@@ -477,7 +462,7 @@ def test_fail_closed_while_agent_is_down(env: Env) -> None:
             p = env.api.get("Pod", "c1", "mesh")
             return p if "node agent not reachable" in str((p.get("status") or {}).get("message")) else None
 
-        pod = wait_for(refused, "c1 Pending with the reason", 20)
+        pod = wait_for(refused, timeout=20, what="c1 Pending with the reason")
         assert pod["status"]["phase"] == "Pending"
         assert not pod["status"].get("podIP")
     finally:
@@ -497,7 +482,7 @@ def test_proxy_nack_leaves_pod_pending_then_enabled(env: Env) -> None:
         p = env.api.get("Pod", "d1", "mesh")
         return p if "node proxy has not acknowledged" in str((p.get("status") or {}).get("message")) else None
 
-    pod = wait_for(refused, "d1 Pending with the reason", 20)
+    pod = wait_for(refused, timeout=20, what="d1 Pending with the reason")
     assert pod["status"]["phase"] == "Pending"
     wait_annotation(env, "d1", "mesh", "pending")
     assert verify_pod_redirection(RedirectConfig(), "iptables", netns=netns_of(env, pod)) == []
@@ -513,8 +498,9 @@ def test_pod_deletion_cleans_up(env: Env) -> None:
     uid, ip = pod["metadata"]["uid"], pod["status"]["podIP"]
     assert probe_ipset_entries(netns=str(env.node.netns_path)).get(ip) == uid
     env.api.delete("Pod", "d1", "mesh")
-    wait_for(lambda: uid in env.proxy.dels, "Del for the deleted pod", 20)
-    wait_for(lambda: ip not in probe_ipset_entries(netns=str(env.node.netns_path)), "ipset entry removed", 10)
+    wait_for(lambda: uid in env.proxy.dels, timeout=20, what="Del for the deleted pod")
+    wait_for(lambda: ip not in probe_ipset_entries(netns=str(env.node.netns_path)), timeout=10,
+             what="ipset entry removed")
 
 
 def test_nftables_backend_and_annotation_overrides(env: Env) -> None:

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from h8_helpers import in_pod, is_ready, pod_manifest, wait_for, wait_ready
+from cluster_fixtures import in_pod, is_ready, pod_manifest, wait_ready
 
 from ambient.api.client import ApiClient
 from ambient.cluster import lifecycle, network, processes
 from ambient.cluster import podruntime as rt
 from ambient.cni.rules import PROBE_SOURCE_V4
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from h8_helpers import in_pod, is_ready, pod_manifest, wait_for, wait_ready, whoami_pod
+from cluster_fixtures import in_pod, is_ready, pod_manifest, wait_ready, whoami_pod
 
 from ambient.api.client import ApiClient
 from ambient.cluster import lifecycle, network, processes
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from h8_helpers import curl, in_pod, pod_manifest, pod_netns, t8_cluster, wait_for, wait_ready, whoami_pod
+from cluster_fixtures import curl, in_pod, pod_manifest, pod_netns, two_node_cluster, wait_ready, whoami_pod
 
 from ambient.cluster import layout as L
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -25,7 +26,7 @@ def service(name: str, selector: dict[str, str], port: int = 80, target: int | s
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Two whoami servers (one per node) behind Service `who`, and a client pod on node-1."""
-    with t8_cluster(tmp_path_factory.mktemp("t8-svc")) as (layout, api):
+    with two_node_cluster(tmp_path_factory.mktemp("t8-svc")) as (layout, api):
         api.create(whoami_pod("who-1", node="node-1", labels={"app": "who"}))
         api.create(whoami_pod("who-2", node="node-2", labels={"app": "who"}))
         api.create(pod_manifest("client", ["sleep", "600"], node="node-1"))

@@ -22,8 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, network, processes
 from ambient.runtime.accesslog import parse_fields
+from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -130,20 +130,6 @@ class Cluster:
         return self.in_netns(netns, sys.executable, "-c", code)
 
 
-def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # transient states while things converge
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def _ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
@@ -208,26 +194,27 @@ def app(cluster: Cluster) -> App:
         pods = api.list("Pod", NS, label_selector=selector)[0]
         return pods[0] if pods and _ready(pods[0]) else None
 
-    client = wait_for(functools.partial(ready_pod, "app=client"), 60, "client Ready")
-    web = wait_for(functools.partial(ready_pod, "app=web"), 60, "web Ready")
-    waypoint = wait_for(functools.partial(ready_pod, "gateway.networking.k8s.io/gateway-name=waypoint"), 60,
-                        "waypoint Ready")
-    vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
+    client = wait_for(functools.partial(ready_pod, "app=client"), timeout=60, what="client Ready")
+    web = wait_for(functools.partial(ready_pod, "app=web"), timeout=60, what="web Ready")
+    waypoint = wait_for(functools.partial(ready_pod, "gateway.networking.k8s.io/gateway-name=waypoint"), timeout=60,
+                        what="waypoint Ready")
+    vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), timeout=30, what="web VIP")
     return App(client, web, vip, waypoint)
 
 
 def test_node_proxies_count_and_log_bytes_as_ztunnel(cluster: Cluster, app: App) -> None:
     web_ip = app.web["status"]["podIP"]
     # pod-addressed: client proxy -> web's proxy directly (the waypoint serves the Service only)
-    got = wait_for(lambda: cluster.in_pod(app.client, TCP_11_22, web_ip).strip() == "22", 30, "11 up, 22 down")
+    got = wait_for(lambda: cluster.in_pod(app.client, TCP_11_22, web_ip).strip() == "22", timeout=30,
+                   what="11 up, 22 down")
     assert got
 
     def lines(direction: str) -> list[dict[str, str]]:
         return [parse_fields(ln) for ln in cluster.ztunnel_lines()
                 if f'direction="{direction}"' in ln and f"dst.hbone_addr={web_ip}:9000" in ln]
 
-    out = wait_for(lambda: lines("outbound"), 15, "outbound access line")[-1]
-    inn = wait_for(lambda: lines("inbound"), 15, "inbound access line")[-1]
+    out = wait_for(lambda: lines("outbound"), timeout=15, what="outbound access line")[-1]
+    inn = wait_for(lambda: lines("inbound"), timeout=15, what="inbound access line")[-1]
     assert (out["bytes_sent"], out["bytes_recv"]) == ("11", "22")
     assert (inn["bytes_sent"], inn["bytes_recv"]) == ("22", "11")
     web_pod = app.web["metadata"]["name"]
@@ -251,7 +238,7 @@ def _get(cluster: Cluster, app: App, path: str) -> dict[str, str]:
 
 def test_waypoint_answers_and_forwards_as_envoy(cluster: Cluster, app: App) -> None:
     got = wait_for(lambda: (r := _get(cluster, app, "/hello")) and r["line"].startswith("HTTP/1.1 200") and r,
-                   30, "GET via the waypoint")
+                   timeout=30, what="GET via the waypoint")
     assert got["line"] == "HTTP/1.1 200 OK"  # Envoy's phrase, not the backend's "Fine Thanks"
     seen = json.loads(got["body"])
     assert UUID4.fullmatch(seen["x-request-id"]), seen
@@ -273,7 +260,7 @@ def test_custom_policy_without_provider_denies_only_its_matches(cluster: Cluster
                  "provider": {"name": "opa"}, "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]},
     })
     denied = wait_for(lambda: (r := _get(cluster, app, "/admin/x")) and r["line"].startswith("HTTP/1.1 403") and r,
-                      30, "CUSTOM policy enforced")
+                      timeout=30, what="CUSTOM policy enforced")
     assert denied == {"line": "HTTP/1.1 403 Forbidden", "body": "RBAC: access denied\n"}
     assert _get(cluster, app, "/public")["line"] == "HTTP/1.1 200 OK"  # outside the policy's rules
     text = cluster.metrics(L.pod_netns_name(CLUSTER, app.waypoint["metadata"]["uid"]))
@@ -284,5 +271,5 @@ def test_custom_policy_without_provider_denies_only_its_matches(cluster: Cluster
         obj = cluster.api.get("AuthorizationPolicy", "ext-authz", NS)
         return next(iter((obj.get("status") or {}).get("conditions") or []), None)
 
-    cond = wait_for(condition, 30, "policy status condition")
+    cond = wait_for(condition, timeout=30, what="policy status condition")
     assert "'opa' is not defined" in cond["message"] and "deny the requests matching its rules" in cond["message"]

@@ -17,8 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ambient.api.errors import NotFoundError
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, network, processes
 from ambient.controlplane.pod_tokens import load_or_create_key, pod_token_path, verify
+from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -163,20 +163,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             force_cleanup()
 
 
-def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # transient states while things converge
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def _ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
@@ -213,7 +199,8 @@ def test_apply_wait_programs_a_ready_waypoint(cluster: Cluster) -> None:
                                                                                "True"]
 
     # Identity from the control plane's CA (no local CA), state from xDS.
-    log = wait_for(lambda: (t := cluster.pod_log(pod)) and "waypoint listening" in t and t, 20, "waypoint log")
+    log = wait_for(lambda: (t := cluster.pod_log(pod)) and "waypoint listening" in t and t, timeout=20,
+                   what="waypoint log")
     assert f"certificate for {WAYPOINT_ID} issued by the control plane CA {L.CONTROLPLANE_IP}:15012" in log
     assert f"waypoint listening on 0.0.0.0:15008 as {WAYPOINT_ID}" in log
     assert "xDS state from" in log
@@ -285,9 +272,9 @@ def app(cluster: Cluster) -> App:
         pod = api.get("Pod", name, NS)
         return pod if _ready(pod) else None
 
-    pods = {n: wait_for(functools.partial(ready_pod, n), 60, f"pod {n} Ready")
+    pods = {n: wait_for(functools.partial(ready_pod, n), timeout=60, what=f"pod {n} Ready")
             for n in ("client", "echo-v1", "echo-v2")}
-    vip = wait_for(lambda: api.get("Service", "echo", NS)["spec"].get("clusterIP"), 30, "echo VIP")
+    vip = wait_for(lambda: api.get("Service", "echo", NS)["spec"].get("clusterIP"), timeout=30, what="echo VIP")
     return App(pods["client"], vip, cluster.waypoint_pods()[0]["status"]["podIP"])
 
 
@@ -300,11 +287,13 @@ def load(cluster: Cluster, app: App, n: int, path: str = "/", headers: dict[str,
 @needs_ztunnel
 def test_traffic_goes_client_proxy_waypoint_destination_proxy(cluster: Cluster, app: App) -> None:
     # The echo pods see the waypoint's address: its second HBONE hop is what reached them.
-    got = wait_for(lambda: (r := load(cluster, app, 4)) and r["status"].get("200") == 4 and r, 30, "GETs via waypoint")
+    got = wait_for(lambda: (r := load(cluster, app, 4)) and r["status"].get("200") == 4 and r, timeout=30,
+                   what="GETs via waypoint")
     assert set(got["ip"]) == {app.waypoint_ip}, got
     wp_log = cluster.pod_log(cluster.waypoint_pods()[0])
     assert "request complete" in wp_log and f'dst.service="echo.{NS}.svc.cluster.local"' in wp_log
-    zt = wait_for(lambda: (t := cluster.component_logs("ztunnel")) and WAYPOINT_ID in t and t, 10, "ztunnel logs")
+    zt = wait_for(lambda: (t := cluster.component_logs("ztunnel")) and WAYPOINT_ID in t and t, timeout=10,
+                  what="ztunnel logs")
     outbound = [ln for ln in zt.splitlines() if "connection complete" in ln and 'direction="outbound"' in ln
                 and f"dst.hbone_addr={app.vip}:80" in ln]
     assert outbound and all('src.workload="client' in ln and f"dst.addr={app.waypoint_ip}:15008" in ln
@@ -335,8 +324,8 @@ ROUTE = {
 def test_httproute_header_match_and_90_10_split(cluster: Cluster, app: App) -> None:
     cluster.api.apply(ROUTE)
     # Applied once 20 header-routed requests in a row land on v2 (plain load balancing: 1 in 10^6).
-    wait_for(lambda: load(cluster, app, 20, headers={"x-version": "v2"})["version"] == {"v2": 20}, 30,
-             "header route to v2")
+    wait_for(lambda: load(cluster, app, 20, headers={"x-version": "v2"})["version"] == {"v2": 20}, timeout=30,
+             what="header route to v2")
     assert load(cluster, app, 20, headers={"x-version": "v1"})["version"] == {"v1": 20}
     split = load(cluster, app, 1000)
     assert split["status"].get("200") == 1000, split
@@ -353,7 +342,7 @@ def test_l7_deny_on_a_path_is_403_and_other_paths_work(cluster: Cluster, app: Ap
                  "rules": [{"to": [{"operation": {"paths": ["/admin", "/admin/*"]}}]}]},
     })
     denied = wait_for(lambda: (r := load(cluster, app, 3, "/admin/users")) and r["status"].get("403") == 3 and r,
-                      30, "403 on /admin")
+                      timeout=30, what="403 on /admin")
     assert denied["bodies"][0].strip() == "RBAC: access denied"
     ok = load(cluster, app, 10, "/public")
     assert ok["status"] == {"200": 10}
@@ -366,7 +355,7 @@ def test_unbinding_sends_traffic_directly_without_restarts(cluster: Cluster, app
     cluster.api.patch("Namespace", NS, None, {"metadata": {"labels": {"istio.io/use-waypoint": None}}})
     client_ip = app.client["status"]["podIP"]
     direct = wait_for(lambda: (r := load(cluster, app, 6, "/admin/users")) and set(r["ip"]) == {client_ip} and r,
-                      30, "direct traffic (the app sees the client's address)")
+                      timeout=30, what="direct traffic (the app sees the client's address)")
     assert direct["status"] == {"200": 6}  # the L7 policy lives in the waypoint: not on this path any more
     assert processes.running_components(cluster.layout) == before_components
     wp_after = cluster.waypoint_pods()[0]
@@ -391,8 +380,8 @@ def test_delete_removes_deployment_service_account_and_pods(cluster: Cluster) ->
         return False
 
     for kind in ("Gateway", "Deployment", "Service", "ServiceAccount"):
-        wait_for(functools.partial(gone, kind), 20, f"{kind} waypoint deleted")
-    wait_for(lambda: not cluster.waypoint_pods(), 30, "waypoint pod deleted")
+        wait_for(functools.partial(gone, kind), timeout=20, what=f"{kind} waypoint deleted")
+    wait_for(lambda: not cluster.waypoint_pods(), timeout=30, what="waypoint pod deleted")
     token_dir = pod_token_path(cluster.state, pod["spec"]["nodeName"], pod["metadata"]["uid"]).parent
-    wait_for(lambda: not token_dir.exists(), 20, "pod token removed with the pod")
+    wait_for(lambda: not token_dir.exists(), timeout=20, what="pod token removed with the pod")
     assert "istio.io/use-waypoint" not in (api.get("Namespace", NS)["metadata"].get("labels") or {})

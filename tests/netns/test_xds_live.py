@@ -19,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from h8_helpers import pod_manifest, pod_netns, wait_for, wait_ready
+from cluster_fixtures import pod_manifest, pod_netns, wait_ready
 
 from ambient.api.client import ApiClient
 from ambient.cluster import lifecycle, network, processes
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 

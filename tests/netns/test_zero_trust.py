@@ -28,12 +28,13 @@ from typing import Any
 
 import httpx
 import pytest
-from h8_helpers import in_pod, pod_manifest, pod_netns, wait_for, wait_ready
+from cluster_fixtures import in_pod, pod_manifest, pod_netns, wait_ready
 
 from ambient.api.client import ApiClient
 from ambient.cli.context import CliState
 from ambient.cluster import lifecycle, network, processes
 from ambient.runtime.accesslog import parse_fields
+from helpers import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -1,5 +1,5 @@
-"""Root tests: two nodes, a client pod and a server pod, H6's in-pod rules, the node proxy (`ambient ztunnel`
-in in-pod mode, fed by a ZDS server and a static config + local CA) on each node.
+"""Root tests: two nodes, a client pod and a server pod, the node agent's in-pod rules, the node proxy
+(`ambient ztunnel` in in-pod mode, fed by a ZDS server and a static config + local CA) on each node.
 
 Checks: bytes end to end with half-close (64 MB; 1 GB with AMBIENT_LONG_TESTS=1), the app sees the client
 pod IP, only TLS to 15008 on the wire between the nodes, access logs and metrics of both proxies, the
@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +34,8 @@ pytestmark = pytest.mark.root
 
 LONG = os.environ.get("AMBIENT_LONG_TESTS") == "1"
 VIP = "10.96.250.10"
-CLIENT_ID = "spiffe://cluster.local/ns/h10/sa/client"
-SERVER_ID = "spiffe://cluster.local/ns/h10/sa/server"
+CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
+SERVER_ID = "spiffe://cluster.local/ns/shop/sa/server"
 
 
 class Mesh:
@@ -48,16 +49,16 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    bed = Testbed(f"h10-m{os.getpid()}", tmp_path_factory.mktemp("h10mesh"))
+    bed = Testbed(f"inf1-{os.getpid()}", tmp_path_factory.mktemp("ztmesh"))
     try:
         bed.create({1: [("client", "client"), ("visitor-plain", "default")],
                     2: [("server", "server"), ("stranger-ghost", "ghost")]})
         bed.services = [{
-            "name": "server", "namespace": "h10", "hostname": "server.h10.svc.cluster.local",
+            "name": "server", "namespace": "shop", "hostname": "server.shop.svc.cluster.local",
             "vips": [VIP], "ports": {80: 8080}, "_backends": ["server"],
         }]
         bed.policies = [{
-            "name": "deny-9090", "namespace": "h10", "scope": "Namespace", "action": "Deny",
+            "name": "deny-9090", "namespace": "shop", "scope": "Namespace", "action": "Deny",
             "rules": [[[{"destinationPorts": [9090]}]]],
         }]
         peers = start_echo(bed, bed.pod("server"), [8080, 9090])
@@ -131,7 +132,7 @@ def test_bytes_end_to_end_identities_logs_metrics(mesh: Mesh) -> None:
 
 
 def test_wire_between_nodes_carries_only_tls_to_15008(mesh: Mesh) -> None:
-    marker = b"H10-PLAINTEXT-MARKER-" + os.urandom(4).hex().encode()
+    marker = b"PLAINTEXT-MARKER-" + os.urandom(4).hex().encode()
     pcap = mesh.bed.workdir / "wire.pcap"
     dump = mesh.bed.spawn(mesh.bed.node_ns(1), ["tcpdump", "-i", mesh.bed.node_link(1), "-s", "0", "-U", "-w",
                                                  str(pcap), "tcp"], stderr=subprocess.PIPE)
@@ -159,7 +160,7 @@ def test_pod_shows_the_three_listeners(mesh: Mesh) -> None:
 def test_service_vip_reaches_an_endpoint(mesh: Mesh) -> None:
     data = os.urandom(100_000)
     assert echo_transfer(mesh.client, VIP, 80, data) == data
-    lines = _wait_lines(mesh.p1, lambda ln: 'dst.service="server.h10.svc.cluster.local"' in ln)
+    lines = _wait_lines(mesh.p1, lambda ln: 'dst.service="server.shop.svc.cluster.local"' in ln)
     assert lines and lines[-1]["dst.hbone_addr"] == f"{mesh.server.ip}:8080"
 
 
@@ -171,7 +172,7 @@ def test_l4_deny_resets_client_and_logs_policy(mesh: Mesh) -> None:
     assert not isinstance(err.value, TimeoutError), "the client must see a reset, not a hang"
     lines = _wait_lines(mesh.p2, lambda ln: "policy rejection" in ln)
     assert lines and lines[-1]["error"] == (
-        "connection closed due to policy rejection: denied by policy h10/deny-9090")
+        "connection closed due to policy rejection: denied by policy shop/deny-9090")
     assert lines[-1]["src.identity"] == CLIENT_ID
     m = _metrics(mesh.bed, 2)
     assert _sum(m, "istio_tcp_connections_opened_total", reporter="destination", response_flags="DENY") >= 1
@@ -267,10 +268,10 @@ def test_config_dump_and_zc(mesh: Mesh) -> None:
     assert set(dump) >= {"workloads", "services", "policies", "certificates", "workloadState"}
     assert "uid-server" in dump["workloadState"] and dump["workloadState"]["uid-server"]["state"] == "Up"
     assert any(c["identity"] == SERVER_ID for c in dump["certificates"])
-    py = [os.environ.get("PYTHON", "/work/main/.venv/bin/python"), "-m", "ambient"]
+    py = [sys.executable, "-m", "ambient"]
     out = sh(*py, "zc", "workloads", "--admin-socket", str(mesh.p2.admin_socket)).stdout
     assert out.splitlines()[0].split() == ["NAMESPACE", "POD", "NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL"]
-    assert any(ln.split()[:3] == ["h10", "server", mesh.server.ip] and ln.split()[-1] == "HBONE"
+    assert any(ln.split()[:3] == ["shop", "server", mesh.server.ip] and ln.split()[-1] == "HBONE"
                for ln in out.splitlines())
     pol = json.loads(sh(*py, "zc", "policies", "-o", "json", "--admin-socket", str(mesh.p2.admin_socket)).stdout)
     assert [p["name"] for p in pol] == ["deny-9090"]
@@ -285,10 +286,10 @@ def test_long_connection_visible_in_zc_connections(mesh: Mesh) -> None:
         sock.connect((mesh.server.ip, 8080))
         sock.sendall(b"ping")
         assert sock.recv(4) == b"ping"
-        py = [os.environ.get("PYTHON", "/work/main/.venv/bin/python"), "-m", "ambient"]
+        py = [sys.executable, "-m", "ambient"]
         out = sh(*py, "zc", "connections", "--admin-socket", str(mesh.p1.admin_socket)).stdout
         rows = [ln.split() for ln in out.splitlines()[1:]]
-        assert any(r[0] == "h10/client" and r[1] == "outbound" and r[-1] == "HBONE" and
+        assert any(r[0] == "shop/client" and r[1] == "outbound" and r[-1] == "HBONE" and
                    r[-2] == f"{mesh.server.ip}:8080" for r in rows), out
     finally:
         sock.close()
@@ -303,7 +304,7 @@ def test_live_revocation_closes_a_denied_connection(mesh: Mesh) -> None:
         sock.sendall(b"ping")
         assert sock.recv(4) == b"ping"
         mesh.bed.policies.append({
-            "name": "deny-8080", "namespace": "h10", "scope": "Namespace", "action": "Deny",
+            "name": "deny-8080", "namespace": "shop", "scope": "Namespace", "action": "Deny",
             "rules": [[[{"destinationPorts": [8080]}]]],
         })
         t0 = time.monotonic()
@@ -317,5 +318,5 @@ def test_live_revocation_closes_a_denied_connection(mesh: Mesh) -> None:
         assert time.monotonic() - t0 < 5
     finally:
         sock.close()
-    lines = _wait_lines(mesh.p2, lambda ln: "denied by policy h10/deny-8080" in ln)
+    lines = _wait_lines(mesh.p2, lambda ln: "denied by policy shop/deny-8080" in ln)
     assert lines and lines[-1]["src.identity"] == CLIENT_ID

@@ -84,7 +84,7 @@ class ProxyProcess:
 
 
 class ZdsFeeder:
-    """A node agent stand-in: H5's ZdsServer on its own thread + loop, snapshotting this node's pods."""
+    """A node agent stand-in: the ZdsServer (inpod.zds) on its own thread + loop, snapshotting this node's pods."""
 
     def __init__(self, path: Path, pods: Sequence[Pod]) -> None:
         self.path = path

@@ -8,7 +8,7 @@ Components and what they get (narrow capabilities):
   when wired). Data-path code only reads `store.current`.
 - certificates: a `CertSource` (local CA here; the control-plane CA client when wired).
 - data path: `ProxyCore` (settings, state, certs, HBONE client pool, telemetry) handed to each pod proxy.
-- pods: `InpodManager` fed by H5's `ZdsClient` (in-pod mode), or one shared-mode proxy.
+- pods: `InpodManager` fed by the `ZdsClient` (inpod.zds) (in-pod mode), or one shared-mode proxy.
 - HTTP: admin 15000 (+ an optional Unix socket for `ambient zc`), metrics 15020, readiness 15021
   (ready once state and certificates are in), all with SO_REUSEPORT so a new proxy can start beside an
   old one.

@@ -2,8 +2,8 @@
 
 `CertSource` is all the data path needs: `fetch(identity)` (async; issues or renews when due),
 `cached(identity)` (sync, for the TLS server's per-handshake provider) and `bundles()` (config_dump).
-`LocalCaSource` issues in-process from a CA key pair on disk (`--ca-dir`, H4's `LocalCA`): the
-standalone mode and the tests. The control-plane CA client (H9's certificate manager) plugs in behind
+`LocalCaSource` issues in-process from a CA key pair on disk (`--ca-dir`, `identity.ca.LocalCA`): the
+standalone mode and the tests. The control-plane CA client (`identity.manager`) plugs in behind
 the same Protocol.
 
 Invariants: one issuance per identity at a time (concurrent callers share it); a bundle is replaced

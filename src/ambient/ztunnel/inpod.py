@@ -1,6 +1,6 @@
 """In-pod mode: one `WorkloadProxy` per pod the node agent hands over on ZDS, listening INSIDE the pod netns.
 
-ZDS callbacks (H5's `ZdsClient`):
+ZDS callbacks (`inpod.zds.ZdsClient`):
 - `on_add(uid, info, netns_fd)`: dup the fd (it is only valid during the callback), create a thread that
   entered the pod netns, fetch the pod's certificate, start the pod's proxy and return (= ACK) only once
   its listeners 15001 / 15006 / 15008 are established (SO_MARK 0x539, SO_REUSEPORT). A failure is the

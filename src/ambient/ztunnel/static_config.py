@@ -1,4 +1,4 @@
-"""Static state source: a YAML/JSON file in the model's shape (H7's `state.static` loader), applied by
+"""Static state source: a YAML/JSON file in the model's shape (the `state.static` loader), applied by
 the store's single writer, and re-applied whenever the file changes (mtime poll), so a standalone proxy
 or a test can change policies live.
 

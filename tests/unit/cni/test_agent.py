@@ -1,7 +1,7 @@
 """The node agent's orchestration, in-process and without root.
 
 Real pieces: the agent, its pluginevent.sock HTTP server, the chained plugin's client (`notify_agent`), ZDS
-over a real SOCK_SEQPACKET socket with H5's `ZdsClient` as the stand-in proxy. Faked: the cluster API (in
+over a real SOCK_SEQPACKET socket with the proxy-side `ZdsClient` as the stand-in proxy. Faked: the cluster API (in
 memory, with watches) and the rule commands (recorded instead of run). The "netns" files are plain files:
 the agent only opens them and passes the fds over ZDS, where the stand-in fstat()s them.
 """
@@ -28,6 +28,7 @@ from ambient.cni.plugin import CniPluginError, notify_agent
 from ambient.cni.rules import RedirectConfig
 from ambient.inpod.zds import Backoff, ZdsClient
 from ambient.inpod.zds_codec import WorkloadInfo
+from helpers import eventually
 
 LABEL = "istio.io/dataplane-mode"
 
@@ -184,14 +185,6 @@ class Harness:
         await asyncio.to_thread(notify_agent, str(self.settings.run_dir), payload, 5.0)
 
 
-async def until(cond: Callable[[], Any], what: str, limit: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def running(h: Harness, *, proxy: bool = True) -> AsyncIterator[tuple[NodeAgent, ZdsClient]]:
     agent = h.agent()
@@ -201,7 +194,7 @@ async def running(h: Harness, *, proxy: bool = True) -> AsyncIterator[tuple[Node
         await asyncio.wait_for(agent.ready.wait(), 5)
         ptask = tg.create_task(client.run()) if proxy else None
         if proxy:
-            await until(lambda: client.snapshots >= 1, "first snapshot")
+            await eventually(lambda: client.snapshots >= 1, what="first snapshot")
         try:
             yield agent, client
         finally:
@@ -231,7 +224,7 @@ async def test_cmdadd_add_order_rules_then_proxy_then_ipset_then_annotation(h: H
         # reconcile passes afterwards change nothing (no second apply, no second Add)
         n = agent.reconciles
         h.api.changed()
-        await until(lambda: agent.reconciles > n + 1, "two more reconciles")
+        await eventually(lambda: agent.reconciles > n + 1, what="two more reconciles")
         assert h.events.count("apply u1 dns=True") == 1 and h.events.count("proxy-add u1") == 1
 
 
@@ -269,11 +262,11 @@ async def test_proxy_absent_pending_then_enabled_when_it_connects(h: Harness) ->
         client = h.proxy()
         async with asyncio.TaskGroup() as tg:
             t = tg.create_task(client.run())
-            await until(lambda: agent.tracked["u1"].status == "enabled", "pod enabled")
+            await eventually(lambda: agent.tracked["u1"].status == "enabled", what="pod enabled")
             assert h.snapshots[0] == frozenset({"u1"})  # the pending pod was in the first snapshot
             assert h.rules.ipset == {"10.0.0.5": "u1"}
-            await until(lambda: h.api.pods["u1"]["metadata"]["annotations"][P.ANNOTATION_STATUS] == "enabled",
-                        "annotation enabled")
+            await eventually(lambda: h.api.pods["u1"]["metadata"]["annotations"][P.ANNOTATION_STATUS] == "enabled",
+                             what="annotation enabled")
             t.cancel()
 
 
@@ -284,12 +277,12 @@ async def test_label_enroll_and_unenroll_running_pod(h: Harness, caplog: pytest.
     async with running(h) as (agent, _):
         h.api.pods["u2"]["metadata"]["labels"][LABEL] = "ambient"
         h.api.changed()
-        await until(lambda: "annotate app enabled" in h.events, "enrolled by label")
+        await eventually(lambda: "annotate app enabled" in h.events, what="enrolled by label")
         assert h.proxy_adds[-1][0] == "u2"
         h.events.clear()
         h.api.pods["u2"]["metadata"]["labels"][LABEL] = "none"
         h.api.changed()
-        await until(lambda: "annotate app None" in h.events, "un-enrolled")
+        await eventually(lambda: "annotate app None" in h.events, what="un-enrolled")
         assert h.events == ["ipset-del 10.0.0.7", "remove-rules u2", "proxy-del u2", "annotate app None"]
         assert "u2" not in agent.tracked and h.rules.ipset == {}
         assert P.ANNOTATION_STATUS not in h.api.pods["u2"]["metadata"]["annotations"]
@@ -305,7 +298,7 @@ async def test_pod_deleted_is_released(h: Harness, caplog: pytest.LogCaptureFixt
         await h.cmdadd("u1", "web")
         del h.api.pods["u1"]
         h.api.changed()
-        await until(lambda: "u1" in h.proxy_dels, "Del")
+        await eventually(lambda: "u1" in h.proxy_dels, what="Del")
         assert "u1" not in agent.tracked and not h.rules.ipset
         assert "pod mesh/web: deleted: releasing its capture" in caplog.text
 
@@ -341,8 +334,8 @@ async def test_proxy_reconnect_gets_a_fresh_snapshot(h: Harness) -> None:
             client = h.proxy()
             async with asyncio.TaskGroup() as tg:
                 t = tg.create_task(client.run())
-                await until(lambda c=client: c.snapshots >= 1, f"snapshot {round_}")  # type: ignore[misc]
-                await until(lambda: agent.tracked["u1"].status == "enabled", "pending pod promoted")
+                await eventually(lambda c=client: c.snapshots >= 1, what=f"snapshot {round_}")  # type: ignore[misc]
+                await eventually(lambda: agent.tracked["u1"].status == "enabled", what="pending pod promoted")
                 t.cancel()
             assert h.snapshots[-1] == frozenset({"u1"})
             assert h.events.count("proxy-add u1") == round_

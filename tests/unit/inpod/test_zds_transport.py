@@ -12,7 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,7 @@ from ambient.inpod.zds_codec import (
     encode_hello,
     encode_request,
 )
+from helpers import eventually
 
 INFO = WorkloadInfo("web-1", "shop", "web")
 NETNS = "/proc/self/ns/net"
@@ -103,13 +104,6 @@ class FakeProxy:
 
 async def empty_snapshot() -> list[SnapshotPod]:
     return []
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Poll test-visible state (callbacks have no events to await) with a generous deadline."""
-    async with asyncio.timeout(T):
-        while not predicate():  # noqa: ASYNC110 - polling plain attributes of the fakes
-            await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -200,18 +194,18 @@ async def test_snapshot_on_every_reconnect(sock_path: Path, no_leaked_tasks: Non
             assert proxy.added == {"a": (INFO, ino(NETNS))}
             assert proxy.snapshots == [frozenset({"a"})]
         # The proxy went away: the agent notices and is no longer ready.
-        await until(lambda: not server.ready)
+        await eventually(lambda: not server.ready)
 
         # The same proxy process reconnects: the snapshot is replayed; "a" is the same netns -> no re-add.
         async with running(client):
-            await until(lambda: len(proxy.snapshots) >= 2)
+            await eventually(lambda: len(proxy.snapshots) >= 2)
             assert proxy.snapshots[1] == frozenset({"a"})
             assert proxy.add_calls == 1
 
         # A restarted proxy (fresh state) gets everything again.
         fresh = FakeProxy()
         async with running(fresh.client(sock_path)):
-            await until(lambda: bool(fresh.snapshots))
+            await eventually(lambda: bool(fresh.snapshots))
             assert fresh.added == {"a": (INFO, ino(NETNS))}
         assert provided == 3 and server.snapshots_sent == 3
 
@@ -229,7 +223,7 @@ async def test_snapshot_tears_down_pods_no_longer_enrolled(sock_path: Path, no_l
             await server.wait_ready(T)
         enrolled.discard("b")  # removed while the proxy was disconnected
         async with running(client):
-            await until(lambda: len(proxy.snapshots) >= 2)
+            await eventually(lambda: len(proxy.snapshots) >= 2)
     assert proxy.snapshots == [frozenset({"a", "b"}), frozenset({"a"})]
     assert set(client.state.served) == {"a"}
 
@@ -306,7 +300,7 @@ async def test_newest_proxy_becomes_active_and_old_one_is_left_alone(sock_path: 
     async with ZdsServer(sock_path, empty_snapshot) as server, running(old.client(sock_path)):
         await server.wait_ready(T)
         async with running(new.client(sock_path)):
-            await until(lambda: bool(new.snapshots))
+            await eventually(lambda: bool(new.snapshots))
             fd = open_fd()
             try:
                 await server.add_pod("uid-1", INFO, fd)
@@ -315,7 +309,7 @@ async def test_newest_proxy_becomes_active_and_old_one_is_left_alone(sock_path: 
             assert "uid-1" in new.added and not old.added
             assert len(old.snapshots) == 1  # not kicked out, no reconnect churn
         # The active (new) proxy left: the old one is told to resync and becomes active with a fresh snapshot.
-        await until(lambda: len(old.snapshots) >= 2)
+        await eventually(lambda: len(old.snapshots) >= 2)
         await server.wait_ready(T)
 
 
@@ -452,5 +446,5 @@ async def test_default_backoff_reconnects_within_a_second_after_a_long_agent_out
         await asyncio.sleep(4.0)  # ~9 failed connects: an uncapped 10 ms doubling would now wait ~5 s
         async with ZdsServer(sock_path, empty_snapshot):
             started = asyncio.get_running_loop().time()
-            await until(lambda: client.snapshots >= 1)
+            await eventually(lambda: client.snapshots >= 1)
             assert asyncio.get_running_loop().time() - started < 2.5

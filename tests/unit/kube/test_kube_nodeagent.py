@@ -18,6 +18,7 @@ from ambient.cni.agent import AgentSettings, NodeAgent, watch_specs
 from ambient.cni.agent_plan import CmdAdd
 from ambient.kube.nodeagent import KubeAgentApi, PodNetnsResolver, pod_uid_from_cgroup
 from ambient.kube.source import KubeSource
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,13 +30,6 @@ CLIENT_UID = "b1c2d3e4-f506-4a17-8829-3a4b5c6d7e81"
 def settings(tmp_path: Path) -> AgentSettings:
     return AgentSettings(node=NODE, run_dir=tmp_path / "run", zds_socket=tmp_path / "run" / "ztunnel.sock",
                          exclude_namespaces=("kube-system", "ambient-system"))
-
-
-async def until(pred: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_watches_its_nodes_pods_by_field_selector_and_all_namespaces(
@@ -51,9 +45,9 @@ async def test_watches_its_nodes_pods_by_field_selector_and_all_namespaces(
     assert watch_specs(NODE) == [("Pod", {"field_selector": f"spec.nodeName={NODE}"}), ("Namespace", {})]
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(agent._watch(kind, **sel)) for kind, sel in watch_specs(NODE)]
-        await until(lambda: len(fake_api.requests("/api/v1/pods", watch=True)) >= 1
+        await eventually(lambda: len(fake_api.requests("/api/v1/pods", watch=True)) >= 1
                     and fake_api.requests("/api/v1/namespaces", watch=True))
-        await until(lambda: len(fake_api.requests("/api/v1/pods", watch=True)) >= 2)  # the first one ended
+        await eventually(lambda: len(fake_api.requests("/api/v1/pods", watch=True)) >= 2)  # the first one ended
         for t in tasks:
             t.cancel()
     pod_watch = fake_api.requests("/api/v1/pods", watch=True)[0]
