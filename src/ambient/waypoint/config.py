@@ -2,7 +2,7 @@
 
 The waypoint reads its config through `L7Source` (`.current` -> an immutable `L7Config`), so the proxy
 does not care whether objects came from a static YAML file (`StaticL7Source`, tests and standalone use) or
-from the cluster API (`ApiL7Source`: list + watch with resume and re-list on errors; one writer).
+from the cluster API (`ApiL7Source`: one `api.informer.inform` per kind; one writer).
 
 Static file (`--static FILE`): YAML, one or more documents. A document with `kind` is a Kubernetes object
 (HTTPRoute, AuthorizationPolicy; other kinds are ignored); a document with `workloads` / `services` /
@@ -26,12 +26,15 @@ from typing import Any, Protocol
 
 import yaml
 
+from ambient.api.client import WatchEvent
+from ambient.api.informer import INITIAL_BACKOFF, MAX_BACKOFF, inform
+from ambient.core.backoff import Backoff
 from ambient.l7.errors import L7Error
 from ambient.l7.filters import SUPPORTED_FILTERS
 from ambient.l7.routing import HttpRoute, parse_http_route
 from ambient.l7.virtual_service import DestinationRule, parse_destination_rule, parse_virtual_service
 from ambient.state.store import StateDelta
-from ambient.waypoint.errors import ConfigError, WaypointError
+from ambient.waypoint.errors import ConfigError
 from ambient.waypoint.l7authz import L7Policy, parse_policy
 
 log = logging.getLogger(__name__)
@@ -160,7 +163,7 @@ class ApiL7Source:
     Run `await source.run()` in a task of the owner's TaskGroup; `ready` is set after the first full list.
     """
 
-    def __init__(self, client: Any, *, retry_delay: float = 1.0) -> None:
+    def __init__(self, client: Any, *, retry_delay: float = INITIAL_BACKOFF) -> None:
         self._client = client
         self._objects: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {k: {} for k in KINDS}
         self._config = L7Config()
@@ -184,28 +187,21 @@ class ApiL7Source:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             for kind in KINDS:
-                tg.create_task(self._follow(kind))
+                tg.create_task(inform(self._client, kind, self._replace, self._on_event,
+                                      backoff=Backoff(self._retry, max(self._retry, MAX_BACKOFF)),
+                                      what=f"{kind} (waypoint)"))
 
-    async def _follow(self, kind: str) -> None:
-        while True:
-            try:
-                items, version = await self._client.list(kind)
-                self._objects[kind] = {self._key(o): o for o in items}
-                self._listed.add(kind)
-                self._publish()
-                if self._listed == set(KINDS):
-                    self.ready.set()
-                async for event in self._client.watch(kind, resource_version=version):
-                    if event.type == "BOOKMARK":
-                        continue
-                    key = self._key(event.object)
-                    if event.type == "DELETED":
-                        self._objects[kind].pop(key, None)
-                    else:
-                        self._objects[kind][key] = event.object
-                    self._publish()
-            except WaypointError:
-                raise
-            except Exception as exc:  # API down / watch expired: re-list after a pause, keep the last config
-                log.warning("waypoint: %s watch failed (%s); re-listing in %.0fs", kind, exc, self._retry)
-            await asyncio.sleep(self._retry)
+    def _replace(self, kind: str, items: list[dict[str, Any]]) -> None:
+        self._objects[kind] = {self._key(o): o for o in items}
+        self._listed.add(kind)
+        self._publish()
+        if self._listed == set(KINDS):
+            self.ready.set()
+
+    def _on_event(self, kind: str, event: WatchEvent) -> None:
+        key = self._key(event.object)
+        if event.type == "DELETED":
+            self._objects[kind].pop(key, None)
+        else:
+            self._objects[kind][key] = event.object
+        self._publish()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ambient.api.client import WatchEvent
+from ambient.api.errors import GoneError
 from ambient.waypoint.config import ApiL7Source, L7Config, load_static
 from ambient.waypoint.errors import ConfigError
+from helpers import eventually
 
 ROUTE = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
          "metadata": {"name": "r", "namespace": "shop"},
@@ -59,31 +61,30 @@ def test_load_static_missing_file(tmp_path: Path) -> None:
         load_static(tmp_path / "nope.yaml")
 
 
-@dataclass
-class Event:
-    type: str
-    object: dict[str, Any]
-
-
 class FakeApi:
-    """list() returns the initial objects; watch() replays queued events, then fails once (the source must
-    re-list and keep the last config meanwhile), then blocks."""
+    """list() returns the initial objects; watch() replays queued events; None breaks the watch (connection
+    lost: resumed from the last version), "gone" answers 410 (the source must re-list); otherwise it blocks."""
 
     def __init__(self) -> None:
         self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": [],
                                                        "VirtualService": [], "DestinationRule": [], "Pod": []}
-        self.events: dict[str, asyncio.Queue[Event | None]] = {k: asyncio.Queue() for k in self.items}
+        self.events: dict[str, asyncio.Queue[WatchEvent | str | None]] = {k: asyncio.Queue() for k in self.items}
         self.lists = 0
+        self.watched_from: list[str | None] = []
 
     async def list(self, kind: str) -> tuple[list[dict[str, Any]], str]:
         self.lists += 1
         return list(self.items[kind]), "1"
 
-    async def watch(self, kind: str, resource_version: str | None = None) -> AsyncIterator[Event]:
+    async def watch(self, kind: str, resource_version: str | None = None) -> AsyncIterator[WatchEvent]:
+        self.watched_from.append(resource_version)
         while True:
             ev = await self.events[kind].get()
             if ev is None:
                 raise ConnectionError("watch broke")
+            if ev == "gone":
+                raise GoneError("too old")
+            assert isinstance(ev, WatchEvent)
             yield ev
 
 
@@ -91,25 +92,22 @@ async def test_api_source_lists_then_follows_watch_events() -> None:
     api = FakeApi()
     source = ApiL7Source(api, retry_delay=0.01)
 
-    async def until(pred: Any) -> None:
-        for _ in range(500):  # polls the published config: up to 5 s
-            if pred():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("condition not reached")
-
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(source.run())
         await asyncio.wait_for(source.ready.wait(), 5)
         assert [r.key for r in source.current.routes] == ["shop/r"]
-        api.events["AuthorizationPolicy"].put_nowait(Event("ADDED", TARGETED))
-        await until(lambda: len(source.current.policies) == 1)
-        api.events["HTTPRoute"].put_nowait(Event("BOOKMARK", {"metadata": {"resourceVersion": "5"}}))
-        api.events["HTTPRoute"].put_nowait(Event("DELETED", ROUTE))
-        await until(lambda: not source.current.routes)
-        # the watch breaks: config is kept, the source re-lists (which brings the route back)
+        api.events["AuthorizationPolicy"].put_nowait(WatchEvent("ADDED", TARGETED))
+        await eventually(lambda: len(source.current.policies) == 1)
+        api.events["HTTPRoute"].put_nowait(WatchEvent("BOOKMARK", {"metadata": {"resourceVersion": "5"}}))
+        api.events["HTTPRoute"].put_nowait(WatchEvent("DELETED", ROUTE))
+        await eventually(lambda: not source.current.routes)
+        # the watch breaks: the config is kept and the watch resumed from the bookmark's version, no re-list
         lists = api.lists
         api.events["HTTPRoute"].put_nowait(None)
-        await until(lambda: api.lists > lists and len(source.current.routes) == 1)
+        await eventually(lambda: api.watched_from.count("5") == 1, what="the watch resumed from version 5")
+        assert api.lists == lists and not source.current.routes
+        # 410: the source re-lists (which brings the route back)
+        api.events["HTTPRoute"].put_nowait("gone")
+        await eventually(lambda: api.lists > lists and len(source.current.routes) == 1)
         assert [p.key for p in source.current.policies] == ["shop/l7"]
         task.cancel()
