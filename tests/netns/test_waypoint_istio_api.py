@@ -1,0 +1,212 @@
+"""Istio's traffic-management API at a waypoint in a real local cluster ("l7a"), shaped like Istio's tasks:
+request routing (VirtualService by `end-user` header to DestinationRule subsets), traffic shifting (80/20
+weights), fault injection (a 2 s delay for every request; an abort 500 for half of them, with response flag
+FI in the waypoint's access line).
+
+Traffic goes only to addresses inside the cluster's own network namespaces. The cluster is always deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ambient.api.client import ApiClient
+from ambient.cluster import layout as L
+from ambient.cluster import lifecycle, network, processes
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+CLUSTER = "l7a"
+NS = "bookinfo"
+GW_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+# HTTP/1.1 app answering "<VERSION> <path>"; closes after each response.
+APP = r"""
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = f"{os.environ.get('VERSION', '?')} {self.path}".encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close"); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+# n GETs (a new connection after errors); JSON: status and version counts, slowest and fastest request.
+LOAD = r"""
+import collections, http.client, json, sys, time
+host, path, n, headers = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+out = {"status": collections.Counter(), "version": collections.Counter(), "errors": [], "min": 1e9, "max": 0.0}
+conn = None
+for _ in range(n):
+    start = time.monotonic()
+    try:
+        if conn is None:
+            conn = http.client.HTTPConnection(host, 9080, timeout=20)
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        out["status"][str(resp.status)] += 1
+        if resp.status == 200:
+            out["version"][body.split(" ")[0]] += 1
+    except Exception as e:
+        out["errors"].append(type(e).__name__ + ": " + str(e))
+        conn = None
+    took = time.monotonic() - start
+    out["min"], out["max"] = min(out["min"], took), max(out["max"], took)
+print(json.dumps(out))
+"""
+
+
+def force_cleanup() -> None:
+    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
+    network.destroy_network(CLUSTER)
+
+
+@dataclass
+class Cluster:
+    layout: L.ClusterLayout
+    api: ApiClient
+    state: Path
+    client: dict[str, Any] | None = None
+
+    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(self.state),
+                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+    def waypoint_log(self) -> str:
+        pod = self.api.list("Pod", NS, label_selector=f"{GW_LABEL}=waypoint")[0][0]
+        path = self.state / "logs" / "pods" / f"{NS}_{pod['metadata']['name']}_istio-proxy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def load(self, n: int, headers: dict[str, str] | None = None, path: str = "/") -> dict[str, Any]:
+        assert self.client is not None
+        netns = L.pod_netns_name(CLUSTER, self.client["metadata"]["uid"])
+        out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", LOAD, f"reviews.{NS}", path, str(n),
+                              json.dumps(headers or {})], capture_output=True, text=True, timeout=200, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return dict(json.loads(out.stdout))
+
+
+def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # transient states while things converge
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _pod(name: str, labels: dict[str, str], code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"containers": [{"name": "app", "command": [sys.executable, "-c", code],
+                                     "env": [{"name": k, "value": v} for k, v in (env or {}).items()]}]}}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp(CLUSTER)
+    state = tmp / "state"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
+        lifecycle.delete_cluster(CLUSTER, state)
+        force_cleanup()
+        try:
+            result = lifecycle.create_cluster(CLUSTER, 1, state)
+            with ApiClient(result.layout.api_socket) as api:
+                c = Cluster(result.layout, api, state)
+                api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                    "name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+                run = c.ambient("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--timeout", "90")
+                assert run.returncode == 0, run.stderr
+                api.create(_pod("client", {"app": "client"}, "import time; time.sleep(1e6)"))
+                for v in ("v1", "v2"):
+                    api.create(_pod(f"reviews-{v}", {"app": "reviews", "version": v}, APP, {"VERSION": v}))
+                api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": NS},
+                            "spec": {"selector": {"app": "reviews"},
+                                     "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}})
+                for name in ("client", "reviews-v1", "reviews-v2"):
+                    wait_for(lambda n=name: _ready(api.get("Pod", n, NS)), 90, f"pod {name} Ready")
+                c.client = api.get("Pod", "client", NS)
+                api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                           "metadata": {"name": "reviews", "namespace": NS},
+                           "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                                   {"name": "v2", "labels": {"version": "v2"}}]}})
+                yield c
+        finally:
+            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            lifecycle.delete_cluster(CLUSTER, state)
+            force_cleanup()
+
+
+def virtual_service(http: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": NS}, "spec": {"hosts": ["reviews"], "http": http}}
+
+
+def dest(subset: str, weight: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"destination": {"host": "reviews", "subset": subset}}
+    if weight is not None:
+        out["weight"] = weight
+    return out
+
+
+def test_request_routing_by_end_user_header(cluster: Cluster) -> None:
+    cluster.api.apply(virtual_service([
+        {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "route": [dest("v2")]},
+        {"route": [dest("v1")]},
+    ]))
+    wait_for(lambda: cluster.load(20, {"end-user": "jason"})["version"] == {"v2": 20}, 60, "jason routed to v2")
+    assert cluster.load(20, {"end-user": "jason"})["version"] == {"v2": 20}
+    assert cluster.load(20)["version"] == {"v1": 20}
+    assert cluster.load(20, {"end-user": "mary"})["version"] == {"v1": 20}
+
+
+def test_traffic_shifting_80_20(cluster: Cluster) -> None:
+    cluster.api.apply(virtual_service([{"route": [dest("v1", 80), dest("v2", 20)]}]))
+    wait_for(lambda: cluster.load(20)["version"].get("v2"), 60, "the split applied")
+    got = cluster.load(200)
+    assert got["status"] == {"200": 200}, got
+    assert abs(got["version"].get("v1", 0) / 200 - 0.8) <= 0.05, got["version"]
+
+
+def test_fault_delay_2s_for_every_request(cluster: Cluster) -> None:
+    cluster.api.apply(virtual_service([{"route": [dest("v1")], "fault": {
+        "delay": {"fixedDelay": "2s", "percentage": {"value": 100}}}}]))
+    wait_for(lambda: cluster.load(1)["min"] >= 2.0, 60, "the delay applied")
+    got = cluster.load(3)
+    assert got["status"] == {"200": 3} and got["min"] >= 2.0, got
+
+
+def test_fault_abort_500_for_half_with_flag_fi(cluster: Cluster) -> None:
+    cluster.api.apply(virtual_service([{"route": [dest("v1")], "fault": {
+        "abort": {"httpStatus": 500, "percentage": {"value": 50}}}}]))
+    wait_for(lambda: cluster.load(10)["status"].get("500"), 60, "the abort applied")
+    got = cluster.load(200)
+    assert set(got["status"]) == {"200", "500"}, got
+    assert 80 <= got["status"]["500"] <= 120, got["status"]
+    lines = [ln for ln in cluster.waypoint_log().splitlines() if "request complete" in ln and "http.status=500" in ln]
+    assert len(lines) >= 80 and all("response_flags=FI" in ln for ln in lines), lines[:2]
