@@ -24,7 +24,8 @@ Invariants:
   listener (with SO_REUSEPORT a closed listener's queue is reset: during a handoff to a second proxy those
   clients would fail); such late connections take streams for `HANDOFF_GRACE` seconds, then refuse new
   ones (the client pool retries REFUSED_STREAM elsewhere). `drain(deadline)` lets live streams finish,
-  then cuts them.
+  then cuts them: the project's one drain primitive (`runtime.drain.Drain`) watches every stream and
+  handshake task and holds for the handoff grace.
 - Accepting is a reader callback on the listening socket and TLS runs from the first byte
   (`connect_accepted_socket(ssl=...)`): no plaintext protocol ever sees the ClientHello, which is what
   makes the server correct under uvloop as well as the default loop.
@@ -52,6 +53,7 @@ from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream, CopyResult, copy_bidirectional, set_nodelay
 from ambient.hbone.protocol import ConnectRequest
 from ambient.identity.certs import CertBundle
+from ambient.runtime.drain import Drain
 from ambient.tls.contexts import ContextCache
 from ambient.tls.verify import PeerIdentity, verify_client
 
@@ -234,7 +236,6 @@ class HboneServer:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._late_conns: set[HboneConnection] = set()
-        self._late_until = 0.0  # drain waits for late (handoff) connections' first streams until then
         self._conns: set[HboneConnection] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._deadlines: dict[asyncio.Task[None], asyncio.Timeout] = {}
@@ -245,9 +246,10 @@ class HboneServer:
         self._pressure_logged_at = float("-inf")
         self._logged = 0
         self._unlogged = 0
-        self._stream_tasks: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # watches stream and handshake tasks; its deadline is the one `drain()` is given
+        self._drain = Drain("hbone", 0.0)
+        self._drain.on_start(self.close)
+        self._drain.on_cut(self._close_connections)
         self.stats = ServerStats()
         self.serving = False
         self._address: tuple[Any, ...] = ()
@@ -300,8 +302,8 @@ class HboneServer:
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(sock.fileno())
             self._accept_ready(sock, late=True)  # what the kernel already queued for us (handoff)
-            if self._handshakes and self._loop is not None:
-                self._late_until = self._loop.time() + HANDOFF_GRACE
+            if self._handshakes:  # late connections' first CONNECT may still be on its way
+                self._drain.hold(HANDOFF_GRACE)
             sock.close()
         self.serving = False
         for conn in self._conns:
@@ -310,26 +312,17 @@ class HboneServer:
     async def drain(self, deadline: float) -> None:
         """Wait up to `deadline` seconds for live streams to finish, then cut everything."""
         self.close()
-        if deadline > 0:
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(deadline):
-                    # Live streams, handshakes of connections taken from the queue at close, and (for
-                    # HANDOFF_GRACE) those connections' first CONNECT still on its way.
-                    while self._stream_tasks or self._handshakes or loop.time() < self._late_until:
-                        if self._stream_tasks and not self._handshakes and loop.time() >= self._late_until:
-                            await self._idle.wait()
-                        else:
-                            await asyncio.sleep(0.02)
-        for task in list(self._stream_tasks):
-            task.cancel()
-        for conn in list(self._conns):
-            conn.close("shut down (drain)")
-        for hs in list(self._handshakes):
-            hs.cancel()
+        self._drain.deadline = max(deadline, 0.0)
+        # Live streams, handshakes of connections taken from the queue at close, and (for HANDOFF_GRACE)
+        # those connections' first CONNECT still on its way; then the rest is cut.
+        await self._drain.run()
         if self._trim_handle is not None:
             self._trim_handle.cancel()
             self._trim_handle = None
+
+    def _close_connections(self) -> None:
+        for conn in list(self._conns):
+            conn.close("shut down (drain)")
 
     # -- connections --------------------------------------------------------------------------------------
     def _accept_ready(self, sock: socket.socket | None = None, *, late: bool = False) -> None:
@@ -373,6 +366,7 @@ class HboneServer:
         task = self._tg.create_task(self._handshake(raw, source, late))
         self._handshakes.add(task)
         task.add_done_callback(self._handshake_done)
+        self._drain.watch(task)
         pending = len(self._handshakes)
         if pending > self.stats.pending_peak:
             self.stats.pending_peak = pending
@@ -550,14 +544,7 @@ class HboneServer:
                                  conn.local_addr, conn.remote_addr)
         stream.request = request
         task = self._tg.create_task(self._run_stream(stream, request, conn.peer))
-        self._stream_tasks.add(task)
-        self._idle.clear()
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._stream_tasks.discard(task)
-        if not self._stream_tasks:
-            self._idle.set()
+        self._drain.watch(task)
 
     async def _run_stream(self, stream: HboneStream, request: ConnectRequest, peer: PeerIdentity) -> None:
         decision: Decision | None = None

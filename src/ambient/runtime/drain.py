@@ -1,15 +1,18 @@
-"""The one drain primitive every listener of the node proxy uses.
+"""The one drain primitive of the project: the node proxy's listeners and the HBONE server (so the
+waypoint too) drain with it.
 
 Shape (reliability.md "Drain"): `start()` closes the listeners at once (new connections are refused);
 connections already accepted keep running until they finish or until the deadline; then they are cut
 (their tasks cancelled, which resets the sockets). A per-pod proxy drains the same way when its pod is
-deleted, and the whole process drains on SIGTERM / `/quitquitquit`.
+deleted, and the whole process drains on SIGTERM / `/quitquitquit`. `hold(seconds)` keeps the drain
+open a little even without live work (the HBONE server's handoff grace: connections taken from the
+listen queue at close may still send their first CONNECT).
 
 Invariants:
 - `Drain` never creates tasks: connection tasks belong to their listener's TaskGroup; `Drain` only
   watches them (done-callbacks) and cancels the survivors at the deadline.
-- `start()` is idempotent; `run()` returns once every watched task is done (at the latest shortly
-  after the deadline).
+- `start()` is idempotent; `run()` returns once every watched task is done and no hold is pending (at
+  the latest shortly after the deadline; at once, cutting everything, with a deadline of 0).
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ class Drain:
         self.name = name
         self.deadline = deadline
         self._closers: list[Callable[[], None]] = []
+        self._cutters: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
         self._started = asyncio.Event()
         self.started_at: float | None = None
+        self._hold_until = 0.0  # time.monotonic() before which run() does not finish early
 
     @property
     def draining(self) -> bool:
@@ -55,6 +60,15 @@ class Drain:
         self._tasks.add(task)
         self._empty.clear()
         task.add_done_callback(self._done)
+
+    def on_cut(self, cutter: Callable[[], None]) -> None:
+        """Register what to close when the deadline cuts the survivors (e.g. their connections), run right
+        after their tasks are cancelled and before waiting for them."""
+        self._cutters.append(cutter)
+
+    def hold(self, seconds: float) -> None:
+        """Keep `run()` waiting (within the deadline) for `seconds` from now even when nothing is watched."""
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -85,15 +99,30 @@ class Drain:
         """Start draining (if not yet), wait for connections up to the deadline, cut the rest.
         Returns how many connections were cut."""
         self.start()
-        if self._tasks:
-            log.info("drain %s: waiting up to %.1fs for %d connection(s)", self.name, self.remaining(), self.active)
+        remaining = self.remaining()
+        if remaining > 0 and (self._tasks or self._hold_until > time.monotonic()):
+            log.info("drain %s: waiting up to %.1fs for %d connection(s)", self.name, remaining, self.active)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.remaining()):
-                    await self._empty.wait()
+                async with asyncio.timeout(remaining):
+                    await self._quiet()
         survivors = list(self._tasks)
         for task in survivors:
             task.cancel()
+        for cutter in self._cutters:
+            try:
+                cutter()
+            except Exception:  # the other cutters still run
+                log.exception("drain %s: cutting connections failed", self.name)
         if survivors:
             log.info("drain %s: deadline reached, closing %d connection(s)", self.name, len(survivors))
             await asyncio.wait(survivors, timeout=1.0)
         return len(survivors)
+
+    async def _quiet(self) -> None:
+        """Return once nothing is watched and no hold is pending."""
+        while True:
+            await self._empty.wait()
+            wait = self._hold_until - time.monotonic()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
