@@ -16,7 +16,8 @@ from ambient.api.client import AsyncApiClient
 from ambient.api.server import ApiServer
 from ambient.cluster import podruntime as rt
 from ambient.controlplane.app import ControlPlane
-from ambient.waypoint.__main__ import parse_args, run
+from ambient.waypoint.__main__ import parse_args, settings_from_args
+from ambient.waypoint.app import build
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,7 +68,7 @@ async def test_waypoint_identity_from_ca_and_state_from_xds(tmp_path: Path) -> N
                     "--token-file", str(token_file), "--listen", "127.0.0.1:0", "--name", "waypoint",
                     "--namespace", "shop", "--service-account", "waypoint", "--ready", f"127.0.0.1:{ready_port}",
                 ])
-                wp_task = tg.create_task(run(args))
+                wp_task = tg.create_task(build(settings_from_args(args)).run())
                 for _ in range(200):
                     if await ready_status(ready_port) == 200:
                         break
