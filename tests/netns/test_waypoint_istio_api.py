@@ -210,3 +210,29 @@ def test_fault_abort_500_for_half_with_flag_fi(cluster: Cluster) -> None:
     assert 80 <= got["status"]["500"] <= 120, got["status"]
     lines = [ln for ln in cluster.waypoint_log().splitlines() if "request complete" in ln and "http.status=500" in ln]
     assert len(lines) >= 80 and all("response_flags=FI" in ln for ln in lines), lines[:2]
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+
+
+def test_ambient_get_shows_waypoint_accepted_and_no_waypoint(cluster: Cluster) -> None:
+    api = cluster.api
+    api.apply({"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": "ratings", "namespace": NS, "labels": {"istio.io/use-waypoint": "none"}},
+        "spec": {"selector": {"app": "ratings"}, "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}})
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "ratings", "namespace": NS},
+               "spec": {"hosts": ["ratings"], "http": [{"route": [{"destination": {"host": "ratings"}}]}]}})
+
+    def shown(name: str) -> dict[str, Any] | None:
+        run = cluster.ambient("get", "virtualservice", name, "-n", NS, "-o", "json")
+        assert run.returncode == 0, run.stderr
+        return _condition(json.loads(run.stdout), "WaypointAccepted")
+
+    cond = wait_for(lambda: shown("ratings"), 30, "the ratings VirtualService's condition")
+    assert (cond["status"], cond["reason"]) == ("False", "NoWaypoint"), cond
+    assert f"{NS}/ratings" in cond["message"]
+    cond = wait_for(lambda: shown("reviews"), 30, "the reviews VirtualService's condition")
+    assert (cond["status"], cond["reason"]) == ("True", "Accepted"), cond
+    assert f"{NS}/waypoint" in cond["message"]

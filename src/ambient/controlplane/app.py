@@ -53,7 +53,14 @@ from ambient.controlplane.ca_server import (
     issue_server_cert,
 )
 from ambient.controlplane.errors import CaRefusedError, ControlPlaneError
-from ambient.controlplane.index import KINDS, STATUS_CONDITION, IndexDelta, MeshIndex, route_status
+from ambient.controlplane.index import (
+    CONDITION_TYPES,
+    KINDS,
+    STATUS_CONDITION,
+    IndexDelta,
+    MeshIndex,
+    route_status,
+)
 from ambient.controlplane.pod_tokens import LocalAuthenticator, PodTokenAuthenticator, is_pod_token
 from ambient.controlplane.source import ApiObjectSource, ObjectSource
 from ambient.controlplane.xds_server import ResourceCache, XdsServer
@@ -236,7 +243,7 @@ class ControlPlane:
                         log.info("could not write status of %s %s/%s: %s", kind, ns, name, exc)
                     continue
                 condition = {
-                    "type": STATUS_CONDITION,
+                    "type": CONDITION_TYPES.get(kind, STATUS_CONDITION),
                     "status": status,
                     "reason": reason,
                     "message": message,

@@ -25,6 +25,9 @@ from typing import Any
 from ambient.controlplane import serviceentry as se
 from ambient.controlplane import translate as tr
 from ambient.controlplane.policy import peer_authentication_warning
+from ambient.controlplane.route_policy_status import CONDITION_TYPE as VS_CONDITION_TYPE
+from ambient.controlplane.route_policy_status import virtual_service_status_fields
+from ambient.controlplane.route_policy_status import written_condition as written_vs_condition
 from ambient.protocol.gen.istio.security import authorization_pb2 as sec
 from ambient.protocol.gen.istio.workload import workload_pb2 as wl
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway", "HTTPRoute",
-         "ServiceEntry")
+         "ServiceEntry", "VirtualService")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class MeshIndex:
         self._dirty_policies: set[tuple[str, str]] = set()
         self._dirty_pa = False
         self._dirty_routes: set[tuple[str, str]] = set()  # HTTPRoutes: only their status (waypoints route)
+        self._dirty_vs: set[tuple[str, str]] = set()  # VirtualServices: only their status (waypoints route)
         self._pa_warned: dict[str, str] = {}  # "ns/name" -> the warning last logged for it
         self._dirty_entries: set[tuple[str, str]] = set()  # ServiceEntries to re-translate
         self._entry_keys: dict[tuple[str, str], set[str]] = {}  # ServiceEntry -> address resource names
@@ -141,6 +145,11 @@ class MeshIndex:
                 self._dirty_pods.update((ns, p) for p in self._objs["Pod"].get(ns, {}))
         elif kind == "HTTPRoute":
             self._dirty_routes.add((ns, name))
+        if kind == "VirtualService":
+            self._dirty_vs.add((ns, name))
+        elif kind in ("Service", "Namespace", "Gateway", "HTTPRoute") and self._objs["VirtualService"]:
+            # a VirtualService's status depends on its hosts' waypoints and the HTTPRoutes beside it
+            self._dirty_vs.update((n, v) for n, by_name in self._objs["VirtualService"].items() for v in by_name)
         elif kind == "ServiceEntry":
             self._dirty_entries.add((ns, name))
         elif kind == "Gateway":
@@ -239,6 +248,8 @@ class MeshIndex:
                 self.status_pending[("HTTPRoute", ns, name)] = accepted
         self._dirty_routes.clear()
         gateways = self._gateways()
+        if self._dirty_vs:
+            self._flush_virtual_services(gateways)
         for ns, name in sorted(self._dirty_services):
             svc = self.get("Service", ns, name)
             msg = tr.service_from_k8s(svc, self._namespace_labels(ns), gateways) if svc else None
@@ -329,6 +340,34 @@ class MeshIndex:
             self.addresses[key] = msg
             delta.addresses[key] = msg
 
+    def _flush_virtual_services(self, gateways: dict[str, Obj]) -> None:
+        """The `WaypointAccepted` condition of each changed VirtualService (see route_policy_status)."""
+
+        def waypoint_of(name: str, ns: str) -> str | None:
+            svc = self.get("Service", ns, name)
+            msg = tr.service_from_k8s(svc, self._namespace_labels(ns), gateways) if svc else None
+            if msg is None or not msg.HasField("waypoint"):
+                return None
+            host = msg.waypoint.hostname
+            return f"{host.namespace}/{host.hostname.split('.')[0]}" if host.hostname else "(by address)"
+
+        parents: dict[tuple[str, str], list[str]] = {}
+        for route in self.objects("HTTPRoute"):
+            rns, rname = _ns_name(route)
+            for ref in mesh_parent_refs(route):
+                parents.setdefault((str(ref.get("namespace") or rns), str(ref.get("name"))), []).append(
+                    f"{rns}/{rname}")
+        for ns, name in sorted(self._dirty_vs):
+            obj = self.get("VirtualService", ns, name)
+            key = ("VirtualService", ns, name)
+            if obj is None:
+                self.status_pending.pop(key, None)
+                continue
+            fields = virtual_service_status_fields(obj, waypoint_of, parents)
+            if written_vs_condition(obj) != fields:
+                self.status_pending[key] = fields
+        self._dirty_vs.clear()
+
     def _set_auth(self, delta: IndexDelta, key: str, msg: sec.Authorization | None) -> None:
         old = self.authorizations.get(key)
         if msg is None:
@@ -341,6 +380,8 @@ class MeshIndex:
 
 
 STATUS_CONDITION = "ZtunnelAccepted"
+# the condition type written for each kind (others: STATUS_CONDITION; HTTPRoutes: per-parent `Accepted`)
+CONDITION_TYPES = {"VirtualService": VS_CONDITION_TYPE}
 
 
 ACCEPTED = ("True", "Accepted", "enforced by the node proxies as written")

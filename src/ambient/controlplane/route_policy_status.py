@@ -1,0 +1,72 @@
+"""Status of the Istio traffic-management objects a waypoint applies (pure): VirtualService today.
+
+Role: `virtual_service_status_fields(vs, waypoint_of, httproutes)` -> (status, reason, message) of the
+`WaypointAccepted` condition the control plane writes on a VirtualService (the condition type Istio uses for
+objects a waypoint enforces). `waypoint_of(name, namespace)` answers the waypoint ("ns/name") a Service
+uses, or None; `httproutes` are the mesh HTTPRoutes' Service parents.
+
+Outcomes (first that applies):
+- False / InvalidSpec: the VirtualService cannot be translated (bad duration or regular expression).
+- False / NoWaypoint: none of its hosts is a Service that uses a waypoint (ambient applies a VirtualService
+  only at the destination's waypoint; traffic to such a Service bypasses it).
+- False / Overridden: every waypoint-bound host also has an HTTPRoute: the Gateway API route takes
+  precedence at the waypoint (mixing both is undefined in Istio; this waypoint makes HTTPRoute win).
+- False / UnsupportedValue: accepted, but parts are not implemented (those rules answer 500) or hosts do not
+  bind (named).
+- True / Accepted: bound to the named waypoint(s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+CONDITION_TYPE = "WaypointAccepted"
+
+
+def virtual_service_status_fields(
+    vs: Mapping[str, Any],
+    waypoint_of: Callable[[str, str], str | None],
+    httproute_parents: Mapping[tuple[str, str], Iterable[str]],
+) -> tuple[str, str, str]:
+    from ambient.l7.errors import ConfigError
+    from ambient.l7.virtual_service import parse_virtual_service
+
+    try:
+        translated = parse_virtual_service(vs)
+    except ConfigError as exc:
+        return "False", "InvalidSpec", exc.message
+    bound: list[str] = []
+    unbound: list[str] = []
+    overridden: list[str] = []
+    for parent in translated.route.parents:
+        svc = f"{parent.namespace}/{parent.name}"
+        waypoint = waypoint_of(parent.name, parent.namespace)
+        if waypoint is None:
+            unbound.append(svc)
+            continue
+        routes = sorted(httproute_parents.get((parent.namespace, parent.name), ()))
+        if routes:
+            overridden.append(f"{svc} (HTTPRoute {', '.join(routes)})")
+        else:
+            bound.append(f"{svc} via waypoint {waypoint}")
+    if not bound and not overridden:
+        hosts = ", ".join(unbound) or "none of its hosts is a Service of this cluster"
+        return ("False", "NoWaypoint", f"no host uses a waypoint ({hosts}): a VirtualService applies only at the "
+                "destination Service's waypoint; label the Service or namespace istio.io/use-waypoint")
+    if not bound:
+        return ("False", "Overridden", "Gateway API routes take precedence at the waypoint for "
+                + "; ".join(overridden))
+    notes = list(translated.problems)
+    notes += [f"{s} uses no waypoint" for s in unbound]
+    notes += [f"{s} takes precedence" for s in overridden]
+    if notes:
+        return "False", "UnsupportedValue", f"bound to {', '.join(bound)}; but: " + "; ".join(notes)
+    return "True", "Accepted", f"bound to {', '.join(bound)}"
+
+
+def written_condition(obj: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == CONDITION_TYPE:
+            return str(cond.get("status")), str(cond.get("reason")), str(cond.get("message"))
+    return None
