@@ -69,19 +69,17 @@ def register(app: typer.Typer) -> None:
         """Run the control plane: delta xDS and the CA on --listen, objects from --source (until interrupted)."""
         import asyncio
         import logging
-        import signal
         from datetime import timedelta
 
         from ambient.cli.errors import UsageError
+        from ambient.core import process
 
         if source not in ("local", "kubernetes"):
             raise UsageError(f"unknown --source {source!r}", hint="use --source local or --source kubernetes")
         if source == "local" and token_audience:
             raise UsageError("--token-audience applies to --source kubernetes only",
                              hint="the local cluster authenticates node proxies with per-node tokens")
-        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        for noisy in ("httpx", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        process.configure_logging(log_level)
         ttl = timedelta(seconds=max_cert_ttl)
 
         async def run_local() -> None:
@@ -121,18 +119,14 @@ def register(app: typer.Typer) -> None:
                 dns_names=dns_name or (),
             )
 
-        async def main() -> None:
-            task = asyncio.current_task()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                if task is not None:
-                    loop.add_signal_handler(sig, task.cancel)
+        async def main(_: process.Shutdown) -> None:
             try:
                 await (run_kubernetes() if source == "kubernetes" else run_local())
             except asyncio.CancelledError:
                 logging.getLogger("ambient.controlplane").info("control plane stopped")
+                raise
 
-        asyncio.run(main())
+        process.run(main)
 
     @app.command("proxy-status")
     def proxy_status(

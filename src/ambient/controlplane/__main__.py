@@ -1,6 +1,7 @@
 """`python -m ambient.controlplane --state-dir DIR --listen HOST:PORT`: run the control plane.
 
-Role: parse flags, configure logging, run `ControlPlane` until SIGTERM/SIGINT (clean shutdown).
+Role: parse flags and run `ControlPlane` under the process bootstrap (`core.process`: logging, and
+SIGTERM/SIGINT cancel it for a clean shutdown).
 """
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from dataclasses import asdict
 from datetime import timedelta
 
 from ambient.controlplane.app import ControlPlane
+from ambient.core import process
 from ambient.core.errors import AmbientError
 
 
@@ -30,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root-namespace", default="istio-system")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per watch request is noise
+    process.configure_logging(args.log_level)
     try:
         cp = ControlPlane(
             args.state_dir,
@@ -44,18 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2
 
-    async def run() -> None:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if task is not None:
-                loop.add_signal_handler(sig, task.cancel)
+    async def run(_: process.Shutdown) -> None:
         try:
             await cp.run()
         except asyncio.CancelledError:
             logging.getLogger("ambient.controlplane").info("control plane stopped")
+            raise
 
-    asyncio.run(run())
+    process.run(run)
     return 0
 
 
