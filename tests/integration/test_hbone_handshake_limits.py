@@ -12,6 +12,7 @@ import asyncio
 import json
 import resource
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from ambient.hbone.errors import HboneStatusError
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, HandshakeLimits, HboneServer
 from ambient.identity.ca import LocalCA
+from ambient.tls.contexts import client_context
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel.certs import LocalCaSource
 
@@ -109,6 +111,58 @@ async def test_listener_cap_refuses_past_it(ca: LocalCA) -> None:
             w.close()
 
 
+async def test_non_tls_first_bytes_refused_at_once(ca: LocalCA) -> None:
+    limits = HandshakeLimits(timeout=60)
+    async with HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(SERVER_ID), echo_handler,
+                           limits=limits) as server:
+        reader, writer = await asyncio.open_connection(*server.address[:2])
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:  # closed long before the 60 s deadline (reset: the server leaves the bytes unread)
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        assert server.stats.refused == {"handshake_failed": 1}
+        assert "not a TLS ClientHello (first byte 0x47)" in server.stats.rejections[-1]
+
+
+async def test_trickled_client_hello_is_served(ca: LocalCA) -> None:
+    """The server waits for the whole ClientHello record: one that arrives in 20-byte pieces still works."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: int) -> None:
+        sent = 0
+        while data := await reader.read(65536):
+            while sent < first and data:
+                piece, data = data[:20], data[20:]
+                writer.write(piece)
+                await writer.drain()
+                sent += len(piece)
+                await asyncio.sleep(0.005)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async with HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(SERVER_ID), echo_handler) as server:
+        async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            up_r, up_w = await asyncio.open_connection(*server.address[:2])
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(trickle(client_r, up_w, first=600))
+                tg.create_task(trickle(up_r, client_w, first=0))
+
+        relay_server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        try:
+            port = relay_server.sockets[0].getsockname()[1]
+            async with HboneClient() as client:
+                s = await client.connect(ca.issue("spiffe://cluster.local/ns/x/sa/slow"), ("127.0.0.1", port),
+                                         {SERVER_ID}, "127.0.0.1:80")
+                await s.write(b"slow hello")
+                assert await s.read() == b"slow hello"
+                s.close()
+        finally:
+            relay_server.close()
+        assert server.stats.tls_established == 1
+
+
 # -- the node proxy in a process: memory ----------------------------------------------------------------------
 class NodeProxy:
     def __init__(self, proc: subprocess.Popen[str], port: int, certs: LocalCaSource) -> None:
@@ -154,7 +208,7 @@ def node_proxy(tmp_path: Path) -> Iterator[NodeProxy]:
         proc.wait(10)
 
 
-def _open_connections(port: int, n: int, first_byte: bytes) -> list[socket.socket]:
+def _open_connections(port: int, n: int, first_bytes: bytes) -> list[socket.socket]:
     """`n` connections to the proxy's HBONE port from 16 loopback source addresses (so the listener's
     cap, not only the per-source one, is reached)."""
     socks = []
@@ -163,8 +217,8 @@ def _open_connections(port: int, n: int, first_byte: bytes) -> list[socket.socke
         s.settimeout(10)
         s.bind((f"127.0.1.{1 + i % 16}", 0))
         s.connect((WORKLOAD_IP, port))
-        if first_byte:
-            s.send(first_byte)
+        if first_bytes:
+            s.sendall(first_bytes)
         socks.append(s)
     return socks
 
@@ -174,13 +228,26 @@ def _handshake_refusals(state: dict[str, Any]) -> int:
                if reason in ("handshake_timeout", "too_many_handshakes", "too_many_handshakes_from_source"))
 
 
-@pytest.mark.parametrize("first_byte", [b"", b"\x16"], ids=["silent", "one-byte"])
-def test_handshake_flood_memory_returns(node_proxy: NodeProxy, first_byte: bytes) -> None:
-    """3,000 connections to the node proxy's 15008 that never finish a handshake (silent, or one byte of a
-    ClientHello so the TLS objects are built): all are refused or reaped, counted in the proxy's metrics,
-    and its RSS comes back within 100 MB of the baseline."""
+def _client_hello() -> bytes:
+    """A real HBONE client's ClientHello (TLS 1.3, ALPN h2), as bytes on the wire."""
+    ctx = client_context(LocalCA.create().issue("spiffe://cluster.local/ns/x/sa/hello"))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("first_bytes", ["silent", "partial-hello", "whole-hello"])
+def test_handshake_flood_memory_returns(node_proxy: NodeProxy, first_bytes: str) -> None:
+    """3,000 connections to the node proxy's 15008 that never finish a handshake (silent, half a
+    ClientHello, or a whole ClientHello so that the TLS objects are built and the server waits for the
+    client's Finished): all are refused or reaped, counted in the proxy's metrics, and its RSS comes back
+    within 100 MB of the baseline."""
+    hello = _client_hello()
+    send = {"silent": b"", "partial-hello": hello[: len(hello) // 2], "whole-hello": hello}[first_bytes]
     base = node_proxy.query()["rss_mb"]
-    socks = _open_connections(node_proxy.port, 3000, first_byte)
+    socks = _open_connections(node_proxy.port, 3000, send)
     try:
         state = node_proxy.wait(lambda s: _handshake_refusals(s) >= 3000, 90)
     finally:

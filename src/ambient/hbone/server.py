@@ -7,14 +7,15 @@ netns, SO_REUSEPORT), a certificate provider for the local workload, and a handl
 tunnel and `upstream`; `Accept(serve=...)` answers 200 and gives the raw `HboneStream` to the caller.
 
 Invariants:
-- Handshakes are bounded (`HandshakeLimits`): a connection waits for its first byte before any TLS or
-  HTTP/2 state is built for it (a silent connection costs a socket and a task, not ~100 KiB of TLS
-  buffers); the whole handshake runs under a deadline (slowloris / half-open TLS are reaped), shortened
-  for every pending handshake once half the listener's cap is pending; past the cap per listener or per
-  source address a new connection is closed at once. After a burst of pending handshakes the freed heap
-  is handed back to the OS (glibc keeps freed TLS buffers otherwise). Failures are recorded with
-  OpenSSL's reason (expired, unknown CA, ...) and counted by reason (`ambient.hbone.refusals`); log
-  lines about them are rate-limited (an attack must not become a log flood).
+- Handshakes are bounded (`HandshakeLimits`): no TLS or HTTP/2 state is built for a connection until
+  its whole ClientHello record is in the socket buffer (a silent or trickling client costs a socket and
+  a task, not the ~256 KiB of TLS buffers the event loops attach); the whole handshake runs under a
+  deadline (slowloris / half-open TLS are reaped), shortened for every pending handshake once half the
+  listener's cap is pending; past the cap per listener or per source address a new connection is closed
+  at once. After a burst of pending handshakes the freed heap is handed back to the OS (glibc keeps
+  freed TLS buffers otherwise). Failures are recorded with OpenSSL's reason (expired, unknown CA, ...)
+  and counted by reason (`ambient.hbone.refusals`); log lines about them are rate-limited (an attack
+  must not become a log flood).
 - A client offering ALPN without `h2` gets the no_application_protocol alert (`tls.contexts`); the
   alert is written here because the event loops' TLS layers close without flushing it.
 - `peer` comes only from the verified client certificate; the client must be in the same trust
@@ -431,8 +432,8 @@ class HboneServer:
         try:
             async with asyncio.timeout(budget) as deadline:
                 self._deadlines[task] = deadline
-                # Nothing is built for a connection until its first byte (the ClientHello) is there.
-                await _readable(loop, raw)
+                # Nothing is built for a connection until its whole ClientHello record is there.
+                await _client_hello(loop, raw)
                 try:
                     bundle = self._cert_provider()
                     ctx = self._contexts.get(bundle, server=True)
@@ -469,6 +470,9 @@ class HboneServer:
                 with contextlib.suppress(OSError):
                     os.write(alert_fd, NO_APPLICATION_PROTOCOL_ALERT)
             self._handshake_failed(_handshake_reason(exc), "handshake_failed", label)
+            return
+        except NotClientHello as exc:
+            self._handshake_failed(str(exc), "handshake_failed", label)
             return
         except (OSError, ConnectionError) as exc:
             reason = _handshake_reason(exc)  # the loop's own handshake timeout is a ConnectionAbortedError
@@ -580,6 +584,43 @@ class HboneServer:
             error = exc
         if decision.on_done is not None:
             decision.on_done(result, error)
+
+
+class NotClientHello(ConnectionError):
+    """The connection closed, or sent something other than a TLS handshake record, before its whole
+    first record (the ClientHello) arrived."""
+
+
+_TLS_HANDSHAKE_RECORD = 0x16
+_TLS_MAX_PLAINTEXT = 1 << 14  # a plaintext record's longest body (RFC 8446 5.1)
+
+
+async def _client_hello(loop: asyncio.AbstractEventLoop, raw: socket.socket) -> None:
+    """Wait until the first TLS record is wholly in `raw`'s receive buffer; reads (consumes) nothing.
+
+    The TLS layers of the event loops allocate ~256 KiB of buffers per connection as soon as they are
+    attached; a client trickling a ClientHello (or sending nothing) costs only its socket this way.
+    SO_RCVLOWAT makes the socket readable only once the bytes still missing are there (no wake-up per
+    segment, and no busy loop on a partial record); it is reset before TLS takes over."""
+    need = 5  # the record header
+    try:
+        while True:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+            await _readable(loop, raw)
+            head = raw.recv(need, socket.MSG_PEEK)
+            if head and head[0] != _TLS_HANDSHAKE_RECORD:
+                raise NotClientHello(f"not a TLS ClientHello (first byte 0x{head[0]:02x})")
+            if len(head) < need:  # readable with fewer bytes than the low-water mark: closed
+                raise NotClientHello("connection closed before a complete ClientHello")
+            length = int.from_bytes(head[3:5], "big")
+            if length > _TLS_MAX_PLAINTEXT:
+                raise NotClientHello(f"not a TLS ClientHello (record of {length} bytes)")
+            if need == 5 + length:
+                return
+            need = 5 + length
+    finally:
+        with contextlib.suppress(OSError):
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, raw: socket.socket) -> None:
