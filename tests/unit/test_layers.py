@@ -73,3 +73,14 @@ def test_the_copy_is_what_gets_checked(tree_copy: Path) -> None:
     finally:
         marker.unlink()
     assert "ambient.core.zz_marker -> ambient.cli.main" in result.stdout, result.stdout
+
+
+def test_a_new_package_must_be_placed_in_a_layer(tree_copy: Path) -> None:
+    package = tree_copy / "ambient" / "unplaced"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""A package nobody placed."""\n')
+    try:
+        result = lint(tree_copy)
+    finally:
+        shutil.rmtree(package)
+    assert result.returncode != 0 and "ambient.unplaced" in result.stdout, result.stdout
