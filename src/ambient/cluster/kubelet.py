@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient.api.errors import ApiError, NotFoundError
+from ambient.api.informer import Reconciler
 from ambient.cluster import kubeproxy, probes
 from ambient.cluster import layout as L
 from ambient.cluster import podruntime as rt
@@ -323,8 +324,8 @@ class Kubelet:
         self.records = rt.RecordStore(self.state_dir, node)
         self.workers: dict[str, PodWorker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._dirty = asyncio.Event()
         self.resync_seconds = resync_seconds
+        self._reconciler = Reconciler(self.reconcile, name="pod reconcile pass", resync=resync_seconds, logger=log)
         self.sandbox_slots = asyncio.Semaphore(4)  # CNI plugins are processes: don't fork 50 at once
         self.kube_proxy = KubeProxy(client, self.node_layout) if kube_proxy else None
         node_ns = self.node_layout.netns_path
@@ -339,8 +340,8 @@ class Kubelet:
             self._tg = tg
             await self._adopt()
             await self.set_node_ready(True)
-            tg.create_task(self._watch())
-            tg.create_task(self._loop())
+            tg.create_task(self._reconciler.follow(self.client, "Pod", field_selector=f"spec.nodeName={self.node}"))
+            tg.create_task(self._reconciler.run())
             if self.kube_proxy is not None:
                 tg.create_task(self.kube_proxy.run())
 
@@ -368,32 +369,6 @@ class Kubelet:
     async def _my_pods(self) -> dict[str, dict[str, Any]]:
         items, _ = await self.client.list("Pod", field_selector=f"spec.nodeName={self.node}")
         return {p["metadata"]["uid"]: p for p in items}
-
-    async def _watch(self) -> None:
-        while True:
-            try:
-                async for event in self.client.watch("Pod", field_selector=f"spec.nodeName={self.node}"):
-                    if event.type != "BOOKMARK":  # keep-alives, not changes
-                        self._dirty.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # re-watch after any failure
-                log.warning("pod watch failed: %s; retrying", exc)
-            self._dirty.set()
-            await asyncio.sleep(1.0)
-
-    async def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=self.resync_seconds)
-            self._dirty.clear()
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep the kubelet alive, retry on the next event
-                log.exception("reconcile failed")
-                await asyncio.sleep(1.0)
 
     async def reconcile(self) -> None:
         pods = await self._my_pods()
@@ -459,48 +434,25 @@ class KubeProxy:
     def __init__(self, client: Client, node: L.NodeLayout) -> None:
         self.client = client
         self.node = node
-        self._dirty = asyncio.Event()
         self._applied: str | None = None
         self.applies = 0
+        self._reconciler = Reconciler(self._sync_pass, name="kube-proxy sync", resync=10.0, logger=log)
 
     def _ns(self, argv: list[str]) -> list[str]:
         return ["nsenter", f"--net={self.node.netns_path}", "--", *argv]
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch("Service"))
-            tg.create_task(self._watch("Endpoints"))
-            tg.create_task(self._loop())
+            tg.create_task(self._reconciler.follow(self.client, "Service"))
+            tg.create_task(self._reconciler.follow(self.client, "Endpoints"))
+            tg.create_task(self._reconciler.run())
 
-    async def _watch(self, kind: str) -> None:
-        while True:
-            try:
-                async for event in self.client.watch(kind):
-                    if event.type != "BOOKMARK":  # keep-alives, not changes
-                        self._dirty.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("kube-proxy watch %s failed: %s", kind, exc)
-            self._dirty.set()
-            await asyncio.sleep(1.0)
-
-    async def _loop(self) -> None:
-        self._dirty.set()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=10.0)
-            self._dirty.clear()
-            await asyncio.sleep(0.02)
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("kube-proxy sync failed")
-                self._applied = None
-                await asyncio.sleep(1.0)
-                self._dirty.set()
+    async def _sync_pass(self) -> None:
+        try:
+            await self.sync()
+        except Exception:
+            self._applied = None  # the rules may be half-applied: the retry rewrites them in full
+            raise
 
     async def sync(self) -> None:
         services, _ = await self.client.list("Service")

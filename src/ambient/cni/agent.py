@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ambient.api.informer import Reconciler
 from ambient.cni import agent_plan as P
 from ambient.cni.agent_plan import CmdAdd, Tracked
 from ambient.cni.agent_server import PluginEventServer
@@ -110,7 +111,8 @@ class NodeAgent:
         self._locks: dict[str, asyncio.Lock] = {}
         self._busy: set[str] = set()  # uids with a CNI ADD in flight: reconcile leaves them alone
         self._ns_enabled: dict[str, bool] = {}
-        self._dirty = asyncio.Event()
+        self._reconciler = Reconciler(self.reconcile, name="reconcile", resync=settings.resync_interval, coalesce=0,
+                                      logger=log)
         self._retry = asyncio.Event()
         self.ready = asyncio.Event()  # set once both sockets listen and the first reconcile is done
         self.reconciles = 0
@@ -149,7 +151,7 @@ class NodeAgent:
                 async with PluginEventServer(s.plugin_event_socket, self.cmdadd), asyncio.TaskGroup() as tg:
                     for kind, selectors in watch_specs(s.node):
                         tg.create_task(self._watch(kind, **selectors), name=f"watch-{kind.lower()}s")
-                    tg.create_task(self._reconcile_loop(), name="reconcile")
+                    tg.create_task(self._reconciler.run(), name="reconcile")
                     tg.create_task(self._retry_loop(), name="retry-pending")
                     self.ready.set()
                     log.info("node agent ready: ZDS on %s, CNI events on %s", s.zds_socket, s.plugin_event_socket)
@@ -336,7 +338,7 @@ class NodeAgent:
                 fd = open_netns(t.netns_path)
             except NetnsError:
                 log.info("snapshot: pod %s skipped, its netns is gone", t.ref)
-                self._dirty.set()
+                self._reconciler.mark()
                 continue
             pods.append(SnapshotPod(t.uid, t.info, fd))
         log.info("node proxy connected: sending a snapshot of %d pod(s)", len(pods))
@@ -474,34 +476,9 @@ class NodeAgent:
             except NodeAgentError as e:
                 log.error("%s (retried on the next reconcile)", e)
 
-    async def _reconcile_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.settings.resync_interval)
-            self._dirty.clear()
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except AmbientError as e:
-                log.warning("reconcile failed: %s; retrying", e)
-                await asyncio.sleep(1.0)
-            except Exception:  # keep the agent alive; the next pass retries
-                log.exception("reconcile failed")
-                await asyncio.sleep(1.0)
-
-    async def _watch(self, kind: str, **kwargs: Any) -> None:
-        while True:
-            self._dirty.set()  # (re)started: whatever changed meanwhile is picked up by a full reconcile
-            try:
-                async with contextlib.aclosing(self.api.watch(kind, **kwargs)) as events:  # type: ignore[type-var]
-                    async for _ in events:
-                        self._dirty.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("%s watch failed: %s; re-watching", kind, e)
-            await asyncio.sleep(1.0)
+    async def _watch(self, kind: str, **selectors: str) -> None:
+        """An informer on `kind` that marks the reconciler dirty (cancel to stop)."""
+        await self._reconciler.follow(self.api, kind, **selectors)
 
     async def _retry_loop(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import ambient.cni.agent as agent_mod
+from ambient.api.client import WatchEvent
 from ambient.api.errors import NotFoundError
 from ambient.api.store import merge_patch
 from ambient.cni import agent_plan as P
@@ -83,12 +84,12 @@ class FakeApi:
 
     async def watch(self, kind: str, namespace: str | None = None, resource_version: str | None = None,
                     label_selector: str | None = None, timeout: float | None = None,  # noqa: ASYNC109
-                    field_selector: str | None = None) -> AsyncIterator[str]:
+                    field_selector: str | None = None) -> AsyncIterator[WatchEvent]:
         q: asyncio.Queue[str] = asyncio.Queue()
         self._watchers.append(q)
         try:
             while True:
-                yield await q.get()
+                yield WatchEvent(await q.get(), {"metadata": {}})
         finally:
             self._watchers.remove(q)
 

@@ -39,8 +39,8 @@ async def test_watches_its_nodes_pods_by_field_selector_and_all_namespaces(
     fake_api.lists["/api/v1/pods"] = [pods]
     fake_api.lists["/api/v1/namespaces"] = [recorded("namespaces")]
     web = pods["items"][0]
-    # two watches for the agent (it re-watches when the server ends one), a third for the adapter check below
-    fake_api.watches["/api/v1/pods"] = [[event("MODIFIED", web)], [event("MODIFIED", web)], [event("DELETED", web)]]
+    # two watches for the agent (it resumes when the server ends one; the third stays open)
+    fake_api.watches["/api/v1/pods"] = [[event("MODIFIED", web)], [event("MODIFIED", web)]]
     agent = NodeAgent(KubeAgentApi(source), settings(tmp_path))
     assert watch_specs(NODE) == [("Pod", {"field_selector": f"spec.nodeName={NODE}"}), ("Namespace", {})]
     async with asyncio.TaskGroup() as tg:
@@ -55,6 +55,7 @@ async def test_watches_its_nodes_pods_by_field_selector_and_all_namespaces(
     assert pod_watch.query["allowWatchBookmarks"].lower() == "true"
     assert "fieldSelector" not in fake_api.requests("/api/v1/namespaces", watch=True)[0].query
     # the adapter delivers the API's events to the agent (each one triggers a reconcile)
+    fake_api.watches["/api/v1/pods"] = [[event("DELETED", web)]]
     stream = KubeAgentApi(source).watch("Pod", field_selector=f"spec.nodeName={NODE}")
     async with contextlib.aclosing(stream):
         first = await anext(stream)
@@ -62,8 +63,8 @@ async def test_watches_its_nodes_pods_by_field_selector_and_all_namespaces(
 
     # the level-triggered reconcile lists the same way
     by_uid, namespaces = await agent._list_state()
-    (pod_list,) = fake_api.requests("/api/v1/pods", watch=False)
-    assert pod_list.query["fieldSelector"] == f"spec.nodeName={NODE}"
+    for pod_list in fake_api.requests("/api/v1/pods", watch=False):  # the informer's list and this one
+        assert pod_list.query["fieldSelector"] == f"spec.nodeName={NODE}"
     assert WEB_UID in by_uid and "demo" in namespaces
 
 
