@@ -1,4 +1,5 @@
-"""Waiting helpers shared by every test suite (importable as `helpers`: tests/ is on pytest's path).
+"""Helpers shared by every test suite (importable as `helpers`: tests/ is on pytest's path): waiting for a
+condition, and an HTTP/1.1 client for tunnels and sockets.
 
 One argument order everywhere: `(check, timeout, what)`. `check` is polled until it returns a truthy value,
 which is returned; an exception raised by `check` counts as "not yet" (states converge through transient
@@ -12,6 +13,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import h11
 
 T = TypeVar("T")
 
@@ -53,3 +56,42 @@ async def eventually(check: Callable[[], T | None], timeout: float = 10.0, what:
         if loop.time() >= deadline:
             raise _failure(timeout, what, last)
         await asyncio.sleep(interval)
+
+
+class Http1Client:
+    """A minimal keep-alive HTTP/1.1 client over one byte stream with `write(bytes)` and `read() -> bytes`
+    (a tunnel to a waypoint, a socket wrapper): one request at a time, the whole answer read."""
+
+    def __init__(self, stream: Any, host: str = "reviews.shop.svc.cluster.local") -> None:
+        self.stream = stream
+        self.host = host
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def request(self, path: str, headers: dict[str, str] | None = None, *, method: str = "GET",
+                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body) of the answer to `method path`."""
+        hdrs = [("host", self.host), *(headers or {}).items()]
+        if body:
+            hdrs.append(("content-length", str(len(body))))
+        data = self.conn.send(h11.Request(method=method, target=path, headers=hdrs))
+        if body:
+            data += self.conn.send(h11.Data(data=body))
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.write(data)
+        status, rheaders, rbody = 0, {}, bytearray()
+        while True:
+            ev = self.conn.next_event()
+            if ev is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.read())
+            elif isinstance(ev, h11.Response):
+                status = ev.status_code
+                rheaders = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, h11.Data):
+                rbody += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"unexpected {ev!r}")
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        return status, rheaders, bytes(rbody)

@@ -13,11 +13,11 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
-import h11
 import pytest
 
 from ambient.bench.loopback import CLIENT_ID, ECHO_VIP, GRPC_VIP, WAYPOINT_ID, loopback
 from ambient.hbone.errors import HboneStatusError
+from helpers import Http1Client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,51 +45,15 @@ SPLIT = route("split", [
 DENY_ADMIN = policy("deny-admin", "DENY", [{"to": [{"operation": {"paths": ["/admin*"]}}]}])
 
 
-class H1:
-    """A minimal keep-alive HTTP/1.1 client over one tunnel."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
-
-    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-        hdrs = [("host", "reviews.shop.svc.cluster.local"), *(headers or {}).items()]
-        if body:
-            hdrs.append(("content-length", str(len(body))))
-        data = self.conn.send(h11.Request(method=method, target=path, headers=hdrs))
-        if body:
-            data += self.conn.send(h11.Data(data=body))
-        data += self.conn.send(h11.EndOfMessage())
-        await self.stream.write(data)
-        status, rheaders, rbody = 0, {}, bytearray()
-        while True:
-            ev = self.conn.next_event()
-            if ev is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.read())
-            elif isinstance(ev, h11.Response):
-                status = ev.status_code
-                rheaders = {k.decode(): v.decode() for k, v in ev.headers}
-            elif isinstance(ev, h11.Data):
-                rbody += ev.data
-            elif isinstance(ev, h11.EndOfMessage):
-                break
-            else:
-                raise AssertionError(f"unexpected {ev!r}")
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
-        return status, rheaders, bytes(rbody)
-
-
 async def test_routes_per_httproute_and_backend_sees_waypoint_identity() -> None:
     async with loopback([SPLIT]) as lb:
         stream = await lb.open()
-        c = H1(stream)
-        status, headers, body = await c.request("GET", "/reviews/1", {"x-canary": "yes"})
+        c = Http1Client(stream)
+        status, headers, body = await c.request("/reviews/1", {"x-canary": "yes"})
         assert status == 200 and headers["x-version"] == "v2"
         assert json.loads(body)["path"] == "/reviews/1"
         # keep-alive: the same tunnel carries the next requests, routed by weight
-        versions = [(await c.request("GET", "/reviews/2"))[1]["x-version"] for _ in range(30)]
+        versions = [(await c.request("/reviews/2"))[1]["x-version"] for _ in range(30)]
         assert versions.count("v1") > versions.count("v2")
         stream.close()
         # the backend's node proxy saw the waypoint's certificate and the endpoint authority
@@ -102,12 +66,12 @@ async def test_l7_deny_returns_403_and_other_paths_work(caplog: pytest.LogCaptur
     caplog.set_level(logging.INFO, logger="ambient.waypoint.access")
     async with loopback([DENY_ADMIN]) as lb:
         stream = await lb.open()
-        c = H1(stream)
-        status, _, body = await c.request("GET", "/admin/users")
+        c = Http1Client(stream)
+        status, _, body = await c.request("/admin/users")
         assert (status, body) == (403, b"RBAC: access denied\n")
         # the path is normalised before policy: encoded / dotted variants are denied too
-        assert (await c.request("GET", "/x/../%61dmin"))[0] == 403
-        status, _, body = await c.request("POST", "/reviews", body=b"hello")
+        assert (await c.request("/x/../%61dmin"))[0] == 403
+        status, _, body = await c.request("/reviews", method="POST", body=b"hello")
         assert status == 200 and json.loads(body)["body"] == 5
         stream.close()
         assert not any(a for a, _ in lb.backend_seen if "admin" in a)
@@ -190,9 +154,9 @@ async def test_unknown_destination_and_no_matching_rule() -> None:
             await lb.open("127.0.0.11:8080")
         assert info.value.status == 400
         stream = await lb.open()
-        c = H1(stream)
-        assert (await c.request("GET", "/only"))[1]["x-version"] == "v1"
-        assert (await c.request("GET", "/other"))[0] == 404
+        c = Http1Client(stream)
+        assert (await c.request("/only"))[1]["x-version"] == "v1"
+        assert (await c.request("/other"))[0] == 404
         stream.close()
 
 
@@ -201,8 +165,8 @@ async def test_retry_on_status_codes() -> None:
                              "retry": {"attempts": 2, "backoff": "1ms", "codes": [503]}}])
     async with loopback([retry]) as lb:
         stream = await lb.open()
-        c = H1(stream)
-        status, _, _ = await c.request("GET", "/status/503")
+        c = Http1Client(stream)
+        status, _, _ = await c.request("/status/503")
         stream.close()
         assert status == 503
         # 1 try + 2 retries reached the backend
@@ -253,10 +217,10 @@ async def test_request_timeout_gives_504_and_connection_stays_usable() -> None:
                            "timeouts": {"request": "200ms"}}])
     async with loopback([slow]) as lb:
         stream = await lb.open()
-        c = H1(stream)
-        status, _, body = await c.request("GET", "/delay/3000")
+        c = Http1Client(stream)
+        status, _, body = await c.request("/delay/3000")
         assert (status, body) == (504, b"upstream request timeout\n")
-        status, headers, _ = await c.request("GET", "/delay/10")
+        status, headers, _ = await c.request("/delay/10")
         assert status == 200 and headers["x-version"] == "v1"
         stream.close()
         text = lb.metrics.exposition().decode()
@@ -272,9 +236,9 @@ async def test_workload_addressed_traffic_through_a_workload_waypoint() -> None:
                           "action": "DENY", "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}}
     async with loopback([SPLIT, DENY_ADMIN, gw_policy]) as lb:
         stream = await lb.open("127.0.0.12:8080")
-        c = H1(stream)
-        status, headers, _ = await c.request("GET", "/admin")  # Service-targeted policies do not apply
+        c = Http1Client(stream)
+        status, headers, _ = await c.request("/admin")  # Service-targeted policies do not apply
         assert status == 200 and headers["x-version"] == "v2"
-        assert (await c.request("DELETE", "/x"))[0] == 403  # Gateway-targeted ones do
+        assert (await c.request("/x", method="DELETE"))[0] == 403  # Gateway-targeted ones do
         stream.close()
         assert ("127.0.0.12:8080", WAYPOINT_ID) in lb.backend_seen

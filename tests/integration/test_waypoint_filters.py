@@ -14,10 +14,10 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
-import h11
 import pytest
 
 from ambient.bench.loopback import loopback
+from helpers import Http1Client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,37 +54,9 @@ FILTERS = route("filters", [
 ])
 
 
-class H1:
-    """A minimal keep-alive HTTP/1.1 client over one tunnel."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
-
-    async def request(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        hdrs = [("host", "reviews.shop.svc.cluster.local"), *(headers or {}).items()]
-        data = self.conn.send(h11.Request(method="GET", target=path, headers=hdrs))
-        data += self.conn.send(h11.EndOfMessage())
-        await self.stream.write(data)
-        status, rheaders, body = 0, {}, bytearray()
-        while True:
-            ev = self.conn.next_event()
-            if ev is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.read())
-            elif isinstance(ev, h11.Response):
-                status = ev.status_code
-                rheaders = {k.decode(): v.decode() for k, v in ev.headers}
-            elif isinstance(ev, h11.Data):
-                body += ev.data
-            elif isinstance(ev, h11.EndOfMessage):
-                break
-        self.conn.start_next_cycle()
-        return status, rheaders, bytes(body)
-
-
 async def test_header_modifiers_reach_backend_and_client() -> None:
     async with loopback([FILTERS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         status, headers, body = await c.request("/headers/x", {"x-env": "dev", "x-secret": "s3cr3t", "x-keep": "1"})
         seen = json.loads(body)
         assert status == 200
@@ -103,7 +75,7 @@ async def test_header_modifiers_reach_backend_and_client() -> None:
 
 async def test_redirect_is_answered_by_the_waypoint_and_never_reaches_a_backend() -> None:
     async with loopback([FILTERS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         status, headers, body = await c.request("/old/items/7?page=2")
         assert (status, body) == (301, b"")
         assert headers["location"] == "https://new.example.com/new/items/7?page=2"
@@ -119,7 +91,7 @@ async def test_redirect_is_answered_by_the_waypoint_and_never_reaches_a_backend(
 
 async def test_prefix_rewrite_changes_path_and_host_the_backend_sees() -> None:
     async with loopback([FILTERS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         status, _, body = await c.request("/api/v1/users/7?x=1")
         seen = json.loads(body)
         assert status == 200 and seen["version"] == "v1"
@@ -135,7 +107,7 @@ async def test_unsupported_filter_answers_500_and_is_named_in_a_warning(caplog: 
     mirror = route("mirror-only", [{"backendRefs": V1, "filters": [
         {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "reviews-v2", "port": 80}}}]}])
     async with loopback([mirror]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         status, _, body = await c.request("/anything")
         assert status == 500
         assert b"HTTPRoute shop/mirror-only" in body and b"RequestMirror" in body and b"not supported" in body

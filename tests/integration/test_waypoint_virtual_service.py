@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 import pytest
-from test_waypoint_filters import H1
 
 from ambient.bench.loopback import loopback
+from helpers import Http1Client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +45,7 @@ ROUTING = vs([
 ])
 
 
-async def versions(c: H1, n: int, headers: dict[str, str] | None = None, path: str = "/") -> dict[str, int]:
+async def versions(c: Http1Client, n: int, headers: dict[str, str] | None = None, path: str = "/") -> dict[str, int]:
     out: dict[str, int] = {}
     for _ in range(n):
         status, _, body = await c.request(path, headers)
@@ -56,7 +56,7 @@ async def versions(c: H1, n: int, headers: dict[str, str] | None = None, path: s
 
 async def test_header_match_routes_to_subset_v2_and_everything_else_to_v1() -> None:
     async with loopback([ROUTING, DR, *PODS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         assert await versions(c, 20, {"end-user": "jason"}) == {"v2": 20}
         assert await versions(c, 20, {"end-user": "mary"}) == {"v1": 20}
         assert await versions(c, 20) == {"v1": 20}
@@ -65,7 +65,7 @@ async def test_header_match_routes_to_subset_v2_and_everything_else_to_v1() -> N
 
 async def test_weighted_subsets_split_80_20() -> None:
     async with loopback([vs([{"route": [dest("v1", 80), dest("v2", 20)]}]), DR, *PODS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         got = await versions(c, 200)
         assert set(got) <= {"v1", "v2"} and abs(got.get("v1", 0) / 200 - 0.8) <= 0.05, got
         c.stream.close()
@@ -75,7 +75,7 @@ async def test_abort_fault_answers_some_requests_500_with_flag_fi(caplog: pytest
     http = [{"route": [dest("v1")], "fault": {"abort": {"httpStatus": 500, "percentage": {"value": 50}}}}]
     caplog.set_level(logging.INFO)
     async with loopback([vs(http), DR, *PODS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         got = await versions(c, 200)
         assert set(got) == {"v1", "500"} and 80 <= got["500"] <= 120, got
         status, _, body = await c.request("/")
@@ -93,7 +93,7 @@ async def test_abort_fault_answers_some_requests_500_with_flag_fi(caplog: pytest
 async def test_delay_fault_holds_every_request_and_marks_di(caplog: pytest.LogCaptureFixture) -> None:
     http = [{"route": [dest("v1")], "fault": {"delay": {"fixedDelay": "300ms", "percentage": {"value": 100}}}}]
     async with loopback([vs(http), DR, *PODS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         for _ in range(3):
             start = time.monotonic()
             status, _, body = await c.request("/")
@@ -105,7 +105,7 @@ async def test_delay_fault_holds_every_request_and_marks_di(caplog: pytest.LogCa
 
 async def test_subset_no_destination_rule_defines_is_503_nc() -> None:
     async with loopback([vs([{"route": [dest("v3")]}]), DR, *PODS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         status, _, body = await c.request("/")
         assert status == 503 and b"subset 'v3'" in body
         c.stream.close()
@@ -119,7 +119,7 @@ async def test_uri_prefix_rewrite_and_first_match_order() -> None:
         {"route": [dest("v1")]},
     ]
     async with loopback([vs(http), DR, *PODS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         status, _, body = await c.request("/api/special/x?q=1")
         seen = json.loads(body)
         assert status == 200 and seen["version"] == "v2" and seen["path"] == "/v2/special/x?q=1"
@@ -131,6 +131,6 @@ async def test_httproute_on_the_same_service_takes_precedence() -> None:
              "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}],
                       "rules": [{"backendRefs": [{"name": "reviews-v2", "port": 80}]}]}}
     async with loopback([ROUTING, DR, route, *PODS]) as lb:
-        c = H1(await lb.open())
+        c = Http1Client(await lb.open())
         assert await versions(c, 5) == {"v2": 5}  # the VirtualService would have sent these to v1
         c.stream.close()
