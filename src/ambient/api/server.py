@@ -46,7 +46,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ambient.api import discovery, limits, openapi, tables, tls_listener
+from ambient.api import discovery, limits, openapi, pods, tables, tls_listener
+from ambient.api.apply import server_side_apply
 from ambient.api.errors import ApiError, NotFoundError, TooLargeError, UnknownKindError, ValidationError
 from ambient.api.kinds import KINDS, KindInfo, by_plural, kind_for_manifest
 from ambient.api.patch import strategic_merge
@@ -73,6 +74,8 @@ T = TypeVar("T")
 
 
 _STRATEGIC = "application/strategic-merge-patch+json"
+_APPLY = "application/apply-patch+yaml"
+_SUBRESOURCES = {"Pod": ("log", "exec", "portforward"), "Deployment": ("scale",)}
 
 
 class UnsupportedMediaTypeError(ApiError):
@@ -170,9 +173,23 @@ def parse_api_path(prefix: str, tail: str) -> tuple[KindInfo, str | None, str | 
         raise NotFoundError(f"{info.plural} are cluster-scoped: they have no namespace")
     name = rest[1] if len(rest) > 1 else None
     sub = rest[2] if len(rest) > 2 else None
-    if sub not in (None, "status"):
+    if sub not in (None, "status") and sub not in _SUBRESOURCES.get(info.kind, ()):
         raise NotFoundError(f'no subresource "{sub}" for {info.plural}')
     return info, namespace, name, sub
+
+
+def _scale_of(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    return {
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                     if k in meta},
+        "spec": {"replicas": spec.get("replicas", 1)},
+        "status": {"replicas": status.get("replicas", 0),
+                   "selector": ",".join(f"{k}={v}" for k, v in selector.items())},
+    }
 
 
 def _truthy(value: str | None) -> bool:
@@ -188,6 +205,7 @@ class ApiServer:
         tcp: str | None = None,
         *,
         tls: str | None = None,
+        pod_connector: pods.PodConnector | None = None,
         max_events: int = DEFAULT_MAX_EVENTS,
         bookmark_interval: float = 5.0,
         max_request_bytes: int = limits.MAX_REQUEST_BYTES,
@@ -202,6 +220,7 @@ class ApiServer:
         self.tcp = tcp
         self.tcp_port: int | None = None
         self.tls = tls
+        self.pod_connector = pod_connector
         self.tls_port: int | None = None
         self.kubeconfig_path: Path | None = None
         self._tls_material: tls_listener.TlsMaterial | None = None
@@ -539,6 +558,10 @@ class ApiServer:
                 return self._json(await self._write(self.store.create, obj), 201, warnings)
             raise web.HTTPMethodNotAllowed(method, ["GET", "POST"])
         ns = namespace if info.namespaced else None
+        if sub in ("log", "exec", "portforward"):
+            return await self._pod_stream(request, sub, name, ns)
+        if sub == "scale":
+            return await self._scale(request, info, name, ns)
         if method == "GET":
             obj = await self._run(self.store.get, info.kind, name, ns)
             if table is not None and sub is None:
@@ -556,12 +579,21 @@ class ApiServer:
             return self._json(await self._write(op, obj), warnings=warnings)
         if method == "PATCH":
             ctype = request.content_type
-            if ctype not in ("application/merge-patch+json", "application/json", _STRATEGIC):
+            if ctype not in ("application/merge-patch+json", "application/json", _STRATEGIC, _APPLY):
                 raise UnsupportedMediaTypeError(
                     f'unsupported patch type "{ctype}"',
-                    hint=f"send a JSON merge patch (application/merge-patch+json) or {_STRATEGIC}",
+                    hint=f"send a JSON merge patch (application/merge-patch+json), {_STRATEGIC} or {_APPLY}",
                 )
             mode = parse_field_validation(q.get("fieldValidation"))
+            if ctype == _APPLY and sub is None:
+                applied = await self._apply_body(request)
+                obj = self._target(info, namespace, name, applied)
+                warnings = []
+                check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
+                result, created = await self._write(
+                    self._server_side_apply, info, name, ns, obj, q.get("fieldManager") or ""
+                )
+                return self._json(result, 201 if created else 200, warnings)
             patch, duplicates = await self._body(request, self.max_request_bytes)
             warnings = []
             subject = _subject(info, {"metadata": {"name": name, "namespace": ns}})
@@ -600,6 +632,82 @@ class ApiServer:
                 f'metadata.namespace "{meta["namespace"]}" does not match the URL namespace "{namespace}"'
             )
         return obj
+
+    async def _pod_stream(self, request: web.Request, sub: str, name: str, ns: str | None) -> web.StreamResponse:
+        """pods/log (GET), pods/exec and pods/portforward (GET or POST with a WebSocket upgrade)."""
+        if request.method not in (("GET",) if sub == "log" else ("GET", "POST")):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+        connector = pods.require(self.pod_connector)
+        pod = await self._run(self.store.get, "Pod", name, ns)
+        if sub == "log":
+            container = pods.pick_container(pod, request.query.get("container"))
+            uid = pod["metadata"].get("uid")
+
+            async def still_there() -> bool:
+                try:
+                    current = await self._run(self.store.get, "Pod", name, ns)
+                except NotFoundError:
+                    return False
+                return bool(current["metadata"].get("uid") == uid)
+
+            return await pods.serve_log(request, pod, connector.log_path(pod, str(container.get("name"))), still_there)
+        if (pod.get("status") or {}).get("phase") != "Running":
+            raise BadRequestError(
+                f"unable to upgrade connection: pod {name} is not running (phase "
+                f"{(pod.get('status') or {}).get('phase') or 'Pending'})"
+            )
+        if sub == "exec":
+            return await pods.serve_exec(request, pod, connector)
+        from ambient.api.portforward import serve_portforward
+
+        return await serve_portforward(request, pod, connector)
+
+    async def _scale(self, request: web.Request, info: KindInfo, name: str, ns: str | None) -> web.Response:
+        """deployments/scale as an autoscaling/v1 Scale: GET, PUT and merge/strategic PATCH of spec.replicas."""
+        if request.method == "GET":
+            return self._json(_scale_of(await self._run(self.store.get, info.kind, name, ns)))
+        if request.method not in ("PUT", "PATCH"):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "PUT", "PATCH"])
+        body, _ = await self._body(request, self.max_request_bytes)
+        replicas = ((body or {}).get("spec") or {}).get("replicas") if isinstance(body, dict) else None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise BadRequestError("spec.replicas: expected a non-negative integer")
+        patch = {"spec": {"replicas": replicas}}
+        result = await self._write(lambda: self.store.patch(info.kind, name, ns, patch))
+        return self._json(_scale_of(result))
+
+    async def _apply_body(self, request: web.Request) -> Any:
+        """An apply patch: YAML (JSON is YAML too), one document, within the request size limit."""
+        import yaml
+
+        raw = bytearray()
+        while chunk := await request.content.readany():
+            raw += chunk
+            if len(raw) > self.max_request_bytes:
+                raise TooLargeError(f"Request entity too large: limit is {self.max_request_bytes}")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            try:
+                body = yaml.safe_load(bytes(raw))
+            except yaml.YAMLError as exc:
+                raise BadRequestError(f"apply patch is neither JSON nor YAML: {exc}") from None
+        if limits.exceeds_depth(body, limits.MAX_NESTING_DEPTH):
+            raise BadRequestError(f"request body is {limits.too_deep_message()}")
+        return body
+
+    def _server_side_apply(
+        self, info: KindInfo, name: str, ns: str | None, applied: dict[str, Any], manager: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Server-side apply on the store's thread: create or merge (`ambient.api.apply`); True if created."""
+        try:
+            live = self.store.get(info.kind, name, ns)
+        except NotFoundError:
+            return self.store.create(server_side_apply(None, applied, manager, info.api_version)), True
+        merged = server_side_apply(live, applied, manager, info.api_version)
+        merged["kind"], merged["apiVersion"] = info.kind, info.api_version
+        merged["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")
+        return self.store.update(merged), False
 
     def _strategic_patch(
         self, info: KindInfo, name: str, ns: str | None, patch: Any, status: bool, mode: str,
@@ -751,13 +859,14 @@ async def serve(
     tcp: str | None = None,
     *,
     tls: str | None = None,
+    pod_connector: pods.PodConnector | None = None,
     stop: asyncio.Event | None = None,
     max_events: int = DEFAULT_MAX_EVENTS,
     **limits_: int,
 ) -> None:
     """Run an API server until `stop` is set (or forever). `limits_`: max_request_bytes, max_apply_bytes,
     max_object_bytes (see `ApiServer`)."""
-    server = ApiServer(state_dir, tcp, tls=tls, max_events=max_events, **limits_)
+    server = ApiServer(state_dir, tcp, tls=tls, pod_connector=pod_connector, max_events=max_events, **limits_)
     await server.start()
     try:
         await (stop or asyncio.Event()).wait()
@@ -767,7 +876,7 @@ async def serve(
 
 def run_apiserver(
     state_dir: Path, tcp: str | None = None, *, tls: str | None = None, max_events: int = DEFAULT_MAX_EVENTS,
-    **limits_: int,
+    pod_connector: pods.PodConnector | None = None, **limits_: int,
 ) -> None:
     """Blocking entry point (`ambient apiserver`): serve until SIGTERM or SIGINT, then stop gracefully."""
     if not logging.getLogger().handlers:
@@ -780,7 +889,8 @@ def run_apiserver(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(state_dir, tcp, tls=tls, stop=stop, max_events=max_events, **limits_)
+        await serve(state_dir, tcp, tls=tls, pod_connector=pod_connector, stop=stop, max_events=max_events,
+                    **limits_)
 
     asyncio.run(main())
 
@@ -828,7 +938,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, pod_connector: pods.PodConnector | None = None) -> None:
+    """`python -m ambient.api.server`; a cluster runs it through `ambient.cluster.apiserver`, which attaches
+    its pod runtime (`pod_connector`) for logs, exec and port-forward."""
     parser = argparse.ArgumentParser(prog="python -m ambient.api.server", description="ambient cluster API server")
     parser.add_argument("--state-dir", required=True, type=Path, help="cluster state directory")
     parser.add_argument("--tcp", default=None,
@@ -845,7 +957,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="largest object as stored, status included (413 past it)")
     args = parser.parse_args(argv)
     try:
-        run_apiserver(args.state_dir, args.tcp, tls=args.tls, max_events=args.max_events,
+        run_apiserver(args.state_dir, args.tcp, tls=args.tls, pod_connector=pod_connector, max_events=args.max_events,
                       max_request_bytes=args.max_request_bytes, max_apply_bytes=args.max_apply_bytes,
                       max_object_bytes=args.max_object_bytes)
     except ApiError as exc:

@@ -80,9 +80,10 @@ COMPONENTS: list[ComponentSpec] = [
 NODE_AGENT_MODULE = "ambient.cluster.node_agent"
 # Pods of these namespaces are never captured (the chained plugin skips them without asking anyone).
 CNI_EXCLUDED_NAMESPACES = ("kube-system", "istio-system")
-# Also on loopback with TLS for kubectl (root netns: unreachable from the cluster's namespaces); it writes
+# ambient.api.server with the pod runtime attached (logs/exec/port-forward). Also on loopback with TLS for
+# kubectl (root netns: unreachable from the cluster's namespaces); it writes
 # <state>/kubeconfig and keeps its port across restarts.
-APISERVER = ComponentSpec("apiserver", "ambient.api.server", extra_args=("--tls", "127.0.0.1:0"))
+APISERVER = ComponentSpec("apiserver", "ambient.cluster.apiserver", extra_args=("--tls", "127.0.0.1:0"))
 
 
 @dataclass

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from ambient.api import discovery, openapi, tables, tls_listener
+from ambient.api import discovery, openapi, pods, portforward, tables, tls_listener
+from ambient.api.apply import field_set, server_side_apply
 from ambient.api.errors import ValidationError
 from ambient.api.kinds import KINDS, resolve_kind
 from ambient.api.patch import merge_patch, strategic_merge
@@ -170,3 +174,89 @@ def test_kubeconfig_names_the_cluster(tmp_path: Path) -> None:
     # a second start reuses the token and the admin certificate
     again = tls_listener.prepare(tmp_path, "127.0.0.1")
     assert again.token == material.token
+
+
+# ----------------------------------------------------------------------------- server-side apply
+
+
+
+def test_server_side_apply_creates_with_managed_fields_then_drops_what_the_manager_dropped() -> None:
+    applied = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"a": "1", "b": "2"}},
+               "spec": {"ports": [{"port": 80}], "selector": {"app": "x"}}}
+    created = server_side_apply(None, applied, "mgr", "v1", now="T")
+    entry = created["metadata"]["managedFields"][0]
+    assert entry["manager"] == "mgr" and entry["operation"] == "Apply" and entry["fieldsType"] == "FieldsV1"
+    assert entry["fieldsV1"]["f:metadata"]["f:labels"] == {"f:a": {}, "f:b": {}}
+    # someone else added a label (no manager of its own): it survives the manager dropping its own
+    live = {**created, "metadata": {**created["metadata"], "labels": {"a": "1", "b": "2", "other": "x"}}}
+    again = {**applied, "metadata": {"name": "s", "labels": {"a": "1"}}}
+    result = server_side_apply(live, again, "mgr", "v1")
+    assert result["metadata"]["labels"] == {"a": "1", "other": "x"}
+    assert result["spec"]["selector"] == {"app": "x"}
+    assert len(result["metadata"]["managedFields"]) == 1
+    # a second manager owning the same field keeps it when the first drops it
+    live2 = server_side_apply(result, {"metadata": {"name": "s", "labels": {"a": "1"}}}, "other", "v1")
+    dropped = server_side_apply(live2, {**applied, "metadata": {"name": "s"}}, "mgr", "v1")
+    assert dropped["metadata"]["labels"] == {"a": "1", "other": "x"}
+    assert {m["manager"] for m in dropped["metadata"]["managedFields"]} == {"mgr", "other"}
+
+
+def test_field_set_skips_server_owned_metadata() -> None:
+    fs = field_set({"apiVersion": "v1", "kind": "X", "status": {"a": 1},
+                    "metadata": {"name": "n", "uid": "u", "annotations": {"k": "v"}}, "spec": {"l": [1]}})
+    assert fs == {"f:metadata": {"f:annotations": {"f:k": {}}}, "f:spec": {"f:l": {}}}
+
+
+def test_server_side_apply_needs_a_manager() -> None:
+    with pytest.raises(ValidationError):
+        server_side_apply(None, {"metadata": {"name": "x"}}, "", "v1")
+
+
+# ----------------------------------------------------------------------------- pods/exec, port-forward wire
+
+
+
+
+def test_exit_status_carries_the_exit_code_as_kubectl_reads_it() -> None:
+    assert pods.exit_status(0) == {"metadata": {}, "status": "Success"}
+    failed = pods.exit_status(7)
+    assert failed["reason"] == "NonZeroExitCode"
+    assert failed["details"]["causes"] == [{"reason": "ExitCode", "message": "7"}]
+
+
+def test_pick_container_defaults_like_kubernetes() -> None:
+    pod = {"metadata": {"name": "p", "annotations": {}}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}}
+    with pytest.raises(ValidationError, match="a container name must be specified"):
+        pods.pick_container(pod, None)
+    assert pods.pick_container(pod, "b")["name"] == "b"
+    with pytest.raises(ValidationError, match="container c is not valid"):
+        pods.pick_container(pod, "c")
+    pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] = "b"
+    assert pods.pick_container(pod, None)["name"] == "b"
+
+
+def test_spdy_dictionary_is_the_specified_one() -> None:
+    assert len(portforward.SPDY3_DICTIONARY) == 1423
+    assert hashlib.sha256(portforward.SPDY3_DICTIONARY).hexdigest() == (
+        "51d27341373f923f3cd88e1eb7162aeaa3723d7585ff2399201dc06498407f02")
+
+
+def test_spdy_frames_and_headers_round_trip() -> None:
+    headers = {"streamtype": "data", "port": "8080", "requestid": "0"}
+    block = portforward.encode_headers(headers)
+    assert portforward.decode_headers(block) == headers
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 15, zdict=portforward.SPDY3_DICTIONARY)
+    inflate = zlib.decompressobj(zdict=portforward.SPDY3_DICTIONARY)
+    syn = portforward.control_frame(
+        portforward.SYN_STREAM, 0,
+        struct.pack("!IIBB", 1, 0, 0, 0) + deflate.compress(block) + deflate.flush(zlib.Z_SYNC_FLUSH))
+    data = portforward.data_frame(1, b"hello", fin=True)
+    buffer = bytearray(syn + data + data[:5])  # and the start of a third frame
+    frames = portforward.split_frames(buffer)
+    assert [(c, t, f) for c, t, f, _ in frames] == [(True, portforward.SYN_STREAM, 0), (False, 1, portforward.FLAG_FIN)]
+    assert portforward.decode_headers(inflate.decompress(frames[0][3][10:])) == headers
+    assert frames[1][3] == b"hello" and bytes(buffer) == data[:5]
+    with pytest.raises(portforward.SpdyError):
+        portforward.split_frames(bytearray(struct.pack("!HHI", 0x8002, 1, 0)))  # SPDY/2
+    with pytest.raises(portforward.SpdyError):
+        portforward.decode_headers(b"\x00\x00\x00\x05")

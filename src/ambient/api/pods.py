@@ -1,0 +1,253 @@
+"""The pod subresources that reach into a running pod: `pods/log`, `pods/exec` and `pods/portforward`.
+
+What a pod's runtime offers (its log file, a process started in its network namespace, a connection from
+inside it) is supplied by a `PodConnector` that the cluster layer passes to the API server (the API package
+knows objects and protocols, not network namespaces). Without one, these subresources answer 501.
+
+Protocols (as kubectl 1.32 speaks them):
+- `log`: `text/plain`, `container`, `tailLines`, `limitBytes`, `follow` (new bytes until the pod is gone or
+  the client leaves).
+- `exec`: WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io` (kubectl's default since
+  1.30; SPDY is not served, so kubectl's fallback ends in a clear error). Binary messages, first byte the
+  channel: 0 stdin, 1 stdout, 2 stderr, 3 error (a `Status`, `NonZeroExitCode` with the exit code as its
+  cause, which kubectl exits with), 4 resize; v5 adds 255 close (`[255, 0]`: stdin is done).
+- `portforward`: see `ambient.api.portforward` (SPDY/3.1 tunnelled over WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import WSMsgType, web
+
+from ambient.api.errors import ApiError, NotFoundError, ValidationError
+
+Obj = dict[str, Any]
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+_FOLLOW_POLL = 0.25
+_FOLLOW_CHECK = 2.0
+
+
+class PodConnector(Protocol):
+    """What the API server needs from the pod runtime (implemented by the cluster layer)."""
+
+    def log_path(self, pod: Obj, container: str) -> Path: ...
+
+    async def exec(self, pod: Obj, container: Obj, command: list[str], stdin: bool) -> asyncio.subprocess.Process:
+        """A process started in the pod's network namespace with the container's environment; stdout and
+        stderr piped (stdin piped when asked)."""
+        ...
+
+    async def connect(self, pod: Obj, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to `port` of the pod, made from inside its network namespace."""
+        ...
+
+
+class NotImplementedApiError(ApiError):
+    status = 501
+    reason = "NotImplemented"
+
+
+class UpgradeRequiredError(ApiError):
+    status = 400
+    reason = "BadRequest"
+
+
+def pick_container(pod: Obj, name: str | None) -> Obj:
+    """The container a request means: the named one, else the only one, else the
+    `kubectl.kubernetes.io/default-container` one; errors as Kubernetes words them."""
+    containers = [c for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
+    pod_name = (pod.get("metadata") or {}).get("name")
+    if name:
+        for c in containers:
+            if c.get("name") == name:
+                return c
+        raise ValidationError(f"container {name} is not valid for pod {pod_name}")
+    if len(containers) == 1:
+        return containers[0]
+    default = ((pod.get("metadata") or {}).get("annotations") or {}).get("kubectl.kubernetes.io/default-container")
+    for c in containers:
+        if c.get("name") == default:
+            return c
+    names = " ".join(str(c.get("name")) for c in containers)
+    raise ValidationError(f"a container name must be specified for pod {pod_name}, choose one of: [{names}]")
+
+
+def _int_param(query: Any, key: str) -> int | None:
+    text = query.get(key)
+    if text in (None, ""):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValidationError(f"{key}: expected an integer, got {text!r}") from None
+    if value < 0:
+        raise ValidationError(f"{key}: must be >= 0")
+    return value
+
+
+def _tail(data: bytes, lines: int | None) -> bytes:
+    if lines is None:
+        return data
+    if lines == 0:
+        return b""
+    parts = data.splitlines(keepends=True)
+    return b"".join(parts[-lines:])
+
+
+async def serve_log(
+    request: web.Request, pod: Obj, path: Path, still_there: Callable[[], Any]
+) -> web.StreamResponse:
+    """Answer `pods/log` from the container's log file; `still_there()` (awaitable -> bool) ends a follow."""
+    q = request.query
+    tail_lines = _int_param(q, "tailLines")
+    limit = _int_param(q, "limitBytes")
+    follow = q.get("follow", "").lower() in ("1", "true")
+    try:
+        whole = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        whole = b""
+    data, offset = _tail(whole, tail_lines), len(whole)
+    if not follow:
+        if limit is not None:
+            data = data[:limit]
+        return web.Response(body=data, content_type="text/plain")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await response.prepare(request)
+    sent = 0
+    try:
+        if data:
+            await response.write(data[: limit] if limit is not None else data)
+            sent += len(data)
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + _FOLLOW_CHECK
+        while limit is None or sent < limit:
+            chunk = await asyncio.to_thread(_read_from, path, offset)
+            if chunk:
+                offset += len(chunk)
+                if limit is not None:
+                    chunk = chunk[: limit - sent]
+                await response.write(chunk)
+                sent += len(chunk)
+                continue
+            if loop.time() >= next_check:
+                if not await still_there():
+                    break
+                next_check = loop.time() + _FOLLOW_CHECK
+            await asyncio.sleep(_FOLLOW_POLL)
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        pass  # the client left
+    return response
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, 2) < offset:
+                offset = 0  # truncated (container restarted): start over
+            f.seek(offset)
+            return f.read(1 << 16)
+    except FileNotFoundError:
+        return b""
+
+
+def exit_status(code: int) -> Obj:
+    """The Status kubectl reads on the error channel when a command has ended."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {}, "status": "Failure",
+        "message": f"command terminated with non-zero exit code: exit status {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def failure_status(message: str) -> Obj:
+    return {"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500}
+
+
+async def serve_exec(request: web.Request, pod: Obj, connector: PodConnector) -> web.StreamResponse:
+    """Run `command` in the pod over the channel WebSocket protocol (see the module docstring)."""
+    q = request.query
+    command = q.getall("command", [])
+    if not command:
+        raise ValidationError("you must specify at least one command for the container")
+    container = pick_container(pod, q.get("container"))
+    want_stdin = q.get("stdin", "").lower() in ("1", "true")
+    ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, autoping=True, heartbeat=None)
+    if not ws.can_prepare(request).ok:
+        raise UpgradeRequiredError(
+            "exec needs a WebSocket upgrade with subprotocol v5.channel.k8s.io or v4.channel.k8s.io",
+            hint="use kubectl 1.30 or later (SPDY is not served), or `ambient exec`",
+        )
+    await ws.prepare(request)
+    v5 = ws.ws_protocol == "v5.channel.k8s.io"
+    try:
+        proc = await connector.exec(pod, container, list(command), want_stdin)
+    except (ApiError, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        await ws.send_bytes(bytes([ERROR]) + json.dumps(failure_status(message)).encode())
+        await ws.close()
+        return ws
+
+    async def pump(stream: asyncio.StreamReader | None, channel: int) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(1 << 15):
+            await ws.send_bytes(bytes([channel]) + chunk)
+
+    async def read_client() -> None:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY or not msg.data:
+                continue
+            channel, payload = msg.data[0], msg.data[1:]
+            if channel == STDIN and proc.stdin is not None:
+                proc.stdin.write(payload)
+                with contextlib.suppress(ConnectionError):
+                    await proc.stdin.drain()
+            elif channel == CLOSE and v5 and payload[:1] == bytes([STDIN]) and proc.stdin is not None:
+                proc.stdin.close()
+        # the client went away: the command has nobody to talk to
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    try:
+        await ws.send_bytes(bytes([STDOUT]))  # an empty message: the streams are open
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(read_client())
+            await asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
+            code = await proc.wait()
+            await ws.send_bytes(bytes([ERROR]) + json.dumps(exit_status(code)).encode())
+            await ws.close()
+            reader.cancel()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return ws
+
+
+def require(connector: PodConnector | None) -> PodConnector:
+    if connector is None:
+        raise NotImplementedApiError(
+            "this API server has no pod runtime attached (logs, exec and port-forward need a cluster)",
+            hint="run it as part of a cluster (`ambient cluster create`)",
+        )
+    return connector
+
+
+def not_found(pod: Obj) -> NotFoundError:
+    meta = pod.get("metadata") or {}
+    return NotFoundError(f'pods "{meta.get("name")}" not found')

