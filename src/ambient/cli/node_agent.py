@@ -48,7 +48,6 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="DEBUG shows the iptables-restore / nft input")] = "INFO",
     ) -> None:
         """Capture the enrolled pods of NODE and hand them to the node proxy (runs until interrupted)."""
-        import asyncio
 
         from ambient.cli.errors import UsageError
         from ambient.core import process
@@ -62,10 +61,13 @@ def register(app: typer.Typer) -> None:
             from ambient.kube import nodeagent
 
             excluded = exclude_namespace or ["kube-system", os.environ.get("POD_NAMESPACE") or "ambient-system"]
-            asyncio.run(nodeagent.serve(
-                node, run_dir or Path("/var/run/ambient"), zds_socket=zds_socket, backend=backend,
-                dns_capture=dns_capture, exclude_namespaces=excluded, kubeconfig=kubeconfig,
-            ))
+            async def run_kubernetes(_: process.Shutdown) -> None:
+                await nodeagent.serve(
+                    node, run_dir or Path("/var/run/ambient"), zds_socket=zds_socket, backend=backend,
+                    dns_capture=dns_capture, exclude_namespaces=excluded, kubeconfig=kubeconfig,
+                )
+
+            process.run(run_kubernetes)
             return
         if run_dir is not None or exclude_namespace:
             raise UsageError("--run-dir and --exclude-namespace apply to --source kubernetes only",

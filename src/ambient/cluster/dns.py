@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import struct
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from typing import Any, cast
 from ambient.api.client import AsyncApiClient, WatchEvent
 from ambient.api.informer import inform
 from ambient.cluster.layout import DNS_SERVER_IP
+from ambient.core import process
 from ambient.protocol import dnswire
 
 log = logging.getLogger("ambient.cluster.dns")
@@ -288,16 +288,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default=DNS_SERVER_IP)
     parser.add_argument("--port", type=int, default=53)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    process.configure_logging("INFO", fmt="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    async def run() -> None:
+    async def run(shutdown: process.Shutdown) -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        shutdown.on_signal(stop.set)
         await serve(args.state_dir, args.listen, args.port, stop)
 
-    asyncio.run(run())
+    process.run(run)
 
 
 if __name__ == "__main__":

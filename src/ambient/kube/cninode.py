@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from kubernetes_asyncio import client as k8s
 
 from ambient.cni.install import install_plugin, uninstall_plugin
 from ambient.cni.plugin import PLUGIN_TYPE, SUPPORTED_VERSIONS
+from ambient.core import process
 from ambient.core.errors import AmbientError
 from ambient.kube.errors import KubeApiError, KubeError
 from ambient.kube.source import KubeSource
@@ -278,7 +278,7 @@ async def prestop(cfg: Settings, source: KubeSource) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    process.configure_logging("INFO", fmt="%(asctime)s %(levelname)s %(message)s")
     command = args[0] if args else ""
     cfg = Settings()
     if command == "uninstall":
@@ -288,20 +288,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m ambient.kube.cninode run|prestop|uninstall", file=sys.stderr)
         return 2
 
-    async def go() -> int:
+    async def go(shutdown: process.Shutdown) -> None:
+        stop = asyncio.Event()
+        shutdown.on_signal(stop.set)
         async with await KubeSource.connect() as source:
             if command == "prestop":
                 await prestop(cfg, source)
-                return 0
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await run(cfg, source, stop)
-            return 0
+            else:
+                await run(cfg, source, stop)
 
     try:
-        return asyncio.run(go())
+        process.run(go)
+        return 0
     except KubeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

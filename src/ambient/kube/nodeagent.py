@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -205,7 +204,8 @@ async def serve(
     exclude_namespaces: Sequence[str] = DEFAULT_EXCLUDED,
     kubeconfig: str | None = None,
 ) -> None:
-    """Run the node agent of `node` against the Kubernetes API until SIGTERM/SIGINT (rules stay in place)."""
+    """Run the node agent of `node` against the Kubernetes API until cancelled (SIGTERM/SIGINT, through
+    `core.process.run`); rules stay in place."""
     from ambient.cni.agent import ZDS_SOCKET, AgentSettings, NodeAgent, NodeAgentError
     from ambient.cni.apply import BACKENDS
 
@@ -221,11 +221,6 @@ async def serve(
         backend=backend,  # type: ignore[arg-type]
         dns_capture=dns_capture, exclude_namespaces=tuple(exclude_namespaces),
     )
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     resolver = PodNetnsResolver(run)
     async with await KubeSource.connect(kubeconfig) as source:
         pods, _ = await source.list("Pod", field_selector=f"spec.nodeName={node}")
