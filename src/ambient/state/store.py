@@ -197,7 +197,7 @@ class StateView:
     """An immutable, consistent snapshot of the state. All lookups are O(1) dict reads.
 
     Implements the narrow views the data path needs: `authz.evaluate.PolicyView` and
-    `ztunnel.route.RouteView`.
+    `state.route.RouteView`.
     """
 
     __slots__ = ("_ix", "version")

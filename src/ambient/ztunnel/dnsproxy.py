@@ -8,7 +8,7 @@ resolver (the cluster DNS, 10.96.0.10:53 by default) from a marked socket inside
 redirect rules let it through; the upstream's answer is relayed byte for byte. An upstream that does not
 answer within the timeout gets the client a SERVFAIL, never silence.
 
-`answer_from_state` is pure; the serve functions do the I/O. The wire format is `cluster.dnswire`'s.
+`answer_from_state` is pure; the serve functions do the I/O. The wire format is `protocol.dnswire`'s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`ambient x authz check` / `authz.explain`: cluster objects in, the destination proxy's decision out,
+"""`ambient x authz check` / `controlplane.explain`: cluster objects in, the destination proxy's decision out,
 with the policies that produced it, without traffic."""
 
 from __future__ import annotations
