@@ -31,6 +31,7 @@ from ambient.api.informer import INITIAL_BACKOFF, MAX_BACKOFF, inform
 from ambient.core.backoff import Backoff
 from ambient.l7.errors import L7Error
 from ambient.l7.filters import SUPPORTED_FILTERS
+from ambient.l7.request_auth import RequestAuthentication, parse_request_authentication
 from ambient.l7.routing import HttpRoute, parse_http_route
 from ambient.l7.virtual_service import DestinationRule, parse_destination_rule, parse_virtual_service
 from ambient.state.store import StateDelta
@@ -39,7 +40,7 @@ from ambient.waypoint.l7authz import L7Policy, parse_policy
 
 log = logging.getLogger(__name__)
 # Pods: only their labels are kept, for DestinationRule subsets (the workload state has no labels)
-KINDS = ("HTTPRoute", "AuthorizationPolicy", "VirtualService", "DestinationRule", "Pod")
+KINDS = ("HTTPRoute", "AuthorizationPolicy", "VirtualService", "DestinationRule", "RequestAuthentication", "Pod")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class L7Config:
     version: str = ""
     destination_rules: tuple[DestinationRule, ...] = ()
     pod_labels: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)  # (ns, name) -> labels
+    request_auths: tuple[RequestAuthentication, ...] = ()
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]], version: str = "") -> L7Config:
@@ -56,6 +58,7 @@ class L7Config:
         policies: list[L7Policy] = []
         rules: list[DestinationRule] = []
         labels: dict[tuple[str, str], Mapping[str, str]] = {}
+        auths: list[RequestAuthentication] = []
         for obj in objects:
             kind = obj.get("kind")
             try:
@@ -69,6 +72,10 @@ class L7Config:
                     routes.append(vs.route)
                 elif kind == "DestinationRule":
                     rules.append(parse_destination_rule(obj))
+                elif kind == "RequestAuthentication":
+                    ra = parse_request_authentication(obj)
+                    if ra.targets:  # selector ones are for sidecars, which this mesh does not have
+                        auths.append(ra)
                 elif kind == "HTTPRoute":
                     route = parse_http_route(obj)
                     _warn_unsupported(route)
@@ -80,7 +87,7 @@ class L7Config:
             except (ConfigError, L7Error, KeyError, TypeError, ValueError) as exc:
                 meta = obj.get("metadata") or {}
                 log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
-        return cls(tuple(routes), tuple(policies), version, tuple(rules), labels)
+        return cls(tuple(routes), tuple(policies), version, tuple(rules), labels, tuple(auths))
 
 
 _warned: set[str] = set()

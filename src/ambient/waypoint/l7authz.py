@@ -24,7 +24,11 @@ the normalised path without query. Principals are compared without `spiffe://`; 
 peer certificate's SPIFFE id; both only from the HBONE peer certificate, never from headers.
 
 Fail-safe resolution of attributes the waypoint does not have: HTTP attributes for L4 passthrough
-traffic (methods, paths, hosts, request headers), JWT fields (requestPrincipals) and unknown `when` keys.
+traffic (methods, paths, hosts, request headers, JWT fields) and unknown `when` keys. For HTTP requests
+the waypoint establishes the JWT fields (RequestAuthentication): `requestPrincipals` match `<iss>/<sub>` of
+a verified token ("" without one: no pattern, not even `*`, matches it), and `when` keys
+`request.auth.principal`, `request.auth.audiences`, `request.auth.presenter` and
+`request.auth.claims[name]` (nested: `[a][b]`; a list claim matches when one element does).
 Such a leaf matches inside a DENY policy (deny more) and does not match inside an ALLOW policy (allow
 less), the same rule the node proxy uses for HTTP-only rules.
 """
@@ -36,6 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ambient.l7.request_auth import claim_values
 from ambient.waypoint.errors import ConfigError
 
 SPIFFE = "spiffe://"
@@ -146,6 +151,9 @@ class RequestAttrs:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
     source_ip: str = ""
     http: bool = True
+    # RequestAuthentication outcome: None = not established (L4 traffic), "" = no authenticated token
+    request_principal: str | None = None
+    auth_claims: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def peer(self) -> str:
@@ -237,8 +245,8 @@ def _source(src: Source, req: RequestAttrs, deny: bool) -> bool:
         hit = _in_blocks(src.not_ip_blocks, req.source_ip)
         if (not deny) if hit is _UNKNOWN else hit:
             return False
-    # No JWT support: request principals are never known.
-    return _field(src.request_principals, src.not_request_principals, None, deny)
+    # "" (no authenticated token) matches no pattern, "*" included, as Envoy's metadata matcher
+    return _field(src.request_principals, src.not_request_principals, req.request_principal, deny)
 
 
 def _operation(op: Operation, req: RequestAttrs, deny: bool) -> bool:
@@ -252,7 +260,21 @@ def _operation(op: Operation, req: RequestAttrs, deny: bool) -> bool:
     )
 
 
-def _condition_value(key: str, req: RequestAttrs) -> str | None:
+def _condition_value(key: str, req: RequestAttrs) -> str | list[str] | None:
+    if key.startswith("request.auth."):
+        if req.request_principal is None:
+            return None
+        if key == "request.auth.principal":
+            return req.request_principal
+        if key == "request.auth.audiences":
+            aud = req.auth_claims.get("aud")
+            return [aud] if isinstance(aud, str) else [str(a) for a in aud] if isinstance(aud, list) else []
+        if key == "request.auth.presenter":
+            return str(req.auth_claims.get("azp") or "")
+        if key.startswith("request.auth.claims[") and key.endswith("]"):
+            path = key[len("request.auth.claims["):-1].split("][")
+            return claim_values(req.auth_claims, path) or []
+        return None
     if key.startswith("request.headers[") and key.endswith("]"):
         if not req.http:
             return None
@@ -270,6 +292,10 @@ def _condition_value(key: str, req: RequestAttrs) -> str | None:
 
 def _condition(cond: Condition, req: RequestAttrs, deny: bool) -> bool:
     value = _condition_value(cond.key, req)
+    if isinstance(value, list):  # a list claim: values match when any element does, notValues when none does
+        if cond.values and not any(match_value(p, v) for p in cond.values for v in value):
+            return False
+        return not (cond.not_values and any(match_value(p, v) for p in cond.not_values for v in value))
     if value is not None and cond.key == "source.ip":
         pos = _in_blocks(cond.values, value) if cond.values else True
         neg = _in_blocks(cond.not_values, value) if cond.not_values else False

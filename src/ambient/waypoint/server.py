@@ -39,6 +39,7 @@ import ipaddress
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ from ambient.hbone.protocol import ConnectRequest, format_authority
 from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
+from ambient.l7.request_auth import AuthResult, RequestAuthentication, authenticate
+from ambient.l7.request_auth import applicable as applicable_auth
 from ambient.l7.routing import (
     Fault,
     NoRoute,
@@ -80,6 +83,7 @@ from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.h2client import Http2Upstream
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.http2 import serve_http2
+from ambient.waypoint.jwks import JwksCache, JwksSettings
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
 from ambient.waypoint.pool import UpstreamPool
@@ -101,6 +105,7 @@ class WaypointSettings:
     # Serve only destinations whose Service/Workload names this waypoint: otherwise any client could use
     # the waypoint's identity to reach workloads it is not meant to front (a confused deputy).
     require_binding: bool = True
+    jwks: JwksSettings = field(default_factory=JwksSettings)  # RequestAuthentication jwksUri fetching
 
 
 @dataclass
@@ -151,6 +156,7 @@ class Waypoint:
         self._rng = rng or random.Random()
         self.metrics = metrics
         self._pool = UpstreamPool()
+        self._jwks = JwksCache(self.settings.jwks)
 
     # -- CONNECT ------------------------------------------------------------------------------------------
     async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
@@ -311,8 +317,23 @@ class Waypoint:
         record.request_id = _envoy_request_headers(req, self._rng)[:128]
         l7 = self._l7.current
         headers = req.header_map()
+        request_principal = ""
+        claims: Mapping[str, Any] = {}
+        if l7.request_auths:
+            auth = await self._authenticate(conn, l7.request_auths, headers, query)
+            if auth is not None:
+                if auth.failure:
+                    log.info("waypoint: %s %s from %s: %s", req.method, path, conn.peer, auth.failure)
+                    await self._local(writer, record, 401, auth.failure, "-")
+                    return
+                request_principal, claims = auth.principal, auth.claims
+                if auth.remove_headers or auth.set_headers:
+                    drop = auth.remove_headers | {h for h, _ in auth.set_headers}
+                    req.headers = [(k, v) for k, v in req.headers if k not in drop] + list(auth.set_headers)
+                    headers = req.header_map()
         attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, method=req.method, path=path,
-                             host=req.authority, headers=headers, source_ip=conn.source_addr.rpartition(":")[0])
+                             host=req.authority, headers=headers, source_ip=conn.source_addr.rpartition(":")[0],
+                             request_principal=request_principal, auth_claims=claims)
         decision = evaluate(applicable(l7.policies, self._target(conn)), attrs)
         if decision.audit:
             record.audit = ",".join(decision.audit)
@@ -372,6 +393,18 @@ class Waypoint:
             await self._local(writer, record, abort, "fault filter abort", "FI")
             return True
         return False
+
+    async def _authenticate(self, conn: _Conn, auths: tuple[RequestAuthentication, ...], headers: Mapping[str, str],
+                            query: str) -> AuthResult | None:
+        """RequestAuthentication for this request (None when none applies to its destination)."""
+        s = self.settings
+        svc = conn.service
+        target = (svc.name, svc.namespace) if svc else None
+        rules = applicable_auth(auths, target, (s.gateway_name, s.gateway_namespace))
+        if not rules:
+            return None
+        await self._jwks.ensure(r for p in rules for r in p.rules)
+        return authenticate(rules, headers, query, self._jwks.keys, time.time())
 
     @staticmethod
     async def _redirect(req: Request, writer: ResponseWriter, record: RequestRecord, r: Redirect) -> None:

@@ -67,7 +67,8 @@ class FakeApi:
 
     def __init__(self) -> None:
         self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": [],
-                                                       "VirtualService": [], "DestinationRule": [], "Pod": []}
+                                                       "VirtualService": [], "DestinationRule": [], "Pod": [],
+                                                       "RequestAuthentication": []}
         self.events: dict[str, asyncio.Queue[WatchEvent | str | None]] = {k: asyncio.Queue() for k in self.items}
         self.lists = 0
         self.watched_from: list[str | None] = []
