@@ -34,13 +34,14 @@ from typing import Any, Protocol
 from ambient.api.errors import AlreadyExistsError, ApiError, ConflictError, NotFoundError
 from ambient.api.informer import Reconciler
 from ambient.cluster import deployments as deploy_plan
+from ambient.cluster.gateways import IngressGatewayController
 from ambient.cluster.scheduler import RoundRobinScheduler
 from ambient.cluster.services import compute_endpoints, endpoints_differ, plan_cluster_ips
 from ambient.cluster.waypoints import WaypointConfig, WaypointController
 
 log = logging.getLogger("ambient.controllers")
 
-WATCHED_KINDS = ("Pod", "Service", "Deployment", "Node", "Namespace", "Endpoints", "Gateway")
+WATCHED_KINDS = ("Pod", "Service", "Deployment", "Node", "Namespace", "Endpoints", "Gateway", "HTTPRoute", "Secret")
 
 
 class Client(Protocol):
@@ -71,6 +72,8 @@ class ControllerManager:
         """`waypoints`: run the waypoint Gateway controller (`cluster.waypoints`) with this pod config."""
         self.client = client
         self.waypoints = WaypointController(client, waypoints) if waypoints is not None else None
+        # ingress Gateways (class istio) need the same pod config (python, API socket)
+        self.gateways = IngressGatewayController(client, waypoints) if waypoints is not None else None
         self.resync_seconds = resync_seconds
         self.scheduler = RoundRobinScheduler()
         self.passes = 0
@@ -95,6 +98,8 @@ class ControllerManager:
         if self.waypoints is not None:
             # First: a new waypoint Deployment then gets its pod in this same pass.
             await self.waypoints.reconcile()
+        if self.gateways is not None:
+            await self.gateways.reconcile()
         nodes, _ = await self.client.list("Node")
         pods, _ = await self.client.list("Pod")
         await self._schedule(pods, nodes)

@@ -145,7 +145,7 @@ def store(tmp_path: Path) -> Store:
 async def test_controller_creates_reports_programmed_and_cleans_up(store: Store) -> None:
     cm = ControllerManager(StoreClient(store), waypoints=CFG)
     store.create(gateway_manifest("waypoint", "shop", "service"))
-    # A Gateway of another class is none of our business.
+    # A Gateway of another class (istio: the ingress gateway controller's) is none of the waypoints' business.
     other = gateway_manifest("ingress", "shop", "service")
     other["spec"]["gatewayClassName"] = "istio"
     store.create(other)
@@ -155,7 +155,8 @@ async def test_controller_creates_reports_programmed_and_cleans_up(store: Store)
     deploy = store.get("Deployment", "waypoint", "shop")
     svc = store.get("Service", "waypoint", "shop")
     vip = svc["spec"]["clusterIP"]
-    pods = store.list("Pod", "shop")[0]
+    pods = [p for p in store.list("Pod", "shop")[0]
+            if p["metadata"]["labels"].get(W.GATEWAY_NAME_LABEL) == "waypoint"]
     assert len(pods) == 1 and pods[0]["spec"]["nodeName"] == "node-1"
     assert pods[0]["metadata"]["labels"]["istio.io/dataplane-mode"] == "none"
     gw_uid = store.get("Gateway", "waypoint", "shop")["metadata"]["uid"]
@@ -192,7 +193,8 @@ async def test_controller_creates_reports_programmed_and_cleans_up(store: Store)
     for kind in ("Deployment", "Service", "ServiceAccount"):
         assert [o["metadata"]["name"] for o in store.list(kind, "shop")[0]
                 if o["metadata"]["name"] == "waypoint"] == [], kind
-    assert store.list("Pod", "shop")[0] == []
+    assert [p for p in store.list("Pod", "shop")[0]
+            if p["metadata"]["labels"].get(W.GATEWAY_NAME_LABEL) == "waypoint"] == []
     assert store.get("ServiceAccount", "default", "shop")  # the namespace's own account stays
 
 

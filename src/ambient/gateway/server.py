@@ -1,0 +1,239 @@
+"""The ingress gateway's HTTP(S) listeners and request forwarding.
+
+Per request: the listener of the port serving the Host (`l7.gateway_routing.listener_for`), the rule and
+backend chosen by the waypoint's engine (`route_gateway_request`: matches, precedence, weights), the rule's
+filters (RequestHeaderModifier, URLRewrite, ResponseHeaderModifier, RequestRedirect answered here), then
+HTTP/1.1 to the backend Service's VIP and port with the rule's timeout and retries. The gateway pod is
+captured by its node proxy, so a meshed backend is reached over HBONE with the gateway's own identity
+(through the backend's waypoint when it has one) and a non-meshed one over plain TCP.
+
+Answers of its own, as Envoy at an Istio gateway: 404 (no route / no rule), 500 (rule without usable
+backend or with an unsupported filter), 503 (backend Service unknown or the connection failed, flag UF),
+504 (timeout, flag UT). One access line per request on stderr (`request complete ...`).
+
+Invariants: the listeners are bound once at start from the first config (a changed port set restarts the
+pod through the Deployment); certificates and routes are read per connection / request from the latest
+config, so a route change applies at once; hop-by-hop headers are never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+from ambient.gateway.config import Certificate, GatewayConfig
+from ambient.l7.gateway_routing import listener_for, request_host, route_gateway_request
+from ambient.l7.routing import NoRoute, Redirect, RequestInfo, RouteDecision, normalize_path
+
+log = logging.getLogger("ambient.gateway")
+access = logging.getLogger("ambient.gateway.access")
+
+# Idle upstream connections are closed after this long (a node proxy writes a connection's access line
+# when it closes: a short idle time keeps them timely); `--upstream-idle` overrides it.
+UPSTREAM_IDLE_S = 5.0
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
+                        "trailer", "proxy-authenticate", "proxy-authorization", "host", "content-length"})
+
+
+class Gateway:
+    def __init__(self, name: str, namespace: str, config: Callable[[], GatewayConfig],
+                 rng: random.Random | None = None, upstream_idle: float = UPSTREAM_IDLE_S) -> None:
+        self.name, self.namespace = name, namespace
+        self.upstream_idle = upstream_idle
+        self._config = config
+        self._rng = rng or random.Random()
+        self._session: ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        self._cert_dir = tempfile.TemporaryDirectory(prefix="ambient-gateway-")
+
+    # ----------------------------------------------------------------------------------------- listeners
+    async def start(self, host: str = "0.0.0.0") -> list[int]:
+        """Bind one server per listener port (TLS when its listeners are HTTPS); returns the ports."""
+        self._session = ClientSession(connector=TCPConnector(limit=0, use_dns_cache=False,
+                                                             keepalive_timeout=self.upstream_idle),
+                                      auto_decompress=False)
+        cfg = self._config()
+        ports: dict[int, str] = {}
+        for listener in cfg.listeners:
+            ports.setdefault(listener.port, listener.protocol)
+        for port, proto in sorted(ports.items()):
+            app = web.Application(client_max_size=0)
+            app.router.add_route("*", "/{tail:.*}", self._handler(port, proto))
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            ctx = self._tls_context(port) if proto == "HTTPS" else None
+            await web.TCPSite(runner, host, port, ssl_context=ctx, reuse_port=True).start()
+            self._runners.append(runner)
+            log.info("gateway %s/%s listening on %s:%d (%s)", self.namespace, self.name, host, port, proto)
+        return sorted(ports)
+
+    def _tls_context(self, port: int) -> ssl.SSLContext:
+        """A server context whose certificate is picked per handshake (SNI) from the latest config."""
+        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        contexts: dict[bytes, ssl.SSLContext] = {}
+
+        def context_for(name: str | None) -> ssl.SSLContext | None:
+            cfg = self._config()
+            listener = listener_for([x for x in cfg.listeners if x.protocol == "HTTPS"], port, name or "")
+            cert = cfg.certificates.get(listener.name) if listener is not None else None
+            if cert is None:
+                return None
+            key = cert.cert_pem + cert.key_pem
+            if key not in contexts:
+                contexts[key] = self._load(cert)
+            return contexts[key]
+
+        def sni(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+            ctx = context_for(name)
+            if ctx is None:
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            sock.context = ctx
+            return None
+
+        base.sni_callback = sni  # type: ignore[assignment]
+        first = context_for(None)
+        if first is not None:  # clients without SNI get the listener without hostname (or none)
+            base = first
+            base.sni_callback = sni  # type: ignore[assignment]
+        return base
+
+    def _load(self, cert: Certificate) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        d = Path(self._cert_dir.name)
+        n = len(list(d.iterdir()))
+        crt, key = d / f"{n}.crt", d / f"{n}.key"
+        crt.write_bytes(cert.cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(cert.key_pem)
+        ctx.load_cert_chain(crt, key)
+        key.unlink()  # loaded: the key stays in memory only
+        return ctx
+
+    async def aclose(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        self._cert_dir.cleanup()
+
+    # ------------------------------------------------------------------------------------------ requests
+    def _handler(self, port: int, proto: str) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = time.monotonic()
+            record: dict[str, Any] = {"method": request.method, "path": request.raw_path[:256], "status": 0,
+                                      "flags": "-", "route": "", "dst_service": "", "error": ""}
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            record["src"] = f"{peer[0]}:{peer[1]}" if peer else ""
+            try:
+                response = await self._route(request, port, proto, record)
+            finally:
+                record["duration"] = int((time.monotonic() - started) * 1000)
+                access.info('request complete src.addr=%s method=%s path="%s" status=%s flags=%s route=%s '
+                            'dst.service="%s" duration=%sms%s', record["src"], record["method"], record["path"],
+                            record["status"], record["flags"], record["route"] or "-", record["dst_service"],
+                            record["duration"], f' error="{record["error"]}"' if record["error"] else "")
+            return response
+        return handle
+
+    def _local(self, record: dict[str, Any], status: int, text: str, flags: str) -> web.Response:
+        record["status"], record["flags"] = status, flags
+        if status >= 500:
+            record["error"] = text
+        return web.Response(status=status, text=text.rstrip("\n") + "\n")
+
+    async def _route(self, request: web.Request, port: int, proto: str, record: dict[str, Any]) -> web.StreamResponse:
+        cfg = self._config()
+        host = request_host(request.host or "")
+        listener = listener_for(cfg.listeners, port, host)
+        if listener is None:
+            return self._local(record, 404, f"no listener on port {port} serves host {host!r}", "NR")
+        raw_path, _, query = request.raw_path.partition("?")
+        path = normalize_path(raw_path)
+        if path is None:
+            return self._local(record, 400, "bad request: invalid path", "-")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        info = RequestInfo(request.method, path, headers, query)
+        routed = route_gateway_request(cfg.routes, self.name, self.namespace, listener, host, info, self._rng)
+        if isinstance(routed, NoRoute):
+            return self._local(record, routed.status, routed.reason, "NR")
+        if isinstance(routed, Redirect):
+            record["route"], record["status"] = routed.route.key, routed.status
+            out = [("location", routed.location(request.host or host, "https" if proto == "HTTPS" else "http"))]
+            if routed.response_headers is not None:
+                out = routed.response_headers.apply(out)
+            return web.Response(status=routed.status, headers=out)
+        assert isinstance(routed, RouteDecision)
+        return await self._forward(request, cfg, routed, path, query, proto, record)
+
+    async def _forward(self, request: web.Request, cfg: GatewayConfig, routed: RouteDecision, path: str, query: str,
+                       proto: str, record: dict[str, Any]) -> web.StreamResponse:
+        backend = routed.backend
+        record["route"] = routed.route.key if routed.route is not None else ""
+        svc = cfg.services.get((backend.namespace, backend.name))
+        ip = ((svc or {}).get("spec") or {}).get("clusterIP")
+        record["dst_service"] = f"{backend.name}.{backend.namespace}.svc.cluster.local"
+        if svc is None or not ip or ip == "None":
+            return self._local(record, 500, f"backend service {backend.namespace}/{backend.name} not found", "NR")
+        authority = request.host or ""
+        fwd_headers = [(k.lower(), v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        fwd_headers.append(("x-forwarded-proto", "https" if proto == "HTTPS" else "http"))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            prior = request.headers.get("x-forwarded-for")
+            fwd_headers = [(k, v) for k, v in fwd_headers if k != "x-forwarded-for"]
+            fwd_headers.append(("x-forwarded-for", f"{prior}, {peer[0]}" if prior else str(peer[0])))
+        filters = routed.filters
+        response_mod = None
+        if filters is not None:
+            if filters.request_headers is not None:
+                fwd_headers = filters.request_headers.apply(fwd_headers)
+            if filters.rewrite is not None:
+                if filters.rewrite.hostname:
+                    authority = filters.rewrite.hostname
+                if filters.rewrite.path is not None:
+                    path = filters.rewrite.path.apply(path)
+            response_mod = filters.response_headers
+        body = await request.read() if request.can_read_body else None
+        url = f"http://{ip}:{backend.port}{path}" + (f"?{query}" if query else "")
+        retry = routed.retry
+        attempts = 1 + (retry.attempts if retry is not None else 0)
+        assert self._session is not None
+        timeout = ClientTimeout(total=routed.request_timeout or None, sock_read=routed.backend_timeout or None)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                async with self._session.request(request.method, url, headers=[*fwd_headers, ("host", authority)],
+                                                 data=body, allow_redirects=False, timeout=timeout,
+                                                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding",
+                                                                    "Content-Type")) as upstream:
+                    if retry is not None and not last and upstream.status in retry.codes:
+                        await asyncio.sleep(retry.backoff)
+                        continue
+                    out = [(k.lower(), v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
+                    if response_mod is not None:
+                        out = response_mod.apply(out)
+                    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out)
+                    await response.prepare(request)
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                    await response.write_eof()
+                    record["status"] = upstream.status
+                    return response
+            except TimeoutError:
+                if last:
+                    return self._local(record, 504, "upstream request timeout", "UT")
+            except (ClientError, OSError) as exc:
+                if last:
+                    return self._local(record, 503, f"upstream connect error: {exc}", "UF")
+            if retry is not None:
+                await asyncio.sleep(retry.backoff)
+        return self._local(record, 503, "no attempt left", "UF")
