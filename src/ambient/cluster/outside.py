@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 from ambient.cluster import layout as L
 from ambient.cluster import network, processes
 from ambient.cluster.errors import ClusterError
+from ambient.core import process
 
 log = logging.getLogger("ambient.cluster.outside")
 
@@ -196,8 +196,7 @@ async def serve(state_dir: Path, host: OutsideHost, stop: asyncio.Event) -> None
 
     from ambient.samples.httpbin import make_app
 
-    os.environ.setdefault("POD_NAME", host.names[0])
-    runner = web.AppRunner(make_app())
+    runner = web.AppRunner(make_app(pod_name=host.names[0]))
     await runner.setup()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     d = outside_dir(state_dir)
@@ -218,16 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--host", required=True, type=int)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    process.configure_logging("INFO", fmt="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    async def run() -> None:
+    async def run(shutdown: process.Shutdown) -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        shutdown.on_signal(stop.set)
         await serve(args.state_dir, host_by_index(args.host), stop)
 
-    asyncio.run(run())
+    process.run(run)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,13 @@ def _origin(request: web.Request) -> str:
     return host.removeprefix("::ffff:")
 
 
-def _who() -> dict[str, str]:
+# the name `make_app` was given (an outside host's), else the pod's from its env
+POD_NAME_KEY = web.AppKey("pod_name", str)
+
+
+def _who(request: web.Request) -> dict[str, str]:
     return {
-        "pod": os.environ.get("POD_NAME", socket.gethostname()),
+        "pod": request.app.get(POD_NAME_KEY) or os.environ.get("POD_NAME", socket.gethostname()),
         "namespace": os.environ.get("POD_NAMESPACE", ""),
         "version": os.environ.get("VERSION", ""),
     }
@@ -56,7 +60,7 @@ def _int_arg(request: web.Request, name: str, low: int, high: int) -> int:
 
 
 async def index(request: web.Request) -> web.Response:
-    return web.json_response(_who())
+    return web.json_response(_who(request))
 
 
 async def get(request: web.Request) -> web.Response:
@@ -66,7 +70,7 @@ async def get(request: web.Request) -> web.Response:
         "args": dict(request.query),
         "headers": dict(request.headers),
         "origin": _origin(request),
-        **_who(),
+        **_who(request),
     }
     return web.json_response(body)
 
@@ -113,8 +117,10 @@ async def access_log(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
-def make_app() -> web.Application:
+def make_app(pod_name: str | None = None) -> web.Application:
     app = web.Application(middlewares=[access_log])
+    if pod_name:
+        app[POD_NAME_KEY] = pod_name
     app.add_routes(
         [
             web.get("/", index),

@@ -43,3 +43,11 @@ async def test_bytes_limit_is_enforced(client: TestClient) -> None:
     resp = await client.get(f"/bytes/{200 * 1024 * 1024}")
     assert resp.status == 400
     assert "between" in await resp.text()
+
+
+async def test_a_name_given_to_make_app_answers_instead_of_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "from-env")
+    async with TestClient(TestServer(make_app(pod_name="api.example.test"), host="127.0.0.1")) as named:
+        assert (await (await named.get("/")).json())["pod"] == "api.example.test"
+    async with TestClient(TestServer(make_app(), host="127.0.0.1")) as plain:
+        assert (await (await plain.get("/")).json())["pod"] == "from-env"
