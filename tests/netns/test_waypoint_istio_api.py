@@ -236,3 +236,65 @@ def test_ambient_get_shows_waypoint_accepted_and_no_waypoint(cluster: Cluster) -
     cond = wait_for(lambda: shown("reviews"), 30, "the reviews VirtualService's condition")
     assert (cond["status"], cond["reason"]) == ("True", "Accepted"), cond
     assert f"{NS}/waypoint" in cond["message"]
+
+
+# Serves the JWKS given in $JWKS at /jwks.json (the jwksUri the waypoint fetches from inside the cluster).
+JWKS_SERVER = r"""
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = os.environ["JWKS"].encode()
+        self.send_response(200 if self.path == "/jwks.json" else 404)
+        self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8000), H).serve_forever()
+"""
+
+
+def test_jwt_request_authentication_with_jwks_uri_served_by_a_pod(cluster: Cluster) -> None:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key, other = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]})
+    issuer = "testing@secure.istio.io"
+
+    def token(sub: str = "subject", *, iss: str = issuer, expires_in: int = 3600, signer: Any = key,
+              **claims: Any) -> str:
+        now = int(time.time())
+        return jwt.encode({"iss": iss, "sub": sub, "iat": now, "exp": now + expires_in, **claims}, signer,
+                          algorithm="RS256", headers={"kid": "k1"})
+
+    api = cluster.api
+    api.create(_pod("jwks", {"app": "jwks"}, JWKS_SERVER, {"JWKS": jwks}))
+    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "jwks", "namespace": NS},
+                "spec": {"selector": {"app": "jwks"}, "ports": [{"name": "http", "port": 8000}]}})
+    wait_for(lambda: _ready(api.get("Pod", "jwks", NS)), 90, "jwks pod Ready")
+    api.apply(virtual_service([{"route": [dest("v1")]}]))  # no faults left from the tasks above
+    api.apply({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+               "metadata": {"name": "jwt", "namespace": NS},
+               "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+                        "jwtRules": [{"issuer": issuer,
+                                      "jwksUri": f"http://jwks.{NS}.svc.cluster.local:8000/jwks.json"}]}})
+    api.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "require-jwt", "namespace": NS},
+               "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "reviews"}], "action": "ALLOW",
+                        "rules": [{"from": [{"source": {"requestPrincipals": [f"{issuer}/subject"]}}],
+                                   "when": [{"key": "request.auth.claims[groups]", "values": ["group1"]}]}]}})
+
+    def status(headers: dict[str, str] | None = None) -> dict[str, int]:
+        return dict(cluster.load(1, headers)["status"])
+
+    good = {"authorization": f"Bearer {token(groups=['group1'])}"}
+    wait_for(lambda: status() == {"403": 1}, 60, "the policy applied (no token: 403)")
+    wait_for(lambda: status(good) == {"200": 1}, 60, "a valid token accepted (keys fetched from the jwks pod)")
+    assert cluster.load(5, good)["status"] == {"200": 5}
+    for bad in (token(expires_in=-3600, groups=["group1"]), token(iss="other", groups=["group1"]),
+                token(signer=other, groups=["group1"])):
+        assert status({"authorization": f"Bearer {bad}"}) == {"401": 1}
+    assert status({"authorization": f"Bearer {token(groups=['group2'])}"}) == {"403": 1}  # the `when` on groups
+    assert status() == {"403": 1}
+    assert f"fetched JWKS http://jwks.{NS}.svc.cluster.local:8000/jwks.json" in cluster.waypoint_log()
