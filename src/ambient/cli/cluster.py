@@ -35,6 +35,9 @@ def create(
     name: NameOpt = None,
     nodes: Annotated[int, typer.Option("--nodes", help="Number of nodes.", min=1, max=200)] = 2,
     state_dir: StateOpt = None,
+    outside: Annotated[bool, typer.Option(
+        "--outside", help="Add the outside world: hosts httpbin.example.test and api.example.test beyond the "
+        "nodes (HTTP :80, HTTPS :443 with a throw-away public CA in <state>/outside/ca.crt).")] = False,
 ) -> None:
     """Create a cluster: underlay + node network namespaces, API server, DNS, controllers, kubelets."""
     from rich.console import Console
@@ -49,6 +52,11 @@ def create(
             err.log(msg)
 
         result = create_cluster(cluster, nodes, sdir, progress=progress)
+        if outside:
+            from ambient.cluster.outside import OUTSIDE_HOSTS, create_outside_world
+
+            progress("adding the outside world: " + ", ".join(n for h in OUTSIDE_HOSTS for n in h.names))
+            create_outside_world(result.layout)
     skipped = f" (not available yet: {', '.join(result.skipped)})" if result.skipped else ""
     err.print(f"[green]cluster {cluster} created[/] with {nodes} node(s) in {result.timings['total']:.1f}s"
               f"{skipped}")
