@@ -8,7 +8,9 @@ namespace "client" on node-1, and an un-meshed client in namespace "plain" on no
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +124,17 @@ def test_meshed_request_goes_through_hbone_with_identities_and_dns(mesh: dict[st
         assert last["dst.service"] == "web.shop.svc.cluster.local"
         assert "error" not in last
         assert int(last["bytes_recv"]) > 0
+
+
+def test_node_proxy_metrics_from_the_cli(mesh: dict[str, Any]) -> None:
+    assert _curl(mesh, "client").returncode == 0
+    env = dict(os.environ, AMBIENT_STATE_DIR=str(mesh["state"]), AMBIENT_CLUSTER=CLUSTER)
+    out = subprocess.run([sys.executable, "-m", "ambient", "zc", "metrics", "--node", "node-2"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    opened = [line for line in out.stdout.splitlines()
+              if line.startswith("istio_tcp_connections_opened_total{") and 'reporter="destination"' in line]
+    assert opened and any('destination_workload_namespace="shop"' in line for line in opened), out.stdout[:2000]
 
 
 def test_deny_policy_resets_the_client_and_names_the_policy(mesh: dict[str, Any]) -> None:

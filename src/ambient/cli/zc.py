@@ -3,6 +3,9 @@
 Reads the admin `/config_dump` of one node proxy and prints workloads / services / policies /
 certificates / connections (or all) with the reference columns, or the raw sections with `-o json|yaml`.
 
+`ambient zc metrics [--node N]` prints the proxy's Prometheus metrics (port 15020, read from inside the node's
+network namespace, where the proxy serves it).
+
 Reaching the proxy: in the local cluster the proxy of node N runs in N's netns, so its TCP admin port is
 not reachable from the machine. The proxy therefore also serves admin on a Unix socket,
 `<state dir>/nodes/<node>/run/ztunnel-admin.sock` (started with `--admin-socket`); `zc` finds it from
@@ -127,11 +130,44 @@ def fetch_dump(socket_path: Path | None, url: str | None) -> dict[str, Any]:
     return data
 
 
+def fetch_metrics(state_dir: Path | None, cluster: str, node: str | None, port: int = 15020) -> bytes:
+    """GET /metrics from the node proxy's metrics port, connecting from inside the node's netns."""
+    import socket
+
+    from ambient.cli.errors import CliError
+    from ambient.cluster import layout as L
+    from ambient.inpod.netns import run_in_netns
+
+    layout = L.load_layout(state_dir if state_dir is not None else cluster)
+    chosen = layout.node(node) if node else layout.nodes[0]
+    netns = L.netns_path(chosen.netns)
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    try:
+        sock = run_in_netns(netns, connect, name="zc-metrics")
+        with sock:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: ztunnel\r\n\r\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise CliError(f"cannot read the metrics of the node proxy on {chosen.name} (port {port}): {exc}",
+                       hint="is the node proxy running? `ambient cluster status`") from exc
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        status = head.split(b"\r\n")[0].decode(errors="replace")
+        raise CliError(f"the node proxy on {chosen.name} answered {status}")
+    return body
+
+
 def register(app: typer.Typer) -> None:
     @app.command("zc")
     def zc(
         ctx: typer.Context,
-        view: Annotated[str, typer.Argument(help="workloads | services | policies | certificates | connections | all")],
+        view: Annotated[str, typer.Argument(help="workloads | services | policies | certificates | connections | "
+                                            "all | metrics")],
         node: Annotated[str | None, typer.Option("--node", help="Node whose proxy to ask (default: first).")] = None,
         output: Annotated[str, typer.Option("--output", "-o", help="short | json | yaml")] = "short",
         admin_socket: Annotated[Path | None, typer.Option("--admin-socket", help="Admin Unix socket.")] = None,
@@ -142,8 +178,12 @@ def register(app: typer.Typer) -> None:
         from ambient.cli.errors import UsageError
         from ambient.cli.output import dump_json, dump_yaml, print_table
 
+        if view == "metrics":
+            st = state(ctx)
+            typer.echo(fetch_metrics(st.state_dir, st.cluster, node).decode(), nl=False)
+            return
         if view not in (*VIEWS, "all"):
-            raise UsageError(f"unknown view {view!r}", hint=f"one of: {', '.join((*VIEWS, 'all'))}")
+            raise UsageError(f"unknown view {view!r}", hint=f"one of: {', '.join((*VIEWS, 'all', 'metrics'))}")
         if output not in ("short", "json", "yaml"):
             raise UsageError(f"unknown output format {output!r}", hint="use short, json or yaml")
         if admin_socket is None and admin_url is None:
