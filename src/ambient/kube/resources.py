@@ -49,6 +49,9 @@ RESOURCES: dict[str, Resource] = {
         Resource("PeerAuthentication", "security.istio.io", "v1", "peerauthentications", True),
         Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways", True),
         Resource("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", True),
+        # Read by the control plane's index too (egress and L7 routing), as from the local cluster API.
+        Resource("ServiceEntry", "networking.istio.io", "v1", "serviceentries", True),
+        Resource("VirtualService", "networking.istio.io", "v1", "virtualservices", True),
     )
 }
 

@@ -31,6 +31,8 @@ PATHS = {
     "PeerAuthentication": ("/apis/security.istio.io/v1/peerauthentications", "peerauthentications"),
     "Gateway": ("/apis/gateway.networking.k8s.io/v1/gateways", "gateways"),
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1/httproutes", "httproutes"),
+    "ServiceEntry": ("/apis/networking.istio.io/v1/serviceentries", "serviceentries"),
+    "VirtualService": ("/apis/networking.istio.io/v1/virtualservices", "virtualservices"),
 }
 POD_PATH = "/api/v1/pods"
 
