@@ -246,3 +246,22 @@ def test_unknown_class_and_missing_secret_get_clear_conditions(cluster: Cluster,
     wait_for(lambda: _conditions(api.get("Gateway", "nosecret", NS)).get("Programmed") == "True", timeout=30,
              what="nosecret Programmed")
     assert json.dumps(api.get("Gateway", "ingress", NS)["status"]).count("Programmed") >= 1
+
+
+def test_l4_deny_for_the_gateway_identity_resets_its_requests(cluster: Cluster, ingress: dict[str, Any]) -> None:
+    api = cluster.api
+    api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "deny-ingress", "namespace": NS},
+                "spec": {"selector": {"matchLabels": {"app": "echo"}}, "action": "DENY",
+                         "rules": [{"from": [{"source": {"principals": [GW_ID.removeprefix("spiffe://")]}}]}]}})
+    try:
+        status, body = wait_for(lambda: (r := _get(ingress["http"], "/denied"))[0] != 200 and r, timeout=15,
+                                what="requests refused once the DENY applies")
+        assert status == 503 and "upstream connect error" in body, (status, body)
+        # The destination's node proxy refused the gateway's identity (a policy denial in its log).
+        assert wait_for(lambda: [ln for ln in cluster.logs("ztunnel").splitlines()
+                                 if "deny-ingress" in ln or ("denied" in ln.lower() and GW_ID in ln)],
+                        timeout=10, what="the denial in a node proxy log")
+    finally:
+        api.delete("AuthorizationPolicy", "deny-ingress", NS)
+    wait_for(lambda: _get(ingress["http"])[0] == 200, timeout=15, what="200 again after the DENY is gone")
