@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
-from ambient.api.errors import ApiError, NotFoundError, ValidationError
+from ambient.api.errors import ApiError, ValidationError
 
 Obj = dict[str, Any]
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
@@ -246,8 +246,3 @@ def require(connector: PodConnector | None) -> PodConnector:
             hint="run it as part of a cluster (`ambient cluster create`)",
         )
     return connector
-
-
-def not_found(pod: Obj) -> NotFoundError:
-    meta = pod.get("metadata") or {}
-    return NotFoundError(f'pods "{meta.get("name")}" not found')

@@ -168,9 +168,6 @@ class Testbed:
     def node_ns(self, i: int) -> str:
         return f"{self.prefix}-n{i}"
 
-    def node_path(self, i: int) -> str:
-        return f"{NETNS_DIR}/{self.node_ns(i)}"
-
     def node_link(self, i: int) -> str:
         """The interface in node i's netns that leads to the other node (capture point)."""
         return f"n{i}n{2 if i == 1 else 1}"

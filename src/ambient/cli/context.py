@@ -7,7 +7,6 @@ running cluster. Tests may pass their own `CliState(client_factory=...)` as the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +52,6 @@ class CliState:
         if callable(closer):
             closer()
         self._client = None
-
-    def child_env(self) -> dict[str, str]:
-        """Environment for subprocesses that must address the same cluster (e.g. `cluster create`)."""
-        env = dict(os.environ)
-        env["AMBIENT_CLUSTER"] = self.cluster
-        if self.state_dir is not None:
-            env["AMBIENT_STATE_DIR"] = str(self.state_dir)
-        return env
-
 
 def state(ctx: typer.Context) -> CliState:
     """The `CliState` of this invocation (set by the root callback)."""

@@ -102,9 +102,6 @@ class ContainerState:
         if self.proc is not None:
             self.proc.poll()
 
-    def running_for(self, seconds: float) -> bool:
-        return self.state == "running" and time.monotonic() - self.started_mono >= seconds
-
     def to_status(self) -> dict[str, Any]:
         if self.state == "running":
             state: dict[str, Any] = {"running": {"startedAt": self.started_at}}

@@ -56,19 +56,6 @@ class Tools:
     ip: str = "ip"
     ipset: str = "ipset"
 
-    @classmethod
-    def iptables_variant(cls, variant: str) -> Tools:
-        """`"nft"` -> iptables-nft-*, `"legacy"` -> iptables-legacy-*, `""` -> the system default."""
-        if variant not in ("", "nft", "legacy"):
-            raise RuleApplyError(f"unknown iptables variant {variant!r}", hint="use 'nft' or 'legacy'")
-        s = f"-{variant}" if variant else ""
-        return cls(
-            iptables_restore=f"iptables{s}-restore",
-            iptables_save=f"iptables{s}-save",
-            ip6tables_restore=f"ip6tables{s}-restore",
-            ip6tables_save=f"ip6tables{s}-save",
-        )
-
 
 DEFAULT_TOOLS = Tools()
 _RULE_WANT = f"from all fwmark {CMARK} lookup {ROUTE_TABLE}"
@@ -92,20 +79,6 @@ def _run(args: list[str], stdin: str | None = None, *, check: bool = True, timeo
 
 def _within(netns: NetnsRef | None, fn: Callable[[], T]) -> T:
     return fn() if netns is None else run_in_netns(netns, fn, name="cni-rules")
-
-
-def detect_ipv6(netns: NetnsRef | None = None) -> bool:
-    """IPv6 usable in the netns: lo has an IPv6 address (so it is up and IPv6 is not disabled)."""
-
-    def probe() -> bool:
-        try:
-            # thread-self: /proc/self/net would show the netns of the main thread, not ours
-            with open("/proc/thread-self/net/if_inet6") as f:
-                return any(line.split()[-1] == "lo" for line in f if line.strip())
-        except OSError:
-            return False
-
-    return _within(netns, probe)
 
 
 # --- routing (ip rule fwmark 0x111/0xfff pref 32764 lookup 100, local default dev lo table 100) --------

@@ -319,15 +319,6 @@ class Connection:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def parse_node_id(node_id: str) -> dict[str, str]:
-    """`ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` -> {type, ip, pod, namespace}; {} if malformed."""
-    parts = node_id.split("~")
-    if len(parts) != 4:
-        return {}
-    pod, _, ns = parts[2].partition(".")
-    return {"type": parts[0], "ip": parts[1], "pod": pod, "namespace": ns}
-
-
 class XdsServer(AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """The DeltaAggregatedResources servicer over a `ResourceCache`."""
 

@@ -1,1 +1,2 @@
-"""Shared foundations: the error base, logging setup, process helpers."""
+"""Shared foundations of every package: the error base (`errors`), retry back-off (`backoff`) and the one
+process bootstrap (`process`: logging, signals, the event loop)."""

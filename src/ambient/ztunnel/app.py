@@ -4,9 +4,10 @@ ztunnel`, the local cluster's `ambient.cluster.node_proxy`) only turn their flag
 `Sources`, then run `App.run` under `core.process.run` with `App.stop` as the graceful stop.
 
 Components and what they get (narrow capabilities):
-- state: a `StateStore` whose single writer goes to the state source (static file here; the xDS client
-  when wired). Data-path code only reads `store.current`.
-- certificates: a `CertSource` (local CA here; the control-plane CA client when wired).
+- state: a `StateStore` whose single writer is the state source: the control plane's xDS client
+  (`Sources.xds`, `ztunnel.xds_source`) or a static file (`Sources.static`). Data-path code only reads
+  `store.current`.
+- certificates: a `CertSource`: the control plane's CA (with `Sources.xds`) or a local CA (`Sources.ca_dir`).
 - data path: `ProxyCore` (settings, state, certs, HBONE client pool, telemetry) handed to each pod proxy.
 - pods: `InpodManager` fed by the `ZdsClient` (inpod.zds) (in-pod mode), or one shared-mode proxy.
 - HTTP: admin 15000 (+ an optional Unix socket for `ambient zc`), metrics 15020, readiness 15021

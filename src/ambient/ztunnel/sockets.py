@@ -144,17 +144,3 @@ def udp_socket(host: str, port: int, *, mark: int | None = PROXY_MARK, freebind:
     except BaseException:
         sock.close()
         raise
-
-
-def outbound_socket(family: int, *, mark: int | None = PROXY_MARK) -> socket.socket:
-    """A non-blocking TCP socket for the proxy's own outbound connections (marked to skip redirection)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if mark is not None:
-            set_mark(sock, mark)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise

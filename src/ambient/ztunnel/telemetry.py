@@ -182,9 +182,6 @@ class Connections:
     def __iter__(self) -> Iterator[ConnectionEntry]:
         return iter(list(self._live.values()))
 
-    def for_pod(self, uid: str) -> list[ConnectionEntry]:
-        return [c for c in self._live.values() if c.pod_uid == uid]
-
     def revoke(self, change: StateChange) -> None:
         """State listener: close live inbound connections that the new policies deny."""
         if not change.policies_changed and not change.workloads_removed:
