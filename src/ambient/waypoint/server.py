@@ -59,11 +59,15 @@ from ambient.l7.routing import (
     NoRoute,
     Redirect,
     RequestInfo,
+    RetryPolicy,
     RouteDecision,
     normalize_path,
     route_request,
 )
-from ambient.l7.virtual_service import subset_labels
+from ambient.l7.traffic_policy import DEFAULT as DEFAULT_POLICY
+from ambient.l7.traffic_policy import TrafficPolicy
+from ambient.l7.traffic_policy import resolve as resolve_policy
+from ambient.l7.virtual_service import destination_rule_for
 from ambient.state.model import (
     AppProtocol,
     GatewayAddress,
@@ -78,6 +82,7 @@ from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint import upgrade
 from ambient.waypoint.apply_filters import apply_filters
+from ambient.waypoint.breakers import Breakers, OutlierDetector
 from ambient.waypoint.config import L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.h2client import Http2Upstream
@@ -121,8 +126,9 @@ class _Conn:
     source_addr: str
 
 
-# where a request goes: the backend Service, its port, and the labels of a DestinationRule subset (or None)
-_Backend = tuple[Service, int, Mapping[str, str] | None]
+# where a request goes: the backend Service, its port, the labels of a DestinationRule subset (or None), and
+# the DestinationRule traffic policy for them
+_Backend = tuple[Service, int, Mapping[str, str] | None, TrafficPolicy]
 
 
 @dataclass
@@ -157,6 +163,7 @@ class Waypoint:
         self.metrics = metrics
         self._pool = UpstreamPool()
         self._jwks = JwksCache(self.settings.jwks)
+        self._breakers = Breakers()
 
     # -- CONNECT ------------------------------------------------------------------------------------------
     async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
@@ -372,14 +379,19 @@ class Waypoint:
                               f"{routed.backend.name} not found", "NR")
             return
         labels = None
-        if routed.backend.subset is not None:
-            labels = subset_labels(l7.destination_rules, backend.name, backend.namespace, routed.backend.subset)
+        subset = routed.backend.subset
+        drule = destination_rule_for(l7.destination_rules, backend.name, backend.namespace) \
+            if l7.destination_rules else None
+        if subset is not None:
+            labels = drule.subsets.get(subset) if drule is not None else None
             if labels is None:  # Envoy: the subset's cluster does not exist
-                await self._local(writer, record, 503, f"no DestinationRule defines subset {routed.backend.subset!r} "
+                await self._local(writer, record, 503, f"no DestinationRule defines subset {subset!r} "
                                   f"of {backend.namespace}/{backend.name}", "NC")
                 return
         assert routed.backend.port is not None
-        await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port, labels),
+        policy = DEFAULT_POLICY if drule is None else resolve_policy(
+            drule.traffic_policy, drule.subset_policies.get(subset or ""), routed.backend.port)
+        await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port, labels, policy),
                             routed.request_timeout, routed)
 
     async def _fault(self, fault: Fault, writer: ResponseWriter, record: RequestRecord) -> bool:
@@ -443,6 +455,35 @@ class Waypoint:
                 return
             await self._forward_upgrade(conn, req, writer, record, view, backend, request_timeout, backend_timeout)
             return
+        breaker = None
+        if backend is not None and backend[3].pool.limited:
+            breaker = self._breakers.breaker((backend[0].key, backend[1], _subset_key(backend[2])), backend[3].pool)
+        if breaker is None:
+            await self._attempts(conn, req, writer, record, view, backend, request_timeout, retry, backend_timeout)
+            return
+        try:
+            await breaker.acquire()
+        except UpstreamError as exc:  # DestinationRule connectionPool overflow
+            await self._local(writer, record, exc.status, exc.message, exc.flags)
+            return
+        try:
+            await self._attempts(conn, req, writer, record, view, backend, request_timeout, retry, backend_timeout)
+        finally:
+            breaker.release()
+
+    async def _attempts(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        view: StateView,
+        backend: _Backend | None,
+        request_timeout: float | None,
+        retry: RetryPolicy | None,
+        backend_timeout: float | None,
+    ) -> None:
+        """The request's attempts (retries per the route) within its timeouts, answering errors locally."""
         attempts = 1
         if retry is not None and retry.attempts > 0:
             if not req.has_body:
@@ -510,7 +551,7 @@ class Waypoint:
                     svc = None
                 else:
                     svc = backend[0]
-                    ep = self._pick(conn, svc, backend[1], view, record, backend[2])
+                    ep = self._pick(conn, svc, backend[1], view, record, backend[2], None)
                 self._describe(ep, svc, record)
                 upstream = Http1Upstream(await self._open(conn, ep, svc, record), self.settings.limits)
                 status, headers, up_buffered = await upstream.exchange_upgrade(req, req.authority, req.headers,
@@ -556,7 +597,47 @@ class Waypoint:
             ep = _Endpoint(conn.workload, conn.request.target_ip, conn.port)
         else:
             svc = backend[0]
-            ep = self._pick(conn, svc, backend[1], view, record, backend[2])
+            outlier = self._breakers.outlier((svc.key, backend[1], _subset_key(backend[2])), backend[3].outlier) \
+                if backend[3].outlier is not None else None
+            ep = self._pick(conn, svc, backend[1], view, record, backend[2], outlier)
+            if outlier is not None:
+                return await self._attempt_watched(conn, req, writer, record, view, backend, retry_codes, ep, outlier)
+        return await self._exchange(conn, req, writer, record, backend, retry_codes, ep)
+
+    async def _attempt_watched(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        view: StateView,
+        backend: _Backend,
+        retry_codes: Collection[int],
+        ep: _Endpoint,
+        outlier: OutlierDetector,
+    ) -> int:
+        """An attempt whose answer (503 for a connection failure) is reported to outlier detection."""
+        host = f"{ep.workload.uid}/{ep.ip}:{ep.port}"
+        status = 503  # a connection failure or reset counts as a 503 (Envoy's locally originated errors)
+        try:
+            status = await self._exchange(conn, req, writer, record, backend, retry_codes, ep)
+            return status
+        finally:
+            if outlier.report(host, status, len(view.endpoints(backend[0].key))):
+                log.warning("waypoint: outlier detection ejected %s of %s after answer %d", host,
+                            backend[0].hostname, status)
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        backend: _Backend | None,
+        retry_codes: Collection[int],
+        ep: _Endpoint,
+    ) -> int:
+        svc = backend[0] if backend is not None else None
         self._describe(ep, svc, record)
         accept = (lambda status: status not in retry_codes) if retry_codes else None
         port = (svc.port(backend[1]) if svc is not None and backend is not None else None) or (
@@ -593,7 +674,7 @@ class Waypoint:
         return status
 
     def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord,
-              subset: Mapping[str, str] | None = None) -> _Endpoint:
+              subset: Mapping[str, str] | None = None, outlier: OutlierDetector | None = None) -> _Endpoint:
         port = svc.port(port_number) or Port(port_number, port_number)
         record.dst_service = svc.hostname
         record.dst_service_name, record.dst_service_namespace = svc.name, svc.namespace
@@ -603,6 +684,10 @@ class Waypoint:
             pods = self._l7.current.pod_labels
             endpoints = tuple(wl for wl in endpoints
                               if _has_labels(pods.get((wl.namespace, wl.name)) or {}, subset))
+        if outlier is not None:  # ejected endpoints get nothing, unless all are (Envoy's panic mode)
+            healthy = tuple(wl for wl in endpoints if not any(
+                outlier.ejected(f"{wl.uid}/{a}:{resolve_target_port(svc, port, wl)}") for a in wl.addresses))
+            endpoints = healthy or endpoints
         picked = pick_endpoint(
             conn.source, endpoints, svc.load_balancing or LoadBalancing(), self._rng,
             family=family, target=lambda wl: resolve_target_port(svc, port, wl),
@@ -654,6 +739,10 @@ class Waypoint:
     async def aclose(self) -> None:
         """Close pooled upstream connections (the HBONE client is the owner's to close)."""
         self._pool.close_all()
+
+
+def _subset_key(labels: Mapping[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) if labels else ""
 
 
 def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
