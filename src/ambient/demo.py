@@ -1,4 +1,6 @@
 """`make demo`: bring up the local cluster, deploy the sample app, and show traffic crossing the nodes.
+`python -m ambient.demo edge` (after it): ingress through a Gateway API gateway and egress to the cluster's
+outside world through a ServiceEntry.
 
 The story is told with the same `ambient` commands a user would type (each is printed before it runs), so
 the output doubles as a tutorial. Re-running is safe: a healthy cluster is reused, a broken one is
@@ -22,6 +24,7 @@ from ambient.core.errors import AmbientError
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "demo.yaml"
+EDGE = ROOT / "samples" / "edge.yaml"
 DENY_POLICY = ROOT / "samples" / "deny-client.yaml"
 ENROLL_LABEL = "istio.io/dataplane-mode=ambient"
 # The sample's workloads, one Deployment per namespace: other pods there (a waypoint deployed by the README
@@ -241,7 +244,79 @@ def waypoint_policy_step(curl: str, url: str, waypoint: str) -> None:
                              "`ambient get authorizationpolicies -A`")
 
 
+def ensure_outside_world() -> None:
+    from ambient.cluster import layout as L
+    from ambient.cluster import network, outside
+
+    layout = L.load_layout(L.default_state_dir(CLUSTER))
+    if not any(h.netns(CLUSTER) in network.list_netns() for h in outside.OUTSIDE_HOSTS):
+        say("$ (adding the outside world to the running cluster, as `ambient cluster create --outside` does)")
+        outside.create_outside_world(layout)
+
+
+def edge() -> None:
+    """The second demo step: a request from this machine through the ingress gateway to httpbin, and the
+    client calling a host outside the cluster through a ServiceEntry."""
+    step("7. The outside world: hosts beyond the nodes (httpbin.example.test), names in the cluster DNS")
+    ensure_outside_world()
+    pods = wait_pods_ready(["demo", "client"])
+    curl = pods["client"]["metadata"]["name"]
+    step("8. Ingress: a Gateway of class istio; the control plane deploys ingress-istio and routes by HTTPRoute")
+    ambient("apply", "-f", str(EDGE))
+    if not retry_until(lambda: any(c.get("type") == "Programmed" and c.get("status") == "True" for c in
+                                   (get_json("gateway", "ingress", "-n", "demo").get("status") or {})
+                                   .get("conditions") or []), timeout=30):
+        raise DemoError("the ingress Gateway was not Programmed in 30s",
+                        hint="see `ambient get gateway ingress -n demo -o yaml` and `ambient get pods -n demo`")
+    ambient("get", "gateway", "-n", "demo")
+    say("$ ambient port-forward -n demo svc/ingress-istio 8081:8081 &   # then, from this machine:")
+    say("$ curl -s localhost:8081/headers")
+    forward = subprocess.Popen([sys.executable, "-m", "ambient", "port-forward", "-n", "demo", "svc/ingress-istio",
+                                "8081:8081"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        body: list[str] = []
+
+        def fetch() -> bool:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8081/headers", timeout=5) as r:
+                    body.append(r.read().decode())
+                    return True
+            except OSError:
+                return False
+
+        if not retry_until(fetch, timeout=20):
+            raise DemoError("no answer through the ingress gateway on localhost:8081",
+                            hint="see `ambient logs deploy/ingress-istio -n demo`")
+        say(body[-1].rstrip())
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+    say("httpbin's node proxy saw the gateway's own SPIFFE identity (its line appears when the gateway closes")
+    say("its idle connection, after about 5 s):")
+    time.sleep(6)
+    show_access_line("node-2", "inbound")
+
+    step("9. Egress: a ServiceEntry for httpbin.example.test; the node proxy answers its name with a VIP and")
+    say("   routes it to the outside host (plain TCP); the access line names the ServiceEntry's host")
+    ambient("get", "serviceentries", "-n", "client")
+    ambient("exec", "-n", "client", curl, "--", "curl", "-sS", "-m", "10", "-o", "/dev/null", "-w",
+            "%{http_code} from %{remote_ip}\\n", "http://httpbin.example.test/get", capture=True)
+    show_access_line("node-1", "outbound")
+    say("Try: ambient zc services --node node-1   # the ServiceEntry as a Service with its auto-allocated VIP")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["edge"]:
+        if os.geteuid() != 0:
+            raise SystemExit("the demo needs root (try: sudo .venv/bin/python -m ambient.demo edge)")
+        try:
+            edge()
+        except AmbientError as exc:
+            say(f"demo failed: {exc}")
+            raise SystemExit(1) from exc
+        return
     if os.geteuid() != 0:
         raise SystemExit("make demo needs root: the local cluster is made of network namespaces (try: sudo make demo)")
     try:
