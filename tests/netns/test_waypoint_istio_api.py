@@ -298,3 +298,95 @@ def test_jwt_request_authentication_with_jwks_uri_served_by_a_pod(cluster: Clust
     assert status({"authorization": f"Bearer {token(groups=['group2'])}"}) == {"403": 1}  # the `when` on groups
     assert status() == {"403": 1}
     assert f"fetched JWKS http://jwks.{NS}.svc.cluster.local:8000/jwks.json" in cluster.waypoint_log()
+
+
+SLOW_APP = APP.replace("def do_GET(self):", "def do_GET(self):\n        import time; time.sleep(0.5)")
+FAILING_APP = APP.replace("self.send_response(200)", "self.send_response(500)")
+
+# 20 concurrent GETs, one connection each: JSON list of statuses.
+CONCURRENT = r"""
+import concurrent.futures, http.client, json, sys
+host = sys.argv[1]
+def one(_):
+    try:
+        conn = http.client.HTTPConnection(host, 9080, timeout=20)
+        conn.request("GET", "/")
+        return conn.getresponse().status
+    except Exception as e:
+        return type(e).__name__
+with concurrent.futures.ThreadPoolExecutor(20) as ex:
+    print(json.dumps(list(ex.map(one, range(20)))))
+"""
+
+# Until the first 500; then how many 500s within `quiet` s (expected none: ejected), then after `back` s the
+# requests until a 500 appears again.
+EJECTION = r"""
+import http.client, json, sys, time
+host, quiet, back = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+def get():
+    conn = http.client.HTTPConnection(host, 9080, timeout=10)
+    conn.request("GET", "/")
+    return conn.getresponse().status
+first = [get() for _ in range(1)]
+while first[-1] != 500 and len(first) < 100:
+    first.append(get())
+t0 = time.monotonic()
+during = []
+while time.monotonic() - t0 < quiet:
+    during.append(get())
+time.sleep(max(0.0, back - (time.monotonic() - t0)))
+after = [get()]
+while after[-1] != 500 and len(after) < 100:
+    after.append(get())
+print(json.dumps({"first": first, "during": during, "after": after}))
+"""
+
+
+def _in_client(cluster: Cluster, code: str, *args: str) -> Any:
+    assert cluster.client is not None
+    netns = L.pod_netns_name(CLUSTER, cluster.client["metadata"]["uid"])
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code, *args], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def _service(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}}
+
+
+def test_circuit_breaking_overflow_is_503_uo(cluster: Cluster) -> None:
+    api = cluster.api
+    api.create(_pod("slow-1", {"app": "slow"}, SLOW_APP, {"VERSION": "slow"}))
+    api.create(_service("slow"))
+    wait_for(lambda: _ready(api.get("Pod", "slow-1", NS)), 90, "slow pod Ready")
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": "slow", "namespace": NS},
+               "spec": {"host": "slow", "trafficPolicy": {"connectionPool": {
+                   "tcp": {"maxConnections": 1}, "http": {"http1MaxPendingRequests": 1}}}}})
+    got = wait_for(lambda: (r := _in_client(cluster, CONCURRENT, f"slow.{NS}")) and 503 in r and r, 60,
+                   "overflow under 20 concurrent requests")
+    assert set(got) == {200, 503} and got.count(200) >= 2, got
+    lines = [ln for ln in cluster.waypoint_log().splitlines()
+             if "request complete" in ln and "http.status=503" in ln and f"slow.{NS}" in ln]
+    assert lines and all("response_flags=UO" in ln for ln in lines), lines[:2]
+
+
+def test_outlier_detection_ejects_the_failing_endpoint_then_returns_to_it(cluster: Cluster) -> None:
+    api = cluster.api
+    api.create(_pod("flaky-good", {"app": "flaky"}, APP, {"VERSION": "good"}))
+    api.create(_pod("flaky-bad", {"app": "flaky"}, FAILING_APP, {"VERSION": "bad"}))
+    api.create(_service("flaky"))
+    for name in ("flaky-good", "flaky-bad"):
+        wait_for(lambda n=name: _ready(api.get("Pod", n, NS)), 90, f"pod {name} Ready")
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": "flaky", "namespace": NS},
+               "spec": {"host": "flaky", "trafficPolicy": {"outlierDetection": {
+                   "consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "3s", "maxEjectionPercent": 100}}}})
+    # the waypoint has the rule once a 500 is followed by a run of 200s
+    got = wait_for(lambda: (r := _in_client(cluster, EJECTION, f"flaky.{NS}", "2.5", "3.3")) and not
+                   [s for s in r["during"] if s != 200] and r, 60, "an ejection")
+    assert got["first"][-1] == 500 and len(got["during"]) >= 5, got  # nothing reached the failing pod
+    assert got["after"][-1] == 500, got  # after baseEjectionTime it gets requests again
+    assert "outlier detection ejected" in cluster.waypoint_log()

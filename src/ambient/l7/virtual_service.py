@@ -16,8 +16,9 @@ Semantics (Istio, ambient mode: a VirtualService binds to a Service's waypoint t
   regex (full match), `ignoreUriCase` for exact and prefix, `headers` and `queryParams` (exact / prefix /
   regex; header names case-insensitive), `method` exact: all must hold.
 - `route` destinations: weighted (a single destination takes everything; with several, a missing weight is
-  0, and all missing means equal shares); `subset` names a DestinationRule subset; `port.number` defaults
-  to the request's port.
+  0, and all missing means equal shares), picked by smooth weighted round robin so that any window of
+  sum(weights) requests is split exactly (Envoy picks at random: the same shares on average); `subset`
+  names a DestinationRule subset; `port.number` defaults to the request's port.
 - `rewrite.uri` replaces the matched prefix (or the whole path for an exact or regex match, `/` without a
   uri match, Envoy's prefix_rewrite); `rewrite.authority` the Host. `redirect` answers `redirectCode`
   (default 301) with the uri / authority / scheme / port replaced. `headers.request` / `.response` set, add,
@@ -61,6 +62,7 @@ from ambient.l7.routing import (
     RouteMatch,
     RouteRule,
     ValueMatch,
+    WeightedRoundRobin,
 )
 
 _GO_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|us|ns|m|s)")
@@ -289,7 +291,8 @@ def parse_virtual_service(obj: Mapping[str, Any], domain: str = "cluster.local")
             filters = None
             if req_h or resp_h or rewrite or redirect or mu:
                 filters = RuleFilters(req_h, resp_h, redirect, rewrite, tuple(dict.fromkeys(mu)))
-            rules.append(RouteRule((match,), backends, timeout, per_try, retry, filters, fault))
+            balancer = WeightedRoundRobin([b.weight for b in backends]) if len(backends) > 1 else None
+            rules.append(RouteRule((match,), backends, timeout, per_try, retry, filters, fault, balancer))
     route = HttpRoute(name, namespace, tuple(parents), tuple(rules), str(meta.get("creationTimestamp") or ""),
                       tuple(str(h) for h in spec.get("hosts") or ()), VIRTUAL_SERVICE)
     return VirtualServiceRoutes(route, tuple(dict.fromkeys(problems)))
