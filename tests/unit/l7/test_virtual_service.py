@@ -159,3 +159,14 @@ def test_destination_rule_subsets() -> None:
     assert subset_labels([dr], "reviews", "shop", "v1") == {"version": "v1"}
     assert subset_labels([dr], "reviews", "shop", "v9") is None
     assert subset_labels([dr], "ratings", "shop", "v1") is None
+
+
+def test_weights_are_exact_over_every_window() -> None:
+    obj = vs([{"route": [d("v1", 80), d("v2", 20)]}])
+    r = parse_virtual_service(obj).route
+    picks = [route_request([r], "reviews", "shop", 80, RequestInfo("GET", "/"), random.Random(1))
+             for _ in range(200)]
+    subsets = [p.backend.subset for p in picks if isinstance(p, RouteDecision)]
+    assert subsets.count("v1") == 160 and subsets[:5].count("v2") <= 1  # interleaved, not 80 then 20
+    for start in range(0, 200, 100):
+        assert subsets[start:start + 100].count("v2") == 20
