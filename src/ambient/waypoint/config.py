@@ -31,6 +31,7 @@ from ambient.api.informer import INITIAL_BACKOFF, MAX_BACKOFF, inform
 from ambient.core.backoff import Backoff
 from ambient.l7.errors import L7Error
 from ambient.l7.filters import SUPPORTED_FILTERS
+from ambient.l7.gateway_routes import TcpRoute, parse_grpc_route, parse_tcp_route
 from ambient.l7.request_auth import RequestAuthentication, parse_request_authentication
 from ambient.l7.routing import HttpRoute, parse_http_route
 from ambient.l7.virtual_service import DestinationRule, parse_destination_rule, parse_virtual_service
@@ -40,7 +41,8 @@ from ambient.waypoint.l7authz import L7Policy, parse_policy
 
 log = logging.getLogger(__name__)
 # Pods: only their labels are kept, for DestinationRule subsets (the workload state has no labels)
-KINDS = ("HTTPRoute", "AuthorizationPolicy", "VirtualService", "DestinationRule", "RequestAuthentication", "Pod")
+KINDS = ("HTTPRoute", "AuthorizationPolicy", "VirtualService", "DestinationRule", "RequestAuthentication", "GRPCRoute",
+         "TCPRoute", "Pod")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class L7Config:
     destination_rules: tuple[DestinationRule, ...] = ()
     pod_labels: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)  # (ns, name) -> labels
     request_auths: tuple[RequestAuthentication, ...] = ()
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]], version: str = "") -> L7Config:
@@ -59,6 +62,7 @@ class L7Config:
         rules: list[DestinationRule] = []
         labels: dict[tuple[str, str], Mapping[str, str]] = {}
         auths: list[RequestAuthentication] = []
+        tcp: list[TcpRoute] = []
         for obj in objects:
             kind = obj.get("kind")
             try:
@@ -70,6 +74,12 @@ class L7Config:
                     for problem in vs.problems:
                         _warn_once(f"waypoint: VirtualService {vs.route.key}: {problem}")
                     routes.append(vs.route)
+                elif kind == "GRPCRoute":
+                    grpc = parse_grpc_route(obj)
+                    _warn_unsupported(grpc)
+                    routes.append(grpc)
+                elif kind == "TCPRoute":
+                    tcp.append(parse_tcp_route(obj))
                 elif kind == "DestinationRule":
                     rules.append(parse_destination_rule(obj))
                 elif kind == "RequestAuthentication":
@@ -87,7 +97,7 @@ class L7Config:
             except (ConfigError, L7Error, KeyError, TypeError, ValueError) as exc:
                 meta = obj.get("metadata") or {}
                 log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
-        return cls(tuple(routes), tuple(policies), version, tuple(rules), labels, tuple(auths))
+        return cls(tuple(routes), tuple(policies), version, tuple(rules), labels, tuple(auths), tuple(tcp))
 
 
 _warned: set[str] = set()

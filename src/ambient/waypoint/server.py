@@ -52,6 +52,7 @@ from ambient.hbone.protocol import ConnectRequest, format_authority
 from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
+from ambient.l7.gateway_routes import pick_tcp_backend
 from ambient.l7.request_auth import AuthResult, RequestAuthentication, authenticate
 from ambient.l7.request_auth import applicable as applicable_auth
 from ambient.l7.routing import (
@@ -232,7 +233,17 @@ class Waypoint:
             return Reject(401, decision.reason)
         try:
             assert conn.service is not None
-            _, upstream = await self._open_service(conn, conn.service, conn.port, view, record)
+            svc, port = conn.service, conn.port
+            tcp_routes = self._l7.current.tcp_routes
+            chosen = pick_tcp_backend(tcp_routes, svc.name, svc.namespace, port) if tcp_routes else None
+            if chosen is not None:  # a TCPRoute attached to the Service: its weighted backend
+                target = self._backend_service(view, chosen.name, chosen.namespace)
+                if target is None:
+                    raise UpstreamError(f"TCPRoute backend {chosen.namespace}/{chosen.name or '(none)'} not found",
+                                        status=503, flags="NR")
+                assert chosen.port is not None
+                svc, port = target, chosen.port
+            _, upstream = await self._open_service(conn, svc, port, view, record)
         except UpstreamError as exc:
             record.flags, record.error = exc.flags, exc.message
             emit(record, self.metrics)

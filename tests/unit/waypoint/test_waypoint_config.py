@@ -68,7 +68,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": [],
                                                        "VirtualService": [], "DestinationRule": [], "Pod": [],
-                                                       "RequestAuthentication": []}
+                                                       "RequestAuthentication": [], "GRPCRoute": [], "TCPRoute": []}
         self.events: dict[str, asyncio.Queue[WatchEvent | str | None]] = {k: asyncio.Queue() for k in self.items}
         self.lists = 0
         self.watched_from: list[str | None] = []
