@@ -2,8 +2,9 @@
 
 `serve_http1(stream, handler, limits, initial)` serves requests from one inner HBONE stream (keep-alive,
 pipelining in order, request and response bodies streamed). `Http1Upstream(stream).exchange(request, host,
-headers, writer, accept)` sends a request to a backend and streams the answer back; the connection is
-`reusable` afterwards when both sides finished cleanly (the waypoint pools such connections).
+headers, writer, accept)` sends a request to a backend and streams the answer back (a thin driver of the
+sans-IO `h1exchange.UpstreamExchange`); the connection is `reusable` afterwards when both sides finished
+cleanly (the waypoint pools such connections).
 
 Plain messages (see `h1fast`: HTTP/1.1, origin-form, Content-Length or no body, no Connection/Expect/
 Upgrade/Transfer-Encoding) are parsed and written without h11, which is most of the waypoint's CPU
@@ -43,19 +44,23 @@ from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
 from ambient.waypoint import h1fast, upgrade
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
+from ambient.waypoint.h1exchange import (
+    NEED_DATA,
+    BodyChunk,
+    ResponseEnd,
+    ResponseHead,
+    UpstreamExchange,
+    decode_headers,
+    encode_headers,
+)
 from ambient.waypoint.messages import Handler, Limits, Request, ResponseWriter, reason_phrase, strip_hop_by_hop
 
 log = logging.getLogger(__name__)
 READ_CHUNK = h1fast.READ_CHUNK
 
 
-def _decode(headers: Any) -> list[tuple[str, str]]:
-    # latin-1 maps every byte: never fails on odd header bytes (h11 already rejected invalid ones)
-    return [(bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1")) for k, v in headers]
-
-
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+_decode = decode_headers
+_encode = encode_headers
 
 
 class _Reader:
@@ -380,158 +385,67 @@ class Http1Upstream:
 
         `accept(status)` is asked once the response head arrived: False abandons the response (for a
         retry) before anything reached `writer`. Returns the upstream status. Raises `UpstreamError`
-        (`before_response=True` when the backend sent nothing, e.g. it had closed an idle connection)."""
+        (`before_response=True` when the backend sent nothing, e.g. it had closed an idle connection).
+        The bytes and framing are decided by `h1exchange.UpstreamExchange`; this only moves them."""
         self.reusable = False
         self.exchanges += 1
-        conn = self.conn
-        upstream = self.stream
-        out = [("host", host), *((k, v) for k, v in headers if k != "te")]
-        if request.content_length is not None:
-            out.append(("content-length", str(request.content_length)))
-        elif request.has_body:
-            out.append(("transfer-encoding", "chunked"))
-        # the fast path: a request without a body, on a connection h11 has nothing pending for
-        fast = (None if request.has_body or conn.our_state is not h11.IDLE or conn.trailing_data[0]
-                else h1fast.request_head(request.method, request.target, out))
-        reader = _Reader(conn, upstream, self.limits)
-        got_response = False
-        status = 0
-
-        def h11_head() -> bytes:
-            try:
-                return conn.send(h11.Request(method=request.method, target=request.target,
-                                             headers=_encode(out))) or b""
-            except h11.LocalProtocolError as exc:
-                raise UpstreamError(f"cannot forward request: {exc}", status=400, flags="DPE") from None
-
-        head = h11_head() if fast is None else b""
-
-        async def fast_exchange(request_head: bytes) -> bool | None:
-            """Send the request, receive a plain response; None when the response is not plain (h11 then
-            takes it over from its first byte, with its state advanced past the request)."""
-            nonlocal status, got_response
-            await upstream.write(request_head)
-            buf = bytearray()
-            eof = False
-            max_head = self.limits.max_header_bytes
-            while (end := buf.find(b"\r\n\r\n")) < 0:
-                if buf and (eof or h1fast.not_plain_yet(buf, max_head)):
-                    break
-                if eof:
-                    raise UpstreamError("upstream closed the connection before the response was complete",
-                                        status=502, flags="UC")
-                async with asyncio.timeout(self.limits.idle_timeout):
-                    data = await upstream.read(READ_CHUNK)
-                eof = not data
-                buf += data
-            parsed = None if end < 0 or end + 4 > max_head else h1fast.parse_response_head(bytes(buf[:end]))
-            bodiless = request.method == "HEAD" or (parsed is not None and parsed.status in h1fast.NO_BODY_STATUS)
-            if parsed is None or (parsed.content_length is None and not bodiless):  # e.g. read-until-close
-                h11_head()
-                conn.send(h11.EndOfMessage())
-                conn.receive_data(bytes(buf))
-                if eof:
-                    conn.receive_data(b"")
-                return None
-            del buf[:end + 4]
-            got_response = True
-            status = parsed.status
-            if accept is not None and not accept(status):
-                return False
-            await writer.start(status, parsed.headers)
-            remaining = 0 if bodiless else parsed.content_length or 0
-            while remaining:
-                if not buf:
-                    if eof:
-                        raise UpstreamError("upstream sent malformed HTTP/1.1: peer closed connection without "
-                                            "sending complete message body", status=502, flags="UPE")
-                    async with asyncio.timeout(self.limits.idle_timeout):
-                        data = await upstream.read(READ_CHUNK)
-                    eof = not data
-                    buf += data
-                    continue
-                n = min(remaining, len(buf))
-                piece = bytes(buf[:n])
-                del buf[:n]
-                remaining -= n
-                await writer.write(piece)
-            await writer.end(None)
-            return not buf and not eof  # bytes nobody asked for: out of sync, not reusable
-
-        async def pump() -> None:
-            await upstream.write(head)
-            while chunk := await request.body.read():
-                await upstream.write(conn.send(h11.Data(data=chunk)) or b"")
-            data = conn.send(h11.EndOfMessage())
-            if data:
-                await upstream.write(data)
-
-        async def receive(sender: asyncio.Task[None] | None) -> bool:
-            """Stream the response to `writer`; True when it completed and the connection is in sync."""
-            nonlocal status, got_response
-            while True:
-                event = await reader.next_event(self.limits.idle_timeout)
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    got_response = True
-                    status = event.status_code
-                    if accept is not None and not accept(status):
-                        if sender is not None:
-                            sender.cancel()
-                        return False
-                    await writer.start(status, _decode(event.headers))
-                elif isinstance(event, h11.Data):
-                    await writer.write(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    await writer.end(_decode(event.headers) or None)
-                    # a request body still streaming after the full response is of no use any more
-                    if sender is not None and not sender.done():
-                        sender.cancel()
-                        return False
-                    return True
-                else:  # ConnectionClosed before the end
-                    raise UpstreamError("upstream closed the connection before the response was complete",
-                                        status=502, flags="UC")
-
+        ex = UpstreamExchange(self.conn, request.method, request.target, host, headers,
+                              content_length=request.content_length, has_body=request.has_body,
+                              max_head=self.limits.max_header_bytes)
         try:
-            if fast is not None:
-                done = await fast_exchange(fast)
-                if done is not None:
-                    self.reusable = done
-                    return status
-                complete = await receive(None)
-            elif request.has_body:
+            if request.has_body:
                 async with asyncio.TaskGroup() as tg:
-                    complete = await receive(tg.create_task(pump()))
-            else:  # head and end in one write, and no body pump task
-                await upstream.write((head or b"") + (conn.send(h11.EndOfMessage()) or b""))
-                complete = await receive(None)
-            if not complete:
-                return status
-        except* h11.RemoteProtocolError as group:
-            raise UpstreamError(f"upstream sent malformed HTTP/1.1: {group.exceptions[0]}", status=502,
-                                flags="UPE") from None
+                    complete = await self._receive(ex, writer, accept, tg.create_task(self._send_body(ex, request)))
+            else:  # the whole request in one write, and no body pump task
+                await self.stream.write(ex.start())
+                complete = await self._receive(ex, writer, accept, None)
         except* TimeoutError:
             raise UpstreamError("upstream stalled", status=504, flags="UT") from None
         except* (HboneError, OSError) as group:
             raise UpstreamError(f"upstream connection failed: {group.exceptions[0]}", status=503, flags="UC",
-                                before_response=not got_response) from None
+                                before_response=not ex.got_response) from None
         except* UpstreamError as group:
             err = group.exceptions[0]
             assert isinstance(err, UpstreamError)
-            err.before_response = not got_response
+            err.before_response = not ex.got_response
             raise err from None
         except* HttpProtocolError as group:  # the downstream request body broke
             raise group.exceptions[0] from None
-        # (a peer that already closed its side, e.g. after a read-until-close body, is not reusable)
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[1]:
-            try:
-                conn.start_next_cycle()
-                self.reusable = True
-            except h11.LocalProtocolError:
-                pass
-        return status
+        self.reusable = complete and ex.reusable()
+        return ex.status
+
+    async def _send_body(self, ex: UpstreamExchange, request: Request) -> None:
+        await self.stream.write(ex.start())
+        while chunk := await request.body.read():
+            await self.stream.write(ex.body(chunk))
+        data = ex.end_of_body()
+        if data:
+            await self.stream.write(data)
+
+    async def _receive(self, ex: UpstreamExchange, writer: ResponseWriter, accept: Callable[[int], bool] | None,
+                       sender: asyncio.Task[None] | None) -> bool:
+        """Stream the response to `writer`; True when it completed and the connection may be in sync."""
+        while True:
+            event = ex.next_event()
+            if event is NEED_DATA:
+                async with asyncio.timeout(self.limits.idle_timeout):
+                    data = await self.stream.read(READ_CHUNK)
+                ex.receive(data)
+            elif isinstance(event, ResponseHead):
+                if accept is not None and not accept(event.status):
+                    if sender is not None:
+                        sender.cancel()
+                    return False
+                await writer.start(event.status, event.headers)
+            elif isinstance(event, BodyChunk):
+                await writer.write(event.data)
+            elif isinstance(event, ResponseEnd):
+                await writer.end(event.trailers)
+                # a request body still streaming after the full response is of no use any more
+                if sender is not None and not sender.done():
+                    sender.cancel()
+                    return False
+                return True
 
     async def exchange_upgrade(
         self, request: Request, host: str, headers: list[tuple[str, str]], writer: ResponseWriter,
@@ -579,16 +493,3 @@ class Http1Upstream:
         except (HboneError, OSError) as exc:
             raise UpstreamError(f"upstream connection failed: {exc}", status=503, flags="UC",
                                 before_response=not got_response) from None
-
-
-async def forward_http1(
-    upstream: ByteStream,
-    request: Request,
-    host: str,
-    headers: list[tuple[str, str]],
-    writer: ResponseWriter,
-    accept: Callable[[int], bool] | None = None,
-    limits: Limits | None = None,
-) -> int:
-    """One exchange on a fresh connection (see `Http1Upstream.exchange`)."""
-    return await Http1Upstream(upstream, limits).exchange(request, host, headers, writer, accept)
