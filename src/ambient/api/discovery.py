@@ -81,7 +81,7 @@ def _resource(info: KindInfo) -> dict[str, Any]:
         "name": info.plural,
         "singularName": info.singular,
         "namespaced": info.namespaced,
-        "kind": info.kind,
+        "kind": info.wire_kind,
         "verbs": ["get", "list", "watch"] if info is CRD_KIND else list(_VERBS),
     }
     if info.short_names:
@@ -127,13 +127,13 @@ def crd(info: KindInfo, schema: dict[str, Any] | None = None, created: str = "19
                      "creationTimestamp": created},
         "spec": {
             "group": info.group,
-            "names": {"plural": info.plural, "singular": info.singular, "kind": info.kind,
-                      "listKind": f"{info.kind}List", "shortNames": list(info.short_names)},
+            "names": {"plural": info.plural, "singular": info.singular, "kind": info.wire_kind,
+                      "listKind": f"{info.wire_kind}List", "shortNames": list(info.short_names)},
             "scope": "Namespaced" if info.namespaced else "Cluster",
             "versions": [version],
         },
         "status": {
-            "acceptedNames": {"plural": info.plural, "kind": info.kind},
+            "acceptedNames": {"plural": info.plural, "kind": info.wire_kind},
             "storedVersions": [info.version],
             "conditions": [{"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
                             "lastTransitionTime": created, "message": ""}],

@@ -86,7 +86,7 @@ def kind_schema(info: KindInfo) -> dict[str, Any]:
     if "properties" not in schema:
         schema = {"type": "object", "properties": {}, "x-kubernetes-preserve-unknown-fields": True}
     schema["description"] = f"{info.kind} ({info.api_version}), as the ambient local cluster serves it."
-    schema["x-kubernetes-group-version-kind"] = [{"group": info.group, "kind": info.kind, "version": info.version}]
+    schema["x-kubernetes-group-version-kind"] = [{"group": info.group, "kind": info.wire_kind, "version": info.version}]
     props = schema["properties"]
     props.setdefault("apiVersion", {"type": "string"})["description"] = "APIVersion of this object."
     props.setdefault("kind", {"type": "string"})["description"] = "Kind of this object."
@@ -94,7 +94,7 @@ def kind_schema(info: KindInfo) -> dict[str, Any]:
 
 
 def _gvk(info: KindInfo) -> dict[str, str]:
-    return {"group": info.group, "version": info.version, "kind": info.kind}
+    return {"group": info.group, "version": info.version, "kind": info.wire_kind}
 
 
 def _operation(info: KindInfo, action: str, verb: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def parse_api_path(prefix: str, tail: str) -> tuple[KindInfo, str | None, str | 
     if not rest or len(rest) > 3:
         raise NotFoundError("the server could not find the requested resource")
     try:
-        info = by_plural(rest[0])
+        info = by_plural(rest[0], group)
     except ApiError:
         raise NotFoundError(f'the server has no resource "{rest[0]}"') from None
     if info.group != group or info.version != version:
@@ -617,11 +617,11 @@ class ApiServer:
         """Check a request body against its URL and fill the namespace from the URL."""
         if not isinstance(obj, dict):
             raise BadRequestError(f"request body must be a JSON object, got {type(obj).__name__}")
-        body_info = kind_for_manifest(obj.get("apiVersion") or info.api_version, obj.get("kind") or info.kind)
+        body_info = kind_for_manifest(obj.get("apiVersion") or info.api_version, obj.get("kind") or info.wire_kind)
         if body_info != info:
             raise BadRequestError(f"the body is a {body_info.kind} but the URL addresses {info.plural}")
         obj.setdefault("apiVersion", info.api_version)
-        obj.setdefault("kind", info.kind)
+        obj.setdefault("kind", info.wire_kind)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise BadRequestError("metadata: expected an object")
@@ -705,7 +705,7 @@ class ApiServer:
         except NotFoundError:
             return self.store.create(server_side_apply(None, applied, manager, info.api_version)), True
         merged = server_side_apply(live, applied, manager, info.api_version)
-        merged["kind"], merged["apiVersion"] = info.kind, info.api_version
+        merged["kind"], merged["apiVersion"] = info.wire_kind, info.api_version
         merged["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")
         return self.store.update(merged), False
 
@@ -717,7 +717,7 @@ class ApiServer:
         nothing lands between the read and the write)."""
         current = self.store.get(info.kind, name, ns)
         merged = strategic_merge(current, patch)
-        merged["kind"], merged["apiVersion"] = info.kind, info.api_version
+        merged["kind"], merged["apiVersion"] = info.wire_kind, info.api_version
         meta = merged.get("metadata") if isinstance(merged.get("metadata"), dict) else {}
         for field, want in (("name", name), ("namespace", ns)):
             if meta.get(field) != want and not (field == "namespace" and want is None and field not in meta):
@@ -737,7 +737,8 @@ class ApiServer:
                 return _dumps(tables.table(info, [json.loads(i) for i in items], str(rv)))
             # The stored JSON text is spliced in as is: no decode/encode per object on the hot path.
             head = _dumps(
-                {"apiVersion": info.api_version, "kind": f"{info.kind}List", "metadata": {"resourceVersion": str(rv)}}
+                {"apiVersion": info.api_version, "kind": f"{info.wire_kind}List",
+                 "metadata": {"resourceVersion": str(rv)}}
             )
             return head[:-1] + ',"items":[' + ",".join(items) + "]}"
 

@@ -413,7 +413,7 @@ class Store:
             else:
                 new["status"] = merged["status"]
             return self._replace(tx, info, current, new)
-        merged["kind"], merged["apiVersion"] = info.kind, info.api_version
+        merged["kind"], merged["apiVersion"] = info.wire_kind, info.api_version
         find_unknown_fields(merged, info.kind, prune=True)  # what an older version stored unchecked
         _, valid = self._checked(merged)
         valid.pop("status", None)

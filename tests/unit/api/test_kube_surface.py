@@ -114,7 +114,7 @@ def test_discovery_lists_every_kind_once_with_verbs_and_short_names() -> None:
         doc = discovery.resource_list(info.group, info.version)
         assert doc is not None
         entry = next(r for r in doc["resources"] if r["name"] == info.plural)
-        assert entry["kind"] == info.kind and entry["namespaced"] == info.namespaced
+        assert entry["kind"] == info.wire_kind and entry["namespaced"] == info.namespaced
         assert "watch" in entry["verbs"] and "patch" in entry["verbs"]
         assert entry.get("shortNames", []) == list(info.short_names)
         seen.append(info.kind)

@@ -84,3 +84,35 @@ def test_tls_secret_needs_both_keys_and_errors_never_show_values() -> None:
     with pytest.raises(ValidationError) as exc:
         validate_object(_secret(data={"password": "hunter2!!"}))
     assert "hunter2" not in exc.value.message and "data.password" in exc.value.message
+
+
+def test_two_kinds_named_gateway_live_side_by_side(tmp_path: Any) -> None:
+    from ambient.api.kinds import by_plural, kind_for_manifest
+    from ambient.api.store import Store
+
+    istio = kind_for_manifest("networking.istio.io/v1", "Gateway")
+    k8s = kind_for_manifest("gateway.networking.k8s.io/v1", "Gateway")
+    assert (istio.kind, istio.wire_kind, k8s.kind) == ("IstioGateway", "Gateway", "Gateway")
+    assert resolve_kind("gateways").group == "gateway.networking.k8s.io"
+    assert resolve_kind("gateways.networking.istio.io") is istio
+    assert by_plural("gateways", "networking.istio.io") is istio and by_plural("gateways") is k8s
+    store = Store(tmp_path)
+    try:
+        store.create({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                      "metadata": {"name": "gw", "namespace": "default"},
+                      "spec": {"selector": {"istio": "ingressgateway"},
+                               "servers": [{"port": {"number": 8081, "name": "http", "protocol": "HTTP"},
+                                            "hosts": ["*"]}]}})
+        store.create({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                      "metadata": {"name": "gw", "namespace": "default"},
+                      "spec": {"gatewayClassName": "istio", "listeners": [
+                          {"name": "http", "port": 80, "protocol": "HTTP"}]}})
+        patched = store.patch("IstioGateway", "gw", "default", {"metadata": {"labels": {"a": "b"}}})
+        assert (patched["kind"], patched["apiVersion"]) == ("Gateway", "networking.istio.io/v1")
+        assert store.get("Gateway", "gw", "default")["spec"]["gatewayClassName"] == "istio"
+    finally:
+        store.close()
+    with pytest.raises(ValidationError) as exc:
+        validate_object({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "g"},
+                         "spec": {"servers": [{"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"]}]}})
+    assert "tls.mode" in exc.value.message

@@ -48,7 +48,7 @@ from ambient.api.validation.mesh_kinds import (
     _check_peer_authentication,
 )
 from ambient.api.validation.metadata import _check_metadata, check_name
-from ambient.api.validation.networking_kinds import _check_secret, _check_service_entry
+from ambient.api.validation.networking_kinds import _check_istio_gateway, _check_secret, _check_service_entry
 from ambient.api.validation.schema import FIELD_VALIDATION_MODES, SCHEMAS, check_fields, find_unknown_fields
 from ambient.api.validation.traffic_kinds import TRAFFIC_CHECKS, TRAFFIC_SCHEMAS
 
@@ -70,6 +70,7 @@ _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
     "HTTPRoute": _check_http_route,
     "ServiceEntry": _check_service_entry,
     "Secret": _check_secret,
+    "IstioGateway": _check_istio_gateway,
     **TRAFFIC_CHECKS,
 }
 SCHEMAS.update(TRAFFIC_SCHEMAS)  # the traffic-management kinds' field schemas live with their checks

@@ -149,3 +149,36 @@ def _check_secret(spec: Obj, obj: Obj) -> None:
         if missing:
             raise _fail("data", f"the keys tls.crt and tls.key (type {SECRET_TLS}); missing: {', '.join(missing)}",
                         hint="kubectl create secret tls NAME --cert=... --key=... writes both")
+
+
+GATEWAY_SERVER_PROTOCOLS = ("HTTP", "HTTPS", "GRPC", "HTTP2", "MONGO", "TCP", "TLS")
+TLS_MODES = ("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")
+
+
+def _check_istio_gateway(spec: Obj, obj: Obj) -> None:
+    """networking.istio.io/v1 Gateway: servers with a port (number, protocol, name), hosts and, for HTTPS,
+    tls (mode SIMPLE with a credentialName: a kubernetes.io/tls Secret of the gateway's namespace)."""
+    selector = _map(spec, "selector", "spec")
+    for key, value in (selector or {}).items():
+        if not isinstance(value, str):
+            raise _fail(f"spec.selector.{key}", "a string", value)
+    for sp, server in _items(spec, "servers", "spec", required=True, nonempty=True):
+        port = _map(server, "port", sp, required=True) or {}
+        _int(port, "number", f"{sp}.port", lo=1, hi=65535, required=True)
+        proto = port.get("protocol")
+        if not isinstance(proto, str) or proto.upper() not in GATEWAY_SERVER_PROTOCOLS:
+            raise _fail(f"{sp}.port.protocol", f"one of {', '.join(GATEWAY_SERVER_PROTOCOLS)}", proto)
+        port["protocol"] = proto.upper()
+        _str(port, "name", f"{sp}.port")
+        hosts = _list(server, "hosts", sp, required=True, nonempty=True)
+        for i, host in enumerate(hosts):
+            text = str(host)
+            bare = text.split("/", 1)[1] if "/" in text else text
+            if bare != "*":
+                _check_host(bare, f"{sp}.hosts[{i}]")
+        tls = _map(server, "tls", sp)
+        if tls is not None:
+            _enum(tls, "mode", f"{sp}.tls", TLS_MODES)
+            _str(tls, "credentialName", f"{sp}.tls")
+        if port["protocol"] == "HTTPS" and not (tls or {}).get("httpsRedirect") and not (tls or {}).get("mode"):
+            raise _fail(f"{sp}.tls", "tls.mode for an HTTPS server (SIMPLE with a credentialName)")

@@ -205,6 +205,19 @@ SERVICE_ENTRY_SPEC = _fields(
     endpoints=ListOf(_WORKLOAD_ENTRY), workloadSelector=_fields(labels=_STRING_MAP),
 )
 
+_SERVER_TLS = _fields(
+    "httpsRedirect", "mode", "serverCertificate", "privateKey", "caCertificates", "credentialName",
+    "minProtocolVersion", "maxProtocolVersion", "caCrl",
+    subjectAltNames=_STRINGS, verifyCertificateSpki=_STRINGS, verifyCertificateHash=_STRINGS,
+    cipherSuites=_STRINGS, credentialNames=_STRINGS, tlsCertificates=ListOf(OPAQUE),
+)
+ISTIO_GATEWAY_SPEC = _fields(
+    selector=_STRING_MAP,
+    servers=ListOf(_fields("bind", "defaultEndpoint", "name",
+                           port=_fields("number", "protocol", "name", "targetPort"), hosts=_STRINGS,
+                           tls=_SERVER_TLS)),
+)
+
 # ----------------------------------------------------------------------------- kinds
 
 
@@ -249,6 +262,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Gateway": _kind(GATEWAY_SPEC),
     "HTTPRoute": _kind(HTTP_ROUTE_SPEC),
     "ServiceEntry": _kind(SERVICE_ENTRY_SPEC),
+    "IstioGateway": _kind(ISTIO_GATEWAY_SPEC),
     "Secret": _kind(None, "type", "immutable", data=_STRING_MAP, stringData=_STRING_MAP),
 }
 
