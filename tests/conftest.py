@@ -1,12 +1,14 @@
 """Shared test fixtures.
 
 Tests marked `root` need root (network namespaces, iptables, nftables); elsewhere they are skipped with
-a visible reason. The `no_leaked_tasks` fixture fails an async test using it that leaves asyncio tasks running.
+a visible reason. Every async test runs with the `no_leaked_tasks` check (added at collection): it fails a
+test that leaves asyncio tasks running (every task must be owned by a TaskGroup).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 
 import pytest
@@ -15,6 +17,10 @@ IS_ROOT = os.geteuid() == 0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if (isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)
+                and "no_leaked_tasks" not in item.fixturenames):
+            item.fixturenames.insert(0, "no_leaked_tasks")  # set up first, checked after every other teardown
     if IS_ROOT:
         return
     skip = pytest.mark.skip(reason="needs root: creates network namespaces and firewall rules")
@@ -33,8 +39,10 @@ async def no_leaked_tasks() -> object:
         return
     before = asyncio.all_tasks(loop)
     yield None
-    await asyncio.sleep(0)
     leaked = [t for t in asyncio.all_tasks(loop) - before if not t.done() and t is not asyncio.current_task()]
+    if leaked:  # tasks being cancelled or closing (a stream server's handlers) get a moment to finish
+        await asyncio.wait(leaked, timeout=1.0)
+        leaked = [t for t in leaked if not t.done()]
     for t in leaked:
         t.cancel()
     assert not leaked, f"test leaked asyncio tasks: {leaked}"

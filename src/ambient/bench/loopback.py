@@ -19,7 +19,7 @@ import functools
 import json
 import random
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -201,20 +201,48 @@ class Loopback:
         self.l7.set(L7Config.from_objects(objects))
 
 
+class _ConnHandlers:
+    """The tasks asyncio.start_server runs per connection, owned here: cancelled when the loopback closes (a
+    handler may be in the middle of a slow answer)."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def own(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+            ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.add(task)
+            try:
+                await handler(reader, writer)
+            finally:
+                self.tasks.discard(task)
+
+        return run
+
+    async def aclose(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 @asynccontextmanager
 async def loopback(objects: Iterable[Mapping[str, Any]] = (), *, seed: int = 7) -> AsyncIterator[Loopback]:
     ca = LocalCA.create()
     client_certs, waypoint_certs, backend_certs = ca.issue(CLIENT_ID), ca.issue(WAYPOINT_ID), ca.issue(BACKEND_ID)
     async with AsyncExitStack() as stack:
+        handlers = _ConnHandlers()
+        stack.push_async_callback(handlers.aclose)  # last: after the servers stopped accepting
         apps: dict[str, int] = {}
         for ip, version in PODS.items():
-            server = await asyncio.start_server(functools.partial(_app_conn, version), "127.0.0.1", 0)
+            server = await asyncio.start_server(handlers.own(functools.partial(_app_conn, version)), "127.0.0.1", 0)
             await stack.enter_async_context(server)
             apps[ip] = server.sockets[0].getsockname()[1]
-        echo = await asyncio.start_server(_echo_conn, "127.0.0.1", 0)
+        echo = await asyncio.start_server(handlers.own(_echo_conn), "127.0.0.1", 0)
         await stack.enter_async_context(echo)
         apps[ECHO_POD] = echo.sockets[0].getsockname()[1]
-        grpc = await asyncio.start_server(_h2_app_conn, "127.0.0.1", 0)
+        grpc = await asyncio.start_server(handlers.own(_h2_app_conn), "127.0.0.1", 0)
         await stack.enter_async_context(grpc)
         apps[GRPC_POD] = grpc.sockets[0].getsockname()[1]
         seen: list[tuple[str, str]] = []

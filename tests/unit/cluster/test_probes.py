@@ -94,7 +94,12 @@ def test_container_status_started_waits_for_startup_probe() -> None:
 
 @pytest.fixture
 async def server() -> AsyncIterator[int]:
+    handlers: set[asyncio.Task[None]] = set()  # asyncio.start_server's own tasks: cancelled at the end
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
         line = await reader.readline()
         path = line.split()[1].decode()
         while (await reader.readline()) not in (b"\r\n", b""):
@@ -109,6 +114,9 @@ async def server() -> AsyncIterator[int]:
     srv = await asyncio.start_server(handle, "127.0.0.1", 0)
     async with srv:
         yield srv.sockets[0].getsockname()[1]
+    for task in handlers:
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
 
 
 CTX = ProbeContext("127.0.0.1", "unused", Path("/proc/self/ns/net"), in_node_netns=True)
