@@ -81,6 +81,7 @@ from ambient.state.model import (
 from ambient.state.route import pick_endpoint, resolve_target_port
 from ambient.state.store import StateView
 from ambient.tls.verify import PeerIdentity
+from ambient.waypoint import retry as retry_plan
 from ambient.waypoint import upgrade
 from ambient.waypoint.apply_filters import apply_filters
 from ambient.waypoint.breakers import Breakers, OutlierDetector
@@ -494,14 +495,13 @@ class Waypoint:
         retry: RetryPolicy | None,
         backend_timeout: float | None,
     ) -> None:
-        """The request's attempts (retries per the route) within its timeouts, answering errors locally."""
-        attempts = 1
-        if retry is not None and retry.attempts > 0:
-            if not req.has_body:
-                attempts += retry.attempts
-            elif req.content_length is not None and req.content_length <= self.settings.max_retry_body:
-                req.body = BytesBody(await _read_all(req, self.settings.max_retry_body))
-                attempts += retry.attempts
+        """The request's attempts (retries per the route, decided by `retry`) within its timeouts, answering
+        errors locally."""
+        planned = retry_plan.plan(retry, has_body=req.has_body, content_length=req.content_length,
+                                  max_body=self.settings.max_retry_body)
+        if planned.buffer_body:
+            req.body = BytesBody(await _read_all(req, self.settings.max_retry_body))
+        attempts = planned.attempts
         body_bytes = req.body.data if isinstance(req.body, BytesBody) else None
         try:
             async with asyncio.timeout(request_timeout or None):
@@ -509,25 +509,27 @@ class Waypoint:
                     last = attempt == attempts - 1
                     if body_bytes is not None:
                         req.body = BytesBody(body_bytes)
-                    codes: Collection[int] = retry.codes if retry is not None and not last else ()
+                    codes = retry_plan.refused_codes(retry, attempt, attempts)
                     try:
                         async with asyncio.timeout(backend_timeout or None):
                             status = await self._attempt(conn, req, writer, record, view, backend, codes)
                     except TimeoutError:
-                        if writer.started or last:
+                        step = retry_plan.after(retry_plan.Outcome.TIMED_OUT, started=writer.started, last=last)
+                        if step is retry_plan.Step.RAISE:
                             raise
-                        continue
                     except UpstreamError as exc:
-                        if writer.started or last:
+                        step = retry_plan.after(retry_plan.Outcome.FAILED, started=writer.started, last=last)
+                        if step is retry_plan.Step.RAISE:
                             raise
                         log.info("waypoint: attempt %d for %s failed (%s); retrying", attempt + 1, req.target,
                                  exc.message)
                     else:
-                        if writer.started:
+                        step = retry_plan.after(retry_plan.Outcome.ANSWERED, started=writer.started, last=last)
+                        if step is retry_plan.Step.DONE:
                             record.status = status
                             return
-                    assert retry is not None
-                    await asyncio.sleep(retry.backoff)
+                    if step is retry_plan.Step.RETRY_AFTER_BACKOFF and retry is not None:
+                        await asyncio.sleep(retry.backoff)
         except TimeoutError:
             if writer.started:
                 raise HttpProtocolError("request timed out while streaming the response") from None
