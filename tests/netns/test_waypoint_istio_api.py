@@ -390,3 +390,107 @@ def test_outlier_detection_ejects_the_failing_endpoint_then_returns_to_it(cluste
     assert got["first"][-1] == 500 and len(got["during"]) >= 5, got  # nothing reached the failing pod
     assert got["after"][-1] == 500, got  # after baseEjectionTime it gets requests again
     assert "outlier detection ejected" in cluster.waypoint_log()
+
+
+GRPC_SERVER = r"""
+import grpc, os
+from concurrent import futures
+v = os.environ["VERSION"]
+def handler(method):
+    return grpc.unary_unary_rpc_method_handler(lambda req, ctx: f"{v} {method}".encode())
+generic = grpc.method_handlers_generic_handler("helloworld.Greeter",
+                                               {"SayHello": handler("SayHello"), "SayBye": handler("SayBye")})
+server = grpc.server(futures.ThreadPoolExecutor(4))
+server.add_generic_rpc_handlers((generic,))
+server.add_insecure_port("0.0.0.0:50051")
+server.start()
+server.wait_for_termination()
+"""
+
+GRPC_CLIENT = r"""
+import collections, grpc, json, sys
+target, n = sys.argv[1], int(sys.argv[2])
+out = collections.Counter()
+with grpc.insecure_channel(target) as ch:
+    for method in ("SayHello", "SayBye"):
+        call = ch.unary_unary(f"/helloworld.Greeter/{method}")
+        for _ in range(n):
+            try:
+                out[call(b"hi", timeout=10).decode()] += 1
+            except grpc.RpcError as e:
+                out[f"{method} error {e.code().name}"] += 1
+print(json.dumps(out))
+"""
+
+TCP_ECHO = r"""
+import asyncio, os
+v = os.environ["VERSION"].encode()
+async def conn(r, w):
+    data = await r.read(1024)
+    w.write(v + b" " + data); await w.drain(); w.close()
+async def main():
+    server = await asyncio.start_server(conn, "0.0.0.0", 9000)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+TCP_CLIENT = r"""
+import collections, json, socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+out = collections.Counter()
+for _ in range(n):
+    try:
+        with socket.create_connection((host, 9000), timeout=10) as s:
+            s.sendall(b"hello")
+            out[s.recv(1024).decode().split(" ")[0]] += 1
+    except OSError as e:
+        out[type(e).__name__] += 1
+print(json.dumps(out))
+"""
+
+
+def _typed_service(name: str, selector: dict[str, str], port: int, proto: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+            "spec": {"selector": selector, "ports": [{"name": proto, "port": port, "targetPort": port,
+                                                      "appProtocol": proto}]}}
+
+
+def test_grpc_route_splits_a_grpc_service_by_method(cluster: Cluster) -> None:
+    api = cluster.api
+    for v in ("v1", "v2"):
+        api.create(_pod(f"greeter-{v}", {"app": "greeter", "version": v}, GRPC_SERVER, {"VERSION": v}))
+        api.create(_typed_service(f"greeter-{v}", {"app": "greeter", "version": v}, 50051, "grpc"))
+    api.create(_typed_service("greeter", {"app": "greeter"}, 50051, "grpc"))
+    for v in ("v1", "v2"):
+        wait_for(lambda v=v: _ready(api.get("Pod", f"greeter-{v}", NS)), 90, f"greeter-{v} Ready")
+    api.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+               "metadata": {"name": "greeter", "namespace": NS},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "greeter", "port": 50051}],
+                        "rules": [{"matches": [{"method": {"service": "helloworld.Greeter", "method": "SayHello"}}],
+                                   "backendRefs": [{"name": "greeter-v2", "port": 50051}]},
+                                  {"backendRefs": [{"name": "greeter-v1", "port": 50051}]}]}})
+    vip = api.get("Service", "greeter", NS)["spec"]["clusterIP"]
+    want = {"v2 SayHello": 10, "v1 SayBye": 10}
+    got = wait_for(lambda: (r := _in_client(cluster, GRPC_CLIENT, f"{vip}:50051", "10")) == want and r, 60,
+                   "SayHello to v2, SayBye to v1")
+    assert got == want
+
+
+def test_tcp_route_weights_a_plain_tcp_echo(cluster: Cluster) -> None:
+    api = cluster.api
+    for v in ("v1", "v2"):
+        api.create(_pod(f"tcp-echo-{v}", {"app": "tcp-echo", "version": v}, TCP_ECHO, {"VERSION": v}))
+        api.create(_typed_service(f"tcp-echo-{v}", {"app": "tcp-echo", "version": v}, 9000, "tcp"))
+    api.create(_typed_service("tcp-echo", {"app": "tcp-echo"}, 9000, "tcp"))
+    for v in ("v1", "v2"):
+        wait_for(lambda v=v: _ready(api.get("Pod", f"tcp-echo-{v}", NS)), 90, f"tcp-echo-{v} Ready")
+    api.apply({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+               "metadata": {"name": "tcp-echo", "namespace": NS},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "tcp-echo", "port": 9000}],
+                        "rules": [{"backendRefs": [{"name": "tcp-echo-v1", "port": 9000, "weight": 80},
+                                                   {"name": "tcp-echo-v2", "port": 9000, "weight": 20}]}]}})
+    vip = api.get("Service", "tcp-echo", NS)["spec"]["clusterIP"]
+    # applied once a run of 10 connections has some v2 (all to the Service's two pods would be ~50/50)
+    wait_for(lambda: _in_client(cluster, TCP_CLIENT, vip, "10").get("v2"), 60, "the TCPRoute applied")
+    got = _in_client(cluster, TCP_CLIENT, vip, "50")
+    assert set(got) == {"v1", "v2"} and 35 <= got["v1"] <= 45, got
