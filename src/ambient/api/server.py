@@ -764,12 +764,20 @@ class ApiServer:
         # Taken before every read of the store, so a write landing after the read still wakes us.
         changed = self._changed
         events: list[Any] = []
-        if since == 0:
-            # No version: like Kubernetes, start with synthetic ADDED events for the current state.
+        initial_events = _truthy(q.get("sendInitialEvents"))
+        if since == 0 or initial_events:
+            # No version (or a streaming list, `sendInitialEvents`): like Kubernetes, start with synthetic ADDED
+            # events for the current state.
             items, since = await self._run(self.store.list_json, info.kind, namespace, None, None)
             for item in items:
                 if predicate is None or predicate(json.loads(item)):
                     lines.append(render(info, "ADDED", item) if render else '{"type":"ADDED","object":' + item + "}\n")
+            if initial_events:
+                # The end of the initial state, which a streaming-list client (client-go's WatchList) waits for.
+                end = {"apiVersion": info.api_version, "kind": info.kind,
+                       "metadata": {"resourceVersion": str(since),
+                                    "annotations": {"k8s.io/initial-events-end": "true"}}}
+                lines.append(_dumps({"type": "BOOKMARK", "object": end}) + "\n")
         else:
             # Fetched before the response starts so that a too-old version is a plain HTTP 410.
             events, scanned = await self._run(self.store.events_since, since, info.kind, namespace, _WATCH_BATCH)
