@@ -357,6 +357,8 @@ def waypoint_run(quick: bool = False) -> dict[str, Any]:
             "note": "process CPU per request, waypoint minus direct",
         }
     )
+    if hasattr(bench, "measure_istio"):
+        figs += _waypoint_istio_figures(bench, seconds, concurrency)
     return {
         "figures": figs,
         "conditions": {
@@ -365,6 +367,30 @@ def waypoint_run(quick: bool = False) -> dict[str, Any]:
             "where": "loopback, one process, closed loop keep-alive HTTP/1.1",
         },
     }
+
+
+def _waypoint_istio_figures(bench: Any, seconds: float, concurrency: int) -> list[dict[str, Any]]:
+    """The waypoint with a VirtualService + DestinationRule + JWT check on the path, against the plain
+    waypoint measured in the same run."""
+    import asyncio
+
+    try:
+        import uvloop
+
+        direct, plain, istio = uvloop.run(bench.measure_istio(seconds, concurrency))
+    except ImportError:
+        direct, plain, istio = asyncio.run(bench.measure_istio(seconds, concurrency))
+    return [
+        {"name": "waypoint with VS+DR+JWT", "value": istio.rps, "unit": "req/s",
+         "baseline": "plain waypoint (same run)", "baseline_value": plain.rps},
+        {"name": "VS+DR+JWT added p99", "value": istio.pct(0.99) - plain.pct(0.99), "unit": "ms", "better": "lower",
+         "note": "p99 with a VirtualService, DestinationRule and JWT check minus the plain waypoint's, same run"},
+        {"name": "waypoint with VS+DR+JWT CPU per 1,000 req/s",
+         "value": istio.cpu_per_request_ms - direct.cpu_per_request_ms, "unit": "cores", "better": "lower",
+         "baseline": "plain waypoint CPU per 1,000 req/s (same run)",
+         "baseline_value": plain.cpu_per_request_ms - direct.cpu_per_request_ms,
+         "note": "process CPU per request, waypoint minus direct"},
+    ]
 
 
 def _component(

@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ambient.bench.loopback import REVIEWS_VIP, Loopback, loopback
 
@@ -63,8 +64,9 @@ async def _read_response(stream: object, buf: bytearray) -> None:
         buf += data
 
 
-async def _run(lb: Loopback, label: str, via_waypoint: bool, seconds: float, concurrency: int) -> Result:
-    authority = f"{REVIEWS_VIP}:80" if via_waypoint else "127.0.0.11:8080"
+async def _run(lb: Loopback, label: str, via_waypoint: bool, seconds: float, concurrency: int,
+               authority: str | None = None, request: bytes = REQUEST) -> Result:
+    authority = authority or (f"{REVIEWS_VIP}:80" if via_waypoint else "127.0.0.11:8080")
     latencies: list[float] = []
     count = 0
 
@@ -75,7 +77,7 @@ async def _run(lb: Loopback, label: str, via_waypoint: bool, seconds: float, con
         try:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                await stream.write(REQUEST)
+                await stream.write(request)
                 await _read_response(stream, buf)
                 latencies.append(time.perf_counter() - t0)
                 count += 1
@@ -102,6 +104,61 @@ async def measure(seconds: float = 3.0, concurrency: int = 8) -> tuple[Result, R
     return direct, via
 
 
+PLAIN_VIP = "10.96.0.11"  # reviews-v1: no L7 config, the plain waypoint path
+
+
+def istio_objects() -> tuple[list[dict[str, Any]], bytes]:
+    """A VirtualService (header match + 80/20 subsets), a DestinationRule (subsets, connection pool,
+    outlier detection), a RequestAuthentication (inline RS256 JWKS) and an AuthorizationPolicy requiring the
+    token's principal, all for Service `reviews`; and a request carrying a valid token."""
+    import json as _json
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = _json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = _json.dumps({"keys": [{**jwk, "kid": "k", "alg": "RS256"}]})
+    now = int(time.time())
+    token = jwt.encode({"iss": "bench@ambient", "sub": "client", "iat": now, "exp": now + 3600}, key,
+                       algorithm="RS256", headers={"kid": "k"})
+    meta = {"namespace": "shop"}
+    service = [{"kind": "Service", "group": "", "name": "reviews"}]
+    objects: list[dict[str, Any]] = [
+        {"kind": "Pod", "metadata": {"name": f"reviews-{v}-pod", "namespace": "shop", "labels": {"version": v}}}
+        for v in ("v1", "v2")]
+    objects += [
+        {"kind": "DestinationRule", "metadata": {"name": "reviews", **meta}, "spec": {
+            "host": "reviews", "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")],
+            "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1000},
+                                                 "http": {"http1MaxPendingRequests": 1000}},
+                              "outlierDetection": {"consecutive5xxErrors": 5, "baseEjectionTime": "30s"}}}},
+        {"kind": "VirtualService", "metadata": {"name": "reviews", **meta}, "spec": {"hosts": ["reviews"], "http": [
+            {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+             "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 80},
+                       {"destination": {"host": "reviews", "subset": "v2"}, "weight": 20}]}]}},
+        {"kind": "RequestAuthentication", "metadata": {"name": "jwt", **meta}, "spec": {
+            "targetRefs": service, "jwtRules": [{"issuer": "bench@ambient", "jwks": jwks}]}},
+        {"kind": "AuthorizationPolicy", "metadata": {"name": "require-jwt", **meta}, "spec": {
+            "targetRefs": service, "action": "ALLOW",
+            "rules": [{"from": [{"source": {"requestPrincipals": ["bench@ambient/client"]}}]}]}},
+    ]
+    request = REQUEST.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    return objects, request
+
+
+async def measure_istio(seconds: float = 3.0, concurrency: int = 8) -> tuple[Result, Result, Result]:
+    """direct, plain waypoint (a Service without L7 config) and the waypoint with VirtualService +
+    DestinationRule + JWT on the path, in the same loopback and run."""
+    objects, request = istio_objects()
+    async with loopback(objects) as lb:
+        direct = await _run(lb, "direct", False, seconds, concurrency)
+        plain = await _run(lb, "waypoint", True, seconds, concurrency, f"{PLAIN_VIP}:80")
+        istio = await _run(lb, "vs+dr+jwt", True, seconds, concurrency, f"{REVIEWS_VIP}:80", request)
+    return direct, plain, istio
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     seconds = float(args[0]) if args else 3.0
@@ -126,6 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     added = via.cpu_per_request_ms - direct.cpu_per_request_ms
     print(f"added latency p50 {via.pct(0.5) - direct.pct(0.5):+.2f} ms, p99 {via.pct(0.99) - direct.pct(0.99):+.2f} ms")
     print(f"waypoint CPU: {added:.3f} ms/request = {added:.2f} cores per 1,000 req/s")
+    direct, plain, istio = asyncio.run(measure_istio(seconds, concurrency))
+    print("with a VirtualService + DestinationRule + JWT check on the path (same run):")
+    for r in (direct, plain, istio):
+        print(r.line())
+    extra = istio.cpu_per_request_ms - plain.cpu_per_request_ms
+    print(f"vs+dr+jwt: p99 {istio.pct(0.99) - plain.pct(0.99):+.2f} ms over the plain waypoint; waypoint CPU "
+          f"{istio.cpu_per_request_ms - direct.cpu_per_request_ms:.2f} cores per 1,000 req/s "
+          f"({extra:+.2f} over the plain waypoint)")
     if statistics.mean(via.latencies or [0]) == 0:  # pragma: no cover
         sys.exit(1)
 

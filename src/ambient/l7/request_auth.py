@@ -175,10 +175,38 @@ def _claim(claims: Mapping[str, Any], path: str) -> Any:
     return value
 
 
-def verify(token: str, rule: JwtRule, keyset: jwt.PyJWKSet | None, now: float) -> tuple[Mapping[str, Any] | None, str]:
-    """(claims, "") when `token` verifies under `rule`, else (None, Envoy's reason)."""
+VERIFIED_CACHE_SIZE = 1024  # verified tokens remembered (Envoy's jwt_cache_config keeps 100 by default)
+# (token, id(key set) or 0 for the unverified payload) -> (the key set, claims)
+TokenCache = dict[tuple[str, int], tuple[Any, Mapping[str, Any]]]
+
+
+def _check_claims(claims: Mapping[str, Any], rule: JwtRule, now: float) -> str:
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    if isinstance(exp, int | float) and now > exp + CLOCK_SKEW:
+        return "Jwt is expired"
+    if isinstance(nbf, int | float) and now + CLOCK_SKEW < nbf:
+        return "Jwt not yet valid"
+    if rule.audiences:
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else list(aud) if isinstance(aud, list) else []
+        if not set(auds) & set(rule.audiences):
+            return "Audiences in Jwt are not allowed"
+    return ""
+
+
+def verify(token: str, rule: JwtRule, keyset: jwt.PyJWKSet | None, now: float,
+           cache: TokenCache | None = None) -> tuple[Mapping[str, Any] | None, str]:
+    """(claims, "") when `token` verifies under `rule`, else (None, Envoy's reason). `cache` remembers tokens
+    whose signature verified with that very key set (a refreshed set is a new object: nothing carries over);
+    time and audience are checked on every use."""
     if keyset is None:
         return None, "Jwks remote fetch is failed"
+    if cache is not None:
+        hit = cache.get((token, id(keyset)))
+        # the entry holds the key set itself: while cached it cannot be freed and its id reused by another
+        if hit is not None and hit[0] is keyset:
+            reason = _check_claims(hit[1], rule, now)
+            return (None, reason) if reason else (hit[1], "")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -197,17 +225,12 @@ def verify(token: str, rule: JwtRule, keyset: jwt.PyJWKSet | None, now: float) -
                                          "verify_nbf": False, "verify_iat": False})
         except jwt.PyJWTError:
             continue
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        if isinstance(exp, int | float) and now > exp + CLOCK_SKEW:
-            return None, "Jwt is expired"
-        if isinstance(nbf, int | float) and now + CLOCK_SKEW < nbf:
-            return None, "Jwt not yet valid"
-        if rule.audiences:
-            aud = claims.get("aud")
-            auds = [aud] if isinstance(aud, str) else list(aud) if isinstance(aud, list) else []
-            if not set(auds) & set(rule.audiences):
-                return None, "Audiences in Jwt are not allowed"
-        return claims, ""
+        if cache is not None:
+            if len(cache) >= VERIFIED_CACHE_SIZE:
+                cache.clear()
+            cache[(token, id(keyset))] = (keyset, claims)
+        reason = _check_claims(claims, rule, now)
+        return (None, reason) if reason else (claims, "")
     return None, "Jwt verification fails"
 
 
@@ -217,6 +240,7 @@ def authenticate(
     query: str,
     keys: Callable[[JwtRule], jwt.PyJWKSet | None],
     now: float,
+    cache: TokenCache | None = None,
 ) -> AuthResult:
     rules = [r for p in policies for r in p.rules]
     if not rules:
@@ -227,7 +251,7 @@ def authenticate(
     result: AuthResult | None = None
     for token, kind, name in tokens:
         try:
-            iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            iss = _unverified_issuer(token, cache)
         except jwt.PyJWTError:
             return AuthResult(failure="Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
         matching = [r for r in rules if r.issuer == iss and _looks_at(r, kind, name)]
@@ -237,7 +261,7 @@ def authenticate(
         reason = ""
         chosen = matching[0]
         for rule in matching:
-            claims, reason = verify(token, rule, keys(rule), now)
+            claims, reason = verify(token, rule, keys(rule), now, cache)
             if claims is not None:
                 chosen = rule
                 break
@@ -255,6 +279,19 @@ def authenticate(
             result = AuthResult(f"{iss}/{claims.get('sub', '')}", claims, "", remove, tuple(out))
     assert result is not None
     return result
+
+
+def _unverified_issuer(token: str, cache: TokenCache | None) -> Any:
+    if cache is not None:
+        hit = cache.get((token, 0))
+        if hit is not None:
+            return hit[1].get("iss")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    if cache is not None:  # key 0: the unverified payload, only used to find the token's issuer
+        if len(cache) >= VERIFIED_CACHE_SIZE:
+            cache.clear()
+        cache[(token, 0)] = (None, claims)
+    return claims.get("iss")
 
 
 def claim_values(claims: Mapping[str, Any], path: Sequence[str]) -> list[str] | None:

@@ -53,7 +53,7 @@ from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
 from ambient.l7.gateway_routes import pick_tcp_backend
-from ambient.l7.request_auth import AuthResult, RequestAuthentication, authenticate
+from ambient.l7.request_auth import AuthResult, RequestAuthentication, TokenCache, authenticate
 from ambient.l7.request_auth import applicable as applicable_auth
 from ambient.l7.routing import (
     Fault,
@@ -165,6 +165,7 @@ class Waypoint:
         self.metrics = metrics
         self._pool = UpstreamPool()
         self._jwks = JwksCache(self.settings.jwks)
+        self._verified: TokenCache = {}  # verified JWTs (see request_auth.verify)
         self._breakers = Breakers()
 
     # -- CONNECT ------------------------------------------------------------------------------------------
@@ -428,7 +429,7 @@ class Waypoint:
         if not rules:
             return None
         await self._jwks.ensure(r for p in rules for r in p.rules)
-        return authenticate(rules, headers, query, self._jwks.keys, time.time())
+        return authenticate(rules, headers, query, self._jwks.keys, time.time(), self._verified)
 
     @staticmethod
     async def _redirect(req: Request, writer: ResponseWriter, record: RequestRecord, r: Redirect) -> None:

@@ -105,3 +105,20 @@ def test_claim_values() -> None:
     assert claim_values(claims, ["org", "team"]) == ["x"]
     assert claim_values(claims, ["admin"]) == ["true"]
     assert claim_values(claims, ["missing"]) is None
+
+
+def test_verified_token_cache_is_per_key_set_and_rechecks_time() -> None:
+    policy = parse_request_authentication(ra())
+    rule = policy.rules[0]
+    keyset = jwt.PyJWKSet.from_json(jwks())
+    cache: dict[Any, Any] = {}
+    good = token(expires_in=100)
+    now = time.time()
+    assert authenticate([policy], bearer(good), "", lambda r: keyset, now, cache).failure == ""
+    assert (good, id(keyset)) in cache
+    # the same token, cached: still expires
+    assert authenticate([policy], bearer(good), "", lambda r: keyset, now + 1000, cache).failure == "Jwt is expired"
+    # keys rotated (a new set without the signing key): the cached verification does not carry over
+    rotated = jwt.PyJWKSet.from_json(jwks(other=True))
+    assert authenticate([policy], bearer(good), "", lambda r: rotated, now, cache).failure == "Jwt verification fails"
+    assert rule.issuer == ISSUER
