@@ -13,6 +13,11 @@ engine as HTTPRoute (gRPC is HTTP/2 with the path `/<service>/<method>`):
 
 TCPRoute (gateway.networking.k8s.io/v1alpha2) becomes a `TcpRoute`: its Service parents and weighted
 backends; `pick_tcp_backend` chooses one per connection (smooth weighted round robin: exact shares).
+
+ReferenceGrant (gateway.networking.k8s.io/v1beta1): a Gateway API route (HTTPRoute, GRPCRoute, TCPRoute)
+may send to a Service in another namespace only when a ReferenceGrant there allows its kind from its
+namespace (`reference_permitted`); otherwise the waypoint answers 500 (TCP: refuses the connection) naming
+the missing grant. VirtualService destinations are not subject to it (Istio's own API).
 """
 
 from __future__ import annotations
@@ -135,7 +140,8 @@ def parse_tcp_route(obj: Mapping[str, Any]) -> TcpRoute:
                     str(meta.get("creationTimestamp") or ""), WeightedRoundRobin([b.weight for b in backends]))
 
 
-def pick_tcp_backend(routes: Iterable[TcpRoute], service: str, namespace: str, port: int) -> BackendRef | None:
+def pick_tcp_backend(routes: Iterable[TcpRoute], service: str, namespace: str,
+                     port: int) -> tuple[TcpRoute, BackendRef] | None:
     """The backend of a new connection to `service.namespace:port`: from the oldest TCPRoute attached to it
     (None when no route is attached; a route without usable backends answers the caller's refusal)."""
     attached = sorted((r for r in routes if r.attaches_to(service, namespace, port)), key=lambda r: (r.created, r.key))
@@ -144,6 +150,51 @@ def pick_tcp_backend(routes: Iterable[TcpRoute], service: str, namespace: str, p
     route = attached[0]
     index = route.balancer.pick() if route.balancer is not None else None
     if index is None:
-        return BackendRef("", namespace, port, 0)
+        return route, BackendRef("", namespace, port, 0)
     b = route.backends[index]
-    return BackendRef(b.name, b.namespace, b.port if b.port is not None else port, b.weight, b.kind)
+    return route, BackendRef(b.name, b.namespace, b.port if b.port is not None else port, b.weight, b.kind)
+
+
+# ------------------------------------------------------------------------------------------ ReferenceGrant
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+@dataclass(frozen=True)
+class ReferenceGrant:
+    """Who (`froms`: group, kind, namespace) may refer to what (`tos`: group, kind, name or "" for any) in
+    the grant's namespace."""
+
+    namespace: str
+    froms: tuple[tuple[str, str, str], ...]
+    tos: tuple[tuple[str, str, str], ...]
+
+
+def parse_reference_grant(obj: Mapping[str, Any]) -> ReferenceGrant:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    return ReferenceGrant(
+        str(meta.get("namespace") or "default"),
+        tuple((str(f.get("group") or ""), str(f.get("kind") or ""), str(f.get("namespace") or ""))
+              for f in spec.get("from") or ()),
+        tuple((str(t.get("group") or ""), str(t.get("kind") or ""), str(t.get("name") or ""))
+              for t in spec.get("to") or ()),
+    )
+
+
+def reference_permitted(grants: Iterable[ReferenceGrant], route_kind: str, route_namespace: str,
+                        backend_kind: str, backend_name: str, backend_namespace: str) -> bool:
+    """May a route of `route_kind` in `route_namespace` send to `backend_kind` `backend_namespace/name`?
+    Always within a namespace; across namespaces only with a ReferenceGrant in the backend's namespace
+    (Gateway API: the owner of the target consents)."""
+    if backend_namespace == route_namespace:
+        return True
+    group = "" if backend_kind == "Service" else GATEWAY_GROUP
+    for g in grants:
+        if g.namespace != backend_namespace:
+            continue
+        if not any(f == (GATEWAY_GROUP, route_kind, route_namespace) for f in g.froms):
+            continue
+        if any((tg, tk) == (group, backend_kind) and tn in ("", backend_name) for tg, tk, tn in g.tos):
+            return True
+    return False

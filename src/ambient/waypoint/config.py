@@ -31,7 +31,13 @@ from ambient.api.informer import INITIAL_BACKOFF, MAX_BACKOFF, inform
 from ambient.core.backoff import Backoff
 from ambient.l7.errors import L7Error
 from ambient.l7.filters import SUPPORTED_FILTERS
-from ambient.l7.gateway_routes import TcpRoute, parse_grpc_route, parse_tcp_route
+from ambient.l7.gateway_routes import (
+    ReferenceGrant,
+    TcpRoute,
+    parse_grpc_route,
+    parse_reference_grant,
+    parse_tcp_route,
+)
 from ambient.l7.request_auth import RequestAuthentication, parse_request_authentication
 from ambient.l7.routing import HttpRoute, parse_http_route
 from ambient.l7.virtual_service import DestinationRule, parse_destination_rule, parse_virtual_service
@@ -42,7 +48,7 @@ from ambient.waypoint.l7authz import L7Policy, parse_policy
 log = logging.getLogger(__name__)
 # Pods: only their labels are kept, for DestinationRule subsets (the workload state has no labels)
 KINDS = ("HTTPRoute", "AuthorizationPolicy", "VirtualService", "DestinationRule", "RequestAuthentication", "GRPCRoute",
-         "TCPRoute", "Pod")
+         "TCPRoute", "ReferenceGrant", "Pod")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class L7Config:
     pod_labels: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)  # (ns, name) -> labels
     request_auths: tuple[RequestAuthentication, ...] = ()
     tcp_routes: tuple[TcpRoute, ...] = ()
+    reference_grants: tuple[ReferenceGrant, ...] = ()
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]], version: str = "") -> L7Config:
@@ -63,6 +70,7 @@ class L7Config:
         labels: dict[tuple[str, str], Mapping[str, str]] = {}
         auths: list[RequestAuthentication] = []
         tcp: list[TcpRoute] = []
+        grants: list[ReferenceGrant] = []
         for obj in objects:
             kind = obj.get("kind")
             try:
@@ -80,6 +88,8 @@ class L7Config:
                     routes.append(grpc)
                 elif kind == "TCPRoute":
                     tcp.append(parse_tcp_route(obj))
+                elif kind == "ReferenceGrant":
+                    grants.append(parse_reference_grant(obj))
                 elif kind == "DestinationRule":
                     rules.append(parse_destination_rule(obj))
                 elif kind == "RequestAuthentication":
@@ -97,7 +107,8 @@ class L7Config:
             except (ConfigError, L7Error, KeyError, TypeError, ValueError) as exc:
                 meta = obj.get("metadata") or {}
                 log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
-        return cls(tuple(routes), tuple(policies), version, tuple(rules), labels, tuple(auths), tuple(tcp))
+        return cls(tuple(routes), tuple(policies), version, tuple(rules), labels, tuple(auths), tuple(tcp),
+                   tuple(grants))
 
 
 _warned: set[str] = set()

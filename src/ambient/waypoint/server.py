@@ -52,7 +52,7 @@ from ambient.hbone.protocol import ConnectRequest, format_authority
 from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
-from ambient.l7.gateway_routes import pick_tcp_backend
+from ambient.l7.gateway_routes import pick_tcp_backend, reference_permitted
 from ambient.l7.request_auth import AuthResult, RequestAuthentication, TokenCache, authenticate
 from ambient.l7.request_auth import applicable as applicable_auth
 from ambient.l7.routing import (
@@ -237,8 +237,15 @@ class Waypoint:
             assert conn.service is not None
             svc, port = conn.service, conn.port
             tcp_routes = self._l7.current.tcp_routes
-            chosen = pick_tcp_backend(tcp_routes, svc.name, svc.namespace, port) if tcp_routes else None
-            if chosen is not None:  # a TCPRoute attached to the Service: its weighted backend
+            picked = pick_tcp_backend(tcp_routes, svc.name, svc.namespace, port) if tcp_routes else None
+            if picked is not None:  # a TCPRoute attached to the Service: its weighted backend
+                tcp_route, chosen = picked
+                record.route = tcp_route.key
+                if not reference_permitted(self._l7.current.reference_grants, "TCPRoute", tcp_route.namespace,
+                                           chosen.kind,
+                                           chosen.name, chosen.namespace):
+                    raise UpstreamError(f"TCPRoute backend {chosen.namespace}/{chosen.name}: no ReferenceGrant "
+                                        f"in namespace {chosen.namespace} allows it", status=503, flags="NR")
                 target = self._backend_service(view, chosen.name, chosen.namespace)
                 if target is None:
                     raise UpstreamError(f"TCPRoute backend {chosen.namespace}/{chosen.name or '(none)'} not found",
@@ -386,6 +393,13 @@ class Waypoint:
                 fwd, writer = apply_filters(filters, fwd, writer, path, query)
             if rule.fault is not None and await self._fault(rule.fault, writer, record):
                 return
+        if route is not None and not route.ordered and routed.backend.namespace != route.namespace and \
+                not reference_permitted(l7.reference_grants, route.kind, route.namespace, routed.backend.kind,
+                                        routed.backend.name, routed.backend.namespace):
+            await self._local(writer, record, 500, f"{route.kind} {route.key} may not send to Service "
+                              f"{routed.backend.namespace}/{routed.backend.name}: no ReferenceGrant in namespace "
+                              f"{routed.backend.namespace} allows it", "NR")
+            return
         backend = self._backend_service(view, routed.backend.name, routed.backend.namespace)
         if backend is None:
             await self._local(writer, record, 500, f"backend service {routed.backend.namespace}/"

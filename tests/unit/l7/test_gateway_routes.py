@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from ambient.l7.gateway_routes import parse_grpc_route, parse_tcp_route, pick_tcp_backend
+from ambient.l7.gateway_routes import (
+    parse_grpc_route,
+    parse_reference_grant,
+    parse_tcp_route,
+    pick_tcp_backend,
+    reference_permitted,
+)
 from ambient.l7.routing import NoRoute, RequestInfo, RouteDecision, route_request
 
 PARENT = [{"group": "", "kind": "Service", "name": "greeter", "port": 50051}]
@@ -63,8 +69,21 @@ def test_tcp_route_weights_are_exact_per_connection() -> None:
                                       "rules": [{"backendRefs": [{"name": "v1", "port": 9000, "weight": 80},
                                                                  {"name": "v2", "weight": 20}]}]}})
     picks = [pick_tcp_backend([route], "echo", "shop", 9000) for _ in range(100)]
-    names = [p.name for p in picks if p is not None]
+    names = [p[1].name for p in picks if p is not None]
     assert names.count("v1") == 80 and names.count("v2") == 20
-    assert {p.port for p in picks if p is not None} == {9000}  # default: the connection's port
+    assert {p[1].port for p in picks if p is not None} == {9000}  # default: the connection's port
     assert pick_tcp_backend([route], "echo", "shop", 9001) is None
     assert pick_tcp_backend([route], "other", "shop", 9000) is None
+
+
+def test_reference_grant_permits_cross_namespace_backends() -> None:
+    grant = parse_reference_grant({"kind": "ReferenceGrant", "metadata": {"name": "g", "namespace": "backend"},
+                                   "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                                      "namespace": "shop"}],
+                                            "to": [{"group": "", "kind": "Service", "name": "db"}]}})
+    assert reference_permitted([], "HTTPRoute", "shop", "Service", "x", "shop")  # same namespace
+    assert not reference_permitted([], "HTTPRoute", "shop", "Service", "db", "backend")
+    assert reference_permitted([grant], "HTTPRoute", "shop", "Service", "db", "backend")
+    assert not reference_permitted([grant], "HTTPRoute", "shop", "Service", "cache", "backend")  # other name
+    assert not reference_permitted([grant], "GRPCRoute", "shop", "Service", "db", "backend")  # other kind
+    assert not reference_permitted([grant], "HTTPRoute", "other", "Service", "db", "backend")  # other namespace

@@ -68,7 +68,8 @@ class FakeApi:
     def __init__(self) -> None:
         self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": [],
                                                        "VirtualService": [], "DestinationRule": [], "Pod": [],
-                                                       "RequestAuthentication": [], "GRPCRoute": [], "TCPRoute": []}
+                                                       "RequestAuthentication": [], "GRPCRoute": [], "TCPRoute": [],
+                                                       "ReferenceGrant": []}
         self.events: dict[str, asyncio.Queue[WatchEvent | str | None]] = {k: asyncio.Queue() for k in self.items}
         self.lists = 0
         self.watched_from: list[str | None] = []
