@@ -300,3 +300,52 @@ def orphaned_ingress(obj: Obj, live: set[tuple[str, str, str]]) -> bool:
         return False
     ref = gateway_owner(obj)
     return ref is not None and (_ns(obj), str(ref.get("name")), str(ref.get("uid"))) not in live
+
+
+# ----------------------------------------------------------------------------- the classic Istio ingress
+
+CLASSIC_NAMESPACE = "istio-system"
+CLASSIC_NAME = "istio-ingressgateway"
+CLASSIC_SERVICE_ACCOUNT = "istio-ingressgateway-service-account"
+CLASSIC_LABELS = {"app": CLASSIC_NAME, "istio": "ingressgateway"}
+# 80 and 443 as Istio's ingress Service; 8081 too: the listener port of the walk-through's Gateway, so
+# `ambient port-forward -n istio-system svc/istio-ingressgateway 8081:8081` works as written there.
+CLASSIC_PORTS = (("http2", 80), ("https", 443), ("http-8081", 8081))
+
+
+def classic_ingress_objects(cfg: WaypointConfig) -> list[Obj]:
+    """What `ambient install ingress` applies, as `istioctl install --set
+    components.ingressGateways[0].enabled=true` does: namespace istio-system, the ServiceAccount
+    istio-ingressgateway-service-account, the Deployment and Service istio-ingressgateway (selector
+    `istio: ingressgateway`). istio-system is never captured: the gateway speaks HBONE itself with its own
+    identity (certificate from the control plane's CA with its pod token, workload state over xDS)."""
+    labels = dict(CLASSIC_LABELS)
+    args = ["-m", "ambient.gateway", "--name", CLASSIC_NAME, "--namespace", CLASSIC_NAMESPACE,
+            "--api-socket", cfg.api_socket, "--ready", f"0.0.0.0:{STATUS_PORT}",
+            "--classic-labels", ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+            "--xds", cfg.controlplane, "--root-cert", cfg.root_cert,
+            "--service-account", CLASSIC_SERVICE_ACCOUNT]
+    env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+           {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    meta = {"namespace": CLASSIC_NAMESPACE, "labels": dict(labels)}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CLASSIC_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {**meta, "name": CLASSIC_SERVICE_ACCOUNT}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {**meta, "name": CLASSIC_NAME},
+         "spec": {"replicas": 1, "selector": {"matchLabels": dict(labels)},
+                  "template": {"metadata": {"labels": dict(labels)}, "spec": {
+                      "serviceAccountName": CLASSIC_SERVICE_ACCOUNT,
+                      "terminationGracePeriodSeconds": 2,
+                      "containers": [{
+                          "name": CONTAINER, "image": "ambient/gateway", "command": [cfg.python], "args": args,
+                          "env": env,
+                          "ports": [{"name": "status-port", "containerPort": STATUS_PORT},
+                                    *({"name": n, "containerPort": p} for n, p in CLASSIC_PORTS)],
+                          "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
+                                             "periodSeconds": 1, "timeoutSeconds": 2},
+                      }]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {**meta, "name": CLASSIC_NAME},
+         "spec": {"selector": {"istio": "ingressgateway"},
+                  "ports": [{"name": "status-port", "port": STATUS_PORT, "targetPort": STATUS_PORT},
+                            *({"name": n, "port": p, "targetPort": p} for n, p in CLASSIC_PORTS)]}},
+    ]

@@ -21,12 +21,13 @@ from ambient.api.client import WatchEvent
 from ambient.api.informer import inform
 from ambient.l7.errors import L7Error
 from ambient.l7.gateway_routing import AttachedRoute, Listener, gateway_parents
-from ambient.l7.routing import parse_http_route
+from ambient.l7.routing import HttpRoute, WeightedRoundRobin, parse_http_route
 
 log = logging.getLogger("ambient.gateway.config")
 
 Obj = dict[str, Any]
 KINDS = ("Gateway", "HTTPRoute", "Secret", "Service")
+CLASSIC_KINDS = ("IstioGateway", "VirtualService", "Secret", "Service")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class GatewayConfig:
     certificates: Mapping[str, Certificate] = field(default_factory=dict)  # listener name -> certificate
     services: Mapping[tuple[str, str], Obj] = field(default_factory=dict)  # (ns, name) -> Service
     problems: Mapping[str, str] = field(default_factory=dict)  # listener name -> why it is not served
+    # listener name -> (namespace, name) of the Gateway it belongs to (classic mode: several Istio Gateways
+    # may select one gateway pod); absent: the gateway's own Gateway
+    owners: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, gateway: Obj | None, routes: Iterable[Obj], secrets: Mapping[tuple[str, str], Obj],
@@ -71,11 +75,91 @@ class GatewayConfig:
             if not parents:
                 continue
             try:
-                attached.append(AttachedRoute(parse_http_route(obj), parents))
+                attached.append(AttachedRoute(_exact_shares(parse_http_route(obj)), parents))
             except (L7Error, KeyError, TypeError, ValueError) as exc:
                 meta = obj.get("metadata") or {}
                 log.warning("HTTPRoute %s/%s skipped: %s", meta.get("namespace"), meta.get("name"), exc)
         return cls(tuple(listeners), tuple(attached), certs, dict(services), problems)
+
+
+def _exact_shares(route: HttpRoute) -> HttpRoute:
+    """Weighted backends picked by smooth weighted round robin (exact shares over every window of the
+    weights' sum, as the VirtualService translation does) rather than at random."""
+    from dataclasses import replace
+
+    rules = tuple(replace(r, balancer=WeightedRoundRobin([b.weight for b in r.backends]))
+                  if len(r.backends) > 1 and r.balancer is None else r for r in route.rules)
+    return replace(route, rules=rules)
+
+
+def build_classic(gateways: Iterable[Obj], pod_labels: Mapping[str, str], pod_namespace: str,
+                  virtual_services: Iterable[Obj], secrets: Mapping[tuple[str, str], Obj],
+                  services: Mapping[tuple[str, str], Obj]) -> GatewayConfig:
+    """The config of a classic Istio ingress pod (pure): the servers of every networking.istio.io Gateway
+    whose `selector` matches the pod's labels become listeners (one per host; `*` is any host), HTTPS with
+    the `tls.credentialName` Secret of the pod's namespace (tls.mode SIMPLE); the VirtualServices naming
+    such a Gateway in `gateways` (`name` in their namespace, or `namespace/name`) are its routes, their
+    `hosts` the hostnames they serve (`*`: any), routed with their http rules in order."""
+    from dataclasses import replace
+
+    from ambient.l7.gateway_routing import GatewayParent
+    from ambient.l7.virtual_service import parse_virtual_service
+
+    listeners: list[Listener] = []
+    certs: dict[str, Certificate] = {}
+    problems: dict[str, str] = {}
+    owners: dict[str, tuple[str, str]] = {}
+    selected: set[tuple[str, str]] = set()
+    for gw in gateways:
+        gw_ns, gw_name = _key(gw)
+        spec = gw.get("spec") or {}
+        selector = spec.get("selector") or {}
+        if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
+            continue
+        selected.add((gw_ns, gw_name))
+        for si, server in enumerate(spec.get("servers") or []):
+            port = server.get("port") or {}
+            proto = str(port.get("protocol") or "").upper()
+            tls = server.get("tls") or {}
+            for host in server.get("hosts") or ["*"]:
+                bare = str(host).split("/", 1)[-1]
+                name = f"{gw_ns}/{gw_name}/{port.get('name') or si}/{bare}"
+                listener = Listener(name, int(port.get("number") or 0), proto, None if bare == "*" else bare)
+                owners[name] = (gw_ns, gw_name)
+                if proto not in ("HTTP", "HTTPS"):
+                    problems[name] = f"protocol {proto} is not supported"
+                    continue
+                if proto == "HTTPS":
+                    if tls.get("mode") != "SIMPLE" or not tls.get("credentialName"):
+                        problems[name] = "an HTTPS server needs tls.mode SIMPLE and a credentialName"
+                        continue
+                    cert = _certificate({"tls": {"certificateRefs": [{"name": tls["credentialName"]}]}},
+                                        pod_namespace, secrets)
+                    if isinstance(cert, str):
+                        problems[name] = cert
+                        continue
+                    certs[name] = cert
+                listeners.append(listener)
+    attached: list[AttachedRoute] = []
+    for vs in virtual_services:
+        vs_ns, vs_name = _key(vs)
+        spec = vs.get("spec") or {}
+        parents = []
+        for ref in spec.get("gateways") or []:
+            ns, _, name = str(ref).rpartition("/")
+            key = (ns or vs_ns, name)
+            if key in selected:
+                parents.append(GatewayParent(key[1], key[0]))
+        if not parents:
+            continue
+        try:
+            parsed = parse_virtual_service(vs).route
+        except (L7Error, KeyError, TypeError, ValueError) as exc:
+            log.warning("VirtualService %s/%s skipped: %s", vs_ns, vs_name, exc)
+            continue
+        hostnames = tuple(str(h) for h in spec.get("hosts") or () if str(h) != "*")
+        attached.append(AttachedRoute(replace(parsed, parents=(), hostnames=hostnames), tuple(parents)))
+    return GatewayConfig(tuple(listeners), tuple(attached), certs, dict(services), problems, owners)
 
 
 def _certificate(listener: Obj, ns: str, secrets: Mapping[tuple[str, str], Obj]) -> Certificate | str:
@@ -103,20 +187,30 @@ class ApiConfigSource:
     """Follows the objects of one Gateway `namespace/name` and publishes a `GatewayConfig` per change."""
 
     def __init__(self, client: Any, name: str, namespace: str,
-                 on_change: Callable[[GatewayConfig], None] | None = None) -> None:
+                 on_change: Callable[[GatewayConfig], None] | None = None,
+                 classic_labels: Mapping[str, str] | None = None) -> None:
+        """`classic_labels`: the pod's labels, for a classic Istio ingress (Istio Gateways select it by
+        them and VirtualServices bind to those Gateways); None for a Gateway API gateway `namespace/name`."""
         self.client = client
         self.name, self.namespace = name, namespace
+        self.classic_labels = classic_labels
+        self.kinds = CLASSIC_KINDS if classic_labels is not None else KINDS
         self.current = GatewayConfig()
         self.ready = asyncio.Event()
-        self._objs: dict[str, dict[tuple[str, str], Obj]] = {k: {} for k in KINDS}
+        self._objs: dict[str, dict[tuple[str, str], Obj]] = {k: {} for k in self.kinds}
         self._listed: set[str] = set()
         self._on_change = on_change
 
     def _publish(self) -> None:
-        gateway = self._objs["Gateway"].get((self.namespace, self.name))
-        self.current = GatewayConfig.build(gateway, self._objs["HTTPRoute"].values(), self._objs["Secret"],
-                                           self._objs["Service"])
-        if len(self._listed) == len(KINDS):
+        if self.classic_labels is not None:
+            self.current = build_classic(self._objs["IstioGateway"].values(), self.classic_labels, self.namespace,
+                                         self._objs["VirtualService"].values(), self._objs["Secret"],
+                                         self._objs["Service"])
+        else:
+            gateway = self._objs["Gateway"].get((self.namespace, self.name))
+            self.current = GatewayConfig.build(gateway, self._objs["HTTPRoute"].values(), self._objs["Secret"],
+                                               self._objs["Service"])
+        if len(self._listed) == len(self.kinds):
             self.ready.set()
         if self._on_change is not None:
             self._on_change(self.current)
@@ -135,6 +229,6 @@ class ApiConfigSource:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            for kind in KINDS:
+            for kind in self.kinds:
                 ns = self.namespace if kind in ("Gateway", "Secret") else None
                 tg.create_task(inform(self.client, kind, self._replace, self._event, namespace=ns))

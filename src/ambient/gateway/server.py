@@ -28,53 +28,61 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import web
 
 from ambient.gateway.config import Certificate, GatewayConfig
+from ambient.gateway.upstream import Dialer, TcpDialer, UpstreamError, exchange
 from ambient.l7.gateway_routing import listener_for, request_host, route_gateway_request
 from ambient.l7.routing import NoRoute, Redirect, RequestInfo, RouteDecision, normalize_path
 
 log = logging.getLogger("ambient.gateway")
 access = logging.getLogger("ambient.gateway.access")
 
-# Idle upstream connections are closed after this long (a node proxy writes a connection's access line
-# when it closes: a short idle time keeps them timely); `--upstream-idle` overrides it.
-UPSTREAM_IDLE_S = 5.0
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
                         "trailer", "proxy-authenticate", "proxy-authorization", "host", "content-length"})
 
 
 class Gateway:
     def __init__(self, name: str, namespace: str, config: Callable[[], GatewayConfig],
-                 rng: random.Random | None = None, upstream_idle: float = UPSTREAM_IDLE_S) -> None:
+                 rng: random.Random | None = None, dialer: Dialer | None = None, host: str = "0.0.0.0") -> None:
         self.name, self.namespace = name, namespace
-        self.upstream_idle = upstream_idle
         self._config = config
         self._rng = rng or random.Random()
-        self._session: ClientSession | None = None
-        self._runners: list[web.AppRunner] = []
+        self._dialer: Dialer = dialer or TcpDialer()
+        self._host = host
+        self._runners: dict[int, tuple[str, web.AppRunner]] = {}  # port -> (protocol, runner)
         self._cert_dir = tempfile.TemporaryDirectory(prefix="ambient-gateway-")
 
     # ----------------------------------------------------------------------------------------- listeners
-    async def start(self, host: str = "0.0.0.0") -> list[int]:
-        """Bind one server per listener port (TLS when its listeners are HTTPS); returns the ports."""
-        self._session = ClientSession(connector=TCPConnector(limit=0, use_dns_cache=False,
-                                                             keepalive_timeout=self.upstream_idle),
-                                      auto_decompress=False)
+    async def sync_listeners(self) -> list[int]:
+        """Bind one server per listener port of the current config (TLS when its listeners are HTTPS) and
+        close the ports no listener uses any more; returns the bound ports. A port that cannot be bound is
+        logged and tried again at the next change."""
         cfg = self._config()
         ports: dict[int, str] = {}
         for listener in cfg.listeners:
             ports.setdefault(listener.port, listener.protocol)
+        for port in [p for p, (proto, _) in self._runners.items() if ports.get(p) != proto]:
+            _, runner = self._runners.pop(port)
+            await runner.cleanup()
+            log.info("gateway %s/%s closed port %d", self.namespace, self.name, port)
         for port, proto in sorted(ports.items()):
+            if port in self._runners:
+                continue
             app = web.Application(client_max_size=0)
             app.router.add_route("*", "/{tail:.*}", self._handler(port, proto))
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             ctx = self._tls_context(port) if proto == "HTTPS" else None
-            await web.TCPSite(runner, host, port, ssl_context=ctx, reuse_port=True).start()
-            self._runners.append(runner)
-            log.info("gateway %s/%s listening on %s:%d (%s)", self.namespace, self.name, host, port, proto)
-        return sorted(ports)
+            try:
+                await web.TCPSite(runner, self._host, port, ssl_context=ctx, reuse_port=True).start()
+            except OSError as exc:
+                await runner.cleanup()
+                log.warning("gateway %s/%s cannot listen on port %d: %s", self.namespace, self.name, port, exc)
+                continue
+            self._runners[port] = (proto, runner)
+            log.info("gateway %s/%s listening on %s:%d (%s)", self.namespace, self.name, self._host, port, proto)
+        return sorted(self._runners)
 
     def _tls_context(self, port: int) -> ssl.SSLContext:
         """A server context whose certificate is picked per handshake (SNI) from the latest config."""
@@ -119,10 +127,9 @@ class Gateway:
         return ctx
 
     async def aclose(self) -> None:
-        for runner in self._runners:
+        for _, runner in self._runners.values():
             await runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        self._runners.clear()
         self._cert_dir.cleanup()
 
     # ------------------------------------------------------------------------------------------ requests
@@ -162,7 +169,8 @@ class Gateway:
             return self._local(record, 400, "bad request: invalid path", "-")
         headers = {k.lower(): v for k, v in request.headers.items()}
         info = RequestInfo(request.method, path, headers, query)
-        routed = route_gateway_request(cfg.routes, self.name, self.namespace, listener, host, info, self._rng)
+        gw_ns, gw_name = cfg.owners.get(listener.name, (self.namespace, self.name))
+        routed = route_gateway_request(cfg.routes, gw_name, gw_ns, listener, host, info, self._rng)
         if isinstance(routed, NoRoute):
             return self._local(record, routed.status, routed.reason, "NR")
         if isinstance(routed, Redirect):
@@ -203,27 +211,28 @@ class Gateway:
                     path = filters.rewrite.path.apply(path)
             response_mod = filters.response_headers
         body = await request.read() if request.can_read_body else None
-        url = f"http://{ip}:{backend.port}{path}" + (f"?{query}" if query else "")
+        target = path + (f"?{query}" if query else "")
         retry = routed.retry
         attempts = 1 + (retry.attempts if retry is not None else 0)
-        assert self._session is not None
-        timeout = ClientTimeout(total=routed.request_timeout or None, sock_read=routed.backend_timeout or None)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                async with self._session.request(request.method, url, headers=[*fwd_headers, ("host", authority)],
-                                                 data=body, allow_redirects=False, timeout=timeout,
-                                                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding",
-                                                                    "Content-Type")) as upstream:
+                async with asyncio.timeout(routed.request_timeout or None):
+                    stream = await self._dialer.open(str(ip), int(backend.port or 0))
+                    upstream = await exchange(stream, request.method, target, [*fwd_headers, ("host", authority)],
+                                              body)
                     if retry is not None and not last and upstream.status in retry.codes:
+                        async for _ in upstream.body:
+                            pass
                         await asyncio.sleep(retry.backoff)
                         continue
-                    out = [(k.lower(), v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
+                    out = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
                     if response_mod is not None:
                         out = response_mod.apply(out)
-                    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out)
+                    response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None,
+                                                  headers=out)
                     await response.prepare(request)
-                    async for chunk in upstream.content.iter_any():
+                    async for chunk in upstream.body:
                         await response.write(chunk)
                     await response.write_eof()
                     record["status"] = upstream.status
@@ -231,9 +240,9 @@ class Gateway:
             except TimeoutError:
                 if last:
                     return self._local(record, 504, "upstream request timeout", "UT")
-            except (ClientError, OSError) as exc:
+            except UpstreamError as exc:
                 if last:
-                    return self._local(record, 503, f"upstream connect error: {exc}", "UF")
+                    return self._local(record, 503, f"upstream connect error: {exc.message}", "UF")
             if retry is not None:
                 await asyncio.sleep(retry.backoff)
         return self._local(record, 503, "no attempt left", "UF")
