@@ -2,18 +2,18 @@
 
 Per request: the listener of the port serving the Host (`l7.gateway_routing.listener_for`), the rule and
 backend chosen by the waypoint's engine (`route_gateway_request`: matches, precedence, weights), the rule's
-filters (RequestHeaderModifier, URLRewrite, ResponseHeaderModifier, RequestRedirect answered here), then
-HTTP/1.1 to the backend Service's VIP and port with the rule's timeout and retries. The gateway pod is
-captured by its node proxy, so a meshed backend is reached over HBONE with the gateway's own identity
-(through the backend's waypoint when it has one) and a non-meshed one over plain TCP.
+filters (RequestHeaderModifier, URLRewrite, ResponseHeaderModifier; RequestRedirect answered here), then one
+HTTP/1.1 exchange with the backend Service's VIP and port on a stream of its own (`upstream.Dialer`: plain
+TCP from a captured pod, or HBONE with the gateway's own identity), with the rule's timeout and retries.
 
-Answers of its own, as Envoy at an Istio gateway: 404 (no route / no rule), 500 (rule without usable
-backend or with an unsupported filter), 503 (backend Service unknown or the connection failed, flag UF),
-504 (timeout, flag UT). One access line per request on stderr (`request complete ...`).
+Answers of its own, as Envoy at an Istio gateway: 404 (no route / no rule), 500 (backend Service unknown,
+rule without usable backend or with an unsupported filter), 503 (the backend could not be reached or
+refused, flag UF), 504 (timeout, flag UT). One access line per request on stderr (`request complete ...`).
 
-Invariants: the listeners are bound once at start from the first config (a changed port set restarts the
-pod through the Deployment); certificates and routes are read per connection / request from the latest
-config, so a route change applies at once; hop-by-hop headers are never forwarded.
+Invariants: listener ports follow the config (`sync_listeners` binds new ports and closes unused ones);
+certificates (SNI) and routes are read per handshake / request from the latest config, so a change applies
+at once; hop-by-hop headers are never forwarded; certificate keys are written to a private temporary file
+only for the time of loading them.
 """
 
 from __future__ import annotations
