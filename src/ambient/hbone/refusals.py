@@ -16,6 +16,7 @@ REASONS: tuple[str, ...] = (
     "too_many_handshakes",  # the listener's cap on pending handshakes was reached
     "too_many_handshakes_from_source",  # the per-source-address cap on pending handshakes was reached
     "identity_rejected",  # verified certificate, but the peer is not acceptable (trust domain, SAN)
+    "no_certificate",  # the local workload has no certificate (yet): nothing to handshake with
     "header_block_too_large",  # HEADERS + CONTINUATION past the header list limit (CONTINUATION flood)
     "rapid_reset",  # too many streams reset before their response (CVE-2023-44487)
     "ping_flood",

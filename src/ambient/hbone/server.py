@@ -438,6 +438,7 @@ class HboneServer:
                     bundle = self._cert_provider()
                     ctx = self._contexts.get(bundle, server=True)
                 except Exception as exc:  # no certificate for the local workload yet: refuse, do not crash
+                    self.stats.refuse("no_certificate")
                     self._record(f"no certificate for the local workload: {exc}", label)
                     return
                 trust_domain = self._trust_domain or bundle.identity.trust_domain
