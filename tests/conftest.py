@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,6 +28,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=["fast", "plain"])
+def fast_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test with the library fast paths on, then off (AMBIENT_FAST_PATHS=0: h2 / h11 public APIs only)."""
+    from ambient.core import fastpaths
+
+    monkeypatch.setenv(fastpaths.SETTING, "1" if request.param == "fast" else "0")
+    fastpaths.reset()
+    yield request.param
+    fastpaths.reset()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from ambient.hbone.server import Accept, Decision, HboneServer
 from ambient.identity.ca import LocalCA
 from ambient.tls.verify import PeerIdentity
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]  # fast paths on and off
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
 CLIENT_ID = "spiffe://cluster.local/ns/x/sa/client"
 

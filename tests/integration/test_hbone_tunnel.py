@@ -20,7 +20,7 @@ from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, HboneServer, Reject
 from ambient.tls.verify import PeerIdentity
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_tasks")]
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]  # fast paths on and off
 MB = 1024 * 1024
 Handler = Callable[[ConnectRequest, PeerIdentity], Awaitable[Decision]]
 Served = tuple[HboneServer, HboneClient, list[tuple[ConnectRequest, PeerIdentity]]]

@@ -19,7 +19,7 @@ from ambient.bench.loopback import CLIENT_ID, ECHO_VIP, GRPC_VIP, WAYPOINT_ID, l
 from ambient.hbone.errors import HboneStatusError
 from helpers import Http1Client
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]  # fast paths on and off
 
 
 def route(name: str, rules: list[dict[str, Any]], created: str = "2024-01-01T00:00:00Z") -> dict[str, Any]:

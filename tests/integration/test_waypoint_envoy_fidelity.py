@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ambient.bench.loopback import loopback
 from ambient.runtime.accesslog import parse_fields
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]  # fast paths on and off
 
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 

@@ -142,9 +142,13 @@ class HboneConnection(asyncio.BufferedProtocol):
             h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8",
                                       validate_outbound_headers=False)
         )
-        self._h2.incoming_buffer = h2fast.FastFrameBuffer(
-            server=not client_side, max_header_block=self.settings.max_header_list_size)
-        self._h2.encoder = h2fast.PlainEncoder()
+        # The fast paths (h2 internals, `h2fast`) only when their check passed; else h2's public API only.
+        self._fast = h2fast.enabled()
+        if h2fast.capped_buffer_available():  # the header-block cap is a limit: kept with the fast paths off
+            self._h2.incoming_buffer = h2fast.FastFrameBuffer(
+                server=not client_side, max_header_block=self.settings.max_header_list_size, one_copy=self._fast)
+        if self._fast:
+            self._h2.encoder = h2fast.PlainEncoder()
         self._transport: asyncio.Transport | None = None
         self.streams: dict[int, HboneStream] = {}
         self._paused = False
@@ -254,6 +258,9 @@ class HboneConnection(asyncio.BufferedProtocol):
         view = data if isinstance(data, memoryview) else memoryview(data)
         h2c = self._h2
         try:
+            if not self._fast:  # the plain library path: h2 parses every frame
+                self._handle_events(h2c.receive_data(bytes(view)))
+                return
             while view:
                 if self._fast_left:
                     view = self._continue_data(view)
@@ -414,7 +421,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             stream = HboneStream(self, sid)
             stream._response = self._loop.create_future()
             self.streams[sid] = stream
-            if not h2fast.send_headers(self._h2, sid, headers, end_stream=False):
+            if not (self._fast and h2fast.send_headers(self._h2, sid, headers, end_stream=False)):
                 self._h2.send_headers(sid, headers, end_stream=False)
         except h2.exceptions.H2Error as exc:
             raise HboneStreamError(f"cannot open a stream to {self.label}: {exc}") from None
@@ -461,9 +468,13 @@ class HboneConnection(asyncio.BufferedProtocol):
         header + payload in one copy (the caller may reuse its buffer at once). Whatever h2 already queued
         goes first, so frames stay in order. A bulk frame is written out at once (the transport's
         pause_writing then comes before the caller reads more)."""
-        h2fast.account_sent_data(self._h2, stream_id, len(data))
-        self._flush()
-        self._queue(b"".join((h2fast.data_frame_header(stream_id, len(data)), data)))
+        if not self._fast:  # the plain library path: h2 frames it
+            self._h2.send_data(stream_id, bytes(data))
+            self._flush()
+        else:
+            h2fast.account_sent_data(self._h2, stream_id, len(data))
+            self._flush()
+            self._queue(b"".join((h2fast.data_frame_header(stream_id, len(data)), data)))
         if len(data) >= BULK_FRAME:
             self._write_out()
 

@@ -1,6 +1,7 @@
 """Where HBONE reaches into python-hyper `h2` internals to keep HTTP/2 off the per-byte path.
 
-Everything here depends on h2 4.4.1 / hyperframe / hpack internals (pinned in pyproject.toml; guarded by
+Everything here depends on h2 4.4.1 / hyperframe 6.1.0 / hpack 4.2.0 internals (pinned in pyproject.toml;
+checked at first use, see Guard below; guarded by
 tests/integration/test_hbone_fastpath.py, test_hbone_relay.py and test_hbone_h2fast_frames.py, which compare
 against h2's own paths):
 - `account_sent_data`: h2's bookkeeping for one outbound DATA frame, so `HboneConnection.send_data` can
@@ -24,17 +25,27 @@ against h2's own paths):
   HPACK encoder, the same bytes appended to h2's output buffer; anything else is h2's own call.
 - `FastFrameBuffer`: h2's inbound frame buffer with one copy less per DATA byte (for frames h2 does see).
 - `PlainEncoder`: HPACK without Huffman coding.
-- hyperframe's payload repr, which h2 formats for its trace log on every frame, made cheap.
+- hyperframe's payload repr, which h2 formats for its trace log on every frame, made cheap (`install()`, at
+  first use, never at import).
+
+Guard (`enabled()`, decided once per process by `core.fastpaths`): the fast paths run only when
+AMBIENT_FAST_PATHS is not 0, h2 / hpack / hyperframe are the pinned versions (`PINS`) and every private
+name they use (`PRIVATE_NAMES`, plus instance attributes of freshly built h2 objects) exists; otherwise
+`HboneConnection` uses h2's public API only (one log line says why). The header-block cap of
+`FastFrameBuffer` is a limit, not a fast path: it stays on with the fast paths off (`one_copy=False`)
+whenever the frame buffer's private names exist (`capped_buffer_available()`).
 """
 
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 import struct
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import h2.config
 import h2.connection
 import h2.errors
 import h2.events
@@ -45,6 +56,55 @@ import h2.utilities
 import hpack
 import hyperframe.frame
 
+from ambient.core import fastpaths
+
+PINS = {"h2": "4.4.1", "hpack": "4.2.0", "hyperframe": "6.1.0"}
+PRIVATE_NAMES = (
+    "h2.connection:_decode_headers",
+    "h2.connection:H2Connection._get_or_create_stream",
+    "h2.connection:H2Connection._terminate_connection",
+    "h2.connection:H2Connection._receive_data_frame",
+    "h2.connection:H2Connection._receive_headers_frame",
+    "h2.stream:H2Stream._process_received_headers",
+    "h2.stream:H2Stream._initialize_content_length",
+    "h2.stream:H2Stream._build_hdr_validation_flags",
+    "h2.frame_buffer:FrameBuffer._validate_frame_length",
+    "hyperframe.frame:_raw_data_repr",
+)
+_BUFFER_ATTRS = ("_data", "_headers_buffer", "_preamble_len")
+
+
+def _instance_names() -> list[str]:
+    """The private instance attributes used here, looked up on freshly built h2 objects."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    stream = h2.stream.H2Stream(1, conn.config, 65535, 65535)
+    wanted = [(conn, "H2Connection", ("_data_to_send", "_inbound_flow_control_window_manager", "incoming_buffer")),
+              (stream, "H2Stream", ("_inbound_window_manager", "_authority")),
+              (h2.frame_buffer.FrameBuffer(server=True), "FrameBuffer", _BUFFER_ATTRS)]
+    return [f"{cls}().{attr}" for obj, cls, attrs in wanted for attr in attrs if not hasattr(obj, attr)]
+
+
+def enabled() -> bool:
+    """Whether the fast paths run in this process (see the module docstring); installs the repr on first yes."""
+    if fastpaths.enabled("HBONE HTTP/2", PINS, PRIVATE_NAMES, _instance_names):
+        install()
+        return True
+    return False
+
+
+def install() -> None:
+    """Make hyperframe's payload repr cheap (idempotent). Called at first use, only when `enabled()`."""
+    if getattr(hyperframe.frame, "_raw_data_repr", None) is not _cheap_raw_data_repr:
+        hyperframe.frame._raw_data_repr = _cheap_raw_data_repr
+
+
+@functools.cache
+def capped_buffer_available() -> bool:
+    """Whether `FastFrameBuffer` (and its header-block cap) can run on this h2 (fast paths on or off)."""
+    buf = h2.frame_buffer.FrameBuffer(server=True)
+    return (all(hasattr(buf, a) for a in _BUFFER_ATTRS)
+            and not fastpaths.missing_names(["h2.frame_buffer:FrameBuffer._validate_frame_length"]))
+
 
 def _cheap_raw_data_repr(data: bytes | None) -> str:
     if not data:
@@ -52,12 +112,9 @@ def _cheap_raw_data_repr(data: bytes | None) -> str:
     head = binascii.hexlify(bytes(data[:10])).decode("ascii")
     return f"<hex:{head}...>" if len(data) > 10 else f"<hex:{head}>"
 
-
-# h2 formats repr(frame) for its trace logger on EVERY received frame, even with logging off, and
+# (h2 formats repr(frame) for its trace logger on EVERY received frame, even with logging off, and
 # hyperframe's repr hex-encodes the whole payload before truncating it to 20 characters: for 1 MiB DATA
-# frames that was more than half of the CPU of a tunnel. Same output, computed from the first 10 bytes.
-if hasattr(hyperframe.frame, "_raw_data_repr"):
-    hyperframe.frame._raw_data_repr = _cheap_raw_data_repr
+# frames that was more than half of the CPU of a tunnel. Same output, computed from the first 10 bytes.)
 
 # Frame header = 24-bit length, type 0 (DATA), flags, stream id.
 DATA_FRAME_HEADER = struct.Struct(">HBBBL")
@@ -398,15 +455,16 @@ class FastFrameBuffer(h2.frame_buffer.FrameBuffer):
     header list it decodes to, give or take padding, so the header list limit is the right cap.) None: no
     cap (h2's behaviour)."""
 
-    def __init__(self, server: bool = False, max_header_block: int | None = None) -> None:
+    def __init__(self, server: bool = False, max_header_block: int | None = None, *, one_copy: bool = True) -> None:
         super().__init__(server)
         self.max_header_block = max_header_block
+        self.one_copy = one_copy  # False (fast paths off): only the header-block cap, DATA frames as h2 parses them
 
     def __next__(self) -> hyperframe.frame.Frame:
         data = self._data
         if len(data) >= 9 and data[3] in _HEADER_BLOCK_TYPES and self.max_header_block is not None:
             self._check_header_block(data)
-        if len(data) >= 9 and data[3] == 0 and not data[4] & _DATA_PADDED:
+        if self.one_copy and len(data) >= 9 and data[3] == 0 and not data[4] & _DATA_PADDED:
             length = (data[0] << 16) | (data[1] << 8) | data[2]
             if len(data) >= length + 9 and not self._headers_buffer:
                 self._validate_frame_length(length)

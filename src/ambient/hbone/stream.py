@@ -177,7 +177,7 @@ class HboneStream:
             return
         self._local_closed = True
         try:
-            if not h2fast.end_stream(self._conn._h2, self.stream_id):
+            if not (self._conn._fast and h2fast.end_stream(self._conn._h2, self.stream_id)):
                 self._conn._h2.end_stream(self.stream_id)
         except h2.exceptions.H2Error as exc:
             raise HboneStreamError(f"cannot end stream {self.stream_id} to {self._conn.label}: {exc}") from None
@@ -242,7 +242,8 @@ class HboneStream:
         ok = status == 200
         try:
             headers = proto.response_headers(status)
-            if not h2fast.send_headers(self._conn._h2, self.stream_id, headers, end_stream=not ok):
+            if not (self._conn._fast and h2fast.send_headers(self._conn._h2, self.stream_id, headers,
+                                                             end_stream=not ok)):
                 self._conn._h2.send_headers(self.stream_id, headers, end_stream=not ok)
         except h2.exceptions.H2Error as exc:
             raise HboneStreamError(f"cannot answer stream {self.stream_id}: {exc}") from None

@@ -5,7 +5,7 @@ Role: `Http1Upstream.exchange` (in `http1`) is a thin driver around `UpstreamExc
 and acts on `next_event()`: `ResponseHead`, `BodyChunk`, `ResponseEnd`, or `NEED_DATA` (read more, within the
 idle timeout). Everything about bytes and framing is decided here, so it is tested without sockets.
 
-Two paths, chosen per exchange:
+Two paths, chosen per exchange (the fast one only when `h1fast.enabled()`):
 - fast (most traffic): a request without a body, on a connection h11 has nothing pending for, is written
   with `h1fast.request_head`; a plain response (`h1fast.parse_response_head`: Content-Length or no body) is
   parsed without h11. A response that is not plain is handed to h11 from its first byte, with h11's state
@@ -91,7 +91,7 @@ class UpstreamExchange:
         self.has_body = has_body
         self.max_head = max_head
         self.headers = request_headers(host, headers, content_length, has_body)
-        fast = (None if has_body or conn.our_state is not h11.IDLE or conn.trailing_data[0]
+        fast = (None if has_body or conn.our_state is not h11.IDLE or conn.trailing_data[0] or not h1fast.enabled()
                 else h1fast.request_head(method, target, self.headers))
         self._fast_head = fast
         self._state = _FAST_HEAD if fast is not None else _H11

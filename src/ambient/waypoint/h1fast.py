@@ -9,7 +9,9 @@ anything else to `h11`.
 
 Invariants:
 - Never more permissive than h11: every field is checked with h11's own grammar (the patterns of
-  `h11._abnf`, compiled over bytes; h11 is pinned); a message the fast parser does not accept in full
+  `h11._abnf`, compiled over bytes; h11 is pinned and checked at first use, see `enabled`: with the setting
+  AMBIENT_FAST_PATHS=0, another h11 version or missing names, h11 handles every message); a message the fast
+  parser does not accept in full
   gives None, and the caller falls back to h11 from the first byte of that message, so h11 decides (and
   words) every rejection, exactly as before.
 - Only messages whose framing is unambiguous are taken: no Transfer-Encoding, at most one Content-Length
@@ -31,8 +33,8 @@ import re
 from dataclasses import dataclass
 
 import h11
-from h11 import _abnf
 
+from ambient.core import fastpaths
 from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
 from ambient.waypoint.errors import HttpProtocolError
@@ -40,10 +42,31 @@ from ambient.waypoint.messages import Limits, Request, reason_phrase, strip_hop_
 
 READ_CHUNK = 64 * 1024
 
-# h11's grammar (h11._abnf), compiled over bytes (so that \s is ASCII whitespace only, as in h11)
-_TOKEN = _abnf.token.encode("ascii")
-_FIELD_VCHAR = _abnf.field_vchar.encode("ascii")
-_FIELD_CONTENT = _abnf.field_content.encode("ascii")
+PINS = {"h11": "0.16.0"}
+PRIVATE_NAMES = ("h11._abnf:token", "h11._abnf:field_vchar", "h11._abnf:field_content")
+
+
+def _grammar() -> tuple[bytes, bytes, bytes] | None:
+    """h11's grammar (h11._abnf), as bytes; None when this h11 does not have it (the fast path is then off)."""
+    if fastpaths.missing_names(PRIVATE_NAMES):
+        return None
+    from h11 import _abnf
+
+    return (_abnf.token.encode("ascii"), _abnf.field_vchar.encode("ascii"), _abnf.field_content.encode("ascii"))
+
+
+_NEVER = rb"(?!)"  # a pattern that matches nothing (no grammar: the fast path is off anyway)
+_GRAMMAR = _grammar()
+
+
+def enabled() -> bool:
+    """Whether the fast path runs in this process (`core.fastpaths`: setting, h11 version, h11._abnf names);
+    when not, `http1` uses h11 for every message."""
+    return _GRAMMAR is not None and fastpaths.enabled("waypoint HTTP/1.1", PINS, PRIVATE_NAMES)
+
+
+# h11's grammar, compiled over bytes (so that \s is ASCII whitespace only, as in h11)
+_TOKEN, _FIELD_VCHAR, _FIELD_CONTENT = _GRAMMAR or (_NEVER, _NEVER, _NEVER)
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: (?:[ \t]|" + _FIELD_VCHAR + rb")*)?")
 _HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:" + _FIELD_CONTENT + rb")?)[ \t]*")

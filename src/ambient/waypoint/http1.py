@@ -258,6 +258,11 @@ async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, init
     Plain requests take the fast path (`h1fast`); the first request that is not plain, and every request
     after it on the connection, is parsed by h11 from its first byte."""
     fc = h1fast.FastConn(stream, limits, initial)
+    if not h1fast.enabled():  # the plain library path: h11 from the first byte
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        fc.hand_to_h11(conn)
+        await _serve_h11(conn, _Reader(conn, stream, limits), stream, handler, limits)
+        return
     while True:
         try:
             head = await fc.next_head()
