@@ -494,3 +494,18 @@ def test_tcp_route_weights_a_plain_tcp_echo(cluster: Cluster) -> None:
     wait_for(lambda: _in_client(cluster, TCP_CLIENT, vip, "10").get("v2"), 60, "the TCPRoute applied")
     got = _in_client(cluster, TCP_CLIENT, vip, "50")
     assert set(got) == {"v1", "v2"} and 35 <= got["v1"] <= 45, got
+
+
+def test_ambient_get_shows_route_and_policy_conditions(cluster: Cluster) -> None:
+    def shown(kind: str, name: str) -> dict[str, Any]:
+        run = cluster.ambient("get", kind, name, "-n", NS, "-o", "json")
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout))
+
+    ra = wait_for(lambda: _condition(shown("requestauthentication", "jwt"), "WaypointAccepted"), 30,
+                  "the RequestAuthentication's condition")
+    assert (ra["status"], ra["reason"]) == ("True", "Accepted") and f"waypoint {NS}/waypoint" in ra["message"]
+    for kind, name in (("grpcroute", "greeter"), ("tcproute", "tcp-echo")):
+        parents = wait_for(lambda k=kind, n=name: (shown(k, n).get("status") or {}).get("parents"), 30,
+                           f"the {kind}'s status")
+        assert [c["status"] for p in parents for c in p["conditions"] if c["type"] == "Accepted"] == ["True"]

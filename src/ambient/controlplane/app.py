@@ -56,6 +56,7 @@ from ambient.controlplane.errors import CaRefusedError, ControlPlaneError
 from ambient.controlplane.index import (
     CONDITION_TYPES,
     KINDS,
+    ROUTE_KINDS,
     STATUS_CONDITION,
     IndexDelta,
     MeshIndex,
@@ -233,7 +234,7 @@ class ControlPlane:
             for (kind, ns, name), (status, reason, message) in pending.items():
                 obj = self.index.get(kind, ns, name)
                 now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                if kind == "HTTPRoute":
+                if kind in ROUTE_KINDS:
                     if obj is None:
                         continue
                     patch = {"status": route_status(obj, (status, reason, message), now)}

@@ -26,7 +26,11 @@ from ambient.controlplane import serviceentry as se
 from ambient.controlplane import translate as tr
 from ambient.controlplane.policy import peer_authentication_warning
 from ambient.controlplane.route_policy_status import CONDITION_TYPE as VS_CONDITION_TYPE
-from ambient.controlplane.route_policy_status import virtual_service_status_fields
+from ambient.controlplane.route_policy_status import (
+    is_waypoint_gateway,
+    request_authentication_status_fields,
+    virtual_service_status_fields,
+)
 from ambient.controlplane.route_policy_status import written_condition as written_vs_condition
 from ambient.protocol.gen.istio.security import authorization_pb2 as sec
 from ambient.protocol.gen.istio.workload import workload_pb2 as wl
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway", "HTTPRoute",
-         "ServiceEntry", "VirtualService")
+         "ServiceEntry", "VirtualService", "GRPCRoute", "TCPRoute", "RequestAuthentication")
 
 
 @dataclass
@@ -74,7 +78,9 @@ class MeshIndex:
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_policies: set[tuple[str, str]] = set()
         self._dirty_pa = False
-        self._dirty_routes: set[tuple[str, str]] = set()  # HTTPRoutes: only their status (waypoints route)
+        # HTTPRoutes (and GRPCRoutes, TCPRoutes): only their status (waypoints route): (kind, ns, name)
+        self._dirty_routes: set[tuple[str, str, str]] = set()
+        self._dirty_auth: set[tuple[str, str]] = set()  # RequestAuthentications: their WaypointAccepted condition
         self._dirty_vs: set[tuple[str, str]] = set()  # VirtualServices: only their status (waypoints route)
         self._pa_warned: dict[str, str] = {}  # "ns/name" -> the warning last logged for it
         self._dirty_entries: set[tuple[str, str]] = set()  # ServiceEntries to re-translate
@@ -143,8 +149,13 @@ class MeshIndex:
                 self._dirty_pods.update(self._all_pod_keys())
             else:
                 self._dirty_pods.update((ns, p) for p in self._objs["Pod"].get(ns, {}))
-        elif kind == "HTTPRoute":
-            self._dirty_routes.add((ns, name))
+        elif kind in ROUTE_KINDS:
+            self._dirty_routes.add((kind, ns, name))
+        elif kind == "RequestAuthentication":
+            self._dirty_auth.add((ns, name))
+        if kind in ("Service", "Namespace", "Gateway") and self._objs["RequestAuthentication"]:
+            self._dirty_auth.update((n, v) for n, by_name in self._objs["RequestAuthentication"].items()
+                                    for v in by_name)
         if kind == "VirtualService":
             self._dirty_vs.add((ns, name))
         elif kind in ("Service", "Namespace", "Gateway", "HTTPRoute") and self._objs["VirtualService"]:
@@ -239,17 +250,19 @@ class MeshIndex:
             self._set_auth(delta, key, result.authorization)
         if self._dirty_pa:
             self._flush_peer_authentications(delta)
-        for ns, name in sorted(self._dirty_routes):
-            route = self.get("HTTPRoute", ns, name)
-            accepted = route_status_fields(route) if route is not None else None
+        for kind, ns, name in sorted(self._dirty_routes):
+            route = self.get(kind, ns, name)
+            accepted = route_status_fields(route, kind) if route is not None else None
             if accepted is None:
-                self.status_pending.pop(("HTTPRoute", ns, name), None)
+                self.status_pending.pop((kind, ns, name), None)
             elif route is not None and _written_route_condition(route) != accepted:
-                self.status_pending[("HTTPRoute", ns, name)] = accepted
+                self.status_pending[(kind, ns, name)] = accepted
         self._dirty_routes.clear()
         gateways = self._gateways()
         if self._dirty_vs:
             self._flush_virtual_services(gateways)
+        if self._dirty_auth:
+            self._flush_request_authentications(gateways)
         for ns, name in sorted(self._dirty_services):
             svc = self.get("Service", ns, name)
             msg = tr.service_from_k8s(svc, self._namespace_labels(ns), gateways) if svc else None
@@ -340,6 +353,32 @@ class MeshIndex:
             self.addresses[key] = msg
             delta.addresses[key] = msg
 
+    def _flush_request_authentications(self, gateways: dict[str, Obj]) -> None:
+        """The `WaypointAccepted` condition of each changed RequestAuthentication (see route_policy_status)."""
+        for ns, name in sorted(self._dirty_auth):
+            obj = self.get("RequestAuthentication", ns, name)
+            key = ("RequestAuthentication", ns, name)
+            if obj is None:
+                self.status_pending.pop(key, None)
+                continue
+            fields = request_authentication_status_fields(
+                obj, lambda n, s: self._waypoint_of(n, s, gateways),
+                lambda n, s: is_waypoint_gateway(gateways.get(f"{s}/{n}")))
+            if fields is None:
+                self.status_pending.pop(key, None)
+            elif written_vs_condition(obj) != fields:
+                self.status_pending[key] = fields
+        self._dirty_auth.clear()
+
+    def _waypoint_of(self, name: str, ns: str, gateways: dict[str, Obj]) -> str | None:
+        """"ns/name" of the waypoint Service `ns/name` uses, None when it uses none."""
+        svc = self.get("Service", ns, name)
+        msg = tr.service_from_k8s(svc, self._namespace_labels(ns), gateways) if svc else None
+        if msg is None or not msg.HasField("waypoint"):
+            return None
+        host = msg.waypoint.hostname
+        return f"{host.namespace}/{host.hostname.split('.')[0]}" if host.hostname else "(by address)"
+
     def _flush_virtual_services(self, gateways: dict[str, Obj]) -> None:
         """The `WaypointAccepted` condition of each changed VirtualService (see route_policy_status)."""
 
@@ -381,7 +420,7 @@ class MeshIndex:
 
 STATUS_CONDITION = "ZtunnelAccepted"
 # the condition type written for each kind (others: STATUS_CONDITION; HTTPRoutes: per-parent `Accepted`)
-CONDITION_TYPES = {"VirtualService": VS_CONDITION_TYPE}
+CONDITION_TYPES = {"VirtualService": VS_CONDITION_TYPE, "RequestAuthentication": VS_CONDITION_TYPE}
 
 
 ACCEPTED = ("True", "Accepted", "enforced by the node proxies as written")
@@ -405,17 +444,24 @@ def mesh_parent_refs(route: Obj) -> list[Obj]:
             if ref.get("kind") == "Service" and ref.get("group", "") in ("", "core")]
 
 
-def route_status_fields(route: Obj) -> tuple[str, str, str] | None:
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute")
+
+
+def route_status_fields(route: Obj, kind: str = "HTTPRoute") -> tuple[str, str, str] | None:
     """(status, reason, message) of the `Accepted` condition the control plane reports for an HTTPRoute's
     Service parents (None: the route has none, it is not a mesh route). Not accepted as written when a rule
     uses a filter the waypoints do not implement (those rules answer 500) or the route cannot be parsed."""
     if not mesh_parent_refs(route):
         return None
     from ambient.l7.errors import ConfigError
+    from ambient.l7.gateway_routes import parse_grpc_route, parse_tcp_route
     from ambient.l7.routing import parse_http_route
 
     try:
-        parsed = parse_http_route(route)
+        if kind == "TCPRoute":
+            parse_tcp_route(route)
+            return "True", "Accepted", "routed by the waypoints as written"
+        parsed = parse_grpc_route(route) if kind == "GRPCRoute" else parse_http_route(route)
     except ConfigError as exc:
         return "False", "UnsupportedValue", exc.message
     unsupported = [f"rule {i}: {what}" for i, rule in enumerate(parsed.rules) if rule.filters is not None

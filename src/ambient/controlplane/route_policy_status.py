@@ -1,4 +1,4 @@
-"""Status of the Istio traffic-management objects a waypoint applies (pure): VirtualService today.
+"""Status of the Istio objects a waypoint applies (pure): VirtualService and RequestAuthentication.
 
 Role: `virtual_service_status_fields(vs, waypoint_of, httproutes)` -> (status, reason, message) of the
 `WaypointAccepted` condition the control plane writes on a VirtualService (the condition type Istio uses for
@@ -62,6 +62,40 @@ def virtual_service_status_fields(
     notes += [f"{s} takes precedence" for s in overridden]
     if notes:
         return "False", "UnsupportedValue", f"bound to {', '.join(bound)}; but: " + "; ".join(notes)
+    return "True", "Accepted", f"bound to {', '.join(bound)}"
+
+
+def is_waypoint_gateway(gw: Mapping[str, Any] | None) -> bool:
+    return gw is not None and (gw.get("spec") or {}).get("gatewayClassName") == "istio-waypoint"
+
+
+def request_authentication_status_fields(
+    ra: Mapping[str, Any],
+    waypoint_of: Callable[[str, str], str | None],
+    is_waypoint: Callable[[str, str], bool],
+) -> tuple[str, str, str] | None:
+    """`WaypointAccepted` of a RequestAuthentication with targetRefs (None for a selector one: no waypoint
+    takes it). True when every target is a waypoint Gateway or a Service that uses one; else False /
+    TargetNotFound naming the targets no waypoint enforces it for."""
+    meta = ra.get("metadata") or {}
+    ns = str(meta.get("namespace") or "default")
+    spec = ra.get("spec") or {}
+    refs = list(spec.get("targetRefs") or ()) + ([spec["targetRef"]] if spec.get("targetRef") else [])
+    if not refs:
+        return None
+    bound: list[str] = []
+    missing: list[str] = []
+    for ref in refs:
+        kind, name, rns = str(ref.get("kind")), str(ref.get("name")), str(ref.get("namespace") or ns)
+        if kind == "Gateway" and is_waypoint(name, rns):
+            bound.append(f"waypoint {rns}/{name}")
+        elif kind == "Service" and (wp := waypoint_of(name, rns)) is not None:
+            bound.append(f"Service {rns}/{name} via waypoint {wp}")
+        else:
+            missing.append(f"{kind} {rns}/{name}")
+    if missing:
+        return ("False", "TargetNotFound", f"no waypoint enforces it for {', '.join(missing)}"
+                + (f" (bound to {', '.join(bound)})" if bound else ""))
     return "True", "Accepted", f"bound to {', '.join(bound)}"
 
 

@@ -52,3 +52,36 @@ def test_index_queues_the_condition_and_requeues_when_the_service_gets_a_waypoin
                                                                  "labels": {"istio.io/use-waypoint": "waypoint"}}})
     index.flush()
     assert index.status_pending[("VirtualService", "shop", "r")][:2] == ("True", "Accepted")
+
+
+def ra(*refs: dict[str, str]) -> dict[str, Any]:
+    return {"kind": "RequestAuthentication", "metadata": {"name": "jwt", "namespace": "shop"},
+            "spec": {"targetRefs": list(refs), "jwtRules": [{"issuer": "i", "jwks": "{}"}]}}
+
+
+def test_request_authentication_status() -> None:
+    from ambient.controlplane.route_policy_status import request_authentication_status_fields as f
+
+    waypoint = {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}
+    svc = {"kind": "Service", "group": "", "name": "reviews"}
+    is_wp = lambda n, s: (s, n) == ("shop", "waypoint")  # noqa: E731
+    assert f(ra(waypoint), bound(), is_wp)[:2] == ("True", "Accepted")  # type: ignore[index]
+    assert f(ra(svc), bound("shop/reviews"), is_wp)[:2] == ("True", "Accepted")  # type: ignore[index]
+    got = f(ra(svc), bound(), is_wp)
+    assert got is not None and got[:2] == ("False", "TargetNotFound") and "Service shop/reviews" in got[2]
+    assert f({"kind": "RequestAuthentication", "metadata": {"name": "x"}, "spec": {"selector": {}}}, bound(),
+             is_wp) is None
+
+
+def test_grpc_and_tcp_routes_get_the_accepted_condition() -> None:
+    from ambient.controlplane.index import route_status_fields
+
+    parent = [{"group": "", "kind": "Service", "name": "greeter"}]
+    grpc = {"kind": "GRPCRoute", "metadata": {"name": "g", "namespace": "shop"},
+            "spec": {"parentRefs": parent, "rules": [{"filters": [{"type": "RequestMirror", "requestMirror": {
+                "backendRef": {"name": "m"}}}], "backendRefs": [{"name": "a"}]}]}}
+    got = route_status_fields(grpc, "GRPCRoute")
+    assert got is not None and got[:2] == ("False", "UnsupportedValue") and "RequestMirror" in got[2]
+    tcp = {"kind": "TCPRoute", "metadata": {"name": "t", "namespace": "shop"},
+           "spec": {"parentRefs": parent, "rules": [{"backendRefs": [{"name": "a", "port": 1}]}]}}
+    assert route_status_fields(tcp, "TCPRoute") == ("True", "Accepted", "routed by the waypoints as written")
