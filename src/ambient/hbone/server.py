@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import socket
@@ -401,6 +402,10 @@ class HboneServer:
     def _trim(self) -> None:
         self._trim_handle = None
         if len(self._handshakes) <= TRIM_LOW_WATER:
+            # A failed handshake leaves cyclic garbage (h2's H2Connection refers to itself through its
+            # frame dispatch table; the default loop's transports too): free it first, or its memory is
+            # not free to hand back yet. Once per burst, so the full collection's cost does not matter.
+            gc.collect()
             _malloc_trim()
         else:  # a new burst began: trim after it
             self._burst_peak = max(self._burst_peak, TRIM_AFTER_PENDING)
