@@ -32,6 +32,7 @@ from ambient.identity.ca import LocalCA
 from ambient.tls.contexts import client_context
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel.certs import LocalCaSource
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(180)
 SERVER_ID = "spiffe://cluster.local/ns/mem/sa/server"
@@ -55,19 +56,13 @@ async def echo_handler(_req: ConnectRequest, _peer: PeerIdentity) -> Decision:
     return Accept(serve=echo)
 
 
-async def wait_for(cond: Any, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 - polls server state that has no event
-            await asyncio.sleep(0.01)
-
-
 # -- in-process: caps and deadlines -------------------------------------------------------------------------
 async def test_source_cap_closes_extra_connection_at_once(ca: LocalCA) -> None:
     limits = HandshakeLimits(timeout=60, max_pending_per_source=2)
     async with HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(SERVER_ID), echo_handler,
                            limits=limits) as server:
         held = [await asyncio.open_connection(*server.address[:2]) for _ in range(2)]
-        await wait_for(lambda: server.pending_handshakes == 2)
+        await eventually(lambda: server.pending_handshakes == 2)
         reader, writer = await asyncio.open_connection(*server.address[:2])
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed long before the 60 s deadline
         assert server.stats.refused == {"too_many_handshakes_from_source": 1}
@@ -75,7 +70,7 @@ async def test_source_cap_closes_extra_connection_at_once(ca: LocalCA) -> None:
         for _, w in [*held, (reader, writer)]:
             w.close()
         # a real client is still served once the silent ones are gone
-        await wait_for(lambda: server.pending_handshakes == 0)
+        await eventually(lambda: server.pending_handshakes == 0)
         async with HboneClient() as client:
             s = await client.connect(ca.issue("spiffe://cluster.local/ns/x/sa/c"), server.address[:2],
                                      {SERVER_ID}, "127.0.0.1:80")
@@ -89,7 +84,7 @@ async def test_pressure_cuts_every_pending_deadline(ca: LocalCA) -> None:
     async with HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(SERVER_ID), echo_handler,
                            limits=limits) as server:
         first = await asyncio.open_connection(*server.address[:2])
-        await wait_for(lambda: server.pending_handshakes == 1)
+        await eventually(lambda: server.pending_handshakes == 1)
         second = await asyncio.open_connection(*server.address[:2])  # half the cap: pressure
         for reader, _ in (first, second):
             assert await asyncio.wait_for(reader.read(), 10) == b""  # the first one's 60 s cut too
@@ -103,7 +98,7 @@ async def test_listener_cap_refuses_past_it(ca: LocalCA) -> None:
     async with HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(SERVER_ID), echo_handler,
                            limits=limits) as server:
         held = [await asyncio.open_connection(*server.address[:2]) for _ in range(2)]
-        await wait_for(lambda: server.pending_handshakes == 2)
+        await eventually(lambda: server.pending_handshakes == 2)
         reader, writer = await asyncio.open_connection(*server.address[:2])
         assert await asyncio.wait_for(reader.read(), 10) == b""
         assert server.stats.refused == {"too_many_handshakes": 1}
