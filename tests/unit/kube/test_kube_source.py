@@ -52,6 +52,12 @@ def test_every_watched_kind_has_a_recorded_list() -> None:
     assert set(PATHS) == set(RESOURCES)
 
 
+def test_every_kind_the_control_plane_reads_is_watched_from_kubernetes() -> None:
+    from ambient.controlplane.index import KINDS
+
+    assert set(KINDS) <= set(RESOURCES)
+
+
 @pytest.mark.parametrize("kind", sorted(PATHS))
 async def test_list_returns_api_json_in_the_local_shape(fake_api: FakeKubeApi, source: KubeSource, kind: str) -> None:
     path, name = PATHS[kind]
