@@ -77,3 +77,19 @@ async def test_outlier_detection_ejects_a_failing_endpoint_then_sends_to_it_agai
                 break
         assert again[-1] == "v2", again
         c.stream.close()
+
+
+async def test_load_balancer_round_robin_and_consistent_hash() -> None:
+    async with loopback([dr({"loadBalancer": {"simple": "ROUND_ROBIN"}})]) as lb:
+        c = Http1Client(await lb.open())
+        seen = [json.loads((await c.request("/"))[2])["version"] for _ in range(6)]
+        assert seen[0::2] == [seen[0]] * 3 and seen[1::2] == [seen[1]] * 3 and seen[0] != seen[1], seen
+        lb.set_objects([dr({"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}})])
+        by_user: dict[str, set[str]] = {}
+        for i in range(40):
+            user = f"user-{i % 8}"
+            _, _, body = await c.request("/", {"x-user": user})
+            by_user.setdefault(user, set()).add(json.loads(body)["version"])
+        assert all(len(v) == 1 for v in by_user.values()), by_user  # each user sticks to one endpoint
+        assert set().union(*by_user.values()) == {"v1", "v2"}  # and the users spread over both
+        c.stream.close()

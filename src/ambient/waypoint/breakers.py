@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,3 +154,35 @@ class Breakers:
                 self._outliers.clear()
             d = self._outliers[key] = OutlierDetector(settings, self._clock)
         return d
+
+
+def _hrw(key: str, host: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{host}".encode(), digest_size=8).digest(), "big")
+
+
+class Balancer:
+    """DestinationRule `loadBalancer` over the usable endpoints of one cluster (their host keys, stable
+    order): ROUND_ROBIN (a counter per cluster), LEAST_REQUEST (Envoy's power of two choices on requests in
+    flight), RANDOM, and `consistentHash` on a header or the source IP (rendezvous hashing: the same key
+    keeps its endpoint, and only the keys of a removed endpoint move). Returns an index into `hosts`."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, int, str], int] = {}
+        self.in_flight: collections.Counter[str] = collections.Counter()
+
+    def choose(self, cluster: tuple[str, int, str], hosts: list[str], simple: str, hash_key: str | None,
+               rng: random.Random) -> int:
+        if len(hosts) == 1:
+            return 0
+        if hash_key is not None:
+            return max(range(len(hosts)), key=lambda i: _hrw(hash_key, hosts[i]))
+        if simple == "ROUND_ROBIN":
+            if len(self._counters) > _MAX_CLUSTERS:
+                self._counters.clear()
+            n = self._counters.get(cluster, rng.randrange(len(hosts)))  # random start, as Envoy
+            self._counters[cluster] = n + 1
+            return n % len(hosts)
+        if simple in ("LEAST_REQUEST", "LEAST_CONN"):
+            a, b = rng.sample(range(len(hosts)), 2)
+            return a if self.in_flight[hosts[a]] <= self.in_flight[hosts[b]] else b
+        return rng.randrange(len(hosts))

@@ -84,7 +84,7 @@ from ambient.tls.verify import PeerIdentity
 from ambient.waypoint import retry as retry_plan
 from ambient.waypoint import upgrade
 from ambient.waypoint.apply_filters import apply_filters
-from ambient.waypoint.breakers import Breakers, OutlierDetector
+from ambient.waypoint.breakers import Balancer, Breakers, OutlierDetector
 from ambient.waypoint.config import L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.h2client import Http2Upstream
@@ -167,6 +167,7 @@ class Waypoint:
         self._jwks = JwksCache(self.settings.jwks)
         self._verified: TokenCache = {}  # verified JWTs (see request_auth.verify)
         self._breakers = Breakers()
+        self._balancer = Balancer()
 
     # -- CONNECT ------------------------------------------------------------------------------------------
     async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
@@ -627,7 +628,14 @@ class Waypoint:
             svc = backend[0]
             outlier = self._breakers.outlier((svc.key, backend[1], _subset_key(backend[2])), backend[3].outlier) \
                 if backend[3].outlier is not None else None
-            ep = self._pick(conn, svc, backend[1], view, record, backend[2], outlier)
+            policy = backend[3]
+            hash_key = None
+            if policy.hash_header:
+                hash_key = next((v for k, v in req.headers if k == policy.hash_header), "")
+            elif policy.hash_source_ip:
+                hash_key = conn.source_addr.rpartition(":")[0]
+            ep = self._pick(conn, svc, backend[1], view, record, backend[2], outlier,
+                            policy if policy.lb_simple or hash_key is not None else None, hash_key)
             if outlier is not None:
                 return await self._attempt_watched(conn, req, writer, record, view, backend, retry_codes, ep, outlier)
         return await self._exchange(conn, req, writer, record, backend, retry_codes, ep)
@@ -667,6 +675,28 @@ class Waypoint:
     ) -> int:
         svc = backend[0] if backend is not None else None
         self._describe(ep, svc, record)
+        if backend is None or backend[3].lb_simple not in ("LEAST_REQUEST", "LEAST_CONN"):
+            return await self._exchange_on(conn, req, writer, record, svc, backend, retry_codes, ep)
+        host = f"{ep.workload.uid}/{ep.ip}:{ep.port}"
+        self._balancer.in_flight[host] += 1
+        try:
+            return await self._exchange_on(conn, req, writer, record, svc, backend, retry_codes, ep)
+        finally:
+            self._balancer.in_flight[host] -= 1
+            if self._balancer.in_flight[host] <= 0:
+                del self._balancer.in_flight[host]
+
+    async def _exchange_on(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        svc: Service | None,
+        backend: _Backend | None,
+        retry_codes: Collection[int],
+        ep: _Endpoint,
+    ) -> int:
         accept = (lambda status: status not in retry_codes) if retry_codes else None
         port = (svc.port(backend[1]) if svc is not None and backend is not None else None) or (
             conn.service.port(conn.port) if conn.service is not None else None)
@@ -702,7 +732,8 @@ class Waypoint:
         return status
 
     def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord,
-              subset: Mapping[str, str] | None = None, outlier: OutlierDetector | None = None) -> _Endpoint:
+              subset: Mapping[str, str] | None = None, outlier: OutlierDetector | None = None,
+              lb: TrafficPolicy | None = None, hash_key: str | None = None) -> _Endpoint:
         port = svc.port(port_number) or Port(port_number, port_number)
         record.dst_service = svc.hostname
         record.dst_service_name, record.dst_service_namespace = svc.name, svc.namespace
@@ -716,10 +747,20 @@ class Waypoint:
             healthy = tuple(wl for wl in endpoints if not any(
                 outlier.ejected(f"{wl.uid}/{a}:{resolve_target_port(svc, port, wl)}") for a in wl.addresses))
             endpoints = healthy or endpoints
-        picked = pick_endpoint(
-            conn.source, endpoints, svc.load_balancing or LoadBalancing(), self._rng,
-            family=family, target=lambda wl: resolve_target_port(svc, port, wl),
-        )
+        balancing = svc.load_balancing or LoadBalancing()
+
+        def target(wl: Workload) -> int | None:
+            return resolve_target_port(svc, port, wl)
+
+        if lb is not None and len(endpoints) > 1:  # a DestinationRule loadBalancer: choose among the usable
+            usable = [p for wl in endpoints
+                      if (p := pick_endpoint(conn.source, (wl,), balancing, self._rng, family=family, target=target))]
+            if usable:
+                hosts = [f"{w.uid}/{a.ip}:{a.port}" for w, a in usable]
+                i = self._balancer.choose((svc.key, port_number, _subset_key(subset)), hosts, lb.lb_simple,
+                                          hash_key, self._rng)
+                endpoints = (usable[i][0],)
+        picked = pick_endpoint(conn.source, endpoints, balancing, self._rng, family=family, target=target)
         if picked is None:
             raise UpstreamError(f"no healthy endpoint for {svc.hostname}:{port_number}", status=503, flags="UH")
         wl, addr = picked

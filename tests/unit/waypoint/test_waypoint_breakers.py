@@ -92,3 +92,27 @@ def test_outlier_respects_max_ejection_percent_but_always_allows_one() -> None:
     d = OutlierDetector(OutlierDetection(consecutive_5xx=1, max_ejection_percent=10), Clock())
     assert d.report("a", 500, 2)  # one may always be ejected
     assert not d.report("b", 500, 2)  # a second would be 100% > 10%
+
+
+def test_balancer_round_robin_least_request_and_consistent_hash() -> None:
+    import random
+
+    from ambient.waypoint.breakers import Balancer
+
+    b = Balancer()
+    rng = random.Random(3)
+    hosts = ["a", "b", "c"]
+    picks = [b.choose(("svc", 80, ""), hosts, "ROUND_ROBIN", None, rng) for _ in range(6)]
+    assert picks[:3] == picks[3:] and sorted(picks[:3]) == [0, 1, 2]
+    b.in_flight["a"] = 5
+    b.in_flight["b"] = 5
+    assert all(b.choose(("svc", 80, ""), ["a", "c"], "LEAST_REQUEST", None, rng) == 1 for _ in range(10))
+    same = {b.choose(("svc", 80, ""), hosts, "", "user-1", rng) for _ in range(10)}
+    assert len(same) == 1
+    spread = {b.choose(("svc", 80, ""), hosts, "", f"user-{i}", rng) for i in range(50)}
+    assert spread == {0, 1, 2}
+    # removing another endpoint does not move a key whose endpoint stays
+    chosen = hosts[b.choose(("svc", 80, ""), hosts, "", "user-7", rng)]
+    removed = next(h for h in hosts if h != chosen)
+    rest = [h for h in hosts if h != removed]
+    assert rest[b.choose(("svc", 80, ""), rest, "", "user-7", rng)] == chosen
