@@ -179,3 +179,19 @@ def test_get_watch_sees_a_change(env: dict[str, str], demo: dict[str, str]) -> N
             proc.terminate()
     wait_for(lambda: kubectl(env, "get", "deploy", "httpbin", "-n", "demo", "-o",
                              "jsonpath={.status.readyReplicas}").stdout == "2", 60, "two ready httpbin replicas")
+
+
+def test_kubeconfig_survives_an_api_server_restart(env: dict[str, str]) -> None:
+    """A restarted API server listens where the kubeconfig points (the port is kept in the state dir)."""
+    from ambient.cluster import layout as L
+    from ambient.cluster import processes
+
+    layout = L.load_layout(env["AMBIENT_STATE_DIR"])
+    before = Path(env["KUBECONFIG"]).read_text()
+    pid = processes.running_components(layout)["apiserver"]
+    os.kill(pid, 15)
+    wait_for(lambda: processes.running_components(layout).get("apiserver") not in (None, pid), 30,
+             "the supervisor restarting the API server")
+    wait_for(lambda: kubectl(env, "get", "ns", "demo", check=False).returncode == 0, 30, "kubectl served again")
+    assert Path(env["KUBECONFIG"]).read_text().count("server") == before.count("server")
+    assert json.loads(Path(env["KUBECONFIG"]).read_text())["clusters"] == json.loads(before)["clusters"]
