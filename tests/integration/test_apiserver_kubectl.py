@@ -188,10 +188,12 @@ def test_kubectl_watch_sees_a_change(server: ApiServer) -> None:
 def test_kubectl_explain_and_mesh_kinds(server: ApiServer) -> None:
     out = _kubectl(server, "explain", "authorizationpolicy.spec").stdout
     assert "KIND:       AuthorizationPolicy" in out and "rules" in out and "action" in out
-    # kubectl create <generator> sends protobuf, which this server refuses with a hint (415)
-    proc = _kubectl(server, "create", "namespace", "mesh", check=False)
+    # kubectl create <generator> sends protobuf: decoded for namespaces and service accounts, else refused
+    # with a hint (415)
+    assert "namespace/mesh created" in _kubectl(server, "create", "namespace", "mesh").stdout
+    assert "serviceaccount/robot created" in _kubectl(server, "create", "serviceaccount", "robot", "-n", "mesh").stdout
+    proc = _kubectl(server, "create", "deployment", "web", "--image=x", "-n", "mesh", check=False)
     assert proc.returncode != 0 and "kubectl apply" in proc.stderr
-    _kubectl(server, "apply", "-f", "-", stdin='{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"mesh"}}')
     policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
               "metadata": {"name": "deny", "namespace": "mesh"}, "spec": {"action": "DENY", "rules": [{}]}}
     _kubectl(server, "apply", "-f", "-", stdin=json.dumps(policy))

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ambient.api import discovery, limits, openapi, pods, tables, tls_listener
+from ambient.api import discovery, limits, openapi, pods, protobuf, tables, tls_listener
 from ambient.api.apply import server_side_apply
 from ambient.api.errors import ApiError, NotFoundError, TooLargeError, UnknownKindError, ValidationError
 from ambient.api.kinds import KINDS, KindInfo, by_plural, kind_for_manifest
@@ -415,7 +415,8 @@ class ApiServer:
         """The JSON body and the paths of its duplicated fields (the last value kept); refused with 413 past
         `limit` bytes (before reading it when Content-Length says so) and with 400 when its objects nest
         deeper than `limits.MAX_NESTING_DEPTH` (`envelope_levels`: the levels the body wraps them in)."""
-        if "protobuf" in request.content_type or "cbor" in request.content_type:
+        is_protobuf = request.content_type == "application/vnd.kubernetes.protobuf"
+        if "cbor" in request.content_type or ("protobuf" in request.content_type and not is_protobuf):
             raise UnsupportedMediaTypeError(
                 f'request bodies of type "{request.content_type}" are not supported, only JSON (`kubectl '
                 'create <kind> NAME` sends protobuf: use `kubectl apply -f` with a manifest instead)',
@@ -432,6 +433,13 @@ class ApiServer:
             raw += chunk
             if len(raw) > limit:
                 raise too_large
+        if is_protobuf:  # kubectl create namespace|serviceaccount NAME
+            try:
+                return protobuf.decode(bytes(raw)), []
+            except protobuf.UnsupportedKindError as exc:
+                raise UnsupportedMediaTypeError(exc.message, hint="send the object as JSON") from None
+            except (protobuf.ProtobufError, UnicodeDecodeError) as exc:
+                raise BadRequestError(f"request body is not a valid protobuf message: {exc}") from None
         try:
             body, duplicates = loads_with_duplicates(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ambient.api import discovery, openapi, pods, portforward, tables, tls_listener
+from ambient.api import discovery, openapi, pods, portforward, protobuf, tables, tls_listener
 from ambient.api.apply import field_set, server_side_apply
 from ambient.api.errors import ValidationError
 from ambient.api.kinds import KINDS, resolve_kind
@@ -260,3 +260,31 @@ def test_spdy_frames_and_headers_round_trip() -> None:
         portforward.split_frames(bytearray(struct.pack("!HHI", 0x8002, 1, 0)))  # SPDY/2
     with pytest.raises(portforward.SpdyError):
         portforward.decode_headers(b"\x00\x00\x00\x05")
+
+
+# ----------------------------------------------------------------------------- protobuf bodies
+
+
+def _pb_field(number: int, payload: bytes) -> bytes:
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def _pb_object(api_version: str, kind: str, raw: bytes) -> bytes:
+    type_meta = _pb_field(1, api_version.encode()) + _pb_field(2, kind.encode())
+    return protobuf.MAGIC + _pb_field(1, type_meta) + _pb_field(2, raw)
+
+
+def test_protobuf_namespace_and_service_account_bodies() -> None:
+    label = _pb_field(1, b"team") + _pb_field(2, b"a")
+    meta = _pb_field(1, b"mesh") + _pb_field(11, label)
+    assert protobuf.decode(_pb_object("v1", "Namespace", _pb_field(1, meta))) == {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh", "labels": {"team": "a"}}}
+    sa = protobuf.decode(_pb_object("v1", "ServiceAccount", _pb_field(1, _pb_field(1, b"robot")) + bytes([4 << 3, 0])))
+    assert sa["metadata"] == {"name": "robot"} and sa["automountServiceAccountToken"] is False
+    with pytest.raises(protobuf.UnsupportedKindError):
+        protobuf.decode(_pb_object("apps/v1", "Deployment", b""))
+    with pytest.raises(protobuf.ProtobufError):
+        protobuf.decode(b"{}")
+    with pytest.raises(protobuf.ProtobufError):
+        protobuf.decode(protobuf.MAGIC + bytes([1 << 3 | 2, 50]) + b"short")
