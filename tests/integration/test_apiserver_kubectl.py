@@ -220,3 +220,13 @@ def test_streaming_list_ends_its_initial_events_with_a_bookmark(server: ApiServe
     assert end["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
     assert all(t == "ADDED" for t in types[:types.index("BOOKMARK")])
     assert {e["object"]["metadata"]["name"] for e in events if e["type"] == "ADDED"} >= {"default", "kube-system"}
+
+
+@needs_kubectl
+def test_server_side_dry_run_is_refused_not_applied(server: ApiServer) -> None:
+    ns = '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"dry"}}'
+    proc = _kubectl(server, "apply", "--dry-run=server", "-f", "-", stdin=ns, check=False)
+    assert proc.returncode != 0 and "dry run is not supported" in proc.stderr
+    assert _kubectl(server, "get", "ns", "dry", check=False).returncode != 0  # nothing was written
+    assert "namespace/dry created (dry run)" in _kubectl(server, "apply", "--dry-run=client", "-f", "-",
+                                                         stdin=ns).stdout

@@ -548,6 +548,12 @@ class ApiServer:
         info, namespace, name, sub = parse_api_path(prefix, request.match_info["tail"])
         method = request.method
         q = request.query
+        if q.get("dryRun") and method in ("POST", "PUT", "PATCH", "DELETE"):
+            # Refused rather than ignored: ignoring it would make `kubectl diff` or `--dry-run=server` write.
+            raise BadRequestError(
+                "server-side dry run is not supported by this API server",
+                hint="use kubectl --dry-run=client, or `kubectl diff` with a client-side diff",
+            )
         table = tables.wants_table(request.headers.get("Accept"))
         if name is None:
             if method == "GET":
