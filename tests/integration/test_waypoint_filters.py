@@ -7,6 +7,7 @@ and Host the backend sees; a rule with an unsupported filter answers 500 and is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -104,17 +105,30 @@ async def test_prefix_rewrite_changes_path_and_host_the_backend_sees() -> None:
 
 async def test_unsupported_filter_answers_500_and_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="ambient.waypoint.config")
-    mirror = route("mirror-only", [{"backendRefs": V1, "filters": [
-        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "reviews-v2", "port": 80}}}]}])
-    async with loopback([mirror]) as lb:
+    extension = route("extension-only", [{"backendRefs": V1, "filters": [
+        {"type": "ExtensionRef", "extensionRef": {"group": "example.test", "kind": "Filter", "name": "f"}}]}])
+    async with loopback([extension]) as lb:
         c = Http1Client(await lb.open())
         status, _, body = await c.request("/anything")
         assert status == 500
-        assert b"HTTPRoute shop/mirror-only" in body and b"RequestMirror" in body and b"not supported" in body
+        assert b"HTTPRoute shop/extension-only" in body and b"ExtensionRef" in body and b"not supported" in body
         c.stream.close()
         assert lb.backend_seen == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("HTTPRoute shop/mirror-only rules[0]" in w and "RequestMirror" in w for w in warnings)
+    assert any("HTTPRoute shop/extension-only rules[0]" in w and "ExtensionRef" in w for w in warnings)
+
+
+async def test_request_mirror_copies_the_request_and_ignores_the_answer() -> None:
+    mirror = route("mirror", [{"backendRefs": V1, "filters": [
+        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "reviews-v2", "port": 80}}}]}])
+    async with loopback([mirror]) as lb:
+        c = Http1Client(await lb.open())
+        for _ in range(3):
+            status, _, body = await c.request("/copied", method="POST", body=b"payload")
+            assert status == 200 and json.loads(body)["version"] == "v1" and json.loads(body)["body"] == 7
+        c.stream.close()
+        await asyncio.sleep(0.2)  # the shadow requests finish on their own, after the answers
+        assert sum(1 for authority, _ in lb.backend_seen if authority.startswith("127.0.0.12")) >= 1
 
 
 async def test_filters_over_http2() -> None:

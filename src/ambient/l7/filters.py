@@ -94,6 +94,19 @@ class RewriteFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorFilter:
+    """RequestMirror (HTTPRoute) / `mirror` + `mirrorPercentage` (VirtualService): a copy of the request goes
+    to Service `namespace/name` (port: the request's when None; `subset` for a VirtualService), its answer
+    ignored, for `percent`% of requests."""
+
+    name: str
+    namespace: str
+    port: int | None = None
+    percent: float = 100.0
+    subset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RuleFilters:
     """The filters of one rule (None on a rule without any). `unsupported` names the filters this
     waypoint does not implement: such a rule answers 500 rather than skip them."""
@@ -103,6 +116,7 @@ class RuleFilters:
     redirect: RedirectFilter | None = None
     rewrite: RewriteFilter | None = None
     unsupported: tuple[str, ...] = ()
+    mirrors: tuple[MirrorFilter, ...] = ()
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -140,7 +154,8 @@ def redirect_location(r: RedirectFilter, scheme: str, authority: str, path: str,
     return f"{scheme}://{netloc}{path}{'?' + query if query else ''}"
 
 
-SUPPORTED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite")
+SUPPORTED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite",
+                     "RequestMirror")
 # request headers a filter may not touch: Host is the authority (URLRewrite hostname changes it); framing and
 # hop-by-hop headers describe one message on one connection, not the request
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
@@ -192,7 +207,8 @@ def path_modifier(obj: Any, where: str, prefix: str | None) -> PathModifier | No
     raise ConfigError(f"{where}.type: unsupported {kind!r}", hint="use ReplaceFullPath or ReplacePrefixMatch")
 
 
-def parse_rule_filters(rule: Mapping[str, Any], prefix: str | None, where: str) -> RuleFilters | None:
+def parse_rule_filters(rule: Mapping[str, Any], prefix: str | None, where: str,
+                       namespace: str = "default") -> RuleFilters | None:
     """The `filters` of one HTTPRoute rule (and a note of backendRef filters, not implemented); `prefix` is
     the value of the rule's one PathPrefix match (None otherwise: ReplacePrefixMatch is then refused)."""
     items = rule.get("filters") or ()
@@ -204,6 +220,7 @@ def parse_rule_filters(rule: Mapping[str, Any], prefix: str | None, where: str) 
     redirect: RedirectFilter | None = None
     rewrite: RewriteFilter | None = None
     unsupported: list[str] = []
+    mirrors: list[MirrorFilter] = []
     seen: set[str] = set()
     for i, f in enumerate(items):
         fw = f"{where}.filters[{i}]"
@@ -236,11 +253,31 @@ def parse_rule_filters(rule: Mapping[str, Any], prefix: str | None, where: str) 
                 raise ConfigError(f"{fw}.urlRewrite: required for this filter type")
             rewrite = RewriteFilter(r.get("hostname") or None,
                                     path_modifier(r.get("path"), f"{fw}.urlRewrite.path", prefix))
+        elif kind == "RequestMirror":
+            mirrors.append(request_mirror(f.get("requestMirror"), f"{fw}.requestMirror", namespace))
         else:
             unsupported.append(f"filter {kind}")
     if redirect is not None and rewrite is not None:
         raise ConfigError(f"{where}.filters: RequestRedirect and URLRewrite cannot be used on the same rule")
     unsupported += backend_filters
-    return RuleFilters(req, resp, redirect, rewrite, tuple(unsupported))
+    return RuleFilters(req, resp, redirect, rewrite, tuple(unsupported), tuple(mirrors))
+
+
+def request_mirror(obj: Any, where: str, namespace: str) -> MirrorFilter:
+    """A RequestMirror filter: `backendRef` (a Service), `percent` or `fraction` (default all requests)."""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("backendRef"), Mapping):
+        raise ConfigError(f"{where}.backendRef: required for this filter type")
+    ref = obj["backendRef"]
+    if (ref.get("kind") or "Service") != "Service":
+        raise ConfigError(f"{where}.backendRef.kind: only Service is supported, got {ref.get('kind')!r}")
+    percent = 100.0
+    if obj.get("percent") is not None:
+        percent = float(obj["percent"])
+    elif isinstance(obj.get("fraction"), Mapping):
+        frac = obj["fraction"]
+        percent = 100.0 * float(frac.get("numerator", 0)) / float(frac.get("denominator") or 100)
+    port = ref.get("port")
+    return MirrorFilter(str(ref.get("name")), str(ref.get("namespace") or namespace),
+                        int(port) if port is not None else None, percent)
 
 

@@ -104,7 +104,7 @@ def parse_grpc_route(obj: Mapping[str, Any]) -> HttpRoute:
             matches.append(RouteMatch(_method_path(m.get("method"), f"{rw}.matches[{mi}].method"), None,
                                       tuple(headers)))
         rules.append(RouteRule(tuple(matches) or (RouteMatch(),), _backends(rule, namespace),
-                               filters=parse_rule_filters(rule, None, rw)))
+                               filters=parse_rule_filters(rule, None, rw, namespace)))
     return HttpRoute(name, namespace, _parents(spec, namespace), tuple(rules), str(meta.get("creationTimestamp") or ""),
                      tuple(spec.get("hostnames") or ()), GRPC_ROUTE)
 

@@ -517,7 +517,7 @@ def parse_http_route(obj: Mapping[str, Any]) -> HttpRoute:
                 parse_duration(timeouts.get("request")),
                 parse_duration(timeouts.get("backendRequest")),
                 retry,
-                parse_rule_filters(rule, _replace_prefix_of(matches), rw),
+                parse_rule_filters(rule, _replace_prefix_of(matches), rw, namespace),
             )
         )
     return HttpRoute(

@@ -27,8 +27,10 @@ Semantics (Istio, ambient mode: a VirtualService binds to a Service's waypoint t
   refused-stream, numeric codes) - absent retries mean Istio's default of 2 attempts on connection failures
   and 503. `fault`: delay (`fixedDelay`, `percentage.value`, default 100) then abort (`httpStatus`,
   `percentage.value`, default 100), answered with response flags DI / FI.
+- `mirror` + `mirrorPercentage` (default 100) and `mirrors`: a copy of the request to that destination,
+  its answer ignored (see the waypoint's mirroring).
 - Not implemented (a rule using one answers 500 naming it, never skipped silently; listed as problems for
-  the status): `mirror`/`mirrors`, `directResponse`, `delegate`, `corsPolicy`, `rewrite.uriRegexRewrite`,
+  the status): `directResponse`, `delegate`, `corsPolicy`, `rewrite.uriRegexRewrite`,
   per-destination `headers`, match conditions on `scheme`, `authority`, `port`, `sourceLabels`,
   `sourceNamespace`, `withoutHeaders`, non-exact `method`, `gateways` other than `mesh`; `tcp` and `tls` routes.
 """
@@ -45,6 +47,7 @@ from ambient.l7.filters import (
     _FRAMING_HEADERS,
     _REQUEST_FORBIDDEN,
     HeaderModifier,
+    MirrorFilter,
     PathModifier,
     RedirectFilter,
     RewriteFilter,
@@ -214,6 +217,11 @@ def _destination(dest: Mapping[str, Any], namespace: str, domain: str, weight: i
                       str(dest["subset"]) if dest.get("subset") else None)
 
 
+def _mirror(dest: Mapping[str, Any], namespace: str, domain: str, percent: float) -> MirrorFilter:
+    b = _destination(dest, namespace, domain, 1)
+    return MirrorFilter(b.name, b.namespace, b.port, percent, b.subset)
+
+
 def parse_virtual_service(obj: Mapping[str, Any], domain: str = "cluster.local") -> VirtualServiceRoutes:
     """A validated VirtualService -> its routes and problems. Raises `ConfigError` for what no proxy could
     make sense of (a bad duration or regular expression)."""
@@ -239,9 +247,18 @@ def parse_virtual_service(obj: Mapping[str, Any], domain: str = "cluster.local")
     for hi, http in enumerate(spec.get("http") or ()):
         hw = f"{where} http[{hi}]"
         unsupported: list[str] = []
-        for key in ("mirror", "mirrors", "directResponse", "delegate", "corsPolicy"):
+        for key in ("directResponse", "delegate", "corsPolicy"):
             if http.get(key):
                 unsupported.append(key)
+        mirrors = []
+        if http.get("mirror"):
+            pct = http.get("mirrorPercentage") or {}
+            pct_value = pct.get("value") if pct.get("value") is not None else http.get("mirrorPercent")
+            mirrors.append(_mirror(http["mirror"], namespace, domain, 100.0 if pct_value is None else float(pct_value)))
+        for m in http.get("mirrors") or ():
+            value = (m.get("percentage") or {}).get("value")
+            mirrors.append(_mirror(m.get("destination") or {}, namespace, domain,
+                                   100.0 if value is None else float(value)))
         dests = http.get("route") or ()
         if any(d.get("headers") for d in dests):
             unsupported.append("route[].headers")
@@ -289,8 +306,8 @@ def parse_virtual_service(obj: Mapping[str, Any], domain: str = "cluster.local")
             if mu:
                 problems.append(f"http[{hi}]: {', '.join(dict.fromkeys(mu))} not supported")
             filters = None
-            if req_h or resp_h or rewrite or redirect or mu:
-                filters = RuleFilters(req_h, resp_h, redirect, rewrite, tuple(dict.fromkeys(mu)))
+            if req_h or resp_h or rewrite or redirect or mu or mirrors:
+                filters = RuleFilters(req_h, resp_h, redirect, rewrite, tuple(dict.fromkeys(mu)), tuple(mirrors))
             balancer = WeightedRoundRobin([b.weight for b in backends]) if len(backends) > 1 else None
             rules.append(RouteRule((match,), backends, timeout, per_try, retry, filters, fault, balancer))
     route = HttpRoute(name, namespace, tuple(parents), tuple(rules), str(meta.get("creationTimestamp") or ""),

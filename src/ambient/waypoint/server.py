@@ -52,6 +52,7 @@ from ambient.hbone.protocol import ConnectRequest, format_authority
 from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
+from ambient.l7.filters import MirrorFilter
 from ambient.l7.gateway_routes import pick_tcp_backend, reference_permitted
 from ambient.l7.request_auth import AuthResult, RequestAuthentication, TokenCache, authenticate
 from ambient.l7.request_auth import applicable as applicable_auth
@@ -113,6 +114,7 @@ class WaypointSettings:
     # the waypoint's identity to reach workloads it is not meant to front (a confused deputy).
     require_binding: bool = True
     jwks: JwksSettings = field(default_factory=JwksSettings)  # RequestAuthentication jwksUri fetching
+    mirror_timeout: float = 10.0  # seconds a mirrored request may take (its answer is ignored)
 
 
 @dataclass
@@ -126,6 +128,7 @@ class _Conn:
     workload: Workload | None  # the destination pod (workload-addressed traffic)
     source: Workload | None
     source_addr: str
+    tasks: asyncio.TaskGroup | None = None  # owns the connection's mirrored requests (while it is served)
 
 
 # where a request goes: the backend Service, its port, the labels of a DestinationRule subset (or None), and
@@ -285,10 +288,21 @@ class Waypoint:
         async def handler(req: Request, writer: ResponseWriter) -> None:
             await self.handle_request(conn, req, writer)
 
-        if first.startswith(H2_PREFACE):
-            await serve_http2(stream, handler, limits, first)
-        else:
-            await serve_http1(stream, handler, limits, first)
+        error: Exception | None = None
+        # mirrored requests are the connection's tasks: it ends once they did (each bounded by mirror_timeout)
+        async with asyncio.TaskGroup() as tasks:
+            conn.tasks = tasks
+            try:
+                if first.startswith(H2_PREFACE):
+                    await serve_http2(stream, handler, limits, first)
+                else:
+                    await serve_http1(stream, handler, limits, first)
+            except Exception as exc:  # raised as itself below, not wrapped in the group's ExceptionGroup
+                error = exc
+            finally:
+                conn.tasks = None
+        if error is not None:
+            raise error
 
     def _target(self, conn: _Conn) -> Target:
         s = self.settings
@@ -392,6 +406,8 @@ class Waypoint:
             filters = rule.filters
             if filters is not None:  # None for a rule without filters: the only cost they add to it
                 fwd, writer = apply_filters(filters, fwd, writer, path, query)
+                if filters.mirrors:
+                    await self._mirror(conn, fwd, filters.mirrors, view)
             if rule.fault is not None and await self._fault(rule.fault, writer, record):
                 return
         if route is not None and not route.ordered and routed.backend.namespace != route.namespace and \
@@ -421,6 +437,46 @@ class Waypoint:
             drule.traffic_policy, drule.subset_policies.get(subset or ""), routed.backend.port)
         await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port, labels, policy),
                             routed.request_timeout, routed)
+
+    async def _mirror(self, conn: _Conn, fwd: Request, mirrors: tuple[MirrorFilter, ...], view: StateView) -> None:
+        """Send a copy of `fwd` to each mirror (its percentage of requests), answer ignored, as Envoy's request
+        mirroring: Host gets a `-shadow` suffix; a body is mirrored when it fits `max_retry_body` (it is then
+        buffered for the main request too), else the request is not mirrored."""
+        chosen = [m for m in mirrors if m.percent >= 100 or self._rng.random() * 100 < m.percent]
+        if not chosen or conn.tasks is None:
+            return
+        data = b""
+        if fwd.has_body:
+            if fwd.content_length is None or fwd.content_length > self.settings.max_retry_body:
+                log.debug("waypoint: %s %s not mirrored: body too large or of unknown length", fwd.method, fwd.target)
+                return
+            data = await _read_all(fwd, self.settings.max_retry_body)
+            fwd.body = BytesBody(data)
+        host, sep, port = fwd.authority.rpartition(":") if fwd.authority.count(":") == 1 else (fwd.authority, "", "")
+        shadow_authority = f"{host}-shadow{sep}{port}"
+        l7 = self._l7.current
+        for m in chosen:
+            svc = self._backend_service(view, m.name, m.namespace)
+            if svc is None:
+                log.debug("waypoint: mirror service %s/%s not found", m.namespace, m.name)
+                continue
+            labels = None
+            if m.subset is not None:
+                drule = destination_rule_for(l7.destination_rules, svc.name, svc.namespace)
+                labels = drule.subsets.get(m.subset) if drule is not None else None
+                if labels is None:
+                    continue
+            shadow = Request(fwd.method, fwd.target, shadow_authority, list(fwd.headers), BytesBody(data),
+                             fwd.protocol, fwd.scheme, len(data) if data else None, bool(data))
+            backend: _Backend = (svc, m.port or conn.port, labels, DEFAULT_POLICY)
+            conn.tasks.create_task(self._shadow(conn, shadow, view, backend))
+
+    async def _shadow(self, conn: _Conn, shadow: Request, view: StateView, backend: _Backend) -> None:
+        try:
+            async with asyncio.timeout(self.settings.mirror_timeout):
+                await self._attempt(conn, shadow, _DiscardWriter(), RequestRecord(), view, backend, ())
+        except Exception as exc:  # a mirror never affects the request it copies (nor its connection)
+            log.debug("waypoint: mirrored %s %s failed: %s", shadow.method, shadow.target, exc)
 
     async def _fault(self, fault: Fault, writer: ResponseWriter, record: RequestRecord) -> bool:
         """Istio's fault injection (Envoy's fault filter): the delay, then the abort. True when aborted (the
@@ -808,6 +864,23 @@ class Waypoint:
     async def aclose(self) -> None:
         """Close pooled upstream connections (the HBONE client is the owner's to close)."""
         self._pool.close_all()
+
+
+class _DiscardWriter:
+    """Where a mirrored request's answer goes: nowhere."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.ended = False
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.started = True
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def end(self, trailers: list[tuple[str, str]] | None = None) -> None:
+        self.ended = True
 
 
 def _subset_key(labels: Mapping[str, str] | None) -> str:

@@ -165,14 +165,14 @@ def test_http_route_status_reports_unsupported_filters_on_its_service_parents() 
 
     index = MeshIndex()
     index.upsert("HTTPRoute", _route("plain"))
-    index.upsert("HTTPRoute", _route("mirror", [{"type": "RequestMirror",
-                                                  "requestMirror": {"backendRef": {"name": "x", "port": 80}}}]))
+    index.upsert("HTTPRoute", _route("mirror", [{"type": "ExtensionRef",
+                                                  "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}]))
     index.upsert("HTTPRoute", _route("north-south", parent_kind="Gateway"))  # not a mesh route: not ours
     delta = index.flush()
     assert not delta.addresses and not delta.authorizations  # routes change no xDS resource
     assert index.status_pending[("HTTPRoute", "shop", "plain")][:2] == ("True", "Accepted")
     status, reason, message = index.status_pending[("HTTPRoute", "shop", "mirror")]
-    assert (status, reason) == ("False", "UnsupportedValue") and "rule 0: filter RequestMirror" in message
+    assert (status, reason) == ("False", "UnsupportedValue") and "rule 0: filter ExtensionRef" in message
     assert ("HTTPRoute", "shop", "north-south") not in index.status_pending
     patch = route_status(_route("mirror"), (status, reason, message), "2026-11-22T00:00:00Z")
     assert patch["parents"] == [{
@@ -182,7 +182,7 @@ def test_http_route_status_reports_unsupported_filters_on_its_service_parents() 
                         "lastTransitionTime": "2026-11-22T00:00:00Z", "observedGeneration": 2}]}]
     # Written back (the watch returns the object with its status): nothing pending for it any more.
     index.status_pending.clear()
-    index.upsert("HTTPRoute", {**_route("mirror", [{"type": "RequestMirror", "requestMirror": {
-        "backendRef": {"name": "x", "port": 80}}}]), "status": patch})
+    index.upsert("HTTPRoute", {**_route("mirror", [{"type": "ExtensionRef", "extensionRef": {
+        "group": "x", "kind": "Y", "name": "z"}}]), "status": patch})
     index.flush()
     assert ("HTTPRoute", "shop", "mirror") not in index.status_pending

@@ -23,7 +23,7 @@ def bound(*services: str) -> Any:
     (vs(["reviews"]), bound("shop/reviews"), {}, ("True", "Accepted")),
     (vs(["reviews"]), bound(), {}, ("False", "NoWaypoint")),
     (vs(["reviews"]), bound("shop/reviews"), {("shop", "reviews"): ["shop/hr"]}, ("False", "Overridden")),
-    (vs(["reviews"], mirror={"host": "reviews"}), bound("shop/reviews"), {}, ("False", "UnsupportedValue")),
+    (vs(["reviews"], corsPolicy={"allowOrigins": []}), bound("shop/reviews"), {}, ("False", "UnsupportedValue")),
     (vs(["reviews", "ratings"]), bound("shop/reviews"), {}, ("False", "UnsupportedValue")),
     (vs(["reviews"], timeout="soon"), bound("shop/reviews"), {}, ("False", "InvalidSpec")),
 ])
@@ -78,10 +78,10 @@ def test_grpc_and_tcp_routes_get_the_accepted_condition() -> None:
 
     parent = [{"group": "", "kind": "Service", "name": "greeter"}]
     grpc = {"kind": "GRPCRoute", "metadata": {"name": "g", "namespace": "shop"},
-            "spec": {"parentRefs": parent, "rules": [{"filters": [{"type": "RequestMirror", "requestMirror": {
-                "backendRef": {"name": "m"}}}], "backendRefs": [{"name": "a"}]}]}}
+            "spec": {"parentRefs": parent, "rules": [{"filters": [{"type": "ExtensionRef", "extensionRef": {
+                "group": "x", "kind": "Y", "name": "z"}}], "backendRefs": [{"name": "a"}]}]}}
     got = route_status_fields(grpc, "GRPCRoute")
-    assert got is not None and got[:2] == ("False", "UnsupportedValue") and "RequestMirror" in got[2]
+    assert got is not None and got[:2] == ("False", "UnsupportedValue") and "ExtensionRef" in got[2]
     tcp = {"kind": "TCPRoute", "metadata": {"name": "t", "namespace": "shop"},
            "spec": {"parentRefs": parent, "rules": [{"backendRefs": [{"name": "a", "port": 1}]}]}}
     assert route_status_fields(tcp, "TCPRoute") == ("True", "Accepted", "routed by the waypoints as written")

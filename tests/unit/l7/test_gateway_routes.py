@@ -57,10 +57,10 @@ def test_grpc_method_and_header_matches(path: str, headers: dict[str, str], want
 def test_grpc_weights_and_unsupported_filters() -> None:
     split = grpc([{"backendRefs": [{"name": "a", "port": 1, "weight": 9}, {"name": "b", "port": 1, "weight": 1}]}])
     assert [b.weight for b in split.rules[0].backends] == [9, 1]
-    mirror = grpc([{"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m"}}}],
-                    "backendRefs": [{"name": "a", "port": 1}]}])
-    got = route_request([mirror], "greeter", "shop", 50051, RequestInfo("POST", "/x/y"), random.Random(1))
-    assert isinstance(got, NoRoute) and got.status == 500 and "RequestMirror" in got.reason
+    ext = grpc([{"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}],
+                 "backendRefs": [{"name": "a", "port": 1}]}])
+    got = route_request([ext], "greeter", "shop", 50051, RequestInfo("POST", "/x/y"), random.Random(1))
+    assert isinstance(got, NoRoute) and got.status == 500 and "ExtensionRef" in got.reason
 
 
 def test_tcp_route_weights_are_exact_per_connection() -> None:

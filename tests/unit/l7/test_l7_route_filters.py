@@ -269,8 +269,6 @@ def test_split_authority(authority: str, parts: tuple[str, int | None]) -> None:
 
 
 @pytest.mark.parametrize(("rule", "named"), [
-    (prefix_rule("/", {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80}}}),
-     "filter RequestMirror"),
     (prefix_rule("/", {"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}),
      "filter ExtensionRef"),
     (prefix_rule("/", {"type": "CORS", "cors": {}}), "filter CORS"),

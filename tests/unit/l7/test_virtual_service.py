@@ -138,11 +138,20 @@ def test_redirect_and_rewrite() -> None:
 
 
 def test_unsupported_parts_are_named_and_answer_500() -> None:
-    v = parse_virtual_service(vs([{"route": [d("v1")], "mirror": {"host": "reviews"}}],
+    v = parse_virtual_service(vs([{"route": [d("v1")], "directResponse": {"status": 204}}],
                                  hosts=["reviews", "*.example.test"]))
-    assert any("mirror" in p for p in v.problems) and any("*.example.test" in p for p in v.problems)
+    assert any("directResponse" in p for p in v.problems) and any("*.example.test" in p for p in v.problems)
     got = route_request([v.route], "reviews", "shop", 80, RequestInfo("GET", "/"), random.Random(1))
-    assert isinstance(got, NoRoute) and got.status == 500 and "mirror" in got.reason
+    assert isinstance(got, NoRoute) and got.status == 500 and "directResponse" in got.reason
+
+
+def test_mirror_and_mirror_percentage() -> None:
+    r = parse_virtual_service(vs([{"route": [d("v1")], "mirror": {"host": "reviews", "subset": "v2"},
+                                   "mirrorPercentage": {"value": 25.0}}])).route
+    filters = r.rules[0].filters
+    assert filters is not None and not filters.unsupported
+    (m,) = filters.mirrors
+    assert (m.name, m.namespace, m.subset, m.percent) == ("reviews", "shop", "v2", 25.0)
 
 
 def test_each_match_is_a_rule_of_its_own() -> None:
