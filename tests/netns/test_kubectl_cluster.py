@@ -105,6 +105,18 @@ def test_wait_logs_exec_with_exit_code(env: dict[str, str], demo: dict[str, str]
     failed = kubectl(env, "exec", "deploy/curl", "-n", "client", "--", "sh", "-c", "echo out; echo err >&2; exit 7",
                      check=False)
     assert failed.returncode == 7 and failed.stdout == "out\n" and "err" in failed.stderr
+    # logs -f streams what the container writes after the request
+    assert KUBECTL is not None
+    with subprocess.Popen([KUBECTL, "logs", "-f", "--tail=0", "deploy/httpbin", "-n", "demo"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as follow:
+        try:
+            assert follow.stdout is not None
+            time.sleep(0.5)
+            kubectl(env, "exec", "deploy/curl", "-n", "client", "--", "curl", "-s", "httpbin.demo:8000/status/418")
+            line = follow.stdout.readline()
+            assert "418" in line or "/status/418" in line, line
+        finally:
+            follow.terminate()
     # stdin is passed through (-i)
     echoed = kubectl(env, "exec", "-i", "deploy/curl", "-n", "client", "--", "cat", stdin="from-stdin\n")
     assert echoed.stdout == "from-stdin\n"
