@@ -293,3 +293,36 @@ def test_continuation_flood_cut_at_header_cap(node_proxy: NodeProxy) -> None:
         assert elapsed < 10, elapsed
     state = node_proxy.wait(lambda s: s["refused"].get("header_block_too_large") == 4, 15)
     assert state["rss_mb"] - base < 50, (base, state)
+
+
+async def test_node_proxy_listener_takes_its_limits_from_the_settings(tmp_path: Path) -> None:
+    """The node proxy's 15008 is built with `Settings.hbone_handshake` (the `AMBIENT_HBONE_*` environment),
+    not the library defaults."""
+    from ambient.ztunnel.app import App, AppOptions
+    from ambient.ztunnel.settings import Ports, Settings
+    from ambient.ztunnel.static_config import StaticStateSource
+
+    (tmp_path / "state.yaml").write_text(
+        "workloads:\n- {uid: w1, name: web, namespace: mem, workloadIps: [127.0.0.5], protocol: HBONE,"
+        " serviceAccount: web}\n")
+    LocalCA.load_or_create(tmp_path / "ca")
+    settings = Settings(
+        mode="shared", serve_http=False, mark=None, transparent_inbound=False,
+        ports=Ports(outbound=0, inbound_plaintext=0, inbound=0), shared_host="127.0.0.1", source_wait=0.1,
+        drain_deadline=1.0, hbone_handshake=HandshakeLimits(timeout=60, max_pending_per_source=1),
+    )
+    app = App(settings, StaticStateSource(tmp_path / "state.yaml"), LocalCaSource.from_dir(tmp_path / "ca"),
+              AppOptions())
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(app.run())
+        await eventually(lambda: app.shared is not None)
+        assert app.shared is not None
+        await app.shared.listening.wait()
+        port = next(p for c, _h, p in app.shared.addresses if c == "inbound")
+        held = await asyncio.open_connection(WORKLOAD_IP, port)
+        await asyncio.sleep(0.2)  # the first one is pending before the second arrives
+        reader, writer = await asyncio.open_connection(WORKLOAD_IP, port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # refused at once by the per-source cap of 1
+        for _, w in (held, (reader, writer)):
+            w.close()
+        run.cancel()

@@ -501,7 +501,8 @@ class WorkloadProxy:
                         task = tg.create_task(self.udp_handlers[spec.component](self.ctx, sock))
                         self.drain.on_start(_canceller(task))
                     elif spec.component == "inbound":
-                        server = StreamAwareServer(sock, self.server_certs(spec.host), self.hbone_handler)
+                        server = StreamAwareServer(sock, self.server_certs(spec.host), self.hbone_handler,
+                                                   limits=self.ctx.settings.hbone_handshake)
                         await stack.enter_async_context(server)
                         servers.append(server)
                         self.drain.on_start(server.close)
