@@ -9,12 +9,15 @@ tests/integration/test_apiserver_kubectl.py.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -120,6 +123,34 @@ def test_wait_logs_exec_with_exit_code(env: dict[str, str], demo: dict[str, str]
     # stdin is passed through (-i)
     echoed = kubectl(env, "exec", "-i", "deploy/curl", "-n", "client", "--", "cat", stdin="from-stdin\n")
     assert echoed.stdout == "from-stdin\n"
+
+
+def test_exec_with_a_terminal(env: dict[str, str], demo: dict[str, str]) -> None:
+    """kubectl exec -it: the command gets a terminal of kubectl's window size; echo and CRLF come from the
+    terminal's line discipline; the exit code passes through."""
+    assert KUBECTL is not None
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    with subprocess.Popen([KUBECTL, "exec", "-it", "deploy/curl", "-n", "client", "--", "sh", "-c",
+                           "tty; stty size; read x; echo got:$x; exit 3"], env=env, stdin=slave, stdout=slave,
+                          stderr=slave, start_new_session=True) as proc:
+        os.close(slave)
+        out = b""
+        deadline = time.monotonic() + 30
+        sent = False
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: kubectl has exited
+                break
+            out += chunk
+            if not sent and b"40 100" in out:
+                os.write(master, b"hello\r")
+                sent = True
+        os.close(master)
+        assert proc.wait(10) == 3
+    text = out.decode(errors="replace")
+    assert "/dev/pts/" in text and "40 100\r\n" in text and "got:hello\r\n" in text, text
 
 
 def _free_port() -> int:

@@ -10,7 +10,9 @@ Protocols (as kubectl 1.32 speaks them):
 - `exec`: WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io` (kubectl's default since
   1.30; SPDY is not served, so kubectl's fallback ends in a clear error). Binary messages, first byte the
   channel: 0 stdin, 1 stdout, 2 stderr, 3 error (a `Status`, `NonZeroExitCode` with the exit code as its
-  cause, which kubectl exits with), 4 resize; v5 adds 255 close (`[255, 0]`: stdin is done).
+  cause, which kubectl exits with), 4 resize; v5 adds 255 close (`[255, 0]`: stdin is done). With `tty`
+  (kubectl -t) the command runs on a pseudo-terminal (stdout carries its output, stderr merged as on a
+  terminal), and resize messages set its window size.
 - `portforward`: see `ambient.api.portforward` (SPDY/3.1 tunnelled over WebSocket).
 """
 
@@ -18,7 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
+import struct
+import termios
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,9 +45,11 @@ class PodConnector(Protocol):
 
     def log_path(self, pod: Obj, container: str) -> Path: ...
 
-    async def exec(self, pod: Obj, container: Obj, command: list[str], stdin: bool) -> asyncio.subprocess.Process:
+    async def exec(
+        self, pod: Obj, container: Obj, command: list[str], stdin: bool, tty: int | None = None
+    ) -> asyncio.subprocess.Process:
         """A process started in the pod's network namespace with the container's environment; stdout and
-        stderr piped (stdin piped when asked)."""
+        stderr piped (stdin piped when asked), or all three on the terminal `tty` (a pty slave fd) when given."""
         ...
 
     async def connect(self, pod: Obj, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -182,6 +190,7 @@ async def serve_exec(request: web.Request, pod: Obj, connector: PodConnector) ->
         raise ValidationError("you must specify at least one command for the container")
     container = pick_container(pod, q.get("container"))
     want_stdin = q.get("stdin", "").lower() in ("1", "true")
+    want_tty = q.get("tty", "").lower() in ("1", "true")
     ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, autoping=True, heartbeat=None)
     if not ws.can_prepare(request).ok:
         raise UpgradeRequiredError(
@@ -190,13 +199,23 @@ async def serve_exec(request: web.Request, pod: Obj, connector: PodConnector) ->
         )
     await ws.prepare(request)
     v5 = ws.ws_protocol == "v5.channel.k8s.io"
+    master: int | None = None
+    slave: int | None = None
+    if want_tty:  # a terminal for the command: kubectl -t (line discipline, echo, window size)
+        master, slave = os.openpty()
     try:
-        proc = await connector.exec(pod, container, list(command), want_stdin)
+        proc = await connector.exec(pod, container, list(command), want_stdin, slave)
     except (ApiError, OSError) as exc:
+        if master is not None and slave is not None:
+            os.close(master)
+            os.close(slave)
         message = getattr(exc, "message", None) or str(exc)
         await ws.send_bytes(bytes([ERROR]) + json.dumps(failure_status(message)).encode())
         await ws.close()
         return ws
+
+    if slave is not None:
+        os.close(slave)  # the command holds it now: reading the master ends (EIO) when the command is gone
 
     async def pump(stream: asyncio.StreamReader | None, channel: int) -> None:
         if stream is None:
@@ -204,15 +223,36 @@ async def serve_exec(request: web.Request, pod: Obj, connector: PodConnector) ->
         while chunk := await stream.read(1 << 15):
             await ws.send_bytes(bytes([channel]) + chunk)
 
+    async def pump_tty() -> None:
+        assert master is not None
+        while True:
+            try:
+                chunk = await asyncio.to_thread(os.read, master, 1 << 15)
+            except OSError:  # EIO: every holder of the slave side has gone
+                return
+            if not chunk:
+                return
+            await ws.send_bytes(bytes([STDOUT]) + chunk)
+
+    def write_stdin(payload: bytes) -> None:
+        if master is not None:
+            with contextlib.suppress(OSError):
+                os.write(master, payload)
+        elif proc.stdin is not None:
+            proc.stdin.write(payload)
+
     async def read_client() -> None:
         async for msg in ws:
             if msg.type != WSMsgType.BINARY or not msg.data:
                 continue
             channel, payload = msg.data[0], msg.data[1:]
-            if channel == STDIN and proc.stdin is not None:
-                proc.stdin.write(payload)
-                with contextlib.suppress(ConnectionError):
-                    await proc.stdin.drain()
+            if channel == STDIN:
+                write_stdin(payload)
+                if proc.stdin is not None:
+                    with contextlib.suppress(ConnectionError):
+                        await proc.stdin.drain()
+            elif channel == RESIZE and master is not None:
+                resize(master, payload)
             elif channel == CLOSE and v5 and payload[:1] == bytes([STDIN]) and proc.stdin is not None:
                 proc.stdin.close()
         # the client went away: the command has nobody to talk to
@@ -224,7 +264,10 @@ async def serve_exec(request: web.Request, pod: Obj, connector: PodConnector) ->
         await ws.send_bytes(bytes([STDOUT]))  # an empty message: the streams are open
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(read_client())
-            await asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
+            if master is not None:
+                await pump_tty()
+            else:
+                await asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
             code = await proc.wait()
             await ws.send_bytes(bytes([ERROR]) + json.dumps(exit_status(code)).encode())
             await ws.close()
@@ -236,7 +279,21 @@ async def serve_exec(request: web.Request, pod: Obj, connector: PodConnector) ->
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        if master is not None:
+            os.close(master)
     return ws
+
+
+def resize(master: int, payload: bytes) -> None:
+    """A resize message (`{"Width": w, "Height": h}`) applied to the terminal."""
+    try:
+        size = json.loads(payload)
+        width, height = int(size.get("Width", 0)), int(size.get("Height", 0))
+    except (ValueError, TypeError, AttributeError):
+        return
+    if 0 < width < 65536 and 0 < height < 65536:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
 def require(connector: PodConnector | None) -> PodConnector:

@@ -34,7 +34,9 @@ class LocalPods:
         meta = pod["metadata"]
         return rt.log_path(self.state_dir, meta.get("namespace") or "default", meta["name"], container)
 
-    async def exec(self, pod: Obj, container: Obj, command: list[str], stdin: bool) -> asyncio.subprocess.Process:
+    async def exec(
+        self, pod: Obj, container: Obj, command: list[str], stdin: bool, tty: int | None = None
+    ) -> asyncio.subprocess.Process:
         meta, status = pod["metadata"], pod.get("status") or {}
         netns = L.pod_netns_name(self.cluster, meta["uid"])
         if not L.netns_path(netns).exists():
@@ -49,8 +51,9 @@ class LocalPods:
         cwd = workdir if workdir and await asyncio.to_thread(os.path.isdir, workdir) else "/"
         return await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", netns, *argv, env=env, cwd=cwd,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            stdin=tty if tty is not None else asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=tty if tty is not None else asyncio.subprocess.PIPE,
+            stderr=tty if tty is not None else asyncio.subprocess.PIPE, start_new_session=True,
         )
 
     async def connect(self, pod: Obj, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
