@@ -76,7 +76,12 @@ def test_kubeconfig_points_at_the_listener(server: ApiServer) -> None:
 
 def test_discovery_openapi_tables_and_strategic_patch(server: ApiServer) -> None:
     with _client(server, headers={"Authorization": f"Bearer {_token(server)}"}) as c:
-        assert c.get("/api").json()["versions"] == ["v1"]
+        # kubectl asks for aggregated discovery first; the legacy document (plain JSON) makes it fall back
+        aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        r = c.get("/api", headers={"Accept": aggregated})
+        assert r.headers["Content-Type"].startswith("application/json") and "g=apidiscovery" not in r.headers[
+            "Content-Type"]
+        assert r.json()["versions"] == ["v1"]
         assert any(g["name"] == "security.istio.io" for g in c.get("/apis").json()["groups"])
         res = c.get("/apis/apps/v1").json()
         assert any(r["name"] == "deployments" and r["shortNames"] == ["deploy"] for r in res["resources"])

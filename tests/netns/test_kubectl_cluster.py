@@ -96,6 +96,15 @@ def test_version_nodes_and_pods_like_ambient_get(env: dict[str, str], demo: dict
         "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
     row = next(line.split() for line in wide if demo["httpbin"] in line)
     assert row[:5] == ["demo", demo["httpbin"], "1/1", "Running", "0"] and row[7].startswith("node-")
+    # field selectors as kubectl sends them
+    on_node = kubectl(env, "get", "pods", "-A", "--field-selector", f"spec.nodeName={row[7]}", "-o", "name").stdout
+    assert f"pod/{demo['httpbin']}" in on_node.split()
+    other = "node-1" if row[7] == "node-2" else "node-2"
+    assert f"pod/{demo['httpbin']}" not in kubectl(env, "get", "pods", "-A", "--field-selector",
+                                                   f"spec.nodeName={other}", "-o", "name").stdout.split()
+    named = kubectl(env, "get", "pods", "-A", "--field-selector",
+                    f"metadata.name={demo['httpbin']},metadata.namespace=demo", "-o", "name").stdout.split()
+    assert named == [f"pod/{demo['httpbin']}"]
 
 
 def test_wait_logs_exec_with_exit_code(env: dict[str, str], demo: dict[str, str]) -> None:
