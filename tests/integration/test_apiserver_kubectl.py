@@ -235,3 +235,13 @@ def test_server_side_dry_run_is_refused_not_applied(server: ApiServer) -> None:
     assert _kubectl(server, "get", "ns", "dry", check=False).returncode != 0  # nothing was written
     assert "namespace/dry created (dry run)" in _kubectl(server, "apply", "--dry-run=client", "-f", "-",
                                                          stdin=ns).stdout
+
+
+@needs_kubectl
+def test_events_are_served_empty(server: ApiServer) -> None:
+    proc = _kubectl(server, "get", "events", "-A")
+    assert proc.stdout == "" and "No resources found" in proc.stderr
+    with _client(server, headers={"Authorization": f"Bearer {_token(server)}"}) as c:
+        assert c.get("/api/v1/namespaces/default/events").json()["items"] == []
+        r = c.get("/api/v1/events", params={"watch": "true", "timeoutSeconds": "1"})
+        assert r.status_code == 200 and r.text == ""

@@ -490,6 +490,25 @@ class ApiServer:
             raise NotFoundError("the server could not find the requested resource")
         return self._json(doc)
 
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """`/api/v1/[namespaces/NS/]events`: the cluster records no events, so an empty list (a watch sends
+        nothing and ends at its timeout)."""
+        if request.method != "GET":
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+        rv = str(await self._run(self.store.resource_version))
+        if _truthy(request.query.get("watch")):
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            deadline = time.monotonic() + float(request.query.get("timeoutSeconds") or 300)
+            while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(left, 5.0))  # woken at stop
+            return response
+        if tables.wants_table(request.headers.get("Accept")):
+            return self._json({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+                               "columnDefinitions": [], "rows": []})
+        return self._json({"kind": "EventList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": []})
+
     async def _crds(self, request: web.Request, tail: list[str]) -> web.Response:
         """`/apis/apiextensions.k8s.io/v1/customresourcedefinitions[/<name>]`: the mesh kinds, read only."""
         if request.method != "GET":
@@ -545,6 +564,8 @@ class ApiServer:
             return await self._discovery(request)
         if prefix == "apis" and tail[:2] == [discovery.CRD_GROUP, "v1"] and tail[2:3] == ["customresourcedefinitions"]:
             return await self._crds(request, tail[2:])
+        if prefix == "api" and (tail[1:] == ["events"] or (len(tail) == 4 and tail[3] == "events")):
+            return await self._events(request)
         info, namespace, name, sub = parse_api_path(prefix, request.match_info["tail"])
         method = request.method
         q = request.query
