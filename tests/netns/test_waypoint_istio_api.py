@@ -509,3 +509,13 @@ def test_ambient_get_shows_route_and_policy_conditions(cluster: Cluster) -> None
         parents = wait_for(lambda k=kind, n=name: (shown(k, n).get("status") or {}).get("parents"), 30,
                            f"the {kind}'s status")
         assert [c["status"] for p in parents for c in p["conditions"] if c["type"] == "Accepted"] == ["True"]
+
+
+def test_ambient_get_shows_destination_rule_conditions(cluster: Cluster) -> None:
+    def cond(name: str) -> dict[str, Any] | None:
+        run = cluster.ambient("get", "destinationrule", name, "-n", NS, "-o", "json")
+        assert run.returncode == 0, run.stderr
+        return _condition(json.loads(run.stdout), "WaypointAccepted")
+
+    got = wait_for(lambda: cond("reviews"), 30, "the DestinationRule's condition")
+    assert (got["status"], got["reason"]) == ("True", "Accepted") and f"{NS}/waypoint" in got["message"]

@@ -27,6 +27,7 @@ from ambient.controlplane import translate as tr
 from ambient.controlplane.policy import peer_authentication_warning
 from ambient.controlplane.route_policy_status import CONDITION_TYPE as VS_CONDITION_TYPE
 from ambient.controlplane.route_policy_status import (
+    destination_rule_status_fields,
     is_waypoint_gateway,
     request_authentication_status_fields,
     virtual_service_status_fields,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway", "HTTPRoute",
-         "ServiceEntry", "VirtualService", "GRPCRoute", "TCPRoute", "RequestAuthentication")
+         "ServiceEntry", "VirtualService", "GRPCRoute", "TCPRoute", "RequestAuthentication", "DestinationRule")
 
 
 @dataclass
@@ -80,7 +81,8 @@ class MeshIndex:
         self._dirty_pa = False
         # HTTPRoutes (and GRPCRoutes, TCPRoutes): only their status (waypoints route): (kind, ns, name)
         self._dirty_routes: set[tuple[str, str, str]] = set()
-        self._dirty_auth: set[tuple[str, str]] = set()  # RequestAuthentications: their WaypointAccepted condition
+        # RequestAuthentications, DestinationRules: their WaypointAccepted condition: (kind, ns, name)
+        self._dirty_auth: set[tuple[str, str, str]] = set()
         self._dirty_vs: set[tuple[str, str]] = set()  # VirtualServices: only their status (waypoints route)
         self._pa_warned: dict[str, str] = {}  # "ns/name" -> the warning last logged for it
         self._dirty_entries: set[tuple[str, str]] = set()  # ServiceEntries to re-translate
@@ -151,11 +153,11 @@ class MeshIndex:
                 self._dirty_pods.update((ns, p) for p in self._objs["Pod"].get(ns, {}))
         elif kind in ROUTE_KINDS:
             self._dirty_routes.add((kind, ns, name))
-        elif kind == "RequestAuthentication":
-            self._dirty_auth.add((ns, name))
-        if kind in ("Service", "Namespace", "Gateway") and self._objs["RequestAuthentication"]:
-            self._dirty_auth.update((n, v) for n, by_name in self._objs["RequestAuthentication"].items()
-                                    for v in by_name)
+        elif kind in ("RequestAuthentication", "DestinationRule"):
+            self._dirty_auth.add((kind, ns, name))
+        if kind in ("Service", "Namespace", "Gateway"):
+            for k in ("RequestAuthentication", "DestinationRule"):
+                self._dirty_auth.update((k, n, v) for n, by_name in self._objs[k].items() for v in by_name)
         if kind == "VirtualService":
             self._dirty_vs.add((ns, name))
         elif kind in ("Service", "Namespace", "Gateway", "HTTPRoute") and self._objs["VirtualService"]:
@@ -355,15 +357,19 @@ class MeshIndex:
 
     def _flush_request_authentications(self, gateways: dict[str, Obj]) -> None:
         """The `WaypointAccepted` condition of each changed RequestAuthentication (see route_policy_status)."""
-        for ns, name in sorted(self._dirty_auth):
-            obj = self.get("RequestAuthentication", ns, name)
-            key = ("RequestAuthentication", ns, name)
+        for kind, ns, name in sorted(self._dirty_auth):
+            obj = self.get(kind, ns, name)
+            key = (kind, ns, name)
             if obj is None:
                 self.status_pending.pop(key, None)
                 continue
-            fields = request_authentication_status_fields(
-                obj, lambda n, s: self._waypoint_of(n, s, gateways),
-                lambda n, s: is_waypoint_gateway(gateways.get(f"{s}/{n}")))
+            if kind == "DestinationRule":
+                fields: tuple[str, str, str] | None = destination_rule_status_fields(
+                    obj, lambda n, s: self._waypoint_of(n, s, gateways))
+            else:
+                fields = request_authentication_status_fields(
+                    obj, lambda n, s: self._waypoint_of(n, s, gateways),
+                    lambda n, s: is_waypoint_gateway(gateways.get(f"{s}/{n}")))
             if fields is None:
                 self.status_pending.pop(key, None)
             elif written_vs_condition(obj) != fields:
@@ -420,7 +426,7 @@ class MeshIndex:
 
 STATUS_CONDITION = "ZtunnelAccepted"
 # the condition type written for each kind (others: STATUS_CONDITION; HTTPRoutes: per-parent `Accepted`)
-CONDITION_TYPES = {"VirtualService": VS_CONDITION_TYPE, "RequestAuthentication": VS_CONDITION_TYPE}
+CONDITION_TYPES = {kind: VS_CONDITION_TYPE for kind in ("VirtualService", "RequestAuthentication", "DestinationRule")}
 
 
 ACCEPTED = ("True", "Accepted", "enforced by the node proxies as written")

@@ -99,6 +99,58 @@ def request_authentication_status_fields(
     return "True", "Accepted", f"bound to {', '.join(bound)}"
 
 
+_DR_UNSUPPORTED_LB = ("httpCookie", "httpQueryParameterName", "ringHash", "maglev", "minimumRingSize")
+
+
+def _policy_gaps(tp: Mapping[str, Any], where: str) -> list[str]:
+    gaps = []
+    tls = (tp.get("tls") or {}).get("mode")
+    if tls in ("SIMPLE", "MUTUAL"):
+        gaps.append(f"{where}tls.mode {tls} (TLS origination towards a ServiceEntry host is not implemented)")
+    http = (tp.get("connectionPool") or {}).get("http") or {}
+    if http.get("maxRequestsPerConnection"):
+        gaps.append(f"{where}connectionPool.http.maxRequestsPerConnection")
+    lb = tp.get("loadBalancer") or {}
+    for key in _DR_UNSUPPORTED_LB:
+        if (lb.get("consistentHash") or {}).get(key):
+            gaps.append(f"{where}loadBalancer.consistentHash.{key}")
+    for key in ("localityLbSetting", "warmup", "warmupDurationSecs"):
+        if lb.get(key):
+            gaps.append(f"{where}loadBalancer.{key}")
+    for key in ("tunnel", "proxyProtocol", "retryBudget"):
+        if tp.get(key):
+            gaps.append(f"{where}{key}")
+    for i, level in enumerate(tp.get("portLevelSettings") or ()):
+        gaps += _policy_gaps(level, f"{where}portLevelSettings[{i}].")
+    return gaps
+
+
+def destination_rule_status_fields(
+    dr: Mapping[str, Any], waypoint_of: Callable[[str, str], str | None]
+) -> tuple[str, str, str]:
+    """`WaypointAccepted` of a DestinationRule: applied by the waypoint of its host's Service; False /
+    NoWaypoint when that Service uses none (or the host names no Service here), False / UnsupportedValue
+    naming the settings the waypoint does not implement (they are ignored; the rest applies)."""
+    from ambient.l7.virtual_service import resolve_host
+
+    meta = dr.get("metadata") or {}
+    ns = str(meta.get("namespace") or "default")
+    spec = dr.get("spec") or {}
+    host = str(spec.get("host") or "")
+    svc = resolve_host(host, ns)
+    waypoint = waypoint_of(*svc) if svc is not None else None
+    if svc is None or waypoint is None:
+        what = f"Service {svc[1]}/{svc[0]}" if svc is not None else f"host {host!r} (no Service of this cluster)"
+        return ("False", "NoWaypoint", f"{what} uses no waypoint: a DestinationRule applies at the destination's "
+                "waypoint; label the Service or namespace istio.io/use-waypoint")
+    gaps = _policy_gaps(spec.get("trafficPolicy") or {}, "trafficPolicy.")
+    for s in spec.get("subsets") or ():
+        gaps += _policy_gaps(s.get("trafficPolicy") or {}, f"subsets[{s.get('name')}].trafficPolicy.")
+    if gaps:
+        return ("False", "UnsupportedValue", f"applied by waypoint {waypoint}, except (ignored): " + "; ".join(gaps))
+    return "True", "Accepted", f"applied by waypoint {waypoint}"
+
+
 def written_condition(obj: Mapping[str, Any]) -> tuple[str, str, str] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == CONDITION_TYPE:

@@ -52,6 +52,7 @@ RESOURCES: dict[str, Resource] = {
         # Read by the control plane's index too (egress and L7 routing), as from the local cluster API.
         Resource("ServiceEntry", "networking.istio.io", "v1", "serviceentries", True),
         Resource("VirtualService", "networking.istio.io", "v1", "virtualservices", True),
+        Resource("DestinationRule", "networking.istio.io", "v1", "destinationrules", True),
         Resource("GRPCRoute", "gateway.networking.k8s.io", "v1", "grpcroutes", True),
         Resource("TCPRoute", "gateway.networking.k8s.io", "v1alpha2", "tcproutes", True),
         Resource("RequestAuthentication", "security.istio.io", "v1", "requestauthentications", True),

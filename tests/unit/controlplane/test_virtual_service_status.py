@@ -85,3 +85,16 @@ def test_grpc_and_tcp_routes_get_the_accepted_condition() -> None:
     tcp = {"kind": "TCPRoute", "metadata": {"name": "t", "namespace": "shop"},
            "spec": {"parentRefs": parent, "rules": [{"backendRefs": [{"name": "a", "port": 1}]}]}}
     assert route_status_fields(tcp, "TCPRoute") == ("True", "Accepted", "routed by the waypoints as written")
+
+
+def test_destination_rule_status() -> None:
+    from ambient.controlplane.route_policy_status import destination_rule_status_fields as f
+
+    def dr(**policy: Any) -> dict[str, Any]:
+        return {"kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "shop"},
+                "spec": {"host": "reviews", "trafficPolicy": policy}}
+
+    assert f(dr(), bound("shop/reviews"))[:2] == ("True", "Accepted")
+    assert f(dr(), bound())[:2] == ("False", "NoWaypoint")
+    status, reason, message = f(dr(tls={"mode": "SIMPLE"}), bound("shop/reviews"))
+    assert (status, reason) == ("False", "UnsupportedValue") and "tls.mode SIMPLE" in message

@@ -33,6 +33,7 @@ PATHS = {
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1/httproutes", "httproutes"),
     "ServiceEntry": ("/apis/networking.istio.io/v1/serviceentries", "serviceentries"),
     "VirtualService": ("/apis/networking.istio.io/v1/virtualservices", "virtualservices"),
+    "DestinationRule": ("/apis/networking.istio.io/v1/destinationrules", "destinationrules"),
     "GRPCRoute": ("/apis/gateway.networking.k8s.io/v1/grpcroutes", "grpcroutes"),
     "TCPRoute": ("/apis/gateway.networking.k8s.io/v1alpha2/tcproutes", "tcproutes"),
     "RequestAuthentication": ("/apis/security.istio.io/v1/requestauthentications", "requestauthentications"),
