@@ -18,6 +18,7 @@ kept, answers 500, and is named in a warning (once per distinct message).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -203,7 +204,11 @@ class ApiL7Source:
     def current(self) -> L7Config:
         return self._config
 
-    def _publish(self) -> None:
+    def _publish(self, kind: str | None = None) -> None:
+        if kind == "Pod":  # only labels changed: keep the parsed routes (and their balancers' state)
+            labels = L7Config.from_objects(self._objects["Pod"].values()).pod_labels
+            self._config = dataclasses.replace(self._config, pod_labels=labels)
+            return
         objs = [o for kind in KINDS for o in self._objects[kind].values()]
         self._config = L7Config.from_objects(objs)
 
@@ -222,7 +227,7 @@ class ApiL7Source:
     def _replace(self, kind: str, items: list[dict[str, Any]]) -> None:
         self._objects[kind] = {self._key(o): o for o in items}
         self._listed.add(kind)
-        self._publish()
+        self._publish(kind)
         if self._listed == set(KINDS):
             self.ready.set()
 
@@ -232,4 +237,4 @@ class ApiL7Source:
             self._objects[kind].pop(key, None)
         else:
             self._objects[kind][key] = event.object
-        self._publish()
+        self._publish(kind)

@@ -113,3 +113,17 @@ async def test_api_source_lists_then_follows_watch_events() -> None:
         await eventually(lambda: api.lists > lists and len(source.current.routes) == 1)
         assert [p.key for p in source.current.policies] == ["shop/l7"]
         task.cancel()
+
+
+async def test_pod_events_update_labels_without_reparsing_routes() -> None:
+    api = FakeApi()
+    source = ApiL7Source(api, retry_delay=0.01)
+    pod = {"kind": "Pod", "metadata": {"name": "p", "namespace": "shop", "labels": {"version": "v1"}}}
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(source.run())
+        await asyncio.wait_for(source.ready.wait(), 5)
+        route = source.current.routes[0]
+        api.events["Pod"].put_nowait(WatchEvent("ADDED", pod))
+        await eventually(lambda: source.current.pod_labels.get(("shop", "p")) == {"version": "v1"})
+        assert source.current.routes[0] is route  # the same parsed route (and its balancer's state)
+        task.cancel()
