@@ -23,6 +23,7 @@ from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, HboneServer
 from ambient.identity.ca import LocalCA
 from ambient.tls.verify import PeerIdentity
+from helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]  # fast paths on and off
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
@@ -140,8 +141,8 @@ async def test_close_wakes_a_pending_read(ca: LocalCA) -> None:
     async with HboneServer(listener(), ca.issue(SERVER_ID), hold) as server, HboneClient() as client:
         s = await client.connect(ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
         pending = asyncio.ensure_future(s.read())
-        await asyncio.sleep(0.05)
-        assert not pending.done()
+        await eventually(lambda: server.stats.streams >= 1, what="the server serving the stream")
+        assert not pending.done()  # the server sends nothing: the read waits
         s.close()
         async with asyncio.timeout(5):
             with pytest.raises(HboneError):

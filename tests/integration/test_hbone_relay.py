@@ -31,6 +31,7 @@ from ambient.hbone.stream import ACK_BATCH
 from ambient.identity.ca import LocalCA
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel.copy import CopyStats, HboneEnd, SocketEnd, copy_bidirectional, finish
+from helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]  # fast paths on and off
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
@@ -190,7 +191,10 @@ async def test_relay_holds_at_most_the_stream_window_for_a_stalled_app(ca: Local
     pushed = asyncio.Event()
     total = 24 * 1024 * 1024
 
+    served: list[HboneStream] = []
+
     async def flood(stream: HboneStream) -> None:
+        served.append(stream)
         try:
             await stream.write(b"z" * total)
             pushed.set()
@@ -208,9 +212,14 @@ async def test_relay_holds_at_most_the_stream_window_for_a_stalled_app(ca: Local
         stats = CopyStats()
         a_end, b_end = SocketEnd(app, "app"), HboneEnd(stream, "up")
         copy = asyncio.create_task(copy_bidirectional(a_end, b_end, stats))
-        await asyncio.sleep(1.0)
-        assert not pushed.is_set(), "the sender was not stalled by flow control"
         window = stream.connection.settings.stream_window
+        # The positive signal first: the sender has no flow-control window left (it has more to send) and the
+        # proxy holds most of that window (the rest: consumed, its acknowledgement not sent yet) ...
+        await eventually(lambda: served and served[0].connection._h2.local_flow_control_window(
+            served[0].stream_id) == 0 and stream._held >= window // 2, timeout=20,
+            what="the sender's window used up and held by the proxy")
+        # ... so it is stalled by flow control, not done.
+        assert not pushed.is_set(), "the sender was not stalled by flow control"
         held = stream._held
         # Held = received but not yet written to the app socket: never more than the stream window
         # (plus the acknowledgement batch not yet reported).
