@@ -1,18 +1,22 @@
-"""Where the waypoint's L7 config comes from: HTTPRoutes and targetRef AuthorizationPolicies.
+"""Where the waypoint's L7 config comes from: routes (HTTPRoute, GRPCRoute, TCPRoute, VirtualService),
+DestinationRules, targetRef AuthorizationPolicies and RequestAuthentications, ReferenceGrants, and the
+labels of Pods (for DestinationRule subsets: the workload state carries no labels).
 
 The waypoint reads its config through `L7Source` (`.current` -> an immutable `L7Config`), so the proxy
 does not care whether objects came from a static YAML file (`StaticL7Source`, tests and standalone use) or
 from the cluster API (`ApiL7Source`: one `api.informer.inform` per kind; one writer).
 
 Static file (`--static FILE`): YAML, one or more documents. A document with `kind` is a Kubernetes object
-(HTTPRoute, AuthorizationPolicy; other kinds are ignored); a document with `workloads` / `services` /
+(the kinds above; other kinds are ignored); a document with `workloads` / `services` /
 `policies` keys is workload state in the node proxy's static shape (`ambient.state.static`), so one file
 can describe a whole standalone waypoint.
 
 Invariants: conversion happens before publication, a bad object is logged and skipped (one broken
-HTTPRoute must not take every route down), and a published `L7Config` is never mutated. An HTTPRoute rule
-using a filter the waypoint does not implement (RequestMirror, ExtensionRef, CORS, backendRef filters) is
-kept, answers 500, and is named in a warning (once per distinct message).
+route must not take every route down), and a published `L7Config` is never mutated (a route rule's
+weighted-round-robin balancer is the one piece of state inside it). A Pod event replaces only the pod
+labels. A route rule using something the waypoint does not implement (ExtensionRef, CORS, backendRef
+filters; VirtualService directResponse, delegate, ...) is kept, answers 500, and is named in a warning
+(once per distinct message).
 """
 
 from __future__ import annotations

@@ -5,9 +5,13 @@ each tunnel it takes the authority (service VIP:port, or pod ip:port for a workl
 destination and:
 - HTTP ports (appProtocol unset/HTTP/HTTP2/gRPC): answers 200 and serves HTTP on the inner stream
   (HTTP/2 when the client's first bytes are the HTTP/2 preface, HTTP/1.1 otherwise). Per request:
-  normalise the path, L7 AuthorizationPolicy (deny -> 403 `RBAC: access denied`), HTTPRoute (a
-  RequestRedirect rule is answered here; the rule's header modifiers and URLRewrite shape the forwarded
-  request and the response; a rule with an unsupported filter answers 500), pick an
+  normalise the path, RequestAuthentication (an invalid JWT -> 401 with Envoy's reason; none -> no
+  request principal), L7 AuthorizationPolicy (deny -> 403 `RBAC: access denied`), routing by HTTPRoute /
+  GRPCRoute / VirtualService (`ambient.l7`: a redirect is answered here; header modifiers and rewrites shape
+  the forwarded request and the response; mirrors get a copy; a VirtualService fault delays (DI) or aborts
+  (FI); a rule with an unsupported feature answers 500; a cross-namespace backend needs a ReferenceGrant),
+  the DestinationRule of the backend (subset labels, connection-pool circuit breaker -> 503 UO, outlier
+  ejection, load balancer), pick an
   endpoint of the chosen backend Service, take an idle keep-alive connection to that endpoint from the
   `UpstreamPool` or open an HBONE tunnel to `endpoint:15008` with authority `endpoint:targetPort`
   presenting the waypoint's own certificate (plain TCP for a non-mesh endpoint), forward the request and
@@ -175,6 +179,9 @@ class Waypoint:
     # -- CONNECT ------------------------------------------------------------------------------------------
     async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
         view = self._state()
+        if not request.target_ip:  # `<hostname>:<port>`: clients address a waypoint by VIP or workload IP
+            return Reject(400, f"CONNECT authority {request.authority} is not an address: a waypoint is "
+                          "addressed by service VIP or workload IP")
         ip = ipaddress.ip_address(request.target_ip)
         service = view.service_by_vip(ip)
         workload = None if service is not None else view.workload_by_ip(ip)
