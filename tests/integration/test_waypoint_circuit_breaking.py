@@ -93,3 +93,13 @@ async def test_load_balancer_round_robin_and_consistent_hash() -> None:
         assert all(len(v) == 1 for v in by_user.values()), by_user  # each user sticks to one endpoint
         assert set().union(*by_user.values()) == {"v1", "v2"}  # and the users spread over both
         c.stream.close()
+
+
+async def test_max_requests_per_connection_closes_the_upstream_connection() -> None:
+    async with loopback([dr({"connectionPool": {"http": {"maxRequestsPerConnection": 2}}})]) as lb:
+        c = Http1Client(await lb.open())
+        for _ in range(8):
+            assert (await c.request("/"))[0] == 200
+        c.stream.close()
+        # every upstream connection served 2 requests (at most 2 endpoints with a connection half used)
+        assert 4 <= len(lb.backend_seen) <= 5, lb.backend_seen

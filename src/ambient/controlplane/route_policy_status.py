@@ -107,9 +107,6 @@ def _policy_gaps(tp: Mapping[str, Any], where: str) -> list[str]:
     tls = (tp.get("tls") or {}).get("mode")
     if tls in ("SIMPLE", "MUTUAL"):
         gaps.append(f"{where}tls.mode {tls} (TLS origination towards a ServiceEntry host is not implemented)")
-    http = (tp.get("connectionPool") or {}).get("http") or {}
-    if http.get("maxRequestsPerConnection"):
-        gaps.append(f"{where}connectionPool.http.maxRequestsPerConnection")
     lb = tp.get("loadBalancer") or {}
     for key in _DR_UNSUPPORTED_LB:
         if (lb.get("consistentHash") or {}).get(key):
@@ -130,7 +127,8 @@ def destination_rule_status_fields(
 ) -> tuple[str, str, str]:
     """`WaypointAccepted` of a DestinationRule: applied by the waypoint of its host's Service; False /
     NoWaypoint when that Service uses none (or the host names no Service here), False / UnsupportedValue
-    naming the settings the waypoint does not implement (they are ignored; the rest applies)."""
+    naming the settings the waypoint does not implement (they are ignored; the rest applies): tls
+    SIMPLE/MUTUAL, cookie / query / ring hashing, locality and warm-up settings, tunnel, proxyProtocol."""
     from ambient.l7.virtual_service import resolve_host
 
     meta = dr.get("metadata") or {}

@@ -45,6 +45,7 @@ import random
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,6 +176,8 @@ class Waypoint:
         self._verified: TokenCache = {}  # verified JWTs (see request_auth.verify)
         self._breakers = Breakers()
         self._balancer = Balancer()
+        # requests served per pooled upstream connection (DestinationRule maxRequestsPerConnection)
+        self._uses: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     # -- CONNECT ------------------------------------------------------------------------------------------
     async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
@@ -782,7 +785,7 @@ class Waypoint:
                 upstream.close()
                 raise
             else:
-                self._pool.give(key, upstream)
+                self._reuse(key, upstream, backend)
                 return status
         stream = await self._open(conn, ep, svc, record)
         upstream = (Http2Upstream if h2 else Http1Upstream)(stream, self.settings.limits)
@@ -791,8 +794,21 @@ class Waypoint:
         except BaseException:
             upstream.close()
             raise
-        self._pool.give(key, upstream)
+        self._reuse(key, upstream, backend)
         return status
+
+    def _reuse(self, key: Any, upstream: Any, backend: _Backend | None) -> None:
+        """Pool `upstream` for the next request, unless it served the DestinationRule's
+        maxRequestsPerConnection (then it is closed, as Envoy's max_requests_per_connection)."""
+        limit = backend[3].pool.max_requests_per_connection if backend is not None else 0
+        if limit:
+            used = self._uses.get(upstream, 0) + 1
+            if used >= limit:
+                self._uses.pop(upstream, None)
+                upstream.close()
+                return
+            self._uses[upstream] = used
+        self._pool.give(key, upstream)
 
     def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord,
               subset: Mapping[str, str] | None = None, outlier: OutlierDetector | None = None,
