@@ -49,7 +49,7 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    bed = Testbed(f"inf1-{os.getpid()}", tmp_path_factory.mktemp("ztmesh"))
+    bed = Testbed(f"inf1-{os.getpid()}", tmp_path_factory.mktemp("ztmesh"), namespace="shop")
     try:
         bed.create({1: [("client", "client"), ("visitor-plain", "default")],
                     2: [("server", "server"), ("stranger-ghost", "ghost")]})

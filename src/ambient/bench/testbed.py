@@ -159,6 +159,7 @@ class Testbed:
     policies: list[dict[str, Any]] = field(default_factory=list)
     services: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "iptables"
+    namespace: str = "h10"  # of every pod
     _netns: list[str] = field(default_factory=list)
     _procs: list[ProxyProcess] = field(default_factory=list)
     _feeders: dict[int, ZdsFeeder] = field(default_factory=dict)
@@ -199,8 +200,8 @@ class Testbed:
             sh("ip", "-n", self.node_ns(i), "addr", "add", f"10.250.{i}.1/24", "dev", "lo")
             for k, (name, sa) in enumerate(specs):
                 plain = name.endswith("-plain")
-                pod = Pod(name, f"{self.prefix}-p{i}-{k}", f"10.250.{i}.{k + 2}", i, service_account=sa,
-                          in_state=not name.endswith("-ghost") and not plain, mesh=not plain)
+                pod = Pod(name, f"{self.prefix}-p{i}-{k}", f"10.250.{i}.{k + 2}", i, namespace=self.namespace,
+                          service_account=sa, in_state=not name.endswith("-ghost") and not plain, mesh=not plain)
                 self._add_netns(pod.netns)
                 dev = f"p{k}"
                 sh("ip", "link", "add", dev, "netns", self.node_ns(i), "type", "veth", "peer", "name", "eth0",
