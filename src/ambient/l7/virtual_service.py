@@ -67,6 +67,8 @@ from ambient.l7.routing import (
     ValueMatch,
     WeightedRoundRobin,
 )
+from ambient.l7.traffic_policy import TrafficPolicy
+from ambient.l7.traffic_policy import resolve as resolve_policy
 
 _GO_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|us|ns|m|s)")
 _GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(h|m|s|ms|us|ns))+$")
@@ -330,10 +332,23 @@ class DestinationRule:
     traffic_policy: Mapping[str, Any] = field(default_factory=dict)
     subset_policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     created: str = ""
+    # resolved policies by (subset, port): resolved once, not per request (the rule itself never changes)
+    _resolved: dict[tuple[str, int], TrafficPolicy] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def policy(self, subset: str | None, port: int) -> TrafficPolicy:
+        """The traffic policy for requests to `port` of `subset` (None: the whole Service)."""
+        k = (subset or "", port)
+        found = self._resolved.get(k)
+        if found is None:
+            if len(self._resolved) > 1024:
+                self._resolved.clear()
+            found = self._resolved[k] = resolve_policy(self.traffic_policy, self.subset_policies.get(subset or ""),
+                                                       port)
+        return found
 
 
 def parse_destination_rule(obj: Mapping[str, Any], domain: str = "cluster.local") -> DestinationRule:

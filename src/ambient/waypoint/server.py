@@ -73,7 +73,6 @@ from ambient.l7.routing import (
 )
 from ambient.l7.traffic_policy import DEFAULT as DEFAULT_POLICY
 from ambient.l7.traffic_policy import TrafficPolicy
-from ambient.l7.traffic_policy import resolve as resolve_policy
 from ambient.l7.virtual_service import destination_rule_for
 from ambient.state.model import (
     AppProtocol,
@@ -443,8 +442,7 @@ class Waypoint:
                                   f"of {backend.namespace}/{backend.name}", "NC")
                 return
         assert routed.backend.port is not None
-        policy = DEFAULT_POLICY if drule is None else resolve_policy(
-            drule.traffic_policy, drule.subset_policies.get(subset or ""), routed.backend.port)
+        policy = DEFAULT_POLICY if drule is None else drule.policy(subset, routed.backend.port)
         await self._forward(conn, fwd, writer, record, view, (backend, routed.backend.port, labels, policy),
                             routed.request_timeout, routed)
 
