@@ -225,13 +225,14 @@ def test_kubelet_restart_adopts_running_pods_and_cleans_deleted(cluster: tuple[L
     assert processes.stop_component(layout, "kubelet-node-1")
     try:
         api.delete("Pod", "gone", "default")
-        time.sleep(0.5)
+        wait_for(lambda: not any(p["metadata"]["name"] == "gone" for p in api.list("Pod", "default")[0]), 10,
+                 "the pod gone from the API")  # only the stopped kubelet would tear its sandbox down
         assert L.netns_path(pod_netns(layout, gone)).exists()  # nobody tore it down while the kubelet was away
     finally:
         start_kubelet()  # also when the test fails: the next tests need this node
     wait_for(lambda: not L.netns_path(pod_netns(layout, gone)).exists(), 20, "deleted pod cleaned up")
     wait_for(lambda: gone["status"]["podIP"] not in allocated(layout), 10, "its IP released")
-    time.sleep(1.0)
+    # the restarted kubelet's passes (which cleaned up the deleted pod) saw "keep" too: adopted, not restarted
     after = api.get("Pod", "keep", "default")
     assert is_ready(after) and after["status"]["containerStatuses"][0]["restartCount"] == 0
     assert rt.process_alive(pid, start)  # the adopted container process is the same one
