@@ -20,6 +20,7 @@ from kube_fakeapi import FakeKubeApi, recorded, write_kubeconfig
 from ambient.cni.plugin import PLUGIN_TYPE
 from ambient.kube import cninode
 from ambient.kube.source import KubeSource
+from helpers import eventually
 
 PRIMARY = {
     "cniVersion": "1.0.0",
@@ -238,14 +239,15 @@ async def test_add_through_the_host_shim_reaches_the_node_agent(
 
 
 async def test_run_survives_a_half_written_conflist_and_chains_when_it_is_fixed(
-    host: cninode.Settings, source: KubeSource
+    host: cninode.Settings, source: KubeSource, caplog: pytest.LogCaptureFixture
 ) -> None:
     conflist = host.conf_dir / "10-kindnet.conflist"
     conflist.write_text('{"cniVersion": "1.0.0", "plugins": [')  # the primary CNI is mid-write
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(cninode.run(host, source, stop, interval=0.05))
-        await asyncio.sleep(0.3)
+        # the positive signal: the agent tried the half-written file (and refused to chain into it)
+        await eventually(lambda: "cannot chain" in caplog.text, what="an attempt on the half-written conflist")
         assert not cninode.is_chained(conflist)
         conflist.write_text(json.dumps(PRIMARY))
         async with asyncio.timeout(20):
