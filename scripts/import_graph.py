@@ -30,7 +30,9 @@ def layers() -> list[list[str]]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for contract in config["tool"]["importlinter"]["contracts"]:
         if contract.get("type") == "layers":
-            return [[name.strip() for name in layer.replace(":", "|").split("|")] for layer in contract["layers"]]
+            # "(name)" marks an optional layer (a package that may not exist yet)
+            return [[name.strip().strip("()") for name in layer.replace(":", "|").split("|")]
+                    for layer in contract["layers"]]
     raise SystemExit("no layers contract in pyproject.toml")
 
 
