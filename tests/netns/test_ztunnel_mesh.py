@@ -252,6 +252,10 @@ def test_connect_matrix(mesh: Mesh) -> None:
         ("unknown local workload", ghost, _connect(f"{ghost}:8080"), 503),
         ("L4 deny", srv, _connect(f"{srv}:9090"), 401),
         ("IPv4-mapped authority", srv, _connect(f"[::ffff:{srv}]:8080"), 400),  # as ztunnel: not the dialled IP
+        # a Service hostname is resolved as ztunnel does: the dialled address, on the port the Service maps to
+        ("Service hostname", srv, _connect("server.shop.svc.cluster.local:80"), 200),
+        ("unknown Service hostname", srv, _connect("nosuch.shop.svc.cluster.local:80"), 503),
+        ("authority without port", srv, _connect("server.shop.svc.cluster.local"), 400),
     ]
     # a self-call answers 503, as ztunnel does
     cases += [(f"proxy port {p}", srv, _connect(f"{srv}:{p}"), 503) for p in (15001, 15006, 15008, 15000, 15020, 15021)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -201,7 +202,8 @@ def build_connect_headers(
 
 def parse_connect_request(headers: Iterable[tuple[str, str]]) -> ConnectRequest:
     """Validate an incoming request header list; raise `BadConnectRequest` (400) unless it is a
-    CONNECT with an `<ip>:<port>` authority."""
+    CONNECT with an `<ip>:<port>` authority or a `<hostname>:<port>` one (a Service hostname, as ztunnel
+    accepts; then `target_ip` is empty and the handler resolves the name)."""
     method = authority = None
     regular: dict[str, str] = {}
     for name, value in headers:
@@ -216,8 +218,24 @@ def parse_connect_request(headers: Iterable[tuple[str, str]]) -> ConnectRequest:
         raise BadConnectRequest(f"method {method!r} is not CONNECT")
     if authority is None:
         raise BadConnectRequest("CONNECT without :authority")
-    ip, port = parse_authority(authority)
+    try:
+        ip, port = parse_authority(authority)
+    except BadConnectRequest:
+        named = _hostname_authority(authority)
+        if named is None:
+            raise
+        ip, port = "", named  # a Service hostname: the receiver resolves it (target_ip stays empty)
     return ConnectRequest(authority, ip, port, regular)
+
+
+_HOSTNAME = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?:([0-9]{1,5})",
+                       re.IGNORECASE)
+
+
+def _hostname_authority(authority: str) -> int | None:
+    """The port of a `<dns name>:<port>` authority (`web.shop.svc.cluster.local:80`), else None."""
+    m = _HOSTNAME.fullmatch(authority) if len(authority) <= 260 else None
+    return int(m.group(1)) if m is not None and 0 < int(m.group(1)) < 65536 else None
 
 
 def response_headers(status: int) -> list[tuple[str, str]]:

@@ -79,6 +79,21 @@ def test_parse_connect_request() -> None:
         parse_connect_request([(":method", "CONNECT")])
 
 
+@pytest.mark.parametrize(("authority", "port"), [
+    ("web.shop.svc.cluster.local:80", 80), ("httpbin:8000", 8000), ("A-1.example:65535", 65535)])
+def test_hostname_authority_is_passed_on_for_the_receiver_to_resolve(authority: str, port: int) -> None:
+    # ztunnel accepts `<hostname>:<port>` (a Service hostname) and resolves it itself; the target IP is empty
+    req = parse_connect_request([(":method", "CONNECT"), (":authority", authority)])
+    assert (req.target_ip, req.target_port, req.authority) == ("", port, authority)
+
+
+@pytest.mark.parametrize("authority", ["web.example", "web.example:0", "web.example:70000", "-web:80", "we b:80",
+                                       "web_x:80", "web.:80", "1.2.3:80", "x" * 300 + ":80"])
+def test_malformed_authorities_are_400(authority: str) -> None:
+    with pytest.raises(BadConnectRequest):
+        parse_connect_request([(":method", "CONNECT"), (":authority", authority)])
+
+
 @pytest.mark.parametrize(("status", "text"), [(400, "400 Bad Request"), (401, "denied by authorization"),
                                               (503, "could not reach"), (302, "unexpected status")])
 def test_check_response_errors(status: int, text: str) -> None:
