@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         ttl = timedelta(seconds=max_cert_ttl)
 
         async def run_local() -> None:
-            from ambient.controlplane.app import ControlPlane
+            from ambient.controlplane.app import Settings, build
             from ambient.controlplane.ca_server import PROXY_NAMESPACE
 
             st = state(ctx)
@@ -95,10 +95,10 @@ def register(app: typer.Typer) -> None:
                 from ambient.cluster import layout as L
 
                 directory = Path(L.default_state_dir(st.cluster))
-            cp = ControlPlane(directory, listen, tls=not insecure, max_ttl=ttl,
-                              root_namespace=root_namespace or "istio-system",
-                              proxy_namespace=proxy_namespace or PROXY_NAMESPACE,
-                              proxy_service_account=proxy_service_account, dns_names=dns_name or ())
+            cp = build(Settings(Path(directory), listen, tls=not insecure, max_ttl=ttl,
+                                root_namespace=root_namespace or "istio-system",
+                                proxy_namespace=proxy_namespace or PROXY_NAMESPACE,
+                                proxy_service_account=proxy_service_account, dns_names=tuple(dns_name or ())))
             await cp.run()
 
         async def run_kubernetes() -> None:

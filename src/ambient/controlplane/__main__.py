@@ -12,8 +12,9 @@ import logging
 import sys
 from dataclasses import asdict
 from datetime import timedelta
+from pathlib import Path
 
-from ambient.controlplane.app import ControlPlane
+from ambient.controlplane.app import Settings, build
 from ambient.core import process
 from ambient.core.errors import AmbientError
 
@@ -33,13 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     process.configure_logging(args.log_level)
     try:
-        cp = ControlPlane(
-            args.state_dir,
-            args.listen,
-            tls=not args.insecure,
-            max_ttl=timedelta(seconds=args.max_cert_ttl),
-            root_namespace=args.root_namespace,
-        )
+        cp = build(Settings(Path(args.state_dir), args.listen, tls=not args.insecure,
+                            max_ttl=timedelta(seconds=args.max_cert_ttl), root_namespace=args.root_namespace))
     except AmbientError as exc:  # e.g. a malformed AMBIENT_CP_* limit: say which, no traceback
         print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -398,3 +399,31 @@ class ControlPlane:
         return web.Response(
             text="ok\n" if self.ready.is_set() else "syncing\n", status=200 if self.ready.is_set() else 503
         )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The control plane's own settings, as its entry points take them from flags (`limits` from the
+    environment when not given: `ServingLimits.from_env()`)."""
+
+    state_dir: Path
+    listen: str = "127.0.0.1:15012"
+    tls: bool = True
+    max_ttl: timedelta = timedelta(hours=24)
+    root_namespace: str = "istio-system"
+    proxy_namespace: str = PROXY_NAMESPACE
+    proxy_service_account: str = PROXY_SERVICE_ACCOUNT
+    dns_names: tuple[str, ...] = ()
+    limits: ServingLimits | None = None
+
+
+def build(settings: Settings, **wiring: Any) -> ControlPlane:
+    """The composition root: a `ControlPlane` for `settings` (not started: `await cp.run()`). `wiring`
+    replaces the local cluster's defaults (`source`, `status_writer`, `ca`, `authenticator`, as the
+    Kubernetes entry point does)."""
+    return ControlPlane(
+        settings.state_dir, settings.listen, tls=settings.tls, max_ttl=settings.max_ttl,
+        root_namespace=settings.root_namespace, proxy_namespace=settings.proxy_namespace,
+        proxy_service_account=settings.proxy_service_account, dns_names=settings.dns_names,
+        limits=settings.limits, **wiring,
+    )
