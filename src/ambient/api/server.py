@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import signal
 import ssl
 import sys
 import threading
@@ -59,6 +58,7 @@ from ambient.api.validation.schema import (
     loads_with_duplicates,
     parse_field_validation,
 )
+from ambient.core import process
 
 log = logging.getLogger("ambient.apiserver")
 
@@ -923,20 +923,15 @@ def run_apiserver(
     pod_connector: pods.PodConnector | None = None, **limits_: int,
 ) -> None:
     """Blocking entry point (`ambient apiserver`): serve until SIGTERM or SIGINT, then stop gracefully."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    process.configure_logging("INFO", quiet=())  # no-op when the caller set up logging already
 
-    async def main() -> None:
+    async def main(shutdown: process.Shutdown) -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        shutdown.on_signal(stop.set)
         await serve(state_dir, tcp, tls=tls, pod_connector=pod_connector, stop=stop, max_events=max_events,
                     **limits_)
 
-    asyncio.run(main())
+    process.run(main)
 
 
 @contextmanager

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +37,7 @@ from ambient.cluster.gateways import IngressGatewayController
 from ambient.cluster.scheduler import RoundRobinScheduler
 from ambient.cluster.services import compute_endpoints, endpoints_differ, plan_cluster_ips
 from ambient.cluster.waypoints import WaypointConfig, WaypointController
+from ambient.core import process
 
 log = logging.getLogger("ambient.controllers")
 
@@ -239,13 +239,8 @@ async def _amain(state_dir: Path) -> None:
     from ambient.api.client import AsyncApiClient
 
     socket_path = state_dir / "apiserver.sock"
-    loop = asyncio.get_running_loop()
     async with AsyncApiClient(socket_path) as client:
         manager = ControllerManager(client, waypoints=WaypointConfig.for_state_dir(state_dir))
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
         log.info("controller-manager started (api %s)", socket_path)
         with contextlib.suppress(asyncio.CancelledError):
             await manager.run()
@@ -257,10 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the useful ones
+    process.configure_logging(args.log_level)
+
+    async def run(_: process.Shutdown) -> None:  # SIGTERM/SIGINT cancel it
+        await _amain(args.state_dir)
+
     try:
-        asyncio.run(_amain(args.state_dir))
+        process.run(run)
     except ApiError as exc:
         raise SystemExit(f"controller-manager: {exc}") from exc
 

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from ambient.cluster import podruntime as rt
 from ambient.cluster.controllers import Client
 from ambient.cluster.errors import ClusterError
 from ambient.cluster.podstatus import ContainerState, pod_status
+from ambient.core import process
 from ambient.core.backoff import Backoff
 
 log = logging.getLogger("ambient.kubelet")
@@ -485,13 +485,8 @@ async def _amain(state_dir: Path, node: str) -> None:
     from ambient.api.client import AsyncApiClient
 
     layout = L.load_layout(state_dir)
-    loop = asyncio.get_running_loop()
     async with AsyncApiClient(layout.api_socket) as client:
         kubelet = Kubelet(client, layout, node)
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
         log.info("kubelet %s started (netns %s)", node, kubelet.node_layout.netns)
         with contextlib.suppress(asyncio.CancelledError):
             await kubelet.run()
@@ -506,10 +501,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the useful ones
+    process.configure_logging(args.log_level)
+
+    async def run(_: process.Shutdown) -> None:  # SIGTERM/SIGINT cancel it
+        await _amain(args.state_dir, args.node)
+
     try:
-        asyncio.run(_amain(args.state_dir, args.node))
+        process.run(run)
     except ClusterError as exc:
         raise SystemExit(f"kubelet: {exc}") from exc
 
