@@ -19,6 +19,7 @@ check curl curl
 check socat socat
 check iperf3 iperf3
 check stunnel4 stunnel4
+check haproxy haproxy
 check wrk wrk
 check tcpdump tcpdump
 check conntrack conntrack

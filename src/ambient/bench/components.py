@@ -417,6 +417,20 @@ def _component(
     return run
 
 
+def against_haproxy(run: Callable[[BenchContext], SectionOutput]) -> Callable[[BenchContext], SectionOutput]:
+    """The waypoint's CPU per 1,000 req/s compared with HAProxy's (mTLS in, mTLS out) from this run."""
+
+    def wrapped(ctx: BenchContext) -> SectionOutput:
+        out = run(ctx)
+        base = ctx.figure("baseline-haproxy", "haproxy CPU per 1,000 req/s")
+        fig = next((f for f in out.figures if f.name == "waypoint CPU per 1,000 req/s"), None)
+        if base is not None and fig is not None and fig.baseline is None:
+            fig.against(base)
+        return out
+
+    return wrapped
+
+
 def _none(_quick: bool) -> dict[str, Any]:
     return {}
 
@@ -468,13 +482,15 @@ SECTIONS = [
         "Waypoint: requests/s and added latency",
         "ambient.bench.waypoint in a child process: the same loopback HBONE path with and without the waypoint "
         "(closed loop, keep-alive clients): requests/s, p50/p99, and the waypoint's CPU per 1,000 req/s.",
-        _component(
-            "ambient.bench.components",
-            "waypoint_run",
-            _none,
-            lambda q: 90 if q else 150,
-            compare_with_stunnel=False,
-            requires="ambient.bench.waypoint",
+        against_haproxy(
+            _component(
+                "ambient.bench.components",
+                "waypoint_run",
+                _none,
+                lambda q: 90 if q else 150,
+                compare_with_stunnel=False,
+                requires="ambient.bench.waypoint",
+            )
         ),
     ),
 ]

@@ -7,6 +7,11 @@ A goal whose figure is absent reads "not measured", never "missed".
 Goals (issues 4, 6 and 8): node proxy throughput >= 1.0x the stunnel pair (floor 0.5x); added p99 latency
 <= 2x the stunnel pair's; <= 0.1 core per 1,000 req/s; >= 2,000 new connections/s; control plane
 change-to-applied p99 <= 100 ms; waypoint <= 0.25 core per 1,000 req/s.
+Performance wave 2 (ratios to in-run baselines): HBONE stream >= 0.88x plain TLS; single-stream throughput
+>= 1.2x the stunnel pair quiet, >= 1.0x with a CPU hog (`--hog`; a goal with `hog` set is checked only in
+runs of that kind); CPU per 1,000 req/s <= 1.0x stunnel's; 4 streams >= 1.7x one; capacity connections
+>= 4x stunnel's; <= 16 KiB per idle meshed connection; waypoint CPU <= 1.5x HAProxy's; waypoint req/s
+>= 0.6x the path without it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Goal:
     target: str
     find: Callable[[Figure], bool]
     check: Callable[[Figure], tuple[str, bool | None]]  # (measured, met); met None = partly ("floor met")
+    hog: bool | None = None  # True: only in runs with a CPU hog; False: only in quiet runs; None: always
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,22 @@ def _at_least(limit: float, unit: str) -> Callable[[Figure], tuple[str, bool | N
     return check
 
 
+def _ratio(limit: float, most: bool) -> Callable[[Figure], tuple[str, bool | None]]:
+    """A ratio goal: value / in-run baseline at most (or at least) `limit`, the baseline named beside it."""
+
+    def check(fig: Figure) -> tuple[str, bool | None]:
+        r = fig.ratio
+        if r is None:
+            return f"{fig.value:.3g} {fig.unit} (no in-run baseline)", False
+        return f"{r:.2f}x ({fig.baseline})", r <= limit if most else r >= limit
+
+    return check
+
+
+def _capacity(f: Figure) -> bool:
+    return f.unit in ("/s", "conn/s") and "conn" in f.name.lower() and "capacity" in _words(f.name) and _mesh(f)
+
+
 def _cpu(fig: Figure) -> bool:
     return fig.unit == "cores" and "cpu" in _words(fig.name) and _mesh(fig)
 
@@ -120,6 +142,25 @@ GOALS = [
         _at_most(100.0, "ms"),
     ),
     Goal("waypoint", "waypoint CPU per 1,000 req/s", "<= 0.25 core", _cpu, _at_most(0.25, "cores")),
+    # performance wave 2: ratios to baselines measured in the same run
+    Goal("hbone", "HBONE stream / plain TLS (loopback)", ">= 0.88x",
+         lambda f: f.unit in ("Gb/s", "Mb/s") and "hbone" in _words(f.name), _ratio(0.88, most=False)),
+    Goal("ztunnel", "single-stream throughput / stunnel pair, quiet", ">= 1.2x",
+         lambda f: f.unit in ("Gb/s", "Mb/s") and _mesh(f) and "aggregate" not in _words(f.name),
+         _ratio(1.2, most=False), hog=False),
+    Goal("ztunnel", "single-stream throughput / stunnel pair, CPU hog running", ">= 1.0x",
+         lambda f: f.unit in ("Gb/s", "Mb/s") and _mesh(f) and "aggregate" not in _words(f.name),
+         _ratio(1.0, most=False), hog=True),
+    Goal("ztunnel", "node proxy CPU per 1,000 req/s / stunnel pair's", "<= 1.0x", _cpu, _ratio(1.0, most=True)),
+    Goal("ztunnel", "aggregate throughput, 4 streams / 1 stream", ">= 1.7x",
+         lambda f: f.unit in ("Gb/s", "Mb/s") and "aggregate" in _words(f.name), _ratio(1.7, most=False)),
+    Goal("ztunnel", "new connections/s (capacity) / stunnel pair's", ">= 4x", _capacity, _ratio(4.0, most=False)),
+    Goal("ztunnel", "memory per idle meshed connection", "<= 16 KiB",
+         lambda f: "idle" in _words(f.name) and f.unit in ("KiB", "KB"), _at_most(16.0, "KiB")),
+    Goal("waypoint", "waypoint CPU per 1,000 req/s / HAProxy's (mTLS in and out)", "<= 1.5x",
+         lambda f: _cpu(f) and f.baseline is not None and "haproxy" in _words(f.baseline), _ratio(1.5, most=True)),
+    Goal("waypoint", "waypoint requests/s / path without it", ">= 0.6x",
+         lambda f: f.name == "through waypoint" and f.unit == "req/s", _ratio(0.6, most=False)),
 ]
 
 
@@ -129,7 +170,10 @@ def _section(run: BenchRun, name: str) -> SectionResult | None:
 
 def evaluate(run: BenchRun, goals: list[Goal] | None = None) -> list[GoalResult]:
     out = []
+    hog = bool(run.options.get("cpu_hog"))
     for goal in goals if goals is not None else GOALS:
+        if goal.hog is not None and goal.hog != hog:
+            continue
         section = _section(run, goal.section)
         fig = next((f for f in section.figures if goal.find(f)), None) if section else None
         if fig is None:

@@ -99,6 +99,8 @@ def render_run(run: BenchRun) -> str:
     only = run.options.get("only")
     if only:
         mode += f" of {', '.join(only)}"
+    if run.options.get("cpu_hog"):
+        mode += ", with a CPU hog (one busy-loop process) running"
     lines = [
         BEGIN,
         "",

@@ -65,3 +65,40 @@ def test_absolute_goals_show_the_in_run_baseline_beside_the_figure() -> None:
     assert v["node proxy CPU per 1,000 req/s"] == ("0.19 cores (stunnel CPU per 1,000 req/s: 0.124)", "missed")
     assert v["node proxy new connections (capacity: 32 concurrent clients)"] == (
         "1,276 conn/s (capacity connections stunnel: 779)", "missed")
+
+
+def test_wave2_ratio_goals_compare_with_the_in_run_baselines() -> None:
+    hbone = SectionResult("hbone", "HBONE", "ok", "", [
+        Figure("plain TLS 1.3, one connection", 5.0, "Gb/s"),
+        Figure("HBONE tunnel, one stream", 4.5, "Gb/s", baseline="plain TLS", baseline_value=5.0)])
+    ztunnel = SectionResult("ztunnel", "Node proxy", "ok", "", [
+        Figure("throughput mesh", 6.0, "Gb/s", baseline="throughput stunnel", baseline_value=5.0),
+        Figure("mesh proxy CPU per 1,000 req/s", 0.15, "cores", "lower",
+               baseline="stunnel CPU per 1,000 req/s", baseline_value=0.1),
+        Figure("capacity connections mesh", 4000.0, "/s", baseline="capacity connections stunnel",
+               baseline_value=900.0)])
+    waypoint = SectionResult("waypoint", "Waypoint", "ok", "", [
+        Figure("without waypoint", 1000.0, "req/s"),
+        Figure("through waypoint", 500.0, "req/s", baseline="without waypoint", baseline_value=1000.0),
+        Figure("waypoint CPU per 1,000 req/s", 0.2, "cores", "lower",
+               baseline="haproxy CPU per 1,000 req/s", baseline_value=0.16)])
+    v = _verdicts(_run(hbone, ztunnel, waypoint))
+    assert v["HBONE stream / plain TLS (loopback)"] == ("0.90x (plain TLS)", "met")
+    assert v["single-stream throughput / stunnel pair, quiet"] == ("1.20x (throughput stunnel)", "met")
+    assert "single-stream throughput / stunnel pair, CPU hog running" not in v  # a quiet run
+    assert v["node proxy CPU per 1,000 req/s / stunnel pair's"][1] == "missed"
+    assert v["new connections/s (capacity) / stunnel pair's"] == ("4.44x (capacity connections stunnel)", "met")
+    assert v["waypoint CPU per 1,000 req/s / HAProxy's (mTLS in and out)"] == (
+        "1.25x (haproxy CPU per 1,000 req/s)", "met")
+    assert v["waypoint requests/s / path without it"] == ("0.50x (without waypoint)", "missed")
+    assert v["aggregate throughput, 4 streams / 1 stream"] == ("-", "not measured")
+    assert v["memory per idle meshed connection"] == ("-", "not measured")
+
+
+def test_the_hog_goal_is_checked_only_in_a_hog_run() -> None:
+    ztunnel = SectionResult("ztunnel", "Node proxy", "ok", "", [
+        Figure("throughput mesh", 4.0, "Gb/s", baseline="throughput stunnel", baseline_value=5.0)])
+    run = BenchRun("2026-11-22T03:00:00Z", {"nproc": 2}, {"quick": False, "only": [], "cpu_hog": True}, [ztunnel])
+    v = _verdicts(run)
+    assert v["single-stream throughput / stunnel pair, CPU hog running"] == ("0.80x (throughput stunnel)", "missed")
+    assert "single-stream throughput / stunnel pair, quiet" not in v
