@@ -643,13 +643,3 @@ async def _readable(loop: asyncio.AbstractEventLoop, raw: socket.socket) -> None
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def serve_hbone(
-    listen: socket.socket | tuple[str, int],
-    cert_provider: CertProvider | CertBundle,
-    handler: Handler,
-    **kwargs: Any,
-) -> HboneServer:
-    """`async with serve_hbone(sock, certs, handler) as server:` (see `HboneServer`)."""
-    return HboneServer(listen, cert_provider, handler, **kwargs)
