@@ -7,6 +7,11 @@ both node proxies ("mesh"):
 - throughput: iperf3, one stream, 3 rounds of `seconds // 2` alternating between the paths, median;
 - latency: 1 KB request / 1 KB response on one keep-alive connection at a fixed rate, p50 / p99, and the
   CPU per 1,000 requests of the node proxies (and, as the yardstick, of the two stunnel processes);
+- aggregate throughput: 4 parallel iperf3 streams between 2 pod pairs (2 each), rounds, median; compared
+  with the single mesh stream (does the node proxy use more than one core?);
+- memory per idle meshed connection: IDLE_CONNECTIONS keep-alive connections (one request each, then idle)
+  held from one pod to another through both node proxies; the RSS growth of the two proxies while they
+  are held, divided by their number, and the share of it returned once they are closed;
 - new connections per second: 8 concurrent clients (and, as "capacity", 32: 8 leave the path latency-bound
   with CPU to spare), one HTTP request with `Connection: close` per connection, against the harness's
   HTTP server, direct, through stunnel and through the mesh. The client is `wrk` (C; ~15k conn/s direct
@@ -40,6 +45,38 @@ STUNNEL_HTTP = (18081, 18444)
 CONN_CONCURRENCY = 8
 CAPACITY_CONCURRENCY = 32  # enough concurrent clients to saturate the path (8 leave it latency-bound)
 THROUGHPUT_ROUNDS = 3
+IDLE_CONNECTIONS = 10_000
+_PROXY_ENV = {  # the idle-connection figure holds more streams from one source than the default admission cap
+    "AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE": str(IDLE_CONNECTIONS * 2),
+    "AMBIENT_ZTUNNEL_INBOUND_MAX": str(IDLE_CONNECTIONS * 2),
+}
+# Run inside the client pod: open N keep-alive connections (one GET each, response read), print "held",
+# wait for a line on stdin, close them all, print "closed".
+_HOLDER = r"""
+import socket, sys
+n, ip, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+socks = []
+for _ in range(n):
+    s = socket.create_connection((ip, port), timeout=30)
+    s.sendall(req)
+    buf = b""
+    while True:
+        buf += s.recv(65536) or b"!"
+        if buf.endswith(b"!"):
+            sys.exit("closed mid-response")
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(body) >= length:
+                break
+    socks.append(s)
+print("held", flush=True)
+sys.stdin.readline()
+for s in socks:
+    s.close()
+print("closed", flush=True)
+"""
 
 
 def _write_stunnel_conf(bed: Testbed, name: str, body: str) -> Path:
@@ -98,6 +135,61 @@ def _cpu_seconds(procs: list[ProxyProcess] | list[subprocess.Popen[bytes]]) -> f
         pid = pp.proc.pid if isinstance(pp, ProxyProcess) else pp.pid
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _rss_kib(procs: list[ProxyProcess]) -> int:
+    total = 0
+    for pp in procs:
+        for line in Path(f"/proc/{pp.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def _idle_memory(bed: Testbed, pod: Pod, ip: str, port: int, proxies: list[ProxyProcess], n: int) -> dict[str, Any]:
+    """KiB per held idle meshed connection (both node proxies' RSS growth / n) and the share returned."""
+    before = _rss_kib(proxies)
+    argv = ["ip", "netns", "exec", pod.netns, sys.executable, "-c", _HOLDER, str(n), ip, str(port)]
+    holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        line = holder.stdout.readline().strip()
+        if line != "held":
+            raise RuntimeError(f"idle connection holder in {pod.name}: {line!r} {holder.stderr.read()[-300:]!r}"
+                               if holder.stderr else line)
+        time.sleep(1.0)  # the proxies' last reads/writes settle
+        held = _rss_kib(proxies)
+        holder.stdin.write("close\n")
+        holder.stdin.flush()
+        if holder.stdout.readline().strip() != "closed":
+            raise RuntimeError(f"idle connection holder in {pod.name} did not close its connections")
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    time.sleep(3.0)  # the proxies see the FINs, end the streams and drop the HBONE connections' buffers
+    after = _rss_kib(proxies)
+    grown = max(held - before, 0)
+    return {"per_connection_kib": grown / n, "returned_share": (held - after) / grown if grown else 1.0,
+            "rss_kib_before_held_after": f"{before}, {held}, {after}"}
+
+
+def _aggregate(pairs: list[tuple[Pod, str]], port: int, seconds: int, streams_each: int) -> float:
+    """Gb/s received over all `pairs` at once, each pair with `streams_each` parallel iperf3 streams."""
+    procs = [
+        subprocess.Popen(["ip", "netns", "exec", pod.netns, "iperf3", "-c", ip, "-p", str(port), "-t", str(seconds),
+                          "-P", str(streams_each), "-J"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for pod, ip in pairs
+    ]
+    total = 0.0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 30)
+        doc = json.loads(out)
+        if "error" in doc:
+            raise RuntimeError(f"iperf3 (aggregate): {doc['error']}")
+        total += float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
     return total
 
 
@@ -188,20 +280,23 @@ def _wrk_conn_rate(pod: Pod, ip: str, port: int, seconds: float, concurrency: in
     return {"per_second": float(rate.group(1)), "errors": errors, "tool": "wrk"}
 
 
-def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None) -> dict[str, Any]:
+def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
+              idle_connections: int = IDLE_CONNECTIONS) -> dict[str, Any]:
     """Build the testbed, measure, tear down. Returns the figures (and their ratios)."""
-    base = Path(workdir or tempfile.mkdtemp(prefix="h10-bench-"))
-    bed = Testbed(f"h10-b{os.getpid()}", base)
+    base = Path(workdir or tempfile.mkdtemp(prefix="prf-bench-"))
+    bed = Testbed(f"prf{os.getpid()}", base)
     try:
-        bed.create({1: [("client", "client"), ("client-plain", "default")],
-                    2: [("server", "server"), ("server-plain", "default")]})
+        bed.create({1: [("client", "client"), ("client-plain", "default"), ("client2", "client")],
+                    2: [("server", "server"), ("server-plain", "default"), ("server2", "server")]})
         client, server = bed.pod("client"), bed.pod("server")
         cplain, splain = bed.pod("client-plain"), bed.pod("server-plain")
+        client2, server2 = bed.pod("client2"), bed.pod("server2")
         for pod in (server, splain):
             bed.spawn(pod.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
             start_echo(bed, pod, [ECHO_PORT])
             _start_http(bed, pod)
-        proxies = [bed.start_proxy(1), bed.start_proxy(2)]
+        bed.spawn(server2.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
+        proxies = [bed.start_proxy(1, env=_PROXY_ENV), bed.start_proxy(2, env=_PROXY_ENV)]
         stunnels = _start_stunnel(bed, cplain, splain)
         time.sleep(0.5)
         out: dict[str, Any] = {"throughput_gbps": {}, "latency": {}, "connections_per_s": {}}
@@ -214,6 +309,12 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None) -> 
             for name, (pod, ip, port) in paths.items():
                 rounds[name].append(_iperf(pod, ip, port, max(1, seconds // 2)))
         out["throughput_gbps"] = {name: statistics.median(values) for name, values in rounds.items()}
+        # 4 streams between 2 pod pairs (2 each) at once, rounds, median: the aggregate the proxies carry
+        aggregate = [_aggregate([(client, server.ip), (client2, server2.ip)], IPERF_PORT, max(1, seconds // 2), 2)
+                     for _ in range(THROUGHPUT_ROUNDS)]
+        out["aggregate_throughput_gbps"] = {"mesh 4 streams 2 pod pairs": statistics.median(aggregate)}
+        if idle_connections:
+            out["idle"] = _idle_memory(bed, client, server.ip, HTTP_PORT, proxies, idle_connections)
         out["latency"]["direct"] = _latency(cplain, splain.ip, ECHO_PORT, rate, seconds)
         st0 = _cpu_seconds(stunnels)
         out["latency"]["stunnel"] = _latency(cplain, "127.0.0.1", STUNNEL_ECHO[0], rate, seconds)
@@ -250,11 +351,14 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None) -> 
             / max(1e-6, out["connections_per_s"]["stunnel"]),
             "mesh_vs_stunnel_cpu_ratio": out["mesh_proxy_cores_per_1000_rps"]
             / max(1e-6, out["stunnel_cores_per_1000_rps"]),
+            "mesh_aggregate_4_streams_vs_1": statistics.median(aggregate) / t["mesh"],
         }
         out["conditions"] = {"iperf_seconds": max(1, seconds // 2), "iperf_rounds": THROUGHPUT_ROUNDS,
                              "latency_rate_rps": rate, "payload_bytes": 1024,
                              "connection_concurrency": CONN_CONCURRENCY,
                              "capacity_concurrency": CAPACITY_CONCURRENCY,
+                             "aggregate_rounds_gbps": ", ".join(f"{v:.2f}" for v in aggregate),
+                             "idle_connections": idle_connections,
                              "connection_client": conns["mesh"].get("tool", "")}
         return out
     finally:

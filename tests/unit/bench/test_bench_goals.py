@@ -102,3 +102,19 @@ def test_the_hog_goal_is_checked_only_in_a_hog_run() -> None:
     v = _verdicts(run)
     assert v["single-stream throughput / stunnel pair, CPU hog running"] == ("0.80x (throughput stunnel)", "missed")
     assert "single-stream throughput / stunnel pair, quiet" not in v
+
+
+def test_aggregate_throughput_is_compared_with_the_single_mesh_stream() -> None:
+    from ambient.bench.components import aggregate_against_single, figures_from_result
+
+    figures, _ = figures_from_result({
+        "throughput_gbps": {"stunnel": 5.0, "mesh": 4.0},
+        "aggregate_throughput_gbps": {"mesh 4 streams 2 pod pairs": 7.0},
+        "idle": {"per_connection_kib": 12.5},
+    })
+    aggregate_against_single(figures)
+    agg = next(f for f in figures if "aggregate" in f.name)
+    assert (agg.baseline, agg.baseline_value) == ("throughput mesh (1 stream)", 4.0)
+    v = _verdicts(_run(SectionResult("ztunnel", "Node proxy", "ok", "", figures)))
+    assert v["aggregate throughput, 4 streams / 1 stream"] == ("1.75x (throughput mesh (1 stream))", "met")
+    assert v["memory per idle meshed connection"] == ("12.5 KiB", "met")
