@@ -455,7 +455,7 @@ def _zt_args(quick: bool) -> dict[str, Any]:
 
 
 def _cp_size(quick: bool) -> dict[str, Any]:
-    return {"workloads": 1000, "services": 100} if quick else {"workloads": 10000, "services": 1000}
+    return {"workloads": 1000, "services": 100} if quick else {"workloads": 100_000, "services": 10_000}
 
 
 SECTIONS = [
@@ -489,7 +489,7 @@ SECTIONS = [
         "ambient.bench.controlplane.run(workloads, services) in a child process: initial sync time and memory "
         "of a proxy's state, object-change-to-applied latency, certificates issued per second.",
         _component(
-            "ambient.bench.controlplane", "run", _cp_size, lambda q: 90 if q else 150, compare_with_stunnel=False
+            "ambient.bench.controlplane", "run", _cp_size, lambda q: 90 if q else 300, compare_with_stunnel=False
         ),
     ),
     Section(
