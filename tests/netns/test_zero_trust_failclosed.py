@@ -3,7 +3,7 @@
 In the cluster the control plane always sends a selector policy before (or with) the workloads that
 reference it, so the gap cannot be provoked on demand there. Here the proxies' store is fed from a static
 state file instead (`ambient ztunnel --static`, the testbed of the node-proxy tests): the server workload
-references `h10/late`, which the file does not contain yet, exactly the state a proxy is in when a
+references `mesh/late`, which the file does not contain yet, exactly the state a proxy is in when a
 workload update arrives before its policy. Both meshed (HBONE) and plaintext (15006) clients must be
 reset, and the access log must name the missing policy; once the policy arrives, traffic flows.
 """
@@ -23,8 +23,8 @@ from ambient.runtime.accesslog import parse_fields
 
 pytestmark = pytest.mark.root
 
-MISSING = "h10/late"
-REASON = ("connection closed due to policy rejection: policy h10/late referenced by workload h10/server "
+MISSING = "mesh/late"
+REASON = ("connection closed due to policy rejection: policy mesh/late referenced by workload mesh/server "
           "has not been received yet (fail closed)")
 
 
@@ -71,7 +71,7 @@ def _deny_metric(b: RefBed) -> float:
 def test_missing_referenced_policy_denies_then_arrival_allows(bed: tuple[RefBed, ProxyProcess]) -> None:
     b, p2 = bed
     server = b.pod("server")
-    assert _reset(b.pod("client"), server.ip), "meshed client must be reset while h10/late is missing"
+    assert _reset(b.pod("client"), server.ip), "meshed client must be reset while mesh/late is missing"
     assert _reset(b.pod("visitor-plain"), server.ip), "plaintext client must be reset too"
     deadline = time.monotonic() + 10
     while True:
@@ -82,7 +82,7 @@ def test_missing_referenced_policy_denies_then_arrival_allows(bed: tuple[RefBed,
     assert len(errors) >= 2, p2.access_lines()[-3:]
     assert _deny_metric(b) >= 2
     # The policy arrives (an unrelated DENY): the reference is satisfied and the server is reachable.
-    b.policies.append({"name": "late", "namespace": "h10", "scope": "WorkloadSelector", "action": "Deny",
+    b.policies.append({"name": "late", "namespace": "mesh", "scope": "WorkloadSelector", "action": "Deny",
                        "rules": [[[{"destinationPorts": [9999]}]]]})
     b.write_state()  # the proxies reload the static file within ~1 s
     deadline = time.monotonic() + 10

@@ -26,7 +26,7 @@ DEADLINE = 2.0
 def bed(tmp_path: os.PathLike[str]) -> Iterator[Testbed]:
     from pathlib import Path
 
-    b = Testbed(f"h10-d{os.getpid()}-{time.monotonic_ns() % 100000}", Path(tmp_path))
+    b = Testbed(f"ztd-{os.getpid()}-{time.monotonic_ns() % 100000}", Path(tmp_path))
     try:
         b.create({1: [("client", "client")], 2: [("server", "server")]})
         start_echo(b, b.pod("server"), [8080])
@@ -147,11 +147,11 @@ def test_zds_readd_is_idempotent_and_delete_drains_pod(bed: Testbed) -> None:
     finally:
         os.close(fd)
     time.sleep(0.2)
-    assert p1.log_text().count("proxy started for pod h10/client") == 1, "re-add with the same netns restarted"
+    assert p1.log_text().count("proxy started for pod mesh/client") == 1, "re-add with the same netns restarted"
     assert echo_transfer(client, bed.pod("server").ip, 8080, b"again") == b"again"
     feeder.delete(client)
     deadline = time.monotonic() + 5
-    while "proxy for pod h10/client drained and stopped" not in p1.log_text() and time.monotonic() < deadline:
+    while "proxy for pod mesh/client drained and stopped" not in p1.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     log = p1.log_text()
     assert "removed from the mesh or deleted: draining its proxy" in log and "drained and stopped" in log

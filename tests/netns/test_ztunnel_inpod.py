@@ -28,7 +28,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def two_netns() -> Iterator[tuple[str, str]]:
-    names = [f"h10-i{os.getpid()}-{k}" for k in (1, 2)]
+    names = [f"zti-{os.getpid()}-{k}" for k in (1, 2)]
     try:
         for n in names:
             subprocess.run(["ip", "netns", "add", n], check=True, capture_output=True)

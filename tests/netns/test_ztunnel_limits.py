@@ -94,7 +94,7 @@ class RawHbone:
     """A raw HTTP/2 client over mTLS from inside `pod`, to drive the proxy the way an attacker would."""
 
     def __init__(self, bed: Testbed, pod: Pod, dst_ip: str) -> None:
-        bundle = LocalCA.load_or_create(bed.ca_dir).issue(f"spiffe://cluster.local/ns/h10/sa/{pod.service_account}")
+        bundle = LocalCA.load_or_create(bed.ca_dir).issue(f"spiffe://cluster.local/ns/mesh/sa/{pod.service_account}")
         raw = pod_socket(pod, mark=0x539)  # marked: not captured by the pod's own proxy
         raw.settimeout(30)
         raw.connect((dst_ip, 15008))

@@ -42,7 +42,7 @@ class Pod:
     netns: str
     ip: str
     node: int
-    namespace: str = "h10"
+    namespace: str = "mesh"
     service_account: str = "default"
     in_state: bool = True  # False: enrolled over ZDS but unknown to the proxy's state
     mesh: bool = True  # False ("-plain" names): no redirection, not enrolled, not in the state
@@ -159,7 +159,7 @@ class Testbed:
     policies: list[dict[str, Any]] = field(default_factory=list)
     services: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "iptables"
-    namespace: str = "h10"  # of every pod
+    namespace: str = "mesh"  # of every pod
     _netns: list[str] = field(default_factory=list)
     _procs: list[ProxyProcess] = field(default_factory=list)
     _feeders: dict[int, ZdsFeeder] = field(default_factory=dict)

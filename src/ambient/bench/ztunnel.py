@@ -91,7 +91,7 @@ def _start_stunnel(bed: Testbed, client: Pod, server: Pod) -> list[subprocess.Po
     ca = LocalCA.load_or_create(bed.ca_dir)
     files: dict[str, tuple[Path, Path]] = {}
     for who in ("client", "server"):
-        bundle = ca.issue(f"spiffe://cluster.local/ns/h10/sa/stunnel-{who}")
+        bundle = ca.issue(f"spiffe://cluster.local/ns/mesh/sa/stunnel-{who}")
         cert, key = bed.workdir / f"st-{who}.crt", bed.workdir / f"st-{who}.key"
         cert.write_bytes(bundle.chain_bytes())
         key.write_bytes(bundle.key_pem)
