@@ -15,6 +15,7 @@ from ambient.hbone.server import Accept, Decision, HboneServer
 from ambient.identity.ca import LocalCA
 from ambient.identity.certs import CertBundle
 from ambient.tls.verify import PeerIdentity
+from helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
@@ -77,7 +78,7 @@ async def test_unanswered_ping_drops_connection(ca: LocalCA) -> None:
             HboneClient(settings=settings) as client:
         stream = await client.connect(src, server.address[:2], {SERVER_ID}, "127.0.0.1:80")
         conn = stream.connection
-        await asyncio.sleep(0.5)  # several PINGs answered: still alive
+        await eventually(lambda: conn.pings_answered >= 3, what="several keepalive PINGs answered")
         assert not conn.closed
         for server_conn in list(server._conns):
             assert server_conn._transport is not None

@@ -161,6 +161,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.lost: asyncio.Future[None] = self._loop.create_future()
         self._ping_handle: asyncio.TimerHandle | None = None
         self._ping_sent_at: float | None = None
+        self.pings_answered = 0  # keepalive PINGs the peer acknowledged
         self.reserved = 0  # client pool: streams promised to callers but not yet opened
         self.local_addr: tuple[Any, ...] | None = None
         self.remote_addr: tuple[Any, ...] | None = None
@@ -360,6 +361,7 @@ class HboneConnection(asyncio.BufferedProtocol):
                     self.ready.set_result(None)
             elif isinstance(ev, h2.events.PingAckReceived):
                 self._ping_sent_at = None
+                self.pings_answered += 1
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 debug = (ev.additional_data or b"").decode("utf-8", "replace")
                 msg = f"HBONE peer {self.label} closed the connection ({_code_name(ev.error_code)})"
