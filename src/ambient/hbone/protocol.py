@@ -132,6 +132,26 @@ def make_traceparent() -> str:
     return f"00-{ids[:32]}-{ids[32:]}-00"
 
 
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id_of(traceparent: str | None) -> str:
+    """The 32-hex trace id of a W3C `traceparent` (the connection's correlation id, logged by every hop),
+    or "" when the header is absent or malformed (a peer's value is never logged unchecked)."""
+    if not traceparent:
+        return ""
+    m = _TRACEPARENT.fullmatch(traceparent)
+    return m.group(1) if m is not None and m.group(1) != "0" * 32 else ""
+
+
+def child_traceparent(trace_id: str) -> str:
+    """A new `traceparent` continuing trace `trace_id` (a new parent id; a hop that opens its own
+    upstream connection, the waypoint, keeps the correlation id); a fresh one when `trace_id` is empty."""
+    if not trace_id:
+        return make_traceparent()
+    return f"00-{trace_id}-{os.urandom(8).hex()}-00"
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
     """A parsed CONNECT: the target from `:authority` and the other (non-pseudo) headers."""

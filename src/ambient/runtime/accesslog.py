@@ -12,6 +12,9 @@ back. Successful connections log at INFO as `connection complete`; a connection 
 error logs at ERROR with `error="..."`; an early rejection (before a destination was chosen) logs at WARN as
 `connection failed` with only src.addr, dst.addr, direction and error.
 
+Beyond the reference, a proxy running with trace ids (the default) adds `route=`, `authz=` and `trace_id=`
+after `duration` (see `ConnectionRecord`): `ambient trace` joins the hops of one connection by `trace_id`.
+
 Pure: rendering never touches the network; `parse_fields` lets tests and tools read a line back.
 """
 
@@ -48,6 +51,9 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("bytes_sent", "bytes_sent", False),
     ("bytes_recv", "bytes_recv", False),
     ("duration", "duration", True),
+    ("route", "route", True),
+    ("authz", "authz", True),
+    ("trace_id", "trace_id", False),
     ("error", "error", True),
 )
 
@@ -72,6 +78,13 @@ class ConnectionRecord:
     bytes_sent: int = 0  # what this reporter's side sent: the client (source) or the server (destination)
     bytes_recv: int = 0
     error: str = ""
+    # Tracing fields (empty, so not written, when the proxy runs with trace ids off): the routing decision
+    # ("hbone", "waypoint <identity>", "direct", "passthrough"), the L4 authorization verdict of an inbound
+    # leg ("no allow policies", "allowed by policy ns/name"), and the connection's correlation id (the
+    # W3C trace id of the HBONE CONNECT's `traceparent`, the same on every hop).
+    route: str = ""
+    authz: str = ""
+    trace_id: str = ""
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -141,13 +154,20 @@ def format_text(record: ConnectionRecord, *, now: float | None = None) -> str:
         parts.append(middle)
     # bytes are ints (0 is printed); duration is never empty
     parts.append(f"bytes_sent={record.bytes_sent} bytes_recv={record.bytes_recv} duration=\"{record.duration}\"")
+    if record.trace_id:  # the tracing fields come together (one test on the common path when off)
+        if record.route:
+            parts.append(f"route={_quote(record.route)}")
+        if record.authz:
+            parts.append(f"authz={_quote(record.authz)}")
+        parts.append(f"trace_id={record.trace_id}")
     if record.error != "" and record.error is not None:
         parts.append(f"error={_quote(str(record.error))}")
     return f"{timestamp(now)}\t{level}\taccess\tconnection complete\t{' '.join(parts)}"
 
 
 def format_failed(
-    *, src_addr: str, dst_addr: str, direction: Direction, error: str, now: float | None = None
+    *, src_addr: str, dst_addr: str, direction: Direction, error: str, now: float | None = None,
+    trace_id: str = "",
 ) -> str:
     """The WARN `connection failed` line for connections rejected before a destination was chosen."""
     pairs = [
@@ -155,6 +175,7 @@ def format_failed(
         ("dst.addr", dst_addr, False),
         ("direction", direction, True),
         ("error", error, True),
+        ("trace_id", trace_id, False),
     ]
     return f"{timestamp(now)}\twarn\taccess\tconnection failed\t{_render([p for p in pairs if p[1]])}"
 

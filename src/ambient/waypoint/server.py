@@ -53,7 +53,7 @@ from typing import Any
 from ambient.hbone.client import HboneClient
 from ambient.hbone.errors import HboneError, HboneStatusError
 from ambient.hbone.pipe import ByteStream, CopyResult, TcpByteStream
-from ambient.hbone.protocol import ConnectRequest, format_authority
+from ambient.hbone.protocol import ConnectRequest, child_traceparent, format_authority, trace_id_of
 from ambient.hbone.server import Accept, CertProvider, Decision, Reject
 from ambient.hbone.stream import HboneStream
 from ambient.identity.certs import CertBundle
@@ -133,6 +133,10 @@ class _Conn:
     source: Workload | None
     source_addr: str
     tasks: asyncio.TaskGroup | None = None  # owns the connection's mirrored requests (while it is served)
+
+    @property
+    def trace_id(self) -> str:
+        return trace_id_of(self.request.headers.get("traceparent"))
 
 
 # where a request goes: the backend Service, its port, the labels of a DestinationRule subset (or None), and
@@ -332,6 +336,7 @@ class Waypoint:
             dst_service=svc.hostname if svc else "",
             dst_service_name=svc.name if svc else "",
             dst_service_namespace=svc.namespace if svc else "",
+            trace_id=conn.trace_id,
         )
 
     async def handle_request(self, conn: _Conn, req: Request, writer: ResponseWriter) -> None:
@@ -875,6 +880,9 @@ class Waypoint:
         expected = {wl.identity, *(svc.subject_alt_names if svc else ())}
         headers = {k: v for k, v in (("forwarded", conn.request.forwarded or ""),
                                      ("baggage", conn.request.headers.get("baggage", ""))) if v}
+        # the downstream connection's correlation id continues on the upstream connection (a pooled upstream
+        # keeps the id of the request that opened it)
+        headers["traceparent"] = child_traceparent(conn.trace_id)
         try:
             return await self._client.connect(self._certs(), hbone, expected, authority, headers)
         except HboneStatusError as exc:

@@ -62,6 +62,7 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("audit", "audit", True),
     ("response_flags", "flags", False),
     ("duration", "duration", True),
+    ("trace_id", "trace_id", False),
     ("error", "error", True),
 )
 
@@ -96,6 +97,7 @@ class RequestRecord:
     grpc: bool = False
     request_id: str = ""  # the x-request-id forwarded (generated when the client sent none), as Envoy logs it
     route: str = ""
+    trace_id: str = ""  # the downstream CONNECT's traceparent trace id: the connection's correlation id
     audit: str = ""  # AUDIT policies ("ns/name", comma-separated) that matched the request
     flags: str = ""
     error: str = ""

@@ -43,6 +43,7 @@ from typing import Any
 
 from ambient.authz.evaluate import ConnectionInfo, evaluate
 from ambient.authz.evaluate import Decision as AuthzDecision
+from ambient.hbone import protocol as hproto
 from ambient.hbone.connection import HboneStream
 from ambient.hbone.protocol import ConnectRequest
 from ambient.hbone.server import Accept, Decision, Reject
@@ -311,6 +312,7 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
     core, tel = ctx.core, ctx.core.telemetry
     admission = core.admission
     loop = asyncio.get_running_loop()
+    tracing = ctx.settings.trace_ids
 
     async def handle(request: ConnectRequest, peer: PeerIdentity) -> Decision:
         # 1.-3. context, authority, authorization: pure, once per pair and state version
@@ -323,9 +325,14 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
         if plan is None:
             plan = table[key] = _inbound_plan(ctx, view, local_addr, remote_addr[0], request.authority, peer.uri)
         src_addr = _addr(plan.src_ip_text, remote_addr[1])
+        trace_id = hproto.trace_id_of(request.headers.get("traceparent")) if tracing else ""
         if plan.reject is not None:
-            tel.access.failed(src_addr=src_addr, dst_addr=plan.dst_addr, direction="inbound",
-                              error=plan.reject.reason)
+            if trace_id:
+                tel.access.failed(src_addr=src_addr, dst_addr=plan.dst_addr, direction="inbound",
+                                  error=plan.reject.reason, trace_id=trace_id)
+            else:
+                tel.access.failed(src_addr=src_addr, dst_addr=plan.dst_addr, direction="inbound",
+                                  error=plan.reject.reason)
             return plan.reject
         target, local, labels, authz, verdict = plan.target, plan.local, plan.labels, plan.authz, plan.verdict
         assert target is not None and local is not None and labels is not None
@@ -337,6 +344,8 @@ def hbone_handler(ctx: PodContext) -> HboneHandler:
             dst_addr=plan.dst_addr, dst_hbone_addr=plan.target_text, dst_service=plan.dst_service,
             dst_workload=local.name, dst_namespace=local.namespace, dst_identity=local.identity,
         )
+        if trace_id:
+            record.trace_id, record.authz = trace_id, verdict.reason
         if verdict.denied:
             labels = labels.with_flags("DENY")
             tel.opened(labels)

@@ -120,6 +120,17 @@ class _Plan:
     hbone_dst: tuple[str, int] = ("", 0)
     expected: tuple[str, ...] = ()
     authority: str = ""
+    route: str = ""  # the decision's kind, for the access line's `route=` (tracing): hbone, waypoint <id>, passthrough
+
+
+def _route_text(decision: route.Route) -> str:
+    if isinstance(decision, route.ViaWaypoint):
+        return f"waypoint {decision.waypoint.identity}"
+    if isinstance(decision, route.Hbone):
+        return "hbone"
+    if isinstance(decision, (route.Direct, route.DirectHostname)):
+        return "passthrough (plain TCP to a workload outside the mesh)"
+    return "passthrough (destination unknown to the mesh)"
 
 
 def _plan(source: Workload, decision: route.Route, cluster_id: str) -> _Plan:
@@ -151,6 +162,7 @@ def _plan(source: Workload, decision: route.Route, cluster_id: str) -> _Plan:
         dst_hbone_addr=dst_hbone_addr, dst_service=service.hostname if service is not None else "",
         dst_workload=dst_wl.name if dst_wl is not None else "",
         dst_namespace=dst_wl.namespace if dst_wl is not None else "", dst_identity=dst_identity,
+        route=_route_text(decision),
     )
     if isinstance(decision, (route.Hbone, route.ViaWaypoint)):
         plan.baggage = hproto.make_baggage(baggage_for(source, cluster_id))
@@ -229,6 +241,10 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
         dst_namespace=plan.dst_namespace,
         dst_identity=plan.dst_identity,
     )
+    traceparent = None
+    if ctx.settings.trace_ids:  # the same random traceparent the CONNECT would carry, now also logged
+        traceparent = hproto.make_traceparent()
+        record.trace_id, record.route = traceparent[3:35], plan.route
     labels = plan.labels
     mtls = plan.mtls
     tel.opened(labels)
@@ -250,6 +266,8 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
                     "baggage": plan.baggage,
                     "forwarded": hproto.make_forwarded(client_ip_s, peer[1], plan.dst_service or None),
                 }
+                if traceparent is not None:
+                    headers["traceparent"] = traceparent
                 stream = await core.hbone.connect(
                     bundle,
                     plan.hbone_dst,

@@ -110,6 +110,10 @@ class Settings:
     inbound_max_total: int = DEFAULT_TOTAL
     early_resets_per_source: int = DEFAULT_EARLY_RESETS
     hbone_handshake: HandshakeLimits = field(default_factory=HandshakeLimits)  # each 15008 listener's
+    # Correlation ids: the outbound leg's `traceparent` trace id (and the routing decision, the inbound
+    # authorization verdict) written in the access lines, for `ambient trace`. AMBIENT_TRACE_IDS=0 turns
+    # the fields off (the CONNECT still carries a random traceparent, as ztunnel's).
+    trace_ids: bool = True
 
     @property
     def admission_limits(self) -> Limits:
@@ -133,6 +137,8 @@ class Settings:
         for name, key in _LIMIT_ENV.items():
             if (raw := env.get(name)) is not None and raw.strip():
                 values[key] = parse_count(raw, name)
+        if env.get("AMBIENT_TRACE_IDS", "1") == "0":
+            values["trace_ids"] = False
         if env.get("AMBIENT_UVLOOP", "1") == "0":
             values["uvloop"] = False
         try:

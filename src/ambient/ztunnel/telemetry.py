@@ -76,8 +76,9 @@ class AccessLog:
                 return
         logger.log(level, line)
 
-    def failed(self, *, src_addr: str, dst_addr: str, direction: Direction, error: str) -> None:
-        self.log.warning(format_failed(src_addr=src_addr, dst_addr=dst_addr, direction=direction, error=error))
+    def failed(self, *, src_addr: str, dst_addr: str, direction: Direction, error: str, trace_id: str = "") -> None:
+        self.log.warning(format_failed(src_addr=src_addr, dst_addr=dst_addr, direction=direction, error=error,
+                                       trace_id=trace_id))
 
 
 def install_access_handler(stream: Any = None) -> None:

@@ -1,0 +1,246 @@
+"""`ambient trace` in a real local cluster ("trc1"): a client on node 1, a web Deployment on node 2 in an
+enrolled namespace, a plain server in an unenrolled one.
+
+- a meshed request through the Service VIP shows every hop: the pod's REDIRECT rule to 15001 with its packet
+  counter delta, the source node proxy's route (hbone, the endpoint IP:port, both SPIFFE identities), the
+  destination node proxy (the client's IP as the source the app saw, "no allow policies"), the app's bytes;
+- a DENY policy: the trace stops at the destination node proxy and names the policy;
+- an unenrolled destination: the source node proxy's route is passthrough and nothing follows;
+- a logged connection is shown again by its trace id.
+
+Traffic goes only to addresses inside the cluster's own network namespaces. The cluster is always deleted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ambient.api.client import ApiClient
+from ambient.cluster import layout as L
+from ambient.cluster import lifecycle, network, processes
+from helpers import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+CLUSTER = "trc1"
+NS = "trc"
+PLAIN_NS = "plain"
+
+SERVE = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hello " + self.client_address[0].encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+
+def force_cleanup() -> None:
+    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
+    network.destroy_network(CLUSTER)
+
+
+@dataclass
+class Cluster:
+    layout: L.ClusterLayout
+    api: ApiClient
+    state: Path
+
+    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(self.state),
+                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+    def trace(self, *command: str) -> list[dict[str, Any]]:
+        run = self.ambient("trace", "-n", NS, "client", "-o", "json", "--", *command)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return list(json.loads(run.stdout))
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+@dataclass
+class App:
+    client: dict[str, Any]
+    web: dict[str, Any]
+    plain: dict[str, Any]
+    vip: str
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("trc1")
+    state = tmp / "state"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
+        lifecycle.delete_cluster(CLUSTER, state)
+        force_cleanup()
+        try:
+            result = lifecycle.create_cluster(CLUSTER, 2, state)
+            missing = [c for c in ("apiserver", "controller-manager", "controlplane") if c in result.skipped]
+            assert not missing, f"cluster components missing: {missing}"
+            with ApiClient(result.layout.api_socket) as api:
+                yield Cluster(result.layout, api, state)
+        finally:
+            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            lifecycle.delete_cluster(CLUSTER, state)
+            force_cleanup()
+
+
+@pytest.fixture(scope="module")
+def app(cluster: Cluster) -> App:
+    api = cluster.api
+    api.create({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+    api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PLAIN_NS}})
+    nodes = [n.name for n in cluster.layout.nodes]
+    py = sys.executable
+    api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS,
+                                                               "labels": {"app": "client"}},
+                "spec": {"nodeName": nodes[0], "containers": [
+                    {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
+    api.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": NS},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                         "template": {"metadata": {"labels": {"app": "web"}},
+                                      "spec": {"nodeName": nodes[-1], "containers": [
+                                          {"name": "app", "command": [py, "-c", SERVE],
+                                           "ports": [{"name": "http", "containerPort": 8080}]}]}}}})
+    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
+                "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": PLAIN_NS,
+                                                               "labels": {"app": "plain"}},
+                "spec": {"nodeName": nodes[-1], "containers": [{"name": "app", "command": [py, "-c", SERVE]}]}})
+
+    def ready_pod(ns: str, selector: str) -> dict[str, Any] | None:
+        pods = api.list("Pod", ns, label_selector=selector)[0]
+        return pods[0] if pods and _ready(pods[0]) else None
+
+    client = wait_for(functools.partial(ready_pod, NS, "app=client"), timeout=60, what="client Ready")
+    web = wait_for(functools.partial(ready_pod, NS, "app=web"), timeout=60, what="web Ready")
+    plain = wait_for(functools.partial(ready_pod, PLAIN_NS, "app=plain"), timeout=60, what="plain Ready")
+    vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), timeout=30, what="web VIP")
+    return App(client, web, plain, vip)
+
+
+def _curl(url: str) -> list[str]:
+    return ["curl", "-s", "-m", "5", url]
+
+
+def _hop(trace: dict[str, Any], kind: str) -> dict[str, Any]:
+    hops = [h for h in trace["hops"] if h["kind"] == kind]
+    assert hops, (kind, trace)
+    return dict(hops[0])
+
+
+def test_meshed_request_shows_every_hop(cluster: Cluster, app: App) -> None:
+    # first, the mesh is programmed once a request gets through (the client's proxy knows the Service)
+    wait_for(lambda: (t := cluster.trace(*_curl(f"http://{app.vip}/"))) and t[-1]["outcome"] == "completed" and t,
+             timeout=60, what="a completed traced request")
+    traces = cluster.trace(*_curl(f"http://{app.vip}/"))
+    assert len(traces) == 1, traces
+    t = traces[0]
+    assert t["outcome"] == "completed" and len(t["trace_id"]) == 32, t
+    kinds = [h["kind"] for h in t["hops"]]
+    assert kinds == ["redirect", "source-proxy", "destination-proxy", "app"], kinds
+    redirect = _hop(t, "redirect")["facts"]
+    assert "REDIRECT --to-ports 15001" in redirect["rule"] and redirect["packets"].startswith("+"), redirect
+    src = _hop(t, "source-proxy")["facts"]
+    web_ip, client_ip = app.web["status"]["podIP"], app.client["status"]["podIP"]
+    assert src["route"] == "hbone", src
+    assert src["endpoint"] == f"{web_ip}:8080", src
+    assert src["service"] == f"web.{NS}.svc.cluster.local", src
+    assert src["source identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", src
+    assert src["peer identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", src
+    dst = _hop(t, "destination-proxy")["facts"]
+    assert dst["source ip seen by the app"] == client_ip, dst
+    assert dst["source identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", dst
+    assert dst["policy"] == "no allow policies", dst
+    end = _hop(t, "app")["facts"]
+    assert int(end["bytes from app"]) > 0 and end["command exit"] == "0", end
+    # the same connection again, by its trace id, from the logs alone
+    run = cluster.ambient("trace", t["trace_id"], "-o", "json")
+    assert run.returncode == 0, run.stderr
+    again = json.loads(run.stdout)[0]
+    assert [h["kind"] for h in again["hops"]] == ["source-proxy", "destination-proxy", "app"], again
+    tree = cluster.ambient("trace", t["trace_id"])
+    assert tree.returncode == 0 and "destination node proxy" in tree.stdout, tree.stdout
+
+
+def test_denied_request_stops_at_the_destination_proxy(cluster: Cluster, app: App) -> None:
+    cluster.api.create({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-client", "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
+                 "rules": [{"from": [{"source": {"namespaces": [NS]}}]}]},
+    })
+    try:
+        t = wait_for(lambda: (ts := cluster.trace(*_curl(f"http://{app.vip}/"))) and ts[-1]["outcome"] == "denied"
+                     and ts[-1], timeout=60, what="a denied traced request")
+        assert t["stopped_at"] == "destination-proxy", t
+        assert f"{NS}/deny-client" in t["reason"], t
+        assert [h["kind"] for h in t["hops"]][-1] == "destination-proxy", t
+    finally:
+        cluster.api.delete("AuthorizationPolicy", "deny-client", NS)
+
+
+def test_unenrolled_destination_is_passthrough(cluster: Cluster, app: App) -> None:
+    plain_ip = app.plain["status"]["podIP"]
+    traces = wait_for(lambda: (ts := cluster.trace(*_curl(f"http://{plain_ip}:8080/")))
+                      and ts[-1]["outcome"] == "completed" and ts, timeout=60, what="a traced passthrough")
+    t = traces[-1]
+    src = _hop(t, "source-proxy")["facts"]
+    assert src["route"].startswith("passthrough") and src["endpoint"] == f"{plain_ip}:8080", src
+    assert "source identity" not in src  # plain TCP: no mTLS identities
+    assert [h["kind"] for h in t["hops"]] == ["redirect", "source-proxy", "app"], t
+
+
+WP_NS = "trw"
+
+
+def test_request_through_a_waypoint_shows_its_route(cluster: Cluster, app: App) -> None:
+    api, py = cluster.api, sys.executable
+    api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WP_NS}})
+    run = cluster.ambient("waypoint", "apply", "-n", WP_NS, "--enroll-namespace", "--wait", "--timeout", "60")
+    assert run.returncode == 0, run.stderr
+    api.patch("Namespace", WP_NS, None, {"metadata": {"labels": {"istio.io/dataplane-mode": "ambient"}}})
+    api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "echo", "namespace": WP_NS,
+                                                               "labels": {"app": "echo"}},
+                "spec": {"nodeName": cluster.layout.nodes[-1].name, "containers": [
+                    {"name": "app", "command": [py, "-c", SERVE], "ports": [{"containerPort": 8080}]}]}})
+    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": WP_NS},
+                "spec": {"selector": {"app": "echo"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    api.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "echo-route", "namespace": WP_NS},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+                        "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}})
+    wait_for(lambda: _ready(api.get("Pod", "echo", WP_NS)), timeout=60, what="echo Ready")
+    vip = wait_for(lambda: api.get("Service", "echo", WP_NS)["spec"].get("clusterIP"), timeout=30, what="echo VIP")
+
+    def traced() -> dict[str, Any] | None:
+        t = cluster.trace(*_curl(f"http://{vip}/"))[-1]
+        way = [h for h in t["hops"] if h["kind"] == "waypoint"]
+        return t if t["outcome"] == "completed" and way and way[0]["facts"].get("route") else None
+
+    t = wait_for(traced, timeout=90, what="a traced request through the waypoint with its route")
+    src = _hop(t, "source-proxy")["facts"]
+    assert src["route"] == f"waypoint spiffe://cluster.local/ns/{WP_NS}/sa/waypoint", src
+    way = _hop(t, "waypoint")["facts"]
+    assert way["route"] == f"{WP_NS}/echo-route" and way["status"] == "200", way
+    assert way["request"] == "GET /" and way["upstream"].endswith(":8080"), way
+    assert way["source identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", way
