@@ -162,3 +162,35 @@ async def test_reconciler_coalesces_marks_and_survives_failures() -> None:
         await eventually(lambda: len(calls) == 6, what="one pass per later mark")
         task.cancel()
     assert len(calls) == 6
+
+
+class FlakySource:
+    """A source whose watch first answers garbage (a ValueError from parsing), then one event, then waits."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+
+    async def list(self, kind: str, **selectors: Any) -> tuple[list[Obj], str]:
+        return [], "1"
+
+    async def watch(self, kind: str, **kwargs: Any) -> AsyncIterator[WatchEvent]:
+        self.watches += 1
+        if self.watches == 1:
+            raise ValueError("malformed watch event")
+        yield WatchEvent("ADDED", {"metadata": {"name": "x", "resourceVersion": "2"}})
+        await asyncio.Event().wait()
+
+
+async def test_a_malformed_stream_is_resumed_and_a_consumer_error_propagates() -> None:
+    source, view = FlakySource(), View()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(inform(source, "Namespace", view.on_replace, view.on_event, backoff=Backoff(0.01, 0.1)))
+        await eventually(lambda: "x" in view.objects, what="the event after the malformed stream")
+        task.cancel()
+
+    def broken(kind: str, event: WatchEvent) -> None:
+        raise RuntimeError("consumer bug")
+
+    with pytest.raises(RuntimeError, match="consumer bug"):
+        await asyncio.wait_for(inform(FlakySource(), "Namespace", view.on_replace, broken,
+                                      backoff=Backoff(0.01, 0.1)), 10)

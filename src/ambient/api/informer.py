@@ -18,7 +18,8 @@ field selectors) forever (cancel to stop):
 - a list that fails is retried after a back-off delay; back-off doubles from `INITIAL_BACKOFF` to
   `MAX_BACKOFF` and starts over once a watch delivered an event or ended cleanly (a healthy stream);
 - `synced` (if given) is set after the first successful list.
-Errors other than `ApiError` / `OSError` (a bug in a callback, a configuration error) propagate.
+Errors other than `SOURCE_ERRORS` (`ApiError`, `OSError`, `ValueError` from the source) propagate: a bug in
+a callback, a configuration error.
 
 `Reconciler(reconcile, ...)` runs `reconcile()` when marked dirty (`mark()`, from any callback) or every
 `resync` seconds: marks arriving while a pass runs, or within `coalesce` seconds before it, make one more pass,
@@ -52,6 +53,9 @@ Obj = dict[str, Any]
 
 INITIAL_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
+# What a source raises when it is unreachable or answers something malformed (retried); anything else (a
+# consumer's error, a configuration error such as a kind the source does not serve) propagates.
+SOURCE_ERRORS: tuple[type[Exception], ...] = (ApiError, OSError, ValueError)
 
 
 class WatchSource(Protocol):
@@ -89,7 +93,7 @@ async def inform(
         if rv is None:
             try:
                 items, rv = await source.list(kind, **selectors)
-            except (ApiError, OSError) as exc:
+            except SOURCE_ERRORS as exc:  # unreachable, or a malformed answer: retry
                 delay = backoff.next()
                 log.warning("listing %s failed (%s); retrying in %.3gs", label, exc, delay)
                 await asyncio.sleep(delay)
@@ -97,22 +101,35 @@ async def inform(
             on_replace(kind, items)
             if synced is not None:
                 synced.set()
+        failure: Exception | None = None
         try:
             stream = source.watch(kind, resource_version=rv, **selectors)
             async with contextlib.aclosing(stream):
-                async for event in stream:
+                while True:
+                    try:
+                        event = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    except SOURCE_ERRORS as exc:  # the source's fault; a consumer's error (below) propagates
+                        failure = exc
+                        break
                     backoff.reset()
                     if event.resource_version:
                         rv = event.resource_version
                     if event.type != "BOOKMARK":
                         on_event(kind, event)
+        except SOURCE_ERRORS as exc:  # opening or closing the stream
+            if failure is None and not isinstance(exc, ApiError | OSError):
+                raise
+            failure = failure or exc
+        if failure is None:
             backoff.reset()  # the server ended the watch (its timeout): resume at once
-        except GoneError:
+        elif isinstance(failure, GoneError):
             log.info("watch of %s expired at version %s; re-listing", label, rv)
             rv = None
-        except (ApiError, OSError) as exc:
+        else:
             delay = backoff.next()
-            log.warning("watch of %s lost (%s); resuming from version %s in %.3gs", label, exc, rv, delay)
+            log.warning("watch of %s lost (%s); resuming from version %s in %.3gs", label, failure, rv, delay)
             await asyncio.sleep(delay)
 
 
