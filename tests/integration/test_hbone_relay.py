@@ -230,3 +230,42 @@ async def test_relay_holds_at_most_the_stream_window_for_a_stalled_app(ca: Local
             await copy
         finish(a_end, b_end, asyncio.CancelledError())
         app_peer.close()
+
+
+async def test_concurrent_relays_share_one_read_buffer_without_mixing_bytes(ca: LocalCA) -> None:
+    """Every relay of the thread reads into the same buffer: each connection must still get exactly its own
+    bytes back (the buffer is consumed inside the callback that filled it), and a relayed socket end keeps
+    no read buffer of its own (an idle proxied connection holds none)."""
+
+    async def handler(_req: ConnectRequest, _peer: PeerIdentity) -> Decision:
+        return Accept(serve=_echo)
+
+    loop = asyncio.get_running_loop()
+    lsock = socket.create_server(("127.0.0.1", 0))
+    async with HboneServer(lsock, ca.issue(SERVER_ID), handler) as server, HboneClient() as client:
+        bundle = ca.issue(CLIENT_ID)
+
+        async def one(i: int) -> tuple[bytes, bytes, SocketEnd]:
+            stream = await client.connect(bundle, server.address[:2], {SERVER_ID}, "127.0.0.1:80")
+            app_peer, app = _tcp_pair()
+            payload = bytes([i]) * 1000 + os.urandom(700_000 + i * 4097)
+
+            async def send() -> None:
+                await loop.sock_sendall(app_peer, payload)
+                app_peer.shutdown(socket.SHUT_WR)
+
+            a_end, b_end = SocketEnd(app, "app"), HboneEnd(stream, "up")
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(send())
+                copy = tg.create_task(copy_bidirectional(a_end, b_end, CopyStats()))
+                out = bytearray()
+                while chunk := await loop.sock_recv(app_peer, 65536):
+                    out += chunk
+            finish(a_end, b_end, copy.result())
+            app_peer.close()
+            return payload, bytes(out), a_end
+
+        results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), 40)
+    for payload, echoed, end in results:
+        assert echoed == payload
+        assert len(end._buf) == 0  # relayed: no per-connection read buffer was allocated

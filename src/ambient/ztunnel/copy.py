@@ -8,12 +8,18 @@ two tasks of one TaskGroup:
 - An error in either direction (reset, tunnel failure) stops both; the caller resets what is left.
 
 Performance (performance.md): cost is per call, not per byte, so a socket end reads with `recv_into`
-into ONE reusable buffer per direction that starts at 16 KiB and grows (256 KiB, then 1 MiB: the HTTP/2
-max frame) each time a read fills it (idle connections stay cheap, bulk transfers move big chunks; 1 MiB
-cost about 10% less CPU per byte than 256 KiB in the node-pair bench). HBONE writes copy the chunk into
-its frame (`HboneConnection.send_data`) before `write` returns, so reusing the buffer afterwards is safe.
+into a reusable buffer. A socket relayed to a tunnel stream (`_SocketStreamRelay`, every proxied
+connection) reads into ONE 1 MiB buffer shared by all relays of the thread (`shared_read_buffer`): a read
+is handed on (copied into its DATA frame by `HboneConnection.send_data`, the unsent rest copied aside)
+inside the same callback, so no relay holds on to it, an idle connection holds no read buffer at all
+(16 KiB per socket end before: most of the node proxy's memory per idle connection), and bulk transfers
+move 1 MiB chunks from the first read (1 MiB cost about 10% less CPU per byte than 256 KiB in the
+node-pair bench). Other socket ends (`copy_bidirectional`'s two tasks) allocate their own buffer at their
+first read, 16 KiB growing to 256 KiB then 1 MiB each time a read fills it.
 
-Invariants: memory per connection is bounded by the two read buffers plus the HBONE stream window;
+Invariants: memory per connection is bounded by the socket ends' own read buffers (none for relayed
+sockets) plus the HBONE stream window; the shared buffer is never referenced after the callback that
+filled it returns;
 `CopyStats` counters are updated as bytes move (live values for `zc connections`, final values for the
 access log and metrics).
 """
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +41,15 @@ from ambient.hbone.errors import HboneError
 INITIAL_BUFFER = 16 * 1024
 MAX_BUFFER = 1024 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_shared = threading.local()  # one read buffer per thread (an event loop runs its callbacks on one thread)
+
+
+def shared_read_buffer() -> memoryview:
+    """The thread's relay read buffer (MAX_BUFFER bytes, allocated at first use)."""
+    view: memoryview | None = getattr(_shared, "view", None)
+    if view is None:
+        view = _shared.view = memoryview(bytearray(MAX_BUFFER))
+    return view
 
 
 class End(Protocol):
@@ -89,7 +105,7 @@ class SocketEnd:
         self.label = label
         self._loop = asyncio.get_running_loop()
         self._fd = sock.fileno()
-        self._buf = bytearray(INITIAL_BUFFER)
+        self._buf = bytearray()  # own read buffer, allocated at the first `recv_nowait` (relays need none)
         self._view = memoryview(self._buf)
 
     async def _ready(self, write: bool) -> None:
@@ -118,6 +134,9 @@ class SocketEnd:
     def recv_nowait(self) -> memoryview:
         """One `recv_into` the reusable buffer (raises BlockingIOError when nothing is waiting); the view is
         valid until the next call."""
+        if not self._buf:
+            self._buf = bytearray(INITIAL_BUFFER)
+            self._view = memoryview(self._buf)
         n = self.sock.recv_into(self._view)
         if n == len(self._buf) and n < MAX_BUFFER:
             # A full read means more is waiting: grow (16 KiB -> 256 KiB -> 1 MiB) so bulk transfers move
@@ -128,6 +147,12 @@ class SocketEnd:
             self._view = memoryview(self._buf)
             return memoryview(data)
         return self._view[:n]
+
+    def recv_shared(self) -> memoryview:
+        """One `recv_into` the thread's shared buffer (raises BlockingIOError when nothing is waiting); the
+        view must be consumed (sent or copied) before the caller returns to the event loop."""
+        view = shared_read_buffer()
+        return view[: self.sock.recv_into(view)]
 
     async def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -251,7 +276,7 @@ class _SocketStreamRelay:
     # -- socket -> stream -----------------------------------------------------------------------------------
     def _on_readable(self) -> None:
         try:
-            chunk = self.end.recv_nowait()
+            chunk = self.end.recv_shared()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -277,7 +302,7 @@ class _SocketStreamRelay:
             return
         self._count(n, up=True)
         if n < len(view):
-            self.up_pending = memoryview(bytes(view[n:]))  # the read buffer is reused by the next recv
+            self.up_pending = memoryview(bytes(view[n:]))  # the shared read buffer is reused by the next recv
             self._read(False)
 
     def on_writable(self) -> None:
