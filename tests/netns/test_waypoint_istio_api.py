@@ -509,6 +509,33 @@ def test_ambient_get_shows_route_and_policy_conditions(cluster: Cluster) -> None
         parents = wait_for(lambda k=kind, n=name: (shown(k, n).get("status") or {}).get("parents"), 30,
                            f"the {kind}'s status")
         assert [c["status"] for p in parents for c in p["conditions"] if c["type"] == "Accepted"] == ["True"]
+        assert [c["reason"] for p in parents for c in p["conditions"] if c["type"] == "ResolvedRefs"] == [
+            "ResolvedRefs"]
+
+
+def test_route_resolved_refs_name_missing_and_unpermitted_backends(cluster: Cluster) -> None:
+    """Gateway API ResolvedRefs per Service parent: BackendNotFound for a Service that does not exist,
+    RefNotPermitted for one in another namespace without a ReferenceGrant; `-o yaml` shows them."""
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "dangling", "namespace": NS},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "no-such-parent", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "no-such-backend", "port": 80}]}]}}
+    cluster.api.apply(route)
+
+    def shown() -> str:
+        run = cluster.ambient("get", "httproute", "dangling", "-n", NS, "-o", "yaml")
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    try:
+        text = wait_for(lambda: t if "BackendNotFound" in (t := shown()) else None, 30, "BackendNotFound shown")
+        assert "type: ResolvedRefs" in text and f"Service {NS}/no-such-backend not found" in " ".join(text.split())
+        route["spec"]["rules"] = [{"backendRefs": [{"name": "kube-dns", "namespace": "kube-system", "port": 53}]}]
+        cluster.api.apply(route)
+        text = wait_for(lambda: t if "RefNotPermitted" in (t := shown()) else None, 30, "RefNotPermitted shown")
+        assert "no ReferenceGrant in namespace kube-system" in " ".join(text.split()), text
+    finally:
+        cluster.api.delete("HTTPRoute", "dangling", NS)
 
 
 def test_ambient_get_shows_destination_rule_conditions(cluster: Cluster) -> None:

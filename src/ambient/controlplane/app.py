@@ -238,7 +238,8 @@ class ControlPlane:
                 if kind in ROUTE_KINDS:
                     if obj is None:
                         continue
-                    patch = {"status": route_status(obj, (status, reason, message), now)}
+                    resolved = self.index.route_resolved.get((kind, ns, name))
+                    patch = {"status": route_status(obj, (status, reason, message), now, resolved)}
                     try:
                         await self._status_writer(kind, ns, name, patch)
                     except AmbientError as exc:
@@ -253,7 +254,8 @@ class ControlPlane:
                     "observedGeneration": ((obj or {}).get("metadata") or {}).get("generation"),
                 }
                 try:
-                    await self._status_writer(kind, ns, name, {"status": {"conditions": [condition]}})
+                    extra = self.index.status_extra.get((kind, ns, name), {})
+                    await self._status_writer(kind, ns, name, {"status": {"conditions": [condition], **extra}})
                 except AmbientError as exc:  # deleted meanwhile, API restarting: the next change retries
                     log.info("could not write status of %s %s/%s: %s", kind, ns, name, exc)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 KINDS = ("Namespace", "Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway", "HTTPRoute",
-         "ServiceEntry", "VirtualService", "GRPCRoute", "TCPRoute", "RequestAuthentication", "DestinationRule")
+         "ServiceEntry", "VirtualService", "GRPCRoute", "TCPRoute", "RequestAuthentication", "DestinationRule",
+         "ReferenceGrant")
 
 
 @dataclass
@@ -75,6 +76,11 @@ class MeshIndex:
         # AP (ns, name) -> translation whose status condition differs from the object's: to be written back
         # (kind, namespace, name) -> (status, reason, message) of the ZtunnelAccepted condition to write
         self.status_pending: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        # routes: (kind, ns, name) -> (status, reason, message) of the ResolvedRefs condition written beside
+        # the pending Accepted one (see `route_resolved_refs`)
+        self.route_resolved: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        # (kind, ns, name) -> further status fields written with the pending condition (ServiceEntry addresses)
+        self.status_extra: dict[tuple[str, str, str], Obj] = {}
         self._dirty_pods: set[tuple[str, str]] = set()
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_policies: set[tuple[str, str]] = set()
@@ -153,6 +159,9 @@ class MeshIndex:
                 self._dirty_pods.update((ns, p) for p in self._objs["Pod"].get(ns, {}))
         elif kind in ROUTE_KINDS:
             self._dirty_routes.add((kind, ns, name))
+        if kind == "ReferenceGrant" or (kind == "Service" and (old is None or new is None)):
+            # a route's ResolvedRefs depends on its backends' existence and the grants beside them
+            self._dirty_routes.update((k, n, r) for k in ROUTE_KINDS for n, r in self._all_keys(k))
         elif kind in ("RequestAuthentication", "DestinationRule"):
             self._dirty_auth.add((kind, ns, name))
         if kind in ("Service", "Namespace", "Gateway"):
@@ -252,14 +261,8 @@ class MeshIndex:
             self._set_auth(delta, key, result.authorization)
         if self._dirty_pa:
             self._flush_peer_authentications(delta)
-        for kind, ns, name in sorted(self._dirty_routes):
-            route = self.get(kind, ns, name)
-            accepted = route_status_fields(route, kind) if route is not None else None
-            if accepted is None:
-                self.status_pending.pop((kind, ns, name), None)
-            elif route is not None and _written_route_condition(route) != accepted:
-                self.status_pending[(kind, ns, name)] = accepted
-        self._dirty_routes.clear()
+        if self._dirty_routes:
+            self._flush_routes()
         gateways = self._gateways()
         if self._dirty_vs:
             self._flush_virtual_services(gateways)
@@ -292,6 +295,25 @@ class MeshIndex:
         self._dirty_pa = False
         return delta
 
+    def _flush_routes(self) -> None:
+        """Accepted and ResolvedRefs of each changed mesh route (written together, per Service parent)."""
+        from ambient.l7.gateway_routes import parse_reference_grant
+
+        grants = [parse_reference_grant(g) for g in self.objects("ReferenceGrant")]
+        for kind, ns, name in sorted(self._dirty_routes):
+            key = (kind, ns, name)
+            route = self.get(kind, ns, name)
+            accepted = route_status_fields(route, kind) if route is not None else None
+            if route is None or accepted is None:
+                self.status_pending.pop(key, None)
+                self.route_resolved.pop(key, None)
+                continue
+            resolved = route_resolved_refs(route, kind, lambda n, s: self.get("Service", s, n) is not None, grants)
+            self.route_resolved[key] = resolved
+            if _written_route_conditions(route) != (accepted, resolved):
+                self.status_pending[key] = accepted
+        self._dirty_routes.clear()
+
     def _flush_service_entries(self, delta: IndexDelta, gateways: dict[str, Obj]) -> None:
         """Re-translate the dirty ServiceEntries; VIPs are allocated over all of them (stable, see
         `serviceentry.allocate_vips`), and resources an entry no longer produces are removed."""
@@ -314,6 +336,16 @@ class MeshIndex:
                 self._set_addr(delta, key, msg)
             if produced:
                 self._entry_keys[(ns, name)] = set(produced)
+            skey = ("ServiceEntry", ns, name)
+            if obj is None:
+                self.status_pending.pop(skey, None)
+                self.status_extra.pop(skey, None)
+                continue
+            addresses, fields = se.entry_status(obj, self.entry_vips)
+            self.status_extra[skey] = {"addresses": addresses}
+            written = (obj.get("status") or {}).get("addresses") or []
+            if _written_condition(obj, "Accepted") != fields or written != addresses:
+                self.status_pending[skey] = fields
         self._dirty_entries.clear()
 
     def _flush_peer_authentications(self, delta: IndexDelta) -> None:
@@ -427,6 +459,7 @@ class MeshIndex:
 STATUS_CONDITION = "ZtunnelAccepted"
 # the condition type written for each kind (others: STATUS_CONDITION; HTTPRoutes: per-parent `Accepted`)
 CONDITION_TYPES = {kind: VS_CONDITION_TYPE for kind in ("VirtualService", "RequestAuthentication", "DestinationRule")}
+CONDITION_TYPES["ServiceEntry"] = "Accepted"
 
 
 ACCEPTED = ("True", "Accepted", "enforced by the node proxies as written")
@@ -478,29 +511,71 @@ def route_status_fields(route: Obj, kind: str = "HTTPRoute") -> tuple[str, str, 
     return "True", "Accepted", "routed by the waypoints as written"
 
 
-def route_status(route: Obj, fields: tuple[str, str, str], now: str) -> Obj:
-    """The `status` patch of an HTTPRoute: one entry per Service parent, with the Accepted condition."""
-    status, reason, message = fields
-    condition = {"type": "Accepted", "status": status, "reason": reason, "message": message,
-                 "lastTransitionTime": now,
-                 "observedGeneration": (route.get("metadata") or {}).get("generation")}
-    return {"parents": [{"parentRef": ref, "controllerName": ROUTE_CONTROLLER, "conditions": [condition]}
+def route_resolved_refs(
+    route: Obj,
+    kind: str,
+    service_exists: Callable[[str, str], bool],
+    grants: Iterable[Any],
+) -> tuple[str, str, str]:
+    """(status, reason, message) of a mesh route's `ResolvedRefs` condition (Gateway API): every rule's
+    backendRef must be a core Service (else InvalidKind), in the route's namespace or allowed there by a
+    ReferenceGrant (else RefNotPermitted), and exist (else BackendNotFound). The first failing reason in that
+    order is reported; the message names every offending ref. `service_exists(name, namespace)`; `grants` are
+    parsed ReferenceGrants."""
+    from ambient.l7.gateway_routes import reference_permitted
+
+    rns = str((route.get("metadata") or {}).get("namespace") or "default")
+    problems: dict[str, list[str]] = {"InvalidKind": [], "RefNotPermitted": [], "BackendNotFound": []}
+    for ri, rule in enumerate((route.get("spec") or {}).get("rules") or ()):
+        for ref in rule.get("backendRefs") or ():
+            bkind, group = str(ref.get("kind") or "Service"), str(ref.get("group") or "")
+            name, bns = str(ref.get("name") or ""), str(ref.get("namespace") or rns)
+            what = f"rule {ri}: {bkind} {bns}/{name}"
+            if bkind != "Service" or group not in ("", "core"):
+                problems["InvalidKind"].append(f"{what} (group {group!r}; only core Services are supported)")
+            elif not reference_permitted(grants, kind, rns, "Service", name, bns):
+                problems["RefNotPermitted"].append(f"{what} (no ReferenceGrant in namespace {bns} allows "
+                                                   f"{kind}s from {rns})")
+            elif not service_exists(name, bns):
+                problems["BackendNotFound"].append(f"{what} not found")
+    for reason, found in problems.items():
+        if found:
+            return "False", reason, "; ".join(found)
+    return "True", "ResolvedRefs", "all backend references resolved"
+
+
+def route_status(route: Obj, fields: tuple[str, str, str], now: str,
+                 resolved: tuple[str, str, str] | None = None) -> Obj:
+    """The `status` patch of a mesh route: one entry per Service parent, with the Accepted condition (and
+    ResolvedRefs when given)."""
+    generation = (route.get("metadata") or {}).get("generation")
+    conditions = []
+    for ctype, cfields in (("Accepted", fields), ("ResolvedRefs", resolved)):
+        if cfields is not None:
+            status, reason, message = cfields
+            conditions.append({"type": ctype, "status": status, "reason": reason, "message": message,
+                               "lastTransitionTime": now, "observedGeneration": generation})
+    return {"parents": [{"parentRef": ref, "controllerName": ROUTE_CONTROLLER, "conditions": list(conditions)}
                         for ref in mesh_parent_refs(route)]}
 
 
-def _written_route_condition(route: Obj) -> tuple[str, str, str] | None:
+def _written_route_conditions(route: Obj) -> tuple[tuple[str, str, str] | None, tuple[str, str, str] | None]:
+    """The (Accepted, ResolvedRefs) fields written on every Service parent (None where absent or differing)."""
     parents = (route.get("status") or {}).get("parents") or []
     ours = [p for p in parents if p.get("controllerName") == ROUTE_CONTROLLER]
     if len(ours) != len(mesh_parent_refs(route)):
-        return None
-    written = {(str(c.get("status")), str(c.get("reason")), str(c.get("message")))
-               for p in ours for c in p.get("conditions") or [] if c.get("type") == "Accepted"}
-    return written.pop() if len(written) == 1 else None
+        return None, None
+    found: list[tuple[str, str, str] | None] = []
+    for ctype in ("Accepted", "ResolvedRefs"):
+        written = {(str(c.get("status")), str(c.get("reason")), str(c.get("message")))
+                   for p in ours for c in p.get("conditions") or [] if c.get("type") == ctype}
+        found.append(written.pop() if len(written) == 1 else None)
+    return found[0], found[1]
 
 
-def _written_condition(obj: Obj) -> tuple[str, str, str] | None:
+def _written_condition(obj: Obj, ctype: str = STATUS_CONDITION) -> tuple[str, str, str] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == STATUS_CONDITION:
+        if cond.get("type") == ctype:
             return str(cond.get("status")), str(cond.get("reason")), str(cond.get("message"))
     return None
 

@@ -170,3 +170,21 @@ def translate(
                 w.services[key].ports.append(wl.Port(service_port=number, target_port=int(target)))
         out.workloads[w.uid] = w
     return out
+
+
+def entry_status(obj: Obj, vips: Mapping[str, str]) -> tuple[list[Obj], tuple[str, str, str]]:
+    """What the control plane writes back on a ServiceEntry, as Istio's IP auto-allocation does:
+    `status.addresses` (`{host, value}` per host given an auto-allocated VIP, in host order) and the
+    (status, reason, message) of its `Accepted` condition naming how the node proxies reach the hosts."""
+    spec = obj.get("spec") or {}
+    resolution = str(spec.get("resolution") or "NONE")
+    addresses = [{"host": h, "value": vips[vip_key(obj, h)]} for h in hosts(obj) if vip_key(obj, h) in vips]
+    if static_ips(obj):
+        how = "spec.addresses"
+    elif addresses:
+        how = "auto-allocated " + ", ".join(f"{a['host']}={a['value']}" for a in addresses)
+    elif resolution == "NONE":
+        how = "no address (resolution NONE: connections pass through to the address dialled)"
+    else:
+        how = "no address"
+    return addresses, ("True", "Accepted", f"served to the node proxies (resolution {resolution}); addresses: {how}")

@@ -56,6 +56,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("GRPCRoute", "gateway.networking.k8s.io", "v1", "grpcroutes", True),
         Resource("TCPRoute", "gateway.networking.k8s.io", "v1alpha2", "tcproutes", True),
         Resource("RequestAuthentication", "security.istio.io", "v1", "requestauthentications", True),
+        Resource("ReferenceGrant", "gateway.networking.k8s.io", "v1beta1", "referencegrants", True),
     )
 }
 

@@ -174,11 +174,16 @@ def test_http_route_status_reports_unsupported_filters_on_its_service_parents() 
     status, reason, message = index.status_pending[("HTTPRoute", "shop", "mirror")]
     assert (status, reason) == ("False", "UnsupportedValue") and "rule 0: filter ExtensionRef" in message
     assert ("HTTPRoute", "shop", "north-south") not in index.status_pending
-    patch = route_status(_route("mirror"), (status, reason, message), "2026-11-22T00:00:00Z")
+    resolved = index.route_resolved[("HTTPRoute", "shop", "mirror")]
+    assert resolved[:2] == ("False", "BackendNotFound")  # no Service reviews in this index
+    patch = route_status(_route("mirror"), (status, reason, message), "2026-11-22T00:00:00Z", resolved)
     assert patch["parents"] == [{
         "parentRef": {"group": "", "kind": "Service", "name": "reviews"},
         "controllerName": "istio.io/gateway-controller",
         "conditions": [{"type": "Accepted", "status": "False", "reason": "UnsupportedValue", "message": message,
+                        "lastTransitionTime": "2026-11-22T00:00:00Z", "observedGeneration": 2},
+                       {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound",
+                        "message": "rule 0: Service shop/reviews not found",
                         "lastTransitionTime": "2026-11-22T00:00:00Z", "observedGeneration": 2}]}]
     # Written back (the watch returns the object with its status): nothing pending for it any more.
     index.status_pending.clear()
@@ -186,3 +191,61 @@ def test_http_route_status_reports_unsupported_filters_on_its_service_parents() 
         "group": "x", "kind": "Y", "name": "z"}}]), "status": patch})
     index.flush()
     assert ("HTTPRoute", "shop", "mirror") not in index.status_pending
+
+
+def _svc(name: str, ns: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"ports": [{"port": 9080}]}}
+
+
+def _backend_route(backends: list[dict], kind: str = "HTTPRoute") -> dict:
+    return {"kind": kind, "metadata": {"name": "r", "namespace": "shop", "generation": 1},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                     "rules": [{"backendRefs": backends}]}}
+
+
+GRANT = {"kind": "ReferenceGrant", "metadata": {"name": "g", "namespace": "other"},
+         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+                  "to": [{"group": "", "kind": "Service"}]}}
+
+
+@pytest.mark.parametrize(("backends", "grants", "expected", "names"), [
+    ([{"name": "reviews", "port": 9080}], [], ("True", "ResolvedRefs"), ""),
+    ([{"name": "gone", "port": 9080}], [], ("False", "BackendNotFound"), "rule 0: Service shop/gone not found"),
+    ([{"name": "ratings", "namespace": "other", "port": 9080}], [], ("False", "RefNotPermitted"),
+     "Service other/ratings (no ReferenceGrant in namespace other"),
+    ([{"name": "ratings", "namespace": "other", "port": 9080}], [GRANT], ("True", "ResolvedRefs"), ""),
+    ([{"name": "gone", "namespace": "other", "port": 9080}], [GRANT], ("False", "BackendNotFound"), "other/gone"),
+    ([{"name": "x", "group": "networking.istio.io", "kind": "Hostname", "port": 80},
+      {"name": "gone", "port": 9080}], [], ("False", "InvalidKind"), "Hostname shop/x"),
+])
+def test_route_resolved_refs(backends: list[dict], grants: list[dict], expected: tuple[str, str],
+                             names: str) -> None:
+    from ambient.controlplane.index import route_resolved_refs
+    from ambient.l7.gateway_routes import parse_reference_grant
+
+    services = {("reviews", "shop"), ("ratings", "other")}
+    status, reason, message = route_resolved_refs(
+        _backend_route(backends), "HTTPRoute", lambda n, s: (n, s) in services,
+        [parse_reference_grant(g) for g in grants])
+    assert (status, reason) == expected and names in message
+
+
+def test_route_resolved_refs_follow_services_and_grants() -> None:
+    """The condition is recomputed when the backend Service appears and when a ReferenceGrant is added."""
+    from ambient.controlplane.index import MeshIndex
+
+    index = MeshIndex()
+    key = ("HTTPRoute", "shop", "r")
+    index.upsert("HTTPRoute", _backend_route([{"name": "ratings", "namespace": "other", "port": 9080}]))
+    index.flush()
+    assert index.route_resolved[key][1] == "RefNotPermitted" and key in index.status_pending
+    index.upsert("ReferenceGrant", GRANT)
+    index.flush()
+    assert index.route_resolved[key][1] == "BackendNotFound"
+    index.upsert("Service", _svc("ratings", "other"))
+    index.flush()
+    assert index.route_resolved[key][:2] == ("True", "ResolvedRefs")
+    index.delete("Service", _svc("ratings", "other"))
+    index.flush()
+    assert index.route_resolved[key][1] == "BackendNotFound"

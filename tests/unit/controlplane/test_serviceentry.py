@@ -94,3 +94,34 @@ def test_use_waypoint_label_puts_the_entry_behind_a_waypoint() -> None:
     index.flush()
     svc = index.addresses["default/httpbin.example.test"].service
     assert svc.waypoint.hostname.hostname == "egress.default.svc.cluster.local"
+
+
+def test_index_writes_auto_allocated_addresses_and_a_condition_into_the_status() -> None:
+    """As Istio's IP auto-allocation: `status.addresses` names the VIP per host; once written back (the watch
+    returns the object with its status) nothing is pending any more."""
+    index = MeshIndex()
+    obj = entry(hosts=["httpbin.example.test", "api.example.test"])
+    index.upsert("ServiceEntry", obj)
+    delta = index.flush()
+    key = ("ServiceEntry", "default", "ext")
+    status, reason, message = index.status_pending[key]
+    addresses = index.status_extra[key]["addresses"]
+    assert [a["host"] for a in addresses] == ["httpbin.example.test", "api.example.test"]
+    served = {h: _ip(a.service.addresses[0].address) for h in ("httpbin.example.test", "api.example.test")
+              for k, a in delta.addresses.items() if a is not None and k == f"default/{h}"}
+    assert {a["host"]: a["value"] for a in addresses} == served
+    assert (status, reason) == ("True", "Accepted") and served["api.example.test"] in message
+    index.status_pending.clear()
+    index.upsert("ServiceEntry", {**obj, "status": {"addresses": addresses, "conditions": [
+        {"type": "Accepted", "status": status, "reason": reason, "message": message}]}})
+    index.flush()
+    assert key not in index.status_pending
+    # static addresses: nothing allocated, the condition says so
+    index.upsert("ServiceEntry", entry(name="fixed", resolution="STATIC", addresses=["240.1.2.3"],
+                                       endpoints=[{"address": "172.18.200.1"}]))
+    index.flush()
+    assert index.status_extra[("ServiceEntry", "default", "fixed")] == {"addresses": []}
+    assert "spec.addresses" in index.status_pending[("ServiceEntry", "default", "fixed")][2]
+    index.delete("ServiceEntry", obj)
+    index.flush()
+    assert key not in index.status_pending and key not in index.status_extra

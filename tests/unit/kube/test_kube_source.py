@@ -37,6 +37,7 @@ PATHS = {
     "GRPCRoute": ("/apis/gateway.networking.k8s.io/v1/grpcroutes", "grpcroutes"),
     "TCPRoute": ("/apis/gateway.networking.k8s.io/v1alpha2/tcproutes", "tcproutes"),
     "RequestAuthentication": ("/apis/security.istio.io/v1/requestauthentications", "requestauthentications"),
+    "ReferenceGrant": ("/apis/gateway.networking.k8s.io/v1beta1/referencegrants", "referencegrants"),
 }
 POD_PATH = "/api/v1/pods"
 
