@@ -25,6 +25,8 @@ check tcpdump tcpdump
 check conntrack conntrack
 check ss iproute2
 check pkill procps
+check chromium chromium      # the dashboard's browser test (headless, DevTools protocol)
+check prometheus prometheus  # the scrape-config test (a real Prometheus scrapes the local cluster)
 
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

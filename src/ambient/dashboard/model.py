@@ -1,0 +1,160 @@
+"""The dashboard's view of the mesh, from access lines (pure: no I/O).
+
+- nodes: workloads ("ns/name", grouped by namespace), waypoints, addresses outside the mesh, and the node
+  proxies that reported (one per node);
+- edges: source -> destination for the connections of the last `window` seconds, as the source node proxy
+  (or the waypoint, for its upstream leg) logged them: count, rate per second, bytes both ways, the mTLS
+  identity of the source, denials (a destination's policy rejection, a waypoint's 403 RBAC);
+- connections: the latest `limit` connections, newest first, with their trace id (the page opens the trace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ambient.runtime.trace import AccessEntry
+
+_REJECTION = "connection closed due to policy rejection: "
+
+
+def entry_time(e: AccessEntry) -> float:
+    """The line's timestamp (RFC 3339, Z) as seconds since the epoch; 0 when unreadable."""
+    try:
+        return datetime.fromisoformat(e.time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _name(ns: str | None, name: str | None) -> str:
+    return f"{ns}/{name}" if ns and name else (name or "")
+
+
+def _denied(e: AccessEntry) -> bool:
+    f = e.fields
+    error = f.get("error", "")
+    return (error.startswith(_REJECTION) or "401 Unauthorized" in error or f.get("response_flags") == "RBAC"
+            or f.get("authz", "").startswith("denied"))
+
+
+def _waypoint_name(identity: str) -> str:
+    # spiffe://<td>/ns/<ns>/sa/<sa> -> "<ns>/waypoint (<sa>)"
+    parts = identity.split("/")
+    return f"{parts[4]}/{parts[6]}" if len(parts) >= 7 and parts[3] == "ns" else identity
+
+
+@dataclass
+class _Edge:
+    src: str
+    dst: str
+    count: int = 0
+    denied: int = 0
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    identities: set[str] = field(default_factory=set)
+
+
+def _ends(e: AccessEntry) -> tuple[str, str, str]:
+    """(source node, destination node, destination kind) of an outbound or waypoint line."""
+    f = e.fields
+    src = _name(f.get("src.namespace"), f.get("src.workload")) or (f.get("src.addr") or "").rpartition(":")[0]
+    route = f.get("route", "")
+    if e.direction == "outbound" and route.startswith("waypoint "):
+        return src, _waypoint_name(route[len("waypoint "):]), "waypoint"
+    dst = _name(f.get("dst.namespace"), f.get("dst.workload"))
+    if dst:
+        return src, dst, "workload"
+    return src, f.get("dst.service") or f.get("dst.addr") or "?", "external"
+
+
+def snapshot(entries: Iterable[AccessEntry], now: float, *, window: float = 60.0, limit: int = 100,
+             policies: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    recent = [(entry_time(e), e) for e in entries]
+    recent = [(t, e) for t, e in recent if now - window <= t <= now + 5]
+    recent.sort(key=lambda te: te[0])
+    nodes: dict[str, dict[str, Any]] = {}
+    proxies: set[str] = set()
+    edges: dict[tuple[str, str], _Edge] = {}
+    rows: list[dict[str, Any]] = []
+
+    def node(name: str, kind: str) -> None:
+        if name and name not in nodes:
+            ns = name.split("/", 1)[0] if "/" in name else ""
+            nodes[name] = {"id": name, "namespace": ns, "kind": kind}
+        elif name and kind == "waypoint":
+            nodes[name]["kind"] = kind
+
+    for _t, e in recent:
+        if e.component.startswith("ztunnel"):
+            proxies.add(e.component)
+        # edges come from the client side of each leg: the source proxy (which also logs a destination's
+        # denial, as the failed CONNECT) and the waypoint (its upstream leg)
+        if e.direction not in ("outbound", "waypoint"):
+            continue
+        src, dst, kind = _ends(e)
+        if e.direction == "waypoint":
+            src_ident = e.fields.get("src.identity", "")
+            src = _name(e.fields.get("src.namespace"), e.fields.get("src.workload")) or src
+            wp = _waypoint_from_component(e.component)
+            node(src, "workload")
+            node(wp, "waypoint")
+            node(dst, kind)
+            key = (wp, dst)
+        else:
+            src_ident = e.fields.get("src.identity", "")
+            node(src, "workload")
+            node(dst, kind)
+            key = (src, dst)
+        edge = edges.setdefault(key, _Edge(*key))
+        edge.count += 1
+        denied = _denied(e)
+        edge.denied += int(denied)
+        edge.bytes_sent += int(e.fields.get("bytes_sent", "0") or 0)
+        edge.bytes_recv += int(e.fields.get("bytes_recv", "0") or 0)
+        if src_ident:
+            edge.identities.add(src_ident)
+        rows.append({
+            "time": e.time, "src": key[0], "dst": key[1], "via": e.component, "direction": e.direction,
+            "route": e.fields.get("route", ""), "status": e.fields.get("http.status", ""),
+            "bytes_sent": int(e.fields.get("bytes_sent", "0") or 0),
+            "bytes_recv": int(e.fields.get("bytes_recv", "0") or 0),
+            "identity": src_ident, "outcome": "denied" if denied else ("error" if e.level == "error" else "ok"),
+            "error": e.fields.get("error", ""), "trace_id": e.trace_id, "duration": e.fields.get("duration", ""),
+        })
+    rows.reverse()
+    return {
+        "now": now,
+        "window": window,
+        "nodes": sorted(nodes.values(), key=lambda n: (n["namespace"], n["id"])),
+        "proxies": sorted(proxies),
+        "edges": [{"src": k[0], "dst": k[1], "count": v.count, "rate": round(v.count / window, 3),
+                   "denied": v.denied, "bytes_sent": v.bytes_sent, "bytes_recv": v.bytes_recv,
+                   "identities": sorted(v.identities)} for k, v in sorted(edges.items())],
+        "connections": rows[:limit],
+        "policies": policies or [],
+    }
+
+
+def _waypoint_from_component(component: str) -> str:
+    """"pod <ns>_<pod>_<container>" (the waypoint pod's log) -> "<ns>/waypoint"; else the component."""
+    if component.startswith("pod "):
+        ns, _, rest = component[4:].partition("_")
+        pod = rest.rsplit("_", 1)[0]
+        return f"{ns}/{pod.rsplit('-', 1)[0] if '-' in pod else pod}"
+    return component
+
+
+def policy_rows(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """AuthorizationPolicies as the page lists them: namespace, name, action, the workloads they select."""
+    out = []
+    for obj in objects:
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        selector = (spec.get("selector") or {}).get("matchLabels") or {}
+        targets = [f"{r.get('kind', '')}/{r.get('name', '')}" for r in spec.get("targetRefs") or []]
+        applies = (", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or ", ".join(targets)
+                   or "every workload of the namespace")
+        out.append({"namespace": meta.get("namespace", ""), "name": meta.get("name", ""),
+                    "action": spec.get("action", "ALLOW"), "applies_to": applies})
+    return sorted(out, key=lambda p: (p["namespace"], p["name"]))

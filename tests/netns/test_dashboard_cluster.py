@@ -1,0 +1,230 @@
+"""`ambient dashboard` in a real browser, against a real local cluster ("dsh1"): headless Chromium (Debian
+package `chromium`, driven through its DevTools protocol over a websocket) loads the page, the test sends
+requests from a meshed client to a meshed web Service on the other node, and the page shows the edge and
+the connection rows within 5 s; a click on a row shows that connection's trace. Every request the page
+made went to the dashboard itself (no external asset). A screenshot is kept as an artifact
+(`<tmp>/dashboard.png`, and `$AMBIENT_ARTIFACTS_DIR/dashboard.png` when set).
+
+Traffic goes only to loopback and to addresses inside the cluster's own network namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ambient.api.client import ApiClient
+from ambient.cluster import layout as L
+from ambient.cluster import lifecycle, network, processes
+from helpers import wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300),
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/bootstrap.sh installs it)")]
+
+CLUSTER = "dsh1"
+NS = "dsh"
+SERVE = r"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hi"
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--remote-debugging-port=0", "--window-size=1400,1000"]
+
+
+def force_cleanup() -> None:
+    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
+    network.destroy_network(CLUSTER)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+@dataclass
+class Env:
+    layout: L.ClusterLayout
+    state: Path
+    client: dict[str, Any]
+    vip: str
+    url: str
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("dsh1")
+    state = tmp / "state"
+    dash: subprocess.Popen[str] | None = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
+        lifecycle.delete_cluster(CLUSTER, state)
+        force_cleanup()
+        try:
+            result = lifecycle.create_cluster(CLUSTER, 2, state)
+            with ApiClient(result.layout.api_socket) as api:
+                api.create({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+                nodes = [n.name for n in result.layout.nodes]
+                py = sys.executable
+                api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS},
+                            "spec": {"nodeName": nodes[0], "containers": [
+                                {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
+                api.create({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
+                            "spec": {"nodeName": nodes[-1], "containers": [
+                                {"name": "app", "command": [py, "-c", SERVE], "ports": [{"containerPort": 8080}]}]}})
+                api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
+                            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+                api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                            "metadata": {"name": "web-allow", "namespace": NS},
+                            "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+                                     "rules": [{"from": [{"source": {"namespaces": [NS]}}]}]}})
+                client = wait_for(lambda: (p := api.get("Pod", "client", NS)) and _ready(p) and p, 60, "client")
+                wait_for(lambda: _ready(api.get("Pod", "web", NS)), 60, "web Ready")
+                vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
+            dash = subprocess.Popen([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(state),
+                                     "dashboard", "--port", "0", "--no-open"], stdout=subprocess.PIPE, text=True)
+            assert dash.stdout is not None
+            line = dash.stdout.readline()
+            m = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            assert m, line
+            yield Env(result.layout, state, client, vip, m.group(0))
+        finally:
+            if dash is not None:
+                dash.terminate()
+                dash.wait(10)
+            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            lifecycle.delete_cluster(CLUSTER, state)
+            force_cleanup()
+
+
+class Page:
+    """A minimal DevTools protocol client for one page target."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._id = 0
+        self.requests: list[str] = []
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        my = self._id
+        await self.ws.send_json({"id": my, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), 30)
+            if msg.get("method") == "Network.requestWillBeSent":
+                self.requests.append(msg["params"]["request"]["url"])
+            if msg.get("id") == my:
+                if "error" in msg:
+                    raise AssertionError(f"{method}: {msg['error']}")
+                return dict(msg.get("result") or {})
+
+    async def eval(self, expression: str) -> Any:
+        res = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+    async def until(self, expression: str, within: float, what: str) -> Any:
+        deadline = time.monotonic() + within
+        while True:
+            value = await self.eval(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {within}s waiting for {what}")
+            await asyncio.sleep(0.1)
+
+
+def _curl(env: Env) -> str:
+    netns = L.pod_netns_name(CLUSTER, env.client["metadata"]["uid"])
+    out = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", "-m", "5", f"http://{env.vip}/"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    return out.stdout
+
+
+def test_dashboard_shows_live_edges_rows_and_traces_in_chromium(env: Env, tmp_path: Path) -> None:
+    wait_for(lambda: _curl(env) == "hi", timeout=60, what="the mesh serves client -> web")
+    profile = tmp_path / "profile"
+    chrome = subprocess.Popen([str(CHROMIUM), *CHROME_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert chrome.stderr is not None
+        devtools = ""
+        deadline = time.monotonic() + 30
+        while not devtools and time.monotonic() < deadline:
+            line = chrome.stderr.readline()
+            if m := re.search(r"ws://127\.0\.0\.1:(\d+)/", line):
+                devtools = m.group(1)
+        assert devtools, "chromium printed no DevTools address"
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list", timeout=10).read())
+        page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
+        png = asyncio.run(_drive(env, page_ws))
+        (tmp_path / "dashboard.png").write_bytes(png)
+        if artifacts := os.environ.get("AMBIENT_ARTIFACTS_DIR"):
+            Path(artifacts).mkdir(parents=True, exist_ok=True)
+            (Path(artifacts) / "dashboard.png").write_bytes(png)
+    finally:
+        chrome.terminate()
+        try:
+            chrome.wait(10)
+        except subprocess.TimeoutExpired:
+            chrome.kill()
+
+
+async def _drive(env: Env, page_ws: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.ws_connect(page_ws, max_msg_size=0) as ws:
+        page = Page(ws)
+        await page.call("Network.enable")
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=env.url)
+        await page.until("document.getElementById('status') && "
+                         "document.getElementById('status').textContent.startsWith('live')", 20, "the live stream")
+        await page.until("document.querySelectorAll('#policies tr.policy').length > 0", 15, "the policies")
+        assert "web-allow" in await page.eval("document.getElementById('policies').textContent")
+        loop = asyncio.get_running_loop()
+        sent = time.monotonic()
+        for _ in range(3):
+            assert await loop.run_in_executor(None, functools.partial(_curl, env)) == "hi"
+        edge = f"g.edge[data-src='{NS}/client'][data-dst='{NS}/web']"
+        await page.until(f"!!document.querySelector(\"{edge}\") && "
+                         "document.querySelectorAll('#connections tr.conn').length >= 3", 5 + (time.monotonic() - sent),
+                         "the edge and the connection rows")
+        assert time.monotonic() - sent < 5 + 3, "the page took longer than 5 s after the traffic"
+        label = await page.eval(f"document.querySelector(\"{edge}\").textContent")
+        assert "conn" in label, label
+        title = await page.eval(f"document.querySelector(\"{edge} title\").textContent")
+        assert f"spiffe://cluster.local/ns/{NS}/sa/default" in title, title
+        await page.eval("document.querySelector('#connections tr.conn').click()")
+        trace = await page.until("(t => t.includes('destination-proxy') && t)(document.getElementById('trace')"
+                                 ".textContent)", 10, "the trace of the clicked connection")
+        assert "allowed by policy dsh/web-allow" in trace, trace
+        shot = await page.call("Page.captureScreenshot", format="png")
+        png = base64.b64decode(shot["data"])
+        assert png.startswith(b"\x89PNG")
+        await page.eval("1")  # collect the last network events
+        outside = [u for u in page.requests if not (u.startswith(env.url) or u.startswith(("about:", "data:")))]
+        assert page.requests and not outside, page.requests
+        return png
