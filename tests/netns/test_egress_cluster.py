@@ -159,6 +159,12 @@ def test_dns_service_entry_gets_a_vip_and_names_the_destination_service(cluster:
     services = cluster.ambient("zc", "services", "--node", cluster.layout.nodes[0].name)
     row = [ln.split() for ln in services.stdout.splitlines() if "httpbin-ext" in ln]
     assert services.returncode == 0 and row and row[0][:3] == [NS, "httpbin-ext", vip], services.stdout
+    # The control plane writes the auto-allocated address back, as Istio does (status.addresses).
+    entry = wait_for(lambda: (e := cluster.api.get("ServiceEntry", "httpbin-ext", NS)).get("status", {})
+                     .get("addresses") and e, timeout=15, what="status.addresses written")
+    assert entry["status"]["addresses"] == [{"host": "httpbin.example.test", "value": vip}], entry["status"]
+    shown = cluster.ambient("get", "serviceentry", "httpbin-ext", "-n", NS, "-o", "yaml")
+    assert shown.returncode == 0 and f"value: {vip}" in shown.stdout and "type: Accepted" in shown.stdout, shown
 
 
 def test_static_service_entry_routes_its_address_to_its_endpoints(cluster: Cluster) -> None:
@@ -211,6 +217,38 @@ def test_deleting_the_entry_restores_the_cluster_dns_answer_and_leaves_nothing_s
 
     assert wait_for(gone, timeout=10, what="entry services gone from the node proxy")
     assert cluster.fetch("http://httpbin.example.test/get").get("status") == 200
+
+
+def test_egress_waypoint_resolves_a_dns_entry(cluster: Cluster) -> None:
+    """Istio's ambient egress guide: a resolution-DNS ServiceEntry behind an egress waypoint, an L7 policy
+    allowing only GET. The waypoint resolves the entry's host through the cluster DNS and dials it plain TCP."""
+    run = cluster.ambient("waypoint", "apply", "-n", NS, "--name", "egress-waypoint", "--wait", "--timeout", "60")
+    assert run.returncode == 0, run.stderr
+    entry = _entry("httpbin-egress", "httpbin.example.test", resolution="DNS")
+    entry["metadata"]["labels"] = {"istio.io/use-waypoint": "egress-waypoint"}
+    cluster.api.create(entry)
+    cluster.api.create({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "httpbin-get-only", "namespace": NS},
+        "spec": {"targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "httpbin-egress"}],
+                 "action": "ALLOW", "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]},
+    })
+    try:
+        got = wait_for(lambda: (r := cluster.fetch("http://httpbin.example.test/get")).get("status") == 200 and r,
+                       timeout=30, what="GET through the egress waypoint to the DNS entry")
+        assert json.loads(got["body"])["headers"]["Host"] == "httpbin.example.test"
+        # (a transport error is retried: the client's body send can race the waypoint's early 403)
+        post = wait_for(lambda: (r := cluster.fetch("http://httpbin.example.test/post", method="POST"))
+                        .get("status") and r, timeout=20, what="an answer to POST")
+        assert (post.get("status"), post.get("body", "").strip()) == (403, "RBAC: access denied"), post
+        vip = cluster.resolve("httpbin.example.test")
+        assert ipaddress.ip_address(vip) in ipaddress.ip_network("240.240.0.0/16")
+        lines = wait_for(lambda: _outbound_lines(cluster, f"dst.hbone_addr={vip}:80"), timeout=10,
+                         what="access line via the waypoint")
+        assert all('dst.identity="spiffe://cluster.local/ns/egress/sa/egress-waypoint"' in ln for ln in lines), lines
+    finally:
+        cluster.api.delete("AuthorizationPolicy", "httpbin-get-only", NS)
+        cluster.api.delete("ServiceEntry", "httpbin-egress", NS)
 
 
 def test_cluster_delete_leaves_nothing_behind(cluster: Cluster) -> None:

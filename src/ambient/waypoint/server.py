@@ -99,6 +99,7 @@ from ambient.waypoint.jwks import JwksCache, JwksSettings
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
 from ambient.waypoint.pool import UpstreamPool
+from ambient.waypoint.resolve import is_hostname_only, pick_hostname_endpoint, resolve_host
 from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class WaypointSettings:
     require_binding: bool = True
     jwks: JwksSettings = field(default_factory=JwksSettings)  # RequestAuthentication jwksUri fetching
     mirror_timeout: float = 10.0  # seconds a mirrored request may take (its answer is ignored)
+    resolve_timeout: float = 5.0  # seconds to resolve a hostname endpoint (ServiceEntry resolution DNS)
 
 
 @dataclass
@@ -147,8 +149,9 @@ _Backend = tuple[Service, int, Mapping[str, str] | None, TrafficPolicy]
 @dataclass
 class _Endpoint:
     workload: Workload
-    ip: str
+    ip: str  # the address dialled, or the hostname of a hostname endpoint (resolved when dialled)
     port: int
+    by_name: bool = False  # a ServiceEntry resolution-DNS endpoint: `ip` is a hostname (see waypoint.resolve)
 
 
 class Waypoint:
@@ -830,6 +833,11 @@ class Waypoint:
                 outlier.ejected(f"{wl.uid}/{a}:{resolve_target_port(svc, port, wl)}") for a in wl.addresses))
             endpoints = healthy or endpoints
         balancing = svc.load_balancing or LoadBalancing()
+        if is_hostname_only(endpoints):  # a resolution-DNS ServiceEntry: named endpoints, resolved when dialled
+            named = pick_hostname_endpoint(svc, port, endpoints, self._rng)
+            if named is None:
+                raise UpstreamError(f"no healthy endpoint for {svc.hostname}:{port_number}", status=503, flags="UH")
+            return _Endpoint(named[0], named[0].hostname, named[1], by_name=True)
 
         def target(wl: Workload) -> int | None:
             return resolve_target_port(svc, port, wl)
@@ -860,7 +868,7 @@ class Waypoint:
         record.dst_workload, record.dst_namespace = wl.name, wl.namespace
         record.dst_workload_name = wl.workload_name or wl.name
         record.dst_canonical = wl.canonical_name
-        host = f"[{ep.ip}]" if ":" in ep.ip else ep.ip  # ep.ip is already canonical text: no re-parsing
+        host = f"[{ep.ip}]" if ":" in ep.ip and not ep.by_name else ep.ip  # canonical text: no re-parsing
         record.dst_hbone_addr = f"{host}:{ep.port}"
         if wl.in_mesh:
             record.dst_identity = wl.identity
@@ -870,12 +878,14 @@ class Waypoint:
 
     async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> ByteStream:
         wl = ep.workload
-        authority = format_authority(ep.ip, ep.port)
         if not wl.in_mesh:
+            ip = await resolve_host(ep.ip, ep.port, self.settings.resolve_timeout) if ep.by_name else ep.ip
+            authority = format_authority(ip, ep.port)
             try:
-                return await TcpByteStream.connect(ep.ip, ep.port)
+                return await TcpByteStream.connect(ip, ep.port)
             except OSError as exc:
                 raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or exc}", flags="UF") from None
+        authority = format_authority(ep.ip, ep.port)
         hbone = (ep.ip, self.settings.hbone_port)
         expected = {wl.identity, *(svc.subject_alt_names if svc else ())}
         headers = {k: v for k, v in (("forwarded", conn.request.forwarded or ""),
