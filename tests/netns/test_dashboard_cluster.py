@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -228,3 +229,71 @@ async def _drive(env: Env, page_ws: str) -> bytes:
         outside = [u for u in page.requests if not (u.startswith(env.url) or u.startswith(("about:", "data:")))]
         assert page.requests and not outside, page.requests
         return png
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str) -> Any:
+    return json.loads(urllib.request.urlopen(url, timeout=10).read())
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (scripts/bootstrap.sh installs it)")
+def test_a_real_prometheus_scrapes_every_component(env: Env, tmp_path: Path) -> None:
+    """Node proxies and a waypoint, through `ambient prometheus-targets`' loopback forwarders."""
+    base = [sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(env.state)]
+    run = subprocess.run([*base, "waypoint", "apply", "-n", NS, "--wait", "--timeout", "60"], capture_output=True,
+                         text=True, timeout=90, check=False)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "prom"
+    fwd = subprocess.Popen([*base, "prometheus-targets", "--out", str(out), "--interval", "1s", "--refresh", "1"],
+                           stdout=subprocess.PIPE, text=True)
+    prom: subprocess.Popen[bytes] | None = None
+    prom_log = (tmp_path / "prometheus.log").open("wb")
+    try:
+        assert fwd.stdout is not None and "metrics endpoints forwarded" in fwd.stdout.readline()
+
+        def groups() -> list[dict[str, Any]] | None:
+            doc = json.loads((out / "targets.json").read_text())
+            comps = sorted(g["labels"]["component"] for g in doc)
+            return doc if comps == ["waypoint", "ztunnel", "ztunnel"] else None
+
+        wait_for(groups, timeout=60, what="targets for two node proxies and the waypoint")
+        port = _free_port()
+        prom = subprocess.Popen([str(PROMETHEUS), f"--config.file={out / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=prom_log)
+        api = f"http://127.0.0.1:{port}/api/v1"
+
+        def all_up() -> list[dict[str, Any]] | None:
+            active = _get_json(f"{api}/targets")["data"]["activeTargets"]
+            return active if len(active) == 3 and all(t["health"] == "up" for t in active) else None
+
+        active = wait_for(all_up, timeout=60, what="three targets up in Prometheus")
+        assert {t["labels"]["component"] for t in active} == {"ztunnel", "waypoint"}
+        assert _curl(env) == "hi"  # a connection for the node proxies to count
+
+        def opened() -> list[dict[str, Any]] | None:
+            q = urllib.parse.quote("istio_tcp_connections_opened_total")
+            result = _get_json(f"{api}/query?query={q}")["data"]["result"]
+            return result or None
+
+        series = wait_for(opened, timeout=30, what="istio_tcp_connections_opened_total scraped")
+        assert any(s["metric"].get("component") == "ztunnel" for s in series), series
+    finally:
+        for p in (prom, fwd):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        prom_log.close()
