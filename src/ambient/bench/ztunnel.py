@@ -11,7 +11,7 @@ both node proxies ("mesh"):
   with the single mesh stream (does the node proxy use more than one core?);
 - memory per idle meshed connection: IDLE_CONNECTIONS keep-alive connections (one request each, then idle)
   held from one pod to another through both node proxies; the RSS growth of the two proxies while they
-  are held, divided by their number, and the share of it returned once they are closed;
+  are held, per connection and proxy, and the share of it returned once they are closed;
 - new connections per second: 8 concurrent clients (and, as "capacity", 32: 8 leave the path latency-bound
   with CPU to spare), one HTTP request with `Connection: close` per connection, against the harness's
   HTTP server, direct, through stunnel and through the mesh. The client is `wrk` (C; ~15k conn/s direct
@@ -148,7 +148,8 @@ def _rss_kib(procs: list[ProxyProcess]) -> int:
 
 
 def _idle_memory(bed: Testbed, pod: Pod, ip: str, port: int, proxies: list[ProxyProcess], n: int) -> dict[str, Any]:
-    """KiB per held idle meshed connection (both node proxies' RSS growth / n) and the share returned."""
+    """KiB per held idle meshed connection and node proxy (the proxies' RSS growth / n / proxies) and the
+    share of the growth returned after close."""
     before = _rss_kib(proxies)
     argv = ["ip", "netns", "exec", pod.netns, sys.executable, "-c", _HOLDER, str(n), ip, str(port)]
     holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -172,7 +173,8 @@ def _idle_memory(bed: Testbed, pod: Pod, ip: str, port: int, proxies: list[Proxy
     time.sleep(3.0)  # the proxies see the FINs, end the streams and drop the HBONE connections' buffers
     after = _rss_kib(proxies)
     grown = max(held - before, 0)
-    return {"per_connection_kib": grown / n, "returned_share": (held - after) / grown if grown else 1.0,
+    return {"per_connection_per_proxy_kib": grown / n / len(proxies),
+            "returned_share": (held - after) / grown if grown else 1.0,
             "rss_kib_before_held_after": f"{before}, {held}, {after}"}
 
 

@@ -110,7 +110,7 @@ def test_aggregate_throughput_is_compared_with_the_single_mesh_stream() -> None:
     figures, _ = figures_from_result({
         "throughput_gbps": {"stunnel": 5.0, "mesh": 4.0},
         "aggregate_throughput_gbps": {"mesh 4 streams 2 pod pairs": 7.0},
-        "idle": {"per_connection_kib": 12.5},
+        "idle": {"per_connection_per_proxy_kib": 12.5},
     })
     aggregate_against_single(figures)
     agg = next(f for f in figures if "aggregate" in f.name)
