@@ -216,6 +216,29 @@ def test_weighted_split_through_the_port_forward(cluster: Cluster, ingress: dict
     assert lines
 
 
+def test_gateway_metrics_count_requests_and_refusals(cluster: Cluster, ingress: dict[str, Any]) -> None:
+    """Prometheus metrics on the gateway pod's 15020 (/stats/prometheus), as an Istio gateway reports them:
+    istio_requests_total with reporter="source" and the gateway's workload; its own answers counted by reason."""
+    wait_for(lambda: _get(ingress["http"])[0] == 200, timeout=20, what="a 200 through the gateway")
+    assert _get(ingress["http"], "/%zz")[0] == 400  # a bad escape: refused by the gateway itself
+    port = _free_port()
+    pod = ingress["pod"]["metadata"]["name"]
+    forward = cluster.ambient_popen("port-forward", "-n", NS, f"pod/{pod}", f"{port}:15020")
+    try:
+        wait_for(lambda: _try_connect(port) or (forward.poll() is not None and AssertionError(
+            forward.communicate()[1])), timeout=15, what="port-forward to 15020 listening")
+        status, text = _get(port, "/stats/prometheus", host="localhost")
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+    assert status == 200, text
+    ok = [ln for ln in text.splitlines() if ln.startswith("istio_requests_total{") and 'response_code="200"' in ln]
+    assert ok and all('reporter="source"' in ln and 'source_workload="ingress-istio"' in ln for ln in ok), text
+    assert sum(int(ln.rsplit(" ", 1)[1]) for ln in ok) >= 1
+    refused = [ln for ln in text.splitlines() if ln.startswith('ambient_gateway_refusals_total{reason="bad_request"}')]
+    assert refused and int(refused[0].rsplit(" ", 1)[1]) >= 1, text
+
+
 def test_https_answers_with_the_secrets_certificate(cluster: Cluster, ingress: dict[str, Any]) -> None:
     ctx = ssl.create_default_context(cafile=str(cluster.certs / "ca.crt"))
     conn = http.client.HTTPSConnection("127.0.0.1", ingress["https"], timeout=10, context=ctx)

@@ -59,6 +59,7 @@ INGRESS_CLASS = "istio"
 KNOWN_CLASSES = (INGRESS_CLASS, WAYPOINT_CLASS)
 INGRESS_MANAGED_VALUE = "istio.io-gateway-controller"
 STATUS_PORT = 15021
+METRICS_PORT = 15020  # Prometheus metrics (/stats/prometheus), as Istio's gateways
 CONTAINER = "istio-proxy"
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 
@@ -85,7 +86,8 @@ def listeners(gateway: Obj) -> list[Obj]:
 
 def gateway_args(gateway: Obj, cfg: WaypointConfig) -> list[str]:
     return ["-m", "ambient.gateway", "--name", _meta(gateway)["name"], "--namespace", _ns(gateway),
-            "--api-socket", cfg.api_socket, "--ready", f"0.0.0.0:{STATUS_PORT}"]
+            "--api-socket", cfg.api_socket, "--ready", f"0.0.0.0:{STATUS_PORT}",
+            "--metrics", f"0.0.0.0:{METRICS_PORT}"]
 
 
 def plan_gateway(gateway: Obj, cfg: WaypointConfig) -> list[Obj]:
@@ -111,6 +113,7 @@ def plan_gateway(gateway: Obj, cfg: WaypointConfig) -> list[Obj]:
                     "args": gateway_args(gateway, cfg),
                     "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                     "ports": [{"name": "status-port", "containerPort": STATUS_PORT},
+                              {"name": "http-envoy-prom", "containerPort": METRICS_PORT},
                               *({"containerPort": p} for p in ports)],
                     "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
                                        "periodSeconds": 1, "timeoutSeconds": 2},
@@ -321,7 +324,7 @@ def classic_ingress_objects(cfg: WaypointConfig) -> list[Obj]:
     identity (certificate from the control plane's CA with its pod token, workload state over xDS)."""
     labels = dict(CLASSIC_LABELS)
     args = ["-m", "ambient.gateway", "--name", CLASSIC_NAME, "--namespace", CLASSIC_NAMESPACE,
-            "--api-socket", cfg.api_socket, "--ready", f"0.0.0.0:{STATUS_PORT}",
+            "--api-socket", cfg.api_socket, "--ready", f"0.0.0.0:{STATUS_PORT}", "--metrics", f"0.0.0.0:{METRICS_PORT}",
             "--classic-labels", ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
             "--xds", cfg.controlplane, "--root-cert", cfg.root_cert,
             "--service-account", CLASSIC_SERVICE_ACCOUNT]
@@ -340,6 +343,7 @@ def classic_ingress_objects(cfg: WaypointConfig) -> list[Obj]:
                           "name": CONTAINER, "image": "ambient/gateway", "command": [cfg.python], "args": args,
                           "env": env,
                           "ports": [{"name": "status-port", "containerPort": STATUS_PORT},
+                                    {"name": "http-envoy-prom", "containerPort": METRICS_PORT},
                                     *({"name": n, "containerPort": p} for n, p in CLASSIC_PORTS)],
                           "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
                                              "periodSeconds": 1, "timeoutSeconds": 2},

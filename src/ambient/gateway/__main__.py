@@ -38,8 +38,9 @@ async def run(args: argparse.Namespace) -> None:
 
     from ambient.api.client import AsyncApiClient
     from ambient.gateway.config import ApiConfigSource
+    from ambient.gateway.metrics import GatewayMetrics
     from ambient.gateway.server import Gateway
-    from ambient.runtime.admin import Readiness, readiness_app
+    from ambient.runtime.admin import Readiness, metrics_app, readiness_app
 
     classic = _labels(args.classic_labels) if args.classic_labels else None
     readiness = Readiness("config", "listeners", *(("certificate", "state") if classic is not None else ()))
@@ -57,12 +58,22 @@ async def run(args: argparse.Namespace) -> None:
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, args.ready[0], args.ready[1], reuse_port=True).start()
+        # the gateway's workload and identity, as its Deployment and ServiceAccount are named
+        workload = args.name if classic is not None else f"{args.name}-istio"
+        account = args.service_account if classic is not None else f"{args.name}-istio"
+        metrics = GatewayMetrics(workload, args.namespace, f"spiffe://cluster.local/ns/{args.namespace}/sa/{account}")
+        if args.metrics is not None:
+            prom = web.AppRunner(metrics_app(metrics.exposition), access_log=None, handle_signals=False)
+            await prom.setup()
+            stack.push_async_callback(prom.cleanup)
+            await web.TCPSite(prom, args.metrics[0], args.metrics[1], reuse_port=True).start()
         dialer = None
         if classic is not None:
             dialer = await _hbone_dialer(args, stack, tg, background, readiness)
         await source.ready.wait()
         readiness.done("config")
-        gateway = Gateway(args.name, args.namespace, lambda: source.current, dialer=dialer, host=args.host)
+        gateway = Gateway(args.name, args.namespace, lambda: source.current, dialer=dialer, host=args.host,
+                          metrics=metrics)
         stack.push_async_callback(gateway.aclose)
         warned: dict[str, str] = {}
         try:
@@ -157,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-socket", required=True, type=Path, help="the cluster API's Unix socket")
     p.add_argument("--host", default="0.0.0.0", help="address the listeners bind")
     p.add_argument("--ready", type=_addr, help="readiness endpoint address (e.g. 0.0.0.0:15021)")
+    p.add_argument("--metrics", type=_addr, help="Prometheus metrics address (e.g. 0.0.0.0:15020: "
+                   "/stats/prometheus)")
     p.add_argument("--classic-labels", help="classic Istio ingress: the pod's labels (k=v,...) that "
                    "networking.istio.io Gateways select")
     p.add_argument("--xds", help="control plane address (xDS + CA), classic mode")

@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from ambient.gateway.config import Certificate, GatewayConfig
+from ambient.gateway.metrics import GatewayMetrics
 from ambient.gateway.upstream import Dialer, TcpDialer, UpstreamError, exchange
 from ambient.l7.gateway_routing import listener_for, request_host, route_gateway_request
 from ambient.l7.routing import NoRoute, Redirect, RequestInfo, RouteDecision, normalize_path
@@ -44,8 +45,10 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfe
 
 class Gateway:
     def __init__(self, name: str, namespace: str, config: Callable[[], GatewayConfig],
-                 rng: random.Random | None = None, dialer: Dialer | None = None, host: str = "0.0.0.0") -> None:
+                 rng: random.Random | None = None, dialer: Dialer | None = None, host: str = "0.0.0.0",
+                 metrics: GatewayMetrics | None = None) -> None:
         self.name, self.namespace = name, namespace
+        self.metrics = metrics
         self._config = config
         self._rng = rng or random.Random()
         self._dialer: Dialer = dialer or TcpDialer()
@@ -143,7 +146,12 @@ class Gateway:
             try:
                 response = await self._route(request, port, proto, record)
             finally:
-                record["duration"] = int((time.monotonic() - started) * 1000)
+                took = (time.monotonic() - started) * 1000
+                record["duration"] = int(took)
+                if self.metrics is not None:
+                    if record.get("refusal"):
+                        self.metrics.refused(record["refusal"])
+                    self.metrics.request(record["dst_service"], record["status"], record["flags"], took)
                 access.info('request complete src.addr=%s method=%s path="%s" status=%s flags=%s route=%s '
                             'dst.service="%s" duration=%sms%s', record["src"], record["method"], record["path"],
                             record["status"], record["flags"], record["route"] or "-", record["dst_service"],
@@ -151,8 +159,9 @@ class Gateway:
             return response
         return handle
 
-    def _local(self, record: dict[str, Any], status: int, text: str, flags: str) -> web.Response:
-        record["status"], record["flags"] = status, flags
+    def _local(self, record: dict[str, Any], status: int, text: str, flags: str, refusal: str) -> web.Response:
+        """The gateway's own answer; `refusal` is the reason counted (metrics.REFUSAL_REASONS)."""
+        record["status"], record["flags"], record["refusal"] = status, flags, refusal
         if status >= 500:
             record["error"] = text
         return web.Response(status=status, text=text.rstrip("\n") + "\n")
@@ -162,17 +171,18 @@ class Gateway:
         host = request_host(request.host or "")
         listener = listener_for(cfg.listeners, port, host)
         if listener is None:
-            return self._local(record, 404, f"no listener on port {port} serves host {host!r}", "NR")
+            return self._local(record, 404, f"no listener on port {port} serves host {host!r}", "NR",
+                               "no_listener")
         raw_path, _, query = request.raw_path.partition("?")
         path = normalize_path(raw_path)
         if path is None:
-            return self._local(record, 400, "bad request: invalid path", "-")
+            return self._local(record, 400, "bad request: invalid path", "-", "bad_request")
         headers = {k.lower(): v for k, v in request.headers.items()}
         info = RequestInfo(request.method, path, headers, query)
         gw_ns, gw_name = cfg.owners.get(listener.name, (self.namespace, self.name))
         routed = route_gateway_request(cfg.routes, gw_name, gw_ns, listener, host, info, self._rng)
         if isinstance(routed, NoRoute):
-            return self._local(record, routed.status, routed.reason, "NR")
+            return self._local(record, routed.status, routed.reason, "NR", "no_route")
         if isinstance(routed, Redirect):
             record["route"], record["status"] = routed.route.key, routed.status
             out = [("location", routed.location(request.host or host, "https" if proto == "HTTPS" else "http"))]
@@ -190,7 +200,8 @@ class Gateway:
         ip = ((svc or {}).get("spec") or {}).get("clusterIP")
         record["dst_service"] = f"{backend.name}.{backend.namespace}.svc.cluster.local"
         if svc is None or not ip or ip == "None":
-            return self._local(record, 500, f"backend service {backend.namespace}/{backend.name} not found", "NR")
+            return self._local(record, 500, f"backend service {backend.namespace}/{backend.name} not found", "NR",
+                               "backend_not_found")
         authority = request.host or ""
         fwd_headers = [(k.lower(), v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         fwd_headers.append(("x-forwarded-proto", "https" if proto == "HTTPS" else "http"))
@@ -239,10 +250,11 @@ class Gateway:
                     return response
             except TimeoutError:
                 if last:
-                    return self._local(record, 504, "upstream request timeout", "UT")
+                    return self._local(record, 504, "upstream request timeout", "UT", "timeout")
             except UpstreamError as exc:
                 if last:
-                    return self._local(record, 503, f"upstream connect error: {exc.message}", "UF")
+                    return self._local(record, 503, f"upstream connect error: {exc.message}", "UF",
+                                       "upstream_unreachable")
             if retry is not None:
                 await asyncio.sleep(retry.backoff)
-        return self._local(record, 503, "no attempt left", "UF")
+        return self._local(record, 503, "no attempt left", "UF", "upstream_unreachable")
