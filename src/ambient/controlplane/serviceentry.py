@@ -175,7 +175,8 @@ def translate(
 def entry_status(obj: Obj, vips: Mapping[str, str]) -> tuple[list[Obj], tuple[str, str, str]]:
     """What the control plane writes back on a ServiceEntry, as Istio's IP auto-allocation does:
     `status.addresses` (`{host, value}` per host given an auto-allocated VIP, in host order) and the
-    (status, reason, message) of its `Accepted` condition naming how the node proxies reach the hosts."""
+    (status, reason, message) of its `Accepted` condition naming how the node proxies reach the hosts (False /
+    UnsupportedValue when `exportTo` narrows visibility: as in Istio ambient, it is not enforced)."""
     spec = obj.get("spec") or {}
     resolution = str(spec.get("resolution") or "NONE")
     addresses = [{"host": h, "value": vips[vip_key(obj, h)]} for h in hosts(obj) if vip_key(obj, h) in vips]
@@ -187,4 +188,12 @@ def entry_status(obj: Obj, vips: Mapping[str, str]) -> tuple[list[Obj], tuple[st
         how = "no address (resolution NONE: connections pass through to the address dialled)"
     else:
         how = "no address"
-    return addresses, ("True", "Accepted", f"served to the node proxies (resolution {resolution}); addresses: {how}")
+    served = f"served to the node proxies (resolution {resolution}); addresses: {how}"
+    export = [str(x) for x in spec.get("exportTo") or ()]
+    if export and export != ["*"]:
+        # Istio ambient does not scope ServiceEntries by exportTo either (istio/istio#55163: the node proxies
+        # get every Service; exportTo is a sidecar scalability knob, not a boundary): say so, do not pretend.
+        return addresses, ("False", "UnsupportedValue", f"{served}; but exportTo {export} is not enforced: "
+                           "every namespace's workloads can resolve and reach it (use an AuthorizationPolicy "
+                           "on an egress waypoint to restrict who may)")
+    return addresses, ("True", "Accepted", served)

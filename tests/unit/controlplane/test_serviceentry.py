@@ -125,3 +125,11 @@ def test_index_writes_auto_allocated_addresses_and_a_condition_into_the_status()
     index.delete("ServiceEntry", obj)
     index.flush()
     assert key not in index.status_pending and key not in index.status_extra
+
+
+def test_export_to_is_reported_as_not_enforced() -> None:
+    """Istio ambient gives every node proxy every ServiceEntry whatever its exportTo: the condition says so."""
+    vips = {se.vip_key(entry(), "httpbin.example.test"): "240.240.0.9"}
+    assert se.entry_status(entry(exportTo=["*"]), vips)[1][:2] == ("True", "Accepted")
+    status, reason, message = se.entry_status(entry(exportTo=["."]), vips)[1]
+    assert (status, reason) == ("False", "UnsupportedValue") and "exportTo ['.'] is not enforced" in message
