@@ -399,3 +399,49 @@ def test_walkthrough_l4_deny_for_the_ingress_identity_resets_it(cluster: Cluster
     finally:
         api.delete("AuthorizationPolicy", "deny-classic", NS)
     wait_for(lambda: _get(classic, "/headers", host="localhost:8081")[0] == 200, timeout=15, what="200 again")
+
+
+def test_classic_https_server_answers_with_the_credential_certificate(cluster: Cluster, classic: int) -> None:
+    """Istio's secure-ingress task on the classic gateway: a server with tls.mode SIMPLE and credentialName
+    (a kubernetes.io/tls Secret in istio-system) terminates TLS on 443 with that certificate."""
+    api = cluster.api
+    api.create({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "web-credential", "namespace": "istio-system"},
+                "data": {"tls.crt": base64.b64encode((cluster.certs / "server.crt").read_bytes()).decode(),
+                         "tls.key": base64.b64encode((cluster.certs / "server.key").read_bytes()).decode()}})
+    api.create({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                "metadata": {"name": "secure-gateway", "namespace": NS},
+                "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                    {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": [HOST],
+                     "tls": {"mode": "SIMPLE", "credentialName": "web-credential"}}]}})
+    api.create({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "secure", "namespace": NS},
+                "spec": {"hosts": [HOST], "gateways": ["secure-gateway"],
+                         "http": [{"route": [{"destination": {"host": "echo-v1", "port": {"number": 80}}}]}]}})
+    port = _free_port()
+    forward = cluster.ambient_popen("port-forward", "-n", "istio-system", "svc/istio-ingressgateway", f"{port}:443")
+    ctx = ssl.create_default_context(cafile=str(cluster.certs / "ca.crt"))
+
+    def fetch() -> tuple[bytes, dict[str, Any]] | None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
+                    ctx.wrap_socket(sock, server_hostname=HOST) as tls:
+                tls.sendall(f"GET /secure HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+                return data, dict(tls.getpeercert() or {})
+        except (OSError, ssl.SSLError):
+            return None  # listener not bound yet / port-forward starting
+
+    try:
+        data, peer = wait_for(lambda: (r := fetch()) and r[0].startswith(b"HTTP/1.1 200") and r, timeout=30,
+                              what="HTTPS 200 through the classic gateway's 443")
+        assert ("DNS", HOST) in peer["subjectAltName"]
+        assert b"/secure" in data
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+        for kind, name, ns in (("VirtualService", "secure", NS), ("IstioGateway", "secure-gateway", NS),
+                               ("Secret", "web-credential", "istio-system")):
+            api.delete(kind, name, ns)
