@@ -493,6 +493,16 @@ SECTIONS = [
         ),
     ),
     Section(
+        "trace-overhead",
+        "Node proxy: the correlation id's cost",
+        "ambient.bench.trace_overhead in a child process: node proxies restarted with AMBIENT_TRACE_IDS=1 and =0 "
+        "in alternating slices on one node pair; connections/s, the proxies' CPU per connection and "
+        "single-stream throughput with the ids against without (median per mode).",
+        _component(
+            "ambient.bench.trace_overhead", "run", _none, lambda q: 150 if q else 420, compare_with_stunnel=False
+        ),
+    ),
+    Section(
         "controlplane",
         "Control plane at scale",
         "ambient.bench.controlplane.run(workloads, services) in a child process: initial sync time and memory "
