@@ -251,6 +251,41 @@ def test_egress_waypoint_resolves_a_dns_entry(cluster: Cluster) -> None:
         cluster.api.delete("ServiceEntry", "httpbin-egress", NS)
 
 
+def test_egress_waypoint_originates_tls_for_a_destination_rule(cluster: Cluster) -> None:
+    """Istio's egress TLS origination task: the client speaks plain HTTP to port 80 of the entry, whose
+    targetPort is the outside host's HTTPS 443; a DestinationRule tls SIMPLE (caCertificates: the outside
+    world's throw-away CA) makes the egress waypoint open TLS, verified against the host's name."""
+    entry = _entry("httpbin-tls", "httpbin.example.test", resolution="DNS")
+    entry["spec"]["ports"] = [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 443}]
+    entry["metadata"]["labels"] = {"istio.io/use-waypoint": "egress-waypoint"}
+    cluster.api.create(entry)
+    try:
+        wait_for(lambda: ipaddress.ip_address(cluster.resolve("httpbin.example.test")) in
+                 ipaddress.ip_network("240.240.0.0/16"), timeout=15, what="the entry's VIP")
+        plain = wait_for(lambda: (r := cluster.fetch("http://httpbin.example.test/get")).get("status") != 200
+                         and r, timeout=10, what="plain HTTP to the TLS port failing")
+        assert plain.get("status") != 200, plain
+        ca = str(outside.outside_dir(cluster.state) / "ca.crt")
+        cluster.api.create({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                            "metadata": {"name": "httpbin-tls", "namespace": NS},
+                            "spec": {"host": "httpbin.example.test",
+                                     "trafficPolicy": {"tls": {"mode": "SIMPLE", "caCertificates": ca}}}})
+        got = wait_for(lambda: (r := cluster.fetch("http://httpbin.example.test/get")).get("status") == 200 and r,
+                       timeout=30, what="GET originated as TLS by the waypoint")
+        assert json.loads(got["body"])["headers"]["Host"] == "httpbin.example.test"
+
+        def condition() -> dict[str, Any] | None:
+            conds = (cluster.api.get("DestinationRule", "httpbin-tls", NS).get("status") or {}).get("conditions")
+            return next((c for c in conds or () if c.get("type") == "WaypointAccepted"), None)
+
+        cond = wait_for(condition, timeout=15, what="the DestinationRule's WaypointAccepted condition")
+        assert (cond["status"], cond["reason"]) == ("True", "Accepted") and f"{NS}/egress-waypoint" in cond["message"]
+    finally:
+        cluster.api.delete("ServiceEntry", "httpbin-tls", NS)
+        if cluster.api.list("DestinationRule", NS)[0]:
+            cluster.api.delete("DestinationRule", "httpbin-tls", NS)
+
+
 def test_cluster_delete_leaves_nothing_behind(cluster: Cluster) -> None:
     names = network.cluster_netns(CLUSTER)
     assert any("-outside-" in n for n in names), names

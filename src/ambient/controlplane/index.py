@@ -164,6 +164,8 @@ class MeshIndex:
             self._dirty_routes.update((k, n, r) for k in ROUTE_KINDS for n, r in self._all_keys(k))
         elif kind in ("RequestAuthentication", "DestinationRule"):
             self._dirty_auth.add((kind, ns, name))
+        if kind == "ServiceEntry":
+            self._dirty_auth.update(("DestinationRule", n, v) for n, v in self._all_keys("DestinationRule"))
         if kind in ("Service", "Namespace", "Gateway"):
             for k in ("RequestAuthentication", "DestinationRule"):
                 self._dirty_auth.update((k, n, v) for n, by_name in self._objs[k].items() for v in by_name)
@@ -397,7 +399,7 @@ class MeshIndex:
                 continue
             if kind == "DestinationRule":
                 fields: tuple[str, str, str] | None = destination_rule_status_fields(
-                    obj, lambda n, s: self._waypoint_of(n, s, gateways))
+                    obj, lambda n, s: self._waypoint_of(n, s, gateways), self._entry_waypoint_of)
             else:
                 fields = request_authentication_status_fields(
                     obj, lambda n, s: self._waypoint_of(n, s, gateways),
@@ -407,6 +409,17 @@ class MeshIndex:
             elif written_vs_condition(obj) != fields:
                 self.status_pending[key] = fields
         self._dirty_auth.clear()
+
+    def _entry_waypoint_of(self, host: str) -> str | None:
+        """"ns/name" of the waypoint a ServiceEntry host uses (the oldest entry naming it), None when none."""
+        for entry in sorted(self.objects("ServiceEntry"),
+                            key=lambda e: str((e.get("metadata") or {}).get("creationTimestamp") or "")):
+            if host in se.hosts(entry):
+                ns, _ = _ns_name(entry)
+                labels = (entry.get("metadata") or {}).get("labels") or {}
+                ref = tr._waypoint_ref(labels, ns, self._namespace_labels(ns))
+                return f"{ref[0]}/{ref[1]}" if ref is not None else None
+        return None
 
     def _waypoint_of(self, name: str, ns: str, gateways: dict[str, Obj]) -> str | None:
         """"ns/name" of the waypoint Service `ns/name` uses, None when it uses none."""

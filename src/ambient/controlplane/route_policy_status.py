@@ -104,9 +104,10 @@ _DR_UNSUPPORTED_LB = ("httpCookie", "httpQueryParameterName", "ringHash", "magle
 
 def _policy_gaps(tp: Mapping[str, Any], where: str) -> list[str]:
     gaps = []
-    tls = (tp.get("tls") or {}).get("mode")
-    if tls in ("SIMPLE", "MUTUAL"):
-        gaps.append(f"{where}tls.mode {tls} (TLS origination towards a ServiceEntry host is not implemented)")
+    tls = tp.get("tls") or {}
+    if tls.get("mode") in ("SIMPLE", "MUTUAL") and tls.get("credentialName"):
+        gaps.append(f"{where}tls.credentialName (the waypoint reads caCertificates / clientCertificate / "
+                    "privateKey files, not Secrets)")
     lb = tp.get("loadBalancer") or {}
     for key in _DR_UNSUPPORTED_LB:
         if (lb.get("consistentHash") or {}).get(key):
@@ -123,12 +124,13 @@ def _policy_gaps(tp: Mapping[str, Any], where: str) -> list[str]:
 
 
 def destination_rule_status_fields(
-    dr: Mapping[str, Any], waypoint_of: Callable[[str, str], str | None]
+    dr: Mapping[str, Any], waypoint_of: Callable[[str, str], str | None],
+    entry_waypoint_of: Callable[[str], str | None] = lambda _host: None,
 ) -> tuple[str, str, str]:
     """`WaypointAccepted` of a DestinationRule: applied by the waypoint of its host's Service; False /
     NoWaypoint when that Service uses none (or the host names no Service here), False / UnsupportedValue
     naming the settings the waypoint does not implement (they are ignored; the rest applies): tls
-    SIMPLE/MUTUAL, cookie / query / ring hashing, locality and warm-up settings, tunnel, proxyProtocol."""
+    credentialName, cookie / query / ring hashing, locality and warm-up settings, tunnel, proxyProtocol."""
     from ambient.l7.virtual_service import resolve_host
 
     meta = dr.get("metadata") or {}
@@ -136,9 +138,10 @@ def destination_rule_status_fields(
     spec = dr.get("spec") or {}
     host = str(spec.get("host") or "")
     svc = resolve_host(host, ns)
-    waypoint = waypoint_of(*svc) if svc is not None else None
-    if svc is None or waypoint is None:
-        what = f"Service {svc[1]}/{svc[0]}" if svc is not None else f"host {host!r} (no Service of this cluster)"
+    waypoint = waypoint_of(*svc) if svc is not None else entry_waypoint_of(host.lower())
+    if waypoint is None:
+        what = f"Service {svc[1]}/{svc[0]}" if svc is not None else \
+            f"host {host!r} (no Service of this cluster, no ServiceEntry host behind a waypoint)"
         return ("False", "NoWaypoint", f"{what} uses no waypoint: a DestinationRule applies at the destination's "
                 "waypoint; label the Service or namespace istio.io/use-waypoint")
     gaps = _policy_gaps(spec.get("trafficPolicy") or {}, "trafficPolicy.")

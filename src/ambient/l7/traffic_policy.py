@@ -53,6 +53,33 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True, slots=True)
+class OriginationTls:
+    """`trafficPolicy.tls` SIMPLE / MUTUAL: TLS the waypoint originates towards an endpoint outside the mesh
+    (a ServiceEntry host). Files are paths on the waypoint's filesystem, as Istio's `caCertificates`,
+    `clientCertificate` and `privateKey`; no CA file: the system roots. `sni` "" means the Service's host."""
+
+    mode: str
+    sni: str = ""
+    ca_certificates: str = ""
+    client_certificate: str = ""
+    private_key: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    insecure_skip_verify: bool = False
+    credential_name: str = ""  # not read by the waypoint (reported by the control plane)
+
+
+def _origination(tls: Mapping[str, Any]) -> OriginationTls | None:
+    mode = str(tls.get("mode") or "")
+    if mode not in ("SIMPLE", "MUTUAL"):
+        return None
+    return OriginationTls(
+        mode, str(tls.get("sni") or ""), str(tls.get("caCertificates") or ""),
+        str(tls.get("clientCertificate") or ""), str(tls.get("privateKey") or ""),
+        tuple(str(x) for x in tls.get("subjectAltNames") or ()), bool(tls.get("insecureSkipVerify")),
+        str(tls.get("credentialName") or ""))
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficPolicy:
     pool: ConnectionPool = ConnectionPool()
     outlier: OutlierDetection | None = None
@@ -60,6 +87,7 @@ class TrafficPolicy:
     hash_header: str = ""  # consistentHash.httpHeaderName
     hash_source_ip: bool = False  # consistentHash.useSourceIp
     tls_mode: str = ""  # DISABLE / SIMPLE / MUTUAL / ISTIO_MUTUAL ("" when unset)
+    tls: OriginationTls | None = None  # SIMPLE / MUTUAL towards an endpoint outside the mesh
 
 
 DEFAULT = TrafficPolicy()
@@ -111,4 +139,5 @@ def resolve(top: Mapping[str, Any], subset_policy: Mapping[str, Any] | None, por
         _outlier(sections["outlierDetection"]) if "outlierDetection" in sections else None,
         str(lb.get("simple") or ""), str(ch.get("httpHeaderName") or "").lower(), bool(ch.get("useSourceIp")),
         str((sections.get("tls") or {}).get("mode") or ""),
+        _origination(sections.get("tls") or {}),
     )

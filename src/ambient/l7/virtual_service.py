@@ -332,6 +332,7 @@ class DestinationRule:
     traffic_policy: Mapping[str, Any] = field(default_factory=dict)
     subset_policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     created: str = ""
+    host: str = ""  # spec.host as written (a ServiceEntry host matches its Services by hostname)
     # resolved policies by (subset, port): resolved once, not per request (the rule itself never changes)
     _resolved: dict[tuple[str, int], TrafficPolicy] = field(default_factory=dict, compare=False, repr=False)
 
@@ -363,13 +364,15 @@ def parse_destination_rule(obj: Mapping[str, Any], domain: str = "cluster.local"
             policies[str(s["name"])] = s["trafficPolicy"]
     return DestinationRule(str(meta.get("name", "")), namespace, resolve_host(str(spec.get("host") or ""),
                            namespace, domain), subsets, spec.get("trafficPolicy") or {}, policies,
-                           str(meta.get("creationTimestamp") or ""))
+                           str(meta.get("creationTimestamp") or ""), str(spec.get("host") or "").lower())
 
 
-def destination_rule_for(rules: Iterable[DestinationRule], name: str, namespace: str) -> DestinationRule | None:
-    """The DestinationRule of Service `namespace/name`: the oldest one whose host names it (Istio merges only
-    non-conflicting rules; taking the oldest is its outcome for conflicting ones)."""
-    found = [r for r in rules if r.service == (name, namespace)]
+def destination_rule_for(rules: Iterable[DestinationRule], name: str, namespace: str,
+                         hostname: str = "") -> DestinationRule | None:
+    """The DestinationRule of Service `namespace/name` (or of the ServiceEntry host `hostname`): the oldest
+    one whose host names it (Istio merges only non-conflicting rules; taking the oldest is its outcome for
+    conflicting ones)."""
+    found = [r for r in rules if r.service == (name, namespace) or (hostname and r.host == hostname)]
     return min(found, key=lambda r: (r.created, r.key)) if found else None
 
 

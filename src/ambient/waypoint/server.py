@@ -98,6 +98,7 @@ from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.jwks import JwksCache, JwksSettings
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
+from ambient.waypoint.origination import open_tls
 from ambient.waypoint.pool import UpstreamPool
 from ambient.waypoint.resolve import is_hostname_only, pick_hostname_endpoint, resolve_host
 from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
@@ -441,7 +442,7 @@ class Waypoint:
             return
         labels = None
         subset = routed.backend.subset
-        drule = destination_rule_for(l7.destination_rules, backend.name, backend.namespace) \
+        drule = destination_rule_for(l7.destination_rules, backend.name, backend.namespace, backend.hostname) \
             if l7.destination_rules else None
         if subset is not None:
             labels = drule.subsets.get(subset) if drule is not None else None
@@ -793,7 +794,7 @@ class Waypoint:
             else:
                 self._reuse(key, upstream, backend)
                 return status
-        stream = await self._open(conn, ep, svc, record)
+        stream = await self._open(conn, ep, svc, record, backend[3] if backend is not None else None)
         upstream = (Http2Upstream if h2 else Http1Upstream)(stream, self.settings.limits)
         try:
             status = await upstream.exchange(req, req.authority, req.headers, writer, accept)
@@ -876,10 +877,13 @@ class Waypoint:
         else:
             record.dst_addr = record.dst_hbone_addr
 
-    async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord) -> ByteStream:
+    async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord,
+                    policy: TrafficPolicy | None = None) -> ByteStream:
         wl = ep.workload
         if not wl.in_mesh:
             ip = await resolve_host(ep.ip, ep.port, self.settings.resolve_timeout) if ep.by_name else ep.ip
+            if policy is not None and policy.tls is not None:  # DestinationRule TLS origination
+                return await open_tls(ip, ep.port, policy.tls, svc.hostname if svc is not None else ep.ip)
             authority = format_authority(ip, ep.port)
             try:
                 return await TcpByteStream.connect(ip, ep.port)

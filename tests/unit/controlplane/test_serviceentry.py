@@ -133,3 +133,16 @@ def test_export_to_is_reported_as_not_enforced() -> None:
     assert se.entry_status(entry(exportTo=["*"]), vips)[1][:2] == ("True", "Accepted")
     status, reason, message = se.entry_status(entry(exportTo=["."]), vips)[1]
     assert (status, reason) == ("False", "UnsupportedValue") and "exportTo ['.'] is not enforced" in message
+
+
+def test_destination_rule_on_an_entry_host_is_applied_by_the_entrys_waypoint() -> None:
+    index = MeshIndex()
+    dr = {"kind": "DestinationRule", "metadata": {"name": "tls", "namespace": "default"},
+          "spec": {"host": "httpbin.example.test", "trafficPolicy": {"tls": {"mode": "SIMPLE"}}}}
+    index.upsert("DestinationRule", dr)
+    index.flush()
+    assert index.status_pending[("DestinationRule", "default", "tls")][1] == "NoWaypoint"
+    index.upsert("ServiceEntry", entry(labels={"istio.io/use-waypoint": "egress-waypoint"}))
+    index.flush()
+    status, reason, message = index.status_pending[("DestinationRule", "default", "tls")]
+    assert (status, reason) == ("True", "Accepted") and "default/egress-waypoint" in message

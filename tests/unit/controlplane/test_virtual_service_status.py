@@ -96,5 +96,6 @@ def test_destination_rule_status() -> None:
 
     assert f(dr(), bound("shop/reviews"))[:2] == ("True", "Accepted")
     assert f(dr(), bound())[:2] == ("False", "NoWaypoint")
-    status, reason, message = f(dr(tls={"mode": "SIMPLE"}), bound("shop/reviews"))
-    assert (status, reason) == ("False", "UnsupportedValue") and "tls.mode SIMPLE" in message
+    assert f(dr(tls={"mode": "SIMPLE"}), bound("shop/reviews"))[:2] == ("True", "Accepted")  # originated
+    status, reason, message = f(dr(tls={"mode": "SIMPLE", "credentialName": "c"}), bound("shop/reviews"))
+    assert (status, reason) == ("False", "UnsupportedValue") and "tls.credentialName" in message
