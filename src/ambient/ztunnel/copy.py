@@ -19,7 +19,8 @@ first read, 16 KiB growing to 256 KiB then 1 MiB each time a read fills it.
 
 Invariants: memory per connection is bounded by the socket ends' own read buffers (none for relayed
 sockets) plus the HBONE stream window; the shared buffer is never referenced after the callback that
-filled it returns;
+filled it returns; after a burst of at least TRIM_AFTER_RELAYS live relays fell to a quarter of its peak,
+the freed heap is handed back once (`RelayCensus`: gc + malloc_trim, TRIM_DELAY later);
 `CopyStats` counters are updated as bytes move (live values for `zc connections`, final values for the
 access log and metrics).
 """
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import socket
 import struct
 import threading
@@ -42,6 +45,56 @@ INITIAL_BUFFER = 16 * 1024
 MAX_BUFFER = 1024 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _shared = threading.local()  # one read buffer per thread (an event loop runs its callbacks on one thread)
+
+
+TRIM_AFTER_RELAYS = 1000  # a peak of at least this many live relays ...
+TRIM_DELAY = 2.0  # ... that fell to a quarter of it hands freed heap back this many seconds later
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap back to the OS (glibc only; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class RelayCensus:
+    """Live relays of one thread, and the heap handed back after a burst of connections ended: the
+    memory of thousands of closed connections otherwise stays in the process (freed, but fragmented
+    below the heap top, and partly cyclic garbage: h2 connections refer to themselves). Once per burst,
+    so the full collection's cost does not matter."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+        self.trims = 0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def enter(self) -> None:
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+
+    def leave(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.live -= 1
+        if self.peak >= TRIM_AFTER_RELAYS and self.live <= self.peak // 4 and self._handle is None:
+            self._handle = loop.call_later(TRIM_DELAY, self._trim)
+
+    def _trim(self) -> None:
+        self._handle = None
+        if self.live <= self.peak // 4:
+            gc.collect()
+            _malloc_trim()
+            self.trims += 1
+            self.peak = self.live
+
+
+def relay_census() -> RelayCensus:
+    """The thread's census (created at first use)."""
+    census: RelayCensus | None = getattr(_shared, "census", None)
+    if census is None:
+        census = _shared.census = RelayCensus()
+    return census
 
 
 def shared_read_buffer() -> memoryview:
@@ -264,6 +317,8 @@ class _SocketStreamRelay:
         self.writing = False
 
     async def run(self) -> BaseException | None:
+        census = relay_census()
+        census.enter()
         self.stream.attach(self)
         if not self.done.done():
             self._read(True)
@@ -272,6 +327,7 @@ class _SocketStreamRelay:
         finally:
             self._stop_io()
             self.stream.detach()
+            census.leave(self.loop)
 
     # -- socket -> stream -----------------------------------------------------------------------------------
     def _on_readable(self) -> None:
