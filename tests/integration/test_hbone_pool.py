@@ -204,3 +204,53 @@ async def test_source_ip_binding_and_custom_dialer_used(ca: LocalCA) -> None:
         assert s2.connection is not s.connection
         s.close()
         s2.close()
+
+
+async def test_stream_above_a_goaway_last_stream_id_is_retried_on_a_new_connection(ca: LocalCA) -> None:
+    """RFC 9113 6.8: a CONNECT sent on a pooled connection that the peer is closing (GOAWAY with a lower last
+    stream id) was not processed; the pool opens it again on a new connection instead of failing the app's
+    connection (which the node proxy would reset)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from ambient.tls.contexts import server_context
+
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        h2c.initiate_connection()
+        writer.write(h2c.data_to_send())
+        answered = 0
+        while data := await reader.read(65536):
+            for ev in h2c.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    if answered == 1 and connections == 1:  # the first connection is going away
+                        h2c.close_connection(last_stream_id=ev.stream_id - 2)
+                        writer.write(h2c.data_to_send())
+                        await writer.drain()
+                        writer.close()
+                        return
+                    h2c.send_headers(ev.stream_id, [(":status", "200")])
+                    answered += 1
+            writer.write(h2c.data_to_send())
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context(ca.issue(SERVER_ID)))
+    addr = server.sockets[0].getsockname()[:2]
+    src = ca.issue("spiffe://cluster.local/ns/shop/sa/curl")
+    try:
+        async with HboneClient() as client:
+            first = await client.connect(src, addr, {SERVER_ID}, "127.0.0.1:80")
+            second = await client.connect(src, addr, {SERVER_ID}, "127.0.0.1:80")  # pooled, then refused
+            assert connections == 2
+            assert first.connection is not second.connection
+            first.close()
+            second.close()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -365,6 +365,13 @@ class HboneConnection(asyncio.BufferedProtocol):
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 debug = (ev.additional_data or b"").decode("utf-8", "replace")
                 msg = f"HBONE peer {self.label} closed the connection ({_code_name(ev.error_code)})"
+                # RFC 9113 6.8: streams above the GOAWAY's last stream id were not processed by the peer;
+                # fail them as refused so that the pool retries them on another connection.
+                last = ev.last_stream_id if ev.last_stream_id is not None else 0
+                for sid, stream in list(self.streams.items()):
+                    if self.client_side and sid > last and not stream._responded:
+                        stream._on_error(HboneStreamError(f"{msg}: stream {sid} not processed",
+                                                          error_code=ErrorCodes.REFUSED_STREAM))
                 self._fail(HboneConnectError(f"{msg}: {debug}" if debug else msg), send_goaway=False)
                 return False
         return True
