@@ -44,6 +44,7 @@ from ambient.state.store import StateStore, StateWriter
 from ambient.ztunnel import dnsproxy
 from ambient.ztunnel.certs import CertSource
 from ambient.ztunnel.config_dump import build_config_dump
+from ambient.ztunnel.copy import tune_allocator
 from ambient.ztunnel.errors import ConfigError
 from ambient.ztunnel.inbound import hbone_handler, serve_plaintext
 from ambient.ztunnel.inpod import InpodManager
@@ -80,6 +81,7 @@ class Sources:
 def build(settings: Settings, sources: Sources, options: AppOptions | None = None) -> App:
     """The node proxy for `settings`, fed from `sources` (not started: `await app.run()`)."""
     sources.check()
+    tune_allocator()  # process-wide: megabyte frame buffers reused from the heap (see ztunnel.copy)
     if sources.xds is not None:
         from ambient.xds.client import node_id
         from ambient.ztunnel.xds_source import ControlPlaneSource

@@ -37,3 +37,11 @@ async def test_small_bursts_never_trim(monkeypatch: pytest.MonkeyPatch) -> None:
     for _ in range(10):
         census.leave(loop)
     assert census._handle is None and census.trims == 0
+
+
+def test_allocator_tuning_applies_on_glibc() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert copy.tune_allocator() is True
