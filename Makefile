@@ -2,6 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+CLUSTER ?= ambient
 
 .PHONY: bootstrap demo test lint unit bench clean protos
 
@@ -28,8 +29,8 @@ bench: bootstrap
 protos: bootstrap
 	$(BIN)/python scripts/gen_protos.py
 
-# Removes what the project's own commands made by default: the `ambient` cluster of `make demo` and build
-# outputs. Other clusters on the machine (other names or state dirs) are never touched.
+# Removes what the project's own commands made by default: the cluster of `make demo` (`ambient`, or
+# CLUSTER=NAME) and build outputs. Other clusters on the machine are never touched.
 clean:
-	-AMBIENT_STATE_DIR= $(BIN)/ambient cluster delete --name ambient 2>/dev/null
+	-AMBIENT_STATE_DIR= $(BIN)/ambient cluster delete --name $(CLUSTER) 2>/dev/null
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -60,3 +60,40 @@ def test_cli_bad_name_is_a_clear_error(state: Path) -> None:
     assert r.exit_code == 1
     assert "invalid cluster name 'Bad-Name'" in r.output
     assert not state.exists()
+
+
+def test_make_clean_removes_only_its_own_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make clean` deletes the demo's cluster (CLUSTER, default `ambient`) and build outputs; another cluster
+    on the machine keeps running. Run from a scratch directory so the build outputs removed are its own."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ambient.cluster import layout as L
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    monkeypatch.setenv("AMBIENT_REGISTRY_DIR", str(tmp_path / "registry"))
+    monkeypatch.delenv("AMBIENT_STATE_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[2]
+    ours, other = "mkca", "mkcb"
+    try:
+        for name in (ours, other):
+            lifecycle.create_cluster(name, 1, tmp_path / f"state-{name}")
+        scratch = tmp_path / "scratch"
+        (scratch / ".pytest_cache").mkdir(parents=True)
+        run = subprocess.run(["make", "-f", str(repo / "Makefile"), "-C", str(scratch), "clean", f"CLUSTER={ours}",
+                              f"BIN={Path(sys.executable).parent}"], capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ))
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert not (scratch / ".pytest_cache").exists()
+        netns = set(L.NETNS_RUN_DIR.iterdir()) if L.NETNS_RUN_DIR.exists() else set()
+        names = {p.name for p in netns}
+        assert not any(n.startswith(f"amb-{ours}-") for n in names), "its own cluster was not deleted"
+        assert f"amb-{other}-node-1" in names and f"amb-{other}-underlay" in names
+        assert L.load_layout(other).name == other  # still registered and running
+    finally:
+        for name in (ours, other):
+            lifecycle.delete_cluster(name, tmp_path / f"state-{name}")
+            force_cleanup(name)
