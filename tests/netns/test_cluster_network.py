@@ -149,3 +149,22 @@ def test_cni_churn_leaks_no_ip_and_no_veth(cluster: L.ClusterLayout) -> None:
     assert [line.split(":")[1].strip().split("@")[0] for line in links] == ["eth0"]  # only the uplink left
     assert all(ip.startswith("10.244.1.") for ip in seen)
     assert not [n for n in network.cluster_netns(CLUSTER) if "-pod-" in n]
+
+
+def test_underlay_bridge_address_does_not_follow_new_ports(cluster: L.ClusterLayout) -> None:
+    """A bridge without an address of its own takes its ports' lowest MAC: adding a port (an outside host)
+    would change the address behind 172.18.0.1-3 under the nodes' ARP caches (DNS and xDS cut for seconds)."""
+    def br0_mac() -> str:
+        out = subprocess.run(["ip", "-n", cluster.underlay_netns, "-br", "link", "show", "br0"], check=True,
+                             capture_output=True, text=True).stdout
+        return out.split()[2]
+
+    assert br0_mac() == network.UNDERLAY_BRIDGE_MAC
+    under = ["ip", "-n", cluster.underlay_netns]
+    subprocess.run([*under, "link", "add", "veth-lowmac", "address", "00:00:00:00:00:01", "type", "veth", "peer",
+                    "name", "veth-lowpeer"], check=True)
+    try:
+        subprocess.run([*under, "link", "set", "veth-lowmac", "master", "br0", "up"], check=True)
+        assert br0_mac() == network.UNDERLAY_BRIDGE_MAC
+    finally:
+        subprocess.run([*under, "link", "del", "veth-lowmac"], check=True)

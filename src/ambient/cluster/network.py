@@ -31,6 +31,8 @@ from pathlib import Path
 from ambient.cluster import layout as L
 from ambient.cluster.errors import NetworkSetupError
 
+UNDERLAY_BRIDGE_MAC = "02:00:ac:12:00:01"  # locally administered; each cluster has its own underlay
+
 HERMETIC_TABLE = "ambient_hermetic"
 BLOCKED_COUNTER = "blocked"
 
@@ -126,7 +128,9 @@ def build_network(layout: L.ClusterLayout) -> None:
 
     cmds = [
         "link set lo up",
-        "link add br0 type bridge",
+        # A fixed address: a bridge without one takes the lowest address of its ports, so adding a port later
+        # (an outside host) would change it under the nodes' ARP caches and cut DNS and xDS until they expire.
+        f"link add br0 address {UNDERLAY_BRIDGE_MAC} type bridge",
         f"addr add {L.UNDERLAY_GATEWAY}/16 dev br0",
         f"addr add {L.DNS_SERVER_IP}/32 dev br0",
         f"addr add {L.CONTROLPLANE_IP}/32 dev br0",
