@@ -76,7 +76,8 @@ async def test_l7_deny_returns_403_and_other_paths_work(caplog: pytest.LogCaptur
         stream.close()
         assert not any(a for a, _ in lb.backend_seen if "admin" in a)
     lines = [r.getMessage() for r in caplog.records if r.name == "ambient.waypoint.access"]
-    assert any("http.status=403" in ln and "response_flags=RBAC" in ln for ln in lines)
+    assert any("http.status=403" in ln and "response_flags=RBAC" in ln and "response_code_details="
+               "rbac_access_denied_matched_policy[ns[shop]-policy[deny-admin]]" in ln for ln in lines)
     assert any(f'src.identity="{CLIENT_ID}"' in ln and "http.status=200" in ln for ln in lines)
     text = lb.metrics.exposition().decode()
     assert 'istio_requests_total{' in text and 'response_code="403"' in text and 'reporter="waypoint"' in text

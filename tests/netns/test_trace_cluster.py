@@ -244,3 +244,22 @@ def test_request_through_a_waypoint_shows_its_route(cluster: Cluster, app: App) 
     assert way["route"] == f"{WP_NS}/echo-route" and way["status"] == "200", way
     assert way["request"] == "GET /" and way["upstream"].endswith(":8080"), way
     assert way["source identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", way
+
+
+def test_waypoint_denial_names_the_policy(cluster: Cluster, app: App) -> None:
+    """Runs after the waypoint test above (its namespace, waypoint and echo Service)."""
+    api = cluster.api
+    vip = api.get("Service", "echo", WP_NS)["spec"]["clusterIP"]
+    api.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "no-admin", "namespace": WP_NS},
+               "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "echo"}], "action": "DENY",
+                        "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}})
+
+    def denied() -> dict[str, Any] | None:
+        t = cluster.trace(*_curl(f"http://{vip}/admin"))[-1]
+        return t if t["outcome"] == "denied" else None
+
+    t = wait_for(denied, timeout=90, what="a traced request denied by the waypoint")
+    assert t["stopped_at"] == "waypoint" and t["reason"] == f"L7 policy {WP_NS}/no-admin (status 403)", t
+    way = _hop(t, "waypoint")["facts"]
+    assert way["details"] == f"rbac_access_denied_matched_policy[ns[{WP_NS}]-policy[no-admin]]", way

@@ -110,6 +110,8 @@ def _waypoint_hop(e: AccessEntry) -> Hop:
     _fact(facts, "route", f.get("route"))
     _fact(facts, "status", f.get("http.status"))
     _fact(facts, "flags", f.get("response_flags"))
+    _fact(facts, "details", f.get("response_code_details"))
+    _fact(facts, "policy", _denying_policy(f.get("response_code_details", "")))
     _fact(facts, "service", f.get("dst.service"))
     _fact(facts, "upstream", f.get("dst.hbone_addr") or f.get("dst.addr"))
     _fact(facts, "source identity", f.get("src.identity"))
@@ -119,6 +121,19 @@ def _waypoint_hop(e: AccessEntry) -> Hop:
     status = f.get("http.status", "")
     ok = e.level == "info" and not (status and int(status) >= 400) and f.get("response_flags") != "RBAC"
     return Hop("waypoint", e.component, e.time, f.get("duration", ""), facts, ok=ok)
+
+
+_MATCHED_POLICY = re.compile(r"^rbac_access_denied_matched_policy\[(?:ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]"
+                             r"(?:-rule\[\d+\])?|(?P<none>none))\]$")
+
+
+def _denying_policy(details: str) -> str:
+    """"ns/name" of the policy named by Envoy-style RBAC details; "(no allow policy matched)" for `[none]`;
+    "" otherwise."""
+    m = _MATCHED_POLICY.match(details)
+    if not m:
+        return ""
+    return "(no allow policy matched)" if m["none"] else f"{m['ns']}/{m['name']}"
 
 
 def _destination_hop(e: AccessEntry) -> Hop:
@@ -163,7 +178,9 @@ def assemble(trace_id: str, entries: Iterable[AccessEntry], *, redirect: dict[st
         if hop.kind == "destination-proxy" and error.startswith(_REJECTION):
             outcome, reason = "denied", hop.facts.get("policy", error)
         elif hop.kind == "waypoint" and hop.facts.get("flags") == "RBAC":
-            outcome, reason = "denied", f"L7 policy (status {hop.facts.get('status', '403')})"
+            policy = hop.facts.get("policy", "")
+            named = f"L7 policy {policy}" if policy else "L7 policy"
+            outcome, reason = "denied", f"{named} (status {hop.facts.get('status', '403')})"
         else:
             outcome = "failed"
             reason = error or f"status {hop.facts.get('status', '')}".strip()

@@ -183,6 +183,18 @@ class L7Decision:
     def denied(self) -> bool:
         return not self.allowed
 
+    @property
+    def details(self) -> str:
+        """Envoy's `response_code_details` for a denial: `rbac_access_denied_matched_policy[ns[NS]-policy[NAME]]`
+        (Istio names Envoy RBAC policies `ns[NS]-policy[NAME]-rule[I]`; the rule index is not tracked here),
+        `[none]` when no policy matched (allow policies exist, none allowed); "" when allowed."""
+        if self.allowed:
+            return ""
+        if not self.policy:
+            return "rbac_access_denied_matched_policy[none]"
+        ns, _, name = self.policy.partition("/")
+        return f"rbac_access_denied_matched_policy[ns[{ns}]-policy[{name}]]"
+
 
 # ------------------------------------------------------------------------------------------- matching
 # A leaf is True / False / _UNKNOWN; `_resolve` applies the fail-safe rule for the policy's action.

@@ -251,7 +251,7 @@ class Waypoint:
         if decision.audit:
             record.audit = ",".join(decision.audit)
         if decision.denied:
-            record.flags, record.error = "RBAC", decision.reason
+            record.flags, record.details, record.error = "RBAC", decision.details, decision.reason
             emit(record, self.metrics)
             return Reject(401, decision.reason)
         try:
@@ -399,6 +399,7 @@ class Waypoint:
             record.audit = ",".join(decision.audit)
         if decision.denied:
             log.info("waypoint: %s %s from %s denied: %s", req.method, path, conn.peer, decision.reason)
+            record.details = decision.details
             await self._local(writer, record, 403, RBAC_DENIED, "RBAC")
             return
         view = self._state()

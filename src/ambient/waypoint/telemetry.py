@@ -3,9 +3,11 @@
 Access log (same shape as the node proxy's, protocols.md section 6, target `access`, message
 `request complete`): `src.addr src.workload src.namespace src.identity dst.addr dst.hbone_addr dst.service
 dst.workload dst.namespace dst.identity direction="waypoint" http.method http.path http.status request_id
-protocol route audit response_flags duration error`, missing values omitted, the fields shared with the node proxy
-quoted as it quotes them, other strings quoted when they contain spaces; `audit` names the AUDIT
-AuthorizationPolicies that matched the request (they never change the decision); an upgraded
+protocol route audit response_flags response_code_details duration error`, missing values omitted, the fields
+shared with the node proxy quoted as it quotes them, other strings quoted when they contain spaces; `audit`
+names the AUDIT AuthorizationPolicies that matched the request (they never change the decision);
+`response_code_details` is set on RBAC denials as Envoy's (`rbac_access_denied_matched_policy[ns[NS]-policy[NAME]]`
+or `[none]`); an upgraded
 (WebSocket) session adds `bytes_sent bytes_recv` (to / from the backend, over the whole session). INFO for
 answered requests, ERROR (with `error=`) when the waypoint itself failed the request (5xx it produced).
 
@@ -61,6 +63,7 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("route", "route", False),
     ("audit", "audit", True),
     ("response_flags", "flags", False),
+    ("response_code_details", "details", False),
     ("duration", "duration", True),
     ("trace_id", "trace_id", False),
     ("error", "error", True),
@@ -100,6 +103,7 @@ class RequestRecord:
     trace_id: str = ""  # the downstream CONNECT's traceparent trace id: the connection's correlation id
     audit: str = ""  # AUDIT policies ("ns/name", comma-separated) that matched the request
     flags: str = ""
+    details: str = ""  # Envoy's response_code_details, set for RBAC denials (which policy denied)
     error: str = ""
     bytes_sent: int = 0  # upgraded sessions only: client -> backend after the 101
     bytes_recv: int = 0

@@ -72,6 +72,18 @@ def test_waypoint_rbac_is_a_denial_at_the_waypoint() -> None:
     line = WP.replace("http.status=200", "http.status=403").replace("route=trw/echo-route", "response_flags=RBAC")
     t = assemble("e5ced596c5570bc72e09be5e8030337f", parse_lines("w", [WP_OUT, line]))
     assert (t.outcome, t.stopped_at) == ("denied", "waypoint")
+    assert t.reason == "L7 policy (status 403)"
+
+
+def test_waypoint_rbac_denial_names_the_policy() -> None:
+    line = WP.replace("http.status=200", "http.status=403").replace(
+        "route=trw/echo-route", "response_flags=RBAC response_code_details=rbac_access_denied_matched_policy"
+        "[ns[trw]-policy[no-admin]]")
+    t = assemble("e5ced596c5570bc72e09be5e8030337f", parse_lines("w", [WP_OUT, line]))
+    assert (t.outcome, t.stopped_at, t.reason) == ("denied", "waypoint", "L7 policy trw/no-admin (status 403)")
+    none = line.replace("[ns[trw]-policy[no-admin]]", "[none]")
+    t = assemble("e5ced596c5570bc72e09be5e8030337f", parse_lines("w", [WP_OUT, none]))
+    assert t.reason == "L7 policy (no allow policy matched) (status 403)"
 
 
 def test_trace_ids_of_a_client() -> None:

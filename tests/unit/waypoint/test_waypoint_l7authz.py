@@ -201,3 +201,11 @@ def test_audit_matches_are_reported_without_changing_the_decision() -> None:
     d = evaluate([audit, deny], r("DELETE", path="/audited/1"))
     assert d.denied and d.policy == "shop/deny" and d.audit == ("shop/audit",)
     assert evaluate([audit, deny], r(path="/other")).audit == ()
+
+
+def test_denial_details_name_the_policy_as_envoy_rbac_does() -> None:
+    d = evaluate([pol("DENY", [op(paths=["/admin"])], name="no-admin")], r(path="/admin"))
+    assert d.details == "rbac_access_denied_matched_policy[ns[shop]-policy[no-admin]]"
+    d = evaluate([pol("ALLOW", [op(paths=["/x"])], name="only-x")], r(path="/y"))
+    assert d.details == "rbac_access_denied_matched_policy[none]"
+    assert evaluate([pol("ALLOW", [op(paths=["/x"])], name="only-x")], r(path="/x")).details == ""
