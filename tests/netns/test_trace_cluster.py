@@ -164,6 +164,7 @@ def test_meshed_request_shows_every_hop(cluster: Cluster, app: App) -> None:
     web_ip, client_ip = app.web["status"]["podIP"], app.client["status"]["podIP"]
     assert src["route"] == "hbone", src
     assert src["endpoint"] == f"{web_ip}:8080", src
+    assert src["original destination"] == f"{app.vip}:80", src
     assert src["service"] == f"web.{NS}.svc.cluster.local", src
     assert src["source identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", src
     assert src["peer identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", src

@@ -12,7 +12,8 @@ back. Successful connections log at INFO as `connection complete`; a connection 
 error logs at ERROR with `error="..."`; an early rejection (before a destination was chosen) logs at WARN as
 `connection failed` with only src.addr, dst.addr, direction and error.
 
-Beyond the reference, a proxy running with trace ids (the default) adds `route=`, `authz=` and `trace_id=`
+Beyond the reference, a proxy running with trace ids (the default) adds `route=`, `authz=`, `dst.original=`
+(source leg: the ip:port the app dialled) and `trace_id=`
 after `duration` (see `ConnectionRecord`): `ambient trace` joins the hops of one connection by `trace_id`.
 
 Pure: rendering never touches the network; `parse_fields` lets tests and tools read a line back.
@@ -84,6 +85,7 @@ class ConnectionRecord:
     # W3C trace id of the HBONE CONNECT's `traceparent`, the same on every hop).
     route: str = ""
     authz: str = ""
+    original: str = ""  # the source leg's original destination (ip:port the app dialled, e.g. a Service VIP)
     trace_id: str = ""
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -159,6 +161,8 @@ def format_text(record: ConnectionRecord, *, now: float | None = None) -> str:
             parts.append(f"route={_quote(record.route)}")
         if record.authz:
             parts.append(f"authz={_quote(record.authz)}")
+        if record.original:
+            parts.append(f"dst.original={record.original}")
         parts.append(f"trace_id={record.trace_id}")
     if record.error != "" and record.error is not None:
         parts.append(f"error={_quote(str(record.error))}")

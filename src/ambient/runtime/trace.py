@@ -91,6 +91,7 @@ def _source_hop(e: AccessEntry) -> Hop:
     _fact(facts, "source workload", "/".join(x for x in (f.get("src.namespace"), f.get("src.workload")) if x))
     route = f.get("route", "")
     _fact(facts, "route", route or ("rejected" if e.message == "connection failed" else ""))
+    _fact(facts, "original destination", f.get("dst.original"))
     _fact(facts, "service", f.get("dst.service"))
     _fact(facts, "endpoint", f.get("dst.addr") if not f.get("dst.hbone_addr") else f.get("dst.hbone_addr"))
     _fact(facts, "hbone target", f.get("dst.addr") if f.get("dst.hbone_addr") else "")

@@ -245,6 +245,7 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
     if ctx.settings.trace_ids:  # the same random traceparent the CONNECT would carry, now also logged
         traceparent = hproto.make_traceparent()
         record.trace_id, record.route = traceparent[3:35], plan.route
+        record.original = _addr(dst_ip_s, dst_port)
     labels = plan.labels
     mtls = plan.mtls
     tel.opened(labels)
