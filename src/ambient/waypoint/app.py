@@ -55,7 +55,10 @@ class AppSettings:
 
 def build(settings: AppSettings) -> App:
     """The waypoint for `settings` (not started: `await app.run()`)."""
+    from ambient.hbone.allocator import tune_allocator
     from ambient.waypoint.errors import ConfigError
+
+    tune_allocator()  # process-wide: megabyte frame buffers reused from the heap (see hbone.allocator)
 
     if settings.xds is None and settings.ca_dir is None:
         raise ConfigError("the waypoint needs a local CA directory or a control plane (xds)")

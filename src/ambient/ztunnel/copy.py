@@ -38,11 +38,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from ambient.hbone.allocator import tune_allocator
 from ambient.hbone.connection import HboneStream
 from ambient.hbone.errors import HboneError
 
 INITIAL_BUFFER = 16 * 1024
 MAX_BUFFER = 1024 * 1024
+__all__ = ["tune_allocator"]  # re-exported: the node proxy's data path is what it is tuned for
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _shared = threading.local()  # one read buffer per thread (an event loop runs its callbacks on one thread)
 
@@ -51,29 +53,8 @@ TRIM_AFTER_RELAYS = 1000  # a peak of at least this many live relays ...
 TRIM_DELAY = 2.0  # ... that fell to a quarter of it hands freed heap back this many seconds later
 
 
-MMAP_THRESHOLD = 4 * 1024 * 1024  # allocations below this come from the reusable heap, not fresh mmaps
-HEAP_TRIM_THRESHOLD = 64 * 1024 * 1024  # free heap top kept before glibc gives it back on its own
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-
-
-def tune_allocator() -> bool:
-    """Keep the data path's megabyte buffers (each DATA frame, each TLS output) on the heap (glibc only;
-    elsewhere a no-op returning False). glibc serves allocations above its mmap threshold with a fresh
-    mmap and returns them with munmap on free: every 1 MiB frame then touched new pages, and page faults
-    plus zeroing were ~20% of a node proxy's CPU in a bulk transfer (perf); with the threshold above the
-    frame size the freed buffers are reused (+40% single-stream throughput in an A/B on the node pair).
-    Memory is still handed back: by glibc above HEAP_TRIM_THRESHOLD of free heap top, and by
-    `RelayCensus` after a burst of connections."""
-    try:
-        libc = ctypes.CDLL(None)
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-        return ok and libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD) == 1
-    except (OSError, AttributeError):
-        return False
-
-
 def _malloc_trim() -> None:
-    """Hand freed heap back to the OS (glibc only; elsewhere a no-op)."""
+    """Hand freed heap back to the OS (glibc only; elsewhere a no-op; see hbone.allocator)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
@@ -308,6 +289,9 @@ async def _pump(src: End, dst: End, stats: CopyStats, forward: bool) -> None:
             stats.received += n
 
 
+STOPPED_PEER_GRACE = 1.0  # seconds to drain the app after the peer stopped reading (Envoy's delayed close)
+
+
 class _SocketStreamRelay:
     """Both directions between a TCP socket and a tunnel stream, driven by callbacks instead of two tasks:
     the socket's readiness (`add_reader` once, not per read) moves socket bytes into DATA frames, and the
@@ -334,6 +318,7 @@ class _SocketStreamRelay:
         self.down_pending: deque[memoryview] = deque()
         self.down_eof = False
         self.down_done = False
+        self.discard_up = False  # the peer stopped reading (RST_STREAM NO_ERROR after its END_STREAM)
         self.reading = False
         self.writing = False
 
@@ -362,14 +347,16 @@ class _SocketStreamRelay:
         if not chunk:
             self._read(False)
             self.up_done = True
-            try:
-                self.stream.end()
-            except HboneError as exc:
-                self._fail(exc)
-                return
+            if not self.discard_up:
+                try:
+                    self.stream.end()
+                except HboneError as exc:
+                    self._fail(exc)
+                    return
             self._check_done()
             return
-        self._send_up(chunk)
+        if not self.discard_up:
+            self._send_up(chunk)
 
     def _send_up(self, view: memoryview) -> None:
         try:
@@ -446,7 +433,23 @@ class _SocketStreamRelay:
         self._check_done()
 
     def on_error(self, error: HboneError) -> None:
+        if self.down_eof and getattr(error, "error_code", None) == 0 and not self.up_done:
+            # RFC 9113 8.1: the peer sent its complete answer, then RST_STREAM(NO_ERROR) to stop our sending
+            # (e.g. a 403 before the request body). Not a failure: deliver the answer, read and drop what the
+            # app still sends until it closes (closing with unread input would reset the app's connection and
+            # lose the answer), bounded by STOPPED_PEER_GRACE.
+            self.discard_up = True
+            self.up_pending = None
+            self._read(True)
+            self.loop.call_later(STOPPED_PEER_GRACE, self._stop_discarding)
+            return
         self._fail(error)
+
+    def _stop_discarding(self) -> None:
+        if not self.up_done:
+            self.up_done = True
+            self._read(False)
+            self._check_done()
 
     # -- bookkeeping ----------------------------------------------------------------------------------------
     def _count(self, n: int, *, up: bool) -> None:
