@@ -165,6 +165,8 @@ def test_meshed_request_shows_every_hop(cluster: Cluster, app: App) -> None:
     assert src["route"] == "hbone", src
     assert src["endpoint"] == f"{web_ip}:8080", src
     assert src["original destination"] == f"{app.vip}:80", src
+    # the request that succeeded in the wait above opened the HBONE connection (idle for 5 min in the pool)
+    assert src["hbone connection"] == "pooled", src
     assert src["service"] == f"web.{NS}.svc.cluster.local", src
     assert src["source identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", src
     assert src["peer identity"] == f"spiffe://cluster.local/ns/{NS}/sa/default", src

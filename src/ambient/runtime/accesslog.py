@@ -13,7 +13,8 @@ error logs at ERROR with `error="..."`; an early rejection (before a destination
 `connection failed` with only src.addr, dst.addr, direction and error.
 
 Beyond the reference, a proxy running with trace ids (the default) adds `route=`, `authz=`, `dst.original=`
-(source leg: the ip:port the app dialled) and `trace_id=`
+(source leg: the ip:port the app dialled), `hbone_conn=` (source leg: `new` when its CONNECT was the first
+stream of the HBONE connection, else `pooled`) and `trace_id=`
 after `duration` (see `ConnectionRecord`): `ambient trace` joins the hops of one connection by `trace_id`.
 
 Pure: rendering never touches the network; `parse_fields` lets tests and tools read a line back.
@@ -86,6 +87,7 @@ class ConnectionRecord:
     route: str = ""
     authz: str = ""
     original: str = ""  # the source leg's original destination (ip:port the app dialled, e.g. a Service VIP)
+    hbone_conn: str = ""  # the source leg's HBONE connection: "new" (this CONNECT opened it) or "pooled"
     trace_id: str = ""
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -163,6 +165,8 @@ def format_text(record: ConnectionRecord, *, now: float | None = None) -> str:
             parts.append(f"authz={_quote(record.authz)}")
         if record.original:
             parts.append(f"dst.original={record.original}")
+        if record.hbone_conn:
+            parts.append(f"hbone_conn={record.hbone_conn}")
         parts.append(f"trace_id={record.trace_id}")
     if record.error != "" and record.error is not None:
         parts.append(f"error={_quote(str(record.error))}")

@@ -94,6 +94,7 @@ def _source_hop(e: AccessEntry) -> Hop:
     _fact(facts, "original destination", f.get("dst.original"))
     _fact(facts, "service", f.get("dst.service"))
     _fact(facts, "endpoint", f.get("dst.addr") if not f.get("dst.hbone_addr") else f.get("dst.hbone_addr"))
+    _fact(facts, "hbone connection", f.get("hbone_conn"))
     _fact(facts, "hbone target", f.get("dst.addr") if f.get("dst.hbone_addr") else "")
     _fact(facts, "destination workload", "/".join(x for x in (f.get("dst.namespace"), f.get("dst.workload")) if x))
     _fact(facts, "source identity", f.get("src.identity"))

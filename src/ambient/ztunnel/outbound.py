@@ -278,6 +278,8 @@ async def serve_outbound(ctx: PodContext, client: socket.socket) -> None:
                     source_ip=client_ip_s if scope.bind_source else None,
                     dialer=ctx.hbone_dialer,
                 )
+                if record.trace_id:  # client streams are 1, 3, 5...: 1 is the CONNECT that opened the connection
+                    record.hbone_conn = "new" if getattr(stream, "stream_id", 0) == 1 else "pooled"
                 upstream = HboneEnd(stream, plan.dst_addr)
             elif isinstance(plan.decision, route.DirectHostname):
                 upstream = SocketEnd(await _dial_hostname(ctx, plan.decision), plan.dst_addr)

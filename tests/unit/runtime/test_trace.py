@@ -125,12 +125,12 @@ def test_child_traceparent_keeps_the_trace_id() -> None:
 
 def test_access_line_tracing_fields_only_with_a_trace_id() -> None:
     rec = ConnectionRecord(direction="inbound", src_addr="10.0.0.1:1", route="hbone", authz="no allow policies",
-                           original="10.96.0.10:80")
+                           original="10.96.0.10:80", hbone_conn="pooled")
     assert "trace_id" not in format_text(rec) and "authz" not in format_text(rec)
     assert "dst.original" not in format_text(rec)
     rec.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     fields = parse_fields(format_text(rec))
     assert (fields["route"], fields["authz"], fields["trace_id"]) == ("hbone", "no allow policies", rec.trace_id)
-    assert fields["dst.original"] == "10.96.0.10:80"
+    assert (fields["dst.original"], fields["hbone_conn"]) == ("10.96.0.10:80", "pooled")
     failed = format_failed(src_addr="a:1", dst_addr="b:2", direction="inbound", error="x", trace_id=rec.trace_id)
     assert parse_fields(failed)["trace_id"] == rec.trace_id
