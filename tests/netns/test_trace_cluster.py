@@ -162,7 +162,7 @@ def test_meshed_request_shows_every_hop(cluster: Cluster, app: App) -> None:
     assert "REDIRECT --to-ports 15001" in redirect["rule"] and redirect["packets"].startswith("+"), redirect
     src = _hop(t, "source-proxy")["facts"]
     web_ip, client_ip = app.web["status"]["podIP"], app.client["status"]["podIP"]
-    assert src["route"] == "hbone", src
+    assert src["route"] == "hbone; endpoint: only usable endpoint (of 1)", src
     assert src["endpoint"] == f"{web_ip}:8080", src
     assert src["original destination"] == f"{app.vip}:80", src
     # the request that succeeded in the wait above opened the HBONE connection (idle for 5 min in the pool)

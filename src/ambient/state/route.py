@@ -140,6 +140,7 @@ class Hbone:
     expected_identities: tuple[str, ...]
     workload: Workload
     service: Service | None = None
+    pick: str = ""  # why this endpoint of the Service (for tracing): see `pick_endpoint_explained`
 
     @property
     def service_hostname(self) -> str | None:
@@ -154,6 +155,7 @@ class Direct:
     address: SocketAddr
     workload: Workload
     service: Service | None = None
+    pick: str = ""  # why this endpoint of the Service (for tracing)
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ def _to_service(source: Workload, svc: Service, vip: SocketAddr, view: RouteView
     by_name = [wl for wl in endpoints if wl.hostname and not wl.addresses]
     if by_name and len(by_name) == len(endpoints):
         return _to_hostname_endpoint(svc, port, by_name, lb, rng)
-    picked = pick_endpoint(source, endpoints, lb, rng, family=vip.ip.version, target=_service_target(svc, port))
+    picked = pick_endpoint_explained(source, endpoints, lb, rng, family=vip.ip.version,
+                                     target=_service_target(svc, port))
     if picked is None:
         if endpoints:
             return Reject(
@@ -226,8 +229,8 @@ def _to_service(source: Workload, svc: Service, vip: SocketAddr, view: RouteView
                 "(unhealthy, no address or target port, zero capacity, or outside the routing preference)"
             )
         return Reject(f"service {svc.key} has no endpoints")
-    wl, addr = picked
-    return _to_endpoint(wl, addr, service=svc)
+    wl, addr, why = picked
+    return _to_endpoint(wl, addr, service=svc, pick=why)
 
 
 def _to_hostname_endpoint(
@@ -253,15 +256,15 @@ def _to_workload(source: Workload, wl: Workload, dst: SocketAddr, view: RouteVie
     return _to_endpoint(wl, dst, service=None)
 
 
-def _to_endpoint(wl: Workload, addr: SocketAddr, service: Service | None) -> Route:
+def _to_endpoint(wl: Workload, addr: SocketAddr, service: Service | None, pick: str = "") -> Route:
     if not wl.in_mesh:
-        return Direct(addr, wl, service)
+        return Direct(addr, wl, service, pick)
     if addr.port in PROXY_PORTS:
         return Reject(f"target port {addr.port} of workload {wl.namespace}/{wl.name} is a proxy port (loop)")
     identities = [wl.identity]
     if service is not None:
         identities += [san for san in service.subject_alt_names if san not in identities]
-    return Hbone(SocketAddr(addr.ip, HBONE_PORT), addr, tuple(identities), wl, service)
+    return Hbone(SocketAddr(addr.ip, HBONE_PORT), addr, tuple(identities), wl, service, pick)
 
 
 def _via_waypoint(
@@ -357,6 +360,21 @@ def pick_endpoint(
     target: _Target,
 ) -> tuple[Workload, SocketAddr] | None:
     """One usable endpoint (workload, ip:target port), weighted random by capacity; None when none fit."""
+    picked = pick_endpoint_explained(source, endpoints, lb, rng, family=family, target=target)
+    return None if picked is None else (picked[0], picked[1])
+
+
+def pick_endpoint_explained(
+    source: Workload | None,
+    endpoints: Sequence[Workload],
+    lb: LoadBalancing,
+    rng: random.Random,
+    *,
+    family: int,
+    target: _Target,
+) -> tuple[Workload, SocketAddr, str] | None:
+    """`pick_endpoint` and why, in words: "only usable endpoint (of N)", "weighted random among K usable (of
+    N)", with "after the routing preference (M usable)" when locality narrowed the choice."""
     allow_unhealthy = lb.health_policy == HealthPolicy.ALLOW_ALL
     usable: list[tuple[Workload, SocketAddr]] = []
     for wl in endpoints:
@@ -369,13 +387,16 @@ def pick_endpoint(
         if ip is None or port is None:
             continue
         usable.append((wl, SocketAddr(ip, port)))
+    before = len(usable)
     if source is not None:
         usable = _narrow_by_locality(source, usable, lb)
     if not usable:
         return None
+    narrowed = f" after the routing preference ({before} usable)" if len(usable) < before else ""
     if len(usable) == 1:
-        return usable[0]
-    return rng.choices(usable, weights=[wl.weight for wl, _ in usable])[0]
+        return (*usable[0], f"only usable endpoint (of {len(endpoints)}){narrowed}")
+    wl, addr = rng.choices(usable, weights=[wl.weight for wl, _ in usable])[0]
+    return wl, addr, f"weighted random among {len(usable)} usable (of {len(endpoints)}){narrowed}"
 
 
 def _address_for(wl: Workload, family: int) -> IPAddress | None:

@@ -127,7 +127,9 @@ def _route_text(decision: route.Route) -> str:
     if isinstance(decision, route.ViaWaypoint):
         return f"waypoint {decision.waypoint.identity}"
     if isinstance(decision, route.Hbone):
-        return "hbone"
+        return f"hbone; endpoint: {decision.pick}" if decision.pick else "hbone"
+    if isinstance(decision, route.Direct) and decision.pick:
+        return f"passthrough (plain TCP to a workload outside the mesh); endpoint: {decision.pick}"
     if isinstance(decision, (route.Direct, route.DirectHostname)):
         return "passthrough (plain TCP to a workload outside the mesh)"
     return "passthrough (destination unknown to the mesh)"

@@ -503,3 +503,20 @@ def test_inbound_extra_proxy_ports() -> None:
 def test_socket_addr_parse(text: str, expected: str | None) -> None:
     parsed = SocketAddr.parse(text)
     assert (str(parsed) if parsed else None) == expected
+
+
+def test_endpoint_pick_says_why() -> None:
+    rng = random.Random(1)
+    one = decide_outbound(CLIENT, ip_address(VIP), 80, view_of([CLIENT, pod("web-a", "10.244.2.7")], [service()]),
+                          rng)
+    assert isinstance(one, Hbone) and one.pick == "only usable endpoint (of 1)"
+    two = [pod(f"web-{i}", f"10.244.2.{10 + i}") for i in range(2)]
+    r = decide_outbound(CLIENT, ip_address(VIP), 80, view_of([CLIENT, *two], [service()]), rng)
+    assert isinstance(r, Hbone) and r.pick == "weighted random among 2 usable (of 2)"
+    same = [pod(f"local-{i}", f"10.244.1.{20 + i}", node="n1") for i in range(2)]
+    remote = pod("remote", "10.244.2.30", node="n2")
+    lb = LoadBalancing((LoadBalancingScope.NODE,), LoadBalancingMode.FAILOVER)
+    r = decide_outbound(CLIENT, ip_address(VIP), 80, view_of([CLIENT, *same, remote], [service(load_balancing=lb)]),
+                        rng)
+    assert isinstance(r, Hbone)
+    assert r.pick == "weighted random among 2 usable (of 3) after the routing preference (3 usable)"
