@@ -266,3 +266,22 @@ def test_waypoint_denial_names_the_policy(cluster: Cluster, app: App) -> None:
     assert t["stopped_at"] == "waypoint" and t["reason"] == f"L7 policy {WP_NS}/no-admin (status 403)", t
     way = _hop(t, "waypoint")["facts"]
     assert way["details"] == f"rbac_access_denied_matched_policy[ns[{WP_NS}]-policy[no-admin]]", way
+
+
+def test_follow_traces_the_next_connections(cluster: Cluster, app: App) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(cluster.state),
+                             "trace", "--follow", "-n", NS, "client", "--count", "2", "-o", "json", "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stderr.readline().startswith("following connections from")
+        for path in ("/one", "/two"):
+            cluster.trace(*_curl(f"http://{app.vip}{path}"))
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    traces = [json.loads(line) for line in out.splitlines()]
+    assert len(traces) == 2 and all(t["outcome"] == "completed" for t in traces), traces
+    assert all(_hop(t, "source-proxy")["facts"]["original destination"] == f"{app.vip}:80" for t in traces), traces

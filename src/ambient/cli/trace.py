@@ -2,6 +2,7 @@
 
     ambient trace -n client deploy/curl -- curl -s http://httpbin.demo:8000/get
     ambient trace 4bf92f3577b34da6a3ce929d0e0e4736          # a connection already logged (its trace id)
+    ambient trace --follow -n client deploy/curl --count 5  # its next 5 connections, each when complete
 
 Evidence, not packet capture: the redirect rule that matched in the source pod (packet counter delta of the
 pod's iptables / nftables rules around the command), then the access lines every hop wrote for the
@@ -126,7 +127,11 @@ def trace_command(
     command: Annotated[list[str] | None, typer.Argument(help="Command and arguments (after --).")] = None,
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
     output: Annotated[str, typer.Option("--output", "-o", help="tree (default) or json.")] = "tree",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for every hop's access line.")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every hop's access line (with --follow: "
+                                           "for the N connections).")] = 10.0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Trace the pod's next connections as they are "
+                                         "logged, printing each when complete (json: one object per line).")] = False,
+    count: Annotated[int, typer.Option(help="With --follow: stop after this many connections.")] = 1,
 ) -> None:
     """Run a request and show its life hop by hop (or show a logged connection by its trace id)."""
     from ambient.cluster import layout as L
@@ -145,6 +150,13 @@ def trace_command(
             raise CliError(f"no access line carries trace id {target}",
                            hint="node proxies log trace ids unless AMBIENT_TRACE_IDS=0")
         _render([assemble(target, entries)], output)
+        return
+    if follow:
+        if command:
+            raise UsageError("--follow takes no command", hint=f"ambient trace --follow -n {namespace} {target}")
+        if count < 1:
+            raise UsageError(f"--count must be at least 1, not {count}")
+        _follow(st, layout, target, namespace, count, timeout, output)
         return
     if not command:
         raise UsageError("no command given", hint=f"ambient trace {target} -n {namespace} -- CMD [ARGS...]")
@@ -188,6 +200,44 @@ def trace_command(
             redirect[f"also matched (+{delta})"] = rule
     app = {"command exit": str(run.returncode), "command stdout bytes": str(len(run.stdout))}
     _render([assemble(i, entries, redirect=redirect, app=app) for i in ids], output)
+
+
+def _follow(st: Any, layout: Any, target: str, namespace: str, count: int, timeout: float, output: str) -> None:
+    """Print each of the pod's next `count` connections once every hop has logged (2 s of grace for a
+    pooled waypoint upstream), within `timeout` seconds. Only new log bytes are read."""
+    from ambient.cli.workloads import _running_pod
+    from ambient.runtime.trace import assemble, trace_ids_from
+
+    pod = _running_pod(st, target, namespace)
+    pod_ip = pod["status"]["podIP"]
+    since = _sizes(_log_files(layout.log_dir))
+    sys.stderr.write(f"following connections from {namespace}/{pod['metadata']['name']} ({pod_ip})\n")
+    sys.stderr.flush()
+    deadline = time.monotonic() + timeout
+    shown: set[str] = set()
+    first_seen: dict[str, float] = {}
+    while len(shown) < count:
+        entries = _entries(layout.log_dir, since)
+        now = time.monotonic()
+        for i in trace_ids_from(entries, pod_ip):
+            if i in shown or len(shown) >= count:
+                continue
+            first_seen.setdefault(i, now)
+            if _complete(i, entries) or (_complete(i, entries, strict=False) and now > first_seen[i] + 2.0):
+                t = assemble(i, entries)
+                if output == "json":
+                    sys.stdout.write(json.dumps(t.to_json()) + "\n")
+                else:
+                    _render([t], output)
+                sys.stdout.flush()
+                shown.add(i)
+        if len(shown) >= count:
+            break
+        if now > deadline:
+            raise CliError(f"{len(shown)} of {count} connection(s) from {namespace}/{pod['metadata']['name']} "
+                           f"({pod_ip}) traced within {timeout:g}s", hint="raise --timeout, or check that the pod "
+                           "is enrolled and the node proxies log trace ids (AMBIENT_TRACE_IDS)")
+        time.sleep(0.2)
 
 
 def register(root: typer.Typer) -> None:
