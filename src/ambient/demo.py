@@ -177,6 +177,35 @@ def show_access_line(node: str, direction: str, *, errors: bool = False) -> None
     say(f"  {line.split(chr(9))[-1] if line else '(no access-log line yet)'}")
 
 
+def show_identity_line(src_identity: str) -> None:
+    """Print the newest access-log line, on any node, of a connection from SRC_IDENTITY (inbound first)."""
+    from ambient.runtime.accesslog import parse_fields
+
+    def latest() -> tuple[str, str] | None:
+        found: dict[str, tuple[str, str]] = {}
+        for node in node_names():
+            proc = ambient("logs", "ztunnel", "--node", node, show=False, capture=True, check=False)
+            for line in proc.stdout.splitlines():
+                fields = parse_fields(line)
+                if "\taccess\t" in line and fields.get("src.identity", "").strip('"') == src_identity:
+                    found[fields.get("direction", "").strip('"')] = (node, line)
+        return found.get("inbound") or found.get("outbound")
+
+    retry_until(lambda: latest() is not None, timeout=5.0)
+    hit = latest()
+    if hit is None:
+        say("  (no access-log line from that identity yet)")
+        return
+    node, line = hit
+    direction = parse_fields(line).get("direction", "").strip('"')
+    say(f"ztunnel on {node} ({direction}):")
+    say(f"  {line.split(chr(9))[-1]}")
+
+
+def node_names() -> list[str]:
+    return [n["metadata"]["name"] for n in get_json("nodes").get("items", [])]
+
+
 def namespace_waypoint(namespace: str) -> str | None:
     """The waypoint a namespace sends its traffic through (`istio.io/use-waypoint`), e.g. after the README
     tour's `ambient waypoint apply -n demo --enroll-namespace`; None without one."""
@@ -293,8 +322,12 @@ def edge() -> None:
     finally:
         forward.terminate()
         forward.wait(timeout=10)
-    say("httpbin's node proxy saw the gateway's own SPIFFE identity:")
-    show_access_line("node-2", "inbound")
+    gateway_id = "spiffe://cluster.local/ns/demo/sa/ingress-istio"
+    if namespace_waypoint("demo"):
+        say("the gateway's node proxy carried it to demo's waypoint, with the gateway's own SPIFFE identity:")
+    else:
+        say("httpbin's node proxy saw the gateway's own SPIFFE identity:")
+    show_identity_line(gateway_id)
 
     step("9. Egress: a ServiceEntry for httpbin.example.test; the node proxy answers its name with a VIP and")
     say("   routes it to the outside host (plain TCP); the access line names the ServiceEntry's host")

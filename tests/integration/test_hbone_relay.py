@@ -11,6 +11,7 @@ h2's state machine) and the socket <-> stream relay of `copy_bidirectional`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from typing import Any
@@ -269,3 +270,50 @@ async def test_concurrent_relays_share_one_read_buffer_without_mixing_bytes(ca: 
     for payload, echoed, end in results:
         assert echoed == payload
         assert len(end._buf) == 0  # relayed: no per-connection read buffer was allocated
+
+
+async def test_answer_before_the_request_ends_reaches_the_app_without_a_reset(ca: LocalCA) -> None:
+    """A server that answers completely before reading the whole request (a 403 before the body) ends its
+    half and stops the stream with RST_STREAM(NO_ERROR) (RFC 9113 8.1). The relay must deliver the whole
+    answer and a FIN to the app, drain what the app still sends, and not reset the app's connection."""
+    answer = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 19\r\n\r\nRBAC: access denied"
+
+    async def early_answer(stream: HboneStream) -> None:
+        await stream.read()  # the request head, not its body
+        await stream.write(answer)
+        await stream.write_eof()  # returning without reading the rest: the server stops the stream
+
+    async def handler(_req: ConnectRequest, _peer: PeerIdentity) -> Decision:
+        return Accept(serve=early_answer)
+
+    loop = asyncio.get_running_loop()
+    async with HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(SERVER_ID), handler) as server, \
+            HboneClient() as client:
+        stream = await client.connect(ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
+        app_peer, app = _tcp_pair()
+        body = os.urandom(8 * 1024 * 1024)  # more than the windows: still being sent when the answer comes
+
+        async def app_side() -> bytes:
+            async def send() -> None:
+                await loop.sock_sendall(app_peer, b"POST / HTTP/1.1\r\ncontent-length: 8388608\r\n\r\n")
+                await asyncio.sleep(0.05)
+                with contextlib.suppress(OSError):  # the relay may stop reading once it has drained enough
+                    await loop.sock_sendall(app_peer, body)
+                    app_peer.shutdown(socket.SHUT_WR)
+
+            sender = asyncio.create_task(send())
+            out = bytearray()
+            while chunk := await loop.sock_recv(app_peer, 1 << 20):  # raises ConnectionResetError on a reset
+                out += chunk
+            await sender
+            return bytes(out)
+
+        a_end, b_end = SocketEnd(app, "app"), HboneEnd(stream, "up")
+        async with asyncio.TaskGroup() as tg:
+            got = tg.create_task(app_side())
+            error = await asyncio.wait_for(copy_bidirectional(a_end, b_end, stats := CopyStats()), 30)
+        finish(a_end, b_end, error)
+        assert got.result() == answer
+        assert error is None, error
+        assert stats.received == len(answer)
+        app_peer.close()

@@ -184,11 +184,15 @@ class HboneStream:
         self._conn._flush()
         self._maybe_finished()
 
-    def close(self, error_code: int = ErrorCodes.CANCEL) -> None:
-        """Release the stream; resets it (RST_STREAM) unless both directions already ended."""
+    def close(self, error_code: int | None = None) -> None:
+        """Release the stream; resets it (RST_STREAM) unless both directions already ended. Without an
+        explicit code: CANCEL, or NO_ERROR once this side has ended its half (RFC 9113 8.1: after a complete
+        answer, NO_ERROR asks the peer to stop sending without failing what it received)."""
         if self._finished:
             return
         if self._error is None and not (self._local_closed and self._eof):
+            if error_code is None:
+                error_code = ErrorCodes.NO_ERROR if self._local_closed else ErrorCodes.CANCEL
             self._conn._reset(self.stream_id, error_code)
         self._error = self._error or HboneStreamError(f"stream {self.stream_id} was closed locally")
         self._closed_here = True
