@@ -168,3 +168,22 @@ def test_underlay_bridge_address_does_not_follow_new_ports(cluster: L.ClusterLay
         assert br0_mac() == network.UNDERLAY_BRIDGE_MAC
     finally:
         subprocess.run([*under, "link", "del", "veth-lowmac"], check=True)
+
+
+def test_pinning_keeps_a_bridge_address_that_was_not_set(cluster: L.ClusterLayout) -> None:
+    """A cluster made before the fixed address: pinning keeps its current MAC and makes it stick."""
+    under = ["ip", "-n", cluster.underlay_netns]
+    subprocess.run([*under, "link", "add", "brx", "type", "bridge"], check=True)
+    try:
+        before = subprocess.run([*under, "-br", "link", "show", "brx"], check=True, capture_output=True,
+                                text=True).stdout.split()[2]
+        network.pin_bridge_address(cluster.underlay_netns, "brx")
+        subprocess.run([*under, "link", "add", "veth-lowmac", "address", "00:00:00:00:00:01", "type", "veth",
+                        "peer", "name", "veth-lowpeer"], check=True)
+        subprocess.run([*under, "link", "set", "veth-lowmac", "master", "brx", "up"], check=True)
+        after = subprocess.run([*under, "-br", "link", "show", "brx"], check=True, capture_output=True,
+                               text=True).stdout.split()[2]
+        assert after == before
+    finally:
+        subprocess.run([*under, "link", "del", "veth-lowmac"], check=False)
+        subprocess.run([*under, "link", "del", "brx"], check=True)

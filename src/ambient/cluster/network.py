@@ -61,6 +61,14 @@ def ip_batch(netns: str | None, commands: Iterable[str]) -> None:
     run(argv, stdin=lines)
 
 
+def pin_bridge_address(netns: str, bridge: str = "br0") -> None:
+    """Give `bridge` its current address as its own (clusters made before the underlay bridge had a fixed
+    address): a new port with a lower MAC then no longer changes it under the nodes' ARP caches."""
+    out = run(["ip", "-n", netns, "-br", "link", "show", bridge]).stdout.split()
+    if len(out) >= 3:
+        run(["ip", "-n", netns, "link", "set", bridge, "address", out[2]])
+
+
 def nsenter_argv(netns: str, argv: Sequence[str]) -> list[str]:
     """argv that runs `argv` in `netns` (network namespace only; cheaper than `ip netns exec`)."""
     return ["nsenter", f"--net={L.netns_path(netns)}", "--", *argv]

@@ -168,6 +168,7 @@ def create_outside_world(layout: L.ClusterLayout, hosts: tuple[OutsideHost, ...]
         raise ClusterError(f"the outside world of cluster {layout.name!r} already exists",
                            hint=f"`ambient cluster delete --name {layout.name}` removes it with the cluster")
     network.ip_batch(None, [f"netns add {n}" for n in names])
+    network.pin_bridge_address(layout.underlay_netns)  # the new ports must not change br0's address
     ruleset = network.hermetic_ruleset()
     for host, ns in zip(hosts, names, strict=True):
         network.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
