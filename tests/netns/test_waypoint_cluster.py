@@ -1,6 +1,6 @@
 """Waypoints in a real local cluster ("t16a"): `ambient waypoint apply --wait` -> Gateway controller ->
 waypoint Deployment -> Ready pod -> Programmed; the waypoint's identity from the control plane's CA with its
-pod token (and nothing else); and - once the node proxy is part of `cluster create` - the issue-8
+pod token (and nothing else); and - once the node proxy is part of `cluster create` - traffic
 acceptance: client proxy -> waypoint -> destination proxy, a 90/10 HTTPRoute split, header routing, an L7
 DENY (403), and un-binding without restarts.
 
@@ -41,7 +41,7 @@ ZTUNNEL_IN_CLUSTER = any("ztunnel" in spec.name or "ztunnel" in spec.module for 
 needs_ztunnel = pytest.mark.skipif(
     not ZTUNNEL_IN_CLUSTER,
     reason="the node proxy is not started by `cluster create` yet (no 'ztunnel' in "
-    "ambient.cluster.lifecycle.COMPONENTS): the issue-8 traffic acceptance needs it",
+    "ambient.cluster.lifecycle.COMPONENTS): the waypoint traffic acceptance needs it",
 )
 
 # HTTP/1.1 server answering "<VERSION> <client ip> <path>" (what the app saw). It closes the connection
@@ -227,7 +227,7 @@ def test_pod_token_is_good_for_its_own_identity_only(cluster: Cluster) -> None:
     assert forged == "UNAUTHENTICATED"
 
 
-# ----------------------------------------------------------------------------- issue-8 traffic acceptance
+# ----------------------------------------------------------------------------- waypoint traffic acceptance
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Zero trust end to end (issue 7) in a real local cluster: every L4 policy shape enforced by the
+"""Zero trust end to end in a real local cluster: every L4 policy shape enforced by the
 destination's node proxy, PeerAuthentication STRICT vs PERMISSIVE with a client outside the mesh, the
 explain command agreeing with the proxy, and live revocation of 1,000 open connections.
 

@@ -154,7 +154,7 @@ _TIME = {"ms": 1e-3, "µs": 1e-6, "ns": 1e-9, "s": 1.0}
 
 def derive_added(figures: list[Figure]) -> None:
     """Add "mesh added pNN" (mesh - direct), compared with the stunnel's added pNN when the bench measured
-    direct, mesh and stunnel latencies itself; the issue's latency goal is about added latency."""
+    direct, mesh and stunnel latencies itself; the latency goal is about added latency."""
     for p in ("p50", "p90", "p99"):
         if any({"added", p} <= _words(f.name) for f in figures):
             continue

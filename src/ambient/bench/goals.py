@@ -1,13 +1,13 @@
-"""The issues' performance goals, checked against a run's figures (pure; rendered at the top of the block).
+"""The performance goals, checked against a run's figures (pure; rendered at the top of the block).
 
 A goal finds its figure by section, unit family and name tokens (the component benches name their own
 figures, so matching is deliberately loose: "p99" and "added" as words, "cpu", "conn"), then compares.
 A goal whose figure is absent reads "not measured", never "missed".
 
-Goals (issues 4, 6 and 8): node proxy throughput >= 1.0x the stunnel pair (floor 0.5x); added p99 latency
+Goals: node proxy throughput >= 1.0x the stunnel pair (floor 0.5x); added p99 latency
 <= 2x the stunnel pair's; <= 0.1 core per 1,000 req/s; >= 2,000 new connections/s; control plane
 change-to-applied p99 <= 100 ms; waypoint <= 0.25 core per 1,000 req/s.
-Performance wave 2 (ratios to in-run baselines): HBONE stream >= 0.88x plain TLS; single-stream throughput
+Ratios to in-run baselines: HBONE stream >= 0.88x plain TLS; single-stream throughput
 >= 1.2x the stunnel pair quiet, >= 1.0x with a CPU hog (`--hog`; a goal with `hog` set is checked only in
 runs of that kind); CPU per 1,000 req/s <= 1.0x stunnel's; 4 streams >= 1.7x one; capacity connections
 >= 4x stunnel's; <= 16 KiB per idle meshed connection; waypoint CPU <= 1.5x HAProxy's; waypoint req/s
@@ -142,7 +142,7 @@ GOALS = [
         _at_most(100.0, "ms"),
     ),
     Goal("waypoint", "waypoint CPU per 1,000 req/s", "<= 0.25 core", _cpu, _at_most(0.25, "cores")),
-    # performance wave 2: ratios to baselines measured in the same run
+    # ratios to baselines measured in the same run
     Goal("hbone", "HBONE stream / plain TLS (loopback)", ">= 0.88x",
          lambda f: f.unit in ("Gb/s", "Mb/s") and "hbone" in _words(f.name), _ratio(0.88, most=False)),
     Goal("ztunnel", "single-stream throughput / stunnel pair, quiet", ">= 1.2x",

@@ -4,7 +4,7 @@ Same process, same event loop, same HTTP app for both paths, `concurrency` keep-
 - direct:   client --HBONE--> backend node proxy (HboneServer) --TCP--> app
 - waypoint: client --HBONE--> waypoint --HBONE (pooled keep-alive connections)--> backend --TCP--> app
 Reports requests/s, p50/p99 latency and the process CPU per request; the difference of the two CPU
-figures is the waypoint's own cost, given as cores per 1,000 req/s (the issue's goal: <= 0.25).
+figures is the waypoint's own cost, given as cores per 1,000 req/s (goal: <= 0.25).
 Run `python -m ambient.bench.waypoint [seconds] [concurrency]`.
 """
 

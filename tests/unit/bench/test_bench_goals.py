@@ -1,4 +1,4 @@
-"""Goals of the issues checked against a run: found by loose names, "not measured" when absent."""
+"""Performance goals checked against a run: found by loose names, "not measured" when absent."""
 
 from __future__ import annotations
 
