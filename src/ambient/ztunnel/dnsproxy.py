@@ -145,6 +145,22 @@ async def _udp_socket(ctx: PodContext, family: int) -> socket.socket:
     return await ctx.sockets.call(make)
 
 
+def upstream_failure_reason(exc: BaseException) -> str:
+    """Why an upstream query failed, never empty (a TimeoutError has no message: str() of it is "")."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {UPSTREAM_TIMEOUT_S:g}s"
+    return str(exc) or type(exc).__name__
+
+
+def _query_name(query: bytes) -> str:
+    """The question's name for the log ("?" when the query does not parse: it was forwarded as is)."""
+    try:
+        msg = dnswire.parse_message(query)
+    except dnswire.DnsWireError:
+        return "?"
+    return msg.questions[0].name if msg.questions else "?"
+
+
 async def forward_udp(ctx: PodContext, query: bytes) -> bytes:
     """Ask the upstream resolver over UDP from inside the pod netns; SERVFAIL when it stays silent."""
     host, port = ctx.settings.dns_upstream
@@ -158,7 +174,8 @@ async def forward_udp(ctx: PodContext, query: bytes) -> bytes:
                 if data[:2] == query[:2]:  # same id: ours (a stray datagram is ignored)
                     return data
     except (TimeoutError, OSError) as exc:
-        log.warning("DNS upstream %s:%d failed for %s: %s", host, port, ctx.scope.label, exc or "timeout")
+        log.warning("DNS upstream %s:%d failed for %s (query %s): %s", host, port, ctx.scope.label,
+                    _query_name(query), upstream_failure_reason(exc))
         return dnswire.error_response(query, dnswire.RCODE_SERVFAIL) or b""
     finally:
         sock.close()

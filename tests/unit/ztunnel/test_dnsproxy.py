@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import ip_address
+from typing import Any
 
 from ambient.protocol import dnswire
 from ambient.state.model import NetworkAddress, Service
@@ -66,3 +67,31 @@ def test_datagram_io_works_under_uvloop() -> None:
             assert loop.run_until_complete(main()) == (b"query", b"answer")
         finally:
             loop.close()
+
+
+def test_silent_upstream_is_logged_with_a_reason_and_the_query_name(caplog: Any, monkeypatch: Any) -> None:
+    """A TimeoutError stringifies to "": the warning must still say why (and for which name)."""
+    import asyncio
+    import logging
+    import socket
+    from types import SimpleNamespace
+
+    from ambient.ztunnel import dnsproxy
+
+    monkeypatch.setattr(dnsproxy, "UPSTREAM_TIMEOUT_S", 0.2)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+
+    async def call(make: Any) -> Any:
+        return make()
+
+    ctx: Any = SimpleNamespace(settings=SimpleNamespace(mark=None, dns_upstream=silent.getsockname()),
+                               sockets=SimpleNamespace(call=call), scope=SimpleNamespace(label="shop/web-1"))
+    try:
+        with caplog.at_level(logging.WARNING):
+            answer = asyncio.run(dnsproxy.forward_udp(ctx, dnswire.build_query("example.com", msg_id=9)))
+    finally:
+        silent.close()
+    assert dnswire.parse_response(answer).rcode == dnswire.RCODE_SERVFAIL
+    [line] = [r.getMessage() for r in caplog.records if "DNS upstream" in r.getMessage()]
+    assert line.endswith("failed for shop/web-1 (query example.com): no answer within 0.2s"), line
