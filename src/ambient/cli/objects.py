@@ -120,9 +120,12 @@ def parse_targets(args: list[str]) -> tuple[list[KindInfo], list[str]]:
 
 
 def object_ref(obj: dict[str, Any]) -> tuple[KindInfo, str, str | None]:
-    from ambient.api.kinds import resolve_kind
+    """(kind, name, namespace) of an object: the kind from apiVersion *and* kind, since two kinds share a
+    name (Istio's networking.istio.io Gateway and the Gateway API's): going by `kind` alone would delete or
+    name the other one."""
+    from ambient.api.kinds import kind_for_manifest
 
-    info = resolve_kind(obj["kind"])
+    info = kind_for_manifest(obj.get("apiVersion"), obj["kind"])
     meta = obj.get("metadata") or {}
     return info, meta["name"], meta.get("namespace") if info.namespaced else None
 
@@ -184,15 +187,14 @@ def apply(
 
 def _dry_run_objects(paths: list[str], namespace: str | None, mode: str) -> list[dict[str, Any]]:
     """A Warn/Ignore dry run: drop unknown fields locally, printing the warnings the server would send."""
-    from ambient.api.kinds import resolve_kind
     from ambient.api.validation import check_fields
 
     objects = read_manifest_paths(paths, namespace, None, mode)
     warnings: list[str] = []
     for obj in objects:
         info, name, ns = object_ref(obj)
-        subject = f"{info.kind} {ns + '/' if ns else ''}{name}"
-        check_fields(obj, resolve_kind(obj["kind"]).kind, mode, warnings, subject, name_in_warnings=True)
+        subject = f"{info.wire_kind} {ns + '/' if ns else ''}{name}"
+        check_fields(obj, info.kind, mode, warnings, subject, name_in_warnings=True)
     for text in warnings:
         print_warning(text)
     return objects

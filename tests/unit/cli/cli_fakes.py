@@ -10,7 +10,7 @@ from typing import Any
 from typer.testing import Result
 
 from ambient.api.errors import AlreadyExistsError, NotFoundError
-from ambient.api.kinds import resolve_kind
+from ambient.api.kinds import kind_for_manifest, resolve_kind
 from ambient.api.validation import validate_object
 
 
@@ -33,19 +33,25 @@ class FakeClient:
         info = resolve_kind(kind)
         return info.kind, (namespace or "default") if info.namespaced else None, name
 
+    def _obj_key(self, obj: dict[str, Any]) -> tuple[str, str | None, str]:
+        """As the real store: the kind from apiVersion and kind (two Gateway kinds share the name)."""
+        meta = obj["metadata"]
+        return self._key(kind_for_manifest(obj.get("apiVersion"), obj["kind"]).kind, meta["name"],
+                         meta.get("namespace"))
+
     def _store(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.rv += 1
         obj = validate_object(obj)
         meta = obj["metadata"]
         meta["resourceVersion"] = str(self.rv)
         meta.setdefault("creationTimestamp", "2020-01-01T00:00:00Z")
-        self.objects[self._key(obj["kind"], meta["name"], meta.get("namespace"))] = obj
+        self.objects[self._obj_key(obj)] = obj
         return copy.deepcopy(obj)
 
     def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
         self.calls.append("create")
         meta = obj["metadata"]
-        if self._key(obj["kind"], meta["name"], meta.get("namespace")) in self.objects:
+        if self._obj_key(obj) in self.objects:
             raise AlreadyExistsError(f'{resolve_kind(obj["kind"]).plural} "{meta["name"]}" already exists')
         return self._store(obj)
 
@@ -54,7 +60,7 @@ class FakeClient:
         out = []
         for obj in objs:
             meta = obj["metadata"]
-            old = self.objects.get(self._key(obj["kind"], meta["name"], meta.get("namespace")))
+            old = self.objects.get(self._obj_key(obj))
             if old is None:
                 out.append((self._store(obj), "created"))
             elif old["spec" if "spec" in obj else "metadata"] == obj.get("spec", meta):

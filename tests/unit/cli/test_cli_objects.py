@@ -357,3 +357,42 @@ def test_dry_run_needs_no_server(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["--state-dir", str(tmp_path / "none"), "apply", "--dry-run", "-f", path])
     assert result.exit_code == 0
     assert result.stdout.splitlines()[0] == "namespace/shop validated (dry run)"
+
+
+ISTIO_GW = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-gw, namespace: demo}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8081, name: http, protocol: HTTP}, hosts: ["*"]}]
+"""
+
+GATEWAY_API_GW = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: httpbin-gw, namespace: demo}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+"""
+
+
+def test_same_named_gateways_of_two_apis_are_told_apart(run: Runner, fake: FakeClient, tmp_path: Path) -> None:
+    """An Istio Gateway and a Gateway API Gateway share kind and name: the apiVersion picks the object that
+    apply prints and that delete -f removes (going by kind alone deleted the other one)."""
+    istio = write(tmp_path, "istio-gw.yaml", ISTIO_GW)
+    k8s = write(tmp_path, "k8s-gw.yaml", GATEWAY_API_GW)
+    assert run("apply", "-f", k8s).stdout == "gateway.gateway.networking.k8s.io/httpbin-gw created\n"
+    assert run("apply", "-f", istio).stdout == "gateway.networking.istio.io/httpbin-gw created\n"
+    for validate in ("strict", "warn"):
+        dry = run("apply", "-f", istio, "--dry-run", f"--validate={validate}")
+        assert dry.stdout == "gateway.networking.istio.io/httpbin-gw validated (dry run)\n"
+    assert set(fake.objects) == {("Gateway", "demo", "httpbin-gw"), ("IstioGateway", "demo", "httpbin-gw")}
+    deleted = run("delete", "-f", istio)
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout == 'gateway.networking.istio.io "httpbin-gw" deleted\n'
+    assert set(fake.objects) == {("Gateway", "demo", "httpbin-gw")}
+    assert fake.objects[("Gateway", "demo", "httpbin-gw")]["spec"]["gatewayClassName"] == "istio"
+    created = run("create", "-f", istio)
+    assert created.stdout == "gateway.networking.istio.io/httpbin-gw created\n"
