@@ -6,8 +6,9 @@
     GET /api/trace/{id}     one connection's trace (runtime.trace.assemble) as JSON, 404 when not logged
 
 Sources: the access lines of the cluster's node proxies and pods (`<state>/logs`), read incrementally (new
-bytes only) and kept for `window` seconds (at most `max_entries`); AuthorizationPolicies from the API server
-when a client is given. A file that shrank (rotated, recreated) is read again from its start.
+bytes only) and kept for `window` seconds (at most `max_entries`); a trace stays available while any of
+its lines is kept. AuthorizationPolicies come from the API server when a client is given. A file that
+shrank (rotated, recreated) is read again from its start.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class LogSource:
             self._offsets[f] = start + end
             component = f.stem if f.parent.name != "pods" else f"pod {f.stem}"
             for e in parse_lines(component, data[:end].decode(errors="replace").splitlines()):
+                if len(self.entries) == self.entries.maxlen:  # full: the oldest goes, from the index too
+                    self._forget(self.entries.popleft())
                 self.entries.append(e)
                 if e.trace_id:
                     self.all_by_trace.setdefault(e.trace_id, []).append(e)
@@ -75,8 +78,20 @@ class LogSource:
 
     def _expire(self, now: float) -> None:
         while self.entries and entry_time(self.entries[0]) < now - self.window:
-            old = self.entries.popleft()
-            self.all_by_trace.pop(old.trace_id, None)
+            self._forget(self.entries.popleft())
+
+    def _forget(self, old: AccessEntry) -> None:
+        """Drop one expired line from its trace's list; the trace goes only with its last line (a connection
+        whose newer hops are still in the window stays traceable)."""
+        lines = self.all_by_trace.get(old.trace_id)
+        if lines is None:
+            return
+        for i, e in enumerate(lines):
+            if e is old:
+                del lines[i]
+                break
+        if not lines:
+            del self.all_by_trace[old.trace_id]
 
 
 PolicySource = Callable[[], list[dict[str, Any]]]
@@ -118,7 +133,7 @@ def build_app(source: LogSource, *, policies: PolicySource | None = None, interv
             while True:
                 await resp.write(f"event: snapshot\ndata: {json.dumps(current())}\n\n".encode())
                 await asyncio.sleep(interval)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the page went away; a cancellation (shutdown) propagates
             pass
         return resp
 
