@@ -3,8 +3,11 @@ Prometheus scrape config pointing at them (bring your own Prometheus / Grafana).
 
 The components live in network namespaces the machine has no route to, so each metrics endpoint gets a
 forwarder on 127.0.0.1:<port> (`cluster.portforward`): node proxies (node netns, 127.0.0.1:15020) and the
-pods serving the same admin endpoint (waypoints: label `gateway.networking.k8s.io/gateway-name`; ingress
-gateways: `istio: ingressgateway`; 127.0.0.1:15020 in their netns). The command writes into `--out`:
+pods serving the same admin endpoint (127.0.0.1:15020 in their netns), told apart by who manages them
+(`component_of`): waypoints carry `gateway.istio.io/managed: istio.io-mesh-controller`; ingress gateways
+either `gateway.istio.io/managed: istio.io-gateway-controller` (a Gateway API Gateway of class `istio`; it
+carries `gateway.networking.k8s.io/gateway-name` too, like a waypoint) or `istio: ingressgateway` (the
+classic one). The command writes into `--out`:
 
 - `targets.json`: Prometheus file-based service discovery (`file_sd_configs`), one group per endpoint with
   labels `cluster`, `component` (ztunnel, waypoint, ingressgateway), `node` or `namespace` / `pod`;
@@ -28,7 +31,21 @@ import typer
 from ambient.cli.context import state
 
 METRICS_PORT = 15020
-POD_SELECTORS = (("waypoint", "gateway.networking.k8s.io/gateway-name"), ("ingressgateway", "istio=ingressgateway"))
+MANAGED_LABEL = "gateway.istio.io/managed"
+WAYPOINT_MANAGER = "istio.io-mesh-controller"
+INGRESS_MANAGER = "istio.io-gateway-controller"
+# the pods that may serve metrics (one list call each); `component_of` decides what each one is
+POD_SELECTORS = (f"{MANAGED_LABEL}={WAYPOINT_MANAGER}", f"{MANAGED_LABEL}={INGRESS_MANAGER}", "istio=ingressgateway")
+
+
+def component_of(labels: dict[str, str]) -> str | None:
+    """The `component` label of a pod's metrics endpoint: waypoint, ingressgateway, or None (not ours)."""
+    managed = labels.get(MANAGED_LABEL)
+    if managed == WAYPOINT_MANAGER:
+        return "waypoint"
+    if managed == INGRESS_MANAGER or labels.get("istio") == "ingressgateway":
+        return "ingressgateway"
+    return None
 
 
 @dataclass(frozen=True)
@@ -66,12 +83,17 @@ def discover(layout: Any, client: Any) -> list[Endpoint]:
     out = [Endpoint(L.node_netns_name(layout.name, i + 1), "127.0.0.1", METRICS_PORT,
                     (("cluster", layout.name), ("component", "ztunnel"), ("node", node.name)))
            for i, node in enumerate(layout.nodes)]
-    for component, selector in POD_SELECTORS:
+    seen: set[str] = set()
+    for selector in POD_SELECTORS:
         pods, _ = client.list("Pod", None, label_selector=selector)
         for pod in pods:
             status, meta = pod.get("status") or {}, pod["metadata"]
-            if status.get("phase") != "Running" or not status.get("podIP"):
+            component = component_of(meta.get("labels") or {})
+            if status.get("phase") != "Running" or not status.get("podIP") or component is None:
                 continue
+            if meta["uid"] in seen:  # matched by two selectors (an ingress Gateway labelled istio=ingressgateway)
+                continue
+            seen.add(meta["uid"])
             out.append(Endpoint(L.pod_netns_name(layout.name, meta["uid"]), "127.0.0.1", METRICS_PORT,
                                 (("cluster", layout.name), ("component", component),
                                  ("namespace", meta.get("namespace", "")), ("pod", meta["name"]))))
