@@ -1,7 +1,9 @@
-"""Cluster fixtures for the netns tests: a real 2-node cluster (named "t8") and small pod utilities.
+"""Cluster fixtures for the netns tests: a real local cluster (any name; "t8" for `two_node_cluster`), the
+`ambient` CLI against it, and small pod utilities.
 
-The cluster is built with `ambient.cluster.lifecycle` (network, apiserver, dns, controller-manager, kubelets)
-in a temporary state dir with a private registry, and always deleted (plus a forced netns sweep).
+The cluster is built with `ambient.cluster.lifecycle` (network, apiserver, dns, controller-manager, kubelets,
+control plane) in a temporary state dir with a private registry, and always deleted (plus a forced netns sweep);
+the component and pod logs are copied to the tmp dir first for post-mortems.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,30 +40,44 @@ http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever(
 """
 
 
-def force_cleanup() -> None:
-    names = network.cluster_netns(CLUSTER)
-    processes.kill_netns_processes(names)
-    network.destroy_network(CLUSTER)
+def force_cleanup(cluster: str = CLUSTER) -> None:
+    processes.kill_netns_processes(network.cluster_netns(cluster))
+    network.destroy_network(cluster)
+
+
+@contextlib.contextmanager
+def local_cluster(name: str, tmp: Path, nodes: int = 2,
+                  require: tuple[str, ...] = ()) -> Iterator[tuple[L.ClusterLayout, ApiClient, Path]]:
+    """A fresh cluster `name` (a leftover of a crashed run is removed first): (layout, api client, state dir).
+    `require`: components that must have started (a missing module would otherwise be skipped silently)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
+        state = tmp / "state"
+        lifecycle.delete_cluster(name, state)
+        force_cleanup(name)
+        try:
+            result = lifecycle.create_cluster(name, nodes, state)
+            missing = [c for c in require if c in result.skipped]
+            assert not missing, f"cluster components missing: {missing}"
+            with ApiClient(result.layout.api_socket) as api:
+                yield result.layout, api, state
+        finally:
+            # Keep the component and pod logs for post-mortems (pytest keeps the last few tmp dirs).
+            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            lifecycle.delete_cluster(name, state)
+            force_cleanup(name)
 
 
 @contextlib.contextmanager
 def two_node_cluster(tmp: Path) -> Iterator[tuple[L.ClusterLayout, ApiClient]]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        state = tmp / "state"
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup()
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 2, state)
-            missing = [c for c in ("apiserver", "controller-manager") if c in result.skipped]
-            assert not missing, f"cluster components missing: {missing}"
-            with ApiClient(result.layout.api_socket) as api:
-                yield result.layout, api
-        finally:
-            # Keep the component and pod logs for post-mortems (pytest keeps the last few tmp dirs).
-            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup()
+    with local_cluster(CLUSTER, tmp, 2, require=("apiserver", "controller-manager")) as (layout, api, _):
+        yield layout, api
+
+
+def run_ambient(cluster: str, state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """`ambient -c CLUSTER --state-dir STATE ARGS...` as a user runs it (output captured, never raises)."""
+    return subprocess.run([sys.executable, "-m", "ambient", "-c", cluster, "--state-dir", str(state), *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def pod_manifest(name: str, command: list[str], *, node: str | None = None, ns: str = "default",

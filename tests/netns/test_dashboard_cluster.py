@@ -29,10 +29,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cluster_fixtures import is_ready, local_cluster
 
-from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
-from ambient.cluster import lifecycle, network, processes
 from helpers import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -56,16 +55,6 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--remote-debugging-port=0", "--window-size=1400,1000"]
 
 
-def force_cleanup() -> None:
-    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
-    network.destroy_network(CLUSTER)
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 @dataclass
 class Env:
     layout: L.ClusterLayout
@@ -77,50 +66,40 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    tmp = tmp_path_factory.mktemp("dsh1")
-    state = tmp / "state"
     dash: subprocess.Popen[str] | None = None
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup()
+    with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2) as (layout, api, state):
         try:
-            result = lifecycle.create_cluster(CLUSTER, 2, state)
-            with ApiClient(result.layout.api_socket) as api:
-                api.create({"apiVersion": "v1", "kind": "Namespace",
-                            "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
-                nodes = [n.name for n in result.layout.nodes]
-                py = sys.executable
-                api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS},
-                            "spec": {"nodeName": nodes[0], "containers": [
-                                {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
-                api.create({"apiVersion": "v1", "kind": "Pod",
-                            "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
-                            "spec": {"nodeName": nodes[-1], "containers": [
-                                {"name": "app", "command": [py, "-c", SERVE], "ports": [{"containerPort": 8080}]}]}})
-                api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
-                            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
-                api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                            "metadata": {"name": "web-allow", "namespace": NS},
-                            "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
-                                     "rules": [{"from": [{"source": {"namespaces": [NS]}}]}]}})
-                client = wait_for(lambda: (p := api.get("Pod", "client", NS)) and _ready(p) and p, 60, "client")
-                wait_for(lambda: _ready(api.get("Pod", "web", NS)), 60, "web Ready")
-                vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
+            api.create({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+            nodes = [n.name for n in layout.nodes]
+            py = sys.executable
+            api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS},
+                        "spec": {"nodeName": nodes[0], "containers": [
+                            {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
+            api.create({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
+                        "spec": {"nodeName": nodes[-1], "containers": [
+                            {"name": "app", "command": [py, "-c", SERVE], "ports": [{"containerPort": 8080}]}]}})
+            api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
+                        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+            api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                        "metadata": {"name": "web-allow", "namespace": NS},
+                        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+                                 "rules": [{"from": [{"source": {"namespaces": [NS]}}]}]}})
+            client = wait_for(lambda: (p := api.get("Pod", "client", NS)) and is_ready(p) and p, 60, "client")
+            wait_for(lambda: is_ready(api.get("Pod", "web", NS)), 60, "web Ready")
+            vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
             dash = subprocess.Popen([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(state),
                                      "dashboard", "--port", "0", "--no-open"], stdout=subprocess.PIPE, text=True)
             assert dash.stdout is not None
             line = dash.stdout.readline()
             m = re.search(r"http://127\.0\.0\.1:\d+/", line)
             assert m, line
-            yield Env(result.layout, state, client, vip, m.group(0))
+            yield Env(layout, state, client, vip, m.group(0))
         finally:
             if dash is not None:
                 dash.terminate()
                 dash.wait(10)
-            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup()
 
 
 class Page:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import is_ready, local_cluster, run_ambient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
-from ambient.cluster import lifecycle, network, processes
 from ambient.runtime.accesslog import parse_fields
 from helpers import wait_for
 
@@ -97,11 +96,6 @@ print(len(got))
 """
 
 
-def force_cleanup() -> None:
-    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
-    network.destroy_network(CLUSTER)
-
-
 @dataclass
 class Cluster:
     layout: L.ClusterLayout
@@ -109,8 +103,7 @@ class Cluster:
     state: Path
 
     def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(self.state),
-                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
 
     def in_netns(self, netns: str, *argv: str, timeout: float = 60) -> str:
         out = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
@@ -130,11 +123,6 @@ class Cluster:
         return self.in_netns(netns, sys.executable, "-c", code)
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 def _samples(text: str, name: str, **labels: str) -> list[float]:
     return [s.value for f in text_string_to_metric_families(text) for s in f.samples
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
@@ -150,23 +138,10 @@ class App:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("tel1")
-    state = tmp / "state"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup()
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 2, state)
-            missing = [c for c in ("apiserver", "controller-manager", "controlplane") if c in result.skipped]
-            assert not missing, f"cluster components missing: {missing}"
-            with ApiClient(result.layout.api_socket) as api:
-                api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-                yield Cluster(result.layout, api, state)
-        finally:
-            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup()
+    with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2,
+                       require=("apiserver", "controller-manager", "controlplane")) as (layout, api, state):
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield Cluster(layout, api, state)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +167,7 @@ def app(cluster: Cluster) -> App:
 
     def ready_pod(selector: str) -> dict[str, Any] | None:
         pods = api.list("Pod", NS, label_selector=selector)[0]
-        return pods[0] if pods and _ready(pods[0]) else None
+        return pods[0] if pods and is_ready(pods[0]) else None
 
     client = wait_for(functools.partial(ready_pod, "app=client"), timeout=60, what="client Ready")
     web = wait_for(functools.partial(ready_pod, "app=web"), timeout=60, what="web Ready")

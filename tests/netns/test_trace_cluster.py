@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import is_ready, local_cluster, run_ambient
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
-from ambient.cluster import lifecycle, network, processes
 from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
@@ -49,11 +48,6 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 """
 
 
-def force_cleanup() -> None:
-    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
-    network.destroy_network(CLUSTER)
-
-
 @dataclass
 class Cluster:
     layout: L.ClusterLayout
@@ -61,18 +55,12 @@ class Cluster:
     state: Path
 
     def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(self.state),
-                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
 
     def trace(self, *command: str) -> list[dict[str, Any]]:
         run = self.ambient("trace", "-n", NS, "client", "-o", "json", "--", *command)
         assert run.returncode == 0, run.stderr[-3000:]
         return list(json.loads(run.stdout))
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 @dataclass
@@ -85,22 +73,9 @@ class App:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("trc1")
-    state = tmp / "state"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup()
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 2, state)
-            missing = [c for c in ("apiserver", "controller-manager", "controlplane") if c in result.skipped]
-            assert not missing, f"cluster components missing: {missing}"
-            with ApiClient(result.layout.api_socket) as api:
-                yield Cluster(result.layout, api, state)
-        finally:
-            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup()
+    with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2,
+                       require=("apiserver", "controller-manager", "controlplane")) as (layout, api, state):
+        yield Cluster(layout, api, state)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +104,7 @@ def app(cluster: Cluster) -> App:
 
     def ready_pod(ns: str, selector: str) -> dict[str, Any] | None:
         pods = api.list("Pod", ns, label_selector=selector)[0]
-        return pods[0] if pods and _ready(pods[0]) else None
+        return pods[0] if pods and is_ready(pods[0]) else None
 
     client = wait_for(functools.partial(ready_pod, NS, "app=client"), timeout=60, what="client Ready")
     web = wait_for(functools.partial(ready_pod, NS, "app=web"), timeout=60, what="web Ready")
@@ -232,7 +207,7 @@ def test_request_through_a_waypoint_shows_its_route(cluster: Cluster, app: App) 
                "metadata": {"name": "echo-route", "namespace": WP_NS},
                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
                         "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}})
-    wait_for(lambda: _ready(api.get("Pod", "echo", WP_NS)), timeout=60, what="echo Ready")
+    wait_for(lambda: is_ready(api.get("Pod", "echo", WP_NS)), timeout=60, what="echo Ready")
     vip = wait_for(lambda: api.get("Service", "echo", WP_NS)["spec"].get("clusterIP"), timeout=30, what="echo VIP")
 
     def traced() -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -23,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import is_ready, local_cluster, run_ambient
 
 from ambient.api.client import ApiClient
 from ambient.api.errors import NotFoundError
 from ambient.cluster import layout as L
-from ambient.cluster import lifecycle, network, processes
+from ambient.cluster import lifecycle, processes
 from ambient.controlplane.pod_tokens import load_or_create_key, pod_token_path, verify
 from helpers import wait_for
 
@@ -109,11 +109,6 @@ asyncio.run(main())
 """
 
 
-def force_cleanup() -> None:
-    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
-    network.destroy_network(CLUSTER)
-
-
 @dataclass
 class Cluster:
     layout: L.ClusterLayout
@@ -121,8 +116,7 @@ class Cluster:
     state: Path
 
     def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(self.state),
-                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
 
     def pod_log(self, pod: dict[str, Any], container: str = "istio-proxy") -> str:
         path = self.state / "logs" / "pods" / f"{NS}_{pod['metadata']['name']}_{container}.log"
@@ -144,28 +138,10 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("t16a")
-    state = tmp / "state"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup()
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 2 if ZTUNNEL_IN_CLUSTER else 1, state)
-            missing = [c for c in ("apiserver", "controller-manager", "controlplane") if c in result.skipped]
-            assert not missing, f"cluster components missing: {missing}"
-            with ApiClient(result.layout.api_socket) as api:
-                api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-                yield Cluster(result.layout, api, state)
-        finally:
-            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup()
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2 if ZTUNNEL_IN_CLUSTER else 1,
+                       require=("apiserver", "controller-manager", "controlplane")) as (layout, api, state):
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield Cluster(layout, api, state)
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, str]:
@@ -189,7 +165,7 @@ def test_apply_wait_programs_a_ready_waypoint(cluster: Cluster) -> None:
         owner = api.get(kind, "waypoint", NS)["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["uid"]) == ("Gateway", gw["metadata"]["uid"]), kind
     pods = cluster.waypoint_pods()
-    assert len(pods) == 1 and _ready(pods[0])
+    assert len(pods) == 1 and is_ready(pods[0])
     pod = pods[0]
     assert pod["metadata"]["labels"]["istio.io/dataplane-mode"] == "none"
     assert pod["spec"]["serviceAccountName"] == "waypoint"
@@ -270,7 +246,7 @@ def app(cluster: Cluster) -> App:
 
     def ready_pod(name: str) -> dict[str, Any] | None:
         pod = api.get("Pod", name, NS)
-        return pod if _ready(pod) else None
+        return pod if is_ready(pod) else None
 
     pods = {n: wait_for(functools.partial(ready_pod, n), timeout=60, what=f"pod {n} Ready")
             for n in ("client", "echo-v1", "echo-v2")}

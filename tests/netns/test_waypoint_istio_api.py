@@ -9,20 +9,20 @@ Traffic goes only to addresses inside the cluster's own network namespaces. The 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import is_ready, local_cluster, run_ambient
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
-from ambient.cluster import lifecycle, network, processes
+from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -71,11 +71,6 @@ print(json.dumps(out))
 """
 
 
-def force_cleanup() -> None:
-    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
-    network.destroy_network(CLUSTER)
-
-
 @dataclass
 class Cluster:
     layout: L.ClusterLayout
@@ -84,8 +79,7 @@ class Cluster:
     client: dict[str, Any] | None = None
 
     def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(self.state),
-                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
 
     def waypoint_log(self) -> str:
         pod = self.api.list("Pod", NS, label_selector=f"{GW_LABEL}=waypoint")[0][0]
@@ -101,25 +95,6 @@ class Cluster:
         return dict(json.loads(out.stdout))
 
 
-def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # transient states while things converge
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 def _pod(name: str, labels: dict[str, str], code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
             "spec": {"containers": [{"name": "app", "command": [sys.executable, "-c", code],
@@ -128,38 +103,26 @@ def _pod(name: str, labels: dict[str, str], code: str, env: dict[str, str] | Non
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp(CLUSTER)
-    state = tmp / "state"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup()
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 1, state)
-            with ApiClient(result.layout.api_socket) as api:
-                c = Cluster(result.layout, api, state)
-                api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-                    "name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
-                run = c.ambient("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--timeout", "90")
-                assert run.returncode == 0, run.stderr
-                api.create(_pod("client", {"app": "client"}, "import time; time.sleep(1e6)"))
-                for v in ("v1", "v2"):
-                    api.create(_pod(f"reviews-{v}", {"app": "reviews", "version": v}, APP, {"VERSION": v}))
-                api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": NS},
-                            "spec": {"selector": {"app": "reviews"},
-                                     "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}})
-                for name in ("client", "reviews-v1", "reviews-v2"):
-                    wait_for(lambda n=name: _ready(api.get("Pod", n, NS)), 90, f"pod {name} Ready")
-                c.client = api.get("Pod", "client", NS)
-                api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-                           "metadata": {"name": "reviews", "namespace": NS},
-                           "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
-                                                                   {"name": "v2", "labels": {"version": "v2"}}]}})
-                yield c
-        finally:
-            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup()
+    with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 1) as (layout, api, state):
+        c = Cluster(layout, api, state)
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+        run = c.ambient("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--timeout", "90")
+        assert run.returncode == 0, run.stderr
+        api.create(_pod("client", {"app": "client"}, "import time; time.sleep(1e6)"))
+        for v in ("v1", "v2"):
+            api.create(_pod(f"reviews-{v}", {"app": "reviews", "version": v}, APP, {"VERSION": v}))
+        api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": NS},
+                    "spec": {"selector": {"app": "reviews"},
+                             "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}})
+        for name in ("client", "reviews-v1", "reviews-v2"):
+            wait_for(lambda n=name: is_ready(api.get("Pod", n, NS)), 90, f"pod {name} Ready")
+        c.client = api.get("Pod", "client", NS)
+        api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                   "metadata": {"name": "reviews", "namespace": NS},
+                   "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                           {"name": "v2", "labels": {"version": "v2"}}]}})
+        yield c
 
 
 def virtual_service(http: list[dict[str, Any]]) -> dict[str, Any]:
@@ -272,7 +235,7 @@ def test_jwt_request_authentication_with_jwks_uri_served_by_a_pod(cluster: Clust
     api.create(_pod("jwks", {"app": "jwks"}, JWKS_SERVER, {"JWKS": jwks}))
     api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "jwks", "namespace": NS},
                 "spec": {"selector": {"app": "jwks"}, "ports": [{"name": "http", "port": 8000}]}})
-    wait_for(lambda: _ready(api.get("Pod", "jwks", NS)), 90, "jwks pod Ready")
+    wait_for(lambda: is_ready(api.get("Pod", "jwks", NS)), 90, "jwks pod Ready")
     api.apply(virtual_service([{"route": [dest("v1")]}]))  # no faults left from the tasks above
     api.apply({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
                "metadata": {"name": "jwt", "namespace": NS},
@@ -360,7 +323,7 @@ def test_circuit_breaking_overflow_is_503_uo(cluster: Cluster) -> None:
     api = cluster.api
     api.create(_pod("slow-1", {"app": "slow"}, SLOW_APP, {"VERSION": "slow"}))
     api.create(_service("slow"))
-    wait_for(lambda: _ready(api.get("Pod", "slow-1", NS)), 90, "slow pod Ready")
+    wait_for(lambda: is_ready(api.get("Pod", "slow-1", NS)), 90, "slow pod Ready")
     api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                "metadata": {"name": "slow", "namespace": NS},
                "spec": {"host": "slow", "trafficPolicy": {"connectionPool": {
@@ -379,7 +342,7 @@ def test_outlier_detection_ejects_the_failing_endpoint_then_returns_to_it(cluste
     api.create(_pod("flaky-bad", {"app": "flaky"}, FAILING_APP, {"VERSION": "bad"}))
     api.create(_service("flaky"))
     for name in ("flaky-good", "flaky-bad"):
-        wait_for(lambda n=name: _ready(api.get("Pod", n, NS)), 90, f"pod {name} Ready")
+        wait_for(lambda n=name: is_ready(api.get("Pod", n, NS)), 90, f"pod {name} Ready")
     api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                "metadata": {"name": "flaky", "namespace": NS},
                "spec": {"host": "flaky", "trafficPolicy": {"outlierDetection": {
@@ -462,7 +425,7 @@ def test_grpc_route_splits_a_grpc_service_by_method(cluster: Cluster) -> None:
         api.create(_typed_service(f"greeter-{v}", {"app": "greeter", "version": v}, 50051, "grpc"))
     api.create(_typed_service("greeter", {"app": "greeter"}, 50051, "grpc"))
     for v in ("v1", "v2"):
-        wait_for(lambda v=v: _ready(api.get("Pod", f"greeter-{v}", NS)), 90, f"greeter-{v} Ready")
+        wait_for(lambda v=v: is_ready(api.get("Pod", f"greeter-{v}", NS)), 90, f"greeter-{v} Ready")
     api.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
                "metadata": {"name": "greeter", "namespace": NS},
                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "greeter", "port": 50051}],
@@ -483,7 +446,7 @@ def test_tcp_route_weights_a_plain_tcp_echo(cluster: Cluster) -> None:
         api.create(_typed_service(f"tcp-echo-{v}", {"app": "tcp-echo", "version": v}, 9000, "tcp"))
     api.create(_typed_service("tcp-echo", {"app": "tcp-echo"}, 9000, "tcp"))
     for v in ("v1", "v2"):
-        wait_for(lambda v=v: _ready(api.get("Pod", f"tcp-echo-{v}", NS)), 90, f"tcp-echo-{v} Ready")
+        wait_for(lambda v=v: is_ready(api.get("Pod", f"tcp-echo-{v}", NS)), 90, f"tcp-echo-{v} Ready")
     api.apply({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
                "metadata": {"name": "tcp-echo", "namespace": NS},
                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "tcp-echo", "port": 9000}],
@@ -516,10 +479,11 @@ def test_ambient_get_shows_route_and_policy_conditions(cluster: Cluster) -> None
 def test_route_resolved_refs_name_missing_and_unpermitted_backends(cluster: Cluster) -> None:
     """Gateway API ResolvedRefs per Service parent: BackendNotFound for a Service that does not exist,
     RefNotPermitted for one in another namespace without a ReferenceGrant; `-o yaml` shows them."""
-    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-             "metadata": {"name": "dangling", "namespace": NS},
-             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "no-such-parent", "port": 80}],
-                      "rules": [{"backendRefs": [{"name": "no-such-backend", "port": 80}]}]}}
+    route: dict[str, Any] = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                             "metadata": {"name": "dangling", "namespace": NS},
+                             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "no-such-parent",
+                                                      "port": 80}],
+                                      "rules": [{"backendRefs": [{"name": "no-such-backend", "port": 80}]}]}}
     cluster.api.apply(route)
 
     def shown() -> str:
