@@ -37,16 +37,14 @@ from ambient.cluster.services import pod_is_ready
 from ambient.cluster.waypoints import (
     DATAPLANE_MODE_LABEL,
     GATEWAY_NAME_LABEL,
-    HASH_ANNOTATION,
     MANAGED_LABEL,
     WAYPOINT_CLASS,
     WaypointConfig,
     WaypointController,
     _condition,
     _now,
-    _spec_hash,
+    gateway_objects,
     gateway_owner,
-    owner_ref,
     service_vip,
     status_differs,
 )
@@ -92,46 +90,27 @@ def gateway_args(gateway: Obj, cfg: WaypointConfig) -> list[str]:
 
 def plan_gateway(gateway: Obj, cfg: WaypointConfig) -> list[Obj]:
     """The ServiceAccount, Deployment and Service of an ingress Gateway (pure)."""
-    name, ns, obj_name = _meta(gateway)["name"], _ns(gateway), deployment_name(gateway)
-    owner = [owner_ref(gateway)]
+    name = _meta(gateway)["name"]
     labels = {GATEWAY_NAME_LABEL: name, MANAGED_LABEL: INGRESS_MANAGED_VALUE}
     extra = {k: v for k, v in ((_meta(gateway).get("labels") or {}).items()) if k == "istio"}
     pod_labels = {**labels, **extra, DATAPLANE_MODE_LABEL: "ambient"}
     ports = sorted({int(x["port"]) for x in listeners(gateway) if x.get("port")})
-    deploy_spec: Obj = {
-        "replicas": 1,
-        "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
-        "template": {
-            "metadata": {"labels": pod_labels},
-            "spec": {
-                "serviceAccountName": obj_name,
-                "terminationGracePeriodSeconds": 2,
-                "containers": [{
-                    "name": CONTAINER,
-                    "image": "ambient/gateway",  # informational: the local cluster runs command + args
-                    "command": [cfg.python],
-                    "args": gateway_args(gateway, cfg),
-                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-                    "ports": [{"name": "status-port", "containerPort": STATUS_PORT},
-                              {"name": "http-envoy-prom", "containerPort": METRICS_PORT},
-                              *({"containerPort": p} for p in ports)],
-                    "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
-                                       "periodSeconds": 1, "timeoutSeconds": 2},
-                }],
-            },
-        },
+    container: Obj = {
+        "name": CONTAINER,
+        "image": "ambient/gateway",  # informational: the local cluster runs command + args
+        "command": [cfg.python],
+        "args": gateway_args(gateway, cfg),
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": [{"name": "status-port", "containerPort": STATUS_PORT},
+                  {"name": "http-envoy-prom", "containerPort": METRICS_PORT},
+                  *({"containerPort": p} for p in ports)],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
+                           "periodSeconds": 1, "timeoutSeconds": 2},
     }
     svc_ports = [{"name": "status-port", "port": STATUS_PORT, "targetPort": STATUS_PORT}]
     svc_ports += [{"name": f"port-{p}", "port": p, "targetPort": p} for p in ports]
     svc_spec: Obj = {"selector": {GATEWAY_NAME_LABEL: name}, "ports": svc_ports}
-    common = {"name": obj_name, "namespace": ns, "labels": dict(labels), "ownerReferences": owner}
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(common)},
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {**common, "annotations": {HASH_ANNOTATION: _spec_hash(deploy_spec)}}, "spec": deploy_spec},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {**common, "annotations": {HASH_ANNOTATION: _spec_hash(svc_spec)}}, "spec": svc_spec},
-    ]
+    return gateway_objects(gateway, deployment_name(gateway), labels, pod_labels, 2, container, svc_spec)
 
 
 def certificate_problem(listener: Obj, gateway_ns: str, secrets: dict[tuple[str, str], Obj]) -> str | None:

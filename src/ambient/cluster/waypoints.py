@@ -103,6 +103,29 @@ def _spec_hash(spec: Obj) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def gateway_objects(gateway: Obj, name: str, labels: dict[str, str], pod_labels: dict[str, str], grace_seconds: int,
+                    container: Obj, svc_spec: Obj) -> list[Obj]:
+    """The ServiceAccount, one-replica Deployment and Service a Gateway's controller owns, all named `name` (pure).
+    Each spec's hash goes into an annotation: the controller re-applies an object only when its plan changed."""
+    deploy_spec: Obj = {
+        "replicas": 1,
+        "selector": {"matchLabels": {GATEWAY_NAME_LABEL: _meta(gateway)["name"]}},
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": {"serviceAccountName": name, "terminationGracePeriodSeconds": grace_seconds,
+                     "containers": [container]},
+        },
+    }
+    common = {"name": name, "namespace": _ns(gateway), "labels": dict(labels), "ownerReferences": [owner_ref(gateway)]}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(common)},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {**common, "annotations": {HASH_ANNOTATION: _spec_hash(deploy_spec)}}, "spec": deploy_spec},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {**common, "annotations": {HASH_ANNOTATION: _spec_hash(svc_spec)}}, "spec": svc_spec},
+    ]
+
+
 def waypoint_args(gateway: Obj, cfg: WaypointConfig) -> list[str]:
     name, ns = _meta(gateway)["name"], _ns(gateway)
     return ["-m", "ambient.waypoint",
@@ -116,8 +139,7 @@ def waypoint_args(gateway: Obj, cfg: WaypointConfig) -> list[str]:
 
 def plan_waypoint(gateway: Obj, cfg: WaypointConfig) -> list[Obj]:
     """The ServiceAccount, Deployment and Service of a waypoint Gateway (pure)."""
-    name, ns = _meta(gateway)["name"], _ns(gateway)
-    owner = [owner_ref(gateway)]
+    name = _meta(gateway)["name"]
     labels = {GATEWAY_NAME_LABEL: name, MANAGED_LABEL: MANAGED_VALUE}
     traffic = (_meta(gateway).get("labels") or {}).get(WAYPOINT_FOR_LABEL)
     pod_labels = {**labels, DATAPLANE_MODE_LABEL: "none"}
@@ -127,45 +149,23 @@ def plan_waypoint(gateway: Obj, cfg: WaypointConfig) -> list[Obj]:
            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
-    deploy_spec: Obj = {
-        "replicas": 1,
-        "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
-        "template": {
-            "metadata": {"labels": pod_labels},
-            "spec": {
-                "serviceAccountName": name,
-                "terminationGracePeriodSeconds": DRAIN_SECONDS + 1,  # the drain ends before SIGKILL
-                "containers": [{
-                    "name": CONTAINER,
-                    "image": "ambient/waypoint",  # informational: the local cluster runs command + args
-                    "command": [cfg.python],
-                    "args": waypoint_args(gateway, cfg),
-                    "env": env,
-                    "ports": [{"name": "hbone", "containerPort": HBONE_PORT},
-                              {"name": "metrics", "containerPort": METRICS_PORT},
-                              {"name": "status", "containerPort": READY_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": READY_PORT},
-                                       "timeoutSeconds": 2},
-                }],
-            },
-        },
+    container: Obj = {
+        "name": CONTAINER,
+        "image": "ambient/waypoint",  # informational: the local cluster runs command + args
+        "command": [cfg.python],
+        "args": waypoint_args(gateway, cfg),
+        "env": env,
+        "ports": [{"name": "hbone", "containerPort": HBONE_PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT},
+                  {"name": "status", "containerPort": READY_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": READY_PORT}, "timeoutSeconds": 2},
     }
     svc_spec: Obj = {
         "selector": {GATEWAY_NAME_LABEL: name},
         "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT, "appProtocol": "HBONE"}],
     }
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": name, "namespace": ns, "labels": dict(labels), "ownerReferences": owner}},
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": name, "namespace": ns, "labels": dict(labels), "ownerReferences": owner,
-                      "annotations": {HASH_ANNOTATION: _spec_hash(deploy_spec)}},
-         "spec": deploy_spec},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": name, "namespace": ns, "labels": dict(labels), "ownerReferences": owner,
-                      "annotations": {HASH_ANNOTATION: _spec_hash(svc_spec)}},
-         "spec": svc_spec},
-    ]
+    # the drain ends before SIGKILL
+    return gateway_objects(gateway, name, labels, pod_labels, DRAIN_SECONDS + 1, container, svc_spec)
 
 
 def service_vip(service: Obj | None) -> str | None:
