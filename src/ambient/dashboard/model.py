@@ -5,6 +5,12 @@
 - edges: source -> destination for the connections of the last `window` seconds, as the source node proxy
   (or the waypoint, for its upstream leg) logged them: count, rate per second, bytes both ways, the mTLS
   identity of the source, denials (a destination's policy rejection, a waypoint's 403 RBAC);
+- a waypoint's upstream leg (waypoint -> backend) runs with the waypoint's own identity (the source proxy's
+  `route="waypoint <identity>"` of the same trace id, else the destination proxy's `src.identity`), and its
+  bytes are the destination node proxy's (`inbound` lines of the same trace: the waypoint logs bytes only
+  for upgraded sessions). A pooled upstream connection logs when it closes, so its bytes can lag;
+- a waypoint is one node however it is named: its pod's log names it `<ns>/<deployment>`, the source
+  proxy's route `<ns>/<service account>`; a trace id seen in both joins the two (else the route's name);
 - connections: the latest `limit` connections, newest first, with their trace id (the page opens the trace).
 """
 
@@ -40,7 +46,7 @@ def _denied(e: AccessEntry) -> bool:
 
 
 def _waypoint_name(identity: str) -> str:
-    # spiffe://<td>/ns/<ns>/sa/<sa> -> "<ns>/waypoint (<sa>)"
+    # spiffe://<td>/ns/<ns>/sa/<sa> -> "<ns>/<sa>" (the name when its pod's log is not joined to it)
     parts = identity.split("/")
     return f"{parts[4]}/{parts[6]}" if len(parts) >= 7 and parts[3] == "ns" else identity
 
@@ -56,17 +62,29 @@ class _Edge:
     identities: set[str] = field(default_factory=set)
 
 
-def _ends(e: AccessEntry) -> tuple[str, str, str]:
-    """(source node, destination node, destination kind) of an outbound or waypoint line."""
+def _route_waypoint(e: AccessEntry) -> str:
+    """The waypoint identity of a source proxy line routed through one; "" otherwise."""
+    route = e.fields.get("route", "")
+    return route[len("waypoint "):] if e.direction == "outbound" and route.startswith("waypoint ") else ""
+
+
+def _ends(e: AccessEntry, waypoint_names: dict[str, str]) -> tuple[str, str, str]:
+    """(source node, destination node, destination kind) of an outbound, waypoint or inbound line."""
     f = e.fields
     src = _name(f.get("src.namespace"), f.get("src.workload")) or (f.get("src.addr") or "").rpartition(":")[0]
-    route = f.get("route", "")
-    if e.direction == "outbound" and route.startswith("waypoint "):
-        return src, _waypoint_name(route[len("waypoint "):]), "waypoint"
+    if identity := _route_waypoint(e):
+        return src, waypoint_names.get(identity) or _waypoint_name(identity), "waypoint"
     dst = _name(f.get("dst.namespace"), f.get("dst.workload"))
     if dst:
         return src, dst, "workload"
     return src, f.get("dst.service") or f.get("dst.addr") or "?", "external"
+
+
+def _int(e: AccessEntry, name: str) -> int:
+    try:
+        return int(e.fields.get(name, "0") or 0)
+    except ValueError:
+        return 0
 
 
 def snapshot(entries: Iterable[AccessEntry], now: float, *, window: float = 60.0, limit: int = 100,
@@ -86,40 +104,69 @@ def snapshot(entries: Iterable[AccessEntry], now: float, *, window: float = 60.0
         elif name and kind == "waypoint":
             nodes[name]["kind"] = kind
 
+    # the trace id joins what each hop knows of a waypoint: its identity (the source proxy's route, or the
+    # destination proxy's peer) and its node name (the waypoint pod's log)
+    route_identity: dict[str, str] = {}  # trace id -> the waypoint identity the source proxy routed to
+    peer_identity: dict[str, str] = {}  # trace id -> src.identity the destination proxy saw
+    waypoint_of: dict[str, str] = {}  # trace id -> the waypoint node whose pod logged it
+    for _t, e in recent:
+        if not e.trace_id:
+            continue
+        if identity := _route_waypoint(e):
+            route_identity[e.trace_id] = identity
+        elif e.direction == "waypoint":
+            waypoint_of[e.trace_id] = _waypoint_from_component(e.component)
+        elif e.direction == "inbound" and e.fields.get("src.identity"):
+            peer_identity[e.trace_id] = e.fields["src.identity"]
+    waypoint_names = {identity: waypoint_of[t] for t, identity in route_identity.items() if t in waypoint_of}
+
     for _t, e in recent:
         if e.component.startswith("ztunnel"):
             proxies.add(e.component)
+        if e.direction == "inbound":
+            # the destination proxy's side of a waypoint's upstream leg: that leg's bytes (its count,
+            # identity and denials come from the waypoint's own line)
+            wp = waypoint_of.get(e.trace_id)
+            dst = _name(e.fields.get("dst.namespace"), e.fields.get("dst.workload"))
+            if wp and dst:
+                edge = edges.setdefault((wp, dst), _Edge(wp, dst))
+                edge.bytes_sent += _int(e, "bytes_recv")  # what the app received, the waypoint sent
+                edge.bytes_recv += _int(e, "bytes_sent")
+            continue
         # edges come from the client side of each leg: the source proxy (which also logs a destination's
         # denial, as the failed CONNECT) and the waypoint (its upstream leg)
         if e.direction not in ("outbound", "waypoint"):
             continue
-        src, dst, kind = _ends(e)
+        src, dst, kind = _ends(e, waypoint_names)
         if e.direction == "waypoint":
-            src_ident = e.fields.get("src.identity", "")
+            # the upstream leg runs with the waypoint's identity, not its downstream client's (src.identity)
+            src_ident = route_identity.get(e.trace_id) or peer_identity.get(e.trace_id, "")
             src = _name(e.fields.get("src.namespace"), e.fields.get("src.workload")) or src
             wp = _waypoint_from_component(e.component)
             node(src, "workload")
             node(wp, "waypoint")
             node(dst, kind)
             key = (wp, dst)
+            # bytes: the destination proxy's inbound line (the waypoint logs them for upgraded sessions only)
+            sent = recv = 0
         else:
             src_ident = e.fields.get("src.identity", "")
             node(src, "workload")
             node(dst, kind)
             key = (src, dst)
+            sent, recv = _int(e, "bytes_sent"), _int(e, "bytes_recv")
         edge = edges.setdefault(key, _Edge(*key))
         edge.count += 1
         denied = _denied(e)
         edge.denied += int(denied)
-        edge.bytes_sent += int(e.fields.get("bytes_sent", "0") or 0)
-        edge.bytes_recv += int(e.fields.get("bytes_recv", "0") or 0)
+        edge.bytes_sent += sent
+        edge.bytes_recv += recv
         if src_ident:
             edge.identities.add(src_ident)
         rows.append({
             "time": e.time, "src": key[0], "dst": key[1], "via": e.component, "direction": e.direction,
             "route": e.fields.get("route", ""), "status": e.fields.get("http.status", ""),
-            "bytes_sent": int(e.fields.get("bytes_sent", "0") or 0),
-            "bytes_recv": int(e.fields.get("bytes_recv", "0") or 0),
+            "bytes_sent": _int(e, "bytes_sent"), "bytes_recv": _int(e, "bytes_recv"),
             "identity": src_ident, "outcome": "denied" if denied else ("error" if e.level == "error" else "ok"),
             "error": e.fields.get("error", ""), "trace_id": e.trace_id, "duration": e.fields.get("duration", ""),
         })
