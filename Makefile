@@ -10,7 +10,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
-	@$(BIN)/python -m ambient.demo
+	@AMBIENT_CLUSTER=$(CLUSTER) $(BIN)/python -m ambient.demo
 
 lint: bootstrap
 	$(BIN)/ruff check src tests
