@@ -35,7 +35,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ambient.state.model import (
     DEFAULT_HBONE_PORT,
@@ -140,7 +140,7 @@ class Hbone:
     expected_identities: tuple[str, ...]
     workload: Workload
     service: Service | None = None
-    pick: str = ""  # why this endpoint of the Service (for tracing): see `pick_endpoint_explained`
+    pick: str = ""  # why this endpoint of the Service (for tracing): see `pick_endpoint`
 
     @property
     def service_hostname(self) -> str | None:
@@ -220,8 +220,8 @@ def _to_service(source: Workload, svc: Service, vip: SocketAddr, view: RouteView
     by_name = [wl for wl in endpoints if wl.hostname and not wl.addresses]
     if by_name and len(by_name) == len(endpoints):
         return _to_hostname_endpoint(svc, port, by_name, lb, rng)
-    picked = pick_endpoint_explained(source, endpoints, lb, rng, family=vip.ip.version,
-                                     target=_service_target(svc, port))
+    picked = pick_endpoint(source, endpoints, lb, rng, family=vip.ip.version,
+                           target=_service_target(svc, port))
     if picked is None:
         if endpoints:
             return Reject(
@@ -312,7 +312,7 @@ def resolve_waypoint(
     )
     if picked is None:
         return Reject(f"waypoint {svc.key} has no usable endpoints")
-    return picked[0], picked[1].ip
+    return picked.workload, picked.addr.ip
 
 
 def is_waypoint_for(wl: Workload, gw: GatewayAddress, view: RouteView) -> bool:
@@ -350,6 +350,14 @@ def resolve_target_port(svc: Service, port: Port, wl: Workload) -> int | None:
     return port.target_port or None
 
 
+class Pick(NamedTuple):
+    """An endpoint picked for a connection, and why (for tracing)."""
+
+    workload: Workload
+    addr: SocketAddr
+    why: str
+
+
 def pick_endpoint(
     source: Workload | None,
     endpoints: Sequence[Workload],
@@ -358,23 +366,10 @@ def pick_endpoint(
     *,
     family: int,
     target: _Target,
-) -> tuple[Workload, SocketAddr] | None:
-    """One usable endpoint (workload, ip:target port), weighted random by capacity; None when none fit."""
-    picked = pick_endpoint_explained(source, endpoints, lb, rng, family=family, target=target)
-    return None if picked is None else (picked[0], picked[1])
-
-
-def pick_endpoint_explained(
-    source: Workload | None,
-    endpoints: Sequence[Workload],
-    lb: LoadBalancing,
-    rng: random.Random,
-    *,
-    family: int,
-    target: _Target,
-) -> tuple[Workload, SocketAddr, str] | None:
-    """`pick_endpoint` and why, in words: "only usable endpoint (of N)", "weighted random among K usable (of
-    N)", with "after the routing preference (M usable)" when locality narrowed the choice."""
+) -> Pick | None:
+    """One usable endpoint (workload, ip:target port), weighted random by capacity; None when none fit. With
+    why, in words: "only usable endpoint (of N)", "weighted random among K usable (of N)", with "after the
+    routing preference (M usable)" when locality narrowed the choice."""
     allow_unhealthy = lb.health_policy == HealthPolicy.ALLOW_ALL
     usable: list[tuple[Workload, SocketAddr]] = []
     for wl in endpoints:
@@ -394,9 +389,9 @@ def pick_endpoint_explained(
         return None
     narrowed = f" after the routing preference ({before} usable)" if len(usable) < before else ""
     if len(usable) == 1:
-        return (*usable[0], f"only usable endpoint (of {len(endpoints)}){narrowed}")
+        return Pick(*usable[0], f"only usable endpoint (of {len(endpoints)}){narrowed}")
     wl, addr = rng.choices(usable, weights=[wl.weight for wl, _ in usable])[0]
-    return wl, addr, f"weighted random among {len(usable)} usable (of {len(endpoints)}){narrowed}"
+    return Pick(wl, addr, f"weighted random among {len(usable)} usable (of {len(endpoints)}){narrowed}")
 
 
 def _address_for(wl: Workload, family: int) -> IPAddress | None:

@@ -848,15 +848,14 @@ class Waypoint:
             usable = [p for wl in endpoints
                       if (p := pick_endpoint(conn.source, (wl,), balancing, self._rng, family=family, target=target))]
             if usable:
-                hosts = [f"{w.uid}/{a.ip}:{a.port}" for w, a in usable]
+                hosts = [f"{w.uid}/{a.ip}:{a.port}" for w, a, _ in usable]
                 i = self._balancer.choose((svc.key, port_number, _subset_key(subset)), hosts, lb.lb_simple,
                                           hash_key, self._rng)
                 endpoints = (usable[i][0],)
         picked = pick_endpoint(conn.source, endpoints, balancing, self._rng, family=family, target=target)
         if picked is None:
             raise UpstreamError(f"no healthy endpoint for {svc.hostname}:{port_number}", status=503, flags="UH")
-        wl, addr = picked
-        return _Endpoint(wl, str(addr.ip), addr.port)
+        return _Endpoint(picked.workload, str(picked.addr.ip), picked.addr.port)
 
     async def _open_service(
         self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord
