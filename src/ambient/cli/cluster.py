@@ -8,12 +8,17 @@ else /var/lib/ambient/<name>. Progress goes to stderr, tables to stdout.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ambient.cli.context import state
+
+if TYPE_CHECKING:
+    from ambient.cluster.lifecycle import ComponentStatus
 
 app = typer.Typer(help="Create, delete and list local hermetic clusters.", no_args_is_help=True)
 
@@ -123,19 +128,32 @@ def status(ctx: typer.Context, name: NameOpt = None, state_dir: StateOpt = None)
     from ambient.cli.output import print_table
     from ambient.cluster import layout as L
     from ambient.cluster.lifecycle import component_statuses
+    from ambient.cluster.processes import supervisor_pid_file
 
     cluster, sdir = _resolve(ctx, name, state_dir)
     layout = L.load_layout(sdir if sdir is not None else cluster)
     sup, comps = component_statuses(layout)
-    now = time.time()
-    rows = [["supervisor", "running" if sup else "down", str(sup or "-"), "-", "", ""]]
+    sup_since = None
+    if sup is not None:
+        with contextlib.suppress(OSError):  # written when it started; gone if it just exited
+            sup_since = supervisor_pid_file(layout).stat().st_mtime
+    print_table(["COMPONENT", "STATUS", "PID", "RESTARTS", "AGE", "LAST-EXIT"],
+                status_rows(sup, sup_since, comps, time.time()))
+
+
+def status_rows(sup: int | None, sup_since: float | None, comps: Sequence[ComponentStatus],
+                now: float) -> list[list[str]]:
+    """The rows of `cluster status`, every cell filled ("-" when it does not apply) so the columns line up.
+    The supervisor's own restarts are its watchdog's and are not counted: "-"."""
+    rows = [["supervisor", "running" if sup else "down", str(sup or "-"), "-",
+             _age(now - sup_since) if sup and sup_since else "-", "-"]]
     for c in comps:
         st = c.status
         if st == "waiting" and c.restart_at is not None:
             st = f"waiting({_age(c.restart_at - now)})"
         rows.append([c.name, st, str(c.pid or "-"), str(c.restarts),
                      _age(now - c.since) if c.since else "-", c.last_exit or "-"])
-    print_table(["COMPONENT", "STATUS", "PID", "RESTARTS", "AGE", "LAST-EXIT"], rows)
+    return rows
 
 
 @app.command("kubeconfig")
