@@ -95,6 +95,20 @@ def _complete(trace_id: str, entries: list[Any], strict: bool = True) -> bool:
     return bool(inbound)
 
 
+_TITLES = {"redirect": "redirect", "source-proxy": "source node proxy", "waypoint": "waypoint",
+           "destination-proxy": "destination node proxy", "app": "the app's answer"}
+
+
+def hop_label(hop: Any) -> str:
+    """A hop's line in the tree (Rich markup): what it is, then who logged it and when ("redirect in the
+    source pod", "waypoint pod w-1 2026-...Z (4ms)"); a red x when it failed."""
+    mark = "" if hop.ok else " [red]x[/red]"
+    when = " ".join(x for x in (hop.time, f"({hop.duration})" if hop.duration else "") if x)
+    who = f"in the {hop.component}" if hop.kind == "redirect" else hop.component
+    detail = " ".join(x for x in (who, when) if x)
+    return f"[bold]{_TITLES.get(hop.kind, hop.kind)}[/bold]" + (f" [dim]{detail}[/dim]" if detail else "") + mark
+
+
 def _render(traces: list[Any], output: str) -> None:
     if output == "json":
         sys.stdout.write(json.dumps([t.to_json() for t in traces], indent=2) + "\n")
@@ -103,8 +117,6 @@ def _render(traces: list[Any], output: str) -> None:
     from rich.tree import Tree
 
     console = Console()
-    titles = {"redirect": "source pod: redirect", "source-proxy": "source node proxy",
-              "waypoint": "waypoint", "destination-proxy": "destination node proxy", "app": "the app's answer"}
     for t in traces:
         colour = {"completed": "green", "denied": "red"}.get(t.outcome, "yellow")
         head = f"[bold]connection {t.trace_id}[/bold]  [{colour}]{t.outcome}[/{colour}]"
@@ -112,9 +124,7 @@ def _render(traces: list[Any], output: str) -> None:
             head += f"  stopped at {t.stopped_at}: {t.reason}"
         tree = Tree(head)
         for hop in t.hops:
-            mark = "" if hop.ok else " [red]x[/red]"
-            when = " ".join(x for x in (hop.time, f"({hop.duration})" if hop.duration else "") if x)
-            node = tree.add(f"[bold]{titles.get(hop.kind, hop.kind)}[/bold] [dim]{hop.component} {when}[/dim]{mark}")
+            node = tree.add(hop_label(hop))
             for k, v in hop.facts.items():
                 node.add(f"{k}: {v}", style="red" if k == "error" else None)
         console.print(tree)
@@ -135,7 +145,7 @@ def trace_command(
 ) -> None:
     """Run a request and show its life hop by hop (or show a logged connection by its trace id)."""
     from ambient.cluster import layout as L
-    from ambient.runtime.trace import assemble, redirect_delta, trace_ids_from
+    from ambient.runtime.trace import assemble, redirect_delta, redirect_facts, trace_ids_from
 
     if output not in ("tree", "json"):
         raise UsageError(f"unknown output format {output!r}", hint="-o tree or -o json")
@@ -191,13 +201,7 @@ def trace_command(
                                "istio.io/dataplane-mode)? Do the node proxies log trace ids (AMBIENT_TRACE_IDS)?")
             break
         time.sleep(0.2)
-    hits = redirect_delta(rules_before, rules_after)
-    redirect: dict[str, str] = {}
-    if hits:
-        redirect["rule"] = hits[0][0]
-        redirect["packets"] = f"+{hits[0][1]}"
-        for rule, delta in hits[1:]:
-            redirect[f"also matched (+{delta})"] = rule
+    redirect = redirect_facts(redirect_delta(rules_before, rules_after))
     app = {"command exit": str(run.returncode), "command stdout bytes": str(len(run.stdout))}
     _render([assemble(i, entries, redirect=redirect, app=app) for i in ids], output)
 

@@ -8,6 +8,9 @@ pod, with its packet counter delta). Lines are joined by `trace_id=`: the W3C tr
 
 Output: a `Trace`: hops in path order (redirect, source node proxy, waypoint, destination node proxy, app),
 each with its time, duration and facts, and where and why the connection stopped when it did not complete.
+A waypoint that answered while the destination node proxy has not logged its upstream leg (a pooled stream
+is logged when it closes) still gets a destination hop, saying so: a hop is never silently missing. The
+redirect hop names the rule that captured the traced TCP connection (`redirect_facts`), DNS apart.
 
 Pure: no I/O; the CLI reads the files and runs the command.
 """
@@ -24,6 +27,8 @@ from ambient.runtime.accesslog import parse_fields
 _LINE = re.compile(r"(?P<time>\d{4}-\d\d-\d\dT[0-9:.]+Z)\t(?P<level>[a-z]+)\taccess\t"
                    r"(?P<message>connection complete|connection failed|request complete)\t(?P<fields>.*)$")
 _REJECTION = "connection closed due to policy rejection: "
+_NOT_LOGGED_YET = ("not logged yet (pooled upstream connection: its line is written when it closes, "
+                   "under the trace id of the request that opened it)")
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,12 @@ def assemble(trace_id: str, entries: Iterable[AccessEntry], *, redirect: dict[st
         break
     if outcome == "completed" and src:
         route = src[0].fields.get("route", "")
+        if route.startswith("waypoint") and way and not dst:
+            # the waypoint answered; its upstream stream may be pooled (reused by later requests): the
+            # destination proxy logs it when it closes, under the trace id of the request that opened it
+            pending = {"note": _NOT_LOGGED_YET}
+            _fact(pending, "upstream", hops[-1].facts.get("upstream"))
+            hops.append(Hop("destination-proxy", "destination node proxy", facts=pending))
         last = dst[-1] if dst else None
         facts: dict[str, str] = {}
         if last is not None:
@@ -219,22 +230,56 @@ _IPT_RULE = re.compile(r"^\[(\d+):(\d+)\] (-A .*)$")
 _NFT_RULE = re.compile(r"^\s*(.*?)\bcounter packets (\d+) bytes \d+ ?(.*)$")
 
 
-def _counters(text: str) -> dict[str, int]:
-    """Rule text -> packet counter, from `iptables-save -c` or `nft list ruleset` (rules with a counter)."""
-    out: dict[str, int] = {}
+def _counters(text: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Rule text -> packet counter, from `iptables-save -c` and from `nft list ruleset` (rules with a counter),
+    kept apart: with the iptables-nft backend both dumps show the same rules."""
+    ipt: dict[str, int] = {}
+    nft: dict[str, int] = {}
     for line in text.splitlines():
         if m := _IPT_RULE.match(line):
-            out[m[3]] = out.get(m[3], 0) + int(m[1])
+            ipt[m[3]] = ipt.get(m[3], 0) + int(m[1])
         elif m := _NFT_RULE.match(line):
             rule = f"{m[1]}{m[3]}".strip()
-            out[rule] = out.get(rule, 0) + int(m[2])
-    return out
+            nft[rule] = nft.get(rule, 0) + int(m[2])
+    return ipt, nft
+
+
+def _is_redirect(rule: str) -> bool:
+    return "REDIRECT" in rule or "TPROXY" in rule or "redirect" in rule or "tproxy" in rule
 
 
 def redirect_delta(before: str, after: str) -> list[tuple[str, int]]:
-    """The redirect rules whose packet counters grew between two rule dumps, with the delta (largest first)."""
-    b, a = _counters(before), _counters(after)
-    hits = [(rule, n - b.get(rule, 0)) for rule, n in a.items()
-            if n > b.get(rule, 0) and ("REDIRECT" in rule or "TPROXY" in rule or "redirect" in rule
-                                       or "tproxy" in rule)]
+    """The redirect rules whose packet counters grew between two rule dumps, with the delta (largest first).
+    iptables-save's view wins when it counted any: nft's view of the same (iptables-nft) rules is then a
+    duplicate; nft's counts only when the rules are native nftables ones."""
+    (b_ipt, b_nft), (a_ipt, a_nft) = _counters(before), _counters(after)
+    views = []
+    for b, a in ((b_ipt, a_ipt), (b_nft, a_nft)):
+        views.append([(rule, n - b.get(rule, 0)) for rule, n in a.items() if n > b.get(rule, 0) and _is_redirect(rule)])
+    hits = views[0] or views[1]
     return sorted(hits, key=lambda h: -h[1])
+
+
+_DNS_RULE = re.compile(r"(--to-ports|redirect to :)\s*15053\b")
+_OUTBOUND_RULE = re.compile(r"(--to-ports|redirect to :|--on-port)\s*15001\b")
+_INBOUND_RULE = re.compile(r"(--to-ports|redirect to :|--on-port)\s*15006\b")
+
+
+def redirect_facts(hits: list[tuple[str, int]], *, direction: str = "outbound") -> dict[str, str]:
+    """The redirect hop's facts from `redirect_delta`'s hits: `rule` is the one that captured the traced TCP
+    connection (to the outbound port 15001 for a client; 15006 for a server), not simply the busiest (a
+    command's DNS queries often outnumber its connection's SYN); DNS redirects (to 15053) under `dns rule`,
+    anything else under `also matched`."""
+    wanted = _OUTBOUND_RULE if direction == "outbound" else _INBOUND_RULE
+    conn = [h for h in hits if wanted.search(h[0])]
+    dns = [h for h in hits if _DNS_RULE.search(h[0])]
+    other = [h for h in hits if h not in conn and h not in dns]
+    facts: dict[str, str] = {}
+    if conn:
+        facts["rule"], facts["packets"] = conn[0][0], f"+{conn[0][1]}"
+    elif hits:
+        facts["rule"] = "(no TCP redirect counted a packet: was the connection captured?)"
+    for label, group in (("also matched", conn[1:] + other), ("dns rule", dns)):
+        for rule, delta in group:
+            facts[f"{label} (+{delta})"] = rule
+    return facts

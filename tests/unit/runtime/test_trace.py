@@ -6,7 +6,7 @@ import pytest
 
 from ambient.hbone.protocol import child_traceparent, make_traceparent, trace_id_of
 from ambient.runtime.accesslog import ConnectionRecord, format_failed, format_text, parse_fields
-from ambient.runtime.trace import assemble, parse_line, parse_lines, redirect_delta, trace_ids_from
+from ambient.runtime.trace import assemble, parse_line, parse_lines, redirect_delta, redirect_facts, trace_ids_from
 
 OUT = ('2026-12-06T04:20:38.194405Z\terror\taccess\tconnection complete\tsrc.addr=10.244.1.2:55832 '
        'src.workload="client" src.namespace="trc" src.identity="spiffe://cluster.local/ns/trc/sa/default" '
@@ -99,9 +99,35 @@ def test_redirect_delta_iptables_and_nft() -> None:
               "[9:9] -A ISTIO_OUTPUT -j ACCEPT\n"
               "\t\tmeta l4proto tcp counter packets 1 bytes 60 redirect to :15001\n")
     after = before.replace("[3:180]", "[4:240]").replace("[9:9]", "[20:20]").replace("packets 1 ", "packets 3 ")
-    hits = redirect_delta(before, after)
-    assert hits == [("meta l4proto tcp redirect to :15001", 2),
-                    ("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -j REDIRECT --to-ports 15001", 1)]
+    # iptables-nft: nft's view repeats iptables-save's rules; iptables-save's is the one shown
+    assert redirect_delta(before, after) == [
+        ("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -j REDIRECT --to-ports 15001", 1)]
+    native = "\t\tmeta l4proto tcp counter packets 1 bytes 60 redirect to :15001\n"
+    assert redirect_delta(native, native.replace("packets 1 ", "packets 3 ")) == [
+        ("meta l4proto tcp redirect to :15001", 2)]
+
+
+def test_the_rule_is_the_connections_not_the_busiest_dns_one() -> None:
+    before = ("[0:0] -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539 -j REDIRECT --to-ports 15001\n"
+              "[0:0] -A ISTIO_OUTPUT ! -o lo -p udp -m udp --dport 53 -m mark ! --mark 0x539 -j REDIRECT "
+              "--to-ports 15053\n")
+    after = before.replace("[0:0] -A ISTIO_OUTPUT ! -d", "[1:60] -A ISTIO_OUTPUT ! -d").replace(
+        "[0:0] -A ISTIO_OUTPUT ! -o", "[4:240] -A ISTIO_OUTPUT ! -o")
+    facts = redirect_facts(redirect_delta(before, after))
+    assert facts["rule"].endswith("-j REDIRECT --to-ports 15001") and facts["packets"] == "+1"
+    assert [k for k in facts if k.startswith("dns rule")] == ["dns rule (+4)"]
+    assert not any(k.startswith("also matched") for k in facts)
+    nft = {"redirect": redirect_facts([('oifname != "lo" udp dport 53 meta mark != 0x539 redirect to :15053', 2)])}
+    assert nft["redirect"]["rule"].startswith("(no TCP redirect counted")
+
+
+def test_a_waypoint_answer_without_the_destination_line_shows_the_hop_as_not_logged_yet() -> None:
+    """A pooled waypoint upstream is logged when it closes: the destination hop is shown, not dropped."""
+    t = assemble("e5ced596c5570bc72e09be5e8030337f", parse_lines("w", [WP_OUT, WP]))
+    assert [h.kind for h in t.hops] == ["source-proxy", "waypoint", "destination-proxy", "app"]
+    assert t.outcome == "completed"
+    assert t.hops[2].facts["note"].startswith("not logged yet (pooled upstream connection")
+    assert t.hops[2].facts["upstream"] == "10.244.2.4:8080"
 
 
 @pytest.mark.parametrize(("value", "want"), [
