@@ -24,21 +24,10 @@ from ambient.bench.baselines import HTTP_PORT, fixed_rate_in, start_http_server
 from ambient.bench.errors import BenchError
 from ambient.bench.harness import BenchContext, Figure, Section, SectionOutput
 from ambient.bench.nsenv import NetnsPair, cpu_seconds, require
-from ambient.bench.stunnel import TLS_PORT, CertFiles, write_certs
+from ambient.bench.stunnel import STUNNEL_COMMON, TLS_PORT, CertFiles, write_certs
 
 UPSTREAM_PORT = 15444  # the stunnel server HAProxy originates mTLS to (server netns loopback)
 CLIENT_PORT = 15000  # the client-side stunnel's loopback port
-
-_STUNNEL_COMMON = """foreground = yes
-pid =
-debug = 4
-[tunnel]
-sslVersionMin = TLSv1.3
-CAfile = {ca}
-verifyChain = yes
-socket = l:TCP_NODELAY=1
-socket = r:TCP_NODELAY=1
-"""
 
 
 def haproxy_config(certs: CertFiles, server_pem: Path, client_pem: Path, listen: str) -> str:
@@ -80,13 +69,13 @@ def start_haproxy_path(pair: NetnsPair) -> tuple[str, int, int]:
         raise BenchError(f"haproxy refused its configuration: {(check.stderr or check.stdout).strip()[-300:]}")
     upstream_conf = certdir / "upstream.conf"
     upstream_conf.write_text(
-        _STUNNEL_COMMON.format(ca=certs.ca)
+        STUNNEL_COMMON.format(ca=certs.ca)
         + f"accept = 127.0.0.1:{UPSTREAM_PORT}\nconnect = 127.0.0.1:{HTTP_PORT}\n"
         + f"cert = {certs.server_cert}\nkey = {certs.server_key}\nrequireCert = yes\n"
     )
     client_conf = certdir / "client.conf"
     client_conf.write_text(
-        _STUNNEL_COMMON.format(ca=certs.ca)
+        STUNNEL_COMMON.format(ca=certs.ca)
         + f"client = yes\naccept = 127.0.0.1:{CLIENT_PORT}\nconnect = {pair.server_addr}:{TLS_PORT}\n"
         + f"cert = {certs.client_cert}\nkey = {certs.client_key}\ncheckIP = {pair.server_addr}\n"
     )

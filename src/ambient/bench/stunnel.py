@@ -114,7 +114,8 @@ class StunnelPair:
     pids: tuple[int, int]  # client-side, server-side (for CPU accounting)
 
 
-_COMMON = """foreground = yes
+# The [tunnel] head both stunnel configurations share (haproxy.py uses it too): TLS 1.3, verified chain.
+STUNNEL_COMMON = """foreground = yes
 pid =
 debug = 4
 [tunnel]
@@ -135,12 +136,12 @@ def start_stunnel_pair(pair: NetnsPair, target_port: int, *, local_port: int = 1
     client_conf = certdir / "client.conf"
     server_conf = certdir / "server.conf"
     client_conf.write_text(
-        _COMMON.format(ca=certs.ca)
+        STUNNEL_COMMON.format(ca=certs.ca)
         + f"client = yes\naccept = 127.0.0.1:{local_port}\nconnect = {pair.server_addr}:{TLS_PORT}\n"
         + f"cert = {certs.client_cert}\nkey = {certs.client_key}\ncheckIP = {pair.server_addr}\n"
     )
     server_conf.write_text(
-        _COMMON.format(ca=certs.ca)
+        STUNNEL_COMMON.format(ca=certs.ca)
         + f"accept = {pair.server_addr}:{TLS_PORT}\nconnect = 127.0.0.1:{target_port}\n"
         + f"cert = {certs.server_cert}\nkey = {certs.server_key}\nrequireCert = yes\n"
     )

@@ -14,13 +14,17 @@ half-built testbed (tests call it in `finally`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,6 +325,27 @@ class Testbed:
         for name in reversed(self._netns):
             sh("ip", "netns", "del", name, check=False)
         self._netns.clear()
+
+
+@contextlib.contextmanager
+def bench_testbed(prefix: str, workdir: str | None = None) -> Iterator[Testbed]:
+    """A Testbed named PREFIX<pid> in `workdir` (kept afterwards) or in a fresh temporary dir (removed);
+    destroyed (processes killed, namespaces deleted) however the bench ends."""
+    base = Path(workdir or tempfile.mkdtemp(prefix=f"{prefix}-bench-"))
+    bed = Testbed(f"{prefix}{os.getpid()}", base)
+    try:
+        yield bed
+    finally:
+        bed.destroy()
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def root_main(what: str, run: Callable[[], Any]) -> None:
+    """`python -m` entry of a testbed bench: refuses without root, prints the result as JSON."""
+    if os.geteuid() != 0:
+        sys.exit(f"the {what} benchmark needs root (network namespaces)")
+    print(json.dumps(run(), indent=2))
 
 
 # -- workloads run inside the pods -------------------------------------------------------------------------

@@ -14,17 +14,11 @@ Figures (each "on" figure against its "off" baseline of the same run):
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from ambient.bench.testbed import Testbed
+from ambient.bench.testbed import bench_testbed, root_main
 from ambient.bench.ztunnel import HTTP_PORT, IPERF_PORT, _conn_rate, _cpu_seconds, _iperf, _start_http
 
 MODES = {"on": "1", "off": "0"}
@@ -36,9 +30,7 @@ def run(seconds: int = 2, rounds: int = 9, workdir: str | None = None, quick: bo
     modes, and the median of the per-slice-pair ratios is the figure's yardstick."""
     if quick:
         rounds = 3
-    base = Path(workdir or tempfile.mkdtemp(prefix="trc-bench-"))
-    bed = Testbed(f"trc{os.getpid()}", base)
-    try:
+    with bench_testbed("trc", workdir) as bed:
         bed.create({1: [("client", "client")], 2: [("server", "server")]})
         client, server = bed.pod("client"), bed.pod("server")
         bed.spawn(server.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
@@ -89,16 +81,10 @@ def run(seconds: int = 2, rounds: int = 9, workdir: str | None = None, quick: bo
                 "throughput_cost_pct (paired median)": round((1 - paired(tput)) * 100, 2),
             },
         }
-    finally:
-        bed.destroy()
-        if workdir is None:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> None:
-    if os.geteuid() != 0:
-        sys.exit("the trace-overhead benchmark needs root (network namespaces)")
-    print(json.dumps(run(), indent=2))
+    root_main("trace-overhead", run)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ambient.bench.testbed import Pod, ProxyProcess, Testbed, pod_socket, start_echo
+from ambient.bench.testbed import Pod, ProxyProcess, Testbed, bench_testbed, pod_socket, root_main, start_echo
 
 IPERF_PORT = 5201
 ECHO_PORT = 8080
@@ -285,9 +284,7 @@ def _wrk_conn_rate(pod: Pod, ip: str, port: int, seconds: float, concurrency: in
 def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
               idle_connections: int = IDLE_CONNECTIONS) -> dict[str, Any]:
     """Build the testbed, measure, tear down. Returns the figures (and their ratios)."""
-    base = Path(workdir or tempfile.mkdtemp(prefix="prf-bench-"))
-    bed = Testbed(f"prf{os.getpid()}", base)
-    try:
+    with bench_testbed("prf", workdir) as bed:
         bed.create({1: [("client", "client"), ("client-plain", "default"), ("client2", "client")],
                     2: [("server", "server"), ("server-plain", "default"), ("server2", "server")]})
         client, server = bed.pod("client"), bed.pod("server")
@@ -363,16 +360,10 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
                              "idle_connections": idle_connections,
                              "connection_client": conns["mesh"].get("tool", "")}
         return out
-    finally:
-        bed.destroy()
-        if workdir is None:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> None:
-    if os.geteuid() != 0:
-        sys.exit("the node proxy benchmark needs root (network namespaces)")
-    print(json.dumps(run_bench(), indent=2))
+    root_main("node proxy", run_bench)
 
 
 if __name__ == "__main__":
