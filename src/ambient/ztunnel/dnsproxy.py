@@ -28,7 +28,7 @@ from ambient.ztunnel import sockets as so
 if TYPE_CHECKING:
     from ambient.ztunnel.proxy import PodContext
 
-log = logging.getLogger("ambient.ztunnel.dns")
+log = logging.getLogger("ambient.ztunnel.dnsproxy")
 
 UPSTREAM_TIMEOUT_S = 2.0
 TCP_IDLE_TIMEOUT_S = 10.0

@@ -19,7 +19,7 @@ from ambient.state.static import load_state_file
 from ambient.state.store import StateWriter
 from ambient.ztunnel.errors import ConfigError
 
-log = logging.getLogger("ambient.ztunnel.static")
+log = logging.getLogger("ambient.ztunnel.static_config")
 
 
 class StaticStateSource:
