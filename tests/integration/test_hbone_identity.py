@@ -23,6 +23,7 @@ from ambient.identity.ca import LocalCA
 from ambient.identity.certs import CertBundle
 from ambient.tls.contexts import client_context, server_context
 from ambient.tls.verify import PeerIdentity
+from helpers import eventually
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_tasks")]
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
@@ -97,7 +98,10 @@ async def test_client_rejects_bad_server(mesh: Mesh, kind: str, reason: str) -> 
         with pytest.raises(HboneConnectError) as info:
             await client.connect(mesh.ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
         assert reason in str(info.value)
-        await asyncio.sleep(0.05)
+        # The server has seen the connection end (refused in the handshake, or established and then closed
+        # by the client): a CONNECT the client had sent would have reached the handler before that.
+        await eventually(lambda: server.stats.handshake_failures == 1 or (
+            server.stats.tls_established == 1 and server.open_connections == 0), what="the connection's end")
     assert rec.calls == [] and rec.bytes_seen == 0
     assert server.stats.streams == 0
 
@@ -120,10 +124,7 @@ async def test_server_rejects_bad_client(mesh: Mesh, kind: str, server_reason: s
         with pytest.raises(HboneConnectError) as info:
             await client.connect(mesh.bad(kind, CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
         assert client_reason in str(info.value)
-        for _ in range(50):
-            if server.stats.rejections:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: server.stats.rejections, what="the server's rejection")
     assert any(server_reason in r for r in server.stats.rejections), list(server.stats.rejections)
     assert rec.calls == [] and rec.bytes_seen == 0
 
@@ -136,10 +137,7 @@ async def test_good_pair_is_accepted(mesh: Mesh) -> None:
         stream = await client.connect(mesh.ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
         await stream.write(b"abc")
         await stream.write_eof()
-        for _ in range(50):
-            if rec.bytes_seen:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: rec.bytes_seen == 3, what="the 3 bytes at the server")
         stream.close()
     assert rec.bytes_seen == 3 and rec.calls[0][1].uri == CLIENT_ID
 
@@ -165,7 +163,7 @@ async def test_tls12_client_refused(mesh: Mesh) -> None:
     async with HboneServer(listener(), mesh.ca.issue(SERVER_ID), rec.handler) as server:
         with pytest.raises((ssl.SSLError, ConnectionError)):
             await _raw_tls(server.address[:2], ctx)
-        await asyncio.sleep(0.05)
+        await eventually(lambda: server.stats.handshake_failures, what="the server's handshake failure")
     assert server.stats.handshake_failures == 1
     assert any("protocol" in r.lower() for r in server.stats.rejections), list(server.stats.rejections)
     assert rec.calls == [] and client_cert.identity.uri == CLIENT_ID
@@ -179,10 +177,7 @@ async def test_alpn_other_than_h2_refused_by_server(mesh: Mesh) -> None:
         # as the reference (rustls): the handshake is aborted with the no_application_protocol alert
         with pytest.raises(ssl.SSLError, match="no application protocol"):
             await _raw_tls(server.address[:2], ctx)
-        for _ in range(100):
-            if server.stats.handshake_failures:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: server.stats.handshake_failures, what="the server's handshake failure")
     assert server.stats.tls_established == 0 and server.stats.handshake_failures == 1
     assert "NO_APPLICATION_PROTOCOL" in server.stats.rejections[0]
     assert server.stats.refused == {"handshake_failed": 1}
@@ -246,10 +241,8 @@ async def test_only_aes_gcm_suites_accepted(mesh: Mesh, tmp_path: Path, suite: s
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        for _ in range(50):
-            if server.stats.tls_established or server.stats.handshake_failures:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: server.stats.tls_established or server.stats.handshake_failures,
+                         what="the server's handshake outcome")
     if accepted:
         assert server.stats.tls_established == 1, out
     else:

@@ -292,6 +292,11 @@ class HboneServer:
         return len(self._handshakes)
 
     @property
+    def open_connections(self) -> int:
+        """Established connections not yet closed (a connection that ends leaves this count)."""
+        return len(self._conns)
+
+    @property
     def address(self) -> tuple[Any, ...]:
         """The listening address (kept after `close()` for logs and tests)."""
         return self._address
