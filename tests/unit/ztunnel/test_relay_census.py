@@ -3,29 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import cast
 
 import pytest
 
 from ambient.ztunnel import copy
-from helpers import eventually
 
 
-async def test_trim_once_after_a_burst_falls_to_a_quarter(monkeypatch: pytest.MonkeyPatch) -> None:
+class FakeLoop:
+    """Records `call_later` instead of running a timer: the test fires the callback itself."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> object:
+        self.scheduled.append((delay, callback))
+        return object()
+
+    def fire(self) -> None:
+        _, callback = self.scheduled.pop(0)
+        callback()
+
+
+def _census_loop() -> tuple[copy.RelayCensus, FakeLoop, asyncio.AbstractEventLoop]:
+    fake = FakeLoop()
+    return copy.RelayCensus(), fake, cast(asyncio.AbstractEventLoop, fake)
+
+
+def test_trim_once_after_a_burst_falls_to_a_quarter(monkeypatch: pytest.MonkeyPatch) -> None:
     trims: list[int] = []
-    monkeypatch.setattr(copy, "TRIM_DELAY", 0.01)
     monkeypatch.setattr(copy, "_malloc_trim", lambda: trims.append(1))
-    census = copy.RelayCensus()
-    loop = asyncio.get_running_loop()
+    census, fake, loop = _census_loop()
     for _ in range(copy.TRIM_AFTER_RELAYS):
         census.enter()
     for _ in range(copy.TRIM_AFTER_RELAYS // 2):
         census.leave(loop)  # half left: still busy, nothing scheduled
-    await asyncio.sleep(0.05)
-    assert trims == []
+    assert fake.scheduled == [] and trims == []
     for _ in range(copy.TRIM_AFTER_RELAYS // 2):
         census.leave(loop)
-    await eventually(lambda: census.trims == 1, timeout=5, what="one trim after the burst")
-    assert trims == [1] and census.peak == 0  # the next burst is measured from here
+    assert [delay for delay, _ in fake.scheduled] == [copy.TRIM_DELAY]  # once per burst, not per connection
+    fake.fire()
+    assert trims == [1] and census.trims == 1 and census.peak == 0  # the next burst is measured from here
+
+
+def test_no_trim_when_the_relays_came_back_before_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(copy, "_malloc_trim", lambda: trims.append(1))
+    census, fake, loop = _census_loop()
+    for _ in range(copy.TRIM_AFTER_RELAYS):
+        census.enter()
+    for _ in range(copy.TRIM_AFTER_RELAYS):
+        census.leave(loop)
+    for _ in range(copy.TRIM_AFTER_RELAYS // 2):
+        census.enter()  # busy again when the timer fires
+    fake.fire()
+    assert trims == [] and census.trims == 0 and census.peak == copy.TRIM_AFTER_RELAYS
 
 
 async def test_small_bursts_never_trim(monkeypatch: pytest.MonkeyPatch) -> None:
