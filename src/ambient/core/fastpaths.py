@@ -3,7 +3,8 @@
 Role: the HBONE (`hbone.h2fast`: h2 / hpack / hyperframe) and waypoint (`waypoint.h1fast`: h11's grammar)
 fast paths reach into private names of libraries pinned in pyproject.toml. Each asks `enabled(...)` once, at
 first use, and falls back to the plain library path when:
-- the setting `AMBIENT_FAST_PATHS` is `0` / `false` / `off` / `no` (default: on), or
+- the setting `AMBIENT_FAST_PATHS` is `0` / `false` / `off` / `no` (default: on; a value that is not an
+  on/off value counts as off, with a warning), or
 - an installed library's version is not the pinned one, or
 - one of the private names it uses is missing.
 The decision is logged once per fast path (a warning when the check failed, info when switched off) and
@@ -21,18 +22,23 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 
+from ambient.core.flags import FlagError, env_flag
+
 log = logging.getLogger(__name__)
 
 SETTING = "AMBIENT_FAST_PATHS"
-_OFF = frozenset({"0", "false", "off", "no"})
 
 _decided: dict[str, bool] = {}
 
 
 def setting_enabled(environ: Mapping[str, str] | None = None) -> bool:
-    """`AMBIENT_FAST_PATHS` (default on)."""
-    value = (os.environ if environ is None else environ).get(SETTING, "")
-    return value.strip().lower() not in _OFF
+    """`AMBIENT_FAST_PATHS` (default on; the on/off values of `ambient.core.flags`). A value that is neither
+    turns the fast paths off (the plain library path is always correct), with a warning."""
+    try:
+        return env_flag(os.environ if environ is None else environ, SETTING, True)
+    except FlagError as exc:
+        log.warning("%s; fast paths off", exc)
+        return False
 
 
 def installed_version(dist: str) -> str | None:

@@ -3,7 +3,9 @@
 Environment (reference names where the reference has them):
 - CONNECTION_TERMINATION_DEADLINE: drain deadline in seconds (default 5; "5s" / "500ms" accepted).
 - AMBIENT_ZTUNNEL_SOURCE_WAIT: how long outbound waits for an unknown source workload to appear (default 5 s).
-- AMBIENT_UVLOOP: "0" disables uvloop (on by default: ~15% less proxy CPU per request and lower p50 than
+- On/off settings take 1/true/on/yes or 0/false/off/no (ambient.core.flags; anything else is refused):
+  AMBIENT_TRACE_IDS (default on; see `trace_ids`).
+- AMBIENT_UVLOOP: off disables uvloop (on by default: ~15% less proxy CPU per request and lower p50 than
   the default loop in the node-pair bench; bulk throughput about the same).
 - AMBIENT_DNS_UPSTREAM: host:port the DNS proxy forwards unknown names to (default 10.96.0.10:53).
 - Inbound admission limits (ambient.ztunnel.admission; 0 turns a limit off):
@@ -28,6 +30,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ambient.core.flags import FlagError, env_flag
 from ambient.hbone.server import HandshakeLimits
 from ambient.ztunnel.admission import DEFAULT_EARLY_RESETS, DEFAULT_PER_SOURCE, DEFAULT_TOTAL, Limits
 from ambient.ztunnel.errors import ConfigError
@@ -137,10 +140,11 @@ class Settings:
         for name, key in _LIMIT_ENV.items():
             if (raw := env.get(name)) is not None and raw.strip():
                 values[key] = parse_count(raw, name)
-        if env.get("AMBIENT_TRACE_IDS", "1") == "0":
-            values["trace_ids"] = False
-        if env.get("AMBIENT_UVLOOP", "1") == "0":
-            values["uvloop"] = False
+        try:
+            values["trace_ids"] = env_flag(env, "AMBIENT_TRACE_IDS", base.trace_ids)
+            values["uvloop"] = env_flag(env, "AMBIENT_UVLOOP", base.uvloop)
+        except FlagError as exc:
+            raise ConfigError(exc.message, hint=exc.hint) from None
         try:
             values["hbone_handshake"] = HandshakeLimits.from_env(env)
         except ValueError as exc:
