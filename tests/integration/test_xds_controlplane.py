@@ -135,33 +135,38 @@ async def test_xds_refuses_a_proxy_without_a_valid_token(tmp_path: Path) -> None
             assert "not valid for any node" in client.last_error
             assert not client.ready.is_set()
             async with AsyncApiClient(api_srv.socket_path) as api:
-                await api.create(
-                    {
+                def get_only(name: str) -> dict:
+                    return {
                         "apiVersion": "security.istio.io/v1",
                         "kind": "AuthorizationPolicy",
-                        "metadata": {"name": "get-only", "namespace": "default"},
+                        "metadata": {"name": name, "namespace": "default"},
                         "spec": {
                             "selector": {"matchLabels": {"app": "web"}},
                             "action": "ALLOW",
                             "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}],
                         },
                     }
-                )
-                conditions: list[dict] = []
 
-                async def status_written() -> bool:
-                    obj = await api.get("AuthorizationPolicy", "get-only", "default")
-                    conditions[:] = (obj.get("status") or {}).get("conditions") or []
-                    return bool(conditions)
+                def status_seen(name: str) -> bool:
+                    """The control plane's index has the written status (it came back on its own watch)."""
+                    obj = cp.index.get("AuthorizationPolicy", "default", name) or {}
+                    return bool((obj.get("status") or {}).get("conditions"))
 
-                for _ in range(100):
-                    if await status_written():
-                        break
-                    await asyncio.sleep(0.1)
-                assert conditions and conditions[0]["type"] == "ZtunnelAccepted"
+                await api.create(get_only("get-only"))
+                await eventually(lambda: status_seen("get-only"), timeout=10.0, what="the status written and seen")
+                obj = await api.get("AuthorizationPolicy", "get-only", "default")
+                conditions = obj["status"]["conditions"]
+                assert conditions[0]["type"] == "ZtunnelAccepted"
                 assert conditions[0]["status"] == "False" and conditions[0]["reason"] == "UnsupportedValue"
                 assert conditions[0]["message"].startswith("more restrictive than requested")
-                assert cp.index.status_pending == {}  # written once, not rewritten on its own watch event
+                # Written once, not rewritten on its own watch event: a later policy's status is written
+                # (the status loop ran again after that event) while this one's resourceVersion stays.
+                version = obj["metadata"]["resourceVersion"]
+                await api.create(get_only("get-only-2"))
+                await eventually(lambda: status_seen("get-only-2"), timeout=10.0, what="the second policy's status")
+                again = await api.get("AuthorizationPolicy", "get-only", "default")
+                assert again["metadata"]["resourceVersion"] == version
+                assert cp.index.status_pending == {}
             async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(cp.admin_socket))) as h:
                 resp = await h.get("http://cp/healthz")
                 assert resp.status_code == 200
