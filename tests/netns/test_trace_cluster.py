@@ -4,6 +4,7 @@ enrolled namespace, a plain server in an unenrolled one.
 - a meshed request through the Service VIP shows every hop: the pod's REDIRECT rule to 15001 with its packet
   counter delta, the source node proxy's route (hbone, the endpoint IP:port, both SPIFFE identities), the
   destination node proxy (the client's IP as the source the app saw, "no allow policies"), the app's bytes;
+- a request by name: the redirect hop's rule is still the TCP one (15001), the DNS redirect listed apart;
 - a DENY policy: the trace stops at the destination node proxy and names the policy;
 - an unenrolled destination: the source node proxy's route is passthrough and nothing follows;
 - a logged connection is shown again by its trace id;
@@ -164,6 +165,20 @@ def test_meshed_request_shows_every_hop(cluster: Cluster, app: App) -> None:
     assert [h["kind"] for h in again["hops"]] == ["source-proxy", "destination-proxy", "app"], again
     tree = cluster.ambient("trace", t["trace_id"])
     assert tree.returncode == 0 and "destination node proxy" in tree.stdout, tree.stdout
+
+
+def test_request_by_name_names_the_tcp_redirect_and_lists_dns_apart(cluster: Cluster, app: App) -> None:
+    """curl resolves the name first (the pod's DNS queries go to the DNS proxy's 15053): the connection's rule
+    is still the TCP redirect to 15001, and the DNS redirect is listed as such."""
+    def traced() -> dict[str, Any] | None:
+        ts = cluster.trace(*_curl(f"http://web.{NS}.svc.cluster.local/"))
+        return ts[-1] if ts and ts[-1]["outcome"] == "completed" else None
+
+    t = wait_for(traced, timeout=60, what="a completed traced request by name")
+    redirect = _hop(t, "redirect")["facts"]
+    assert "--to-ports 15001" in redirect["rule"] or "redirect to :15001" in redirect["rule"], redirect
+    dns = [v for k, v in redirect.items() if k.startswith("dns rule (+")]
+    assert dns and all("15053" in v for v in dns), redirect
 
 
 def test_denied_request_stops_at_the_destination_proxy(cluster: Cluster, app: App) -> None:
