@@ -433,14 +433,6 @@ class MeshIndex:
     def _flush_virtual_services(self, gateways: dict[str, Obj]) -> None:
         """The `WaypointAccepted` condition of each changed VirtualService (see route_policy_status)."""
 
-        def waypoint_of(name: str, ns: str) -> str | None:
-            svc = self.get("Service", ns, name)
-            msg = tr.service_from_k8s(svc, self._namespace_labels(ns), gateways) if svc else None
-            if msg is None or not msg.HasField("waypoint"):
-                return None
-            host = msg.waypoint.hostname
-            return f"{host.namespace}/{host.hostname.split('.')[0]}" if host.hostname else "(by address)"
-
         parents: dict[tuple[str, str], list[str]] = {}
         for route in self.objects("HTTPRoute"):
             rns, rname = _ns_name(route)
@@ -453,7 +445,7 @@ class MeshIndex:
             if obj is None:
                 self.status_pending.pop(key, None)
                 continue
-            fields = virtual_service_status_fields(obj, waypoint_of, parents)
+            fields = virtual_service_status_fields(obj, lambda n, s: self._waypoint_of(n, s, gateways), parents)
             if written_vs_condition(obj) != fields:
                 self.status_pending[key] = fields
         self._dirty_vs.clear()
