@@ -58,6 +58,7 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 @dataclass
 class Env:
     layout: L.ClusterLayout
+    api: Any
     state: Path
     client: dict[str, Any]
     vip: str
@@ -95,7 +96,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             line = dash.stdout.readline()
             m = re.search(r"http://127\.0\.0\.1:\d+/", line)
             assert m, line
-            yield Env(layout, state, client, vip, m.group(0))
+            yield Env(layout, api, state, client, vip, m.group(0))
         finally:
             if dash is not None:
                 dash.terminate()
@@ -227,11 +228,16 @@ def _get_json(url: str) -> Any:
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (scripts/bootstrap.sh installs it)")
 def test_a_real_prometheus_scrapes_every_component(env: Env, tmp_path: Path) -> None:
-    """Node proxies and a waypoint, through `ambient prometheus-targets`' loopback forwarders."""
+    """Node proxies, a waypoint and a Gateway API ingress gateway (which carries the gateway-name label too,
+    yet is labelled ingressgateway), through `ambient prometheus-targets`' loopback forwarders."""
     base = [sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(env.state)]
     run = subprocess.run([*base, "waypoint", "apply", "-n", NS, "--wait", "--timeout", "60"], capture_output=True,
                          text=True, timeout=90, check=False)
     assert run.returncode == 0, run.stderr
+    env.api.create({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "ingress", "namespace": NS},
+                    "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": 8080,
+                                                                         "protocol": "HTTP"}]}})
     out = tmp_path / "prom"
     fwd = subprocess.Popen([*base, "prometheus-targets", "--out", str(out), "--interval", "1s", "--refresh", "1"],
                            stdout=subprocess.PIPE, text=True)
@@ -243,9 +249,9 @@ def test_a_real_prometheus_scrapes_every_component(env: Env, tmp_path: Path) -> 
         def groups() -> list[dict[str, Any]] | None:
             doc = json.loads((out / "targets.json").read_text())
             comps = sorted(g["labels"]["component"] for g in doc)
-            return doc if comps == ["waypoint", "ztunnel", "ztunnel"] else None
+            return doc if comps == ["ingressgateway", "waypoint", "ztunnel", "ztunnel"] else None
 
-        wait_for(groups, timeout=60, what="targets for two node proxies and the waypoint")
+        wait_for(groups, timeout=60, what="targets for two node proxies, the waypoint and the ingress gateway")
         port = _free_port()
         prom = subprocess.Popen([str(PROMETHEUS), f"--config.file={out / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
@@ -254,10 +260,10 @@ def test_a_real_prometheus_scrapes_every_component(env: Env, tmp_path: Path) -> 
 
         def all_up() -> list[dict[str, Any]] | None:
             active = _get_json(f"{api}/targets")["data"]["activeTargets"]
-            return active if len(active) == 3 and all(t["health"] == "up" for t in active) else None
+            return active if len(active) == 4 and all(t["health"] == "up" for t in active) else None
 
-        active = wait_for(all_up, timeout=60, what="three targets up in Prometheus")
-        assert {t["labels"]["component"] for t in active} == {"ztunnel", "waypoint"}
+        active = wait_for(all_up, timeout=60, what="four targets up in Prometheus")
+        assert {t["labels"]["component"] for t in active} == {"ztunnel", "waypoint", "ingressgateway"}
         assert _curl(env) == "hi"  # a connection for the node proxies to count
 
         def opened() -> list[dict[str, Any]] | None:
@@ -276,3 +282,28 @@ def test_a_real_prometheus_scrapes_every_component(env: Env, tmp_path: Path) -> 
                 except subprocess.TimeoutExpired:
                     p.kill()
         prom_log.close()
+
+
+def test_a_waypoints_upstream_edge_runs_as_the_waypoint(env: Env) -> None:
+    """web uses the namespace's waypoint: the dashboard's waypoint -> web edge shows the waypoint's identity
+    (not the client's) and the bytes the destination node proxy counted."""
+    base = [sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(env.state)]
+    run = subprocess.run([*base, "waypoint", "apply", "-n", NS, "--wait", "--timeout", "60"], capture_output=True,
+                         text=True, timeout=90, check=False)
+    assert run.returncode == 0, run.stderr
+    env.api.patch("Service", "web", NS, {"metadata": {"labels": {"istio.io/use-waypoint": "waypoint"}}})
+    waypoint_id = f"spiffe://cluster.local/ns/{NS}/sa/waypoint"
+
+    def edge() -> dict[str, Any] | None:
+        if _curl(env) != "hi":  # the switch to the waypoint may take a moment to reach the client's proxy
+            return None
+        snap = _get_json(f"{env.url}api/snapshot")
+        edges = [e for e in snap["edges"] if e["src"] == f"{NS}/waypoint" and e["dst"] == f"{NS}/web"]
+        return edges[0] if edges and edges[0]["bytes_recv"] > 0 else None
+
+    up = wait_for(edge, timeout=60, what="a waypoint -> web edge with the destination proxy's bytes")
+    assert up["identities"] == [waypoint_id], up
+    assert up["bytes_sent"] > 0 and up["count"] >= 1, up
+    snap = _get_json(f"{env.url}api/snapshot")
+    waypoints = [n["id"] for n in snap["nodes"] if n["kind"] == "waypoint"]
+    assert waypoints == [f"{NS}/waypoint"], snap["nodes"]
