@@ -62,13 +62,17 @@ def test_cli_bad_name_is_a_clear_error(state: Path) -> None:
     assert not state.exists()
 
 
-def test_make_clean_removes_only_its_own_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_make_clean_removes_only_its_own_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     """`make clean` deletes the demo's cluster (CLUSTER, default `ambient`) and build outputs; another cluster
     on the machine keeps running. Run from a scratch directory so the build outputs removed are its own."""
     import os
     import shutil
     import subprocess
     import sys
+    import tempfile
+
+    # a short state dir: the components' Unix sockets live under it (AF_UNIX paths are at most 107 bytes)
+    tmp_path = Path(tempfile.mkdtemp(prefix="mkc-"))
 
     from ambient.cluster import layout as L
 
@@ -97,3 +101,4 @@ def test_make_clean_removes_only_its_own_cluster(tmp_path: Path, monkeypatch: py
         for name in (ours, other):
             lifecycle.delete_cluster(name, tmp_path / f"state-{name}")
             force_cleanup(name)
+        shutil.rmtree(tmp_path, ignore_errors=True)
