@@ -157,8 +157,26 @@ def create_cluster(name: str | None = None, nodes: int = 2, state_dir: str | os.
     check_root()
     name = L.validate_cluster_name(name or L.default_cluster_name())
     layout = L.build_layout(name, nodes, state_dir)
+    _check_socket_paths(layout)
     with _creation_lock(name):
         return _create(layout, progress)
+
+
+UNIX_PATH_MAX = 107  # bytes of a Unix socket path (sun_path is 108 with its terminating NUL)
+LONGEST_SOCKET_NAME = "ztunnel-admin.sock"
+
+
+def _check_socket_paths(layout: L.ClusterLayout) -> None:
+    """Refuse a state dir too long for the components' Unix sockets (they live under it): otherwise a
+    component would die at start with `AF_UNIX path too long`."""
+    longest = max((Path(n.run_dir) / LONGEST_SOCKET_NAME for n in layout.nodes), key=lambda p: len(bytes(p)))
+    if len(bytes(longest)) > UNIX_PATH_MAX:
+        raise ClusterError(
+            f"state dir {layout.state_dir} is too long for the cluster's Unix sockets ({longest} would be "
+            f"{len(bytes(longest))} bytes; the limit is {UNIX_PATH_MAX})",
+            hint=f"use a state dir of at most {len(str(layout.state_dir)) - len(bytes(longest)) + UNIX_PATH_MAX} "
+                 "characters (--state-dir)",
+        )
 
 
 def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:

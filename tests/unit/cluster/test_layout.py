@@ -83,3 +83,13 @@ def test_a_cluster_name_is_never_taken_for_a_folder_of_the_current_directory(
     assert L.load_layout("t3y") == real          # the name: its registered state dir
     assert L.load_layout(Path("t3y")) == decoy   # a Path is a state dir
     assert L.load_layout("./t3y") == decoy       # and so is a string with a slash
+
+
+def test_a_state_dir_too_long_for_unix_sockets_is_refused_with_the_limit() -> None:
+    from ambient.cluster.errors import ClusterError
+    from ambient.cluster.lifecycle import UNIX_PATH_MAX, _check_socket_paths
+
+    _check_socket_paths(L.build_layout("t3z", 2, Path("/var/lib/ambient/t3z")))  # the default: fine
+    long_dir = Path("/tmp/" + "x" * 80)
+    with pytest.raises(ClusterError, match=f"too long for the cluster's Unix sockets .* the limit is {UNIX_PATH_MAX}"):
+        _check_socket_paths(L.build_layout("t3z", 2, long_dir))
