@@ -9,18 +9,16 @@ log, which is how the tests see the probe requests arrive.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import in_pod, is_ready, pod_manifest, wait_ready
+from cluster_fixtures import in_pod, is_ready, local_cluster, pod_manifest, wait_ready
 
-from ambient.api.client import ApiClient
-from ambient.cluster import lifecycle, network, processes
 from ambient.cluster import podruntime as rt
+from ambient.cluster import processes
 from ambient.cni.rules import PROBE_SOURCE_V4
 from helpers import wait_for
 
@@ -31,36 +29,18 @@ ENROLL = {"istio.io/dataplane-mode": "ambient"}
 MESHED, PLAIN, CLIENT = "prb", "prbplain", "prbclient"
 
 
-def _force_cleanup() -> None:
-    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
-    network.destroy_network(CLUSTER)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("prb1")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        state = tmp / "state"
-        _force_cleanup()
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 1, state)
-            assert "ztunnel-node-1" in result.components, result.components
-            with ApiClient(result.layout.api_socket) as api:
-                for ns, labels in ((MESHED, ENROLL), (CLIENT, ENROLL), (PLAIN, {})):
-                    api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
-                # allow-nothing: an ALLOW policy without rules denies every request to the namespace's pods
-                api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                            "metadata": {"name": "allow-nothing", "namespace": MESHED}, "spec": {}})
-                api.create(pod_manifest("curl", ["sleep", "infinity"], ns=CLIENT))
-                client = wait_ready(api, "curl", CLIENT, timeout=60)
-                yield {"layout": result.layout, "api": api, "state": state, "client": client}
-        finally:
-            with contextlib.suppress(Exception):  # keep the logs for post-mortems
-                shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            with contextlib.suppress(Exception):
-                lifecycle.delete_cluster(CLUSTER, state)
-            _force_cleanup()
+    with local_cluster(CLUSTER, tmp, 1, require=("ztunnel-node-1",)) as (layout, api, state):
+        for ns, labels in ((MESHED, ENROLL), (CLIENT, ENROLL), (PLAIN, {})):
+            api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
+        # allow-nothing: an ALLOW policy without rules denies every request to the namespace's pods
+        api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "allow-nothing", "namespace": MESHED}, "spec": {}})
+        api.create(pod_manifest("curl", ["sleep", "infinity"], ns=CLIENT))
+        client = wait_ready(api, "curl", CLIENT, timeout=60)
+        yield {"layout": layout, "api": api, "state": state, "client": client}
 
 
 def httpbin(name: str, ns: str, **probes: dict[str, Any]) -> dict[str, Any]:

@@ -9,19 +9,17 @@ The pods declare no ports and no readinessProbe, so they are Ready as soon as th
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_fixtures import in_pod, is_ready, pod_manifest, wait_ready, whoami_pod
+from cluster_fixtures import in_pod, is_ready, local_cluster, pod_manifest, wait_ready, whoami_pod
 
 from ambient.api.client import ApiClient
-from ambient.cluster import lifecycle, network, processes
+from ambient.cluster import lifecycle, processes
 from helpers import wait_for
 
 pytestmark = pytest.mark.root
@@ -32,34 +30,16 @@ AGENT = "node-agent-node-1"
 STATUS = "ambient.istio.io/redirection"
 
 
-def _force_cleanup() -> None:
-    processes.kill_netns_processes(network.cluster_netns(CLUSTER))
-    network.destroy_network(CLUSTER)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("rdy1")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        state = tmp / "state"
-        _force_cleanup()
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 1, state)
-            assert AGENT in result.components and "ztunnel-node-1" in result.components, result.components
-            with ApiClient(result.layout.api_socket) as api:
-                for ns in ("rdy", "rdyclient"):
-                    api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": ENROLL}})
-                api.create(pod_manifest("curl", ["sleep", "infinity"], ns="rdyclient"))
-                client = wait_ready(api, "curl", "rdyclient", timeout=60)
-                wait_for(lambda: _annotation(api, "curl", "rdyclient") == "enabled", 30, "client captured")
-                yield {"layout": result.layout, "api": api, "client": client, "state": state}
-        finally:
-            with contextlib.suppress(Exception):  # keep the logs for post-mortems
-                shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            with contextlib.suppress(Exception):
-                lifecycle.delete_cluster(CLUSTER, state)
-            _force_cleanup()
+    with local_cluster(CLUSTER, tmp, 1, require=(AGENT, "ztunnel-node-1")) as (layout, api, state):
+        for ns in ("rdy", "rdyclient"):
+            api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": ENROLL}})
+        api.create(pod_manifest("curl", ["sleep", "infinity"], ns="rdyclient"))
+        client = wait_ready(api, "curl", "rdyclient", timeout=60)
+        wait_for(lambda: _annotation(api, "curl", "rdyclient") == "enabled", 30, "client captured")
+        yield {"layout": layout, "api": api, "client": client, "state": state}
 
 
 def _annotation(api: ApiClient, name: str, ns: str) -> str | None:

@@ -46,6 +46,7 @@ from ambient.api.errors import (
 )
 from ambient.api.kinds import KindInfo, kind_for_manifest, resolve_kind
 from ambient.api.limits import MAX_OBJECT_BYTES
+from ambient.api.patch import merge_patch
 from ambient.api.selectors import compile_selectors
 from ambient.api.validation.schema import find_unknown_fields, strict_error
 
@@ -100,19 +101,6 @@ def _previously_applied(meta: Obj) -> dict[str, set[str]]:
         return {f: {str(k) for k in record.get(f, [])} for f in ("labels", "annotations")}
     except (ValueError, AttributeError, TypeError):
         return {"labels": set(), "annotations": set()}
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: dicts merge recursively, null deletes a key, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def _default_validate(obj: Obj) -> Obj:

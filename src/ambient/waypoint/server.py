@@ -560,18 +560,17 @@ class Waypoint:
         breaker = None
         if backend is not None and backend[3].pool.limited:
             breaker = self._breakers.breaker((backend[0].key, backend[1], _subset_key(backend[2])), backend[3].pool)
-        if breaker is None:
-            await self._attempts(conn, req, writer, record, view, backend, request_timeout, retry, backend_timeout)
-            return
-        try:
-            await breaker.acquire()
-        except UpstreamError as exc:  # DestinationRule connectionPool overflow
-            await self._local(writer, record, exc.status, exc.message, exc.flags)
-            return
+        if breaker is not None:
+            try:
+                await breaker.acquire()
+            except UpstreamError as exc:  # DestinationRule connectionPool overflow
+                await self._local(writer, record, exc.status, exc.message, exc.flags)
+                return
         try:
             await self._attempts(conn, req, writer, record, view, backend, request_timeout, retry, backend_timeout)
         finally:
-            breaker.release()
+            if breaker is not None:
+                breaker.release()
 
     async def _attempts(
         self,

@@ -21,7 +21,8 @@ from ambient.api.errors import (
     ValidationError,
 )
 from ambient.api.kinds import KINDS
-from ambient.api.store import LAST_APPLIED, Store, merge_patch
+from ambient.api.patch import merge_patch
+from ambient.api.store import LAST_APPLIED, Store
 
 Obj = dict[str, Any]
 _CONTAINERS = [{"name": "app", "image": "busybox"}]

@@ -21,7 +21,7 @@ import pytest
 import ambient.cni.agent as agent_mod
 from ambient.api.client import WatchEvent
 from ambient.api.errors import NotFoundError
-from ambient.api.store import merge_patch
+from ambient.api.patch import merge_patch
 from ambient.cni import agent_plan as P
 from ambient.cni.agent import AgentSettings, NodeAgent
 from ambient.cni.errors import RuleApplyError
