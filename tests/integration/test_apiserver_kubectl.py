@@ -228,13 +228,28 @@ def test_streaming_list_ends_its_initial_events_with_a_bookmark(server: ApiServe
 
 
 @needs_kubectl
-def test_server_side_dry_run_is_refused_not_applied(server: ApiServer) -> None:
+def test_server_side_dry_run_and_diff(server: ApiServer) -> None:
+    """`--dry-run=server` and `kubectl diff` run the write on the server and store nothing; diff exits 1 with
+    a unified diff when the manifest changes the live object, 0 when it does not."""
     ns = '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"dry"}}'
-    proc = _kubectl(server, "apply", "--dry-run=server", "-f", "-", stdin=ns, check=False)
-    assert proc.returncode != 0 and "dry run is not supported" in proc.stderr
+    assert "namespace/dry created (server dry run)" in _kubectl(server, "apply", "--dry-run=server", "-f", "-",
+                                                                stdin=ns).stdout
     assert _kubectl(server, "get", "ns", "dry", check=False).returncode != 0  # nothing was written
+    assert "namespace/dry created (server dry run)" in _kubectl(server, "create", "--dry-run=server", "-f", "-",
+                                                                stdin=ns).stdout
     assert "namespace/dry created (dry run)" in _kubectl(server, "apply", "--dry-run=client", "-f", "-",
                                                          stdin=ns).stdout
+    _kubectl(server, "apply", "-f", "-", stdin=ns)
+    policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+              "metadata": {"name": "gate", "namespace": "dry"}, "spec": {"action": "ALLOW", "rules": [{}]}}
+    _kubectl(server, "apply", "-f", "-", stdin=json.dumps(policy))
+    before = _kubectl(server, "get", "authorizationpolicy", "-n", "dry", "gate", "-o", "json").stdout
+    assert _kubectl(server, "diff", "-f", "-", stdin=json.dumps(policy)).stdout == ""
+    changed = json.dumps({**policy, "spec": {"action": "DENY", "rules": [{}]}})
+    proc = _kubectl(server, "diff", "-f", "-", stdin=changed, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "\n-  action: ALLOW\n+  action: DENY\n" in proc.stdout
+    assert _kubectl(server, "get", "authorizationpolicy", "-n", "dry", "gate", "-o", "json").stdout == before
 
 
 @needs_kubectl

@@ -4,20 +4,31 @@ The applied configuration is merged into the live object (maps merge; lists merg
 merge patch does for built-in kinds, else the applied list replaces the live one), then every field this
 field manager set in its previous apply and no longer sets is removed, unless another manager also owns it.
 Ownership is recorded as Kubernetes does, in `metadata.managedFields` (one `Apply` entry per manager, a
-`FieldsV1` set of `f:<name>` keys; lists are owned whole). Not implemented: conflict detection between
-managers (every apply behaves as `--force-conflicts`), and ownership of fields written by other verbs.
+`FieldsV1` set of `f:<name>` keys; lists are owned whole, as Istio's CRDs declare them: atomic).
+
+Conflicts, as kube-apiserver's structured merge: a field the apply changes (its merged value differs from
+the live one, or it is new) that another manager's entry owns is a conflict. Without `force` the apply is
+refused whole (`ApplyConflictError`: 409, reason Conflict, `Apply failed with 1 conflict: conflict with
+"mgr": .spec.action`, one `FieldManagerConflict` cause per field); with `force` the applier takes the
+fields over (they leave the other managers' sets; a manager left with no field is dropped). Applying a
+value equal to the live one is no conflict: both managers then own the field. An apply that changes
+nothing keeps its entry's time, so it writes nothing (no new resourceVersion), as Kubernetes.
+Not implemented: ownership of fields written by other verbs (`Update` entries are honoured when present,
+never created), and per-item ownership of keyed lists of built-in kinds (a container list is owned whole).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime
 from typing import Any
 
-from ambient.api.errors import ValidationError
+from ambient.api.errors import ApplyConflictError, ValidationError
 from ambient.api.patch import strategic_merge
 
 Obj = dict[str, Any]
+Path = tuple[str, ...]  # field names from the top, e.g. ("spec", "action")
 # Set by the server, never owned by a manager.
 _SERVER_OWNED = frozenset({"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
                            "deletionTimestamp", "selfLink"})
@@ -66,9 +77,107 @@ def _minus(old: Obj, new: Obj) -> Obj:
     return out
 
 
+def leaves(fields: Obj, prefix: Path = ()) -> set[Path]:
+    """The members of a FieldsV1 set: the paths of its empty nodes (`{"f:spec": {"f:a": {}}}` -> spec.a).
+    An empty top-level `f:metadata` (kept by `field_set` so that dropping every label drops the labels) is
+    no member: nobody owns metadata itself."""
+    out: set[Path] = set()
+    for key, sub in fields.items():
+        if not key.startswith("f:"):
+            continue
+        path = (*prefix, key[2:])
+        if isinstance(sub, dict) and sub:
+            out |= leaves(sub, path)
+        elif path != ("metadata",):
+            out.add(path)
+    return out
+
+
+def fields_of(paths: set[Path]) -> Obj:
+    """The FieldsV1 set of these members (the inverse of `leaves`)."""
+    out: Obj = {}
+    for path in sorted(paths):
+        node = out
+        for name in path:
+            node = node.setdefault(f"f:{name}", {})
+    return out
+
+
+def changed_fields(old: Any, new: Any) -> set[Path]:
+    """The members (in `field_set`'s shape) whose value in `new` differs from `old` or is new there."""
+    return leaves(_changed(old, new, top=True))
+
+
+def _changed(old: Any, new: Any, top: bool) -> Obj:
+    new_set = field_set(new, top)
+    old = old if isinstance(old, dict) else {}
+    out: Obj = {}
+    for fkey, sub in new_set.items():
+        key = fkey[2:]
+        if key not in old:
+            out[fkey] = sub
+        elif isinstance(old[key], dict) and isinstance(new[key], dict):
+            if sub:
+                inner = _changed(old[key], new[key], top=False)
+                if top and key == "metadata":
+                    inner = {k: v for k, v in inner.items() if k in sub}
+                if inner:
+                    out[fkey] = inner
+        elif old[key] != new[key]:
+            out[fkey] = {}
+    return out
+
+
+def path_text(path: Path) -> str:
+    """A field path as Kubernetes prints it: `.spec.action`, `.metadata.labels.app`."""
+    return "".join(f".{name}" for name in path)
+
+
+def manager_label(entry: Obj) -> str:
+    """A managedFields entry as kube-apiserver names it in a conflict: `"mgr"`, or for an Update entry
+    `"mgr" using apps/v1` (with `with subresource "status"` when it has one)."""
+    label = json.dumps(str(entry.get("manager") or ""), ensure_ascii=False)
+    if entry.get("subresource"):
+        label += f" with subresource {json.dumps(str(entry['subresource']), ensure_ascii=False)}"
+    if entry.get("operation") == "Update":
+        label += f" using {entry.get('apiVersion') or ''}"
+    return label
+
+
+def find_conflicts(others: list[Obj], changed: set[Path]) -> list[tuple[Obj, Path]]:
+    """(entry, path) for every member of another manager's set that the apply changes, in the entries'
+    order and each entry's paths sorted."""
+    return [(entry, owned) for entry in others
+            for owned in sorted(leaves(entry.get("fieldsV1") or {}) & changed)]
+
+
+def conflict_error(conflicts: list[tuple[Obj, Path]]) -> ApplyConflictError:
+    """kube-apiserver's apply conflict: one line for one conflict, else the fields grouped by manager."""
+    causes = [{"type": "FieldManagerConflict", "message": f"conflict with {manager_label(e)}",
+               "field": path_text(p)} for e, p in conflicts]
+    if len(conflicts) == 1:
+        entry, path = conflicts[0]
+        message = f"Apply failed with 1 conflict: conflict with {manager_label(entry)}: {path_text(path)}"
+    else:
+        by_manager: dict[str, list[Path]] = {}
+        for entry, path in conflicts:
+            by_manager.setdefault(manager_label(entry), []).append(path)
+        lines = []
+        for label in sorted(by_manager):
+            lines.append(f"conflicts with {label}:")
+            lines += [f"- {path_text(p)}" for p in by_manager[label]]
+        message = f"Apply failed with {len(conflicts)} conflicts: " + "\n".join(lines)
+    return ApplyConflictError(
+        message, causes=causes,
+        hint="take the fields over with force=true (kubectl apply --server-side --force-conflicts), drop them "
+        "from the applied manifest, or apply as the manager that owns them",
+    )
+
+
 def server_side_apply(live: Obj | None, applied: Obj, manager: str, api_version: str,
-                      now: str | None = None) -> Obj:
-    """The object after `manager` applied `applied` to `live` (None: it does not exist yet)."""
+                      now: str | None = None, *, force: bool = False) -> Obj:
+    """The object after `manager` applied `applied` to `live` (None: it does not exist yet); raises
+    ApplyConflictError when it changes fields other managers own, unless `force`."""
     if not isinstance(applied, dict):
         raise ValidationError("an apply patch must be an object")
     if not manager:
@@ -82,12 +191,31 @@ def server_side_apply(live: Obj | None, applied: Obj, manager: str, api_version:
         result.setdefault("metadata", {})["managedFields"] = [entry]
         return result
     managed = [m for m in (live.get("metadata") or {}).get("managedFields") or [] if isinstance(m, dict)]
-    previous = next((m for m in managed if m.get("manager") == manager and m.get("operation") == "Apply"), None)
-    others = [m.get("fieldsV1") or {} for m in managed if m is not previous]
+    previous = next((m for m in managed if m.get("manager") == manager and m.get("operation") == "Apply"
+                     and not m.get("subresource")), None)
+    copies = {id(m): copy.deepcopy(m) for m in managed if m is not previous}
+    others = list(copies.values())
     body = {k: v for k, v in applied.items() if k != "status"}
     result = strategic_merge(live, body)
+    conflicts = find_conflicts(others, changed_fields(live, result))
+    if conflicts and not force:
+        raise conflict_error(conflicts)
+    for other in others:  # forced: the applier takes the fields over
+        taken = {p for e, p in conflicts if e is other}
+        if taken:
+            other["fieldsV1"] = fields_of(leaves(other.get("fieldsV1") or {}) - taken)
+    others = [m for m in others if leaves(m.get("fieldsV1") or {})]
     if previous is not None:
-        _remove(result, _minus(previous.get("fieldsV1") or {}, fields), others)
-    kept = [m for m in managed if m is not previous]
-    result.setdefault("metadata", {})["managedFields"] = [*kept, entry]
+        _remove(result, _minus(previous.get("fieldsV1") or {}, fields),
+                [m.get("fieldsV1") or {} for m in others])
+        if previous.get("fieldsV1") == fields and previous.get("time"):
+            entry["time"] = previous["time"]  # kept when nothing changes, so a no-op apply writes nothing
+            unchanged = {**result, "metadata": {**result.get("metadata", {}), "managedFields": managed}}
+            if unchanged != live:
+                entry["time"] = stamp
+    kept = {id(m) for m in others}
+    # In their order, this manager's entry in place of its previous one: an unchanged apply is unchanged.
+    entries = [entry if m is previous else copies[id(m)] for m in managed
+               if m is previous or id(copies.get(id(m))) in kept]
+    result.setdefault("metadata", {})["managedFields"] = entries if previous is not None else [*entries, entry]
     return result

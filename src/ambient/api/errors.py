@@ -6,14 +6,18 @@ CLI user sees the same message whether the error was raised locally or by the se
 
 from __future__ import annotations
 
+from typing import Any
+
 from ambient.core.errors import AmbientError
 
 
 class ApiError(AmbientError):
-    """Base of the object API's errors. `status` is the HTTP status the server answers with."""
+    """Base of the object API's errors. `status` is the HTTP status the server answers with; `details`, when
+    set, is sent as the Kubernetes Status `details` (kind, group, causes)."""
 
     status: int = 500
     reason: str = "InternalError"
+    details: dict[str, Any] | None = None
 
 
 class UnknownKindError(ApiError):
@@ -31,6 +35,14 @@ class ValidationError(ApiError):
 class UnknownFieldError(ValidationError):
     """An object has fields its kind does not define (strict field validation). HTTP 400, reason BadRequest,
     as the Kubernetes API server answers a `strict decoding error`."""
+
+    status = 400
+    reason = "BadRequest"
+
+
+class BadRequestError(ValidationError):
+    """A malformed request (not JSON, wrong kind for the URL, a bad query parameter...). HTTP 400, reason
+    BadRequest."""
 
     status = 400
     reason = "BadRequest"
@@ -58,6 +70,15 @@ class ConflictError(ApiError):
 
     status = 409
     reason = "Conflict"
+
+
+class ApplyConflictError(ConflictError):
+    """A server-side apply would change fields another field manager owns (HTTP 409, reason Conflict, one
+    `FieldManagerConflict` cause per field, as kube-apiserver answers); `force=true` takes them over."""
+
+    def __init__(self, message: str, *, causes: list[dict[str, str]], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.details = {"causes": causes}
 
 
 class GoneError(ApiError):

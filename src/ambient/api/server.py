@@ -47,8 +47,15 @@ from multidict import CIMultiDict
 
 from ambient.api import discovery, limits, openapi, pods, protobuf, tables, tls_listener
 from ambient.api.apply import server_side_apply
-from ambient.api.errors import ApiError, NotFoundError, TooLargeError, UnknownKindError, ValidationError
+from ambient.api.errors import (
+    ApiError,
+    BadRequestError,
+    NotFoundError,
+    TooLargeError,
+    UnknownKindError,
+)
 from ambient.api.kinds import KINDS, KindInfo, by_plural, kind_for_manifest
+from ambient.api.options import WriteOptions, delete_dry_run, write_options
 from ambient.api.patch import strategic_merge
 from ambient.api.selectors import compile_selectors
 from ambient.api.store import DEFAULT_MAX_EVENTS, Store
@@ -75,6 +82,7 @@ T = TypeVar("T")
 
 _STRATEGIC = "application/strategic-merge-patch+json"
 _APPLY = "application/apply-patch+yaml"
+_PATCH_TYPES = ("application/merge-patch+json", "application/json", _STRATEGIC, _APPLY)
 _SUBRESOURCES = {"Pod": ("log", "exec", "portforward"), "Deployment": ("scale",)}
 
 
@@ -83,13 +91,6 @@ class UnsupportedMediaTypeError(ApiError):
 
     status = 415
     reason = "UnsupportedMediaType"
-
-
-class BadRequestError(ValidationError):
-    """A malformed request (not JSON, wrong kind for the URL...). Sent as HTTP 400, reason BadRequest."""
-
-    status = 400
-    reason = "BadRequest"
 
 
 def _dumps(obj: Any) -> str:
@@ -106,6 +107,8 @@ def status_body(exc: ApiError) -> dict[str, Any]:
         "reason": exc.reason,
         "code": exc.status,
     }
+    if exc.details:
+        body["details"] = exc.details
     if exc.hint:
         body["hint"] = exc.hint
     return body
@@ -369,12 +372,27 @@ class ApiServer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _write(self, fn: Callable[..., T], *args: Any, dry_run: bool = False) -> T:
         try:
             return await self._run(fn, *args)
         finally:
-            # Notify even on failure: harmless, and a partially failed call never commits anyway.
-            self._notify()
+            # Notify even on failure: harmless, and a partially failed call never commits anyway. A dry run
+            # commits nothing, so watchers are not even woken.
+            if not dry_run:
+                self._notify()
+
+    async def _delete_options(self, request: web.Request) -> WriteOptions:
+        """A DELETE's options: from its body (a DeleteOptions object, as kubectl and client-go send them) when
+        it has one, else from the query, as kube-apiserver reads them."""
+        dry_run: list[str] | None = None
+        if request.can_read_body:
+            body, _ = await self._body(request, self.max_request_bytes)
+            dry_run = delete_dry_run(body) if body is not None else None
+            if dry_run is None:
+                dry_run = []
+        if dry_run is None:
+            dry_run = request.query.getall("dryRun", [])
+        return write_options("DELETE", dry_run=dry_run)
 
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -529,6 +547,7 @@ class ApiServer:
 
     async def _apply(self, request: web.Request) -> web.Response:
         mode = parse_field_validation(request.query.get("fieldValidation"))
+        dry = write_options("POST", dry_run=request.query.getall("dryRun", [])).dry_run
         body, duplicates = await self._body(request, self.max_apply_bytes, envelope_levels=2)  # {"items": [...]}
         items = body.get("items") if isinstance(body, dict) else body
         if not isinstance(items, list):
@@ -553,7 +572,7 @@ class ApiServer:
                 subject = f"item {index} ({subject})"
             check_duplicates(by_item.get(index - 1, []), mode, warnings, subject, name_in_warnings=True)
             check_fields(item, info.kind, mode, warnings, subject, name_in_warnings=True)
-        results = await self._write(self.store.apply_many, items)
+        results = await self._write(lambda: self.store.apply_many(items, dry_run=dry), dry_run=dry)
         return self._json({"items": [{"object": obj, "action": action} for obj, action in results]},
                           warnings=warnings)
 
@@ -569,12 +588,13 @@ class ApiServer:
         info, namespace, name, sub = parse_api_path(prefix, request.match_info["tail"])
         method = request.method
         q = request.query
-        if q.get("dryRun") and method in ("POST", "PUT", "PATCH", "DELETE"):
-            # Refused rather than ignored: ignoring it would make `kubectl diff` or `--dry-run=server` write.
-            raise BadRequestError(
-                "server-side dry run is not supported by this API server",
-                hint="use kubectl --dry-run=client, or `kubectl diff` with a client-side diff",
-            )
+        opts = WriteOptions()
+        # A PATCH of an unsupported type is a 415 before its options are read (as kube-apiserver).
+        if method in ("POST", "PUT", "PATCH") and sub not in ("exec", "portforward") and not (
+                method == "PATCH" and request.content_type not in _PATCH_TYPES):
+            opts = write_options(method, dry_run=q.getall("dryRun", []), field_manager=q.get("fieldManager"),
+                                 force=q.get("force"), patch_type=request.content_type if method == "PATCH" else None)
+        dry = opts.dry_run
         table = tables.wants_table(request.headers.get("Accept"))
         if name is None:
             if method == "GET":
@@ -590,13 +610,14 @@ class ApiServer:
                 warnings: list[str] = []
                 check_duplicates(duplicates, mode, warnings, _subject(info, obj))
                 check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
-                return self._json(await self._write(self.store.create, obj), 201, warnings)
+                new_obj = await self._write(lambda: self.store.create(obj, dry_run=dry), dry_run=dry)
+                return self._json(new_obj, 201, warnings)
             raise web.HTTPMethodNotAllowed(method, ["GET", "POST"])
         ns = namespace if info.namespaced else None
         if sub in ("log", "exec", "portforward"):
             return await self._pod_stream(request, sub, name, ns)
         if sub == "scale":
-            return await self._scale(request, info, name, ns)
+            return await self._scale(request, info, name, ns, dry)
         if method == "GET":
             obj = await self._run(self.store.get, info.kind, name, ns)
             if table is not None and sub is None:
@@ -611,10 +632,10 @@ class ApiServer:
             if sub != "status":  # status is owned by controllers and not schema-checked
                 check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
             op = self.store.update_status if sub == "status" else self.store.update
-            return self._json(await self._write(op, obj), warnings=warnings)
+            return self._json(await self._write(lambda: op(obj, dry_run=dry), dry_run=dry), warnings=warnings)
         if method == "PATCH":
             ctype = request.content_type
-            if ctype not in ("application/merge-patch+json", "application/json", _STRATEGIC, _APPLY):
+            if ctype not in _PATCH_TYPES:
                 raise UnsupportedMediaTypeError(
                     f'unsupported patch type "{ctype}"',
                     hint=f"send a JSON merge patch (application/merge-patch+json), {_STRATEGIC} or {_APPLY}",
@@ -625,26 +646,33 @@ class ApiServer:
                 obj = self._target(info, namespace, name, applied)
                 warnings = []
                 check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
-                result, created = await self._write(
-                    self._server_side_apply, info, name, ns, obj, q.get("fieldManager") or ""
+                applied_obj, created = await self._write(
+                    lambda: self._server_side_apply(info, name, ns, obj, opts), dry_run=dry
                 )
-                return self._json(result, 201 if created else 200, warnings)
+                return self._json(applied_obj, 201 if created else 200, warnings)
             patch, duplicates = await self._body(request, self.max_request_bytes)
             warnings = []
             subject = _subject(info, {"metadata": {"name": name, "namespace": ns}})
             check_duplicates(duplicates, mode, warnings, subject)
             if ctype == _STRATEGIC:
                 result = await self._write(
-                    self._strategic_patch, info, name, ns, patch, sub == "status", mode, warnings, subject
+                    lambda: self._strategic_patch(info, name, ns, patch, sub == "status", mode, warnings, subject,
+                                                  dry),
+                    dry_run=dry,
                 )
                 return self._json(result, warnings=warnings)
             if sub != "status" and isinstance(patch, dict):
                 # The stored object has known fields only, so the merge result's unknown fields are the patch's.
                 check_fields(patch, info.kind, mode, warnings, subject)
-            result = await self._write(lambda: self.store.patch(info.kind, name, ns, patch, status=sub == "status"))
+            result = await self._write(
+                lambda: self.store.patch(info.kind, name, ns, patch, status=sub == "status", dry_run=dry), dry_run=dry
+            )
             return self._json(result, warnings=warnings)
         if method == "DELETE" and sub is None:
-            return self._json(await self._write(self.store.delete, info.kind, name, ns))
+            dry = (await self._delete_options(request)).dry_run
+            return self._json(
+                await self._write(lambda: self.store.delete(info.kind, name, ns, dry_run=dry), dry_run=dry)
+            )
         raise web.HTTPMethodNotAllowed(method, ["GET", "PUT", "PATCH", "DELETE"])
 
     @staticmethod
@@ -697,7 +725,8 @@ class ApiServer:
 
         return await serve_portforward(request, pod, connector)
 
-    async def _scale(self, request: web.Request, info: KindInfo, name: str, ns: str | None) -> web.Response:
+    async def _scale(self, request: web.Request, info: KindInfo, name: str, ns: str | None,
+                     dry: bool = False) -> web.Response:
         """deployments/scale as an autoscaling/v1 Scale: GET, PUT and merge/strategic PATCH of spec.replicas."""
         if request.method == "GET":
             return self._json(_scale_of(await self._run(self.store.get, info.kind, name, ns)))
@@ -708,7 +737,7 @@ class ApiServer:
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise BadRequestError("spec.replicas: expected a non-negative integer")
         patch = {"spec": {"replicas": replicas}}
-        result = await self._write(lambda: self.store.patch(info.kind, name, ns, patch))
+        result = await self._write(lambda: self.store.patch(info.kind, name, ns, patch, dry_run=dry), dry_run=dry)
         return self._json(_scale_of(result))
 
     async def _apply_body(self, request: web.Request) -> Any:
@@ -732,21 +761,23 @@ class ApiServer:
         return body
 
     def _server_side_apply(
-        self, info: KindInfo, name: str, ns: str | None, applied: dict[str, Any], manager: str
+        self, info: KindInfo, name: str, ns: str | None, applied: dict[str, Any], opts: WriteOptions
     ) -> tuple[dict[str, Any], bool]:
-        """Server-side apply on the store's thread: create or merge (`ambient.api.apply`); True if created."""
+        """Server-side apply on the store's thread: create or merge (`ambient.api.apply`); True if created.
+        One writer, so nothing lands between the read and the write."""
+        manager, dry = opts.field_manager, opts.dry_run
         try:
             live = self.store.get(info.kind, name, ns)
         except NotFoundError:
-            return self.store.create(server_side_apply(None, applied, manager, info.api_version)), True
-        merged = server_side_apply(live, applied, manager, info.api_version)
+            return self.store.create(server_side_apply(None, applied, manager, info.api_version), dry_run=dry), True
+        merged = server_side_apply(live, applied, manager, info.api_version, force=opts.force)
         merged["kind"], merged["apiVersion"] = info.wire_kind, info.api_version
         merged["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")
-        return self.store.update(merged), False
+        return self.store.update(merged, dry_run=dry), False
 
     def _strategic_patch(
         self, info: KindInfo, name: str, ns: str | None, patch: Any, status: bool, mode: str,
-        warnings: list[str], subject: str,
+        warnings: list[str], subject: str, dry: bool = False,
     ) -> dict[str, Any]:
         """Strategic merge patch, on the store's thread: read, merge, check fields, write (one writer, so
         nothing lands between the read and the write)."""
@@ -758,9 +789,9 @@ class ApiServer:
             if meta.get(field) != want and not (field == "namespace" and want is None and field not in meta):
                 raise BadRequestError(f"metadata.{field}: cannot be changed by a patch (is {want!r})")
         if status:
-            return self.store.update_status(merged)
+            return self.store.update_status(merged, dry_run=dry)
         check_fields(merged, info.kind, mode, warnings, subject)
-        return self.store.update(merged)
+        return self.store.update(merged, dry_run=dry)
 
     async def _list(
         self, info: KindInfo, namespace: str | None, label_selector: str | None, field_selector: str | None,

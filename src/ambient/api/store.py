@@ -15,6 +15,10 @@ Invariants:
   included. Server-owned fields (uid, creationTimestamp, resourceVersion, generation) are set here only.
 - A namespaced object can only be created in an existing Namespace; deleting a Namespace deletes every
   object in it in the same transaction.
+- Dry run (`dry_run=True` on every write, Kubernetes' `?dryRun=All`): the call runs exactly as a real one
+  (validation, defaulting, namespace and conflict checks, size limit, generation) inside its transaction,
+  which is then rolled back: nothing is stored, no version is taken, no change-log row is kept. The objects
+  returned carry the resourceVersion they had (none for a create), as Kubernetes' dry run answers.
 
 The class is synchronous and not meant for concurrent use from several threads at once (the API server
 drives it from one worker thread); a lock makes accidental concurrent use safe rather than fast.
@@ -133,8 +137,9 @@ class ChangeEvent:
 class _Tx:
     """The state of one write transaction: hands out consecutive resource versions."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, dry_run: bool = False) -> None:
         self.db = db
+        self.dry_run = dry_run
         self.rv = int(db.execute("SELECT value FROM meta WHERE key = 'rv'").fetchone()[0])
         self.start_rv = self.rv
 
@@ -184,12 +189,16 @@ class Store:
             self._db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self, dry_run: bool = False) -> Iterator[_Tx]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                tx = _Tx(self._db)
+                tx = _Tx(self._db, dry_run)
                 yield tx
+                if dry_run:
+                    # Everything the call wrote (objects, change log) is discarded; the version is not taken.
+                    self._db.execute("ROLLBACK")
+                    return
                 if tx.rv != tx.start_rv:
                     self._db.execute("UPDATE meta SET value = ? WHERE key = 'rv'", (tx.rv,))
                     self._compact(tx.rv)
@@ -255,11 +264,17 @@ class Store:
             "INSERT INTO events (rv, type, kind, namespace, data, prev) VALUES (?, ?, ?, ?, ?, ?)",
             (rv, event, info.kind, ns, data, _dumps(prev) if prev is not None else None),
         )
+        if tx.dry_run:  # answered with the version it has (a new object has none), as Kubernetes' dry run
+            if prev is None:
+                del meta["resourceVersion"]
+            else:
+                meta["resourceVersion"] = prev["metadata"]["resourceVersion"]
         return obj
 
     def _remove(self, tx: _Tx, info: KindInfo, obj: Obj) -> Obj:
         rv = tx.next_rv()
         meta = obj["metadata"]
+        was = meta.get("resourceVersion")
         # The DELETED event carries the object as it was, stamped with the version of its deletion.
         meta["resourceVersion"] = str(rv)
         ns = meta.get("namespace", "") if info.namespaced else ""
@@ -270,6 +285,8 @@ class Store:
             "INSERT INTO events (rv, type, kind, namespace, data, prev) VALUES (?, 'DELETED', ?, ?, ?, NULL)",
             (rv, info.kind, ns, _dumps(obj)),
         )
+        if tx.dry_run:
+            meta["resourceVersion"] = was
         return obj
 
     def _checked(self, obj: Any) -> tuple[KindInfo, Obj]:
@@ -455,36 +472,39 @@ class Store:
 
     # ------------------------------------------------------------------ public API
 
-    def create(self, obj: Obj) -> Obj:
-        with self._write() as tx:
+    # Every write takes `dry_run`: run it whole, then roll it back (see the module docstring).
+
+    def create(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        with self._write(dry_run) as tx:
             return self._create(tx, obj)
 
-    def update(self, obj: Obj) -> Obj:
+    def update(self, obj: Obj, *, dry_run: bool = False) -> Obj:
         """Replace spec/metadata; `metadata.resourceVersion`, when set, must be current (else ConflictError)."""
-        with self._write() as tx:
+        with self._write(dry_run) as tx:
             return self._update(tx, obj)
 
-    def update_status(self, obj: Obj) -> Obj:
-        with self._write() as tx:
+    def update_status(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        with self._write(dry_run) as tx:
             return self._update_status(tx, obj)
 
-    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False) -> Obj:
+    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False,
+              dry_run: bool = False) -> Obj:
         info = resolve_kind(kind)
-        with self._write() as tx:
+        with self._write(dry_run) as tx:
             return self._patch(tx, info, self._ns_arg(info, namespace), name, patch, status)
 
-    def delete(self, kind: str, name: str, namespace: str | None = None) -> Obj:
+    def delete(self, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False) -> Obj:
         info = resolve_kind(kind)
-        with self._write() as tx:
+        with self._write(dry_run) as tx:
             return self._delete(tx, info, self._ns_arg(info, namespace), name)
 
-    def apply(self, obj: Obj) -> tuple[Obj, str]:
-        return self.apply_many([obj])[0]
+    def apply(self, obj: Obj, *, dry_run: bool = False) -> tuple[Obj, str]:
+        return self.apply_many([obj], dry_run=dry_run)[0]
 
-    def apply_many(self, objs: list[Obj]) -> list[tuple[Obj, str]]:
+    def apply_many(self, objs: list[Obj], *, dry_run: bool = False) -> list[tuple[Obj, str]]:
         """Create or update each object, all in one transaction: all succeed or none is written."""
         results: list[tuple[Obj, str]] = []
-        with self._write() as tx:
+        with self._write(dry_run) as tx:
             for index, obj in enumerate(objs, 1):
                 try:
                     results.append(self._apply(tx, obj))
