@@ -5,9 +5,10 @@
     ambient trace --follow -n client deploy/curl --count 5  # its next 5 connections, each when complete
 
 Evidence, not packet capture: the redirect rule that matched in the source pod (packet counter delta of the
-pod's iptables / nftables rules around the command), then the access lines every hop wrote for the
-connection, joined by their `trace_id` (the W3C trace id of the HBONE CONNECT's `traceparent`, see
-`ambient.runtime.trace`). Output: a Rich tree, or `-o json`.
+pod's iptables / nftables rules around the command), the DNS proxy's answer that gave the dialled address
+(when the app resolved a name through it), then the access lines every hop wrote for the connection, joined
+by their `trace_id` (the W3C trace id of the HBONE CONNECT's `traceparent`, see `ambient.runtime.trace`), and
+who closed first. Output: a Rich tree, or `-o json`.
 
 Heavy imports happen inside the command (the CLI's start-up time rule).
 """
@@ -95,8 +96,8 @@ def _complete(trace_id: str, entries: list[Any], strict: bool = True) -> bool:
     return bool(inbound)
 
 
-_TITLES = {"redirect": "redirect", "source-proxy": "source node proxy", "waypoint": "waypoint",
-           "destination-proxy": "destination node proxy", "app": "the app's answer"}
+_TITLES = {"redirect": "redirect", "dns": "source node proxy: DNS answer", "source-proxy": "source node proxy",
+           "waypoint": "waypoint", "destination-proxy": "destination node proxy", "app": "the app's answer"}
 
 
 def hop_label(hop: Any) -> str:

@@ -14,8 +14,15 @@ error logs at ERROR with `error="..."`; an early rejection (before a destination
 
 Beyond the reference, a proxy running with trace ids (the default) adds `route=`, `authz=`, `dst.original=`
 (source leg: the ip:port the app dialled), `hbone_conn=` (source leg: `new` when its CONNECT was the first
-stream of the HBONE connection, else `pooled`) and `trace_id=`
-after `duration` (see `ConnectionRecord`): `ambient trace` joins the hops of one connection by `trace_id`.
+stream of the HBONE connection, else `pooled`), `closed_by=` (which side ended the relay first, see
+`CLOSED_BY`) and `trace_id=` after `duration` (see `ConnectionRecord`): `ambient trace` joins the hops of one
+connection by `trace_id`.
+
+The node proxy's DNS proxy, with trace ids on, writes one `query answered` line per answered query to the same
+stream (`format_dns`): ztunnel's DNS access-log fields (src.workload, src.namespace, query, domain, result)
+plus the client address, the answer's addresses, who answered (`Service ns/name`, `ServiceEntry ns/name` from
+the mesh state, or `upstream host:port`), the rcode and the duration. `ambient trace` joins a connection to
+the answer that gave the address its app dialled.
 
 Pure: rendering never touches the network; `parse_fields` lets tests and tools read a line back.
 """
@@ -55,9 +62,25 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("duration", "duration", True),
     ("route", "route", True),
     ("authz", "authz", True),
+    ("closed_by", "closed_by", False),
     ("trace_id", "trace_id", False),
     ("error", "error", True),
 )
+
+
+# `closed_by=`: which side of a relayed connection ended first. "client" is the side that opened it (the app
+# for the source node proxy, the tunnel for the destination proxy), "server" the other one.
+CLOSED_BY: dict[str, str] = {
+    "client": "the client ended its side first (FIN / END_STREAM)",
+    "server": "the server ended its side first (FIN / END_STREAM)",
+    "client_reset": "the client reset the connection (RST / RST_STREAM)",
+    "server_reset": "the server reset the connection (RST / RST_STREAM)",
+    "client_error": "the client side failed (socket or tunnel error)",
+    "server_error": "the server side failed (socket or tunnel error)",
+    "drain": "the node proxy cut it at its drain deadline",
+    "policy": "the node proxy cut it: a policy change denies it now",
+    "error": "the node proxy ended it on an error before either side ended",
+}
 
 
 @dataclass
@@ -88,6 +111,7 @@ class ConnectionRecord:
     authz: str = ""
     original: str = ""  # the source leg's original destination (ip:port the app dialled, e.g. a Service VIP)
     hbone_conn: str = ""  # the source leg's HBONE connection: "new" (this CONNECT opened it) or "pooled"
+    closed_by: str = ""  # which side ended the relay first (one of CLOSED_BY)
     trace_id: str = ""
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -167,6 +191,8 @@ def format_text(record: ConnectionRecord, *, now: float | None = None) -> str:
             parts.append(f"dst.original={record.original}")
         if record.hbone_conn:
             parts.append(f"hbone_conn={record.hbone_conn}")
+        if record.closed_by:
+            parts.append(f"closed_by={record.closed_by}")
         parts.append(f"trace_id={record.trace_id}")
     if record.error != "" and record.error is not None:
         parts.append(f"error={_quote(str(record.error))}")
@@ -199,6 +225,56 @@ def format_json(record: ConnectionRecord, *, now: float | None = None) -> str:
     for name, value, _quoted in record.fields():
         body[name] = value
     return json.dumps(body)
+
+
+DNS_MESSAGE = "query answered"
+
+
+@dataclass(frozen=True)
+class DnsAnswerRecord:
+    """One query the node proxy's DNS proxy answered, as its `query answered` line says."""
+
+    src_addr: str  # ip:port of the querying socket (the pod's address: what its connections come from)
+    src_workload: str
+    src_namespace: str
+    query: str  # the question's type: "A", "AAAA", ...
+    domain: str  # the question's name
+    result: str  # ztunnel's words: "success", "no records", "forwarded", "forwarding failed (...)"
+    answer: tuple[str, ...]  # the addresses answered
+    answered_by: str  # "Service ns/name", "ServiceEntry ns/name" or "upstream host:port"
+    rcode: str  # "NOERROR", "NXDOMAIN", ...
+    duration_s: float
+
+
+def _dns_duration(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}ms"  # answers from state take well under a millisecond
+
+
+def format_dns(rec: DnsAnswerRecord, *, now: float | None = None) -> str:
+    """The `query answered` line (text)."""
+    pairs: list[tuple[str, Any, bool]] = [
+        ("src.addr", rec.src_addr, False),
+        ("src.workload", rec.src_workload, True),
+        ("src.namespace", rec.src_namespace, True),
+        ("query", rec.query, False),
+        ("domain", rec.domain, True),
+        ("result", rec.result, True),
+        ("answer", ",".join(rec.answer), False),
+        ("answered_by", rec.answered_by, True),
+        ("rcode", rec.rcode, False),
+        ("duration", _dns_duration(rec.duration_s), True),
+    ]
+    return f"{timestamp(now)}\tinfo\tdns\t{DNS_MESSAGE}\t{_render([p for p in pairs if p[1]])}"
+
+
+def format_dns_json(rec: DnsAnswerRecord, *, now: float | None = None) -> str:
+    """The same answer as one JSON object (for `--log-format json`)."""
+    body: dict[str, Any] = {"time": timestamp(now), "level": "info", "scope": "dns", "message": DNS_MESSAGE,
+                            "src.addr": rec.src_addr, "src.workload": rec.src_workload,
+                            "src.namespace": rec.src_namespace, "query": rec.query, "domain": rec.domain,
+                            "result": rec.result, "answer": list(rec.answer), "answered_by": rec.answered_by,
+                            "rcode": rec.rcode, "duration": _dns_duration(rec.duration_s)}
+    return json.dumps({k: v for k, v in body.items() if v != ""})
 
 
 _PAIR = re.compile(r'([a-z_.]+)=("(?:[^"\\]|\\.)*"|\S+)')

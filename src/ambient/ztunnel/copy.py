@@ -23,6 +23,11 @@ filled it returns; after a burst of at least TRIM_AFTER_RELAYS live relays fell 
 the freed heap is handed back once (`RelayCensus`: gc + malloc_trim, TRIM_DELAY later);
 `CopyStats` counters are updated as bytes move (live values for `zc connections`, final values for the
 access log and metrics).
+
+Who ended first (`CopyStats.closed_by`, the access line's `closed_by=`): the relay notes the first end event
+of a connection, its side (`a` is the client side, `b` the server side) and its kind (EOF, reset, error:
+`end_kind`); later events do not overwrite it. Noted at end events only: nothing is added per chunk.
+`close_reason` turns it (and the connection's error) into the logged value.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Protocol
 
 from ambient.hbone.allocator import tune_allocator
 from ambient.hbone.connection import HboneStream
-from ambient.hbone.errors import HboneError
+from ambient.hbone.errors import HboneError, HboneStreamError
 
 INITIAL_BUFFER = 16 * 1024
 MAX_BUFFER = 1024 * 1024
@@ -260,29 +265,74 @@ class HboneEnd:
         self.stream.close()
 
 
+DRAIN_CUT = "connection closed at the drain deadline"
+
+
 class DrainCut(Exception):
     """The connection outlived the drain deadline and was cut."""
 
     def __str__(self) -> str:
-        return "connection closed at the drain deadline"
+        return DRAIN_CUT
 
 
 @dataclass(slots=True)
 class CopyStats:
-    """Bytes moved so far: `sent` a->b (towards the destination), `received` b->a."""
+    """Bytes moved so far: `sent` a->b (towards the destination), `received` b->a; `closed_by`: the first
+    end event ("client" / "server" + `end_kind`; "policy" when a policy change cut it), "" while none."""
 
     sent: int = 0
     received: int = 0
+    closed_by: str = ""
+
+
+def end_kind(error: BaseException | None) -> str:
+    """The kind of a side's end: "" (EOF: FIN or END_STREAM), "_reset" (the peer reset the TCP connection or
+    the tunnel stream) or "_error" (any other failure: tunnel connection lost, a local error)."""
+    if error is None:
+        return ""
+    if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+        return "_reset"
+    if isinstance(error, HboneStreamError) and error.error_code is not None:
+        return "_reset"
+    return "_error"
+
+
+def _ended(stats: CopyStats, client_side: bool, error: BaseException | None = None) -> None:
+    """Note the connection's first end event (later ones keep it)."""
+    if not stats.closed_by:
+        stats.closed_by = ("client" if client_side else "server") + end_kind(error)
+
+
+def close_reason(first_end: str, error: str) -> str:
+    """The `closed_by=` value of a finished connection from its first end event and its logged error: the
+    drain deadline wins (it cut the connection, whatever had half-closed before); else the first end event;
+    else "error" when it failed before either side ended (e.g. the upstream could not be reached); "" for
+    a connection that ended without either (nothing to say)."""
+    if error == DRAIN_CUT:
+        return "drain"
+    if first_end:
+        return first_end
+    return "error" if error else ""
 
 
 async def _pump(src: End, dst: End, stats: CopyStats, forward: bool) -> None:
+    # `forward`: src is a, the client side. The try blocks cost nothing until something raises.
     while True:
-        data = await src.read()
+        try:
+            data = await src.read()
+        except Exception as exc:
+            _ended(stats, forward, exc)
+            raise
         n = len(data)
         if not n:
+            _ended(stats, forward)
             await dst.write_eof()
             return
-        await dst.write(data)
+        try:
+            await dst.write(data)
+        except Exception as exc:
+            _ended(stats, not forward, exc)
+            raise
         if forward:
             stats.sent += n
         else:
@@ -342,9 +392,11 @@ class _SocketStreamRelay:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
+            self._ended(True, exc)
             self._fail(exc)
             return
         if not chunk:
+            self._ended(True)
             self._read(False)
             self.up_done = True
             if not self.discard_up:
@@ -362,6 +414,7 @@ class _SocketStreamRelay:
         try:
             n = self.stream.send_nowait(view)
         except HboneError as exc:
+            self._ended(False, exc)
             self._fail(exc)
             return
         self._count(n, up=True)
@@ -389,6 +442,7 @@ class _SocketStreamRelay:
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError as exc:
+            self._ended(True, exc)
             self._fail(exc)
             return
         if n:
@@ -407,6 +461,7 @@ class _SocketStreamRelay:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                self._ended(True, exc)
                 self._fail(exc)
                 return
             self._count(n, up=False)
@@ -420,6 +475,7 @@ class _SocketStreamRelay:
             self._end_down()
 
     def on_eof(self) -> None:
+        self._ended(False)
         self.down_eof = True
         if not self.down_pending:
             self._end_down()
@@ -443,6 +499,7 @@ class _SocketStreamRelay:
             self._read(True)
             self.loop.call_later(STOPPED_PEER_GRACE, self._stop_discarding)
             return
+        self._ended(False, error)
         self._fail(error)
 
     def _stop_discarding(self) -> None:
@@ -452,6 +509,10 @@ class _SocketStreamRelay:
             self._check_done()
 
     # -- bookkeeping ----------------------------------------------------------------------------------------
+    def _ended(self, on_socket: bool, error: BaseException | None = None) -> None:
+        # the socket is the client side exactly when it is `a` (then socket -> stream counts as "sent")
+        _ended(self.stats, on_socket == self.up_is_sent, error)
+
     def _count(self, n: int, *, up: bool) -> None:
         if up == self.up_is_sent:
             self.stats.sent += n

@@ -8,7 +8,14 @@ resolver (the cluster DNS, 10.96.0.10:53 by default) from a marked socket inside
 redirect rules let it through; the upstream's answer is relayed byte for byte. An upstream that does not
 answer within the timeout gets the client a SERVFAIL, never silence.
 
-`answer_from_state` is pure; the serve functions do the I/O. The wire format is `protocol.dnswire`'s.
+With trace ids on (`settings.trace_ids`), every answered query is logged after its answer was sent, as a
+`query answered` line on the access stream (`runtime.accesslog.format_dns`, stamped when the answer was
+ready): the pod, the question, the addresses answered, who answered (the Service or ServiceEntry of the
+mesh state, or the upstream), the rcode and the time taken. `ambient trace` joins a connection to the answer
+that gave the address its app dialled. Off, nothing is timed, parsed or written beyond the answer itself.
+
+`state_answer` / `answer_from_state` and `describe_upstream` are pure; the serve functions do the I/O. The
+wire format is `protocol.dnswire`'s.
 """
 
 from __future__ import annotations
@@ -19,9 +26,14 @@ import logging
 import random
 import socket
 import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ambient.protocol import dnswire
+from ambient.runtime.accesslog import DnsAnswerRecord
+from ambient.state.model import Service
 from ambient.state.store import StateView
 from ambient.ztunnel import sockets as so
 
@@ -35,33 +47,73 @@ TCP_IDLE_TIMEOUT_S = 10.0
 MAX_UDP_QUERY = 4096
 
 
-def answer_from_state(query: bytes, view: StateView, *, udp: bool = True) -> bytes | None:
-    """The response for a query about a Service the proxy knows, or None to forward it upstream."""
+_TYPE_NAMES = {dnswire.TYPE_A: "A", dnswire.TYPE_NS: "NS", 5: "CNAME", dnswire.TYPE_SOA: "SOA", 12: "PTR",
+               15: "MX", 16: "TXT", dnswire.TYPE_AAAA: "AAAA", 33: "SRV", 65: "HTTPS", 255: "ANY"}
+_RCODE_NAMES = {dnswire.RCODE_NOERROR: "NOERROR", dnswire.RCODE_FORMERR: "FORMERR",
+                dnswire.RCODE_SERVFAIL: "SERVFAIL", dnswire.RCODE_NXDOMAIN: "NXDOMAIN",
+                dnswire.RCODE_NOTIMP: "NOTIMP", dnswire.RCODE_REFUSED: "REFUSED"}
+
+
+def type_name(qtype: int) -> str:
+    return _TYPE_NAMES.get(qtype, f"TYPE{qtype}")
+
+
+def rcode_name(rcode: int) -> str:
+    return _RCODE_NAMES.get(rcode, f"RCODE{rcode}")
+
+
+@dataclass(frozen=True)
+class StateAnswer:
+    """An answer from the mesh state: the response bytes and what the log says of it."""
+
+    response: bytes
+    domain: str = ""
+    qtype: int = 0
+    rcode: int = dnswire.RCODE_NOERROR
+    addresses: tuple[str, ...] = ()
+    answered_by: str = ""  # "Service ns/name" | "ServiceEntry ns/name" ("" for a malformed query's FORMERR)
+
+
+def state_answer(query: bytes, view: StateView, *, udp: bool = True) -> StateAnswer | None:
+    """The answer to a query about a Service the proxy knows, or None to forward it upstream."""
     try:
         msg = dnswire.parse_message(query)
     except dnswire.DnsWireError:
-        return dnswire.error_response(query, dnswire.RCODE_FORMERR)
+        formerr = dnswire.error_response(query, dnswire.RCODE_FORMERR)
+        return StateAnswer(formerr, rcode=dnswire.RCODE_FORMERR) if formerr is not None else None
     if msg.is_response or msg.opcode != dnswire.OPCODE_QUERY or len(msg.questions) != 1:
         return None  # odd messages: let the real resolver have its say
     question = msg.questions[0]
+    found: list[Service] = []
 
     def lookup(name: str, namespace: str) -> list[str] | None:
         service = view.service_by_hostname(namespace, f"{name}.{namespace}.svc.{dnswire.ZONE}")
         if service is None:
             return None
+        found.append(service)
         return [str(a.address) for a in service.addresses if a.address.version == 4]
 
     result = dnswire.resolve(question.name, question.qtype, question.qclass, lookup)
-    if result.rcode != dnswire.RCODE_NOERROR or not result.addresses:
+    if result.rcode == dnswire.RCODE_NOERROR and result.addresses and found:
+        by = f"Service {found[0].namespace}/{found[0].name}"
+    else:
         entry = _entry_answer(question.name, question.qtype, view)
         if entry is None:
             return None
-        result = entry
+        result, service = entry
+        by = f"ServiceEntry {service.namespace}/{service.name}"
     max_size = (msg.edns_udp_size or dnswire.MAX_UDP) if udp else 65535
-    return dnswire.build_response(msg, result, max_size=max_size)
+    response = dnswire.build_response(msg, result, max_size=max_size)
+    return StateAnswer(response, question.name, question.qtype, result.rcode, tuple(result.addresses), by)
 
 
-def _entry_answer(name: str, qtype: int, view: StateView) -> dnswire.Answer | None:
+def answer_from_state(query: bytes, view: StateView, *, udp: bool = True) -> bytes | None:
+    """The response for a query about a Service the proxy knows, or None to forward it upstream."""
+    answer = state_answer(query, view, udp=udp)
+    return answer.response if answer is not None else None
+
+
+def _entry_answer(name: str, qtype: int, view: StateView) -> tuple[dnswire.Answer, Service] | None:
     """A host of a ServiceEntry (any name a Service of the proxy's state is known by, outside the
     cluster zone) is answered with its VIPs, as ztunnel's DNS proxy does for auto-allocated addresses:
     A records for an A query, an empty NOERROR for other types. None: not such a host."""
@@ -71,8 +123,47 @@ def _entry_answer(name: str, qtype: int, view: StateView) -> dnswire.Answer | No
     for service in sorted(view.services_by_hostname(host), key=lambda s: s.key):
         ips = [str(a.address) for a in service.addresses if a.address.version == 4]
         if ips:
-            return dnswire.Answer(dnswire.RCODE_NOERROR, ips if qtype in (dnswire.TYPE_A, 255) else [])
+            addresses = ips if qtype in (dnswire.TYPE_A, 255) else []
+            return dnswire.Answer(dnswire.RCODE_NOERROR, addresses), service
     return None
+
+
+def _result(rcode: int, addresses: tuple[str, ...] | list[str]) -> str:
+    """ztunnel's `result` words for an answer from the mesh state."""
+    if rcode == dnswire.RCODE_FORMERR:
+        return "malformed query"
+    return "success" if addresses else "no records"
+
+
+def describe_state(answer: StateAnswer, src_addr: str, scope_label: str, duration_s: float) -> DnsAnswerRecord:
+    """The log record of an answer from the mesh state."""
+    namespace, _, workload = scope_label.partition("/")
+    return DnsAnswerRecord(src_addr, workload, namespace, type_name(answer.qtype) if answer.domain else "",
+                           answer.domain, _result(answer.rcode, answer.addresses), answer.addresses,
+                           answer.answered_by, rcode_name(answer.rcode), duration_s)
+
+
+def describe_upstream(query: bytes, response: bytes, failure: str, upstream: str, src_addr: str,
+                      scope_label: str, duration_s: float) -> DnsAnswerRecord:
+    """The log record of a forwarded query: its question (from the query), the rcode and A records of the
+    upstream's response (what the client got), `failure` when the proxy answered SERVFAIL itself."""
+    namespace, _, workload = scope_label.partition("/")
+    domain, qtype = "", ""
+    try:
+        msg = dnswire.parse_message(query)
+        if msg.questions:
+            domain, qtype = msg.questions[0].name, type_name(msg.questions[0].qtype)
+    except dnswire.DnsWireError:
+        pass
+    rcode, addresses = "", ()  # type: tuple[str, tuple[str, ...]]
+    try:
+        parsed = dnswire.parse_response(response)
+        rcode, addresses = rcode_name(parsed.rcode), tuple(parsed.addresses)
+    except (struct.error, IndexError, ValueError, dnswire.DnsWireError):
+        rcode = "unreadable" if response else ""
+    result = f"forwarding failed ({failure})" if failure else "forwarded"
+    return DnsAnswerRecord(src_addr, workload, namespace, qtype, domain, result, addresses,
+                           f"upstream {upstream}", rcode, duration_s)
 
 
 async def resolve_hostname(ctx: PodContext, hostname: str) -> list[str]:
@@ -163,6 +254,11 @@ def _query_name(query: bytes) -> str:
 
 async def forward_udp(ctx: PodContext, query: bytes) -> bytes:
     """Ask the upstream resolver over UDP from inside the pod netns; SERVFAIL when it stays silent."""
+    return (await _forward_udp(ctx, query))[0]
+
+
+async def _forward_udp(ctx: PodContext, query: bytes) -> tuple[bytes, str]:
+    """The upstream's response and "" or, when it failed, the SERVFAIL the proxy answers and why."""
     host, port = ctx.settings.dns_upstream
     loop = asyncio.get_running_loop()
     sock = await _udp_socket(ctx, socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -172,11 +268,12 @@ async def forward_udp(ctx: PodContext, query: bytes) -> bytes:
             while True:
                 data, _ = await _recvfrom(loop, sock, 65535)
                 if data[:2] == query[:2]:  # same id: ours (a stray datagram is ignored)
-                    return data
+                    return data, ""
     except (TimeoutError, OSError) as exc:
+        reason = upstream_failure_reason(exc)
         log.warning("DNS upstream %s:%d failed for %s (query %s): %s", host, port, ctx.scope.label,
-                    _query_name(query), upstream_failure_reason(exc))
-        return dnswire.error_response(query, dnswire.RCODE_SERVFAIL) or b""
+                    _query_name(query), reason)
+        return dnswire.error_response(query, dnswire.RCODE_SERVFAIL) or b"", reason
     finally:
         sock.close()
 
@@ -186,6 +283,38 @@ async def resolve_query(ctx: PodContext, query: bytes, *, udp: bool) -> bytes | 
     if local is not None:
         return local
     return await forward_udp(ctx, query)
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return ""
+
+
+async def _answer(ctx: PodContext, query: bytes, *, udp: bool,
+                  peer: Any) -> tuple[bytes | None, Callable[[], None] | None]:
+    """The response, and with trace ids on, a callable that logs it (called once the answer was sent, so
+    the log write never delays the answer; the line is stamped with the time the answer was ready)."""
+    if not ctx.settings.trace_ids:
+        return await resolve_query(ctx, query, udp=udp), None
+    started = time.monotonic()
+    local = state_answer(query, ctx.core.view(), udp=udp)
+    if local is not None:
+        response: bytes | None = local.response
+        record = describe_state(local, _peer_text(peer), ctx.scope.label, time.monotonic() - started)
+    else:
+        response, failure = await _forward_udp(ctx, query)
+        host, port = ctx.settings.dns_upstream
+        record = describe_upstream(query, response, failure, f"{host}:{port}", _peer_text(peer), ctx.scope.label,
+                                   time.monotonic() - started)
+    ready = time.time()
+    access = ctx.core.telemetry.access
+
+    def note() -> None:
+        access.dns(record, now=ready)
+
+    return response, note
 
 
 async def serve_udp(ctx: PodContext, sock: socket.socket) -> None:
@@ -202,18 +331,21 @@ async def serve_udp(ctx: PodContext, sock: socket.socket) -> None:
 
 
 async def _reply_udp(ctx: PodContext, sock: socket.socket, data: bytes, peer: tuple[str, int]) -> None:
-    response = await resolve_query(ctx, data, udp=True)
+    response, note = await _answer(ctx, data, udp=True, peer=peer)
     if response:
         try:
             await _sendto(asyncio.get_running_loop(), sock, response, peer)
         except OSError:
-            pass  # the client went away
+            return  # the client went away: it got no answer
+        if note is not None:
+            note()
 
 
 async def serve_tcp(ctx: PodContext, conn: socket.socket) -> None:
     """DNS over TCP: 2-byte length-prefixed messages, several per connection, until idle or closed."""
     loop = asyncio.get_running_loop()
     try:
+        peer = conn.getpeername() if ctx.settings.trace_ids else None
         while True:
             async with asyncio.timeout(TCP_IDLE_TIMEOUT_S):
                 header = await _recv_exact(loop, conn, 2)
@@ -222,9 +354,11 @@ async def serve_tcp(ctx: PodContext, conn: socket.socket) -> None:
                 query = await _recv_exact(loop, conn, struct.unpack("!H", header)[0])
             if not query:
                 return
-            response = await resolve_query(ctx, query, udp=False)
+            response, note = await _answer(ctx, query, udp=False, peer=peer)
             if response:
                 await loop.sock_sendall(conn, struct.pack("!H", len(response)) + response)
+                if note is not None:
+                    note()
     except (TimeoutError, OSError):
         return
     finally:

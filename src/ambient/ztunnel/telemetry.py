@@ -2,7 +2,8 @@
 
 - `AccessLog` writes one line per finished connection (`connection complete`, INFO or ERROR with
   `error=`) or early rejection (`connection failed`, WARN) in the reference format (accesslog.py), text
-  or JSON, to the `access` logger (its own handler: the line is already fully formatted).
+  or JSON, to the `access` logger (its own handler: the line is already fully formatted); with trace ids on,
+  also the DNS proxy's `query answered` lines (`dns`).
 - `labels_for(...)` builds the bounded metric label set of a connection from workloads and identities.
 - `Connections` is the table behind `zc connections` and config_dump `workloadState`: live connections
   per pod uid with their byte counters.
@@ -28,10 +29,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ambient.authz.evaluate import ConnectionInfo, evaluate
-from ambient.runtime.accesslog import ConnectionRecord, Direction, format_failed, format_json, format_text
+from ambient.runtime.accesslog import (
+    ConnectionRecord,
+    Direction,
+    DnsAnswerRecord,
+    format_dns,
+    format_dns_json,
+    format_failed,
+    format_json,
+    format_text,
+)
 from ambient.state.model import Service, Workload
 from ambient.state.store import StateChange
-from ambient.ztunnel.copy import CopyStats
+from ambient.ztunnel.copy import CopyStats, close_reason
 from ambient.ztunnel.metrics import LABELS, ConnectionLabels, ProxyMetrics
 
 ACCESS_LOGGER = "access"
@@ -75,6 +85,12 @@ class AccessLog:
                     handler.release()
                 return
         logger.log(level, line)
+
+    def dns(self, record: DnsAnswerRecord, *, now: float | None = None) -> None:
+        """One answered DNS query (the DNS proxy calls this only with trace ids on), stamped `now` (when the
+        answer was ready: before the client could act on it)."""
+        line = format_dns_json(record, now=now) if self.fmt == "json" else format_dns(record, now=now)
+        self._emit(logging.INFO, line)
 
     def failed(self, *, src_addr: str, dst_addr: str, direction: Direction, error: str, trace_id: str = "") -> None:
         self.log.warning(format_failed(src_addr=src_addr, dst_addr=dst_addr, direction=direction, error=error,
@@ -197,6 +213,7 @@ class Connections:
             if verdict is None or verdict.denied:
                 reason = verdict.error if verdict is not None else "destination workload removed"
                 log.info("closing live connection %s -> %s: %s", entry.remote, entry.local, reason)
+                entry.stats.closed_by = "policy"  # whatever had half-closed before, this ended it
                 entry.cut(reason)
                 cut += 1
         self.revoked += cut
@@ -227,6 +244,8 @@ class Telemetry:
             record.src_cluster = cluster
         if not record.dst_cluster and (cluster := values[_DESTINATION_CLUSTER]) != "unknown":
             record.dst_cluster = cluster
+        if record.trace_id:  # a tracing field: written with the trace id only
+            record.closed_by = close_reason(stats.closed_by, record.error)
         self.metrics.connection_closed(labels, response, request)
         self.access.complete(record)
 
