@@ -12,6 +12,7 @@ The apps only read through the narrow callables they are given; they never reach
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -55,19 +56,28 @@ def readiness_app(readiness: Readiness) -> web.Application:
     return app
 
 
-def metrics_app(exposition: Callable[[], bytes]) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=exposition(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
-
+def metrics_app(exposition: Callable[[], bytes | Awaitable[bytes]]) -> web.Application:
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/stats/prometheus", metrics)
+    add_metrics_routes(app, exposition)
     return app
 
 
+def add_metrics_routes(app: web.Application, exposition: Callable[[], bytes | Awaitable[bytes]]) -> None:
+    """`/metrics` and `/stats/prometheus` on `app` (a worker serves them beside its admin routes)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = exposition()
+        if inspect.isawaitable(body):
+            body = await body
+        return web.Response(body=body, content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats/prometheus", metrics)
+
+
 def admin_app(
-    config_dump: Callable[[], dict[str, Any]], quit_: Callable[[], Awaitable[None] | None]
+    config_dump: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]], quit_: Callable[[], Awaitable[None] | None]
 ) -> web.Application:
     async def index(_: web.Request) -> web.Response:
         return web.Response(
@@ -75,7 +85,10 @@ def admin_app(
         )
 
     async def dump(_: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(config_dump(), indent=2, default=str), content_type="application/json")
+        doc = config_dump()
+        if inspect.isawaitable(doc):
+            doc = await doc
+        return web.Response(text=json.dumps(doc, indent=2, default=str), content_type="application/json")
 
     async def logging_level(request: web.Request) -> web.Response:
         root = logging.getLogger()

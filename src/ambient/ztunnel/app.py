@@ -13,6 +13,10 @@ Components and what they get (narrow capabilities):
 - HTTP: admin 15000 (+ an optional Unix socket for `ambient zc`), metrics 15020, readiness 15021
   (ready once state and certificates are in), all with SO_REUSEPORT so a new proxy can start beside an
   old one.
+- workers (`settings.workers` > 1, in-pod mode): a `WorkerRelay` starts the other processes and relays
+  the agent's pods to them (`ztunnel.workers`); `/metrics` and `/config_dump` add theirs up. A worker
+  process (`settings.worker` set) is this same app with its ZDS client pointed at the primary, no TCP
+  HTTP listeners, and admin + metrics on its private Unix socket.
 
 Shutdown (SIGTERM/SIGINT via `core.process`, POST /quitquitquit): stop taking pods, drain every pod
 proxy (listeners closed at once, connections until the deadline, then cut), close the HBONE pool, stop
@@ -27,7 +31,7 @@ import gc
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +41,8 @@ from aiohttp import web
 from ambient.hbone.client import HboneClient
 from ambient.identity.certs import CertBundle
 from ambient.inpod.zds import DEFAULT_SOCKET_PATH, ZdsClient
-from ambient.runtime.admin import Readiness, admin_app, metrics_app, readiness_app
+from ambient.inpod.zds_codec import WorkloadInfo
+from ambient.runtime.admin import Readiness, add_metrics_routes, admin_app, metrics_app, readiness_app
 from ambient.runtime.drain import Drain
 from ambient.state.consistency import ConsistentChanges
 from ambient.state.store import StateStore, StateWriter
@@ -54,8 +59,11 @@ from ambient.ztunnel.proxy import ListenerSpec, PodContext, PodScope, ProxyCore,
 from ambient.ztunnel.settings import Settings
 from ambient.ztunnel.shared import build_shared, local_workloads
 from ambient.ztunnel.telemetry import AccessLog, Connections, Telemetry
+from ambient.ztunnel.workers import WorkerRelay
 
 log = logging.getLogger("ambient.ztunnel")
+
+WORKERS_START_WAIT = 30.0  # the primary waits this long for its workers before taking pods from the agent
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,16 @@ class App:
     def __init__(
         self, settings: Settings, state_source: StateSource, certs: CertSource, options: AppOptions | None = None
     ) -> None:
-        self.settings = settings
         self.options = options or AppOptions()
+        if settings.worker is not None:  # a worker: pods from the primary, HTTP on a private socket only
+            if settings.mode != "inpod":
+                raise ConfigError("node proxy workers run in in-pod mode only")
+            self.options = replace(self.options, zds_socket=settings.worker.zds_socket)
+            settings = replace(settings, serve_http=False, admin_socket=settings.worker.admin_socket, workers=1)
+        elif settings.workers > 1 and settings.mode != "inpod":
+            raise ConfigError(f"AMBIENT_ZTUNNEL_WORKERS={settings.workers} needs in-pod mode",
+                              hint="shared mode runs one process; unset AMBIENT_ZTUNNEL_WORKERS")
+        self.settings = settings
         self.store = StateStore()
         self.state_source = state_source
         self.readiness = Readiness("state", "certificates")
@@ -171,6 +187,7 @@ class App:
         self.manager: InpodManager | None = None
         self.shared: WorkloadProxy | None = None
         self.zds: ZdsClient | None = None
+        self.relay: WorkerRelay | None = None
         self._stop = asyncio.Event()
         self._state_ready = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -180,6 +197,14 @@ class App:
         if not self._stop.is_set():
             log.info("shutdown requested: draining (deadline %.1fs)", self.settings.drain_deadline)
             self._stop.set()
+
+    async def merged_config_dump(self) -> dict[str, Any]:
+        own = self.config_dump()
+        return own if self.relay is None else await self.relay.config_dump(own)
+
+    async def merged_metrics(self) -> bytes:
+        own = self.telemetry.metrics.exposition()
+        return own if self.relay is None else await self.relay.metrics(own)
 
     def config_dump(self) -> dict[str, Any]:
         pods: dict[str, dict[str, Any]] = {}
@@ -205,7 +230,12 @@ class App:
                 refresher = tg.create_task(self._refresh_certs(), name="cert-refresh")
                 await self._start_http()
                 pods_task = await self._start_pods(tg)
-                log.info("node proxy ready: mode=%s node=%s", self.settings.mode, self.settings.node or "-")
+                if self.settings.worker is None:
+                    log.info("node proxy ready: mode=%s node=%s workers=%d", self.settings.mode,
+                             self.settings.node or "-", self.settings.workers)
+                else:
+                    log.info("node proxy worker %d ready: node=%s", self.settings.worker.index,
+                             self.settings.node or "-")
                 # Everything built at start-up (modules, state, TLS contexts) lives as long as the process:
                 # move it out of the collector's generations so a full collection does not rescan it
                 # while connections are being served (fewer and shorter GC pauses on the hot path).
@@ -215,6 +245,8 @@ class App:
                 # shutdown, in order
                 if pods_task is not None:
                     pods_task.cancel()  # stop taking pods from the agent
+                if self.relay is not None:  # workers drain beside us, on their own SIGTERM
+                    tg.create_task(self.relay.stop(self.settings.drain_deadline + 5.0), name="workers-stop")
                 await self._drain_pods()
                 state_task.cancel()
                 refresher.cancel()
@@ -238,13 +270,29 @@ class App:
 
     async def _start_pods(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
         if self.settings.mode == "inpod":
-            self.manager = InpodManager(self.core, tg, lambda ctx, drain: build_pod_proxy(ctx, drain))
-            self.zds = ZdsClient(
-                self.options.zds_socket,
-                on_add=self.manager.on_add,
-                on_del=self.manager.on_del,
-                on_snapshot_done=self.manager.on_snapshot_done,
-            )
+            manager = self.manager = InpodManager(self.core, tg, lambda ctx, drain: build_pod_proxy(ctx, drain))
+            on_add, on_del, on_snapshot_done = manager.on_add, manager.on_del, manager.on_snapshot_done
+            if self.settings.workers > 1:
+                relay = self.relay = WorkerRelay(self.settings.workers, self.options.zds_socket, manager.live)
+                tg.create_task(relay.run(), name="workers")
+                await relay.wait_connected(WORKERS_START_WAIT)
+
+                async def on_add(uid: str, info: WorkloadInfo, netns_fd: int) -> None:
+                    await manager.on_add(uid, info, netns_fd)
+                    await relay.add(uid, info, netns_fd)
+
+                async def on_del(uid: str) -> None:
+                    await manager.on_del(uid)
+                    await relay.delete(uid)
+
+                async def on_snapshot_done(keep: frozenset[str]) -> None:
+                    gone = [uid for uid in manager.pods if uid not in keep]
+                    await manager.on_snapshot_done(keep)
+                    for uid in gone:
+                        await relay.delete(uid)
+
+            self.zds = ZdsClient(self.options.zds_socket, on_add=on_add, on_del=on_del,
+                                 on_snapshot_done=on_snapshot_done)
             log.info("in-pod mode: connecting to the node agent at %s", self.options.zds_socket)
             return tg.create_task(self.zds.run(), name="zds")
         workloads = local_workloads(self.core, self.options.shared_workloads)
@@ -278,12 +326,14 @@ class App:
 
     async def _start_http(self) -> None:
         s = self.settings
-        admin = admin_app(self.config_dump, self.stop)
+        admin = admin_app(self.merged_config_dump, self.stop)
+        if s.worker is not None:  # the primary reads a worker's metrics here
+            add_metrics_routes(admin, self.telemetry.metrics.exposition)
         sites: list[tuple[web.Application, str, int | None, str | None]] = []
         if s.serve_http:
             sites += [
                 (admin, s.admin_host, s.ports.admin, None),
-                (metrics_app(self.telemetry.metrics.exposition), s.stats_host, s.ports.metrics, None),
+                (metrics_app(self.merged_metrics), s.stats_host, s.ports.metrics, None),
                 (readiness_app(self.readiness), s.stats_host, s.ports.readiness, None),
             ]
         if s.admin_socket:

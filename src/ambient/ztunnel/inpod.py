@@ -38,7 +38,9 @@ ProxyBuilder = Callable[[PodContext, Drain], WorkloadProxy]
 class PodProxy:
     uid: str
     scope: PodScope
+    info: WorkloadInfo
     inode: int
+    netns_fd: int  # our dup, open as long as the pod's task (handed to worker processes)
     proxy: WorkloadProxy
     drain: Drain
     task: asyncio.Task[None]
@@ -66,7 +68,7 @@ class InpodManager:
         proxy = self._build(PodContext(self.core, scope, sockets), drain)
         task = self._tg.create_task(self._run(scope, proxy, sockets, fd), name=f"pod-{uid}")
         await proxy.started  # raises the listener error: the agent gets a NACK naming it
-        self.pods[uid] = PodProxy(uid, scope, inode, proxy, drain, task)
+        self.pods[uid] = PodProxy(uid, scope, info, inode, fd, proxy, drain, task)
         log.info("proxy started for pod %s (uid %s)", scope.label, uid)
 
     async def _run(self, scope: PodScope, proxy: WorkloadProxy, sockets: NetnsSockets, fd: int) -> None:
@@ -95,6 +97,10 @@ class InpodManager:
         for uid in [u for u in self.pods if u not in keep]:
             log.info("pod uid %s not in the node agent's snapshot (removed from the mesh or deleted)", uid)
             await self.on_del(uid)
+
+    def live(self) -> list[tuple[str, WorkloadInfo, int]]:
+        """The pods served and not draining: (uid, info, netns fd), for worker processes."""
+        return [(p.uid, p.info, p.netns_fd) for p in self.pods.values() if not p.drain.draining]
 
     def drain_all(self) -> list[asyncio.Task[None]]:
         for pod in self.pods.values():

@@ -8,6 +8,10 @@ Environment (reference names where the reference has them):
 - AMBIENT_UVLOOP: off disables uvloop (on by default: ~15% less proxy CPU per request and lower p50 than
   the default loop in the node-pair bench; bulk throughput about the same).
 - AMBIENT_DNS_UPSTREAM: host:port the DNS proxy forwards unknown names to (default 10.96.0.10:53).
+- AMBIENT_ZTUNNEL_WORKERS: processes serving the pods (default 1; `auto` = one per core, at most 64). In
+  in-pod mode the first process talks ZDS with the node agent and hands every pod's netns to the others
+  (`ztunnel.workers`); each opens its own SO_REUSEPORT listeners in the pod, so the kernel spreads the
+  pod's connections over the processes. Each worker has its own xDS stream, certificates and HBONE pools.
 - Inbound admission limits (ambient.ztunnel.admission; 0 turns a limit off):
   AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE: concurrent inbound connections + HBONE streams from one source IP
   (default 1024); AMBIENT_ZTUNNEL_INBOUND_MAX: concurrent inbound connections + streams of the whole proxy
@@ -32,8 +36,10 @@ from typing import Literal
 
 from ambient.core.flags import FlagError, env_flag
 from ambient.hbone.server import HandshakeLimits
+from ambient.runtime.workers import WorkerError, worker_index
 from ambient.ztunnel.admission import DEFAULT_EARLY_RESETS, DEFAULT_PER_SOURCE, DEFAULT_TOTAL, Limits
 from ambient.ztunnel.errors import ConfigError
+from ambient.ztunnel.workers import WorkerRole
 
 Mode = Literal["inpod", "shared"]
 LogFormat = Literal["text", "json"]
@@ -58,6 +64,20 @@ def parse_count(text: str, what: str) -> int:
     value = text.strip()
     if not value.isdigit():
         raise ConfigError(f"{what}: expected a non-negative integer, got {text!r}", hint="0 turns the limit off")
+    return int(value)
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(text: str) -> int:
+    """AMBIENT_ZTUNNEL_WORKERS: a count in 1..64, or `auto` (one per core)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    if not value.isdigit() or not 1 <= int(value) <= MAX_WORKERS:
+        raise ConfigError(f"AMBIENT_ZTUNNEL_WORKERS: expected 1..{MAX_WORKERS} or auto, got {text!r}",
+                          hint="auto runs one process per core")
     return int(value)
 
 
@@ -117,6 +137,8 @@ class Settings:
     # authorization verdict) written in the access lines, for `ambient trace`. AMBIENT_TRACE_IDS=0 turns
     # the fields off (the CONNECT still carries a random traceparent, as ztunnel's).
     trace_ids: bool = True
+    workers: int = 1  # processes serving the pods (AMBIENT_ZTUNNEL_WORKERS; see ztunnel.workers)
+    worker: WorkerRole | None = None  # set in a worker process (by its primary, through the environment)
 
     @property
     def admission_limits(self) -> Limits:
@@ -137,6 +159,14 @@ class Settings:
             if not host or not port.isdigit():
                 raise ConfigError(f"AMBIENT_DNS_UPSTREAM: expected host:port, got {raw!r}")
             values["dns_upstream"] = (host.strip("[]"), int(port))
+        if (raw := env.get("AMBIENT_ZTUNNEL_WORKERS")) is not None and raw.strip():
+            values["workers"] = parse_workers(raw)
+        try:
+            index = worker_index(env)
+        except WorkerError as exc:
+            raise ConfigError(exc.message, hint=exc.hint) from None
+        if index:
+            values["worker"] = WorkerRole.from_env(index, env)
         for name, key in _LIMIT_ENV.items():
             if (raw := env.get(name)) is not None and raw.strip():
                 values[key] = parse_count(raw, name)

@@ -18,8 +18,8 @@ def test_del_logs_removed_or_deleted_and_drains(caplog: pytest.LogCaptureFixture
     async def scenario() -> tuple[InpodManager, Drain]:
         manager = InpodManager(cast(Any, None), cast(Any, None), cast(Any, None))
         drain = Drain("pod shop/web", 2.0)
-        manager.pods["uid-1"] = PodProxy("uid-1", PodScope("uid-1", "web", "shop", "default"), 42,
-                                         cast(Any, None), drain, cast(Any, None))
+        manager.pods["uid-1"] = PodProxy("uid-1", PodScope("uid-1", "web", "shop", "default"),
+                                         cast(Any, None), 42, -1, cast(Any, None), drain, cast(Any, None))
         await manager.on_del("uid-1")
         await manager.on_del("uid-2")  # never served here
         return manager, drain

@@ -1,0 +1,91 @@
+"""Merge the Prometheus text expositions of a component's worker processes into one (sans-IO, pure).
+
+A component running as several worker processes (one per core) must still look like one process to a
+scraper: one `/metrics` with each series once. Every family the node proxy and the waypoint export is a
+counter or an additive gauge (connections, bytes, requests, refusals, active counts), so the merged value
+of a series is the sum of its values across workers; `# HELP` / `# TYPE` come from the first exposition
+that declares the family, and families and series keep the order in which they first appear.
+
+Invariants: a series present in one worker only is kept as is; a histogram's `_bucket` / `_sum` / `_count`
+series sum like any other (the bucket bounds are the same in every worker); a line that is not a sample
+or a comment is refused (`ExpositionError`), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ambient.runtime.errors import ProcessRuntimeError
+
+
+class ExpositionError(ProcessRuntimeError):
+    """A worker's exposition could not be parsed."""
+
+
+def _split_sample(line: str) -> tuple[str, float]:
+    """`name{labels} value` -> (series key, value). Label values may contain spaces and braces, so the
+    key ends at the closing brace when there is one; a trailing timestamp is not produced by our exporters."""
+    if "{" in line:
+        end = line.rfind("}")
+        if end < 0:
+            raise ExpositionError(f"unterminated label set in exposition line {line[:120]!r}")
+        key, rest = line[: end + 1], line[end + 1 :].split()
+    else:
+        key, *rest = line.split()
+    if len(rest) != 1:
+        raise ExpositionError(f"cannot parse exposition line {line[:120]!r}")
+    try:
+        return key, float(rest[0])
+    except ValueError:
+        raise ExpositionError(f"bad sample value in exposition line {line[:120]!r}") from None
+
+
+def _format(value: float) -> str:
+    """The text format's float spelling (as prometheus_client writes it: 3.0, +Inf, NaN)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def merge_expositions(texts: Sequence[bytes]) -> bytes:
+    """One exposition whose series are the per-series sums of `texts` (see the module docstring)."""
+    if len(texts) == 1:
+        return texts[0]
+    headers: dict[str, list[str]] = {}  # family -> its HELP/TYPE lines (first declaration wins)
+    samples: dict[str, dict[str, float]] = {}  # family -> series key -> summed value
+    order: list[str] = []
+    for text in texts:
+        family = ""
+        for raw in text.decode("utf-8").splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    if family not in samples:
+                        order.append(family)
+                        samples[family] = {}
+                        headers[family] = []
+                    declared = headers[family]
+                    if not any(h.split(None, 2)[1] == parts[1] for h in declared):
+                        declared.append(line)
+                continue  # other comments carry nothing to merge
+            key, value = _split_sample(line)
+            if not family:  # a sample before any declaration: its own untyped family
+                family = key.split("{", 1)[0]
+                if family not in samples:
+                    order.append(family)
+                    samples[family] = {}
+                    headers[family] = []
+            series = samples[family]
+            series[key] = series.get(key, 0.0) + value
+    out: list[str] = []
+    for family in order:
+        out += headers[family]
+        out += [f"{key} {_format(value)}" for key, value in samples[family].items()]
+    return ("\n".join(out) + "\n").encode("utf-8") if out else b""
