@@ -39,6 +39,11 @@ _FIELD_VALIDATION = {
 }
 _FIELD_MANAGER = {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}}
 _FORCE = {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": True}}
+_DRY_RUN = {
+    "name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True},
+    "description": "All: run the request whole (validation, defaulting, conflicts) and answer the object as it "
+                   "would be, storing nothing. The only valid value.",
+}
 
 
 def _leaf(name: str) -> dict[str, Any]:
@@ -124,14 +129,14 @@ def _paths(info: KindInfo) -> dict[str, Any]:
     return {
         f"{scope}/{info.plural}": {
             "get": _operation(info, "list", "list"),
-            "post": _operation(info, "post", "create", [_FIELD_VALIDATION, _FIELD_MANAGER]),
+            "post": _operation(info, "post", "create", [_DRY_RUN, _FIELD_VALIDATION, _FIELD_MANAGER]),
         },
         f"{scope}/{info.plural}/{{name}}": {
             "get": _operation(info, "get", "read"),
-            "put": _operation(info, "put", "replace", [_FIELD_VALIDATION, _FIELD_MANAGER]),
-            "patch": {**_operation(info, "patch", "patch", [_FIELD_VALIDATION, _FIELD_MANAGER, _FORCE]),
+            "put": _operation(info, "put", "replace", [_DRY_RUN, _FIELD_VALIDATION, _FIELD_MANAGER]),
+            "patch": {**_operation(info, "patch", "patch", [_DRY_RUN, _FIELD_VALIDATION, _FIELD_MANAGER, _FORCE]),
                       "requestBody": {"content": {t: {"schema": {"type": "object"}} for t in _patch_types(info)}}},
-            "delete": _operation(info, "delete", "delete"),
+            "delete": _operation(info, "delete", "delete", [_DRY_RUN]),
         },
     }
 

@@ -142,6 +142,8 @@ def test_openapi_declares_field_validation_and_kind_schemas() -> None:
     patch_op = doc["paths"]["/apis/security.istio.io/v1/namespaces/{namespace}/authorizationpolicies/{name}"]["patch"]
     assert any(p["name"] == "fieldValidation" and p["in"] == "query" for p in patch_op["parameters"])
     assert "application/strategic-merge-patch+json" not in patch_op["requestBody"]["content"]
+    ops = doc["paths"]["/apis/security.istio.io/v1/namespaces/{namespace}/authorizationpolicies/{name}"]
+    assert all(any(p["name"] == "dryRun" for p in ops[verb]["parameters"]) for verb in ("put", "patch", "delete"))
     schema = doc["components"]["schemas"]["io.istio.security.v1.AuthorizationPolicy"]
     assert schema["x-kubernetes-group-version-kind"][0]["kind"] == "AuthorizationPolicy"
     assert {"action", "rules", "selector"} <= set(schema["properties"]["spec"]["properties"])
