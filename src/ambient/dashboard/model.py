@@ -9,7 +9,7 @@
   `route="waypoint <identity>"` of the same trace id, else the destination proxy's `src.identity`), and its
   bytes are the destination node proxy's (`inbound` lines of the same trace: the waypoint logs bytes only
   for upgraded sessions). A pooled upstream connection logs when it closes, so its bytes can lag;
-- a waypoint is one node however it is named: its pod's log names it `<ns>/<deployment>`, the source
+- a waypoint is one node however it is named: its pod's log names it `<ns>/<gateway>`, the source
   proxy's route `<ns>/<service account>`; a trace id seen in both joins the two (else the route's name);
 - connections: the latest `limit` connections, newest first, with their trace id (the page opens the trace).
 """
@@ -185,7 +185,11 @@ def snapshot(entries: Iterable[AccessEntry], now: float, *, window: float = 60.0
 
 
 def _waypoint_from_component(component: str) -> str:
-    """"pod <ns>_<pod>_<container>" (the waypoint pod's log) -> "<ns>/waypoint"; else the component."""
+    """The waypoint node of a waypoint line's component: "waypoint <ns>/<name>" (a source that knows the
+    Gateway's name: `kubectl logs` of a pod labelled with it) -> "<ns>/<name>"; "pod <ns>_<pod>_<container>"
+    (the local cluster's pod log file) -> "<ns>/<pod without its last -suffix>"; else the component."""
+    if component.startswith("waypoint "):
+        return component[len("waypoint "):]
     if component.startswith("pod "):
         ns, _, rest = component[4:].partition("_")
         pod = rest.rsplit("_", 1)[0]
@@ -205,3 +209,42 @@ def policy_rows(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"namespace": meta.get("namespace", ""), "name": meta.get("name", ""),
                     "action": spec.get("action", "ALLOW"), "applies_to": applies})
     return sorted(out, key=lambda p: (p["namespace"], p["name"]))
+
+
+# what a proxy's metrics endpoint adds to its source row: counter sums over every label set
+_SUMS = {
+    "istio_tcp_connections_opened_total": "connections_opened",
+    "istio_tcp_connections_closed_total": "connections_closed",
+    "istio_tcp_sent_bytes_total": "bytes",
+    "istio_tcp_received_bytes_total": "bytes",
+    "istio_requests_total": "requests",
+}
+
+
+def metrics_summary(text: str) -> dict[str, float]:
+    """A Prometheus text exposition -> the few sums the page shows per proxy (pure): connections opened and
+    still open (opened - closed, both reporters), TCP bytes both ways, HTTP requests (waypoints), and
+    refusals (every `*_refusals_total` / `*_refused_total` series: limits and handshake guards)."""
+    out = {"connections_opened": 0.0, "connections_open": 0.0, "bytes": 0.0, "requests": 0.0, "refusals": 0.0}
+    closed = 0.0
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "{" in line:
+            name, rest = line[:line.index("{")], line[line.rindex("}") + 1:]
+        else:
+            name, _, rest = line.partition(" ")
+        try:
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        key = _SUMS.get(name)
+        if key == "connections_closed":
+            closed += value
+        elif key is not None:
+            out[key] += value
+        elif name.endswith(("_refusals_total", "_refused_total")):
+            out["refusals"] += value
+    out["connections_open"] = max(0.0, out["connections_opened"] - closed)
+    return out

@@ -5,10 +5,12 @@
     GET /events             server-sent events: one `snapshot` event per `interval` seconds
     GET /api/trace/{id}     one connection's trace (runtime.trace.assemble) as JSON, 404 when not logged
 
-Sources: the access lines of the cluster's node proxies and pods (`<state>/logs`), read incrementally (new
-bytes only) and kept for `window` seconds (at most `max_entries`); a trace stays available while any of
-its lines is kept. AuthorizationPolicies come from the API server when a client is given. A file that
-shrank (rotated, recreated) is read again from its start.
+Sources: access lines kept in an `EntryStore` for `window` seconds (at most `max_entries`); a trace stays
+available while any of its lines is kept. The local cluster's store is a `LogSource`: the log files of the
+node proxies and pods (`<state>/logs`), read incrementally (new bytes only; a file that shrank, rotated or
+recreated, is read again from its start). On a Kubernetes install `dashboard.kubernetes` streams the same
+lines with `kubectl logs -f` into a plain `EntryStore`. AuthorizationPolicies come from `policies` when
+given; `status` adds what the sources report about themselves (the `sources` rows of the snapshot).
 """
 
 from __future__ import annotations
@@ -30,15 +32,52 @@ STATIC = Path(__file__).with_name("static")
 _CONTENT_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css"}
 
 
-class LogSource:
+class EntryStore:
+    """Access lines of the last `window` seconds (at most `max_entries`), indexed by trace id."""
+
+    def __init__(self, *, window: float = 60.0, max_entries: int = 20000) -> None:
+        self.window = window
+        self.entries: deque[AccessEntry] = deque(maxlen=max_entries)
+        self.all_by_trace: dict[str, list[AccessEntry]] = {}
+
+    def poll(self) -> int:
+        """Bring the store up to date (a pushed-to store has nothing to read); returns new lines."""
+        self._expire(time.time())
+        return 0
+
+    def add(self, entries: list[AccessEntry]) -> None:
+        for e in entries:
+            if len(self.entries) == self.entries.maxlen:  # full: the oldest goes, from the index too
+                self._forget(self.entries.popleft())
+            self.entries.append(e)
+            if e.trace_id:
+                self.all_by_trace.setdefault(e.trace_id, []).append(e)
+
+    def _expire(self, now: float) -> None:
+        while self.entries and entry_time(self.entries[0]) < now - self.window:
+            self._forget(self.entries.popleft())
+
+    def _forget(self, old: AccessEntry) -> None:
+        """Drop one expired line from its trace's list; the trace goes only with its last line (a connection
+        whose newer hops are still in the window stays traceable)."""
+        lines = self.all_by_trace.get(old.trace_id)
+        if lines is None:
+            return
+        for i, e in enumerate(lines):
+            if e is old:
+                del lines[i]
+                break
+        if not lines:
+            del self.all_by_trace[old.trace_id]
+
+
+class LogSource(EntryStore):
     """Access lines of every log file under `log_dir` (node proxies: ztunnel*.log; pods: pods/*.log)."""
 
     def __init__(self, log_dir: Path, *, window: float = 60.0, max_entries: int = 20000) -> None:
+        super().__init__(window=window, max_entries=max_entries)
         self.log_dir = log_dir
-        self.window = window
         self._offsets: dict[Path, int] = {}
-        self.entries: deque[AccessEntry] = deque(maxlen=max_entries)
-        self.all_by_trace: dict[str, list[AccessEntry]] = {}
 
     def _files(self) -> list[Path]:
         files = sorted(self.log_dir.glob("ztunnel*.log"))
@@ -66,38 +105,19 @@ class LogSource:
             end = data.rfind(b"\n") + 1  # a line still being written is read next time
             self._offsets[f] = start + end
             component = f.stem if f.parent.name != "pods" else f"pod {f.stem}"
-            for e in parse_lines(component, data[:end].decode(errors="replace").splitlines()):
-                if len(self.entries) == self.entries.maxlen:  # full: the oldest goes, from the index too
-                    self._forget(self.entries.popleft())
-                self.entries.append(e)
-                if e.trace_id:
-                    self.all_by_trace.setdefault(e.trace_id, []).append(e)
-                new += 1
+            parsed = parse_lines(component, data[:end].decode(errors="replace").splitlines())
+            self.add(parsed)
+            new += len(parsed)
         self._expire(time.time())
         return new
 
-    def _expire(self, now: float) -> None:
-        while self.entries and entry_time(self.entries[0]) < now - self.window:
-            self._forget(self.entries.popleft())
-
-    def _forget(self, old: AccessEntry) -> None:
-        """Drop one expired line from its trace's list; the trace goes only with its last line (a connection
-        whose newer hops are still in the window stays traceable)."""
-        lines = self.all_by_trace.get(old.trace_id)
-        if lines is None:
-            return
-        for i, e in enumerate(lines):
-            if e is old:
-                del lines[i]
-                break
-        if not lines:
-            del self.all_by_trace[old.trace_id]
-
 
 PolicySource = Callable[[], list[dict[str, Any]]]
+StatusSource = Callable[[], list[dict[str, Any]]]
 
 
-def build_app(source: LogSource, *, policies: PolicySource | None = None, interval: float = 1.0) -> web.Application:
+def build_app(source: EntryStore, *, policies: PolicySource | None = None, status: StatusSource | None = None,
+              interval: float = 1.0) -> web.Application:
     app = web.Application()
     cached: dict[str, Any] = {"policies": [], "at": 0.0}
 
@@ -111,7 +131,9 @@ def build_app(source: LogSource, *, policies: PolicySource | None = None, interv
                 cached["policies"] = [{"namespace": "", "name": f"(policies unavailable: {exc})",
                                        "action": "", "applies_to": ""}]
             cached["at"] = now
-        return snapshot(list(source.entries), now, window=source.window, policies=cached["policies"])
+        snap = snapshot(list(source.entries), now, window=source.window, policies=cached["policies"])
+        snap["sources"] = status() if status is not None else []
+        return snap
 
     async def index(_request: web.Request) -> web.Response:
         return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html")

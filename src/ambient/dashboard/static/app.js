@@ -63,6 +63,26 @@ function drawTable(snap) {
   }
 }
 
+function drawSources(snap) {
+  // on a Kubernetes install: each node proxy / waypoint pod's log stream and metrics (the local cluster has none)
+  const panel = document.getElementById("source-panel");
+  const rows = snap.sources || [];
+  panel.hidden = rows.length === 0;
+  const body = document.querySelector("#sources tbody");
+  body.replaceChildren();
+  for (const s of rows) {
+    const m = s.metrics || {};
+    const num = (v) => (v === undefined ? "" : String(Math.round(v)));
+    const tr = el("tr", { class: "source " + s.state + " metrics-" + (s.metrics_state || "none"), "data-source": s.source });
+    const detail = [s.detail, s.metrics_detail].filter(Boolean).join("; ");
+    for (const v of [s.source, s.state + (s.restarts ? ` (${s.restarts} restarts)` : ""), s.lines, s.metrics_state || "",
+                     s.metrics ? `${num(m.connections_opened)} / ${num(m.connections_open)}` : "", num(m.bytes),
+                     num(m.requests), num(m.refusals), detail])
+      tr.appendChild(el("td", {}, String(v ?? "")));
+    body.appendChild(tr);
+  }
+}
+
 async function showTrace(id) {
   const out = document.getElementById("trace");
   if (!id) { out.textContent = "this connection has no trace id (the node proxy runs with AMBIENT_TRACE_IDS=0)"; return; }
@@ -83,7 +103,7 @@ function start() {
   const es = new EventSource("/events");
   es.addEventListener("snapshot", (ev) => {
     const snap = JSON.parse(ev.data);
-    drawGraph(snap); drawTable(snap);
+    drawGraph(snap); drawTable(snap); drawSources(snap);
     status.textContent = `live: ${snap.connections.length} connections, ${snap.edges.length} edges, proxies ${snap.proxies.join(", ")}`;
   });
   es.onerror = () => { status.textContent = "disconnected, retrying…"; };

@@ -1,0 +1,286 @@
+"""`ambient dashboard --kubeconfig` against a real local cluster ("dsk1") reached only through its Kubernetes
+API (TLS on loopback, the kubeconfig of `ambient cluster kubeconfig`) and the real kubectl: pods found by
+label, access lines read with `kubectl logs -f`, metrics through `kubectl port-forward` on loopback,
+policies with `kubectl get`. The test reads the dashboard's JSON and its server-sent events, not a browser.
+
+The local cluster runs its node proxies as processes in the node network namespaces, not as pods: the API
+has no pod for them. Each node gets a stand-in in namespace `ambient-system` labelled `app=ztunnel`, as the
+DaemonSet's pods are on a Kubernetes install: its `ztunnel` container prints the node proxy's log as it
+grows (`tail -F`), so `pods/log` carries the node proxy's own lines, and its `metrics` container relays its
+:15020 to the node proxy's metrics port in the node netns (socat). Waypoints are real pods of the API.
+
+Traffic goes only to loopback and to addresses inside the cluster's own network namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_fixtures import is_ready, local_cluster, run_ambient
+
+from ambient.cluster import layout as L
+from ambient.runtime.trace import parse_lines
+from helpers import wait_for
+
+KUBECTL = shutil.which("kubectl")
+SOCAT = shutil.which("socat")
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300),
+              pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (scripts/bootstrap.sh installs it)"),
+              pytest.mark.skipif(SOCAT is None, reason="socat not installed (scripts/bootstrap.sh installs it)")]
+
+CLUSTER = "dsk1"
+NS = "dsk"
+SERVE = r"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"hi")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+
+@dataclass
+class Env:
+    layout: L.ClusterLayout
+    api: Any
+    state: Path
+    kubeconfig: Path
+    client: dict[str, Any]
+    vip: str
+    url: str
+    dash: subprocess.Popen[str]
+
+
+def _stand_in(node: str, node_index: int, log: Path) -> dict[str, Any]:
+    """A pod that shows the node proxy of `node` to the Kubernetes API: its log and its metrics port."""
+    relay = f"EXEC:ip netns exec {L.node_netns_name(CLUSTER, node_index)} socat STDIO TCP\\:127.0.0.1\\:15020"
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"ztunnel-{node}", "namespace": "ambient-system", "labels": {"app": "ztunnel"}},
+            "spec": {"nodeName": node, "containers": [
+                {"name": "ztunnel", "command": ["tail", "-n", "0", "-F", str(log)]},
+                {"name": "metrics", "command": ["socat", "TCP-LISTEN:15020,fork,reuseaddr", relay],
+                 "ports": [{"containerPort": 15020}]}]}}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    dash: subprocess.Popen[str] | None = None
+    with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2) as (layout, api, state):
+        try:
+            nodes = [n.name for n in layout.nodes]
+            api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ambient-system"}})
+            for i, node in enumerate(nodes):
+                api.create(_stand_in(node, i + 1, layout.log_dir / f"ztunnel-{node}.log"))
+            api.create({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+            py = sys.executable
+            api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS},
+                        "spec": {"nodeName": nodes[0], "containers": [
+                            {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
+            api.create({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
+                        "spec": {"nodeName": nodes[-1], "containers": [
+                            {"name": "app", "command": [py, "-c", SERVE], "ports": [{"containerPort": 8080}]}]}})
+            api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
+                        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+            api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                        "metadata": {"name": "web-allow", "namespace": NS},
+                        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+                                 "rules": [{"from": [{"source": {"namespaces": [NS]}}]}]}})
+            client = wait_for(lambda: (p := api.get("Pod", "client", NS)) and is_ready(p) and p, 60, "client")
+            wait_for(lambda: is_ready(api.get("Pod", "web", NS)), 60, "web Ready")
+            for node in nodes:
+                wait_for(lambda n=node: is_ready(api.get("Pod", f"ztunnel-{n}", "ambient-system")), 60,
+                         f"the stand-in of {node}'s node proxy Ready")
+            vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
+            run = run_ambient(CLUSTER, state, "cluster", "kubeconfig")
+            assert run.returncode == 0, run.stderr
+            kubeconfig = Path(run.stdout.strip())
+            # Kubernetes mode needs no local cluster: no -c / --state-dir, only the kubeconfig
+            env_vars = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "AMBIENT_CLUSTER")}
+            dash = subprocess.Popen([sys.executable, "-m", "ambient", "dashboard", "--kubeconfig", str(kubeconfig),
+                                     "--port", "0", "--no-open", "--refresh", "1", "--window", "600"],
+                                    stdout=subprocess.PIPE, text=True, env=env_vars, start_new_session=True)
+            assert dash.stdout is not None
+            line = dash.stdout.readline()
+            m = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            assert m, line
+            yield Env(layout, api, state, kubeconfig, client, vip, m.group(0), dash)
+        finally:
+            if dash is not None:
+                dash.terminate()
+                try:
+                    dash.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(dash.pid, signal.SIGKILL)
+                    dash.wait(10)
+
+
+def _curl(env: Env, path: str = "/") -> str:
+    netns = L.pod_netns_name(CLUSTER, env.client["metadata"]["uid"])
+    out = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", "-m", "5", f"http://{env.vip}{path}"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    return out.stdout
+
+
+def _snapshot(env: Env) -> dict[str, Any]:
+    return dict(json.loads(urllib.request.urlopen(f"{env.url}api/snapshot", timeout=10).read()))
+
+
+def _edge(snap: dict[str, Any], src: str, dst: str) -> dict[str, Any] | None:
+    return next((e for e in snap["edges"] if e["src"] == src and e["dst"] == dst), None)
+
+
+def _row(snap: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    return next((r for r in snap["sources"] if r["source"].startswith(prefix)), None)
+
+
+def _sse_snapshot(env: Env) -> dict[str, Any]:
+    """The first `snapshot` event of the dashboard's event stream."""
+    with urllib.request.urlopen(f"{env.url}events", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        event = ""
+        while True:
+            line = resp.readline().decode()
+            if line.startswith("event: "):
+                event = line[len("event: "):].strip()
+            elif line.startswith("data: ") and event == "snapshot":
+                return dict(json.loads(line[len("data: "):]))
+
+
+def test_an_edge_its_trace_policies_and_metrics_come_through_the_kubernetes_api(env: Env) -> None:
+    snap = wait_for(lambda: (s := _snapshot(env)) and _row(s, "ztunnel-node-2") and s, 30,
+                    "both node proxy pods followed")
+    rows = {r["source"]: r for r in snap["sources"]}
+    assert sorted(rows) == ["ztunnel-node-1 (ambient-system/ztunnel-node-1)",
+                            "ztunnel-node-2 (ambient-system/ztunnel-node-2)"], rows
+    assert [p["name"] for p in snap["policies"]] == ["web-allow"], snap["policies"]
+    wait_for(lambda: _curl(env) == "hi", 60, "the mesh serves client -> web")
+    for _ in range(2):
+        assert _curl(env) == "hi"
+
+    def edge() -> dict[str, Any] | None:
+        e = _edge(_snapshot(env), f"{NS}/client", f"{NS}/web")
+        return e if e and e["count"] >= 3 and e["bytes_recv"] > 0 else None
+
+    e = wait_for(edge, 20, "the client -> web edge from kubectl logs of the node proxy pods")
+    assert e["identities"] == [f"spiffe://cluster.local/ns/{NS}/sa/default"], e
+    # the same view on the event stream the page reads
+    sse = _sse_snapshot(env)
+    assert (sse_edge := _edge(sse, f"{NS}/client", f"{NS}/web")) and sse_edge["count"] >= 3, sse["edges"]
+    # the trace joins the lines of both node proxy pods' streams
+    conn = next(c for c in _snapshot(env)["connections"] if c["dst"] == f"{NS}/web" and c["trace_id"])
+    trace = wait_for(lambda: (t := _get_json(f"{env.url}api/trace/{conn['trace_id']}")) and len(t["hops"]) >= 2
+                     and t, 10, "both hops of the trace")
+    assert [(h["kind"], h["component"]) for h in trace["hops"] if h["kind"] != "app"] == [
+        ("source-proxy", "ztunnel-node-1"), ("destination-proxy", "ztunnel-node-2")], trace
+    assert trace["outcome"] == "completed"
+    assert "allowed by policy dsk/web-allow" in json.dumps(trace), trace
+    # metrics through kubectl port-forward (loopback) of each node proxy pod: the connections counted
+
+    def metrics() -> dict[str, Any] | None:
+        row = _row(_snapshot(env), "ztunnel-node-1")
+        return row if row and row["metrics_state"] == "up" and row["metrics"]["connections_opened"] >= 3 else None
+
+    row = wait_for(metrics, 30, "node-1's proxy metrics through kubectl port-forward")
+    assert re.fullmatch(r"via 127\.0\.0\.1:\d+", row["metrics_detail"]), row
+    assert row["metrics"]["bytes"] > 0, row
+
+
+def _get_json(url: str) -> Any:
+    try:
+        return json.loads(urllib.request.urlopen(url, timeout=10).read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _kubectl_logs_child(env: Env, pod: str) -> int:
+    """The pid of the dashboard's `kubectl logs -f` of `pod` (a child of the process this test started)."""
+    out = subprocess.run(["ps", "--ppid", str(env.dash.pid), "-o", "pid="], capture_output=True, text=True,
+                         check=False).stdout
+    pids = []
+    for pid in (int(p) for p in out.split()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"logs" in argv and pod.encode() in argv:
+            pids.append(pid)
+    assert len(pids) == 1, out
+    return pids[0]
+
+
+def test_a_restarted_log_stream_counts_each_connection_once(env: Env) -> None:
+    """kubectl logs ends (here: killed); the dashboard starts it again and skips what it replays (the local
+    API server replays the whole pod log: it ignores --since-time). The truth: the node proxy's log file."""
+    wait_for(lambda: _curl(env) == "hi", 60, "the mesh serves client -> web")
+
+    def counted() -> int:
+        e = _edge(_snapshot(env), f"{NS}/client", f"{NS}/web")
+        return int(e["count"]) if e else 0
+
+    def logged() -> int:  # client -> web lines the source node proxy wrote (a 600 s window: none expires)
+        log = env.layout.log_dir / f"ztunnel-{env.layout.nodes[0].name}.log"
+        return sum(1 for e in parse_lines("ztunnel", log.read_text().splitlines())
+                   if e.direction == "outbound" and e.fields.get("src.workload") == "client"
+                   and e.fields.get("dst.workload") == "web")
+
+    before = wait_for(lambda: (n := logged()) and counted() >= n and n, 20, "the dashboard caught up with the log")
+    restarts = (_row(_snapshot(env), "ztunnel-node-1") or {}).get("restarts", 0)
+    os.kill(_kubectl_logs_child(env, "ztunnel-node-1"), signal.SIGTERM)
+    wait_for(lambda: (r := _row(_snapshot(env), "ztunnel-node-1")) and r["restarts"] > restarts
+             and r["state"] == "streaming" and r, 30, "the log stream of ztunnel-node-1 started again")
+    assert _curl(env) == "hi"
+    now = wait_for(lambda: (n := logged()) > before and n, 20, "the new connection logged")
+    wait_for(lambda: counted() >= now, 20, "the new connection counted")
+    assert counted() == now, "the replayed lines were counted again"
+
+
+def test_a_waypoint_pod_is_found_and_its_upstream_edge_runs_as_the_waypoint(env: Env) -> None:
+    run = run_ambient(CLUSTER, env.state, "waypoint", "apply", "-n", NS, "--wait", "--timeout", "60")
+    assert run.returncode == 0, run.stderr
+    env.api.patch("Service", "web", NS, {"metadata": {"labels": {"istio.io/use-waypoint": "waypoint"}}})
+
+    def edge() -> dict[str, Any] | None:
+        if _curl(env) != "hi":  # the switch to the waypoint may take a moment to reach the client's proxy
+            return None
+        e = _edge(_snapshot(env), f"{NS}/waypoint", f"{NS}/web")
+        return e if e and e["bytes_recv"] > 0 else None
+
+    up = wait_for(edge, 60, "a waypoint -> web edge from the waypoint pod's kubectl logs")
+    assert up["identities"] == [f"spiffe://cluster.local/ns/{NS}/sa/waypoint"], up
+    snap = _snapshot(env)
+    assert [n["id"] for n in snap["nodes"] if n["kind"] == "waypoint"] == [f"{NS}/waypoint"], snap["nodes"]
+    row = wait_for(lambda: (r := _row(_snapshot(env), f"waypoint {NS}/waypoint")) and r["metrics_state"] == "up"
+                   and r["metrics"]["requests"] >= 1 and r, 30, "the waypoint's metrics through kubectl port-forward")
+    assert row["kind"] == "waypoint" and row["state"] == "streaming", row
+
+
+def test_refused_credentials_stop_the_command_with_kubectls_reason(env: Env, tmp_path: Path) -> None:
+    doc = json.loads(env.kubeconfig.read_text())
+    for user in doc["users"]:
+        user["user"] = {"token": "0" * 64}
+    bad = tmp_path / "kubeconfig"
+    bad.write_text(json.dumps(doc))
+    run = subprocess.run([sys.executable, "-m", "ambient", "dashboard", "--kubeconfig", str(bad), "--port", "0",
+                          "--no-open"], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1, run
+    assert "Unauthorized" in run.stderr and "credentials were refused" in run.stderr, run.stderr
+    assert "dashboard on" not in run.stdout
