@@ -156,3 +156,24 @@ def test_server_side_apply_conflict_then_force(http: httpx.Client) -> None:
                headers={"Content-Type": "application/merge-patch+json"})
     assert [e["object"]["metadata"]["resourceVersion"] for e in events_after(http, AP, forced_rv)] == [
         str(int(forced_rv) + 1)]
+
+
+def test_json_patch(http: httpx.Client) -> None:
+    """RFC 6902 (`kubectl patch --type=json`): applied whole, checked like any write, dry run included."""
+    http.post(AP, json=policy())
+    jp = {"Content-Type": "application/json-patch+json"}
+    ops = [{"op": "test", "path": "/spec/action", "value": "ALLOW"},
+           {"op": "replace", "path": "/spec/action", "value": "DENY"}]
+    r = http.patch(f"{AP}/p", params={"dryRun": "All"}, content=json.dumps(ops), headers=jp)
+    assert r.status_code == 200 and r.json()["spec"]["action"] == "DENY"
+    assert http.get(f"{AP}/p").json()["spec"]["action"] == "ALLOW"
+    r = http.patch(f"{AP}/p", content=json.dumps(ops), headers=jp)
+    assert r.status_code == 200 and r.json()["spec"]["action"] == "DENY"
+    r = http.patch(f"{AP}/p", content=json.dumps(ops), headers=jp)  # the test op fails now
+    assert r.status_code == 422 and r.json()["message"] == "testing value /spec/action failed: test failed"
+    r = http.patch(f"{AP}/p", content=json.dumps([{"op": "replace", "path": "/spec/action", "value": "MAYBE"}]),
+                   headers=jp)
+    assert r.status_code == 422 and "MAYBE" in r.json()["message"]  # validated as any write
+    r = http.patch(f"{AP}/p", content=json.dumps([{"op": "add", "path": "/metadata/name", "value": "q"}]),
+                   headers=jp)
+    assert r.status_code == 400 and "cannot be changed" in r.json()["message"]

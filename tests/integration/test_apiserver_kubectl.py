@@ -110,7 +110,7 @@ def test_discovery_openapi_tables_and_strategic_patch(server: ApiServer) -> None
                     headers={"Content-Type": "application/strategic-merge-patch+json"})
         assert r.status_code == 400 and "bogus" in r.text
         r = c.patch("/api/v1/namespaces/default/pods/web", content="[]",
-                    headers={"Content-Type": "application/json-patch+json"})
+                    headers={"Content-Type": "application/xml"})
         assert r.status_code == 415
         c.delete("/api/v1/namespaces/default/pods/web")
 

@@ -117,7 +117,7 @@ def _operation(info: KindInfo, action: str, verb: str, params: list[dict[str, An
 
 def _patch_types(info: KindInfo) -> list[str]:
     """What PATCH accepts; strategic merge patch only for built-in kinds, as Kubernetes (CRDs take merge patch)."""
-    types = ["application/merge-patch+json", "application/apply-patch+yaml"]
+    types = ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
     if info.group in ("", "apps"):
         types.append("application/strategic-merge-patch+json")
     return types

@@ -1,4 +1,6 @@
-"""Patches as the Kubernetes API applies them: JSON merge patch (RFC 7386) and strategic merge patch.
+"""Patches as the Kubernetes API applies them: JSON merge patch (RFC 7386), strategic merge patch and JSON
+patch (RFC 6902: `kubectl patch --type=json`, and kubectl's own rewrite of managedFields when a client-side
+applied object is first applied server-side).
 
 Strategic merge patch (`application/strategic-merge-patch+json`, what client-side `kubectl apply`, `edit`
 and `set` send for built-in kinds) is a merge patch where some lists merge by a key instead of being
@@ -20,7 +22,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ambient.api.errors import ValidationError
+from ambient.api.errors import BadRequestError, ValidationError
 
 # List field -> merge key, for the built-in kinds' lists that merge (Kubernetes' `patchMergeKey` tags).
 MERGE_KEYS: dict[str, str] = {
@@ -146,3 +148,137 @@ def _strip(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return copy.deepcopy(value)
+
+
+# ----------------------------------------------------------------------------- JSON patch (RFC 6902)
+
+_JSON_PATCH_OPS = {"add": ("path", "value"), "remove": ("path",), "replace": ("path", "value"),
+                   "move": ("from", "path"), "copy": ("from", "path"), "test": ("path", "value")}
+_MAX_JSON_PATCH_OPS = 10_000
+
+
+def json_patch(target: Any, ops: Any) -> Any:
+    """`target` with the RFC 6902 operations applied in order (all or nothing: `target` is not modified).
+
+    A malformed patch (not a list of operations, an unknown op, a member missing, a bad pointer) is a
+    BadRequestError (400); an operation that does not apply to the document (a missing path, a failed
+    `test`) a ValidationError (422), as kube-apiserver answers them."""
+    if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+        raise BadRequestError("a JSON patch must be a list of operations (objects with op and path)")
+    if len(ops) > _MAX_JSON_PATCH_OPS:
+        raise BadRequestError(f"a JSON patch may have at most {_MAX_JSON_PATCH_OPS} operations")
+    doc = copy.deepcopy(target)
+    for index, op in enumerate(ops):
+        name = op.get("op")
+        if name not in _JSON_PATCH_OPS:
+            raise BadRequestError(f"operation {index}: unknown op {str(name)[:32]!r} (add, remove, replace, move, "
+                                  "copy or test)")
+        for member in _JSON_PATCH_OPS[name]:
+            if member not in op or (member != "value" and not isinstance(op[member], str)):
+                raise BadRequestError(f"operation {index} ({name}): missing {member!r}")
+        path = _pointer(op["path"])
+        if name == "test":
+            if _get(doc, path, name) != op["value"]:
+                raise ValidationError(f"testing value {op['path'][:256]} failed: test failed")
+        elif name == "remove":
+            doc = _remove(doc, path, name)
+        elif name == "replace":
+            doc = _replace(doc, path, copy.deepcopy(op["value"]), name)
+        elif name == "add":
+            doc = _add(doc, path, copy.deepcopy(op["value"]), name)
+        else:  # move, copy
+            source = _pointer(op["from"])
+            if name == "move" and path[: len(source)] == source and path != source:
+                raise ValidationError(f"move operation {index}: cannot move {op['from'][:256]} into itself")
+            value = copy.deepcopy(_get(doc, source, name))
+            if name == "move":
+                doc = _remove(doc, source, name)
+            doc = _add(doc, path, value, name)
+    return doc
+
+
+def _pointer(text: str) -> list[str]:
+    """An RFC 6901 JSON pointer as its tokens ("" is the whole document)."""
+    if text == "":
+        return []
+    if not text.startswith("/"):
+        raise BadRequestError(f"JSON pointer {text[:256]!r} must start with /")
+    return [t.replace("~1", "/").replace("~0", "~") for t in text[1:].split("/")]
+
+
+def _missing(name: str, path: list[str]) -> ValidationError:
+    return ValidationError(f"{name} operation does not apply: doc is missing path: /{'/'.join(path)[:256]}")
+
+
+def _index(container: list[Any], token: str, name: str, path: list[str], *, end_ok: bool) -> int:
+    if token == "-" and end_ok:
+        return len(container)
+    if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+        raise _missing(name, path)
+    index = int(token)
+    if index > len(container) or (index == len(container) and not end_ok):
+        raise _missing(name, path)
+    return index
+
+
+def _parent(doc: Any, path: list[str], name: str) -> Any:
+    node = doc
+    for depth, token in enumerate(path[:-1]):
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list):
+            node = node[_index(node, token, name, path[: depth + 1], end_ok=False)]
+        else:
+            raise _missing(name, path)
+    return node
+
+
+def _get(doc: Any, path: list[str], name: str) -> Any:
+    if not path:
+        return doc
+    parent, last = _parent(doc, path, name), path[-1]
+    if isinstance(parent, dict) and last in parent:
+        return parent[last]
+    if isinstance(parent, list):
+        return parent[_index(parent, last, name, path, end_ok=False)]
+    raise _missing(name, path)
+
+
+def _remove(doc: Any, path: list[str], name: str) -> Any:
+    if not path:
+        return None
+    parent, last = _parent(doc, path, name), path[-1]
+    if isinstance(parent, dict) and last in parent:
+        del parent[last]
+    elif isinstance(parent, list):
+        del parent[_index(parent, last, name, path, end_ok=False)]
+    else:
+        raise _missing(name, path)
+    return doc
+
+
+def _replace(doc: Any, path: list[str], value: Any, name: str) -> Any:
+    """Set an existing member in place (an object keeps its key order)."""
+    if not path:
+        return value
+    parent, last = _parent(doc, path, name), path[-1]
+    if isinstance(parent, dict) and last in parent:
+        parent[last] = value
+    elif isinstance(parent, list):
+        parent[_index(parent, last, name, path, end_ok=False)] = value
+    else:
+        raise _missing(name, path)
+    return doc
+
+
+def _add(doc: Any, path: list[str], value: Any, name: str) -> Any:
+    if not path:
+        return value
+    parent, last = _parent(doc, path, name), path[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        parent.insert(_index(parent, last, name, path, end_ok=True), value)
+    else:
+        raise _missing(name, path)
+    return doc

@@ -56,7 +56,7 @@ from ambient.api.errors import (
 )
 from ambient.api.kinds import KINDS, KindInfo, by_plural, kind_for_manifest
 from ambient.api.options import WriteOptions, delete_dry_run, write_options
-from ambient.api.patch import strategic_merge
+from ambient.api.patch import json_patch, strategic_merge
 from ambient.api.selectors import compile_selectors
 from ambient.api.store import DEFAULT_MAX_EVENTS, Store
 from ambient.api.validation.schema import (
@@ -82,7 +82,8 @@ T = TypeVar("T")
 
 _STRATEGIC = "application/strategic-merge-patch+json"
 _APPLY = "application/apply-patch+yaml"
-_PATCH_TYPES = ("application/merge-patch+json", "application/json", _STRATEGIC, _APPLY)
+_JSON_PATCH = "application/json-patch+json"
+_PATCH_TYPES = ("application/merge-patch+json", "application/json", _STRATEGIC, _APPLY, _JSON_PATCH)
 _SUBRESOURCES = {"Pod": ("log", "exec", "portforward"), "Deployment": ("scale",)}
 
 
@@ -638,7 +639,8 @@ class ApiServer:
             if ctype not in _PATCH_TYPES:
                 raise UnsupportedMediaTypeError(
                     f'unsupported patch type "{ctype}"',
-                    hint=f"send a JSON merge patch (application/merge-patch+json), {_STRATEGIC} or {_APPLY}",
+                    hint=f"send a JSON merge patch (application/merge-patch+json), {_STRATEGIC}, {_APPLY} or "
+                    f"{_JSON_PATCH}",
                 )
             mode = parse_field_validation(q.get("fieldValidation"))
             if ctype == _APPLY and sub is None:
@@ -654,10 +656,11 @@ class ApiServer:
             warnings = []
             subject = _subject(info, {"metadata": {"name": name, "namespace": ns}})
             check_duplicates(duplicates, mode, warnings, subject)
-            if ctype == _STRATEGIC:
+            if ctype in (_STRATEGIC, _JSON_PATCH):
+                transform = strategic_merge if ctype == _STRATEGIC else json_patch
                 result = await self._write(
-                    lambda: self._strategic_patch(info, name, ns, patch, sub == "status", mode, warnings, subject,
-                                                  dry),
+                    lambda: self._read_modify_write(info, name, ns, lambda live: transform(live, patch),
+                                                    sub == "status", mode, warnings, subject, dry),
                     dry_run=dry,
                 )
                 return self._json(result, warnings=warnings)
@@ -775,16 +778,20 @@ class ApiServer:
         merged["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")
         return self.store.update(merged, dry_run=dry), False
 
-    def _strategic_patch(
-        self, info: KindInfo, name: str, ns: str | None, patch: Any, status: bool, mode: str,
-        warnings: list[str], subject: str, dry: bool = False,
+    def _read_modify_write(
+        self, info: KindInfo, name: str, ns: str | None, transform: Callable[[dict[str, Any]], Any], status: bool,
+        mode: str, warnings: list[str], subject: str, dry: bool = False,
     ) -> dict[str, Any]:
-        """Strategic merge patch, on the store's thread: read, merge, check fields, write (one writer, so
-        nothing lands between the read and the write)."""
+        """A strategic merge or JSON patch, on the store's thread: read, patch, check fields, write (one
+        writer, so nothing lands between the read and the write)."""
         current = self.store.get(info.kind, name, ns)
-        merged = strategic_merge(current, patch)
+        merged = transform(current)
+        if not isinstance(merged, dict):
+            raise BadRequestError(f"the patched object is not an object ({type(merged).__name__})")
         merged["kind"], merged["apiVersion"] = info.wire_kind, info.api_version
-        meta = merged.get("metadata") if isinstance(merged.get("metadata"), dict) else {}
+        meta = merged.get("metadata")
+        if not isinstance(meta, dict):
+            raise BadRequestError("metadata: expected an object")
         for field, want in (("name", name), ("namespace", ns)):
             if meta.get(field) != want and not (field == "namespace" and want is None and field not in meta):
                 raise BadRequestError(f"metadata.{field}: cannot be changed by a patch (is {want!r})")
