@@ -285,12 +285,14 @@ class Testbed:
         pp = ProxyProcess(node, proc, out, err, admin)
         self._procs.append(pp)
         if wait:
-            self.wait_proxy(pp, mode)
+            raw = full_env.get("AMBIENT_ZTUNNEL_WORKERS", "1")
+            self.wait_proxy(pp, mode, processes=int(raw) if raw.isdigit() else 1)
         return pp
 
-    def wait_proxy(self, pp: ProxyProcess, mode: str = "inpod", timeout: float = 30.0) -> None:
-        """Until the proxy logged readiness and (in-pod) every pod of its node has listeners."""
-        want = len([p for p in self.pods if p.node == pp.node and p.mesh]) if mode == "inpod" else 0
+    def wait_proxy(self, pp: ProxyProcess, mode: str = "inpod", timeout: float = 30.0, processes: int = 1) -> None:
+        """Until the proxy logged readiness and (in-pod) every pod of its node has listeners in each of
+        its `processes` (AMBIENT_ZTUNNEL_WORKERS)."""
+        want = len([p for p in self.pods if p.node == pp.node and p.mesh]) * processes if mode == "inpod" else 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = pp.log_text()

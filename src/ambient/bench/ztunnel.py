@@ -44,6 +44,7 @@ STUNNEL_HTTP = (18081, 18444)
 CONN_CONCURRENCY = 8
 CAPACITY_CONCURRENCY = 32  # enough concurrent clients to saturate the path (8 leave it latency-bound)
 THROUGHPUT_ROUNDS = 3
+WORKERS = max(2, len(os.sched_getaffinity(0)))  # node proxy processes for the every-core figures
 IDLE_CONNECTIONS = 10_000
 _PROXY_ENV = {  # the idle-connection figure holds more streams from one source than the default admission cap
     "AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE": str(IDLE_CONNECTIONS * 2),
@@ -127,20 +128,41 @@ def _iperf(pod: Pod, ip: str, port: int, seconds: int) -> float:
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (a node proxy's worker processes are its children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:  # the task ended meanwhile
+                continue
+    return out
+
+
+def _tree_pids(procs: list[ProxyProcess] | list[subprocess.Popen[bytes]]) -> list[int]:
+    return [p for pp in procs for p in process_tree(pp.proc.pid if isinstance(pp, ProxyProcess) else pp.pid)]
+
+
 def _cpu_seconds(procs: list[ProxyProcess] | list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU of the processes and their descendants (workers included)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    for pp in procs:
-        pid = pp.proc.pid if isinstance(pp, ProxyProcess) else pp.pid
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    for pid in _tree_pids(procs):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
 def _rss_kib(procs: list[ProxyProcess]) -> int:
     total = 0
-    for pp in procs:
-        for line in Path(f"/proc/{pp.proc.pid}/status").read_text().splitlines():
+    for pid in _tree_pids(procs):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total
@@ -294,6 +316,7 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
             bed.spawn(pod.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
             start_echo(bed, pod, [ECHO_PORT])
             _start_http(bed, pod)
+        _start_http(bed, server2)
         bed.spawn(server2.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
         proxies = [bed.start_proxy(1, env=_PROXY_ENV), bed.start_proxy(2, env=_PROXY_ENV)]
         stunnels = _start_stunnel(bed, cplain, splain)
@@ -337,6 +360,27 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
             "stunnel": _conn_rate(cplain, "127.0.0.1", STUNNEL_HTTP[0], 3, CAPACITY_CONCURRENCY),
             "mesh": _conn_rate(client, server.ip, HTTP_PORT, 3, CAPACITY_CONCURRENCY),
         }
+        # Every core: the same node proxies as WORKERS processes each (AMBIENT_ZTUNNEL_WORKERS=auto), on
+        # the second pod pair (fresh: no TIME_WAIT left by the figures above), 8 clients first as above.
+        for pp in proxies:
+            pp.terminate()
+        for pp in proxies:
+            pp.proc.wait(timeout=30)
+        proxies = [bed.start_proxy(n, env={**_PROXY_ENV, "AMBIENT_ZTUNNEL_WORKERS": str(WORKERS)}, tag="-w")
+                   for n in (1, 2)]
+        workers = f"mesh {WORKERS} workers"
+        aggregate_w = [_aggregate([(client, server.ip), (client2, server2.ip)], IPERF_PORT, max(1, seconds // 2),
+                                  2) for _ in range(THROUGHPUT_ROUNDS)]
+        warm = _conn_rate(client2, server2.ip, HTTP_PORT, 3)
+        capacity[workers] = _conn_rate(client2, server2.ip, HTTP_PORT, 3, CAPACITY_CONCURRENCY)
+        out["connections_per_s"][workers] = warm["per_second"]
+        out["connection_errors"][workers] = warm["errors"]
+        # first in the dict: the goals read the first aggregate / capacity mesh figure
+        out["aggregate_throughput_gbps"] = {
+            f"{workers} 4 streams 2 pod pairs": statistics.median(aggregate_w),
+            "mesh 1 process 4 streams 2 pod pairs": statistics.median(aggregate),
+        }
+        capacity = {k: capacity[k] for k in ("direct", "stunnel", workers, "mesh")}
         out["capacity_connections_per_s"] = {k: v["per_second"] for k, v in capacity.items()}
         out["connection_errors"].update({f"{k} capacity": v["errors"] for k, v in capacity.items()})
         # Last: 10,000 connections held and closed leave the pods' netns with thousands of TIME_WAIT
@@ -352,13 +396,18 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
             / max(1e-6, out["connections_per_s"]["stunnel"]),
             "mesh_vs_stunnel_cpu_ratio": out["mesh_proxy_cores_per_1000_rps"]
             / max(1e-6, out["stunnel_cores_per_1000_rps"]),
-            "mesh_aggregate_4_streams_vs_1": statistics.median(aggregate) / t["mesh"],
+            "mesh_aggregate_4_streams_vs_1": statistics.median(aggregate_w) / t["mesh"],
+            "mesh_1_process_aggregate_4_streams_vs_1": statistics.median(aggregate) / t["mesh"],
+            "mesh_workers_vs_1_process_capacity": capacity[workers]["per_second"]
+            / max(1e-6, capacity["mesh"]["per_second"]),
         }
         out["conditions"] = {"iperf_seconds": max(1, seconds // 2), "iperf_rounds": THROUGHPUT_ROUNDS,
                              "latency_rate_rps": rate, "payload_bytes": 1024,
                              "connection_concurrency": CONN_CONCURRENCY,
                              "capacity_concurrency": CAPACITY_CONCURRENCY,
                              "aggregate_rounds_gbps": ", ".join(f"{v:.2f}" for v in aggregate),
+                             "aggregate_rounds_gbps_workers": ", ".join(f"{v:.2f}" for v in aggregate_w),
+                             "node_proxy_workers": WORKERS,
                              "idle_connections": idle_connections,
                              "connection_client": conns["mesh"].get("tool", "")}
         return out
