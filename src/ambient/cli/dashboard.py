@@ -4,7 +4,8 @@ Kubernetes install.
 - local cluster (default): reads the cluster's access logs (`<state>/logs`) and its AuthorizationPolicies;
 - Kubernetes (`--kubeconfig PATH` and/or `--context NAME`): finds the node proxy pods (`--proxy-namespace`,
   label `app=ztunnel`) and the waypoint pods through the API, follows their access lines with
-  `kubectl logs -f` and lists AuthorizationPolicies with `kubectl get` (`ambient.dashboard.kubernetes`).
+  `kubectl logs -f`, scrapes their metrics through `kubectl port-forward` on loopback (`--no-metrics`: not)
+  and lists AuthorizationPolicies with `kubectl get` (`ambient.dashboard.kubernetes`).
   kubectl must be installed (`--kubectl`); the first discovery must succeed, else the command stops with
   kubectl's reason and what to do.
 
@@ -40,6 +41,9 @@ def dashboard_command(
     kubectl: Annotated[str, typer.Option(help="Kubernetes: the kubectl to run (name on PATH or path).")] = "kubectl",
     refresh: Annotated[float, typer.Option(
         help="Kubernetes: seconds between discoveries of node proxy and waypoint pods and policies.")] = 5.0,
+    metrics: Annotated[bool, typer.Option(
+        "--metrics/--no-metrics", help="Kubernetes: scrape each pod's :15020 through kubectl port-forward "
+                                       "(one kubectl per pod, loopback only).")] = True,
 ) -> None:
     """Serve the live mesh dashboard (graph, connections, policies, traces) on localhost."""
     from ambient.core import process
@@ -57,7 +61,7 @@ def dashboard_command(
             webbrowser.open(url)
 
     if kubeconfig is not None or context is not None:
-        app, follow = _kubernetes(kubeconfig, context, proxy_namespace, kubectl, refresh, window)
+        app, follow = _kubernetes(kubeconfig, context, proxy_namespace, kubectl, refresh, window, metrics)
 
         async def main(_shutdown: Any) -> None:
             import asyncio
@@ -93,7 +97,7 @@ def _local(ctx: typer.Context, window: float) -> Any:
 
 
 def _kubernetes(kubeconfig: Path | None, context: str | None, proxy_namespace: str, binary: str, refresh: float,
-                window: float) -> tuple[Any, Any]:
+                window: float, metrics: bool) -> tuple[Any, Any]:
     """The app and the follow coroutine of a Kubernetes install; the first discovery runs here, so a missing
     kubectl, kubeconfig or access stops the command before it serves."""
     from ambient.dashboard import kubernetes as K
@@ -106,7 +110,7 @@ def _kubernetes(kubeconfig: Path | None, context: str | None, proxy_namespace: s
                        hint="for the local cluster's API: --kubeconfig $(ambient cluster kubeconfig)")
     kc = K.Kubectl(K.find_kubectl(binary), str(kubeconfig) if kubeconfig is not None else None, context)
     store = EntryStore(window=window)
-    source = K.KubeSource(kc, store, proxy_namespace=proxy_namespace, refresh=refresh)
+    source = K.KubeSource(kc, store, proxy_namespace=proxy_namespace, refresh=refresh, metrics=metrics)
     first = source.discover()
     where = f"context {context}" if context else f"kubeconfig {kubeconfig}"
     proxies = sum(s.kind == "ztunnel" for s in first)

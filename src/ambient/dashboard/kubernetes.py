@@ -15,7 +15,8 @@ plugins, OIDC, proxies, certificate authorities) works for the dashboard, and no
 - metrics: one `kubectl port-forward --address 127.0.0.1 pod/<pod> :15020` per pod (loopback only, an
   ephemeral port kubectl picks and prints), scraped (`/stats/prometheus`) every `refresh` seconds into the
   pod's source row (`model.metrics_summary`); a forward that exits or fails 3 scrapes in a row is started
-  again with the same back-off;
+  again with the same back-off (`metrics=False`: none, for installs where a kubectl process per pod is
+  too many);
 - policies: `kubectl get authorizationpolicies.security.istio.io -A -o json` with each discovery.
 
 What went wrong is never hidden: the first discovery's failure stops the command with kubectl's own message
@@ -216,7 +217,7 @@ class _StreamState:
     detail: str = ""
     lines: int = 0
     restarts: int = 0
-    metrics: str = "starting"  # starting | up | down
+    metrics: str = "starting"  # starting | up | down | off
     metrics_detail: str = ""
     summary: dict[str, float] | None = None
 
@@ -225,8 +226,9 @@ class KubeSource:
     """Streams a Kubernetes install's access lines into `store` and keeps its AuthorizationPolicies."""
 
     def __init__(self, kubectl: Kubectl, store: EntryStore, *, proxy_namespace: str = PROXY_NAMESPACE,
-                 refresh: float = 5.0, max_entries: int = 20000) -> None:
+                 refresh: float = 5.0, max_entries: int = 20000, metrics: bool = True) -> None:
         self.kubectl = kubectl
+        self.metrics = metrics
         self.store = store
         self.proxy_namespace = proxy_namespace
         self.refresh = refresh
@@ -290,9 +292,10 @@ class KubeSource:
                 if found is not None:
                     for s in found:
                         if s not in self._tasks:
-                            self._states[s] = _StreamState()
-                            self._tasks[s] = [tasks.create_task(self._follow(s)),
-                                              tasks.create_task(self._metrics(s))]
+                            self._states[s] = _StreamState(metrics="starting" if self.metrics else "off")
+                            self._tasks[s] = [tasks.create_task(self._follow(s))]
+                            if self.metrics:
+                                self._tasks[s].append(tasks.create_task(self._metrics(s)))
                     for s in [s for s in self._tasks if s not in found]:
                         for task in self._tasks.pop(s):
                             task.cancel()
