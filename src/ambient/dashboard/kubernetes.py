@@ -243,16 +243,16 @@ class KubeSource:
     # discovery (blocking: run in a thread from the loop)
 
     def discover(self) -> list[Stream]:
-        """List the proxy and waypoint pods and the policies; DashboardError when the pods cannot be listed
-        (policies that cannot be listed are reported by `policies` instead)."""
-        proxies = self.kubectl.get_json("pods", "-n", self.proxy_namespace, "-l", PROXY_SELECTOR)
-        waypoints = self.kubectl.get_json("pods", "--all-namespaces", "-l", WAYPOINT_SELECTOR)
-        found = streams(proxies.get("items") or [], waypoints.get("items") or [])
+        """List the policies, and the proxy and waypoint pods; DashboardError when the pods cannot be listed
+        (policies that cannot be listed are reported by `policies` instead: never a stale list as current)."""
         try:
             self._policies = list(self.kubectl.get_json(POLICY_RESOURCE, "--all-namespaces").get("items") or [])
             self._policy_error = None
         except DashboardError as exc:
             self._policy_error = exc
+        proxies = self.kubectl.get_json("pods", "-n", self.proxy_namespace, "-l", PROXY_SELECTOR)
+        waypoints = self.kubectl.get_json("pods", "--all-namespaces", "-l", WAYPOINT_SELECTOR)
+        found = streams(proxies.get("items") or [], waypoints.get("items") or [])
         self._found = found
         return found
 
