@@ -81,7 +81,7 @@ class WorkerRelay:
         self._live_pods = live_pods
         self._paths = {i: worker_paths(zds_socket, i) for i in range(1, count)}
         self._servers: dict[int, ZdsServer] = {}
-        self.workers = Workers("node proxy", count, self._env_for)
+        self.workers = Workers("node proxy", count, self._env_for, own_group=True)  # signals come from us
         self._up = asyncio.Event()
 
     def _env_for(self, index: int) -> dict[str, str]:
