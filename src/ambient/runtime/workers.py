@@ -12,6 +12,9 @@ Lifecycle (the primary's `Workers.run()` task, in its TaskGroup):
   restarted after a backoff (0.1 s doubling to 5 s, reset once it ran 10 s), with the exit logged;
 - every worker gets PR_SET_PDEATHSIG(SIGTERM): if the primary dies, even by SIGKILL, its workers drain
   and exit instead of serving on unsupervised;
+- `own_group=True` starts each worker in its own process group: a signal to the primary's group (a
+  kubelet stopping a container) then reaches a worker once, from the primary, instead of twice (a second
+  SIGTERM cuts a graceful drain short);
 - `stop()` sends SIGTERM to every worker (a graceful drain, as the primary's own) and waits up to the
   given grace for each, then SIGKILLs what is left.
 
@@ -60,12 +63,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def _own_group_dying_with_parent() -> None:  # runs in the child between fork and exec
+    os.setpgid(0, 0)
+    _die_with_parent()
+
+
 class Workers:
     """`count - 1` supervised copies of this process (see the module docstring)."""
 
     def __init__(self, name: str, count: int, env_for: Callable[[int], dict[str, str]] | None = None,
-                 argv: Sequence[str] | None = None) -> None:
+                 argv: Sequence[str] | None = None, own_group: bool = False) -> None:
         self.name = name
+        self._own_group = own_group
         self.indexes = list(range(1, count))
         self._env_for = env_for or (lambda _i: {})
         self._argv = list(argv if argv is not None else sys.orig_argv)
@@ -94,7 +103,10 @@ class Workers:
             env = {**os.environ, **self._env_for(index), WORKER_INDEX_ENV: str(index)}
             started = loop.time()
             try:
-                proc = await asyncio.create_subprocess_exec(*self._argv, env=env, preexec_fn=_die_with_parent)
+                # uvloop takes no `process_group`: the child leaves the group itself, before exec
+                proc = await asyncio.create_subprocess_exec(
+                    *self._argv, env=env, preexec_fn=_own_group_dying_with_parent if self._own_group
+                    else _die_with_parent)
             except OSError as exc:
                 log.error("%s worker %d could not start: %s", self.name, index, exc)
             else:
