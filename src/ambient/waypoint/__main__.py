@@ -16,6 +16,8 @@ composition is `waypoint.app.build`).
 - Ready (`--ready`, GET /healthz/ready) once the certificate, the xDS state and the L7 config arrived.
 - Prints `waypoint listening on <ip>:<port>` on stdout once serving (port 0 picks a free port).
 - SIGTERM/SIGINT: stop accepting at once, let live tunnels run up to `--drain` seconds, exit 0.
+- Environment: AMBIENT_WAYPOINT_WORKERS = processes serving the HBONE address (default 1; `auto` = one per
+  core, at most 64; see `waypoint.workers`); a bad value is refused at start, naming the variable.
 """
 
 from __future__ import annotations
@@ -68,21 +70,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def settings_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> AppSettings:
-    """The waypoint's settings from its flags and the pod's env (POD_IP/POD_NAME, as the kubelet sets them)."""
+    """The waypoint's settings from its flags and the pod's env (POD_IP/POD_NAME, as the kubelet sets them;
+    AMBIENT_WAYPOINT_WORKERS, and a worker's role as its primary sets it). Raises ConfigError on bad values."""
+    from ambient.waypoint.workers import workers_from_env
+
     env = dict(os.environ if env is None else env)
+    workers, role = workers_from_env(env)
     return AppSettings(
         static=args.static, ca_dir=args.ca_dir, xds=args.xds, root_cert=args.root_cert, token_file=args.token_file,
         server_name=args.server_name, listen=args.listen, name=args.name, namespace=args.namespace,
         service_account=args.service_account, trust_domain=args.trust_domain, cluster_domain=args.cluster_domain,
         hbone_port=args.hbone_port, api_socket=args.api_socket, metrics=args.metrics, ready=args.ready,
         drain=args.drain, pod_ip=env.get("POD_IP") or env.get("INSTANCE_IP") or "0.0.0.0",
-        pod_name=env.get("POD_NAME") or env.get("HOSTNAME") or args.name,
+        pod_name=env.get("POD_NAME") or env.get("HOSTNAME") or args.name, workers=workers, worker=role,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except AmbientError as exc:  # a bad setting in the environment: name it, no traceback
+        sys.stderr.write(f"error: {exc.message}\n" + (f"hint: {exc.hint}\n" if exc.hint else ""))
+        sys.exit(2)
     process.configure_logging(args.log_level, fmt="%(asctime)s\t%(levelname)s\t%(name)s\t%(message)s",
                               quiet=("httpx",))
     # access lines carry their own timestamp and level (the node proxy's format): print them as they are

@@ -13,17 +13,26 @@ config, HBONE server, metrics/readiness) and `App.run()` serves it until `App.st
 - Prints `waypoint listening on <ip>:<port>` on stdout once serving (port 0 picks a free port).
 - `stop()` (SIGTERM/SIGINT through `core.process`): stop accepting at once, let live tunnels run up to
   `drain` seconds, return. Before serving, a stop ends the start-up at once.
+- Workers (`workers` > 1, AMBIENT_WAYPOINT_WORKERS): the primary binds the HBONE address first, then starts
+  and supervises the other processes, which share it through SO_REUSEPORT (`waypoint.workers`); on stop
+  they drain beside it and it waits for them. A worker (`worker` set) is this same app with no TCP listener
+  but the shared HBONE one (bound once it can serve) and admin + metrics on its private Unix socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ambient.waypoint.workers import WorkerRole
 
 log = logging.getLogger("ambient.waypoint")
 
@@ -51,6 +60,8 @@ class AppSettings:
     drain: float = 5.0
     pod_ip: str = "0.0.0.0"
     pod_name: str = ""
+    workers: int = 1  # processes serving the HBONE address (AMBIENT_WAYPOINT_WORKERS; see waypoint.workers)
+    worker: WorkerRole | None = None  # set in a worker process (by its primary, through the environment)
 
 
 def build(settings: AppSettings) -> App:
@@ -117,13 +128,26 @@ async def _unless_stopped(aw: Any, stop: asyncio.Event) -> bool:
     return not stopped
 
 
-async def _serve_app(app: Any, addr: tuple[str, int], stack: Any) -> None:
+async def _serve_app(app: Any, addr: tuple[str, int] | str, stack: Any) -> None:
+    """Serve `app` on a TCP address (SO_REUSEPORT) or, given a path, on a Unix socket."""
     from aiohttp import web
 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    await web.TCPSite(runner, addr[0], addr[1], reuse_port=True).start()
+    if isinstance(addr, str):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(addr)  # left by a killed predecessor of this worker
+        await web.UnixSite(runner, addr).start()
+    else:
+        await web.TCPSite(runner, addr[0], addr[1], reuse_port=True).start()
+
+
+def _listener(addr: tuple[str, int]) -> socket.socket:
+    """The HBONE listening socket. SO_REUSEPORT always: a new waypoint can start beside an old one, and a
+    waypoint's worker processes each bind the same address (the kernel spreads connections over them)."""
+    return socket.create_server(addr, backlog=128, reuse_port=True,
+                                family=socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
 
 
 class App:
@@ -140,13 +164,15 @@ class App:
         from ambient.hbone.client import HboneClient
         from ambient.hbone.server import HboneServer
         from ambient.identity.ca import LocalCA
-        from ambient.runtime.admin import Readiness, metrics_app, readiness_app
+        from ambient.runtime.admin import Readiness, add_metrics_routes, admin_app, metrics_app, readiness_app
         from ambient.state.store import StateStore
         from ambient.waypoint.config import ApiL7Source, L7Source, StaticL7Source, load_static
         from ambient.waypoint.server import Waypoint, WaypointSettings
         from ambient.waypoint.telemetry import WaypointMetrics
+        from ambient.waypoint.workers import STOP_MARGIN, WorkerPool, format_addr
 
         args = self.settings
+        role = args.worker
         identity = f"spiffe://{args.trust_domain}/ns/{args.namespace}/sa/{args.service_account}"
         store = StateStore()
         writer = store.take_writer()
@@ -193,9 +219,34 @@ class App:
             l7 = ApiL7Source(api)
         metrics = WaypointMetrics()
         stop = self._stop
-        sock = socket.create_server(args.listen, backlog=128, reuse_port=True,
-                                    family=socket.AF_INET6 if ":" in args.listen[0] else socket.AF_INET)
+        # The primary binds first (a busy address fails before anything starts) and hands the bound address
+        # to its workers; a worker binds only once it can serve (see waypoint.workers).
+        sock = _listener(args.listen) if role is None else None
+        pool = WorkerPool(args.workers, sock.getsockname()[:2]) if sock is not None and args.workers > 1 else None
+        grace = args.drain + STOP_MARGIN
+        server: Any = None
+
+        def dump() -> dict[str, Any]:
+            """This process's view (/config_dump on an admin socket; the primary adds its workers')."""
+            return {"process": {
+                "index": role.index if role is not None else 0, "pid": os.getpid(), "identity": identity,
+                "ready": readiness.ready, "pending": readiness.pending,
+                "workloads": len(list(store.current.workloads())), "services": len(list(store.current.services())),
+                "listen": format_addr(server.address[:2]) if server is not None else "",
+                "hbone_connections": server.open_connections if server is not None else 0}}
+
+        async def merged_metrics() -> bytes:
+            own = metrics.exposition()
+            return own if pool is None else await pool.metrics(own)
+
+        async def merged_dump() -> dict[str, Any]:
+            own = dump()
+            return own if pool is None else await pool.config_dump(own)
+
         async with AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+            if pool is not None:
+                stack.callback(pool.cleanup)  # the last thing: after every worker stopped
+                tg.create_task(pool.run(), name="workers")
             background = []
             if xds is not None and manager is not None and ca_client is not None:
                 stack.push_async_callback(ca_client.aclose)
@@ -203,15 +254,16 @@ class App:
                                tg.create_task(xds.run(), name="xds")]
                 # Serve nothing before the waypoint has its identity and the mesh state (it would answer 503s);
                 # a SIGTERM meanwhile still ends the process at once.
-                if not await _unless_stopped(certs.first(), stop):
+                started = await _unless_stopped(certs.first(), stop)
+                if started:
+                    log.info("certificate for %s issued by the control plane CA %s", identity, args.xds)
+                    readiness.done("certificate")
+                    started = await _unless_stopped(xds.ready.wait(), stop)
+                if not started:
                     for task in background:
                         task.cancel()
-                    return
-                log.info("certificate for %s issued by the control plane CA %s", identity, args.xds)
-                readiness.done("certificate")
-                if not await _unless_stopped(xds.ready.wait(), stop):
-                    for task in background:
-                        task.cancel()
+                    if pool is not None:
+                        await pool.stop(grace)
                     return
                 log.info("xDS state from %s: %d workloads, %d services", args.xds,
                          len(list(store.current.workloads())), len(list(store.current.services())))
@@ -223,20 +275,37 @@ class App:
                                           cluster_domain=args.cluster_domain, hbone_port=args.hbone_port),
             )
             stack.push_async_callback(waypoint.aclose)
-            server = await stack.enter_async_context(HboneServer(sock, certs, waypoint.handle_connect))
-            if args.metrics is not None:
-                await _serve_app(metrics_app(metrics.exposition), args.metrics, stack)
-            if args.ready is not None:
-                await _serve_app(readiness_app(readiness), args.ready, stack)
+            if role is not None:  # a worker: admin + metrics on its private socket only
+                admin = admin_app(dump, self.stop)
+                add_metrics_routes(admin, metrics.exposition)
+                await _serve_app(admin, role.admin_socket, stack)
+            else:
+                if pool is not None:  # beside its workers' sockets: the merged dump, and its own metrics
+                    admin = admin_app(merged_dump, self.stop)
+                    add_metrics_routes(admin, metrics.exposition)
+                    await _serve_app(admin, pool.admin_socket(0), stack)
+                if args.metrics is not None:
+                    await _serve_app(metrics_app(merged_metrics), args.metrics, stack)
+                if args.ready is not None:
+                    await _serve_app(readiness_app(readiness), args.ready, stack)
             follower = None
             if isinstance(l7, ApiL7Source):
                 follower = tg.create_task(l7.run())
                 await l7.ready.wait()
+            if sock is None:  # a worker joins the listener group now that it can serve
+                assert role is not None
+                sock = _listener(role.listen)
+            server = await stack.enter_async_context(HboneServer(sock, certs, waypoint.handle_connect))
             readiness.done("config")
             host, port = server.address[:2]
-            print(f"waypoint listening on {host}:{port} as {identity}", flush=True)
+            if role is None:
+                print(f"waypoint listening on {host}:{port} as {identity}", flush=True)
+            else:
+                log.info("waypoint worker %d listening on %s:%d as %s", role.index, host, port, identity)
             await stop.wait()
             log.info("waypoint: draining for up to %.1fs", args.drain)
+            if pool is not None:  # the workers drain beside us, on their own SIGTERM
+                tg.create_task(pool.stop(grace), name="workers-stop")
             await server.drain(args.drain)
             if follower is not None:
                 follower.cancel()
