@@ -8,7 +8,8 @@ For every `Gateway` with `gatewayClassName: istio-waypoint` it keeps, in the Gat
   labelled `gateway.networking.k8s.io/gateway-name=<gateway>`, `istio.io/dataplane-mode: none` (never
   captured: the CONNECT reaches the waypoint itself) and `gateway.istio.io/managed` (the control plane
   marks their Workloads HBONE and as members of the waypoint Service, which is what lets them receive
-  traffic for the services they front),
+  traffic for the services they front); the waypoint settings the controller-manager was started with
+  (`PASS_ENV`: AMBIENT_WAYPOINT_WORKERS) are passed on in the pod's env, since a pod's env starts clean,
 - a Service `<gateway>` (port 15008 `mesh`, appProtocol HBONE) selecting those pods,
 and writes the Gateway's status: `Accepted` (always, for this class) and `Programmed` (True once the
 Service has its VIP and a waypoint pod is Ready), `status.addresses` = the Service VIP.
@@ -29,8 +30,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ READY_PORT = 15021
 CONTAINER = "istio-proxy"
 DRAIN_SECONDS = 2  # live tunnels may finish this long after SIGTERM (a waypoint upgrade or deletion)
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
+PASS_ENV = ("AMBIENT_WAYPOINT_WORKERS",)  # waypoint settings taken from the cluster's environment when set
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,16 @@ class WaypointConfig:
     root_cert: str = "/var/lib/ambient/ca/root-cert.pem"
     api_socket: str = "/var/lib/ambient/apiserver.sock"
     python: str = field(default_factory=lambda: sys.executable)
+    env: tuple[tuple[str, str], ...] = ()  # extra env of every waypoint container (name, value)
 
     @classmethod
-    def for_state_dir(cls, state_dir: Path | str) -> WaypointConfig:
+    def for_state_dir(cls, state_dir: Path | str, environ: Mapping[str, str] | None = None) -> WaypointConfig:
+        """The cluster's files under `state_dir`; the `PASS_ENV` settings set (non-empty) in `environ`
+        (default: this process's environment) go to every waypoint pod."""
         state = Path(state_dir).absolute()
-        return cls(root_cert=str(state / "ca" / "root-cert.pem"), api_socket=str(state / "apiserver.sock"))
+        environ = os.environ if environ is None else environ
+        env = tuple((name, environ[name]) for name in PASS_ENV if environ.get(name, "").strip())
+        return cls(root_cert=str(state / "ca" / "root-cert.pem"), api_socket=str(state / "apiserver.sock"), env=env)
 
 
 def is_waypoint(gateway: Obj) -> bool:
@@ -149,6 +158,7 @@ def plan_waypoint(gateway: Obj, cfg: WaypointConfig) -> list[Obj]:
            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    env += [{"name": name, "value": value} for name, value in cfg.env]
     container: Obj = {
         "name": CONTAINER,
         "image": "ambient/waypoint",  # informational: the local cluster runs command + args
