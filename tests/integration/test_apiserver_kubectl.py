@@ -253,6 +253,42 @@ def test_server_side_dry_run_and_diff(server: ApiServer) -> None:
 
 
 @needs_kubectl
+def test_field_managers_of_kubectl_writes(server: ApiServer) -> None:
+    """kubectl's writes are recorded per field manager as Kubernetes records them: client-side apply, label
+    and patch are `Update` entries; the first server-side apply migrates the client-side apply's fields (a
+    JSON patch of managedFields that kubectl sends itself); a later apply of a field `kubectl patch` changed
+    conflicts with it."""
+    _kubectl(server, "create", "namespace", "owners")
+    policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+              "metadata": {"name": "gate", "namespace": "owners"}, "spec": {"action": "ALLOW", "rules": [{}]}}
+
+    def managers() -> dict[str, str]:
+        obj = json.loads(_kubectl(server, "get", "authorizationpolicy", "-n", "owners", "gate", "-o", "json",
+                                  "--show-managed-fields").stdout)
+        return {m["manager"]: m["operation"] for m in obj["metadata"]["managedFields"]}
+
+    _kubectl(server, "apply", "-f", "-", stdin=json.dumps(policy))
+    assert managers() == {"kubectl-client-side-apply": "Update"}
+    _kubectl(server, "label", "authorizationpolicy", "-n", "owners", "gate", "team=blue")
+    out = _kubectl(server, "apply", "--server-side", "-f", "-", stdin=json.dumps(policy)).stdout
+    assert "serverside-applied" in out
+    assert managers() == {"kubectl-label": "Update", "kubectl": "Apply", "kubectl-last-applied": "Apply"}
+    _kubectl(server, "patch", "authorizationpolicy", "-n", "owners", "gate", "--type=merge",
+             "-p", '{"spec":{"action":"DENY"}}')
+    proc = _kubectl(server, "apply", "--server-side", "-f", "-", stdin=json.dumps(policy), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith('error: Apply failed with 1 conflict: conflict with "kubectl-patch" using '
+                                  "security.istio.io/v1: .spec.action\n"), proc.stderr
+    _kubectl(server, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(policy))
+    assert "kubectl-patch" not in managers()
+    # kubectl patch --type=json
+    _kubectl(server, "patch", "authorizationpolicy", "-n", "owners", "gate", "--type=json",
+             "-p", '[{"op":"replace","path":"/spec/action","value":"DENY"}]')
+    assert _kubectl(server, "get", "authorizationpolicy", "-n", "owners", "gate", "-o",
+                    "jsonpath={.spec.action}").stdout == "DENY"
+
+
+@needs_kubectl
 def test_events_are_served_empty(server: ApiServer) -> None:
     proc = _kubectl(server, "get", "events", "-A")
     assert proc.stdout == "" and "No resources found" in proc.stderr

@@ -5,8 +5,9 @@ prints: server-side dry run and field-manager conflicts, as kubectl users rely o
   nothing changes, and never changes the store.
 - `kubectl apply|create|delete --dry-run=server` answer as a write would (created / configured / deleted
   "(server dry run)", or the server's refusal) and store nothing.
-- `kubectl apply --server-side`: a second field manager changing a field the first owns is refused with
-  kube-apiserver's conflict message; `--force-conflicts` takes the field over.
+- `kubectl apply --server-side`: a second field manager changing a field the first owns (by an apply, or by
+  another verb such as `kubectl patch`) is refused with kube-apiserver's conflict message;
+  `--force-conflicts` takes the field over.
 
 "Stores nothing" is checked on the change log, not after a sleep: once the control plane has reconciled the
 object (its status condition's observedGeneration is the object's generation), a watch from the object's
@@ -201,3 +202,9 @@ def test_server_side_apply_conflict_and_force_conflicts(env: dict[str, Any]) -> 
     # team-a's old value is no longer its own: applying it again conflicts with team-b now
     proc = kubectl(env, "apply", "--server-side", "--field-manager=team-a", "-f", "-", stdin=policy("ssa"))
     assert proc.returncode == 1 and 'conflict with "team-b": .spec.action' in proc.stderr
+    # a field another verb wrote (kubectl patch: an Update entry) conflicts too, named as Kubernetes names it
+    ok(env, "patch", "authorizationpolicy", "-n", NS, "ssa", "--type=merge", "-p", '{"spec":{"action":"AUDIT"}}')
+    proc = kubectl(env, "apply", "--server-side", "--field-manager=team-b", "-f", "-", stdin=policy("ssa", "DENY"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith('error: Apply failed with 1 conflict: conflict with "kubectl-patch" using '
+                                  'security.istio.io/v1: .spec.action\n'), proc.stderr

@@ -12,9 +12,17 @@ refused whole (`ApplyConflictError`: 409, reason Conflict, `Apply failed with 1 
 "mgr": .spec.action`, one `FieldManagerConflict` cause per field); with `force` the applier takes the
 fields over (they leave the other managers' sets; a manager left with no field is dropped). Applying a
 value equal to the live one is no conflict: both managers then own the field. An apply that changes
-nothing keeps its entry's time, so it writes nothing (no new resourceVersion), as Kubernetes.
-Not implemented: ownership of fields written by other verbs (`Update` entries are honoured when present,
-never created), and per-item ownership of keyed lists of built-in kinds (a container list is owned whole).
+nothing keeps its entry's time, so it writes nothing (no new resourceVersion), as Kubernetes. The manager
+`kubectl` (kubectl's default) takes over without conflict the fields its client-side apply record
+(`kubectl.kubernetes.io/last-applied-configuration`) set with the live values, as kube-apiserver lets a
+client-side applied object be applied server-side (and `kubectl diff --server-side` run on it).
+Writes by other verbs that name a field manager (kubectl always does: `kubectl-client-side-apply`,
+`kubectl-edit`, `kubectl-label`...) are recorded as Kubernetes records them (`record_update`): an `Update`
+entry per manager (and subresource) owning the fields the write changed, taken from every other manager
+(an update never conflicts); a write that changes nothing leaves managedFields as they were; managedFields
+the write itself sets (kubectl's rewrite when it first applies a client-side applied object server-side)
+are taken as given. Not implemented: per-item ownership of keyed lists of built-in kinds (a container list
+is owned whole).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from ambient.api.patch import strategic_merge
 
 Obj = dict[str, Any]
 Path = tuple[str, ...]  # field names from the top, e.g. ("spec", "action")
+KUBECTL_MANAGER = "kubectl"  # the field manager of `kubectl apply --server-side`
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
 # Set by the server, never owned by a manager.
 _SERVER_OWNED = frozenset({"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
                            "deletionTimestamp", "selfLink"})
@@ -174,6 +184,32 @@ def conflict_error(conflicts: list[tuple[Obj, Path]]) -> ApplyConflictError:
     )
 
 
+def _value_at(obj: Any, path: Path) -> tuple[bool, Any]:
+    for name in path:
+        if not isinstance(obj, dict) or name not in obj:
+            return False, None
+        obj = obj[name]
+    return True, obj
+
+
+def last_applied_fields(live: Obj) -> set[Path]:
+    """The fields of `live`'s client-side apply record (`kubectl.kubernetes.io/last-applied-configuration`)
+    whose values are still the live ones: what a client-side apply set and nobody changed since."""
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
+    try:
+        applied = json.loads(raw) if isinstance(raw, str) and raw else None
+    except ValueError:
+        return set()
+    if not isinstance(applied, dict):
+        return set()
+    out: set[Path] = set()
+    for path in leaves(field_set(applied)):
+        found, value = _value_at(live, path)
+        if found and (True, value) == _value_at(applied, path):
+            out.add(path)
+    return out
+
+
 def server_side_apply(live: Obj | None, applied: Obj, manager: str, api_version: str,
                       now: str | None = None, *, force: bool = False) -> Obj:
     """The object after `manager` applied `applied` to `live` (None: it does not exist yet); raises
@@ -198,6 +234,14 @@ def server_side_apply(live: Obj | None, applied: Obj, manager: str, api_version:
     body = {k: v for k, v in applied.items() if k != "status"}
     result = strategic_merge(live, body)
     conflicts = find_conflicts(others, changed_fields(live, result))
+    if conflicts and not force and manager == KUBECTL_MANAGER:
+        # kubectl's first server-side apply of an object it applied client-side: the fields its last-applied
+        # configuration set (with the live values) are taken over without conflict, as kube-apiserver does.
+        allowed = last_applied_fields(live)
+        if all(path in allowed for _, path in conflicts):
+            force = True
+        else:
+            conflicts = [(e, p) for e, p in conflicts if p not in allowed]
     if conflicts and not force:
         raise conflict_error(conflicts)
     for other in others:  # forced: the applier takes the fields over
@@ -219,3 +263,60 @@ def server_side_apply(live: Obj | None, applied: Obj, manager: str, api_version:
                if m is previous or id(copies.get(id(m))) in kept]
     result.setdefault("metadata", {})["managedFields"] = entries if previous is not None else [*entries, entry]
     return result
+
+
+def record_update(live: Obj | None, new: Obj, manager: str, api_version: str, subresource: str | None = None,
+                  now: str | None = None) -> Obj:
+    """`new` (modified in place) with the managedFields of `manager` having written it over `live` (None: a
+    create) with a non-apply verb; `subresource` "status" for a status write (it owns status fields)."""
+    meta = new.setdefault("metadata", {})
+    live_meta = (live or {}).get("metadata") or {}
+    live_entries = [m for m in live_meta.get("managedFields") or [] if isinstance(m, dict)]
+    given = meta.get("managedFields")
+    # managedFields the writer changed itself are its intent (as Kubernetes: "the user changed them, trust it")
+    base = [m for m in given if isinstance(m, dict)] if isinstance(given, list) and given != live_entries else \
+        live_entries
+    if subresource == "status":
+        changed = {("status", *p) for p in leaves(_changed((live or {}).get("status"), new.get("status"), top=False))}
+        removed = {("status", *p) for p in leaves(field_set((live or {}).get("status"), top=False))} - {
+            ("status", *p) for p in leaves(field_set(new.get("status"), top=False))}
+    else:
+        changed = changed_fields(live or {}, new)
+        removed = leaves(field_set(live or {})) - leaves(field_set(new))
+    if not changed and not removed:
+        if base:
+            meta["managedFields"] = copy.deepcopy(base)
+        else:
+            meta.pop("managedFields", None)
+        return new
+
+    def mine(m: Obj) -> bool:
+        return bool(m.get("manager") == manager and m.get("operation") == "Update"
+                    and (m.get("subresource") or None) == subresource)
+
+    previous = next((m for m in base if mine(m)), None)
+    owned = (leaves(previous.get("fieldsV1") or {}) if previous else set()) - removed | changed
+    entry: Obj = {"manager": manager, "operation": "Update", "apiVersion": api_version,
+                  "time": now or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "fieldsType": "FieldsV1",
+                  "fieldsV1": fields_of(owned)}
+    if subresource:
+        entry["subresource"] = subresource
+    entries: list[Obj] = []
+    for m in base:
+        if m is previous:
+            if owned:
+                entries.append(entry)
+            continue
+        theirs = leaves(m.get("fieldsV1") or {})
+        if theirs & changed:  # an update takes the fields it wrote from everyone else
+            m = {**m, "fieldsV1": fields_of(theirs - changed)}
+            if not theirs - changed:
+                continue
+        entries.append(copy.deepcopy(m))
+    if previous is None and owned:
+        entries.append(entry)
+    if entries:
+        meta["managedFields"] = entries
+    else:
+        meta.pop("managedFields", None)
+    return new

@@ -596,6 +596,8 @@ class ApiServer:
             opts = write_options(method, dry_run=q.getall("dryRun", []), field_manager=q.get("fieldManager"),
                                  force=q.get("force"), patch_type=request.content_type if method == "PATCH" else None)
         dry = opts.dry_run
+        # Recorded in managedFields (an `Update`) when the client names itself, as kubectl always does.
+        manager = opts.field_manager or None
         table = tables.wants_table(request.headers.get("Accept"))
         if name is None:
             if method == "GET":
@@ -611,7 +613,7 @@ class ApiServer:
                 warnings: list[str] = []
                 check_duplicates(duplicates, mode, warnings, _subject(info, obj))
                 check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
-                new_obj = await self._write(lambda: self.store.create(obj, dry_run=dry), dry_run=dry)
+                new_obj = await self._write(lambda: self.store.create(obj, dry_run=dry, manager=manager), dry_run=dry)
                 return self._json(new_obj, 201, warnings)
             raise web.HTTPMethodNotAllowed(method, ["GET", "POST"])
         ns = namespace if info.namespaced else None
@@ -633,7 +635,8 @@ class ApiServer:
             if sub != "status":  # status is owned by controllers and not schema-checked
                 check_fields(obj, info.kind, mode, warnings, _subject(info, obj))
             op = self.store.update_status if sub == "status" else self.store.update
-            return self._json(await self._write(lambda: op(obj, dry_run=dry), dry_run=dry), warnings=warnings)
+            return self._json(await self._write(lambda: op(obj, dry_run=dry, manager=manager), dry_run=dry),
+                              warnings=warnings)
         if method == "PATCH":
             ctype = request.content_type
             if ctype not in _PATCH_TYPES:
@@ -660,7 +663,7 @@ class ApiServer:
                 transform = strategic_merge if ctype == _STRATEGIC else json_patch
                 result = await self._write(
                     lambda: self._read_modify_write(info, name, ns, lambda live: transform(live, patch),
-                                                    sub == "status", mode, warnings, subject, dry),
+                                                    sub == "status", mode, warnings, subject, dry, manager),
                     dry_run=dry,
                 )
                 return self._json(result, warnings=warnings)
@@ -668,7 +671,9 @@ class ApiServer:
                 # The stored object has known fields only, so the merge result's unknown fields are the patch's.
                 check_fields(patch, info.kind, mode, warnings, subject)
             result = await self._write(
-                lambda: self.store.patch(info.kind, name, ns, patch, status=sub == "status", dry_run=dry), dry_run=dry
+                lambda: self.store.patch(info.kind, name, ns, patch, status=sub == "status", dry_run=dry,
+                                         manager=manager),
+                dry_run=dry,
             )
             return self._json(result, warnings=warnings)
         if method == "DELETE" and sub is None:
@@ -780,7 +785,7 @@ class ApiServer:
 
     def _read_modify_write(
         self, info: KindInfo, name: str, ns: str | None, transform: Callable[[dict[str, Any]], Any], status: bool,
-        mode: str, warnings: list[str], subject: str, dry: bool = False,
+        mode: str, warnings: list[str], subject: str, dry: bool = False, manager: str | None = None,
     ) -> dict[str, Any]:
         """A strategic merge or JSON patch, on the store's thread: read, patch, check fields, write (one
         writer, so nothing lands between the read and the write)."""
@@ -796,9 +801,9 @@ class ApiServer:
             if meta.get(field) != want and not (field == "namespace" and want is None and field not in meta):
                 raise BadRequestError(f"metadata.{field}: cannot be changed by a patch (is {want!r})")
         if status:
-            return self.store.update_status(merged, dry_run=dry)
+            return self.store.update_status(merged, dry_run=dry, manager=manager)
         check_fields(merged, info.kind, mode, warnings, subject)
-        return self.store.update(merged, dry_run=dry)
+        return self.store.update(merged, dry_run=dry, manager=manager)
 
     async def _list(
         self, info: KindInfo, namespace: str | None, label_selector: str | None, field_selector: str | None,

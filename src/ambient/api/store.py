@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ambient.api.apply import record_update
 from ambient.api.errors import (
     AlreadyExistsError,
     ApiError,
@@ -137,9 +138,11 @@ class ChangeEvent:
 class _Tx:
     """The state of one write transaction: hands out consecutive resource versions."""
 
-    def __init__(self, db: sqlite3.Connection, dry_run: bool = False) -> None:
+    def __init__(self, db: sqlite3.Connection, dry_run: bool = False,
+                 manager: tuple[str, str | None] | None = None) -> None:
         self.db = db
         self.dry_run = dry_run
+        self.manager = manager  # (field manager, subresource) whose writes managedFields record, if any
         self.rv = int(db.execute("SELECT value FROM meta WHERE key = 'rv'").fetchone()[0])
         self.start_rv = self.rv
 
@@ -189,11 +192,11 @@ class Store:
             self._db.close()
 
     @contextmanager
-    def _write(self, dry_run: bool = False) -> Iterator[_Tx]:
+    def _write(self, dry_run: bool = False, manager: tuple[str, str | None] | None = None) -> Iterator[_Tx]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                tx = _Tx(self._db, dry_run)
+                tx = _Tx(self._db, dry_run, manager)
                 yield tx
                 if dry_run:
                     # Everything the call wrote (objects, change log) is discarded; the version is not taken.
@@ -348,10 +351,14 @@ class Store:
         meta["generation"] = 1
         if info.kind == "Namespace":
             obj.setdefault("status", {"phase": "Active"})
+        if tx.manager is not None:
+            record_update(None, obj, tx.manager[0], info.api_version, tx.manager[1], now=meta["creationTimestamp"])
         return self._put(tx, info, obj, "ADDED")
 
     def _replace(self, tx: _Tx, info: KindInfo, current: Obj, new: Obj) -> Obj:
         """Write `new` over `current`, keeping server-owned metadata; a no-op change writes nothing."""
+        if tx.manager is not None:
+            record_update(current, new, tx.manager[0], info.api_version, tx.manager[1])
         meta, old_meta = new["metadata"], current["metadata"]
         for owned in ("uid", "creationTimestamp", "resourceVersion", "generation", "deletionTimestamp"):
             if owned in old_meta:
@@ -474,23 +481,26 @@ class Store:
 
     # Every write takes `dry_run`: run it whole, then roll it back (see the module docstring).
 
-    def create(self, obj: Obj, *, dry_run: bool = False) -> Obj:
-        with self._write(dry_run) as tx:
+    # `manager`: the field manager of a create/update/patch, recorded in managedFields as Kubernetes records
+    # an `Update` (`ambient.api.apply.record_update`); None records nothing (the cluster's own components).
+
+    def create(self, obj: Obj, *, dry_run: bool = False, manager: str | None = None) -> Obj:
+        with self._write(dry_run, (manager, None) if manager else None) as tx:
             return self._create(tx, obj)
 
-    def update(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+    def update(self, obj: Obj, *, dry_run: bool = False, manager: str | None = None) -> Obj:
         """Replace spec/metadata; `metadata.resourceVersion`, when set, must be current (else ConflictError)."""
-        with self._write(dry_run) as tx:
+        with self._write(dry_run, (manager, None) if manager else None) as tx:
             return self._update(tx, obj)
 
-    def update_status(self, obj: Obj, *, dry_run: bool = False) -> Obj:
-        with self._write(dry_run) as tx:
+    def update_status(self, obj: Obj, *, dry_run: bool = False, manager: str | None = None) -> Obj:
+        with self._write(dry_run, (manager, "status") if manager else None) as tx:
             return self._update_status(tx, obj)
 
     def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False,
-              dry_run: bool = False) -> Obj:
+              dry_run: bool = False, manager: str | None = None) -> Obj:
         info = resolve_kind(kind)
-        with self._write(dry_run) as tx:
+        with self._write(dry_run, (manager, "status" if status else None) if manager else None) as tx:
             return self._patch(tx, info, self._ns_arg(info, namespace), name, patch, status)
 
     def delete(self, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False) -> Obj:

@@ -3,12 +3,14 @@ kube-apiserver words it, `force` taking fields over, shared ownership of equal v
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from typing import Any
 
 import pytest
 
-from ambient.api.apply import changed_fields, leaves, manager_label, server_side_apply
+from ambient.api.apply import changed_fields, leaves, manager_label, record_update, server_side_apply
 from ambient.api.errors import ApplyConflictError
 
 AP = "security.istio.io/v1"
@@ -126,3 +128,91 @@ def test_update_entries_are_honoured() -> None:
         server_side_apply(live, policy(labels={"team": "red"}), "a", AP)
     assert info.value.message == ('Apply failed with 1 conflict: conflict with "kubectl-edit" using '
                                   f'{AP}: .metadata.labels.team')
+
+
+# ----------------------------------------------------------------------------- writes by other verbs
+
+
+def entries(obj: dict[str, Any]) -> list[tuple[str, str, set[tuple[str, ...]]]]:
+    return [(m["manager"], m["operation"], leaves(m["fieldsV1"])) for m in obj["metadata"].get("managedFields", [])]
+
+
+def test_a_create_by_a_named_manager_owns_every_field_it_set() -> None:
+    created = record_update(None, policy(labels={"x": "1"}), "kubectl-client-side-apply", AP, now="T")
+    assert entries(created) == [("kubectl-client-side-apply", "Update",
+                                 {("metadata", "labels", "x"), ("spec", "action"), ("spec", "rules")})]
+    assert created["metadata"]["managedFields"][0]["time"] == "T"
+
+
+@pytest.mark.parametrize(("name", "change", "want"), [
+    # the writer takes what it changed from everyone (an update never conflicts)
+    ("takes a field", lambda o: o["spec"].update(action="DENY"),
+     [("a", "Apply", {("spec", "rules")}), ("kubectl-patch", "Update", {("spec", "action")})]),
+    # nothing changed: managedFields untouched
+    ("no-op", lambda o: None, [("a", "Apply", {("spec", "action"), ("spec", "rules")})]),
+    # a new field: owned by the writer only
+    ("adds a label", lambda o: o["metadata"].setdefault("labels", {}).update(team="blue"),
+     [("a", "Apply", {("spec", "action"), ("spec", "rules")}),
+      ("kubectl-patch", "Update", {("metadata", "labels", "team")})]),
+    # every field of a manager taken: the manager is dropped
+    ("takes everything", lambda o: o["spec"].update(action="DENY", rules=[]),
+     [("kubectl-patch", "Update", {("spec", "action"), ("spec", "rules")})]),
+])
+def test_an_update_records_its_manager(name: str, change: Any, want: list[Any]) -> None:
+    live = applied_by(("a", policy()))
+    new = copy.deepcopy(live)
+    change(new)
+    assert entries(record_update(live, new, "kubectl-patch", AP, now="T1")) == want
+
+
+def test_a_status_write_owns_status_fields_under_its_subresource() -> None:
+    live = applied_by(("a", policy()))
+    new = {**copy.deepcopy(live), "status": {"conditions": [{"type": "Ready"}]}}
+    out = record_update(live, new, "controller", AP, "status", now="T")
+    entry = out["metadata"]["managedFields"][-1]
+    assert (entry["manager"], entry["subresource"], leaves(entry["fieldsV1"])) == (
+        "controller", "status", {("status", "conditions")})
+    assert manager_label(entry) == f'"controller" with subresource "status" using {AP}'
+
+
+def test_managed_fields_the_writer_sets_are_taken_as_given() -> None:
+    live = record_update(None, policy(), "kubectl-client-side-apply", AP, now="T")
+    rewritten = copy.deepcopy(live)
+    rewritten["metadata"]["managedFields"] = [{**live["metadata"]["managedFields"][0], "manager": "kubectl",
+                                               "operation": "Apply"}]
+    out = record_update(live, rewritten, "kubectl", AP, now="T2")
+    assert entries(out) == [("kubectl", "Apply", {("spec", "action"), ("spec", "rules")})]
+
+
+def test_then_an_apply_conflicts_with_the_update_manager() -> None:
+    live = applied_by(("kubectl", policy()))
+    patched = copy.deepcopy(live)
+    patched["spec"]["action"] = "DENY"
+    patched = record_update(live, patched, "kubectl-patch", AP)
+    with pytest.raises(ApplyConflictError) as info:
+        server_side_apply(patched, policy(), "kubectl", AP)
+    assert info.value.message == f'Apply failed with 1 conflict: conflict with "kubectl-patch" using {AP}: .spec.action'
+
+
+@pytest.mark.parametrize(("manager", "live_action", "conflicts"), [
+    # kubectl's first server-side apply over its client-side apply: no conflict
+    ("kubectl", "ALLOW", None),
+    # another manager gets no such pass
+    ("ci", "ALLOW", 'conflict with "kubectl-client-side-apply" using security.istio.io/v1: .spec.action'),
+    # a field changed since the client-side apply (no longer its value) still conflicts
+    ("kubectl", "AUDIT", 'conflict with "kubectl-client-side-apply" using security.istio.io/v1: .spec.action'),
+])
+def test_kubectl_takes_over_its_client_side_apply(manager: str, live_action: str, conflicts: str | None) -> None:
+    manifest = policy()
+    manifest["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(policy())}
+    live = record_update(None, manifest, "kubectl-client-side-apply", AP, now="T")
+    live["spec"]["action"] = live_action
+    applied = {**policy("DENY"), "metadata": {**manifest["metadata"]}}
+    if conflicts is None:
+        out = server_side_apply(live, applied, manager, AP)
+        assert out["spec"]["action"] == "DENY"
+        assert [(m, o) for m, o, _ in entries(out)] == [("kubectl-client-side-apply", "Update"), (manager, "Apply")]
+    else:
+        with pytest.raises(ApplyConflictError) as info:
+            server_side_apply(live, applied, manager, AP)
+        assert info.value.message == f"Apply failed with 1 conflict: {conflicts}"
