@@ -177,3 +177,18 @@ def test_json_patch(http: httpx.Client) -> None:
     r = http.patch(f"{AP}/p", content=json.dumps([{"op": "add", "path": "/metadata/name", "value": "q"}]),
                    headers=jp)
     assert r.status_code == 400 and "cannot be changed" in r.json()["message"]
+
+
+def test_scale_subresource_dry_run(http: httpx.Client) -> None:
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                       "template": {"metadata": {"labels": {"app": "web"}},
+                                    "spec": {"containers": [{"name": "app", "image": "x"}]}}}}
+    url = "/apis/apps/v1/namespaces/default/deployments/web"
+    live = http.post("/apis/apps/v1/namespaces/default/deployments", json=deploy).json()
+    r = http.patch(f"{url}/scale", params={"dryRun": "All"}, content=json.dumps({"spec": {"replicas": 3}}),
+                   headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 200 and r.json()["spec"]["replicas"] == 3
+    assert http.get(url).json() == live
+    r = http.put(f"{url}/scale", params={"dryRun": "Al"}, json={"spec": {"replicas": 3}})
+    assert r.status_code == 422 and r.json()["details"]["kind"] == "UpdateOptions"
