@@ -167,9 +167,14 @@ async def waypoint(tmp_path: Path) -> AsyncIterator[Running]:
             port = int(line.split()[3].rsplit(":", 1)[1])
             yield Running(proc, port, metrics_port, ca.issue("spiffe://cluster.local/ns/shop/sa/curl"), log)
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            if proc.returncode is None:  # gracefully: the primary stops its worker and removes its directory
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 20)
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
 
 
 async def _worker_serving(wp: Running) -> tuple[int, str]:

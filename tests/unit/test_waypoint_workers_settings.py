@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from ambient.waypoint.workers import (
     WorkerRole,
     format_addr,
     parse_addr,
+    stale_dir_pid,
 )
 
 CORES = len(os.sched_getaffinity(0))
@@ -92,3 +94,26 @@ def test_worker_sockets_are_short_and_private() -> None:
 def test_a_pool_needs_two_processes() -> None:
     with pytest.raises(ConfigError):
         WorkerPool(1, ("0.0.0.0", 15008))
+
+
+@pytest.mark.parametrize(("name", "pid"), [
+    ("ambient-wp123-abcd1234", 123), ("ambient-wp123-", 123), ("ambient-wp-abcd1234", None),
+    ("ambient-wpx1-abc", None), ("ambient-wp123", None), ("other", None), ("ambient-wp12a-b", None),
+])
+def test_private_directory_names(name: str, pid: int | None) -> None:
+    assert stale_dir_pid(name) == pid
+
+
+def test_a_killed_primarys_directory_is_swept(tmp_path: Path) -> None:
+    gone = tmp_path / "ambient-wp4194305-abcd1234"  # above the kernel's pid_max: never alive
+    mine = tmp_path / f"ambient-wp{os.getpid()}-abcd1234"
+    other = tmp_path / "ambient-zw4194305-abcd1234"
+    for d in (gone, mine, other):
+        d.mkdir()
+        (d / "1.sock").write_text("")
+    pool = WorkerPool(2, ("0.0.0.0", 15008), base_dir=str(tmp_path))
+    try:
+        assert not gone.exists() and mine.exists() and other.exists()
+        assert pool.dir.name.startswith(f"ambient-wp{os.getpid()}-")
+    finally:
+        pool.cleanup()

@@ -18,8 +18,10 @@ Roles:
   connection to leave waiting in a backlog; admin (`/config_dump`, `/quitquitquit`) and `/metrics` on its
   private Unix socket.
 
-Private directory: made by the primary (`mkdtemp`, mode 0700, `ambient-wp-XXXXXXXX` in the temp dir: socket
-paths stay far below the AF_UNIX limit), sockets `<index>.sock`, removed by the primary when it exits.
+Private directory: made by the primary (`mkdtemp`, mode 0700, `ambient-wp<pid>-XXXXXXXX` in the temp dir:
+socket paths stay far below the AF_UNIX limit), sockets `<index>.sock`, removed by the primary when it exits.
+One left by a primary that was killed (SIGKILL) is removed by the next primary that starts, once no process
+of that pid is alive.
 
 Stop: when the primary starts draining it SIGTERMs its workers; each drains as the primary does (listener
 closed at once, live tunnels up to the drain time) and the primary waits for them (drain + `STOP_MARGIN`
@@ -100,6 +102,48 @@ def workers_from_env(env: dict[str, str]) -> tuple[int, WorkerRole | None]:
     return 1, WorkerRole(index, admin, parse_addr(listen, WORKER_LISTEN_ENV))
 
 
+DIR_PREFIX = "ambient-wp"
+
+
+def stale_dir_pid(name: str) -> int | None:
+    """The primary pid in a private directory's name `ambient-wp<pid>-XXXXXXXX`, else None (pure)."""
+    if not name.startswith(DIR_PREFIX):
+        return None
+    pid, sep, _rest = name[len(DIR_PREFIX):].partition("-")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(base_dir: str | None = None) -> None:
+    """Remove the private directories of primaries that are gone (killed before they could clean up);
+    only ours (same owner), only when no process of that pid is alive."""
+    base = Path(base_dir or tempfile.gettempdir())
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        pid = stale_dir_pid(entry.name)
+        if pid is None or _alive(pid):
+            continue
+        try:
+            if entry.is_symlink() or not entry.is_dir() or entry.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log.info("removed %s, left by waypoint %d", entry, pid)
+
+
 class WorkerPool:
     """The primary's side (see the module docstring): `run()` lives in the app's TaskGroup; `stop()` once
     the primary drains; `cleanup()` when it exits."""
@@ -107,7 +151,8 @@ class WorkerPool:
     def __init__(self, count: int, listen: tuple[str, int], base_dir: str | None = None) -> None:
         if count < 2:
             raise ConfigError("a waypoint worker pool needs at least 2 processes")
-        self.dir = Path(tempfile.mkdtemp(prefix="ambient-wp-", dir=base_dir))  # 0700, ours alone
+        sweep_stale(base_dir)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=base_dir))  # 0700, ours alone
         self.listen = listen
         self.workers = Workers("waypoint", count, self._env_for, own_group=True)
         self._stop_started = False
