@@ -192,3 +192,28 @@ def test_scale_subresource_dry_run(http: httpx.Client) -> None:
     assert http.get(url).json() == live
     r = http.put(f"{url}/scale", params={"dryRun": "Al"}, json={"spec": {"replicas": 3}})
     assert r.status_code == 422 and r.json()["details"]["kind"] == "UpdateOptions"
+
+
+def test_the_clients_dry_run(server: ApiServer) -> None:
+    """`ApiClient` / `AsyncApiClient` writes with `dry_run=True`: answered, nothing stored."""
+    import asyncio
+
+    from ambient.api.client import ApiClient, AsyncApiClient
+
+    with ApiClient(server.socket_path) as api:
+        live = api.create(policy())
+        rv = api.list("AuthorizationPolicy")[1]
+        assert "resourceVersion" not in api.create(policy("n"), dry_run=True)["metadata"]
+        assert api.apply_many([policy(action="DENY"), policy("m")], dry_run=True)[1][1] == "created"
+        assert api.update({**live, "spec": {"action": "DENY", "rules": [{}]}}, dry_run=True)["spec"]["action"] == "DENY"
+        kind = "AuthorizationPolicy"
+        assert api.patch(kind, "p", "default", {"spec": {"action": "DENY"}}, dry_run=True)["spec"]["action"] == "DENY"
+        assert api.delete(kind, "p", "default", dry_run=True)["metadata"]["name"] == "p"
+
+        async def async_writes() -> None:
+            async with AsyncApiClient(server.socket_path) as aapi:
+                await aapi.create(policy("n"), dry_run=True)
+                await aapi.delete(kind, "p", "default", dry_run=True)
+
+        asyncio.run(async_writes())
+        assert api.list("AuthorizationPolicy") == ([live], rv)

@@ -212,8 +212,11 @@ def _transport(socket_path: str | os.PathLike[str] | None) -> tuple[str, str | N
 
 
 def _write_call(method: str, path: str, body: Any, field_validation: str | None,
-                content_type: str = "application/json") -> _Call:
+                content_type: str = "application/json", dry_run: bool = False) -> _Call:
+    """A write; `dry_run`: the server runs it whole and answers the object as it would be, storing nothing."""
     params = {"fieldValidation": field_validation} if field_validation else {}
+    if dry_run:
+        params["dryRun"] = "All"
     return _Call(method, path, params, body=body, content_type=content_type)
 
 
@@ -274,16 +277,18 @@ class ApiClient(_Base):
         except httpx.TransportError:
             return False
 
-    def create(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
-        call = _write_call("POST", _object_path(obj, item=False), obj, field_validation)
+    def create(self, obj: Obj, *, field_validation: str | None = None, dry_run: bool = False) -> Obj:
+        call = _write_call("POST", _object_path(obj, item=False), obj, field_validation, dry_run=dry_run)
         return self._send(call)  # type: ignore[no-any-return]
 
-    def apply(self, obj: Obj, *, field_validation: str | None = None) -> tuple[Obj, str]:
-        return self.apply_many([obj], field_validation=field_validation)[0]
+    def apply(self, obj: Obj, *, field_validation: str | None = None, dry_run: bool = False) -> tuple[Obj, str]:
+        return self.apply_many([obj], field_validation=field_validation, dry_run=dry_run)[0]
 
-    def apply_many(self, objs: list[Obj], *, field_validation: str | None = None) -> list[tuple[Obj, str]]:
+    def apply_many(self, objs: list[Obj], *, field_validation: str | None = None,
+                   dry_run: bool = False) -> list[tuple[Obj, str]]:
         """Create or update every object in ONE server transaction (all or nothing)."""
-        result = self._send(_write_call("POST", "/ambient/v1/apply", {"items": objs}, field_validation))
+        result = self._send(_write_call("POST", "/ambient/v1/apply", {"items": objs}, field_validation,
+                                              dry_run=dry_run))
         return [(item["object"], item["action"]) for item in result["items"]]
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj:
@@ -300,22 +305,22 @@ class ApiClient(_Base):
         result = self._send(_list_call(kind, namespace, label_selector, field_selector))
         return result["items"], result["metadata"]["resourceVersion"]
 
-    def update(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
-        return self._send(_write_call("PUT", _object_path(obj), obj, field_validation))  # type: ignore[no-any-return]
+    def update(self, obj: Obj, *, field_validation: str | None = None, dry_run: bool = False) -> Obj:
+        return self._send(_write_call("PUT", _object_path(obj), obj, field_validation, dry_run=dry_run))  # type: ignore[no-any-return]
 
     def update_status(self, obj: Obj) -> Obj:
         return self._send(_Call("PUT", _object_path(obj, "status"), body=obj))  # type: ignore[no-any-return]
 
     def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False,
-              field_validation: str | None = None) -> Obj:
+              field_validation: str | None = None, dry_run: bool = False) -> Obj:
         info, ns = _item_ns(kind, namespace)
         call = _write_call("PATCH", _path(info, ns, name, "status" if status else None), patch, field_validation,
-                           "application/merge-patch+json")
+                           "application/merge-patch+json", dry_run=dry_run)
         return self._send(call)  # type: ignore[no-any-return]
 
-    def delete(self, kind: str, name: str, namespace: str | None = None) -> Obj:
+    def delete(self, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False) -> Obj:
         info, ns = _item_ns(kind, namespace)
-        return self._send(_Call("DELETE", _path(info, ns, name)))  # type: ignore[no-any-return]
+        return self._send(_Call("DELETE", _path(info, ns, name), {"dryRun": "All"} if dry_run else {}))  # type: ignore[no-any-return]
 
     def watch(
         self,
@@ -383,15 +388,17 @@ class AsyncApiClient(_Base):
         except httpx.TransportError:
             return False
 
-    async def create(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
-        call = _write_call("POST", _object_path(obj, item=False), obj, field_validation)
+    async def create(self, obj: Obj, *, field_validation: str | None = None, dry_run: bool = False) -> Obj:
+        call = _write_call("POST", _object_path(obj, item=False), obj, field_validation, dry_run=dry_run)
         return await self._send(call)  # type: ignore[no-any-return]
 
-    async def apply(self, obj: Obj, *, field_validation: str | None = None) -> tuple[Obj, str]:
-        return (await self.apply_many([obj], field_validation=field_validation))[0]
+    async def apply(self, obj: Obj, *, field_validation: str | None = None, dry_run: bool = False) -> tuple[Obj, str]:
+        return (await self.apply_many([obj], field_validation=field_validation, dry_run=dry_run))[0]
 
-    async def apply_many(self, objs: list[Obj], *, field_validation: str | None = None) -> list[tuple[Obj, str]]:
-        result = await self._send(_write_call("POST", "/ambient/v1/apply", {"items": objs}, field_validation))
+    async def apply_many(self, objs: list[Obj], *, field_validation: str | None = None,
+                         dry_run: bool = False) -> list[tuple[Obj, str]]:
+        result = await self._send(_write_call("POST", "/ambient/v1/apply", {"items": objs}, field_validation,
+                                              dry_run=dry_run))
         return [(item["object"], item["action"]) for item in result["items"]]
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> Obj:
@@ -408,22 +415,22 @@ class AsyncApiClient(_Base):
         result = await self._send(_list_call(kind, namespace, label_selector, field_selector))
         return result["items"], result["metadata"]["resourceVersion"]
 
-    async def update(self, obj: Obj, *, field_validation: str | None = None) -> Obj:
-        return await self._send(_write_call("PUT", _object_path(obj), obj, field_validation))  # type: ignore[no-any-return]
+    async def update(self, obj: Obj, *, field_validation: str | None = None, dry_run: bool = False) -> Obj:
+        return await self._send(_write_call("PUT", _object_path(obj), obj, field_validation, dry_run=dry_run))  # type: ignore[no-any-return]
 
     async def update_status(self, obj: Obj) -> Obj:
         return await self._send(_Call("PUT", _object_path(obj, "status"), body=obj))  # type: ignore[no-any-return]
 
     async def patch(self, kind: str, name: str, namespace: str | None, patch: Obj, *, status: bool = False,
-              field_validation: str | None = None) -> Obj:
+              field_validation: str | None = None, dry_run: bool = False) -> Obj:
         info, ns = _item_ns(kind, namespace)
         call = _write_call("PATCH", _path(info, ns, name, "status" if status else None), patch, field_validation,
-                           "application/merge-patch+json")
+                           "application/merge-patch+json", dry_run=dry_run)
         return await self._send(call)  # type: ignore[no-any-return]
 
-    async def delete(self, kind: str, name: str, namespace: str | None = None) -> Obj:
+    async def delete(self, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False) -> Obj:
         info, ns = _item_ns(kind, namespace)
-        return await self._send(_Call("DELETE", _path(info, ns, name)))  # type: ignore[no-any-return]
+        return await self._send(_Call("DELETE", _path(info, ns, name), {"dryRun": "All"} if dry_run else {}))  # type: ignore[no-any-return]
 
     async def watch(
         self,
