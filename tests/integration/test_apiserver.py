@@ -126,7 +126,7 @@ def test_round_trip_every_kind_over_http(api: ApiClient, index: int) -> None:
 def test_errors_keep_class_message_and_hint(api: ApiClient) -> None:
     with pytest.raises(NotFoundError) as err:
         api.create(pod("web", ns="missing"))
-    assert err.value.message == 'namespace "missing" not found'
+    assert err.value.message == 'namespaces "missing" not found'
     assert "ambient create namespace missing" in (err.value.hint or "")
     bad = pod("bad")
     bad["spec"]["containers"][0]["ports"] = [{"containerPort": "http"}]
@@ -169,7 +169,7 @@ def test_apply_and_apply_many(api: ApiClient) -> None:
     assert api.apply(pod("web", labels={"a": "1"}))[1] == "unchanged"
     assert api.apply(pod("web", labels={"a": "2"}))[1] == "configured"
     before = api.list("pods")[1]
-    with pytest.raises(NotFoundError, match=r'item 2 \(Pod "x"\): namespace "nope" not found'):
+    with pytest.raises(NotFoundError, match=r'item 2 \(Pod "x"\): namespaces "nope" not found'):
         api.apply_many([pod("y"), pod("x", ns="nope")])
     items, after = api.list("pods")
     assert after == before and [p["metadata"]["name"] for p in items] == ["web"]

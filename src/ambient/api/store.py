@@ -335,7 +335,7 @@ class Store:
         ns, name = self._key(info, obj)
         if info.namespaced and self._load(tx.db, resolve_kind("Namespace"), "", ns) is None:
             raise NotFoundError(
-                f'namespace "{ns}" not found',
+                f'namespaces "{ns}" not found',
                 hint=f"create it first: `ambient create namespace {ns}` or apply a Namespace manifest",
             )
         if self._load(tx.db, info, ns, name) is not None:

@@ -164,7 +164,7 @@ def test_initial_namespaces_exist_and_default_is_protected(store: Store) -> None
 def test_missing_namespace_is_refused_with_a_hint(store: Store) -> None:
     with pytest.raises(NotFoundError) as err:
         store.create(pod("web", ns="nope"))
-    assert err.value.message == 'namespace "nope" not found'
+    assert err.value.message == 'namespaces "nope" not found'
     assert "ambient create namespace nope" in (err.value.hint or "")
 
 
@@ -296,7 +296,7 @@ def test_apply_many_is_all_or_nothing_and_names_the_item(store: Store) -> None:
     with pytest.raises(ValidationError, match=r'item 3 \(Pod "bad"\): spec.containers\[0\].ports\[0\]'):
         store.apply_many([pod("a"), pod("b"), bad, pod("c")])
     assert store.list("pods")[0] == [] and store.resource_version() == rv
-    with pytest.raises(NotFoundError, match=r'item 2 .*namespace "team-a" not found'):
+    with pytest.raises(NotFoundError, match=r'item 2 .*namespaces "team-a" not found'):
         store.apply_many([pod("a"), pod("b", ns="team-a")])
     # a Namespace earlier in the same batch makes the namespace exist for later items
     results = store.apply_many([copy.deepcopy(MINIMAL["Namespace"]), pod("b", ns="team-a")])
