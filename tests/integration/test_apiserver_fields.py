@@ -108,7 +108,8 @@ def test_ignore_drops_silently(http: httpx.Client) -> None:
 def test_an_unknown_field_validation_value_is_a_bad_request(http: httpx.Client) -> None:
     response = _post(http, TYPO_POLICY, {"fieldValidation": "strict"})
     assert response.status_code == 422
-    assert 'fieldValidation: unsupported value "strict"' in response.json()["message"]
+    assert response.json()["message"] == ('CreateOptions.meta.k8s.io "" is invalid: fieldValidation: Unsupported '
+                                          'value: "strict": supported values: "", "Ignore", "Strict", "Warn"')
 
 
 def test_client_update_patch_and_apply_honour_field_validation(server: ApiServer) -> None:

@@ -8,7 +8,7 @@ value: []string{"Al"}: supported values: "All"` and one cause per field. Invaria
 - `dryRun` accepts only `All` (repeatable); any other value, the empty one included, is refused, never
   ignored: a write the client meant as a dry run must not be stored.
 - `force` is an apply-patch option only; an apply patch needs a `fieldManager`; a field manager is at most
-  128 bytes of printable characters.
+  128 bytes of printable characters; `fieldValidation` is "", Ignore, Strict or Warn (case matters).
 - Messages keep Kubernetes' (Go) spelling of values: `%q` strings and `[]string{...}` lists.
 """
 
@@ -21,6 +21,7 @@ from ambient.api.errors import BadRequestError, ValidationError
 
 DRY_RUN_ALL = "All"
 FIELD_MANAGER_MAX_BYTES = 128
+FIELD_VALIDATION_VALUES = ("", "Ignore", "Strict", "Warn")  # as Kubernetes lists them (sorted)
 APPLY_PATCH = "application/apply-patch+yaml"
 # The options object Kubernetes decodes for each write verb (named in its refusal).
 OPTIONS_KIND = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions",
@@ -111,8 +112,17 @@ def check_field_manager(manager: str) -> list[FieldError]:
     return []
 
 
+def check_field_validation(value: str | None) -> list[FieldError]:
+    if value is None or value in FIELD_VALIDATION_VALUES:
+        return []
+    listed = ", ".join(go_quote(v) for v in FIELD_VALIDATION_VALUES)
+    return [FieldError("fieldValidation", "Unsupported value", "FieldValueNotSupported", go_quote(value[:64]),
+                       f"supported values: {listed}")]
+
+
 def write_options(method: str, *, dry_run: list[str], field_manager: str | None = None,
-                  force: str | None = None, patch_type: str | None = None) -> WriteOptions:
+                  force: str | None = None, patch_type: str | None = None,
+                  field_validation: str | None = None) -> WriteOptions:
     """The checked options of a POST / PUT / PATCH / DELETE (`patch_type`: a PATCH's content type);
     raises InvalidOptionsError (422) naming every bad field, or a 400 for a `force` that is not a boolean."""
     kind = OPTIONS_KIND[method]
@@ -129,6 +139,7 @@ def write_options(method: str, *, dry_run: list[str], field_manager: str | None 
                                      "is required for apply patch"))
     if method != "DELETE":
         errors += check_field_manager(manager)
+        errors += check_field_validation(field_validation)
     if errors:
         raise InvalidOptionsError(kind, errors)
     return WriteOptions(dry_run=bool(dry_run), field_manager=manager, force=forced)

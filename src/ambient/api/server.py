@@ -594,7 +594,8 @@ class ApiServer:
         if method in ("POST", "PUT", "PATCH") and sub not in ("exec", "portforward") and not (
                 method == "PATCH" and request.content_type not in _PATCH_TYPES):
             opts = write_options(method, dry_run=q.getall("dryRun", []), field_manager=q.get("fieldManager"),
-                                 force=q.get("force"), patch_type=request.content_type if method == "PATCH" else None)
+                                 force=q.get("force"), patch_type=request.content_type if method == "PATCH" else None,
+                                 field_validation=q.get("fieldValidation"))
         dry = opts.dry_run
         # Recorded in managedFields (an `Update`) when the client names itself, as kubectl always does.
         manager = opts.field_manager or None

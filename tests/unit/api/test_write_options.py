@@ -58,6 +58,9 @@ def test_accepted_options(method: str, kwargs: dict[str, Any], want: WriteOption
     ("POST", {"dry_run": [], "field_manager": "m" * 129},
      'CreateOptions.meta.k8s.io "" is invalid: fieldManager: Too long: may not be more than 128 bytes',
      [("FieldValueTooLong", "fieldManager")]),
+    ("PUT", {"dry_run": [], "field_validation": "strict"},
+     'UpdateOptions.meta.k8s.io "" is invalid: fieldValidation: Unsupported value: "strict": supported values: "", '
+     '"Ignore", "Strict", "Warn"', [("FieldValueNotSupported", "fieldValidation")]),
     ("POST", {"dry_run": [], "field_manager": "a\x01"},
      'CreateOptions.meta.k8s.io "" is invalid: fieldManager: Invalid value: "a\\x01": invalid character U+0001 '
      '(at position 1)', [("FieldValueInvalid", "fieldManager")]),
