@@ -1,8 +1,9 @@
 """The cluster API server: the object store served as Kubernetes-like HTTP+JSON over a Unix socket (+ TCP).
 
 Routes: `/api/v1/[namespaces/{ns}/]{plural}[/{name}[/status]]` and the same under `/apis/{group}/{version}`
-(GET list/get, POST create, PUT update, PATCH JSON merge patch, DELETE), `?watch=1` for streaming
-newline-delimited watch events, `POST /ambient/v1/apply` for a batch apply in one transaction, and
+(GET list/get, POST create, PUT update, PATCH: JSON merge, strategic merge, JSON patch or apply patch,
+DELETE), `?watch=1` for streaming newline-delimited watch events, `POST /ambient/v1/apply` for a batch apply
+in one transaction, and
 `GET /healthz`. Errors are answered as a Kubernetes `Status` object carrying the `ApiError` reason, message
 and hint, which the client maps back to the same exception class.
 
@@ -18,6 +19,13 @@ Invariants:
   fail open), Warn (unknown fields dropped, one `Warning: 299 - "unknown field ..."` header each) or Ignore
   (dropped silently). Unknown fields are never stored. Status writes are not schema-checked. A field given
   twice in one JSON object is refused the same way (Warn/Ignore keep the last value).
+- Write options as kube-apiserver reads them (`ambient.api.options`): `dryRun=All` (a DELETE also takes it
+  from a DeleteOptions body) runs the write whole on the store's thread and rolls it back: the answer is
+  the object as it would be, nothing is stored, no version is taken and watchers are not woken. Any other
+  dryRun value, a bad fieldManager/fieldValidation, or `force` on a non-apply patch is a 422 naming the
+  options kind (`PatchOptions.meta.k8s.io "" is invalid: ...`), never ignored.
+- Field managers: server-side apply conflicts between managers are a 409 (`ambient.api.apply`); writes
+  that name a `fieldManager` (kubectl's) are recorded in managedFields as `Update` entries.
 - Limits (`ambient.api.limits`): a body over `max_request_bytes` (3 MiB; batch apply: `max_apply_bytes`,
   32 MiB) is answered 413 before it is read whole; an object over `max_object_bytes` (1.5 MiB) is refused
   by the store with 413; a body nested deeper than 100 levels is answered 400 before any recursive code runs.
