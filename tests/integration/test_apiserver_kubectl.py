@@ -250,6 +250,10 @@ def test_server_side_dry_run_and_diff(server: ApiServer) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "\n-  action: ALLOW\n+  action: DENY\n" in proc.stdout
     assert _kubectl(server, "get", "authorizationpolicy", "-n", "dry", "gate", "-o", "json").stdout == before
+    # kubectl delete sends its dryRun in a DeleteOptions body: honoured, so the namespace and its objects stay
+    out = _kubectl(server, "delete", "--dry-run=server", "namespace", "dry").stdout
+    assert out.startswith('namespace "dry" deleted') and "(server dry run)" in out
+    assert _kubectl(server, "get", "authorizationpolicy", "-n", "dry", "gate", "-o", "json").stdout == before
 
 
 @needs_kubectl
