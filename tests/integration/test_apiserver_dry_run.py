@@ -217,3 +217,12 @@ def test_the_clients_dry_run(server: ApiServer) -> None:
 
         asyncio.run(async_writes())
         assert api.list("AuthorizationPolicy") == ([live], rv)
+
+
+def test_delete_preconditions_in_the_body(http: httpx.Client) -> None:
+    live = http.post(AP, json=policy()).json()
+    r = http.request("DELETE", f"{AP}/p", json={"kind": "DeleteOptions", "preconditions": {"uid": "stale"}})
+    assert r.status_code == 409 and r.json()["reason"] == "Conflict" and "Precondition failed" in r.json()["message"]
+    r = http.request("DELETE", f"{AP}/p", json={"preconditions": {"uid": live["metadata"]["uid"]}})
+    assert r.status_code == 200
+    assert http.get(f"{AP}/p").status_code == 404

@@ -145,20 +145,32 @@ def write_options(method: str, *, dry_run: list[str], field_manager: str | None 
     return WriteOptions(dry_run=bool(dry_run), field_manager=manager, force=forced)
 
 
-def delete_dry_run(body: Any) -> list[str] | None:
-    """The `dryRun` of a DELETE's body (a DeleteOptions object), or None when the body gives none; a body
-    that is not a DeleteOptions object is refused, as Kubernetes refuses it."""
+@dataclass(frozen=True)
+class DeleteBody:
+    """What a DELETE's DeleteOptions body asks: `dry_run` (None: the body gives none) and `preconditions`
+    (`uid`, `resourceVersion`: the object must still be this one, else 409 Conflict)."""
+
+    dry_run: list[str] | None = None
+    preconditions: dict[str, str] | None = None
+
+
+def read_delete_body(body: Any) -> DeleteBody:
+    """A DELETE's body (a DeleteOptions object); one that is not a DeleteOptions object is refused (400), as
+    Kubernetes refuses it."""
     if not isinstance(body, dict):
         raise _bad_delete_body(f"expected a DeleteOptions object, got {type(body).__name__}")
     kind = body.get("kind")
     if kind not in (None, "", "DeleteOptions"):
         raise _bad_delete_body(f'the body is a {str(kind)[:64]}, not DeleteOptions')
     values = body.get("dryRun")
-    if values is None:
-        return None
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+    if values is not None and (not isinstance(values, list) or not all(isinstance(v, str) for v in values)):
         raise _bad_delete_body("dryRun: expected a list of strings")
-    return values
+    pre = body.get("preconditions")
+    if pre is not None and (not isinstance(pre, dict) or not all(
+            k in ("uid", "resourceVersion") and isinstance(v, str | None) for k, v in pre.items())):
+        raise _bad_delete_body("preconditions: expected an object with uid and/or resourceVersion strings")
+    preconditions = {k: v for k, v in (pre or {}).items() if v is not None} or None
+    return DeleteBody(values, preconditions)
 
 
 def _bad_delete_body(what: str) -> BadRequestError:

@@ -63,7 +63,7 @@ from ambient.api.errors import (
     UnknownKindError,
 )
 from ambient.api.kinds import KINDS, KindInfo, by_plural, kind_for_manifest
-from ambient.api.options import WriteOptions, delete_dry_run, write_options
+from ambient.api.options import DeleteBody, WriteOptions, read_delete_body, write_options
 from ambient.api.patch import json_patch, strategic_merge
 from ambient.api.selectors import compile_selectors
 from ambient.api.store import DEFAULT_MAX_EVENTS, Store
@@ -390,18 +390,18 @@ class ApiServer:
             if not dry_run:
                 self._notify()
 
-    async def _delete_options(self, request: web.Request) -> WriteOptions:
-        """A DELETE's options: from its body (a DeleteOptions object, as kubectl and client-go send them) when
-        it has one, else from the query, as kube-apiserver reads them."""
-        dry_run: list[str] | None = None
+    async def _delete_options(self, request: web.Request) -> tuple[WriteOptions, dict[str, str] | None]:
+        """A DELETE's options and preconditions: from its body (a DeleteOptions object, as kubectl and client-go
+        send them) when it has one, else from the query, as kube-apiserver reads them."""
+        body = DeleteBody()
         if request.can_read_body:
-            body, _ = await self._body(request, self.max_request_bytes)
-            dry_run = delete_dry_run(body) if body is not None else None
-            if dry_run is None:
-                dry_run = []
-        if dry_run is None:
-            dry_run = request.query.getall("dryRun", [])
-        return write_options("DELETE", dry_run=dry_run)
+            raw, _ = await self._body(request, self.max_request_bytes)
+            if raw is not None:
+                body = read_delete_body(raw)
+                if body.dry_run is None:
+                    body = DeleteBody([], body.preconditions)
+        dry_run = body.dry_run if body.dry_run is not None else request.query.getall("dryRun", [])
+        return write_options("DELETE", dry_run=dry_run), body.preconditions
 
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -686,10 +686,11 @@ class ApiServer:
             )
             return self._json(result, warnings=warnings)
         if method == "DELETE" and sub is None:
-            dry = (await self._delete_options(request)).dry_run
-            return self._json(
-                await self._write(lambda: self.store.delete(info.kind, name, ns, dry_run=dry), dry_run=dry)
-            )
+            delete_opts, preconditions = await self._delete_options(request)
+            dry = delete_opts.dry_run
+            return self._json(await self._write(
+                lambda: self.store.delete(info.kind, name, ns, dry_run=dry, preconditions=preconditions), dry_run=dry
+            ))
         raise web.HTTPMethodNotAllowed(method, ["GET", "PUT", "PATCH", "DELETE"])
 
     @staticmethod

@@ -433,8 +433,17 @@ class Store:
             valid["status"] = current["status"]
         return self._replace(tx, info, current, valid)
 
-    def _delete(self, tx: _Tx, info: KindInfo, namespace: str, name: str) -> Obj:
+    def _delete(self, tx: _Tx, info: KindInfo, namespace: str, name: str,
+                preconditions: dict[str, str] | None = None) -> Obj:
         current = self._require(tx.db, info, namespace, name)
+        for field, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            want = (preconditions or {}).get(field)
+            if want is not None and want != current["metadata"].get(field):
+                raise ConflictError(
+                    f'Operation cannot be fulfilled on {info.plural} "{name}": Precondition failed: {label} in '
+                    f"precondition: {want}, {label} in object meta: {current['metadata'].get(field)}",
+                    hint="the object was replaced or changed since it was read: read it again",
+                )
         if info.kind == "Namespace":
             if name in PROTECTED_NAMESPACES:
                 raise ValidationError(f'namespace "{name}" cannot be deleted', hint="it is a system namespace")
@@ -503,10 +512,12 @@ class Store:
         with self._write(dry_run, (manager, "status" if status else None) if manager else None) as tx:
             return self._patch(tx, info, self._ns_arg(info, namespace), name, patch, status)
 
-    def delete(self, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False) -> Obj:
+    def delete(self, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False,
+               preconditions: dict[str, str] | None = None) -> Obj:
+        """Delete; `preconditions` (`uid`, `resourceVersion`) must match the object, else ConflictError."""
         info = resolve_kind(kind)
         with self._write(dry_run) as tx:
-            return self._delete(tx, info, self._ns_arg(info, namespace), name)
+            return self._delete(tx, info, self._ns_arg(info, namespace), name, preconditions)
 
     def apply(self, obj: Obj, *, dry_run: bool = False) -> tuple[Obj, str]:
         return self.apply_many([obj], dry_run=dry_run)[0]

@@ -143,3 +143,21 @@ def test_a_dry_run_batch_sees_its_own_earlier_items_then_rolls_back(store: Store
     assert store.resource_version() == rv
     with pytest.raises(NotFoundError):
         store.get("Namespace", "fresh")
+
+
+def test_delete_preconditions(store: Store) -> None:
+    """DeleteOptions preconditions: the object must still be the one the client read (409 otherwise, worded
+    as Kubernetes'), dry run or not."""
+    current = live(store)
+    with pytest.raises(ConflictError) as info:
+        store.delete("AuthorizationPolicy", "p", "shop", preconditions={"uid": "other"}, dry_run=True)
+    assert info.value.message == (f'Operation cannot be fulfilled on authorizationpolicies "p": Precondition failed: '
+                                  f'UID in precondition: other, UID in object meta: {current["metadata"]["uid"]}')
+    with pytest.raises(ConflictError, match="ResourceVersion in precondition: 1, ResourceVersion in object meta"):
+        store.delete("AuthorizationPolicy", "p", "shop", preconditions={"resourceVersion": "1"})
+    assert live(store) == current
+    meta = current["metadata"]
+    store.delete("AuthorizationPolicy", "p", "shop",
+                 preconditions={"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]})
+    with pytest.raises(NotFoundError):
+        live(store)

@@ -11,10 +11,11 @@ import pytest
 from ambient.api.errors import BadRequestError
 from ambient.api.options import (
     APPLY_PATCH,
+    DeleteBody,
     InvalidOptionsError,
     WriteOptions,
-    delete_dry_run,
     go_quote,
+    read_delete_body,
     write_options,
 )
 
@@ -82,18 +83,20 @@ def test_force_must_be_a_boolean() -> None:
 
 
 @pytest.mark.parametrize(("body", "want"), [
-    ({"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"]}, ["All"]),
-    ({"propagationPolicy": "Background"}, None),
-    ({"kind": "DeleteOptions", "dryRun": []}, []),
+    ({"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"]}, DeleteBody(["All"])),
+    ({"propagationPolicy": "Background"}, DeleteBody()),
+    ({"kind": "DeleteOptions", "dryRun": []}, DeleteBody([])),
+    ({"preconditions": {"uid": "u1", "resourceVersion": None}}, DeleteBody(None, {"uid": "u1"})),
 ])
-def test_delete_options_body(body: dict[str, Any], want: list[str] | None) -> None:
-    assert delete_dry_run(body) == want
+def test_delete_options_body(body: dict[str, Any], want: DeleteBody) -> None:
+    assert read_delete_body(body) == want
 
 
-@pytest.mark.parametrize("body", [[], {"kind": "Pod"}, {"dryRun": "All"}, {"dryRun": [1]}])
+@pytest.mark.parametrize("body", [[], {"kind": "Pod"}, {"dryRun": "All"}, {"dryRun": [1]},
+                                  {"preconditions": {"name": "x"}}, {"preconditions": {"uid": 1}}])
 def test_delete_options_body_refused(body: Any) -> None:
     with pytest.raises(BadRequestError):
-        delete_dry_run(body)
+        read_delete_body(body)
 
 
 @pytest.mark.parametrize(("text", "want"), [
