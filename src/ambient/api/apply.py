@@ -87,6 +87,13 @@ def _minus(old: Obj, new: Obj) -> Obj:
     return out
 
 
+def sort_entries(entries: list[Obj]) -> list[Obj]:
+    """managedFields in Kubernetes' order: Apply before Update, then by time, manager, apiVersion,
+    subresource (so the same ownership always reads the same)."""
+    return sorted(entries, key=lambda m: tuple(str(m.get(k) or "") for k in (
+        "operation", "time", "manager", "apiVersion", "subresource")))
+
+
 def leaves(fields: Obj, prefix: Path = ()) -> set[Path]:
     """The members of a FieldsV1 set: the paths of its empty nodes (`{"f:spec": {"f:a": {}}}` -> spec.a).
     An empty top-level `f:metadata` (kept by `field_set` so that dropping every label drops the labels) is
@@ -261,7 +268,8 @@ def server_side_apply(live: Obj | None, applied: Obj, manager: str, api_version:
     # In their order, this manager's entry in place of its previous one: an unchanged apply is unchanged.
     entries = [entry if m is previous else copies[id(m)] for m in managed
                if m is previous or id(copies.get(id(m))) in kept]
-    result.setdefault("metadata", {})["managedFields"] = entries if previous is not None else [*entries, entry]
+    result.setdefault("metadata", {})["managedFields"] = sort_entries(
+        entries if previous is not None else [*entries, entry])
     return result
 
 
@@ -316,7 +324,7 @@ def record_update(live: Obj | None, new: Obj, manager: str, api_version: str, su
     if previous is None and owned:
         entries.append(entry)
     if entries:
-        meta["managedFields"] = entries
+        meta["managedFields"] = sort_entries(entries)
     else:
         meta.pop("managedFields", None)
     return new

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from ambient.api.apply import changed_fields, leaves, manager_label, record_update, server_side_apply
+from ambient.api.apply import (
+    changed_fields,
+    leaves,
+    manager_label,
+    record_update,
+    server_side_apply,
+    sort_entries,
+)
 from ambient.api.errors import ApplyConflictError
 
 AP = "security.istio.io/v1"
@@ -211,8 +218,15 @@ def test_kubectl_takes_over_its_client_side_apply(manager: str, live_action: str
     if conflicts is None:
         out = server_side_apply(live, applied, manager, AP)
         assert out["spec"]["action"] == "DENY"
-        assert [(m, o) for m, o, _ in entries(out)] == [("kubectl-client-side-apply", "Update"), (manager, "Apply")]
+        assert [(m, o) for m, o, _ in entries(out)] == [(manager, "Apply"), ("kubectl-client-side-apply", "Update")]
     else:
         with pytest.raises(ApplyConflictError) as info:
             server_side_apply(live, applied, manager, AP)
         assert info.value.message == f"Apply failed with 1 conflict: {conflicts}"
+
+
+def test_entries_are_in_kubernetes_order() -> None:
+    unsorted = [{"manager": "z", "operation": "Update", "time": "T1"}, {"manager": "b", "operation": "Apply",
+                "time": "T2"}, {"manager": "a", "operation": "Apply", "time": "T2"},
+                {"manager": "c", "operation": "Update", "time": "T0"}]
+    assert [m["manager"] for m in sort_entries(unsorted)] == ["a", "b", "c", "z"]
