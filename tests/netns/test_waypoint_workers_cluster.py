@@ -8,7 +8,9 @@ other. Pods are added until both processes served some (each new pod: one chance
 still idle). Checked in each process's own metrics (read through its private admin socket) and on the
 pod's 15020, the one Prometheus scrapes: every request answered through the waypoint (the server sees
 the waypoint's address), both processes served some, and 15020 adds them up to exactly the requests sent.
-A worker killed with SIGKILL is restarted by the primary and serves again.
+A worker killed with SIGKILL is restarted by the primary and serves again. Deleting the pod (the kubelet
+SIGTERMs the container's process group) drains both processes once each: the primary stops its worker,
+waits for it, and removes its private socket directory.
 
 Traffic goes only to addresses inside the cluster's own network namespaces. The cluster is always deleted.
 """
@@ -82,6 +84,7 @@ def _requests(text: str) -> float:
 class Mesh:
     layout: L.ClusterLayout
     api: ApiClient
+    state: Path
     url: str
     clients: list[dict[str, Any]] = field(default_factory=list)
 
@@ -166,7 +169,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                         "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]}})
             wait_ready(api, "server", NS, 60)
             vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), timeout=30, what="VIP")
-            yield Mesh(layout, api, f"http://{vip}/")
+            yield Mesh(layout, api, state, f"http://{vip}/")
 
 
 def _through_waypoint(mesh: Mesh) -> str:
@@ -221,3 +224,16 @@ def test_a_killed_worker_is_restarted_and_serves_again(mesh: Mesh) -> None:
     assert mesh.own()[1] > 0
     primary, workers = mesh.processes()
     assert workers[1][0] == new[0] and primary
+
+
+def test_deleting_the_pod_drains_both_processes(mesh: Mesh) -> None:
+    pod = mesh.waypoint_pod()
+    _pid, admin = wait_for(mesh.worker_listening, timeout=60, what="the waypoint worker listening")
+    folder = Path(admin).parent
+    log = mesh.state / "logs" / "pods" / f"{NS}_{pod['metadata']['name']}_istio-proxy.log"
+    mesh.api.delete("Pod", pod["metadata"]["name"], NS)
+    text = wait_for(lambda: (t := log.read_text(errors="replace")) and t.count("waypoint: draining") >= 2
+                    and not folder.exists() and t, timeout=60,
+                    what="both processes drained and the private directory removed")
+    assert text.count("waypoint: draining") == 2, text[-3000:]  # once each: one SIGTERM per process
+    assert "did not stop within" not in text and "exited (" not in text.split("waypoint: draining", 1)[1]
