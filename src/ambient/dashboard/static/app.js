@@ -104,6 +104,8 @@ function start() {
   es.addEventListener("snapshot", (ev) => {
     const snap = JSON.parse(ev.data);
     drawGraph(snap); drawTable(snap); drawSources(snap);
+    document.getElementById("graph-title").textContent =
+      snap.window === 60 ? "Mesh (last minute)" : `Mesh (last ${Math.round(snap.window)} s)`;
     status.textContent = `live: ${snap.connections.length} connections, ${snap.edges.length} edges, proxies ${snap.proxies.join(", ")}`;
   });
   es.onerror = () => { status.textContent = "disconnected, retrying…"; };
