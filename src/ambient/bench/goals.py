@@ -11,7 +11,8 @@ Ratios to in-run baselines: HBONE stream >= 0.88x plain TLS; single-stream throu
 >= 1.2x the stunnel pair quiet, >= 1.0x with a CPU hog (`--hog`; a goal with `hog` set is checked only in
 runs of that kind); CPU per 1,000 req/s <= 1.0x stunnel's; 4 streams >= 1.7x one; capacity connections
 >= 4x stunnel's; <= 16 KiB per idle meshed connection; waypoint CPU <= 1.5x HAProxy's; waypoint req/s
->= 0.6x the path without it.
+>= 0.6x the path without it. The correlation id (trace ids on / off, median of per-round ratios) costs
+under 3%: connections/s and single-stream throughput >= 0.97x, CPU per connection <= 1.03x.
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def _ratio(limit: float, most: bool) -> Callable[[Figure], tuple[str, bool | Non
     return check
 
 
+def _on_off(limit: float, most: bool) -> Callable[[Figure], tuple[str, bool | None]]:
+    """A with/without goal read from a unit-less ratio figure (the note says how it was taken)."""
+
+    def check(fig: Figure) -> tuple[str, bool | None]:
+        note = f" ({fig.note})" if fig.note else ""
+        return f"{fig.value:.3f}x{note}", fig.value <= limit if most else fig.value >= limit
+
+    return check
+
+
+def _per_round(token: str) -> Callable[[Figure], bool]:
+    return lambda f: f.unit == "x" and token in _words(f.name) and "round" in _words(f.name)
+
+
 def _capacity(f: Figure) -> bool:
     return f.unit in ("/s", "conn/s") and "conn" in f.name.lower() and "capacity" in _words(f.name) and _mesh(f)
 
@@ -161,6 +176,13 @@ GOALS = [
          lambda f: _cpu(f) and f.baseline is not None and "haproxy" in _words(f.baseline), _ratio(1.5, most=True)),
     Goal("waypoint", "waypoint requests/s / path without it", ">= 0.6x",
          lambda f: f.name == "through waypoint" and f.unit == "req/s", _ratio(0.6, most=False)),
+    # the correlation id's cost: on/off per round (both modes measured at the same instant), under 3%
+    Goal("trace-overhead", "node proxy connections/s, trace ids on / off", ">= 0.97x",
+         _per_round("connections"), _on_off(0.97, most=False)),
+    Goal("trace-overhead", "node proxy CPU per connection, trace ids on / off", "<= 1.03x",
+         _per_round("cpu"), _on_off(1.03, most=True)),
+    Goal("trace-overhead", "node proxy single-stream throughput, trace ids on / off", ">= 0.97x",
+         _per_round("throughput"), _on_off(0.97, most=False)),
 ]
 
 
