@@ -503,7 +503,8 @@ def run(quick: bool = False) -> dict[str, Any]:
          "note": "process CPU per request, waypoint minus direct"},
     ]
     proc_rounds = 1 if quick else 3
-    figs += process_figures(runner(measure_processes(seconds, PROC_CONNECTIONS, proc_rounds)))
+    per_mode = runner(measure_processes(seconds, PROC_CONNECTIONS, proc_rounds))
+    figs += process_figures(per_mode)
     return {
         "figures": figs,
         "conditions": {
@@ -514,6 +515,9 @@ def run(quick: bool = False) -> dict[str, Any]:
                              f"{PROC_CONNECTIONS} keep-alive HBONE connections, backend in the bench process; "
                              f"{proc_rounds} alternating rounds, medians; {len(os.sched_getaffinity(0))} cores, "
                              "shared with the load generators and the backend",
+            "own-process rounds, req/s (waypoint cores per 1,000 req/s)": " | ".join(
+                f"{mode}: " + ", ".join(f"{r.rps:.0f}" + (f" ({r.cores_per_1000:.3f})" if r.processes else "")
+                                        for r in results) for mode, results in per_mode.items()),
         },
     }
 
