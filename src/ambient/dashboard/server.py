@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from ambient.dashboard.model import entry_time, policy_rows, snapshot
+from ambient.runtime.accesslog import DNS_MESSAGE
 from ambient.runtime.trace import AccessEntry, assemble, parse_lines
 
 STATIC = Path(__file__).with_name("static")
@@ -166,7 +167,9 @@ def build_app(source: EntryStore, *, policies: PolicySource | None = None, statu
         if not entries:
             raise web.HTTPNotFound(text=json.dumps({"error": f"no access line carries trace id {trace_id}"}),
                                    content_type="application/json")
-        return web.json_response(assemble(trace_id, entries).to_json())
+        # the DNS proxy's answers carry no trace id: the assembler picks the one that gave this destination
+        answers = [e for e in source.entries if e.message == DNS_MESSAGE]
+        return web.json_response(assemble(trace_id, [*entries, *answers]).to_json())
 
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static)

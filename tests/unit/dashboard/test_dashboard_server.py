@@ -73,3 +73,30 @@ def test_the_event_stream_is_cancellable(tmp_path: Path, monkeypatch: Any) -> No
 
     assert asyncio.run(main()) is True
     assert writes and writes[0].startswith(b"event: snapshot\n")
+
+
+def test_a_trace_from_the_page_shows_the_dns_answer_that_gave_its_destination(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from ambient.runtime.accesslog import ConnectionRecord, DnsAnswerRecord, format_dns, format_text
+
+    t0 = 1796529600.0
+    dns = format_dns(DnsAnswerRecord("10.244.1.2:41000", "curl", "client", "A", "web.demo.svc.cluster.local",
+                                     "success", ("10.96.0.20",), "Service demo/web", "NOERROR", 0.0003), now=t0)
+    rec = ConnectionRecord("outbound", src_addr="10.244.1.2:50000", src_workload="curl", src_namespace="client",
+                           dst_addr="10.244.2.7:15008", dst_hbone_addr="10.244.2.7:80", route="hbone",
+                           original="10.96.0.20:80", trace_id=TID, bytes_sent=10, bytes_recv=20)
+    rec.started, rec.ended = 0.0, 0.01
+    (tmp_path / "ztunnel-node-1.log").write_text(dns + "\n" + format_text(rec, now=t0 + 0.5) + "\n")
+    monkeypatch.setattr(server.time, "time", lambda: t0 + 5)
+
+    async def scenario() -> dict[str, Any]:
+        async with TestClient(TestServer(build_app(LogSource(tmp_path, window=60.0)))) as client:
+            resp = await client.get(f"/api/trace/{TID}")
+            assert resp.status == 200
+            return dict(await resp.json())
+
+    doc = asyncio.run(scenario())
+    assert any("web.demo.svc.cluster.local" in str(hop) for hop in doc["hops"]), doc
