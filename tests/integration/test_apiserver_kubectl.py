@@ -293,6 +293,30 @@ def test_field_managers_of_kubectl_writes(server: ApiServer) -> None:
 
 
 @needs_kubectl
+def test_server_side_apply_owns_containers_per_item(server: ApiServer) -> None:
+    """Two field managers each applying their own container of one Deployment: both kept; changing the
+    other's container image conflicts at that container's field, as kube-apiserver prints it."""
+    def deployment(container: str, image: str) -> str:
+        return json.dumps({"apiVersion": "apps/v1", "kind": "Deployment",
+                           "metadata": {"name": "pair", "namespace": "default"},
+                           "spec": {"selector": {"matchLabels": {"app": "pair"}}, "template": {
+                               "metadata": {"labels": {"app": "pair"}},
+                               "spec": {"containers": [{"name": container, "image": image}]}}}})
+
+    _kubectl(server, "apply", "--server-side", "--field-manager=team-app", "-f", "-", stdin=deployment("app", "v1"))
+    _kubectl(server, "apply", "--server-side", "--field-manager=team-mesh", "-f", "-",
+             stdin=deployment("proxy", "p1"))
+    names = _kubectl(server, "get", "deploy", "pair", "-o", "jsonpath={.spec.template.spec.containers[*].name}")
+    assert names.stdout.split() == ["app", "proxy"]
+    proc = _kubectl(server, "apply", "--server-side", "--field-manager=team-mesh", "-f", "-",
+                    stdin=deployment("app", "v2"), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith('error: Apply failed with 1 conflict: conflict with "team-app": '
+                                  '.spec.template.spec.containers[name="app"].image\n'), proc.stderr
+    _kubectl(server, "delete", "deploy", "pair")
+
+
+@needs_kubectl
 def test_events_are_served_empty(server: ApiServer) -> None:
     proc = _kubectl(server, "get", "events", "-A")
     assert proc.stdout == "" and "No resources found" in proc.stderr

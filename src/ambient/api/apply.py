@@ -4,7 +4,9 @@ The applied configuration is merged into the live object (maps merge; lists merg
 merge patch does for built-in kinds, else the applied list replaces the live one), then every field this
 field manager set in its previous apply and no longer sets is removed, unless another manager also owns it.
 Ownership is recorded as Kubernetes does, in `metadata.managedFields` (one `Apply` entry per manager, a
-`FieldsV1` set of `f:<name>` keys; lists are owned whole, as Istio's CRDs declare them: atomic).
+`FieldsV1` set of `f:<name>` keys). A list that merges by key (containers by name, env by name, ports...:
+the strategic merge keys) is owned per item (`k:{"name":"app"}`, with `.` for the item itself, printed
+`[name="app"]`); any other list is owned whole, as Istio's CRDs declare theirs (atomic).
 
 Conflicts, as kube-apiserver's structured merge: a field the apply changes (its merged value differs from
 the live one, or it is new) that another manager's entry owns is a conflict. Without `force` the apply is
@@ -21,8 +23,8 @@ Writes by other verbs that name a field manager (kubectl always does: `kubectl-c
 entry per manager (and subresource) owning the fields the write changed, taken from every other manager
 (an update never conflicts); a write that changes nothing leaves managedFields as they were; managedFields
 the write itself sets (kubectl's rewrite when it first applies a client-side applied object server-side)
-are taken as given. Not implemented: per-item ownership of keyed lists of built-in kinds (a container list
-is owned whole).
+are taken as given. Not implemented: set-lists (finalizers are owned whole), and list map keys of more
+than one field (container ports are keyed by containerPort alone, Kubernetes adds protocol).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ambient.api.errors import ApplyConflictError, ValidationError
-from ambient.api.patch import strategic_merge
+from ambient.api.patch import merge_key, strategic_merge
 
 Obj = dict[str, Any]
 Path = tuple[str, ...]  # field names from the top, e.g. ("spec", "action")
@@ -44,8 +46,20 @@ _SERVER_OWNED = frozenset({"uid", "resourceVersion", "generation", "creationTime
                            "deletionTimestamp", "selfLink"})
 
 
+def keyed_items(field: str, value: Any) -> dict[str, Obj] | None:
+    """The items of list `value` of field `field` by their FieldsV1 key (`k:{"name":"app"}`), when the list
+    merges by key and every item has it; None for a list owned whole (or not a list)."""
+    if not isinstance(value, list) or not value or not all(isinstance(i, dict) for i in value):
+        return None
+    key = merge_key(field, value)
+    if key is None or not all(key in i for i in value):
+        return None
+    return {"k:" + json.dumps({key: i[key]}, separators=(",", ":"), sort_keys=True): i for i in value}
+
+
 def field_set(obj: Any, top: bool = True) -> Obj:
-    """The FieldsV1 set of `obj`: `{"f:spec": {"f:replicas": {}}}`; lists and scalars are leaves."""
+    """The FieldsV1 set of `obj`: `{"f:spec": {"f:replicas": {}}}`; scalars and lists are leaves, but a list
+    merging by key has one `k:` node per item (`.` marks the item itself)."""
     if not isinstance(obj, dict):
         return {}
     out: Obj = {}
@@ -55,7 +69,11 @@ def field_set(obj: Any, top: bool = True) -> Obj:
         if top and key == "metadata" and isinstance(value, dict):
             # Kept even when empty, so that dropping every label drops the labels, not metadata.
             value = {k: v for k, v in value.items() if k not in _SERVER_OWNED and k not in ("name", "namespace")}
-        out[f"f:{key}"] = field_set(value, top=False) if isinstance(value, dict) else {}
+        items = keyed_items(key, value)
+        if items is not None:
+            out[f"f:{key}"] = {k: {".": {}, **field_set(item, top=False)} for k, item in items.items()}
+        else:
+            out[f"f:{key}"] = field_set(value, top=False) if isinstance(value, dict) else {}
     return out
 
 
@@ -63,15 +81,34 @@ def _remove(obj: Obj, dropped: Obj, others: list[Obj]) -> None:
     """Delete from `obj` the fields of `dropped` that no set in `others` owns (in place)."""
     for fkey, sub in dropped.items():
         key = fkey[2:]
-        if key not in obj:
+        if not fkey.startswith("f:") or key not in obj:
             continue
         owners = [o[fkey] for o in others if fkey in o]
-        if sub and isinstance(obj[key], dict):
+        items = keyed_items(key, obj[key]) if sub else None
+        if items is not None:
+            _remove_items(obj[key], items, sub, owners)
+            if not obj[key] and not owners:
+                del obj[key]
+        elif sub and isinstance(obj[key], dict):
             _remove(obj[key], sub, owners)
             if not obj[key] and not owners:
                 del obj[key]  # nothing left in it that anyone set
         elif not owners:
             del obj[key]
+
+
+def _remove_items(values: list[Any], items: dict[str, Obj], dropped: Obj, others: list[Obj]) -> None:
+    """The keyed-list part of `_remove`: an item whose `.` was dropped goes when nobody else owns any of it;
+    else only its dropped fields nobody else owns."""
+    for kkey, sub in dropped.items():
+        item = items.get(kkey)
+        if item is None:
+            continue
+        owners = [o[kkey] for o in others if kkey in o]
+        if "." in sub and not owners:
+            values.remove(item)
+        else:
+            _remove(item, {k: v for k, v in sub.items() if k != "."}, owners)
 
 
 def _minus(old: Obj, new: Obj) -> Obj:
@@ -100,9 +137,12 @@ def leaves(fields: Obj, prefix: Path = ()) -> set[Path]:
     no member: nobody owns metadata itself."""
     out: set[Path] = set()
     for key, sub in fields.items():
-        if not key.startswith("f:"):
+        if key == "." and prefix:
+            out.add(prefix)  # a keyed list item itself
             continue
-        path = (*prefix, key[2:])
+        if not key.startswith(("f:", "k:")):
+            continue
+        path = (*prefix, key[2:] if key.startswith("f:") else key)
         if isinstance(sub, dict) and sub:
             out |= leaves(sub, path)
         elif path != ("metadata",):
@@ -116,7 +156,9 @@ def fields_of(paths: set[Path]) -> Obj:
     for path in sorted(paths):
         node = out
         for name in path:
-            node = node.setdefault(f"f:{name}", {})
+            node = node.setdefault(name if name.startswith("k:") else f"f:{name}", {})
+        if path and path[-1].startswith("k:"):
+            node["."] = {}
     return out
 
 
@@ -133,6 +175,17 @@ def _changed(old: Any, new: Any, top: bool) -> Obj:
         key = fkey[2:]
         if key not in old:
             out[fkey] = sub
+        elif sub and isinstance(old[key], list) and isinstance(new[key], list):  # a keyed list: per item
+            old_items = keyed_items(key, old[key]) or {}
+            new_items = keyed_items(key, new[key]) or {}
+            inner = {}
+            for kkey, isub in sub.items():
+                if kkey not in old_items:
+                    inner[kkey] = isub
+                elif changes := _changed(old_items[kkey], new_items[kkey], top=False):
+                    inner[kkey] = changes
+            if inner:
+                out[fkey] = inner
         elif isinstance(old[key], dict) and isinstance(new[key], dict):
             if sub:
                 inner = _changed(old[key], new[key], top=False)
@@ -146,8 +199,19 @@ def _changed(old: Any, new: Any, top: bool) -> Obj:
 
 
 def path_text(path: Path) -> str:
-    """A field path as Kubernetes prints it: `.spec.action`, `.metadata.labels.app`."""
-    return "".join(f".{name}" for name in path)
+    """A field path as Kubernetes prints it: `.spec.action`, `.metadata.labels.app`,
+    `.spec.template.spec.containers[name="app"].image`."""
+    out = []
+    for name in path:
+        if name.startswith("k:"):
+            try:
+                key = json.loads(name[2:])
+            except ValueError:
+                key = {}
+            out.append("[" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(key.items())) + "]")
+        else:
+            out.append(f".{name}")
+    return "".join(out)
 
 
 def manager_label(entry: Obj) -> str:

@@ -57,6 +57,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def merge_key(field: str, items: list[Any]) -> str | None:
+    """The key list `field` merges by in a strategic merge (None: replaced whole)."""
+    return _merge_key(field, items)
+
+
 def _merge_key(field: str, items: list[Any]) -> str | None:
     if field == "ports":
         # Container ports merge by containerPort, service ports by port.

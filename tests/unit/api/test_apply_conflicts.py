@@ -14,6 +14,7 @@ from ambient.api.apply import (
     changed_fields,
     leaves,
     manager_label,
+    path_text,
     record_update,
     server_side_apply,
     sort_entries,
@@ -178,7 +179,8 @@ def test_a_status_write_owns_status_fields_under_its_subresource() -> None:
     out = record_update(live, new, "controller", AP, "status", now="T")
     entry = out["metadata"]["managedFields"][-1]
     assert (entry["manager"], entry["subresource"], leaves(entry["fieldsV1"])) == (
-        "controller", "status", {("status", "conditions")})
+        "controller", "status", {("status", "conditions", 'k:{"type":"Ready"}'),
+                                 ("status", "conditions", 'k:{"type":"Ready"}', "type")})
     assert manager_label(entry) == f'"controller" with subresource "status" using {AP}'
 
 
@@ -230,3 +232,54 @@ def test_entries_are_in_kubernetes_order() -> None:
                 "time": "T2"}, {"manager": "a", "operation": "Apply", "time": "T2"},
                 {"manager": "c", "operation": "Update", "time": "T0"}]
     assert [m["manager"] for m in sort_entries(unsorted)] == ["a", "b", "c", "z"]
+
+
+
+# ----------------------------------------------------------------------------- lists merging by key
+
+def deployment(*containers: tuple[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": n, "image": i} for n, i in containers]}}}}
+
+
+def containers(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(c["name"], c["image"]) for c in obj["spec"]["template"]["spec"]["containers"]]
+
+
+def test_a_keyed_list_is_owned_per_item() -> None:
+    """Two managers each applying their own container: no conflict, both kept, each owning its item;
+    a changed image of another's container conflicts at the item's field, as Kubernetes prints it."""
+    live = server_side_apply(None, deployment(("app", "v1")), "team-app", "apps/v1", now="T")
+    live = server_side_apply(live, deployment(("proxy", "p1")), "team-mesh", "apps/v1", now="T")
+    assert containers(live) == [("app", "v1"), ("proxy", "p1")]
+    assert ("spec", "template", "spec", "containers", 'k:{"name":"proxy"}', "image") in leaves(
+        managers(live)["team-mesh"])
+    with pytest.raises(ApplyConflictError) as info:
+        server_side_apply(live, deployment(("app", "v2")), "team-mesh", "apps/v1")
+    assert info.value.message == ('Apply failed with 1 conflict: conflict with "team-app": '
+                                  '.spec.template.spec.containers[name="app"].image')
+    # team-mesh stops applying its container: it goes; team-app's stays
+    dropped = server_side_apply(live, {**deployment(), "spec": {"selector": {"matchLabels": {"app": "web"}}}},
+                                "team-mesh", "apps/v1")
+    assert containers(dropped) == [("app", "v1")]
+
+
+def test_a_keyed_item_shared_by_two_managers_stays_until_both_drop_it() -> None:
+    live = server_side_apply(None, deployment(("app", "v1")), "a", "apps/v1", now="T")
+    live = server_side_apply(live, deployment(("app", "v1")), "b", "apps/v1", now="T")
+    spec_only = {**deployment(), "spec": {"selector": {"matchLabels": {"app": "web"}}}}
+    one = server_side_apply(live, spec_only, "a", "apps/v1")
+    assert containers(one) == [("app", "v1")]
+    none = server_side_apply(one, spec_only, "b", "apps/v1")
+    assert "template" not in none["spec"]  # nothing in it is anyone's any more
+
+
+@pytest.mark.parametrize(("path", "text"), [
+    (("spec", "action"), ".spec.action"),
+    (("spec", "containers", 'k:{"name":"app"}', "image"), '.spec.containers[name="app"].image'),
+    (("spec", "ports", 'k:{"containerPort":80}'), ".spec.ports[containerPort=80]"),
+])
+def test_path_text(path: tuple[str, ...], text: str) -> None:
+    assert path_text(path) == text
