@@ -261,14 +261,16 @@ async def _client_load(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def client_main(spec_json: str) -> None:
-    """Entry of a load generator process (`python -c ... client_main(SPEC)`): prints its result as JSON."""
+    """Entry of a load generator process (`python -c ... client_main(SPEC)`): writes its result as JSON to
+    the spec's `out` file (a file, not a pipe: the result holds every latency)."""
+    spec = json.loads(spec_json)
     try:
         import uvloop
 
-        result = uvloop.run(_client_load(json.loads(spec_json)))
+        result = uvloop.run(_client_load(spec))
     except ImportError:  # pragma: no cover
-        result = asyncio.run(_client_load(json.loads(spec_json)))
-    print(json.dumps(result))
+        result = asyncio.run(_client_load(spec))
+    Path(spec["out"]).write_text(json.dumps(result))
 
 
 def _tree(pid: int) -> list[int]:
@@ -373,22 +375,24 @@ async def _proc_round(mode: str, ca_dir: Path, static: Path, backend_port: int, 
     try:
         start_at = time.time() + 2.0  # interpreters started and connections warm by then
         per = [connections // CLIENT_PROCS + (i < connections % CLIENT_PROCS) for i in range(CLIENT_PROCS)]
+        outs = [ca_dir.parent / f"client-{i}.json" for i in range(len(per))]
         clients = [await asyncio.create_subprocess_exec(
             sys.executable, "-c", CLIENT_CODE,
-            json.dumps({"ca_dir": str(ca_dir), "host": host, "port": port, "identity": identity,
+            json.dumps({"ca_dir": str(ca_dir), "host": host, "port": port, "identity": identity, "out": str(o),
                         "authority": authority, "connections": n, "start_at": start_at, "seconds": seconds}),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for n in per]
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE) for n, o in zip(per, outs, strict=True)]
         tree = _tree(wp.pid) if wp is not None else []
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu0 = cpu_seconds(tree)
         await asyncio.sleep(max(0.0, start_at + seconds - time.time()))
         cpu = cpu_seconds(tree) - cpu0
         results = []
-        for c in clients:
-            out, err = await asyncio.wait_for(c.communicate(), 60)
+        for c, o in zip(clients, outs, strict=True):
+            _out, err = await asyncio.wait_for(c.communicate(), 60)
             if c.returncode != 0:
                 raise RuntimeError(f"load generator failed: {err.decode()[-800:]}")
-            results.append(json.loads(out.decode().strip().splitlines()[-1]))
+            results.append(json.loads(o.read_text()))
+            o.unlink()
     finally:
         if wp is not None:
             await _stop(wp)
