@@ -203,7 +203,16 @@ async def test_both_processes_serve_and_15020_adds_them_up(waypoint: Running) ->
     primary_admin = str(Path(worker_admin).parent / "0.sock")
     answers = [await waypoint.request(f"/r{i}") for i in range(REQUESTS)]
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:40] for a in answers if b" 200 " not in a]
-    primary, worker = await _own_requests(primary_admin), await _own_requests(worker_admin)
+
+    async def counted() -> tuple[float, float] | None:  # each exchange is counted as it ends
+        both = await _own_requests(primary_admin), await _own_requests(worker_admin)
+        return both if sum(both) >= REQUESTS else None
+
+    for _ in range(100):
+        if (counts := await counted()) is not None:
+            break
+        await asyncio.sleep(0.05)
+    primary, worker = counts or (0.0, 0.0)
     assert primary > 0 and worker > 0, (primary, worker)
     assert primary + worker == REQUESTS
     assert _requests(await waypoint.merged_metrics()) == REQUESTS  # what a scraper sees: one waypoint

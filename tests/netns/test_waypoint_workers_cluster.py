@@ -200,6 +200,9 @@ def test_requests_spread_over_both_processes_and_15020_adds_them_up(mesh: Mesh) 
         own = mesh.own()
         if i + 1 >= FIRST_CLIENTS and all(own[p] > own0[p] for p in own):
             break
+    # a request is counted as its exchange ends, which may trail the client's read by a moment
+    own = wait_for(lambda: (o := mesh.own()) and sum(o[p] - own0[p] for p in o) >= sent and o, timeout=15,
+                   what=f"{sent} requests counted by the two processes")
     served = {p: own[p] - own0[p] for p in own}
     assert all(n > 0 for n in served.values()), served
     assert sum(served.values()) == sent, (served, sent)
