@@ -70,7 +70,7 @@ class Pair:
 
 
 def paired_ratios(on: Sequence[float], off: Sequence[float]) -> list[float]:
-    """on/off of each round (the two slices measured next to each other); rounds with a zero "off" skipped."""
+    """on/off of each round (both pairs measured at the same time); rounds with a zero "off" skipped."""
     return [a / b for a, b in zip(on, off, strict=True) if b]
 
 
@@ -110,6 +110,8 @@ def _tree_cpu_seconds(pids: Sequence[int]) -> float:
 def _build(bed: Testbed, mode: str, ids: str) -> Pair:
     bed.create({1: [("client", "client")], 2: [("server", "server")]})
     client, server = bed.pod("client"), bed.pod("server")
+    # the load generator's TIME_WAIT ports are reused after 1 s: without it connect() slows to ~2 ms once
+    # ~15,000 of them pile up in the pod (see the module docstring)
     sh("ip", "netns", "exec", client.netns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
     bed.spawn(server.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
     _start_http(bed, server)
