@@ -9,5 +9,7 @@ Layout (decide, then do):
 - `config`: where HTTPRoutes/policies come from (static YAML or the cluster API); `telemetry`: access log
   and `istio_requests_total` / `istio_request_duration_milliseconds`.
 - `app`: the composition root (`build(settings)`); `__main__`: the `python -m ambient.waypoint` entry point.
+- `workers`: the waypoint on every core (AMBIENT_WAYPOINT_WORKERS): processes sharing the HBONE address
+  through SO_REUSEPORT, supervised by the primary, which adds their metrics up.
   The in-process topology for tests and the benchmark is `ambient.bench.loopback`.
 """
