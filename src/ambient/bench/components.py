@@ -496,9 +496,10 @@ SECTIONS = [
         "trace-overhead",
         "Node proxy: the correlation id's cost",
         "ambient.bench.trace_overhead in a child process: two node pairs built once, proxies with "
-        "AMBIENT_TRACE_IDS=1 on one and =0 on the other, both loaded at the same time in rounds (no restarts); "
-        "connections/s, the proxies' CPU per connection and single-stream throughput: median per mode, and "
-        "the median (range) of the per-round on/off ratios, which the goals read.",
+        "AMBIENT_TRACE_IDS=1 on one and =0 on the other, both loaded at the same time in rounds (no restarts; "
+        "each role pinned to the same CPU in both pairs; the client pods reuse TIME_WAIT ports); connections/s, "
+        "the proxies' CPU per connection and single-stream throughput: median per mode, and the median (range) "
+        "of the per-round on/off ratios, which the goals read.",
         _component(
             "ambient.bench.trace_overhead", "run", _none, lambda q: 120 if q else 240, compare_with_stunnel=False
         ),
