@@ -131,8 +131,9 @@ def test_port_forward_from_machine_loopback(world: dict[str, Any], target: str, 
         for _ in range(3):  # several connections through one listener
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
                 body = resp.read().decode()
-            # The server saw a connection from inside its own netns, to its own pod IP.
-            assert body == f"web {world['pods']['web']['status']['podIP']}"
+            # The server saw a connection from inside its own netns to localhost, where the container
+            # runtime dials a kubelet's port-forward (containerd: tcp4 localhost:<port> in the sandbox netns).
+            assert body == "web 127.0.0.1"
         listening = Path("/proc/net/tcp").read_text()
         assert f"0100007F:{port:04X}" in listening  # bound to 127.0.0.1 only
         assert f"00000000:{port:04X}" not in listening

@@ -40,8 +40,9 @@ _SUBRESOURCES: dict[str, dict[str, tuple[list[str], str, str]]] = {
         "status": (["get", "patch", "update"], "Deployment", ""),
         "scale": (["get", "patch", "update"], "Scale", "autoscaling/v1"),
     },
+    "DaemonSet": {"status": (["get", "patch", "update"], "DaemonSet", "")},
 }
-_CATEGORIES = {"Pod": ["all"], "Service": ["all"], "Deployment": ["all"]}
+_CATEGORIES = {"Pod": ["all"], "Service": ["all"], "Deployment": ["all"], "DaemonSet": ["all"]}
 CRD_GROUP = "apiextensions.k8s.io"
 CRD_KIND = KindInfo("CustomResourceDefinition", CRD_GROUP, "v1", "customresourcedefinitions", False, ("crd", "crds"))
 

@@ -54,6 +54,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Service", "", "v1", "services", True, ("svc",)),
     KindInfo("Endpoints", "", "v1", "endpoints", True, ("ep",)),
     KindInfo("Deployment", "apps", "v1", "deployments", True, ("deploy",)),
+    KindInfo("DaemonSet", "apps", "v1", "daemonsets", True, ("ds",)),
     KindInfo("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies", True, ("ap",)),
     KindInfo("PeerAuthentication", "security.istio.io", "v1", "peerauthentications", True, ("pa",)),
     KindInfo("RequestAuthentication", "security.istio.io", "v1", "requestauthentications", True, ("ra",)),

@@ -5,8 +5,13 @@ inside it) is supplied by a `PodConnector` that the cluster layer passes to the 
 knows objects and protocols, not network namespaces). Without one, these subresources answer 501.
 
 Protocols (as kubectl 1.32 speaks them):
-- `log`: `text/plain`, `container`, `tailLines`, `limitBytes`, `follow` (new bytes until the pod is gone or
-  the client leaves).
+- `log`: `text/plain`, `container`, `sinceSeconds` / `sinceTime`, `tailLines`, `limitBytes`, `follow` (new
+  bytes until the pod is gone or the client leaves). A log file has no per-line timestamps of its own (the
+  kubelet's CRI files do), so `since` goes by the time each line starts with (`line_time`: RFC 3339, or
+  Python logging's `YYYY-MM-DD HH:MM:SS,mmm` in local time, also after the supervisor's `==== ` marker and
+  as a JSON line's leading `"time"`); a line without one belongs with the line before it, and a file with
+  no timestamped line at all is kept or dropped whole by its modification time. Order as the kubelet's:
+  since, then tail, then the byte limit.
 - `exec`: WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io` (kubectl's default since
   1.30; SPDY is not served, so kubectl's fallback ends in a clear error). Binary messages, first byte the
   channel: 0 stdin, 1 stdout, 2 stderr, 3 error (a `Status`, `NonZeroExitCode` with the exit code as its
@@ -19,12 +24,15 @@ Protocols (as kubectl 1.32 speaks them):
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import fcntl
 import json
 import os
+import re
 import struct
 import termios
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,6 +108,81 @@ def _int_param(query: Any, key: str) -> int | None:
     return value
 
 
+_LINE_TIME = re.compile(
+    rb'(?:==== |\{"time": ?")?(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|[+-]\d\d:?\d\d)?')
+
+
+def line_time(line: bytes) -> float | None:
+    """The time (epoch seconds) a log line starts with, or None. A zone (`Z`, `+02:00`) is honoured; without
+    one the time is local (Python logging's asctime), as the writing process on this machine saw it."""
+    m = _LINE_TIME.match(line)
+    if m is None:
+        return None
+    year, month, day, hour, minute, sec = (int(g) for g in m.groups()[:6])
+    frac = float(b"0." + m[7]) if m[7] else 0.0
+    try:
+        if m[8] is None:
+            return time.mktime((year, month, day, hour, minute, sec, 0, 0, -1)) + frac
+        stamp = calendar.timegm((year, month, day, hour, minute, sec, 0, 0, 0)) + frac
+    except (OverflowError, ValueError):
+        return None
+    zone = m[8]
+    if zone != b"Z":
+        sign = -1 if zone[:1] == b"+" else 1
+        digits = zone[1:].replace(b":", b"")
+        stamp += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return stamp
+
+
+def since_offset(data: bytes, since: float, mtime: float) -> int:
+    """Where the lines written at or after `since` begin in `data` (len(data): none). See the module
+    docstring: lines without a time go with the timed line before them (a traceback with its record), lines
+    before the first timed one with it; without any timed line the file's `mtime` decides for all of it.
+    Walks back from the end, so asking for the recent lines of a long log reads only those."""
+    end = len(data)
+    cut, pos, timed = end, end, False
+    stop = end
+    while stop > 0:
+        start = data.rfind(b"\n", 0, stop - 1) + 1 if stop > 1 else 0
+        line = data[start:stop]
+        stop = pos = start
+        t = line_time(line)
+        if t is None:
+            continue
+        timed = True
+        if t < since:
+            return cut
+        cut = pos
+    if timed:
+        return 0
+    return 0 if mtime >= since else end
+
+
+def parse_since(query: Any, now: float) -> float | None:
+    """`sinceSeconds` / `sinceTime` as an epoch time (None: all), with Kubernetes' validation messages."""
+    seconds, stamp = query.get("sinceSeconds"), query.get("sinceTime")
+    if seconds not in (None, "") and stamp not in (None, ""):
+        raise ValidationError("at most one of sinceTime or sinceSeconds may be specified")
+    if seconds not in (None, ""):
+        try:
+            value = int(seconds)
+        except ValueError:
+            raise ValidationError(f"sinceSeconds: expected an integer, got {seconds!r}") from None
+        if value < 1:
+            raise ValidationError("sinceSeconds: must be greater than 0")
+        return now - value
+    if stamp not in (None, ""):
+        parsed = line_time(str(stamp).encode())
+        if parsed is None or not _RFC3339.fullmatch(str(stamp)):
+            raise ValidationError(f"sinceTime: {stamp!r} is not an RFC 3339 time",
+                                  hint="e.g. 2024-05-01T12:00:00Z (kubectl --since-time)")
+        return parsed
+    return None
+
+
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)")
+
+
 def _tail(data: bytes, lines: int | None) -> bytes:
     if lines is None:
         return data
@@ -116,12 +199,11 @@ async def serve_log(
     q = request.query
     tail_lines = _int_param(q, "tailLines")
     limit = _int_param(q, "limitBytes")
+    since = parse_since(q, time.time())
     follow = q.get("follow", "").lower() in ("1", "true")
-    try:
-        whole = await asyncio.to_thread(path.read_bytes)
-    except FileNotFoundError:
-        whole = b""
-    data, offset = _tail(whole, tail_lines), len(whole)
+    whole, mtime = await asyncio.to_thread(_read_all, path)
+    recent = whole if since is None else whole[since_offset(whole, since, mtime):]
+    data, offset = _tail(recent, tail_lines), len(whole)
     if not follow:
         if limit is not None:
             data = data[:limit]
@@ -153,6 +235,14 @@ async def serve_log(
     except (ConnectionError, asyncio.CancelledError):
         pass  # the client left
     return response
+
+
+def _read_all(path: Path) -> tuple[bytes, float]:
+    try:
+        with path.open("rb") as f:
+            return f.read(), os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        return b"", 0.0
 
 
 def _read_from(path: Path, offset: int) -> bytes:

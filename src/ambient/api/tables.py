@@ -125,6 +125,17 @@ def _deployment(obj: Obj, wide: bool) -> list[str]:
     return cells
 
 
+def _daemon_set(obj: Obj, wide: bool) -> list[str]:
+    spec, status = _spec(obj), _status(obj)
+    selector = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector")
+    cells = [str(status.get(key) or 0) for key in ("desiredNumberScheduled", "currentNumberScheduled",
+                                                   "numberReady", "updatedNumberScheduled", "numberAvailable")]
+    cells.append(_selector_text(selector))
+    if wide:
+        cells.append(_selector_text((spec.get("selector") or {}).get("matchLabels")))
+    return cells
+
+
 def _node(obj: Obj, wide: bool) -> list[str]:
     ready = _condition(obj, "Ready")
     state = "Ready" if ready == "True" else "NotReady"
@@ -190,6 +201,8 @@ _PRINTERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Row]] = {
     "Pod": (("READY", "STATUS", "RESTARTS"), ("IP", "NODE"), _pod),
     "Service": (("TYPE", "CLUSTER-IP", "PORT(S)"), ("SELECTOR",), _service),
     "Deployment": (("READY", "UP-TO-DATE", "AVAILABLE"), ("SELECTOR",), _deployment),
+    "DaemonSet": (("DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR"), ("SELECTOR",),
+                  _daemon_set),
     "Node": (("STATUS", "INTERNAL-IP", "POD-CIDR"), (), _node),
     "Namespace": (("STATUS",), (), _namespace),
     "AuthorizationPolicy": (("ACTION",), (), _authorization_policy),

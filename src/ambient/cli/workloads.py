@@ -207,10 +207,10 @@ def port_forward_command(
     if kind == "Deployment":  # kubectl forwards to one pod of the workload, chosen once
         kind, name = "Pod", targets.resolve_pod(client.get, client.list, resource, namespace)["metadata"]["name"]
     # Resolve once up front so a typo fails now, not at the first connection.
-    first = pf.resolve_target(layout.name, client.get, kind, name, namespace, remote)
+    first = pf.resolve_target(layout, client.get, kind, name, namespace, remote)
 
     async def resolve() -> pf.Target:
-        return await asyncio.to_thread(pf.resolve_target, layout.name, client.get, kind, name, namespace, remote)
+        return await asyncio.to_thread(pf.resolve_target, layout, client.get, kind, name, namespace, remote)
 
     async def run() -> None:
         fwd = pf.PortForwarder(local, resolve)

@@ -3,7 +3,8 @@
 The API package serves objects and protocols only; what `pods/log`, `pods/exec` and `pods/portforward` need
 from a running pod (its log file, a process in its network namespace, a connection from inside it) is the
 cluster's, so it is supplied here (`LocalPods`, an `ambient.api.pods.PodConnector`) - the same mechanisms
-as `ambient logs`, `ambient exec` and `ambient port-forward`.
+as `ambient logs`, `ambient exec` and `ambient port-forward`. The mirror pods of the node components
+(`cluster.staticpods`) reach their component: its log file, its node's network namespace.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ambient.api.errors import ValidationError
 from ambient.api.server import main as api_main
 from ambient.cluster import layout as L
 from ambient.cluster import podruntime as rt
-from ambient.cluster.portforward import PortForwardError, _pod_target, connect_target
+from ambient.cluster import processes
+from ambient.cluster.portforward import PortForwardError, _pod_target, connect_target, pod_netns
+from ambient.cluster.staticpods import component_name, static_component
 
 Obj = dict[str, Any]
 
@@ -28,9 +31,16 @@ class LocalPods:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.cluster = L.load_layout(state_dir).name
+        self.layout = L.load_layout(state_dir)
+        self.cluster = self.layout.name
 
     def log_path(self, pod: Obj, container: str) -> Path:
+        """The container's log file; for the mirror pod of a node component, that component's log (what
+        the supervisor appends its output to, restart markers included)."""
+        static = static_component(self.layout, pod)
+        if static is not None:
+            comp, node = static
+            return processes.log_file(self.layout, component_name(comp, node.name))
         meta = pod["metadata"]
         return rt.log_path(self.state_dir, meta.get("namespace") or "default", meta["name"], container)
 
@@ -38,7 +48,7 @@ class LocalPods:
         self, pod: Obj, container: Obj, command: list[str], stdin: bool, tty: int | None = None
     ) -> asyncio.subprocess.Process:
         meta, status = pod["metadata"], pod.get("status") or {}
-        netns = L.pod_netns_name(self.cluster, meta["uid"])
+        netns = pod_netns(self.layout, pod)
         if not L.netns_path(netns).exists():
             raise ValidationError(f"pod {meta.get('namespace')}/{meta['name']} has no network namespace ({netns})")
         env = rt.container_env(pod, container, (pod.get("spec") or {}).get("nodeName") or "",
@@ -58,7 +68,7 @@ class LocalPods:
 
     async def connect(self, pod: Obj, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            return await connect_target(_pod_target(self.cluster, pod, port))
+            return await connect_target(_pod_target(self.layout, pod, port))
         except PortForwardError as exc:
             raise ValidationError(exc.message) from None
 

@@ -18,6 +18,7 @@ Invariants:
 - Deployments converge per `deployments.plan` and report status.
 - Every Gateway of class `istio-waypoint` has its ServiceAccount, Deployment and Service (and Programmed
   status) per `waypoints.plan_waypoint` / `waypoints.gateway_status`; they go away with the Gateway.
+- DaemonSets get status counts from the pods they select (they create no pods: `cluster.staticpods`).
 - Conflicts (another writer changed the object) are not errors: the next pass re-reads and retries.
 """
 
@@ -36,12 +37,14 @@ from ambient.cluster import deployments as deploy_plan
 from ambient.cluster.gateways import IngressGatewayController
 from ambient.cluster.scheduler import RoundRobinScheduler
 from ambient.cluster.services import compute_endpoints, endpoints_differ, plan_cluster_ips
+from ambient.cluster.staticpods import daemonset_status
 from ambient.cluster.waypoints import WaypointConfig, WaypointController
 from ambient.core import process
 
 log = logging.getLogger("ambient.controllers")
 
-WATCHED_KINDS = ("Pod", "Service", "Deployment", "Node", "Namespace", "Endpoints", "Gateway", "HTTPRoute", "Secret")
+WATCHED_KINDS = ("Pod", "Service", "Deployment", "Node", "Namespace", "Endpoints", "Gateway", "HTTPRoute", "Secret",
+                 "DaemonSet")
 
 
 class Client(Protocol):
@@ -111,6 +114,20 @@ class ControllerManager:
         services = await self._cluster_ips(services)
         endpoints, _ = await self.client.list("Endpoints")
         await self._endpoints(services, endpoints, pods)
+        daemonsets, _ = await self.client.list("DaemonSet")
+        await self._daemonset_status(daemonsets, pods, nodes)
+
+    async def _daemonset_status(self, daemonsets: list[dict[str, Any]], pods: list[dict[str, Any]],
+                                nodes: list[dict[str, Any]]) -> None:
+        """Status counts only: the DaemonSets describe the node components the supervisor runs, whose pods the
+        kubelets publish (`cluster.staticpods`); nothing here creates or deletes a pod for them."""
+        for ds in daemonsets:
+            status = daemonset_status(ds, pods, nodes)
+            if all((ds.get("status") or {}).get(k) == v for k, v in status.items()):
+                continue
+            ns, name = _key(ds)
+            with contextlib.suppress(ConflictError, NotFoundError):
+                await self.client.patch("DaemonSet", name, ns, {"status": status}, status=True)
 
     async def _service_accounts(self, namespaces: list[dict[str, Any]]) -> None:
         existing, _ = await self.client.list("ServiceAccount")

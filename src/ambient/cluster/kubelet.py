@@ -14,6 +14,12 @@ process groups get SIGTERM, then SIGKILL after terminationGracePeriodSeconds (de
 and record removed. An enrolled pod's CNI ADD succeeds only once its node proxy serves it (cni.agent), so
 its containers never start, and it is never Ready, before that.
 
+Static components: the node proxy and the node agent of this node run under the cluster supervisor, not as
+API pods; `MirrorPods` publishes them as the kubelet publishes static pods (`cluster.staticpods`: mirror pods
+`ztunnel-<node>` and `ambient-node-agent-<node>` in `ambient-system`, status from the supervisor's record and a
+readiness probe; a deleted one is published again, its process untouched). Pods with the mirror annotation are
+never run as API pods.
+
 Invariants:
 - The API is the source of truth; the on-disk records (podruntime.RecordStore) are how a restarted kubelet
   finds what it made: pods still bound here are adopted (live processes kept), the rest are torn down.
@@ -34,11 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ambient.api.errors import ApiError, NotFoundError
+from ambient.api.errors import AlreadyExistsError, ApiError, NotFoundError
 from ambient.api.informer import Reconciler
 from ambient.cluster import kubeproxy, probes
 from ambient.cluster import layout as L
 from ambient.cluster import podruntime as rt
+from ambient.cluster import staticpods as sp
 from ambient.cluster.controllers import Client
 from ambient.cluster.errors import ClusterError
 from ambient.cluster.podstatus import ContainerState, pod_status
@@ -301,6 +308,139 @@ class PodWorker:
                 self._changed.set()
 
 
+MIRROR_PERIOD = 1.0  # mirror pods' status is refreshed this often (and at once on a pod event of this node)
+
+
+@dataclass
+class _Readiness:
+    """The readiness probe of one mirror pod's container, for one run (pid) of its process."""
+
+    pid: int
+    tracker: probes.ProbeTracker
+    due: float = 0.0
+    ready: bool = False
+
+
+class MirrorPods:
+    """Publishes this node's static components (node proxy, node agent) as mirror pods (`cluster.staticpods`).
+
+    Each pass: the supervisor's specs say which components are wanted; a wanted one without its mirror pod
+    gets it (again, after `kubectl delete pod`), an unwanted or unknown mirror pod on this node is deleted;
+    each mirror pod's status follows the supervisor's record (pid, restarts, last exit, back-off) and its
+    readiness probe, run from the node netns like any pod's."""
+
+    def __init__(self, kubelet: Kubelet, period: float = MIRROR_PERIOD) -> None:
+        self.kubelet = kubelet
+        self.period = period
+        self._wake = asyncio.Event()
+        self._node_uid: str | None = None
+        self._readiness: dict[str, _Readiness] = {}
+        self._written: dict[str, dict[str, Any]] = {}  # pod uid -> status last written
+        self.created = 0
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except (ApiError, OSError, ClusterError) as exc:
+                log.warning("mirror pods: %s (retrying)", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.period)
+            self._wake.clear()
+
+    async def sync(self) -> None:
+        from ambient.cluster import processes
+        from ambient.cluster.supervisor import read_status
+
+        k = self.kubelet
+        layout, node = k.layout, k.node
+        specs = await asyncio.to_thread(processes.read_specs, layout)
+        records = (await asyncio.to_thread(read_status, layout)).get("components") or {}
+        running = await asyncio.to_thread(processes.running_components, layout)
+        items, _ = await k.client.list("Pod", field_selector=f"spec.nodeName={node}")
+        mirrors = {(p["metadata"].get("namespace"), p["metadata"]["name"]): p for p in items if sp.is_mirror(p)}
+        wanted: set[tuple[str, str]] = set()
+        for comp in sp.STATIC_COMPONENTS:
+            cname = sp.component_name(comp, node)
+            if cname not in specs:
+                continue
+            key = (sp.NAMESPACE, sp.pod_name(comp, node))
+            wanted.add(key)
+            desired = sp.static_pod(layout, comp, node, await self._node_uid_of())
+            pod = mirrors.get(key)
+            mirror_hash = desired["metadata"]["annotations"][sp.MIRROR_ANNOTATION]
+            if pod is not None and (pod["metadata"].get("annotations") or {}).get(sp.MIRROR_ANNOTATION) != mirror_hash:
+                log.info("mirror pod %s/%s is out of date: publishing it again", *key)
+                with contextlib.suppress(NotFoundError):
+                    await k.client.delete("Pod", key[1], key[0])
+                pod = None
+            if pod is None:
+                try:
+                    pod = await k.client.create(desired)
+                except AlreadyExistsError:
+                    continue  # published by a concurrent pass; the next pass writes its status
+                self.created += 1
+                log.info("published mirror pod %s/%s of %s", *key, cname)
+            await self._write_status(pod, comp, records.get(cname), running.get(cname))
+        for key in mirrors:
+            if key not in wanted:
+                log.info("deleting mirror pod %s/%s: no static component of this node stands behind it", *key)
+                with contextlib.suppress(NotFoundError):
+                    await k.client.delete("Pod", key[1], key[0])
+
+    async def _node_uid_of(self) -> str:
+        if self._node_uid is None:
+            node = await self.kubelet.client.get("Node", self.kubelet.node)
+            self._node_uid = str(node["metadata"].get("uid") or "")
+        return self._node_uid
+
+    async def _ready(self, name: str, container: dict[str, Any], pid: int | None) -> bool:
+        """Run the container's readiness probe when due; its outcome for this run of the process."""
+        if pid is None:
+            self._readiness.pop(name, None)
+            return False
+        spec = probes.probe_spec("readiness", container)
+        assert spec is not None
+        state = self._readiness.get(name)
+        if state is None or state.pid != pid:
+            state = self._readiness[name] = _Readiness(pid, probes.ProbeTracker(spec))
+        loop = asyncio.get_running_loop()
+        if loop.time() >= state.due:
+            state.due = loop.time() + spec.period
+            ctx = probes.ProbeContext(self.kubelet.host_ip, self.kubelet.node_layout.netns,
+                                      self.kubelet._probe.node_netns_path, self.kubelet._probe.in_node_netns)
+            result = await probes.run_probe(spec, ctx)
+            outcome = state.tracker.observe(result.ok)
+            if outcome is not None:
+                state.ready = outcome
+            if not result.ok:
+                log.debug("mirror pod %s: readiness probe failed: %s", name, result.message)
+        return state.ready
+
+    async def _write_status(self, pod: dict[str, Any], comp: sp.StaticComponent, record: Any,
+                            pid: int | None) -> None:
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]
+        ready = await self._ready(meta["name"], container, pid)
+        state = sp.container_state(container, record if isinstance(record, dict) else None, pid, time.time(), ready)
+        start = (pod.get("status") or {}).get("startTime") or rt.now_rfc3339()
+        status = sp.mirror_status(pod, state, self.kubelet.host_ip, start)
+        uid = meta["uid"]
+        if self._written.get(uid) == status:
+            return
+        try:
+            await self.kubelet.client.patch("Pod", meta["name"], meta.get("namespace"), {"status": status},
+                                            status=True)
+        except NotFoundError:
+            return  # deleted meanwhile: published again by the next pass
+        if len(self._written) > 64:  # uids of deleted mirror pods: forget them
+            self._written.clear()
+        self._written[uid] = status
+
+
 @dataclass
 class _Probe:
     node_netns_path: Path
@@ -309,7 +449,7 @@ class _Probe:
 
 class Kubelet:
     def __init__(self, client: Client, layout: L.ClusterLayout, node: str, *, cni: Any = None,
-                 kube_proxy: bool = True, resync_seconds: float = 5.0) -> None:
+                 kube_proxy: bool = True, resync_seconds: float = 5.0, mirror_pods: bool = True) -> None:
         self.client = client
         self.layout = layout
         self.node = node
@@ -328,6 +468,7 @@ class Kubelet:
         self._reconciler = Reconciler(self.reconcile, name="pod reconcile pass", resync=resync_seconds, logger=log)
         self.sandbox_slots = asyncio.Semaphore(4)  # CNI plugins are processes: don't fork 50 at once
         self.kube_proxy = KubeProxy(client, self.node_layout) if kube_proxy else None
+        self.mirrors = MirrorPods(self) if mirror_pods else None
         node_ns = self.node_layout.netns_path
         try:
             here = os.stat("/proc/self/ns/net").st_ino == os.stat(node_ns).st_ino
@@ -344,6 +485,8 @@ class Kubelet:
             tg.create_task(self._reconciler.run())
             if self.kube_proxy is not None:
                 tg.create_task(self.kube_proxy.run())
+            if self.mirrors is not None:
+                tg.create_task(self.mirrors.run())
 
     async def set_node_ready(self, ready: bool) -> None:
         """Report this kubelet on its Node (the scheduler only binds pods to Ready nodes)."""
@@ -367,10 +510,14 @@ class Kubelet:
                 self._start_worker(pod, rec)
 
     async def _my_pods(self) -> dict[str, dict[str, Any]]:
+        """The pods this kubelet runs: bound here, mirror pods excepted (they stand for static components,
+        which the supervisor runs; `MirrorPods` publishes them)."""
         items, _ = await self.client.list("Pod", field_selector=f"spec.nodeName={self.node}")
-        return {p["metadata"]["uid"]: p for p in items}
+        return {p["metadata"]["uid"]: p for p in items if not sp.is_mirror(p)}
 
     async def reconcile(self) -> None:
+        if self.mirrors is not None:
+            self.mirrors.poke()  # a pod event of this node: a deleted mirror pod is published again at once
         pods = await self._my_pods()
         for uid, pod in pods.items():
             worker = self.workers.get(uid)

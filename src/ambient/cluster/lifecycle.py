@@ -3,7 +3,8 @@
 create = check root and name -> write cluster.json + registry entry (first, so a crash is always
 deletable) -> build the network -> prepare each node's CNI -> start the supervisor (`cluster/supervisor.py`:
 it starts every component and restarts any that exits) -> have it start the apiserver, wait for /healthz,
-register the Node objects -> start dns, controller-manager, control plane, node agents, node proxies,
+register the Node objects and the node components' DaemonSets (`cluster/staticpods.py`) -> start dns,
+controller-manager, control plane, node agents, node proxies,
 kubelets (each only if its module exists) -> check none of them exited. A failure at any step tears
 everything down again (state kept for logs).
 
@@ -220,6 +221,7 @@ def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
             result.components["apiserver"] = _start(layout, APISERVER, None)
             wait_api_healthy(layout)
             register_nodes(layout)
+            register_daemonsets(layout)
         else:
             result.skipped.append("apiserver")
         mark("apiserver", t)
@@ -393,6 +395,17 @@ def register_nodes(layout: L.ClusterLayout) -> None:
         api.apply_many([node_object(n) for n in layout.nodes])
         for n in layout.nodes:
             api.patch("Node", n.name, None, {"status": node_status(n)}, status=True)
+
+
+def register_daemonsets(layout: L.ClusterLayout) -> None:
+    """The DaemonSets `ztunnel` and `ambient-node-agent` in `ambient-system` (with the namespace and their
+    ServiceAccounts), as a Kubernetes install has them; they describe what the supervisor runs, and the
+    kubelets publish each node's processes as their mirror pods (`cluster.staticpods`)."""
+    from ambient.api.client import ApiClient
+    from ambient.cluster.staticpods import daemonsets
+
+    with ApiClient(layout.api_socket) as api:
+        api.apply_many(daemonsets(layout))
 
 
 def _check_stayed_up(layout: L.ClusterLayout, names: list[str]) -> None:

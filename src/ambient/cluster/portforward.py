@@ -3,8 +3,15 @@
 The listener lives in the CLI process' (root) netns and binds 127.0.0.1 only: the hermetic cluster gets no
 route to the machine, yet a browser or curl on the machine reaches a pod or a Service. For every accepted
 connection a socket is created on a short-lived thread that `setns`'d into the pod's netns (a socket stays
-in the netns it was created in), then connected to podIP:port from the event loop, and bytes are copied
-both ways with half-close.
+in the netns it was created in), then connected from the event loop, and bytes are copied both ways with
+half-close.
+
+Where it connects: `localhost:<port>` inside the pod's network namespace, IPv4 first, then IPv6, as the
+container runtime does for a kubelet's port-forward (containerd `criService.portForward`: `net.Dial("tcp4",
+"localhost:<port>")` inside the sandbox netns, `tcp6` as fallback; a host-network sandbox dials in the host's
+netns). So a port bound to 127.0.0.1 only (the node proxy's admin 15000) is reachable, and one bound to the
+pod IP only is not, as on Kubernetes. A mirror pod of a node component (`cluster.staticpods`) is a
+host-network pod: its netns is its node's.
 
 Invariants:
 - The target is resolved per connection (`svc/` picks a Ready endpoint each time, so a restarted or replaced
@@ -54,7 +61,23 @@ def parse_ports(spec: str) -> tuple[int, int]:
     return local, remote
 
 
-def _pod_target(cluster: str, pod: dict[str, Any], port: int) -> Target:
+LOOPBACK = ("127.0.0.1", "::1")  # tried in this order (containerd: tcp4 localhost, then tcp6)
+
+
+def pod_netns(cluster: str | L.ClusterLayout, pod: dict[str, Any]) -> str:
+    """The network namespace a pod's processes run in: its own, or its node's for the mirror pod of a node
+    component (only known with the cluster's layout)."""
+    if isinstance(cluster, L.ClusterLayout):
+        from ambient.cluster.staticpods import static_component
+
+        static = static_component(cluster, pod)
+        if static is not None:
+            return static[1].netns
+        return L.pod_netns_name(cluster.name, pod["metadata"]["uid"])
+    return L.pod_netns_name(cluster, pod["metadata"]["uid"])
+
+
+def _pod_target(cluster: str | L.ClusterLayout, pod: dict[str, Any], port: int) -> Target:
     meta = pod["metadata"]
     status = pod.get("status") or {}
     ip = status.get("podIP")
@@ -62,11 +85,11 @@ def _pod_target(cluster: str, pod: dict[str, Any], port: int) -> Target:
         raise PortForwardError(f"pod {meta.get('namespace')}/{meta['name']} is not running "
                                f"(phase {status.get('phase') or 'Pending'})",
                                hint="`ambient get pod` shows its status and reason")
-    return Target(L.pod_netns_name(cluster, meta["uid"]), ip, port, meta["name"])
+    return Target(pod_netns(cluster, pod), ip, port, meta["name"])
 
 
-def resolve_target(cluster: str, get: Callable[..., dict[str, Any]], kind: str, name: str, namespace: str,
-                   port: int) -> Target:
+def resolve_target(cluster: str | L.ClusterLayout, get: Callable[..., dict[str, Any]], kind: str, name: str,
+                   namespace: str, port: int) -> Target:
     """Resolve a pod, or a Ready endpoint of a Service (service port -> targetPort), via the API `get`."""
     if kind == "Pod":
         return _pod_target(cluster, get("Pod", name, namespace), port)
@@ -94,7 +117,8 @@ def resolve_target(cluster: str, get: Callable[..., dict[str, Any]], kind: str, 
     return Target(target.netns, ip, target_port, target.pod)
 
 
-def _socket_in_netns(netns: str) -> socket.socket:
+def _sockets_in_netns(netns: str) -> list[socket.socket]:
+    """One IPv4 and one IPv6 TCP socket made inside `netns` (IPv6 left out where the kernel has none)."""
     try:
         from ambient.inpod.netns import run_in_netns
     except ImportError as exc:  # pragma: no cover - inpod ships with the project
@@ -102,7 +126,14 @@ def _socket_in_netns(netns: str) -> socket.socket:
     path = L.netns_path(netns)
     if not path.exists():
         raise PortForwardError(f"pod network namespace {netns} does not exist")
-    return run_in_netns(path, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM), name="portfwd")
+
+    def make() -> list[socket.socket]:
+        out = [socket.socket(socket.AF_INET, socket.SOCK_STREAM)]
+        with contextlib.suppress(OSError):
+            out.append(socket.socket(socket.AF_INET6, socket.SOCK_STREAM))
+        return out
+
+    return run_in_netns(path, make, name="portfwd")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -120,15 +151,27 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def connect_target(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    sock = await asyncio.to_thread(_socket_in_netns, target.netns)
-    sock.setblocking(False)
+    """A connection to localhost:`target.port` inside the target's netns (127.0.0.1, then ::1)."""
+    socks = await asyncio.to_thread(_sockets_in_netns, target.netns)
     loop = asyncio.get_running_loop()
+    errors: list[str] = []
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, (target.ip, target.port)), timeout=10.0)
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock)
+        while socks:
+            sock = socks.pop(0)
+            host = LOOPBACK[0] if sock.family == socket.AF_INET else LOOPBACK[1]
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (host, target.port)), timeout=10.0)
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                errors.append(f"{host}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+                continue
+            return await asyncio.open_connection(sock=sock)
+    finally:
+        for sock in socks:
+            sock.close()
+    raise PortForwardError(f"failed to connect to localhost:{target.port} inside the network namespace of pod "
+                           f"{target.pod} ({'; '.join(errors)})")
 
 
 class PortForwarder:

@@ -49,6 +49,16 @@ MINIMAL: dict[str, Obj] = {
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": _CONTAINERS}},
         },
     },
+    "DaemonSet": {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}},
+                         "spec": {"hostNetwork": True, "containers": _CONTAINERS}},
+        },
+    },
     "AuthorizationPolicy": {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",

@@ -31,6 +31,7 @@ from ambient.api.errors import ValidationError
 from ambient.api.kinds import kind_for_manifest
 from ambient.api.limits import exceeds_depth, too_deep_message
 from ambient.api.validation.core_kinds import (
+    _check_daemon_set,
     _check_deployment,
     _check_endpoints,
     _check_namespace,
@@ -62,6 +63,7 @@ _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
     "ServiceAccount": _check_service_account,
     "Pod": _check_pod,
     "Deployment": _check_deployment,
+    "DaemonSet": _check_daemon_set,
     "Service": _check_service,
     "Endpoints": _check_endpoints,
     "AuthorizationPolicy": _check_authorization_policy,

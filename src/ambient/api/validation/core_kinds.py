@@ -1,7 +1,8 @@
-"""Spec checks of the core Kubernetes kinds: Namespace, Node, ServiceAccount, Pod, Deployment, Service, Endpoints.
+"""Spec checks of the core Kubernetes kinds: Namespace, Node, ServiceAccount, Pod, Deployment, DaemonSet, Service,
+Endpoints.
 
 Role: one `_check_<kind>(spec, obj)` per kind, called by `validate_object` through its dispatch table;
-`check_pod_spec` is also used for Deployment templates.
+`check_pod_spec` is also used for Deployment and DaemonSet templates.
 
 Invariants:
 - Each check validates and fills defaults in place on the (already deep-copied) object: Pod
@@ -150,6 +151,20 @@ def _check_deployment(spec: Obj, obj: Obj) -> None:
         spec["replicas"] = 1
     else:
         _int(spec, "replicas", "spec", lo=0)
+    _check_selected_template(spec, "Deployment")
+    _map(spec, "strategy", "spec")
+    _int(spec, "minReadySeconds", "spec", lo=0)
+
+
+def _check_daemon_set(spec: Obj, obj: Obj) -> None:
+    _check_selected_template(spec, "DaemonSet")
+    _map(spec, "updateStrategy", "spec")
+    _int(spec, "minReadySeconds", "spec", lo=0)
+
+
+def _check_selected_template(spec: Obj, kind: str) -> None:
+    """`selector` + `template` of a pod controller: the selector selects the template's labels, the template
+    is a valid pod spec that restarts always."""
     match = _label_selector(spec, "selector", "spec", required=True)
     if not match:
         raise _fail("spec.selector.matchLabels", "must have at least one label")
@@ -173,10 +188,8 @@ def _check_deployment(spec: Obj, obj: Obj) -> None:
     assert tspec is not None
     check_pod_spec(tspec, "spec.template.spec")
     if tspec["restartPolicy"] != "Always":
-        raise _fail("spec.template.spec.restartPolicy", "Always (the only value a Deployment allows)",
+        raise _fail("spec.template.spec.restartPolicy", f"Always (the only value a {kind} allows)",
                     tspec["restartPolicy"])
-    _map(spec, "strategy", "spec")
-    _int(spec, "minReadySeconds", "spec", lo=0)
 
 
 def _check_service(spec: Obj, obj: Obj) -> None:

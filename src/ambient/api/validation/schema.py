@@ -244,6 +244,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         selector=LABEL_SELECTOR, template=POD_TEMPLATE,
         strategy=_fields("type", rollingUpdate=_fields("maxUnavailable", "maxSurge")),
     )),
+    "DaemonSet": _kind(_fields(
+        "minReadySeconds", "revisionHistoryLimit",
+        selector=LABEL_SELECTOR, template=POD_TEMPLATE,
+        updateStrategy=_fields("type", rollingUpdate=_fields("maxUnavailable", "maxSurge")),
+    )),
     "Service": _kind(_fields(
         "clusterIP", "type", "sessionAffinity", "loadBalancerIP", "externalName", "externalTrafficPolicy",
         "healthCheckNodePort", "publishNotReadyAddresses", "ipFamilyPolicy", "allocateLoadBalancerNodePorts",
