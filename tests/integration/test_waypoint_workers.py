@@ -1,6 +1,7 @@
 """`python -m ambient.waypoint` with AMBIENT_WAYPOINT_WORKERS=2, a real primary and worker on loopback: both
 processes accept on the one HBONE address (SO_REUSEPORT) and serve; 15020 adds their metrics up to exactly
-the requests sent; a SIGKILLed worker is restarted and serves again; SIGTERM drains both (in-flight requests
+the requests sent; a SIGKILLed worker is restarted and serves again, and 15020 keeps counting what it had
+served (no counter reset for a scraper); SIGTERM drains both (in-flight requests
 answered), the primary waits for its worker, exits 0 and removes its private socket directory. The stop is
 sent to the process group, as the kubelet does: a worker must still get one SIGTERM (a second one would cut
 its drain short).
@@ -221,17 +222,36 @@ async def test_both_processes_serve_and_15020_adds_them_up(waypoint: Running) ->
 
 
 async def test_a_killed_worker_is_restarted_and_serves_again(waypoint: Running) -> None:
-    old, _admin = await _worker_serving(waypoint)
+    old, old_admin = await _worker_serving(waypoint)
+    sent = 0
+    while not await _own_requests(old_admin):  # the worker has counted some (2**-39 it has none after 40)
+        assert (await waypoint.request()).startswith(b"HTTP/1.1 200 ")
+        sent += 1
+        assert sent <= REQUESTS
+    for _ in range(100):
+        if _requests(await waypoint.merged_metrics()) == sent:
+            break
+        await asyncio.sleep(0.05)
+    assert _requests(await waypoint.merged_metrics()) == sent
     os.kill(old, signal.SIGKILL)
     await eventually(lambda: (w := waypoint.worker()) is not None and w[0] != old, 30, "the worker restarted")
+    # while it is gone, its last counts stay in the sum: a scraper never sees the counter go down
+    assert _requests(await waypoint.merged_metrics()) == sent
     _new, admin = await _worker_serving(waypoint)
+    assert _requests(await waypoint.merged_metrics()) == sent  # the fresh worker starts from zero
     served = 0.0
     for _ in range(REQUESTS):  # new connections until the kernel gave the new worker some (2**-39 it never does)
         assert (await waypoint.request()).startswith(b"HTTP/1.1 200 ")
+        sent += 1
         served = await _own_requests(admin)
         if served:
             break
     assert served > 0
+    for _ in range(100):
+        if _requests(await waypoint.merged_metrics()) == sent:
+            break
+        await asyncio.sleep(0.05)
+    assert _requests(await waypoint.merged_metrics()) == sent  # the departed worker's counts and the new ones
 
 
 async def test_sigterm_drains_both_processes(waypoint: Running) -> None:

@@ -12,6 +12,10 @@ Roles:
   each in its own process group so a signal to the pod's group reaches a worker once, from the primary),
   and adds their metrics up on its 15020 (`runtime.exposition.merge_expositions`) so a scraper sees one
   waypoint. Its admin socket `<dir>/0.sock` has the merged `/config_dump` and its own `/metrics`.
+  The merged counters never go down when a worker dies (Prometheus would read a reset): a worker that is
+  down or unreachable counts with its last exposition, and once its successor answers, the departed
+  process's counter and histogram families (`monotonic_part`) stay in the sum for good (what it counted
+  after the last read of its metrics is lost).
 - worker (index 1..count-1, set by the primary with its admin socket and the primary's bound listen
   address, so `--listen ...:0` still means one port): no TCP listener but the shared HBONE one, which it
   binds only once it can serve (certificate, mesh state and L7 config in), so the kernel never hands it a
@@ -144,6 +148,36 @@ def sweep_stale(base_dir: str | None = None) -> None:
         log.info("removed %s, left by waypoint %d", entry, pid)
 
 
+_MONOTONIC = frozenset({"counter", "histogram"})
+
+
+def monotonic_part(text: bytes) -> bytes:
+    """The counter and histogram families of a Prometheus text exposition, comments included (pure): what a
+    departed worker leaves in the merged view. Gauges and untyped families are dropped (a gone process's
+    current values are no longer current)."""
+    blocks: list[tuple[str, list[str]]] = []  # (family, its lines), in order
+    types: dict[str, str] = {}
+    for raw in text.decode("utf-8").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                if not blocks or blocks[-1][0] != parts[2]:
+                    blocks.append((parts[2], []))
+                if parts[1] == "TYPE" and len(parts) == 4:
+                    types[parts[2]] = parts[3].strip()
+            if blocks:
+                blocks[-1][1].append(line)
+            continue
+        if not blocks:  # a sample before any declaration: untyped
+            blocks.append((line.split("{", 1)[0].split()[0], []))
+        blocks[-1][1].append(line)
+    kept = [line for family, lines in blocks if types.get(family) in _MONOTONIC for line in lines]
+    return ("\n".join(kept) + "\n").encode("utf-8") if kept else b""
+
+
 class WorkerPool:
     """The primary's side (see the module docstring): `run()` lives in the app's TaskGroup; `stop()` once
     the primary drains; `cleanup()` when it exits."""
@@ -156,6 +190,8 @@ class WorkerPool:
         self.listen = listen
         self.workers = Workers("waypoint", count, self._env_for, own_group=True)
         self._stop_started = False
+        self._seen: dict[int, tuple[int, bytes]] = {}  # worker index -> (pid, its last exposition)
+        self._departed = b""  # counters of workers' previous processes, summed (see the module docstring)
 
     def admin_socket(self, index: int) -> str:
         return str(self.dir / f"{index}.sock")
@@ -194,7 +230,25 @@ class WorkerPool:
         return out
 
     async def metrics(self, own: bytes) -> bytes:
-        return merge_expositions([own, *(body for _i, body in await self._gather("/metrics"))])
+        pids = self.workers.pids
+        current = dict(await self._gather("/metrics"))
+        texts = [own]
+        for index in self.workers.indexes:
+            last = self._seen.get(index)
+            body = current.get(index)
+            if body is None:  # down, restarting or not answering: as last seen
+                if last is not None:
+                    texts.append(monotonic_part(last[1]))
+                continue
+            pid = pids.get(index, 0)
+            if last is not None and last[0] != pid:  # a successor: its predecessor's counts stay in the sum
+                departed = [t for t in (self._departed, monotonic_part(last[1])) if t]
+                self._departed = merge_expositions(departed)
+            self._seen[index] = (pid, body)
+            texts.append(body)
+        if self._departed:
+            texts.append(self._departed)
+        return merge_expositions(texts)
 
     async def config_dump(self, own: dict[str, Any]) -> dict[str, Any]:
         """The primary's dump with every worker's own dump under `workers.processes`."""
