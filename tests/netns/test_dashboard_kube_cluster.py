@@ -3,11 +3,10 @@ API (TLS on loopback, the kubeconfig of `ambient cluster kubeconfig`) and the re
 label, access lines read with `kubectl logs -f`, metrics through `kubectl port-forward` on loopback,
 policies with `kubectl get`. The test reads the dashboard's JSON and its server-sent events, not a browser.
 
-The local cluster runs its node proxies as processes in the node network namespaces, not as pods: the API
-has no pod for them. Each node gets a stand-in in namespace `ambient-system` labelled `app=ztunnel`, as the
-DaemonSet's pods are on a Kubernetes install: its `ztunnel` container prints the node proxy's log as it
-grows (`tail -F`), so `pods/log` carries the node proxy's own lines, and its `metrics` container relays its
-:15020 to the node proxy's metrics port in the node netns (socat). Waypoints are real pods of the API.
+The local cluster runs its node proxies as supervised processes in the node network namespaces and its
+kubelets publish them as the mirror pods `ztunnel-<node>` of the DaemonSet `ztunnel` in `ambient-system`
+(label `app=ztunnel`), as on a Kubernetes install: `pods/log` of such a pod is the node proxy's own log, and
+`pods/portforward` reaches its :15020 in the node netns. Waypoints are ordinary pods of the API.
 
 Traffic goes only to loopback and to addresses inside the cluster's own network namespaces.
 """
@@ -32,15 +31,14 @@ from typing import Any
 import pytest
 from cluster_fixtures import is_ready, local_cluster, run_ambient
 
+from ambient.api.errors import NotFoundError
 from ambient.cluster import layout as L
 from ambient.runtime.trace import parse_lines
 from helpers import wait_for
 
 KUBECTL = shutil.which("kubectl")
-SOCAT = shutil.which("socat")
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300),
-              pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (scripts/bootstrap.sh installs it)"),
-              pytest.mark.skipif(SOCAT is None, reason="socat not installed (scripts/bootstrap.sh installs it)")]
+              pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (scripts/bootstrap.sh installs it)")]
 
 CLUSTER = "dsk1"
 NS = "dsk"
@@ -67,26 +65,12 @@ class Env:
     dash: subprocess.Popen[str]
 
 
-def _stand_in(node: str, node_index: int, log: Path) -> dict[str, Any]:
-    """A pod that shows the node proxy of `node` to the Kubernetes API: its log and its metrics port."""
-    relay = f"EXEC:ip netns exec {L.node_netns_name(CLUSTER, node_index)} socat STDIO TCP\\:127.0.0.1\\:15020"
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"ztunnel-{node}", "namespace": "ambient-system", "labels": {"app": "ztunnel"}},
-            "spec": {"nodeName": node, "containers": [
-                {"name": "ztunnel", "command": ["tail", "-n", "0", "-F", str(log)]},
-                {"name": "metrics", "command": ["socat", "TCP-LISTEN:15020,fork,reuseaddr", relay],
-                 "ports": [{"containerPort": 15020}]}]}}
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     dash: subprocess.Popen[str] | None = None
     with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2) as (layout, api, state):
         try:
             nodes = [n.name for n in layout.nodes]
-            api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ambient-system"}})
-            for i, node in enumerate(nodes):
-                api.create(_stand_in(node, i + 1, layout.log_dir / f"ztunnel-{node}.log"))
             api.create({"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
             py = sys.executable
@@ -106,8 +90,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             client = wait_for(lambda: (p := api.get("Pod", "client", NS)) and is_ready(p) and p, 60, "client")
             wait_for(lambda: is_ready(api.get("Pod", "web", NS)), 60, "web Ready")
             for node in nodes:
-                wait_for(lambda n=node: is_ready(api.get("Pod", f"ztunnel-{n}", "ambient-system")), 60,
-                         f"the stand-in of {node}'s node proxy Ready")
+                wait_for(lambda n=node: _mirror_ready(api, f"ztunnel-{n}"), 60,
+                         f"the mirror pod of {node}'s node proxy Ready")
             vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
             run = run_ambient(CLUSTER, state, "cluster", "kubeconfig")
             assert run.returncode == 0, run.stderr
@@ -130,6 +114,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 except subprocess.TimeoutExpired:
                     os.killpg(dash.pid, signal.SIGKILL)
                     dash.wait(10)
+
+
+def _mirror_ready(api: Any, name: str) -> bool:
+    try:
+        return is_ready(api.get("Pod", name, "ambient-system"))
+    except NotFoundError:  # not published yet
+        return False
 
 
 def _curl(env: Env, path: str = "/") -> str:
@@ -234,8 +225,8 @@ def _kubectl_logs_child(env: Env, pod: str) -> int:
 
 
 def test_a_restarted_log_stream_counts_each_connection_once(env: Env) -> None:
-    """kubectl logs ends (here: killed); the dashboard starts it again and skips what it replays (the local
-    API server replays the whole pod log: it ignores --since-time). The truth: the node proxy's log file."""
+    """kubectl logs ends (here: killed); the dashboard starts it again with --since-time of its last line and
+    skips what it replays (the lines of that second come again). The truth: the node proxy's log file."""
     wait_for(lambda: _curl(env) == "hi", 60, "the mesh serves client -> web")
 
     def counted() -> int:
