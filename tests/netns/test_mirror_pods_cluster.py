@@ -5,7 +5,8 @@ the DaemonSets `ztunnel` and `ambient-node-agent` (`cluster.staticpods`).
 Covered: `get pods -l app=ztunnel -o wide` (one Running pod per node at the node's IP), `get ds` /
 `rollout status ds/ztunnel`, `logs ds/ztunnel` (the node proxy's own lines), `logs --since-time`, the restart
 count after a crash, `port-forward ds/ztunnel` to 15020 (metrics) and 15000 (admin, bound to 127.0.0.1 in the
-node netns only), `exec` (the node's netns), and `delete pod` of a mirror pod (published again; the process
+node netns only), `exec` (the node's netns), `ambient logs` / `ambient exec` of a mirror pod, and `delete pod`
+of a mirror pod (published again; the process
 keeps running). Traffic goes only to loopback and into the cluster's own namespaces.
 """
 
@@ -166,6 +167,14 @@ def test_exec_runs_in_the_nodes_network_namespace(env: Env) -> None:
     wait_for(lambda: _all_ready(env), 60, "node proxies Ready")
     out = kubectl(env, "-n", NS, "exec", "ztunnel-node-2", "--", "ip", "-4", "-o", "addr", "show").stdout
     assert f"{env.layout.node('node-2').ip}/" in out, out
+
+
+def test_the_ambient_cli_reaches_the_same_component_through_its_mirror_pod(env: Env) -> None:
+    wait_for(lambda: _all_ready(env), 60, "node proxies Ready")
+    logs = run_ambient(CLUSTER, env.state, "logs", "-n", NS, "pod/ztunnel-node-1", "--tail", "1000")
+    assert logs.returncode == 0 and "node proxy ready: mode=inpod node=node-1" in logs.stdout, logs.stderr
+    ip = run_ambient(CLUSTER, env.state, "exec", "-n", NS, "ztunnel-node-1", "--", "ip", "-4", "-o", "addr")
+    assert ip.returncode == 0 and f"{env.layout.node('node-1').ip}/" in ip.stdout, ip.stderr
 
 
 def test_deleting_a_mirror_pod_publishes_it_again_and_leaves_the_process_running(env: Env) -> None:

@@ -78,6 +78,7 @@ def exec_command(
 
     from ambient.cluster import layout as L
     from ambient.cluster import podruntime as rt
+    from ambient.cluster.portforward import pod_netns
 
     if command and command[0] == "--":
         command = command[1:]
@@ -87,7 +88,7 @@ def exec_command(
     obj = _running_pod(st, pod, namespace)
     spec = _container(obj, container)
     layout = _layout(st)
-    netns = L.pod_netns_name(layout.name, obj["metadata"]["uid"])
+    netns = pod_netns(layout, obj)  # a node component's mirror pod: its node's netns
     if not L.netns_path(netns).exists():
         raise CliError(f"the network namespace of pod {namespace}/{obj['metadata']['name']} ({netns}) "
                        "does not exist",
@@ -129,13 +130,13 @@ def _component_log(st: CliState, component: str, node: str | None) -> Path:
 
 def _pod_log(st: CliState, ref: str, namespace: str, container: str | None) -> Path:
     from ambient.cli import targets
-    from ambient.cluster import podruntime as rt
+    from ambient.cluster.staticpods import pod_log_path
 
     client = st.client()
     pod = targets.resolve_pod(client.get, client.list, ref, namespace)
     name = pod["metadata"]["name"]
     spec = _container(pod, container)
-    path = rt.log_path(_layout(st).state_path, namespace, name, spec["name"])
+    path = pod_log_path(_layout(st), pod, spec["name"])  # a node component's mirror pod: the component's log
     if not path.exists():
         status = pod.get("status") or {}
         why = status.get("message") or status.get("reason") or f"phase {status.get('phase') or 'Pending'}"

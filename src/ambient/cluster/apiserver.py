@@ -19,9 +19,8 @@ from ambient.api.errors import ValidationError
 from ambient.api.server import main as api_main
 from ambient.cluster import layout as L
 from ambient.cluster import podruntime as rt
-from ambient.cluster import processes
 from ambient.cluster.portforward import PortForwardError, _pod_target, connect_target, pod_netns
-from ambient.cluster.staticpods import component_name, static_component
+from ambient.cluster.staticpods import pod_log_path
 
 Obj = dict[str, Any]
 
@@ -37,12 +36,7 @@ class LocalPods:
     def log_path(self, pod: Obj, container: str) -> Path:
         """The container's log file; for the mirror pod of a node component, that component's log (what
         the supervisor appends its output to, restart markers included)."""
-        static = static_component(self.layout, pod)
-        if static is not None:
-            comp, node = static
-            return processes.log_file(self.layout, component_name(comp, node.name))
-        meta = pod["metadata"]
-        return rt.log_path(self.state_dir, meta.get("namespace") or "default", meta["name"], container)
+        return pod_log_path(self.layout, pod, container)
 
     async def exec(
         self, pod: Obj, container: Obj, command: list[str], stdin: bool, tty: int | None = None

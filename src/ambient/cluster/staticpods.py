@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient.cluster import layout as L
+from ambient.cluster import podruntime as rt
 from ambient.cluster import processes
 from ambient.cluster.errors import ClusterError
 from ambient.cluster.podstatus import ContainerState, pod_status
@@ -184,6 +185,17 @@ def static_component(layout: L.ClusterLayout, pod: Mapping[str, Any]) -> tuple[S
         if meta.get("name") == pod_name(comp, node):
             return comp, node_layout
     return None
+
+
+def pod_log_path(layout: L.ClusterLayout, pod: Mapping[str, Any], container: str) -> Path:
+    """Where a pod container's output goes: the component's log (supervisor restart markers included) for a
+    mirror pod, else the kubelet's container log."""
+    static = static_component(layout, pod)
+    if static is not None:
+        comp, node = static
+        return processes.log_file(layout, component_name(comp, node.name))
+    meta = pod.get("metadata") or {}
+    return rt.log_path(layout.state_path, meta.get("namespace") or "default", meta["name"], container)
 
 
 def _iso(wall: float) -> str:
