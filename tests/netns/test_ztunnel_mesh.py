@@ -3,7 +3,8 @@
 
 Checks: bytes end to end with half-close (64 MB; 1 GB with AMBIENT_LONG_TESTS=1), the app sees the client
 pod IP, only TLS to 15008 on the wire between the nodes, access logs and metrics of both proxies, the
-three listeners inside the pod, a Service VIP, the CONNECT validation matrix and an L4 DENY.
+three listeners inside the pod, a Service VIP, the CONNECT validation matrix and an L4 DENY; every check
+with node proxies of one process and again of two (AMBIENT_ZTUNNEL_WORKERS=2).
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ class Mesh:
         self.visitor = bed.pod("visitor-plain")  # outside the mesh: plaintext, lands on the server's 15006
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-workers"])
+def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """Each test runs against node proxies of one process, then of two (AMBIENT_ZTUNNEL_WORKERS=2: the
+    pods' connections spread over both, metrics and the config dump added up by the primary)."""
+    env = {"AMBIENT_ZTUNNEL_WORKERS": str(request.param)}
     bed = Testbed(f"inf1-{os.getpid()}", tmp_path_factory.mktemp("ztmesh"), namespace="shop")
     try:
         bed.create({1: [("client", "client"), ("visitor-plain", "default")],
@@ -62,8 +66,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             "rules": [[[{"destinationPorts": [9090]}]]],
         }]
         peers = start_echo(bed, bed.pod("server"), [8080, 9090])
-        p1 = bed.start_proxy(1)
-        p2 = bed.start_proxy(2)
+        p1 = bed.start_proxy(1, env=env)
+        p2 = bed.start_proxy(2, env=env)
         yield Mesh(bed, p1, p2, peers)
     finally:
         bed.destroy()
