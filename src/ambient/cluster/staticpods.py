@@ -92,8 +92,9 @@ def _container(layout: L.ClusterLayout, comp: StaticComponent, node: L.NodeLayou
                 {"name": "AMBIENT_STATE_DIR", "value": layout.state_dir}],
     }
     if comp is NODE_PROXY:
-        container["ports"] = [{"name": "http-monitoring", "containerPort": 15020, "protocol": "TCP"},
-                              {"name": "http-ready", "containerPort": 15021, "protocol": "TCP"}]
+        # hostPort = containerPort: what the API server defaults for a host-network pod
+        container["ports"] = [{"name": "http-monitoring", "containerPort": 15020, "hostPort": 15020, "protocol": "TCP"},
+                              {"name": "http-ready", "containerPort": 15021, "hostPort": 15021, "protocol": "TCP"}]
         container["readinessProbe"] = {"httpGet": {"path": "/healthz/ready", "port": 15021},
                                        "periodSeconds": 2, "failureThreshold": 3}
     elif node is not None:
@@ -224,8 +225,10 @@ def container_state(container: Obj, record: Mapping[str, Any] | None, pid: int |
         return c
     restart_at = rec.get("restart_at")
     if isinstance(restart_at, int | float) and restart_at > now + 0.5:
-        c.set_waiting("CrashLoopBackOff", f"back-off {restart_at - now:.0f}s restarting failed container "
-                                          f"{c.name}")
+        # the whole back-off, as the kubelet words it (not a countdown: the status stays put while waiting)
+        exited = float(last.get("at") or now) if isinstance(last, dict) else now
+        c.set_waiting("CrashLoopBackOff", f"back-off {max(0.0, restart_at - exited):.0f}s restarting failed "
+                                          f"container={c.name}")
     else:
         c.set_waiting("ContainerCreating", "")
     return c

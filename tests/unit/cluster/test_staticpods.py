@@ -36,7 +36,10 @@ def test_the_daemonsets_name_select_and_label_as_the_kubernetes_install(comp: sp
     assert ours["spec"]["updateStrategy"] == real["spec"]["updateStrategy"]
     real_c, our_c = real["spec"]["template"]["spec"]["containers"][0], ours["spec"]["template"]["spec"]["containers"][0]
     assert our_c["name"] == real_c["name"]
-    assert our_c.get("ports") == real_c.get("ports")
+    # a host-network pod's ports carry hostPort = containerPort (the API server's default)
+    assert [{k: v for k, v in p.items() if k != "hostPort"} for p in our_c.get("ports") or []] == \
+        (real_c.get("ports") or [])
+    assert all(p["hostPort"] == p["containerPort"] for p in our_c.get("ports") or [])
     if "httpGet" in real_c["readinessProbe"]:
         assert our_c["readinessProbe"] == real_c["readinessProbe"]
     assert ours["spec"]["template"]["spec"]["hostNetwork"] is True  # what runs: a process in the node netns
@@ -116,6 +119,8 @@ def test_mirror_status_follows_the_supervisor(record: dict[str, Any] | None, pid
     assert want["state"] in cs["state"]
     if "reason" in want:
         assert cs["state"]["waiting"]["reason"] == want["reason"]
+    if want.get("reason") == "CrashLoopBackOff":
+        assert cs["state"]["waiting"]["message"] == "back-off 41s restarting failed container=ztunnel"
     if "started" in want:
         assert cs["state"]["running"]["startedAt"] == want["started"]
     last = (cs.get("lastState") or {}).get("terminated")
