@@ -342,11 +342,17 @@ class MirrorPods:
         self._wake.set()
 
     async def run(self) -> None:
+        last_error, logged_at = "", 0.0
         while True:
             try:
                 await self.sync()
+                last_error = ""
             except (ApiError, OSError, ClusterError) as exc:
-                log.warning("mirror pods: %s (retrying)", exc)
+                # the same failure every pass (e.g. namespace ambient-system deleted) is logged once a minute
+                text = str(exc)
+                if text != last_error or time.monotonic() - logged_at >= 60.0:
+                    log.warning("mirror pods: %s (retrying every %.0fs)", text, self.period)
+                    last_error, logged_at = text, time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.period)
             self._wake.clear()
