@@ -61,7 +61,8 @@ def world(tmp_path: Path) -> tuple[Store, L.ClusterLayout, Kubelet]:
         "ztunnel-node-1": {"name": "ztunnel-node-1", "pid": os.getpid(), "started_at": 1.8e9, "restarts": 3,
                            "last_exit": {"reason": "signal 9 (SIGKILL)", "code": None, "signal": 9, "at": 1.8e9,
                                          "ran_for": 3.0}}}}))
-    kubelet = Kubelet(StoreClient(store), layout, "node-1", cni=object(), kube_proxy=False)
+    client: Any = StoreClient(store)  # the Client surface the kubelet uses (no watch: passes are driven here)
+    kubelet = Kubelet(client, layout, "node-1", cni=object(), kube_proxy=False)
     return store, layout, kubelet
 
 
@@ -116,9 +117,10 @@ async def test_unwanted_and_orphaned_mirror_pods_are_deleted(world: tuple[Store,
     assert kubelet.mirrors is not None
     await kubelet.mirrors.sync()
     processes.remove_spec(layout, "node-agent-node-1")  # stopped on purpose: its static pod is gone
-    orphan = {"apiVersion": "v1", "kind": "Pod",
-              "metadata": {"name": "stray", "namespace": "default", "annotations": {sp.MIRROR_ANNOTATION: "h"}},
-              "spec": {"nodeName": "node-1", "containers": [{"name": "c", "command": ["true"]}]}}
+    orphan: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": "stray", "namespace": "default",
+                                            "annotations": {sp.MIRROR_ANNOTATION: "h"}},
+                               "spec": {"nodeName": "node-1", "containers": [{"name": "c", "command": ["true"]}]}}
     store.create(orphan)
     elsewhere = {**orphan, "metadata": {**orphan["metadata"], "name": "stray-2"},
                  "spec": {**orphan["spec"], "nodeName": "node-2"}}
