@@ -103,6 +103,8 @@ def test_logs_of_the_daemonset_are_the_node_proxys_log(env: Env) -> None:
     assert "node proxy ready: mode=inpod node=node-2" in two
     agent = kubectl(env, "-n", NS, "logs", "ds/ambient-node-agent").stdout
     assert "node agent for node-" in agent
+    stamped = kubectl(env, "-n", NS, "logs", "ztunnel-node-2", "--timestamps", "--tail=5").stdout.splitlines()
+    assert len(stamped) == 5 and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ", x) for x in stamped), stamped
 
 
 def test_logs_since_a_crash_show_only_the_new_run_and_the_restart_is_counted(env: Env) -> None:

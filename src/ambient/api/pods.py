@@ -5,13 +5,16 @@ inside it) is supplied by a `PodConnector` that the cluster layer passes to the 
 knows objects and protocols, not network namespaces). Without one, these subresources answer 501.
 
 Protocols (as kubectl 1.32 speaks them):
-- `log`: `text/plain`, `container`, `sinceSeconds` / `sinceTime`, `tailLines`, `limitBytes`, `follow` (new
+- `log`: `text/plain`, `container`, `sinceSeconds` / `sinceTime`, `tailLines`, `limitBytes`, `timestamps`, `follow` (new
   bytes until the pod is gone or the client leaves). A log file has no per-line timestamps of its own (the
   kubelet's CRI files do), so `since` goes by the time each line starts with (`line_time`: RFC 3339, or
   Python logging's `YYYY-MM-DD HH:MM:SS,mmm` in local time, also after the supervisor's `==== ` marker and
   as a JSON line's leading `"time"`); a line without one belongs with the line before it, and a file with
   no timestamped line at all is kept or dropped whole by its modification time. Order as the kubelet's:
-  since, then tail, then the byte limit.
+  since, then tail, then the byte limit. `timestamps` prefixes each line with that time in RFC 3339 with
+  nanoseconds (the kubelet's format, kubectl --timestamps); a line without one gets the line before it's
+  (the first timed line's, or the file's modification time, before any), and a followed line without one
+  the time it was read.
 - `exec`: WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io` (kubectl's default since
   1.30; SPDY is not served, so kubectl's fallback ends in a clear error). Binary messages, first byte the
   channel: 0 stdin, 1 stdout, 2 stderr, 3 error (a `Status`, `NonZeroExitCode` with the exit code as its
@@ -183,6 +186,68 @@ def parse_since(query: Any, now: float) -> float | None:
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)")
 
 
+def rfc3339_nano(stamp: float) -> str:
+    """The kubelet's log timestamp (Go's RFC3339Nano: trailing zeros of the fraction dropped), UTC."""
+    whole = int(stamp)
+    micros = round((stamp - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, 0
+    frac = f"{micros * 1000:09d}".rstrip("0")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + (f".{frac}" if frac else "") + "Z"
+
+
+class LineStamper:
+    """Prefixes each complete line with its time (see the module docstring: `timestamps`); a partial last
+    line is held back until its end arrives (`flush` gives it at the end of the stream)."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._partial = b""
+
+    def carry(self, last: float | None) -> None:
+        """The time of the last timed line before what will be fed (None: none)."""
+        self._last = last
+
+    def feed(self, chunk: bytes, untimed: float) -> bytes:
+        """`untimed`: the time of a line without one when no line before it had one."""
+        data = self._partial + chunk
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        return self._stamp(data[:cut], untimed)
+
+    def flush(self, untimed: float) -> bytes:
+        rest, self._partial = self._partial, b""
+        return self._stamp(rest, untimed)
+
+    def _stamp(self, data: bytes, untimed: float) -> bytes:
+        out = []
+        for line in data.splitlines(keepends=True):
+            t = line_time(line)
+            if t is not None:
+                self._last = t
+            out.append(f"{rfc3339_nano(t if t is not None else self._last or untimed)} ".encode() + line)
+        return b"".join(out)
+
+
+def _last_time(data: bytes) -> float | None:
+    stop = len(data)
+    while stop > 0:
+        start = data.rfind(b"\n", 0, stop - 1) + 1 if stop > 1 else 0
+        t = line_time(data[start:stop])
+        if t is not None:
+            return t
+        stop = start
+    return None
+
+
+def _first_time(data: bytes) -> float | None:
+    for line in data.splitlines():
+        t = line_time(line)
+        if t is not None:
+            return t
+    return None
+
+
 def _tail(data: bytes, lines: int | None) -> bytes:
     if lines is None:
         return data
@@ -201,9 +266,18 @@ async def serve_log(
     limit = _int_param(q, "limitBytes")
     since = parse_since(q, time.time())
     follow = q.get("follow", "").lower() in ("1", "true")
+    stamper = LineStamper() if q.get("timestamps", "").lower() in ("1", "true") else None
     whole, mtime = await asyncio.to_thread(_read_all, path)
     recent = whole if since is None else whole[since_offset(whole, since, mtime):]
     data, offset = _tail(recent, tail_lines), len(whole)
+    if stamper is not None:
+        # `data` is a suffix of the file: its first lines go with the last timed line before it, else with
+        # its own first timed line (as for `since`), else with the file's modification time
+        stamper.carry(_last_time(whole[: len(whole) - len(data)]))
+        before = _first_time(data)
+        data = stamper.feed(data, before if before is not None else mtime)
+        if not follow:
+            data += stamper.flush(before if before is not None else mtime)
     if not follow:
         if limit is not None:
             data = data[:limit]
@@ -213,24 +287,32 @@ async def serve_log(
     sent = 0
     try:
         if data:
-            await response.write(data[: limit] if limit is not None else data)
-            sent += len(data)
+            first = data[:limit] if limit is not None else data
+            await response.write(first)
+            sent += len(first)
         loop = asyncio.get_running_loop()
         next_check = loop.time() + _FOLLOW_CHECK
         while limit is None or sent < limit:
             chunk = await asyncio.to_thread(_read_from, path, offset)
             if chunk:
                 offset += len(chunk)
+                if stamper is not None:
+                    chunk = stamper.feed(chunk, time.time())
                 if limit is not None:
                     chunk = chunk[: limit - sent]
-                await response.write(chunk)
-                sent += len(chunk)
+                if chunk:
+                    await response.write(chunk)
+                    sent += len(chunk)
                 continue
             if loop.time() >= next_check:
                 if not await still_there():
                     break
                 next_check = loop.time() + _FOLLOW_CHECK
             await asyncio.sleep(_FOLLOW_POLL)
+        if stamper is not None and (limit is None or sent < limit):
+            tail = stamper.flush(time.time())
+            if tail:
+                await response.write(tail[: limit - sent] if limit is not None else tail)
         await response.write_eof()
     except (ConnectionError, asyncio.CancelledError):
         pass  # the client left

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ambient.api.errors import ValidationError
-from ambient.api.pods import line_time, parse_since, serve_log, since_offset
+from ambient.api.pods import LineStamper, line_time, parse_since, rfc3339_nano, serve_log, since_offset
 
 T0 = calendar.timegm((2026, 12, 6, 6, 0, 0, 0, 0, 0))
 
@@ -126,3 +126,33 @@ async def test_serve_log_applies_since_then_tail_then_limit(tmp_path: Path) -> N
     os.utime(plain, (now - 120, now - 120))
     assert (await _get(plain, {"sinceSeconds": "60"}))[1] == ""
     assert (await _get(plain, {"sinceSeconds": "600"}))[1] == "no time here\n"
+
+
+@pytest.mark.parametrize(("stamp", "text"), [
+    (T0, "2026-12-06T06:00:00Z"),
+    (T0 + 0.25, "2026-12-06T06:00:00.25Z"),
+    (T0 + 0.000001, "2026-12-06T06:00:00.000001Z"),
+    (T0 + 0.9999999, "2026-12-06T06:00:01Z"),
+])
+def test_rfc3339_nano_as_the_kubelet_writes_it(stamp: float, text: str) -> None:
+    assert rfc3339_nano(stamp) == text
+
+
+def test_line_stamper_inherits_and_holds_partial_lines() -> None:
+    s = LineStamper()
+    got = s.feed(b"2026-12-06T06:00:01Z a\ncontinued\n2026-12-06T06:00:0", untimed=T0)
+    assert got == b"2026-12-06T06:00:01Z 2026-12-06T06:00:01Z a\n2026-12-06T06:00:01Z continued\n"
+    assert s.feed(b"2Z b\nplain", untimed=T0) == b"2026-12-06T06:00:02Z 2026-12-06T06:00:02Z b\n"
+    assert s.flush(untimed=T0) == b"2026-12-06T06:00:02Z plain"
+    fresh = LineStamper()
+    assert fresh.feed(b"no time\n", untimed=T0 + 5) == b"2026-12-06T06:00:05Z no time\n"
+
+
+async def test_serve_log_timestamps(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    path.write_bytes(b"banner\n" + _log((3, "x"), (None, "x-cont")))
+    _, text = await _get(path, {"timestamps": "true"})
+    stamp = "2026-12-06T06:00:03Z"
+    assert text.splitlines() == [f"{stamp} banner", f"{stamp} {stamp}\tx", f"{stamp} x-cont"]
+    _, text = await _get(path, {"timestamps": "true", "tailLines": "1"})
+    assert text == f"{stamp} x-cont\n"
