@@ -3,10 +3,11 @@
 worker; both open SO_REUSEPORT listeners in each pod, so the kernel spreads a pod's connections over them.
 
 Checked on the wire and in each process's own metrics: every request is answered with the client's IP
-preserved, both processes of the destination node carry some of them, and the node's `/metrics` (15020)
-adds them up to exactly what was sent. A worker killed with SIGKILL is restarted and gets the live pods
-from the primary (its own config dump lists them); a deleted pod leaves the worker too; a primary killed
-with SIGKILL takes its workers with it (PR_SET_PDEATHSIG), and the restarted node proxy serves again.
+preserved, both processes of the destination node carry some of them, and the node's `/metrics` (15020) adds
+them up to exactly what was sent. A worker killed with SIGKILL is restarted and gets the live pods from the
+primary (its own config dump lists them) while the node's counters keep what it counted; a deleted pod leaves
+the worker too; a primary killed with SIGKILL takes its workers with it (PR_SET_PDEATHSIG), and the restarted
+node proxy serves again.
 
 Traffic goes only to addresses inside the cluster's own network namespaces. The cluster is always deleted.
 """
@@ -128,19 +129,26 @@ def test_both_processes_serve_and_the_node_metrics_add_up(mesh: Mesh) -> None:
     assert 0 < worker < REQUESTS, worker
 
 
-def test_a_killed_worker_comes_back_with_the_live_pods(mesh: Mesh) -> None:
-    dump = mesh.dump(2)
+def test_a_killed_worker_comes_back_with_the_live_pods_and_counts_never_drop(mesh: Mesh) -> None:
+    # the client's node: its worker carried some of the connections above (first test)
+    before = _opened(mesh.node_metrics(1), "source")
+    dump = mesh.dump(1)
     old = dump["workers"]["pids"]["1"]
     os.kill(old, signal.SIGKILL)
-    fresh = wait_for(lambda: (d := mesh.dump(2)) and d["workers"]["pids"].get("1") not in (None, old) and d,
+    fresh = wait_for(lambda: (d := mesh.dump(1)) and d["workers"]["pids"].get("1") not in (None, old) and d,
                      timeout=30, what="the worker restarted")
     assert fresh["workers"]["restarts"]["1"] >= 1
-    uid = mesh.server["metadata"]["uid"]
-    # its reconnection snapshot from the primary carries the server pod
-    wait_for(lambda: uid in json.loads(mesh.admin(mesh.worker_socket(2, fresh), "/config_dump") or "{}")
+    uid = mesh.client["metadata"]["uid"]
+    # its reconnection snapshot from the primary carries the client pod
+    wait_for(lambda: uid in json.loads(mesh.admin(mesh.worker_socket(1, fresh), "/config_dump") or "{}")
              .get("workloadState", {}), timeout=30, what="the restarted worker serves the pod")
+    # the departed process's counts stay in the node's sum (Prometheus never sees a counter reset)
+    assert _opened(mesh.node_metrics(1), "source") == before
     client_ip = mesh.client["status"]["podIP"]
     assert mesh.fetch() == [f"server {client_ip}"] * REQUESTS
+    after = wait_for(lambda: (t := _opened(mesh.node_metrics(1), "source")) >= before + REQUESTS and t,
+                     timeout=15, what="the new connections counted")
+    assert after == before + REQUESTS
 
 
 def test_a_deleted_pod_leaves_every_process(mesh: Mesh) -> None:

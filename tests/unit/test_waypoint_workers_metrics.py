@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ambient.waypoint.workers import WorkerPool, monotonic_part
+from ambient.runtime.exposition import monotonic_part
+from ambient.waypoint.workers import WorkerPool
 
 TEXT = b"""# HELP istio_requests_total Requests handled by the waypoint
 # TYPE istio_requests_total counter

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from ambient.runtime.workers import MAX_WORKERS
 from ambient.waypoint.__main__ import parse_args, settings_from_args
 from ambient.waypoint.app import AppSettings
 from ambient.waypoint.errors import ConfigError
 from ambient.waypoint.workers import (
-    MAX_WORKERS,
     WORKER_ADMIN_ENV,
     WORKER_LISTEN_ENV,
     WORKERS_ENV,

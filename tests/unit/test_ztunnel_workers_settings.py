@@ -6,8 +6,9 @@ import os
 
 import pytest
 
+from ambient.runtime.workers import MAX_WORKERS
 from ambient.ztunnel.errors import ConfigError
-from ambient.ztunnel.settings import MAX_WORKERS, Settings
+from ambient.ztunnel.settings import Settings
 from ambient.ztunnel.workers import WORKER_ADMIN_ENV, WORKER_ZDS_ENV, WorkerRole, worker_paths
 
 

@@ -6,6 +6,11 @@ counter or an additive gauge (connections, bytes, requests, refusals, active cou
 of a series is the sum of its values across workers; `# HELP` / `# TYPE` come from the first exposition
 that declares the family, and families and series keep the order in which they first appear.
 
+`WorkerMetrics` keeps the merged counters monotonic across worker restarts: a worker that is down or
+unreachable counts with its last exposition, and once its successor answers, the departed process's counter
+and histogram families (`monotonic_part`) stay in the sum for good, so Prometheus never reads a reset (only
+what it counted after the last read is lost).
+
 Invariants: a series present in one worker only is kept as is; a histogram's `_bucket` / `_sum` / `_count`
 series sum like any other (the bucket bounds are the same in every worker); a line that is not a sample
 or a comment is refused (`ExpositionError`), never silently dropped.
@@ -14,7 +19,7 @@ or a comment is refused (`ExpositionError`), never silently dropped.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ambient.runtime.errors import ProcessRuntimeError
 
@@ -89,3 +94,58 @@ def merge_expositions(texts: Sequence[bytes]) -> bytes:
         out += headers[family]
         out += [f"{key} {_format(value)}" for key, value in samples[family].items()]
     return ("\n".join(out) + "\n").encode("utf-8") if out else b""
+
+
+_MONOTONIC = frozenset({"counter", "histogram"})
+
+
+def monotonic_part(text: bytes) -> bytes:
+    """The counter and histogram families of a Prometheus text exposition, comments included (pure): what a
+    departed worker leaves in the merged view. Gauges and untyped families are dropped (a gone process's
+    current values are no longer current)."""
+    blocks: list[tuple[str, list[str]]] = []  # (family, its lines), in order
+    types: dict[str, str] = {}
+    for raw in text.decode("utf-8").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                if not blocks or blocks[-1][0] != parts[2]:
+                    blocks.append((parts[2], []))
+                if parts[1] == "TYPE" and len(parts) == 4:
+                    types[parts[2]] = parts[3].strip()
+            if blocks:
+                blocks[-1][1].append(line)
+            continue
+        if not blocks:  # a sample before any declaration: untyped
+            blocks.append((line.split("{", 1)[0].split()[0], []))
+        blocks[-1][1].append(line)
+    kept = [line for family, lines in blocks if types.get(family) in _MONOTONIC for line in lines]
+    return ("\n".join(kept) + "\n").encode("utf-8") if kept else b""
+
+
+class WorkerMetrics:
+    """The primary's merged view of its own and its workers' expositions (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[int, bytes]] = {}  # worker index -> (pid, its last exposition)
+        self._departed = b""  # counters of workers' previous processes, summed
+
+    def merge(self, own: bytes, workers: Mapping[int, tuple[int, bytes | None]]) -> bytes:
+        """`workers`: index -> (its current pid, 0 if none; its exposition now, None if unreachable)."""
+        texts = [own]
+        for index, (pid, body) in workers.items():
+            last = self._seen.get(index)
+            if body is None:  # down, restarting or not answering: as last seen
+                if last is not None:
+                    texts.append(monotonic_part(last[1]))
+                continue
+            if last is not None and last[0] != pid:  # a successor: its predecessor's counts stay in the sum
+                self._departed = merge_expositions([t for t in (self._departed, monotonic_part(last[1])) if t])
+            self._seen[index] = (pid, body)
+            texts.append(body)
+        if self._departed:
+            texts.append(self._departed)
+        return merge_expositions(texts)

@@ -49,6 +49,20 @@ class WorkerError(ProcessRuntimeError):
     """A worker could not be reached or started."""
 
 
+MAX_WORKERS = 64
+
+
+def parse_worker_count(text: str, variable: str) -> int:
+    """A component's worker setting: a count in 1..64, or `auto` (one per core this process may run on)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    if not value.isdigit() or not 1 <= int(value) <= MAX_WORKERS:
+        raise WorkerError(f"{variable}: expected 1..{MAX_WORKERS} or auto, got {text!r}",
+                          hint="auto runs one process per core")
+    return int(value)
+
+
 def worker_index(env: dict[str, str] | None = None) -> int:
     """This process's worker index: 0 for the primary (no `WORKER_INDEX_ENV`), else 1..count-1."""
     raw = (os.environ if env is None else env).get(WORKER_INDEX_ENV, "0").strip() or "0"

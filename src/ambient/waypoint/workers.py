@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ambient.runtime.exposition import merge_expositions
-from ambient.runtime.workers import WorkerError, Workers, get_unix, worker_index
+from ambient.runtime.exposition import WorkerMetrics
+from ambient.runtime.workers import WorkerError, Workers, get_unix, parse_worker_count, worker_index
 from ambient.waypoint.errors import ConfigError
 
 log = logging.getLogger("ambient.waypoint.workers")
@@ -53,19 +53,15 @@ log = logging.getLogger("ambient.waypoint.workers")
 WORKERS_ENV = "AMBIENT_WAYPOINT_WORKERS"
 WORKER_ADMIN_ENV = "AMBIENT_WAYPOINT_WORKER_ADMIN"  # set by the primary: the worker's admin socket
 WORKER_LISTEN_ENV = "AMBIENT_WAYPOINT_WORKER_LISTEN"  # set by the primary: the HBONE address it bound
-MAX_WORKERS = 64
 STOP_MARGIN = 1.0  # seconds a worker may take beyond the drain time before it is killed
 
 
 def parse_workers(text: str) -> int:
     """AMBIENT_WAYPOINT_WORKERS: a count in 1..64, or `auto` (one per core this process may run on)."""
-    value = text.strip().lower()
-    if value == "auto":
-        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
-    if not value.isdigit() or not 1 <= int(value) <= MAX_WORKERS:
-        raise ConfigError(f"{WORKERS_ENV}: expected 1..{MAX_WORKERS} or auto, got {text!r}",
-                          hint="auto runs one waypoint process per core")
-    return int(value)
+    try:
+        return parse_worker_count(text, WORKERS_ENV)
+    except WorkerError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from None
 
 
 def format_addr(addr: tuple[str, int]) -> str:
@@ -148,36 +144,6 @@ def sweep_stale(base_dir: str | None = None) -> None:
         log.info("removed %s, left by waypoint %d", entry, pid)
 
 
-_MONOTONIC = frozenset({"counter", "histogram"})
-
-
-def monotonic_part(text: bytes) -> bytes:
-    """The counter and histogram families of a Prometheus text exposition, comments included (pure): what a
-    departed worker leaves in the merged view. Gauges and untyped families are dropped (a gone process's
-    current values are no longer current)."""
-    blocks: list[tuple[str, list[str]]] = []  # (family, its lines), in order
-    types: dict[str, str] = {}
-    for raw in text.decode("utf-8").splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            parts = line.split(None, 3)
-            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                if not blocks or blocks[-1][0] != parts[2]:
-                    blocks.append((parts[2], []))
-                if parts[1] == "TYPE" and len(parts) == 4:
-                    types[parts[2]] = parts[3].strip()
-            if blocks:
-                blocks[-1][1].append(line)
-            continue
-        if not blocks:  # a sample before any declaration: untyped
-            blocks.append((line.split("{", 1)[0].split()[0], []))
-        blocks[-1][1].append(line)
-    kept = [line for family, lines in blocks if types.get(family) in _MONOTONIC for line in lines]
-    return ("\n".join(kept) + "\n").encode("utf-8") if kept else b""
-
-
 class WorkerPool:
     """The primary's side (see the module docstring): `run()` lives in the app's TaskGroup; `stop()` once
     the primary drains; `cleanup()` when it exits."""
@@ -190,8 +156,7 @@ class WorkerPool:
         self.listen = listen
         self.workers = Workers("waypoint", count, self._env_for, own_group=True)
         self._stop_started = False
-        self._seen: dict[int, tuple[int, bytes]] = {}  # worker index -> (pid, its last exposition)
-        self._departed = b""  # counters of workers' previous processes, summed (see the module docstring)
+        self._metrics = WorkerMetrics()  # counters stay monotonic across worker restarts
 
     def admin_socket(self, index: int) -> str:
         return str(self.dir / f"{index}.sock")
@@ -232,23 +197,7 @@ class WorkerPool:
     async def metrics(self, own: bytes) -> bytes:
         pids = self.workers.pids
         current = dict(await self._gather("/metrics"))
-        texts = [own]
-        for index in self.workers.indexes:
-            last = self._seen.get(index)
-            body = current.get(index)
-            if body is None:  # down, restarting or not answering: as last seen
-                if last is not None:
-                    texts.append(monotonic_part(last[1]))
-                continue
-            pid = pids.get(index, 0)
-            if last is not None and last[0] != pid:  # a successor: its predecessor's counts stay in the sum
-                departed = [t for t in (self._departed, monotonic_part(last[1])) if t]
-                self._departed = merge_expositions(departed)
-            self._seen[index] = (pid, body)
-            texts.append(body)
-        if self._departed:
-            texts.append(self._departed)
-        return merge_expositions(texts)
+        return self._metrics.merge(own, {i: (pids.get(i, 0), current.get(i)) for i in self.workers.indexes})
 
     async def config_dump(self, own: dict[str, Any]) -> dict[str, Any]:
         """The primary's dump with every worker's own dump under `workers.processes`."""

@@ -36,7 +36,7 @@ from typing import Literal
 
 from ambient.core.flags import FlagError, env_flag
 from ambient.hbone.server import HandshakeLimits
-from ambient.runtime.workers import WorkerError, worker_index
+from ambient.runtime.workers import WorkerError, parse_worker_count, worker_index
 from ambient.ztunnel.admission import DEFAULT_EARLY_RESETS, DEFAULT_PER_SOURCE, DEFAULT_TOTAL, Limits
 from ambient.ztunnel.errors import ConfigError
 from ambient.ztunnel.workers import WorkerRole
@@ -67,18 +67,12 @@ def parse_count(text: str, what: str) -> int:
     return int(value)
 
 
-MAX_WORKERS = 64
-
-
 def parse_workers(text: str) -> int:
     """AMBIENT_ZTUNNEL_WORKERS: a count in 1..64, or `auto` (one per core)."""
-    value = text.strip().lower()
-    if value == "auto":
-        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
-    if not value.isdigit() or not 1 <= int(value) <= MAX_WORKERS:
-        raise ConfigError(f"AMBIENT_ZTUNNEL_WORKERS: expected 1..{MAX_WORKERS} or auto, got {text!r}",
-                          hint="auto runs one process per core")
-    return int(value)
+    try:
+        return parse_worker_count(text, "AMBIENT_ZTUNNEL_WORKERS")
+    except WorkerError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from None
 
 
 _LIMIT_ENV = {

@@ -12,7 +12,8 @@ agent uses) and the worker is an ordinary node proxy whose ZDS client points the
   supervisor serves every pod again; while it is down the kernel gives its share to the others (the
   listeners are SO_REUSEPORT in each pod netns, so no connection is refused).
 - Metrics and connections: the primary's `/metrics` and `/config_dump` add up the workers' (read from
-  each worker's admin Unix socket), so scrapers and `ambient zc` see one node proxy.
+  each worker's admin Unix socket), so scrapers and `ambient zc` see one node proxy; the counters never go
+  down when a worker is replaced (`runtime.exposition.WorkerMetrics`).
 
 Each worker has its own xDS stream, certificates and HBONE pools (state replicated, not shared): nothing
 is shared between processes but the pods' listening ports. Worker sockets live beside the agent's ZDS
@@ -35,7 +36,7 @@ from typing import Any
 from ambient.inpod.errors import ZdsError, ZdsNackError, ZdsNotConnectedError
 from ambient.inpod.zds import SnapshotPod, ZdsServer
 from ambient.inpod.zds_codec import WorkloadInfo
-from ambient.runtime.exposition import merge_expositions
+from ambient.runtime.exposition import WorkerMetrics
 from ambient.runtime.workers import WorkerError, Workers, get_unix
 from ambient.ztunnel.errors import ConfigError
 
@@ -83,6 +84,7 @@ class WorkerRelay:
         self._servers: dict[int, ZdsServer] = {}
         self.workers = Workers("node proxy", count, self._env_for, own_group=True)  # signals come from us
         self._up = asyncio.Event()
+        self._metrics = WorkerMetrics()
 
     def _env_for(self, index: int) -> dict[str, str]:
         zds, admin = self._paths[index]
@@ -154,26 +156,32 @@ class WorkerRelay:
                         index, uid, error)
 
     # -- observability -------------------------------------------------------------------------------
-    async def _gather(self, target: str) -> list[bytes]:
-        admins = [admin for i, (_zds, admin) in self._paths.items() if self.workers.alive(i)]
-        results = await asyncio.gather(*(get_unix(a, target) for a in admins), return_exceptions=True)
-        out: list[bytes] = []
-        for admin, result in zip(admins, results, strict=True):
+    async def _gather(self, target: str) -> dict[int, bytes]:
+        """What each running worker's admin socket answers for `target` (a worker starting or restarting
+        does not answer and is left out)."""
+        running = [i for i in self._paths if self.workers.alive(i)]
+        results = await asyncio.gather(*(get_unix(self._paths[i][1], target) for i in running),
+                                       return_exceptions=True)
+        out: dict[int, bytes] = {}
+        for index, result in zip(running, results, strict=True):
             if isinstance(result, WorkerError):
-                log.debug("skipping worker at %s: %s", admin, result)  # starting or restarting
+                log.debug("skipping node proxy worker %d: %s", index, result)
             elif isinstance(result, BaseException):
                 raise result
             else:
-                out.append(result)
+                out[index] = result
         return out
 
     async def metrics(self, own: bytes) -> bytes:
-        return merge_expositions([own, *await self._gather("/metrics")])
+        """The sum of every process's series; counters never go down when a worker is replaced."""
+        pids = self.workers.pids
+        current = await self._gather("/metrics")
+        return self._metrics.merge(own, {i: (pids.get(i, 0), current.get(i)) for i in self._paths})
 
     async def config_dump(self, own: dict[str, Any]) -> dict[str, Any]:
         """The primary's dump, with every worker's live connections added under their pods."""
         pods = own.setdefault("workloadState", {})
-        for body in await self._gather("/config_dump"):
+        for body in (await self._gather("/config_dump")).values():
             for uid, state in json.loads(body).get("workloadState", {}).items():
                 mine = pods.setdefault(uid, {**state, "connections": {"inbound": [], "outbound": []}})
                 for direction in ("inbound", "outbound"):
