@@ -3,7 +3,7 @@
 worker; both open SO_REUSEPORT listeners in each pod, so the kernel spreads a pod's connections over them.
 
 Checked on the wire and in each process's own metrics: every request is answered with the client's IP
-preserved, both processes of the destination node carry some of them, and the node's `/metrics` (15020) adds
+preserved, both processes of the client's node carry some of them, and each node's `/metrics` (15020) adds
 them up to exactly what was sent. A worker killed with SIGKILL is restarted and gets the live pods from the
 primary (its own config dump lists them) while the node's counters keep what it counted; a deleted pod leaves
 the worker too; a primary killed with SIGKILL takes its workers with it (PR_SET_PDEATHSIG), and the restarted
