@@ -3,11 +3,11 @@ the local cluster, where the node proxy and node agent are supervised processes 
 the DaemonSets `ztunnel` and `ambient-node-agent` (`cluster.staticpods`).
 
 Covered: `get pods -l app=ztunnel -o wide` (one Running pod per node at the node's IP), `get ds` /
-`rollout status ds/ztunnel`, `logs ds/ztunnel` (the node proxy's own lines), `logs --since-time`, the restart
-count after a crash, `port-forward ds/ztunnel` to 15020 (metrics) and 15000 (admin, bound to 127.0.0.1 in the
-node netns only), `exec` (the node's netns), `ambient logs` / `ambient exec` of a mirror pod, and `delete pod`
-of a mirror pod (published again; the process
-keeps running). Traffic goes only to loopback and into the cluster's own namespaces.
+`rollout status ds/ztunnel`, `logs ds/ztunnel` (the node proxy's own lines), `logs --since-time`,
+`--timestamps` and `--previous`, the restart count after a crash, `port-forward ds/ztunnel` to 15020
+(metrics) and 15000 (admin, bound to 127.0.0.1 in the node netns only), `exec` (the node's netns),
+`ambient logs` / `ambient exec` of a mirror pod, and `delete pod` of a mirror pod (published again; the
+process keeps running). Traffic goes only to loopback and into the cluster's own namespaces.
 """
 
 from __future__ import annotations
@@ -128,6 +128,13 @@ def test_logs_since_a_crash_show_only_the_new_run_and_the_restart_is_counted(env
     row = wait_for(lambda: (r := _rows(env, "pods", name)) and int(r[0][3]) > before and r[0][1] == "1/1" and r[0],
                    60, "the restart counted and the pod Ready again")
     assert row[2] == "Running"
+    # --previous: the run that was killed, from its start marker to the restart's
+    previous = kubectl(env, "-n", NS, "logs", name, "--previous").stdout
+    assert previous.startswith("==== ") and "supervisor: starting ztunnel-node-1" in previous.splitlines()[0]
+    assert previous.count("node proxy ready") == 1 and "supervisor: restarting" not in previous
+    never = kubectl(env, "-n", NS, "logs", "ztunnel-node-2", "--previous", check=False)
+    assert never.returncode != 0
+    assert 'previous terminated container "ztunnel" in pod "ztunnel-node-2" not found' in never.stderr
 
 
 def _forward(env: Env, remote: int) -> tuple[subprocess.Popen[str], int]:

@@ -14,7 +14,9 @@ Protocols (as kubectl 1.32 speaks them):
   since, then tail, then the byte limit. `timestamps` prefixes each line with that time in RFC 3339 with
   nanoseconds (the kubelet's format, kubectl --timestamps); a line without one gets the line before it's
   (the first timed line's, or the file's modification time, before any), and a followed line without one
-  the time it was read.
+  the time it was read. `previous`: the container's previous run where the runtime can tell runs apart
+  (`PreviousLogs`: a node component's log, split at the supervisor's start markers), else 400 as Kubernetes
+  words it (`previous terminated container "x" in pod "y" not found`).
 - `exec`: WebSocket with subprotocol `v5.channel.k8s.io` or `v4.channel.k8s.io` (kubectl's default since
   1.30; SPDY is not served, so kubectl's fallback ends in a clear error). Binary messages, first byte the
   channel: 0 stdin, 1 stdout, 2 stderr, 3 error (a `Status`, `NonZeroExitCode` with the exit code as its
@@ -65,6 +67,15 @@ class PodConnector(Protocol):
 
     async def connect(self, pod: Obj, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A TCP connection to `port` of the pod, made from inside its network namespace."""
+        ...
+
+
+class PreviousLogs(Protocol):
+    """Optional part of a `PodConnector`: the output of a container's previous run, when the runtime can
+    tell the runs apart."""
+
+    def previous_log(self, pod: Obj, container: str) -> bytes | None:
+        """The previous run's output; None when there was none (or it cannot be told apart)."""
         ...
 
 
@@ -317,6 +328,36 @@ async def serve_log(
     except (ConnectionError, asyncio.CancelledError):
         pass  # the client left
     return response
+
+
+async def serve_previous_log(request: web.Request, pod: Obj, container: str, connector: Any) -> web.Response:
+    """`previous=true`: the container's previous run (see `PreviousLogs`), with since, tail, the byte limit
+    and timestamps as for the current run; `follow` ends with it (that run is over)."""
+    reader = getattr(connector, "previous_log", None)
+    data = await asyncio.to_thread(reader, pod, container) if reader is not None else None
+    if data is None:
+        name = (pod.get("metadata") or {}).get("name")
+        restarts = next((int(s.get("restartCount") or 0) for s in (pod.get("status") or {}).get(
+            "containerStatuses") or [] if isinstance(s, dict) and s.get("name") == container), 0)
+        if restarts:
+            raise ValidationError(
+                f'previous terminated container "{container}" in pod "{name}" cannot be told apart from its '
+                "current run: the local cluster appends a container's runs to one log",
+                hint="kubectl logs without --previous shows every run")
+        raise ValidationError(f'previous terminated container "{container}" in pod "{name}" not found')
+    q = request.query
+    since = parse_since(q, time.time())
+    end = _last_time(data)
+    recent = data if since is None else data[since_offset(data, since, end if end is not None else 0.0):]
+    out = _tail(recent, _int_param(q, "tailLines"))
+    if q.get("timestamps", "").lower() in ("1", "true"):
+        stamper = LineStamper()
+        stamper.carry(_last_time(data[: len(data) - len(out)]))
+        first = _first_time(out)
+        fallback = first if first is not None else end if end is not None else 0.0
+        out = stamper.feed(out, fallback) + stamper.flush(fallback)
+    limit = _int_param(q, "limitBytes")
+    return web.Response(body=out[:limit] if limit is not None else out, content_type="text/plain")
 
 
 def _read_all(path: Path) -> tuple[bytes, float]:

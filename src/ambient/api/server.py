@@ -731,7 +731,10 @@ class ApiServer:
                     return False
                 return bool(current["metadata"].get("uid") == uid)
 
-            return await pods.serve_log(request, pod, connector.log_path(pod, str(container.get("name"))), still_there)
+            cname = str(container.get("name"))
+            if request.query.get("previous", "").lower() in ("1", "true"):
+                return await pods.serve_previous_log(request, pod, cname, connector)
+            return await pods.serve_log(request, pod, connector.log_path(pod, cname), still_there)
         if (pod.get("status") or {}).get("phase") != "Running":
             raise BadRequestError(
                 f"unable to upgrade connection: pod {name} is not running (phase "

@@ -19,8 +19,9 @@ from ambient.api.errors import ValidationError
 from ambient.api.server import main as api_main
 from ambient.cluster import layout as L
 from ambient.cluster import podruntime as rt
+from ambient.cluster import processes
 from ambient.cluster.portforward import PortForwardError, _pod_target, connect_target, pod_netns
-from ambient.cluster.staticpods import pod_log_path
+from ambient.cluster.staticpods import component_name, pod_log_path, previous_run, static_component
 
 Obj = dict[str, Any]
 
@@ -37,6 +38,20 @@ class LocalPods:
         """The container's log file; for the mirror pod of a node component, that component's log (what
         the supervisor appends its output to, restart markers included)."""
         return pod_log_path(self.layout, pod, container)
+
+    def previous_log(self, pod: Obj, container: str) -> bytes | None:
+        """`kubectl logs --previous`: a node component's previous run (its log is split at the supervisor's
+        start markers); None for other pods (their runs are appended to one log without markers)."""
+        static = static_component(self.layout, pod)
+        if static is None:
+            return None
+        comp, node = static
+        name = component_name(comp, node.name)
+        try:
+            data = processes.log_file(self.layout, name).read_bytes()
+        except FileNotFoundError:
+            return None
+        return previous_run(data, name)
 
     async def exec(
         self, pod: Obj, container: Obj, command: list[str], stdin: bool, tty: int | None = None

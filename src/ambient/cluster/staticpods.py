@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -197,6 +198,17 @@ def pod_log_path(layout: L.ClusterLayout, pod: Mapping[str, Any], container: str
         return processes.log_file(layout, component_name(comp, node.name))
     meta = pod.get("metadata") or {}
     return rt.log_path(layout.state_path, meta.get("namespace") or "default", meta["name"], container)
+
+
+def previous_run(log: bytes, component: str) -> bytes | None:
+    """The previous run's part of a component's log: from the supervisor's second-to-last start marker
+    (`==== <time> supervisor: starting|restarting <component> ...`) to the last one; None with fewer than two."""
+    marker = re.compile(rb"^==== \S+ supervisor: (?:re)?starting " + re.escape(component.encode()) + rb"[ \n]",
+                        re.MULTILINE)
+    starts = [m.start() for m in marker.finditer(log)]
+    if len(starts) < 2:
+        return None
+    return log[starts[-2]:starts[-1]]
 
 
 def _iso(wall: float) -> str:

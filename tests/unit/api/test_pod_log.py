@@ -14,7 +14,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ambient.api.errors import ValidationError
-from ambient.api.pods import LineStamper, line_time, parse_since, rfc3339_nano, serve_log, since_offset
+from ambient.api.pods import (
+    LineStamper,
+    line_time,
+    parse_since,
+    rfc3339_nano,
+    serve_log,
+    serve_previous_log,
+    since_offset,
+)
 
 T0 = calendar.timegm((2026, 12, 6, 6, 0, 0, 0, 0, 0))
 
@@ -156,3 +164,38 @@ async def test_serve_log_timestamps(tmp_path: Path) -> None:
     assert text.splitlines() == [f"{stamp} banner", f"{stamp} {stamp}\tx", f"{stamp} x-cont"]
     _, text = await _get(path, {"timestamps": "true", "tailLines": "1"})
     assert text == f"{stamp} x-cont\n"
+
+
+class _Previous:
+    def __init__(self, data: bytes | None) -> None:
+        self.data = data
+
+    def previous_log(self, pod: dict[str, Any], container: str) -> bytes | None:
+        return self.data
+
+
+async def _previous(connector: Any, query: dict[str, str], restarts: int = 0) -> tuple[int, str]:
+    pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"name": "c", "restartCount": restarts}]}}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return await serve_previous_log(request, pod, "c", connector)
+        except ValidationError as exc:
+            return web.Response(status=400, text=exc.message)
+
+    app = web.Application()
+    app.router.add_get("/log", handler)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/log", params=query)
+        return resp.status, await resp.text()
+
+
+async def test_previous_run_or_kubernetes_words_when_there_is_none() -> None:
+    data = _log((0, "a"), (10, "b"))
+    assert await _previous(_Previous(data), {}) == (200, data.decode())
+    status, text = await _previous(_Previous(data), {"tailLines": "1", "timestamps": "true"})
+    assert text == "2026-12-06T06:00:10Z " + data.decode().splitlines(keepends=True)[1]
+    status, text = await _previous(_Previous(None), {})
+    assert (status, text) == (400, 'previous terminated container "c" in pod "p" not found')
+    status, text = await _previous(object(), {}, restarts=2)  # a runtime that cannot tell runs apart
+    assert status == 400 and "cannot be told apart" in text

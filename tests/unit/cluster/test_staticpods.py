@@ -143,3 +143,18 @@ def test_daemonset_status_counts_its_pods_per_node() -> None:
     status = sp.daemonset_status(ds, pods, nodes)
     assert (status["desiredNumberScheduled"], status["currentNumberScheduled"], status["numberReady"],
             status["numberAvailable"], status["numberUnavailable"], status["observedGeneration"]) == (2, 2, 1, 1, 1, 3)
+
+
+def test_previous_run_is_the_part_between_the_last_two_start_markers() -> None:
+    first = b"==== 2026-12-06T06:00:00Z supervisor: starting ztunnel-node-1 ====\nrun 1\n"
+    second = (b"==== 2026-12-06T06:01:00Z supervisor: restarting ztunnel-node-1 (restart 1; last exit: signal 9 "
+              b"(SIGKILL) after 60.0s) ====\nrun 2\n")
+    third = b"==== 2026-12-06T06:02:00Z supervisor: restarting ztunnel-node-1 (restart 2; ...) ====\nrun 3\n"
+    assert sp.previous_run(first, "ztunnel-node-1") is None
+    assert sp.previous_run(first + second, "ztunnel-node-1") == first
+    assert sp.previous_run(first + second + third, "ztunnel-node-1") == second
+    # another component's markers (a prefix of this one's name included) do not split it
+    other = b"==== 2026-12-06T06:03:00Z supervisor: restarting ztunnel-node-10 (restart 1) ====\n"
+    assert sp.previous_run(first + other + second, "ztunnel-node-1") == first + other
+    assert sp.previous_run(b"run 2 said ==== x supervisor: starting ztunnel-node-1 ====\n" + first,
+                           "ztunnel-node-1") is None  # a marker only counts at a line start
