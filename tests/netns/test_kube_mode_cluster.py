@@ -59,8 +59,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                                 "metadata": {"name": ns, "labels": {"istio.io/dataplane-mode": "ambient"}}})
                 api.apply_many(list(yaml.safe_load_all((REPO / "samples" / "demo.yaml").read_text())))
                 api.apply(DENY)
-                wait_for(lambda: len([p for p in api.list("Pod")[0]
-                                      if (p.get("status") or {}).get("podIP")]) >= 2, 60, "demo pods with IPs")
+                wait_for(lambda: len([p for p in api.list("Pod")[0]  # not the node components' mirror pods
+                                      if p["metadata"].get("namespace") in ("demo", "client")
+                                      and (p.get("status") or {}).get("podIP")]) >= 2, 60, "demo pods with IPs")
                 yield {"state": state, "kubeconfig": str(state / "kubeconfig"), "api": api}
         finally:
             with contextlib.suppress(Exception):

@@ -4,9 +4,9 @@ create = check root and name -> write cluster.json + registry entry (first, so a
 deletable) -> build the network -> prepare each node's CNI -> start the supervisor (`cluster/supervisor.py`:
 it starts every component and restarts any that exits) -> have it start the apiserver, wait for /healthz,
 register the Node objects and the node components' DaemonSets (`cluster/staticpods.py`) -> start dns,
-controller-manager, control plane, node agents, node proxies,
-kubelets (each only if its module exists) -> check none of them exited. A failure at any step tears
-everything down again (state kept for logs).
+controller-manager, control plane, node agents, node proxies, kubelets (each only if its module exists) ->
+check none of them exited -> wait for the kubelets' mirror pods of the node components. A failure at any
+step tears everything down again (state kept for logs).
 
 delete = stop the supervisor first (so nothing is restarted behind our back) -> stop recorded components
 -> kill every process that is a component of this cluster (marked by the `AMBIENT_COMPONENT_OF` env var, so
@@ -241,6 +241,8 @@ def _create(layout: L.ClusterLayout, progress: Progress) -> CreateResult:
             if spec.module == NODE_AGENT_MODULE:
                 wait_node_agents(layout)
         _check_stayed_up(layout, ["apiserver", *started] if "apiserver" in result.components else started)
+        if "apiserver" in result.components and any(n.startswith("kubelet-") for n in started):
+            wait_mirror_pods(layout)
         mark("components", t)
     except BaseException:
         progress("creation failed: cleaning up")
@@ -406,6 +408,27 @@ def register_daemonsets(layout: L.ClusterLayout) -> None:
 
     with ApiClient(layout.api_socket) as api:
         api.apply_many(daemonsets(layout))
+
+
+def wait_mirror_pods(layout: L.ClusterLayout, timeout: float = 20.0) -> None:
+    """Wait until every kubelet published its node components' mirror pods, so `cluster create` returns with
+    `kubectl -n ambient-system get pods` complete (they only appear once the kubelets run)."""
+    from ambient.api.client import ApiClient
+    from ambient.cluster.staticpods import NAMESPACE, STATIC_COMPONENTS, pod_name
+
+    want = {pod_name(c, n.name) for c in STATIC_COMPONENTS for n in layout.nodes
+            if processes.has_spec(layout, f"{c.component}-{n.name}")}
+    deadline = time.monotonic() + timeout
+    with ApiClient(layout.api_socket, timeout=2.0) as api:
+        while True:
+            have = {p["metadata"]["name"] for p in api.list("Pod", NAMESPACE)[0]}
+            missing = sorted(want - have)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise ComponentError(f"the kubelets did not publish the mirror pods {', '.join(missing)} within "
+                                     f"{timeout:.0f}s", hint=f"see {processes.log_file(layout, 'kubelet-node-1')}")
+            time.sleep(0.05)
 
 
 def _check_stayed_up(layout: L.ClusterLayout, names: list[str]) -> None:
