@@ -81,7 +81,7 @@ def test_get_pods_shows_one_running_node_proxy_per_node_at_the_node_ip(env: Env)
     assert {(r[0], r[5], r[6]) for r in rows} == {(f"ztunnel-{n.name}", n.ip, n.name) for n in env.layout.nodes}
     pod = json.loads(kubectl(env, "-n", NS, "get", "pod", "ztunnel-node-1", "-o", "json").stdout)
     assert pod["metadata"]["annotations"]["kubernetes.io/config.mirror"]
-    assert pod["metadata"]["ownerReferences"][0]["kind"] == "Node"
+    assert [(r["kind"], r["name"]) for r in pod["metadata"]["ownerReferences"]] == [("DaemonSet", "ztunnel")]
     assert pod["spec"]["hostNetwork"] is True and pod["status"]["hostIP"] == pod["status"]["podIP"]
     agents = wait_for(lambda: (r := _rows(env, "pods", "-l", "app=ambient-node-agent")) and len(r) == 2
                       and all(x[1] == "1/1" for x in r) and r, 60, "both node agent mirror pods Ready")
@@ -92,6 +92,8 @@ def test_get_pods_shows_one_running_node_proxy_per_node_at_the_node_ip(env: Env)
     assert sorted(r[0] for r in ds) == ["ambient-node-agent", "ztunnel"]
     assert "successfully rolled out" in kubectl(env, "-n", NS, "rollout", "status", "ds/ztunnel",
                                                 "--timeout=30s").stdout
+    # describe counts the pods whose controller reference is the DaemonSet
+    assert "Pods Status:  2 Running / 0 Waiting" in kubectl(env, "-n", NS, "describe", "ds", "ztunnel").stdout
 
 
 def test_logs_of_the_daemonset_are_the_node_proxys_log(env: Env) -> None:

@@ -368,6 +368,7 @@ class MirrorPods:
         running = await asyncio.to_thread(processes.running_components, layout)
         items, _ = await k.client.list("Pod", field_selector=f"spec.nodeName={node}")
         mirrors = {(p["metadata"].get("namespace"), p["metadata"]["name"]): p for p in items if sp.is_mirror(p)}
+        daemonsets = {d["metadata"]["name"]: d for d in (await k.client.list("DaemonSet", sp.NAMESPACE))[0]}
         wanted: set[tuple[str, str]] = set()
         for comp in sp.STATIC_COMPONENTS:
             cname = sp.component_name(comp, node)
@@ -375,7 +376,9 @@ class MirrorPods:
                 continue
             key = (sp.NAMESPACE, sp.pod_name(comp, node))
             wanted.add(key)
-            desired = sp.static_pod(layout, comp, node, await self._node_uid_of())
+            ds = daemonsets.get(comp.daemonset)
+            owner = sp.daemonset_owner(ds) if ds is not None else sp.node_owner(node, await self._node_uid_of())
+            desired = sp.static_pod(layout, comp, node, owner)
             pod = mirrors.get(key)
             mirror_hash = desired["metadata"]["annotations"][sp.MIRROR_ANNOTATION]
             if pod is not None and (pod["metadata"].get("annotations") or {}).get(sp.MIRROR_ANNOTATION) != mirror_hash:
@@ -390,6 +393,13 @@ class MirrorPods:
                     continue  # published by a concurrent pass; the next pass writes its status
                 self.created += 1
                 log.info("published mirror pod %s/%s of %s", *key, cname)
+            elif pod["metadata"].get("ownerReferences") != desired["metadata"]["ownerReferences"]:
+                # the DaemonSet was deleted or made again (another uid): follow it
+                try:
+                    pod = await k.client.patch("Pod", key[1], key[0], {"metadata": {
+                        "ownerReferences": desired["metadata"]["ownerReferences"]}})
+                except NotFoundError:
+                    continue
             await self._write_status(pod, comp, records.get(cname), running.get(cname))
         for key in mirrors:
             if key not in wanted:

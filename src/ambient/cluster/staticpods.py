@@ -9,13 +9,16 @@ way a kubelet publishes static pods:
   readiness as in deploy/kubernetes; `hostNetwork: true` and the component's command line, because that is
   what runs). They describe what the supervisor runs; no controller turns them into processes, and editing
   or deleting one changes nothing that runs.
-- `static_pod(layout, ds, node, node_uid)`: the mirror pod of one component on one node, named
+- `static_pod(layout, ds, node, owner)`: the mirror pod of one component on one node, named
   `<daemonset>-<node>` (the kubelet suffixes a static pod's name with its node), with the annotation
-  `kubernetes.io/config.mirror` (= `kubernetes.io/config.hash`, a hash of the manifest) and, as the kubelet
-  sets on every mirror pod, a controller ownerReference to its Node (KEP 1314, MirrorPodNodeRestriction).
-  kubectl resolves `logs ds/ztunnel` and `port-forward ds/ztunnel` through the DaemonSet's `spec.selector`
-  (kubectl `polymorphichelpers.SelectorsForObject` + `GetFirstPod`), never through owner references, so the
-  Node owner costs nothing there, and it keeps the DaemonSet from looking like it controls these processes.
+  `kubernetes.io/config.mirror` (= `kubernetes.io/config.hash`, a hash of the manifest) and a controller
+  ownerReference. kubectl resolves `logs ds/ztunnel` and `port-forward ds/ztunnel` through the DaemonSet's
+  `spec.selector` (kubectl `polymorphichelpers.SelectorsForObject` + `GetFirstPod`), never through owner
+  references, so either owner works there; `kubectl describe ds` counts only the pods whose controller
+  reference carries the DaemonSet's uid (`getPodStatusForController`), and `describe pod` shows "Controlled
+  By", so the owner is the DaemonSet (as on a real install: `daemonset_owner`). Without the DaemonSet (deleted
+  by a user) the kubelet's own choice for a mirror pod applies: its Node (`node_owner`, KEP 1314,
+  MirrorPodNodeRestriction). Nothing garbage-collects by these references in the local cluster.
 - `mirror_status(...)`: the pod status from the supervisor's record (restart count, last exit, back-off)
   and the readiness probe's result; `phase` Running while the process runs or will be restarted.
 - `static_component(layout, pod)`: which component (its log file and node netns) a mirror pod stands for,
@@ -149,8 +152,20 @@ def daemonsets(layout: L.ClusterLayout) -> list[Obj]:
     return [namespace, *accounts, *(daemonset(layout, c) for c in STATIC_COMPONENTS)]
 
 
-def static_pod(layout: L.ClusterLayout, comp: StaticComponent, node: str, node_uid: str) -> Obj:
-    """The mirror pod of `comp` on `node` (see the module docstring)."""
+def daemonset_owner(ds: Mapping[str, Any]) -> Obj:
+    """The controller reference a DaemonSet's pods carry (as its controller sets it)."""
+    meta = ds.get("metadata") or {}
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": meta.get("name"), "uid": meta.get("uid"),
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def node_owner(node: str, node_uid: str) -> Obj:
+    """The reference the kubelet puts on every mirror pod (KEP 1314): used while the DaemonSet is missing."""
+    return {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid, "controller": True}
+
+
+def static_pod(layout: L.ClusterLayout, comp: StaticComponent, node: str, owner: Obj) -> Obj:
+    """The mirror pod of `comp` on `node` (see the module docstring), controlled by `owner`."""
     node_layout = layout.node(node)
     tmpl = _template(layout, comp, node_layout)
     spec = tmpl["spec"]
@@ -162,8 +177,7 @@ def static_pod(layout: L.ClusterLayout, comp: StaticComponent, node: str, node_u
     meta = manifest["metadata"]
     meta["annotations"] = {**meta.get("annotations", {}), HASH_ANNOTATION: digest, MIRROR_ANNOTATION: digest,
                            SOURCE_ANNOTATION: "file"}
-    meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid,
-                                "controller": True}]
+    meta["ownerReferences"] = [dict(owner)]
     return {"apiVersion": "v1", "kind": "Pod", **manifest}
 
 

@@ -81,8 +81,22 @@ async def test_wanted_components_get_mirror_pods_with_the_supervisors_status(
     proxy = _pod(store, "ztunnel-node-1")
     assert proxy is not None and _pod(store, "ambient-node-agent-node-1") is not None
     assert _pod(store, "ztunnel-node-2") is None  # node-2's kubelet publishes node-2's
+    ds_uid = store.get("DaemonSet", "ztunnel", sp.NAMESPACE)["metadata"]["uid"]
+    assert [(r["kind"], r["uid"]) for r in proxy["metadata"]["ownerReferences"]] == [("DaemonSet", ds_uid)]
+    version = proxy["metadata"]["resourceVersion"]
+    await kubelet.mirrors.sync()  # nothing changed: nothing written
+    assert store.get("Pod", "ztunnel-node-1", sp.NAMESPACE)["metadata"]["resourceVersion"] == version
+    # without its DaemonSet the mirror pod names its Node, as the kubelet does; a new DaemonSet takes it back
+    store.delete("DaemonSet", "ztunnel", sp.NAMESPACE)
+    await kubelet.mirrors.sync()
     node_uid = store.get("Node", "node-1")["metadata"]["uid"]
-    assert proxy["metadata"]["ownerReferences"][0]["uid"] == node_uid
+    owners = store.get("Pod", "ztunnel-node-1", sp.NAMESPACE)["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["uid"]) for r in owners] == [("Node", node_uid)]
+    store.create(sp.daemonset(layout, sp.NODE_PROXY))
+    await kubelet.mirrors.sync()
+    new_uid = store.get("DaemonSet", "ztunnel", sp.NAMESPACE)["metadata"]["uid"]
+    owners = store.get("Pod", "ztunnel-node-1", sp.NAMESPACE)["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["uid"]) for r in owners] == [("DaemonSet", new_uid)]
     status = proxy["status"]
     assert status["phase"] == "Running" and status["podIP"] == layout.node("node-1").ip
     cs = status["containerStatuses"][0]

@@ -18,6 +18,7 @@ from ambient.cluster.portforward import pod_netns
 ROOT = Path(__file__).resolve().parents[3]
 LAYOUT = L.build_layout("sp1", 2, "/tmp/sp1-state")
 NOW = 1_800_000_000.0
+OWNER = sp.node_owner("node-1", "u")
 
 
 def _deploy(path: str) -> dict[str, Any]:
@@ -47,29 +48,33 @@ def test_the_daemonsets_name_select_and_label_as_the_kubernetes_install(comp: sp
 
 
 def test_the_mirror_pod_runs_what_the_supervisor_runs_and_names_its_node_as_owner() -> None:
-    pod = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-2", "uid-n2")
+    ds = {**sp.daemonset(LAYOUT, sp.NODE_PROXY)}
+    ds["metadata"] = {**ds["metadata"], "uid": "uid-ds"}
+    pod = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-2", sp.daemonset_owner(ds))
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["name"] == "ztunnel-node-2" and meta["namespace"] == "ambient-system"
     assert meta["labels"]["app"] == "ztunnel"
     assert meta["annotations"][sp.MIRROR_ANNOTATION] == meta["annotations"][sp.HASH_ANNOTATION]
-    assert meta["ownerReferences"] == [{"apiVersion": "v1", "kind": "Node", "name": "node-2", "uid": "uid-n2",
-                                        "controller": True}]
+    assert meta["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "ztunnel",
+                                        "uid": "uid-ds", "controller": True, "blockOwnerDeletion": True}]
+    assert sp.node_owner("node-2", "uid-n2") == {"apiVersion": "v1", "kind": "Node", "name": "node-2",
+                                                 "uid": "uid-n2", "controller": True}
     assert spec["nodeName"] == "node-2" and spec["hostNetwork"] is True
     container = spec["containers"][0]
     comp = next(c for c in lifecycle.COMPONENTS if c.name == "ztunnel")
     assert container["command"] + container["args"] == comp.argv(LAYOUT, LAYOUT.node("node-2"))
-    agent = sp.static_pod(LAYOUT, sp.NODE_AGENT, "node-1", "uid-n1")
+    agent = sp.static_pod(LAYOUT, sp.NODE_AGENT, "node-1", sp.node_owner("node-1", "uid-n1"))
     probe = agent["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
     assert probe == ["test", "-S", str(Path(LAYOUT.node("node-1").run_dir) / "pluginevent.sock")]
     validate_object(pod)
     validate_object(agent)
     # the hash follows the manifest: another node, another hash
-    other = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-1", "uid-n1")
+    other = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-1", sp.daemonset_owner(ds))
     assert other["metadata"]["annotations"][sp.MIRROR_ANNOTATION] != meta["annotations"][sp.MIRROR_ANNOTATION]
 
 
 def test_which_component_a_pod_stands_for() -> None:
-    pod = sp.static_pod(LAYOUT, sp.NODE_AGENT, "node-1", "u")
+    pod = sp.static_pod(LAYOUT, sp.NODE_AGENT, "node-1", OWNER)
     pod["metadata"]["uid"] = "abcdef0123456789"
     comp, node = sp.static_component(LAYOUT, pod) or (None, None)
     assert comp is sp.NODE_AGENT and node is not None and node.name == "node-1"
@@ -84,7 +89,7 @@ def test_which_component_a_pod_stands_for() -> None:
     assert sp.static_component(LAYOUT, {**pod, "spec": {**pod["spec"], "nodeName": "node-9"}}) is None
 
 
-CONTAINER = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-1", "u")["spec"]["containers"][0]
+CONTAINER = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-1", OWNER)["spec"]["containers"][0]
 
 
 @pytest.mark.parametrize(("record", "pid", "ready", "want"), [
@@ -109,7 +114,7 @@ CONTAINER = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-1", "u")["spec"]["contain
 ])
 def test_mirror_status_follows_the_supervisor(record: dict[str, Any] | None, pid: int | None, ready: bool,
                                               want: dict[str, Any]) -> None:
-    pod = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-1", "u")
+    pod = sp.static_pod(LAYOUT, sp.NODE_PROXY, "node-1", OWNER)
     state = sp.container_state(CONTAINER, record, pid, NOW, ready)
     status = sp.mirror_status(pod, state, "172.18.0.11", "2027-01-15T08:00:00Z")
     assert status["phase"] == want["phase"]
