@@ -6,8 +6,8 @@ Covered: `get pods -l app=ztunnel -o wide` (one Running pod per node at the node
 `rollout status ds/ztunnel`, `logs ds/ztunnel` (the node proxy's own lines), `logs --since-time`,
 `--timestamps` and `--previous`, the restart count after a crash, `port-forward ds/ztunnel` to 15020
 (metrics) and 15000 (admin, bound to 127.0.0.1 in the node netns only), `exec` (the node's netns),
-`ambient logs` / `ambient exec` of a mirror pod, and `delete pod` of a mirror pod (published again; the
-process keeps running). Traffic goes only to loopback and into the cluster's own namespaces.
+`ambient logs` / `ambient exec` / `ambient port-forward` of a mirror pod, and `delete pod` of a mirror pod
+(published again; the process keeps running). Traffic goes only to loopback and into the cluster's own namespaces.
 """
 
 from __future__ import annotations
@@ -186,6 +186,19 @@ def test_the_ambient_cli_reaches_the_same_component_through_its_mirror_pod(env: 
     assert logs.returncode == 0 and "node proxy ready: mode=inpod node=node-1" in logs.stdout, logs.stderr
     ip = run_ambient(CLUSTER, env.state, "exec", "-n", NS, "ztunnel-node-1", "--", "ip", "-4", "-o", "addr")
     assert ip.returncode == 0 and f"{env.layout.node('node-1').ip}/" in ip.stdout, ip.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(env.state),
+                             "port-forward", "-n", NS, "pod/ztunnel-node-1", "0:15000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        status, body = _get(int(m.group(1)), "/config_dump")  # the admin port, 127.0.0.1 of node-1's netns
+        assert status == 200 and isinstance(json.loads(body), dict)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_deleting_a_mirror_pod_publishes_it_again_and_leaves_the_process_running(env: Env) -> None:
