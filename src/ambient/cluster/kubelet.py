@@ -400,7 +400,7 @@ class MirrorPods:
                         "ownerReferences": desired["metadata"]["ownerReferences"]}})
                 except NotFoundError:
                     continue
-            await self._write_status(pod, comp, records.get(cname), running.get(cname))
+            await self._write_status(pod, records.get(cname), running.get(cname))
         for key in mirrors:
             if key not in wanted:
                 log.info("deleting mirror pod %s/%s: no static component of this node stands behind it", *key)
@@ -436,8 +436,7 @@ class MirrorPods:
                 log.debug("mirror pod %s: readiness probe failed: %s", name, result.message)
         return state.ready
 
-    async def _write_status(self, pod: dict[str, Any], comp: sp.StaticComponent, record: Any,
-                            pid: int | None) -> None:
+    async def _write_status(self, pod: dict[str, Any], record: Any, pid: int | None) -> None:
         meta = pod["metadata"]
         container = pod["spec"]["containers"][0]
         ready = await self._ready(meta["name"], container, pid)
