@@ -32,6 +32,7 @@ from ambient.state.errors import WriterTakenError
 from ambient.state.model import (
     Authorization,
     IPAddress,
+    NetworkMode,
     Scope,
     Service,
     Workload,
@@ -415,10 +416,17 @@ class StateWriter:
 # ---------------------------------------------------------------------------------- index maintenance
 
 
+def _by_addr(wl: Workload) -> bool:
+    """A host-network workload shares its node's IP with every other one on that node: ztunnel never looks
+    it up by address (`WorkloadStore::insert` skips HostNetwork), so an IP names the pod-network workload."""
+    return wl.network_mode is not NetworkMode.HOST_NETWORK
+
+
 def _add_workload(ix: _Indexes, wl: Workload) -> None:
     ix.workloads[wl.uid] = wl
-    for ip in wl.addresses:
-        ix.workloads_by_addr.add((wl.network, canonical_ip(ip)), wl.uid)
+    if _by_addr(wl):
+        for ip in wl.addresses:
+            ix.workloads_by_addr.add((wl.network, canonical_ip(ip)), wl.uid)
     ix.workloads_by_identity.add(wl.identity, wl.uid)
     for svc in wl.services:
         ix.endpoints.add(svc, wl.uid)
@@ -430,8 +438,9 @@ def _remove_workload(ix: _Indexes, uid: str) -> None:
     wl = ix.workloads.pop(uid, None)
     if wl is None:
         return
-    for ip in wl.addresses:
-        ix.workloads_by_addr.remove((wl.network, canonical_ip(ip)), uid)
+    if _by_addr(wl):
+        for ip in wl.addresses:
+            ix.workloads_by_addr.remove((wl.network, canonical_ip(ip)), uid)
     ix.workloads_by_identity.remove(wl.identity, uid)
     for svc in wl.services:
         ix.endpoints.remove(svc, uid)

@@ -20,6 +20,7 @@ from ambient.state.model import (
     Match,
     NamespacedHostname,
     NetworkAddress,
+    NetworkMode,
     Port,
     Rule,
     Scope,
@@ -105,6 +106,20 @@ def test_ipv4_mapped_lookup(store: StateStore) -> None:
     store.take_writer().apply(StateDelta(workloads=(wl("a", "10.244.1.5"),), services=(svc(),)))
     assert store.current.workload_by_ip(ip_address("::ffff:10.244.1.5")) is not None
     assert store.current.service_by_vip(ip_address("::ffff:10.96.0.10")) is not None
+
+
+def test_host_network_workloads_are_never_found_by_address(store: StateStore) -> None:
+    """As ztunnel's WorkloadStore: a host-network pod shares its node's IP, so the address names others."""
+    w = store.take_writer()
+    node_agent = wl("agent", "172.18.0.11", network_mode=NetworkMode.HOST_NETWORK)
+    w.apply(StateDelta(workloads=(node_agent,)))
+    assert store.current.workload_by_ip(ip_address("172.18.0.11")) is None
+    assert store.current.workload("agent") is node_agent
+    pod = wl("pod", "172.18.0.11")
+    w.apply(StateDelta(workloads=(pod,)))
+    assert store.current.workload_by_ip(ip_address("172.18.0.11")) is pod
+    w.apply(StateDelta(removed_addresses=("agent",)))
+    assert store.current.workload_by_ip(ip_address("172.18.0.11")) is pod
 
 
 def test_removals_by_resource_name(store: StateStore) -> None:
