@@ -76,6 +76,23 @@ def _unit_of(key: str) -> tuple[str, str, float, Better] | None:
     return None
 
 
+def _listed(items: list[Any]) -> list[Figure]:
+    """Figures given as `{"name", "value", "unit", "better", "baseline", "baseline_value", "note"}` items."""
+    figures = []
+    for item in items:
+        try:
+            fig = Figure(str(item["name"]), float(item["value"]), str(item.get("unit", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BenchError(f"bad figure {item!r}: needs name and numeric value") from e
+        fig.better = "lower" if item.get("better") == "lower" else "higher"
+        if item.get("baseline_value") is not None:
+            fig.baseline = str(item.get("baseline") or "baseline")
+            fig.baseline_value = float(item["baseline_value"])
+        fig.note = str(item.get("note", ""))
+        figures.append(fig)
+    return figures
+
+
 def figures_from_result(result: Any) -> tuple[list[Figure], dict[str, Any]]:
     """Figures and conditions from a component bench's return value (see the module docstring)."""
     if isinstance(result, int | float) and not isinstance(result, bool):
@@ -84,19 +101,7 @@ def figures_from_result(result: Any) -> tuple[list[Figure], dict[str, Any]]:
         raise BenchError(f"bench returned {type(result).__name__}, expected a dict")
     conditions: dict[str, Any] = dict(result.get("conditions") or {})
     if isinstance(result.get("figures"), list):
-        figures = []
-        for item in result["figures"]:
-            try:
-                fig = Figure(str(item["name"]), float(item["value"]), str(item.get("unit", "")))
-            except (KeyError, TypeError, ValueError) as e:
-                raise BenchError(f"bad figure {item!r}: needs name and numeric value") from e
-            fig.better = "lower" if item.get("better") == "lower" else "higher"
-            if item.get("baseline_value") is not None:
-                fig.baseline = str(item.get("baseline") or "baseline")
-                fig.baseline_value = float(item["baseline_value"])
-            fig.note = str(item.get("note", ""))
-            figures.append(fig)
-        return figures, conditions
+        return _listed(result["figures"]), conditions
     figures = []
 
     def walk(path: list[str], value: Any) -> None:
@@ -117,8 +122,9 @@ def figures_from_result(result: Any) -> tuple[list[Figure], dict[str, Any]]:
         conditions[" ".join(path)] = value
 
     for k, v in result.items():
-        if k != "conditions":
+        if k not in ("conditions", "extra_figures"):
             walk([str(k)], v)
+    figures += _listed(result.get("extra_figures") or [])  # named figures with their own baselines
     if not figures:
         raise BenchError("bench returned no figure with a unit suffix (see ambient.bench.components)")
     return figures, conditions

@@ -33,7 +33,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ambient.bench.testbed import Pod, ProxyProcess, Testbed, bench_testbed, pod_socket, root_main, start_echo
+from ambient.bench.testbed import (
+    Pod,
+    ProxyProcess,
+    Testbed,
+    bench_testbed,
+    pod_socket,
+    root_main,
+    sh,
+    start_echo,
+)
 
 IPERF_PORT = 5201
 ECHO_PORT = 8080
@@ -307,8 +316,16 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
               idle_connections: int = IDLE_CONNECTIONS) -> dict[str, Any]:
     """Build the testbed, measure, tear down. Returns the figures (and their ratios)."""
     with bench_testbed("prf", workdir) as bed:
-        bed.create({1: [("client", "client"), ("client-plain", "default"), ("client2", "client")],
+        bed.create({1: [("client", "client"), ("client-plain", "default"), ("client2", "client"),
+                        ("local-client", "client"), ("local-client2", "client"), ("local-server", "server"),
+                        ("local-server2", "server")],
                     2: [("server", "server"), ("server-plain", "default"), ("server2", "server")]})
+        # As the baselines' namespaces (bench.nsenv): a wide port range and TIME_WAIT ports reused, so the
+        # thousands of connections of one figure do not slow the connect() of the next one's (in the pod
+        # that closed them first, ~2 ms per connect past ~14,000 TIME_WAIT sockets), whatever the path.
+        for pod in bed.pods:
+            sh("ip", "netns", "exec", pod.netns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000",
+               "net.ipv4.tcp_tw_reuse=1")
         client, server = bed.pod("client"), bed.pod("server")
         cplain, splain = bed.pod("client-plain"), bed.pod("server-plain")
         client2, server2 = bed.pod("client2"), bed.pod("server2")
@@ -318,6 +335,18 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
             _start_http(bed, pod)
         _start_http(bed, server2)
         bed.spawn(server2.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
+        # same node: both ends of 2 pod pairs behind node 1's proxy alone (one node proxy, 2 cores)
+        local = [(bed.pod("local-client"), bed.pod("local-server")),
+                 (bed.pod("local-client2"), bed.pod("local-server2"))]
+        for _, srv in local:
+            bed.spawn(srv.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL)
+        local_pairs = [(cli, srv.ip) for cli, srv in local]
+
+        def same_node() -> tuple[float, float]:
+            """4 streams between the 2 same-node pairs, median of the rounds; node 1's proxy cores used."""
+            c0, t0 = _cpu_seconds(proxies[:1]), time.monotonic()
+            rounds = [_aggregate(local_pairs, IPERF_PORT, max(1, seconds // 2), 2) for _ in range(THROUGHPUT_ROUNDS)]
+            return statistics.median(rounds), (_cpu_seconds(proxies[:1]) - c0) / (time.monotonic() - t0)
         proxies = [bed.start_proxy(1, env=_PROXY_ENV), bed.start_proxy(2, env=_PROXY_ENV)]
         stunnels = _start_stunnel(bed, cplain, splain)
         time.sleep(0.5)
@@ -335,6 +364,7 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
         aggregate = [_aggregate([(client, server.ip), (client2, server2.ip)], IPERF_PORT, max(1, seconds // 2), 2)
                      for _ in range(THROUGHPUT_ROUNDS)]
         out["aggregate_throughput_gbps"] = {"mesh 4 streams 2 pod pairs": statistics.median(aggregate)}
+        local_1, local_cores_1 = same_node()
         out["latency"]["direct"] = _latency(cplain, splain.ip, ECHO_PORT, rate, seconds)
         st0 = _cpu_seconds(stunnels)
         out["latency"]["stunnel"] = _latency(cplain, "127.0.0.1", STUNNEL_ECHO[0], rate, seconds)
@@ -371,6 +401,7 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
         workers = f"mesh {WORKERS} workers"
         aggregate_w = [_aggregate([(client, server.ip), (client2, server2.ip)], IPERF_PORT, max(1, seconds // 2),
                                   2) for _ in range(THROUGHPUT_ROUNDS)]
+        local_w, local_cores_w = same_node()
         warm = _conn_rate(client2, server2.ip, HTTP_PORT, 3)
         capacity[workers] = _conn_rate(client2, server2.ip, HTTP_PORT, 3, CAPACITY_CONCURRENCY)
         out["connections_per_s"][workers] = warm["per_second"]
@@ -380,6 +411,13 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
             f"{workers} 4 streams 2 pod pairs": statistics.median(aggregate_w),
             "mesh 1 process 4 streams 2 pod pairs": statistics.median(aggregate),
         }
+        # one node proxy carrying both ends (same node): does it use more than one core with workers?
+        out["extra_figures"] = [
+            {"name": f"one node proxy, both ends (same node), 4 streams, {workers}", "value": local_w,
+             "unit": "Gb/s", "baseline": "the same, 1 process", "baseline_value": local_1},
+            {"name": f"one node proxy, both ends (same node), cores used, {workers}", "value": local_cores_w,
+             "unit": "cores", "better": "higher", "baseline": "the same, 1 process", "baseline_value": local_cores_1},
+        ]
         capacity = {k: capacity[k] for k in ("direct", "stunnel", workers, "mesh")}
         out["capacity_connections_per_s"] = {k: v["per_second"] for k, v in capacity.items()}
         out["connection_errors"].update({f"{k} capacity": v["errors"] for k, v in capacity.items()})
@@ -398,6 +436,7 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
             / max(1e-6, out["stunnel_cores_per_1000_rps"]),
             "mesh_aggregate_4_streams_vs_1": statistics.median(aggregate_w) / t["mesh"],
             "mesh_1_process_aggregate_4_streams_vs_1": statistics.median(aggregate) / t["mesh"],
+            "mesh_same_node_4_streams_workers_vs_1_process": local_w / max(1e-6, local_1),
             "mesh_workers_vs_1_process_capacity": capacity[workers]["per_second"]
             / max(1e-6, capacity["mesh"]["per_second"]),
         }
