@@ -108,3 +108,12 @@ async def test_waypoint_process_end_to_end(tmp_path: Path) -> None:
         err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
         assert proc.returncode == 0, err
         assert "http.status=200" in err and "http.status=403" in err and "response_flags=RBAC" in err
+
+
+def test_a_bad_on_off_setting_stops_the_waypoint_naming_it(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "ambient.waypoint", "--ca-dir", str(tmp_path / "ca")],
+                         env={**os.environ, "AMBIENT_UVLOOP": "maybe"}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "AMBIENT_UVLOOP" in out.stderr and "Traceback" not in out.stderr
