@@ -362,7 +362,15 @@ class AdmissionFront:
         transport.pause_reading()  # until the backend is connected
         conn.connecting = True
         assert self._tg is not None
-        self._tg.create_task(self._connect_backend(conn))
+        connect = self._connect_backend(conn)
+        try:
+            self._tg.create_task(connect)
+        except RuntimeError:  # the front's TaskGroup is shutting down: refuse instead of leaking the coroutine
+            connect.close()
+            self._refuse(conn, REFUSED_BACKEND)
+            conn.connecting = False
+            transport.abort()
+            conn.maybe_release()
 
     async def _connect_backend(self, conn: _Conn) -> None:
         loop = asyncio.get_running_loop()
