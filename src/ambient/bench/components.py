@@ -332,94 +332,11 @@ def hbone_run(quick: bool = False) -> dict[str, Any]:
 
 
 def waypoint_run(quick: bool = False) -> dict[str, Any]:
-    """Runs in the child: the waypoint's own `run` if it has one, else its `measure()` (direct vs waypoint,
-    same loopback setup) turned into figures with the direct path as baseline."""
-    import asyncio
-    import logging
-
+    """Runs in the child: the waypoint bench's own figures (`ambient.bench.waypoint.run`)."""
     from ambient.bench import waypoint as bench
 
-    if hasattr(bench, "run"):
-        result: dict[str, Any] = bench.run(quick=quick)
-        return result
-    # as the waypoint bench's own main(): access lines are formatted, then dropped (terminal I/O is not
-    # the waypoint's cost)
-    access = logging.getLogger("ambient.waypoint.access")
-    access.setLevel(logging.INFO)
-    access.addHandler(logging.NullHandler())
-    access.propagate = False
-    seconds, concurrency = (1.0 if quick else 3.0), 8
-    try:
-        import uvloop
-
-        direct, via = uvloop.run(bench.measure(seconds, concurrency))
-    except ImportError:
-        direct, via = asyncio.run(bench.measure(seconds, concurrency))
-    figs: list[dict[str, Any]] = [
-        {"name": "without waypoint", "value": direct.rps, "unit": "req/s"},
-        {
-            "name": "through waypoint",
-            "value": via.rps,
-            "unit": "req/s",
-            "baseline": "without waypoint",
-            "baseline_value": direct.rps,
-        },
-    ]
-    for q, label in ((0.5, "p50"), (0.99, "p99")):
-        figs.append(
-            {
-                "name": f"through waypoint {label}",
-                "value": via.pct(q),
-                "unit": "ms",
-                "better": "lower",
-                "baseline": f"without waypoint {label}",
-                "baseline_value": direct.pct(q),
-            }
-        )
-        figs.append({"name": f"added {label}", "value": via.pct(q) - direct.pct(q), "unit": "ms", "better": "lower"})
-    figs.append(
-        {
-            "name": "waypoint CPU per 1,000 req/s",
-            "value": via.cpu_per_request_ms - direct.cpu_per_request_ms,
-            "unit": "cores",
-            "better": "lower",
-            "note": "process CPU per request, waypoint minus direct",
-        }
-    )
-    if hasattr(bench, "measure_istio"):
-        figs += _waypoint_istio_figures(bench, seconds, concurrency)
-    return {
-        "figures": figs,
-        "conditions": {
-            "seconds_each": seconds,
-            "concurrency": concurrency,
-            "where": "loopback, one process, closed loop keep-alive HTTP/1.1",
-        },
-    }
-
-
-def _waypoint_istio_figures(bench: Any, seconds: float, concurrency: int) -> list[dict[str, Any]]:
-    """The waypoint with a VirtualService + DestinationRule + JWT check on the path, against the plain
-    waypoint measured in the same run."""
-    import asyncio
-
-    try:
-        import uvloop
-
-        direct, plain, istio = uvloop.run(bench.measure_istio(seconds, concurrency))
-    except ImportError:
-        direct, plain, istio = asyncio.run(bench.measure_istio(seconds, concurrency))
-    return [
-        {"name": "waypoint with VS+DR+JWT", "value": istio.rps, "unit": "req/s",
-         "baseline": "plain waypoint (same run)", "baseline_value": plain.rps},
-        {"name": "VS+DR+JWT added p99", "value": istio.pct(0.99) - plain.pct(0.99), "unit": "ms", "better": "lower",
-         "note": "p99 with a VirtualService, DestinationRule and JWT check minus the plain waypoint's, same run"},
-        {"name": "waypoint with VS+DR+JWT CPU per 1,000 req/s",
-         "value": istio.cpu_per_request_ms - direct.cpu_per_request_ms, "unit": "cores", "better": "lower",
-         "baseline": "plain waypoint CPU per 1,000 req/s (same run)",
-         "baseline_value": plain.cpu_per_request_ms - direct.cpu_per_request_ms,
-         "note": "process CPU per request, waypoint minus direct"},
-    ]
+    result: dict[str, Any] = bench.run(quick=quick)
+    return result
 
 
 def _component(
