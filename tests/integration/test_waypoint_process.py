@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ambient.bench.waypoint import standalone_state
 from ambient.hbone.client import HboneClient
 from ambient.hbone.pipe import TcpByteStream
 from ambient.hbone.protocol import ConnectRequest
@@ -48,30 +49,15 @@ async def test_waypoint_process_end_to_end(tmp_path: Path) -> None:
     backend_certs = ca.issue("spiffe://cluster.local/ns/shop/sa/web")
     async with app, HboneServer(socket.create_server(("127.0.0.1", 0)), backend_certs, backend_handler) as backend:
         static = tmp_path / "waypoint.yaml"
-        static.write_text(textwrap.dedent(f"""\
-            workloads:
-            - uid: web-1
-              name: web-1
-              namespace: shop
-              workloadIps: [127.0.0.1]
-              protocol: HBONE
-              serviceAccount: web
-              services: {{"shop/web.shop.svc.cluster.local": {{80: {app_port}}}}}
-            services:
-            - name: web
-              namespace: shop
-              hostname: web.shop.svc.cluster.local
-              vips: ["10.96.0.50"]
-              ports: [{{servicePort: 80, targetPort: {app_port}}}]
-              waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}
+        static.write_text(standalone_state(app_port) + textwrap.dedent("""\
             ---
             apiVersion: security.istio.io/v1
             kind: AuthorizationPolicy
-            metadata: {{name: no-secret, namespace: shop}}
+            metadata: {name: no-secret, namespace: shop}
             spec:
-              targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+              targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
               action: DENY
-              rules: [{{to: [{{operation: {{paths: ["/secret*"]}}}}]}}]
+              rules: [{to: [{operation: {paths: ["/secret*"]}}]}]
             """))
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ambient.waypoint", "--static", str(static), "--ca-dir", str(ca_dir),

@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import sys
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ambient.bench.waypoint import standalone_state
 from ambient.hbone.client import HboneClient
 from ambient.hbone.pipe import TcpByteStream
 from ambient.hbone.protocol import ConnectRequest
@@ -134,23 +134,7 @@ async def waypoint(tmp_path: Path) -> AsyncIterator[Running]:
     backend_certs = ca.issue("spiffe://cluster.local/ns/shop/sa/web")
     async with app, HboneServer(socket.create_server(("127.0.0.1", 0)), backend_certs, backend_handler) as backend:
         static = tmp_path / "waypoint.yaml"
-        static.write_text(textwrap.dedent(f"""\
-            workloads:
-            - uid: web-1
-              name: web-1
-              namespace: shop
-              workloadIps: [127.0.0.1]
-              protocol: HBONE
-              serviceAccount: web
-              services: {{"shop/web.shop.svc.cluster.local": {{80: {app_port}}}}}
-            services:
-            - name: web
-              namespace: shop
-              hostname: web.shop.svc.cluster.local
-              vips: ["10.96.0.50"]
-              ports: [{{servicePort: 80, targetPort: {app_port}}}]
-              waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}
-            """))
+        static.write_text(standalone_state(app_port))
         metrics_port = _free_port()
         log = tmp_path / "waypoint.log"
         err = log.open("wb")

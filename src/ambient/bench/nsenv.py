@@ -27,6 +27,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -202,6 +203,25 @@ class NetnsPair:
         raise BenchError(
             f"{self._label(proc)}: nothing listens on port {port} in {ns} after {timeout:.0f} s: {self.log_tail(proc)}"
         )
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (a node proxy's or a waypoint's worker processes are its children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:  # the task ended meanwhile
+                continue
+    return out
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> float:
+    """`cpu_seconds` of the processes and their live descendants (workers included)."""
+    return cpu_seconds([p for pid in pids for p in process_tree(pid)])
 
 
 def cpu_seconds(pids: list[int]) -> float:

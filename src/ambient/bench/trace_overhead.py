@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ambient.bench.nsenv import tree_cpu_seconds
 from ambient.bench.testbed import Pod, ProxyProcess, Testbed, bench_testbed, root_main, sh
 from ambient.bench.ztunnel import HTTP_PORT, IPERF_PORT, _conn_rate, _iperf, _start_http
 
@@ -88,25 +89,6 @@ def summary(on: Sequence[float], off: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _tree_cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU of the processes and their live descendants (a node proxy with workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, seen, todo = 0.0, set(), list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a worker that exited between the reads
-    return total
-
-
 def _build(bed: Testbed, mode: str, ids: str) -> Pair:
     bed.create({1: [("client", "client")], 2: [("server", "server")]})
     client, server = bed.pod("client"), bed.pod("server")
@@ -122,9 +104,9 @@ def _build(bed: Testbed, mode: str, ids: str) -> Pair:
 def _measure(pair: Pair, seconds: float) -> tuple[float, float, int]:
     """(connections/s, both proxies' CPU ms per connection, errors) of one slice."""
     pids = [pp.proc.pid for pp in pair.proxies]
-    c0 = _tree_cpu_seconds(pids)
+    c0 = tree_cpu_seconds(pids)
     res = _conn_rate(pair.client, pair.server.ip, HTTP_PORT, seconds)
-    used = _tree_cpu_seconds(pids) - c0
+    used = tree_cpu_seconds(pids) - c0
     seconds_run = max(1, round(seconds)) if res.get("tool") == "wrk" else seconds
     conns = res["per_second"] * seconds_run
     return res["per_second"], used / max(1.0, conns) * 1000, int(res.get("errors", 0))

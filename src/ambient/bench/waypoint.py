@@ -35,17 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from ambient.bench.loopback import REVIEWS_VIP, Loopback, loopback
-from ambient.bench.nsenv import cpu_seconds
+from ambient.bench.nsenv import cpu_seconds, process_tree
 
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\n\r\n"
 
 
-@dataclass
-class Result:
-    label: str
+class _Rates:
+    """Requests/s and latency percentiles (ms) of a measured window (`requests`, `seconds`, `latencies`)."""
+
     requests: int
     seconds: float
-    cpu: float
     latencies: list[float]
 
     @property
@@ -55,6 +54,15 @@ class Result:
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies)
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else 0.0
+
+
+@dataclass
+class Result(_Rates):
+    label: str
+    requests: int
+    seconds: float
+    cpu: float
+    latencies: list[float]
 
     @property
     def cpu_per_request_ms(self) -> float:
@@ -190,7 +198,7 @@ BODY = b"x" * 64
 CLIENT_CODE = "import sys; from ambient.bench.waypoint import client_main; client_main(sys.argv[1])"
 
 
-def _static(app_port: int) -> str:
+def standalone_state(app_port: int) -> str:
     """The standalone waypoint's state: Service `web` (VIP 10.96.0.50:80) -> one pod on 127.0.0.1:`app_port`."""
     return textwrap.dedent(f"""\
         workloads:
@@ -273,34 +281,14 @@ def client_main(spec_json: str) -> None:
     Path(spec["out"]).write_text(json.dumps(result))
 
 
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a waypoint primary and its workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 @dataclass
-class ProcRound:
+class ProcRound(_Rates):
     mode: str  # "direct", or the AMBIENT_WAYPOINT_WORKERS value
     processes: int  # waypoint processes (0 for direct)
     requests: int
     seconds: float
     waypoint_cpu: float  # CPU seconds of the waypoint's process tree over the window
     latencies: list[float]
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-    def pct(self, q: float) -> float:
-        xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else 0.0
 
     @property
     def cores_per_1000(self) -> float:
@@ -332,7 +320,7 @@ async def _start_waypoint(workers: str, static: Path, ca_dir: Path, backend_port
     count = parse_workers(workers)
     deadline = time.monotonic() + 30
     while count > 1:  # until every worker listens: the primary's merged dump says so
-        admins = [a for p in _tree(proc.pid) if (a := _environ(p).get("AMBIENT_WAYPOINT_WORKER_ADMIN"))]
+        admins = [a for p in process_tree(proc.pid) if (a := _environ(p).get("AMBIENT_WAYPOINT_WORKER_ADMIN"))]
         if admins:
             with contextlib.suppress(Exception):
                 dump = json.loads(await get_unix(str(Path(admins[0]).parent / "0.sock"), "/config_dump"))
@@ -381,7 +369,7 @@ async def _proc_round(mode: str, ca_dir: Path, static: Path, backend_port: int, 
             json.dumps({"ca_dir": str(ca_dir), "host": host, "port": port, "identity": identity, "out": str(o),
                         "authority": authority, "connections": n, "start_at": start_at, "seconds": seconds}),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE) for n, o in zip(per, outs, strict=True)]
-        tree = _tree(wp.pid) if wp is not None else []
+        tree = process_tree(wp.pid) if wp is not None else []
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu0 = cpu_seconds(tree)
         await asyncio.sleep(max(0.0, start_at + seconds - time.time()))
@@ -422,7 +410,7 @@ async def measure_processes(seconds: float = 3.0, connections: int = PROC_CONNEC
         async with app, HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(WEB_ID),
                                     backend_handler) as backend:
             static = Path(tmp) / "waypoint.yaml"
-            static.write_text(_static(app_port))
+            static.write_text(standalone_state(app_port))
             for _ in range(rounds):
                 for mode in modes:
                     out[mode].append(await _proc_round(mode, ca_dir, static, backend.address[1], app_port,

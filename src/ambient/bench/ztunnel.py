@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ambient.bench.nsenv import cpu_seconds, process_tree
 from ambient.bench.testbed import (
     Pod,
     ProxyProcess,
@@ -137,35 +138,13 @@ def _iperf(pod: Pod, ip: str, port: int, seconds: int) -> float:
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its live descendants (a node proxy's worker processes are its children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                todo += [int(c) for c in task.read_text().split()]
-            except OSError:  # the task ended meanwhile
-                continue
-    return out
-
-
 def _tree_pids(procs: list[ProxyProcess] | list[subprocess.Popen[bytes]]) -> list[int]:
     return [p for pp in procs for p in process_tree(pp.proc.pid if isinstance(pp, ProxyProcess) else pp.pid)]
 
 
 def _cpu_seconds(procs: list[ProxyProcess] | list[subprocess.Popen[bytes]]) -> float:
     """User + system CPU of the processes and their descendants (workers included)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in _tree_pids(procs):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return cpu_seconds(_tree_pids(procs))
 
 
 def _rss_kib(procs: list[ProxyProcess]) -> int:

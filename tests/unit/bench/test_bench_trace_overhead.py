@@ -12,8 +12,9 @@ import pytest
 from ambient.bench.components import figures_from_result
 from ambient.bench.goals import evaluate
 from ambient.bench.harness import BenchRun, SectionResult
+from ambient.bench.nsenv import tree_cpu_seconds
 from ambient.bench.report import render_run
-from ambient.bench.trace_overhead import _tree_cpu_seconds, paired_ratios, result, summary
+from ambient.bench.trace_overhead import paired_ratios, result, summary
 
 
 @pytest.mark.parametrize(
@@ -96,9 +97,9 @@ def test_cpu_of_a_node_proxy_includes_its_worker_processes() -> None:
     primary = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 30
-        while _tree_cpu_seconds([primary.pid]) < 0.4 and time.monotonic() < deadline:
+        while tree_cpu_seconds([primary.pid]) < 0.4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _tree_cpu_seconds([primary.pid]) >= 0.4
+        assert tree_cpu_seconds([primary.pid]) >= 0.4
     finally:
         kids = subprocess.run(["pgrep", "-P", str(primary.pid)], capture_output=True, text=True).stdout.split()
         primary.kill()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ambient.bench.waypoint import ProcRound, _static, process_figures
+from ambient.bench.waypoint import ProcRound, process_figures, standalone_state
 
 
 def _round(mode: str, processes: int, requests: int, cpu: float) -> ProcRound:
@@ -41,5 +41,5 @@ def test_the_goals_keep_reading_the_loopback_figures() -> None:
 
 
 def test_static_state_routes_the_vip_to_the_backend() -> None:
-    text = _static(40123)
+    text = standalone_state(40123)
     assert 'vips: ["10.96.0.50"]' in text and "{80: 40123}" in text and "targetPort: 40123" in text
