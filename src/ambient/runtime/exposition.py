@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ambient.runtime.errors import ProcessRuntimeError
 
@@ -55,56 +56,20 @@ def _format(value: float) -> str:
     return repr(float(value))
 
 
-def merge_expositions(texts: Sequence[bytes]) -> bytes:
-    """One exposition whose series are the per-series sums of `texts` (see the module docstring)."""
-    if len(texts) == 1:
-        return texts[0]
-    headers: dict[str, list[str]] = {}  # family -> its HELP/TYPE lines (first declaration wins)
-    samples: dict[str, dict[str, float]] = {}  # family -> series key -> summed value
-    order: list[str] = []
-    for text in texts:
-        family = ""
-        for raw in text.decode("utf-8").splitlines():
-            line = raw.strip()
-            if not line:
-                continue
-            if line.startswith("#"):
-                parts = line.split(None, 3)
-                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                    family = parts[2]
-                    if family not in samples:
-                        order.append(family)
-                        samples[family] = {}
-                        headers[family] = []
-                    declared = headers[family]
-                    if not any(h.split(None, 2)[1] == parts[1] for h in declared):
-                        declared.append(line)
-                continue  # other comments carry nothing to merge
-            key, value = _split_sample(line)
-            if not family:  # a sample before any declaration: its own untyped family
-                family = key.split("{", 1)[0]
-                if family not in samples:
-                    order.append(family)
-                    samples[family] = {}
-                    headers[family] = []
-            series = samples[family]
-            series[key] = series.get(key, 0.0) + value
-    out: list[str] = []
-    for family in order:
-        out += headers[family]
-        out += [f"{key} {_format(value)}" for key, value in samples[family].items()]
-    return ("\n".join(out) + "\n").encode("utf-8") if out else b""
+@dataclass
+class _Family:
+    """One metric family of an exposition: its `# HELP` / `# TYPE` lines and its sample lines."""
+
+    name: str
+    kind: str = ""  # the TYPE (counter, gauge, histogram, ...); "" when undeclared
+    headers: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
 
 
-_MONOTONIC = frozenset({"counter", "histogram"})
-
-
-def monotonic_part(text: bytes) -> bytes:
-    """The counter and histogram families of a Prometheus text exposition, comments included (pure): what a
-    departed worker leaves in the merged view. Gauges and untyped families are dropped (a gone process's
-    current values are no longer current)."""
-    blocks: list[tuple[str, list[str]]] = []  # (family, its lines), in order
-    types: dict[str, str] = {}
+def _families(text: bytes) -> list[_Family]:
+    """The families of `text`, in order. Samples before any declaration form an untyped family named after
+    the first of them; comments other than HELP and TYPE carry nothing and are dropped."""
+    out: list[_Family] = []
     for raw in text.decode("utf-8").splitlines():
         line = raw.strip()
         if not line:
@@ -112,17 +77,49 @@ def monotonic_part(text: bytes) -> bytes:
         if line.startswith("#"):
             parts = line.split(None, 3)
             if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                if not blocks or blocks[-1][0] != parts[2]:
-                    blocks.append((parts[2], []))
+                if not out or out[-1].name != parts[2]:
+                    out.append(_Family(parts[2]))
+                out[-1].headers.append(line)
                 if parts[1] == "TYPE" and len(parts) == 4:
-                    types[parts[2]] = parts[3].strip()
-            if blocks:
-                blocks[-1][1].append(line)
+                    out[-1].kind = parts[3].strip()
             continue
-        if not blocks:  # a sample before any declaration: untyped
-            blocks.append((line.split("{", 1)[0].split()[0], []))
-        blocks[-1][1].append(line)
-    kept = [line for family, lines in blocks if types.get(family) in _MONOTONIC for line in lines]
+        if not out:
+            out.append(_Family(line.split("{", 1)[0].split()[0]))
+        out[-1].samples.append(line)
+    return out
+
+
+def merge_expositions(texts: Sequence[bytes]) -> bytes:
+    """One exposition whose series are the per-series sums of `texts` (see the module docstring)."""
+    if len(texts) == 1:
+        return texts[0]
+    headers: dict[str, list[str]] = {}  # family -> its HELP/TYPE lines (first declaration of each wins)
+    samples: dict[str, dict[str, float]] = {}  # family -> series key -> summed value (insertion = output order)
+    for text in texts:
+        for family in _families(text):
+            declared = headers.setdefault(family.name, [])
+            series = samples.setdefault(family.name, {})
+            for line in family.headers:
+                if not any(h.split(None, 2)[1] == line.split(None, 2)[1] for h in declared):
+                    declared.append(line)
+            for line in family.samples:
+                key, value = _split_sample(line)
+                series[key] = series.get(key, 0.0) + value
+    out: list[str] = []
+    for name, series in samples.items():
+        out += headers[name]
+        out += [f"{key} {_format(value)}" for key, value in series.items()]
+    return ("\n".join(out) + "\n").encode("utf-8") if out else b""
+
+
+_MONOTONIC = frozenset({"counter", "histogram"})
+
+
+def monotonic_part(text: bytes) -> bytes:
+    """The counter and histogram families of a Prometheus text exposition (pure): what a departed worker
+    leaves in the merged view. Gauges and untyped families are dropped (a gone process's current values are
+    no longer current)."""
+    kept = [line for f in _families(text) if f.kind in _MONOTONIC for line in (*f.headers, *f.samples)]
     return ("\n".join(kept) + "\n").encode("utf-8") if kept else b""
 
 
