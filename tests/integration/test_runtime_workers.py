@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ambient.bench.nsenv import process_gone
 from ambient.runtime.workers import WORKER_INDEX_ENV, Workers, worker_index
 from helpers import eventually, wait_for
 
@@ -36,14 +37,6 @@ def _seen(d: Path) -> dict[str, list[int]]:
     return out
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    return "State:\tZ" in state
-
-
 def test_index_from_the_environment() -> None:
     assert worker_index({}) == 0
     assert worker_index({WORKER_INDEX_ENV: "3"}) == 3
@@ -62,7 +55,7 @@ async def test_workers_start_restart_and_stop(tmp_path: Path) -> None:
         assert workers.restarts == {1: 1, 2: 0}
         pids = list(workers.pids.values())
         await workers.stop(grace=5)
-        assert all(_gone(p) for p in pids)
+        assert all(process_gone(p) for p in pids)
         await asyncio.wait_for(task, 10)  # supervisors return once stopping
     finally:
         task.cancel()
@@ -78,7 +71,7 @@ async def test_a_worker_ignoring_sigterm_is_killed_after_the_grace(
         await eventually(lambda: "1" in _seen(tmp_path), 20, "worker started")
         pid = workers.pids[1]
         await workers.stop(grace=0.5)
-        assert _gone(pid)
+        assert process_gone(pid)
         await asyncio.wait_for(task, 10)
     finally:
         task.cancel()
@@ -99,6 +92,6 @@ def test_workers_exit_when_their_primary_is_killed(tmp_path: Path) -> None:
         seen = wait_for(lambda: _seen(tmp_path).get("1"), 20, "the worker started")
         primary.kill()
         primary.wait(10)
-        wait_for(lambda: _gone(seen[0]), 20, "the worker exited with its primary")
+        wait_for(lambda: process_gone(seen[0]), 20, "the worker exited with its primary")
     finally:
         primary.kill()

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ambient.bench.nsenv import process_environ, process_gone
 from ambient.bench.waypoint import standalone_state
 from ambient.hbone.client import HboneClient
 from ambient.hbone.pipe import TcpByteStream
@@ -64,21 +65,6 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-
-
 def _requests(text: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "istio_requests_total" and s.labels.get("response_code") == "200")
@@ -95,7 +81,7 @@ class Running:
     def worker(self) -> tuple[int, str] | None:
         """(pid, admin socket) of the live worker, once it is running."""
         for pid in _children(self.proc.pid):
-            admin = _environ(pid).get("AMBIENT_WAYPOINT_WORKER_ADMIN")
+            admin = process_environ(pid).get("AMBIENT_WAYPOINT_WORKER_ADMIN")
             if admin:
                 return pid, admin
         return None
@@ -258,5 +244,5 @@ async def test_sigterm_drains_both_processes(waypoint: Running) -> None:
     err = waypoint.log.read_text()
     assert err.count("waypoint: draining") == 2, err[-3000:]
     assert "did not stop within" not in err
-    assert _gone(wpid)
+    assert process_gone(wpid)
     assert not folder.exists()

@@ -39,6 +39,19 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 """
 
+# In a pod: argv[2] GETs of argv[1], each on a new connection; prints one JSON list of the bodies (or errors).
+FETCH_MANY = r"""
+import json, sys, urllib.request
+url, n = sys.argv[1], int(sys.argv[2])
+out = []
+for _ in range(n):
+    try:
+        out.append(urllib.request.urlopen(url, timeout=10).read().decode())
+    except Exception as exc:
+        out.append(f"error: {exc}")
+print(json.dumps(out))
+"""
+
 
 def force_cleanup(cluster: str = CLUSTER) -> None:
     processes.kill_netns_processes(network.cluster_netns(cluster))

@@ -28,10 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import in_pod, is_ready, local_cluster, pod_manifest, run_ambient, wait_ready, whoami_pod
+from cluster_fixtures import (
+    FETCH_MANY,
+    in_pod,
+    is_ready,
+    local_cluster,
+    pod_manifest,
+    run_ambient,
+    wait_ready,
+    whoami_pod,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambient.api.client import ApiClient
+from ambient.bench.nsenv import process_environ
 from ambient.cluster import layout as L
 from helpers import wait_for
 
@@ -44,27 +54,7 @@ FIRST_CLIENTS = 4
 MORE_CLIENTS = 10  # bound on the pods added while one process has served nothing (2**-10 it still has none)
 GW_LABEL = "gateway.networking.k8s.io/gateway-name"
 
-# In a client pod: n GETs, each on a new connection; prints one JSON list of the bodies (or errors).
-FETCH = r"""
-import json, sys, urllib.request
-url, n = sys.argv[1], int(sys.argv[2])
-out = []
-for _ in range(n):
-    try:
-        out.append(urllib.request.urlopen(url, timeout=10).read().decode())
-    except Exception as exc:
-        out.append(f"error: {exc}")
-print(json.dumps(out))
-"""
 METRICS = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15020/metrics').read().decode())"
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 def _cmdline(pid: int) -> str:
@@ -101,7 +91,7 @@ class Mesh:
         for pid in map(int, out.stdout.split()):
             if "ambient.waypoint" not in _cmdline(pid):
                 continue
-            env = _environ(pid)
+            env = process_environ(pid)
             if "AMBIENT_WORKER_INDEX" in env:
                 workers[int(env["AMBIENT_WORKER_INDEX"])] = (pid, env["AMBIENT_WAYPOINT_WORKER_ADMIN"])
             else:
@@ -145,7 +135,7 @@ class Mesh:
         return pod
 
     def fetch(self, client: dict[str, Any], n: int = PER_CLIENT) -> list[str]:
-        out = in_pod(self.layout, client, [sys.executable, "-c", FETCH, self.url, str(n)], timeout=120)
+        out = in_pod(self.layout, client, [sys.executable, "-c", FETCH_MANY, self.url, str(n)], timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         return list(json.loads(out.stdout))
 

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import in_pod, local_cluster, pod_manifest, wait_ready, whoami_pod
+from cluster_fixtures import FETCH_MANY, in_pod, local_cluster, pod_manifest, wait_ready, whoami_pod
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambient.api.client import ApiClient
+from ambient.bench.nsenv import process_gone
 from ambient.cluster import layout as L
 from helpers import wait_for
 
@@ -37,19 +38,6 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 CLUSTER = "zw1"
 NS = "zw"
 REQUESTS = 40
-
-# In the client pod: REQUESTS GETs, each on a new connection; prints one JSON list of the bodies.
-FETCH = r"""
-import json, sys, urllib.request
-url, n = sys.argv[1], int(sys.argv[2])
-out = []
-for _ in range(n):
-    try:
-        out.append(urllib.request.urlopen(url, timeout=10).read().decode())
-    except Exception as exc:
-        out.append(f"error: {exc}")
-print(json.dumps(out))
-"""
 
 
 @dataclass
@@ -83,7 +71,7 @@ class Mesh:
 
     def fetch(self, n: int = REQUESTS) -> list[str]:
         url = f"http://{self.server['status']['podIP']}:8080/"
-        out = in_pod(self.layout, self.client, [sys.executable, "-c", FETCH, url, str(n)], timeout=120)
+        out = in_pod(self.layout, self.client, [sys.executable, "-c", FETCH_MANY, url, str(n)], timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         return list(json.loads(out.stdout))
 
@@ -171,16 +159,9 @@ def test_workers_die_with_a_killed_primary_and_the_node_proxy_recovers(mesh: Mes
     dump = mesh.dump(2)
     primary, worker = dump["workers"]["pids"]["0"], dump["workers"]["pids"]["1"]
     os.kill(primary, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{worker}").exists() or "zombie" in _state(worker), timeout=30,
-             what="the worker exited with its primary")
+    wait_for(lambda: process_gone(worker), timeout=30, what="the worker exited with its primary")
     wait_for(lambda: (d := mesh.dump(2)) and d.get("workers", {}).get("pids", {}).get("0") not in (None, primary),
              timeout=60, what="the node proxy restarted")
     client_ip = mesh.client["status"]["podIP"]
     wait_for(lambda: mesh.fetch(5) == [f"server {client_ip}"] * 5, timeout=60, what="traffic served again")
 
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
-    except (OSError, IndexError):
-        return "zombie"

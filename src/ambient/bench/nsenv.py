@@ -219,6 +219,23 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment a process started with ({} once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def process_gone(pid: int) -> bool:
+    """The process exited (reaped, or a zombie waiting for its parent)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
 def tree_cpu_seconds(pids: Sequence[int]) -> float:
     """`cpu_seconds` of the processes and their live descendants (workers included)."""
     return cpu_seconds([p for pid in pids for p in process_tree(pid)])

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient.bench.loopback import REVIEWS_VIP, Loopback, loopback
-from ambient.bench.nsenv import cpu_seconds, process_tree
+from ambient.bench.nsenv import cpu_seconds, process_environ, process_tree
 
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\n\r\n"
 
@@ -320,7 +320,7 @@ async def _start_waypoint(workers: str, static: Path, ca_dir: Path, backend_port
     count = parse_workers(workers)
     deadline = time.monotonic() + 30
     while count > 1:  # until every worker listens: the primary's merged dump says so
-        admins = [a for p in process_tree(proc.pid) if (a := _environ(p).get("AMBIENT_WAYPOINT_WORKER_ADMIN"))]
+        admins = [a for p in process_tree(proc.pid) if (a := process_environ(p).get("AMBIENT_WAYPOINT_WORKER_ADMIN"))]
         if admins:
             with contextlib.suppress(Exception):
                 dump = json.loads(await get_unix(str(Path(admins[0]).parent / "0.sock"), "/config_dump"))
@@ -331,14 +331,6 @@ async def _start_waypoint(workers: str, static: Path, ca_dir: Path, backend_port
             raise RuntimeError("waypoint workers did not all listen within 30s")
         await asyncio.sleep(0.1)
     return proc, port, count
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
