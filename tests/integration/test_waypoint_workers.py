@@ -1,8 +1,8 @@
 """`python -m ambient.waypoint` with AMBIENT_WAYPOINT_WORKERS=2, a real primary and worker on loopback: both
 processes accept on the one HBONE address (SO_REUSEPORT) and serve; 15020 adds their metrics up to exactly
 the requests sent; a SIGKILLed worker is restarted and serves again, and 15020 keeps counting what it had
-served (no counter reset for a scraper); SIGTERM drains both (in-flight requests
-answered), the primary waits for its worker, exits 0 and removes its private socket directory. The stop is
+served (no counter reset for a scraper); SIGTERM drains both (in-flight requests answered, nothing on stderr
+but log lines), the primary waits for its worker, exits 0 and removes its private socket directory. The stop is
 sent to the process group, as the kubelet does: a worker must still get one SIGTERM (a second one would cut
 its drain short).
 
@@ -244,5 +244,7 @@ async def test_sigterm_drains_both_processes(waypoint: Running) -> None:
     err = waypoint.log.read_text()
     assert err.count("waypoint: draining") == 2, err[-3000:]
     assert "did not stop within" not in err
+    # a clean stop: nothing the event loop had to report (a stray callback on a cancelled future), no traceback
+    assert "Exception in callback" not in err and "Traceback" not in err, err[-3000:]
     assert process_gone(wpid)
     assert not folder.exists()

@@ -11,6 +11,8 @@ Invariants:
   client's `on_warning` callback (default: logged), as client-go hands them to its warning handler.
 - `field_validation` (Strict, Warn, Ignore) is sent as the `fieldValidation` query parameter on writes;
   None sends nothing, and the server's default (Strict) applies.
+- `AsyncApiClient` reads the Unix socket through asyncio streams (`_UnixStreams`), where cancelling a read -
+  how every component stops its watches - is safe even while the next event arrives.
 - A watch never reconnects by itself: when the stream ends (timeout, server stop) iteration ends; when it
   breaks, `UnavailableError` is raised; a too-old version raises `GoneError`. The caller re-lists or resumes
   from the last version it saw (`WatchEvent.resource_version`, BOOKMARKs included).
@@ -18,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -28,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpcore
 import httpx
 
 from ambient.api.errors import (
@@ -348,6 +352,74 @@ class ApiClient(_Base):
             raise self._unavailable(exc) from None
 
 
+class _UnixStream(httpcore.AsyncNetworkStream):
+    """One connection to the API server's Unix socket, as an asyncio stream pair: the loop's transport reads
+    the socket and hands bytes over through the reader's own waiter, so a read cancelled while data comes in
+    leaves nothing behind (httpcore's default, anyio's raw-socket stream, registers `Future.set_result` as
+    the socket's reader and, under uvloop, has it fire on the cancelled future: "Exception in callback")."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 - httpcore's API
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                self._writer.write(buffer)
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()  # not waiting for the close: httpcore closes from cancelled tasks too
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # httpcore asks before reusing an idle connection: has the server closed it?
+            return self._reader.at_eof() or self._reader.exception() is not None
+        return self._writer.get_extra_info(info)
+
+
+class _UnixStreams(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend for the API server's Unix socket (`_UnixStream`); TCP is not used."""
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_unix_connection(path)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        return _UnixStream(reader, writer)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def _async_unix_transport(path: str) -> httpx.AsyncHTTPTransport:
+    """httpx's transport on `path` whose connections are `_UnixStream`s (httpx takes no network backend: its
+    connection pool is replaced by the same pool on ours)."""
+    transport = httpx.AsyncHTTPTransport(uds=path)
+    transport._pool = httpcore.AsyncConnectionPool(  # httpx's default limits, as its own pool has
+        uds=path, network_backend=_UnixStreams(), max_connections=100, max_keepalive_connections=20,
+        keepalive_expiry=5.0)
+    return transport
+
+
 class AsyncApiClient(_Base):
     """The same API as `ApiClient`, as coroutines; `watch` is an async iterator (close it with
     `contextlib.aclosing` when leaving it early). Use as `async with AsyncApiClient(path) as api:`."""
@@ -355,7 +427,7 @@ class AsyncApiClient(_Base):
     def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 30.0,
                  on_warning: Callable[[str], None] | None = None) -> None:
         super().__init__(socket_path, timeout, on_warning)
-        transport = httpx.AsyncHTTPTransport(uds=self.uds) if self.uds else httpx.AsyncHTTPTransport()
+        transport = _async_unix_transport(self.uds) if self.uds else httpx.AsyncHTTPTransport()
         self._http = httpx.AsyncClient(transport=transport, base_url=self.base_url, timeout=timeout)
 
     async def aclose(self) -> None:
