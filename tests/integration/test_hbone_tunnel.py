@@ -95,6 +95,31 @@ async def test_echo_50mb_with_half_close_and_identity_from_certificate(served, c
     assert stream.peer is not None and stream.peer.uri == SERVER_ID
 
 
+async def test_bulk_writes_from_a_reused_buffer_and_from_bytes_arrive_as_written(served, certs: BenchCerts) -> None:  # type: ignore[no-untyped-def]
+    """`write` copies what it cannot prove immutable: a buffer overwritten as soon as `write` returns
+    still arrives as it was written; views of bytes (sent without a copy) arrive intact too."""
+    server, client, _ = served
+    stream = await client.connect(certs.client, server.address[:2], {SERVER_ID}, "127.0.0.1:7")
+    data = os.urandom(24 * MB)
+    buf = bytearray(2 * MB)
+
+    async def send() -> None:
+        for i in range(0, 12 * MB, 2 * MB):  # first half: one reused mutable buffer, scribbled over after each write
+            buf[:] = data[i : i + 2 * MB]
+            await stream.write(buf)
+            buf[:] = bytes(2 * MB)
+        view = memoryview(data)
+        for i in range(12 * MB, 24 * MB, 3 * MB // 2):  # second half: views of bytes
+            await stream.write(view[i : i + 3 * MB // 2])
+        await stream.write_eof()
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(send())
+        got = tg.create_task(_read_all(stream))
+    assert hashlib.sha256(got.result()).digest() == hashlib.sha256(data).digest()
+    stream.close()
+
+
 async def test_half_close_each_direction_through_tcp_upstream(certs: BenchCerts) -> None:
     """Client sends 50 MB + FIN; the TCP upstream answers only after seeing EOF (proves FIN -> END_STREAM),
     with its digest and 50 MB of its own, then FIN (proves END_STREAM -> EOF at the client)."""

@@ -171,7 +171,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._rbuf = bytearray(READ_BUFFER_MIN)
         self._rview = memoryview(self._rbuf)
         self._abuse = {kind: _RateWindow(limit) for kind, limit in ABUSE_LIMITS.items()}
-        self._out: list[bytes] = []  # corked output (see `_queue`)
+        self._out: list[bytes | memoryview] = []  # corked output (see `_queue`)
         self._out_handle: asyncio.Handle | None = None
         self._fast_left = 0  # payload bytes still to come of the DATA frame the fast path is reading
         self._fast_stream: HboneStream | None = None
@@ -474,16 +474,26 @@ class HboneConnection(asyncio.BufferedProtocol):
         h2's `send_data` copies the payload five times (memoryview -> bytes, body join, header join,
         send buffer, `data_to_send`): for bulk tunnels that was the largest user-space cost. This does h2's
         bookkeeping (`h2fast.account_sent_data`) exactly as `H2Connection.send_data` does, then queues
-        header + payload in one copy (the caller may reuse its buffer at once). Whatever h2 already queued
-        goes first, so frames stay in order. A bulk frame is written out at once (the transport's
-        pause_writing then comes before the caller reads more)."""
+        header + payload in one copy (the caller may reuse its buffer at once), or none for a bulk frame of
+        immutable bytes. Whatever h2 already queued goes first, so frames stay in order. A bulk frame is
+        written out at once (the transport's pause_writing then comes before the caller reads more)."""
         if not self._fast:  # the plain library path: h2 frames it
             self._h2.send_data(stream_id, bytes(data))
             self._flush()
         else:
             h2fast.account_sent_data(self._h2, stream_id, len(data))
             self._flush()
-            self._queue(b"".join((h2fast.data_frame_header(stream_id, len(data)), data)))
+            header = h2fast.data_frame_header(stream_id, len(data))
+            if len(data) >= BULK_FRAME and _immutable(data):
+                # Nobody can change these bytes: the TLS layer encrypts straight from the caller's buffer
+                # (header and payload go out in one `writelines` below, two TLS records). Joining them
+                # first cost a copy of every byte plus a fresh 1 MiB allocation per frame, which glibc
+                # gave back to the OS (heap trim) and page-faulted in again, also under the TLS layer's
+                # own 1 MiB output buffer: a quarter of a bulk tunnel's CPU (docs/performance.md).
+                self._queue(header)
+                self._queue(data)
+            else:
+                self._queue(b"".join((header, data)))
         if len(data) >= BULK_FRAME:
             self._write_out()
 
@@ -495,7 +505,7 @@ class HboneConnection(asyncio.BufferedProtocol):
     # Output is corked for one event-loop pass: every frame written while handling one round of events
     # (HEADERS, DATA, END_STREAM, WINDOW_UPDATE of the many streams a pooled connection carries) leaves in
     # one `writelines` (TLS records for all of them, one send() syscall) instead of one syscall each.
-    def _queue(self, data: bytes) -> None:
+    def _queue(self, data: bytes | memoryview) -> None:
         if not self._writable_transport():
             return
         self._out.append(data)
@@ -623,6 +633,11 @@ class HboneConnection(asyncio.BufferedProtocol):
             f"HboneConnection({'client' if self.client_side else 'server'} peer={self.label} "
             f"identity={self.peer} streams={len(self.streams)} closed={self.closed})"
         )
+
+
+def _immutable(data: bytes | memoryview) -> bool:
+    """Whether `data` is bytes or a view of bytes: safe to hand to the transport without a copy."""
+    return isinstance(data, bytes) or (data.readonly and isinstance(data.obj, bytes))
 
 
 def _code_name(code: int | None) -> str:
