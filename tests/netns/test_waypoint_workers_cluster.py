@@ -227,8 +227,12 @@ def test_deleting_the_pod_drains_both_processes(mesh: Mesh) -> None:
     folder = Path(admin).parent
     log = mesh.state / "logs" / "pods" / f"{NS}_{pod['metadata']['name']}_istio-proxy.log"
     mesh.api.delete("Pod", pod["metadata"]["name"], NS)
-    text = wait_for(lambda: (t := log.read_text(errors="replace")) and t.count("waypoint: draining") >= 2
-                    and not folder.exists() and t, timeout=60,
-                    what="both processes drained and the private directory removed")
+    try:
+        text = wait_for(lambda: (t := log.read_text(errors="replace")) and t.count("waypoint: draining") >= 2
+                        and not folder.exists() and t, timeout=60,
+                        what="both processes drained and the private directory removed")
+    except AssertionError as exc:  # say which half is missing, with the processes' own account
+        raise AssertionError(f"{exc}; directory still there: {folder.exists()}; the pod's log ends with:\n"
+                             f"{log.read_text(errors='replace')[-3000:]}") from None
     assert text.count("waypoint: draining") == 2, text[-3000:]  # once each: one SIGTERM per process
     assert "did not stop within" not in text and "exited (" not in text.split("waypoint: draining", 1)[1]

@@ -58,6 +58,10 @@ METRICS_PORT = 15020
 READY_PORT = 15021
 CONTAINER = "istio-proxy"
 DRAIN_SECONDS = 2  # live tunnels may finish this long after SIGTERM (a waypoint upgrade or deletion)
+# The pod's termination grace: the drain, the second a worker process may take beyond it before its primary
+# kills it, and a second for the primary's own exit (its workers' private directory is removed last): the
+# kubelet's SIGKILL must never land on a primary still waiting for its workers.
+STOP_GRACE_SECONDS = DRAIN_SECONDS + 2
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 PASS_ENV = ("AMBIENT_WAYPOINT_WORKERS",)  # waypoint settings taken from the cluster's environment when set
 
@@ -174,8 +178,7 @@ def plan_waypoint(gateway: Obj, cfg: WaypointConfig) -> list[Obj]:
         "selector": {GATEWAY_NAME_LABEL: name},
         "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT, "appProtocol": "HBONE"}],
     }
-    # the drain ends before SIGKILL
-    return gateway_objects(gateway, name, labels, pod_labels, DRAIN_SECONDS + 1, container, svc_spec)
+    return gateway_objects(gateway, name, labels, pod_labels, STOP_GRACE_SECONDS, container, svc_spec)
 
 
 def service_vip(service: Obj | None) -> str | None:
