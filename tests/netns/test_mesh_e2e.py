@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     wait_for(lambda ns=ns: _annotation(api, ns) == "enabled", 30, f"{ns} pod captured")
                 yield {"layout": result.layout, "api": api, "pods": pods, "state": state}
         finally:
+            # Keep the component and pod logs for post-mortems (pytest keeps the last few tmp dirs).
+            with contextlib.suppress(OSError):
+                shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
             with contextlib.suppress(Exception):
                 lifecycle.delete_cluster(CLUSTER, state)
             _force_cleanup()
@@ -91,6 +95,16 @@ def _apply(mesh: dict[str, Any], obj: dict[str, Any]) -> None:
 def _policy(name: str, spec: dict[str, Any], kind: str = "AuthorizationPolicy") -> dict[str, Any]:
     return {"apiVersion": "security.istio.io/v1", "kind": kind, "metadata": {"name": name, "namespace": "shop"},
             "spec": spec}
+
+
+def _log_tails(mesh: dict[str, Any], *components: str, lines: int = 25) -> str:
+    """The last lines of components' logs, for a failure message (what the control plane and proxies did)."""
+    out = []
+    for name in components:
+        log = Path(mesh["state"]) / "logs" / f"{name}.log"
+        text = log.read_text(errors="replace") if log.exists() else "(no log)"
+        out.append(f"--- {name}:\n" + "\n".join(text.splitlines()[-lines:]))
+    return "\n".join(out)
 
 
 def _until_exit(mesh: dict[str, Any], ns: str, code: int, timeout: float = 15) -> subprocess.CompletedProcess[str]:
@@ -245,7 +259,8 @@ def test_control_plane_outage_keeps_traffic_then_resyncs(mesh: dict[str, Any]) -
     deny = {"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["client"]}}]}]}
     _apply(mesh, _policy("after-outage", deny))
     try:
-        assert _until_exit(mesh, "client", 56, timeout=30).returncode == 56
+        denied = _until_exit(mesh, "client", 56, timeout=30)
+        assert denied.returncode == 56, (denied, _log_tails(mesh, "controlplane", "ztunnel-node-2"))
     finally:
         mesh["api"].delete("AuthorizationPolicy", "after-outage", "shop")
     assert _until_exit(mesh, "client", 0).returncode == 0
