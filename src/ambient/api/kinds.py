@@ -24,12 +24,25 @@ class KindInfo:
     short_names: tuple[str, ...] = ()
     # The kind as manifests spell it when it differs from `kind`: a second kind of the same name in another
     # group (Istio's networking.istio.io Gateway beside the Gateway API's) is keyed "IstioGateway" inside
-    # and written "Gateway" on the wire; users name it by its qualified names (gateways.networking.istio.io)
+    # and written "Gateway" on the wire; users name it by its qualified names (gateways.networking.istio.io),
+    # and so do messages (`display_kind`, `resource`): the internal key is never shown to a user
     manifest_kind: str = ""
 
     @property
     def wire_kind(self) -> str:
         return self.manifest_kind or self.kind
+
+    @property
+    def display_kind(self) -> str:
+        """The kind as messages name it: the manifest's kind, qualified with its group when another group has
+        a kind of that name (`Gateway.networking.istio.io`, never the internal key "IstioGateway")."""
+        return f"{self.manifest_kind}.{self.group}" if self.manifest_kind else self.kind
+
+    @property
+    def resource(self) -> str:
+        """The resource as kube-apiserver names it in 404/409 messages (`gateways.networking.istio.io "x" not
+        found`): the plural, qualified with the group when another group serves the same plural."""
+        return f"{self.plural}.{self.group}" if self.manifest_kind else self.plural
 
     @property
     def api_version(self) -> str:

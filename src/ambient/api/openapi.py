@@ -81,16 +81,16 @@ def _convert(node: Any, name: str) -> dict[str, Any]:
 def definition_name(info: KindInfo) -> str:
     """The component name Kubernetes would use: io.k8s.api.core.v1.Pod, io.istio.security.v1.AuthorizationPolicy."""
     if info.group in ("", "apps"):
-        return f"io.k8s.api.{info.group or 'core'}.{info.version}.{info.kind}"
+        return f"io.k8s.api.{info.group or 'core'}.{info.version}.{info.wire_kind}"
     parts = info.group.split(".")
-    return ".".join([*reversed(parts[1:]), parts[0], info.version, info.kind])
+    return ".".join([*reversed(parts[1:]), parts[0], info.version, info.wire_kind])
 
 
 def kind_schema(info: KindInfo) -> dict[str, Any]:
     schema = _convert(SCHEMAS.get(info.kind), info.kind)
     if "properties" not in schema:
         schema = {"type": "object", "properties": {}, "x-kubernetes-preserve-unknown-fields": True}
-    schema["description"] = f"{info.kind} ({info.api_version}), as the ambient local cluster serves it."
+    schema["description"] = f"{info.wire_kind} ({info.api_version}), as the ambient local cluster serves it."
     schema["x-kubernetes-group-version-kind"] = [{"group": info.group, "kind": info.wire_kind, "version": info.version}]
     props = schema["properties"]
     props.setdefault("apiVersion", {"type": "string"})["description"] = "APIVersion of this object."

@@ -19,6 +19,10 @@ Invariants:
   fail open), Warn (unknown fields dropped, one `Warning: 299 - "unknown field ..."` header each) or Ignore
   (dropped silently). Unknown fields are never stored. Status writes are not schema-checked. A field given
   twice in one JSON object is refused the same way (Warn/Ignore keep the last value).
+- Defaults as kube-apiserver's (`ambient.api.defaults`, applied by the store after validation): every
+  create, update, patch (any type), server-side apply and batch apply, dry runs included, stores and answers
+  the defaulted object, so `kubectl describe`/`get -o yaml` show what Kubernetes would and `kubectl diff`
+  shows no difference for an unchanged manifest. Only absent fields are filled.
 - Write options as kube-apiserver reads them (`ambient.api.options`): `dryRun=All` (a DELETE also takes it
   from a DeleteOptions body) runs the write whole on the store's thread and rolls it back: the answer is
   the object as it would be, nothing is stored, no version is taken and watchers are not woken. Any other
@@ -145,8 +149,8 @@ def _subject(info: KindInfo, obj: Any) -> str:
     meta = meta if isinstance(meta, dict) else {}
     name = str(meta.get("name") or "?")[:253]
     if info.namespaced:
-        return f"{info.kind} {str(meta.get('namespace') or 'default')[:63]}/{name}"
-    return f"{info.kind} {name}"
+        return f"{info.display_kind} {str(meta.get('namespace') or 'default')[:63]}/{name}"
+    return f"{info.display_kind} {name}"
 
 
 def _error_response(exc: ApiError) -> web.Response:
@@ -182,11 +186,11 @@ def parse_api_path(prefix: str, tail: str) -> tuple[KindInfo, str | None, str | 
     if info.group != group or info.version != version:
         raise NotFoundError(f'the server has no resource "{rest[0]}" in {group or "core"}/{version}')
     if namespace is not None and not info.namespaced:
-        raise NotFoundError(f"{info.plural} are cluster-scoped: they have no namespace")
+        raise NotFoundError(f"{info.resource} are cluster-scoped: they have no namespace")
     name = rest[1] if len(rest) > 1 else None
     sub = rest[2] if len(rest) > 2 else None
     if sub not in (None, "status") and sub not in _SUBRESOURCES.get(info.kind, ()):
-        raise NotFoundError(f'no subresource "{sub}" for {info.plural}')
+        raise NotFoundError(f'no subresource "{sub}" for {info.resource}')
     return info, namespace, name, sub
 
 
@@ -700,7 +704,7 @@ class ApiServer:
             raise BadRequestError(f"request body must be a JSON object, got {type(obj).__name__}")
         body_info = kind_for_manifest(obj.get("apiVersion") or info.api_version, obj.get("kind") or info.wire_kind)
         if body_info != info:
-            raise BadRequestError(f"the body is a {body_info.kind} but the URL addresses {info.plural}")
+            raise BadRequestError(f"the body is a {body_info.display_kind} but the URL addresses {info.resource}")
         obj.setdefault("apiVersion", info.api_version)
         obj.setdefault("kind", info.wire_kind)
         meta = obj.setdefault("metadata", {})
@@ -865,7 +869,7 @@ class ApiServer:
                     lines.append(render(info, "ADDED", item) if render else '{"type":"ADDED","object":' + item + "}\n")
             if initial_events:
                 # The end of the initial state, which a streaming-list client (client-go's WatchList) waits for.
-                end = {"apiVersion": info.api_version, "kind": info.kind,
+                end = {"apiVersion": info.api_version, "kind": info.wire_kind,
                        "metadata": {"resourceVersion": str(since),
                                     "annotations": {"k8s.io/initial-events-end": "true"}}}
                 lines.append(_dumps({"type": "BOOKMARK", "object": end}) + "\n")
@@ -907,7 +911,7 @@ class ApiServer:
                 if bookmarks and not lines and time.monotonic() - last_write >= self.bookmark_interval:
                     bookmark = {
                         "apiVersion": info.api_version,
-                        "kind": info.kind,
+                        "kind": info.wire_kind,
                         "metadata": {"resourceVersion": str(since)},
                     }
                     lines.append(_dumps({"type": "BOOKMARK", "object": bookmark}) + "\n")

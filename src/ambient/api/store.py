@@ -11,8 +11,10 @@ Invariants:
 - The change log keeps the last `max_events` versions; `meta.compacted` is the newest version removed, and
   a watch from an older version gets `GoneError` (HTTP 410: re-list, then watch again).
 - Objects are stored as compact JSON text keyed by (kind, namespace, name); cluster-scoped kinds use
-  namespace "". No object is stored larger than `max_object_bytes` (1.5 MiB, etcd's limit), status
-  included. Server-owned fields (uid, creationTimestamp, resourceVersion, generation) are set here only.
+  namespace "". Every object written (not a status write) is validated, then defaulted as kube-apiserver
+  defaults it (`ambient.api.defaults`: only absent fields). No object is stored larger than
+  `max_object_bytes` (1.5 MiB, etcd's limit), status included. Server-owned fields (uid,
+  creationTimestamp, resourceVersion, generation) are set here only.
 - A namespaced object can only be created in an existing Namespace; deleting a Namespace deletes every
   object in it in the same transaction.
 - Dry run (`dry_run=True` on every write, Kubernetes' `?dryRun=All`): the call runs exactly as a real one
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient.api.apply import record_update
+from ambient.api.defaults import fill_defaults
 from ambient.api.errors import (
     AlreadyExistsError,
     ApiError,
@@ -116,7 +119,7 @@ def _default_validate(obj: Obj) -> Obj:
 
 
 def _describe(info: KindInfo, name: str, namespace: str) -> str:
-    return f'{info.plural} "{name}"' + (f' in namespace "{namespace}"' if info.namespaced else "")
+    return f'{info.resource} "{name}"' + (f' in namespace "{namespace}"' if info.namespaced else "")
 
 
 def _spec_part(obj: Obj) -> Obj:
@@ -296,7 +299,10 @@ class Store:
         if not isinstance(obj, dict):
             raise ValidationError(f"expected an object (mapping), got {type(obj).__name__}")
         valid = self._validate(obj)
-        return kind_for_manifest(valid.get("apiVersion"), valid.get("kind")), valid
+        info = kind_for_manifest(valid.get("apiVersion"), valid.get("kind"))
+        # Kubernetes' defaults, on the validated copy (`ambient.api.defaults`): every write of spec or
+        # metadata comes through here, dry runs included, so what is stored and answered is defaulted.
+        return info, fill_defaults(valid, info.kind)
 
     @staticmethod
     def _key(info: KindInfo, obj: Obj) -> tuple[str, str]:
@@ -321,7 +327,7 @@ class Store:
         if given not in (None, "") and str(given) != current["metadata"]["resourceVersion"]:
             name = current["metadata"]["name"]
             raise ConflictError(
-                f'operation cannot be fulfilled on {info.plural} "{name}": the object has been modified '
+                f'operation cannot be fulfilled on {info.resource} "{name}": the object has been modified '
                 f"(resourceVersion {given} is stale, current is {current['metadata']['resourceVersion']})",
                 hint="read the object again, re-apply your change to it and retry",
             )
@@ -416,7 +422,7 @@ class Store:
             # Ignore requests); the stored object has none, except one written before strict validation.
             unknown = find_unknown_fields(patch, info.kind)
             if unknown:
-                raise strict_error(unknown, f"{info.kind} {namespace + '/' if namespace else ''}{name}")
+                raise strict_error(unknown, f"{info.display_kind} {namespace + '/' if namespace else ''}{name}")
         merged = merge_patch(current, patch)
         if status:
             new = copy.deepcopy(current)
@@ -440,7 +446,7 @@ class Store:
             want = (preconditions or {}).get(field)
             if want is not None and want != current["metadata"].get(field):
                 raise ConflictError(
-                    f'Operation cannot be fulfilled on {info.plural} "{name}": Precondition failed: {label} in '
+                    f'Operation cannot be fulfilled on {info.resource} "{name}": Precondition failed: {label} in '
                     f"precondition: {want}, {label} in object meta: {current['metadata'].get(field)}",
                     hint="the object was replaced or changed since it was read: read it again",
                 )
@@ -619,7 +625,8 @@ class Store:
                     continue
                 if unknown:
                     listed = ", ".join(u.message() for u in unknown[:5])
-                    found.append(f"{kind} {namespace + '/' if namespace else ''}{name}: {listed}")
+                    shown = resolve_kind(kind).display_kind  # the store's key may be internal (IstioGateway)
+                    found.append(f"{shown} {namespace + '/' if namespace else ''}{name}: {listed}")
                     if len(found) >= limit:
                         break
         return found

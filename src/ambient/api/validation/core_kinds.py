@@ -6,8 +6,10 @@ Role: one `_check_<kind>(spec, obj)` per kind, called by `validate_object` throu
 
 Invariants:
 - Each check validates and fills defaults in place on the (already deep-copied) object: Pod
-  `serviceAccountName` = default, `restartPolicy` = Always, port `protocol` = TCP, Deployment `replicas` = 1,
-  Service `type` = ClusterIP and `targetPort` = port. Defaulting an already defaulted spec changes nothing.
+  `serviceAccountName` = the deprecated `serviceAccount` if given, else default, `restartPolicy` = Always,
+  port `protocol` = TCP, Deployment `replicas` = 1, Service `type` = ClusterIP and `targetPort` = port.
+  Defaulting an already defaulted spec changes nothing. (The rest of Kubernetes' defaults are the API
+  server's: `ambient.api.defaults`, applied by the store after validation.)
 - Only what the local cluster can run is accepted (e.g. ClusterIP services only); other fields stay loose.
 """
 
@@ -129,8 +131,10 @@ def check_pod_spec(spec: Obj, path: str = "spec") -> None:
     for cp, c in _items(spec, "initContainers", path):
         _check_container(c, cp, names)
     _str(spec, "nodeName", path)
+    if spec.get("serviceAccount") is not None:  # the deprecated spelling, still read by Kubernetes
+        check_name(spec["serviceAccount"], f"{path}.serviceAccount")
     if spec.get("serviceAccountName") is None:
-        spec["serviceAccountName"] = "default"
+        spec["serviceAccountName"] = spec.get("serviceAccount") or "default"
     else:
         check_name(spec["serviceAccountName"], f"{path}.serviceAccountName")
     _enum(spec, "restartPolicy", path, ("Always", "OnFailure", "Never"), default="Always")
