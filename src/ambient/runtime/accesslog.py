@@ -62,6 +62,8 @@ _FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("duration", "duration", True),
     ("route", "route", True),
     ("authz", "authz", True),
+    ("dst.original", "original", False),
+    ("hbone_conn", "hbone_conn", False),
     ("closed_by", "closed_by", False),
     ("trace_id", "trace_id", False),
     ("error", "error", True),

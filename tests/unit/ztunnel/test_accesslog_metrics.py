@@ -68,6 +68,20 @@ def test_failed_line_and_json() -> None:
     assert '"bytes_sent": 84' in format_json(_record(), now=0)
 
 
+def test_json_line_carries_every_field_of_the_text_line() -> None:
+    """`--log-format json` says what the text line says, tracing fields included (same names, same values)."""
+    import json
+
+    record = _record()
+    record.route, record.authz, record.original = "hbone", "no allow policies", "10.96.0.10:80"
+    record.hbone_conn, record.closed_by, record.trace_id = "pooled", "client", "4bf92f3577b34da6a3ce929d0e0e4736"
+    record.ended = record.started + 0.061
+    text = {k: str(v) for k, v in parse_fields(format_text(record, now=0)).items()}
+    body = json.loads(format_json(record, now=0))
+    assert {"dst.original", "hbone_conn", "closed_by", "route", "authz", "trace_id"} <= set(text)
+    assert {k: str(body[k]) for k in text} == text
+
+
 def test_metrics_names_labels_and_values() -> None:
     metrics = ProxyMetrics()
     labels = ConnectionLabels.build(reporter="source", source_workload="curl", destination_service="")
