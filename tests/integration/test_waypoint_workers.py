@@ -41,11 +41,16 @@ WAYPOINT_ID = "spiffe://cluster.local/ns/shop/sa/waypoint"
 REQUESTS = 40
 
 
+SLOW_SECONDS = 2.5  # how long the app holds a /slow request: well inside the waypoint's 5 s drain
+_slow_seen: list[bytes] = []  # the /slow requests the app has received (the test's own event loop)
+
+
 async def _http_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     head = await reader.readuntil(b"\r\n\r\n")
     path = head.split(b" ")[1]
     if path == b"/slow":
-        await asyncio.sleep(1.5)
+        _slow_seen.append(path)
+        await asyncio.sleep(SLOW_SECONDS)
     body = b"app saw " + path
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
     await writer.drain()
@@ -227,8 +232,12 @@ async def test_a_killed_worker_is_restarted_and_serves_again(waypoint: Running) 
 async def test_sigterm_drains_both_processes(waypoint: Running) -> None:
     wpid, admin = await _worker_serving(waypoint)
     folder = Path(admin).parent
+    _slow_seen.clear()
     async with asyncio.TaskGroup() as tg:
         slow = [tg.create_task(waypoint.request("/slow")) for _ in range(12)]
+        # every request through the waypoint before the stop (a connection dialled after it is refused, as it
+        # should be: the listener closes first), and the worker holding at least one of them
+        await eventually(lambda: len(_slow_seen) == len(slow), 20, "the app holding every /slow request")
 
         async def worker_has_one() -> bool:
             return bool(json.loads(await get_unix(admin, "/config_dump"))["process"]["hbone_connections"])
