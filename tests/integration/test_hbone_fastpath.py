@@ -9,14 +9,20 @@ import os
 import socket
 import ssl
 import tempfile
+from collections.abc import Iterable
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 import uvloop
 from h2.frame_buffer import FrameBuffer
+from hbone_fakes import FakeTransport
 from hyperframe.frame import DataFrame, HeadersFrame, WindowUpdateFrame
 
 from ambient.hbone.client import HboneClient
-from ambient.hbone.connection import HboneStream
+from ambient.hbone.connection import HboneConnection, HboneStream
 from ambient.hbone.errors import HboneError
 from ambient.hbone.h2fast import FastFrameBuffer
 from ambient.hbone.protocol import ConnectRequest
@@ -102,6 +108,62 @@ async def test_bulk_bytes_and_windows_exact(ca: LocalCA) -> None:
         # has not sent a connection-level WINDOW_UPDATE yet and the window is down by exactly the payload.
         assert h2c.outbound_flow_control_window == before - len(payload)
         s.close()
+
+
+class _KeepingTransport(FakeTransport):
+    """Keeps the very objects it is given, as a TLS transport's write backlog would (never in the open
+    state of asyncio's or uvloop's, which encrypt before `writelines` returns: the worst case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[bytes | memoryview] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.kept.append(data)
+
+    def writelines(self, chunks: Iterable[bytes | memoryview]) -> None:
+        self.kept.extend(chunks)
+
+    def take(self) -> bytes:
+        out = b"".join(bytes(c) for c in self.kept)
+        self.kept.clear()
+        return out
+
+
+async def test_bulk_frames_from_a_reused_buffer_survive_a_transport_that_keeps_them() -> None:
+    """A relay reuses its read buffer as soon as `send_nowait` returns, and bulk frames of such a buffer
+    go through a reused scratch buffer: a transport still holding an earlier frame must see it unchanged."""
+    conn = HboneConnection(client_side=True)
+    transport = _KeepingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    big = 1 << 24
+    peer.local_settings = h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: big, h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
+    peer.max_inbound_frame_size = 1 << 20
+    peer.initiate_connection()
+    peer.increment_flow_control_window(big)
+    peer.receive_data(transport.take())
+    conn.data_received(peer.data_to_send())
+    opening = asyncio.ensure_future(conn.open_stream([(":method", "CONNECT"), (":authority", "10.0.0.1:80")]))
+    await eventually(lambda: transport.kept, what="the CONNECT request written")
+    for ev in peer.receive_data(transport.take()):
+        if isinstance(ev, h2.events.RequestReceived):
+            peer.send_headers(ev.stream_id, [(":status", "200")])
+    conn.data_received(peer.data_to_send())
+    stream = await opening
+    buf = bytearray(300_000)
+    sent = []
+    for _ in range(3):
+        buf[:] = os.urandom(len(buf))
+        sent.append(bytes(buf))
+        assert stream.send_nowait(memoryview(buf)) == len(buf)
+    got = bytearray()
+    for ev in peer.receive_data(transport.take()):
+        if isinstance(ev, h2.events.DataReceived):
+            got += ev.data or b""
+    assert bytes(got) == b"".join(sent)
+    stream.close()
 
 
 async def test_drain_serves_connections_already_queued(ca: LocalCA) -> None:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -474,28 +476,52 @@ class HboneConnection(asyncio.BufferedProtocol):
         h2's `send_data` copies the payload five times (memoryview -> bytes, body join, header join,
         send buffer, `data_to_send`): for bulk tunnels that was the largest user-space cost. This does h2's
         bookkeeping (`h2fast.account_sent_data`) exactly as `H2Connection.send_data` does, then queues
-        header + payload in one copy (the caller may reuse its buffer at once), or none for a bulk frame of
-        immutable bytes. Whatever h2 already queued goes first, so frames stay in order. A bulk frame is
-        written out at once (the transport's pause_writing then comes before the caller reads more)."""
+        header + payload in one copy (the caller may reuse its buffer at once; a bulk frame is copied into a
+        reused scratch buffer, see `_send_copied`, or not at all if its bytes are immutable). Whatever h2
+        already queued goes first, so frames stay in order. A bulk frame is written out at once (the
+        transport's pause_writing then comes before the caller reads more)."""
+        n = len(data)
         if not self._fast:  # the plain library path: h2 frames it
             self._h2.send_data(stream_id, bytes(data))
             self._flush()
-        else:
-            h2fast.account_sent_data(self._h2, stream_id, len(data))
-            self._flush()
-            header = h2fast.data_frame_header(stream_id, len(data))
-            if len(data) >= BULK_FRAME and _immutable(data):
-                # Nobody can change these bytes: the TLS layer encrypts straight from the caller's buffer
-                # (header and payload go out in one `writelines` below, two TLS records). Joining them
-                # first cost a copy of every byte plus a fresh 1 MiB allocation per frame, which glibc
-                # gave back to the OS (heap trim) and page-faulted in again, also under the TLS layer's
-                # own 1 MiB output buffer: a quarter of a bulk tunnel's CPU (docs/performance.md).
-                self._queue(header)
-                self._queue(data)
-            else:
-                self._queue(b"".join((header, data)))
-        if len(data) >= BULK_FRAME:
+            if n >= BULK_FRAME:
+                self._write_out()
+            return
+        h2fast.account_sent_data(self._h2, stream_id, n)
+        self._flush()
+        header = h2fast.data_frame_header(stream_id, n)
+        if n < BULK_FRAME:
+            self._queue(b"".join((header, data)))  # corked: a copy, as the caller may reuse its buffer
+        elif _immutable(data):
+            # Nobody can change these bytes: the TLS layer encrypts straight from the caller's buffer
+            # (header and payload go out in one `writelines`, two TLS records). Joining them first cost a
+            # copy of every byte plus a fresh 1 MiB allocation per frame, which glibc gave back to the OS
+            # (heap trim) and page-faulted in again, also under the TLS layer's own 1 MiB output buffer:
+            # a quarter of a bulk tunnel's CPU (docs/performance.md).
+            self._queue(header)
+            self._queue(data)
             self._write_out()
+        else:
+            self._send_copied(header, data)
+
+    def _send_copied(self, header: bytes, data: bytes | memoryview) -> None:
+        """Write out a bulk frame whose payload the caller may change (a relay's reused read buffer): one
+        copy into this thread's scratch buffer, written at once. The TLS layer encrypts it before
+        `writelines` returns (asyncio's and uvloop's both do in the open state), so the scratch is reused for
+        the next frame, warm in cache, instead of a fresh 1 MiB allocation per frame; should the transport
+        keep a reference after all (its write backlog), the scratch is left to it and a new one made."""
+        n = len(data)
+        scratch = _take_scratch(n)
+        with memoryview(scratch) as whole:
+            part = whole[:n]
+            part[:] = data
+            self._queue(header)
+            self._queue(part)
+            del part
+            self._write_out()
+        # References now: `scratch` and getrefcount's argument, unless the transport kept a view of it.
+        if sys.getrefcount(scratch) == 2:
+            _give_back_scratch(scratch)
 
     def _flush(self) -> None:
         data = self._h2.data_to_send()
@@ -633,6 +659,26 @@ class HboneConnection(asyncio.BufferedProtocol):
             f"HboneConnection({'client' if self.client_side else 'server'} peer={self.label} "
             f"identity={self.peer} streams={len(self.streams)} closed={self.closed})"
         )
+
+
+_scratch = threading.local()  # `_send_copied`'s buffer, one per thread (a node proxy's worker threads)
+
+
+def _take_scratch(n: int) -> bytearray:
+    """This thread's scratch buffer (at least `n` bytes), taken out of the slot while in use (a nested send
+    on another connection gets a new one)."""
+    buf: bytearray | None = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < n:
+        return bytearray(n)
+    _scratch.buf = None
+    return buf
+
+
+def _give_back_scratch(buf: bytearray) -> None:
+    if len(buf) <= proto.MAX_FRAME_SIZE:  # a peer's bigger frame size does not pin more memory per thread
+        current: bytearray | None = getattr(_scratch, "buf", None)
+        if current is None or len(current) < len(buf):
+            _scratch.buf = buf
 
 
 def _immutable(data: bytes | memoryview) -> bool:
