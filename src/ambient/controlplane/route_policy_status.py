@@ -104,10 +104,6 @@ _DR_UNSUPPORTED_LB = ("httpCookie", "httpQueryParameterName", "ringHash", "magle
 
 def _policy_gaps(tp: Mapping[str, Any], where: str) -> list[str]:
     gaps = []
-    tls = tp.get("tls") or {}
-    if tls.get("mode") in ("SIMPLE", "MUTUAL") and tls.get("credentialName"):
-        gaps.append(f"{where}tls.credentialName (the waypoint reads caCertificates / clientCertificate / "
-                    "privateKey files, not Secrets)")
     lb = tp.get("loadBalancer") or {}
     for key in _DR_UNSUPPORTED_LB:
         if (lb.get("consistentHash") or {}).get(key):
@@ -129,8 +125,9 @@ def destination_rule_status_fields(
 ) -> tuple[str, str, str]:
     """`WaypointAccepted` of a DestinationRule: applied by the waypoint of its host's Service; False /
     NoWaypoint when that Service uses none (or the host names no Service here), False / UnsupportedValue
-    naming the settings the waypoint does not implement (they are ignored; the rest applies): tls
-    credentialName, cookie / query / ring hashing, locality and warm-up settings, tunnel, proxyProtocol."""
+    naming the settings the waypoint does not implement (they are ignored; the rest applies): cookie / query /
+    ring hashing, locality and warm-up settings, tunnel, proxyProtocol, retryBudget. (tls `credentialName` is
+    read by the waypoint, from a Secret of the waypoint's namespace.)"""
     from ambient.l7.virtual_service import resolve_host
 
     meta = dr.get("metadata") or {}

@@ -4,14 +4,14 @@ attached to it, the TLS Secrets of its HTTPS listeners and the Services its rout
 `GatewayConfig.build` is pure (objects in, an immutable config out); `ApiConfigSource` keeps the objects
 current with one informer per kind (`ambient.api.informer.inform`) and publishes a new config on every
 change. A route that cannot be parsed is logged and skipped (one broken route must not take the others
-down); a listener whose certificate is unusable is left out and its reason kept (`problems`). Secret
-contents are never logged.
+down); a listener whose certificate is unusable is left out and its reason kept (`problems`). Secrets are
+read by `ambient.tls.credentials` (Istio's keys: `tls.crt` / `tls.key`, or `cert` / `key`); their contents
+are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +22,8 @@ from ambient.api.informer import inform
 from ambient.l7.errors import L7Error
 from ambient.l7.gateway_routing import AttachedRoute, Listener, gateway_parents
 from ambient.l7.routing import HttpRoute, WeightedRoundRobin, parse_http_route
+from ambient.tls.credentials import key_pair, secret_data
+from ambient.tls.errors import CredentialError
 
 log = logging.getLogger("ambient.gateway.config")
 
@@ -169,13 +171,14 @@ def _certificate(listener: Obj, ns: str, secrets: Mapping[tuple[str, str], Obj])
     ref = refs[0]
     key = (str(ref.get("namespace") or ns), str(ref.get("name")))
     secret = secrets.get(key)
+    what = f"certificate Secret {key[0]}/{key[1]}"
     if secret is None:
-        return f"certificate Secret {key[0]}/{key[1]} not found"
-    data = secret.get("data") or {}
+        return f"{what} not found"
     try:
-        return Certificate(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
-    except (KeyError, ValueError):
-        return f"certificate Secret {key[0]}/{key[1]} has no usable tls.crt and tls.key"
+        pair = key_pair(secret_data(secret, what), what)
+    except CredentialError as exc:
+        return exc.message
+    return Certificate(pair.cert_pem, pair.key_pem)
 
 
 def _key(obj: Obj) -> tuple[str, str]:

@@ -56,7 +56,10 @@ class OutlierDetection:
 class OriginationTls:
     """`trafficPolicy.tls` SIMPLE / MUTUAL: TLS the waypoint originates towards an endpoint outside the mesh
     (a ServiceEntry host). Files are paths on the waypoint's filesystem, as Istio's `caCertificates`,
-    `clientCertificate` and `privateKey`; no CA file: the system roots. `sni` "" means the Service's host."""
+    `clientCertificate` and `privateKey`; no CA file: the system roots. `credential_name` names a Secret of
+    the waypoint's own namespace holding the client certificate and the CA (`ambient.tls.credentials`); when
+    set, the three file fields are ignored, as Istio's cluster builder does (its validation refuses both
+    at once). `sni` "" means the Service's host."""
 
     mode: str
     sni: str = ""
@@ -65,7 +68,7 @@ class OriginationTls:
     private_key: str = ""
     subject_alt_names: tuple[str, ...] = ()
     insecure_skip_verify: bool = False
-    credential_name: str = ""  # not read by the waypoint (reported by the control plane)
+    credential_name: str = ""
 
 
 def _origination(tls: Mapping[str, Any]) -> OriginationTls | None:

@@ -34,18 +34,23 @@ ALPN_H2 = "h2"
 ALLOWED_CIPHERS = frozenset({"TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"})
 
 
-def _load_cert_chain(ctx: ssl.SSLContext, bundle: CertBundle) -> None:
+def load_pem_key_pair(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes, what: str) -> None:
+    """Load a PEM certificate chain and its private key into `ctx` (raises TlsError naming `what`)."""
     # SSLContext.load_cert_chain only takes paths; a memfd keeps the key off any disk.
     fd = os.memfd_create("ambient-cert", os.MFD_CLOEXEC)
     try:
-        os.write(fd, bundle.chain_bytes() + b"\n" + bundle.key_pem)
+        os.write(fd, chain_pem + b"\n" + key_pem)
         path = f"/proc/self/fd/{fd}"
         try:
             ctx.load_cert_chain(path)
         except ssl.SSLError as exc:
-            raise TlsError(f"cannot load certificate for {bundle.identity}: {exc}") from None
+            raise TlsError(f"cannot load certificate for {what}: {exc}") from None
     finally:
         os.close(fd)
+
+
+def _load_cert_chain(ctx: ssl.SSLContext, bundle: CertBundle) -> None:
+    load_pem_key_pair(ctx, bundle.chain_bytes(), bundle.key_pem, str(bundle.identity))
 
 
 _TLS13_SUITES = b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"

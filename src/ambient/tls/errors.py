@@ -15,3 +15,8 @@ class TlsPolicyError(TlsError):
 
 class PeerIdentityError(TlsError):
     """The peer certificate is valid TLS-wise but its identity is not acceptable."""
+
+
+class CredentialError(TlsError):
+    """A TLS credential Secret (`credentialName`, a Gateway's `certificateRefs`) is missing or lacks the keys
+    it needs. The message names the Secret `namespace/name` and the keys, never their contents."""

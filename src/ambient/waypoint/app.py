@@ -216,7 +216,7 @@ class App:
             from ambient.api.client import AsyncApiClient
 
             api = AsyncApiClient(args.api_socket)
-            l7 = ApiL7Source(api)
+            l7 = ApiL7Source(api, namespace=args.namespace)
         metrics = WaypointMetrics()
         stop = self._stop
         # The primary binds first (a busy address fails before anything starts) and hands the bound address

@@ -1,6 +1,7 @@
 """Where the waypoint's L7 config comes from: routes (HTTPRoute, GRPCRoute, TCPRoute, VirtualService),
-DestinationRules, targetRef AuthorizationPolicies and RequestAuthentications, ReferenceGrants, and the
-labels of Pods (for DestinationRule subsets: the workload state carries no labels).
+DestinationRules, targetRef AuthorizationPolicies and RequestAuthentications, ReferenceGrants, the
+labels of Pods (for DestinationRule subsets: the workload state carries no labels), and the Secrets of the
+waypoint's own namespace (DestinationRule `tls.credentialName`, read when a connection is opened).
 
 The waypoint reads its config through `L7Source` (`.current` -> an immutable `L7Config`), so the proxy
 does not care whether objects came from a static YAML file (`StaticL7Source`, tests and standalone use) or
@@ -14,9 +15,12 @@ can describe a whole standalone waypoint.
 Invariants: conversion happens before publication, a bad object is logged and skipped (one broken
 route must not take every route down), and a published `L7Config` is never mutated (a route rule's
 weighted-round-robin balancer is the one piece of state inside it). A Pod event replaces only the pod
-labels. A route rule using something the waypoint does not implement (ExtensionRef, CORS, backendRef
-filters; VirtualService directResponse, delegate, ...) is kept, answers 500, and is named in a warning
-(once per distinct message).
+labels, a Secret event only the Secrets (so a rotated certificate is seen by the next connection opened,
+without re-parsing routes). `ApiL7Source` watches Secrets of its own namespace only: Istio reads a
+`credentialName` in the namespace of the proxy using it, and a waypoint has no business holding the rest.
+A route rule using something the waypoint does not implement (ExtensionRef, CORS, backendRef filters;
+VirtualService directResponse, delegate, ...) is kept, answers 500, and is named in a warning (once per
+distinct message).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,7 +57,9 @@ from ambient.waypoint.l7authz import L7Policy, parse_policy
 log = logging.getLogger(__name__)
 # Pods: only their labels are kept, for DestinationRule subsets (the workload state has no labels)
 KINDS = ("HTTPRoute", "AuthorizationPolicy", "VirtualService", "DestinationRule", "RequestAuthentication", "GRPCRoute",
-         "TCPRoute", "ReferenceGrant", "Pod")
+         "TCPRoute", "ReferenceGrant", "Pod", "Secret")
+# kinds whose events replace one field of the published config instead of re-parsing every object
+_SIDE_KINDS = ("Pod", "Secret")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,12 @@ class L7Config:
     request_auths: tuple[RequestAuthentication, ...] = ()
     tcp_routes: tuple[TcpRoute, ...] = ()
     reference_grants: tuple[ReferenceGrant, ...] = ()
+    # (namespace, name) -> Secret object, as the API returns it (data base64); contents are never logged
+    secrets: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+
+    def secret_lookup(self, namespace: str) -> Callable[[str], Mapping[str, Any] | None]:
+        """Secrets of `namespace` by name (`ambient.tls.credentials.SecretLookup`)."""
+        return lambda name: self.secrets.get((namespace, name))
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]], version: str = "") -> L7Config:
@@ -76,10 +88,14 @@ class L7Config:
         auths: list[RequestAuthentication] = []
         tcp: list[TcpRoute] = []
         grants: list[ReferenceGrant] = []
+        secrets: dict[tuple[str, str], Mapping[str, Any]] = {}
         for obj in objects:
             kind = obj.get("kind")
             try:
-                if kind == "Pod":
+                if kind == "Secret":
+                    meta = obj.get("metadata") or {}
+                    secrets[(str(meta.get("namespace") or "default"), str(meta.get("name")))] = obj
+                elif kind == "Pod":
                     meta = obj.get("metadata") or {}
                     labels[(str(meta.get("namespace") or "default"), str(meta.get("name")))] = meta.get("labels") or {}
                 elif kind == "VirtualService":
@@ -113,7 +129,7 @@ class L7Config:
                 meta = obj.get("metadata") or {}
                 log.error("waypoint: skipping %s %s/%s: %s", kind, meta.get("namespace"), meta.get("name"), exc)
         return cls(tuple(routes), tuple(policies), version, tuple(rules), labels, tuple(auths), tuple(tcp),
-                   tuple(grants))
+                   tuple(grants), secrets)
 
 
 _warned: set[str] = set()
@@ -191,13 +207,15 @@ def load_static(path: str | Path) -> tuple[L7Config, StateDelta | None]:
 
 
 class ApiL7Source:
-    """HTTPRoutes and AuthorizationPolicies from the cluster API (`AsyncApiClient`), kept current.
+    """The objects of `KINDS` from the cluster API (`AsyncApiClient`), kept current; Secrets of `namespace`
+    (the waypoint's) only.
 
     Run `await source.run()` in a task of the owner's TaskGroup; `ready` is set after the first full list.
     """
 
-    def __init__(self, client: Any, *, retry_delay: float = INITIAL_BACKOFF) -> None:
+    def __init__(self, client: Any, *, namespace: str = "default", retry_delay: float = INITIAL_BACKOFF) -> None:
         self._client = client
+        self.namespace = namespace
         self._objects: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {k: {} for k in KINDS}
         self._config = L7Config()
         self.ready = asyncio.Event()
@@ -209,9 +227,10 @@ class ApiL7Source:
         return self._config
 
     def _publish(self, kind: str | None = None) -> None:
-        if kind == "Pod":  # only labels changed: keep the parsed routes (and their balancers' state)
-            labels = L7Config.from_objects(self._objects["Pod"].values()).pod_labels
-            self._config = dataclasses.replace(self._config, pod_labels=labels)
+        if kind in _SIDE_KINDS:  # only labels or Secrets changed: keep the parsed routes (and balancers' state)
+            side = L7Config.from_objects(self._objects[kind].values())
+            self._config = dataclasses.replace(self._config, pod_labels=side.pod_labels) if kind == "Pod" else \
+                dataclasses.replace(self._config, secrets=side.secrets)
             return
         objs = [o for kind in KINDS for o in self._objects[kind].values()]
         self._config = L7Config.from_objects(objs)
@@ -225,6 +244,7 @@ class ApiL7Source:
         async with asyncio.TaskGroup() as tg:
             for kind in KINDS:
                 tg.create_task(inform(self._client, kind, self._replace, self._on_event,
+                                      namespace=self.namespace if kind == "Secret" else None,
                                       backoff=Backoff(self._retry, max(self._retry, MAX_BACKOFF)),
                                       what=f"{kind} (waypoint)"))
 

@@ -28,10 +28,12 @@ destination and:
 
 Invariants: the caller's identity comes only from the HBONE peer certificate; the source workload
 named in logs is the one at the Forwarded address only when its identity equals the certificate's. An
-upstream connection is pooled per (endpoint workload, ip, port, protocol) only after an exchange that
-completed cleanly (never with an unfinished response, after `Connection: close`, an error, a timeout, a
-cancellation or an upgrade request), so a reused connection always carries the waypoint's own identity to
-the same endpoint that the per-request routing and endpoint pick chose. Config and state are read once per
+upstream connection is pooled per (endpoint workload, ip, port, protocol), tagged with how it was opened
+(DestinationRule TLS origination and its credential: reused only by requests that would open it the same
+way), only after an exchange that completed cleanly (never with an unfinished response, after
+`Connection: close`, an error, a timeout, a cancellation or an upgrade request), so a reused connection
+always carries the waypoint's own identity (or the current TLS origination credential) to the same endpoint
+that the per-request routing and endpoint pick chose. Config and state are read once per
 request from the injected sources (no locks: they publish immutable snapshots). Randomness only from the
 injected RNG.
 """
@@ -72,7 +74,7 @@ from ambient.l7.routing import (
     route_request,
 )
 from ambient.l7.traffic_policy import DEFAULT as DEFAULT_POLICY
-from ambient.l7.traffic_policy import TrafficPolicy
+from ambient.l7.traffic_policy import OriginationTls, TrafficPolicy
 from ambient.l7.virtual_service import destination_rule_for
 from ambient.state.model import (
     AppProtocol,
@@ -85,6 +87,7 @@ from ambient.state.model import (
 )
 from ambient.state.route import pick_endpoint, resolve_target_port
 from ambient.state.store import StateView
+from ambient.tls.credentials import ClientCredential
 from ambient.tls.verify import PeerIdentity
 from ambient.waypoint import retry as retry_plan
 from ambient.waypoint import upgrade
@@ -98,7 +101,7 @@ from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.jwks import JwksCache, JwksSettings
 from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
-from ambient.waypoint.origination import open_tls
+from ambient.waypoint.origination import Credentials, open_tls
 from ambient.waypoint.pool import UpstreamPool
 from ambient.waypoint.resolve import is_hostname_only, pick_hostname_endpoint, resolve_host
 from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
@@ -145,6 +148,9 @@ class _Conn:
 # where a request goes: the backend Service, its port, the labels of a DestinationRule subset (or None), and
 # the DestinationRule traffic policy for them
 _Backend = tuple[Service, int, Mapping[str, str] | None, TrafficPolicy]
+# how an upstream connection outside the mesh is opened: the DestinationRule's TLS origination and the
+# credential its credentialName read (also the tag of pooled connections, see waypoint.pool)
+_Origination = tuple[OriginationTls, ClientCredential | None]
 
 
 @dataclass
@@ -179,6 +185,7 @@ class Waypoint:
         self._rng = rng or random.Random()
         self.metrics = metrics
         self._pool = UpstreamPool()
+        self._credentials = Credentials(self.settings.gateway_namespace)  # DestinationRule tls.credentialName
         self._jwks = JwksCache(self.settings.jwks)
         self._verified: TokenCache = {}  # verified JWTs (see request_auth.verify)
         self._breakers = Breakers()
@@ -655,7 +662,8 @@ class Waypoint:
                     svc = backend[0]
                     ep = self._pick(conn, svc, backend[1], view, record, backend[2], None)
                 self._describe(ep, svc, record)
-                upstream = Http1Upstream(await self._open(conn, ep, svc, record), self.settings.limits)
+                origination = self._origination(ep, backend[3] if backend is not None else None)
+                upstream = Http1Upstream(await self._open(conn, ep, svc, record, origination), self.settings.limits)
                 status, headers, up_buffered = await upstream.exchange_upgrade(req, req.authority, req.headers,
                                                                                writer)
             record.status = status
@@ -776,7 +784,8 @@ class Waypoint:
         h2 = req.protocol == "HTTP/2" and (
             req.is_grpc or (port is not None and port.app_protocol in (AppProtocol.HTTP2, AppProtocol.GRPC)))
         key = (ep.workload.uid, ep.ip, ep.port, h2)
-        upstream = self._pool.take(key)
+        origination = self._origination(ep, backend[3] if backend is not None else None)
+        upstream = self._pool.take(key, origination)
         if upstream is not None:
             try:
                 status = await upstream.exchange(req, req.authority, req.headers, writer, accept)
@@ -792,20 +801,28 @@ class Waypoint:
                 upstream.close()
                 raise
             else:
-                self._reuse(key, upstream, backend)
+                self._reuse(key, upstream, backend, origination)
                 return status
-        stream = await self._open(conn, ep, svc, record, backend[3] if backend is not None else None)
+        stream = await self._open(conn, ep, svc, record, origination)
         upstream = (Http2Upstream if h2 else Http1Upstream)(stream, self.settings.limits)
         try:
             status = await upstream.exchange(req, req.authority, req.headers, writer, accept)
         except BaseException:
             upstream.close()
             raise
-        self._reuse(key, upstream, backend)
+        self._reuse(key, upstream, backend, origination)
         return status
 
-    def _reuse(self, key: Any, upstream: Any, backend: _Backend | None) -> None:
-        """Pool `upstream` for the next request, unless it served the DestinationRule's
+    def _origination(self, ep: _Endpoint, policy: TrafficPolicy | None) -> _Origination | None:
+        """How a connection to `ep` is opened under `policy`: the DestinationRule's TLS origination towards an
+        endpoint outside the mesh and its `credentialName` read from the current Secrets (raises UpstreamError
+        503 UF when it cannot be); None for HBONE or plain TCP."""
+        if policy is None or policy.tls is None or ep.workload.in_mesh:
+            return None
+        return policy.tls, self._credentials.resolve(policy.tls, self._l7.current.secrets)
+
+    def _reuse(self, key: Any, upstream: Any, backend: _Backend | None, origination: _Origination | None) -> None:
+        """Pool `upstream` (opened as `origination`) for the next request, unless it served the DestinationRule's
         maxRequestsPerConnection (then it is closed, as Envoy's max_requests_per_connection)."""
         limit = backend[3].pool.max_requests_per_connection if backend is not None else 0
         if limit:
@@ -815,7 +832,7 @@ class Waypoint:
                 upstream.close()
                 return
             self._uses[upstream] = used
-        self._pool.give(key, upstream)
+        self._pool.give(key, upstream, origination)
 
     def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord,
               subset: Mapping[str, str] | None = None, outlier: OutlierDetector | None = None,
@@ -877,12 +894,13 @@ class Waypoint:
             record.dst_addr = record.dst_hbone_addr
 
     async def _open(self, conn: _Conn, ep: _Endpoint, svc: Service | None, record: RequestRecord,
-                    policy: TrafficPolicy | None = None) -> ByteStream:
+                    origination: _Origination | None = None) -> ByteStream:
         wl = ep.workload
         if not wl.in_mesh:
             ip = await resolve_host(ep.ip, ep.port, self.settings.resolve_timeout) if ep.by_name else ep.ip
-            if policy is not None and policy.tls is not None:  # DestinationRule TLS origination
-                return await open_tls(ip, ep.port, policy.tls, svc.hostname if svc is not None else ep.ip)
+            if origination is not None:  # DestinationRule TLS origination
+                return await open_tls(ip, ep.port, origination[0], svc.hostname if svc is not None else ep.ip,
+                                      origination[1])
             authority = format_authority(ip, ep.port)
             try:
                 return await TcpByteStream.connect(ip, ep.port)

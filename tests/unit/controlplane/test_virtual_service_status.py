@@ -97,5 +97,7 @@ def test_destination_rule_status() -> None:
     assert f(dr(), bound("shop/reviews"))[:2] == ("True", "Accepted")
     assert f(dr(), bound())[:2] == ("False", "NoWaypoint")
     assert f(dr(tls={"mode": "SIMPLE"}), bound("shop/reviews"))[:2] == ("True", "Accepted")  # originated
-    status, reason, message = f(dr(tls={"mode": "SIMPLE", "credentialName": "c"}), bound("shop/reviews"))
-    assert (status, reason) == ("False", "UnsupportedValue") and "tls.credentialName" in message
+    for tls in ({"mode": "SIMPLE", "credentialName": "c"}, {"mode": "MUTUAL", "credentialName": "c"}):
+        assert f(dr(tls=tls), bound("shop/reviews"))[:2] == ("True", "Accepted"), tls  # read from the Secret
+    status, reason, message = f(dr(tunnel={"protocol": "CONNECT"}), bound("shop/reviews"))
+    assert (status, reason) == ("False", "UnsupportedValue") and "trafficPolicy.tunnel" in message

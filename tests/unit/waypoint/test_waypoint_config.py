@@ -69,16 +69,19 @@ class FakeApi:
         self.items: dict[str, list[dict[str, Any]]] = {"HTTPRoute": [ROUTE], "AuthorizationPolicy": [],
                                                        "VirtualService": [], "DestinationRule": [], "Pod": [],
                                                        "RequestAuthentication": [], "GRPCRoute": [], "TCPRoute": [],
-                                                       "ReferenceGrant": []}
+                                                       "ReferenceGrant": [], "Secret": []}
         self.events: dict[str, asyncio.Queue[WatchEvent | str | None]] = {k: asyncio.Queue() for k in self.items}
         self.lists = 0
         self.watched_from: list[str | None] = []
+        self.namespaces: dict[str, str | None] = {}  # kind -> the namespace it was listed in (None: all)
 
-    async def list(self, kind: str) -> tuple[list[dict[str, Any]], str]:
+    async def list(self, kind: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], str]:
         self.lists += 1
+        self.namespaces[kind] = namespace
         return list(self.items[kind]), "1"
 
-    async def watch(self, kind: str, resource_version: str | None = None) -> AsyncIterator[WatchEvent]:
+    async def watch(self, kind: str, resource_version: str | None = None,
+                    namespace: str | None = None) -> AsyncIterator[WatchEvent]:
         self.watched_from.append(resource_version)
         while True:
             ev = await self.events[kind].get()
@@ -126,4 +129,25 @@ async def test_pod_events_update_labels_without_reparsing_routes() -> None:
         api.events["Pod"].put_nowait(WatchEvent("ADDED", pod))
         await eventually(lambda: source.current.pod_labels.get(("shop", "p")) == {"version": "v1"})
         assert source.current.routes[0] is route  # the same parsed route (and its balancer's state)
+        task.cancel()
+
+
+async def test_secrets_of_the_waypoint_namespace_update_without_reparsing_routes() -> None:
+    api = FakeApi()
+    source = ApiL7Source(api, namespace="egress", retry_delay=0.01)
+    secret = {"kind": "Secret", "metadata": {"name": "client", "namespace": "egress"}, "data": {"cert": "Qw=="}}
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(source.run())
+        await asyncio.wait_for(source.ready.wait(), 5)
+        # Istio reads a credentialName in the proxy's own namespace: the waypoint lists no other Secrets
+        assert api.namespaces["Secret"] == "egress" and api.namespaces["HTTPRoute"] is None
+        route = source.current.routes[0]
+        api.events["Secret"].put_nowait(WatchEvent("ADDED", secret))
+        await eventually(lambda: source.current.secret_lookup("egress")("client") == secret)
+        assert source.current.routes[0] is route
+        rotated = {**secret, "data": {"cert": "RA=="}}
+        api.events["Secret"].put_nowait(WatchEvent("MODIFIED", rotated))
+        await eventually(lambda: source.current.secret_lookup("egress")("client") == rotated)
+        api.events["Secret"].put_nowait(WatchEvent("DELETED", rotated))
+        await eventually(lambda: source.current.secret_lookup("egress")("client") is None)
         task.cancel()

@@ -306,11 +306,40 @@ def _traffic_policy(tp: Obj | None, path: str) -> None:
             _go_duration(od, key, f"{path}.outlierDetection")
     tls = _map(tp, "tls", path)
     if tls is not None:
-        _enum(tls, "mode", f"{path}.tls", _TLS_MODES)
+        _client_tls(tls, f"{path}.tls")
     for pp, port_policy in _items(tp, "portLevelSettings", path):
         port = _map(port_policy, "port", pp, required=True) or {}
         _int(port, "number", f"{pp}.port", lo=1, hi=65535, required=True)
         _traffic_policy({k: v for k, v in port_policy.items() if k != "port"}, pp)
+
+
+def _client_tls(tls: Obj, path: str) -> None:
+    """ClientTLSSettings, with the rules of Istio's `ValidateTLS` (pkg/config/validation/agent): a
+    `credentialName` (SIMPLE / MUTUAL) replaces the certificate, key, CA and CRL files, so it cannot be given
+    with them; MUTUAL without one needs `clientCertificate` and `privateKey`; `insecureSkipVerify` excludes
+    what would verify the server (`caCertificates`, `subjectAltNames`, and for SIMPLE a `credentialName`, whose
+    only use there is the CA)."""
+    mode = _enum(tls, "mode", path, _TLS_MODES)
+    for key in ("clientCertificate", "privateKey", "caCertificates", "credentialName", "sni", "caCrl"):
+        _str(tls, key, path)
+    _str_list(tls, "subjectAltNames", path)
+    _bool(tls, "insecureSkipVerify", path)
+    sans = bool(tls.get("subjectAltNames"))
+    if tls.get("insecureSkipVerify"):
+        if mode == "SIMPLE" and (tls.get("caCertificates") or tls.get("credentialName") or sans):
+            raise _fail(path, "caCertificates, credentialName and subjectAltNames cannot be given when "
+                        "insecureSkipVerify is true")
+        if mode == "MUTUAL" and (tls.get("caCertificates") or sans):
+            raise _fail(path, "caCertificates and subjectAltNames cannot be given when insecureSkipVerify is true")
+    if mode in ("SIMPLE", "MUTUAL") and tls.get("credentialName"):
+        files = [k for k in ("clientCertificate", "privateKey", "caCertificates", "caCrl") if tls.get(k)]
+        if files:
+            raise _fail(path, f"{', '.join(files)} cannot be given with credentialName (the Secret holds the "
+                        "client certificate, key and CA)")
+    elif mode == "MUTUAL":
+        missing = [k for k in ("clientCertificate", "privateKey") if not tls.get(k)]
+        if missing:
+            raise _fail(path, f"mode MUTUAL needs {' and '.join(missing)}, or a credentialName")
 
 
 def _check_destination_rule(spec: Obj, obj: Obj) -> None:
