@@ -8,45 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_client import StoreClient
 
 from ambient.api.store import Store
 from ambient.cluster import deployments as D
 from ambient.cluster.controllers import ControllerManager
 from ambient.cluster.scheduler import RoundRobinScheduler
 from ambient.cluster.services import VipAllocator, compute_endpoints, plan_cluster_ips
-
-
-class StoreClient:
-    """The async client surface the controllers use, served by an in-process Store."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.store.create(obj)
-
-    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        return self.store.get(kind, name, namespace)
-
-    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
-                   field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
-        return self.store.list(kind, namespace, label_selector, field_selector)
-
-    async def update(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.store.update(obj)
-
-    async def update_status(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.store.update_status(obj)
-
-    async def patch(self, kind: str, name: str, namespace: str | None, patch: dict[str, Any], *,
-                    status: bool = False) -> dict[str, Any]:
-        return self.store.patch(kind, name, namespace, patch, status=status)
-
-    async def delete(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        return self.store.delete(kind, name, namespace)
-
-    def watch(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
 
 
 def node(name: str, ready: bool = True) -> dict[str, Any]:

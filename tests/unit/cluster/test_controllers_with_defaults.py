@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_controllers import StoreClient
+from store_client import StoreClient
 
 from ambient.api.store import Store
 from ambient.cli.waypoint import gateway_manifest

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from store_client import StoreClient
+
 from ambient.api.store import Store
 from ambient.cluster import gateways as G
 from ambient.cluster.controllers import ControllerManager
@@ -51,8 +53,6 @@ def test_status_conditions_for_missing_secret_and_unknown_class() -> None:
 
 
 async def test_a_pass_deploys_reports_and_cleans_up(tmp_path: Path) -> None:
-    from test_controllers import StoreClient  # the controller tests' in-process client
-
     store = Store(tmp_path)
     store.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
     store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}})

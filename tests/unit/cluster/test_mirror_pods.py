@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_client import StoreClient
 
 from ambient.api.errors import NotFoundError
 from ambient.api.store import Store
@@ -18,30 +19,6 @@ from ambient.cluster import processes
 from ambient.cluster import staticpods as sp
 from ambient.cluster.kubelet import Kubelet
 from ambient.cluster.supervisor import status_file
-
-
-class StoreClient:
-    """The async client surface the kubelet uses, served by an in-process Store."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.store.create(obj)
-
-    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        return self.store.get(kind, name, namespace)
-
-    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
-                   field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
-        return self.store.list(kind, namespace, label_selector, field_selector)
-
-    async def patch(self, kind: str, name: str, namespace: str | None, patch: dict[str, Any], *,
-                    status: bool = False) -> dict[str, Any]:
-        return self.store.patch(kind, name, namespace, patch, status=status)
-
-    async def delete(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        return self.store.delete(kind, name, namespace)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_controllers import StoreClient
+from store_client import StoreClient
 
 from ambient.api.store import Store
 from ambient.api.validation import validate_object
