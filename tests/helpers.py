@@ -1,5 +1,5 @@
 """Helpers shared by every test suite (importable as `helpers`: tests/ is on pytest's path): waiting for a
-condition, and an HTTP/1.1 client for tunnels and sockets.
+condition, a connected TCP pair on loopback, and an HTTP/1.1 client for tunnels and sockets.
 
 One argument order everywhere: `(check, timeout, what)`. `check` is polled until it returns a truthy value,
 which is returned; an exception raised by `check` counts as "not yet" (states converge through transient
@@ -10,6 +10,7 @@ never assert that something did not happen after a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -56,6 +57,17 @@ async def eventually(check: Callable[[], T | None], timeout: float = 10.0, what:
         if loop.time() >= deadline:
             raise _failure(timeout, what, last)
         await asyncio.sleep(interval)
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two connected non-blocking TCP sockets on loopback, for `loop.sock_*` (RST exists on TCP, not on unix
+    socketpairs)."""
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        a = socket.create_connection(lsock.getsockname())
+        b, _ = lsock.accept()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
 
 
 class Http1Client:

@@ -32,7 +32,7 @@ from ambient.hbone.stream import ACK_BATCH
 from ambient.identity.ca import LocalCA
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel.copy import CopyStats, HboneEnd, SocketEnd, copy_bidirectional, finish
-from helpers import eventually
+from helpers import eventually, tcp_pair
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]  # fast paths on and off
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
@@ -137,15 +137,6 @@ def ca() -> LocalCA:
     return LocalCA.create()
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.create_server(("127.0.0.1", 0)) as lsock:
-        a = socket.create_connection(lsock.getsockname())
-        b, _ = lsock.accept()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
 async def _echo(stream: HboneStream) -> None:
     while data := await stream.read():
         await stream.write(data)
@@ -160,7 +151,7 @@ async def test_relay_both_ways_with_half_close_and_exact_counters(ca: LocalCA) -
     lsock = socket.create_server(("127.0.0.1", 0))
     async with HboneServer(lsock, ca.issue(SERVER_ID), handler) as server, HboneClient() as client:
         stream = await client.connect(ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
-        app_peer, app = _tcp_pair()
+        app_peer, app = tcp_pair()
         payload = os.urandom(5 * 1024 * 1024 + 3)  # > the 4 MiB stream window: acknowledgements must flow
         stats = CopyStats()
 
@@ -208,7 +199,7 @@ async def test_relay_holds_at_most_the_stream_window_for_a_stalled_app(ca: Local
     lsock = socket.create_server(("127.0.0.1", 0))
     async with HboneServer(lsock, ca.issue(SERVER_ID), handler) as server, HboneClient() as client:
         stream = await client.connect(ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
-        app_peer, app = _tcp_pair()  # app_peer never reads
+        app_peer, app = tcp_pair()  # app_peer never reads
         app.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         stats = CopyStats()
         a_end, b_end = SocketEnd(app, "app"), HboneEnd(stream, "up")
@@ -248,7 +239,7 @@ async def test_concurrent_relays_share_one_read_buffer_without_mixing_bytes(ca: 
 
         async def one(i: int) -> tuple[bytes, bytes, SocketEnd]:
             stream = await client.connect(bundle, server.address[:2], {SERVER_ID}, "127.0.0.1:80")
-            app_peer, app = _tcp_pair()
+            app_peer, app = tcp_pair()
             payload = bytes([i]) * 1000 + os.urandom(700_000 + i * 4097)
 
             async def send() -> None:
@@ -290,7 +281,7 @@ async def test_answer_before_the_request_ends_reaches_the_app_without_a_reset(ca
     async with HboneServer(socket.create_server(("127.0.0.1", 0)), ca.issue(SERVER_ID), handler) as server, \
             HboneClient() as client:
         stream = await client.connect(ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
-        app_peer, app = _tcp_pair()
+        app_peer, app = tcp_pair()
         body = os.urandom(8 * 1024 * 1024)  # more than the windows: still being sent when the answer comes
 
         async def app_side() -> bytes:

@@ -16,20 +16,12 @@ from ambient.hbone.server import Accept, Decision, HboneServer
 from ambient.identity.ca import LocalCA
 from ambient.tls.verify import PeerIdentity
 from ambient.ztunnel.copy import CopyStats, HboneEnd, SocketEnd, copy_bidirectional, finish
+from helpers import tcp_pair
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("fast_paths")]
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/web"
 CLIENT_ID = "spiffe://cluster.local/ns/x/sa/client"
 REQUEST, ANSWER = b"GET / HTTP/1.1\r\n\r\n", b"answer"
-
-
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.create_server(("127.0.0.1", 0)) as lsock:
-        a = socket.create_connection(lsock.getsockname())
-        b, _ = lsock.accept()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
 
 
 def _server(first: str):  # type: ignore[no-untyped-def]
@@ -63,7 +55,7 @@ async def test_relay_notes_who_ended_first(first: str) -> None:
     lsock = socket.create_server(("127.0.0.1", 0))
     async with HboneServer(lsock, ca.issue(SERVER_ID), handler) as server, HboneClient() as client:
         stream = await client.connect(ca.issue(CLIENT_ID), server.address[:2], {SERVER_ID}, "127.0.0.1:80")
-        app_peer, app = _tcp_pair()
+        app_peer, app = tcp_pair()
         stats = CopyStats()
 
         async def app_side() -> bytes:

@@ -25,6 +25,7 @@ from ambient.state.store import view_of
 from ambient.ztunnel.copy import DRAIN_CUT, CopyStats, DrainCut, SocketEnd, close_reason, copy_bidirectional, end_kind
 from ambient.ztunnel.dnsproxy import describe_state, describe_upstream, state_answer
 from ambient.ztunnel.metrics import ConnectionLabels, ProxyMetrics
+from helpers import tcp_pair
 
 
 @pytest.mark.parametrize(("error", "kind"), [
@@ -55,21 +56,12 @@ def test_close_reason(first: str, error: str, value: str) -> None:
     assert str(DrainCut()) == DRAIN_CUT
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.create_server(("127.0.0.1", 0)) as lsock:
-        a = socket.create_connection(lsock.getsockname())
-        b, _ = lsock.accept()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
 async def _relay(first: str) -> CopyStats:
     """A request/response through the copy path; `first` ends: "client" (FIN after the answer, like curl),
     "server" (FIN after answering, like Connection: close) or "server_reset" (RST)."""
     loop = asyncio.get_running_loop()
-    client, app = _tcp_pair()  # the client talks through `client`
-    up, server = _tcp_pair()  # the server is behind `server`
+    client, app = tcp_pair()  # the client talks through `client`
+    up, server = tcp_pair()  # the server is behind `server`
     stats = CopyStats()
 
     async def client_side() -> None:

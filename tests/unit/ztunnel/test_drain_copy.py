@@ -10,6 +10,7 @@ import pytest
 
 from ambient.runtime.drain import Drain
 from ambient.ztunnel.copy import INITIAL_BUFFER, MAX_BUFFER, CopyStats, SocketEnd, copy_bidirectional, finish, refuse
+from helpers import tcp_pair
 
 
 async def test_drain_closes_listeners_at_once_and_waits_for_connections() -> None:
@@ -93,20 +94,10 @@ async def test_copy_both_directions_with_half_close_and_counters() -> None:
         sock.close()
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected TCP pair on loopback (RST exists on TCP, not on unix socketpairs)."""
-    with socket.create_server(("127.0.0.1", 0)) as lsock:
-        a = socket.create_connection(lsock.getsockname())
-        b, _ = lsock.accept()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
 async def test_copy_reports_a_reset_and_resets_the_other_side() -> None:
     loop = asyncio.get_running_loop()
-    app_peer, app = _tcp_pair()
-    up, up_peer = _tcp_pair()
+    app_peer, app = tcp_pair()
+    up, up_peer = tcp_pair()
     stats = CopyStats()
 
     async def breaker() -> None:
@@ -133,7 +124,7 @@ async def test_copy_reports_a_reset_and_resets_the_other_side() -> None:
 async def test_refuse_resets_once_the_client_spoke_or_after_the_grace() -> None:
     loop = asyncio.get_running_loop()
     # A client that sends at once (curl): reset as soon as its bytes arrive, not after the grace.
-    app_peer, app = _tcp_pair()
+    app_peer, app = tcp_pair()
     started = loop.time()
     refusing = asyncio.create_task(refuse(app, grace=5.0))
     await asyncio.sleep(0.1)
@@ -146,7 +137,7 @@ async def test_refuse_resets_once_the_client_spoke_or_after_the_grace() -> None:
             pass
     app_peer.close()
     # A silent client (server-first protocol): reset after the grace.
-    app_peer, app = _tcp_pair()
+    app_peer, app = tcp_pair()
     started = loop.time()
     await asyncio.wait_for(refuse(app, grace=0.2), 2)
     assert 0.15 <= loop.time() - started < 1.5
