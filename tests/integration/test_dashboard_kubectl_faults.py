@@ -11,9 +11,11 @@ verb print its content on stderr and exit 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,19 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Kubectl
     return state, Kubectl(str(kubectl))
 
 
+@contextlib.asynccontextmanager
+async def _running(kubectl: Kubectl) -> AsyncIterator[tuple[EntryStore, KubeSource]]:
+    """A Kubernetes source over `kubectl` (and its entry store), running from its first discovery until the
+    block ends."""
+    store = EntryStore(window=600)
+    source = KubeSource(kubectl, store, refresh=0.2)
+    first = await asyncio.to_thread(source.discover)
+    async with asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(source.run(first))
+        yield store, source
+        runner.cancel()
+
+
 def _row(source: KubeSource) -> dict[str, Any] | None:
     return next((r for r in source.status() if r["source"].startswith("ztunnel-n1")), None)
 
@@ -97,11 +112,7 @@ async def test_a_failing_log_stream_says_why_and_heals(fake: tuple[Path, Kubectl
     state, kubectl = fake
     (state / "logs.err").write_text('Error from server (Forbidden): pods "ztunnel-a" is forbidden: User "dev" '
                                     'cannot get resource "pods/log"\n')
-    store = EntryStore(window=600)
-    source = KubeSource(kubectl, store, refresh=0.2)
-    first = await asyncio.to_thread(source.discover)
-    async with asyncio.TaskGroup() as tasks:
-        runner = tasks.create_task(source.run(first))
+    async with _running(kubectl) as (store, source):
         row = await eventually(lambda: (r := _row(source)) and r["state"] == "retrying" and r, 10,
                                "the stream's failure in its row")
         assert "kubectl logs exited 1" in row["detail"] and "forbidden" in row["detail"], row
@@ -118,18 +129,13 @@ async def test_a_failing_log_stream_says_why_and_heals(fake: tuple[Path, Kubectl
         snap = snapshot(list(store.entries), time.time(), window=600)
         assert [(e["src"], e["dst"], e["count"]) for e in snap["edges"]] == [("demo/client", "demo/web", 1)]
         assert [e.component for e in store.entries] == ["ztunnel-n1"]
-        runner.cancel()
 
 
 async def test_a_failing_forward_discovery_or_policy_list_is_reported_and_heals(fake: tuple[Path, Kubectl]) -> None:
     state, kubectl = fake
     (state / "port-forward.err").write_text("error: unable to forward port because pod is not running. "
                                             "Current status=Pending\n")
-    store = EntryStore(window=600)
-    source = KubeSource(kubectl, store, refresh=0.2)
-    first = await asyncio.to_thread(source.discover)
-    async with asyncio.TaskGroup() as tasks:
-        runner = tasks.create_task(source.run(first))
+    async with _running(kubectl) as (_, source):
         row = await eventually(lambda: (r := _row(source)) and r["metrics_state"] == "down"
                                and "port-forward exited 1" in r["metrics_detail"] and r, 10, "the forward's failure")
         assert "pod is not running" in row["metrics_detail"], row
@@ -155,4 +161,3 @@ async def test_a_failing_forward_discovery_or_policy_list_is_reported_and_heals(
         # the pod is gone from the listing: its stream and forward are stopped
         (state / "pods-app=ztunnel.json").write_text('{"items": []}')
         await eventually(lambda: _row(source) is None, 10, "the gone pod's row removed")
-        runner.cancel()
