@@ -6,6 +6,7 @@ from __future__ import annotations
 import calendar
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,12 @@ def test_parse_since_validates_as_kubernetes() -> None:
             parse_since(query, T0)
 
 
-async def _get(path: Path, query: dict[str, str]) -> tuple[int, str]:
+async def _serve(serve: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                 query: dict[str, str]) -> tuple[int, str]:
+    """(status, body) of `GET /log?query` answered by `serve`; a ValidationError is a 400 with its message."""
     async def handler(request: web.Request) -> web.StreamResponse:
-        async def still_there() -> bool:
-            return False
-
         try:
-            return await serve_log(request, {}, path, still_there)
+            return await serve(request)
         except ValidationError as exc:
             return web.Response(status=400, text=exc.message)
 
@@ -111,6 +111,13 @@ async def _get(path: Path, query: dict[str, str]) -> tuple[int, str]:
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         resp = await client.get("/log", params=query)
         return resp.status, await resp.text()
+
+
+async def _get(path: Path, query: dict[str, str]) -> tuple[int, str]:
+    async def still_there() -> bool:
+        return False
+
+    return await _serve(lambda request: serve_log(request, {}, path, still_there), query)
 
 
 async def test_serve_log_applies_since_then_tail_then_limit(tmp_path: Path) -> None:
@@ -176,18 +183,7 @@ class _Previous:
 
 async def _previous(connector: Any, query: dict[str, str], restarts: int = 0) -> tuple[int, str]:
     pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"name": "c", "restartCount": restarts}]}}
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        try:
-            return await serve_previous_log(request, pod, "c", connector)
-        except ValidationError as exc:
-            return web.Response(status=400, text=exc.message)
-
-    app = web.Application()
-    app.router.add_get("/log", handler)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        resp = await client.get("/log", params=query)
-        return resp.status, await resp.text()
+    return await _serve(lambda request: serve_previous_log(request, pod, "c", connector), query)
 
 
 async def test_previous_run_or_kubernetes_words_when_there_is_none() -> None:
