@@ -1,5 +1,6 @@
 """Helpers shared by every test suite (importable as `helpers`: tests/ is on pytest's path): waiting for a
-condition, a connected TCP pair on loopback, and an HTTP/1.1 client for tunnels and sockets.
+condition, stopping a child process, a connected TCP pair on loopback, and an HTTP/1.1 client for tunnels
+and sockets.
 
 One argument order everywhere: `(check, timeout, what)`. `check` is polled until it returns a truthy value,
 which is returned; an exception raised by `check` counts as "not yet" (states converge through transient
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -57,6 +59,16 @@ async def eventually(check: Callable[[], T | None], timeout: float = 10.0, what:
         if loop.time() >= deadline:
             raise _failure(timeout, what, last)
         await asyncio.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM `proc` and reap it; SIGKILL it when it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:

@@ -20,6 +20,7 @@ server_module = pytest.importorskip("ambient.api.server", reason="the API server
 from ambient.api.client import ApiClient  # noqa: E402
 from ambient.api.errors import NotFoundError  # noqa: E402
 from ambient.cli.main import app  # noqa: E402
+from helpers import stop_process  # noqa: E402
 
 PY = sys.executable
 
@@ -103,12 +104,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             time.sleep(0.05)
         yield path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

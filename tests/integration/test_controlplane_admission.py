@@ -28,7 +28,7 @@ from ambient.api.server import serve_in_thread
 from ambient.controlplane import proxy_status
 from ambient.controlplane.ca_server import node_token_path
 from ambient.identity.ca_client import CaClient
-from helpers import eventually
+from helpers import eventually, stop_process
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -73,12 +73,7 @@ class ControlPlaneProcess:
         return 0.0
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture
