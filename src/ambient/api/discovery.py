@@ -108,11 +108,6 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
             if gv:
                 entry["group"], entry["version"] = gv.split("/")
             resources.append(entry)
-    if (group, version) == ("", "v1"):
-        # The cluster records no events; the resource is served (always empty) so tools that list events
-        # (`kubectl get events`, `kubectl describe`) work.
-        resources.append({"name": "events", "singularName": "event", "namespaced": True, "kind": "Event",
-                          "verbs": ["get", "list", "watch"], "shortNames": ["ev"]})
     gv_text = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv_text, "resources": resources}
 

@@ -66,6 +66,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Pod", "", "v1", "pods", True, ("po",)),
     KindInfo("Service", "", "v1", "services", True, ("svc",)),
     KindInfo("Endpoints", "", "v1", "endpoints", True, ("ep",)),
+    KindInfo("Event", "", "v1", "events", True, ("ev",)),
     KindInfo("Deployment", "apps", "v1", "deployments", True, ("deploy",)),
     KindInfo("DaemonSet", "apps", "v1", "daemonsets", True, ("ds",)),
     KindInfo("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies", True, ("ap",)),

@@ -30,6 +30,10 @@ Invariants:
   options kind (`PatchOptions.meta.k8s.io "" is invalid: ...`), never ignored.
 - Field managers: server-side apply conflicts between managers are a 409 (`ambient.api.apply`); writes
   that name a `fieldManager` (kubectl's) are recorded in managedFields as `Update` entries.
+- Events (core/v1 `Event`, `ambient.api.events`) are objects like any other (list, watch, field selectors on
+  involvedObject.*, reason, type; a Table of LAST SEEN, TYPE, REASON, OBJECT, MESSAGE), kept bounded by the
+  store (per-object and overall caps) and expired `event_limits.ttl` (1 h) after their last occurrence by a
+  sweep every `event_sweep_interval` seconds.
 - Limits (`ambient.api.limits`): a body over `max_request_bytes` (3 MiB; batch apply: `max_apply_bytes`,
   32 MiB) is answered 413 before it is read whole; an object over `max_object_bytes` (1.5 MiB) is refused
   by the store with 413; a body nested deeper than 100 levels is answered 400 before any recursive code runs.
@@ -66,6 +70,7 @@ from ambient.api.errors import (
     TooLargeError,
     UnknownKindError,
 )
+from ambient.api.events import EventLimits
 from ambient.api.kinds import KINDS, KindInfo, by_plural, kind_for_manifest
 from ambient.api.options import DeleteBody, WriteOptions, read_delete_body, write_options
 from ambient.api.patch import json_patch, strategic_merge
@@ -227,8 +232,13 @@ class ApiServer:
         max_request_bytes: int = limits.MAX_REQUEST_BYTES,
         max_apply_bytes: int = limits.MAX_APPLY_BYTES,
         max_object_bytes: int = limits.MAX_OBJECT_BYTES,
+        event_limits: EventLimits | None = None,
+        event_sweep_interval: float = 60.0,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.event_limits = event_limits or EventLimits()
+        self.event_sweep_interval = event_sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
         self.max_request_bytes = max_request_bytes
         self.max_apply_bytes = max_apply_bytes
         self.max_object_bytes = max_object_bytes
@@ -268,7 +278,8 @@ class ApiServer:
             )
         self._take_lock()
         self._store = await self._run(
-            Store, self.state_dir, max_events=self.max_events, max_object_bytes=self.max_object_bytes
+            Store, self.state_dir, max_events=self.max_events, max_object_bytes=self.max_object_bytes,
+            event_limits=self.event_limits,
         )
         # Bodies are read by `_body` with the limit of their route; this is only a backstop.
         app = web.Application(
@@ -304,6 +315,7 @@ class ApiServer:
             await self._start_tls(self.tls)
         for line in await self._run(self._store.unknown_fields_report):
             log.warning("stored by an older version, with fields the API does not define (re-apply it): %s", line)
+        self._sweeper = asyncio.get_running_loop().create_task(self._expire_events(), name="event-ttl")
         rv = await self._run(self._store.resource_version)
         log.info(
             "API server ready on %s%s (resourceVersion %d)",
@@ -346,6 +358,11 @@ class ApiServer:
     async def stop(self) -> None:
         self._stopping = True
         self._notify()  # wakes every watcher, which then ends its stream
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -360,6 +377,16 @@ class ApiServer:
             os.close(self._lock_fd)
             self._lock_fd = None
             log.info("API server stopped")
+
+    async def _expire_events(self) -> None:
+        """kube-apiserver's event TTL: every `event_sweep_interval` seconds, Events last seen more than
+        `event_limits.ttl` ago are deleted (watchers see them go)."""
+        while True:
+            await asyncio.sleep(self.event_sweep_interval)
+            try:
+                await self._write(self.store.expire_events)
+            except Exception:  # the next sweep tries again; the server keeps serving
+                log.exception("expiring events failed")
 
     def _take_lock(self) -> None:
         fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
@@ -521,25 +548,6 @@ class ApiServer:
             raise NotFoundError("the server could not find the requested resource")
         return self._json(doc)
 
-    async def _events(self, request: web.Request) -> web.StreamResponse:
-        """`/api/v1/[namespaces/NS/]events`: the cluster records no events, so an empty list (a watch sends
-        nothing and ends at its timeout)."""
-        if request.method != "GET":
-            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
-        rv = str(await self._run(self.store.resource_version))
-        if _truthy(request.query.get("watch")):
-            response = web.StreamResponse(headers={"Content-Type": "application/json"})
-            await response.prepare(request)
-            deadline = time.monotonic() + float(request.query.get("timeoutSeconds") or 300)
-            while not self._stopping and (left := deadline - time.monotonic()) > 0:
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(left, 5.0))  # woken at stop
-            return response
-        if tables.wants_table(request.headers.get("Accept")):
-            return self._json({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
-                               "columnDefinitions": [], "rows": []})
-        return self._json({"kind": "EventList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": []})
-
     async def _crds(self, request: web.Request, tail: list[str]) -> web.Response:
         """`/apis/apiextensions.k8s.io/v1/customresourcedefinitions[/<name>]`: the mesh kinds, read only."""
         if request.method != "GET":
@@ -596,8 +604,6 @@ class ApiServer:
             return await self._discovery(request)
         if prefix == "apis" and tail[:2] == [discovery.CRD_GROUP, "v1"] and tail[2:3] == ["customresourcedefinitions"]:
             return await self._crds(request, tail[2:])
-        if prefix == "api" and (tail[1:] == ["events"] or (len(tail) == 4 and tail[3] == "events")):
-            return await self._events(request)
         info, namespace, name, sub = parse_api_path(prefix, request.match_info["tail"])
         method = request.method
         q = request.query
@@ -966,11 +972,13 @@ async def serve(
     pod_connector: pods.PodConnector | None = None,
     stop: asyncio.Event | None = None,
     max_events: int = DEFAULT_MAX_EVENTS,
+    event_limits: EventLimits | None = None,
     **limits_: int,
 ) -> None:
     """Run an API server until `stop` is set (or forever). `limits_`: max_request_bytes, max_apply_bytes,
     max_object_bytes (see `ApiServer`)."""
-    server = ApiServer(state_dir, tcp, tls=tls, pod_connector=pod_connector, max_events=max_events, **limits_)
+    server = ApiServer(state_dir, tcp, tls=tls, pod_connector=pod_connector, max_events=max_events,
+                       event_limits=event_limits, **limits_)
     await server.start()
     try:
         await (stop or asyncio.Event()).wait()
@@ -980,7 +988,7 @@ async def serve(
 
 def run_apiserver(
     state_dir: Path, tcp: str | None = None, *, tls: str | None = None, max_events: int = DEFAULT_MAX_EVENTS,
-    pod_connector: pods.PodConnector | None = None, **limits_: int,
+    pod_connector: pods.PodConnector | None = None, event_limits: EventLimits | None = None, **limits_: int,
 ) -> None:
     """Blocking entry point (`ambient apiserver`): serve until SIGTERM or SIGINT, then stop gracefully."""
     process.configure_logging("INFO", quiet=())  # no-op when the caller set up logging already
@@ -989,7 +997,7 @@ def run_apiserver(
         stop = asyncio.Event()
         shutdown.on_signal(stop.set)
         await serve(state_dir, tcp, tls=tls, pod_connector=pod_connector, stop=stop, max_events=max_events,
-                    **limits_)
+                    event_limits=event_limits, **limits_)
 
     process.run(main)
 
@@ -1048,6 +1056,8 @@ def main(argv: list[str] | None = None, pod_connector: pods.PodConnector | None 
                         help="also listen on HOST:PORT with TLS and authentication for kubectl (port 0: the "
                         "previous start's port, else any) and write <state-dir>/kubeconfig")
     parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS, help="change log entries kept")
+    parser.add_argument("--event-ttl", type=float, default=EventLimits.ttl,
+                        help="seconds an Event is kept after its last occurrence (kube-apiserver's --event-ttl)")
     parser.add_argument("--max-request-bytes", type=_positive, default=limits.MAX_REQUEST_BYTES,
                         help="largest create/update/patch body (413 past it)")
     parser.add_argument("--max-apply-bytes", type=_positive, default=limits.MAX_APPLY_BYTES,
@@ -1057,6 +1067,7 @@ def main(argv: list[str] | None = None, pod_connector: pods.PodConnector | None 
     args = parser.parse_args(argv)
     try:
         run_apiserver(args.state_dir, args.tcp, tls=args.tls, pod_connector=pod_connector, max_events=args.max_events,
+                      event_limits=EventLimits(ttl=args.event_ttl),
                       max_request_bytes=args.max_request_bytes, max_apply_bytes=args.max_apply_bytes,
                       max_object_bytes=args.max_object_bytes)
     except ApiError as exc:

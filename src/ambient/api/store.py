@@ -15,6 +15,11 @@ Invariants:
   defaults it (`ambient.api.defaults`: only absent fields). No object is stored larger than
   `max_object_bytes` (1.5 MiB, etcd's limit), status included. Server-owned fields (uid,
   creationTimestamp, resourceVersion, generation) are set here only.
+- Events (`ambient.api.events`) are bounded: creating one removes, in the same transaction, the least recently
+  written Events past `event_limits.per_object` about the same involved object and past `event_limits.total`
+  overall; `expire_events` removes those last seen more than `event_limits.ttl` ago (the API server calls it
+  periodically). Each removal is an ordinary DELETED change, so watchers see Events go. Events have no
+  metadata.generation.
 - A namespaced object can only be created in an existing Namespace; deleting a Namespace deletes every
   object in it in the same transaction.
 - Dry run (`dry_run=True` on every write, Kubernetes' `?dryRun=All`): the call runs exactly as a real one
@@ -33,6 +38,7 @@ import copy
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +58,7 @@ from ambient.api.errors import (
     TooLargeError,
     ValidationError,
 )
+from ambient.api.events import EventLimits, last_seen
 from ambient.api.kinds import KindInfo, kind_for_manifest, resolve_kind
 from ambient.api.limits import MAX_OBJECT_BYTES
 from ambient.api.patch import merge_patch
@@ -164,8 +171,10 @@ class Store:
         max_events: int = DEFAULT_MAX_EVENTS,
         validate: Callable[[Obj], Obj] | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
+        event_limits: EventLimits | None = None,
     ) -> None:
         self.path = Path(path)
+        self.event_limits = event_limits or EventLimits()
         if self.path.is_dir():
             self.path = self.path / DB_FILENAME
         self.max_events = max_events
@@ -354,12 +363,40 @@ class Store:
             meta.pop(server_owned, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
-        meta["generation"] = 1
+        if info.kind != "Event":  # Events have no spec, and no generation in Kubernetes
+            meta["generation"] = 1
         if info.kind == "Namespace":
             obj.setdefault("status", {"phase": "Active"})
         if tx.manager is not None:
             record_update(None, obj, tx.manager[0], info.api_version, tx.manager[1], now=meta["creationTimestamp"])
-        return self._put(tx, info, obj, "ADDED")
+        created = self._put(tx, info, obj, "ADDED")
+        if info.kind == "Event":
+            self._trim_events(tx, created)
+        return created
+
+    def _trim_events(self, tx: _Tx, event: Obj) -> None:
+        """Keep at most `event_limits.per_object` Events about the new one's involved object and
+        `event_limits.total` overall: the least recently written go (in the same transaction)."""
+        limits = self.event_limits
+        ref = event.get("involvedObject") if isinstance(event.get("involvedObject"), dict) else {}
+        ref = ref or {}
+        ns = event["metadata"].get("namespace") or "default"
+        rows = tx.db.execute(
+            "SELECT data FROM objects WHERE kind = 'Event' AND namespace = ? "
+            "AND coalesce(json_extract(data, '$.involvedObject.uid'), '') = ? "
+            "AND coalesce(json_extract(data, '$.involvedObject.kind'), '') = ? "
+            "AND coalesce(json_extract(data, '$.involvedObject.name'), '') = ? ORDER BY rv",
+            (ns, str(ref.get("uid") or ""), str(ref.get("kind") or ""), str(ref.get("name") or "")),
+        ).fetchall()
+        info = resolve_kind("Event")
+        for (data,) in rows[: max(0, len(rows) - limits.per_object)]:
+            self._remove(tx, info, json.loads(data))
+        total = int(tx.db.execute("SELECT count(*) FROM objects WHERE kind = 'Event'").fetchone()[0])
+        if total > limits.total:
+            oldest = tx.db.execute("SELECT data FROM objects WHERE kind = 'Event' ORDER BY rv LIMIT ?",
+                                   (total - limits.total,)).fetchall()
+            for (data,) in oldest:
+                self._remove(tx, info, json.loads(data))
 
     def _replace(self, tx: _Tx, info: KindInfo, current: Obj, new: Obj) -> Obj:
         """Write `new` over `current`, keeping server-owned metadata; a no-op change writes nothing."""
@@ -371,7 +408,7 @@ class Store:
                 meta[owned] = old_meta[owned]
             else:
                 meta.pop(owned, None)
-        if _spec_part(new) != _spec_part(current):
+        if _spec_part(new) != _spec_part(current) and info.kind != "Event":
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         if new == current:
             return current
@@ -630,6 +667,31 @@ class Store:
                     if len(found) >= limit:
                         break
         return found
+
+    def expire_events(self, now: float | None = None) -> int:
+        """Delete the Events last seen more than `event_limits.ttl` seconds ago (kube-apiserver's --event-ttl);
+        how many went. One transaction, only when there is something to delete."""
+        now = time.time() if now is None else now
+        with self._read() as db:
+            rows = db.execute("SELECT data FROM objects WHERE kind = 'Event'").fetchall()
+        expired = []
+        for (data,) in rows:
+            obj = json.loads(data)
+            seen = last_seen(obj)
+            if seen is None or now - seen > self.event_limits.ttl:
+                expired.append(obj)
+        if not expired:
+            return 0
+        info = resolve_kind("Event")
+        gone = 0
+        with self._write() as tx:
+            for obj in expired:
+                meta = obj["metadata"]
+                current = self._load(tx.db, info, meta.get("namespace") or "default", meta["name"])
+                if current is not None and current["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+                    self._remove(tx, info, current)
+                    gone += 1
+        return gone
 
     def integrity_check(self) -> str:
         with self._lock:

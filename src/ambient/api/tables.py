@@ -215,6 +215,51 @@ _PRINTERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Row]] = {
 }
 
 
+# Events have kube-apiserver's own columns (no NAME/AGE first): LAST SEEN, TYPE, REASON, OBJECT, MESSAGE, and
+# with -o wide SUBOBJECT, SOURCE, FIRST SEEN, COUNT, NAME. (column, priority) in the Table's order.
+_EVENT_COLUMNS = (("LAST SEEN", 0), ("TYPE", 0), ("REASON", 0), ("OBJECT", 0), ("SUBOBJECT", 1), ("SOURCE", 1),
+                  ("MESSAGE", 0), ("FIRST SEEN", 1), ("COUNT", 1), ("NAME", 1))
+
+
+def _since(value: Any, now: datetime) -> str:
+    ts = parse_timestamp(value)
+    return "<unknown>" if ts is None else human_duration((now - ts).total_seconds())
+
+
+def _event_cells(obj: Obj, now: datetime) -> list[str]:
+    """One Event's cells in `_EVENT_COLUMNS` order, worded as kube-apiserver's printer words them."""
+    ref = obj.get("involvedObject") if isinstance(obj.get("involvedObject"), dict) else {}
+    ref = ref or {}
+    series = obj.get("series") if isinstance(obj.get("series"), dict) else {}
+    first = obj.get("firstTimestamp") or obj.get("eventTime")
+    last = obj.get("lastTimestamp") or (series or {}).get("lastObservedTime") or obj.get("eventTime") or first
+    count = obj.get("count") if isinstance(obj.get("count"), int) else (series or {}).get("count")
+    last_seen = _since(last, now)
+    if isinstance(count, int) and count > 1:
+        last_seen = f"{last_seen} (x{count} over {_since(first, now)})"
+    source = obj.get("source") if isinstance(obj.get("source"), dict) else {}
+    component = (source or {}).get("component") or obj.get("reportingComponent") or ""
+    host = (source or {}).get("host") or obj.get("reportingInstance") or ""
+    kind = str(ref.get("kind") or "").lower()
+    return [
+        last_seen, str(obj.get("type") or ""), str(obj.get("reason") or ""), f"{kind}/{ref.get('name', '')}",
+        str(ref.get("fieldPath") or ""), ", ".join(str(p) for p in (component, host) if p),
+        str(obj.get("message") or "").strip(), _since(first, now), str(count if isinstance(count, int) else 1),
+        str((obj.get("metadata") or {}).get("name", "")),
+    ]
+
+
+def _event_table(objs: list[Obj], wide: bool, all_namespaces: bool, now: datetime) -> tuple[list[str], list[list[str]]]:
+    keep = [i for i, (_, priority) in enumerate(_EVENT_COLUMNS) if wide or priority == 0]
+    headers = (["NAMESPACE"] if all_namespaces else []) + [_EVENT_COLUMNS[i][0] for i in keep]
+    rows = []
+    for obj in objs:
+        cells = _event_cells(obj, now)
+        rows.append(([str((obj.get("metadata") or {}).get("namespace", ""))] if all_namespaces else [])
+                    + [cells[i] for i in keep])
+    return headers, rows
+
+
 def display_name(info: KindInfo, name: str) -> str:
     """kubectl's `kind.group/name` form: pod/web, deployment.apps/web."""
     prefix = f"{info.singular}.{info.group}" if info.group else info.singular
@@ -236,6 +281,9 @@ def build_table(
 
     `label_columns` (`-L`) adds one column per label key, as kubectl heads them (the key's last `/` segment,
     upper-cased) and fills them (the value, or nothing), before the LABELS column of `show_labels`."""
+    now = now if now is not None else datetime.now(UTC)
+    if info.kind == "Event":
+        return _event_table(objs, wide, all_namespaces, now)
     headers, wide_headers, row = _PRINTERS.get(info.kind, ((), (), lambda _o, _w: []))
     namespace_col = all_namespaces and info.namespaced
     out_headers = (["NAMESPACE"] if namespace_col else []) + ["NAME", *headers, "AGE"]
@@ -244,7 +292,6 @@ def build_table(
     out_headers += [key.split("/")[-1].upper() for key in label_columns]
     if show_labels:
         out_headers.append("LABELS")
-    now = now if now is not None else datetime.now(UTC)
     rows = []
     for obj in objs:
         meta = obj.get("metadata") or {}
@@ -273,15 +320,20 @@ def table_columns(info: KindInfo) -> list[dict[str, Any]]:
     kubectl adds NAMESPACE (-A) and LABELS (--show-labels) itself, as `build_table` does."""
     headers, wide_headers, _ = _PRINTERS.get(info.kind, ((), (), lambda _o, _w: []))
     cols = [("NAME", 0), *((h, 0) for h in headers), ("AGE", 0), *((h, 1) for h in wide_headers)]
+    if info.kind == "Event":
+        cols = list(_EVENT_COLUMNS)
     return [
-        {"name": name, "type": "string", "format": "name" if name == "NAME" else "",
-         "description": _DESCRIPTIONS.get(name, name.title()), "priority": priority}
+        {"name": name.title() if info.kind == "Event" else name, "type": "string",
+         "format": "name" if name == "NAME" else "", "description": _DESCRIPTIONS.get(name, name.title()),
+         "priority": priority}
         for name, priority in cols
     ]
 
 
 def table_row(info: KindInfo, obj: Obj, now: datetime | None = None) -> dict[str, Any]:
     """One Table row: the cells in `table_columns` order, and the object itself (includeObject=Object)."""
+    if info.kind == "Event":  # the Table's own column order (the wide ones are interleaved)
+        return {"cells": _event_cells(obj, now if now is not None else datetime.now(UTC)), "object": obj}
     _, rows = build_table(info, [obj], wide=True, now=now)
     return {"cells": rows[0], "object": obj}
 

@@ -20,6 +20,9 @@ Invariants:
   status) per `waypoints.plan_waypoint` / `waypoints.gateway_status`; they go away with the Gateway.
 - DaemonSets get status counts from the pods they select (they create no pods: `cluster.staticpods`).
 - Conflicts (another writer changed the object) are not errors: the next pass re-reads and retries.
+- Events (`cluster.events`, fire and forget): `Scheduled` / `FailedScheduling` on pods as the default-scheduler;
+  `SuccessfulCreate` / `SuccessfulDelete` ("Created pod: NAME") on the Deployment as the deployment-controller
+  (Kubernetes records these on the ReplicaSet; there are none here). No `ScalingReplicaSet`: no ReplicaSet.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ambient.api.errors import AlreadyExistsError, ApiError, ConflictError, NotFoundError
+from ambient.api.events import NORMAL, WARNING
 from ambient.api.informer import Reconciler
 from ambient.cluster import deployments as deploy_plan
+from ambient.cluster.events import EventRecorder
 from ambient.cluster.gateways import IngressGatewayController
-from ambient.cluster.scheduler import RoundRobinScheduler
+from ambient.cluster.scheduler import RoundRobinScheduler, node_is_ready
 from ambient.cluster.services import compute_endpoints, endpoints_differ, plan_cluster_ips
 from ambient.cluster.staticpods import daemonset_status
 from ambient.cluster.waypoints import WaypointConfig, WaypointController
@@ -79,6 +84,10 @@ class ControllerManager:
         self.gateways = IngressGatewayController(client, waypoints) if waypoints is not None else None
         self.resync_seconds = resync_seconds
         self.scheduler = RoundRobinScheduler()
+        # Events as Kubernetes' scheduler and its controllers record them (the Deployment controller also does
+        # the ReplicaSet controller's part here: Deployments own their pods directly).
+        self.scheduler_events = EventRecorder(client, "default-scheduler")
+        self.deployment_events = EventRecorder(client, "deployment-controller")
         self.passes = 0
         self._reconciler = Reconciler(self.reconcile_once, name="reconcile pass", resync=resync_seconds,
                                       retry_delay=0.5, immediate_retry=(ConflictError,), logger=log)
@@ -91,6 +100,8 @@ class ControllerManager:
             for kind in WATCHED_KINDS:
                 tg.create_task(self._reconciler.follow(self.client, kind), name=f"watch-{kind}")
             tg.create_task(self._reconciler.run(), name="reconcile")
+            for recorder in (self.scheduler_events, self.deployment_events):
+                tg.create_task(recorder.run(), name=f"events-{recorder.component}")
 
     # ------------------------------------------------------------------ one pass
 
@@ -147,7 +158,8 @@ class ControllerManager:
                 continue
             node = self.scheduler.pick(pod, nodes, pods)
             if node is None:
-                await self._set_unschedulable(pod)
+                if await self._set_unschedulable(pod):
+                    self.scheduler_events.event(pod, WARNING, "FailedScheduling", unschedulable_message(pod, nodes))
                 continue
             ns, name = _key(pod)
             try:
@@ -155,20 +167,25 @@ class ControllerManager:
             except (NotFoundError, ConflictError):
                 continue
             log.info("bound pod %s/%s to %s", ns, name, node)
+            self.scheduler_events.event(bound, NORMAL, "Scheduled", f"Successfully assigned {ns}/{name} to {node}")
             spec["nodeName"] = node  # so the next pods of this pass see the spread
             pod["spec"] = spec
             pod["metadata"]["resourceVersion"] = bound["metadata"]["resourceVersion"]
 
-    async def _set_unschedulable(self, pod: dict[str, Any]) -> None:
+    async def _set_unschedulable(self, pod: dict[str, Any]) -> bool:
+        """Mark `pod` Unschedulable; True when this changed its status (the scheduler's event is due)."""
         status = pod.get("status") or {}
         cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                 "message": "no Ready node available"}
         if cond in (status.get("conditions") or []):
-            return
+            return False
         ns, name = _key(pod)
-        with contextlib.suppress(ConflictError, NotFoundError):
+        try:
             await self.client.patch("Pod", name, ns, {"status": {"phase": "Pending", "conditions": [cond]}},
                                     status=True)
+        except (ConflictError, NotFoundError):
+            return False
+        return True
 
     async def _deployments(self, deploys: list[dict[str, Any]], pods: list[dict[str, Any]]) -> bool:
         changed = False
@@ -178,7 +195,10 @@ class ControllerManager:
             for _ in range(result.create):
                 for _attempt in range(5):  # a random-name collision is retried with a new name
                     try:
-                        await self.client.create(deploy_plan.new_pod(deploy, f"{name}-{deploy_plan.random_suffix()}"))
+                        created = await self.client.create(
+                            deploy_plan.new_pod(deploy, f"{name}-{deploy_plan.random_suffix()}"))
+                        self.deployment_events.event(deploy, NORMAL, "SuccessfulCreate",
+                                                     f"Created pod: {created['metadata']['name']}")
                         changed = True
                         break
                     except AlreadyExistsError:
@@ -188,6 +208,7 @@ class ControllerManager:
             for pod_name in result.delete:
                 with contextlib.suppress(NotFoundError):
                     await self.client.delete("Pod", pod_name, ns)
+                    self.deployment_events.event(deploy, NORMAL, "SuccessfulDelete", f"Deleted pod: {pod_name}")
                     changed = True
             if (deploy.get("status") or {}) != result.status:
                 with contextlib.suppress(ConflictError, NotFoundError):
@@ -250,6 +271,18 @@ class ControllerManager:
             if key not in wanted:
                 with contextlib.suppress(NotFoundError):
                     await self.client.delete("Endpoints", ep["metadata"]["name"], key[0])
+
+
+def unschedulable_message(pod: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
+    """The scheduler's FailedScheduling message: `0/N nodes are available: <why, per reason>.`"""
+    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
+    not_ready = sum(1 for n in nodes if not node_is_ready(n))
+    mismatch = sum(1 for n in nodes if node_is_ready(n) and not all(
+        ((n["metadata"].get("labels") or {}).get(k) == v) for k, v in selector.items()))
+    reasons = [f"{not_ready} node(s) were not Ready" if not_ready else "",
+               f"{mismatch} node(s) didn't match Pod's node affinity/selector" if mismatch else ""]
+    why = ", ".join(r for r in reasons if r) or "no nodes are registered"
+    return f"0/{len(nodes)} nodes are available: {why}."
 
 
 async def _amain(state_dir: Path) -> None:

@@ -25,6 +25,11 @@ Invariants:
   finds what it made: pods still bound here are adopted (live processes kept), the rest are torn down.
 - A kubelet shutdown (SIGTERM) leaves pods running (a restart adopts them); only pod deletion tears down.
 - Status is written with a status merge patch (no read-modify-write races with other writers).
+- Events (`cluster.events`, fire and forget, source `kubelet` + node): Created/Started per container start
+  (one step here; no Pulling/Pulled: there are no images), Failed ("Error: executable not found: ..."),
+  BackOff per held-back restart, Unhealthy per failed probe ("Readiness probe failed: HTTP probe failed with
+  statuscode: 503"), Killing (probe kill, pod deletion), FailedCreatePodSandBox; node Starting/NodeReady/
+  NodeNotReady (involvedObject uid = the node's name, as the kubelet's).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient.api.errors import AlreadyExistsError, ApiError, NotFoundError
+from ambient.api.events import NORMAL, WARNING, container_path
 from ambient.api.informer import Reconciler
 from ambient.cluster import kubeproxy, probes
 from ambient.cluster import layout as L
@@ -48,6 +54,7 @@ from ambient.cluster import podruntime as rt
 from ambient.cluster import staticpods as sp
 from ambient.cluster.controllers import Client
 from ambient.cluster.errors import ClusterError
+from ambient.cluster.events import EventRecorder
 from ambient.cluster.podstatus import ContainerState, pod_status
 from ambient.core import process
 from ambient.core.backoff import Backoff
@@ -91,6 +98,11 @@ class PodWorker:
     def changed(self) -> None:
         self._changed.set()
 
+    def event(self, event_type: str, reason: str, message: str, container: str | None = None) -> None:
+        """Record an Event about this pod (a container's, with its fieldPath), as the kubelet of this node."""
+        self.kubelet.recorder.event(self.pod, event_type, reason, message,
+                                    container_path(container) if container else None)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
@@ -122,6 +134,7 @@ class PodWorker:
                                                      str(L.netns_path(rec.netns)))
             except ClusterError as exc:
                 self.network_error = exc.message
+                self.event(WARNING, "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc.message}")
                 delay = backoff.next()
                 log.warning("pod %s/%s: network not ready: %s (retry in %.1fs)", self.namespace, self.name,
                             exc.message, delay)
@@ -138,6 +151,9 @@ class PodWorker:
     async def _teardown(self) -> None:
         grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
         grace_s = DEFAULT_GRACE if grace is None else float(grace)
+        for c in self.containers.values():
+            if c.pid:
+                self.event(NORMAL, "Killing", f"Stopping container {c.name}", c.name)
         stops = [asyncio.to_thread(rt.stop_process_group, c.pid, c.starttime, grace_s)
                  for c in self.containers.values() if c.pid]
         await asyncio.gather(*stops)
@@ -164,6 +180,9 @@ class PodWorker:
                         c.set_waiting("CrashLoopBackOff", f"back-off {delay:.1f}s restarting failed container "
                                       f"{c.name} in pod {self.name}")
                         self.changed()
+                    if delay > BACKOFF_START:  # a restart held back: the kubelet's BackOff (not a quick retry)
+                        self.event(WARNING, "BackOff", f"Back-off restarting failed container {c.name} in pod "
+                                   f"{self.name}_{self.namespace}({self.uid})", c.name)
                     await asyncio.sleep(delay)
                 first = False
                 try:
@@ -174,6 +193,7 @@ class PodWorker:
                     proc = rt.start_container(self.record.netns, argv, env, c.spec.get("workingDir"), log_file)
                 except rt.StartError as exc:
                     log.warning("pod %s/%s container %s: %s", self.namespace, self.name, c.name, exc.message)
+                    self.event(WARNING, "Failed", f"Error: {exc.message}", c.name)
                     c.set_start_error(exc.message)
                     failures += 1
                     self.changed()
@@ -183,6 +203,9 @@ class PodWorker:
                     continue
                 c.set_running(proc)
                 self._save_container(c)
+                # One step here (the process is the container): the kubelet's two events, in its words.
+                self.event(NORMAL, "Created", f"Created container: {c.name}", c.name)
+                self.event(NORMAL, "Started", f"Started container {c.name}", c.name)
                 self.changed()
             exit_code = await self._wait_exit(c)
             ran = c.set_terminated(exit_code)
@@ -252,10 +275,13 @@ class PodWorker:
             result = await probes.run_probe(spec, self.kubelet.probe_context(self))
             if c.runs != run or c.state != "running":
                 continue  # the run ended while probing: the result is about a process that is gone
-            # The kubelet's "Unhealthy" event (one per failed probe; readiness only at the first of a streak).
-            if not result.ok and spec.handler != "ports" and (spec.kind != "readiness" or not tracker.failing):
-                log.warning("pod %s/%s container %s: %s probe failed: %s", self.namespace, self.name, c.name,
-                            spec.title, result.message)
+            # The kubelet's "Unhealthy" event, one per failed probe (the recorder counts repeats); logged once
+            # per streak for readiness. The implicit port check is no probe of the pod's: no event.
+            if not result.ok and spec.handler != "ports":
+                self.event(WARNING, "Unhealthy", f"{spec.title} probe failed: {result.message}", c.name)
+                if spec.kind != "readiness" or not tracker.failing:
+                    log.warning("pod %s/%s container %s: %s probe failed: %s", self.namespace, self.name, c.name,
+                                spec.title, result.message)
             outcome = tracker.observe(result.ok)
             if outcome is None:
                 continue
@@ -272,6 +298,7 @@ class PodWorker:
     async def _kill_for_probe(self, c: ContainerState, spec: probes.ProbeSpec) -> None:
         log.warning("pod %s/%s: Container %s failed %s probe, will be restarted", self.namespace, self.name,
                     c.name, spec.kind)
+        self.event(NORMAL, "Killing", f"Container {c.name} failed {spec.kind} probe, will be restarted", c.name)
         c.probe_kill = spec.kind
         c.ready = False
         self.changed()
@@ -477,6 +504,7 @@ class Kubelet:
             cni = CniRuntime(layout, self.node_layout)
         self.cni = cni
         self.records = rt.RecordStore(self.state_dir, node)
+        self.recorder = EventRecorder(client, "kubelet", host=node)
         self.workers: dict[str, PodWorker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.resync_seconds = resync_seconds
@@ -494,6 +522,8 @@ class Kubelet:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            tg.create_task(self.recorder.run(), name="events")
+            self.recorder.event(self._node_ref(), NORMAL, "Starting", "Starting kubelet.")
             await self._adopt()
             await self.set_node_ready(True)
             tg.create_task(self._reconciler.follow(self.client, "Pod", field_selector=f"spec.nodeName={self.node}"))
@@ -513,6 +543,14 @@ class Kubelet:
             await self.client.patch("Node", self.node, None, {"status": {"conditions": [cond]}}, status=True)
         except ApiError as exc:
             log.warning("cannot update node %s status: %s", self.node, exc)
+            return
+        status = "NodeReady" if ready else "NodeNotReady"
+        self.recorder.event(self._node_ref(), NORMAL, status, f"Node {self.node} status is now: {status}")
+
+    def _node_ref(self) -> dict[str, Any]:
+        """This node as the kubelet's events name it: uid = the node's name (`kubectl describe node` asks
+        for that uid)."""
+        return {"kind": "Node", "metadata": {"name": self.node, "uid": self.node}}
 
     async def _adopt(self) -> None:
         pods = await self._my_pods()
@@ -654,6 +692,8 @@ async def _amain(state_dir: Path, node: str) -> None:
             await kubelet.run()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(kubelet.set_node_ready(False), timeout=2.0)  # within the stop grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(kubelet.recorder.drain(), timeout=0.5)  # NodeNotReady, if the API takes it
     log.info("kubelet %s stopped (pods left running for the next start to adopt)", node)
 
 

@@ -225,6 +225,16 @@ spec:
     spec:
       hostNetwork: true
       containers: [{name: agent, command: [sleep, infinity]}]
+---
+apiVersion: v1
+kind: Event
+metadata: {name: web.17e2a3b4c5d6e7f8, namespace: shop}
+involvedObject: {kind: Pod, namespace: shop, name: web, fieldPath: "spec.containers{web}"}
+reason: Started
+message: Started container web
+type: Normal
+count: 1
+source: {component: kubelet, host: node-1}
 """
 
 

@@ -34,6 +34,7 @@ from ambient.api.validation.core_kinds import (
     _check_daemon_set,
     _check_deployment,
     _check_endpoints,
+    _check_event,
     _check_namespace,
     _check_node,
     _check_pod,
@@ -66,6 +67,7 @@ _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
     "DaemonSet": _check_daemon_set,
     "Service": _check_service,
     "Endpoints": _check_endpoints,
+    "Event": _check_event,
     "AuthorizationPolicy": _check_authorization_policy,
     "PeerAuthentication": _check_peer_authentication,
     "Gateway": _check_gateway,
@@ -78,7 +80,7 @@ _SPEC_CHECKS: dict[str, Callable[[Obj, Obj], None]] = {
 SCHEMAS.update(TRAFFIC_SCHEMAS)  # the traffic-management kinds' field schemas live with their checks
 
 # Kinds whose spec may be absent (the others default to {} but then fail their required fields).
-_NO_SPEC_KINDS = frozenset({"ServiceAccount", "Endpoints", "Secret"})
+_NO_SPEC_KINDS = frozenset({"ServiceAccount", "Endpoints", "Secret", "Event"})
 
 
 def validate_object(

@@ -231,3 +231,23 @@ def _check_service(spec: Obj, obj: Obj) -> None:
 def _check_endpoints(spec: Obj, obj: Obj) -> None:
     # Endpoints keep their data at the top level (subsets), written by a controller: loose checks only.
     _items(obj, "subsets", "")
+
+
+def _check_event(spec: Obj, obj: Obj) -> None:
+    """A core/v1 Event, as kube-apiserver validates one: its involvedObject lives in the Event's namespace
+    (when it names one), type is Normal or Warning (when set), count is not negative."""
+    ref = _map(obj, "involvedObject", "", required=True) or {}
+    for key in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath"):
+        _str(ref, key, "involvedObject")
+    namespace = (obj.get("metadata") or {}).get("namespace") or "default"
+    if ref.get("namespace") and ref["namespace"] != namespace:
+        raise _fail("involvedObject.namespace", f'the Event\'s namespace "{namespace}"', ref["namespace"])
+    for key in ("reason", "message", "firstTimestamp", "lastTimestamp", "action", "reportingComponent",
+                "reportingInstance"):
+        _str(obj, key, "")
+    if obj.get("type") not in (None, ""):
+        _enum(obj, "type", "", ("Normal", "Warning"))
+    _int(obj, "count", "", lo=0)
+    source = _map(obj, "source", "") or {}
+    _str(source, "component", "source")
+    _str(source, "host", "source")

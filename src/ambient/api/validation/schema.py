@@ -269,6 +269,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "ServiceEntry": _kind(SERVICE_ENTRY_SPEC),
     "IstioGateway": _kind(ISTIO_GATEWAY_SPEC),
     "Secret": _kind(None, "type", "immutable", data=_STRING_MAP, stringData=_STRING_MAP),
+    "Event": _kind(
+        None, "reason", "message", "type", "count", "firstTimestamp", "lastTimestamp", "eventTime", "action",
+        "reportingComponent", "reportingInstance",
+        involvedObject=OBJECT_REFERENCE, related=OBJECT_REFERENCE, source=_fields("component", "host"),
+        series=_fields("count", "lastObservedTime", "state"),
+    ),
 }
 
 # A path shown in a message or a Warning header is cut to this many characters (keys are user input).
