@@ -155,6 +155,7 @@ def test_field_selectors_as_kubectl_and_users_send_them(server: ApiServer, recor
     assert reasons("involvedObject.kind=Deployment") == ["SuccessfulCreate"]
     assert reasons("type=Warning") == ["Unhealthy"]
     assert reasons("reason=Started,involvedObject.fieldPath=spec.containers{app}") == ["Started"]
+    assert reasons("source=default-scheduler") == ["Scheduled"]
 
 
 def test_kubectl_describe_shows_the_events_of_a_pod_a_deployment_and_a_node(

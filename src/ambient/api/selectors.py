@@ -127,6 +127,8 @@ class FieldRequirement:
         cur: Any = obj
         for part in self.path:
             cur = cur.get(part) if isinstance(cur, dict) else None
+        if self.path == ("source",) and isinstance(cur, dict):
+            cur = cur.get("component")  # an Event's `source` selects on its component, as kube-apiserver's
         actual = "" if cur is None else (str(cur).lower() if isinstance(cur, bool) else str(cur))
         return (actual == self.value) if self.op == "=" else (actual != self.value)
 

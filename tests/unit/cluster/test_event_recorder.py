@@ -4,10 +4,15 @@ what the API does not take, and creates again an Event the server no longer has.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+
+from store_client import StoreClient
 
 from ambient.api import events as ev
 from ambient.api.errors import NotFoundError, UnavailableError
+from ambient.api.store import Store
+from ambient.cluster.controllers import ControllerManager
 from ambient.cluster.events import EventRecorder
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"}}
@@ -97,3 +102,38 @@ async def test_an_expired_event_is_created_again() -> None:
     assert api.calls == ["create", "patch", "create"]
     (event,) = api.events.values()
     assert event["count"] == 2
+
+
+# ----------------------------------------------------------------------------- the controllers' events
+
+
+async def test_the_scheduler_and_the_deployment_controller_record_their_events(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+    cm = ControllerManager(StoreClient(store))
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "command": ["x"]}]}}
+    deploy = store.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": template}})
+    await cm.reconcile_once()  # the pod is created; no node is Ready: it cannot be scheduled
+    await cm.reconcile_once()
+    store.patch("Node", "node-1", None, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+                status=True)
+    await cm.reconcile_once()
+    store.patch("Deployment", "web", "default", {"spec": {"replicas": 0}})
+    await cm.reconcile_once()
+    for recorder in (cm.scheduler_events, cm.deployment_events):
+        await recorder.drain()
+    (pod_name,) = {e["involvedObject"]["name"] for e in store.list("Event", "default")[0]
+                   if e["involvedObject"]["kind"] == "Pod"}
+    seen = {(e["involvedObject"]["kind"], e["reason"], e["message"], e["source"]["component"], e["count"])
+            for e in store.list("Event", "default")[0]}
+    assert seen == {
+        ("Pod", "FailedScheduling", "0/1 nodes are available: 1 node(s) were not Ready.", "default-scheduler", 1),
+        ("Pod", "Scheduled", f"Successfully assigned default/{pod_name} to node-1", "default-scheduler", 1),
+        ("Deployment", "SuccessfulCreate", f"Created pod: {pod_name}", "deployment-controller", 1),
+        ("Deployment", "SuccessfulDelete", f"Deleted pod: {pod_name}", "deployment-controller", 1),
+    }
+    about_deploy = next(e for e in store.list("Event", "default")[0] if e["involvedObject"]["kind"] == "Deployment")
+    assert about_deploy["involvedObject"]["uid"] == deploy["metadata"]["uid"]
+    assert about_deploy["involvedObject"]["apiVersion"] == "apps/v1"
+    store.close()
