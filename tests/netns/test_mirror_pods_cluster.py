@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -30,11 +29,9 @@ from cluster_fixtures import local_cluster, run_ambient
 
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, processes
-from helpers import wait_for
+from helpers import KUBECTL, needs_kubectl, wait_for
 
-KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-pytestmark = [pytest.mark.root, pytest.mark.timeout(300),
-              pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (scripts/bootstrap.sh installs it)")]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300), needs_kubectl]
 
 CLUSTER = "mir1"
 NS = "ambient-system"
