@@ -1,5 +1,7 @@
 """Cluster fixtures for the netns tests: a real local cluster (any name; "t8" for `two_node_cluster`), the
-`ambient` CLI against it, and small pod utilities.
+`ambient` CLI against it (`ClusterEnv`: what a module's tests hold of their cluster), the workloads several
+modules set up alike (a sleeping client pod, a `web` Deployment and Service, a client and web behind an ALLOW
+policy), and small pod utilities.
 
 The cluster is built with `ambient.cluster.lifecycle` (network, apiserver, dns, controller-manager, kubelets,
 control plane) in a temporary state dir with a private registry, and always deleted (plus a forced netns sweep);
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,17 @@ for _ in range(n):
 print(json.dumps(out))
 """
 
+# An HTTP server answering "hi" on 8080.
+SERVE_HI = r"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"hi")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
 
 def force_cleanup(cluster: str = CLUSTER) -> None:
     processes.kill_netns_processes(network.cluster_netns(cluster))
@@ -75,8 +89,10 @@ def local_cluster(name: str, tmp: Path, nodes: int = 2,
             with ApiClient(result.layout.api_socket) as api:
                 yield result.layout, api, state
         finally:
-            # Keep the component and pod logs for post-mortems (pytest keeps the last few tmp dirs).
-            shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            # Keep the component and pod logs for post-mortems (pytest keeps the last few tmp dirs); a cluster
+            # that failed before writing any must still be deleted.
+            if (state / "logs").exists():
+                shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
             lifecycle.delete_cluster(name, state)
             force_cleanup(name)
 
@@ -91,6 +107,19 @@ def run_ambient(cluster: str, state: Path, *args: str, timeout: float = 90) -> s
     """`ambient -c CLUSTER --state-dir STATE ARGS...` as a user runs it (output captured, never raises)."""
     return subprocess.run([sys.executable, "-m", "ambient", "-c", cluster, "--state-dir", str(state), *args],
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@dataclass
+class ClusterEnv:
+    """A module's cluster as its tests use it: the layout, an API client, the state dir and the CLI against it.
+    Modules subclass it for their own helpers (and extra fields, with defaults)."""
+
+    layout: L.ClusterLayout
+    api: ApiClient
+    state: Path
+
+    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return run_ambient(self.layout.name, self.state, *args, timeout=timeout)
 
 
 def pod_manifest(name: str, command: list[str], *, node: str | None = None, ns: str = "default",
@@ -112,9 +141,67 @@ def whoami_pod(name: str, node: str | None = None, labels: dict[str, str] | None
                         ports=[{"name": "http", "containerPort": port}])
 
 
+def sleeper_pod(name: str, ns: str, node: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Pod `ns/name` on `node` that only sleeps: a client whose netns the tests run their commands in."""
+    meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if labels is not None:
+        meta["labels"] = labels
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"nodeName": node, "containers": [
+                {"name": "app", "command": [sys.executable, "-c", "import time; time.sleep(1e6)"]}]}}
+
+
+def create_web_deployment(api: ApiClient, ns: str, node: str, program: str) -> None:
+    """The Deployment `ns/web` (one replica on `node`, label app=web, the Python `program` serving port 8080
+    named http) and its Service `web` (port 80 named http -> 8080)."""
+    api.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                         "template": {"metadata": {"labels": {"app": "web"}},
+                                      "spec": {"nodeName": node, "containers": [
+                                          {"name": "app", "command": [sys.executable, "-c", program],
+                                           "ports": [{"name": "http", "containerPort": 8080}]}]}}}})
+    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
+                "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+
+
+def create_client_and_web(api: ApiClient, layout: L.ClusterLayout, ns: str) -> dict[str, Any]:
+    """An enrolled namespace `ns` with a pod `client` on the first node, a pod `web` answering "hi" on 8080 on
+    the last node behind the Service `web` (port 80), and an ALLOW policy at web for `ns`'s own workloads.
+    Returns the client pod once both pods are Ready."""
+    api.create({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+    nodes = [n.name for n in layout.nodes]
+    api.create(sleeper_pod("client", ns, nodes[0]))
+    api.create({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web", "namespace": ns, "labels": {"app": "web"}},
+                "spec": {"nodeName": nodes[-1], "containers": [
+                    {"name": "app", "command": [sys.executable, "-c", SERVE_HI],
+                     "ports": [{"containerPort": 8080}]}]}})
+    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "web-allow", "namespace": ns},
+                "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+                         "rules": [{"from": [{"source": {"namespaces": [ns]}}]}]}})
+
+    def ready_client() -> dict[str, Any] | None:
+        pod = api.get("Pod", "client", ns)
+        return pod if is_ready(pod) else None
+
+    client = wait_for(ready_client, 60, "client")
+    wait_for(lambda: is_ready(api.get("Pod", "web", ns)), 60, "web Ready")
+    return client
+
+
 def is_ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def ready_pod(api: ApiClient, ns: str, selector: str) -> dict[str, Any] | None:
+    """The first pod of `ns` matching the label `selector` when it is Ready (else None: for `wait_for`)."""
+    pods = api.list("Pod", ns, label_selector=selector)[0]
+    return pods[0] if pods and is_ready(pods[0]) else None
 
 
 def wait_ready(api: ApiClient, name: str, ns: str = "default", timeout: float = 30) -> dict[str, Any]:

@@ -29,10 +29,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cluster_fixtures import is_ready, local_cluster
+from cluster_fixtures import create_client_and_web, local_cluster
 
 from ambient.cluster import layout as L
-from helpers import wait_for
+from helpers import stop_process, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300),
@@ -40,16 +40,6 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(300),
 
 CLUSTER = "dsh1"
 NS = "dsh"
-SERVE = r"""
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"hi"
-        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
-"""
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--remote-debugging-port=0", "--window-size=1400,1000"]
@@ -70,25 +60,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     dash: subprocess.Popen[str] | None = None
     with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2) as (layout, api, state):
         try:
-            api.create({"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
-            nodes = [n.name for n in layout.nodes]
-            py = sys.executable
-            api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS},
-                        "spec": {"nodeName": nodes[0], "containers": [
-                            {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
-            api.create({"apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
-                        "spec": {"nodeName": nodes[-1], "containers": [
-                            {"name": "app", "command": [py, "-c", SERVE], "ports": [{"containerPort": 8080}]}]}})
-            api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
-                        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
-            api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                        "metadata": {"name": "web-allow", "namespace": NS},
-                        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
-                                 "rules": [{"from": [{"source": {"namespaces": [NS]}}]}]}})
-            client = wait_for(lambda: (p := api.get("Pod", "client", NS)) and is_ready(p) and p, 60, "client")
-            wait_for(lambda: is_ready(api.get("Pod", "web", NS)), 60, "web Ready")
+            client = create_client_and_web(api, layout, NS)
             vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
             dash = subprocess.Popen([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(state),
                                      "dashboard", "--port", "0", "--no-open"], stdout=subprocess.PIPE, text=True)
@@ -168,11 +140,7 @@ def test_dashboard_shows_live_edges_rows_and_traces_in_chromium(env: Env, tmp_pa
             Path(artifacts).mkdir(parents=True, exist_ok=True)
             (Path(artifacts) / "dashboard.png").write_bytes(png)
     finally:
-        chrome.terminate()
-        try:
-            chrome.wait(10)
-        except subprocess.TimeoutExpired:
-            chrome.kill()
+        stop_process(chrome)
 
 
 async def _drive(env: Env, page_ws: str) -> bytes:
@@ -276,11 +244,7 @@ def test_a_real_prometheus_scrapes_every_component(env: Env, tmp_path: Path) -> 
     finally:
         for p in (prom, fwd):
             if p is not None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop_process(p)
         prom_log.close()
 
 

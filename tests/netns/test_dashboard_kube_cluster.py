@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import is_ready, local_cluster, run_ambient
+from cluster_fixtures import create_client_and_web, is_ready, local_cluster, run_ambient
 
 from ambient.api.errors import NotFoundError
 from ambient.cluster import layout as L
@@ -42,15 +42,6 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(300),
 
 CLUSTER = "dsk1"
 NS = "dsk"
-SERVE = r"""
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"hi")
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
-"""
 
 
 @dataclass
@@ -71,24 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2) as (layout, api, state):
         try:
             nodes = [n.name for n in layout.nodes]
-            api.create({"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
-            py = sys.executable
-            api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS},
-                        "spec": {"nodeName": nodes[0], "containers": [
-                            {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
-            api.create({"apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
-                        "spec": {"nodeName": nodes[-1], "containers": [
-                            {"name": "app", "command": [py, "-c", SERVE], "ports": [{"containerPort": 8080}]}]}})
-            api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
-                        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
-            api.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                        "metadata": {"name": "web-allow", "namespace": NS},
-                        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
-                                 "rules": [{"from": [{"source": {"namespaces": [NS]}}]}]}})
-            client = wait_for(lambda: (p := api.get("Pod", "client", NS)) and is_ready(p) and p, 60, "client")
-            wait_for(lambda: is_ready(api.get("Pod", "web", NS)), 60, "web Ready")
+            client = create_client_and_web(api, layout, NS)
             for node in nodes:
                 wait_for(lambda n=node: _mirror_ready(api, f"ztunnel-{n}"), 60,
                          f"the mirror pod of {node}'s node proxy Ready")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import force_cleanup, leftovers, root_links_into
+from cluster_fixtures import is_ready, local_cluster, run_ambient, sleeper_pod
+from cluster_helpers import leftovers, root_links_into
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
@@ -65,8 +65,7 @@ class Cluster:
     client: dict[str, Any]
 
     def ambient(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(self.state),
-                               *args], capture_output=True, text=True, timeout=timeout, check=False)
+        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
 
     def in_pod(self, code: str, *args: str, timeout: float = 30) -> str:
         netns = L.pod_netns_name(CLUSTER, self.client["metadata"]["uid"])
@@ -85,36 +84,16 @@ class Cluster:
         return "".join(p.read_text(errors="replace") for p in sorted((self.state / "logs").glob("ztunnel*.log")))
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("egr1")
-    state = tmp / "state"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup(CLUSTER)
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 2, state)
-            outside.create_outside_world(result.layout)
-            with ApiClient(result.layout.api_socket) as api:
-                api.create({"apiVersion": "v1", "kind": "Namespace",
-                            "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
-                api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS},
-                            "spec": {"nodeName": result.layout.nodes[0].name, "containers": [
-                                {"name": "app", "command": [sys.executable, "-c", "import time; time.sleep(1e6)"]}]}})
-                pod = wait_for(lambda: (p := api.get("Pod", "client", NS)) and _ready(p) and p, timeout=60,
-                               what="client pod Ready")
-                yield Cluster(result.layout, api, state, pod)
-        finally:
-            if (state / "logs").exists():
-                shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup(CLUSTER)
+    with local_cluster(CLUSTER, tmp_path_factory.mktemp(CLUSTER), 2) as (layout, api, state):
+        outside.create_outside_world(layout)
+        api.create({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+        api.create(sleeper_pod("client", NS, layout.nodes[0].name))
+        pod = wait_for(lambda: (p := api.get("Pod", "client", NS)) and is_ready(p) and p, timeout=60,
+                       what="client pod Ready")
+        yield Cluster(layout, api, state, pod)
 
 
 def _entry(name: str, host: str, **spec: Any) -> dict[str, Any]:

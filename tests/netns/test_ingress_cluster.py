@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import force_cleanup
+from cluster_fixtures import is_ready, local_cluster
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
-from ambient.cluster import lifecycle, outside
+from ambient.cluster import outside
 from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
@@ -72,51 +71,34 @@ class Cluster:
         return "".join(p.read_text(errors="replace") for p in sorted((self.state / "logs").glob(f"{prefix}*.log")))
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
 def _conditions(obj: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("ing1")
-    state = tmp / "state"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMBIENT_REGISTRY_DIR", str(tmp / "registry"))
-        lifecycle.delete_cluster(CLUSTER, state)
-        force_cleanup(CLUSTER)
-        try:
-            result = lifecycle.create_cluster(CLUSTER, 2, state)
-            outside.write_certificates(tmp / "certs", [HOST])  # a CA + server cert, as a user would bring
-            with ApiClient(result.layout.api_socket) as api:
-                api.create({"apiVersion": "v1", "kind": "Namespace",
-                            "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
-                py = sys.executable
-                for version, node in (("v1", 0), ("v2", 1)):
-                    api.create({"apiVersion": "v1", "kind": "Pod",
-                                "metadata": {"name": f"echo-{version}", "namespace": NS,
-                                             "labels": {"app": "echo", "version": version}},
-                                "spec": {"nodeName": result.layout.nodes[node].name, "containers": [{
-                                    "name": "app", "command": [py, "-c", ECHO],
-                                    "env": [{"name": "VERSION", "value": version}],
-                                    "ports": [{"name": "http", "containerPort": 8080}]}]}})
-                    api.create({"apiVersion": "v1", "kind": "Service",
-                                "metadata": {"name": f"echo-{version}", "namespace": NS},
-                                "spec": {"selector": {"app": "echo", "version": version},
-                                         "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-                for version in ("v1", "v2"):
-                    wait_for(lambda v=version: _ready(api.get("Pod", f"echo-{v}", NS)), timeout=60,
-                             what=f"echo-{version} Ready")
-                yield Cluster(result.layout, api, state, tmp / "certs" / "outside")
-        finally:
-            if (state / "logs").exists():
-                shutil.copytree(state / "logs", tmp / "logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            lifecycle.delete_cluster(CLUSTER, state)
-            force_cleanup(CLUSTER)
+    tmp = tmp_path_factory.mktemp(CLUSTER)
+    with local_cluster(CLUSTER, tmp, 2) as (layout, api, state):
+        outside.write_certificates(tmp / "certs", [HOST])  # a CA + server cert, as a user would bring
+        api.create({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
+        py = sys.executable
+        for version, node in (("v1", 0), ("v2", 1)):
+            api.create({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": f"echo-{version}", "namespace": NS,
+                                     "labels": {"app": "echo", "version": version}},
+                        "spec": {"nodeName": layout.nodes[node].name, "containers": [{
+                            "name": "app", "command": [py, "-c", ECHO],
+                            "env": [{"name": "VERSION", "value": version}],
+                            "ports": [{"name": "http", "containerPort": 8080}]}]}})
+            api.create({"apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": f"echo-{version}", "namespace": NS},
+                        "spec": {"selector": {"app": "echo", "version": version},
+                                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        for version in ("v1", "v2"):
+            wait_for(lambda v=version: is_ready(api.get("Pod", f"echo-{v}", NS)), timeout=60,
+                     what=f"echo-{version} Ready")
+        yield Cluster(layout, api, state, tmp / "certs" / "outside")
 
 
 def _gateway(name: str, cls: str = "istio", secret: str = "web-cert") -> dict[str, Any]:
@@ -150,7 +132,7 @@ def ingress(cluster: Cluster) -> Iterator[dict[str, Any]]:
 
     def ready_pod() -> dict[str, Any] | None:
         pods = api.list("Pod", NS, label_selector="gateway.networking.k8s.io/gateway-name=ingress")[0]
-        return next((p for p in pods if _ready(p)), None)
+        return next((p for p in pods if is_ready(p)), None)
 
     pod = wait_for(ready_pod, timeout=30, what="gateway pod Ready")
     took = time.monotonic() - applied

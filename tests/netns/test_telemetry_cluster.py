@@ -23,14 +23,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import is_ready, local_cluster, run_ambient
+from cluster_fixtures import ClusterEnv, create_web_deployment, local_cluster, ready_pod, sleeper_pod
 from prometheus_client.parser import text_string_to_metric_families
 
-from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
 from ambient.runtime.accesslog import parse_fields
 from helpers import wait_for
@@ -96,14 +94,8 @@ print(len(got))
 """
 
 
-@dataclass
-class Cluster:
-    layout: L.ClusterLayout
-    api: ApiClient
-    state: Path
-
-    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
+class Cluster(ClusterEnv):
+    """This module's cluster, with commands in a netns or a pod, the node proxies' access lines and metrics."""
 
     def in_netns(self, netns: str, *argv: str, timeout: float = 60) -> str:
         out = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
@@ -151,28 +143,12 @@ def app(cluster: Cluster) -> App:
     api = cluster.api
     api.patch("Namespace", NS, None, {"metadata": {"labels": {"istio.io/dataplane-mode": "ambient"}}})
     nodes = [n.name for n in cluster.layout.nodes]
-    py = sys.executable
-    api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS,
-                                                               "labels": {"app": "client"}},
-                "spec": {"nodeName": nodes[0], "containers": [
-                    {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
-    api.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": NS},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-                         "template": {"metadata": {"labels": {"app": "web"}},
-                                      "spec": {"nodeName": nodes[-1], "containers": [
-                                          {"name": "app", "command": [py, "-c", WEB],
-                                           "ports": [{"name": "http", "containerPort": 8080}]}]}}}})
-    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
-                "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-
-    def ready_pod(selector: str) -> dict[str, Any] | None:
-        pods = api.list("Pod", NS, label_selector=selector)[0]
-        return pods[0] if pods and is_ready(pods[0]) else None
-
-    client = wait_for(functools.partial(ready_pod, "app=client"), timeout=60, what="client Ready")
-    web = wait_for(functools.partial(ready_pod, "app=web"), timeout=60, what="web Ready")
-    waypoint = wait_for(functools.partial(ready_pod, "gateway.networking.k8s.io/gateway-name=waypoint"), timeout=60,
-                        what="waypoint Ready")
+    api.create(sleeper_pod("client", NS, nodes[0], {"app": "client"}))
+    create_web_deployment(api, NS, nodes[-1], WEB)
+    client = wait_for(functools.partial(ready_pod, api, NS, "app=client"), timeout=60, what="client Ready")
+    web = wait_for(functools.partial(ready_pod, api, NS, "app=web"), timeout=60, what="web Ready")
+    waypoint = wait_for(functools.partial(ready_pod, api, NS, "gateway.networking.k8s.io/gateway-name=waypoint"),
+                        timeout=60, what="waypoint Ready")
     vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), timeout=30, what="web VIP")
     return App(client, web, vip, waypoint)
 

@@ -21,14 +21,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import is_ready, local_cluster, run_ambient
+from cluster_fixtures import ClusterEnv, create_web_deployment, is_ready, local_cluster, ready_pod, sleeper_pod
 
-from ambient.api.client import ApiClient
-from ambient.cluster import layout as L
 from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
@@ -53,14 +50,8 @@ SERVE_KEEPALIVE = SERVE.replace("class H(http.server.BaseHTTPRequestHandler):\n"
                                 "class H(http.server.BaseHTTPRequestHandler):\n    protocol_version = 'HTTP/1.1'\n")
 
 
-@dataclass
-class Cluster:
-    layout: L.ClusterLayout
-    api: ApiClient
-    state: Path
-
-    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
+class Cluster(ClusterEnv):
+    """This module's cluster; `trace` is `ambient trace` of the client pod, as JSON."""
 
     def trace(self, *command: str) -> list[dict[str, Any]]:
         run = self.ambient("trace", "-n", NS, "client", "-o", "json", "--", *command)
@@ -90,30 +81,15 @@ def app(cluster: Cluster) -> App:
                 "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
     api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PLAIN_NS}})
     nodes = [n.name for n in cluster.layout.nodes]
-    py = sys.executable
-    api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS,
-                                                               "labels": {"app": "client"}},
-                "spec": {"nodeName": nodes[0], "containers": [
-                    {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
-    api.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": NS},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-                         "template": {"metadata": {"labels": {"app": "web"}},
-                                      "spec": {"nodeName": nodes[-1], "containers": [
-                                          {"name": "app", "command": [py, "-c", SERVE],
-                                           "ports": [{"name": "http", "containerPort": 8080}]}]}}}})
-    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
-                "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    api.create(sleeper_pod("client", NS, nodes[0], {"app": "client"}))
+    create_web_deployment(api, NS, nodes[-1], SERVE)
     api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": PLAIN_NS,
                                                                "labels": {"app": "plain"}},
-                "spec": {"nodeName": nodes[-1], "containers": [{"name": "app", "command": [py, "-c", SERVE]}]}})
-
-    def ready_pod(ns: str, selector: str) -> dict[str, Any] | None:
-        pods = api.list("Pod", ns, label_selector=selector)[0]
-        return pods[0] if pods and is_ready(pods[0]) else None
-
-    client = wait_for(functools.partial(ready_pod, NS, "app=client"), timeout=60, what="client Ready")
-    web = wait_for(functools.partial(ready_pod, NS, "app=web"), timeout=60, what="web Ready")
-    plain = wait_for(functools.partial(ready_pod, PLAIN_NS, "app=plain"), timeout=60, what="plain Ready")
+                "spec": {"nodeName": nodes[-1], "containers": [
+                    {"name": "app", "command": [sys.executable, "-c", SERVE]}]}})
+    client = wait_for(functools.partial(ready_pod, api, NS, "app=client"), timeout=60, what="client Ready")
+    web = wait_for(functools.partial(ready_pod, api, NS, "app=web"), timeout=60, what="web Ready")
+    plain = wait_for(functools.partial(ready_pod, api, PLAIN_NS, "app=plain"), timeout=60, what="plain Ready")
     vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), timeout=30, what="web VIP")
     return App(client, web, plain, vip)
 

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import is_ready, local_cluster, run_ambient
+from cluster_fixtures import ClusterEnv, is_ready, local_cluster, sleeper_pod
 
-from ambient.api.client import ApiClient
-from ambient.cluster import layout as L
 from helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
@@ -62,14 +58,8 @@ while True:
 """
 
 
-@dataclass
-class Cluster:
-    layout: L.ClusterLayout
-    api: ApiClient
-    state: Path
-
-    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
+class Cluster(ClusterEnv):
+    """This module's cluster; `trace` traces one request of the client pod."""
 
     def trace(self, url: str) -> dict[str, Any] | None:
         """The last connection of `curl URL` run in the client pod, when it completed."""
@@ -99,10 +89,7 @@ def app(cluster: Cluster) -> App:
                 "metadata": {"name": NS, "labels": {"istio.io/dataplane-mode": "ambient"}}})
     nodes = [n.name for n in cluster.layout.nodes]
     py = sys.executable
-    api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": NS,
-                                                               "labels": {"app": "client"}},
-                "spec": {"nodeName": nodes[0], "containers": [
-                    {"name": "app", "command": [py, "-c", "import time; time.sleep(1e6)"]}]}})
+    api.create(sleeper_pod("client", NS, nodes[0], {"app": "client"}))
     for name, program in (("web", KEEPALIVE), ("closer", CLOSER)):
         api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS,
                                                                    "labels": {"app": name}},

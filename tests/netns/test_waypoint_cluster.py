@@ -18,13 +18,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import is_ready, local_cluster, run_ambient
+from cluster_fixtures import ClusterEnv, is_ready, local_cluster
 
-from ambient.api.client import ApiClient
 from ambient.api.errors import NotFoundError
 from ambient.cluster import layout as L
 from ambient.cluster import lifecycle, processes
@@ -109,14 +107,8 @@ asyncio.run(main())
 """
 
 
-@dataclass
-class Cluster:
-    layout: L.ClusterLayout
-    api: ApiClient
-    state: Path
-
-    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
+class Cluster(ClusterEnv):
+    """This module's cluster, with the waypoint's pods, pod and component logs, and code run in a pod."""
 
     def pod_log(self, pod: dict[str, Any], container: str = "istio-proxy") -> str:
         path = self.state / "logs" / "pods" / f"{NS}_{pod['metadata']['name']}_{container}.log"

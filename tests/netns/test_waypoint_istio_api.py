@@ -14,11 +14,10 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_fixtures import is_ready, local_cluster, run_ambient
+from cluster_fixtures import ClusterEnv, is_ready, local_cluster
 
 from ambient.api.client import ApiClient
 from ambient.cluster import layout as L
@@ -72,14 +71,10 @@ print(json.dumps(out))
 
 
 @dataclass
-class Cluster:
-    layout: L.ClusterLayout
-    api: ApiClient
-    state: Path
-    client: dict[str, Any] | None = None
+class Cluster(ClusterEnv):
+    """This module's cluster, with its client pod (set once Ready), the waypoint's log and a load run."""
 
-    def ambient(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return run_ambient(CLUSTER, self.state, *args, timeout=timeout)
+    client: dict[str, Any] | None = None
 
     def waypoint_log(self) -> str:
         pod = self.api.list("Pod", NS, label_selector=f"{GW_LABEL}=waypoint")[0][0]
@@ -418,14 +413,20 @@ def _typed_service(name: str, selector: dict[str, str], port: int, proto: str) -
                                                       "appProtocol": proto}]}}
 
 
+def _two_versions(api: ApiClient, app: str, code: str, port: int, proto: str) -> None:
+    """Pods `<app>-v1` and `<app>-v2` running `code` (their version in $VERSION), a Service of each and the
+    Service `<app>` over both, all on `port` with appProtocol `proto`; returns once both pods are Ready."""
+    for v in ("v1", "v2"):
+        api.create(_pod(f"{app}-{v}", {"app": app, "version": v}, code, {"VERSION": v}))
+        api.create(_typed_service(f"{app}-{v}", {"app": app, "version": v}, port, proto))
+    api.create(_typed_service(app, {"app": app}, port, proto))
+    for v in ("v1", "v2"):
+        wait_for(lambda v=v: is_ready(api.get("Pod", f"{app}-{v}", NS)), 90, f"{app}-{v} Ready")
+
+
 def test_grpc_route_splits_a_grpc_service_by_method(cluster: Cluster) -> None:
     api = cluster.api
-    for v in ("v1", "v2"):
-        api.create(_pod(f"greeter-{v}", {"app": "greeter", "version": v}, GRPC_SERVER, {"VERSION": v}))
-        api.create(_typed_service(f"greeter-{v}", {"app": "greeter", "version": v}, 50051, "grpc"))
-    api.create(_typed_service("greeter", {"app": "greeter"}, 50051, "grpc"))
-    for v in ("v1", "v2"):
-        wait_for(lambda v=v: is_ready(api.get("Pod", f"greeter-{v}", NS)), 90, f"greeter-{v} Ready")
+    _two_versions(api, "greeter", GRPC_SERVER, 50051, "grpc")
     api.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
                "metadata": {"name": "greeter", "namespace": NS},
                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "greeter", "port": 50051}],
@@ -441,12 +442,7 @@ def test_grpc_route_splits_a_grpc_service_by_method(cluster: Cluster) -> None:
 
 def test_tcp_route_weights_a_plain_tcp_echo(cluster: Cluster) -> None:
     api = cluster.api
-    for v in ("v1", "v2"):
-        api.create(_pod(f"tcp-echo-{v}", {"app": "tcp-echo", "version": v}, TCP_ECHO, {"VERSION": v}))
-        api.create(_typed_service(f"tcp-echo-{v}", {"app": "tcp-echo", "version": v}, 9000, "tcp"))
-    api.create(_typed_service("tcp-echo", {"app": "tcp-echo"}, 9000, "tcp"))
-    for v in ("v1", "v2"):
-        wait_for(lambda v=v: is_ready(api.get("Pod", f"tcp-echo-{v}", NS)), 90, f"tcp-echo-{v} Ready")
+    _two_versions(api, "tcp-echo", TCP_ECHO, 9000, "tcp")
     api.apply({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
                "metadata": {"name": "tcp-echo", "namespace": NS},
                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "tcp-echo", "port": 9000}],
