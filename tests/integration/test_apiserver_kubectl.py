@@ -312,7 +312,8 @@ def test_server_side_apply_owns_containers_per_item(server: ApiServer) -> None:
 
 
 @needs_kubectl
-def test_events_are_served_empty(server: ApiServer) -> None:
+def test_a_fresh_server_has_no_events(server: ApiServer) -> None:
+    """Nothing happened yet: kubectl says so, and list and watch answer empty (Events: test_apiserver_events)."""
     proc = _kubectl(server, "get", "events", "-A")
     assert proc.stdout == "" and "No resources found" in proc.stderr
     with _client(server, headers={"Authorization": f"Bearer {_token(server)}"}) as c:
