@@ -351,5 +351,10 @@ def test_delete_removes_deployment_service_account_and_pods(cluster: Cluster) ->
         wait_for(functools.partial(gone, kind), timeout=20, what=f"{kind} waypoint deleted")
     wait_for(lambda: not cluster.waypoint_pods(), timeout=30, what="waypoint pod deleted")
     token_dir = pod_token_path(cluster.state, pod["spec"]["nodeName"], pod["metadata"]["uid"]).parent
-    wait_for(lambda: not token_dir.exists(), timeout=20, what="pod token removed with the pod")
+    try:
+        wait_for(lambda: not token_dir.exists(), timeout=20, what="pod token removed with the pod")
+    except AssertionError as exc:  # what the kubelet did with the pod (its teardown's steps and warnings)
+        name, kubelet = pod["metadata"]["name"], cluster.component_logs(f"kubelet-{pod['spec']['nodeName']}")
+        raise AssertionError(f"{exc}; the kubelet's lines about {name}:\n"
+                             + "\n".join(line for line in kubelet.splitlines() if name in line)[-3000:]) from None
     assert "istio.io/use-waypoint" not in (api.get("Namespace", NS)["metadata"].get("labels") or {})
