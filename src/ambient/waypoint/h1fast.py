@@ -37,6 +37,7 @@ import h11
 from ambient.core import fastpaths
 from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
+from ambient.waypoint.deadline import IoDeadline
 from ambient.waypoint.errors import HttpProtocolError
 from ambient.waypoint.messages import Limits, Request, reason_phrase, strip_hop_by_hop
 
@@ -252,13 +253,20 @@ def last_chunk(trailers: list[tuple[str, str]]) -> bytes | None:
 
 
 class FastConn:
-    """The fast path's side of a downstream connection: the bytes read and not yet parsed."""
+    """The fast path's side of a downstream connection: the bytes read and not yet parsed, and the timeouts of
+    its reads and of the responses' writes (one reusable timer each, see `deadline`; `close` releases them)."""
 
     def __init__(self, stream: ByteStream, limits: Limits, initial: bytes) -> None:
         self.stream = stream
         self.limits = limits
         self.buf = bytearray(initial)
         self.eof = False
+        self.read_deadline = IoDeadline()
+        self.write_deadline = IoDeadline()
+
+    def close(self) -> None:
+        self.read_deadline.close()
+        self.write_deadline.close()
 
     async def next_head(self) -> Head | bool | None:
         """The next plain request head; None on a clean close or an idle timeout; False when the buffered
@@ -283,7 +291,7 @@ class FastConn:
                 return None
             wait = limits.idle_timeout if deadline is None else max(0.0, deadline - loop.time())
             try:
-                async with asyncio.timeout(wait):
+                with self.read_deadline.within(wait):
                     data = await self.stream.read(READ_CHUNK)
             except TimeoutError:
                 if deadline is not None:
@@ -322,7 +330,7 @@ class FastBody:
             if fc.eof:
                 raise HttpProtocolError("client closed the connection in the middle of the request body")
             try:
-                async with asyncio.timeout(fc.limits.idle_timeout if wait is None else wait):
+                with fc.read_deadline.within(fc.limits.idle_timeout if wait is None else wait):
                     data = await fc.stream.read(READ_CHUNK)
             except TimeoutError:
                 raise HttpProtocolError("request body stalled", status=408) from None
@@ -351,10 +359,12 @@ class FastBody:
 class FastWriter:
     """The response to a fast-path request, written as h11 would write it."""
 
-    def __init__(self, stream: ByteStream, head: bool, write_timeout: float) -> None:
+    def __init__(self, stream: ByteStream, head: bool, write_timeout: float, deadline: IoDeadline | None = None,
+                 ) -> None:
         self._stream = stream
         self._head = head
         self._write_timeout = write_timeout
+        self._deadline = deadline or IoDeadline()  # the connection's (FastConn.write_deadline)
         self._started = False
         self._ended = False
         self._remaining: int | None = None  # body bytes still due (None: chunked)
@@ -373,7 +383,7 @@ class FastWriter:
         self._pending = b""
         if data:
             try:
-                async with asyncio.timeout(self._write_timeout):
+                with self._deadline.within(self._write_timeout):
                     await self._stream.write(data)
             except TimeoutError:
                 raise HttpProtocolError("client stopped reading", status=408) from None

@@ -43,6 +43,7 @@ import h11
 from ambient.hbone.errors import HboneError
 from ambient.hbone.pipe import ByteStream
 from ambient.waypoint import h1fast, upgrade
+from ambient.waypoint.deadline import IoDeadline
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.h1exchange import (
     NEED_DATA,
@@ -263,6 +264,13 @@ async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, init
         fc.hand_to_h11(conn)
         await _serve_h11(conn, _Reader(conn, stream, limits), stream, handler, limits)
         return
+    try:
+        await _serve_fast(fc, stream, handler, limits)
+    finally:
+        fc.close()  # its timers
+
+
+async def _serve_fast(fc: h1fast.FastConn, stream: ByteStream, handler: Handler, limits: Limits) -> None:
     while True:
         try:
             head = await fc.next_head()
@@ -279,7 +287,7 @@ async def serve_http1(stream: ByteStream, handler: Handler, limits: Limits, init
         assert isinstance(head, h1fast.Head)
         request, body = h1fast.fast_request(head, fc)
         is_head = request.method == "HEAD"
-        writer = h1fast.FastWriter(stream, is_head, limits.idle_timeout)
+        writer = h1fast.FastWriter(stream, is_head, limits.idle_timeout, fc.write_deadline)
         outcome = await _run_handler(handler, request, writer,
                                      functools.partial(h1fast.fast_error_response, stream, head=is_head))
         if outcome is _GONE:
@@ -373,9 +381,11 @@ class Http1Upstream:
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.limits.max_header_bytes)
         self.reusable = False
         self.exchanges = 0
+        self._read_deadline = IoDeadline()  # the response reads' idle timeout, one timer for the connection
 
     def close(self) -> None:
         self.reusable = False
+        self._read_deadline.close()
         self.stream.close()
 
     async def exchange(
@@ -433,7 +443,7 @@ class Http1Upstream:
         while True:
             event = ex.next_event()
             if event is NEED_DATA:
-                async with asyncio.timeout(self.limits.idle_timeout):
+                with self._read_deadline.within(self.limits.idle_timeout):
                     data = await self.stream.read(READ_CHUNK)
                 ex.receive(data)
             elif isinstance(event, ResponseHead):

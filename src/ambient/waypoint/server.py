@@ -597,35 +597,14 @@ class Waypoint:
                                   max_body=self.settings.max_retry_body)
         if planned.buffer_body:
             req.body = BytesBody(await _read_all(req, self.settings.max_retry_body))
-        attempts = planned.attempts
-        body_bytes = req.body.data if isinstance(req.body, BytesBody) else None
         try:
-            async with asyncio.timeout(request_timeout or None):
-                for attempt in range(attempts):
-                    last = attempt == attempts - 1
-                    if body_bytes is not None:
-                        req.body = BytesBody(body_bytes)
-                    codes = retry_plan.refused_codes(retry, attempt, attempts)
-                    try:
-                        async with asyncio.timeout(backend_timeout or None):
-                            status = await self._attempt(conn, req, writer, record, view, backend, codes)
-                    except TimeoutError:
-                        step = retry_plan.after(retry_plan.Outcome.TIMED_OUT, started=writer.started, last=last)
-                        if step is retry_plan.Step.RAISE:
-                            raise
-                    except UpstreamError as exc:
-                        step = retry_plan.after(retry_plan.Outcome.FAILED, started=writer.started, last=last)
-                        if step is retry_plan.Step.RAISE:
-                            raise
-                        log.info("waypoint: attempt %d for %s failed (%s); retrying", attempt + 1, req.target,
-                                 exc.message)
-                    else:
-                        step = retry_plan.after(retry_plan.Outcome.ANSWERED, started=writer.started, last=last)
-                        if step is retry_plan.Step.DONE:
-                            record.status = status
-                            return
-                    if step is retry_plan.Step.RETRY_AFTER_BACKOFF and retry is not None:
-                        await asyncio.sleep(retry.backoff)
+            if request_timeout:
+                async with asyncio.timeout(request_timeout):
+                    await self._attempt_loop(conn, req, writer, record, view, backend, planned.attempts, retry,
+                                             backend_timeout)
+            else:  # no route timeout: no timeout scope to pay for
+                await self._attempt_loop(conn, req, writer, record, view, backend, planned.attempts, retry,
+                                         backend_timeout)
         except TimeoutError:
             if writer.started:
                 raise HttpProtocolError("request timed out while streaming the response") from None
@@ -634,6 +613,50 @@ class Waypoint:
             if writer.started:
                 raise HttpProtocolError(exc.message) from None
             await self._local(writer, record, exc.status, exc.message, exc.flags)
+
+    async def _attempt_loop(
+        self,
+        conn: _Conn,
+        req: Request,
+        writer: ResponseWriter,
+        record: RequestRecord,
+        view: StateView,
+        backend: _Backend | None,
+        attempts: int,
+        retry: RetryPolicy | None,
+        backend_timeout: float | None,
+    ) -> None:
+        """`_attempts`' attempts, each within `backend_timeout` (a TimeoutError or UpstreamError that ends them
+        is raised)."""
+        body_bytes = req.body.data if isinstance(req.body, BytesBody) else None
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            if body_bytes is not None:
+                req.body = BytesBody(body_bytes)
+            codes = retry_plan.refused_codes(retry, attempt, attempts)
+            try:
+                if backend_timeout:
+                    async with asyncio.timeout(backend_timeout):
+                        status = await self._attempt(conn, req, writer, record, view, backend, codes)
+                else:
+                    status = await self._attempt(conn, req, writer, record, view, backend, codes)
+            except TimeoutError:
+                step = retry_plan.after(retry_plan.Outcome.TIMED_OUT, started=writer.started, last=last)
+                if step is retry_plan.Step.RAISE:
+                    raise
+            except UpstreamError as exc:
+                step = retry_plan.after(retry_plan.Outcome.FAILED, started=writer.started, last=last)
+                if step is retry_plan.Step.RAISE:
+                    raise
+                log.info("waypoint: attempt %d for %s failed (%s); retrying", attempt + 1, req.target,
+                         exc.message)
+            else:
+                step = retry_plan.after(retry_plan.Outcome.ANSWERED, started=writer.started, last=last)
+                if step is retry_plan.Step.DONE:
+                    record.status = status
+                    return
+            if step is retry_plan.Step.RETRY_AFTER_BACKOFF and retry is not None:
+                await asyncio.sleep(retry.backoff)
 
     async def _forward_upgrade(
         self,
