@@ -30,6 +30,7 @@ Pure: rendering never touches the network; `parse_fields` lets tests and tools r
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -133,12 +134,28 @@ class ConnectionRecord:
         return out
 
 
+# the last whole second rendered and its "YYYY-MM-DDTHH:MM:SS" (one tuple: replaced whole, safe across threads)
+_second: tuple[float, str] = (-1.0, "")
+
+
 def timestamp(now: float | None = None) -> str:
     """RFC 3339 UTC with microseconds, as the reference proxy writes it."""
-    moment = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC)
-    # isoformat is strftime("%Y-%m-%dT%H:%M:%S.%f") + "+00:00" for these years, at a fraction of the cost
-    # (one line per connection); timespec keeps the six digits when the microseconds are zero.
-    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+    global _second
+    t = now if now is not None else time.time()
+    # datetime.fromtimestamp's own split: microseconds rounded half-to-even, carried into the second
+    frac, whole = math.modf(t)
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole += 1.0
+        micros -= 1_000_000
+    elif micros < 0:
+        whole -= 1.0
+        micros += 1_000_000
+    second = _second
+    if second[0] != whole:  # a new second: its date and time once, not per line (one line per connection)
+        # isoformat is strftime("%Y-%m-%dT%H:%M:%S") for these years, at a fraction of the cost
+        second = _second = (whole, datetime.fromtimestamp(whole, tz=UTC).isoformat()[:19])
+    return f"{second[1]}.{micros:06d}Z"
 
 
 # json.dumps(str) with the default ensure_ascii is exactly this C function (without the encoder set-up).
