@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,12 +137,54 @@ class RequestRecord:
 _quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
+def _pair(name: str, value: Any, quoted: bool) -> str:
+    """One `name=value`: quoted when the field always is, or when the text holds a space or a quote."""
+    text = value if type(value) is str else str(value)
+    return f"{name}={_quote(text)}" if quoted or " " in text or '"' in text else f"{name}={text}"
+
+
+# The fields after src.addr that name the two ends (src.workload .. direction) are the same for every request
+# of one source/endpoint pair: their rendering is reused (bounded; emptied when full). src.addr (a client
+# port per connection) and the request's own fields are rendered per line.
+_ENDS = _FIELDS[1:len(CONNECTION_FIELDS)]
+_ends_of = operator.attrgetter(*(attr for _n, attr, _q in _ENDS))
+_ends_cache: dict[tuple[Any, ...], str] = {}
+_ENDS_CACHE_LIMIT = 4096
+_REQUEST = _FIELDS[len(CONNECTION_FIELDS):]
+_AT_DURATION = next(i for i, (name, _a, _q) in enumerate(_REQUEST) if name == "duration")
+_BEFORE_DURATION, _FROM_DURATION = _REQUEST[:_AT_DURATION], _REQUEST[_AT_DURATION:]
+_before_duration_of = operator.attrgetter(*(attr for _n, attr, _q in _BEFORE_DURATION))
+_from_duration_of = operator.attrgetter(*(attr for _n, attr, _q in _FROM_DURATION))
+_EMPTY = ("", None, 0)
+
+
+def _render_ends(key: tuple[Any, ...]) -> str:
+    return " ".join([_pair(name, value, quoted) for (name, _a, quoted), value in zip(_ENDS, key, strict=True)
+                     if value not in _EMPTY])
+
+
 def format_request(record: RequestRecord, *, now: float | None = None) -> str:
+    """The record's access line: the fields of `RequestRecord.fields` in order, missing values omitted."""
     level = "error" if record.error else "info"
     parts = []
-    for name, value, quoted in record.fields():
-        text = value if type(value) is str else str(value)
-        parts.append(f"{name}={_quote(text)}" if quoted or " " in text or '"' in text else f"{name}={text}")
+    if record.src_addr not in _EMPTY:
+        parts.append(_pair("src.addr", record.src_addr, False))
+    key = _ends_of(record)
+    ends = _ends_cache.get(key)
+    if ends is None:
+        if len(_ends_cache) >= _ENDS_CACHE_LIMIT:
+            _ends_cache.clear()
+        ends = _ends_cache[key] = _render_ends(key)
+    if ends:
+        parts.append(ends)
+    for (name, _a, quoted), value in zip(_BEFORE_DURATION, _before_duration_of(record), strict=True):
+        if value not in _EMPTY:
+            parts.append(_pair(name, value, quoted))
+    if record.status == 101:  # an upgraded session: its bytes (0 is printed) before its duration, as ztunnel
+        parts.append(f"bytes_sent={record.bytes_sent} bytes_recv={record.bytes_recv}")
+    for (name, _a, quoted), value in zip(_FROM_DURATION, _from_duration_of(record), strict=True):
+        if value not in _EMPTY:
+            parts.append(_pair(name, value, quoted))
     message = "request complete" if record.protocol != "tcp" else "connection complete"
     return f"{timestamp(now)}\t{level}\taccess\t{message}\t{' '.join(parts)}"
 
@@ -160,25 +203,25 @@ class WaypointMetrics:
 
     @staticmethod
     def labels(record: RequestRecord) -> tuple[str, ...]:
-        values = {
-            "reporter": "waypoint",
-            "source_workload": record.src_workload_name or record.src_workload,
-            "source_workload_namespace": record.src_namespace,
-            "source_principal": record.src_identity,
-            "source_canonical_service": record.src_canonical,
-            "destination_service": record.dst_service,
-            "destination_service_name": record.dst_service_name,
-            "destination_service_namespace": record.dst_service_namespace,
-            "destination_workload": record.dst_workload_name or record.dst_workload,
-            "destination_workload_namespace": record.dst_namespace,
-            "destination_principal": record.dst_identity,
-            "destination_canonical_service": record.dst_canonical,
-            "request_protocol": "grpc" if record.grpc else ("tcp" if record.protocol == "tcp" else "http"),
-            "response_code": str(record.status or 0),
-            "response_flags": record.flags or "-",
-            "connection_security_policy": "mutual_tls",
-        }
-        return tuple(values[name] or "unknown" for name in LABELS)
+        """The series' label values, in the order of LABELS (empty values are `unknown`)."""
+        return (
+            "waypoint",
+            record.src_workload_name or record.src_workload or "unknown",
+            record.src_namespace or "unknown",
+            record.src_identity or "unknown",
+            record.src_canonical or "unknown",
+            record.dst_service or "unknown",
+            record.dst_service_name or "unknown",
+            record.dst_service_namespace or "unknown",
+            record.dst_workload_name or record.dst_workload or "unknown",
+            record.dst_namespace or "unknown",
+            record.dst_identity or "unknown",
+            record.dst_canonical or "unknown",
+            "grpc" if record.grpc else ("tcp" if record.protocol == "tcp" else "http"),
+            str(record.status or 0),
+            record.flags or "-",
+            "mutual_tls",
+        )
 
     def observe(self, record: RequestRecord) -> None:
         labels = self.labels(record)
