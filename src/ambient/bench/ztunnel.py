@@ -44,6 +44,8 @@ from ambient.bench.testbed import (
     sh,
     start_echo,
 )
+from ambient.hbone.protocol import POOL_SPARE_IDLE_TIMEOUT
+from ambient.ztunnel.copy import TRIM_DELAY
 
 IPERF_PORT = 5201
 ECHO_PORT = 8080
@@ -56,6 +58,7 @@ CAPACITY_CONCURRENCY = 32  # enough concurrent clients to saturate the path (8 l
 THROUGHPUT_ROUNDS = 3
 WORKERS = max(2, len(os.sched_getaffinity(0)))  # node proxy processes for the every-core figures
 IDLE_CONNECTIONS = 10_000
+IDLE_SETTLE = POOL_SPARE_IDLE_TIMEOUT + TRIM_DELAY + 4.0  # seconds from the close to the "after" RSS
 _PROXY_ENV = {  # the idle-connection figure holds more streams from one source than the default admission cap
     "AMBIENT_ZTUNNEL_INBOUND_MAX_PER_SOURCE": str(IDLE_CONNECTIONS * 2),
     "AMBIENT_ZTUNNEL_INBOUND_MAX": str(IDLE_CONNECTIONS * 2),
@@ -179,7 +182,10 @@ def _idle_memory(bed: Testbed, pod: Pod, ip: str, port: int, proxies: list[Proxy
         if holder.poll() is None:
             holder.kill()
             holder.wait()
-    time.sleep(3.0)  # the proxies see the FINs, end the streams and drop the HBONE connections' buffers
+    # The proxies see the FINs and end the streams (1-2 s for 10,000), the pools close their spare HBONE
+    # connections a second after their last stream, and the relay census hands the heap back TRIM_DELAY
+    # after the last relay ended: measure once all of that is done.
+    time.sleep(IDLE_SETTLE)
     after = _rss_kib(proxies)
     grown = max(held - before, 0)
     return {"per_connection_per_proxy_kib": grown / n / len(proxies),

@@ -10,8 +10,11 @@ Pool invariants (protocols.md section 2):
   streams, counting streams being opened (`reserved`); beyond that a new connection is dialled.
 - At most one dial per key at a time: concurrent callers wait for it instead of racing; if the dial
   fails they all get its error; if the dialling caller is cancelled, a waiter takes over.
-- A connection with no streams is closed after `idle_timeout` (5 min). Dead or draining
-  connections leave the pool at once.
+- A connection with no streams is closed after `idle_timeout` (5 min) when it is its key's last
+  connection, after `spare_idle_timeout` (1 s) while the key has others: a burst that needed N
+  connections leaves one, not N (each idle connection holds ~330 KiB of C heap: TLS state, the loop's
+  256 KiB TLS read buffer, HTTP/2 state; 100 of them were most of the C heap a node proxy kept after
+  10,000 tunnels closed). Dead or draining connections leave the pool at once.
 - Nothing runs in the background: dials run in the caller's task, timers use `call_later`.
 """
 
@@ -135,10 +138,12 @@ class HboneClient:
         idle_timeout: float = proto.POOL_IDLE_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         settings: H2Settings | None = None,
+        spare_idle_timeout: float = proto.POOL_SPARE_IDLE_TIMEOUT,
     ) -> None:
         self._dialer = dialer or tcp_dial
         self.max_streams = max_streams_per_connection
         self.idle_timeout = idle_timeout
+        self.spare_idle_timeout = min(spare_idle_timeout, idle_timeout)
         self.connect_timeout = connect_timeout
         self.settings = settings or H2Settings.client()
         self._contexts = ContextCache()
@@ -281,6 +286,7 @@ class HboneClient:
                 on_lost=lambda c: self._forget(key, c),
                 label=label,
             )
+            conn.pool_key = key
             return conn
 
         try:
@@ -356,7 +362,13 @@ class HboneClient:
         if conn.closed or conn.active_streams or conn.reserved or conn in self._idle_timers:
             return
         loop = asyncio.get_running_loop()
-        self._idle_timers[conn] = loop.call_later(self.idle_timeout, self._idle_expired, conn)
+        delay = self.spare_idle_timeout if self._has_others(conn) else self.idle_timeout
+        self._idle_timers[conn] = loop.call_later(delay, self._idle_expired, conn)
+
+    def _has_others(self, conn: HboneConnection) -> bool:
+        """Whether the connection's key has another usable connection (this one is a spare)."""
+        pool = self._pools.get(conn.pool_key) if conn.pool_key is not None else None
+        return pool is not None and any(c is not conn and c.accepting and not c.closed for c in pool.conns)
 
     def _cancel_idle(self, conn: HboneConnection) -> None:
         timer = self._idle_timers.pop(conn, None)
@@ -366,5 +378,10 @@ class HboneClient:
     def _idle_expired(self, conn: HboneConnection) -> None:
         self._idle_timers.pop(conn, None)
         if not conn.active_streams and not conn.reserved:
+            if self.spare_idle_timeout < self.idle_timeout and not self._has_others(conn):
+                # The spares went first: the key's last connection stays for the full idle timeout.
+                self._idle_timers[conn] = asyncio.get_running_loop().call_later(
+                    self.idle_timeout - self.spare_idle_timeout, self._idle_expired, conn)
+                return
             log.debug("hbone: closing idle connection to %s", conn.label)
             conn.close("idle")

@@ -19,6 +19,8 @@ Invariants:
 - Bytes of a stream that is reset or dropped unread are still acknowledged on the connection window,
   so one bad stream cannot starve the connection.
 - FIN <-> END_STREAM: `write_eof` sends END_STREAM; a received END_STREAM makes `read` return b"".
+- A finished stream leaves both stream tables at once (ours and h2's): a connection holds per-stream state
+  only for its live streams, so an idle connection after a burst holds none of the burst's streams.
 - The peer identity is fixed at handshake time (`verify` callback in `connection_made`); a connection
   whose peer fails verification never sends or accepts a single HTTP/2 stream.
 - h2 treats GOAWAY as terminal, so a connection that sends or receives GOAWAY ends all its streams.
@@ -165,6 +167,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._ping_sent_at: float | None = None
         self.pings_answered = 0  # keepalive PINGs the peer acknowledged
         self.reserved = 0  # client pool: streams promised to callers but not yet opened
+        self.pool_key: Any = None  # client pool: the key this connection serves
         self.local_addr: tuple[Any, ...] | None = None
         self.remote_addr: tuple[Any, ...] | None = None
         # start_tls (server side) attaches us before the caller can call connection_made: bytes
@@ -466,6 +469,12 @@ class HboneConnection(asyncio.BufferedProtocol):
     def _stream_finished(self, stream: HboneStream) -> None:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+            # h2 keeps the closed stream until the next stream opens (`h2fast.forget_closed_stream`); without
+            # the fast paths, h2's own cleanup (counting open streams drops every closed one) runs now.
+            if self._fast:
+                h2fast.forget_closed_stream(self._h2, stream.stream_id)
+            elif not self.streams:
+                _ = self._h2.open_outbound_streams
             if self._on_stream_finished is not None:
                 self._on_stream_finished(self, stream)
 

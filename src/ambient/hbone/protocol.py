@@ -33,6 +33,7 @@ CLIENT_MAX_HEADER_LIST = 16 * 1024
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 20.0
 POOL_IDLE_TIMEOUT = 300.0
+POOL_SPARE_IDLE_TIMEOUT = 1.0  # an idle connection beside another one of its key closes after this
 
 BAGGAGE_KEYS = (
     "k8s.cluster.name",

@@ -20,7 +20,9 @@ first read, 16 KiB growing to 256 KiB then 1 MiB each time a read fills it.
 Invariants: memory per connection is bounded by the socket ends' own read buffers (none for relayed
 sockets) plus the HBONE stream window; the shared buffer is never referenced after the callback that
 filled it returns; after a burst of at least TRIM_AFTER_RELAYS live relays fell to a quarter of its peak,
-the freed heap is handed back once (`RelayCensus`: gc + malloc_trim, TRIM_DELAY later);
+the freed heap is handed back once (`RelayCensus`: gc + malloc_trim, TRIM_DELAY after the burst's last
+relay ended, so that the HBONE pool's spare connections, closed a second after their last stream, are
+handed back with it);
 `CopyStats` counters are updated as bytes move (live values for `zc connections`, final values for the
 access log and metrics).
 
@@ -39,6 +41,7 @@ import gc
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,7 +58,7 @@ _shared = threading.local()  # one read buffer per thread (an event loop runs it
 
 
 TRIM_AFTER_RELAYS = 1000  # a peak of at least this many live relays ...
-TRIM_DELAY = 2.0  # ... that fell to a quarter of it hands freed heap back this many seconds later
+TRIM_DELAY = 3.0  # ... that fell to a quarter of it hands freed heap back this long after the last one ended
 
 
 def _malloc_trim() -> None:
@@ -77,6 +80,8 @@ class RelayCensus:
         self.peak = 0
         self.trims = 0
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_leave = 0.0
 
     def enter(self) -> None:
         self.live += 1
@@ -84,11 +89,21 @@ class RelayCensus:
 
     def leave(self, loop: asyncio.AbstractEventLoop) -> None:
         self.live -= 1
-        if self.peak >= TRIM_AFTER_RELAYS and self.live <= self.peak // 4 and self._handle is None:
-            self._handle = loop.call_later(TRIM_DELAY, self._trim)
+        if self.peak >= TRIM_AFTER_RELAYS and self.live <= self.peak // 4:
+            # The timer is armed once; each end pushes the trim back (checked when it fires), so it runs
+            # TRIM_DELAY after the burst's LAST relay ended: after what that relay's end releases later
+            # (its HBONE connection's close: the pool's spare idle timeout) instead of before it.
+            self._last_leave = time.monotonic()
+            if self._handle is None:
+                self._loop = loop
+                self._handle = loop.call_later(TRIM_DELAY, self._trim)
 
     def _trim(self) -> None:
         self._handle = None
+        quiet = time.monotonic() - self._last_leave
+        if quiet < TRIM_DELAY and self._loop is not None and self.live <= self.peak // 4:
+            self._handle = self._loop.call_later(TRIM_DELAY - quiet, self._trim)
+            return
         if self.live <= self.peak // 4:
             gc.collect()
             _malloc_trim()
