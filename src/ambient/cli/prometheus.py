@@ -2,12 +2,12 @@
 Prometheus scrape config pointing at them (bring your own Prometheus / Grafana).
 
 The components live in network namespaces the machine has no route to, so each metrics endpoint gets a
-forwarder on 127.0.0.1:<port> (`cluster.portforward`): node proxies (node netns, 127.0.0.1:15020) and the
-pods serving the same admin endpoint (127.0.0.1:15020 in their netns), told apart by who manages them
-(`component_of`): waypoints carry `gateway.istio.io/managed: istio.io-mesh-controller`; ingress gateways
-either `gateway.istio.io/managed: istio.io-gateway-controller` (a Gateway API Gateway of class `istio`; it
-carries `gateway.networking.k8s.io/gateway-name` too, like a waypoint) or `istio: ingressgateway` (the
-classic one). The command writes into `--out`:
+forwarder on 127.0.0.1:<port> (`cluster.metrics_targets`, which `ambient dashboard` shares): node proxies
+(node netns, 127.0.0.1:15020) and the pods serving the same admin endpoint (127.0.0.1:15020 in their
+netns), told apart by who manages them (`component_of`): waypoints carry `gateway.istio.io/managed:
+istio.io-mesh-controller`; ingress gateways either `gateway.istio.io/managed: istio.io-gateway-controller`
+(a Gateway API Gateway of class `istio`; it carries `gateway.networking.k8s.io/gateway-name` too, like a
+waypoint) or `istio: ingressgateway` (the classic one). The command writes into `--out`:
 
 - `targets.json`: Prometheus file-based service discovery (`file_sd_configs`), one group per endpoint with
   labels `cluster`, `component` (ztunnel, waypoint, ingressgateway), `node` or `namespace` / `pod`;
@@ -22,40 +22,29 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ambient.cli.context import state
 
-METRICS_PORT = 15020
-MANAGED_LABEL = "gateway.istio.io/managed"
-WAYPOINT_MANAGER = "istio.io-mesh-controller"
-INGRESS_MANAGER = "istio.io-gateway-controller"
-# the pods that may serve metrics (one list call each); `component_of` decides what each one is
-POD_SELECTORS = (f"{MANAGED_LABEL}={WAYPOINT_MANAGER}", f"{MANAGED_LABEL}={INGRESS_MANAGER}", "istio=ingressgateway")
+if TYPE_CHECKING:
+    from ambient.cluster.metrics_targets import Endpoint
+
+# Endpoint discovery and the forwarders are the cluster's (`cluster.metrics_targets`: `ambient dashboard`
+# scrapes the same endpoints). Its names stay importable from here, loaded on first use: importing the
+# command module at CLI start-up must not import asyncio (the CLI's start-up time rule).
+_SHARED = ("INGRESS_MANAGER", "MANAGED_LABEL", "METRICS_PORT", "POD_SELECTORS", "WAYPOINT_MANAGER", "Endpoint",
+           "component_of", "discover")
 
 
-def component_of(labels: dict[str, str]) -> str | None:
-    """The `component` label of a pod's metrics endpoint: waypoint, ingressgateway, or None (not ours)."""
-    managed = labels.get(MANAGED_LABEL)
-    if managed == WAYPOINT_MANAGER:
-        return "waypoint"
-    if managed == INGRESS_MANAGER or labels.get("istio") == "ingressgateway":
-        return "ingressgateway"
-    return None
+def __getattr__(name: str) -> Any:
+    if name in _SHARED:
+        from ambient.cluster import metrics_targets
 
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A metrics endpoint inside the cluster and its labels."""
-
-    netns: str
-    ip: str
-    port: int
-    labels: tuple[tuple[str, str], ...]
+        return getattr(metrics_targets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def file_sd(forwarded: list[tuple[Endpoint, int]]) -> list[dict[str, Any]]:
@@ -77,29 +66,6 @@ def scrape_config(targets_file: Path, interval: str = "15s") -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def discover(layout: Any, client: Any) -> list[Endpoint]:
-    from ambient.cluster import layout as L
-
-    out = [Endpoint(L.node_netns_name(layout.name, i + 1), "127.0.0.1", METRICS_PORT,
-                    (("cluster", layout.name), ("component", "ztunnel"), ("node", node.name)))
-           for i, node in enumerate(layout.nodes)]
-    seen: set[str] = set()
-    for selector in POD_SELECTORS:
-        pods, _ = client.list("Pod", None, label_selector=selector)
-        for pod in pods:
-            status, meta = pod.get("status") or {}, pod["metadata"]
-            component = component_of(meta.get("labels") or {})
-            if status.get("phase") != "Running" or not status.get("podIP") or component is None:
-                continue
-            if meta["uid"] in seen:  # matched by two selectors (an ingress Gateway labelled istio=ingressgateway)
-                continue
-            seen.add(meta["uid"])
-            out.append(Endpoint(L.pod_netns_name(layout.name, meta["uid"]), "127.0.0.1", METRICS_PORT,
-                                (("cluster", layout.name), ("component", component),
-                                 ("namespace", meta.get("namespace", "")), ("pod", meta["name"]))))
-    return out
-
-
 def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -117,7 +83,7 @@ def prometheus_targets_command(
     import asyncio
 
     from ambient.cluster import layout as L
-    from ambient.cluster import portforward as pf
+    from ambient.cluster import metrics_targets as mt
     from ambient.core import process
 
     st = state(ctx)
@@ -128,31 +94,14 @@ def prometheus_targets_command(
     _write(out / "prometheus.yml", scrape_config(targets_file, interval))
 
     async def main(_shutdown: Any) -> None:
-        forwarders: dict[Endpoint, tuple[pf.PortForwarder, int]] = {}
-        async with asyncio.TaskGroup() as tasks:
-            first = True
+        first = True
+        async with mt.Forwarders() as forwarders:  # closed (their ports freed) when the command stops
             while True:
-                found = await asyncio.to_thread(discover, layout, client)
-                for ep in found:
-                    if ep in forwarders:
-                        continue
-                    target = pf.Target(ep.netns, ep.ip, ep.port, dict(ep.labels).get("pod", ep.netns))
-
-                    async def resolve(t: pf.Target = target) -> pf.Target:
-                        return t
-
-                    fwd = pf.PortForwarder(0, resolve, log=lambda _msg: None)
-                    port = await fwd.start()
-                    forwarders[ep] = (fwd, port)
-                    tasks.create_task(fwd.serve_forever())
-                gone = [ep for ep in forwarders if ep not in found]
-                for ep in gone:
-                    fwd, _port = forwarders.pop(ep)
-                    if fwd._server is not None:
-                        fwd._server.close()
-                _write(targets_file, json.dumps(file_sd([(ep, p) for ep, (_f, p) in forwarders.items()]), indent=2))
+                found = await asyncio.to_thread(mt.discover, layout, client)
+                ports = await forwarders.sync(found)
+                _write(targets_file, json.dumps(file_sd(list(ports.items())), indent=2))
                 if first:
-                    sys.stdout.write(f"{len(forwarders)} metrics endpoints forwarded; scrape config "
+                    sys.stdout.write(f"{len(ports)} metrics endpoints forwarded; scrape config "
                                      f"{(out / 'prometheus.yml').absolute()} (Ctrl-C to stop)\n")
                     sys.stdout.flush()
                     first = False

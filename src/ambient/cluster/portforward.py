@@ -190,6 +190,11 @@ class PortForwarder:
         self.local_port = self._server.sockets[0].getsockname()[1]
         return self.local_port
 
+    def close(self) -> None:
+        """Stop listening (the port is free once this returns; connections being carried end on their own)."""
+        if self._server is not None:
+            self._server.close()
+
     async def serve_forever(self) -> None:
         if self._server is None:
             await self.start()
