@@ -1,8 +1,10 @@
 """`ambient dashboard` in a real browser, against a real local cluster ("dsh1"): headless Chromium (Debian
 package `chromium`, driven through its DevTools protocol over a websocket) loads the page, the test sends
 requests from a meshed client to a meshed web Service on the other node, and the page shows the edge and
-the connection rows within 5 s; a click on a row shows that connection's trace. Every request the page
-made went to the dashboard itself (no external asset). A screenshot is kept as an artifact
+the connection rows within 5 s; a click on a row shows that connection's trace. The sources table has a row
+per node proxy (its access log read, its metrics scraped through a loopback forwarder into the node's netns)
+whose connections-opened count grows with that traffic. Every request the page made went to the dashboard
+itself (no external asset). A screenshot is kept as an artifact
 (`<tmp>/dashboard.png`, and `$AMBIENT_ARTIFACTS_DIR/dashboard.png` when set).
 
 Traffic goes only to loopback and to addresses inside the cluster's own network namespaces.
@@ -63,7 +65,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             client = create_client_and_web(api, layout, NS)
             vip = wait_for(lambda: api.get("Service", "web", NS)["spec"].get("clusterIP"), 30, "web VIP")
             dash = subprocess.Popen([sys.executable, "-m", "ambient", "-c", CLUSTER, "--state-dir", str(state),
-                                     "dashboard", "--port", "0", "--no-open"], stdout=subprocess.PIPE, text=True)
+                                     "dashboard", "--port", "0", "--no-open", "--refresh", "1"],
+                                    stdout=subprocess.PIPE, text=True)
             assert dash.stdout is not None
             line = dash.stdout.readline()
             m = re.search(r"http://127\.0\.0\.1:\d+/", line)
@@ -153,6 +156,15 @@ async def _drive(env: Env, page_ws: str) -> bytes:
                          "document.getElementById('status').textContent.startsWith('live')", 20, "the live stream")
         await page.until("document.querySelectorAll('#policies tr.policy').length > 0", 15, "the policies")
         assert "web-allow" in await page.eval("document.getElementById('policies').textContent")
+        # the sources table: one row per node proxy, its log read and its metrics up; the connections opened
+        # (column "connections opened / open") summed over the node proxies, before the traffic below
+        proxies = ("[...document.querySelectorAll(\"#sources tr.source[data-source^='ztunnel-']\")]"
+                   ".map(r => [...r.cells].map(c => c.textContent))")
+        cells = await page.until(f"(rs => rs.length === 2 && rs.every(c => c[1] === 'reading' && c[3] === 'up') "
+                                 f"&& rs)({proxies})", 30, "two node proxy rows with their log read and metrics up")
+        assert sorted(c[0] for c in cells) == ["ztunnel-node-1", "ztunnel-node-2"], cells
+        opened = f"{proxies}.reduce((n, c) => n + parseInt(c[4].split(' / ')[0]), 0)"
+        before = await page.eval(opened)  # counters only grow: an older scrape is a lower bound
         loop = asyncio.get_running_loop()
         sent = time.monotonic()
         for _ in range(3):
@@ -162,6 +174,7 @@ async def _drive(env: Env, page_ws: str) -> bytes:
                          "document.querySelectorAll('#connections tr.conn').length >= 3", 5 + (time.monotonic() - sent),
                          "the edge and the connection rows")
         assert time.monotonic() - sent < 5 + 3, "the page took longer than 5 s after the traffic"
+        await page.until(f"{opened} >= {before} + 3", 15, "the node proxies' connections opened counting the traffic")
         label = await page.eval(f"document.querySelector(\"{edge}\").textContent")
         assert "conn" in label, label
         title = await page.eval(f"document.querySelector(\"{edge} title\").textContent")
@@ -271,3 +284,12 @@ def test_a_waypoints_upstream_edge_runs_as_the_waypoint(env: Env) -> None:
     snap = _get_json(f"{env.url}api/snapshot")
     waypoints = [n["id"] for n in snap["nodes"] if n["kind"] == "waypoint"]
     assert waypoints == [f"{NS}/waypoint"], snap["nodes"]
+
+    def waypoint_row() -> dict[str, Any] | None:  # its pod's source row: log lines read, metrics through a forwarder
+        rows = [r for r in _get_json(f"{env.url}api/snapshot")["sources"]
+                if r["source"].startswith(f"waypoint {NS}/waypoint ({NS}/waypoint-")]
+        return rows[0] if rows and rows[0]["metrics_state"] == "up" and rows[0]["metrics"]["requests"] >= 1 else None
+
+    row = wait_for(waypoint_row, timeout=30, what="the waypoint's source row with its requests counted")
+    assert row["kind"] == "waypoint" and row["state"] == "reading" and row["lines"] >= 1, row
+    assert re.fullmatch(r"via 127\.0\.0\.1:\d+", row["metrics_detail"]), row

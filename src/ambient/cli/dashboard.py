@@ -1,7 +1,9 @@
 """`ambient dashboard`: the live mesh dashboard on http://127.0.0.1:PORT/, of the local cluster or of a
 Kubernetes install.
 
-- local cluster (default): reads the cluster's access logs (`<state>/logs`) and its AuthorizationPolicies;
+- local cluster (default): reads the cluster's access logs (`<state>/logs`) and its AuthorizationPolicies,
+  and scrapes every node proxy's, waypoint's and ingress gateway's metrics through loopback forwarders into
+  their network namespaces (the endpoints `ambient prometheus-targets` forwards; `ambient.dashboard.local`);
 - Kubernetes (`--kubeconfig PATH` and/or `--context NAME`): finds the node proxy pods (`--proxy-namespace`,
   label `app=ztunnel`) and the waypoint pods through the API, follows their access lines with
   `kubectl logs -f`, scrapes their metrics through `kubectl port-forward` on loopback (`--no-metrics`: not)
@@ -40,10 +42,12 @@ def dashboard_command(
     = "ambient-system",
     kubectl: Annotated[str, typer.Option(help="Kubernetes: the kubectl to run (name on PATH or path).")] = "kubectl",
     refresh: Annotated[float, typer.Option(
-        help="Kubernetes: seconds between discoveries of node proxy and waypoint pods and policies.")] = 5.0,
+        help="Seconds between discoveries of node proxies and waypoints (Kubernetes: and policies) and between "
+             "metrics scrapes.")] = 5.0,
     metrics: Annotated[bool, typer.Option(
-        "--metrics/--no-metrics", help="Kubernetes: scrape each pod's :15020 through kubectl port-forward "
-                                       "(one kubectl per pod, loopback only).")] = True,
+        "--metrics/--no-metrics", help="Scrape each node proxy's and waypoint's :15020 (loopback only): local "
+                                       "cluster through forwarders into their netns, Kubernetes through "
+                                       "kubectl port-forward (one kubectl per pod).")] = True,
 ) -> None:
     """Serve the live mesh dashboard (graph, connections, policies, traces) on localhost."""
     from ambient.core import process
@@ -51,6 +55,8 @@ def dashboard_command(
 
     if window <= 0:
         raise UsageError(f"--window must be positive, not {window:g}")
+    if refresh <= 0:
+        raise UsageError(f"--refresh must be positive, not {refresh:g}")
 
     def ready(url: str) -> None:
         sys.stdout.write(f"dashboard on {url} (Ctrl-C to stop)\n")
@@ -62,22 +68,25 @@ def dashboard_command(
 
     if kubeconfig is not None or context is not None:
         app, follow = _kubernetes(kubeconfig, context, proxy_namespace, kubectl, refresh, window, metrics)
+    else:
+        app, follow = _local(ctx, window, refresh, metrics)
 
-        async def main(_shutdown: Any) -> None:
-            import asyncio
+    async def main(_shutdown: Any) -> None:
+        import asyncio
 
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(follow())
-                tasks.create_task(serve(app, host, port, ready))
+        # the sources' tasks (log streams, forwarders) end with the server: cancelled on shutdown
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(follow())
+            tasks.create_task(serve(app, host, port, ready))
 
-        process.run(main)
-        return
-    app = _local(ctx, window)
-    process.run(lambda _shutdown: serve(app, host, port, ready))
+    process.run(main)
 
 
-def _local(ctx: typer.Context, window: float) -> Any:
+def _local(ctx: typer.Context, window: float, refresh: float, metrics: bool) -> tuple[Any, Any]:
+    """The app and the run coroutine of the local cluster (its access log files, its API server and the
+    metrics endpoints in its network namespaces)."""
     from ambient.cluster import layout as L
+    from ambient.dashboard.local import LocalSource
     from ambient.dashboard.server import LogSource, build_app
 
     st = state(ctx)
@@ -93,7 +102,9 @@ def _local(ctx: typer.Context, window: float) -> Any:
         items, _ = client.list("AuthorizationPolicy", None)
         return list(items)
 
-    return build_app(LogSource(layout.log_dir, window=window), policies=policies)
+    logs = LogSource(layout.log_dir, window=window)
+    source = LocalSource(layout, client, logs, refresh=refresh, metrics=metrics)
+    return build_app(logs, policies=policies, status=source.status), source.run
 
 
 def _kubernetes(kubeconfig: Path | None, context: str | None, proxy_namespace: str, binary: str, refresh: float,
@@ -103,8 +114,6 @@ def _kubernetes(kubeconfig: Path | None, context: str | None, proxy_namespace: s
     from ambient.dashboard import kubernetes as K
     from ambient.dashboard.server import EntryStore, build_app
 
-    if refresh <= 0:
-        raise UsageError(f"--refresh must be positive, not {refresh:g}")
     if kubeconfig is not None and not kubeconfig.is_file():
         raise CliError(f"kubeconfig {kubeconfig} does not exist",
                        hint="for the local cluster's API: --kubeconfig $(ambient cluster kubeconfig)")

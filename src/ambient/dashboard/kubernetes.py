@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 
 from ambient.dashboard.errors import DashboardError
-from ambient.dashboard.model import entry_time, metrics_summary
+from ambient.dashboard.model import entry_time, metrics_summary, source_row
 from ambient.dashboard.server import EntryStore
 from ambient.runtime.trace import parse_line
 
@@ -264,15 +264,15 @@ class KubeSource:
     def status(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         if self._discovery_error:
-            rows.append({"source": "discovery", "state": "error", "detail": self._discovery_error, "lines": 0})
+            rows.append(source_row("discovery", "error", detail=self._discovery_error))
         if not self._found and not self._discovery_error:
-            rows.append({"source": "discovery", "state": "empty", "lines": 0,
-                         "detail": f"no Running pod labelled {PROXY_SELECTOR} in namespace {self.proxy_namespace} "
-                                   f"nor {WAYPOINT_SELECTOR} in any namespace"})
+            rows.append(source_row("discovery", "empty",
+                                   detail=f"no Running pod labelled {PROXY_SELECTOR} in namespace "
+                                          f"{self.proxy_namespace} nor {WAYPOINT_SELECTOR} in any namespace"))
         for s, st in sorted(self._states.items(), key=lambda kv: kv[0].label):
-            rows.append({"source": s.label, "kind": s.kind, "state": st.state, "detail": st.detail,
-                         "lines": st.lines, "restarts": st.restarts, "metrics_state": st.metrics,
-                         "metrics_detail": st.metrics_detail, "metrics": st.summary})
+            rows.append(source_row(s.label, st.state, kind=s.kind, detail=st.detail, lines=st.lines,
+                                   restarts=st.restarts, metrics_state=st.metrics, metrics_detail=st.metrics_detail,
+                                   metrics=st.summary))
         return rows
 
     # the loop

@@ -211,6 +211,19 @@ def policy_rows(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda p: (p["namespace"], p["name"]))
 
 
+def source_row(source: str, state: str, *, kind: str = "", detail: str = "", lines: int = 0, restarts: int = 0,
+               metrics_state: str = "", metrics_detail: str = "",
+               metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """One row of the page's sources table, the same shape from the local cluster and from a Kubernetes install
+    (the page draws both alike): `source` the component (and its pod), `kind` ztunnel / waypoint /
+    ingressgateway ("" for a row about discovery), `state` of its access log (the Kubernetes stream's
+    starting / streaming / retrying, the local file's reading / missing; discovery's error / empty),
+    `lines` access lines read, `metrics_state` up / down / starting / off ("" when it has no metrics), the
+    last `metrics_summary` (kept while down: the last known values) and the reasons in the details."""
+    return {"source": source, "kind": kind, "state": state, "detail": detail, "lines": lines, "restarts": restarts,
+            "metrics_state": metrics_state, "metrics_detail": metrics_detail, "metrics": metrics}
+
+
 # what a proxy's metrics endpoint adds to its source row: counter sums over every label set
 _SUMS = {
     "istio_tcp_connections_opened_total": "connections_opened",

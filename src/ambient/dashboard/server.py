@@ -10,7 +10,8 @@ available while any of its lines is kept. The local cluster's store is a `LogSou
 node proxies and pods (`<state>/logs`), read incrementally (new bytes only; a file that shrank, rotated or
 recreated, is read again from its start). On a Kubernetes install `dashboard.kubernetes` streams the same
 lines with `kubectl logs -f` into a plain `EntryStore`. AuthorizationPolicies come from `policies` when
-given; `status` adds what the sources report about themselves (the `sources` rows of the snapshot).
+given; `status` adds what the sources report about themselves (the `sources` rows of the snapshot:
+`dashboard.local` on the local cluster, `dashboard.kubernetes` on a Kubernetes install).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class LogSource(EntryStore):
         super().__init__(window=window, max_entries=max_entries)
         self.log_dir = log_dir
         self._offsets: dict[Path, int] = {}
+        self.lines_read: dict[Path, int] = {}  # access lines read from each file since the start (the sources rows)
 
-    def _files(self) -> list[Path]:
+    def files(self) -> list[Path]:
+        """The log files read: the node proxies' (ztunnel*.log), then the pods' (pods/*.log)."""
         files = sorted(self.log_dir.glob("ztunnel*.log"))
         pods = self.log_dir / "pods"
         if pods.is_dir():
@@ -90,7 +93,7 @@ class LogSource(EntryStore):
     def poll(self) -> int:
         """Read what was appended since the last poll; returns the number of new access lines."""
         new = 0
-        for f in self._files():
+        for f in self.files():
             try:
                 size = f.stat().st_size
                 start = self._offsets.get(f, 0)
@@ -108,6 +111,7 @@ class LogSource(EntryStore):
             component = f.stem if f.parent.name != "pods" else f"pod {f.stem}"
             parsed = parse_lines(component, data[:end].decode(errors="replace").splitlines())
             self.add(parsed)
+            self.lines_read[f] = self.lines_read.get(f, 0) + len(parsed)
             new += len(parsed)
         self._expire(time.time())
         return new

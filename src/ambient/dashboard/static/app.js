@@ -64,7 +64,8 @@ function drawTable(snap) {
 }
 
 function drawSources(snap) {
-  // on a Kubernetes install: each node proxy / waypoint pod's log stream and metrics (the local cluster has none)
+  // each node proxy / waypoint / gateway: its access log (a Kubernetes pod's stream, a local cluster's file)
+  // and its metrics summary, rows of one shape from either (model.source_row); hidden only before the first
   const panel = document.getElementById("source-panel");
   const rows = snap.sources || [];
   panel.hidden = rows.length === 0;
