@@ -16,6 +16,7 @@ lint: bootstrap
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/python scripts/import_graph.py --check
 
 test: bootstrap lint
 	$(BIN)/pytest $(PYTEST_ARGS)
