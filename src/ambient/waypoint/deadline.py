@@ -51,7 +51,8 @@ class IoDeadline:
         return self
 
     def __enter__(self) -> IoDeadline:
-        task = asyncio.current_task()
+        # with the loop given, current_task skips get_running_loop (a getpid() system call on Python 3.11)
+        task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("IoDeadline should be used inside a task")
         self._task = task

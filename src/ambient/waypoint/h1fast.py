@@ -263,6 +263,7 @@ class FastConn:
         self.eof = False
         self.read_deadline = IoDeadline()
         self.write_deadline = IoDeadline()
+        self.loop = asyncio.get_running_loop()  # once: asking per request costs a getpid() system call (3.11)
 
     def close(self) -> None:
         self.read_deadline.close()
@@ -273,7 +274,7 @@ class FastConn:
         bytes are not a plain request (the caller hands them to h11, which decides)."""
         buf = self.buf
         limits = self.limits
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + limits.header_timeout if buf else None
         while True:
             end = buf.find(b"\r\n\r\n")
