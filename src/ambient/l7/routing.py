@@ -528,6 +528,8 @@ def parse_http_route(obj: Mapping[str, Any]) -> HttpRoute:
 
 # ------------------------------------------------------------------------------------ path normalisation
 
+# a path with nothing to decode, refuse or remove (a dot segment needs "/.", checked besides)
+_NORMAL_PATH = re.compile(r"/[^\x00-\x20\x7f#\\%]*")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -536,6 +538,13 @@ def normalize_path(path: str) -> str | None:
     hex upper-cased, dot segments removed. None for a path that must be refused (not starting with `/`,
     control characters, backslashes, fragments, bad escapes). Routing, authorization and the forwarded
     request all use the result, so what policy saw is exactly what the backend gets."""
+    if "/." not in path and _NORMAL_PATH.fullmatch(path):  # no escape, no dot segment: already normal
+        return path
+    return _normalize(path)
+
+
+def _normalize(path: str) -> str | None:
+    """`normalize_path` for any path, character by character."""
     if not path.startswith("/") or any(c in path for c in "#\\") or any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
         return None
     out = []

@@ -40,7 +40,10 @@ class ConnectionPool:
 
     @property
     def limited(self) -> bool:
-        return self != ConnectionPool()
+        return self != _NO_LIMITS
+
+
+_NO_LIMITS = ConnectionPool()  # (compared per request: one instance, not one per comparison)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,9 +28,12 @@ class Plan:
     buffer_body: bool  # read the body into memory first, to replay it
 
 
+_ONCE = Plan(1, False)  # (immutable: the common answer is not built per request)
+
+
 def plan(retry: RetryPolicy | None, *, has_body: bool, content_length: int | None, max_body: int) -> Plan:
     if retry is None or retry.attempts <= 0:
-        return Plan(1, False)
+        return _ONCE
     if not has_body:
         return Plan(1 + retry.attempts, False)
     if content_length is not None and content_length <= max_body:
