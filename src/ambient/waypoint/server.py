@@ -41,12 +41,12 @@ injected RNG.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
 import re
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +64,7 @@ from ambient.l7.gateway_routes import pick_tcp_backend, reference_permitted
 from ambient.l7.request_auth import AuthResult, RequestAuthentication, TokenCache, authenticate
 from ambient.l7.request_auth import applicable as applicable_auth
 from ambient.l7.routing import (
+    BackendRef,
     Fault,
     NoRoute,
     Redirect,
@@ -72,6 +73,7 @@ from ambient.l7.routing import (
     RouteDecision,
     normalize_path,
     route_request,
+    routes_for,
 )
 from ambient.l7.traffic_policy import DEFAULT as DEFAULT_POLICY
 from ambient.l7.traffic_policy import OriginationTls, TrafficPolicy
@@ -93,13 +95,13 @@ from ambient.waypoint import retry as retry_plan
 from ambient.waypoint import upgrade
 from ambient.waypoint.apply_filters import apply_filters
 from ambient.waypoint.breakers import Balancer, Breakers, OutlierDetector
-from ambient.waypoint.config import L7Source
+from ambient.waypoint.config import L7Config, L7Source
 from ambient.waypoint.errors import HttpProtocolError, UpstreamError
 from ambient.waypoint.h2client import Http2Upstream
 from ambient.waypoint.http1 import Http1Upstream, serve_http1
 from ambient.waypoint.http2 import serve_http2
 from ambient.waypoint.jwks import JwksCache, JwksSettings
-from ambient.waypoint.l7authz import RequestAttrs, Target, applicable, evaluate
+from ambient.waypoint.l7authz import L7Policy, RequestAttrs, Target, applicable, evaluate
 from ambient.waypoint.messages import H2_PREFACE, BytesBody, Limits, Request, ResponseWriter, respond_text
 from ambient.waypoint.origination import Credentials, open_tls
 from ambient.waypoint.pool import UpstreamPool
@@ -107,6 +109,7 @@ from ambient.waypoint.resolve import is_hostname_only, pick_hostname_endpoint, r
 from ambient.waypoint.telemetry import RequestRecord, WaypointMetrics, emit
 
 log = logging.getLogger(__name__)
+_VIEW_CACHE_LIMIT = 4096
 RBAC_DENIED = "RBAC: access denied"
 _FORWARDED_FOR = re.compile(r'for="?\[?([0-9a-fA-F.:]+?)\]?:(\d+)"?')
 
@@ -139,10 +142,41 @@ class _Conn:
     source: Workload | None
     source_addr: str
     tasks: asyncio.TaskGroup | None = None  # owns the connection's mirrored requests (while it is served)
+    # what the connection's requests share for one L7 config (see `Waypoint._plan`): the config it was made
+    # for (compared by identity: a published config is never mutated) and the plan
+    plan_of: L7Config | None = None
+    plan: _Plan | None = None
 
-    @property
-    def trace_id(self) -> str:
+    @functools.cached_property
+    def trace_id(self) -> str:  # the CONNECT's headers never change: read once
         return trace_id_of(self.request.headers.get("traceparent"))
+
+    @functools.cached_property
+    def record_fields(self) -> dict[str, Any]:
+        """The RequestRecord fields every request of this connection starts with (see `Waypoint._record`)."""
+        src, svc = self.source, self.service
+        return {
+            "src_addr": self.source_addr,
+            "src_workload": src.name if src else "",
+            "src_workload_name": (src.workload_name or src.name) if src else "",
+            "src_namespace": src.namespace if src else "",
+            "src_identity": self.peer.uri,
+            "src_canonical": src.canonical_name if src else "",
+            "dst_service": svc.hostname if svc else "",
+            "dst_service_name": svc.name if svc else "",
+            "dst_service_namespace": svc.namespace if svc else "",
+            "trace_id": self.trace_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every request of one connection shares under one L7 config (pure functions of the config and the
+    connection's destination): the AuthorizationPolicies that apply, and the routing decision when no route
+    attaches to the destination (then it is the same default decision for every request)."""
+
+    policies: tuple[L7Policy, ...]
+    default_route: RouteDecision | None
 
 
 # where a request goes: the backend Service, its port, the labels of a DestinationRule subset (or None), and
@@ -192,6 +226,8 @@ class Waypoint:
         self._balancer = Balancer()
         # requests served per pooled upstream connection (DestinationRule maxRequestsPerConnection)
         self._uses: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._cached_view: StateView | None = None  # the snapshot `_view_cache` answers for (see `_by_view`)
+        self._view_cache: dict[Any, Any] = {}
 
     # -- CONNECT ------------------------------------------------------------------------------------------
     async def handle_connect(self, request: ConnectRequest, peer: PeerIdentity) -> Decision:
@@ -334,21 +370,24 @@ class Waypoint:
         return Target(svc.name if svc else "", svc.namespace if svc else "", s.gateway_name, s.gateway_namespace)
 
     def _record(self, conn: _Conn) -> RequestRecord:
-        src, svc = conn.source, conn.service
-        # the Service the client addressed, known before policy: a denied request still names it (a route
-        # to another backend Service replaces it, see `_pick`)
-        return RequestRecord(
-            src_addr=conn.source_addr,
-            src_workload=src.name if src else "",
-            src_workload_name=(src.workload_name or src.name) if src else "",
-            src_namespace=src.namespace if src else "",
-            src_identity=conn.peer.uri,
-            src_canonical=src.canonical_name if src else "",
-            dst_service=svc.hostname if svc else "",
-            dst_service_name=svc.name if svc else "",
-            dst_service_namespace=svc.namespace if svc else "",
-            trace_id=conn.trace_id,
-        )
+        # the source, and the Service the client addressed, known before policy: a denied request still names
+        # it (a route to another backend Service replaces it, see `_pick`)
+        return RequestRecord(**conn.record_fields)
+
+    def _plan(self, l7: L7Config, conn: _Conn) -> _Plan:
+        """The connection's `_Plan` for config `l7`, computed once per connection and config: a new config is a
+        new object (never mutated), so a change is seen by the next request."""
+        if conn.plan_of is l7 and conn.plan is not None:
+            return conn.plan
+        policies = tuple(applicable(l7.policies, self._target(conn)))
+        default_route = None
+        svc = conn.service
+        if svc is not None and not routes_for(l7.routes, svc.name, svc.namespace, conn.port):
+            # route_request's answer when no route attaches: the same immutable decision for every request
+            default_route = RouteDecision(BackendRef(svc.name, svc.namespace, conn.port))
+        plan = conn.plan = _Plan(policies, default_route)
+        conn.plan_of = l7
+        return plan
 
     async def handle_request(self, conn: _Conn, req: Request, writer: ResponseWriter) -> None:
         """One HTTP request on a downstream tunnel (exposed for tests that drive it without sockets)."""
@@ -383,10 +422,13 @@ class Waypoint:
         record.path = path[:256]
         record.request_id = _envoy_request_headers(req, self._rng)[:128]
         l7 = self._l7.current
-        headers = req.header_map()
+        plan = self._plan(l7, conn)
+        # the lower-cased header map, built only when authentication, policy or routing looks at it
+        headers: Mapping[str, str] | None = None
         request_principal = ""
         claims: Mapping[str, Any] = {}
         if l7.request_auths:
+            headers = req.header_map()
             auth = await self._authenticate(conn, l7.request_auths, headers, query)
             if auth is not None:
                 if auth.failure:
@@ -398,17 +440,20 @@ class Waypoint:
                     drop = auth.remove_headers | {h for h, _ in auth.set_headers}
                     req.headers = [(k, v) for k, v in req.headers if k not in drop] + list(auth.set_headers)
                     headers = req.header_map()
-        attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, method=req.method, path=path,
-                             host=req.authority, headers=headers, source_ip=conn.source_addr.rpartition(":")[0],
-                             request_principal=request_principal, auth_claims=claims)
-        decision = evaluate(applicable(l7.policies, self._target(conn)), attrs)
-        if decision.audit:
-            record.audit = ",".join(decision.audit)
-        if decision.denied:
-            log.info("waypoint: %s %s from %s denied: %s", req.method, path, conn.peer, decision.reason)
-            record.details = decision.details
-            await self._local(writer, record, 403, RBAC_DENIED, "RBAC")
-            return
+        if plan.policies:  # (with none applicable, evaluate allows without audit: nothing to do)
+            if headers is None:
+                headers = req.header_map()
+            attrs = RequestAttrs(principal=conn.peer.uri, port=conn.port, method=req.method, path=path,
+                                 host=req.authority, headers=headers, source_ip=conn.source_addr.rpartition(":")[0],
+                                 request_principal=request_principal, auth_claims=claims)
+            decision = evaluate(plan.policies, attrs)
+            if decision.audit:
+                record.audit = ",".join(decision.audit)
+            if decision.denied:
+                log.info("waypoint: %s %s from %s denied: %s", req.method, path, conn.peer, decision.reason)
+                record.details = decision.details
+                await self._local(writer, record, 403, RBAC_DENIED, "RBAC")
+                return
         view = self._state()
         target = path + (f"?{query}" if query else "")
         fwd = Request(req.method, target, req.authority, req.headers, req.body, req.protocol, req.scheme,
@@ -417,8 +462,9 @@ class Waypoint:
             assert conn.workload is not None
             await self._forward(conn, fwd, writer, record, view, None, None, None)
             return
-        routed = route_request(l7.routes, conn.service.name, conn.service.namespace, conn.port,
-                               RequestInfo(req.method, path, headers, query), self._rng)
+        routed = plan.default_route or route_request(
+            l7.routes, conn.service.name, conn.service.namespace, conn.port,
+            RequestInfo(req.method, path, req.header_map() if headers is None else headers, query), self._rng)
         if not isinstance(routed, RouteDecision):
             if isinstance(routed, NoRoute):
                 await self._local(writer, record, routed.status, routed.reason, "NR")
@@ -538,11 +584,16 @@ class Waypoint:
         await writer.end()
 
     def _backend_service(self, view: StateView, name: str, namespace: str) -> Service | None:
+        cache = self._by_view(view)
+        key = ("service", name, namespace)
+        if key in cache:
+            return cache[key]  # type: ignore[no-any-return]
         hostname = f"{name}.{namespace}.svc.{self.settings.cluster_domain}"
         svc = view.service_by_hostname(namespace, hostname)
-        if svc is not None:
-            return svc
-        return next((s for s in view.services() if s.name == name and s.namespace == namespace), None)
+        if svc is None:
+            svc = next((s for s in view.services() if s.name == name and s.namespace == namespace), None)
+        cache[key] = svc
+        return svc
 
     async def _forward(
         self,
@@ -860,11 +911,9 @@ class Waypoint:
     def _pick(self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord,
               subset: Mapping[str, str] | None = None, outlier: OutlierDetector | None = None,
               lb: TrafficPolicy | None = None, hash_key: str | None = None) -> _Endpoint:
-        port = svc.port(port_number) or Port(port_number, port_number)
         record.dst_service = svc.hostname
         record.dst_service_name, record.dst_service_namespace = svc.name, svc.namespace
-        family = 6 if svc.addresses and svc.addresses[0].address.version == 6 else 4
-        endpoints = view.endpoints(svc.key)
+        port, family, endpoints, balancing, hostname_only = self._targets(view, svc, port_number)
         if subset is not None:  # a DestinationRule subset: the endpoints whose pod has all its labels
             pods = self._l7.current.pod_labels
             endpoints = tuple(wl for wl in endpoints
@@ -873,8 +922,9 @@ class Waypoint:
             healthy = tuple(wl for wl in endpoints if not any(
                 outlier.ejected(f"{wl.uid}/{a}:{resolve_target_port(svc, port, wl)}") for a in wl.addresses))
             endpoints = healthy or endpoints
-        balancing = svc.load_balancing or LoadBalancing()
-        if is_hostname_only(endpoints):  # a resolution-DNS ServiceEntry: named endpoints, resolved when dialled
+        if subset is not None or outlier is not None:
+            hostname_only = is_hostname_only(endpoints)
+        if hostname_only:  # a resolution-DNS ServiceEntry: named endpoints, resolved when dialled
             named = pick_hostname_endpoint(svc, port, endpoints, self._rng)
             if named is None:
                 raise UpstreamError(f"no healthy endpoint for {svc.hostname}:{port_number}", status=503, flags="UH")
@@ -895,6 +945,31 @@ class Waypoint:
         if picked is None:
             raise UpstreamError(f"no healthy endpoint for {svc.hostname}:{port_number}", status=503, flags="UH")
         return _Endpoint(picked.workload, str(picked.addr.ip), picked.addr.port)
+
+    def _by_view(self, view: StateView) -> dict[Any, Any]:
+        """Answers that depend only on the state snapshot `view` (`_targets`, `_backend_service`), kept while it
+        is the current one: a state change publishes a new StateView object (never mutated), so the first
+        lookup in it starts afresh. Bounded: emptied when full."""
+        if self._cached_view is not view or len(self._view_cache) >= _VIEW_CACHE_LIMIT:
+            self._cached_view, self._view_cache = view, {}
+        return self._view_cache
+
+    def _targets(self, view: StateView, svc: Service, port_number: int,
+                 ) -> tuple[Port, int, tuple[Workload, ...], LoadBalancing, bool]:
+        """Of Service `svc` on `port_number` in `view`: the port (the number itself when the Service does not
+        list it), the address family its endpoints are dialled in, its endpoints, its load balancing and
+        whether all endpoints are named by host. The same for every request until the state changes."""
+        cache = self._by_view(view)
+        key = ("targets", svc.key, port_number)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is svc:  # (a connection may hold the Service of an older snapshot)
+            return hit[1]  # type: ignore[no-any-return]
+        endpoints = view.endpoints(svc.key)
+        answer = (svc.port(port_number) or Port(port_number, port_number),
+                  6 if svc.addresses and svc.addresses[0].address.version == 6 else 4,
+                  endpoints, svc.load_balancing or LoadBalancing(), is_hostname_only(endpoints))
+        cache[key] = (svc, answer)
+        return answer
 
     async def _open_service(
         self, conn: _Conn, svc: Service, port_number: int, view: StateView, record: RequestRecord
@@ -993,11 +1068,21 @@ def _envoy_request_headers(req: Request, rng: random.Random) -> str:
         elif k == "x-forwarded-proto":
             has_proto = True
     if request_id is None:
-        request_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        request_id = uuid4_text(rng.getrandbits(128))
         req.headers.append(("x-request-id", request_id))
     if not has_proto:
         req.headers.append(("x-forwarded-proto", "http"))
     return request_id
+
+
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))  # the variant and version bits
+_UUID4_SET = (0x8000 << 48) | (4 << 76)  # RFC 4122 variant, version 4
+
+
+def uuid4_text(bits: int) -> str:
+    """`str(uuid.UUID(int=bits, version=4))` for 128 random bits, without building the UUID object."""
+    h = "%032x" % ((bits & _UUID4_CLEAR) | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 async def _read_all(req: Request, limit: int) -> bytes:
