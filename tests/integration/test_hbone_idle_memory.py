@@ -87,3 +87,4 @@ async def test_pool_keeps_one_idle_connection_after_a_burst(ca: LocalCA) -> None
         # The one left is kept for the full idle timeout and serves the next tunnel without a new dial.
         await _roundtrip(await client.connect(src, server.address[:2], {SERVER_ID}, "127.0.0.1:80"))
         assert client.connections() == [kept] and client.stats.dials == dials
+

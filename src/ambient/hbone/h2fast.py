@@ -412,19 +412,31 @@ def send_headers(h2c: h2.connection.H2Connection, stream_id: int, headers: list[
     return True
 
 
+_CLOSED_BY_RESET = (h2.stream.StreamClosedBy.RECV_RST_STREAM, h2.stream.StreamClosedBy.SEND_RST_STREAM)
+
+
 def forget_closed_stream(h2c: h2.connection.H2Connection, stream_id: int) -> None:
     """What `H2Connection._open_streams` does for each closed stream, for this one stream and now: remove it
-    from `h2c.streams` and note how it closed in h2's closed-stream record (which h2 consults for frames
-    arriving on closed streams). A stream h2 does not consider closed yet stays for h2's own cleanup.
+    from `h2c.streams` and, for a stream closed by RST_STREAM, note it in h2's closed-stream record. A
+    stream h2 does not consider closed yet stays for h2's own cleanup.
 
     h2 does this lazily, at the next stream opened on the connection: until then every closed H2Stream (with
     its state machine and window manager, ~2 KiB) stays referenced, so a pooled connection that went idle
     after a burst of 100 tunnels held 100 dead streams, and a node proxy that had 10,000 tunnels open held
-    10,000 of them after they all closed (docs/performance.md)."""
+    10,000 of them after they all closed (docs/performance.md).
+
+    The record (up to 65,536 entries per connection in h2) matters only for reset streams: a frame still in
+    flight on a stream we reset is answered with RST_STREAM instead of failing the connection. For a stream
+    closed by END_STREAM both ways (every tunnel that ends cleanly) a late frame is a connection error with
+    or without it (STREAM_CLOSED with it, PROTOCOL_ERROR without), so it is not written: nothing is
+    allocated per cleanly closed tunnel (those small records, made while a burst of tunnels closed, were
+    what kept most of the interpreter's emptied memory arenas from being released)."""
     stream = h2c.streams.get(stream_id)
     if stream is not None and stream.closed:
         del h2c.streams[stream_id]
-        h2c._closed_streams[stream_id] = stream.closed_by
+        closed_by = stream.closed_by
+        if closed_by in _CLOSED_BY_RESET:
+            h2c._closed_streams[stream_id] = closed_by
 
 
 def end_stream(h2c: h2.connection.H2Connection, stream_id: int) -> bool:
