@@ -1,5 +1,6 @@
 """Benchmarks of the node proxy in real network namespaces (root; not a timed test). `make bench` calls
-`run_bench()`; `python -m ambient.bench.ztunnel` prints the JSON.
+`run_bench()`; `python -m ambient.bench.ztunnel` prints the JSON (`--idle-only [N]`: only the idle-memory
+step, twice, on a minimal testbed: `run_idle()`).
 
 Side by side on one node pair (testbed.py): pods outside the mesh talk directly ("direct"), through a
 stunnel mTLS pair ("stunnel", the C baseline a user would otherwise use), and enrolled pods talk through
@@ -437,7 +438,33 @@ def run_bench(seconds: int = 5, rate: int = 500, workdir: str | None = None,
         return out
 
 
+def run_idle(n: int = IDLE_CONNECTIONS, rounds: int = 1, workdir: str | None = None) -> dict[str, Any]:
+    """The idle-memory figure alone (~30 s instead of the section's minutes): a client pod on node 1, the
+    HTTP server pod on node 2, both node proxies with the section's settings, then `rounds` x
+    `_idle_memory` (a second round shows whether the first one's memory is reused or leaked), each with
+    the proxies' RSS per process before / held / after."""
+    with bench_testbed("idl", workdir) as bed:
+        bed.create({1: [("client", "client")], 2: [("server", "server")]})
+        for pod in bed.pods:
+            sh("ip", "netns", "exec", pod.netns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000",
+               "net.ipv4.tcp_tw_reuse=1")
+        client, server = bed.pod("client"), bed.pod("server")
+        _start_http(bed, server)
+        proxies = [bed.start_proxy(1, env=_PROXY_ENV), bed.start_proxy(2, env=_PROXY_ENV)]
+        out: dict[str, Any] = {"rounds": []}
+        for _ in range(rounds):
+            result = _idle_memory(bed, client, server.ip, HTTP_PORT, proxies, n)
+            result["rss_kib_after_per_process"] = {f"node{pp.node}": _rss_kib([pp]) for pp in proxies}
+            out["rounds"].append(result)
+        return out
+
+
 def main() -> None:
+    """`python -m ambient.bench.ztunnel [--idle-only [N]]`: the whole bench, or just the idle-memory step."""
+    if len(sys.argv) > 1 and sys.argv[1] == "--idle-only":
+        n = int(sys.argv[2]) if len(sys.argv) > 2 else IDLE_CONNECTIONS
+        root_main("node proxy idle-memory", lambda: run_idle(n, rounds=2))
+        return
     root_main("node proxy", run_bench)
 
 
