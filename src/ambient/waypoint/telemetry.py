@@ -241,6 +241,9 @@ def emit(record: RequestRecord, metrics: WaypointMetrics | None) -> None:
         record.ended = time.monotonic()
     level = logging.ERROR if record.error else logging.INFO
     if access_log.isEnabledFor(level):
-        access_log.log(level, format_request(record))
+        # Logger.log's record without its caller lookup (a walk up the stack per line): the line says where
+        # it comes from, and the access handlers print the message only
+        access_log.handle(access_log.makeRecord(access_log.name, level, "(unknown file)", 0, format_request(record),
+                                                (), None, "(unknown function)"))
     if metrics is not None:
         metrics.observe(record)
