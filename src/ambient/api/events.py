@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ambient.api.tables import parse_timestamp
+
 Obj = dict[str, Any]
 
 NORMAL = "Normal"
@@ -63,13 +65,9 @@ def rfc3339(ts: float) -> str:
 
 
 def parse_time(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).timestamp()
+    """An RFC 3339 timestamp as seconds since the epoch, None when absent or malformed."""
+    ts = parse_timestamp(value)
+    return ts.timestamp() if ts is not None else None
 
 
 def last_seen(event: Obj) -> float | None:
