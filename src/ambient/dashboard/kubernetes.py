@@ -44,7 +44,8 @@ from typing import Any
 import aiohttp
 
 from ambient.dashboard.errors import DashboardError
-from ambient.dashboard.model import entry_time, metrics_summary, source_row
+from ambient.dashboard.model import entry_time, source_row
+from ambient.dashboard.scrape import SCRAPE_TIMEOUT, metrics_url, scrape
 from ambient.dashboard.server import EntryStore
 from ambient.runtime.trace import parse_line
 
@@ -54,10 +55,8 @@ WAYPOINT_SELECTOR = "gateway.istio.io/managed=istio.io-mesh-controller"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 POLICY_RESOURCE = "authorizationpolicies.security.istio.io"
 METRICS_PORT = 15020
-METRICS_PATH = "/stats/prometheus"
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 FORWARD_START_TIMEOUT = 20.0  # kubectl port-forward prints its local port once the API server agreed
-SCRAPE_TIMEOUT = 5.0
 SCRAPE_FAILURES = 3  # in a row: the forward is started again
 _FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)")
 _LINE_LIMIT = 1 << 20  # one access line is far shorter; a longer one is skipped, not fatal
@@ -411,16 +410,11 @@ class KubeSource:
                             exited: asyncio.Task[int]) -> str:
         """Scrape through the forward every `refresh` seconds until kubectl exits ("") or the scrapes fail
         `SCRAPE_FAILURES` times in a row (the reason)."""
-        url = f"http://127.0.0.1:{port}{METRICS_PATH}"
+        url = metrics_url(port)
         failures = 0
         while not exited.done():
             try:
-                async with http.get(url) as resp:
-                    if resp.status != 200:
-                        raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
-                                                          message=resp.reason or "")
-                    text = await resp.text()
-                st.summary = metrics_summary(text)
+                st.summary = await scrape(http, port)
                 st.metrics, st.metrics_detail, failures = "up", f"via 127.0.0.1:{port}", 0
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failures += 1

@@ -30,11 +30,9 @@ import aiohttp
 
 from ambient.cluster import metrics_targets as mt
 from ambient.core.errors import AmbientError
-from ambient.dashboard.model import metrics_summary, source_row
+from ambient.dashboard.model import source_row
+from ambient.dashboard.scrape import SCRAPE_TIMEOUT, metrics_url, scrape
 from ambient.dashboard.server import LogSource
-
-METRICS_PATH = "/stats/prometheus"
-SCRAPE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -132,17 +130,13 @@ class LocalSource:
         m = self._metrics.get(ep)
         if m is None:
             return
-        url = f"http://127.0.0.1:{port}{METRICS_PATH}"
+        url = metrics_url(port)
         try:
-            async with http.get(url) as resp:
-                if resp.status != 200:
-                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
-                                                      message=resp.reason or "")
-                text = await resp.text()
+            summary = await scrape(http, port)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # ValueError: a body that is not text
             why = forwarders.last_error(ep)
             m.state = "down"
             m.detail = f"scrape of {url} failed: {exc or type(exc).__name__}" + (f" ({why})" if why else "")
             return
-        m.summary = metrics_summary(text)
+        m.summary = summary
         m.state, m.detail = "up", f"via 127.0.0.1:{port}"
