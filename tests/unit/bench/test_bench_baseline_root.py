@@ -9,6 +9,7 @@ import pytest
 
 from ambient.bench.baselines import IPERF_PORT, iperf3_throughput, start_iperf3_server
 from ambient.bench.nsenv import NetnsPair, remove_stale
+from helpers import wait_for
 
 
 def _netns() -> set[str]:
@@ -44,6 +45,11 @@ def test_remove_stale_deletes_namespaces_of_dead_runs_and_their_processes() -> N
     subprocess.run(["ip", "netns", "add", name], check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "30"])
     try:
+        # `ip netns exec` enters the namespace a moment after it starts: only then is the sleeper one of its
+        # processes for remove_stale to find
+        wait_for(lambda: str(sleeper.pid) in subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                                                            text=True, check=False).stdout.split(),
+                 timeout=10, what="the sleeper inside the namespace")
         assert name in remove_stale()
         assert sleeper.wait(timeout=10) != 0  # killed, not finished
         assert name not in _netns()
