@@ -97,9 +97,9 @@ def test_cpu_of_a_node_proxy_includes_its_worker_processes() -> None:
     primary = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 30
-        while tree_cpu_seconds([primary.pid]) < 0.4 and time.monotonic() < deadline:
+        while tree_cpu_seconds([primary.pid]) < 0.39 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert tree_cpu_seconds([primary.pid]) >= 0.4
+        assert tree_cpu_seconds([primary.pid]) >= 0.39  # /proc counts whole clock ticks: one may be cut off
     finally:
         kids = subprocess.run(["pgrep", "-P", str(primary.pid)], capture_output=True, text=True).stdout.split()
         primary.kill()
